@@ -1,0 +1,25 @@
+/*
+ * emad.h - the daemon's context: what every module of emad may reach.
+ * One instance lives in main.c; everything else takes it as an argument.
+ */
+#ifndef EMAD_EMAD_H
+#define EMAD_EMAD_H
+
+#include "log.h"
+#include "opts.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+struct server;
+
+struct emad {
+    uv_loop_t *loop;
+    const struct emad_opts *opts;
+    struct log *log;
+    struct server *srv;
+    uint64_t started_ns; /* uv_hrtime() at start, for uptime */
+    unsigned nsessions;  /* sessions held (none until the engine lands) */
+};
+
+#endif

@@ -1,0 +1,147 @@
+/*
+ * main.c - emad: options, signals, systemd glue. The only globals of the
+ * daemon live here (none are needed: the context is a local of main).
+ */
+#include "emad.h"
+#include "listen.h"
+#include "log.h"
+#include "notify.h"
+#include "opts.h"
+#include "server.h"
+#include "version.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+struct daemon {
+    struct emad ctx;
+    struct emad_opts opts;
+    struct log log;
+    struct server srv;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    const char *notify_socket;
+};
+
+static void close_signals(struct daemon *d)
+{
+    uv_close((uv_handle_t *)&d->sig_term, NULL);
+    uv_close((uv_handle_t *)&d->sig_int, NULL);
+    uv_close((uv_handle_t *)&d->sig_hup, NULL);
+}
+
+static void on_stopped(struct server *srv)
+{
+    struct daemon *d = (struct daemon *)((char *)srv - offsetof(struct daemon, srv));
+    log_info(&d->log, "stopped");
+    close_signals(d);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct daemon *d = h->data;
+
+    if (signum == SIGHUP) {
+        log_info(&d->log, "SIGHUP: reopening the log file");
+        log_reopen(&d->log);
+        return;
+    }
+    if (d->srv.stopping)
+        return;
+    log_info(&d->log, "%s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    notify_send(d->notify_socket, "STOPPING=1");
+    server_stop(&d->srv, on_stopped);
+}
+
+static int start_signal(struct daemon *d, uv_signal_t *h, int signum)
+{
+    int rc = uv_signal_init(d->ctx.loop, h);
+    if (rc < 0)
+        return rc;
+    h->data = d;
+    return uv_signal_start(h, on_signal, signum);
+}
+
+int main(int argc, char **argv)
+{
+    struct daemon d;
+    struct opts_env env;
+    struct listen_socket ls;
+    char err[512];
+    int rc;
+
+    memset(&d, 0, sizeof(d));
+    env.emad_socket = getenv("EMAD_SOCKET");
+    env.xdg_runtime_dir = getenv("XDG_RUNTIME_DIR");
+    env.xdg_state_home = getenv("XDG_STATE_HOME");
+    env.home = getenv("HOME");
+    env.uid = geteuid();
+    env.online_cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+    rc = opts_parse(&d.opts, argc, argv, &env, err, sizeof(err));
+    if (rc == OPTS_HELP) {
+        opts_usage(stdout, argv[0]);
+        return 0;
+    }
+    if (rc == OPTS_VERSION) {
+        printf("emad %s (protocol %d)\n", EMAD_VERSION, WIRE_PROTO_VERSION);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "emad: %s\nTry 'emad --help' for more information.\n", err);
+        return 2;
+    }
+    if ((rc = log_open(&d.log, d.opts.log_file, d.opts.log_level)) < 0) {
+        fprintf(stderr, "emad: cannot open log file %s: %s\n", d.opts.log_file, strerror(-rc));
+        return 1;
+    }
+    /* A client that vanishes mid-reply must not kill the daemon. */
+    signal(SIGPIPE, SIG_IGN);
+
+    d.ctx.loop = uv_default_loop();
+    d.ctx.opts = &d.opts;
+    d.ctx.log = &d.log;
+    d.ctx.started_ns = uv_hrtime();
+    d.notify_socket = getenv("NOTIFY_SOCKET");
+
+    rc = listen_socket_open(&ls, &d.opts, getenv("LISTEN_PID"), getenv("LISTEN_FDS"), &d.log,
+                            err, sizeof(err));
+    /* Children (none today) must not think the socket is theirs. */
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    if (rc < 0) {
+        log_error(&d.log, "%s", err);
+        log_close(&d.log);
+        return 1;
+    }
+    if ((rc = server_start(&d.srv, &d.ctx, &ls)) < 0) {
+        log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
+        listen_socket_unlink(&ls);
+        log_close(&d.log);
+        return 1;
+    }
+    if ((rc = start_signal(&d, &d.sig_term, SIGTERM)) < 0 ||
+        (rc = start_signal(&d, &d.sig_int, SIGINT)) < 0 ||
+        (rc = start_signal(&d, &d.sig_hup, SIGHUP)) < 0) {
+        log_error(&d.log, "cannot install signal handlers: %s", uv_strerror(rc));
+        listen_socket_unlink(&ls);
+        return 1;
+    }
+    log_info(&d.log, "emad %s listening on %s%s (pid %ld, %u workers, state in %s)",
+             EMAD_VERSION, ls.path[0] ? ls.path : "(unnamed socket)",
+             ls.inherited ? " (from systemd)" : "", (long)getpid(), d.opts.workers,
+             d.opts.state_dir);
+    notify_send(d.notify_socket, "READY=1");
+
+    rc = uv_run(d.ctx.loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(d.ctx.loop);
+    if (rc < 0)
+        log_warn(&d.log, "event loop closed with handles open: %s", uv_strerror(rc));
+    log_close(&d.log);
+    return 0;
+}

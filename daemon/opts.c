@@ -1,0 +1,344 @@
+/*
+ * opts.c - emad's command line.
+ */
+#include "opts.h"
+
+#include "version.h"
+#include "wire.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    OPT_SOCKET = 256,
+    OPT_SOCKET_MODE,
+    OPT_ALLOW_GROUP,
+    OPT_WORKERS,
+    OPT_STATE_DIR,
+    OPT_LOG_LEVEL,
+    OPT_LOG_FILE,
+    OPT_MAX_MESSAGE,
+    OPT_MAX_DEPTH,
+    OPT_MAX_CONNECTIONS,
+    OPT_MAX_SESSIONS,
+    OPT_MAX_TENSORS,
+    OPT_MAX_PENDING,
+};
+
+static const struct option long_opts[] = {
+    {"socket", required_argument, NULL, OPT_SOCKET},
+    {"socket-mode", required_argument, NULL, OPT_SOCKET_MODE},
+    {"allow-group", required_argument, NULL, OPT_ALLOW_GROUP},
+    {"workers", required_argument, NULL, OPT_WORKERS},
+    {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"log-file", required_argument, NULL, OPT_LOG_FILE},
+    {"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
+    {"max-depth", required_argument, NULL, OPT_MAX_DEPTH},
+    {"max-connections", required_argument, NULL, OPT_MAX_CONNECTIONS},
+    {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
+    {"max-tensors", required_argument, NULL, OPT_MAX_TENSORS},
+    {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {NULL, 0, NULL, 0},
+};
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+const char *opts_log_level_name(enum log_level l)
+{
+    return (unsigned)l < 4 ? level_names[l] : "?";
+}
+
+void opts_usage(FILE *fp, const char *argv0)
+{
+    fprintf(fp,
+"Usage: %s [OPTION]...\n"
+"Keep the exponential moving average (EMA) of trainers' model weights in a\n"
+"separate process. Trainers share their tensors through POSIX shared memory\n"
+"and send events over a Unix socket; emad updates fp32 shadow copies on its\n"
+"worker threads and swaps them in for evaluation and checkpoints.\n"
+"\n"
+"Socket:\n"
+"  --socket PATH           listen on PATH (default: $EMAD_SOCKET, else\n"
+"                          $XDG_RUNTIME_DIR/emad.sock, else /run/emad/emad.sock);\n"
+"                          at most %d bytes. A missing parent directory is\n"
+"                          created with mode 0700. A stale socket is removed; a\n"
+"                          live one (another emad) makes emad refuse to start.\n"
+"  --socket-mode MODE      octal permission bits of the socket (default 0600)\n"
+"  --allow-group NAME      also admit peers whose primary or supplementary group\n"
+"                          is NAME (default: only emad's own uid and root)\n"
+"\n"
+"Work:\n"
+"  --workers N             worker threads for updates and swaps\n"
+"                          (default: the number of online CPUs)\n"
+"  --state-dir DIR         where save and load keep session files (default:\n"
+"                          $XDG_STATE_HOME/emad, /var/lib/emad for root, else\n"
+"                          $HOME/.local/state/emad)\n"
+"\n"
+"Limits (per PROTOCOL.md section 2; sizes take a K, M or G suffix):\n"
+"  --max-message BYTES     largest message (default 16M); bigger requests get\n"
+"                          LIMIT, other oversized input closes the connection\n"
+"  --max-depth N           deepest nesting of arrays and maps (default 8, max 31)\n"
+"  --max-connections N     open connections (default 1024); more are refused\n"
+"  --max-sessions N        sessions in the daemon (default 1024)\n"
+"  --max-tensors N         tensors in one session (default 1000000)\n"
+"  --max-pending BYTES     replies queued for a connection before emad stops\n"
+"                          reading its requests (default 16M)\n"
+"\n"
+"Logging:\n"
+"  --log-level LEVEL       error, warn, info or debug (default info)\n"
+"  --log-file PATH         append to PATH instead of stderr; SIGHUP reopens it\n"
+"\n"
+"  -h, --help              show this help and exit\n"
+"  -V, --version           show the version and exit\n"
+"\n"
+"Signals: SIGTERM and SIGINT stop accepting, finish in-flight work, remove the\n"
+"socket and exit 0; SIGHUP reopens the log file.\n"
+"\n"
+"Environment:\n"
+"  EMAD_SOCKET, XDG_RUNTIME_DIR   socket path, as above\n"
+"  XDG_STATE_HOME, HOME           state directory, as above\n"
+"  LISTEN_FDS, LISTEN_PID         systemd socket activation: listen on the\n"
+"                                 inherited socket (fd 3) instead of --socket\n"
+"  NOTIFY_SOCKET                  systemd notification: READY=1 once listening,\n"
+"                                 STOPPING=1 on shutdown\n"
+"\n"
+"Exit status: 0 after a clean stop, 1 on a startup error, 2 on a usage error.\n"
+"See emactl(1) to inspect a running emad.\n",
+            argv0, WIRE_SOCKET_PATH_MAX);
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+int opts_parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    unsigned shift = 0;
+
+    if (s == NULL || !isdigit((unsigned char)s[0]))
+        return -EINVAL;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0)
+        return -ERANGE;
+    if (*end == 'K' || *end == 'k')
+        shift = 10, end++;
+    else if (*end == 'M' || *end == 'm')
+        shift = 20, end++;
+    else if (*end == 'G' || *end == 'g')
+        shift = 30, end++;
+    if (*end != '\0')
+        return -EINVAL;
+    if (shift && v > (UINT64_MAX >> shift))
+        return -ERANGE;
+    v <<= shift;
+    if (v < min || v > max)
+        return -ERANGE;
+    *out = v;
+    return 0;
+}
+
+static int parse_uint(const char *name, const char *s, uint64_t min, uint64_t max, uint64_t *out,
+                      bool sized, char *err, size_t errlen)
+{
+    uint64_t v;
+    int rc = 0;
+
+    if (sized) {
+        rc = opts_parse_size(s, min, max, &v);
+    } else {
+        char *end;
+        errno = 0;
+        if (!isdigit((unsigned char)s[0]))
+            rc = -EINVAL;
+        else {
+            v = strtoull(s, &end, 10);
+            if (errno != 0 || *end != '\0')
+                rc = errno ? -ERANGE : -EINVAL;
+            else if (v < min || v > max)
+                rc = -ERANGE;
+        }
+    }
+    if (rc == -ERANGE)
+        return fail(err, errlen, "--%s %s: out of range (%llu to %llu)", name, s,
+                    (unsigned long long)min, (unsigned long long)max);
+    if (rc < 0)
+        return fail(err, errlen, "--%s %s: not a%s number", name, s,
+                    sized ? " size (digits with an optional K, M or G)" : "n unsigned");
+    *out = v;
+    return 0;
+}
+
+int opts_default_state_dir(const struct opts_env *env, char *out, size_t outlen)
+{
+    int n;
+
+    if (env->xdg_state_home != NULL && env->xdg_state_home[0] == '/')
+        n = snprintf(out, outlen, "%s/emad", env->xdg_state_home);
+    else if (env->uid == 0)
+        n = snprintf(out, outlen, "/var/lib/emad");
+    else if (env->home != NULL && env->home[0] == '/')
+        n = snprintf(out, outlen, "%s/.local/state/emad", env->home);
+    else
+        return -ENOENT;
+    if (n < 0 || (size_t)n >= outlen)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+static bool valid_group_name(const char *s)
+{
+    if (s[0] == '\0' || strlen(s) >= 64)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '.' && *s != '$')
+            return false;
+    return true;
+}
+
+int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env *env,
+               char *err, size_t errlen)
+{
+    const char *socket_opt = NULL;
+    const char *state_opt = NULL;
+    uint64_t v;
+    int c, rc;
+
+    memset(o, 0, sizeof(*o));
+    o->socket_mode = 0600;
+    o->workers = env->online_cpus > 0 ? (unsigned)env->online_cpus : 1;
+    o->log_level = LOG_LVL_INFO;
+    o->max_message = WIRE_DEFAULT_MAX_MESSAGE;
+    o->max_depth = WIRE_DEFAULT_MAX_DEPTH;
+    o->max_connections = 1024;
+    o->max_sessions = 1024;
+    o->max_tensors = 1000000;
+    o->max_pending = 16u << 20;
+
+    optind = 0; /* full reset, so that tests may parse several times */
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":hV", long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            return OPTS_HELP;
+        case 'V':
+            return OPTS_VERSION;
+        case OPT_SOCKET:
+            socket_opt = optarg;
+            break;
+        case OPT_SOCKET_MODE: {
+            char *end;
+            unsigned long m;
+            errno = 0;
+            m = strtoul(optarg, &end, 8);
+            if (optarg[0] == '\0' || *end != '\0' || errno != 0 || m > 0777)
+                return fail(err, errlen, "--socket-mode %s: expected octal permission bits "
+                            "such as 0600 or 0660", optarg);
+            o->socket_mode = (unsigned)m;
+            break;
+        }
+        case OPT_ALLOW_GROUP:
+            if (!valid_group_name(optarg))
+                return fail(err, errlen, "--allow-group %s: not a valid group name", optarg);
+            snprintf(o->allow_group, sizeof(o->allow_group), "%s", optarg);
+            break;
+        case OPT_WORKERS:
+            if ((rc = parse_uint("workers", optarg, 1, 1024, &v, false, err, errlen)) < 0)
+                return rc;
+            o->workers = (unsigned)v;
+            break;
+        case OPT_STATE_DIR:
+            if (optarg[0] == '\0')
+                return fail(err, errlen, "--state-dir: empty path");
+            state_opt = optarg;
+            break;
+        case OPT_LOG_LEVEL: {
+            int l;
+            for (l = 0; l < 4 && strcmp(optarg, level_names[l]) != 0; l++)
+                ;
+            if (l == 4)
+                return fail(err, errlen, "--log-level %s: expected error, warn, info or debug",
+                            optarg);
+            o->log_level = (enum log_level)l;
+            break;
+        }
+        case OPT_LOG_FILE:
+            if (optarg[0] == '\0' || strlen(optarg) >= sizeof(o->log_file))
+                return fail(err, errlen, "--log-file: empty or too long path");
+            snprintf(o->log_file, sizeof(o->log_file), "%s", optarg);
+            break;
+        case OPT_MAX_MESSAGE:
+            if ((rc = parse_uint("max-message", optarg, 64, 1u << 30, &v, true, err, errlen)) < 0)
+                return rc;
+            o->max_message = (size_t)v;
+            break;
+        case OPT_MAX_DEPTH:
+            if ((rc = parse_uint("max-depth", optarg, 4, WIRE_HARD_MAX_DEPTH - 1, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_depth = (unsigned)v;
+            break;
+        case OPT_MAX_CONNECTIONS:
+            if ((rc = parse_uint("max-connections", optarg, 1, 1u << 20, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_connections = (unsigned)v;
+            break;
+        case OPT_MAX_SESSIONS:
+            if ((rc = parse_uint("max-sessions", optarg, 1, 1u << 20, &v, false, err, errlen)) < 0)
+                return rc;
+            o->max_sessions = (unsigned)v;
+            break;
+        case OPT_MAX_TENSORS:
+            if ((rc = parse_uint("max-tensors", optarg, 1, 1ull << 32, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_tensors = v;
+            break;
+        case OPT_MAX_PENDING:
+            if ((rc = parse_uint("max-pending", optarg, 4096, 1ull << 34, &v, true, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_pending = (size_t)v;
+            break;
+        case ':':
+            return fail(err, errlen, "option %s needs an argument", argv[optind - 1]);
+        default:
+            return fail(err, errlen, "unknown option %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return fail(err, errlen, "unexpected argument \"%s\" (emad takes options only)",
+                    argv[optind]);
+
+    rc = wire_socket_path(socket_opt, env->emad_socket, env->xdg_runtime_dir, o->socket_path,
+                          sizeof(o->socket_path));
+    if (rc == -ENAMETOOLONG)
+        return fail(err, errlen, "socket path is longer than %d bytes (the limit of a Unix "
+                    "socket address); choose a shorter --socket", WIRE_SOCKET_PATH_MAX);
+    if (rc < 0)
+        return fail(err, errlen, "--socket: empty path");
+
+    if (state_opt != NULL) {
+        if (strlen(state_opt) >= sizeof(o->state_dir))
+            return fail(err, errlen, "--state-dir: path too long");
+        snprintf(o->state_dir, sizeof(o->state_dir), "%s", state_opt);
+    } else if (opts_default_state_dir(env, o->state_dir, sizeof(o->state_dir)) < 0) {
+        return fail(err, errlen, "no state directory: set --state-dir, XDG_STATE_HOME or HOME");
+    }
+    return OPTS_RUN;
+}

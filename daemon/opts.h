@@ -1,0 +1,58 @@
+/*
+ * opts.h - emad's command line, defaults and path rules. Pure: the
+ * environment is passed in, nothing is opened, so every rule is testable.
+ */
+#ifndef EMAD_OPTS_H
+#define EMAD_OPTS_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+/* The environment variables emad reads, and who it runs as. */
+struct opts_env {
+    const char *emad_socket;     /* EMAD_SOCKET */
+    const char *xdg_runtime_dir; /* XDG_RUNTIME_DIR */
+    const char *xdg_state_home;  /* XDG_STATE_HOME */
+    const char *home;            /* HOME */
+    uid_t uid;                   /* effective uid */
+    long online_cpus;            /* default for --workers */
+};
+
+struct emad_opts {
+    char socket_path[108];      /* resolved per PROTOCOL.md §1 */
+    unsigned socket_mode;       /* permission bits of the socket */
+    char allow_group[64];       /* group admitted besides the owner and root; "" none */
+    unsigned workers;           /* worker threads */
+    char state_dir[PATH_MAX];   /* where save/load put files */
+    enum log_level log_level;
+    char log_file[PATH_MAX];    /* "" means stderr */
+    size_t max_message;         /* bytes of one message */
+    unsigned max_depth;         /* nesting of one message */
+    unsigned max_connections;
+    unsigned max_sessions;
+    uint64_t max_tensors;       /* per session */
+    size_t max_pending;         /* reply bytes queued per connection before reading pauses */
+};
+
+enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };
+
+/* Parse argv. Returns OPTS_RUN, OPTS_HELP, OPTS_VERSION, or -EINVAL with a
+ * message naming the option in err. */
+int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env *env,
+               char *err, size_t errlen);
+/* The text of --help. */
+void opts_usage(FILE *fp, const char *argv0);
+/* Default state directory: $XDG_STATE_HOME/emad, /var/lib/emad for root,
+ * else $HOME/.local/state/emad. -ENOENT when none applies. */
+int opts_default_state_dir(const struct opts_env *env, char *out, size_t outlen);
+/* Parse a size with an optional K, M or G suffix (powers of 1024). */
+int opts_parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out);
+const char *opts_log_level_name(enum log_level l);
+
+#endif

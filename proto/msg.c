@@ -1,0 +1,545 @@
+/*
+ * msg.c - table-driven encoder and decoder for the contract's messages.
+ */
+#include "msg.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REQ(st, k, t, m) {k, t, 0, offsetof(st, m), 0, 0, NULL}
+#define OPT(st, k, t, m) {k, t, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), 0, NULL}
+#define NUL(st, k, t, m) {k, t, MSG_NULLABLE, offsetof(st, m), offsetof(st, has_##m), 0, NULL}
+#define OBJ(st, k, m, sub) {k, MSG_OBJ, 0, offsetof(st, m), 0, 0, &sub}
+#define OPT_OBJ(st, k, m, sub) {k, MSG_OBJ, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), 0, &sub}
+#define NUL_OBJ(st, k, m, sub) {k, MSG_OBJ, MSG_NULLABLE, offsetof(st, m), offsetof(st, has_##m), 0, &sub}
+#define ARR(st, k, m, sub) {k, MSG_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), &sub}
+#define SARR(st, k, m) {k, MSG_STR_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL}
+#define OPT_UARR(st, k, m) \
+    {k, MSG_U64_ARRAY, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), NULL}
+#define DESC(name, st, fields) {name, sizeof(st), fields, sizeof(fields) / sizeof(fields[0])}
+
+static const struct msg_field time_fields[] = {
+    REQ(struct msg_time, "batch", MSG_U64, batch),
+    REQ(struct msg_time, "epoch", MSG_U64, epoch),
+    OPT(struct msg_time, "duration", MSG_F64, duration),
+};
+const struct msg_desc msg_time_desc = DESC("time", struct msg_time, time_fields);
+
+static const struct msg_field hello_fields[] = {
+    REQ(struct msg_hello, "proto", MSG_U64, proto),
+    REQ(struct msg_hello, "client", MSG_STR, client),
+    OPT(struct msg_hello, "pid", MSG_I64, pid),
+};
+const struct msg_desc msg_hello_desc = DESC("hello", struct msg_hello, hello_fields);
+
+static const struct msg_field hello_reply_fields[] = {
+    REQ(struct msg_hello_reply, "proto", MSG_U64, proto),
+    REQ(struct msg_hello_reply, "server", MSG_STR, server),
+    REQ(struct msg_hello_reply, "pid", MSG_I64, pid),
+    REQ(struct msg_hello_reply, "workers", MSG_U64, workers),
+    SARR(struct msg_hello_reply, "features", features),
+};
+const struct msg_desc msg_hello_reply_desc =
+    DESC("hello reply", struct msg_hello_reply, hello_reply_fields);
+
+static const struct msg_field tensor_fields[] = {
+    REQ(struct msg_tensor, "name", MSG_STR, name),
+    REQ(struct msg_tensor, "dtype", MSG_STR, dtype),
+    REQ(struct msg_tensor, "offset", MSG_U64, offset),
+    REQ(struct msg_tensor, "numel", MSG_U64, numel),
+    OPT_UARR(struct msg_tensor, "shape", shape),
+};
+const struct msg_desc msg_tensor_desc = DESC("tensor", struct msg_tensor, tensor_fields);
+
+static const struct msg_field config_fields[] = {
+    OPT(struct msg_config, "half_life", MSG_STR, half_life),
+    OPT(struct msg_config, "smoothing", MSG_F64, smoothing),
+    OPT(struct msg_config, "update_interval", MSG_STR, update_interval),
+    OPT(struct msg_config, "ema_start", MSG_STR, ema_start),
+};
+const struct msg_desc msg_config_desc = DESC("config", struct msg_config, config_fields);
+
+static const struct msg_field register_fields[] = {
+    REQ(struct msg_register, "session", MSG_STR, session),
+    REQ(struct msg_register, "shm", MSG_STR, shm),
+    ARR(struct msg_register, "tensors", tensors, msg_tensor_desc),
+    OPT_OBJ(struct msg_register, "config", config, msg_config_desc),
+    OPT(struct msg_register, "resume", MSG_BOOL, resume),
+};
+const struct msg_desc msg_register_desc = DESC("register", struct msg_register, register_fields);
+
+static const struct msg_field shadow_tensor_fields[] = {
+    REQ(struct msg_shadow_tensor, "name", MSG_STR, name),
+    REQ(struct msg_shadow_tensor, "shadow_offset", MSG_U64, shadow_offset),
+    REQ(struct msg_shadow_tensor, "shadow_dtype", MSG_STR, shadow_dtype),
+};
+const struct msg_desc msg_shadow_tensor_desc =
+    DESC("shadow tensor", struct msg_shadow_tensor, shadow_tensor_fields);
+
+#define SS struct msg_session_state
+static const struct msg_field session_state_fields[] = {
+    REQ(SS, "session", MSG_STR, session),
+    REQ(SS, "attached", MSG_BOOL, attached),
+    NUL(SS, "owner_pid", MSG_I64, owner_pid),
+    REQ(SS, "tensors", MSG_U64, tensors),
+    REQ(SS, "params_bytes", MSG_U64, params_bytes),
+    REQ(SS, "shadow_bytes", MSG_U64, shadow_bytes),
+    REQ(SS, "smoothing", MSG_F64, smoothing),
+    NUL(SS, "half_life", MSG_STR, half_life),
+    REQ(SS, "update_interval", MSG_STR, update_interval),
+    REQ(SS, "ema_start", MSG_STR, ema_start),
+    REQ(SS, "started", MSG_BOOL, started),
+    REQ(SS, "active", MSG_BOOL, active),
+    REQ(SS, "updates", MSG_U64, updates),
+    REQ(SS, "swaps", MSG_U64, swaps),
+    NUL_OBJ(SS, "last_time", last_time, msg_time_desc),
+    REQ(SS, "last_update_seconds", MSG_F64, last_update_seconds),
+    REQ(SS, "shm", MSG_STR, shm),
+    REQ(SS, "shadow_shm", MSG_STR, shadow_shm),
+};
+#undef SS
+const struct msg_desc msg_session_state_desc =
+    DESC("session state", struct msg_session_state, session_state_fields);
+
+static const struct msg_field register_reply_fields[] = {
+    REQ(struct msg_register_reply, "session", MSG_STR, session),
+    REQ(struct msg_register_reply, "shadow_shm", MSG_STR, shadow_shm),
+    REQ(struct msg_register_reply, "shadow_bytes", MSG_U64, shadow_bytes),
+    ARR(struct msg_register_reply, "tensors", tensors, msg_shadow_tensor_desc),
+    OBJ(struct msg_register_reply, "state", state, msg_session_state_desc),
+};
+const struct msg_desc msg_register_reply_desc =
+    DESC("register reply", struct msg_register_reply, register_reply_fields);
+
+static const struct msg_field event_fields[] = {
+    REQ(struct msg_event, "session", MSG_STR, session),
+    REQ(struct msg_event, "event", MSG_STR, event),
+    OBJ(struct msg_event, "time", time, msg_time_desc),
+};
+const struct msg_desc msg_event_desc = DESC("event", struct msg_event, event_fields);
+
+static const struct msg_field action_fields[] = {
+    REQ(struct msg_action, "action", MSG_STR, action),
+    REQ(struct msg_action, "active", MSG_BOOL, active),
+    REQ(struct msg_action, "started", MSG_BOOL, started),
+    REQ(struct msg_action, "updates", MSG_U64, updates),
+};
+const struct msg_desc msg_action_desc = DESC("action", struct msg_action, action_fields);
+
+static const struct msg_field swap_fields[] = {
+    REQ(struct msg_swap, "session", MSG_STR, session),
+    REQ(struct msg_swap, "to", MSG_STR, to),
+};
+const struct msg_desc msg_swap_desc = DESC("swap", struct msg_swap, swap_fields);
+
+static const struct msg_field status_fields[] = {
+    OPT(struct msg_status, "session", MSG_STR, session),
+};
+const struct msg_desc msg_status_desc = DESC("status", struct msg_status, status_fields);
+
+#define SI struct msg_server_info
+static const struct msg_field server_info_fields[] = {
+    REQ(SI, "server", MSG_STR, server),
+    REQ(SI, "version", MSG_STR, version),
+    REQ(SI, "proto", MSG_U64, proto),
+    REQ(SI, "pid", MSG_I64, pid),
+    REQ(SI, "uptime_seconds", MSG_F64, uptime_seconds),
+    REQ(SI, "workers", MSG_U64, workers),
+    REQ(SI, "connections", MSG_U64, connections),
+    REQ(SI, "sessions", MSG_U64, sessions),
+    REQ(SI, "max_connections", MSG_U64, max_connections),
+    REQ(SI, "max_sessions", MSG_U64, max_sessions),
+    REQ(SI, "max_message", MSG_U64, max_message),
+    REQ(SI, "socket", MSG_STR, socket),
+    REQ(SI, "state_dir", MSG_STR, state_dir),
+};
+#undef SI
+const struct msg_desc msg_server_info_desc =
+    DESC("server info", struct msg_server_info, server_info_fields);
+
+static const struct msg_field status_reply_fields[] = {
+    OBJ(struct msg_status_reply, "server", server, msg_server_info_desc),
+    ARR(struct msg_status_reply, "sessions", sessions, msg_session_state_desc),
+};
+const struct msg_desc msg_status_reply_desc =
+    DESC("status reply", struct msg_status_reply, status_reply_fields);
+
+static const struct msg_field file_fields[] = {
+    REQ(struct msg_file, "session", MSG_STR, session),
+    OPT(struct msg_file, "name", MSG_STR, name),
+};
+const struct msg_desc msg_file_desc = DESC("save/load", struct msg_file, file_fields);
+
+static const struct msg_field file_reply_fields[] = {
+    REQ(struct msg_file_reply, "path", MSG_STR, path),
+    REQ(struct msg_file_reply, "bytes", MSG_U64, bytes),
+};
+const struct msg_desc msg_file_reply_desc =
+    DESC("save/load reply", struct msg_file_reply, file_reply_fields);
+
+static const struct msg_field close_fields[] = {
+    REQ(struct msg_close, "session", MSG_STR, session),
+    OPT(struct msg_close, "keep", MSG_BOOL, keep),
+};
+const struct msg_desc msg_close_desc = DESC("close", struct msg_close, close_fields);
+
+static const struct msg_field drop_fields[] = {
+    REQ(struct msg_drop, "session", MSG_STR, session),
+};
+const struct msg_desc msg_drop_desc = DESC("drop", struct msg_drop, drop_fields);
+
+static const struct msg_field error_fields[] = {
+    REQ(struct msg_error, "code", MSG_STR, code),
+    REQ(struct msg_error, "message", MSG_STR, message),
+};
+const struct msg_desc msg_error_desc = DESC("error", struct msg_error, error_fields);
+
+const struct msg_desc msg_empty_desc = {"empty", sizeof(struct msg_empty), NULL, 0};
+
+const struct msg_desc *const msg_all_descs[] = {
+    &msg_hello_desc, &msg_hello_reply_desc, &msg_register_desc, &msg_register_reply_desc,
+    &msg_event_desc, &msg_action_desc, &msg_swap_desc, &msg_status_desc,
+    &msg_status_reply_desc, &msg_file_desc, &msg_file_reply_desc, &msg_close_desc,
+    &msg_drop_desc, &msg_error_desc, &msg_empty_desc, NULL,
+};
+
+struct msg_str msg_str_c(const char *s)
+{
+    struct msg_str v = {s, s ? strlen(s) : 0};
+    return v;
+}
+
+bool msg_str_eq(struct msg_str s, const char *c)
+{
+    size_t n = strlen(c);
+    return s.len == n && (n == 0 || memcmp(s.ptr, c, n) == 0);
+}
+
+int msg_str_copy(struct msg_str s, char *out, size_t outlen)
+{
+    if (s.len >= outlen)
+        return -ENAMETOOLONG;
+    if (s.len > 0 && memchr(s.ptr, '\0', s.len) != NULL)
+        return -EINVAL;
+    if (s.len > 0)
+        memcpy(out, s.ptr, s.len);
+    out[s.len] = '\0';
+    return 0;
+}
+
+/* ---- decoding ---- */
+
+/* The dotted path of the field being decoded, for error messages. */
+struct path {
+    char buf[192];
+    size_t len;
+};
+
+static int fail(char *err, size_t errlen, const struct path *p, const char *fmt, ...)
+{
+    va_list ap;
+    int n = snprintf(err, errlen, "%s: ", p->len ? p->buf : "params");
+
+    if (n >= 0 && (size_t)n < errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err + n, errlen - n, fmt, ap);
+        va_end(ap);
+    }
+    return -EINVAL;
+}
+
+static size_t path_add(struct path *p, int n)
+{
+    size_t old = p->len;
+    size_t room = sizeof(p->buf) - p->len;
+
+    if (n > 0)
+        p->len += (size_t)n < room ? (size_t)n : room - 1;
+    return old;
+}
+
+static size_t path_key(struct path *p, const char *key)
+{
+    return path_add(p, snprintf(p->buf + p->len, sizeof(p->buf) - p->len,
+                                p->len ? ".%s" : "%s", key));
+}
+
+static size_t path_index(struct path *p, size_t idx)
+{
+    return path_add(p, snprintf(p->buf + p->len, sizeof(p->buf) - p->len, "[%zu]", idx));
+}
+
+static void path_pop(struct path *p, size_t old)
+{
+    p->len = old;
+    p->buf[old] = '\0';
+}
+
+static const msgpack_object *map_find(const msgpack_object *map, const char *key)
+{
+    size_t klen = strlen(key);
+
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+static int decode_map(const struct msg_desc *d, const msgpack_object *map, void *out,
+                      struct path *p, char *err, size_t errlen);
+
+static int decode_u64(const msgpack_object *o, uint64_t *v)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return -1;
+    *v = o->via.u64;
+    return 0;
+}
+
+static int decode_value(const struct msg_field *f, const msgpack_object *o, char *slot,
+                        char *obj, struct path *p, char *err, size_t errlen)
+{
+    switch (f->type) {
+    case MSG_U64:
+        if (decode_u64(o, (uint64_t *)slot) < 0)
+            return fail(err, errlen, p, "expected a non-negative integer");
+        return 0;
+    case MSG_I64:
+        if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            *(int64_t *)slot = o->via.i64;
+            return 0;
+        }
+        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > INT64_MAX)
+            return fail(err, errlen, p, "expected an integer");
+        *(int64_t *)slot = (int64_t)o->via.u64;
+        return 0;
+    case MSG_F64:
+        if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64)
+            *(double *)slot = o->via.f64;
+        else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+            *(double *)slot = (double)o->via.u64;
+        else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+            *(double *)slot = (double)o->via.i64;
+        else
+            return fail(err, errlen, p, "expected a number");
+        return 0;
+    case MSG_BOOL:
+        if (o->type != MSGPACK_OBJECT_BOOLEAN)
+            return fail(err, errlen, p, "expected true or false");
+        *(bool *)slot = o->via.boolean;
+        return 0;
+    case MSG_STR:
+        if (o->type != MSGPACK_OBJECT_STR)
+            return fail(err, errlen, p, "expected a string");
+        ((struct msg_str *)slot)->ptr = o->via.str.ptr;
+        ((struct msg_str *)slot)->len = o->via.str.size;
+        return 0;
+    case MSG_OBJ:
+        if (o->type != MSGPACK_OBJECT_MAP)
+            return fail(err, errlen, p, "expected a map");
+        return decode_map(f->sub, o, slot, p, err, errlen);
+    case MSG_ARRAY:
+    case MSG_STR_ARRAY:
+    case MSG_U64_ARRAY: {
+        size_t elem = f->type == MSG_ARRAY       ? f->sub->size
+                      : f->type == MSG_STR_ARRAY ? sizeof(struct msg_str)
+                                                 : sizeof(uint64_t);
+        uint32_t n;
+        char *arr;
+        if (o->type != MSGPACK_OBJECT_ARRAY)
+            return fail(err, errlen, p, "expected an array");
+        n = o->via.array.size;
+        /* n is bounded by the message's real size: the wire scanner saw
+         * every element before msgpack-c allocated anything. */
+        arr = n ? calloc(n, elem) : NULL;
+        if (n && arr == NULL)
+            return -ENOMEM;
+        *(void **)slot = arr;
+        *(size_t *)(obj + f->count_offset) = n;
+        for (uint32_t i = 0; i < n; i++) {
+            const msgpack_object *e = &o->via.array.ptr[i];
+            size_t old = path_index(p, i);
+            int rc;
+            if (f->type == MSG_ARRAY) {
+                rc = e->type == MSGPACK_OBJECT_MAP
+                         ? decode_map(f->sub, e, arr + i * elem, p, err, errlen)
+                         : fail(err, errlen, p, "expected a map");
+            } else if (f->type == MSG_STR_ARRAY) {
+                struct msg_field sf = {NULL, MSG_STR, 0, 0, 0, 0, NULL};
+                rc = decode_value(&sf, e, arr + i * elem, NULL, p, err, errlen);
+            } else {
+                rc = decode_u64(e, (uint64_t *)(arr + i * elem)) < 0
+                         ? fail(err, errlen, p, "expected a non-negative integer")
+                         : 0;
+            }
+            path_pop(p, old);
+            if (rc < 0) {
+                /* Elements decoded so far own arrays of their own. */
+                msg_free(&(struct msg_desc){"", 0, f, 1}, obj);
+                return rc;
+            }
+        }
+        return 0;
+    }
+    }
+    return fail(err, errlen, p, "unknown field type");
+}
+
+static int decode_map(const struct msg_desc *d, const msgpack_object *map, void *out,
+                      struct path *p, char *err, size_t errlen)
+{
+    char *obj = out;
+    int rc = 0;
+    size_t i;
+
+    memset(out, 0, d->size);
+    for (i = 0; i < d->nfields; i++) {
+        const struct msg_field *f = &d->fields[i];
+        const msgpack_object *v = map_find(map, f->key);
+        size_t old = path_key(p, f->key);
+        bool optional = f->flags & (MSG_OPTIONAL | MSG_NULLABLE);
+
+        if (v == NULL || (optional && v->type == MSGPACK_OBJECT_NIL)) {
+            if (!optional)
+                rc = fail(err, errlen, p, "missing");
+        } else {
+            rc = decode_value(f, v, obj + f->offset, obj, p, err, errlen);
+            if (rc == 0 && optional)
+                *(bool *)(obj + f->has_offset) = true;
+        }
+        path_pop(p, old);
+        if (rc < 0)
+            break;
+    }
+    if (rc < 0) {
+        /* Free what the fields before the failing one allocated. */
+        struct msg_desc partial = {d->name, d->size, d->fields, i};
+        msg_free(&partial, out);
+        memset(out, 0, d->size);
+    }
+    return rc;
+}
+
+int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,
+               size_t errlen)
+{
+    struct path p = {{0}, 0};
+
+    if (map == NULL || map->type != MSGPACK_OBJECT_MAP) {
+        memset(out, 0, d->size);
+        snprintf(err, errlen, "%s: expected a map", d->name);
+        return -EINVAL;
+    }
+    return decode_map(d, map, out, &p, err, errlen);
+}
+
+void msg_free(const struct msg_desc *d, void *obj)
+{
+    char *o = obj;
+
+    for (size_t i = 0; i < d->nfields; i++) {
+        const struct msg_field *f = &d->fields[i];
+        void **slot = (void **)(o + f->offset);
+        switch (f->type) {
+        case MSG_OBJ:
+            msg_free(f->sub, o + f->offset);
+            break;
+        case MSG_ARRAY:
+            for (size_t k = 0; *slot && k < *(size_t *)(o + f->count_offset); k++)
+                msg_free(f->sub, (char *)*slot + k * f->sub->size);
+            /* fall through */
+        case MSG_STR_ARRAY:
+        case MSG_U64_ARRAY:
+            free(*slot);
+            *slot = NULL;
+            *(size_t *)(o + f->count_offset) = 0;
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+/* ---- encoding ---- */
+
+static void encode_value(msgpack_packer *pk, const struct msg_field *f, const char *slot,
+                         const char *obj)
+{
+    switch (f->type) {
+    case MSG_U64:
+        msgpack_pack_uint64(pk, *(const uint64_t *)slot);
+        break;
+    case MSG_I64:
+        msgpack_pack_int64(pk, *(const int64_t *)slot);
+        break;
+    case MSG_F64:
+        msgpack_pack_double(pk, *(const double *)slot);
+        break;
+    case MSG_BOOL:
+        if (*(const bool *)slot)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        break;
+    case MSG_STR: {
+        const struct msg_str *s = (const struct msg_str *)slot;
+        msgpack_pack_str(pk, s->len);
+        msgpack_pack_str_body(pk, s->ptr, s->len);
+        break;
+    }
+    case MSG_OBJ:
+        msg_encode(pk, f->sub, slot);
+        break;
+    case MSG_ARRAY:
+    case MSG_STR_ARRAY:
+    case MSG_U64_ARRAY: {
+        size_t n = *(const size_t *)(obj + f->count_offset);
+        const char *arr = *(char *const *)slot;
+        msgpack_pack_array(pk, n);
+        for (size_t i = 0; i < n; i++) {
+            if (f->type == MSG_ARRAY) {
+                msg_encode(pk, f->sub, arr + i * f->sub->size);
+            } else if (f->type == MSG_STR_ARRAY) {
+                const struct msg_str *s = (const struct msg_str *)arr + i;
+                msgpack_pack_str(pk, s->len);
+                msgpack_pack_str_body(pk, s->ptr, s->len);
+            } else {
+                msgpack_pack_uint64(pk, ((const uint64_t *)arr)[i]);
+            }
+        }
+        break;
+    }
+    }
+}
+
+void msg_encode(msgpack_packer *pk, const struct msg_desc *d, const void *obj)
+{
+    const char *o = obj;
+    size_t n = 0;
+
+    for (size_t i = 0; i < d->nfields; i++) {
+        const struct msg_field *f = &d->fields[i];
+        if (!(f->flags & MSG_OPTIONAL) || *(const bool *)(o + f->has_offset))
+            n++;
+    }
+    msgpack_pack_map(pk, n);
+    for (size_t i = 0; i < d->nfields; i++) {
+        const struct msg_field *f = &d->fields[i];
+        bool present = !(f->flags & (MSG_OPTIONAL | MSG_NULLABLE)) ||
+                       *(const bool *)(o + f->has_offset);
+        if (!present && (f->flags & MSG_OPTIONAL))
+            continue;
+        msgpack_pack_str(pk, strlen(f->key));
+        msgpack_pack_str_body(pk, f->key, strlen(f->key));
+        if (present)
+            encode_value(pk, f, o + f->offset, o);
+        else
+            msgpack_pack_nil(pk);
+    }
+}

@@ -1,0 +1,299 @@
+/*
+ * msg.h - the typed messages of the contract (PROTOCOL.md §6, §7).
+ *
+ * Every message body is a plain C struct described by a table of fields
+ * (struct msg_desc). One generic encoder and one generic decoder walk those
+ * tables, so adding a field is one line and handlers never walk msgpack
+ * objects by hand. Decoding checks types and presence and produces a message
+ * that names the offending field ("tensors[3].dtype: expected a string").
+ *
+ * Strings are views (struct msg_str): after decoding they point into the
+ * wire decoder's buffer and live as long as the message; for encoding they
+ * may point anywhere. Arrays of structs are allocated by msg_decode() and
+ * released by msg_free().
+ */
+#ifndef EMAD_MSG_H
+#define EMAD_MSG_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A string view; not NUL-terminated. */
+struct msg_str {
+    const char *ptr;
+    size_t len;
+};
+
+enum msg_type {
+    MSG_U64,       /* uint64_t; accepts any non-negative msgpack integer */
+    MSG_I64,       /* int64_t */
+    MSG_F64,       /* double; accepts float32, float64 and integers */
+    MSG_BOOL,      /* bool */
+    MSG_STR,       /* struct msg_str */
+    MSG_OBJ,       /* a nested struct described by sub */
+    MSG_ARRAY,     /* pointer to an array of structs described by sub, plus a size_t count */
+    MSG_STR_ARRAY, /* struct msg_str *, plus a size_t count */
+    MSG_U64_ARRAY, /* uint64_t *, plus a size_t count */
+};
+
+#define MSG_OPTIONAL 0x1 /* may be absent: has_<member> tells */
+#define MSG_NULLABLE 0x2 /* optional, and sent as nil rather than left out */
+
+struct msg_desc;
+
+struct msg_field {
+    const char *key;
+    enum msg_type type;
+    unsigned flags;
+    size_t offset;              /* of the value */
+    size_t has_offset;          /* of the bool has_<member>, for optional fields */
+    size_t count_offset;        /* of the size_t count, for arrays */
+    const struct msg_desc *sub; /* for MSG_OBJ and MSG_ARRAY */
+};
+
+struct msg_desc {
+    const char *name; /* for messages: "hello", "register", ... */
+    size_t size;      /* sizeof the struct */
+    const struct msg_field *fields;
+    size_t nfields;
+};
+
+/* §4: the trainer's clock. */
+struct msg_time {
+    uint64_t batch; /* optimizer steps completed */
+    uint64_t epoch; /* epochs completed */
+    bool has_duration;
+    double duration; /* elapsed fraction of training, [0, 1] */
+};
+
+struct msg_hello {
+    uint64_t proto;
+    struct msg_str client;
+    bool has_pid;
+    int64_t pid;
+};
+
+struct msg_hello_reply {
+    uint64_t proto;
+    struct msg_str server;
+    int64_t pid;
+    uint64_t workers;
+    struct msg_str *features;
+    size_t nfeatures;
+};
+
+struct msg_tensor {
+    struct msg_str name;
+    struct msg_str dtype; /* "f32", "bf16", ... */
+    uint64_t offset;      /* relative to params_offset */
+    uint64_t numel;
+    bool has_shape;
+    uint64_t *shape;
+    size_t nshape;
+};
+
+struct msg_config {
+    bool has_half_life;
+    struct msg_str half_life;
+    bool has_smoothing;
+    double smoothing;
+    bool has_update_interval;
+    struct msg_str update_interval;
+    bool has_ema_start;
+    struct msg_str ema_start;
+};
+
+struct msg_register {
+    struct msg_str session;
+    struct msg_str shm;
+    struct msg_tensor *tensors;
+    size_t ntensors;
+    bool has_config;
+    struct msg_config config;
+    bool has_resume;
+    bool resume;
+};
+
+struct msg_shadow_tensor {
+    struct msg_str name;
+    uint64_t shadow_offset;
+    struct msg_str shadow_dtype;
+};
+
+/* What status reports of one session (§6). */
+struct msg_session_state {
+    struct msg_str session;
+    bool attached;
+    bool has_owner_pid; /* nil while detached */
+    int64_t owner_pid;
+    uint64_t tensors;
+    uint64_t params_bytes;
+    uint64_t shadow_bytes;
+    double smoothing;
+    bool has_half_life; /* nil when configured by smoothing */
+    struct msg_str half_life;
+    struct msg_str update_interval;
+    struct msg_str ema_start;
+    bool started;
+    bool active;
+    uint64_t updates;
+    uint64_t swaps;
+    bool has_last_time; /* nil before the first event */
+    struct msg_time last_time;
+    double last_update_seconds;
+    struct msg_str shm;
+    struct msg_str shadow_shm;
+};
+
+struct msg_register_reply {
+    struct msg_str session;
+    struct msg_str shadow_shm;
+    uint64_t shadow_bytes;
+    struct msg_shadow_tensor *tensors;
+    size_t ntensors;
+    struct msg_session_state state;
+};
+
+struct msg_event {
+    struct msg_str session;
+    struct msg_str event;
+    struct msg_time time;
+};
+
+/* Result of event and swap. */
+struct msg_action {
+    struct msg_str action;
+    bool active;
+    bool started;
+    uint64_t updates;
+};
+
+struct msg_swap {
+    struct msg_str session;
+    struct msg_str to; /* "ema" | "train" */
+};
+
+struct msg_status {
+    bool has_session;
+    struct msg_str session;
+};
+
+struct msg_server_info {
+    struct msg_str server;  /* "emad" */
+    struct msg_str version; /* package version */
+    uint64_t proto;
+    int64_t pid;
+    double uptime_seconds;
+    uint64_t workers;
+    uint64_t connections;
+    uint64_t sessions;
+    uint64_t max_connections;
+    uint64_t max_sessions;
+    uint64_t max_message;
+    struct msg_str socket;
+    struct msg_str state_dir;
+};
+
+struct msg_status_reply {
+    struct msg_server_info server;
+    struct msg_session_state *sessions;
+    size_t nsessions;
+};
+
+/* save and load */
+struct msg_file {
+    struct msg_str session;
+    bool has_name;
+    struct msg_str name;
+};
+
+struct msg_file_reply {
+    struct msg_str path;
+    uint64_t bytes;
+};
+
+struct msg_close {
+    struct msg_str session;
+    bool has_keep;
+    bool keep;
+};
+
+struct msg_drop {
+    struct msg_str session;
+};
+
+/* The error map of a response (§7). */
+struct msg_error {
+    struct msg_str code;
+    struct msg_str message;
+};
+
+/* Error codes of §7; emad may add more, clients treat unknown ones as errors. */
+#define MSG_E_EPROTO "EPROTO"     /* malformed request */
+#define MSG_E_VERSION "VERSION"   /* protocol mismatch */
+#define MSG_E_NOHELLO "NOHELLO"   /* request before hello */
+#define MSG_E_NOMETHOD "NOMETHOD" /* unknown or unimplemented method */
+#define MSG_E_BADARG "BADARG"     /* bad or missing argument; the message names it */
+#define MSG_E_NOSESSION "NOSESSION"
+#define MSG_E_EXISTS "EXISTS"
+#define MSG_E_PERM "PERM"         /* not allowed for this peer or connection */
+#define MSG_E_SHM "SHM"           /* segment missing or failing the checks of §3 */
+#define MSG_E_STATE "STATE"       /* impossible in the session's state */
+#define MSG_E_LIMIT "LIMIT"       /* a limit of §2 */
+#define MSG_E_IO "IO"             /* a file operation failed */
+#define MSG_E_INTERNAL "INTERNAL" /* a bug (logged) */
+
+/* Extension: the notification emad sends to a connection it refuses (another
+ * uid, too many connections) just before closing it: [2, "error", [{code, message}]]. */
+#define MSG_NOTIFY_ERROR "error"
+
+/* An empty map, the result of close and drop. */
+struct msg_empty {
+    char unused;
+};
+
+extern const struct msg_desc msg_time_desc;
+extern const struct msg_desc msg_hello_desc;
+extern const struct msg_desc msg_hello_reply_desc;
+extern const struct msg_desc msg_tensor_desc;
+extern const struct msg_desc msg_config_desc;
+extern const struct msg_desc msg_register_desc;
+extern const struct msg_desc msg_shadow_tensor_desc;
+extern const struct msg_desc msg_session_state_desc;
+extern const struct msg_desc msg_register_reply_desc;
+extern const struct msg_desc msg_event_desc;
+extern const struct msg_desc msg_action_desc;
+extern const struct msg_desc msg_swap_desc;
+extern const struct msg_desc msg_status_desc;
+extern const struct msg_desc msg_server_info_desc;
+extern const struct msg_desc msg_status_reply_desc;
+extern const struct msg_desc msg_file_desc;
+extern const struct msg_desc msg_file_reply_desc;
+extern const struct msg_desc msg_close_desc;
+extern const struct msg_desc msg_drop_desc;
+extern const struct msg_desc msg_error_desc;
+extern const struct msg_desc msg_empty_desc;
+
+/* Every top-level message, for tests and tools; NULL-terminated. */
+extern const struct msg_desc *const msg_all_descs[];
+
+/* Decode map into out (a struct of d->size bytes, zeroed first). 0, -EINVAL
+ * with a message naming the field in err, or -ENOMEM. On error nothing needs
+ * freeing. */
+int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,
+               size_t errlen);
+/* Free what msg_decode() allocated in obj (arrays); obj itself is the caller's. */
+void msg_free(const struct msg_desc *d, void *obj);
+/* Pack obj as a map. Optional fields are left out unless has_<member> is
+ * set; nullable ones are sent as nil. */
+void msg_encode(msgpack_packer *pk, const struct msg_desc *d, const void *obj);
+
+/* String views */
+struct msg_str msg_str_c(const char *s);
+bool msg_str_eq(struct msg_str s, const char *c);
+/* Copy into a NUL-terminated buffer; -ENAMETOOLONG if it does not fit. */
+int msg_str_copy(struct msg_str s, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,529 @@
+/*
+ * wire.c - incremental msgpack-rpc decoder and envelope encoder.
+ */
+#include "wire.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The buffer may hold one whole message plus what arrived behind it in the
+ * same read; anything beyond means the caller fed bytes it should not have. */
+#define WIRE_READ_SLACK (256u << 10)
+
+static void scan_reset(struct wire_scan *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->left[0] = 1; /* one top-level object */
+}
+
+int wire_decoder_init(struct wire_decoder *d, size_t max_message, unsigned max_depth)
+{
+    if (d == NULL || max_message == 0)
+        return -EINVAL;
+    if (max_depth == 0 || max_depth >= WIRE_HARD_MAX_DEPTH)
+        return -EINVAL;
+    memset(d, 0, sizeof(*d));
+    d->max_message = max_message;
+    d->max_depth = max_depth;
+    scan_reset(&d->scan);
+    return 0;
+}
+
+static void release_unpacked(struct wire_decoder *d)
+{
+    if (!d->have_unpacked)
+        return;
+    msgpack_unpacked_destroy(&d->unpacked);
+    d->have_unpacked = false;
+}
+
+void wire_decoder_free(struct wire_decoder *d)
+{
+    if (d == NULL)
+        return;
+    release_unpacked(d);
+    free(d->buf);
+    d->buf = NULL;
+    d->head = d->len = d->cap = d->scanned = 0;
+}
+
+size_t wire_decoder_pending(const struct wire_decoder *d)
+{
+    return d->len - d->head;
+}
+
+/* Make room for n more bytes, first by sliding consumed bytes out. Only done
+ * while no message refers into the buffer. */
+static int make_room(struct wire_decoder *d, size_t n)
+{
+    size_t pending = d->len - d->head;
+    size_t bound = d->max_message + WIRE_READ_SLACK;
+
+    if (d->head > 0 && !d->have_unpacked) {
+        memmove(d->buf, d->buf + d->head, pending);
+        d->len = pending;
+        d->head = 0;
+    }
+    if (d->cap - d->len >= n)
+        return 0;
+    if (d->len - d->head + n > bound)
+        return -EMSGSIZE;
+    size_t cap = d->cap ? d->cap : 4096;
+    while (cap - d->len < n)
+        cap *= 2;
+    if (cap > d->head + bound)
+        cap = d->head + bound;
+    char *nb = realloc(d->buf, cap);
+    if (nb == NULL)
+        return -ENOMEM;
+    d->buf = nb;
+    d->cap = cap;
+    return 0;
+}
+
+int wire_decoder_feed(struct wire_decoder *d, const void *data, size_t n)
+{
+    size_t room;
+    char *p = wire_decoder_reserve(d, n, &room);
+
+    if (n == 0)
+        return 0;
+    if (p == NULL || room < n)
+        return room == 0 && p == NULL ? -ENOMEM : -EMSGSIZE;
+    memcpy(p, data, n);
+    wire_decoder_commit(d, n);
+    return 0;
+}
+
+char *wire_decoder_reserve(struct wire_decoder *d, size_t want, size_t *room)
+{
+    *room = 0;
+    release_unpacked(d);
+    /* Reading further into a message we are only discarding needs no room
+     * beyond one chunk: consumed bytes are dropped as they are scanned. */
+    if (make_room(d, want) < 0) {
+        size_t bound = d->max_message + WIRE_READ_SLACK;
+        size_t pending = d->len - d->head;
+        if (pending >= bound)
+            return NULL;
+        want = bound - pending;
+        if (make_room(d, want) < 0)
+            return NULL;
+    }
+    *room = d->cap - d->len;
+    return d->buf + d->len;
+}
+
+void wire_decoder_commit(struct wire_decoder *d, size_t n)
+{
+    d->len += n;
+}
+
+/* Header length implied by a msgpack type byte; 0 for the never-used 0xc1. */
+static unsigned header_len(uint8_t b)
+{
+    if (b <= 0x7f || b >= 0xe0 || (b >= 0x80 && b <= 0xbf))
+        return 1;
+    switch (b) {
+    case 0xc0: case 0xc2: case 0xc3: return 1;
+    case 0xc4: case 0xcc: case 0xd0: case 0xd9: return 2;
+    case 0xc5: case 0xcd: case 0xd1: case 0xda: case 0xdc: case 0xde: return 3;
+    case 0xc7: return 3;
+    case 0xc8: return 4;
+    case 0xc6: case 0xca: case 0xce: case 0xd2: case 0xdb: case 0xdd: case 0xdf: return 5;
+    case 0xc9: return 6;
+    case 0xcb: case 0xcf: case 0xd3: return 9;
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: return 2;
+    default: return 0;
+    }
+}
+
+static uint64_t be(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* One object finished: close every container it completes. Returns true when
+ * the top-level object is complete. */
+static bool object_done(struct wire_scan *s)
+{
+    s->left[s->depth]--;
+    while (s->depth > 0 && s->left[s->depth] == 0) {
+        s->depth--;
+        s->left[s->depth]--;
+    }
+    return s->depth == 0 && s->left[0] == 0;
+}
+
+/* A complete header in s->hdr: update the scan. 1 message complete, 0 go on,
+ * negative on a fault. */
+static int scan_header(struct wire_scan *s, unsigned max_depth)
+{
+    const uint8_t *h = s->hdr;
+    uint8_t b = h[0];
+    uint64_t count = 0; /* children for containers */
+    bool container = false;
+
+    if (b <= 0x7f || b >= 0xe0)
+        return object_done(s);
+    if (b >= 0x80 && b <= 0x8f) {
+        container = true;
+        count = 2u * (b & 0x0f);
+    } else if (b >= 0x90 && b <= 0x9f) {
+        container = true;
+        count = b & 0x0f;
+    } else if (b >= 0xa0 && b <= 0xbf) {
+        s->skip = b & 0x1f;
+    } else {
+        switch (b) {
+        case 0xc4: case 0xd9: s->skip = h[1]; break;
+        case 0xc5: case 0xda: s->skip = be(h + 1, 2); break;
+        case 0xc6: case 0xdb: s->skip = be(h + 1, 4); break;
+        case 0xc7: s->skip = h[1]; break;
+        case 0xc8: s->skip = be(h + 1, 2); break;
+        case 0xc9: s->skip = be(h + 1, 4); break;
+        case 0xd4: s->skip = 1; break;
+        case 0xd5: s->skip = 2; break;
+        case 0xd6: s->skip = 4; break;
+        case 0xd7: s->skip = 8; break;
+        case 0xd8: s->skip = 16; break;
+        case 0xdc: container = true; count = be(h + 1, 2); break;
+        case 0xdd: container = true; count = be(h + 1, 4); break;
+        case 0xde: container = true; count = 2 * be(h + 1, 2); break;
+        case 0xdf: container = true; count = 2 * be(h + 1, 4); break;
+        default: break; /* scalars: nil, bool, ints, floats */
+        }
+    }
+    if (container && count > 0) {
+        if (s->depth + 1 > max_depth)
+            return -ELOOP;
+        s->depth++;
+        s->left[s->depth] = count;
+        return 0;
+    }
+    if (s->skip > 0)
+        return 0;
+    return object_done(s);
+}
+
+/* Walk bytes [p, p+n). *used gets the bytes consumed: up to the end of the
+ * message when it completes (returns 1), else n (returns 0). */
+static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p, size_t n,
+                      size_t *used)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        if (s->skip > 0) {
+            size_t take = s->skip < n - i ? (size_t)s->skip : n - i;
+            i += take;
+            s->skip -= take;
+            if (s->skip == 0 && object_done(s)) {
+                *used = i;
+                return 1;
+            }
+            continue;
+        }
+        if (s->hdr_need == 0) {
+            unsigned len = header_len(p[i]);
+            if (len == 0) {
+                *used = i;
+                return -EBADMSG;
+            }
+            s->hdr_need = (uint8_t)len;
+            s->hdr_len = 0;
+        }
+        while (s->hdr_len < s->hdr_need && i < n)
+            s->hdr[s->hdr_len++] = p[i++];
+        if (s->hdr_len < s->hdr_need)
+            break;
+        s->hdr_need = 0;
+        int rc = scan_header(s, max_depth);
+        if (rc != 0) {
+            *used = i;
+            return rc;
+        }
+    }
+    *used = i;
+    return 0;
+}
+
+/* Find the msgid of something that starts like a request, from its first
+ * bytes only: [0x94 | array16/32 of 4] 0x00 <uint msgid>. */
+static bool peek_request_msgid(const uint8_t *p, size_t n, uint32_t *msgid)
+{
+    size_t i;
+
+    if (n < 3)
+        return false;
+    if (p[0] == 0x94)
+        i = 1;
+    else if (n >= 5 && p[0] == 0xdc && p[1] == 0 && p[2] == 4)
+        i = 3;
+    else if (n >= 7 && p[0] == 0xdd && be(p + 1, 4) == 4)
+        i = 5;
+    else
+        return false;
+    if (i + 2 > n || p[i] != 0x00)
+        return false;
+    i++;
+    uint8_t b = p[i++];
+    uint64_t v;
+    unsigned w = 0;
+    if (b <= 0x7f) {
+        *msgid = b;
+        return true;
+    }
+    switch (b) {
+    case 0xcc: case 0xd0: w = 1; break;
+    case 0xcd: case 0xd1: w = 2; break;
+    case 0xce: case 0xd2: w = 4; break;
+    case 0xcf: case 0xd3: w = 8; break;
+    default: return false;
+    }
+    if (i + w > n)
+        return false;
+    v = be(p + i, w);
+    if ((b >= 0xd0 && (p[i] & 0x80)) || v > UINT32_MAX)
+        return false;
+    *msgid = (uint32_t)v;
+    return true;
+}
+
+static void fault_set(struct wire_fault *f, int code, const char *fmt, const char *arg)
+{
+    f->code = code;
+    snprintf(f->detail, sizeof(f->detail), fmt, arg);
+}
+
+static bool obj_is_str(const msgpack_object *o)
+{
+    return o->type == MSGPACK_OBJECT_STR;
+}
+
+static bool obj_uint32(const msgpack_object *o, uint32_t *out)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > UINT32_MAX)
+        return false;
+    *out = (uint32_t)o->via.u64;
+    return true;
+}
+
+/* params must be an array holding exactly one map. */
+static const msgpack_object *params_map(const msgpack_object *o)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 1)
+        return NULL;
+    if (o->via.array.ptr[0].type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    return &o->via.array.ptr[0];
+}
+
+/* Check the msgpack-rpc shape of a complete object and fill msg. */
+static int check_shape(const msgpack_object *o, struct wire_msg *m, struct wire_fault *f)
+{
+    const msgpack_object *e;
+
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 3) {
+        fault_set(f, -EPROTO, "%s", "message is not a msgpack-rpc array");
+        return -EPROTO;
+    }
+    e = o->via.array.ptr;
+    if (e[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || e[0].via.u64 > WIRE_NOTIFY) {
+        fault_set(f, -EPROTO, "%s", "message type is not 0, 1 or 2");
+        return -EPROTO;
+    }
+    m->kind = (enum wire_kind)e[0].via.u64;
+    if (m->kind == WIRE_NOTIFY) {
+        if (o->via.array.size != 3 || !obj_is_str(&e[1]) || !(m->params = params_map(&e[2]))) {
+            fault_set(f, -EPROTO, "%s", "notification is not [2, method, [params]]");
+            return -EPROTO;
+        }
+        m->method = e[1].via.str.ptr;
+        m->method_len = e[1].via.str.size;
+        return 0;
+    }
+    if (o->via.array.size != 4 || !obj_uint32(&e[1], &m->msgid)) {
+        fault_set(f, -EPROTO, "%s", "request or response is not [type, msgid(u32), x, y]");
+        return -EPROTO;
+    }
+    if (m->kind == WIRE_RESPONSE) {
+        m->error = &e[2];
+        m->result = &e[3];
+        return 0;
+    }
+    f->has_msgid = true;
+    f->msgid = m->msgid;
+    if (!obj_is_str(&e[2])) {
+        fault_set(f, -EPROTO, "%s", "request method is not a string");
+        return -EPROTO;
+    }
+    m->method = e[2].via.str.ptr;
+    m->method_len = e[2].via.str.size;
+    if (!(m->params = params_map(&e[3]))) {
+        fault_set(f, -EPROTO, "%s", "request params are not an array holding one map");
+        return -EPROTO;
+    }
+    return 0;
+}
+
+int wire_decoder_next(struct wire_decoder *d, struct wire_msg *msg, struct wire_fault *fault)
+{
+    memset(msg, 0, sizeof(*msg));
+    memset(fault, 0, sizeof(*fault));
+    release_unpacked(d);
+    if (d->broken) {
+        fault_set(fault, -EBADMSG, "%s", "stream already failed");
+        return -1;
+    }
+
+    for (;;) {
+        const uint8_t *start = (const uint8_t *)d->buf + d->head;
+        size_t avail = d->len - d->head - d->scanned;
+        size_t used = 0;
+        int rc;
+
+        if (avail == 0)
+            return 0;
+        rc = scan_bytes(&d->scan, d->max_depth, start + d->scanned, avail, &used);
+        if (rc < 0) {
+            d->broken = true;
+            fault->code = rc;
+            if (rc == -ELOOP)
+                snprintf(fault->detail, sizeof(fault->detail),
+                         "message nests arrays and maps deeper than %u levels", d->max_depth);
+            else
+                snprintf(fault->detail, sizeof(fault->detail), "bytes are not valid msgpack");
+            return -1;
+        }
+        if (d->discarding) {
+            /* Drop what was walked: an oversized message is never kept. */
+            d->head += used;
+            d->scanned = 0;
+            if (rc == 1) {
+                d->discarding = false;
+                scan_reset(&d->scan);
+            }
+            continue;
+        }
+        d->scanned += used;
+        if (d->scanned > d->max_message) {
+            uint32_t id;
+            if (!peek_request_msgid(start, d->len - d->head, &id)) {
+                d->broken = true;
+                fault->code = -EMSGSIZE;
+                snprintf(fault->detail, sizeof(fault->detail),
+                         "message exceeds the limit of %zu bytes and is not a request",
+                         d->max_message);
+                return -1;
+            }
+            fault->code = -EMSGSIZE;
+            fault->has_msgid = true;
+            fault->msgid = id;
+            snprintf(fault->detail, sizeof(fault->detail),
+                     "message exceeds the limit of %zu bytes", d->max_message);
+            d->head += d->scanned;
+            d->scanned = 0;
+            if (rc == 1)
+                scan_reset(&d->scan);
+            else
+                d->discarding = true;
+            return -1;
+        }
+        if (rc == 0)
+            return 0;
+
+        /* A complete message of d->scanned bytes at start. */
+        size_t bytes = d->scanned, off = 0;
+        d->head += bytes;
+        d->scanned = 0;
+        scan_reset(&d->scan);
+        msgpack_unpacked_init(&d->unpacked);
+        d->have_unpacked = true;
+        msgpack_unpack_return ur =
+            msgpack_unpack_next(&d->unpacked, (const char *)start, bytes, &off);
+        if (ur != MSGPACK_UNPACK_SUCCESS || off != bytes) {
+            /* The scanner accepted it, so this is msgpack-c refusing something
+             * valid-looking (e.g. memory): treat the stream as lost. */
+            d->broken = true;
+            fault_set(fault, -EBADMSG, "%s", "msgpack-c could not unpack the message");
+            return -1;
+        }
+        msg->bytes = bytes;
+        if (check_shape(&d->unpacked.data, msg, fault) < 0)
+            return -1;
+        return 1;
+    }
+}
+
+void wire_pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+void wire_pack_request_head(msgpack_packer *pk, uint32_t msgid, const char *method)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, WIRE_REQUEST);
+    msgpack_pack_uint32(pk, msgid);
+    wire_pack_str(pk, method);
+    msgpack_pack_array(pk, 1);
+}
+
+void wire_pack_notify_head(msgpack_packer *pk, const char *method)
+{
+    msgpack_pack_array(pk, 3);
+    msgpack_pack_uint8(pk, WIRE_NOTIFY);
+    wire_pack_str(pk, method);
+    msgpack_pack_array(pk, 1);
+}
+
+void wire_pack_response_head(msgpack_packer *pk, uint32_t msgid)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, WIRE_RESPONSE);
+    msgpack_pack_uint32(pk, msgid);
+    msgpack_pack_nil(pk);
+}
+
+void wire_pack_response_error(msgpack_packer *pk, uint32_t msgid, const char *code,
+                              const char *message)
+{
+    msgpack_pack_array(pk, 4);
+    msgpack_pack_uint8(pk, WIRE_RESPONSE);
+    msgpack_pack_uint32(pk, msgid);
+    msgpack_pack_map(pk, 2);
+    wire_pack_str(pk, "code");
+    wire_pack_str(pk, code);
+    wire_pack_str(pk, "message");
+    wire_pack_str(pk, message);
+    msgpack_pack_nil(pk);
+}
+
+int wire_socket_path(const char *opt, const char *env_socket, const char *env_runtime_dir,
+                     char *out, size_t outlen)
+{
+    int n;
+
+    if (opt != NULL) {
+        if (opt[0] == '\0')
+            return -EINVAL;
+        n = snprintf(out, outlen, "%s", opt);
+    } else if (env_socket != NULL && env_socket[0] != '\0') {
+        n = snprintf(out, outlen, "%s", env_socket);
+    } else if (env_runtime_dir != NULL && env_runtime_dir[0] != '\0') {
+        n = snprintf(out, outlen, "%s/emad.sock", env_runtime_dir);
+    } else {
+        n = snprintf(out, outlen, "%s", "/run/emad/emad.sock");
+    }
+    if (n < 0 || (size_t)n >= outlen || n > WIRE_SOCKET_PATH_MAX)
+        return -ENAMETOOLONG;
+    return 0;
+}
