@@ -1,0 +1,149 @@
+/* ema.h - the EMA state machine of one session: pure, no IO, no allocation, no globals.
+ *
+ * The daemon parses a session's configuration once (ema_config_init), then for every event asks
+ * what weight work to do (ema_decide), runs that work on its workers, and applies the state change
+ * only once the work has completed (ema_commit). Work that fails is simply not committed, so the
+ * same event decided again gives the same answer.
+ *
+ * Semantics: PROTOCOL.md section 4 (time) and section 5 (EMA), after Composer's EMA algorithm.
+ */
+#ifndef EMA_H
+#define EMA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A dur time is held exactly, as a count of 10^-15: at most 15 decimals are accepted, so the
+ * count stays below 2^53 and converts to the nearest double with a single rounding. */
+#define EMA_DUR_DIGITS 15
+#define EMA_DUR_ONE UINT64_C(1000000000000000)
+
+/* Room for any string ema_time_format writes, NUL included. */
+#define EMA_TIME_STRLEN 32
+
+/* Defaults of PROTOCOL.md section 5. */
+#define EMA_DEFAULT_HALF_LIFE "1000ba"
+#define EMA_DEFAULT_EMA_START "0.0dur"
+
+/* ---- Time ---------------------------------------------------------------------------------- */
+
+enum ema_unit {
+    EMA_UNIT_BA,  /* batches (optimizer steps) */
+    EMA_UNIT_EP,  /* epochs */
+    EMA_UNIT_DUR, /* fraction of the planned training */
+    EMA_UNIT_INF, /* "inf": an infinite half-life, the only unitless time */
+};
+
+/* A parsed time string such as "1000ba", "2ep", "0.25dur" or "inf". */
+struct ema_time {
+    enum ema_unit unit;
+    uint64_t value; /* ba, ep: the count; dur: the fraction in units of 10^-15; inf: 0 */
+};
+
+/* The trainer's clock carried by an event. */
+struct ema_clock {
+    uint64_t batch;    /* optimizer steps completed; the first batch_end carries 1 */
+    uint64_t epoch;    /* epochs completed */
+    double duration;   /* elapsed fraction of the planned training, in [0, 1] */
+    bool has_duration; /* duration was sent (it is optional on the wire) */
+};
+
+/* ---- Configuration --------------------------------------------------------------------------- */
+
+/* register's "config" map as received. A NULL string or a false has_smoothing means absent;
+ * strings need not be NUL-terminated. */
+struct ema_config_in {
+    const char *half_life; /* time string, ba/ep, or "inf" */
+    size_t half_life_len;
+    bool has_smoothing;
+    double smoothing;            /* in [0, 1] */
+    const char *update_interval; /* time string, ba/ep, value >= 1 */
+    size_t update_interval_len;
+    const char *ema_start; /* time string, ba/ep/dur */
+    size_t ema_start_len;
+};
+
+/* A validated configuration, defaults filled in. */
+struct ema_config {
+    bool has_half_life;              /* smoothing derives from half_life, else it was given */
+    struct ema_time half_life;       /* ba, ep or inf; meaningful when has_half_life */
+    struct ema_time update_interval; /* ba or ep, value >= 1; its unit picks the update event */
+    struct ema_time ema_start;       /* ba, ep or dur */
+    double smoothing; /* shadow = smoothing * shadow + (1 - smoothing) * param, in [0, 1] */
+    float weight;     /* (float)(1.0 - smoothing), rounded once: the kernels' lerp weight */
+};
+
+/* ---- The state machine --------------------------------------------------------------------- */
+
+enum ema_event {
+    EMA_EVENT_INIT,
+    EMA_EVENT_FIT_START,
+    EMA_EVENT_BATCH_START,
+    EMA_EVENT_BATCH_END,
+    EMA_EVENT_EPOCH_END,
+    EMA_EVENT_EVAL_START,
+    EMA_EVENT_EVAL_END,
+    EMA_EVENT_CHECKPOINT,
+    EMA_EVENT_SWAP_EMA,   /* the swap method, "to": "ema"; carries no clock */
+    EMA_EVENT_SWAP_TRAIN, /* the swap method, "to": "train"; carries no clock */
+    EMA_EVENT_COUNT,
+};
+
+enum ema_action {
+    EMA_ACTION_NONE,         /* the event does not apply in this state */
+    EMA_ACTION_START,        /* shadow := params */
+    EMA_ACTION_UPDATE,       /* shadow := smoothing * shadow + (1 - smoothing) * params */
+    EMA_ACTION_START_UPDATE, /* start, then update (which leaves the shadow equal to params) */
+    EMA_ACTION_SWAP_IN,      /* params -> stash, shadow -> params */
+    EMA_ACTION_SWAP_OUT,     /* stash -> params */
+    EMA_ACTION_COUNT,
+};
+
+/* One session's state; ema_state_init gives the state of a fresh session. */
+struct ema_state {
+    bool started;       /* the shadow was initialised from the params at ema_start */
+    bool active;        /* the EMA weights are in the params, the training weights stashed */
+    uint64_t updates;   /* completed updates; a start alone is not one */
+    uint64_t swaps;     /* completed swaps, in and out */
+    bool has_last_time; /* an event has been committed */
+    struct ema_clock last_time; /* the clock of the last committed event */
+};
+
+/* ---- Prototypes: all return 0 or a negative errno; results go through out-parameters. ------ */
+
+/* Time strings (PROTOCOL.md section 4), strictly: digits then "ba" or "ep" for a u64 count;
+ * digits, optionally "." and 1..15 digits, then "dur" for a decimal in [0, 1] (".5dur" and
+ * "1.dur" are refused); "inf" only when allow_inf. No sign, space, exponent or hex. -EINVAL. */
+int ema_time_parse(const char *s, size_t len, bool allow_inf, struct ema_time *out);
+/* The canonical form ("1000ba", "0.25dur", "1.0dur", "inf") that parses back to *t. -ENOSPC
+ * when buf is too small (EMA_TIME_STRLEN always suffices), -EINVAL for an invalid *t. */
+int ema_time_format(const struct ema_time *t, char *buf, size_t len);
+const char *ema_unit_name(enum ema_unit unit); /* "ba", "ep", "dur", "inf"; NULL if invalid */
+
+/* Validates and fills *cfg (untouched on failure). On -EINVAL, err receives a message naming the
+ * field, e.g. `config.update_interval: unit "ep" does not match half_life's unit "ba"`. */
+int ema_config_init(struct ema_config *cfg, const struct ema_config_in *in, char *err,
+                    size_t errlen);
+
+/* Checks an event's clock: duration, when present, in [0, 1]. Message names "time.duration". */
+int ema_clock_check(const struct ema_clock *now, char *err, size_t errlen);
+void ema_state_init(struct ema_state *st);
+/* The action event ev calls for; mutates nothing. now may be NULL only for the swap events.
+ * -EINVAL for a bad argument, an invalid clock or a configuration not from ema_config_init. */
+int ema_decide(const struct ema_config *cfg, const struct ema_state *st, enum ema_event ev,
+               const struct ema_clock *now, enum ema_action *out);
+/* Applies a completed action and records now (when not NULL) as the last time. -EINVAL, state
+ * untouched, if the action is impossible in this state (it was not decided on this state). */
+int ema_commit(struct ema_state *st, enum ema_action action, const struct ema_clock *now);
+
+/* Names. Events and actions use their wire names; the swap events are named "swap:ema" and
+ * "swap:train" for logs only: ema_event_from_name refuses them, ema_swap_from_name reads the
+ * swap method's "to". The name functions return NULL for an invalid value. */
+const char *ema_event_name(enum ema_event ev);
+int ema_event_from_name(const char *s, size_t len, enum ema_event *out);
+int ema_swap_from_name(const char *s, size_t len, enum ema_event *out);
+const char *ema_action_name(enum ema_action action);
+int ema_action_from_name(const char *s, size_t len, enum ema_action *out);
+
+#endif
