@@ -1,0 +1,162 @@
+/*
+ * kernel.h - update / swap / cast kernels of emad: pure functions over pointers and element
+ * counts.
+ *
+ * Nothing here knows about sessions, sockets or threads. Every kernel works on any sub-range of
+ * a tensor (any alignment, any count including 0), so the worker pool may cut tensors into
+ * chunks freely: running a kernel on [0, k) then on [k, n) gives the same bytes as one call on
+ * [0, n). A kernel writes its destination range and nothing else.
+ *
+ * Numerics (bit-exact with PyTorch's CPU `shadow.lerp_(param, w)`, see NOTES.md "Numerics"):
+ *   d = x - s;   s := |w| < 0.5 ? fma(w, d, s) : fma(w - 1, d, x)
+ * with x the parameter converted exactly to the shadow's type (bf16/f16 -> f32), w = 1 - smoothing
+ * computed in double and rounded once to float for f32 shadows. Narrowing casts round to nearest
+ * even and overflow to inf. A NaN stays a quiet NaN: in bf16 always 0x7fc0, as c10::BFloat16
+ * (torch's .to(torch.bfloat16)) writes it; in f16 with its sign and the top of its payload, as
+ * F16C's vcvtps2ph writes it.
+ *
+ * Implementations come as tables of function pointers (struct kernel_ops): one picked at run
+ * time for the CPU (AVX2+FMA+F16C when present), the portable C one, and the scalar references
+ * the tests compare both with. The tables are constant and there is no global mutable state, so
+ * every function here is thread-safe.
+ */
+#ifndef EMAD_KERNEL_H
+#define EMAD_KERNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Element types ---------------------------------------------------------------------- */
+
+/* dtype of a tensor as named on the wire ("f32", "bf16", ...). */
+enum kernel_dtype {
+    KERNEL_F32,  /* "f32"  IEEE binary32 */
+    KERNEL_F16,  /* "f16"  IEEE binary16 */
+    KERNEL_BF16, /* "bf16" bfloat16: the top half of a binary32 */
+    KERNEL_F64,  /* "f64"  IEEE binary64 */
+    KERNEL_I64,  /* "i64" */
+    KERNEL_I32,  /* "i32" */
+    KERNEL_I16,  /* "i16" */
+    KERNEL_I8,   /* "i8" */
+    KERNEL_U8,   /* "u8" */
+    KERNEL_BOOL, /* "bool" one byte, 0 or 1 */
+    KERNEL_DTYPE_COUNT
+};
+
+/* Bytes per element; 0 for a value outside the enum. */
+size_t kernel_dtype_size(enum kernel_dtype dt);
+
+/* Wire name ("f32", ...); NULL for a value outside the enum. */
+const char *kernel_dtype_name(enum kernel_dtype dt);
+
+/* Parses the len bytes at name (no NUL needed): 0 and *out set, or -EINVAL if it is no dtype. */
+int kernel_dtype_from_name(const char *name, size_t len, enum kernel_dtype *out);
+
+/* true for f32, f16, bf16 and f64: the dtypes that are averaged rather than copied. */
+bool kernel_dtype_is_float(enum kernel_dtype dt);
+
+/*
+ * dtype of the shadow kept for a parameter of dtype dt: f32 for f16/bf16/f32 (the average is
+ * computed in fp32 whatever the parameter's precision), dt itself otherwise;
+ * KERNEL_DTYPE_COUNT for a value outside the enum.
+ */
+enum kernel_dtype kernel_dtype_shadow(enum kernel_dtype dt);
+
+/* ---- Implementations ------------------------------------------------------------------- */
+
+/*
+ * One implementation of the kernels that depend on the instruction set. n counts elements.
+ * Exact copies (f32 -> f32, f64 -> f64, integers) are memcpy and live outside the table.
+ */
+struct kernel_ops {
+    const char *name; /* "avx2" (AVX2+FMA+F16C), "portable" or "reference": for logs */
+
+    /* shadow[i] := lerp(shadow[i], param[i], w), param converted exactly to the shadow's type. */
+    void (*update_f32)(float *restrict shadow, const float *restrict param, size_t n, float w);
+    void (*update_bf16)(float *restrict shadow, const uint16_t *restrict param, size_t n, float w);
+    void (*update_f16)(float *restrict shadow, const uint16_t *restrict param, size_t n, float w);
+    void (*update_f64)(double *restrict shadow, const double *restrict param, size_t n, double w);
+
+    /* Exact widening (shadow := params when the EMA starts). f16 NaNs come out quiet. */
+    void (*bf16_to_f32)(float *restrict dst, const uint16_t *restrict src, size_t n);
+    void (*f16_to_f32)(float *restrict dst, const uint16_t *restrict src, size_t n);
+
+    /* Narrowing with round-to-nearest-even (params := shadow on swap in); overflow gives inf,
+     * NaN gives 0x7fc0 in bf16 and a quiet NaN with sign and top payload in f16. */
+    void (*f32_to_bf16)(uint16_t *restrict dst, const float *restrict src, size_t n);
+    void (*f32_to_f16)(uint16_t *restrict dst, const float *restrict src, size_t n);
+};
+
+/* The fastest implementation this CPU runs. Cheap (a few CPUIDs); callers may keep the pointer. */
+const struct kernel_ops *kernel_ops_best(void);
+
+/* AVX2+FMA+F16C intrinsics; NULL when this CPU/OS or this build (not x86) lacks them. */
+const struct kernel_ops *kernel_ops_avx2(void);
+
+/* Plain C for any CPU (libm fmaf, bit manipulation for f16). Callable anywhere: tests use it. */
+const struct kernel_ops *kernel_ops_portable(void);
+
+/* The scalar references: one element at a time, written for obviousness, never for speed. */
+const struct kernel_ops *kernel_ops_reference(void);
+
+/* ---- Per-tensor entry points (what the pool calls on each chunk) ------------------------ */
+
+/*
+ * The EMA update of n elements of a tensor whose parameter has dtype dt: float dtypes lerp
+ * towards param with w = 1 - smoothing (in double, then rounded to float for f32 shadows);
+ * integer and bool tensors are copied. shadow has kernel_dtype_shadow(dt).
+ * 0, or -EINVAL for a NULL ops, a bad dtype, NULL pointers with n > 0, or an n whose byte count
+ * overflows size_t; nothing is written then.
+ */
+int kernel_update(const struct kernel_ops *ops, enum kernel_dtype dt, void *shadow,
+                  const void *param, size_t n, double smoothing);
+
+/* shadow := params, widened exactly (when the EMA starts). 0 or -EINVAL as above. */
+int kernel_shadow_init(const struct kernel_ops *ops, enum kernel_dtype dt, void *shadow,
+                       const void *param, size_t n);
+
+/* params := shadow, cast to dt with round-to-nearest-even (swap in). 0 or -EINVAL as above. */
+int kernel_swap_in(const struct kernel_ops *ops, enum kernel_dtype dt, void *param,
+                   const void *shadow, size_t n);
+
+/* ---- Byte copies ------------------------------------------------------------------------ */
+
+/* Copies bytes; 0 bytes with NULL pointers is allowed (plain memcpy would be undefined). */
+void kernel_copy(void *restrict dst, const void *restrict src, size_t bytes);
+
+/* Params -> stash before a swap in (named for the pool, which runs it per chunk). */
+void kernel_stash_copy(void *restrict stash, const void *restrict param, size_t bytes);
+
+/* Stash -> params on swap out. */
+void kernel_stash_restore(void *restrict param, const void *restrict stash, size_t bytes);
+
+/* ---- Scalar references, one element (the tests' ground truth) ---------------------------- */
+
+/* The lerp above, as PyTorch writes it. */
+float kernel_ref_lerp_f32(float s, float x, float w);
+double kernel_ref_lerp_f64(double s, double x, double w);
+
+/* bf16 <-> f32: a 16-bit shift; RNE by the carry trick, NaN -> 0x7fc0. */
+float kernel_ref_bf16_to_f32(uint16_t h);
+uint16_t kernel_ref_f32_to_bf16(float f);
+
+/* f16 <-> f32 through double arithmetic (ldexp, rint), independent of the fast paths' bit
+ * manipulation. */
+float kernel_ref_f16_to_f32(uint16_t h);
+uint16_t kernel_ref_f32_to_f16(float f);
+
+/* The array forms, as in the table returned by kernel_ops_reference(). */
+void kernel_ref_update_f32(float *restrict shadow, const float *restrict param, size_t n, float w);
+void kernel_ref_update_bf16(float *restrict shadow, const uint16_t *restrict param, size_t n,
+                            float w);
+void kernel_ref_update_f16(float *restrict shadow, const uint16_t *restrict param, size_t n,
+                           float w);
+void kernel_ref_update_f64(double *restrict shadow, const double *restrict param, size_t n,
+                           double w);
+void kernel_ref_bf16_to_f32_n(float *restrict dst, const uint16_t *restrict src, size_t n);
+void kernel_ref_f16_to_f32_n(float *restrict dst, const uint16_t *restrict src, size_t n);
+void kernel_ref_f32_to_bf16_n(uint16_t *restrict dst, const float *restrict src, size_t n);
+void kernel_ref_f32_to_f16_n(uint16_t *restrict dst, const float *restrict src, size_t n);
+
+#endif /* EMAD_KERNEL_H */
