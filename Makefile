@@ -45,7 +45,7 @@ ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
                 systemd util-linux procps
 
-.PHONY: all check check-run demo deps install uninstall clean tests
+.PHONY: FORCE all check check-run demo deps install uninstall clean tests
 all: build/emad build/emactl build/libemaclient.a build/libemaclient.so
 
 # $(1) object dir, $(2) output dir, $(3) extra compiler and linker flags
@@ -96,7 +96,8 @@ build/emaclient.pc: client/emaclient.pc.in
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
-build/systemd/%: systemd/%
+# Always regenerated: BINDIR may differ from one make invocation to the next.
+build/systemd/%: systemd/% FORCE
 	@mkdir -p $(@D)
 	sed -e 's|@BINDIR@|$(BINDIR)|g' $< > $@
 
@@ -105,8 +106,7 @@ USER_UNITS := emad-user.service emad-user.socket
 
 TESTS := $(TEST_SRC:%.c=build/%) $(ITEST_SRC:%.c=build/%) \
          $(TEST_SRC:%.c=build/asan/%) $(ITEST_SRC:%.c=build/asan/%)
-tests: all build/asan/emad build/asan/emactl $(TESTS) \
-       $(addprefix build/systemd/,$(UNITS) $(USER_UNITS))
+tests: all build/asan/emad build/asan/emactl $(TESTS)
 
 deps:
 	@missing=""; \

@@ -150,8 +150,16 @@ static int call(emac_client *c, const char *method, const struct msg_desc *req_d
     msg_encode(&pk, req_desc, req);
     rc = send_all(c, sb.data, sb.size, err);
     msgpack_sbuffer_destroy(&sb);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) {
+        /* emad may have refused us with an explanation before closing:
+         * report its reason rather than the broken pipe. */
+        struct emac_error why;
+        if (wait_reply(c, id, method, &result, &why) != -EREMOTEIO)
+            return rc;
+        if (err != NULL)
+            *err = why;
+        return -EREMOTEIO;
+    }
     if ((rc = wait_reply(c, id, method, &result, err)) < 0)
         return rc;
     if (msg_decode(rep_desc, result, rep, why, sizeof(why)) < 0)

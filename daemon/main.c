@@ -46,8 +46,8 @@ static void on_signal(uv_signal_t *h, int signum)
     struct daemon *d = h->data;
 
     if (signum == SIGHUP) {
-        log_info(&d->log, "SIGHUP: reopening the log file");
-        log_reopen(&d->log);
+        if (log_reopen(&d->log) == 0)
+            log_info(&d->log, "SIGHUP: log file reopened");
         return;
     }
     if (d->srv.stopping)
