@@ -245,7 +245,8 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             unsigned long m;
             errno = 0;
             m = strtoul(optarg, &end, 8);
-            if (optarg[0] == '\0' || *end != '\0' || errno != 0 || m > 0777)
+            /* strtoul() would also take a sign or leading blanks: "-0" is no mode. */
+            if (!isdigit((unsigned char)optarg[0]) || *end != '\0' || errno != 0 || m > 0777)
                 return fail(err, errlen, "--socket-mode %s: expected octal permission bits "
                             "such as 0600 or 0660", optarg);
             o->socket_mode = (unsigned)m;
@@ -318,6 +319,11 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
         case ':':
             return fail(err, errlen, "option %s needs an argument", argv[optind - 1]);
         default:
+            /* Within a group of short options ("-xq") optind has not moved past the group
+             * yet, so argv[optind - 1] is its neighbour: name the letter instead. A long
+             * option leaves optopt 0, or the value of "--help=x" / "--version=x". */
+            if (optopt > 0 && optopt < 256 && optopt != 'h' && optopt != 'V')
+                return fail(err, errlen, "unknown option -%c", optopt);
             return fail(err, errlen, "unknown option %s", argv[optind - 1]);
         }
     }

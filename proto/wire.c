@@ -86,12 +86,16 @@ static int make_room(struct wire_decoder *d, size_t n)
 int wire_decoder_feed(struct wire_decoder *d, const void *data, size_t n)
 {
     size_t room;
-    char *p = wire_decoder_reserve(d, n, &room);
+    char *p;
 
     if (n == 0)
         return 0;
+    /* Checked first: reserve() answers NULL both for a full buffer and for no memory. */
+    if (n > d->max_message + WIRE_READ_SLACK - wire_decoder_pending(d))
+        return -EMSGSIZE;
+    p = wire_decoder_reserve(d, n, &room);
     if (p == NULL || room < n)
-        return room == 0 && p == NULL ? -ENOMEM : -EMSGSIZE;
+        return -ENOMEM;
     memcpy(p, data, n);
     wire_decoder_commit(d, n);
     return 0;
@@ -199,12 +203,15 @@ static int scan_header(struct wire_scan *s, unsigned max_depth)
         default: break; /* scalars: nil, bool, ints, floats */
         }
     }
-    if (container && count > 0) {
+    if (container) {
+        /* An empty array or map is one level of nesting too. */
         if (s->depth + 1 > max_depth)
             return -ELOOP;
-        s->depth++;
-        s->left[s->depth] = count;
-        return 0;
+        if (count > 0) {
+            s->depth++;
+            s->left[s->depth] = count;
+            return 0;
+        }
     }
     if (s->skip > 0)
         return 0;
@@ -329,7 +336,7 @@ static int check_shape(const msgpack_object *o, struct wire_msg *m, struct wire_
 {
     const msgpack_object *e;
 
-    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 3) {
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 2) {
         fault_set(f, -EPROTO, "%s", "message is not a msgpack-rpc array");
         return -EPROTO;
     }
@@ -339,6 +346,9 @@ static int check_shape(const msgpack_object *o, struct wire_msg *m, struct wire_
         return -EPROTO;
     }
     m->kind = (enum wire_kind)e[0].via.u64;
+    /* A request whose msgid can be read is answered (§2), whatever else is wrong with it. */
+    if (m->kind == WIRE_REQUEST && obj_uint32(&e[1], &f->msgid))
+        f->has_msgid = true;
     if (m->kind == WIRE_NOTIFY) {
         if (o->via.array.size != 3 || !obj_is_str(&e[1]) || !(m->params = params_map(&e[2]))) {
             fault_set(f, -EPROTO, "%s", "notification is not [2, method, [params]]");
@@ -357,8 +367,6 @@ static int check_shape(const msgpack_object *o, struct wire_msg *m, struct wire_
         m->result = &e[3];
         return 0;
     }
-    f->has_msgid = true;
-    f->msgid = m->msgid;
     if (!obj_is_str(&e[2])) {
         fault_set(f, -EPROTO, "%s", "request method is not a string");
         return -EPROTO;

@@ -30,7 +30,8 @@ enum wire_kind {
 };
 
 /* A decoded message. Pointers refer to the decoder's buffer and zone and stay
- * valid until the next wire_decoder_next() or wire_decoder_free(). */
+ * valid until the next call of wire_decoder_next(), _feed(), _reserve() or
+ * _free() on that decoder. */
 struct wire_msg {
     enum wire_kind kind;
     uint32_t msgid;                /* request, response */
