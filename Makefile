@@ -45,6 +45,9 @@ ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
                 systemd util-linux procps
 
+# Keep test objects: they are intermediate files of the pattern rules.
+.SECONDARY:
+
 .PHONY: FORCE all check check-run demo deps install uninstall clean tests
 all: build/emad build/emactl build/libemaclient.a build/libemaclient.so
 

@@ -31,61 +31,6 @@
 #define KERNEL_X86 0
 #endif
 
-/* ---- Element types ---------------------------------------------------------------------- */
-
-static const struct {
-    const char *name;
-    size_t size;
-    enum kernel_dtype shadow;
-} dtype_info[KERNEL_DTYPE_COUNT] = {
-    [KERNEL_F32] = {"f32", 4, KERNEL_F32},   [KERNEL_F16] = {"f16", 2, KERNEL_F32},
-    [KERNEL_BF16] = {"bf16", 2, KERNEL_F32}, [KERNEL_F64] = {"f64", 8, KERNEL_F64},
-    [KERNEL_I64] = {"i64", 8, KERNEL_I64},   [KERNEL_I32] = {"i32", 4, KERNEL_I32},
-    [KERNEL_I16] = {"i16", 2, KERNEL_I16},   [KERNEL_I8] = {"i8", 1, KERNEL_I8},
-    [KERNEL_U8] = {"u8", 1, KERNEL_U8},      [KERNEL_BOOL] = {"bool", 1, KERNEL_BOOL},
-};
-
-/* The enum's underlying type is implementation-defined: compare as unsigned so that a negative
- * value read off the wire is rejected too. */
-static bool dtype_valid(enum kernel_dtype dt)
-{
-    return (unsigned)dt < KERNEL_DTYPE_COUNT;
-}
-
-size_t kernel_dtype_size(enum kernel_dtype dt)
-{
-    return dtype_valid(dt) ? dtype_info[dt].size : 0;
-}
-
-const char *kernel_dtype_name(enum kernel_dtype dt)
-{
-    return dtype_valid(dt) ? dtype_info[dt].name : NULL;
-}
-
-int kernel_dtype_from_name(const char *name, size_t len, enum kernel_dtype *out)
-{
-    if (name == NULL || out == NULL)
-        return -EINVAL;
-    for (unsigned i = 0; i < KERNEL_DTYPE_COUNT; i++) {
-        const char *cand = dtype_info[i].name;
-        if (strlen(cand) == len && memcmp(cand, name, len) == 0) {
-            *out = (enum kernel_dtype)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
-bool kernel_dtype_is_float(enum kernel_dtype dt)
-{
-    return dt == KERNEL_F32 || dt == KERNEL_F16 || dt == KERNEL_BF16 || dt == KERNEL_F64;
-}
-
-enum kernel_dtype kernel_dtype_shadow(enum kernel_dtype dt)
-{
-    return dtype_valid(dt) ? dtype_info[dt].shadow : KERNEL_DTYPE_COUNT;
-}
-
 /* ---- Bit helpers ------------------------------------------------------------------------ */
 
 /* memcpy is the defined way to reinterpret bits; compilers turn it into a register move. */
@@ -658,7 +603,7 @@ const struct kernel_ops *kernel_ops_best(void)
 /* ---- Per-tensor entry points ------------------------------------------------------------ */
 
 /* Common argument checks: a table, a known dtype, pointers unless there is nothing to do. */
-static int check_args(const struct kernel_ops *ops, enum kernel_dtype dt, const void *dst,
+static int check_args(const struct kernel_ops *ops, enum dtype dt, const void *dst,
                       const void *src, size_t n)
 {
     if (ops == NULL)
@@ -667,12 +612,12 @@ static int check_args(const struct kernel_ops *ops, enum kernel_dtype dt, const 
         return -EINVAL;
     if (n > 0 && (dst == NULL || src == NULL))
         return -EINVAL;
-    if (n > SIZE_MAX / dtype_info[dt].size) /* a byte count that cannot exist */
+    if (n > SIZE_MAX / dtype_size(dt)) /* a byte count that cannot exist */
         return -EINVAL;
     return 0;
 }
 
-int kernel_update(const struct kernel_ops *ops, enum kernel_dtype dt, void *shadow,
+int kernel_update(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                   const void *param, size_t n, double smoothing)
 {
     int err = check_args(ops, dt, shadow, param, n);
@@ -682,58 +627,58 @@ int kernel_update(const struct kernel_ops *ops, enum kernel_dtype dt, void *shad
      * converted to the tensor's compute type, float for an f32 shadow. */
     const double w = 1.0 - smoothing;
     switch (dt) {
-    case KERNEL_F32:
+    case DTYPE_F32:
         ops->update_f32(shadow, param, n, (float)w);
         return 0;
-    case KERNEL_BF16:
+    case DTYPE_BF16:
         ops->update_bf16(shadow, param, n, (float)w);
         return 0;
-    case KERNEL_F16:
+    case DTYPE_F16:
         ops->update_f16(shadow, param, n, (float)w);
         return 0;
-    case KERNEL_F64:
+    case DTYPE_F64:
         ops->update_f64(shadow, param, n, w);
         return 0;
     default: /* integer and bool tensors follow the weights: a copy */
-        kernel_copy(shadow, param, n * dtype_info[dt].size);
+        kernel_copy(shadow, param, n * dtype_size(dt));
         return 0;
     }
 }
 
-int kernel_shadow_init(const struct kernel_ops *ops, enum kernel_dtype dt, void *shadow,
+int kernel_shadow_init(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                        const void *param, size_t n)
 {
     int err = check_args(ops, dt, shadow, param, n);
     if (err < 0)
         return err;
     switch (dt) {
-    case KERNEL_BF16:
+    case DTYPE_BF16:
         ops->bf16_to_f32(shadow, param, n);
         return 0;
-    case KERNEL_F16:
+    case DTYPE_F16:
         ops->f16_to_f32(shadow, param, n);
         return 0;
     default: /* same dtype: f32, f64, integers */
-        kernel_copy(shadow, param, n * dtype_info[dt].size);
+        kernel_copy(shadow, param, n * dtype_size(dt));
         return 0;
     }
 }
 
-int kernel_swap_in(const struct kernel_ops *ops, enum kernel_dtype dt, void *param,
+int kernel_swap_in(const struct kernel_ops *ops, enum dtype dt, void *param,
                    const void *shadow, size_t n)
 {
     int err = check_args(ops, dt, param, shadow, n);
     if (err < 0)
         return err;
     switch (dt) {
-    case KERNEL_BF16:
+    case DTYPE_BF16:
         ops->f32_to_bf16(param, shadow, n);
         return 0;
-    case KERNEL_F16:
+    case DTYPE_F16:
         ops->f32_to_f16(param, shadow, n);
         return 0;
     default:
-        kernel_copy(param, shadow, n * dtype_info[dt].size);
+        kernel_copy(param, shadow, n * dtype_size(dt));
         return 0;
     }
 }

@@ -23,45 +23,11 @@
 #ifndef EMAD_KERNEL_H
 #define EMAD_KERNEL_H
 
+#include "dtype.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-
-/* ---- Element types ---------------------------------------------------------------------- */
-
-/* dtype of a tensor as named on the wire ("f32", "bf16", ...). */
-enum kernel_dtype {
-    KERNEL_F32,  /* "f32"  IEEE binary32 */
-    KERNEL_F16,  /* "f16"  IEEE binary16 */
-    KERNEL_BF16, /* "bf16" bfloat16: the top half of a binary32 */
-    KERNEL_F64,  /* "f64"  IEEE binary64 */
-    KERNEL_I64,  /* "i64" */
-    KERNEL_I32,  /* "i32" */
-    KERNEL_I16,  /* "i16" */
-    KERNEL_I8,   /* "i8" */
-    KERNEL_U8,   /* "u8" */
-    KERNEL_BOOL, /* "bool" one byte, 0 or 1 */
-    KERNEL_DTYPE_COUNT
-};
-
-/* Bytes per element; 0 for a value outside the enum. */
-size_t kernel_dtype_size(enum kernel_dtype dt);
-
-/* Wire name ("f32", ...); NULL for a value outside the enum. */
-const char *kernel_dtype_name(enum kernel_dtype dt);
-
-/* Parses the len bytes at name (no NUL needed): 0 and *out set, or -EINVAL if it is no dtype. */
-int kernel_dtype_from_name(const char *name, size_t len, enum kernel_dtype *out);
-
-/* true for f32, f16, bf16 and f64: the dtypes that are averaged rather than copied. */
-bool kernel_dtype_is_float(enum kernel_dtype dt);
-
-/*
- * dtype of the shadow kept for a parameter of dtype dt: f32 for f16/bf16/f32 (the average is
- * computed in fp32 whatever the parameter's precision), dt itself otherwise;
- * KERNEL_DTYPE_COUNT for a value outside the enum.
- */
-enum kernel_dtype kernel_dtype_shadow(enum kernel_dtype dt);
 
 /* ---- Implementations ------------------------------------------------------------------- */
 
@@ -105,19 +71,19 @@ const struct kernel_ops *kernel_ops_reference(void);
 /*
  * The EMA update of n elements of a tensor whose parameter has dtype dt: float dtypes lerp
  * towards param with w = 1 - smoothing (in double, then rounded to float for f32 shadows);
- * integer and bool tensors are copied. shadow has kernel_dtype_shadow(dt).
+ * integer and bool tensors are copied. shadow has dtype_shadow(dt).
  * 0, or -EINVAL for a NULL ops, a bad dtype, NULL pointers with n > 0, or an n whose byte count
  * overflows size_t; nothing is written then.
  */
-int kernel_update(const struct kernel_ops *ops, enum kernel_dtype dt, void *shadow,
+int kernel_update(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                   const void *param, size_t n, double smoothing);
 
 /* shadow := params, widened exactly (when the EMA starts). 0 or -EINVAL as above. */
-int kernel_shadow_init(const struct kernel_ops *ops, enum kernel_dtype dt, void *shadow,
+int kernel_shadow_init(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                        const void *param, size_t n);
 
 /* params := shadow, cast to dt with round-to-nearest-even (swap in). 0 or -EINVAL as above. */
-int kernel_swap_in(const struct kernel_ops *ops, enum kernel_dtype dt, void *param,
+int kernel_swap_in(const struct kernel_ops *ops, enum dtype dt, void *param,
                    const void *shadow, size_t n);
 
 /* ---- Byte copies ------------------------------------------------------------------------ */

@@ -627,23 +627,23 @@ static void test_update_weight_is_one_minus_smoothing_rounded_once(void **state)
 
     memcpy(s_want, s, sizeof s);
     kernel_ref_update_f32(s_want, x, N, w);
-    assert_int_equal(kernel_update(ops, KERNEL_F32, s, x, N, smoothing), 0);
+    assert_int_equal(kernel_update(ops, DTYPE_F32, s, x, N, smoothing), 0);
     for (size_t i = 0; i < N; i++)
         expect_f32_bits("kernel_update f32", i, s[i], s_want[i]);
 
     kernel_ref_update_bf16(s_want, h, N, w);
-    assert_int_equal(kernel_update(ops, KERNEL_BF16, s, h, N, smoothing), 0);
+    assert_int_equal(kernel_update(ops, DTYPE_BF16, s, h, N, smoothing), 0);
     for (size_t i = 0; i < N; i++)
         expect_f32_bits("kernel_update bf16", i, s[i], s_want[i]);
 
     kernel_ref_update_f16(s_want, h, N, w);
-    assert_int_equal(kernel_update(ops, KERNEL_F16, s, h, N, smoothing), 0);
+    assert_int_equal(kernel_update(ops, DTYPE_F16, s, h, N, smoothing), 0);
     for (size_t i = 0; i < N; i++)
         expect_f32_bits("kernel_update f16", i, s[i], s_want[i]);
 
     memcpy(sd_want, sd, sizeof sd);
     kernel_ref_update_f64(sd_want, xd, N, 1.0 - smoothing);
-    assert_int_equal(kernel_update(ops, KERNEL_F64, sd, xd, N, smoothing), 0);
+    assert_int_equal(kernel_update(ops, DTYPE_F64, sd, xd, N, smoothing), 0);
     for (size_t i = 0; i < N; i++) {
         uint64_t got, want;
         if (!same_f64(sd, sd_want, i, &got, &want))
@@ -657,15 +657,15 @@ static void test_update_in_chunks_equals_update_in_one_call(void **state)
 {
     (void)state;
     enum { N = 5000 };
-    static const enum kernel_dtype dts[] = {KERNEL_F32, KERNEL_BF16, KERNEL_F16,
-                                            KERNEL_F64, KERNEL_I64,  KERNEL_BOOL};
+    static const enum dtype dts[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16,
+                                            DTYPE_F64, DTYPE_I64,  DTYPE_BOOL};
     const struct kernel_ops *ops = kernel_ops_best();
     static unsigned char whole[N * 8], chunked[N * 8], param[N * 8];
     uint64_t rng = 99;
 
     for (size_t t = 0; t < ARRAY_LEN(dts); t++) {
-        enum kernel_dtype dt = dts[t];
-        size_t shadow_size = kernel_dtype_size(kernel_dtype_shadow(dt));
+        enum dtype dt = dts[t];
+        size_t shadow_size = dtype_size(dtype_shadow(dt));
         if (shadow_size == 4)
             fill_f32(whole, N, &rng);
         else
@@ -680,7 +680,7 @@ static void test_update_in_chunks_equals_update_in_one_call(void **state)
             if (len > N - i)
                 len = N - i;
             assert_int_equal(kernel_update(ops, dt, chunked + i * shadow_size,
-                                           param + i * kernel_dtype_size(dt), len, 0.99),
+                                           param + i * dtype_size(dt), len, 0.99),
                              0);
             i += len;
         }
@@ -950,50 +950,50 @@ static void test_dtype_names_parse_and_round_trip(void **state)
     (void)state;
     static const char *names[] = {"f32", "f16", "bf16", "f64", "i64",
                                   "i32", "i16", "i8",   "u8",  "bool"};
-    assert_int_equal(ARRAY_LEN(names), KERNEL_DTYPE_COUNT);
-    for (unsigned i = 0; i < KERNEL_DTYPE_COUNT; i++) {
-        enum kernel_dtype dt;
-        assert_int_equal(kernel_dtype_from_name(names[i], strlen(names[i]), &dt), 0);
+    assert_int_equal(ARRAY_LEN(names), DTYPE_COUNT);
+    for (unsigned i = 0; i < DTYPE_COUNT; i++) {
+        enum dtype dt;
+        assert_int_equal(dtype_from_name(names[i], strlen(names[i]), &dt), 0);
         assert_int_equal(dt, i);
-        assert_string_equal(kernel_dtype_name(dt), names[i]);
+        assert_string_equal(dtype_name(dt), names[i]);
     }
-    enum kernel_dtype dt = KERNEL_BOOL;
+    enum dtype dt = DTYPE_BOOL;
     /* The length bounds the name: no NUL needed, and a prefix or an extension is no match. */
-    assert_int_equal(kernel_dtype_from_name("f32garbage", 3, &dt), 0);
-    assert_int_equal(dt, KERNEL_F32);
-    assert_int_equal(kernel_dtype_from_name("f32garbage", 4, &dt), -EINVAL);
-    assert_int_equal(kernel_dtype_from_name("bf16", 3, &dt), -EINVAL);
-    assert_int_equal(kernel_dtype_from_name("", 0, &dt), -EINVAL);
-    assert_int_equal(kernel_dtype_from_name("F32", 3, &dt), -EINVAL);
-    assert_int_equal(kernel_dtype_from_name("float32", 7, &dt), -EINVAL);
-    assert_int_equal(kernel_dtype_from_name(NULL, 0, &dt), -EINVAL);
-    assert_int_equal(dt, KERNEL_F32); /* untouched on failure */
-    assert_null(kernel_dtype_name(KERNEL_DTYPE_COUNT));
-    assert_null(kernel_dtype_name((enum kernel_dtype)(-1)));
+    assert_int_equal(dtype_from_name("f32garbage", 3, &dt), 0);
+    assert_int_equal(dt, DTYPE_F32);
+    assert_int_equal(dtype_from_name("f32garbage", 4, &dt), -EINVAL);
+    assert_int_equal(dtype_from_name("bf16", 3, &dt), -EINVAL);
+    assert_int_equal(dtype_from_name("", 0, &dt), -EINVAL);
+    assert_int_equal(dtype_from_name("F32", 3, &dt), -EINVAL);
+    assert_int_equal(dtype_from_name("float32", 7, &dt), -EINVAL);
+    assert_int_equal(dtype_from_name(NULL, 0, &dt), -EINVAL);
+    assert_int_equal(dt, DTYPE_F32); /* untouched on failure */
+    assert_null(dtype_name(DTYPE_COUNT));
+    assert_null(dtype_name((enum dtype)(-1)));
 }
 
 static void test_dtype_sizes_and_shadow_types(void **state)
 {
     (void)state;
     static const size_t sizes[] = {4, 2, 2, 8, 8, 4, 2, 1, 1, 1};
-    for (unsigned i = 0; i < KERNEL_DTYPE_COUNT; i++)
-        assert_int_equal(kernel_dtype_size((enum kernel_dtype)i), sizes[i]);
-    assert_int_equal(kernel_dtype_size(KERNEL_DTYPE_COUNT), 0);
+    for (unsigned i = 0; i < DTYPE_COUNT; i++)
+        assert_int_equal(dtype_size((enum dtype)i), sizes[i]);
+    assert_int_equal(dtype_size(DTYPE_COUNT), 0);
 
-    assert_int_equal(kernel_dtype_shadow(KERNEL_F32), KERNEL_F32);
-    assert_int_equal(kernel_dtype_shadow(KERNEL_F16), KERNEL_F32);
-    assert_int_equal(kernel_dtype_shadow(KERNEL_BF16), KERNEL_F32);
-    assert_int_equal(kernel_dtype_shadow(KERNEL_F64), KERNEL_F64);
-    assert_int_equal(kernel_dtype_shadow(KERNEL_I64), KERNEL_I64);
-    assert_int_equal(kernel_dtype_shadow(KERNEL_BOOL), KERNEL_BOOL);
-    assert_int_equal(kernel_dtype_shadow((enum kernel_dtype)42), KERNEL_DTYPE_COUNT);
+    assert_int_equal(dtype_shadow(DTYPE_F32), DTYPE_F32);
+    assert_int_equal(dtype_shadow(DTYPE_F16), DTYPE_F32);
+    assert_int_equal(dtype_shadow(DTYPE_BF16), DTYPE_F32);
+    assert_int_equal(dtype_shadow(DTYPE_F64), DTYPE_F64);
+    assert_int_equal(dtype_shadow(DTYPE_I64), DTYPE_I64);
+    assert_int_equal(dtype_shadow(DTYPE_BOOL), DTYPE_BOOL);
+    assert_int_equal(dtype_shadow((enum dtype)42), DTYPE_COUNT);
 
-    assert_true(kernel_dtype_is_float(KERNEL_F32));
-    assert_true(kernel_dtype_is_float(KERNEL_F16));
-    assert_true(kernel_dtype_is_float(KERNEL_BF16));
-    assert_true(kernel_dtype_is_float(KERNEL_F64));
-    assert_false(kernel_dtype_is_float(KERNEL_I32));
-    assert_false(kernel_dtype_is_float(KERNEL_BOOL));
+    assert_true(dtype_is_float(DTYPE_F32));
+    assert_true(dtype_is_float(DTYPE_F16));
+    assert_true(dtype_is_float(DTYPE_BF16));
+    assert_true(dtype_is_float(DTYPE_F64));
+    assert_false(dtype_is_float(DTYPE_I32));
+    assert_false(dtype_is_float(DTYPE_BOOL));
 }
 
 static void test_ops_best_is_avx2_when_the_cpu_has_it(void **state)
@@ -1013,13 +1013,13 @@ static void test_ops_best_is_avx2_when_the_cpu_has_it(void **state)
 static void test_dispatch_copies_integer_tensors(void **state)
 {
     (void)state;
-    static const enum kernel_dtype dts[] = {KERNEL_I64, KERNEL_I32, KERNEL_I16,
-                                            KERNEL_I8,  KERNEL_U8,  KERNEL_BOOL};
+    static const enum dtype dts[] = {DTYPE_I64, DTYPE_I32, DTYPE_I16,
+                                            DTYPE_I8,  DTYPE_U8,  DTYPE_BOOL};
     const struct kernel_ops *ops = kernel_ops_best();
     uint64_t rng = 11;
 
     for (size_t t = 0; t < ARRAY_LEN(dts); t++) {
-        size_t size = kernel_dtype_size(dts[t]);
+        size_t size = dtype_size(dts[t]);
         for (size_t n = 0; n <= 70; n += 7) {
             struct guarded dst = guarded_new(n, size, 1);
             unsigned char *src = malloc(n * size + 1);
@@ -1036,7 +1036,7 @@ static void test_dispatch_copies_integer_tensors(void **state)
             assert_int_equal(kernel_swap_in(ops, dts[t], dst.data, src, n), 0);
             assert_memory_equal(dst.data, src, n * size);
 
-            guarded_check_and_free(&dst, kernel_dtype_name(dts[t]));
+            guarded_check_and_free(&dst, dtype_name(dts[t]));
             free(src);
         }
     }
@@ -1054,32 +1054,32 @@ static void test_dispatch_casts_float_tensors(void **state)
     uint64_t rng = 13;
 
     fill_u16(h, N, &rng);
-    assert_int_equal(kernel_shadow_init(ops, KERNEL_BF16, f, h, N), 0);
+    assert_int_equal(kernel_shadow_init(ops, DTYPE_BF16, f, h, N), 0);
     kernel_ref_bf16_to_f32_n(f_want, h, N);
     assert_memory_equal(f, f_want, sizeof f);
-    assert_int_equal(kernel_shadow_init(ops, KERNEL_F16, f, h, N), 0);
+    assert_int_equal(kernel_shadow_init(ops, DTYPE_F16, f, h, N), 0);
     kernel_ref_f16_to_f32_n(f_want, h, N);
     assert_memory_equal(f, f_want, sizeof f);
 
     fill_f32(f, N, &rng);
-    assert_int_equal(kernel_swap_in(ops, KERNEL_BF16, h, f, N), 0);
+    assert_int_equal(kernel_swap_in(ops, DTYPE_BF16, h, f, N), 0);
     kernel_ref_f32_to_bf16_n(h_want, f, N);
     assert_memory_equal(h, h_want, sizeof h);
-    assert_int_equal(kernel_swap_in(ops, KERNEL_F16, h, f, N), 0);
+    assert_int_equal(kernel_swap_in(ops, DTYPE_F16, h, f, N), 0);
     kernel_ref_f32_to_f16_n(h_want, f, N);
     assert_memory_equal(h, h_want, sizeof h);
 
-    assert_int_equal(kernel_swap_in(ops, KERNEL_F32, f_want, f, N), 0);
+    assert_int_equal(kernel_swap_in(ops, DTYPE_F32, f_want, f, N), 0);
     assert_memory_equal(f_want, f, sizeof f);
     memset(f_want, 0, sizeof f_want);
-    assert_int_equal(kernel_shadow_init(ops, KERNEL_F32, f_want, f, N), 0);
+    assert_int_equal(kernel_shadow_init(ops, DTYPE_F32, f_want, f, N), 0);
     assert_memory_equal(f_want, f, sizeof f);
 
     fill_f64(d_src, N, &rng);
-    assert_int_equal(kernel_shadow_init(ops, KERNEL_F64, d, d_src, N), 0);
+    assert_int_equal(kernel_shadow_init(ops, DTYPE_F64, d, d_src, N), 0);
     assert_memory_equal(d, d_src, sizeof d);
     memset(d, 0, sizeof d);
-    assert_int_equal(kernel_swap_in(ops, KERNEL_F64, d, d_src, N), 0);
+    assert_int_equal(kernel_swap_in(ops, DTYPE_F64, d, d_src, N), 0);
     assert_memory_equal(d, d_src, sizeof d);
 }
 
@@ -1090,25 +1090,25 @@ static void test_dispatch_rejects_bad_arguments(void **state)
     float s[4] = {0};
     const float x[4] = {1, 2, 3, 4};
 
-    assert_int_equal(kernel_update(ops, KERNEL_DTYPE_COUNT, s, x, 4, 0.5), -EINVAL);
-    assert_int_equal(kernel_update(ops, (enum kernel_dtype)(-1), s, x, 4, 0.5), -EINVAL);
-    assert_int_equal(kernel_update(NULL, KERNEL_F32, s, x, 4, 0.5), -EINVAL);
-    assert_int_equal(kernel_update(ops, KERNEL_F32, NULL, x, 4, 0.5), -EINVAL);
-    assert_int_equal(kernel_update(ops, KERNEL_F32, s, NULL, 4, 0.5), -EINVAL);
-    assert_int_equal(kernel_update(ops, KERNEL_I64, s, x, SIZE_MAX / 4, 0.5), -EINVAL);
-    assert_int_equal(kernel_shadow_init(ops, (enum kernel_dtype)77, s, x, 4), -EINVAL);
-    assert_int_equal(kernel_shadow_init(ops, KERNEL_F16, NULL, x, 4), -EINVAL);
-    assert_int_equal(kernel_swap_in(ops, (enum kernel_dtype)77, s, x, 4), -EINVAL);
-    assert_int_equal(kernel_swap_in(ops, KERNEL_BF16, s, NULL, 4), -EINVAL);
+    assert_int_equal(kernel_update(ops, DTYPE_COUNT, s, x, 4, 0.5), -EINVAL);
+    assert_int_equal(kernel_update(ops, (enum dtype)(-1), s, x, 4, 0.5), -EINVAL);
+    assert_int_equal(kernel_update(NULL, DTYPE_F32, s, x, 4, 0.5), -EINVAL);
+    assert_int_equal(kernel_update(ops, DTYPE_F32, NULL, x, 4, 0.5), -EINVAL);
+    assert_int_equal(kernel_update(ops, DTYPE_F32, s, NULL, 4, 0.5), -EINVAL);
+    assert_int_equal(kernel_update(ops, DTYPE_I64, s, x, SIZE_MAX / 4, 0.5), -EINVAL);
+    assert_int_equal(kernel_shadow_init(ops, (enum dtype)77, s, x, 4), -EINVAL);
+    assert_int_equal(kernel_shadow_init(ops, DTYPE_F16, NULL, x, 4), -EINVAL);
+    assert_int_equal(kernel_swap_in(ops, (enum dtype)77, s, x, 4), -EINVAL);
+    assert_int_equal(kernel_swap_in(ops, DTYPE_BF16, s, NULL, 4), -EINVAL);
     /* Nothing was written by a rejected call. */
     for (size_t i = 0; i < 4; i++)
         assert_true(s[i] == 0.0f);
 
     /* An empty chunk is fine, even without buffers. */
-    for (unsigned i = 0; i < KERNEL_DTYPE_COUNT; i++) {
-        assert_int_equal(kernel_update(ops, (enum kernel_dtype)i, NULL, NULL, 0, 0.5), 0);
-        assert_int_equal(kernel_shadow_init(ops, (enum kernel_dtype)i, NULL, NULL, 0), 0);
-        assert_int_equal(kernel_swap_in(ops, (enum kernel_dtype)i, NULL, NULL, 0), 0);
+    for (unsigned i = 0; i < DTYPE_COUNT; i++) {
+        assert_int_equal(kernel_update(ops, (enum dtype)i, NULL, NULL, 0, 0.5), 0);
+        assert_int_equal(kernel_shadow_init(ops, (enum dtype)i, NULL, NULL, 0), 0);
+        assert_int_equal(kernel_swap_in(ops, (enum dtype)i, NULL, NULL, 0), 0);
     }
 }
 
