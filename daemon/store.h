@@ -1,0 +1,145 @@
+/*
+ * store.h - save and load state files in emad's state directory (PROTOCOL.md §6 "save / load").
+ *
+ * A state file holds two opaque blobs: the metadata (msgpack bytes made by the caller: config,
+ * counters, tensor table) and the data (the shadow, possibly many GiB). This module knows nothing
+ * of sessions; it makes saving atomic and durable and loading verified:
+ *
+ *   - store_save() writes a temp file in the target's directory, fsyncs it, renames it over the
+ *     target and fsyncs the directory. A reader never sees a partial file; a crash or an error
+ *     leaves the previous file as it was.
+ *   - store_load() maps the file read-only and returns nothing unless the magic, the version, the
+ *     lengths and the checksum over every byte all check out.
+ *
+ * File format, version 1 (integers little-endian):
+ *
+ *   offset            size      field
+ *   ----------------  --------  ---------------------------------------------------------------
+ *   0                 8         magic "EMASTATE" (no NUL)
+ *   8                 4         version: 1
+ *   12                4         flags: 0 (a reader rejects bits it does not know)
+ *   16                8         meta_len
+ *   24                8         data_offset = round_up(40 + meta_len, 4096), so the data is
+ *                               page-aligned in a mapping of the file
+ *   32                8         data_len
+ *   40                meta_len  meta: the caller's bytes
+ *   40 + meta_len     ...       zero padding up to data_offset
+ *   data_offset       data_len  data: the caller's bytes
+ *   data_offset       8         end magic "EMASTEND"
+ *     + data_len
+ *   file size - 8     8         checksum: CRC-32C (Castagnoli, as iSCSI and ext4 use it) of
+ *                               every byte before it, zero-extended to 64 bits
+ *
+ *   file size = data_offset + data_len + 16; the smallest file (both blobs empty) is 4112 bytes.
+ *
+ * Every version keeps the magic at 0, the version at 8 and this 16-byte trailer at the end, so a
+ * reader can tell a newer file (-EPROTONOSUPPORT) from a damaged one (-EBADMSG) without knowing
+ * the newer layout.
+ *
+ * File names, not paths: clients choose names (store_name_valid), and ".emastate" is appended.
+ * Temp files are named ".<name>.emastate.tmp-XXXXXX"; a valid name never starts with '.', so a
+ * temp file can never be mistaken for a state file, and any left by a crash may be deleted.
+ *
+ * Functions return 0 or a negative errno. Those that take `char *err, size_t errlen` write a
+ * message there on failure that names the file and the problem (err may be NULL). Nothing here
+ * has global mutable state; every function is thread-safe (two saves to the same name race as
+ * renames do: one of the two complete files wins).
+ */
+#ifndef EMAD_STORE_H
+#define EMAD_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STORE_SUFFIX ".emastate"
+#define STORE_MAGIC "EMASTATE"     /* 8 bytes at offset 0 */
+#define STORE_END_MAGIC "EMASTEND" /* 8 bytes before the checksum */
+#define STORE_VERSION 1u
+#define STORE_HEADER_BYTES 40u
+#define STORE_TRAILER_BYTES 16u
+#define STORE_ALIGN 4096u  /* data_offset is a multiple */
+#define STORE_NAME_MAX 128 /* longest file name clients may give, without the suffix */
+
+/* ---- Names ------------------------------------------------------------------------------- */
+
+/* A file name clients may give: 1..STORE_NAME_MAX chars of [A-Za-z0-9._%-], not starting with
+ * '.' (so never ".", "..", or a temp or hidden file). len counts the chars; name needs no NUL. */
+bool store_name_valid(const char *name, size_t len);
+
+/* The default file name for a session (session names are 1..128 chars of [A-Za-z0-9._:/-],
+ * PROTOCOL.md §2): '/' becomes "%2F", ':' becomes "%3A", a leading '.' becomes "%2E", everything
+ * else stays. '%' never occurs in a session name, so the mapping is injective: two sessions never
+ * share a default file. Writes a NUL-terminated valid name to out.
+ * -EINVAL if session is not a valid session name, -ENAMETOOLONG if the result would be longer
+ * than STORE_NAME_MAX (the client must give a name), -ENOBUFS if outlen cannot hold it
+ * (STORE_NAME_MAX + 1 always can). */
+int store_default_name(const char *session, size_t len, char *out, size_t outlen);
+
+/* ---- Save and load ----------------------------------------------------------------------- */
+
+/*
+ * Write <dir>/<name>.emastate atomically and durably. dir is created (mode 0700, parents too)
+ * if missing. The file is written to a temp file in dir (O_EXCL, mode 0600), its space reserved
+ * first where the filesystem can (so a full disk fails before GiBs are written), fsynced, renamed
+ * over the target, and dir is fsynced; the function returns after all of that.
+ *
+ * meta and data may be NULL when their length is 0. data must not change during the call (the
+ * checksum is computed as it is written) and must stay mapped.
+ *
+ * path_out (path_len bytes, may be NULL with path_len 0) gets the final path; bytes_out (may be
+ * NULL) the file's size. -EINVAL for an invalid name, -ENAMETOOLONG if the path does not fit
+ * path_out or PATH_MAX (checked before anything is written), else the -errno of the step that
+ * failed, with a message such as
+ *   "save: writing /var/lib/emad/.x.emastate.tmp-Qx81aZ: No space left on device".
+ * On any failure the temp file is removed and a previous file of that name is left intact; the
+ * one exception is a failing fsync of dir after the rename, when the new file is in place but
+ * may not survive a crash.
+ */
+int store_save(const char *dir, const char *name, const void *meta, size_t meta_len,
+               const void *data, uint64_t data_len, char *path_out, size_t path_len,
+               uint64_t *bytes_out, char *err, size_t errlen);
+
+/* A verified, read-only, private mapping of a state file. meta and data point into it. */
+struct store_file {
+    void *map;        /* the whole file; NULL when nothing is loaded */
+    size_t map_len;   /* the file's size */
+    const void *meta; /* meta_len bytes */
+    size_t meta_len;
+    const void *data; /* data_len bytes, page-aligned */
+    uint64_t data_len;
+};
+
+/*
+ * Map and verify <dir>/<name>.emastate. On success *out holds the mapping; release it with
+ * store_file_close(). On failure *out is zeroed (closing it is harmless) and the result is
+ *   -EINVAL           invalid name, or not a regular file
+ *   -ENOENT           no such file
+ *   -EBADMSG          not a state file, truncated, inconsistent lengths or checksum mismatch
+ *   -EPROTONOSUPPORT  an intact file of another version, or with flags this reader lacks
+ *   other -errno      opening or mapping failed
+ * with a message naming the path and which check failed. Verification reads the whole file.
+ * The file must not be truncated while mapped (a read past the new end raises SIGBUS); emad owns
+ * its state directory and only ever replaces files by rename, which cannot do that.
+ */
+int store_load(const char *dir, const char *name, struct store_file *out, char *err,
+               size_t errlen);
+
+/* Unmap and zero f. Accepts a zeroed struct, and f == NULL. */
+void store_file_close(struct store_file *f);
+
+/* ---- Checksum ---------------------------------------------------------------------------- */
+
+/* CRC-32C, zlib-style chaining: crc is 0 to start, or the result over the preceding bytes, so
+ * store_crc32c(store_crc32c(0, a, n), b, m) is the CRC of a followed by b. "123456789" gives
+ * 0xe3069283. buf may be NULL when len is 0. */
+typedef uint32_t (*store_crc32c_fn)(uint32_t crc, const void *buf, size_t len);
+
+/* The fastest implementation this CPU runs (SSE4.2 crc32 when present, several GB/s). */
+uint32_t store_crc32c(uint32_t crc, const void *buf, size_t len);
+/* Portable slicing-by-8 over a constant table; any CPU. */
+uint32_t store_crc32c_portable(uint32_t crc, const void *buf, size_t len);
+/* The SSE4.2 implementation; NULL when this CPU or this build (not x86-64) lacks it. */
+store_crc32c_fn store_crc32c_hw(void);
+
+#endif

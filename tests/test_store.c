@@ -1,0 +1,1116 @@
+/*
+ * test_store.c - state files (daemon/store.c): names, CRC-32C, save and load.
+ *
+ * Each save/load test gets a fresh temporary directory (setup/teardown) and checks the files
+ * left in it: the mode, that no temp file remains, that a failed save leaves the previous file
+ * byte-identical. Damage is made by hand on files written by store_save: truncation at every
+ * interesting length, each single bit flipped, a valid file of another version (checksum
+ * recomputed, so only the version differs). The checksum is checked against published CRC-32C
+ * vectors, a bit-by-bit definition, and the hardware path against the portable one.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store.h"
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define ERRLEN 1024
+
+/* ---- Helpers ----------------------------------------------------------------------------- */
+
+/* splitmix64: small, deterministic, good enough to spread bits. */
+static uint64_t rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static void fill_random(void *buf, size_t len, uint64_t seed)
+{
+    unsigned char *p = buf;
+    uint64_t s = seed;
+
+    for (size_t i = 0; i < len; i += 8) {
+        uint64_t v = rng_next(&s);
+        memcpy(p + i, &v, len - i < 8 ? len - i : 8);
+    }
+}
+
+/* CRC-32C straight from its definition, one bit at a time. */
+static uint32_t crc_bitwise(uint32_t crc, const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+
+    crc = ~crc;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= p[i];
+        for (int b = 0; b < 8; b++)
+            crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1)));
+    }
+    return ~crc;
+}
+
+/* The test's own temporary directory; tests save into dir (not yet created) or below it. */
+struct fixture {
+    char root[PATH_MAX]; /* made by setup, removed with everything in it by teardown */
+    char dir[PATH_MAX];  /* root/state: the state directory, created by store_save */
+};
+
+static int setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof(*fx));
+    const char *tmp = getenv("TMPDIR");
+
+    if (fx == NULL)
+        return -1;
+    snprintf(fx->root, sizeof(fx->root), "%s/test_store.XXXXXX",
+             tmp != NULL && tmp[0] == '/' ? tmp : "/tmp");
+    if (mkdtemp(fx->root) == NULL) {
+        free(fx);
+        return -1;
+    }
+    if (snprintf(fx->dir, sizeof(fx->dir), "%s/state", fx->root) >= (int)sizeof(fx->dir)) {
+        rmdir(fx->root);
+        free(fx);
+        return -1;
+    }
+    umask(022);
+    *state = fx;
+    return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    chmod(path, 0700); /* a test may leave a read-only directory behind */
+    return remove(path);
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+
+    chmod(fx->dir, 0700);
+    nftw(fx->root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(fx);
+    return 0;
+}
+
+/* snprintf into an array, failing the test if it does not fit. */
+#define FORMAT(buf, ...) assert_true(snprintf(buf, sizeof(buf), __VA_ARGS__) < (int)sizeof(buf))
+
+/* dir/name into out (PATH_MAX bytes). */
+static char *join(char *out, const char *dir, const char *name)
+{
+    assert_true(snprintf(out, PATH_MAX, "%s/%s", dir, name) < PATH_MAX);
+    return out;
+}
+
+/* The whole file in a malloc'ed buffer; NULL if it cannot be read. */
+static unsigned char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf;
+    long n;
+
+    if (f == NULL)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    buf = malloc(n > 0 ? (size_t)n : 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static void write_file(const char *path, const void *buf, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Entries of dir other than "." and "..", and whether one of them looks like a temp file. */
+static int count_entries(const char *dir, bool *temp_seen)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(d);
+    *temp_seen = false;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (strstr(e->d_name, ".tmp-") != NULL)
+            *temp_seen = true;
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static void assert_err_has(const char *err, const char *fragment)
+{
+    if (strstr(err, fragment) == NULL)
+        fail_msg("message \"%s\" lacks \"%s\"", err, fragment);
+}
+
+/* Save and require success; returns the file size. */
+static uint64_t save_ok(const char *dir, const char *name, const void *meta, size_t meta_len,
+                        const void *data, uint64_t data_len)
+{
+    char err[ERRLEN] = "", path[PATH_MAX];
+    uint64_t bytes = 0;
+    int rc = store_save(dir, name, meta, meta_len, data, data_len, path, sizeof(path), &bytes,
+                        err, sizeof(err));
+
+    if (rc != 0)
+        fail_msg("store_save %s/%s: %d: %s", dir, name, rc, err);
+    return bytes;
+}
+
+/* Load and require the given error, with a message naming the file; *out must come back
+ * zeroed. Returns the message in err. */
+static void load_fails(const char *dir, const char *name, int want, char *err)
+{
+    struct store_file f;
+    int rc;
+
+    memset(&f, 0x5a, sizeof(f));
+    err[0] = '\0';
+    rc = store_load(dir, name, &f, err, ERRLEN);
+    if (rc != want)
+        fail_msg("store_load %s/%s: expected %d, got %d (%s)", dir, name, want, rc, err);
+    assert_null(f.map);
+    assert_null(f.meta);
+    assert_null(f.data);
+    assert_int_equal(f.map_len, 0);
+    assert_int_equal(f.meta_len, 0);
+    assert_int_equal(f.data_len, 0);
+    assert_true(strlen(err) > 0);
+    store_file_close(&f);
+}
+
+/* Save meta and data, load them back, compare; checks the file's size, mode and alignment. */
+static void round_trip(const char *dir, const void *meta, size_t meta_len, const void *data,
+                       uint64_t data_len)
+{
+    char err[ERRLEN] = "", path[PATH_MAX], want_path[PATH_MAX];
+    uint64_t bytes = 0, data_offset = (40 + meta_len + 4095) / 4096 * 4096;
+    struct store_file f;
+    struct stat st;
+    int rc;
+
+    rc = store_save(dir, "rt", meta, meta_len, data, data_len, path, sizeof(path), &bytes, err,
+                    sizeof(err));
+    if (rc != 0)
+        fail_msg("store_save: %d: %s", rc, err);
+    FORMAT(want_path, "%s/rt.emastate", dir);
+    assert_string_equal(path, want_path);
+    assert_int_equal(bytes, data_offset + data_len + 16);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, bytes);
+
+    rc = store_load(dir, "rt", &f, err, sizeof(err));
+    if (rc != 0)
+        fail_msg("store_load: %d: %s", rc, err);
+    assert_int_equal(f.map_len, bytes);
+    assert_int_equal(f.meta_len, meta_len);
+    assert_int_equal(f.data_len, data_len);
+    assert_ptr_equal(f.data, (const char *)f.map + data_offset);
+    assert_int_equal((uintptr_t)f.data % 4096, 0);
+    if (meta_len > 0)
+        assert_memory_equal(f.meta, meta, meta_len);
+    if (data_len > 0)
+        assert_int_equal(memcmp(f.data, data, data_len), 0);
+    store_file_close(&f);
+    assert_null(f.map);
+}
+
+/* ---- CRC-32C ----------------------------------------------------------------------------- */
+
+struct crc_impl {
+    const char *name;
+    store_crc32c_fn fn;
+};
+
+/* Every implementation this machine runs: the dispatcher, portable, and SSE4.2 if present. */
+static size_t crc_impls(struct crc_impl *out)
+{
+    size_t n = 0;
+
+    out[n++] = (struct crc_impl){"best", store_crc32c};
+    out[n++] = (struct crc_impl){"portable", store_crc32c_portable};
+    if (store_crc32c_hw() != NULL)
+        out[n++] = (struct crc_impl){"sse4.2", store_crc32c_hw()};
+    return n;
+}
+
+static void test_crc32c_matches_published_vectors(void **state)
+{
+    /* RFC 3720 B.4 (iSCSI) and the "check" value of the CRC catalogue. */
+    unsigned char zeros[32] = {0}, ones[32], up[32], down[32];
+    struct crc_impl impls[3];
+    size_t n = crc_impls(impls);
+
+    (void)state;
+    memset(ones, 0xff, sizeof(ones));
+    for (int i = 0; i < 32; i++) {
+        up[i] = (unsigned char)i;
+        down[i] = (unsigned char)(31 - i);
+    }
+    for (size_t i = 0; i < n; i++) {
+        store_crc32c_fn crc = impls[i].fn;
+        assert_int_equal(crc(0, "123456789", 9), 0xe3069283u);
+        assert_int_equal(crc(0, NULL, 0), 0);
+        assert_int_equal(crc(0x12345678u, NULL, 0), 0x12345678u);
+        assert_int_equal(crc(0, zeros, 32), 0x8a9136aau);
+        assert_int_equal(crc(0, ones, 32), 0x62a8ab43u);
+        assert_int_equal(crc(0, up, 32), 0x46dd794eu);
+        assert_int_equal(crc(0, down, 32), 0x113fdb5cu);
+        assert_int_equal(crc(0, "a", 1), 0xc1d04330u);
+    }
+}
+
+static void test_crc32c_reports_hw_where_the_cpu_has_sse42(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("sse4.2"))
+        assert_non_null(store_crc32c_hw());
+    else
+        assert_null(store_crc32c_hw());
+#else
+    assert_null(store_crc32c_hw());
+#endif
+}
+
+static void test_crc32c_every_table_entry_matches_bitwise_definition(void **state)
+{
+    /* One byte v at position k of an 8-byte block, the rest zero, from two starting CRCs:
+     * together these index every entry of every slicing table. */
+    static const uint32_t starts[] = {0, 0x12345678u};
+    struct crc_impl impls[3];
+    size_t n = crc_impls(impls);
+
+    (void)state;
+    for (size_t s = 0; s < ARRAY_LEN(starts); s++)
+        for (int k = 0; k < 8; k++)
+            for (int v = 0; v < 256; v++) {
+                uint64_t block8[2] = {0, 0}; /* aligned, and 16 bytes for the 9-byte case */
+                unsigned char *b = (unsigned char *)block8;
+                b[k] = (unsigned char)v;
+                uint32_t want8 = crc_bitwise(starts[s], b, 8),
+                         want9 = crc_bitwise(starts[s], b, 9);
+                for (size_t i = 0; i < n; i++) {
+                    if (impls[i].fn(starts[s], b, 8) != want8 ||
+                        impls[i].fn(starts[s], b, 9) != want9)
+                        fail_msg("%s: byte 0x%02x at %d from 0x%08x", impls[i].name, v, k,
+                                 starts[s]);
+                }
+            }
+}
+
+static void test_crc32c_hw_equals_portable_at_every_length_and_alignment(void **state)
+{
+    enum { MAXLEN = 300, LARGE = (16 << 20) + 13 };
+    unsigned char *buf = malloc(LARGE + 64);
+    uint64_t rng = 42;
+    struct crc_impl impls[3];
+    size_t n = crc_impls(impls);
+
+    (void)state;
+    assert_non_null(buf);
+    fill_random(buf, LARGE + 64, 7);
+    for (int round = 0; round < 8; round++) {
+        for (size_t len = 0; len <= MAXLEN; len++) {
+            size_t off = rng_next(&rng) % 64;
+            uint32_t start = (uint32_t)rng_next(&rng);
+            uint32_t want = crc_bitwise(start, buf + off, len);
+            for (size_t i = 0; i < n; i++)
+                if (impls[i].fn(start, buf + off, len) != want)
+                    fail_msg("%s: length %zu at offset %zu", impls[i].name, len, off);
+        }
+    }
+    /* Large, from every offset mod 8: the bitwise reference would be slow, portable stands in. */
+    for (size_t off = 0; off < 8; off++) {
+        uint32_t want = store_crc32c_portable(0, buf + off, LARGE);
+        for (size_t i = 0; i < n; i++)
+            if (impls[i].fn(0, buf + off, LARGE) != want)
+                fail_msg("%s: %d bytes at offset %zu", impls[i].name, LARGE, off);
+    }
+    assert_int_equal(store_crc32c_portable(0, buf, 1 << 16), crc_bitwise(0, buf, 1 << 16));
+    free(buf);
+}
+
+static void test_crc32c_chains_across_any_split(void **state)
+{
+    unsigned char buf[200];
+    struct crc_impl impls[3];
+    size_t n = crc_impls(impls);
+
+    (void)state;
+    fill_random(buf, sizeof(buf), 3);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t whole = impls[i].fn(0, buf, sizeof(buf));
+        for (size_t cut = 0; cut <= sizeof(buf); cut++) {
+            uint32_t c = impls[i].fn(0, buf, cut);
+            /* Mix implementations: the second half through the dispatcher. */
+            assert_int_equal(store_crc32c(c, buf + cut, sizeof(buf) - cut), whole);
+        }
+    }
+}
+
+/* ---- Names ------------------------------------------------------------------------------- */
+
+static void test_name_valid_accepts_and_rejects(void **state)
+{
+    static const char *const good[] = {
+        "a", "run1", "A-b_c.d", "a%2Fb", "x.emastate", "-", "_", "%", "a..b", "0",
+    };
+    static const char *const bad[] = {
+        "", ".", "..", ".hidden", "a/b", "../x", "a b", "a:b", "a\\b", "é", "a\nb", "a*",
+        "a?", "~",
+    };
+    char name[STORE_NAME_MAX + 2];
+
+    (void)state;
+    for (size_t i = 0; i < ARRAY_LEN(good); i++)
+        if (!store_name_valid(good[i], strlen(good[i])))
+            fail_msg("\"%s\" should be valid", good[i]);
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+        if (store_name_valid(bad[i], strlen(bad[i])))
+            fail_msg("\"%s\" should be invalid", bad[i]);
+
+    memset(name, 'n', sizeof(name));
+    assert_true(store_name_valid(name, STORE_NAME_MAX));
+    assert_false(store_name_valid(name, STORE_NAME_MAX + 1));
+    /* len is what counts, not a NUL: an embedded NUL is an invalid char. */
+    assert_true(store_name_valid("abc", 2));
+    assert_false(store_name_valid("a\0b", 3));
+    assert_false(store_name_valid(NULL, 0));
+}
+
+static void test_default_name_maps_session_names(void **state)
+{
+    static const struct {
+        const char *session, *file;
+    } cases[] = {
+        {"run1", "run1"},
+        {"a/b", "a%2Fb"},
+        {"a:b", "a%3Ab"},
+        {"team/exp:3/seed-1", "team%2Fexp%3A3%2Fseed-1"},
+        {".x", "%2Ex"},
+        {"..", "%2E."},
+        {"x.", "x."},
+        {"/", "%2F"},
+        {"A_b-c.9", "A_b-c.9"},
+    };
+    char out[STORE_NAME_MAX + 1];
+
+    (void)state;
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        int rc = store_default_name(cases[i].session, strlen(cases[i].session), out, sizeof(out));
+        if (rc != 0)
+            fail_msg("\"%s\": %d", cases[i].session, rc);
+        assert_string_equal(out, cases[i].file);
+        assert_true(store_name_valid(out, strlen(out)));
+    }
+}
+
+static void test_default_name_rejects_bad_sessions_and_long_results(void **state)
+{
+    static const char *const bad[] = {"", "a b", "a%b", "a\\b", "é", "a\nb"};
+    char session[200], out[STORE_NAME_MAX + 1], small[4];
+
+    (void)state;
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++)
+        assert_int_equal(store_default_name(bad[i], strlen(bad[i]), out, sizeof(out)), -EINVAL);
+
+    memset(session, 'a', sizeof(session));
+    assert_int_equal(store_default_name(session, 128, out, sizeof(out)), 0);
+    assert_int_equal(strlen(out), 128);
+    assert_int_equal(store_default_name(session, 129, out, sizeof(out)), -EINVAL);
+
+    /* Escapes count three chars each: 42 '/' fit (126), 43 do not (129). */
+    memset(session, '/', 43);
+    assert_int_equal(store_default_name(session, 42, out, sizeof(out)), 0);
+    assert_int_equal(strlen(out), 126);
+    assert_true(store_name_valid(out, strlen(out)));
+    assert_int_equal(store_default_name(session, 43, out, sizeof(out)), -ENAMETOOLONG);
+    memset(session, 'a', 127);
+    session[127] = ':';
+    assert_int_equal(store_default_name(session, 128, out, sizeof(out)), -ENAMETOOLONG);
+
+    assert_int_equal(store_default_name("abcd", 4, small, sizeof(small)), -ENOBUFS);
+    assert_int_equal(store_default_name("abc", 3, small, sizeof(small)), 0);
+    assert_string_equal(small, "abc");
+}
+
+static void test_default_name_is_injective(void **state)
+{
+    /* Every session name of up to 4 chars over an alphabet holding each kind of char (plain,
+     * '.', '/', ':', '-'): 780 names, all of whose files must be valid and distinct. */
+    static const char alphabet[] = "a./:-";
+    enum { K = 5, MAXN = 5 + 25 + 125 + 625 };
+    char (*files)[STORE_NAME_MAX + 1] = calloc(MAXN, sizeof(*files));
+    char session[4];
+    size_t count = 0;
+
+    (void)state;
+    assert_non_null(files);
+    for (size_t len = 1; len <= 4; len++) {
+        size_t total = 1;
+        for (size_t i = 0; i < len; i++)
+            total *= K;
+        for (size_t idx = 0; idx < total; idx++) {
+            size_t v = idx;
+            for (size_t i = 0; i < len; i++, v /= K)
+                session[i] = alphabet[v % K];
+            assert_int_equal(store_default_name(session, len, files[count], STORE_NAME_MAX + 1),
+                             0);
+            assert_true(store_name_valid(files[count], strlen(files[count])));
+            count++;
+        }
+    }
+    assert_int_equal(count, MAXN);
+    for (size_t i = 0; i < count; i++)
+        for (size_t j = i + 1; j < count; j++)
+            if (strcmp(files[i], files[j]) == 0)
+                fail_msg("two sessions map to \"%s\"", files[i]);
+    free(files);
+
+    /* The pairs a reader worries about. */
+    char x[STORE_NAME_MAX + 1], y[STORE_NAME_MAX + 1];
+    assert_int_equal(store_default_name("a/b", 3, x, sizeof(x)), 0);
+    assert_int_equal(store_default_name("a:b", 3, y, sizeof(y)), 0);
+    assert_string_not_equal(x, y);
+    /* "a%2Fb" cannot be a session name, so "a/b" owns "a%2Fb". */
+    assert_int_equal(store_default_name("a%2Fb", 5, y, sizeof(y)), -EINVAL);
+}
+
+/* ---- Save and load ----------------------------------------------------------------------- */
+
+static void test_round_trip_empty_meta_and_data(void **state)
+{
+    struct fixture *fx = *state;
+
+    round_trip(fx->dir, NULL, 0, NULL, 0);
+    round_trip(fx->dir, "", 0, "", 0);
+}
+
+static void test_round_trip_small(void **state)
+{
+    struct fixture *fx = *state;
+    const char meta[] = "\x82\xa4name\xa3run\xa7updates\xcd\x01\x00";
+    unsigned char data[1000];
+
+    fill_random(data, sizeof(data), 1);
+    round_trip(fx->dir, meta, sizeof(meta) - 1, data, sizeof(data));
+    round_trip(fx->dir, meta, sizeof(meta) - 1, NULL, 0);
+    round_trip(fx->dir, NULL, 0, data, 1);
+    /* Meta sizes around the page boundary that moves data_offset from 4096 to 8192. */
+    for (size_t m = 4096 - 40 - 2; m <= 4096 - 40 + 2; m++) {
+        unsigned char *meta2 = malloc(m);
+        assert_non_null(meta2);
+        fill_random(meta2, m, m);
+        round_trip(fx->dir, meta2, m, data, 17);
+        free(meta2);
+    }
+}
+
+static void test_round_trip_large(void **state)
+{
+    struct fixture *fx = *state;
+    const size_t data_len = (64u << 20) + 3, meta_len = 5000;
+    unsigned char *data = malloc(data_len), *meta = malloc(meta_len);
+
+    assert_non_null(data);
+    assert_non_null(meta);
+    fill_random(data, data_len, 11);
+    fill_random(meta, meta_len, 12);
+    round_trip(fx->dir, meta, meta_len, data, data_len);
+    free(data);
+    free(meta);
+}
+
+static void test_save_makes_mode_0600_file_and_leaves_no_temp(void **state)
+{
+    struct fixture *fx = *state;
+    char path[PATH_MAX];
+    struct stat st;
+    bool temp;
+
+    umask(0); /* the temp file's mode must not depend on a permissive umask */
+    save_ok(fx->dir, "m", "meta", 4, "data", 4);
+    umask(022);
+    assert_int_equal(stat(join(path, fx->dir, "m.emastate"), &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0600);
+    assert_int_equal(count_entries(fx->dir, &temp), 1);
+    assert_false(temp);
+}
+
+static void test_save_creates_missing_directories_0700(void **state)
+{
+    struct fixture *fx = *state;
+    char dir[PATH_MAX], mid[PATH_MAX];
+    struct stat st;
+
+    FORMAT(mid, "%s/a", fx->root);
+    FORMAT(dir, "%s/a//b/c/", fx->root);
+    save_ok(dir, "x", NULL, 0, "d", 1);
+    assert_int_equal(stat(mid, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    assert_int_equal(stat(dir, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0700);
+    /* And once more into the now existing directory. */
+    save_ok(dir, "y", NULL, 0, "d", 1);
+}
+
+static void test_save_replaces_existing_file_and_old_mapping_stays(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "";
+    unsigned char a[5000], b[7000];
+    struct store_file old, cur;
+    bool temp;
+
+    fill_random(a, sizeof(a), 21);
+    fill_random(b, sizeof(b), 22);
+    save_ok(fx->dir, "same", "A", 1, a, sizeof(a));
+    assert_int_equal(store_load(fx->dir, "same", &old, err, sizeof(err)), 0);
+    save_ok(fx->dir, "same", "BB", 2, b, sizeof(b));
+
+    assert_int_equal(store_load(fx->dir, "same", &cur, err, sizeof(err)), 0);
+    assert_int_equal(cur.meta_len, 2);
+    assert_memory_equal(cur.meta, "BB", 2);
+    assert_int_equal(cur.data_len, sizeof(b));
+    assert_memory_equal(cur.data, b, sizeof(b));
+    /* rename() swapped the name; a reader of the old file still sees all of it. */
+    assert_int_equal(old.data_len, sizeof(a));
+    assert_memory_equal(old.data, a, sizeof(a));
+    store_file_close(&old);
+    store_file_close(&cur);
+    assert_int_equal(count_entries(fx->dir, &temp), 1);
+    assert_false(temp);
+}
+
+static void test_save_failure_leaves_previous_file_intact(void **state)
+{
+    /* A file size limit makes the new file fail to grow past 1 MiB (EFBIG), after the temp file
+     * exists: the temp file must go and the old file stay byte for byte. */
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", path[PATH_MAX] = "untouched", file[PATH_MAX];
+    unsigned char small[3000], *before, *after, *big;
+    size_t before_len, after_len, big_len = 4u << 20;
+    uint64_t bytes = 12345;
+    struct rlimit saved, limit;
+    void (*saved_sig)(int);
+    bool temp;
+    int rc;
+
+    fill_random(small, sizeof(small), 31);
+    save_ok(fx->dir, "keep", "old", 3, small, sizeof(small));
+    before = read_file(join(file, fx->dir, "keep.emastate"), &before_len);
+    assert_non_null(before);
+    big = malloc(big_len);
+    assert_non_null(big);
+    fill_random(big, big_len, 32);
+
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    limit = saved;
+    limit.rlim_cur = 1u << 20;
+    saved_sig = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &limit), 0);
+    rc = store_save(fx->dir, "keep", "new", 3, big, big_len, path, sizeof(path), &bytes, err,
+                    sizeof(err));
+    setrlimit(RLIMIT_FSIZE, &saved);
+    signal(SIGXFSZ, saved_sig);
+
+    assert_int_equal(rc, -EFBIG);
+    assert_err_has(err, "save: ");
+    assert_err_has(err, "/.keep.emastate.tmp-");
+    assert_err_has(err, strerror(EFBIG));
+    assert_string_equal(path, "untouched");
+    assert_int_equal(bytes, 12345);
+    after = read_file(file, &after_len);
+    assert_non_null(after);
+    assert_int_equal(after_len, before_len);
+    assert_memory_equal(after, before, before_len);
+    assert_int_equal(count_entries(fx->dir, &temp), 1);
+    assert_false(temp);
+    free(before);
+    free(after);
+    free(big);
+}
+
+static void test_save_fails_when_dir_is_under_a_regular_file(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", file[PATH_MAX], dir[PATH_MAX];
+    int rc;
+
+    write_file(join(file, fx->root, "plain"), "x", 1);
+    FORMAT(dir, "%s/sub", file);
+    rc = store_save(dir, "x", NULL, 0, "d", 1, NULL, 0, NULL, err, sizeof(err));
+    assert_int_equal(rc, -ENOTDIR);
+    assert_err_has(err, "save: creating directory ");
+    assert_err_has(err, dir);
+    assert_err_has(err, strerror(ENOTDIR));
+
+    /* The state directory itself a regular file: the temp file cannot be made in it. */
+    rc = store_save(file, "x", NULL, 0, "d", 1, NULL, 0, NULL, err, sizeof(err));
+    assert_int_equal(rc, -ENOTDIR);
+    assert_err_has(err, "save: creating a temp file in ");
+    assert_err_has(err, file);
+}
+
+static void test_save_fails_when_a_directory_occupies_the_target(void **state)
+{
+    /* rename() of a file over a directory fails (EISDIR): the last step, after writing. */
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", target[PATH_MAX];
+    struct stat st;
+    bool temp;
+    int rc;
+
+    assert_int_equal(mkdir(fx->dir, 0700), 0);
+    assert_int_equal(mkdir(join(target, fx->dir, "busy.emastate"), 0700), 0);
+    rc = store_save(fx->dir, "busy", "m", 1, "d", 1, NULL, 0, NULL, err, sizeof(err));
+    assert_int_equal(rc, -EISDIR);
+    assert_err_has(err, "save: renaming ");
+    assert_err_has(err, target);
+    assert_int_equal(stat(target, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(count_entries(fx->dir, &temp), 1);
+    assert_false(temp);
+
+    load_fails(fx->dir, "busy", -EINVAL, err);
+    assert_err_has(err, "not a regular file");
+}
+
+static void test_save_into_read_only_directory_fails_when_not_root(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", file[PATH_MAX];
+    unsigned char *before, *after;
+    size_t before_len, after_len;
+    bool temp;
+    int rc;
+
+    if (geteuid() == 0)
+        skip(); /* root writes into read-only directories */
+    save_ok(fx->dir, "ro", "m", 1, "old", 3);
+    before = read_file(join(file, fx->dir, "ro.emastate"), &before_len);
+    assert_non_null(before);
+    assert_int_equal(chmod(fx->dir, 0500), 0);
+    rc = store_save(fx->dir, "ro", "m", 1, "new", 3, NULL, 0, NULL, err, sizeof(err));
+    chmod(fx->dir, 0700);
+    assert_int_equal(rc, -EACCES);
+    assert_err_has(err, "save: creating a temp file in ");
+    after = read_file(file, &after_len);
+    assert_non_null(after);
+    assert_int_equal(after_len, before_len);
+    assert_memory_equal(after, before, before_len);
+    assert_int_equal(count_entries(fx->dir, &temp), 1);
+    assert_false(temp);
+    free(before);
+    free(after);
+}
+
+static void test_save_rejects_bad_arguments_before_touching_disk(void **state)
+{
+    struct fixture *fx = *state;
+    static const char *const bad[] = {"", ".x", "..", "a/b", "../x", "a b", "a:b"};
+    char err[ERRLEN], path[8], longname[STORE_NAME_MAX + 2], hugename[600];
+    struct stat st;
+
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        err[0] = '\0';
+        assert_int_equal(store_save(fx->dir, bad[i], NULL, 0, NULL, 0, NULL, 0, NULL, err,
+                                    sizeof(err)),
+                         -EINVAL);
+        assert_err_has(err, "invalid file name");
+    }
+    memset(longname, 'n', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_int_equal(store_save(fx->dir, longname, NULL, 0, NULL, 0, NULL, 0, NULL, err,
+                                sizeof(err)),
+                     -EINVAL);
+    /* The message quotes the name, but never a control char (no forged log lines) and never
+     * more than a name's worth. */
+    assert_int_equal(store_save(fx->dir, "a\nb\x01\xc3\xa9", NULL, 0, NULL, 0, NULL, 0, NULL,
+                                err, sizeof(err)),
+                     -EINVAL);
+    assert_err_has(err, "\"a?b???\"");
+    assert_null(strchr(err, '\n'));
+    memset(hugename, 'h', sizeof(hugename) - 1);
+    hugename[sizeof(hugename) - 1] = '\0';
+    assert_int_equal(store_save(fx->dir, hugename, NULL, 0, NULL, 0, NULL, 0, NULL, err,
+                                sizeof(err)),
+                     -EINVAL);
+    assert_err_has(err, "hhh...\"");
+    assert_true(strlen(err) < STORE_NAME_MAX + 200);
+    assert_int_equal(store_save(fx->dir, NULL, NULL, 0, NULL, 0, NULL, 0, NULL, err,
+                                sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(store_save("", "x", NULL, 0, NULL, 0, NULL, 0, NULL, err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(store_save(fx->dir, "x", NULL, 3, NULL, 0, NULL, 0, NULL, err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(store_save(fx->dir, "x", NULL, 0, NULL, 3, NULL, 0, NULL, err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(store_save(fx->dir, "x", NULL, 0, "d", UINT64_MAX - 100, NULL, 0, NULL, err,
+                                sizeof(err)),
+                     -EFBIG);
+    /* path_out too small is found before anything is written. */
+    assert_int_equal(store_save(fx->dir, "x", NULL, 0, "d", 1, path, sizeof(path), NULL, err,
+                                sizeof(err)),
+                     -ENAMETOOLONG);
+    assert_err_has(err, "does not fit");
+    /* err may be NULL. */
+    assert_int_equal(store_save(fx->dir, ".x", NULL, 0, NULL, 0, NULL, 0, NULL, NULL, 0),
+                     -EINVAL);
+    assert_int_equal(stat(fx->dir, &st), -1);
+    assert_int_equal(errno, ENOENT);
+}
+
+static void test_load_missing_file_is_enoent(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN];
+
+    load_fails(fx->dir, "nothing", -ENOENT, err); /* directory missing too */
+    save_ok(fx->dir, "other", NULL, 0, NULL, 0);
+    load_fails(fx->dir, "nothing", -ENOENT, err);
+    assert_err_has(err, "no state file ");
+    assert_err_has(err, "/nothing.emastate");
+}
+
+static void test_load_rejects_bad_names(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN];
+
+    load_fails(fx->dir, "../etc/passwd", -EINVAL, err);
+    assert_err_has(err, "invalid file name");
+    load_fails(fx->dir, "", -EINVAL, err);
+    load_fails(fx->dir, ".x", -EINVAL, err);
+    load_fails(fx->dir, NULL, -EINVAL, err);
+    load_fails("", "x", -EINVAL, err);
+}
+
+/* A small valid file to damage: returns its bytes (malloc'ed) and size. */
+static unsigned char *make_small_file(const char *dir, const char *name, size_t *len,
+                                      size_t meta_len, size_t data_len)
+{
+    char path[PATH_MAX];
+    unsigned char *meta = malloc(meta_len + 1), *data = malloc(data_len + 1), *bytes;
+
+    assert_non_null(meta);
+    assert_non_null(data);
+    fill_random(meta, meta_len, 41);
+    fill_random(data, data_len, 42);
+    save_ok(dir, name, meta, meta_len, data, data_len);
+    FORMAT(path, "%s/%s.emastate", dir, name);
+    bytes = read_file(path, len);
+    assert_non_null(bytes);
+    free(meta);
+    free(data);
+    return bytes;
+}
+
+static void put_le32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_le64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Make a damaged file self-consistent again: the checksum over the new bytes. */
+static void reseal(unsigned char *bytes, size_t len)
+{
+    put_le64(bytes + len - 8, store_crc32c(0, bytes, len - 8));
+}
+
+static void test_load_truncated_files_are_ebadmsg(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+    size_t len, meta_len = 100, data_len = 5000;
+    unsigned char *bytes = make_small_file(fx->dir, "t", &len, meta_len, data_len);
+    const size_t data_offset = 4096;
+    const size_t lengths[] = {
+        0, 1, STORE_HEADER_BYTES - 1, STORE_HEADER_BYTES, STORE_HEADER_BYTES + 1,
+        STORE_HEADER_BYTES + meta_len / 2, STORE_HEADER_BYTES + meta_len, data_offset - 1,
+        data_offset, data_offset + data_len / 2, len - STORE_TRAILER_BYTES - 1,
+        len - STORE_TRAILER_BYTES, len - 9, len - 8, len - 1,
+    };
+
+    assert_int_equal(len, data_offset + data_len + STORE_TRAILER_BYTES);
+    FORMAT(path, "%s/t.emastate", fx->dir);
+    for (size_t i = 0; i < ARRAY_LEN(lengths); i++) {
+        write_file(path, bytes, lengths[i]);
+        load_fails(fx->dir, "t", -EBADMSG, err);
+        assert_err_has(err, path);
+    }
+    /* And every 61st length, for good measure. */
+    for (size_t l = 0; l < len; l += 61) {
+        write_file(path, bytes, l);
+        load_fails(fx->dir, "t", -EBADMSG, err);
+    }
+    write_file(path, bytes, len - 1);
+    load_fails(fx->dir, "t", -EBADMSG, err);
+    assert_err_has(err, "truncated");
+
+    /* One byte too many is as wrong as one too few. */
+    bytes = realloc(bytes, len + 1);
+    assert_non_null(bytes);
+    bytes[len] = 0;
+    write_file(path, bytes, len + 1);
+    load_fails(fx->dir, "t", -EBADMSG, err);
+    write_file(path, bytes, len);
+    struct store_file f;
+    assert_int_equal(store_load(fx->dir, "t", &f, err, sizeof(err)), 0);
+    store_file_close(&f);
+    free(bytes);
+}
+
+static void test_load_every_flipped_bit_is_rejected(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+    size_t len;
+    unsigned char *bytes = make_small_file(fx->dir, "bits", &len, 13, 64);
+    int fd;
+
+    FORMAT(path, "%s/bits.emastate", fx->dir);
+    fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    for (size_t i = 0; i < len; i++) {
+        for (int b = 0; b < 8; b++) {
+            unsigned char flipped = bytes[i] ^ (unsigned char)(1u << b);
+            assert_int_equal(pwrite(fd, &flipped, 1, (off_t)i), 1);
+            load_fails(fx->dir, "bits", -EBADMSG, err);
+            assert_int_equal(pwrite(fd, &bytes[i], 1, (off_t)i), 1);
+        }
+    }
+    close(fd);
+    struct store_file f;
+    assert_int_equal(store_load(fx->dir, "bits", &f, err, sizeof(err)), 0);
+    store_file_close(&f);
+    free(bytes);
+}
+
+static void test_load_bad_magic_is_ebadmsg(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+    size_t len;
+    unsigned char *bytes = make_small_file(fx->dir, "mg", &len, 10, 10);
+
+    FORMAT(path, "%s/mg.emastate", fx->dir);
+    memcpy(bytes, "EMASEG01", 8);
+    reseal(bytes, len); /* even with a matching checksum */
+    write_file(path, bytes, len);
+    load_fails(fx->dir, "mg", -EBADMSG, err);
+    assert_err_has(err, "not an emad state file");
+
+    /* Some other file that happens to carry the name. */
+    memset(bytes, 'x', len);
+    write_file(path, bytes, len);
+    load_fails(fx->dir, "mg", -EBADMSG, err);
+    assert_err_has(err, "not an emad state file");
+    free(bytes);
+}
+
+static void test_load_other_version_is_eprotonosupport(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+    size_t len;
+    unsigned char *bytes = make_small_file(fx->dir, "v", &len, 10, 10);
+
+    FORMAT(path, "%s/v.emastate", fx->dir);
+    put_le32(bytes + 8, 2);
+    reseal(bytes, len);
+    write_file(path, bytes, len);
+    load_fails(fx->dir, "v", -EPROTONOSUPPORT, err);
+    assert_err_has(err, "version 2");
+    assert_err_has(err, path);
+
+    /* A newer version may lay out its header differently: only the trailer counts. */
+    put_le64(bytes + 16, 999999);
+    reseal(bytes, len);
+    write_file(path, bytes, len);
+    load_fails(fx->dir, "v", -EPROTONOSUPPORT, err);
+
+    /* The same version field without a matching checksum is damage, not a newer file. */
+    put_le64(bytes + len - 8, 0);
+    write_file(path, bytes, len);
+    load_fails(fx->dir, "v", -EBADMSG, err);
+    assert_err_has(err, "damaged");
+    free(bytes);
+}
+
+static void test_load_unknown_flags_are_eprotonosupport(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+    size_t len;
+    unsigned char *bytes = make_small_file(fx->dir, "fl", &len, 10, 10);
+
+    FORMAT(path, "%s/fl.emastate", fx->dir);
+    put_le32(bytes + 12, 1);
+    reseal(bytes, len);
+    write_file(path, bytes, len);
+    load_fails(fx->dir, "fl", -EPROTONOSUPPORT, err);
+    assert_err_has(err, "flags 0x1");
+    free(bytes);
+}
+
+static void test_load_inconsistent_header_is_ebadmsg_even_when_sealed(void **state)
+{
+    /* A writer bug rather than damage: the checksum matches, the lengths do not. */
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+    size_t len;
+    unsigned char *bytes = make_small_file(fx->dir, "h", &len, 10, 8192), *copy;
+
+    FORMAT(path, "%s/h.emastate", fx->dir);
+    copy = malloc(len);
+    assert_non_null(copy);
+
+    /* data_offset a page later, data_len a page shorter: same file size. */
+    memcpy(copy, bytes, len);
+    put_le64(copy + 24, 8192);
+    put_le64(copy + 32, 4096);
+    reseal(copy, len);
+    write_file(path, copy, len);
+    load_fails(fx->dir, "h", -EBADMSG, err);
+    assert_err_has(err, "data_offset");
+
+    /* Lengths that overflow. */
+    memcpy(copy, bytes, len);
+    put_le64(copy + 16, UINT64_MAX - 10);
+    reseal(copy, len);
+    write_file(path, copy, len);
+    load_fails(fx->dir, "h", -EBADMSG, err);
+    memcpy(copy, bytes, len);
+    put_le64(copy + 32, UINT64_MAX);
+    reseal(copy, len);
+    write_file(path, copy, len);
+    load_fails(fx->dir, "h", -EBADMSG, err);
+
+    /* No end marker. */
+    memcpy(copy, bytes, len);
+    memcpy(copy + len - 16, "EMASTENX", 8);
+    reseal(copy, len);
+    write_file(path, copy, len);
+    load_fails(fx->dir, "h", -EBADMSG, err);
+    assert_err_has(err, "end marker");
+
+    /* The checksum's upper half is not part of a CRC-32. */
+    memcpy(copy, bytes, len);
+    copy[len - 1] ^= 0x80;
+    write_file(path, copy, len);
+    load_fails(fx->dir, "h", -EBADMSG, err);
+    assert_err_has(err, "checksum");
+    free(copy);
+    free(bytes);
+}
+
+static void test_load_fifo_does_not_hang(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN], path[PATH_MAX];
+
+    assert_int_equal(mkdir(fx->dir, 0700), 0);
+    assert_int_equal(mkfifo(join(path, fx->dir, "p.emastate"), 0600), 0);
+    load_fails(fx->dir, "p", -EINVAL, err);
+    assert_err_has(err, "not a regular file");
+}
+
+static void test_file_close_accepts_null_and_zeroed(void **state)
+{
+    struct store_file f;
+
+    (void)state;
+    memset(&f, 0, sizeof(f));
+    store_file_close(&f);
+    store_file_close(&f);
+    store_file_close(NULL);
+}
+
+#define STORE_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crc32c_matches_published_vectors),
+        cmocka_unit_test(test_crc32c_reports_hw_where_the_cpu_has_sse42),
+        cmocka_unit_test(test_crc32c_every_table_entry_matches_bitwise_definition),
+        cmocka_unit_test(test_crc32c_hw_equals_portable_at_every_length_and_alignment),
+        cmocka_unit_test(test_crc32c_chains_across_any_split),
+        cmocka_unit_test(test_name_valid_accepts_and_rejects),
+        cmocka_unit_test(test_default_name_maps_session_names),
+        cmocka_unit_test(test_default_name_rejects_bad_sessions_and_long_results),
+        cmocka_unit_test(test_default_name_is_injective),
+        STORE_TEST(test_round_trip_empty_meta_and_data),
+        STORE_TEST(test_round_trip_small),
+        STORE_TEST(test_round_trip_large),
+        STORE_TEST(test_save_makes_mode_0600_file_and_leaves_no_temp),
+        STORE_TEST(test_save_creates_missing_directories_0700),
+        STORE_TEST(test_save_replaces_existing_file_and_old_mapping_stays),
+        STORE_TEST(test_save_failure_leaves_previous_file_intact),
+        STORE_TEST(test_save_fails_when_dir_is_under_a_regular_file),
+        STORE_TEST(test_save_fails_when_a_directory_occupies_the_target),
+        STORE_TEST(test_save_into_read_only_directory_fails_when_not_root),
+        STORE_TEST(test_save_rejects_bad_arguments_before_touching_disk),
+        STORE_TEST(test_load_missing_file_is_enoent),
+        STORE_TEST(test_load_rejects_bad_names),
+        STORE_TEST(test_load_truncated_files_are_ebadmsg),
+        STORE_TEST(test_load_every_flipped_bit_is_rejected),
+        STORE_TEST(test_load_bad_magic_is_ebadmsg),
+        STORE_TEST(test_load_other_version_is_eprotonosupport),
+        STORE_TEST(test_load_unknown_flags_are_eprotonosupport),
+        STORE_TEST(test_load_inconsistent_header_is_ebadmsg_even_when_sealed),
+        STORE_TEST(test_load_fifo_does_not_hang),
+        cmocka_unit_test(test_file_close_accepts_null_and_zeroed),
+    };
+    return cmocka_run_group_tests_name("store", tests, NULL, NULL);
+}
