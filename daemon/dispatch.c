@@ -4,9 +4,11 @@
  */
 #include "dispatch.h"
 
+#include "session.h"
 #include "version.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -14,10 +16,10 @@ typedef void (*handler_fn)(struct conn *c, const struct wire_msg *m);
 
 struct method {
     const char *name;
-    handler_fn fn; /* NULL: part of the contract, not implemented yet */
+    handler_fn fn;
 };
 
-static const char *const features[] = {"status"};
+static const char *const features[] = {"status", "sessions", "pipelining", "save", "load"};
 
 /* Decode params or answer BADARG; true when the handler may go on. */
 static bool decode_params(struct conn *c, const struct wire_msg *m, const struct msg_desc *d,
@@ -73,16 +75,21 @@ static void handle_status(struct conn *c, const struct wire_msg *m)
     const struct emad *ctx = c->srv->ctx;
     struct msg_status req;
     struct msg_status_reply rep;
+    int rc;
 
     if (!decode_params(c, m, &msg_status_desc, &req))
         return;
-    if (req.has_session) {
-        /* No session can exist until the engine lands. */
+    memset(&rep, 0, sizeof(rep));
+    rc = registry_states(ctx->sessions, c->uid, &req, &rep.sessions, &rep.nsessions);
+    if (rc == -ENOENT) {
         conn_reply_error(c, m->msgid, MSG_E_NOSESSION, "status: no session named \"%.*s\"",
                          (int)(req.session.len > 128 ? 128 : req.session.len), req.session.ptr);
         return;
     }
-    memset(&rep, 0, sizeof(rep));
+    if (rc < 0) {
+        conn_reply_error(c, m->msgid, MSG_E_INTERNAL, "status: out of memory");
+        return;
+    }
     rep.server.server = msg_str_c("emad");
     rep.server.version = msg_str_c(EMAD_VERSION);
     rep.server.proto = WIRE_PROTO_VERSION;
@@ -90,27 +97,78 @@ static void handle_status(struct conn *c, const struct wire_msg *m)
     rep.server.uptime_seconds = (double)(uv_hrtime() - ctx->started_ns) / 1e9;
     rep.server.workers = ctx->opts->workers;
     rep.server.connections = c->srv->nconns;
-    rep.server.sessions = ctx->nsessions;
+    rep.server.sessions = ctx->sessions->count;
     rep.server.max_connections = ctx->opts->max_connections;
     rep.server.max_sessions = ctx->opts->max_sessions;
     rep.server.max_message = ctx->opts->max_message;
     rep.server.socket = msg_str_c(c->srv->ls.path);
     rep.server.state_dir = msg_str_c(ctx->opts->state_dir);
-    rep.sessions = NULL;
-    rep.nsessions = 0;
     conn_reply(c, m->msgid, &msg_status_reply_desc, &rep);
+    free(rep.sessions);
+}
+
+static void handle_register(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_register req;
+
+    if (!decode_params(c, m, &msg_register_desc, &req))
+        return;
+    session_register(c->srv->ctx->sessions, c, m->msgid, &req);
+    msg_free(&msg_register_desc, &req);
+}
+
+static void handle_event(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_event req;
+
+    if (decode_params(c, m, &msg_event_desc, &req))
+        session_event(c->srv->ctx->sessions, c, m->msgid, &req);
+}
+
+static void handle_swap(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_swap req;
+
+    if (decode_params(c, m, &msg_swap_desc, &req))
+        session_swap(c->srv->ctx->sessions, c, m->msgid, &req);
+}
+
+static void handle_save(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_file req;
+
+    if (decode_params(c, m, &msg_file_desc, &req))
+        session_save(c->srv->ctx->sessions, c, m->msgid, &req, false);
+}
+
+static void handle_load(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_file req;
+
+    if (decode_params(c, m, &msg_file_desc, &req))
+        session_save(c->srv->ctx->sessions, c, m->msgid, &req, true);
+}
+
+static void handle_close(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_close req;
+
+    if (decode_params(c, m, &msg_close_desc, &req))
+        session_close(c->srv->ctx->sessions, c, m->msgid, &req);
+}
+
+static void handle_drop(struct conn *c, const struct wire_msg *m)
+{
+    struct msg_drop req;
+
+    if (decode_params(c, m, &msg_drop_desc, &req))
+        session_drop(c->srv->ctx->sessions, c, m->msgid, &req);
 }
 
 static const struct method methods[] = {
-    {"hello", handle_hello},
-    {"status", handle_status},
-    {"register", NULL},
-    {"event", NULL},
-    {"swap", NULL},
-    {"save", NULL},
-    {"load", NULL},
-    {"close", NULL},
-    {"drop", NULL},
+    {"hello", handle_hello},   {"status", handle_status}, {"register", handle_register},
+    {"event", handle_event},   {"swap", handle_swap},     {"save", handle_save},
+    {"load", handle_load},     {"close", handle_close},   {"drop", handle_drop},
 };
 
 static const struct method *find_method(const char *name, size_t len)
@@ -135,11 +193,6 @@ void dispatch_request(struct conn *c, const struct wire_msg *m)
     if (meth == NULL) {
         conn_reply_error(c, m->msgid, MSG_E_NOMETHOD, "no method named \"%.*s\"", shown,
                          m->method);
-        return;
-    }
-    if (meth->fn == NULL) {
-        conn_reply_error(c, m->msgid, MSG_E_NOMETHOD,
-                         "%s: not implemented by emad %s yet", meth->name, EMAD_VERSION);
         return;
     }
     meth->fn(c, m);

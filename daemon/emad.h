@@ -12,14 +12,17 @@
 #include <uv.h>
 
 struct server;
+struct registry;
+struct pool;
 
 struct emad {
     uv_loop_t *loop;
     const struct emad_opts *opts;
     struct log *log;
     struct server *srv;
+    struct registry *sessions;
+    struct pool *pool;
     uint64_t started_ns; /* uv_hrtime() at start, for uptime */
-    unsigned nsessions;  /* sessions held (none until the engine lands) */
 };
 
 #endif

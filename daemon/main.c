@@ -7,7 +7,9 @@
 #include "log.h"
 #include "notify.h"
 #include "opts.h"
+#include "pool.h"
 #include "server.h"
+#include "session.h"
 #include "version.h"
 
 #include <errno.h>
@@ -23,6 +25,8 @@ struct daemon {
     struct emad_opts opts;
     struct log log;
     struct server srv;
+    struct registry sessions;
+    struct pool pool;
     uv_signal_t sig_term, sig_int, sig_hup;
     const char *notify_socket;
 };
@@ -34,11 +38,21 @@ static void close_signals(struct daemon *d)
     uv_close((uv_handle_t *)&d->sig_hup, NULL);
 }
 
+/* Last step of a stop: no connection and no work left. */
+static void on_drained(struct registry *r)
+{
+    struct daemon *d = (struct daemon *)((char *)r - offsetof(struct daemon, sessions));
+    pool_destroy(&d->pool);
+    registry_free(&d->sessions);
+    log_info(&d->log, "stopped");
+    close_signals(d);
+}
+
 static void on_stopped(struct server *srv)
 {
     struct daemon *d = (struct daemon *)((char *)srv - offsetof(struct daemon, srv));
-    log_info(&d->log, "stopped");
-    close_signals(d);
+    /* Operations already running finish (their replies go nowhere). */
+    registry_drain(&d->sessions, on_drained);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -108,6 +122,10 @@ int main(int argc, char **argv)
     d.ctx.started_ns = uv_hrtime();
     d.notify_socket = getenv("NOTIFY_SOCKET");
 
+    d.ctx.sessions = &d.sessions;
+    d.ctx.pool = &d.pool;
+    registry_init(&d.sessions, &d.ctx);
+
     rc = listen_socket_open(&ls, &d.opts, getenv("LISTEN_PID"), getenv("LISTEN_FDS"), &d.log,
                             err, sizeof(err));
     /* Children (none today) must not think the socket is theirs. */
@@ -119,18 +137,21 @@ int main(int argc, char **argv)
         log_close(&d.log);
         return 1;
     }
+    /* The workers start only once the socket is ours: every failure above
+     * exits without threads to stop. */
+    if ((rc = pool_init(&d.pool, d.ctx.loop, d.opts.workers)) < 0) {
+        log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
+        goto err_socket;
+    }
     if ((rc = server_start(&d.srv, &d.ctx, &ls)) < 0) {
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
-        listen_socket_unlink(&ls);
-        log_close(&d.log);
-        return 1;
+        goto err_pool;
     }
     if ((rc = start_signal(&d, &d.sig_term, SIGTERM)) < 0 ||
         (rc = start_signal(&d, &d.sig_int, SIGINT)) < 0 ||
         (rc = start_signal(&d, &d.sig_hup, SIGHUP)) < 0) {
         log_error(&d.log, "cannot install signal handlers: %s", uv_strerror(rc));
-        listen_socket_unlink(&ls);
-        return 1;
+        goto err_pool;
     }
     log_info(&d.log, "emad %s listening on %s%s (pid %ld, %u workers, state in %s)",
              EMAD_VERSION, ls.path[0] ? ls.path : "(unnamed socket)",
@@ -144,4 +165,11 @@ int main(int argc, char **argv)
         log_warn(&d.log, "event loop closed with handles open: %s", uv_strerror(rc));
     log_close(&d.log);
     return 0;
+
+err_pool:
+    pool_destroy(&d.pool);
+err_socket:
+    listen_socket_unlink(&ls);
+    log_close(&d.log);
+    return 1;
 }

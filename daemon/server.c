@@ -4,6 +4,7 @@
 #include "server.h"
 
 #include "dispatch.h"
+#include "session.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -37,6 +38,22 @@ static void maybe_stopped(struct server *srv)
     }
 }
 
+void server_check_stopped(struct server *srv)
+{
+    maybe_stopped(srv);
+}
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+void conn_unref(struct conn *c)
+{
+    if (--c->refs == 0 && c->closed)
+        free(c);
+}
+
 static void on_conn_closed(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
@@ -50,7 +67,10 @@ static void on_conn_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     srv->nconns--;
     wire_decoder_free(&c->dec);
-    free(c);
+    registry_conn_closed(srv->ctx->sessions, c);
+    c->closed = true;
+    if (c->refs == 0)
+        free(c);
     maybe_stopped(srv);
 }
 

@@ -27,6 +27,8 @@ struct conn {
     bool hello;               /* hello succeeded */
     bool paused;              /* reading stopped: too many replies queued */
     bool closing;
+    bool closed;              /* the handle is closed; freed when refs drop to 0 */
+    unsigned refs;            /* operations that will still reply to it */
     char client[64];          /* name given in hello */
 };
 
@@ -54,5 +56,11 @@ void conn_reply(struct conn *c, uint32_t msgid, const struct msg_desc *d, const 
 void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void conn_close(struct conn *c, const char *why);
+/* Operations in flight hold a reference: the struct outlives the socket
+ * until they have replied (into the void, if the peer is gone). */
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+/* Tell the server that in-flight work ended (it may be waiting to stop). */
+void server_check_stopped(struct server *srv);
 
 #endif

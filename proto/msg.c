@@ -199,11 +199,36 @@ const struct msg_desc msg_error_desc = DESC("error", struct msg_error, error_fie
 
 const struct msg_desc msg_empty_desc = {"empty", sizeof(struct msg_empty), NULL, 0};
 
+static const struct msg_field saved_tensor_fields[] = {
+    REQ(struct msg_saved_tensor, "name", MSG_STR, name),
+    REQ(struct msg_saved_tensor, "dtype", MSG_STR, dtype),
+    REQ(struct msg_saved_tensor, "numel", MSG_U64, numel),
+};
+const struct msg_desc msg_saved_tensor_desc =
+    DESC("saved tensor", struct msg_saved_tensor, saved_tensor_fields);
+
+#define SV struct msg_saved_state
+static const struct msg_field saved_state_fields[] = {
+    REQ(SV, "format", MSG_U64, format),
+    REQ(SV, "session", MSG_STR, session),
+    ARR(SV, "tensors", tensors, msg_saved_tensor_desc),
+    OBJ(SV, "config", config, msg_config_desc),
+    REQ(SV, "started", MSG_BOOL, started),
+    REQ(SV, "active", MSG_BOOL, active),
+    REQ(SV, "updates", MSG_U64, updates),
+    REQ(SV, "swaps", MSG_U64, swaps),
+    NUL_OBJ(SV, "last_time", last_time, msg_time_desc),
+    REQ(SV, "shadow_bytes", MSG_U64, shadow_bytes),
+};
+#undef SV
+const struct msg_desc msg_saved_state_desc =
+    DESC("state file", struct msg_saved_state, saved_state_fields);
+
 const struct msg_desc *const msg_all_descs[] = {
     &msg_hello_desc, &msg_hello_reply_desc, &msg_register_desc, &msg_register_reply_desc,
     &msg_event_desc, &msg_action_desc, &msg_swap_desc, &msg_status_desc,
     &msg_status_reply_desc, &msg_file_desc, &msg_file_reply_desc, &msg_close_desc,
-    &msg_drop_desc, &msg_error_desc, &msg_empty_desc, NULL,
+    &msg_drop_desc, &msg_error_desc, &msg_empty_desc, &msg_saved_state_desc, NULL,
 };
 
 struct msg_str msg_str_c(const char *s)

@@ -249,6 +249,29 @@ struct msg_error {
  * uid, too many connections) just before closing it: [2, "error", [{code, message}]]. */
 #define MSG_NOTIFY_ERROR "error"
 
+/* The metadata of a state file written by save (not a wire message, but
+ * msgpack all the same): what load needs to check and restore. */
+struct msg_saved_tensor {
+    struct msg_str name;
+    struct msg_str dtype;
+    uint64_t numel;
+};
+
+struct msg_saved_state {
+    uint64_t format; /* 1 */
+    struct msg_str session;
+    struct msg_saved_tensor *tensors;
+    size_t ntensors;
+    struct msg_config config;
+    bool started;
+    bool active;
+    uint64_t updates;
+    uint64_t swaps;
+    bool has_last_time;
+    struct msg_time last_time;
+    uint64_t shadow_bytes;
+};
+
 /* An empty map, the result of close and drop. */
 struct msg_empty {
     char unused;
@@ -275,6 +298,8 @@ extern const struct msg_desc msg_close_desc;
 extern const struct msg_desc msg_drop_desc;
 extern const struct msg_desc msg_error_desc;
 extern const struct msg_desc msg_empty_desc;
+extern const struct msg_desc msg_saved_tensor_desc;
+extern const struct msg_desc msg_saved_state_desc;
 
 /* Every top-level message, for tests and tools; NULL-terminated. */
 extern const struct msg_desc *const msg_all_descs[];

@@ -559,7 +559,7 @@ static void test_request_before_hello_gets_NOHELLO(void **state)
     daemon_stop(&d);
 }
 
-static void test_unknown_and_unimplemented_methods_get_NOMETHOD(void **state)
+static void test_unknown_method_gets_NOMETHOD(void **state)
 {
     struct daemon d;
     struct reply r;
@@ -572,11 +572,12 @@ static void test_unknown_and_unimplemented_methods_get_NOMETHOD(void **state)
     assert_int_equal(r.msgid, 4);
     assert_string_equal(r.code, "NOMETHOD");
     assert_non_null(strstr(r.message, "frobnicate"));
+    /* A known method with missing arguments is BADARG, naming the field. */
     send_empty_request(fd, 5, "register");
     read_reply(fd, &r);
     assert_int_equal(r.msgid, 5);
-    assert_string_equal(r.code, "NOMETHOD");
-    assert_non_null(strstr(r.message, "register"));
+    assert_string_equal(r.code, "BADARG");
+    assert_non_null(strstr(r.message, "session: missing"));
     close(fd);
     daemon_stop(&d);
 }
@@ -1169,7 +1170,7 @@ int main(void)
         cmocka_unit_test_teardown(test_emactl_usage_errors_and_unreachable_daemon, kill_leftovers),
         cmocka_unit_test_teardown(test_wrong_proto_gets_VERSION, kill_leftovers),
         cmocka_unit_test_teardown(test_request_before_hello_gets_NOHELLO, kill_leftovers),
-        cmocka_unit_test_teardown(test_unknown_and_unimplemented_methods_get_NOMETHOD, kill_leftovers),
+        cmocka_unit_test_teardown(test_unknown_method_gets_NOMETHOD, kill_leftovers),
         cmocka_unit_test_teardown(test_bad_arguments_get_BADARG_naming_the_field, kill_leftovers),
         cmocka_unit_test_teardown(test_malformed_request_with_msgid_gets_EPROTO, kill_leftovers),
         cmocka_unit_test_teardown(test_oversized_request_gets_LIMIT_and_connection_survives, kill_leftovers),

@@ -1,0 +1,62 @@
+/*
+ * pool.h - emad's worker threads. A job is a number of independent chunks;
+ * every worker takes chunks from every running job in turn (round robin),
+ * so one big job uses all cores and a small job never waits for a big one
+ * to finish. Completion is posted back to the libuv loop (uv_async), where
+ * the job's done callback runs.
+ */
+#ifndef EMAD_POOL_H
+#define EMAD_POOL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct pool_job;
+
+/* Runs on a worker: process chunk index of the job. 0 or a negative errno;
+ * the first failure becomes the job's status, the other chunks still run. */
+typedef int (*pool_chunk_fn)(void *arg, size_t index);
+/* Runs on the loop thread once every chunk has run. */
+typedef void (*pool_done_fn)(struct pool_job *job);
+
+struct pool_job {
+    pool_chunk_fn run;
+    pool_done_fn done;
+    void *arg;
+    size_t nchunks;       /* 0 is allowed: done runs on the next loop turn */
+    int status;           /* set before done: 0 or the first chunk failure */
+    /* internal, owned by the pool while the job runs */
+    size_t next_chunk;    /* next chunk to hand out */
+    size_t finished;      /* chunks done */
+    struct pool_job *link;
+};
+
+struct pool {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    struct pool_job *run_head, *run_tail;   /* jobs with chunks left to hand out */
+    struct pool_job *done_head, *done_tail; /* finished, waiting for the loop */
+    uv_async_t async;
+    pthread_t *threads;
+    unsigned nthreads;
+    bool stop;
+    uint64_t chunks_done;                   /* progress, for the watchdog */
+    unsigned in_flight;                     /* submitted, done not yet called (loop thread) */
+};
+
+/* Start nthreads workers posting completions to loop. 0 or -errno. */
+int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads);
+/* Queue a job (loop thread only). The job must stay alive until done. */
+void pool_submit(struct pool *p, struct pool_job *job);
+/* Jobs submitted whose done callback has not run yet. */
+unsigned pool_in_flight(const struct pool *p);
+/* Chunks completed since start (any thread). */
+uint64_t pool_progress(struct pool *p);
+/* Stop and join the workers once their queue is empty, then close the async
+ * handle. Call with no job in flight. */
+void pool_destroy(struct pool *p);
+
+#endif

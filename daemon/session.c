@@ -1,0 +1,1339 @@
+/*
+ * session.c - sessions and their FIFO of operations.
+ *
+ * An operation (register's shadow initialisation, an event, a swap, save,
+ * load, close, drop, re-attach) waits in its session's queue; the head runs,
+ * its data work split into chunks on the worker pool, and its reply is sent
+ * from the pool's completion callback on the loop thread. The loop thread
+ * never touches tensor data.
+ */
+#include "session.h"
+
+#include "pool.h"
+#include "server.h"
+#include "store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Elements per chunk: a few MiB of each stream, enough to amortise the
+ * hand-off, small enough that sessions interleave finely. */
+#define CHUNK_ELEMS (1u << 20)
+/* Bytes per chunk of the stash copies. */
+#define COPY_CHUNK_BYTES (4u << 20)
+
+enum op_kind {
+    OP_INIT,    /* register: shadow := params */
+    OP_ATTACH,  /* register with resume: adopt a new segment */
+    OP_EVENT,   /* event and swap */
+    OP_SAVE,
+    OP_LOAD,
+    OP_CLOSE,
+    OP_DROP,
+};
+
+enum op_phase {
+    PH_NONE,
+    PH_TENSORS, /* update / start / initialise: tensor chunks */
+    PH_STASH,   /* swap in, first half: params -> stash */
+    PH_CAST,    /* swap in, second half: shadow -> params */
+    PH_RESTORE, /* swap out: stash -> params */
+    PH_FILE,    /* save / load: one chunk */
+};
+
+struct op {
+    struct op *next;
+    struct session *s;
+    enum op_kind kind;
+    enum op_phase phase;
+    struct conn *conn;         /* who gets the reply (referenced) */
+    uint32_t msgid;
+    enum ema_event ev;
+    bool has_clock;
+    struct ema_clock clock;
+    enum ema_action action;
+    struct pool_job job;
+    uint64_t t0;               /* uv_hrtime when the data work began */
+    bool keep;                 /* close */
+    struct shm_map new_seg;    /* attach */
+    char new_shm[256];
+    char file[160];            /* save / load: file name */
+    msgpack_sbuffer meta;      /* save: metadata; load: the file's metadata copy */
+    char path[PATH_MAX];       /* save / load result */
+    uint64_t bytes;
+    int rc;                    /* save / load result */
+    char err[512];
+    struct msg_saved_state loaded; /* load: decoded metadata */
+    msgpack_unpacked unpacked;     /* load: what loaded points into */
+    bool has_loaded;
+};
+
+static void op_run(struct op *op);
+static void op_done(struct pool_job *job);
+static void session_start_next(struct session *s);
+
+static struct log *reg_log(const struct registry *r)
+{
+    return r->ctx->log;
+}
+
+/* ---- names and tables ---- */
+
+bool session_name_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > SESSION_NAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        bool ok = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                  (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' || ch == ':' ||
+                  ch == '/' || ch == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+/* Well-formed UTF-8 (no overlongs, no surrogates), 1..1024 bytes, no NUL. */
+bool tensor_name_valid(const char *str, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+
+    if (len == 0 || len > TENSOR_NAME_MAX)
+        return false;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c == 0)
+            return false;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, cp = c & 0x07;
+        else
+            return false;
+        if (i + n >= len)
+            return false; /* truncated sequence */
+        for (size_t k = 1; k <= n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+void plan_free(struct plan *p)
+{
+    free(p->pieces);
+    free(p->first);
+    memset(p, 0, sizeof(*p));
+}
+
+int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_elems)
+{
+    size_t cap_p = n + 16, cap_c = 16;
+
+    memset(p, 0, sizeof(*p));
+    p->pieces = malloc(cap_p * sizeof(*p->pieces));
+    p->first = malloc(cap_c * sizeof(*p->first));
+    if (p->pieces == NULL || p->first == NULL)
+        goto err_nomem;
+    uint64_t fill = chunk_elems; /* forces a new chunk at the first piece */
+    for (size_t i = 0; i < n; i++) {
+        uint64_t start = 0;
+        while (start < t[i].numel) {
+            if (fill >= chunk_elems) {
+                if (p->nchunks + 2 > cap_c) {
+                    size_t *nf = realloc(p->first, 2 * cap_c * sizeof(*nf));
+                    if (nf == NULL)
+                        goto err_nomem;
+                    p->first = nf;
+                    cap_c *= 2;
+                }
+                p->first[p->nchunks++] = p->npieces;
+                fill = 0;
+            }
+            uint64_t count = t[i].numel - start;
+            if (count > chunk_elems - fill)
+                count = chunk_elems - fill;
+            if (p->npieces == cap_p) {
+                struct piece *np = realloc(p->pieces, 2 * cap_p * sizeof(*np));
+                if (np == NULL)
+                    goto err_nomem;
+                p->pieces = np;
+                cap_p *= 2;
+            }
+            p->pieces[p->npieces++] = (struct piece){(uint32_t)i, start, count};
+            start += count;
+            /* Each tensor costs at least a little, so a million empty or tiny
+             * tensors still spread over several chunks. */
+            fill += count > 64 ? count : 64;
+        }
+    }
+    p->first[p->nchunks] = p->npieces;
+    return 0;
+
+err_nomem:
+    plan_free(p);
+    return -ENOMEM;
+}
+
+/* ---- registry ---- */
+
+int registry_init(struct registry *r, struct emad *ctx)
+{
+    memset(r, 0, sizeof(*r));
+    r->ctx = ctx;
+    r->kops = kernel_ops_best();
+    return 0;
+}
+
+static struct session *find(struct registry *r, const char *name, size_t len)
+{
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+            return s;
+    return NULL;
+}
+
+static void unlink_session(struct registry *r, struct session *s)
+{
+    for (struct session **pp = &r->head; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            r->count--;
+            s->removed = true;
+            return;
+        }
+    }
+}
+
+static void session_free(struct session *s)
+{
+    shm_unmap(&s->seg);
+    if (s->shadow.base != NULL) {
+        shm_unmap(&s->shadow);
+        shm_unlink(s->shadow_name);
+    }
+    for (size_t i = 0; i < s->ntensors; i++)
+        free(s->tensors[i].name);
+    free(s->tensors);
+    plan_free(&s->plan);
+    free(s);
+}
+
+void registry_free(struct registry *r)
+{
+    while (r->head != NULL) {
+        struct session *s = r->head;
+        unlink_session(r, s);
+        session_free(s);
+    }
+}
+
+static void check_drained(struct registry *r)
+{
+    if (r->drained != NULL && pool_in_flight(r->ctx->pool) == 0) {
+        bool idle = true;
+        for (struct session *s = r->head; s != NULL && idle; s = s->next)
+            idle = s->q_head == NULL;
+        if (idle) {
+            void (*cb)(struct registry *) = r->drained;
+            r->drained = NULL;
+            cb(r);
+        }
+    }
+}
+
+void registry_drain(struct registry *r, void (*cb)(struct registry *r))
+{
+    r->drained = cb;
+    check_drained(r);
+}
+
+void registry_conn_closed(struct registry *r, struct conn *c)
+{
+    for (struct session *s = r->head; s != NULL; s = s->next) {
+        if (s->owner != c)
+            continue;
+        s->owner = NULL;
+        log_info(reg_log(r), "session %s: owner (pid %ld) disconnected; detached, shadow kept",
+                 s->name, (long)s->owner_pid);
+        /* The trainer's segment is no longer ours to read once nothing runs. */
+        if (s->q_head == NULL)
+            shm_unmap(&s->seg);
+    }
+}
+
+/* ---- replies ---- */
+
+static void reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
+{
+    char text[600];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    conn_reply_error(c, msgid, code, "%s", text);
+}
+
+static void fill_state(const struct session *s, struct msg_session_state *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->session = msg_str_c(s->name);
+    o->attached = s->owner != NULL;
+    o->has_owner_pid = s->owner != NULL;
+    o->owner_pid = s->owner_pid;
+    o->tensors = s->ntensors;
+    o->params_bytes = s->params_bytes;
+    o->shadow_bytes = s->shadow_bytes;
+    o->smoothing = s->cfg.smoothing;
+    o->has_half_life = s->cfg.has_half_life;
+    o->half_life = msg_str_c(s->half_life);
+    o->update_interval = msg_str_c(s->update_interval);
+    o->ema_start = msg_str_c(s->ema_start);
+    o->started = s->st.started;
+    o->active = s->st.active;
+    o->updates = s->st.updates;
+    o->swaps = s->st.swaps;
+    o->has_last_time = s->st.has_last_time;
+    o->last_time.batch = s->st.last_time.batch;
+    o->last_time.epoch = s->st.last_time.epoch;
+    o->last_time.has_duration = s->st.last_time.has_duration;
+    o->last_time.duration = s->st.last_time.duration;
+    o->last_update_seconds = s->last_update_seconds;
+    o->shm = msg_str_c(s->shm_name);
+    o->shadow_shm = msg_str_c(s->shadow_name);
+}
+
+static bool visible(const struct session *s, uid_t uid)
+{
+    return uid == 0 || s->uid == uid;
+}
+
+int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
+                    struct msg_session_state **out, size_t *n)
+{
+    size_t count = 0, i = 0;
+
+    *out = NULL;
+    *n = 0;
+    if (req->has_session) {
+        struct session *s = find(r, req->session.ptr, req->session.len);
+        if (s == NULL || !visible(s, uid))
+            return -ENOENT;
+        *out = malloc(sizeof(**out));
+        if (*out == NULL)
+            return -ENOMEM;
+        fill_state(s, *out);
+        *n = 1;
+        return 0;
+    }
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        count += visible(s, uid);
+    if (count == 0)
+        return 0;
+    *out = calloc(count, sizeof(**out));
+    if (*out == NULL)
+        return -ENOMEM;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (visible(s, uid))
+            fill_state(s, &(*out)[i++]);
+    *n = count;
+    return 0;
+}
+
+static void reply_action(struct op *op)
+{
+    struct msg_action a;
+
+    a.action = msg_str_c(ema_action_name(op->action));
+    a.active = op->s->st.active;
+    a.started = op->s->st.started;
+    a.updates = op->s->st.updates;
+    conn_reply(op->conn, op->msgid, &msg_action_desc, &a);
+}
+
+static void reply_register(struct op *op)
+{
+    struct session *s = op->s;
+    struct msg_register_reply rep;
+    struct msg_shadow_tensor *t = calloc(s->ntensors ? s->ntensors : 1, sizeof(*t));
+
+    if (t == NULL) {
+        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "register: out of memory");
+        return;
+    }
+    memset(&rep, 0, sizeof(rep));
+    rep.session = msg_str_c(s->name);
+    rep.shadow_shm = msg_str_c(s->shadow_name);
+    rep.shadow_bytes = s->shadow_bytes;
+    for (size_t i = 0; i < s->ntensors; i++) {
+        t[i].name = msg_str_c(s->tensors[i].name);
+        t[i].shadow_offset = s->tensors[i].shadow_offset;
+        t[i].shadow_dtype = msg_str_c(dtype_name(s->tensors[i].shadow_dtype));
+    }
+    rep.tensors = t;
+    rep.ntensors = s->ntensors;
+    fill_state(s, &rep.state);
+    conn_reply(op->conn, op->msgid, &msg_register_reply_desc, &rep);
+    free(t);
+}
+
+/* ---- the queue ---- */
+
+static struct op *op_new(struct session *s, enum op_kind kind, struct conn *c, uint32_t msgid)
+{
+    struct op *op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        conn_reply_error(c, msgid, MSG_E_INTERNAL, "out of memory queueing the request");
+        return NULL;
+    }
+    op->s = s;
+    op->kind = kind;
+    op->conn = c;
+    op->msgid = msgid;
+    conn_ref(c);
+    return op;
+}
+
+static void op_free(struct op *op)
+{
+    if (op->kind == OP_SAVE)
+        msgpack_sbuffer_destroy(&op->meta);
+    if (op->has_loaded) {
+        msg_free(&msg_saved_state_desc, &op->loaded);
+        msgpack_unpacked_destroy(&op->unpacked);
+    }
+    shm_unmap(&op->new_seg);
+    conn_unref(op->conn);
+    free(op);
+}
+
+static void enqueue(struct op *op)
+{
+    struct session *s = op->s;
+
+    if (s->q_tail)
+        s->q_tail->next = op;
+    else
+        s->q_head = op;
+    s->q_tail = op;
+    if (!s->busy)
+        session_start_next(s);
+}
+
+/* The head is finished: drop it and run the next one. */
+static void op_finish(struct op *op)
+{
+    struct session *s = op->s;
+    struct registry *r = s->reg;
+
+    s->q_head = op->next;
+    if (s->q_head == NULL)
+        s->q_tail = NULL;
+    s->busy = false;
+    op_free(op);
+    if (s->q_head != NULL) {
+        session_start_next(s);
+    } else if (s->removed) {
+        session_free(s);
+    } else if (s->owner == NULL) {
+        shm_unmap(&s->seg);
+    }
+    check_drained(r);
+}
+
+static void session_start_next(struct session *s)
+{
+    if (s->busy || s->q_head == NULL)
+        return;
+    s->busy = true;
+    op_run(s->q_head);
+}
+
+static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t nchunks)
+{
+    op->phase = phase;
+    op->job.run = fn;
+    op->job.done = op_done;
+    op->job.arg = op;
+    op->job.nchunks = nchunks;
+    pool_submit(op->s->reg->ctx->pool, &op->job);
+}
+
+/* ---- chunk workers (worker threads) ---- */
+
+static void *param_ptr(const struct session *s, const struct tensor *t, uint64_t start)
+{
+    const struct seg_header *h = s->seg.base;
+    return (char *)s->seg.base + h->params_offset + t->offset + start * dtype_size(t->dtype);
+}
+
+static void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start)
+{
+    return (char *)s->shadow.base + t->shadow_offset + start * dtype_size(t->shadow_dtype);
+}
+
+static int chunk_tensors(void *arg, size_t index)
+{
+    struct op *op = arg;
+    struct session *s = op->s;
+    const struct kernel_ops *k = s->reg->kops;
+    bool init = op->kind == OP_INIT || op->action == EMA_ACTION_START ||
+                op->action == EMA_ACTION_START_UPDATE;
+    bool update = op->action == EMA_ACTION_UPDATE || op->action == EMA_ACTION_START_UPDATE;
+    int rc = 0;
+
+    for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
+        const struct piece *p = &s->plan.pieces[i];
+        const struct tensor *t = &s->tensors[p->tensor];
+        void *sh = shadow_ptr(s, t, p->start);
+        void *pa = param_ptr(s, t, p->start);
+        if (op->phase == PH_CAST) {
+            rc = kernel_swap_in(k, t->dtype, pa, sh, p->count);
+            continue;
+        }
+        if (init)
+            rc = kernel_shadow_init(k, t->dtype, sh, pa, p->count);
+        if (update && rc == 0)
+            rc = kernel_update(k, t->dtype, sh, pa, p->count, s->cfg.smoothing);
+    }
+    return rc;
+}
+
+static int chunk_copy(void *arg, size_t index)
+{
+    struct op *op = arg;
+    const struct seg_header *h = op->s->seg.base;
+    char *params = (char *)op->s->seg.base + h->params_offset;
+    char *stash = (char *)op->s->seg.base + h->stash_offset;
+    uint64_t off = (uint64_t)index * COPY_CHUNK_BYTES;
+    uint64_t n = h->params_bytes - off < COPY_CHUNK_BYTES ? h->params_bytes - off
+                                                          : COPY_CHUNK_BYTES;
+
+    if (op->phase == PH_STASH)
+        kernel_stash_copy(stash + off, params + off, n);
+    else
+        kernel_stash_restore(params + off, stash + off, n);
+    return 0;
+}
+
+static int chunk_save(void *arg, size_t index)
+{
+    struct op *op = arg;
+    struct session *s = op->s;
+    (void)index;
+    op->rc = store_save(s->reg->ctx->opts->state_dir, op->file, op->meta.data, op->meta.size,
+                        s->shadow.base, s->shadow_bytes, op->path, sizeof(op->path), &op->bytes,
+                        op->err, sizeof(op->err));
+    return 0;
+}
+
+/* Check that a state file's tensor table is the session's. */
+static int check_loaded_table(const struct session *s, const struct msg_saved_state *m, char *err,
+                              size_t errlen)
+{
+    if (m->ntensors != s->ntensors) {
+        snprintf(err, errlen, "the file has %zu tensors, the session %zu", m->ntensors,
+                 s->ntensors);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < s->ntensors; i++) {
+        const struct tensor *t = &s->tensors[i];
+        if (!msg_str_eq(m->tensors[i].name, t->name) ||
+            !msg_str_eq(m->tensors[i].dtype, dtype_name(t->dtype)) ||
+            m->tensors[i].numel != t->numel) {
+            snprintf(err, errlen, "tensor %zu differs: the file has \"%.*s\" %.*s x %" PRIu64
+                     ", the session \"%s\" %s x %" PRIu64, i, (int)m->tensors[i].name.len,
+                     m->tensors[i].name.ptr, (int)m->tensors[i].dtype.len,
+                     m->tensors[i].dtype.ptr, m->tensors[i].numel, t->name,
+                     dtype_name(t->dtype), t->numel);
+            return -EINVAL;
+        }
+    }
+    if (m->shadow_bytes != s->shadow_bytes) {
+        snprintf(err, errlen, "the file's shadow is %" PRIu64 " bytes, the session's %" PRIu64,
+                 m->shadow_bytes, s->shadow_bytes);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int chunk_load(void *arg, size_t index)
+{
+    struct op *op = arg;
+    struct session *s = op->s;
+    struct store_file f;
+    char why[256];
+    size_t off = 0;
+    (void)index;
+
+    op->rc = store_load(s->reg->ctx->opts->state_dir, op->file, &f, op->err, sizeof(op->err));
+    if (op->rc < 0)
+        return 0;
+    if (snprintf(op->path, sizeof(op->path), "%s/%s%s", s->reg->ctx->opts->state_dir, op->file,
+                 STORE_SUFFIX) >= (int)sizeof(op->path))
+        op->path[0] = '\0';
+    op->bytes = f.map_len;
+    msgpack_unpacked_init(&op->unpacked);
+    /* The metadata must outlive the mapping: unpack from a copy. */
+    msgpack_sbuffer_init(&op->meta);
+    msgpack_sbuffer_write(&op->meta, f.meta, f.meta_len);
+    if (msgpack_unpack_next(&op->unpacked, op->meta.data, op->meta.size, &off) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        msg_decode(&msg_saved_state_desc, &op->unpacked.data, &op->loaded, why, sizeof(why)) <
+            0) {
+        msgpack_unpacked_destroy(&op->unpacked);
+        op->rc = -EBADMSG;
+        snprintf(op->err, sizeof(op->err), "load: %.400s: metadata is not a state file's",
+                 op->path);
+        goto out;
+    }
+    op->has_loaded = true;
+    if (f.data_len != s->shadow_bytes)
+        snprintf(why, sizeof(why), "its data is %" PRIu64 " bytes, the shadow %" PRIu64,
+                 f.data_len, s->shadow_bytes);
+    if (f.data_len != s->shadow_bytes || check_loaded_table(s, &op->loaded, why, sizeof(why)) < 0) {
+        op->rc = -EINVAL;
+        snprintf(op->err, sizeof(op->err), "load: %.150s does not match session %s: %.180s",
+                 op->path, s->name, why);
+        goto out;
+    }
+    memcpy(s->shadow.base, f.data, s->shadow_bytes);
+out:
+    store_file_close(&f);
+    return 0;
+}
+
+/* ---- operations (loop thread) ---- */
+
+static size_t copy_chunks(const struct session *s)
+{
+    return (s->params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
+}
+
+static void run_event(struct op *op)
+{
+    struct session *s = op->s;
+    struct seg_header *h = s->seg.base;
+
+    if (ema_decide(&s->cfg, &s->st, op->ev, op->has_clock ? &op->clock : NULL, &op->action) < 0) {
+        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
+        op_finish(op);
+        return;
+    }
+    switch (op->action) {
+    case EMA_ACTION_NONE:
+        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        reply_action(op);
+        op_finish(op);
+        return;
+    case EMA_ACTION_START:
+    case EMA_ACTION_UPDATE:
+    case EMA_ACTION_START_UPDATE:
+        op->t0 = uv_hrtime();
+        submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
+        return;
+    case EMA_ACTION_SWAP_IN:
+        if (seg_swap_state_load(h) != SEG_TRAIN) {
+            reply_error(op->conn, op->msgid, MSG_E_STATE,
+                        "%s: the segment's swap_state is %u, not TRAIN: restore the training "
+                        "weights from the stash first", ema_event_name(op->ev),
+                        seg_swap_state_load(h));
+            op_finish(op);
+            return;
+        }
+        submit(op, PH_STASH, chunk_copy, copy_chunks(s));
+        return;
+    case EMA_ACTION_SWAP_OUT:
+        submit(op, PH_RESTORE, chunk_copy, copy_chunks(s));
+        return;
+    default:
+        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "event: unknown action");
+        op_finish(op);
+    }
+}
+
+static void encode_meta(struct session *s, msgpack_sbuffer *sb)
+{
+    struct msg_saved_state m;
+    struct msg_saved_tensor *t = calloc(s->ntensors ? s->ntensors : 1, sizeof(*t));
+    msgpack_packer pk;
+
+    memset(&m, 0, sizeof(m));
+    m.format = 1;
+    m.session = msg_str_c(s->name);
+    for (size_t i = 0; t != NULL && i < s->ntensors; i++) {
+        t[i].name = msg_str_c(s->tensors[i].name);
+        t[i].dtype = msg_str_c(dtype_name(s->tensors[i].dtype));
+        t[i].numel = s->tensors[i].numel;
+    }
+    m.tensors = t;
+    m.ntensors = t ? s->ntensors : 0;
+    if (s->cfg.has_half_life) {
+        m.config.has_half_life = true;
+        m.config.half_life = msg_str_c(s->half_life);
+    } else {
+        m.config.has_smoothing = true;
+        m.config.smoothing = s->cfg.smoothing;
+    }
+    m.config.has_update_interval = true;
+    m.config.update_interval = msg_str_c(s->update_interval);
+    m.config.has_ema_start = true;
+    m.config.ema_start = msg_str_c(s->ema_start);
+    m.started = s->st.started;
+    m.active = s->st.active;
+    m.updates = s->st.updates;
+    m.swaps = s->st.swaps;
+    m.has_last_time = s->st.has_last_time;
+    m.last_time.batch = s->st.last_time.batch;
+    m.last_time.epoch = s->st.last_time.epoch;
+    m.last_time.has_duration = s->st.last_time.has_duration;
+    m.last_time.duration = s->st.last_time.duration;
+    m.shadow_bytes = s->shadow_bytes;
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    msg_encode(&pk, &msg_saved_state_desc, &m);
+    free(t);
+}
+
+static void run_close(struct op *op, bool drop)
+{
+    struct session *s = op->s;
+    struct registry *r = s->reg;
+    struct msg_empty e = {0};
+
+    if (!drop && op->keep) {
+        s->owner = NULL;
+        log_info(reg_log(r), "session %s: closed with keep; detached, shadow kept", s->name);
+    } else {
+        log_info(reg_log(r), "session %s: %s; shadow %s removed", s->name,
+                 drop ? "dropped" : "closed", s->shadow_name);
+        unlink_session(r, s);
+    }
+    conn_reply(op->conn, op->msgid, &msg_empty_desc, &e);
+    op_finish(op);
+}
+
+static void run_attach(struct op *op)
+{
+    struct session *s = op->s;
+    struct seg_header *h = op->new_seg.base;
+
+    shm_unmap(&s->seg);
+    s->seg = op->new_seg;
+    op->new_seg.base = NULL;
+    op->new_seg.len = 0;
+    snprintf(s->shm_name, sizeof(s->shm_name), "%s", op->new_shm);
+    s->params_bytes = h->params_bytes;
+    /* The trainer restored its training weights itself if it crashed while
+     * the EMA weights were in: believe the segment. */
+    if (s->st.active && seg_swap_state_load(h) == SEG_TRAIN) {
+        s->st.active = false;
+        log_info(reg_log(s->reg), "session %s: the new segment holds the training weights; "
+                 "EMA weights no longer active", s->name);
+    }
+    reply_register(op);
+    op_finish(op);
+}
+
+static void op_run(struct op *op)
+{
+    struct session *s = op->s;
+
+    switch (op->kind) {
+    case OP_INIT:
+        op->t0 = uv_hrtime();
+        submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
+        return;
+    case OP_ATTACH:
+        run_attach(op);
+        return;
+    case OP_EVENT:
+        if (s->seg.base == NULL) {
+            reply_error(op->conn, op->msgid, MSG_E_STATE,
+                        "session %s is detached: register with resume first", s->name);
+            op_finish(op);
+            return;
+        }
+        run_event(op);
+        return;
+    case OP_SAVE:
+        encode_meta(s, &op->meta);
+        submit(op, PH_FILE, chunk_save, 1);
+        return;
+    case OP_LOAD:
+        if (s->st.active) {
+            reply_error(op->conn, op->msgid, MSG_E_STATE,
+                        "load: session %s has its EMA weights swapped in; swap out first",
+                        s->name);
+            op_finish(op);
+            return;
+        }
+        submit(op, PH_FILE, chunk_load, 1);
+        return;
+    case OP_CLOSE:
+        run_close(op, false);
+        return;
+    case OP_DROP:
+        run_close(op, true);
+        return;
+    }
+}
+
+static void apply_loaded(struct session *s, const struct msg_saved_state *m)
+{
+    struct ema_config_in in;
+    struct ema_config cfg;
+    char why[256];
+
+    memset(&in, 0, sizeof(in));
+    if (m->config.has_half_life) {
+        in.half_life = m->config.half_life.ptr;
+        in.half_life_len = m->config.half_life.len;
+    }
+    in.has_smoothing = m->config.has_smoothing;
+    in.smoothing = m->config.smoothing;
+    if (m->config.has_update_interval) {
+        in.update_interval = m->config.update_interval.ptr;
+        in.update_interval_len = m->config.update_interval.len;
+    }
+    if (m->config.has_ema_start) {
+        in.ema_start = m->config.ema_start.ptr;
+        in.ema_start_len = m->config.ema_start.len;
+    }
+    if (ema_config_init(&cfg, &in, why, sizeof(why)) == 0) {
+        s->cfg = cfg;
+        if (cfg.has_half_life)
+            ema_time_format(&cfg.half_life, s->half_life, sizeof(s->half_life));
+        else
+            s->half_life[0] = '\0';
+        ema_time_format(&cfg.update_interval, s->update_interval, sizeof(s->update_interval));
+        ema_time_format(&cfg.ema_start, s->ema_start, sizeof(s->ema_start));
+    }
+    s->st.started = m->started;
+    /* Loading never swaps: the params keep the training weights. */
+    s->st.active = false;
+    s->st.updates = m->updates;
+    s->st.swaps = m->swaps;
+    s->st.has_last_time = m->has_last_time;
+    s->st.last_time.batch = m->last_time.batch;
+    s->st.last_time.epoch = m->last_time.epoch;
+    s->st.last_time.has_duration = m->last_time.has_duration;
+    s->st.last_time.duration = m->last_time.duration;
+}
+
+static void finish_file(struct op *op)
+{
+    struct msg_file_reply rep;
+    const char *what = op->kind == OP_SAVE ? "save" : "load";
+
+    if (op->rc < 0) {
+        const char *code = op->rc == -ENOENT || op->rc == -EBADMSG ||
+                                   op->rc == -EPROTONOSUPPORT || op->rc == -EINVAL
+                               ? (op->rc == -EINVAL ? MSG_E_STATE : MSG_E_IO)
+                               : MSG_E_IO;
+        log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, op->err);
+        reply_error(op->conn, op->msgid, code, "%s", op->err);
+        return;
+    }
+    if (op->kind == OP_LOAD)
+        apply_loaded(op->s, &op->loaded);
+    log_info(reg_log(op->s->reg), "session %s: %s %s (%" PRIu64 " bytes)", op->s->name,
+             op->kind == OP_SAVE ? "saved to" : "loaded from", op->path, op->bytes);
+    rep.path = msg_str_c(op->path);
+    rep.bytes = op->bytes;
+    conn_reply(op->conn, op->msgid, &msg_file_reply_desc, &rep);
+}
+
+static void op_done(struct pool_job *job)
+{
+    struct op *op = job->arg;
+    struct session *s = op->s;
+    struct seg_header *h = s->seg.base;
+
+    if (job->status != 0) {
+        log_error(reg_log(s->reg), "session %s: %s failed in a worker: %s", s->name,
+                  ema_action_name(op->action), strerror(-job->status));
+        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "session %s: the work failed: %s",
+                    s->name, strerror(-job->status));
+        op_finish(op);
+        return;
+    }
+    switch (op->phase) {
+    case PH_TENSORS:
+        if (op->kind == OP_INIT) {
+            s->ready = true;
+            reply_register(op);
+            break;
+        }
+        s->last_update_seconds = (double)(uv_hrtime() - op->t0) / 1e9;
+        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        reply_action(op);
+        break;
+    case PH_STASH:
+        /* The stash is complete: from here a crash leaves a restorable copy. */
+        seg_swap_state_store(h, SEG_STASHED);
+        submit(op, PH_CAST, chunk_tensors, s->plan.nchunks);
+        return;
+    case PH_CAST:
+        seg_swap_state_store(h, SEG_EMA);
+        seg_swap_generation_bump(h);
+        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        reply_action(op);
+        break;
+    case PH_RESTORE:
+        seg_swap_state_store(h, SEG_TRAIN);
+        seg_swap_generation_bump(h);
+        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        reply_action(op);
+        break;
+    case PH_FILE:
+        finish_file(op);
+        break;
+    case PH_NONE:
+        break;
+    }
+    op_finish(op);
+}
+
+/* ---- request handlers ---- */
+
+/* Find a session the peer may use; replies and returns NULL otherwise. */
+static struct session *lookup(struct registry *r, struct conn *c, uint32_t msgid,
+                              const char *method, struct msg_str name, bool owner_only)
+{
+    struct session *s = find(r, name.ptr, name.len);
+    int shown = (int)(name.len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name.len);
+
+    if (s == NULL || !visible(s, c->uid)) {
+        reply_error(c, msgid, MSG_E_NOSESSION, "%s: no session named \"%.*s\"", method, shown,
+                    name.ptr);
+        return NULL;
+    }
+    if (owner_only && s->owner != c) {
+        if (s->owner == NULL)
+            reply_error(c, msgid, MSG_E_PERM,
+                        "%s: session %s is detached; register with resume to own it", method,
+                        s->name);
+        else
+            reply_error(c, msgid, MSG_E_PERM,
+                        "%s: session %s is owned by another connection (pid %ld)", method,
+                        s->name, (long)s->owner_pid);
+        return NULL;
+    }
+    return s;
+}
+
+static int build_config(struct session *s, const struct msg_register *req, char *err,
+                        size_t errlen)
+{
+    struct ema_config_in in;
+    const struct msg_config *c = &req->config;
+
+    memset(&in, 0, sizeof(in));
+    if (req->has_config) {
+        if (c->has_half_life) {
+            in.half_life = c->half_life.ptr;
+            in.half_life_len = c->half_life.len;
+        }
+        in.has_smoothing = c->has_smoothing;
+        in.smoothing = c->smoothing;
+        if (c->has_update_interval) {
+            in.update_interval = c->update_interval.ptr;
+            in.update_interval_len = c->update_interval.len;
+        }
+        if (c->has_ema_start) {
+            in.ema_start = c->ema_start.ptr;
+            in.ema_start_len = c->ema_start.len;
+        }
+    }
+    if (ema_config_init(&s->cfg, &in, err, errlen) < 0)
+        return -EINVAL;
+    if (s->cfg.has_half_life)
+        ema_time_format(&s->cfg.half_life, s->half_life, sizeof(s->half_life));
+    ema_time_format(&s->cfg.update_interval, s->update_interval, sizeof(s->update_interval));
+    ema_time_format(&s->cfg.ema_start, s->ema_start, sizeof(s->ema_start));
+    return 0;
+}
+
+/* Validate the tensor table and lay out the shadow. Returns 0, or -EINVAL
+ * (BADARG) / -E2BIG (LIMIT) with err. */
+static int build_tensors(struct session *s, const struct msg_register *req, uint64_t max_tensors,
+                         char *err, size_t errlen)
+{
+    uint64_t at = 0;
+
+    if (req->ntensors > max_tensors) {
+        snprintf(err, errlen, "register: %zu tensors exceed the limit of %" PRIu64
+                 " per session (--max-tensors)", req->ntensors, max_tensors);
+        return -E2BIG;
+    }
+    s->tensors = calloc(req->ntensors ? req->ntensors : 1, sizeof(*s->tensors));
+    if (s->tensors == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < req->ntensors; i++) {
+        const struct msg_tensor *mt = &req->tensors[i];
+        struct tensor *t = &s->tensors[i];
+        size_t esize;
+        uint64_t bytes;
+        if (!tensor_name_valid(mt->name.ptr, mt->name.len)) {
+            snprintf(err, errlen, "register: tensors[%zu].name: must be 1 to %d bytes of UTF-8 "
+                     "without NUL", i, TENSOR_NAME_MAX);
+            return -EINVAL;
+        }
+        if (dtype_from_name(mt->dtype.ptr, mt->dtype.len, &t->dtype) < 0) {
+            snprintf(err, errlen, "register: tensors[%zu].dtype: \"%.*s\" is not one of f32, f16, "
+                     "bf16, f64, i64, i32, i16, i8, u8, bool", i,
+                     (int)(mt->dtype.len > 16 ? 16 : mt->dtype.len), mt->dtype.ptr);
+            return -EINVAL;
+        }
+        if (mt->has_shape) {
+            uint64_t prod = 1;
+            for (size_t k = 0; k < mt->nshape; k++)
+                if (__builtin_mul_overflow(prod, mt->shape[k], &prod))
+                    prod = UINT64_MAX;
+            if (prod != mt->numel) {
+                snprintf(err, errlen, "register: tensors[%zu].shape: its product is not numel "
+                         "(%" PRIu64 ")", i, mt->numel);
+                return -EINVAL;
+            }
+        }
+        t->name = strndup(mt->name.ptr, mt->name.len);
+        if (t->name == NULL)
+            return -ENOMEM;
+        s->ntensors = i + 1;
+        t->numel = mt->numel;
+        t->offset = mt->offset;
+        t->shadow_dtype = dtype_shadow(t->dtype);
+        esize = dtype_size(t->shadow_dtype);
+        at = (at + SEG_TENSOR_ALIGN - 1) & ~(uint64_t)(SEG_TENSOR_ALIGN - 1);
+        t->shadow_offset = at;
+        if (__builtin_mul_overflow(mt->numel, (uint64_t)esize, &bytes) ||
+            __builtin_mul_overflow(mt->numel, (uint64_t)dtype_size(t->dtype), &bytes) ||
+            __builtin_add_overflow(at, mt->numel * esize, &at)) {
+            snprintf(err, errlen, "register: tensors[%zu].numel: %" PRIu64 " is too large", i,
+                     mt->numel);
+            return -EINVAL;
+        }
+    }
+    s->shadow_bytes = at;
+    return 0;
+}
+
+/* Check the tensors against the mapped segment (SHM errors). */
+static int check_segment(const struct session *s, const struct shm_map *seg, char *err,
+                         size_t errlen)
+{
+    const struct seg_header *h = seg->base;
+    struct seg_span *spans = malloc((s->ntensors ? s->ntensors : 1) * sizeof(*spans));
+    const char **names = malloc((s->ntensors ? s->ntensors : 1) * sizeof(*names));
+    char why[400];
+    int rc;
+
+    if (spans == NULL || names == NULL) {
+        free(spans);
+        free(names);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < s->ntensors; i++) {
+        spans[i].offset = s->tensors[i].offset;
+        spans[i].bytes = s->tensors[i].numel * dtype_size(s->tensors[i].dtype);
+        names[i] = s->tensors[i].name;
+    }
+    rc = seg_spans_check(spans, names, s->ntensors, h->params_bytes, why, sizeof(why));
+    free(spans);
+    free(names);
+    if (rc < 0) {
+        snprintf(err, errlen, "register: shm \"%.100s\": %s", s->shm_name, why);
+        return rc;
+    }
+    if (seg_swap_state_load(h) != SEG_TRAIN) {
+        snprintf(err, errlen, "register: shm \"%s\": swap_state is %u: the params hold EMA "
+                 "weights; restore the training weights from the stash first", s->shm_name,
+                 seg_swap_state_load(h));
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static bool same_table(const struct session *a, const struct session *b)
+{
+    if (a->ntensors != b->ntensors)
+        return false;
+    for (size_t i = 0; i < a->ntensors; i++)
+        if (strcmp(a->tensors[i].name, b->tensors[i].name) != 0 ||
+            a->tensors[i].dtype != b->tensors[i].dtype ||
+            a->tensors[i].numel != b->tensors[i].numel ||
+            a->tensors[i].offset != b->tensors[i].offset)
+            return false;
+    return true;
+}
+
+static void resume(struct registry *r, struct conn *c, uint32_t msgid, struct session *old,
+                   struct session *fresh, struct shm_map *seg)
+{
+    struct op *op;
+
+    if (!visible(old, c->uid) || (old->uid != c->uid && c->uid != 0)) {
+        reply_error(c, msgid, MSG_E_PERM, "register: session %s belongs to another user",
+                    old->name);
+        return;
+    }
+    if (old->owner != NULL) {
+        reply_error(c, msgid, MSG_E_EXISTS, "register: session %s is attached to pid %ld",
+                    old->name, (long)old->owner_pid);
+        return;
+    }
+    if (!same_table(old, fresh)) {
+        reply_error(c, msgid, MSG_E_BADARG,
+                    "register: resume: the tensor table differs from session %s's (names, "
+                    "dtypes, numel and offsets must be identical, in order)", old->name);
+        return;
+    }
+    op = op_new(old, OP_ATTACH, c, msgid);
+    if (op == NULL)
+        return;
+    op->new_seg = *seg;
+    seg->base = NULL;
+    seg->len = 0;
+    snprintf(op->new_shm, sizeof(op->new_shm), "%s", fresh->shm_name);
+    old->owner = c;
+    old->owner_pid = c->pid;
+    log_info(reg_log(r), "session %s: resumed by pid %ld", old->name, (long)c->pid);
+    enqueue(op);
+}
+
+void session_register(struct registry *r, struct conn *c, uint32_t msgid,
+                      const struct msg_register *req)
+{
+    const struct emad_opts *opts = r->ctx->opts;
+    struct session *s, *old;
+    struct shm_map seg = {NULL, 0};
+    char err[600];
+    int rc;
+
+    if (!session_name_valid(req->session.ptr, req->session.len)) {
+        reply_error(c, msgid, MSG_E_BADARG, "register: session: must be 1 to %d characters of "
+                    "[A-Za-z0-9._:/-]", SESSION_NAME_MAX);
+        return;
+    }
+    old = find(r, req->session.ptr, req->session.len);
+    if (old != NULL && !(req->has_resume && req->resume)) {
+        reply_error(c, msgid, MSG_E_EXISTS, "register: session %s exists (pass resume to "
+                    "re-attach to it)", old->name);
+        return;
+    }
+    if (old == NULL && r->count >= opts->max_sessions) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: the daemon holds %u sessions, its limit "
+                    "(--max-sessions)", r->count);
+        return;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
+        return;
+    }
+    s->reg = r;
+    memcpy(s->name, req->session.ptr, req->session.len);
+    s->uid = c->uid;
+    s->owner = c;
+    s->owner_pid = c->pid;
+    if (msg_str_copy(req->shm, s->shm_name, sizeof(s->shm_name)) < 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "register: shm: not a valid shared-memory name");
+        goto err_free;
+    }
+    if ((rc = build_config(s, req, err, sizeof(err))) < 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "register: %s", err);
+        goto err_free;
+    }
+    rc = build_tensors(s, req, opts->max_tensors, err, sizeof(err));
+    if (rc < 0) {
+        reply_error(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
+                                                                           : MSG_E_BADARG,
+                    "%s", rc == -ENOMEM ? "register: out of memory" : err);
+        goto err_free;
+    }
+    if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, err, sizeof(err))) < 0) {
+        reply_error(c, msgid, MSG_E_SHM, "register: %s", err);
+        goto err_free;
+    }
+    s->seg = seg;
+    rc = check_segment(s, &seg, err, sizeof(err));
+    s->seg.base = NULL;
+    if (rc < 0) {
+        reply_error(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
+        goto err_unmap;
+    }
+    if (old != NULL) {
+        resume(r, c, msgid, old, s, &seg);
+        goto err_unmap;
+    }
+    s->seg = seg;
+    seg.base = NULL;
+    s->params_bytes = ((const struct seg_header *)s->seg.base)->params_bytes;
+    if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0) {
+        reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
+        goto err_free;
+    }
+    if (shm_shadow_create(c->uid, s->shadow_bytes, s->shadow_name, sizeof(s->shadow_name),
+                          &s->shadow, err, sizeof(err)) < 0) {
+        reply_error(c, msgid, MSG_E_INTERNAL, "register: %s", err);
+        goto err_free;
+    }
+    ema_state_init(&s->st);
+    s->next = r->head;
+    r->head = s;
+    r->count++;
+    log_info(reg_log(r), "session %s: registered by pid %ld: %zu tensors, %" PRIu64
+             " param bytes, shadow %s (%" PRIu64 " bytes)", s->name, (long)c->pid, s->ntensors,
+             s->params_bytes, s->shadow_name, s->shadow_bytes);
+    struct op *op = op_new(s, OP_INIT, c, msgid);
+    if (op == NULL) {
+        unlink_session(r, s);
+        session_free(s);
+        return;
+    }
+    enqueue(op);
+    return;
+
+err_unmap:
+    shm_unmap(&seg);
+err_free:
+    session_free(s);
+}
+
+void session_event(struct registry *r, struct conn *c, uint32_t msgid,
+                   const struct msg_event *req)
+{
+    struct session *s;
+    struct op *op;
+    enum ema_event ev;
+    char err[256];
+
+    if (ema_event_from_name(req->event.ptr, req->event.len, &ev) < 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "event: event: \"%.*s\" is not one of init, "
+                    "fit_start, batch_start, batch_end, epoch_end, eval_start, eval_end, "
+                    "checkpoint", (int)(req->event.len > 32 ? 32 : req->event.len),
+                    req->event.ptr);
+        return;
+    }
+    struct ema_clock clock = {req->time.batch, req->time.epoch, req->time.duration,
+                              req->time.has_duration};
+    if (ema_clock_check(&clock, err, sizeof(err)) < 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "event: %s", err);
+        return;
+    }
+    if ((s = lookup(r, c, msgid, "event", req->session, true)) == NULL)
+        return;
+    if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
+        return;
+    op->ev = ev;
+    op->has_clock = true;
+    op->clock = clock;
+    enqueue(op);
+}
+
+void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_swap *req)
+{
+    struct session *s;
+    struct op *op;
+    enum ema_event ev;
+
+    if (ema_swap_from_name(req->to.ptr, req->to.len, &ev) < 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "swap: to: must be \"ema\" or \"train\"");
+        return;
+    }
+    if ((s = lookup(r, c, msgid, "swap", req->session, true)) == NULL)
+        return;
+    if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
+        return;
+    op->ev = ev;
+    enqueue(op);
+}
+
+void session_save(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_file *req,
+                  bool load)
+{
+    const char *method = load ? "load" : "save";
+    struct session *s;
+    struct op *op;
+
+    if ((s = lookup(r, c, msgid, method, req->session, load)) == NULL)
+        return;
+    if ((op = op_new(s, load ? OP_LOAD : OP_SAVE, c, msgid)) == NULL)
+        return;
+    if (req->has_name) {
+        if (!store_name_valid(req->name.ptr, req->name.len)) {
+            reply_error(c, msgid, MSG_E_BADARG, "%s: name: must be 1 to 128 characters of "
+                        "[A-Za-z0-9._%%-], not starting with '.'", method);
+            op_free(op);
+            return;
+        }
+        memcpy(op->file, req->name.ptr, req->name.len);
+    } else if (store_default_name(s->name, strlen(s->name), op->file, sizeof(op->file)) < 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "%s: session %s needs an explicit file name",
+                    method, s->name);
+        op_free(op);
+        return;
+    }
+    enqueue(op);
+}
+
+void session_close(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_close *req)
+{
+    struct session *s;
+    struct op *op;
+
+    if ((s = lookup(r, c, msgid, "close", req->session, true)) == NULL)
+        return;
+    if ((op = op_new(s, OP_CLOSE, c, msgid)) == NULL)
+        return;
+    op->keep = req->has_keep && req->keep;
+    /* No later request of this connection may reach the session as owner. */
+    if (!op->keep)
+        s->owner = NULL;
+    enqueue(op);
+}
+
+void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req)
+{
+    struct session *s;
+    struct op *op;
+
+    if ((s = lookup(r, c, msgid, "drop", req->session, false)) == NULL)
+        return;
+    if (s->owner != NULL) {
+        reply_error(c, msgid, MSG_E_STATE, "drop: session %s is attached to pid %ld; only a "
+                    "detached session can be dropped", s->name, (long)s->owner_pid);
+        return;
+    }
+    if ((op = op_new(s, OP_DROP, c, msgid)) == NULL)
+        return;
+    enqueue(op);
+}

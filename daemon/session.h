@@ -1,0 +1,118 @@
+/*
+ * session.h - sessions: one trainer's segment, its shadow, its EMA state and
+ * the FIFO of its operations. Every change to a session goes through that
+ * FIFO, so requests touching a session run in arrival order, and the data
+ * work of each operation runs on the worker pool.
+ */
+#ifndef EMAD_SESSION_H
+#define EMAD_SESSION_H
+
+#include "ema.h"
+#include "emad.h"
+#include "kernel.h"
+#include "msg.h"
+#include "shm.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct conn;
+struct op;
+
+#define SESSION_NAME_MAX 128
+#define TENSOR_NAME_MAX 1024
+
+struct tensor {
+    char *name;                /* NUL-terminated copy */
+    enum dtype dtype;          /* of the param */
+    enum dtype shadow_dtype;   /* f32 for f32/f16/bf16, else dtype */
+    uint64_t numel;
+    uint64_t offset;           /* in the params area */
+    uint64_t shadow_offset;    /* in the shadow object */
+};
+
+/* A chunk is a run of pieces: parts of tensors processed by one worker. */
+struct piece {
+    uint32_t tensor;
+    uint64_t start;            /* first element */
+    uint64_t count;
+};
+
+struct plan {
+    struct piece *pieces;
+    size_t npieces;
+    size_t *first;             /* chunk c is pieces[first[c], first[c + 1]) */
+    size_t nchunks;
+};
+
+struct session {
+    struct session *next;      /* in the registry */
+    struct registry *reg;
+    char name[SESSION_NAME_MAX + 1];
+    uid_t uid;                 /* owner's uid: only it (and root) may touch it */
+    struct conn *owner;        /* NULL while detached */
+    pid_t owner_pid;
+    struct tensor *tensors;
+    size_t ntensors;
+    uint64_t params_bytes;     /* from the segment header */
+    uint64_t shadow_bytes;
+    struct plan plan;          /* the tensors in chunks, for updates and casts */
+    struct ema_config cfg;
+    struct ema_state st;
+    char half_life[EMA_TIME_STRLEN];
+    char update_interval[EMA_TIME_STRLEN];
+    char ema_start[EMA_TIME_STRLEN];
+    char shm_name[256];        /* the trainer's segment */
+    struct shm_map seg;        /* mapped while attached (or while work uses it) */
+    char shadow_name[64];
+    struct shm_map shadow;
+    double last_update_seconds;
+    struct op *q_head, *q_tail;/* operations waiting or running (the head) */
+    bool busy;                 /* the head is running */
+    bool ready;                /* the shadow is initialised */
+    bool removed;              /* out of the registry; freed when the queue empties */
+};
+
+struct registry {
+    struct emad *ctx;
+    struct session *head;
+    unsigned count;
+    const struct kernel_ops *kops;
+    void (*drained)(struct registry *r); /* called once no operation is left */
+};
+
+int registry_init(struct registry *r, struct emad *ctx);
+/* Unmap everything and remove the shadows (at exit). */
+void registry_free(struct registry *r);
+/* The connection is gone: its sessions become detached. */
+void registry_conn_closed(struct registry *r, struct conn *c);
+/* Call cb once no operation is queued or running (at shutdown). */
+void registry_drain(struct registry *r, void (*cb)(struct registry *r));
+
+/* Request handlers: each answers the request (now or when its work is done). */
+void session_register(struct registry *r, struct conn *c, uint32_t msgid,
+                      const struct msg_register *req);
+void session_event(struct registry *r, struct conn *c, uint32_t msgid,
+                   const struct msg_event *req);
+void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_swap *req);
+void session_save(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_file *req,
+                  bool load);
+void session_close(struct registry *r, struct conn *c, uint32_t msgid,
+                   const struct msg_close *req);
+void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req);
+/* The state of every session visible to peer uid (all for root), or of the
+ * one named by req (-ENOENT if none); *out is malloc'd, its strings point
+ * into the sessions and stay valid until the loop runs again. */
+int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
+                    struct msg_session_state **out, size_t *n);
+
+/* Pure helpers, exposed for tests. */
+bool session_name_valid(const char *s, size_t len);
+bool tensor_name_valid(const char *s, size_t len);
+/* Split tensors into chunks of about chunk_elems elements. 0 or -ENOMEM. */
+int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_elems);
+void plan_free(struct plan *p);
+
+#endif

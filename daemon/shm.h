@@ -1,0 +1,30 @@
+/*
+ * shm.h - open, verify and map trainers' segments; create shadows.
+ */
+#ifndef EMAD_SHM_H
+#define EMAD_SHM_H
+
+#include "segment.h"
+
+#include <stddef.h>
+#include <sys/types.h>
+
+struct shm_map {
+    void *base;  /* NULL when not mapped */
+    size_t len;
+};
+
+/* Open the trainer's segment by name (no O_CREAT) and map it read-write.
+ * Refused (-EACCES, -EINVAL, ...) unless the name has the form /emad-*,
+ * the object is a regular shm object owned by uid, and its header passes
+ * seg_header_check. err names the problem. */
+int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err, size_t errlen);
+/* Create a shadow object with an unpredictable name (/emad-shadow-<random>,
+ * O_EXCL, 0600) of at least bytes, mapped read-write. When owner differs
+ * from our uid the object is given to owner, read-only, so the trainer can
+ * map it but not change it. */
+int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, struct shm_map *out,
+                      char *err, size_t errlen);
+void shm_unmap(struct shm_map *m);
+
+#endif
