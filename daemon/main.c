@@ -13,6 +13,7 @@
 #include "version.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +127,24 @@ int main(int argc, char **argv)
     d.ctx.pool = &d.pool;
     registry_init(&d.sessions, &d.ctx);
 
+    /* A parent may have left these blocked (a sanitizer runtime's fork does);
+     * blocked, they would stay pending and emad would never stop. */
+    sigset_t handled;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
+    /* Handlers first: once the socket accepts, a supervisor may signal us at
+     * any moment, and the default actions would kill us without cleanup. */
+    if ((rc = start_signal(&d, &d.sig_term, SIGTERM)) < 0 ||
+        (rc = start_signal(&d, &d.sig_int, SIGINT)) < 0 ||
+        (rc = start_signal(&d, &d.sig_hup, SIGHUP)) < 0) {
+        log_error(&d.log, "cannot install signal handlers: %s", uv_strerror(rc));
+        log_close(&d.log);
+        return 1;
+    }
+
     rc = listen_socket_open(&ls, &d.opts, getenv("LISTEN_PID"), getenv("LISTEN_FDS"), &d.log,
                             err, sizeof(err));
     /* Children (none today) must not think the socket is theirs. */
@@ -147,17 +166,16 @@ int main(int argc, char **argv)
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
         goto err_pool;
     }
-    if ((rc = start_signal(&d, &d.sig_term, SIGTERM)) < 0 ||
-        (rc = start_signal(&d, &d.sig_int, SIGINT)) < 0 ||
-        (rc = start_signal(&d, &d.sig_hup, SIGHUP)) < 0) {
-        log_error(&d.log, "cannot install signal handlers: %s", uv_strerror(rc));
-        goto err_pool;
-    }
+
     log_info(&d.log, "emad %s listening on %s%s (pid %ld, %u workers, state in %s)",
              EMAD_VERSION, ls.path[0] ? ls.path : "(unnamed socket)",
              ls.inherited ? " (from systemd)" : "", (long)getpid(), d.opts.workers,
              d.opts.state_dir);
-    notify_send(d.notify_socket, "READY=1");
+    if ((rc = notify_send(d.notify_socket, "READY=1")) < 0)
+        log_warn(&d.log, "cannot send READY=1 to NOTIFY_SOCKET %s: %s", d.notify_socket,
+                 strerror(-rc));
+    else if (d.notify_socket != NULL)
+        log_debug(&d.log, "sent READY=1 to %s", d.notify_socket);
 
     rc = uv_run(d.ctx.loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(d.ctx.loop);

@@ -417,14 +417,14 @@ static struct op *op_new(struct session *s, enum op_kind kind, struct conn *c, u
     op->kind = kind;
     op->conn = c;
     op->msgid = msgid;
+    msgpack_sbuffer_init(&op->meta);
     conn_ref(c);
     return op;
 }
 
 static void op_free(struct op *op)
 {
-    if (op->kind == OP_SAVE)
-        msgpack_sbuffer_destroy(&op->meta);
+    msgpack_sbuffer_destroy(&op->meta); /* save's metadata, or load's copy of the file's */
     if (op->has_loaded) {
         msg_free(&msg_saved_state_desc, &op->loaded);
         msgpack_unpacked_destroy(&op->unpacked);
@@ -602,7 +602,6 @@ static int chunk_load(void *arg, size_t index)
     op->bytes = f.map_len;
     msgpack_unpacked_init(&op->unpacked);
     /* The metadata must outlive the mapping: unpack from a copy. */
-    msgpack_sbuffer_init(&op->meta);
     msgpack_sbuffer_write(&op->meta, f.meta, f.meta_len);
     if (msgpack_unpack_next(&op->unpacked, op->meta.data, op->meta.size, &off) !=
             MSGPACK_UNPACK_SUCCESS ||
@@ -1284,8 +1283,15 @@ void session_save(struct registry *r, struct conn *c, uint32_t msgid, const stru
     struct session *s;
     struct op *op;
 
-    if ((s = lookup(r, c, msgid, method, req->session, load)) == NULL)
+    if ((s = lookup(r, c, msgid, method, req->session, false)) == NULL)
         return;
+    /* Loading replaces the shadow under its owner's feet: only the owner may,
+     * or anyone the session is visible to once it is detached. */
+    if (load && s->owner != NULL && s->owner != c) {
+        reply_error(c, msgid, MSG_E_PERM, "load: session %s is owned by another connection "
+                    "(pid %ld)", s->name, (long)s->owner_pid);
+        return;
+    }
     if ((op = op_new(s, load ? OP_LOAD : OP_SAVE, c, msgid)) == NULL)
         return;
     if (req->has_name) {
