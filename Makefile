@@ -1,9 +1,10 @@
 # emad - build, test and install. See README.md.
 #
-#   make            build emad, emactl, libemaclient.{a,so} (into build/)
+#   make            build emad, emactl, toy_trainer, libemaclient.{a,so} (into build/)
 #   make check      install missing Debian packages, build everything also
 #                   under ASan+UBSan, run every test
-#   make demo       start emad on a temporary socket and show emactl status
+#   make demo       start emad on a temporary socket, train build/toy_trainer
+#                   against it, show emactl show and status, stop emad
 #   make install    PREFIX=/usr/local DESTDIR= (binaries, library, header,
 #                   emaclient.pc, systemd units); make uninstall; make clean
 
@@ -33,11 +34,13 @@ WARNINGS := -Wall -Wextra -Werror
 BASE_CFLAGS = -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -fPIC -ffp-contract=off \
               -Iproto -Idaemon -Iclient $(DEPS_CFLAGS)
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
 
 PROTO_SRC  := $(wildcard proto/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := client/emaclient.c
 EMACTL_SRC := client/emactl.c client/json.c
+TOY_SRC    := client/toy_trainer.c
 TEST_SRC   := $(wildcard tests/test_*.c)
 ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 
@@ -48,8 +51,8 @@ DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
 # Keep test objects: they are intermediate files of the pattern rules.
 .SECONDARY:
 
-.PHONY: FORCE all check check-run demo deps install uninstall clean tests
-all: build/emad build/emactl build/libemaclient.a build/libemaclient.so
+.PHONY: FORCE all check check-run demo deps install uninstall clean tests bench bench-quick
+all: build/emad build/emactl build/toy_trainer build/libemaclient.a build/libemaclient.so
 
 # $(1) object dir, $(2) output dir, $(3) extra compiler and linker flags
 define VARIANT
@@ -75,6 +78,9 @@ $(2)/emad: $(1)/daemon/main.o $(2)/libemad.a $(2)/libproto.a
 $(2)/emactl: $(EMACTL_SRC:%.c=$(1)/%.o) $(2)/libemaclient.a
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(DEPS_LIBS)
 
+$(2)/toy_trainer: $(TOY_SRC:%.c=$(1)/%.o) $(2)/libemaclient.a
+	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(DEPS_LIBS)
+
 $(2)/tests/%: $(1)/tests/%.o $(2)/libemad.a $(2)/libemaclient.a $(2)/libproto.a
 	@mkdir -p $$(@D)
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS)
@@ -88,6 +94,7 @@ endef
 
 $(eval $(call VARIANT,build/obj,build,))
 $(eval $(call VARIANT,build/asan-obj,build/asan,$(SAN_FLAGS)))
+$(eval $(call VARIANT,build/tsan-obj,build/tsan,$(TSAN_FLAGS)))
 
 build/libemaclient.so: $(CLIENT_SRC:%.c=build/obj/%.o) $(PROTO_SRC:%.c=build/obj/%.o) client/emaclient.map
 	$(CC) -shared -Wl,-soname,libemaclient.so.$(SOVERSION) \
@@ -107,9 +114,25 @@ build/systemd/%: systemd/% FORCE
 UNITS := emad.service emad.socket
 USER_UNITS := emad-user.service emad-user.socket
 
-TESTS := $(TEST_SRC:%.c=build/%) $(ITEST_SRC:%.c=build/%) \
-         $(TEST_SRC:%.c=build/asan/%) $(ITEST_SRC:%.c=build/asan/%)
-tests: all build/asan/emad build/asan/emactl $(TESTS)
+# Every test in three builds: plain, ASan+UBSan, and ThreadSanitizer (the
+# worker pool and everything around it).
+# The integration tests themselves are single-threaded: under TSan only emad
+# and emactl are instrumented, driven by the plain test binaries.
+TESTS := $(foreach v,build build/asan,$(TEST_SRC:%.c=$(v)/%) $(ITEST_SRC:%.c=$(v)/%)) \
+         $(TEST_SRC:%.c=build/tsan/%)
+tests: all build/asan/emad build/asan/emactl build/tsan/emad build/tsan/emactl $(TESTS)
+
+# Benchmarks: no assertions, figures beside a baseline measured in the same
+# run. -O3 so that the plain-loop baseline is as fast as the compiler can make it.
+build/bench/bench_update: tests/bench/bench_update.c build/libemaclient.a
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) -O3 -g -o $@ $< build/libemaclient.a $(DEPS_LIBS)
+
+bench: all build/bench/bench_update
+	build/bench/bench_update --emad build/emad --json build/bench/results.json
+
+bench-quick: all build/bench/bench_update
+	build/bench/bench_update --quick --emad build/emad --json build/bench/results.json
 
 deps:
 	@missing=""; \

@@ -6,19 +6,41 @@
  * 1: msgpack-rpc over a Unix socket). This is the only header users include;
  * link with `pkg-config --libs emaclient`.
  *
+ * A trainer's life with the library:
+ *   emac_connect()            one connection to emad (hello)
+ *   emac_segment_create()     its tensors, in a shared-memory segment
+ *   emac_register()           a session: emad maps the segment, makes a shadow
+ *   emac_event() per event    batch_end (the update), eval_start/eval_end (swaps), ...
+ *     or emac_event_send() + emac_event_wait() to overlap the update with compute
+ *   emac_close(), emac_session_free(), emac_segment_destroy(), emac_disconnect()
+ *
  * Conventions
  *   - Functions return 0 on success or a negative errno-style code. When a
  *     struct emac_error is passed (it may be NULL), it is filled on failure:
  *     `code` is the contract's error code (BADARG, NOSESSION, ...) for errors
- *     emad reported, or one of the client-side codes below, and `message` a
- *     sentence naming the problem.
+ *     emad reported (the function returns -EREMOTEIO then), or one of the
+ *     client-side codes below, and `message` a sentence naming the problem.
  *   - Results are returned through out-parameters and owned by the caller,
- *     who frees them with the matching *_free function.
+ *     who frees them with the matching *_free function. Pointers returned by
+ *     accessors (emac_segment_tensor, emac_session_shadow, ...) point into
+ *     the object they were taken from and live as long as it does.
+ *
+ * Crash safety
+ *   emad swaps the EMA weights into the trainer's tensors only after copying
+ *   the training weights to the segment's stash, and marks that in the
+ *   segment's header (swap_state). If the connection to emad is lost (emad
+ *   died or closed it) while a session's segment is not in the TRAIN state,
+ *   the library copies the stash back itself, says so in the error message
+ *   of the call that noticed, and records it (emac_session_restored). A
+ *   trainer that finds a segment left by a crash calls emac_segment_restore.
  *
  * Thread safety
- *   An emac_client is not thread-safe: use one per thread, or serialise the
- *   calls on it. Distinct clients are independent. Results (emac_status)
- *   are plain memory and may be read from any thread.
+ *   An emac_client and the sessions registered on it are not thread-safe:
+ *   serialise every call on a client and its sessions (one client per thread
+ *   is the simple way). Distinct clients are independent. Segments are plain
+ *   memory: their tensors may be read and written from any thread, within the
+ *   rules of the protocol (never while emad reads or swaps them). Results
+ *   (emac_status, emac_result, emac_file) are plain memory.
  */
 #ifndef EMACLIENT_H
 #define EMACLIENT_H
@@ -38,6 +60,10 @@ extern "C" {
 #define EMAC_E_DISCONNECTED "DISCONNECTED" /* emad closed the connection */
 #define EMAC_E_BADREPLY "BADREPLY"         /* emad's reply did not follow the contract */
 #define EMAC_E_USAGE "USAGE"               /* the caller passed invalid arguments */
+#define EMAC_E_SYSTEM "SYSTEM"             /* a system call failed (shm_open, mmap, ...) */
+
+/* Limits the library checks before anything is sent (PROTOCOL.md §2). */
+#define EMAC_TENSOR_NAME_MAX 1024 /* bytes of UTF-8 */
 
 /* ---- Errors ---- */
 
@@ -59,7 +85,10 @@ int emac_socket_path(const char *explicit_path, char *out, size_t outlen);
  * client_name identifies the caller in emad's logs. */
 int emac_connect(const char *socket_path, const char *client_name, emac_client **out,
                  struct emac_error *err);
-/* Close the connection and free the client. NULL is allowed. */
+/* Close the connection and free the client. Sessions still registered on it
+ * stay valid handles (free them with emac_session_free) but every request
+ * on them fails with DISCONNECTED; emad keeps them, detached. NULL is
+ * allowed. */
 void emac_disconnect(emac_client *c);
 
 /* What emad said in its hello reply. */
@@ -71,9 +100,92 @@ struct emac_server {
 };
 const struct emac_server *emac_server_info(const emac_client *c);
 
-/* ---- Status ---- */
+/* ---- Segments: the trainer's tensors in shared memory (PROTOCOL.md §3) ---- */
 
-/* One session, as status reports it (PROTOCOL.md §6). */
+typedef struct emac_segment emac_segment;
+
+/* One tensor to place in a segment. */
+struct emac_tensor_spec {
+    const char *name;      /* 1..EMAC_TENSOR_NAME_MAX bytes of UTF-8 */
+    const char *dtype;     /* "f32" "f16" "bf16" "f64" "i64" "i32" "i16" "i8" "u8" "bool" */
+    uint64_t numel;        /* elements; 0 is allowed */
+    const uint64_t *shape; /* optional (NULL): its product must equal numel */
+    size_t ndim;           /* entries in shape */
+};
+
+/* One tensor of a segment, where this process sees it. */
+struct emac_tensor {
+    const char *name;
+    const char *dtype;     /* wire name, as in the spec */
+    size_t elem_size;      /* bytes per element */
+    uint64_t numel;
+    uint64_t offset;       /* inside the params area (a multiple of 64) */
+    uint64_t bytes;        /* numel * elem_size */
+    void *data;            /* the live tensor: read and write it here */
+};
+
+/* Create a segment for n tensors: a new POSIX shared-memory object named
+ * "/emad-<random>" (mode 0600), laid out with each tensor 64-byte aligned,
+ * the params at 4096 and the stash after them, the header in the TRAIN
+ * state, every tensor zero. USAGE (-EINVAL) names a bad spec; SYSTEM names
+ * the system call that failed. */
+int emac_segment_create(const struct emac_tensor_spec *specs, size_t n, emac_segment **out,
+                        struct emac_error *err);
+/* Map an existing segment (one left by an earlier run of the trainer) whose
+ * tensors were created from the same specs. SHM when the object is missing
+ * or its header fails the checks of PROTOCOL.md §3; USAGE when its layout
+ * is not that of the specs. The swap state is left as found: call
+ * emac_segment_restore to be sure the params hold the training weights. */
+int emac_segment_open(const char *name, const struct emac_tensor_spec *specs, size_t n,
+                      emac_segment **out, struct emac_error *err);
+/* Unmap the segment and free the handle; the shared-memory object stays
+ * (for emac_segment_open). Free the sessions using it first. NULL is allowed. */
+void emac_segment_close(emac_segment *seg);
+/* Unmap the segment, remove the shared-memory object and free the handle.
+ * Free the sessions using it first (emac_session_free): until then the
+ * library may restore the segment from its stash. NULL is allowed. */
+void emac_segment_destroy(emac_segment *seg);
+
+const char *emac_segment_name(const emac_segment *seg); /* "/emad-..." */
+size_t emac_segment_ntensors(const emac_segment *seg);
+/* Tensor i (in the order of the specs); NULL when i is out of range. */
+const struct emac_tensor *emac_segment_tensor(const emac_segment *seg, size_t i);
+/* The whole mapping (header at offset 0) and its size, for tools and tests. */
+void *emac_segment_base(const emac_segment *seg);
+uint64_t emac_segment_bytes(const emac_segment *seg);
+
+/* The header's swap_state (0 TRAIN, 1 STASHED, 2 EMA), read with acquire
+ * ordering, and the swap_generation (either pointer may be NULL). */
+#define EMAC_SWAP_TRAIN 0u
+#define EMAC_SWAP_STASHED 1u
+#define EMAC_SWAP_EMA 2u
+void emac_segment_swap_state(const emac_segment *seg, uint32_t *state, uint64_t *generation);
+
+/* If the segment's swap_state is not TRAIN, copy the stash back into the
+ * params and set TRAIN; *restored (may be NULL) says whether it did. SHM if
+ * the header fails the checks of PROTOCOL.md §3 (nothing is copied then).
+ * Only safe while emad is not working on the segment: after a crash, after
+ * the connection was lost, or before registering it. */
+int emac_segment_restore(emac_segment *seg, bool *restored, struct emac_error *err);
+/* The same by name, for a segment this process has not mapped: open it,
+ * check its header, restore it if needed, unmap it. SHM when it is missing
+ * or its header is bad. */
+int emac_segment_recover(const char *name, bool *restored, struct emac_error *err);
+
+/* ---- Sessions (PROTOCOL.md §5, §6) ---- */
+
+typedef struct emac_session emac_session;
+
+/* register's "config"; every field is optional (NULL / false: emad's default). */
+struct emac_config {
+    const char *half_life;       /* time string "1000ba", "2ep" or "inf"; default "1000ba" */
+    bool has_smoothing;          /* send smoothing (emad refuses it with half_life) */
+    double smoothing;            /* in [0, 1]: shadow = s * shadow + (1 - s) * param */
+    const char *update_interval; /* "1ba", "2ep", ...; default 1 in half_life's unit */
+    const char *ema_start;       /* "100ba", "1ep", "0.25dur"; default "0.0dur" */
+};
+
+/* One session, as status and register report it (PROTOCOL.md §6). */
 struct emac_session_info {
     const char *session;
     bool attached;             /* an owner connection is present */
@@ -98,6 +210,120 @@ struct emac_session_info {
     const char *shm;            /* the trainer's segment */
     const char *shadow_shm;     /* the shadow's segment */
 };
+
+/* The shadow of one tensor, mapped read-only from emad's shadow object. */
+struct emac_shadow {
+    const char *name;
+    const char *dtype;  /* "f32" for f32/f16/bf16 params, "f64" for f64, else the param's */
+    size_t elem_size;
+    uint64_t numel;
+    uint64_t offset;    /* inside the shadow object */
+    const void *data;   /* read-only; changes as emad updates it */
+};
+
+/* Register a session named `session` (1..128 of [A-Za-z0-9._:/-]) for the
+ * tensors of seg, owned by this connection. cfg may be NULL (all defaults).
+ * With resume, re-attach to an existing session of that name with the same
+ * tensor table, keeping its shadow and state (seg may be a new segment).
+ * On success *out maps the session's shadow read-only. seg must outlive the
+ * session handle. Several sessions may share one client. */
+int emac_register(emac_client *c, const char *session, emac_segment *seg,
+                  const struct emac_config *cfg, bool resume, emac_session **out,
+                  struct emac_error *err);
+/* Release the handle and unmap the shadow, without telling emad (use
+ * emac_close for that; a session left unclosed stays in emad, detached).
+ * NULL is allowed. */
+void emac_session_free(emac_session *s);
+
+const char *emac_session_name(const emac_session *s);
+emac_segment *emac_session_segment(const emac_session *s);
+/* The session's state as the register reply gave it (for a resumed session:
+ * the state it had kept). Ask emac_status for the current one. */
+const struct emac_session_info *emac_session_state(const emac_session *s);
+/* The shadow of tensor i (the segment's order); NULL when out of range. */
+const struct emac_shadow *emac_session_shadow(const emac_session *s, size_t i);
+/* true once the library restored this session's training weights from the
+ * stash after losing the connection with the EMA weights swapped in. */
+bool emac_session_restored(const emac_session *s);
+
+/* ---- Events and swaps ---- */
+
+/* The trainer's clock (PROTOCOL.md §4). */
+struct emac_time {
+    uint64_t batch;    /* optimizer steps completed; the first batch_end carries 1 */
+    uint64_t epoch;    /* epochs completed */
+    bool has_duration; /* send duration */
+    double duration;   /* elapsed fraction of the planned training, in [0, 1] */
+};
+
+/* What emad did for an event or a swap. */
+enum emac_action {
+    EMAC_ACTION_NONE,         /* "none": the event did not apply */
+    EMAC_ACTION_START,        /* "start": shadow := params */
+    EMAC_ACTION_UPDATE,       /* "update": shadow averaged with the params */
+    EMAC_ACTION_START_UPDATE, /* "start+update" */
+    EMAC_ACTION_SWAP_IN,      /* "swap_in": EMA weights in the params, training ones stashed */
+    EMAC_ACTION_SWAP_OUT,     /* "swap_out": training weights back in the params */
+};
+
+struct emac_result {
+    enum emac_action action;
+    bool active;      /* the EMA weights are in the params now */
+    bool started;     /* the EMA has begun */
+    uint64_t updates; /* updates completed so far */
+};
+
+/* The wire name of an action ("none", "start+update", ...); NULL if invalid. */
+const char *emac_action_name(enum emac_action a);
+
+/* Send an event ("init", "fit_start", "batch_start", "batch_end",
+ * "epoch_end", "eval_start", "eval_end", "checkpoint") and wait until emad
+ * has done what it calls for: after an update the params have been read, after
+ * a swap the params hold the other weights. Owner only. */
+int emac_event(emac_session *s, const char *event, const struct emac_time *t,
+               struct emac_result *out, struct emac_error *err);
+
+/* The split form, to overlap an update with the trainer's own work: send
+ * returns at once with a ticket; wait blocks until that event is done. The
+ * trainer must not modify its params between sending an update event and
+ * the end of its wait. Any number of tickets may be outstanding, on any
+ * sessions of the client, and claimed in any order; replies that arrive for
+ * other requests are kept until claimed. Each ticket is claimed once.
+ * Keep the number in flight modest (a trainer needs one or two): emad stops
+ * reading a connection whose unread replies exceed its --max-pending. */
+typedef uint32_t emac_ticket;
+int emac_event_send(emac_session *s, const char *event, const struct emac_time *t,
+                    emac_ticket *ticket, struct emac_error *err);
+int emac_event_wait(emac_session *s, emac_ticket ticket, struct emac_result *out,
+                    struct emac_error *err);
+
+/* Swap on request: to "ema" (as eval_start) or "train" (as eval_end). */
+int emac_swap(emac_session *s, const char *to, struct emac_result *out, struct emac_error *err);
+
+/* End the session: emad frees its shadow, or with keep leaves it detached
+ * for a later emac_register(..., resume = true). Owner only. The handle
+ * stays to be freed with emac_session_free; requests on it fail (USAGE). */
+int emac_close(emac_session *s, bool keep, struct emac_error *err);
+
+/* ---- Any session, by name (for tools such as emactl) ---- */
+
+/* A state file written by save or read by load. */
+struct emac_file {
+    char path[4096]; /* where emad keeps it */
+    uint64_t bytes;  /* its size */
+};
+
+/* Write the session's complete state to a file in emad's state directory
+ * (name: a file name, never a path; NULL for emad's default name). */
+int emac_save(emac_client *c, const char *session, const char *name, struct emac_file *out,
+              struct emac_error *err);
+/* Replace the session's shadow and state from such a file. */
+int emac_load(emac_client *c, const char *session, const char *name, struct emac_file *out,
+              struct emac_error *err);
+/* Remove a detached session and its shadow. */
+int emac_drop(emac_client *c, const char *session, struct emac_error *err);
+
+/* ---- Status ---- */
 
 struct emac_status {
     const char *server;        /* "emad" */

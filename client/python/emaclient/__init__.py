@@ -1,0 +1,557 @@
+"""emaclient - the Python client of emad, the EMA daemon.
+
+A thin ctypes binding of libemaclient (client/emaclient.h): the C library
+is the single implementation of the protocol (msgpack-rpc over a Unix
+socket) and of the shared-memory segments; this package only wraps it.
+
+    import emaclient
+    with emaclient.Client() as c:                  # $EMAD_SOCKET, $XDG_RUNTIME_DIR/emad.sock, ...
+        print(c.server, c.status()["sessions"])
+
+For PyTorch models, use emaclient.torch.EMA (import emaclient.torch).
+
+Every failure raises emaclient.Error, whose `code` is the contract's error
+code (BADARG, NOSESSION, EXISTS, PERM, SHM, STATE, ...) or one of the
+client-side codes CONNECT, DISCONNECTED, BADREPLY, USAGE, SYSTEM, and whose
+`message` is the sentence the library or emad wrote.
+
+Objects are not thread-safe: use a client and its sessions from one thread
+at a time (distinct clients are independent). The blocking calls release
+the GIL while they wait.
+"""
+
+import ctypes
+import os
+import sys
+import weakref
+from collections import namedtuple
+
+from . import _lib
+from ._lib import lib
+
+__all__ = [
+    "Error", "Client", "Segment", "Session", "Result", "TensorInfo", "ShadowInfo",
+    "socket_path", "PROTO_VERSION", "DTYPES", "SWAP_TRAIN", "SWAP_STASHED", "SWAP_EMA",
+]
+
+__version__ = "0.1.0"
+
+PROTO_VERSION = 1
+#: Wire names of the dtypes a segment may hold.
+DTYPES = ("f32", "f16", "bf16", "f64", "i64", "i32", "i16", "i8", "u8", "bool")
+SWAP_TRAIN = _lib.SWAP_TRAIN      #: the params hold the training weights
+SWAP_STASHED = _lib.SWAP_STASHED  #: the stash holds them, the params may be partly EMA
+SWAP_EMA = _lib.SWAP_EMA          #: the params hold the EMA weights, the stash the training ones
+
+
+class Error(Exception):
+    """A failure reported by emad or by libemaclient.
+
+    code:    the contract's error code (e.g. "BADARG", "NOSESSION") or a
+             client-side one ("CONNECT", "DISCONNECTED", "BADREPLY", "USAGE",
+             "SYSTEM").
+    message: the human-readable sentence, naming the problem.
+    errno:   the negative errno-style value the C function returned.
+    """
+
+    def __init__(self, code, message, errno=None):
+        super().__init__("%s: %s" % (code, message))
+        self.code = code
+        self.message = message
+        self.errno = errno
+
+
+def _s(b):
+    return None if b is None else b.decode("utf-8", "replace")
+
+
+def _b(s, what):
+    if s is None:
+        return None
+    if isinstance(s, bytes):
+        return s
+    if not isinstance(s, str):
+        raise TypeError("%s must be a str, not %s" % (what, type(s).__name__))
+    return s.encode("utf-8")
+
+
+def _check(rc, err):
+    if rc < 0:
+        code = _s(err.code) or "SYSTEM"
+        raise Error(code, _s(err.message) or os.strerror(-rc), rc)
+    return rc
+
+
+def socket_path(path=None):
+    """The socket path libemaclient would use: `path`, else $EMAD_SOCKET,
+    else $XDG_RUNTIME_DIR/emad.sock, else /run/emad/emad.sock."""
+    buf = ctypes.create_string_buffer(4096)
+    rc = lib.emac_socket_path(_b(path, "path"), buf, len(buf))
+    if rc < 0:
+        raise Error("USAGE", "socket path: %s" % os.strerror(-rc), rc)
+    return _s(buf.value)
+
+
+Result = namedtuple("Result", "action active started updates")
+Result.__doc__ = """What emad did for an event or a swap.
+
+action:  "none", "start", "update", "start+update", "swap_in" or "swap_out"
+active:  the EMA weights are in the params now
+started: the EMA has begun
+updates: updates completed so far
+"""
+
+TensorInfo = namedtuple("TensorInfo", "name dtype elem_size numel offset nbytes address shape")
+TensorInfo.__doc__ = """One tensor of a segment: `address` is where this
+process sees its live data (nbytes bytes), `offset` its place in the params
+area."""
+
+ShadowInfo = namedtuple("ShadowInfo", "name dtype elem_size numel offset address")
+ShadowInfo.__doc__ = """The shadow of one tensor, mapped read-only:
+`dtype` is "f32" for f32/f16/bf16 tensors, "f64" for f64, else the
+tensor's; `address` is None for an empty tensor."""
+
+
+def _result(r):
+    return Result(_lib.ACTIONS[r.action] if 0 <= r.action < len(_lib.ACTIONS) else str(r.action),
+                  bool(r.active), bool(r.started), int(r.updates))
+
+
+def _session_info(si):
+    last = None
+    if si.has_last_time:
+        last = {"batch": int(si.last_batch), "epoch": int(si.last_epoch)}
+        if si.has_last_duration:
+            last["duration"] = float(si.last_duration)
+    return {
+        "session": _s(si.session),
+        "attached": bool(si.attached),
+        "owner_pid": int(si.owner_pid),
+        "tensors": int(si.tensors),
+        "params_bytes": int(si.params_bytes),
+        "shadow_bytes": int(si.shadow_bytes),
+        "smoothing": float(si.smoothing),
+        "half_life": _s(si.half_life),
+        "update_interval": _s(si.update_interval),
+        "ema_start": _s(si.ema_start),
+        "started": bool(si.started),
+        "active": bool(si.active),
+        "updates": int(si.updates),
+        "swaps": int(si.swaps),
+        "last_time": last,
+        "last_update_seconds": float(si.last_update_seconds),
+        "shm": _s(si.shm),
+        "shadow_shm": _s(si.shadow_shm),
+    }
+
+
+def _time(batch, epoch, duration):
+    t = _lib.EmacTime()
+    t.batch = int(batch)
+    t.epoch = int(epoch)
+    if duration is not None:
+        t.has_duration = True
+        t.duration = float(duration)
+    return t
+
+
+# ---- Client ----
+
+
+def _disconnect(handle):
+    lib.emac_disconnect(handle)
+
+
+class Client:
+    """One connection to emad (hello done).
+
+    socket: the socket path (default: $EMAD_SOCKET, $XDG_RUNTIME_DIR/emad.sock,
+            /run/emad/emad.sock); name: how emad's log calls this client.
+    Usable as a context manager (closes the connection).
+    """
+
+    def __init__(self, socket=None, name=None):
+        if name is None:
+            name = "python:%s" % (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0]
+                                  else "python")
+        handle = _lib.client_p()
+        err = _lib.EmacError()
+        _check(lib.emac_connect(_b(socket, "socket"), _b(name, "name"), ctypes.byref(handle),
+                                ctypes.byref(err)), err)
+        self._h = handle
+        self._fin = weakref.finalize(self, _disconnect, handle)
+        info = lib.emac_server_info(handle).contents
+        self.server = {"server": _s(info.server), "proto": int(info.proto),
+                       "pid": int(info.pid), "workers": int(info.workers)}
+
+    def _handle(self):
+        if self._h is None:
+            raise Error("USAGE", "the client was closed")
+        return self._h
+
+    @property
+    def closed(self):
+        return self._h is None
+
+    def close(self):
+        """Close the connection. Sessions registered on it stay in emad
+        (detached) unless they were closed; requests on them fail."""
+        if self._h is not None:
+            self._fin()
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<emaclient.Client %s%s>" % (self.server.get("server"),
+                                            " closed" if self.closed else "")
+
+    def status(self, session=None):
+        """emad's status: {"server": {...}, "sessions": [session state, ...]};
+        with `session`, only that one (NOSESSION if there is none)."""
+        st = ctypes.POINTER(_lib.EmacStatus)()
+        err = _lib.EmacError()
+        _check(lib.emac_status(self._handle(), _b(session, "session"), ctypes.byref(st),
+                               ctypes.byref(err)), err)
+        try:
+            s = st.contents
+            server = {
+                "server": _s(s.server), "version": _s(s.version), "proto": int(s.proto),
+                "pid": int(s.pid), "uptime_seconds": float(s.uptime_seconds),
+                "workers": int(s.workers), "connections": int(s.connections),
+                "sessions": int(s.sessions), "max_connections": int(s.max_connections),
+                "max_sessions": int(s.max_sessions), "max_message": int(s.max_message),
+                "socket": _s(s.socket), "state_dir": _s(s.state_dir),
+            }
+            sessions = [_session_info(s.session_list[i]) for i in range(s.nsessions)]
+        finally:
+            lib.emac_status_free(st)
+        return {"server": server, "sessions": sessions}
+
+    def session_state(self, session):
+        """The current state of one session (a dict, as in status)."""
+        return self.status(session)["sessions"][0]
+
+    def register(self, session, segment, *, half_life=None, smoothing=None,
+                 update_interval=None, ema_start=None, resume=False):
+        """Register a session for the tensors of `segment` (a Segment); the
+        config fields left None take emad's defaults. With resume, re-attach
+        to a detached session of that name with the same tensor table."""
+        cfg = _lib.EmacConfig()
+        cfg.half_life = _b(half_life, "half_life")
+        if smoothing is not None:
+            cfg.has_smoothing = True
+            cfg.smoothing = float(smoothing)
+        cfg.update_interval = _b(update_interval, "update_interval")
+        cfg.ema_start = _b(ema_start, "ema_start")
+        handle = _lib.session_p()
+        err = _lib.EmacError()
+        _check(lib.emac_register(self._handle(), _b(session, "session"), segment._handle(),
+                                 ctypes.byref(cfg), bool(resume), ctypes.byref(handle),
+                                 ctypes.byref(err)), err)
+        return Session(self, segment, handle)
+
+    def _file(self, fn, session, name):
+        out = _lib.EmacFile()
+        err = _lib.EmacError()
+        _check(fn(self._handle(), _b(session, "session"), _b(name, "name"), ctypes.byref(out),
+                  ctypes.byref(err)), err)
+        return {"path": _s(out.path), "bytes": int(out.bytes)}
+
+    def save(self, session, name=None):
+        """Write the session's state to the file `name` (a name, not a path;
+        default chosen by emad) in emad's state directory: {"path", "bytes"}."""
+        return self._file(lib.emac_save, session, name)
+
+    def load(self, session, name=None):
+        """Replace the session's shadow and state from such a file."""
+        return self._file(lib.emac_load, session, name)
+
+    def drop(self, session):
+        """Remove a detached session and its shadow."""
+        err = _lib.EmacError()
+        _check(lib.emac_drop(self._handle(), _b(session, "session"), ctypes.byref(err)), err)
+
+
+# ---- Segment ----
+
+
+def _spec_array(specs):
+    """specs: iterable of (name, dtype, shape) with shape a sequence of ints
+    (or an int: a 1-D tensor of that many elements)."""
+    specs = list(specs)
+    arr = (_lib.EmacTensorSpec * max(len(specs), 1))()
+    keep = []
+    shapes = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, dict):
+            name, dtype, shape = spec["name"], spec["dtype"], spec.get("shape", spec.get("numel"))
+        else:
+            name, dtype, shape = spec
+        if isinstance(shape, int):
+            shape = (shape,)
+        shape = tuple(int(d) for d in shape)
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise Error("USAGE", "tensor %r: negative dimension in shape %r" % (name, shape))
+            numel *= d
+        nb, db = _b(name, "tensor name"), _b(dtype, "dtype")
+        sh = (_lib.c_uint64 * max(len(shape), 1))(*shape)
+        keep += [nb, db, sh]
+        arr[i].name = nb
+        arr[i].dtype = db
+        arr[i].numel = numel
+        arr[i].shape = ctypes.cast(sh, ctypes.POINTER(_lib.c_uint64))
+        arr[i].ndim = len(shape)
+        shapes.append(shape)
+    return arr, len(specs), keep, shapes
+
+
+def _segment_release(handle, destroy):
+    if destroy:
+        lib.emac_segment_destroy(handle)
+    else:
+        lib.emac_segment_close(handle)
+
+
+class Segment:
+    """The trainer's tensors in a POSIX shared-memory segment (PROTOCOL.md §3).
+
+    Segment(specs) creates a new one ("/emad-<random>", every tensor zero);
+    Segment.open(name, specs) maps one left by an earlier run. specs is a
+    list of (name, dtype, shape): dtype one of DTYPES, shape a tuple of ints.
+    `tensors` describes each tensor (TensorInfo: address, nbytes, ...);
+    buffer(i) is a writable ctypes array over tensor i (valid while the
+    segment is mapped). destroy() unmaps and removes the object (what a
+    created segment does when collected), close() only unmaps it (what an
+    opened one does). As a context manager it destroys (created) or closes
+    (opened) on exit. Sessions using it are freed first.
+    """
+
+    def __init__(self, specs, *, _open_name=None):
+        arr, n, keep, shapes = _spec_array(specs)
+        handle = _lib.segment_p()
+        err = _lib.EmacError()
+        if _open_name is None:
+            _check(lib.emac_segment_create(arr, n, ctypes.byref(handle), ctypes.byref(err)), err)
+        else:
+            _check(lib.emac_segment_open(_b(_open_name, "name"), arr, n, ctypes.byref(handle),
+                                         ctypes.byref(err)), err)
+        del keep
+        self._h = handle
+        self._owned = _open_name is None
+        self._fin = weakref.finalize(self, _segment_release, handle, self._owned)
+        self._sessions = weakref.WeakSet()
+        self.name = _s(lib.emac_segment_name(handle))
+        self.base = lib.emac_segment_base(handle)
+        self.nbytes = int(lib.emac_segment_bytes(handle))
+        self.tensors = []
+        for i in range(lib.emac_segment_ntensors(handle)):
+            t = lib.emac_segment_tensor(handle, i).contents
+            self.tensors.append(TensorInfo(_s(t.name), _s(t.dtype), int(t.elem_size),
+                                           int(t.numel), int(t.offset), int(t.bytes),
+                                           t.data, shapes[i]))
+
+    @classmethod
+    def open(cls, name, specs):
+        """Map an existing segment made for the same specs (swap state left as
+        found: call restore() to be sure the params hold the training weights)."""
+        return cls(specs, _open_name=name)
+
+    def _handle(self):
+        if self._h is None:
+            raise Error("USAGE", "segment %s was closed" % self.name)
+        return self._h
+
+    @property
+    def closed(self):
+        return self._h is None
+
+    def buffer(self, i):
+        """A writable ctypes array (c_char * nbytes) over tensor i's live
+        data; memoryview() it, or hand it to numpy/torch.frombuffer."""
+        self._handle()
+        t = self.tensors[i]
+        if t.nbytes == 0:
+            return (ctypes.c_char * 0)()
+        return (ctypes.c_char * t.nbytes).from_address(t.address)
+
+    def swap_state(self):
+        """(swap_state, swap_generation) from the header: SWAP_TRAIN,
+        SWAP_STASHED or SWAP_EMA, read with acquire ordering."""
+        st, gen = _lib.c_uint32(), _lib.c_uint64()
+        lib.emac_segment_swap_state(self._handle(), ctypes.byref(st), ctypes.byref(gen))
+        return int(st.value), int(gen.value)
+
+    def restore(self):
+        """If the swap state is not TRAIN, copy the stash back into the params
+        (only while emad is not working on the segment). True if it did."""
+        done = _lib.c_bool()
+        err = _lib.EmacError()
+        _check(lib.emac_segment_restore(self._handle(), ctypes.byref(done), ctypes.byref(err)),
+               err)
+        return bool(done.value)
+
+    @staticmethod
+    def recover(name):
+        """restore() for a segment this process has not mapped, by name."""
+        done = _lib.c_bool()
+        err = _lib.EmacError()
+        _check(lib.emac_segment_recover(_b(name, "name"), ctypes.byref(done), ctypes.byref(err)),
+               err)
+        return bool(done.value)
+
+    def _release(self, destroy):
+        if self._h is None:
+            return
+        for s in list(self._sessions):
+            s.free()
+        self._fin.detach()
+        _segment_release(self._h, destroy)
+        self._h = None
+
+    def close(self):
+        """Unmap, keeping the shared-memory object."""
+        self._release(False)
+
+    def destroy(self):
+        """Unmap and remove the shared-memory object."""
+        self._release(True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._release(self._owned)
+
+    def __repr__(self):
+        return "<emaclient.Segment %s, %d tensors, %d bytes%s>" % (
+            self.name, len(self.tensors), self.nbytes, " closed" if self.closed else "")
+
+
+# ---- Session ----
+
+
+def _session_free(handle):
+    lib.emac_session_free(handle)
+
+
+class Session:
+    """A session registered with Client.register (owned by that connection).
+
+    event() sends an event and waits until emad has done what it calls for;
+    send() / wait() are the split form (the trainer must not modify its
+    params between sending an update event and the end of its wait).
+    As a context manager: close() (unless closed already) and free() on exit.
+    free() releases the handle without telling emad (the session stays in
+    emad, detached, unless it was closed).
+    """
+
+    def __init__(self, client, segment, handle):
+        self.client = client
+        self.segment = segment
+        self._h = handle
+        self._fin = weakref.finalize(self, _session_free, handle)
+        self._closed = False
+        segment._sessions.add(self)
+        self.name = _s(lib.emac_session_name(handle))
+        self.state = _session_info(lib.emac_session_state(handle).contents)
+        self.shadows = []
+        for i in range(len(segment.tensors)):
+            sh = lib.emac_session_shadow(handle, i).contents
+            self.shadows.append(ShadowInfo(_s(sh.name), _s(sh.dtype), int(sh.elem_size),
+                                           int(sh.numel), int(sh.offset),
+                                           sh.data if sh.numel else None))
+
+    def _handle(self):
+        if self._h is None:
+            raise Error("USAGE", "session %s was freed" % self.name)
+        return self._h
+
+    @property
+    def freed(self):
+        return self._h is None
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def restored(self):
+        """True once the library restored the training weights from the stash
+        after losing the connection with the EMA weights swapped in."""
+        return bool(lib.emac_session_restored(self._handle()))
+
+    def shadow_buffer(self, i):
+        """A ctypes array over tensor i's shadow (read-only memory: never write
+        to it), valid until free()."""
+        self._handle()
+        s = self.shadows[i]
+        if s.address is None:
+            return (ctypes.c_char * 0)()
+        return (ctypes.c_char * (s.numel * s.elem_size)).from_address(s.address)
+
+    def event(self, event, batch=0, epoch=0, duration=None):
+        """Send an event and wait for it: a Result."""
+        out = _lib.EmacResult()
+        err = _lib.EmacError()
+        t = _time(batch, epoch, duration)
+        _check(lib.emac_event(self._handle(), _b(event, "event"), ctypes.byref(t),
+                              ctypes.byref(out), ctypes.byref(err)), err)
+        return _result(out)
+
+    def send(self, event, batch=0, epoch=0, duration=None):
+        """Send an event without waiting: a ticket for wait()."""
+        ticket = _lib.c_uint32()
+        err = _lib.EmacError()
+        t = _time(batch, epoch, duration)
+        _check(lib.emac_event_send(self._handle(), _b(event, "event"), ctypes.byref(t),
+                                   ctypes.byref(ticket), ctypes.byref(err)), err)
+        return int(ticket.value)
+
+    def wait(self, ticket):
+        """Wait until the event of that ticket is done: a Result."""
+        out = _lib.EmacResult()
+        err = _lib.EmacError()
+        _check(lib.emac_event_wait(self._handle(), ticket, ctypes.byref(out), ctypes.byref(err)),
+               err)
+        return _result(out)
+
+    def swap(self, to):
+        """Swap to "ema" (as eval_start) or "train" (as eval_end): a Result."""
+        out = _lib.EmacResult()
+        err = _lib.EmacError()
+        _check(lib.emac_swap(self._handle(), _b(to, "to"), ctypes.byref(out), ctypes.byref(err)),
+               err)
+        return _result(out)
+
+    def close(self, keep=False):
+        """End the session in emad (its shadow freed), or with keep leave it
+        detached for a later register(..., resume=True)."""
+        err = _lib.EmacError()
+        _check(lib.emac_close(self._handle(), bool(keep), ctypes.byref(err)), err)
+        self._closed = True
+
+    def free(self):
+        """Release the handle and unmap the shadow (emad is not told)."""
+        if self._h is not None:
+            self._fin()
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self._h is not None and not self._closed and not self.client.closed:
+                self.close()
+        finally:
+            self.free()
+
+    def __repr__(self):
+        return "<emaclient.Session %s%s>" % (self.name, " freed" if self.freed else "")

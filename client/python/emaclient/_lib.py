@@ -1,0 +1,256 @@
+"""ctypes declarations of libemaclient (client/emaclient.h) and the loader.
+
+The C library is the single implementation of the protocol and of the
+segment logic; this module only declares its public API for ctypes. Keep it
+in step with emaclient.h.
+
+The library is looked for, first that works:
+  1. $EMACLIENT_LIB (a path to libemaclient.so);
+  2. beside this package (emaclient/libemaclient.so.0 or libemaclient.so);
+  3. the build tree, when the package is used from a checkout
+     (client/python/emaclient -> build/libemaclient.so), after `make`;
+  4. the dynamic loader's search path (libemaclient.so.0, as `make install`
+     puts it in $(LIBDIR)).
+"""
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["lib", "lib_path"]
+
+c_char_p = ctypes.c_char_p
+c_void_p = ctypes.c_void_p
+c_bool = ctypes.c_bool
+c_int = ctypes.c_int
+c_uint = ctypes.c_uint
+c_uint32 = ctypes.c_uint32
+c_uint64 = ctypes.c_uint64
+c_long = ctypes.c_long
+c_size_t = ctypes.c_size_t
+c_double = ctypes.c_double
+POINTER = ctypes.POINTER
+
+
+class EmacError(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_char * 16), ("message", ctypes.c_char * 512)]
+
+
+class EmacServer(ctypes.Structure):
+    _fields_ = [("server", c_char_p), ("proto", c_uint), ("pid", c_long), ("workers", c_uint)]
+
+
+class EmacTensorSpec(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_char_p),
+        ("numel", c_uint64),
+        ("shape", POINTER(c_uint64)),
+        ("ndim", c_size_t),
+    ]
+
+
+class EmacTensor(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_char_p),
+        ("elem_size", c_size_t),
+        ("numel", c_uint64),
+        ("offset", c_uint64),
+        ("bytes", c_uint64),
+        ("data", c_void_p),
+    ]
+
+
+class EmacConfig(ctypes.Structure):
+    _fields_ = [
+        ("half_life", c_char_p),
+        ("has_smoothing", c_bool),
+        ("smoothing", c_double),
+        ("update_interval", c_char_p),
+        ("ema_start", c_char_p),
+    ]
+
+
+class EmacSessionInfo(ctypes.Structure):
+    _fields_ = [
+        ("session", c_char_p),
+        ("attached", c_bool),
+        ("owner_pid", c_long),
+        ("tensors", c_uint64),
+        ("params_bytes", c_uint64),
+        ("shadow_bytes", c_uint64),
+        ("smoothing", c_double),
+        ("half_life", c_char_p),
+        ("update_interval", c_char_p),
+        ("ema_start", c_char_p),
+        ("started", c_bool),
+        ("active", c_bool),
+        ("updates", c_uint64),
+        ("swaps", c_uint64),
+        ("has_last_time", c_bool),
+        ("last_batch", c_uint64),
+        ("last_epoch", c_uint64),
+        ("has_last_duration", c_bool),
+        ("last_duration", c_double),
+        ("last_update_seconds", c_double),
+        ("shm", c_char_p),
+        ("shadow_shm", c_char_p),
+    ]
+
+
+class EmacShadow(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_char_p),
+        ("elem_size", c_size_t),
+        ("numel", c_uint64),
+        ("offset", c_uint64),
+        ("data", c_void_p),
+    ]
+
+
+class EmacTime(ctypes.Structure):
+    _fields_ = [
+        ("batch", c_uint64),
+        ("epoch", c_uint64),
+        ("has_duration", c_bool),
+        ("duration", c_double),
+    ]
+
+
+class EmacResult(ctypes.Structure):
+    _fields_ = [
+        ("action", c_int),  # enum emac_action
+        ("active", c_bool),
+        ("started", c_bool),
+        ("updates", c_uint64),
+    ]
+
+
+class EmacFile(ctypes.Structure):
+    _fields_ = [("path", ctypes.c_char * 4096), ("bytes", c_uint64)]
+
+
+class EmacStatus(ctypes.Structure):
+    _fields_ = [
+        ("server", c_char_p),
+        ("version", c_char_p),
+        ("proto", c_uint),
+        ("pid", c_long),
+        ("uptime_seconds", c_double),
+        ("workers", c_uint),
+        ("connections", c_uint),
+        ("sessions", c_uint),
+        ("max_connections", c_uint),
+        ("max_sessions", c_uint),
+        ("max_message", c_uint64),
+        ("socket", c_char_p),
+        ("state_dir", c_char_p),
+        ("nsessions", c_size_t),
+        ("session_list", POINTER(EmacSessionInfo)),
+    ]
+
+
+# Opaque handles.
+client_p = c_void_p
+segment_p = c_void_p
+session_p = c_void_p
+err_p = POINTER(EmacError)
+
+# name: (restype, argtypes)
+_PROTOTYPES = {
+    "emac_socket_path": (c_int, [c_char_p, c_char_p, c_size_t]),
+    "emac_connect": (c_int, [c_char_p, c_char_p, POINTER(client_p), err_p]),
+    "emac_disconnect": (None, [client_p]),
+    "emac_server_info": (POINTER(EmacServer), [client_p]),
+    "emac_segment_create": (c_int, [POINTER(EmacTensorSpec), c_size_t, POINTER(segment_p), err_p]),
+    "emac_segment_open": (
+        c_int, [c_char_p, POINTER(EmacTensorSpec), c_size_t, POINTER(segment_p), err_p]),
+    "emac_segment_close": (None, [segment_p]),
+    "emac_segment_destroy": (None, [segment_p]),
+    "emac_segment_name": (c_char_p, [segment_p]),
+    "emac_segment_ntensors": (c_size_t, [segment_p]),
+    "emac_segment_tensor": (POINTER(EmacTensor), [segment_p, c_size_t]),
+    "emac_segment_base": (c_void_p, [segment_p]),
+    "emac_segment_bytes": (c_uint64, [segment_p]),
+    "emac_segment_swap_state": (None, [segment_p, POINTER(c_uint32), POINTER(c_uint64)]),
+    "emac_segment_restore": (c_int, [segment_p, POINTER(c_bool), err_p]),
+    "emac_segment_recover": (c_int, [c_char_p, POINTER(c_bool), err_p]),
+    "emac_register": (
+        c_int,
+        [client_p, c_char_p, segment_p, POINTER(EmacConfig), c_bool, POINTER(session_p), err_p]),
+    "emac_session_free": (None, [session_p]),
+    "emac_session_name": (c_char_p, [session_p]),
+    "emac_session_segment": (segment_p, [session_p]),
+    "emac_session_state": (POINTER(EmacSessionInfo), [session_p]),
+    "emac_session_shadow": (POINTER(EmacShadow), [session_p, c_size_t]),
+    "emac_session_restored": (c_bool, [session_p]),
+    "emac_action_name": (c_char_p, [c_int]),
+    "emac_event": (c_int, [session_p, c_char_p, POINTER(EmacTime), POINTER(EmacResult), err_p]),
+    "emac_event_send": (
+        c_int, [session_p, c_char_p, POINTER(EmacTime), POINTER(c_uint32), err_p]),
+    "emac_event_wait": (c_int, [session_p, c_uint32, POINTER(EmacResult), err_p]),
+    "emac_swap": (c_int, [session_p, c_char_p, POINTER(EmacResult), err_p]),
+    "emac_close": (c_int, [session_p, c_bool, err_p]),
+    "emac_save": (c_int, [client_p, c_char_p, c_char_p, POINTER(EmacFile), err_p]),
+    "emac_load": (c_int, [client_p, c_char_p, c_char_p, POINTER(EmacFile), err_p]),
+    "emac_drop": (c_int, [client_p, c_char_p, err_p]),
+    "emac_status": (c_int, [client_p, c_char_p, POINTER(POINTER(EmacStatus)), err_p]),
+    "emac_status_free": (None, [POINTER(EmacStatus)]),
+    "emac_status_raw": (None, [POINTER(EmacStatus), POINTER(c_void_p), POINTER(c_size_t)]),
+}
+
+# enum emac_action, in the header's order.
+ACTIONS = ("none", "start", "update", "start+update", "swap_in", "swap_out")
+
+SWAP_TRAIN, SWAP_STASHED, SWAP_EMA = 0, 1, 2
+
+
+def _candidates():
+    env = os.environ.get("EMACLIENT_LIB")
+    if env:
+        return [env], True
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.join(here, "libemaclient.so.0"), os.path.join(here, "libemaclient.so")]
+    tree = os.path.normpath(os.path.join(here, "..", "..", "..", "build", "libemaclient.so"))
+    paths.append(tree)
+    return paths, False
+
+
+def _load():
+    paths, explicit = _candidates()
+    tried = []
+    for p in paths:
+        if explicit or os.path.exists(p):
+            try:
+                return ctypes.CDLL(p), p
+            except OSError as e:
+                tried.append("%s (%s)" % (p, e))
+                if explicit:
+                    break
+        else:
+            tried.append("%s (missing)" % p)
+    if not explicit:
+        for name in ("libemaclient.so.0", ctypes.util.find_library("emaclient")):
+            if not name:
+                continue
+            try:
+                return ctypes.CDLL(name), name
+            except OSError as e:
+                tried.append("%s (%s)" % (name, e))
+    raise ImportError(
+        "emaclient: cannot load libemaclient (build it with `make`, install it with "
+        "`make install`, or point EMACLIENT_LIB at it); tried: " + "; ".join(tried))
+
+
+def _declare(cdll):
+    for name, (restype, argtypes) in _PROTOTYPES.items():
+        fn = getattr(cdll, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return cdll
+
+
+lib, lib_path = _load()
+_declare(lib)
