@@ -1,5 +1,6 @@
 /* ema.c - the EMA state machine: time strings, configuration, events in, actions out. */
 #include "ema.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -226,21 +227,6 @@ int ema_time_format(const struct ema_time *t, char *buf, size_t len)
 
 /* ---- Configuration --------------------------------------------------------------------------- */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
-
 /* Echoes a client's string into a message, bounded, with the bytes that could break the quoting
  * or forge a log line replaced by '?'. */
 static const char *quote(const char *s, size_t len, char buf[QUOTE_MAX + 4])
@@ -267,10 +253,10 @@ static int parse_field(const char *field, const char *s, size_t len, const char 
         len = strlen(dflt);
     }
     if (ema_time_parse(s, len, allowed & (1u << EMA_UNIT_INF), out) < 0)
-        return fail(err, errlen, "config.%s: \"%s\" is not a valid time string; expected %s", field,
+        return err_set(err, errlen, -EINVAL, "config.%s: \"%s\" is not a valid time string; expected %s", field,
                     quote(s, len, q), expect);
     if (!(allowed & (1u << out->unit)))
-        return fail(err, errlen, "config.%s: unit \"%s\" is not allowed here; expected %s", field,
+        return err_set(err, errlen, -EINVAL, "config.%s: unit \"%s\" is not allowed here; expected %s", field,
                     unit_names[out->unit], expect);
     return 0;
 }
@@ -284,16 +270,16 @@ int ema_config_init(struct ema_config *cfg, const struct ema_config_in *in, char
     int rc;
 
     if (cfg == NULL || in == NULL)
-        return fail(err, errlen, "config: missing");
+        return err_set(err, errlen, -EINVAL, "config: missing");
     if (in->half_life != NULL && in->has_smoothing)
-        return fail(err, errlen,
+        return err_set(err, errlen, -EINVAL,
                     "config.smoothing: given together with config.half_life; "
                     "give only one of them");
 
     if (in->has_smoothing) {
         /* Written so that NaN fails too. */
         if (!(in->smoothing >= 0.0 && in->smoothing <= 1.0))
-            return fail(err, errlen, "config.smoothing: %g is not a number in [0, 1]",
+            return err_set(err, errlen, -EINVAL, "config.smoothing: %g is not a number in [0, 1]",
                         in->smoothing);
         c.smoothing = in->smoothing;
     } else {
@@ -321,13 +307,13 @@ int ema_config_init(struct ema_config *cfg, const struct ema_config_in *in, char
             return rc;
         /* Updates fire when the clock is a multiple of the interval: 0 has no multiples. */
         if (c.update_interval.value == 0)
-            return fail(err, errlen,
+            return err_set(err, errlen, -EINVAL,
                         "config.update_interval: \"%s\" is zero; it must be at least 1",
                         quote(in->update_interval, in->update_interval_len, q));
     }
     if (c.has_half_life && c.half_life.unit != EMA_UNIT_INF &&
         c.half_life.unit != c.update_interval.unit)
-        return fail(err, errlen,
+        return err_set(err, errlen, -EINVAL,
                     "config.update_interval: unit \"%s\" does not match half_life's "
                     "unit \"%s\"%s",
                     unit_names[c.update_interval.unit], unit_names[c.half_life.unit],
@@ -370,10 +356,10 @@ void ema_state_init(struct ema_state *st)
 int ema_clock_check(const struct ema_clock *now, char *err, size_t errlen)
 {
     if (now == NULL)
-        return fail(err, errlen, "time: missing");
+        return err_set(err, errlen, -EINVAL, "time: missing");
     /* A NaN would compare false with every start and silently never start the EMA. */
     if (now->has_duration && !(now->duration >= 0.0 && now->duration <= 1.0))
-        return fail(err, errlen, "time.duration: %g is not a number in [0, 1]", now->duration);
+        return err_set(err, errlen, -EINVAL, "time.duration: %g is not a number in [0, 1]", now->duration);
     return 0;
 }
 

@@ -2,6 +2,7 @@
  * listen.c - create or adopt the listening Unix socket.
  */
 #include "listen.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,15 +19,6 @@
 
 #define SD_LISTEN_FDS_START 3
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 static int adopt_inherited(struct listen_socket *ls, const char *listen_pid,
                            const char *listen_fds, char *err, size_t errlen)
 {
@@ -36,17 +28,17 @@ static int adopt_inherited(struct listen_socket *ls, const char *listen_pid,
     socklen_t salen = sizeof(sa);
 
     if (atoi(listen_fds) != 1)
-        return fail(err, errlen, -EINVAL, "LISTEN_FDS=%s: emad takes exactly one socket",
+        return err_set(err, errlen, -EINVAL, "LISTEN_FDS=%s: emad takes exactly one socket",
                     listen_fds);
     (void)listen_pid;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM)
-        return fail(err, errlen, -ENOTSOCK, "inherited fd 3 is not a stream socket");
+        return err_set(err, errlen, -ENOTSOCK, "inherited fd 3 is not a stream socket");
     len = sizeof(acc);
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0 || !acc)
-        return fail(err, errlen, -EINVAL, "inherited fd 3 is not a listening socket");
+        return err_set(err, errlen, -EINVAL, "inherited fd 3 is not a listening socket");
     memset(&sa, 0, sizeof(sa));
     if (getsockname(fd, (struct sockaddr *)&sa, &salen) < 0 || sa.sun_family != AF_UNIX)
-        return fail(err, errlen, -EAFNOSUPPORT, "inherited fd 3 is not a Unix socket");
+        return err_set(err, errlen, -EAFNOSUPPORT, "inherited fd 3 is not a Unix socket");
     if (salen > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0] != '\0')
         snprintf(ls->path, sizeof(ls->path), "%.*s",
                  (int)(salen - offsetof(struct sockaddr_un, sun_path)), sa.sun_path);
@@ -69,20 +61,20 @@ static int ensure_dir(const char *sock, const struct listen_socket *ls, char *er
     dir = dirname(buf);
     if (stat(dir, &st) == 0) {
         if (!S_ISDIR(st.st_mode))
-            return fail(err, errlen, -ENOTDIR, "%s (the socket's directory) is not a directory",
+            return err_set(err, errlen, -ENOTDIR, "%s (the socket's directory) is not a directory",
                         dir);
         return 0;
     }
     if (errno != ENOENT)
-        return fail(err, errlen, -errno, "cannot use socket directory %s: %s", dir,
+        return err_set(err, errlen, -errno, "cannot use socket directory %s: %s", dir,
                     strerror(errno));
     /* Group members need search permission to reach the socket. */
     mode_t mode = ls->has_group ? 0750 : 0700;
     if (mkdir(dir, mode) < 0)
-        return fail(err, errlen, -errno, "cannot create socket directory %s: %s", dir,
+        return err_set(err, errlen, -errno, "cannot create socket directory %s: %s", dir,
                     strerror(errno));
     if (ls->has_group && (chown(dir, (uid_t)-1, ls->group) < 0 || chmod(dir, mode) < 0))
-        return fail(err, errlen, -errno, "cannot give socket directory %s to its group: %s", dir,
+        return err_set(err, errlen, -errno, "cannot give socket directory %s to its group: %s", dir,
                     strerror(errno));
     return 0;
 }
@@ -96,14 +88,14 @@ static int clear_stale(const char *path, struct log *lg, char *err, size_t errle
     int fd, rc;
 
     if (lstat(path, &st) < 0)
-        return errno == ENOENT ? 0 : fail(err, errlen, -errno, "cannot check %s: %s", path,
+        return errno == ENOENT ? 0 : err_set(err, errlen, -errno, "cannot check %s: %s", path,
                                           strerror(errno));
     if (!S_ISSOCK(st.st_mode))
-        return fail(err, errlen, -EEXIST,
+        return err_set(err, errlen, -EEXIST,
                     "%s exists and is not a socket; remove it or choose another --socket", path);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
-        return fail(err, errlen, -errno, "socket: %s", strerror(errno));
+        return err_set(err, errlen, -errno, "socket: %s", strerror(errno));
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, path, strlen(path));
@@ -113,17 +105,17 @@ static int clear_stale(const char *path, struct log *lg, char *err, size_t errle
         socklen_t len = sizeof(cred);
         long pid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : -1;
         close(fd);
-        return fail(err, errlen, -EADDRINUSE,
+        return err_set(err, errlen, -EADDRINUSE,
                     "%s is a live socket (another emad, pid %ld, is listening there); stop it "
                     "or choose another --socket", path, pid);
     }
     rc = errno;
     close(fd);
     if (rc != ECONNREFUSED)
-        return fail(err, errlen, -rc, "cannot check whether %s is in use: %s", path,
+        return err_set(err, errlen, -rc, "cannot check whether %s is in use: %s", path,
                     strerror(rc));
     if (unlink(path) < 0 && errno != ENOENT)
-        return fail(err, errlen, -errno, "cannot remove stale socket %s: %s", path,
+        return err_set(err, errlen, -errno, "cannot remove stale socket %s: %s", path,
                     strerror(errno));
     log_info(lg, "removed stale socket %s", path);
     return 0;
@@ -138,14 +130,14 @@ static int bind_path(struct listen_socket *ls, const struct emad_opts *opts, str
     int fd, rc;
 
     if (strlen(path) >= sizeof(sa.sun_path))
-        return fail(err, errlen, -ENAMETOOLONG, "socket path %s is too long", path);
+        return err_set(err, errlen, -ENAMETOOLONG, "socket path %s is too long", path);
     if ((rc = ensure_dir(path, ls, err, errlen)) < 0)
         return rc;
     if ((rc = clear_stale(path, lg, err, errlen)) < 0)
         return rc;
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
-        return fail(err, errlen, -errno, "socket: %s", strerror(errno));
+        return err_set(err, errlen, -errno, "socket: %s", strerror(errno));
     memset(&sa, 0, sizeof(sa));
     sa.sun_family = AF_UNIX;
     memcpy(sa.sun_path, path, strlen(path));
@@ -158,21 +150,21 @@ static int bind_path(struct listen_socket *ls, const struct emad_opts *opts, str
         rc = -errno;
         close(fd);
         if (rc == -EADDRINUSE)
-            return fail(err, errlen, rc, "%s is already in use (another emad starting?)", path);
-        return fail(err, errlen, rc, "cannot bind %s: %s", path, strerror(-rc));
+            return err_set(err, errlen, rc, "%s is already in use (another emad starting?)", path);
+        return err_set(err, errlen, rc, "cannot bind %s: %s", path, strerror(-rc));
     }
     if (chmod(path, opts->socket_mode) < 0 ||
         (ls->has_group && chown(path, (uid_t)-1, ls->group) < 0)) {
         rc = -errno;
         unlink(path);
         close(fd);
-        return fail(err, errlen, rc, "cannot set permissions of %s: %s", path, strerror(-rc));
+        return err_set(err, errlen, rc, "cannot set permissions of %s: %s", path, strerror(-rc));
     }
     if (listen(fd, 128) < 0) {
         rc = -errno;
         unlink(path);
         close(fd);
-        return fail(err, errlen, rc, "cannot listen on %s: %s", path, strerror(-rc));
+        return err_set(err, errlen, rc, "cannot listen on %s: %s", path, strerror(-rc));
     }
     ls->fd = fd;
     snprintf(ls->path, sizeof(ls->path), "%s", path);
@@ -188,7 +180,7 @@ int listen_socket_open(struct listen_socket *ls, const struct emad_opts *opts,
     if (opts->allow_group[0] != '\0') {
         struct group *gr = getgrnam(opts->allow_group);
         if (gr == NULL)
-            return fail(err, errlen, -ENOENT, "--allow-group %s: no such group",
+            return err_set(err, errlen, -ENOENT, "--allow-group %s: no such group",
                         opts->allow_group);
         ls->has_group = true;
         ls->group = gr->gr_gid;

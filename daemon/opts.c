@@ -2,6 +2,7 @@
  * opts.c - emad's command line.
  */
 #include "opts.h"
+#include "errbuf.h"
 
 #include "version.h"
 #include "wire.h"
@@ -114,15 +115,6 @@ void opts_usage(FILE *fp, const char *argv0)
             argv0, WIRE_SOCKET_PATH_MAX);
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -EINVAL;
-}
-
 int opts_parse_size(const char *s, uint64_t min, uint64_t max, uint64_t *out)
 {
     char *end;
@@ -174,10 +166,10 @@ static int parse_uint(const char *name, const char *s, uint64_t min, uint64_t ma
         }
     }
     if (rc == -ERANGE)
-        return fail(err, errlen, "--%s %s: out of range (%llu to %llu)", name, s,
+        return err_set(err, errlen, -EINVAL, "--%s %s: out of range (%llu to %llu)", name, s,
                     (unsigned long long)min, (unsigned long long)max);
     if (rc < 0)
-        return fail(err, errlen, "--%s %s: not a%s number", name, s,
+        return err_set(err, errlen, -EINVAL, "--%s %s: not a%s number", name, s,
                     sized ? " size (digits with an optional K, M or G)" : "n unsigned");
     *out = v;
     return 0;
@@ -247,14 +239,14 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             m = strtoul(optarg, &end, 8);
             /* strtoul() would also take a sign or leading blanks: "-0" is no mode. */
             if (!isdigit((unsigned char)optarg[0]) || *end != '\0' || errno != 0 || m > 0777)
-                return fail(err, errlen, "--socket-mode %s: expected octal permission bits "
+                return err_set(err, errlen, -EINVAL, "--socket-mode %s: expected octal permission bits "
                             "such as 0600 or 0660", optarg);
             o->socket_mode = (unsigned)m;
             break;
         }
         case OPT_ALLOW_GROUP:
             if (!valid_group_name(optarg))
-                return fail(err, errlen, "--allow-group %s: not a valid group name", optarg);
+                return err_set(err, errlen, -EINVAL, "--allow-group %s: not a valid group name", optarg);
             snprintf(o->allow_group, sizeof(o->allow_group), "%s", optarg);
             break;
         case OPT_WORKERS:
@@ -264,7 +256,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             break;
         case OPT_STATE_DIR:
             if (optarg[0] == '\0')
-                return fail(err, errlen, "--state-dir: empty path");
+                return err_set(err, errlen, -EINVAL, "--state-dir: empty path");
             state_opt = optarg;
             break;
         case OPT_LOG_LEVEL: {
@@ -272,14 +264,14 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             for (l = 0; l < 4 && strcmp(optarg, level_names[l]) != 0; l++)
                 ;
             if (l == 4)
-                return fail(err, errlen, "--log-level %s: expected error, warn, info or debug",
+                return err_set(err, errlen, -EINVAL, "--log-level %s: expected error, warn, info or debug",
                             optarg);
             o->log_level = (enum log_level)l;
             break;
         }
         case OPT_LOG_FILE:
             if (optarg[0] == '\0' || strlen(optarg) >= sizeof(o->log_file))
-                return fail(err, errlen, "--log-file: empty or too long path");
+                return err_set(err, errlen, -EINVAL, "--log-file: empty or too long path");
             snprintf(o->log_file, sizeof(o->log_file), "%s", optarg);
             break;
         case OPT_MAX_MESSAGE:
@@ -317,34 +309,34 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             o->max_pending = (size_t)v;
             break;
         case ':':
-            return fail(err, errlen, "option %s needs an argument", argv[optind - 1]);
+            return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);
         default:
             /* Within a group of short options ("-xq") optind has not moved past the group
              * yet, so argv[optind - 1] is its neighbour: name the letter instead. A long
              * option leaves optopt 0, or the value of "--help=x" / "--version=x". */
             if (optopt > 0 && optopt < 256 && optopt != 'h' && optopt != 'V')
-                return fail(err, errlen, "unknown option -%c", optopt);
-            return fail(err, errlen, "unknown option %s", argv[optind - 1]);
+                return err_set(err, errlen, -EINVAL, "unknown option -%c", optopt);
+            return err_set(err, errlen, -EINVAL, "unknown option %s", argv[optind - 1]);
         }
     }
     if (optind < argc)
-        return fail(err, errlen, "unexpected argument \"%s\" (emad takes options only)",
+        return err_set(err, errlen, -EINVAL, "unexpected argument \"%s\" (emad takes options only)",
                     argv[optind]);
 
     rc = wire_socket_path(socket_opt, env->emad_socket, env->xdg_runtime_dir, o->socket_path,
                           sizeof(o->socket_path));
     if (rc == -ENAMETOOLONG)
-        return fail(err, errlen, "socket path is longer than %d bytes (the limit of a Unix "
+        return err_set(err, errlen, -EINVAL, "socket path is longer than %d bytes (the limit of a Unix "
                     "socket address); choose a shorter --socket", WIRE_SOCKET_PATH_MAX);
     if (rc < 0)
-        return fail(err, errlen, "--socket: empty path");
+        return err_set(err, errlen, -EINVAL, "--socket: empty path");
 
     if (state_opt != NULL) {
         if (strlen(state_opt) >= sizeof(o->state_dir))
-            return fail(err, errlen, "--state-dir: path too long");
+            return err_set(err, errlen, -EINVAL, "--state-dir: path too long");
         snprintf(o->state_dir, sizeof(o->state_dir), "%s", state_opt);
     } else if (opts_default_state_dir(env, o->state_dir, sizeof(o->state_dir)) < 0) {
-        return fail(err, errlen, "no state directory: set --state-dir, XDG_STATE_HOME or HOME");
+        return err_set(err, errlen, -EINVAL, "no state directory: set --state-dir, XDG_STATE_HOME or HOME");
     }
     return OPTS_RUN;
 }

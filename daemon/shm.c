@@ -2,6 +2,7 @@
  * shm.c - POSIX shared memory for segments and shadows.
  */
 #include "shm.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,15 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return rc;
-}
-
 int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err, size_t errlen)
 {
     struct stat st;
@@ -34,40 +26,40 @@ int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err
     out->len = 0;
     if (strncmp(name, SEG_NAME_PREFIX, strlen(SEG_NAME_PREFIX)) != 0 || strchr(name + 1, '/') ||
         strlen(name) > 255)
-        return fail(err, errlen, -EINVAL,
+        return err_set(err, errlen, -EINVAL,
                     "shm \"%s\": a segment name has the form /emad-<name> (no other '/')", name);
     /* O_NOFOLLOW: /dev/shm is world-writable; a symlink there is never ours. */
     fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
     if (fd < 0)
-        return fail(err, errlen, -errno, "shm \"%s\": cannot open: %s", name, strerror(errno));
+        return err_set(err, errlen, -errno, "shm \"%s\": cannot open: %s", name, strerror(errno));
     if (fstat(fd, &st) < 0) {
-        rc = fail(err, errlen, -errno, "shm \"%s\": fstat: %s", name, strerror(errno));
+        rc = err_set(err, errlen, -errno, "shm \"%s\": fstat: %s", name, strerror(errno));
         goto err_close;
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = fail(err, errlen, -EINVAL, "shm \"%s\" is not a regular shared-memory object", name);
+        rc = err_set(err, errlen, -EINVAL, "shm \"%s\" is not a regular shared-memory object", name);
         goto err_close;
     }
     if (st.st_uid != uid) {
-        rc = fail(err, errlen, -EACCES, "shm \"%s\" belongs to uid %ld, not to the peer (uid %ld)",
+        rc = err_set(err, errlen, -EACCES, "shm \"%s\" belongs to uid %ld, not to the peer (uid %ld)",
                   name, (long)st.st_uid, (long)uid);
         goto err_close;
     }
     if ((uint64_t)st.st_size < SEG_HEADER_BYTES) {
-        rc = fail(err, errlen, -EINVAL, "shm \"%s\" is %lld bytes, smaller than a segment header",
+        rc = err_set(err, errlen, -EINVAL, "shm \"%s\" is %lld bytes, smaller than a segment header",
                   name, (long long)st.st_size);
         goto err_close;
     }
     base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
-        rc = fail(err, errlen, -errno, "shm \"%s\": mmap of %lld bytes: %s", name,
+        rc = err_set(err, errlen, -errno, "shm \"%s\": mmap of %lld bytes: %s", name,
                   (long long)st.st_size, strerror(errno));
         goto err_close;
     }
     close(fd);
     if (seg_header_check(base, (uint64_t)st.st_size, why, sizeof(why)) < 0) {
         munmap(base, (size_t)st.st_size);
-        return fail(err, errlen, -EINVAL, "shm \"%s\": %s", name, why);
+        return err_set(err, errlen, -EINVAL, "shm \"%s\": %s", name, why);
     }
     out->base = base;
     out->len = (size_t)st.st_size;
@@ -90,37 +82,37 @@ int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, str
     out->len = 0;
     for (int attempt = 0; attempt < 8 && fd < 0; attempt++) {
         if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
-            return fail(err, errlen, -EIO, "getrandom: %s", strerror(errno));
+            return err_set(err, errlen, -EIO, "getrandom: %s", strerror(errno));
         snprintf(name, namelen, "/emad-shadow-%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x",
                  rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], rnd[8], rnd[9],
                  rnd[10], rnd[11]);
         fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd < 0 && errno != EEXIST)
-            return fail(err, errlen, -errno, "cannot create shadow %s: %s", name,
+            return err_set(err, errlen, -errno, "cannot create shadow %s: %s", name,
                         strerror(errno));
     }
     if (fd < 0)
-        return fail(err, errlen, -EEXIST, "cannot find a free shadow name");
+        return err_set(err, errlen, -EEXIST, "cannot find a free shadow name");
     if (ftruncate(fd, (off_t)len) < 0) {
-        rc = fail(err, errlen, -errno, "shadow %s: cannot size it to %zu bytes: %s", name, len,
+        rc = err_set(err, errlen, -errno, "shadow %s: cannot size it to %zu bytes: %s", name, len,
                   strerror(errno));
         goto err_unlink;
     }
     /* Reserve the memory now: tmpfs allocates lazily, and a shadow that does
      * not fit would otherwise fault (SIGBUS) on its first write. */
     if ((rc = posix_fallocate(fd, 0, (off_t)len)) != 0) {
-        rc = fail(err, errlen, -rc, "shadow %s: cannot reserve %zu bytes in /dev/shm: %s", name,
+        rc = err_set(err, errlen, -rc, "shadow %s: cannot reserve %zu bytes in /dev/shm: %s", name,
                   len, strerror(rc));
         goto err_unlink;
     }
     if (owner != geteuid() && (fchown(fd, owner, (gid_t)-1) < 0 || fchmod(fd, 0400) < 0)) {
-        rc = fail(err, errlen, -errno, "shadow %s: cannot give it to uid %ld: %s", name,
+        rc = err_set(err, errlen, -errno, "shadow %s: cannot give it to uid %ld: %s", name,
                   (long)owner, strerror(errno));
         goto err_unlink;
     }
     base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
-        rc = fail(err, errlen, -errno, "shadow %s: mmap of %zu bytes: %s", name, len,
+        rc = err_set(err, errlen, -errno, "shadow %s: mmap of %zu bytes: %s", name, len,
                   strerror(errno));
         goto err_unlink;
     }

@@ -3,6 +3,7 @@
  * verified read-only mapping on the way back. Format and contracts in store.h.
  */
 #include "store.h"
+#include "errbuf.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -31,17 +32,6 @@ _Static_assert(sizeof(STORE_END_MAGIC) - 1 == 8, "end magic is 8 bytes");
 _Static_assert((STORE_ALIGN & (STORE_ALIGN - 1)) == 0, "STORE_ALIGN is a power of two");
 
 static const uint32_t crc32c_table[8][256]; /* defined at the end of the file */
-
-static int fail(char *err, size_t errlen, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 /* ---- Names ------------------------------------------------------------------------------- */
 
@@ -212,12 +202,12 @@ static int make_dir(const char *dir, char *err, size_t errlen)
         if (errno == EEXIST)
             return 0;
         if (errno != ENOENT)
-            return fail(err, errlen, -errno, "save: creating directory %s: %s", dir,
+            return err_set(err, errlen, -errno, "save: creating directory %s: %s", dir,
                         strerror(errno));
         parents = true;
     }
     if (len >= sizeof(path))
-        return fail(err, errlen, -ENAMETOOLONG, "save: directory %s: path too long", dir);
+        return err_set(err, errlen, -ENAMETOOLONG, "save: directory %s: path too long", dir);
     memcpy(path, dir, len + 1);
     while (len > 1 && path[len - 1] == '/')
         path[--len] = '\0';
@@ -242,7 +232,7 @@ static int make_dir(const char *dir, char *err, size_t errlen)
             if (rc < 0)
                 goto out;
         } else if (errno != EEXIST) {
-            return fail(err, errlen, -errno, "save: creating directory %s: %s", path,
+            return err_set(err, errlen, -errno, "save: creating directory %s: %s", path,
                         strerror(errno));
         }
         *p = c;
@@ -252,7 +242,7 @@ static int make_dir(const char *dir, char *err, size_t errlen)
     return 0;
 out:
     if (rc < 0)
-        return fail(err, errlen, rc, "save: syncing the directory above %s: %s", path,
+        return err_set(err, errlen, rc, "save: syncing the directory above %s: %s", path,
                     strerror(-rc));
     return 0;
 }
@@ -310,25 +300,25 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
     int fd, rc;
 
     if (dir == NULL || dir[0] == '\0')
-        return fail(err, errlen, -EINVAL, "save: no state directory");
+        return err_set(err, errlen, -EINVAL, "save: no state directory");
     if (name == NULL || !store_name_valid(name, strlen(name)))
-        return fail(err, errlen, -EINVAL, "save: " BAD_NAME_FMT,
+        return err_set(err, errlen, -EINVAL, "save: " BAD_NAME_FMT,
                     printable_name(name, namebuf, sizeof(namebuf)), STORE_NAME_MAX);
     if (meta == NULL && meta_len > 0)
-        return fail(err, errlen, -EINVAL, "save: %zu bytes of metadata but no pointer", meta_len);
+        return err_set(err, errlen, -EINVAL, "save: %zu bytes of metadata but no pointer", meta_len);
     if (data == NULL && data_len > 0)
-        return fail(err, errlen, -EINVAL, "save: %" PRIu64 " bytes of data but no pointer",
+        return err_set(err, errlen, -EINVAL, "save: %" PRIu64 " bytes of data but no pointer",
                     data_len);
     if (layout(meta_len, data_len, &data_offset, &size) < 0)
-        return fail(err, errlen, -EFBIG,
+        return err_set(err, errlen, -EFBIG,
                     "save: %zu bytes of metadata and %" PRIu64 " of data exceed a file's size",
                     meta_len, data_len);
     if (make_path(path, sizeof(path), dir, "", name, "") < 0 ||
         make_path(tmp, sizeof(tmp), dir, ".", name, ".tmp-XXXXXX") < 0)
-        return fail(err, errlen, -ENAMETOOLONG, "save: the path %s/%s" STORE_SUFFIX
+        return err_set(err, errlen, -ENAMETOOLONG, "save: the path %s/%s" STORE_SUFFIX
                     " is too long", dir, name);
     if (path_out != NULL && strlen(path) >= path_len)
-        return fail(err, errlen, -ENAMETOOLONG, "save: the path %s does not fit in %zu bytes",
+        return err_set(err, errlen, -ENAMETOOLONG, "save: the path %s does not fit in %zu bytes",
                     path, path_len);
     rc = make_dir(dir, err, errlen);
     if (rc < 0)
@@ -338,13 +328,13 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
      * one filesystem, and concurrent saves of one name must not share a temp file. */
     fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, -errno, "save: creating a temp file in %s: %s", dir,
+        return err_set(err, errlen, -errno, "save: creating a temp file in %s: %s", dir,
                     strerror(errno));
 
     /* Reserve the space first, so that a full disk fails now rather than after GiBs have been
      * written. Filesystems without fallocate just skip this. */
     if (fallocate(fd, 0, 0, (off_t)size) != 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
-        rc = fail(err, errlen, -errno, "save: reserving %" PRIu64 " bytes for %s: %s", size, tmp,
+        rc = err_set(err, errlen, -errno, "save: reserving %" PRIu64 " bytes for %s: %s", size, tmp,
                   strerror(errno));
         goto err_tmp;
     }
@@ -371,23 +361,23 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
     /* The data must be on disk before the rename makes it the file of record; otherwise a crash
      * could leave the name pointing at a file whose data never reached the disk. */
     if (fsync(fd) != 0) {
-        rc = fail(err, errlen, -errno, "save: syncing %s: %s", tmp, strerror(errno));
+        rc = err_set(err, errlen, -errno, "save: syncing %s: %s", tmp, strerror(errno));
         goto err_tmp;
     }
     rc = close(fd);
     fd = -1;
     if (rc != 0) {
-        rc = fail(err, errlen, -errno, "save: closing %s: %s", tmp, strerror(errno));
+        rc = err_set(err, errlen, -errno, "save: closing %s: %s", tmp, strerror(errno));
         goto err_tmp;
     }
     if (rename(tmp, path) != 0) {
-        rc = fail(err, errlen, -errno, "save: renaming %s to %s: %s", tmp, path, strerror(errno));
+        rc = err_set(err, errlen, -errno, "save: renaming %s to %s: %s", tmp, path, strerror(errno));
         goto err_tmp;
     }
     /* The rename itself is durable only once the directory is. */
     rc = sync_dir(dir);
     if (rc < 0)
-        return fail(err, errlen, rc, "save: syncing directory %s after writing %s: %s", dir,
+        return err_set(err, errlen, rc, "save: syncing directory %s after writing %s: %s", dir,
                     path, strerror(-rc));
 
     if (path_out != NULL)
@@ -397,7 +387,7 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
     return 0;
 
 err_write:
-    fail(err, errlen, rc, "save: writing %s: %s", tmp, strerror(-rc));
+    err_set(err, errlen, rc, "save: writing %s: %s", tmp, strerror(-rc));
 err_tmp:
     if (fd >= 0)
         close(fd);
@@ -423,7 +413,7 @@ static int verify(const unsigned char *m, uint64_t size, const char *path, uint6
     uint32_t version, flags, actual;
 
     if (memcmp(m, STORE_MAGIC, 8) != 0)
-        return fail(err, errlen, -EBADMSG,
+        return err_set(err, errlen, -EBADMSG,
                     "load: %s is not an emad state file (it does not start with \"" STORE_MAGIC
                     "\")",
                     path);
@@ -433,11 +423,11 @@ static int verify(const unsigned char *m, uint64_t size, const char *path, uint6
          * damaged version field. */
         if (memcmp(m + size - STORE_TRAILER_BYTES, STORE_END_MAGIC, 8) != 0 ||
             !checksum_ok(m, size, &stored, &actual))
-            return fail(err, errlen, -EBADMSG,
+            return err_set(err, errlen, -EBADMSG,
                         "load: %s is damaged: its version field reads %" PRIu32
                         " and its checksum does not match",
                         path, version);
-        return fail(err, errlen, -EPROTONOSUPPORT,
+        return err_set(err, errlen, -EPROTONOSUPPORT,
                     "load: %s is a version %" PRIu32 " state file; this emad reads version %u",
                     path, version, STORE_VERSION);
     }
@@ -446,33 +436,33 @@ static int verify(const unsigned char *m, uint64_t size, const char *path, uint6
     *data_offset = get_le64(m + 24);
     *data_len = get_le64(m + 32);
     if (layout(*meta_len, *data_len, &want_offset, &want_size) < 0)
-        return fail(err, errlen, -EBADMSG,
+        return err_set(err, errlen, -EBADMSG,
                     "load: %s is damaged: its header gives impossible lengths (metadata %" PRIu64
                     " bytes, data %" PRIu64 " bytes)",
                     path, *meta_len, *data_len);
     if (*data_offset != want_offset)
-        return fail(err, errlen, -EBADMSG,
+        return err_set(err, errlen, -EBADMSG,
                     "load: %s is damaged: data_offset is %" PRIu64 ", expected %" PRIu64
                     " for %" PRIu64 " bytes of metadata",
                     path, *data_offset, want_offset, *meta_len);
     if (want_size != size)
-        return fail(err, errlen, -EBADMSG,
+        return err_set(err, errlen, -EBADMSG,
                     "load: %s is truncated or damaged: its header describes a %" PRIu64
                     "-byte file (%" PRIu64 " bytes of metadata, %" PRIu64
                     " of data) but it has %" PRIu64 " bytes",
                     path, want_size, *meta_len, *data_len, size);
     if (memcmp(m + size - STORE_TRAILER_BYTES, STORE_END_MAGIC, 8) != 0)
-        return fail(err, errlen, -EBADMSG,
+        return err_set(err, errlen, -EBADMSG,
                     "load: %s is damaged: no end marker \"" STORE_END_MAGIC "\" at offset %" PRIu64,
                     path, size - STORE_TRAILER_BYTES);
     if (!checksum_ok(m, size, &stored, &actual))
-        return fail(err, errlen, -EBADMSG,
+        return err_set(err, errlen, -EBADMSG,
                     "load: %s is damaged: checksum mismatch (stored 0x%08" PRIx64
                     ", contents give 0x%08" PRIx32 ")",
                     path, stored, actual);
     /* Only now, with the checksum good, is a flag a writer's intent rather than damage. */
     if (flags != 0)
-        return fail(err, errlen, -EPROTONOSUPPORT,
+        return err_set(err, errlen, -EPROTONOSUPPORT,
                     "load: %s uses flags 0x%" PRIx32 " that this emad does not know", path, flags);
     return 0;
 }
@@ -487,46 +477,46 @@ int store_load(const char *dir, const char *name, struct store_file *out, char *
     int fd, rc;
 
     if (out == NULL)
-        return fail(err, errlen, -EINVAL, "load: no result");
+        return err_set(err, errlen, -EINVAL, "load: no result");
     memset(out, 0, sizeof(*out));
     if (dir == NULL || dir[0] == '\0')
-        return fail(err, errlen, -EINVAL, "load: no state directory");
+        return err_set(err, errlen, -EINVAL, "load: no state directory");
     if (name == NULL || !store_name_valid(name, strlen(name)))
-        return fail(err, errlen, -EINVAL, "load: " BAD_NAME_FMT,
+        return err_set(err, errlen, -EINVAL, "load: " BAD_NAME_FMT,
                     printable_name(name, namebuf, sizeof(namebuf)), STORE_NAME_MAX);
     if (make_path(path, sizeof(path), dir, "", name, "") < 0)
-        return fail(err, errlen, -ENAMETOOLONG, "load: the path %s/%s" STORE_SUFFIX
+        return err_set(err, errlen, -ENAMETOOLONG, "load: the path %s/%s" STORE_SUFFIX
                     " is too long", dir, name);
 
     /* O_NONBLOCK: a FIFO planted under the name must not hang the daemon in open(). */
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT)
-            return fail(err, errlen, -ENOENT, "load: no state file %s", path);
-        return fail(err, errlen, -errno, "load: opening %s: %s", path, strerror(errno));
+            return err_set(err, errlen, -ENOENT, "load: no state file %s", path);
+        return err_set(err, errlen, -errno, "load: opening %s: %s", path, strerror(errno));
     }
     if (fstat(fd, &st) != 0) {
-        rc = fail(err, errlen, -errno, "load: %s: %s", path, strerror(errno));
+        rc = err_set(err, errlen, -errno, "load: %s: %s", path, strerror(errno));
         goto out_close;
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = fail(err, errlen, -EINVAL, "load: %s is not a regular file", path);
+        rc = err_set(err, errlen, -EINVAL, "load: %s is not a regular file", path);
         goto out_close;
     }
     if ((uint64_t)st.st_size < STORE_HEADER_BYTES + STORE_TRAILER_BYTES) {
-        rc = fail(err, errlen, -EBADMSG,
+        rc = err_set(err, errlen, -EBADMSG,
                   "load: %s is truncated or not a state file: %lld bytes, the smallest is %u",
                   path, (long long)st.st_size, STORE_ALIGN + STORE_TRAILER_BYTES);
         goto out_close;
     }
     if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = fail(err, errlen, -EFBIG, "load: %s is too large to map (%lld bytes)", path,
+        rc = err_set(err, errlen, -EFBIG, "load: %s is too large to map (%lld bytes)", path,
                   (long long)st.st_size);
         goto out_close;
     }
     m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (m == MAP_FAILED) {
-        rc = fail(err, errlen, -errno, "load: mapping %s: %s", path, strerror(errno));
+        rc = err_set(err, errlen, -errno, "load: mapping %s: %s", path, strerror(errno));
         goto out_close;
     }
     /* No madvise: fault-time readahead already streams the checksum pass (measured: WILLNEED,

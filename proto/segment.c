@@ -2,6 +2,7 @@
  * segment.c - geometry and checks of the trainer's segment.
  */
 #include "segment.h"
+#include "errbuf.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -13,17 +14,6 @@
 _Static_assert(sizeof(struct seg_header) == 64, "seg_header layout");
 _Static_assert(offsetof(struct seg_header, swap_state) == 48, "swap_state offset");
 _Static_assert(offsetof(struct seg_header, swap_generation) == 56, "swap_generation offset");
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -EINVAL;
-}
 
 static bool add_ok(uint64_t a, uint64_t b, uint64_t *out)
 {
@@ -77,36 +67,36 @@ int seg_header_check(const struct seg_header *h, uint64_t actual_size, char *err
     uint64_t end;
 
     if (actual_size < SEG_HEADER_BYTES)
-        return fail(err, errlen, "segment is %" PRIu64 " bytes, smaller than its %u-byte header",
+        return err_set(err, errlen, -EINVAL, "segment is %" PRIu64 " bytes, smaller than its %u-byte header",
                     actual_size, SEG_HEADER_BYTES);
     if (memcmp(h->magic, SEG_MAGIC, 8) != 0)
-        return fail(err, errlen, "magic is not \"" SEG_MAGIC "\"");
+        return err_set(err, errlen, -EINVAL, "magic is not \"" SEG_MAGIC "\"");
     if (h->version != SEG_VERSION)
-        return fail(err, errlen, "version %" PRIu32 " is not supported (expected %u)", h->version,
+        return err_set(err, errlen, -EINVAL, "version %" PRIu32 " is not supported (expected %u)", h->version,
                     SEG_VERSION);
     if (h->header_bytes != SEG_HEADER_BYTES)
-        return fail(err, errlen, "header_bytes is %" PRIu32 ", expected %u", h->header_bytes,
+        return err_set(err, errlen, -EINVAL, "header_bytes is %" PRIu32 ", expected %u", h->header_bytes,
                     SEG_HEADER_BYTES);
     if (h->segment_bytes != actual_size)
-        return fail(err, errlen,
+        return err_set(err, errlen, -EINVAL,
                     "segment_bytes says %" PRIu64 " but the object is %" PRIu64 " bytes",
                     h->segment_bytes, actual_size);
     if (h->params_offset % SEG_PAGE != 0 || h->params_offset < SEG_HEADER_BYTES)
-        return fail(err, errlen, "params_offset %" PRIu64 " is not a multiple of %u after the header",
+        return err_set(err, errlen, -EINVAL, "params_offset %" PRIu64 " is not a multiple of %u after the header",
                     h->params_offset, SEG_PAGE);
     if (h->stash_offset % SEG_PAGE != 0)
-        return fail(err, errlen, "stash_offset %" PRIu64 " is not a multiple of %u",
+        return err_set(err, errlen, -EINVAL, "stash_offset %" PRIu64 " is not a multiple of %u",
                     h->stash_offset, SEG_PAGE);
     if (!add_ok(h->params_offset, h->params_bytes, &end) || end > h->stash_offset)
-        return fail(err, errlen, "params area (offset %" PRIu64 ", %" PRIu64
+        return err_set(err, errlen, -EINVAL, "params area (offset %" PRIu64 ", %" PRIu64
                     " bytes) runs into the stash at %" PRIu64, h->params_offset,
                     h->params_bytes, h->stash_offset);
     if (!add_ok(h->stash_offset, h->params_bytes, &end) || end > actual_size)
-        return fail(err, errlen, "stash (offset %" PRIu64 ", %" PRIu64
+        return err_set(err, errlen, -EINVAL, "stash (offset %" PRIu64 ", %" PRIu64
                     " bytes) ends past the segment (%" PRIu64 " bytes)", h->stash_offset,
                     h->params_bytes, actual_size);
     if (h->swap_state > SEG_EMA)
-        return fail(err, errlen, "swap_state %" PRIu32 " is not 0, 1 or 2", h->swap_state);
+        return err_set(err, errlen, -EINVAL, "swap_state %" PRIu32 " is not 0, 1 or 2", h->swap_state);
     return 0;
 }
 
@@ -132,11 +122,11 @@ int seg_spans_check(const struct seg_span *spans, const char *const *names, size
 
     for (size_t i = 0; i < n; i++) {
         if (spans[i].offset % SEG_TENSOR_ALIGN != 0)
-            return fail(err, errlen, "tensor \"%s\" (index %zu): offset %" PRIu64
+            return err_set(err, errlen, -EINVAL, "tensor \"%s\" (index %zu): offset %" PRIu64
                         " is not a multiple of %u", LABEL(names, i), i, spans[i].offset,
                         SEG_TENSOR_ALIGN);
         if (!add_ok(spans[i].offset, spans[i].bytes, &end) || end > params_bytes)
-            return fail(err, errlen, "tensor \"%s\" (offset %" PRIu64 ", %" PRIu64
+            return err_set(err, errlen, -EINVAL, "tensor \"%s\" (offset %" PRIu64 ", %" PRIu64
                         " bytes) ends past the params area (%" PRIu64 " bytes)",
                         LABEL(names, i), spans[i].offset, spans[i].bytes, params_bytes);
     }
@@ -154,7 +144,7 @@ int seg_spans_check(const struct seg_span *spans, const char *const *names, size
         const struct seg_span *a = &spans[ord[k - 1].index], *b = &spans[ord[k].index];
         /* Empty tensors occupy no bytes and overlap nothing. */
         if (a->bytes > 0 && b->bytes > 0 && a->offset + a->bytes > b->offset)
-            rc = fail(err, errlen, "tensors \"%s\" and \"%s\" overlap (offsets %" PRIu64
+            rc = err_set(err, errlen, -EINVAL, "tensors \"%s\" and \"%s\" overlap (offsets %" PRIu64
                       " and %" PRIu64 ")", LABEL(names, ord[k - 1].index),
                       LABEL(names, ord[k].index), a->offset, b->offset);
     }
