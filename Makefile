@@ -81,11 +81,13 @@ $(2)/emactl: $(EMACTL_SRC:%.c=$(1)/%.o) $(2)/libemaclient.a
 $(2)/toy_trainer: $(TOY_SRC:%.c=$(1)/%.o) $(2)/libemaclient.a
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(DEPS_LIBS)
 
-$(2)/tests/%: $(1)/tests/%.o $(2)/libemad.a $(2)/libemaclient.a $(2)/libproto.a
+# Static patterns: each rule applies to its own list only, so an integration
+# test can never be linked by the unit-test rule (without the harness).
+$(TEST_SRC:%.c=$(2)/%): $(2)/tests/%: $(1)/tests/%.o $(2)/libemad.a $(2)/libemaclient.a $(2)/libproto.a
 	@mkdir -p $$(@D)
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS)
 
-$(2)/tests/integration/%: $(1)/tests/integration/%.o $(2)/libemaclient.a $(2)/libproto.a
+$(ITEST_SRC:%.c=$(2)/%): $(2)/tests/integration/%: $(1)/tests/integration/%.o $(1)/tests/integration/harness.o $(2)/libemaclient.a $(2)/libproto.a
 	@mkdir -p $$(@D)
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS)
 

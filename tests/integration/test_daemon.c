@@ -3,9 +3,12 @@
  * and raw sockets: the connection layer, peer checks, limits, signals and
  * the systemd glue.
  *
- * Binaries come from $EMAD_BIN and $EMACTL_BIN (default build/emad and
- * build/emactl), so the same tests run against the sanitizer build.
+ * emad runs under the shared harness (harness.h). Binaries come from
+ * $EMAD_BIN and $EMACTL_BIN (default build/emad and build/emactl), so the
+ * same tests run against the sanitizer build.
  */
+#include "harness.h"
+
 #include "emaclient.h"
 #include "msg.h"
 #include "wire.h"
@@ -22,230 +25,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <setjmp.h>
 #include <cmocka.h>
 
-#define WAIT_MS 10000 /* generous: sanitizer builds on a loaded machine are slow */
-
-struct daemon {
-    pid_t pid;
-    char dir[64];  /* private temporary directory of the test */
-    char sock[128];
-    char log[128];
-};
-
-static const char *emad_bin(void)
-{
-    const char *p = getenv("EMAD_BIN");
-    return p ? p : "build/emad";
-}
-
-static const char *emactl_bin(void)
-{
-    const char *p = getenv("EMACTL_BIN");
-    return p ? p : "build/emactl";
-}
-
-static void make_dir(struct daemon *d)
-{
-    snprintf(d->dir, sizeof(d->dir), "/tmp/emad-test-XXXXXX");
-    assert_non_null(mkdtemp(d->dir));
-    snprintf(d->sock, sizeof(d->sock), "%s/emad.sock", d->dir);
-    snprintf(d->log, sizeof(d->log), "%s/emad.log", d->dir);
-}
-
-static int try_connect(const char *path)
-{
-    struct sockaddr_un sa;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Every process spawned, so that a failed test (cmocka longjmps out of it)
- * leaves nothing running behind. */
-static pid_t spawned[64];
-static size_t nspawned;
-
-static int kill_leftovers(void **state)
-{
-    (void)state;
-    for (size_t i = 0; i < nspawned; i++) {
-        if (spawned[i] > 0 && kill(spawned[i], SIGKILL) == 0)
-            waitpid(spawned[i], NULL, 0);
-    }
-    nspawned = 0;
-    return 0;
-}
-
-/* Exec argv (NULL-terminated) with extra environment "K=V" entries (NULL-
- * terminated, may be NULL). */
-static pid_t spawn(char *const argv[], char *const envs[], int out_fd, int err_fd)
-{
-    pid_t pid = fork();
-
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        for (size_t i = 0; envs && envs[i]; i++)
-            putenv(envs[i]);
-        /* Never the test's own stdout: a daemon left running would hold
-         * the pipe of whoever reads the test's output. */
-        int null_fd = open("/dev/null", O_WRONLY);
-        dup2(out_fd >= 0 ? out_fd : null_fd, 1);
-        dup2(err_fd >= 0 ? err_fd : null_fd, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    if (nspawned < sizeof(spawned) / sizeof(spawned[0]))
-        spawned[nspawned++] = pid;
-    return pid;
-}
-
-/* Wait until the socket answers or the child exits; returns true if up. */
-static bool wait_listening(pid_t pid, const char *sock)
-{
-    for (int waited = 0; waited < WAIT_MS; waited += 10) {
-        int status;
-        int fd = try_connect(sock);
-        if (fd >= 0) {
-            close(fd);
-            return true;
-        }
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return false;
-        sleep_ms(10);
-    }
-    return false;
-}
-
-/* Start emad on d->sock with extra arguments (NULL-terminated). */
-static void daemon_start_env(struct daemon *d, const char *const extra[], char *const envs[])
-{
-    char state[160];
-    const char *argv[40];
-    size_t n = 0;
-
-    snprintf(state, sizeof(state), "%s/state", d->dir);
-    argv[n++] = emad_bin();
-    argv[n++] = "--socket";
-    argv[n++] = d->sock;
-    argv[n++] = "--state-dir";
-    argv[n++] = state;
-    argv[n++] = "--log-file";
-    argv[n++] = d->log;
-    argv[n++] = "--log-level";
-    argv[n++] = "debug";
-    for (size_t i = 0; extra && extra[i] && n < 39; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    /* emad logs to its file; its stderr can only carry sanitizer reports,
-     * which daemon_stop() looks for. */
-    char err_path[160];
-    snprintf(err_path, sizeof(err_path), "%s/emad.stderr", d->dir);
-    int err_fd = open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    assert_true(err_fd >= 0);
-    d->pid = spawn((char *const *)argv, envs, -1, err_fd);
-    close(err_fd);
-    assert_true(wait_listening(d->pid, d->sock));
-}
-
-static void daemon_start(struct daemon *d, const char *const extra[])
-{
-    make_dir(d);
-    daemon_start_env(d, extra, NULL);
-}
-
-static int wait_exit(pid_t pid)
-{
-    int status = 0;
-    for (int waited = 0; waited < WAIT_MS; waited += 5) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        sleep_ms(5);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("process %ld did not exit in time", (long)pid);
-    return -1;
-}
-
-static void remove_tree(const char *dir)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
-static void expect_no_sanitizer_report(const char *text, const char *who)
-{
-    if (strstr(text, "Sanitizer") != NULL || strstr(text, "runtime error") != NULL)
-        fail_msg("%s: sanitizer report:\n%s", who, text);
-}
-
-/* SIGTERM, expect exit 0, the socket gone and a clean stderr. */
-static void daemon_stop(struct daemon *d)
-{
-    struct stat st;
-    char path[160], text[16384];
-
-    assert_int_equal(kill(d->pid, SIGTERM), 0);
-    assert_int_equal(wait_exit(d->pid), 0);
-    assert_int_equal(lstat(d->sock, &st), -1);
-    snprintf(path, sizeof(path), "%s/emad.stderr", d->dir);
-    FILE *fp = fopen(path, "r");
-    if (fp != NULL) {
-        size_t n = fread(text, 1, sizeof(text) - 1, fp);
-        text[n] = '\0';
-        fclose(fp);
-        expect_no_sanitizer_report(text, "emad");
-    }
-    remove_tree(d->dir);
-}
-
-static bool file_contains(const char *path, const char *needle)
-{
-    char buf[65536];
-    FILE *fp = fopen(path, "r");
-    size_t n;
-
-    if (fp == NULL)
-        return false;
-    n = fread(buf, 1, sizeof(buf) - 1, fp);
-    fclose(fp);
-    buf[n] = '\0';
-    return strstr(buf, needle) != NULL;
-}
-
 /* ---- raw protocol helpers ---- */
-
-static void send_bytes(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        c += w;
-        n -= (size_t)w;
-    }
-}
 
 /* Send a request whose params map is hello {proto, client}. */
 static void send_hello(int fd, uint32_t msgid, uint64_t proto)
@@ -273,60 +58,6 @@ static void send_empty_request(int fd, uint32_t msgid, const char *method)
     msgpack_pack_map(&pk, 0);
     send_bytes(fd, sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
-}
-
-struct reply {
-    bool eof;            /* the connection closed instead */
-    enum wire_kind kind;
-    uint32_t msgid;
-    char code[32];       /* error code, "" on success; notifications: their code */
-    char message[512];
-};
-
-/* Read the next message from fd (waiting up to WAIT_MS). */
-static void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r)
-{
-    struct wire_msg m;
-    struct wire_fault f;
-
-    memset(r, 0, sizeof(*r));
-    for (;;) {
-        int rc = wire_decoder_next(dec, &m, &f);
-        assert_true(rc >= 0);
-        if (rc > 0) {
-            const msgpack_object *errmap = m.kind == WIRE_RESPONSE ? m.error : m.params;
-            r->kind = m.kind;
-            r->msgid = m.msgid;
-            if (errmap->type == MSGPACK_OBJECT_MAP) {
-                struct msg_error e;
-                char why[128];
-                assert_int_equal(msg_decode(&msg_error_desc, errmap, &e, why, sizeof(why)), 0);
-                snprintf(r->code, sizeof(r->code), "%.*s", (int)e.code.len, e.code.ptr);
-                snprintf(r->message, sizeof(r->message), "%.*s", (int)e.message.len,
-                         e.message.ptr);
-            }
-            return;
-        }
-        struct pollfd p = {fd, POLLIN, 0};
-        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
-        size_t room;
-        char *buf = wire_decoder_reserve(dec, 65536, &room);
-        assert_non_null(buf);
-        ssize_t n = recv(fd, buf, room, 0);
-        if (n <= 0) {
-            r->eof = true;
-            return;
-        }
-        wire_decoder_commit(dec, (size_t)n);
-    }
-}
-
-static void read_reply(int fd, struct reply *r)
-{
-    struct wire_decoder dec;
-    wire_decoder_init(&dec, 1u << 24, 8);
-    read_reply_dec(fd, &dec, r);
-    wire_decoder_free(&dec);
 }
 
 /* A connection that has said hello. */
@@ -371,27 +102,6 @@ static void expect_status_ok(const char *sock)
     emac_disconnect(c);
 }
 
-/* Run a command, capture stdout+stderr into out; returns the exit code. */
-static int run_capture(char *const argv[], char *const envs[], char *out, size_t outlen)
-{
-    char path[] = "/tmp/emad-test-out-XXXXXX";
-    int fd = mkstemp(path);
-    pid_t pid;
-    int rc;
-    ssize_t n;
-
-    assert_true(fd >= 0);
-    unlink(path);
-    pid = spawn(argv, envs, fd, fd);
-    rc = wait_exit(pid);
-    lseek(fd, 0, SEEK_SET);
-    n = read(fd, out, outlen - 1);
-    out[n > 0 ? n : 0] = '\0';
-    close(fd);
-    expect_no_sanitizer_report(out, argv[0]);
-    return rc;
-}
-
 /* ---- tests ---- */
 
 static void test_hello_returns_server_identity(void **state)
@@ -409,7 +119,7 @@ static void test_hello_returns_server_identity(void **state)
     assert_int_equal(info->workers, 3);
     assert_non_null(strstr(info->server, "emad"));
     emac_disconnect(c);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_status_reports_server_fields(void **state)
@@ -443,7 +153,7 @@ static void test_status_reports_server_fields(void **state)
     emac_status_free(st);
     emac_disconnect(c2);
     emac_disconnect(c);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_status_of_unknown_session_is_NOSESSION(void **state)
@@ -461,7 +171,7 @@ static void test_status_of_unknown_session_is_NOSESSION(void **state)
     assert_string_equal(err.code, "NOSESSION");
     assert_non_null(strstr(err.message, "no-such"));
     emac_disconnect(c);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_emactl_status_text_and_json(void **state)
@@ -493,7 +203,7 @@ static void test_emactl_status_text_and_json(void **state)
     char *missing[] = {(char *)emactl_bin(), "status", "nope", NULL};
     assert_int_equal(run_capture(missing, (char *[]){env, NULL}, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "NOSESSION"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_emactl_usage_errors_and_unreachable_daemon(void **state)
@@ -539,7 +249,7 @@ static void test_wrong_proto_gets_VERSION(void **state)
     assert_int_equal(r.msgid, 8);
     assert_string_equal(r.code, "");
     close(fd);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_request_before_hello_gets_NOHELLO(void **state)
@@ -556,7 +266,7 @@ static void test_request_before_hello_gets_NOHELLO(void **state)
     assert_string_equal(r.code, "NOHELLO");
     assert_non_null(strstr(r.message, "hello"));
     close(fd);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_unknown_method_gets_NOMETHOD(void **state)
@@ -579,7 +289,7 @@ static void test_unknown_method_gets_NOMETHOD(void **state)
     assert_string_equal(r.code, "BADARG");
     assert_non_null(strstr(r.message, "session: missing"));
     close(fd);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_bad_arguments_get_BADARG_naming_the_field(void **state)
@@ -622,7 +332,7 @@ static void test_bad_arguments_get_BADARG_naming_the_field(void **state)
     assert_string_equal(r.code, "BADARG");
     assert_non_null(strstr(r.message, "session"));
     close(fd);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_malformed_request_with_msgid_gets_EPROTO(void **state)
@@ -654,7 +364,7 @@ static void test_malformed_request_with_msgid_gets_EPROTO(void **state)
     assert_int_equal(r.msgid, 13);
     assert_string_equal(r.code, "");
     close(fd);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_oversized_request_gets_LIMIT_and_connection_survives(void **state)
@@ -686,7 +396,7 @@ static void test_oversized_request_gets_LIMIT_and_connection_survives(void **sta
     assert_int_equal(r.msgid, 22);
     assert_string_equal(r.code, "");
     close(fd);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_garbage_closes_only_that_connection(void **state)
@@ -714,7 +424,7 @@ static void test_garbage_closes_only_that_connection(void **state)
     assert_string_equal(r.code, "");
     close(good);
     assert_true(file_contains(d.log, "not valid msgpack"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_too_deep_nesting_closes_connection(void **state)
@@ -742,7 +452,7 @@ static void test_too_deep_nesting_closes_connection(void **state)
     expect_status_ok(d.sock);
     close(good);
     assert_true(file_contains(d.log, "deeper than 8"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_connection_limit_refuses_with_LIMIT(void **state)
@@ -780,7 +490,7 @@ static void test_connection_limit_refuses_with_LIMIT(void **state)
     }
     assert_true(ok);
     close(a);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 /* A peer of another uid: run emactl as nobody (65534). */
@@ -815,7 +525,7 @@ static void test_peer_of_another_uid_is_refused_with_PERM(void **state)
     assert_non_null(strstr(out, "PERM"));
     assert_non_null(strstr(out, "uid 65534 is not allowed"));
     assert_true(file_contains(d.log, "refused connection"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_allow_group_admits_its_members_only(void **state)
@@ -836,7 +546,7 @@ static void test_allow_group_admits_its_members_only(void **state)
     assert_non_null(strstr(out, "emad 0.1.0"));
     assert_int_equal(run_as_nobody(d.sock, false, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "PERM"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_slow_reader_is_paused_and_others_proceed(void **state)
@@ -890,7 +600,7 @@ static void test_slow_reader_is_paused_and_others_proceed(void **state)
     msgpack_sbuffer_destroy(&sb);
     assert_true(file_contains(d.log, "reading paused"));
     close(slow);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_sigint_stops_cleanly(void **state)
@@ -927,7 +637,7 @@ static void test_stale_socket_is_replaced(void **state)
     daemon_start_env(&d, NULL, NULL);
     expect_status_ok(d.sock);
     assert_true(file_contains(d.log, "removed stale socket"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_live_socket_and_regular_file_refuse_start(void **state)
@@ -950,7 +660,7 @@ static void test_live_socket_and_regular_file_refuse_start(void **state)
     char *onfile[] = {(char *)emad_bin(), "--socket", path, NULL};
     assert_int_equal(run_capture(onfile, NULL, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "is not a socket"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_bad_command_lines_exit_2_with_a_message(void **state)
@@ -1007,7 +717,7 @@ static void test_runtime_dir_is_created_private_and_socket_mode_applied(void **s
     daemon_start_env(&d, (const char *const[]){"--socket-mode", "0660", NULL}, NULL);
     assert_int_equal(stat(d.sock, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0660);
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 static void test_sighup_reopens_the_log_file(void **state)
@@ -1030,7 +740,7 @@ static void test_sighup_reopens_the_log_file(void **state)
     expect_status_ok(d.sock);
     assert_true(file_contains(d.log, "hello from"));
     assert_true(file_contains(rotated, "listening on"));
-    daemon_stop(&d);
+    daemon_stop_unlinked(&d);
 }
 
 /* A datagram socket of the test's own stands in for systemd. */

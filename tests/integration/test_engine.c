@@ -11,9 +11,12 @@
  * (f64 in double with fma), integer tensors copied; swap-in writes the
  * shadow cast to the param's dtype with round-to-nearest-even.
  *
- * Binaries come from $EMAD_BIN and $EMACTL_BIN (default build/emad and
- * build/emactl), so the same tests run against the sanitizer build.
+ * emad runs under the shared harness (harness.h). Binaries come from
+ * $EMAD_BIN and $EMACTL_BIN (default build/emad and build/emactl), so the
+ * same tests run against the sanitizer build.
  */
+#include "harness.h"
+
 #include "dtype.h"
 #include "emaclient.h"
 #include "msg.h"
@@ -24,95 +27,32 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <setjmp.h>
 #include <cmocka.h>
 
-#define WAIT_MS 10000 /* generous: sanitizer builds on a loaded machine are slow */
+/* ---- emad as a subprocess (harness.h), with what this file adds ---- */
 
-/* ---- harness: emad as a subprocess (as in test_daemon.c) ---- */
-
-struct daemon {
-    pid_t pid;
-    char dir[64]; /* private temporary directory of the test */
-    char sock[128];
-    char log[128];
-    char state[128];
-};
-
-static const char *emad_bin(void)
-{
-    const char *p = getenv("EMAD_BIN");
-    return p ? p : "build/emad";
-}
-
-static const char *emactl_bin(void)
-{
-    const char *p = getenv("EMACTL_BIN");
-    return p ? p : "build/emactl";
-}
-
-static void make_dir(struct daemon *d)
-{
-    snprintf(d->dir, sizeof(d->dir), "/tmp/emad-test-XXXXXX");
-    assert_non_null(mkdtemp(d->dir));
-    snprintf(d->sock, sizeof(d->sock), "%s/emad.sock", d->dir);
-    snprintf(d->log, sizeof(d->log), "%s/emad.log", d->dir);
-    snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
-}
-
-static int try_connect(const char *path)
-{
-    struct sockaddr_un sa;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Every process spawned and every segment made, so that a failed test
- * (cmocka longjmps out of it) leaves nothing behind. */
-static pid_t spawned[64];
-static size_t nspawned;
+/* Every segment made and every shadow object registered, so that a failed
+ * test (cmocka longjmps out of it) leaves nothing behind. */
 static emac_segment *segments[64];
 static size_t nsegments;
 static char shm_names[256][256]; /* shadow objects of the sessions registered */
 static size_t nshm_names;
 
-static int kill_leftovers(void **state)
+/* Teardown: kill_leftovers(), then destroy the segments and unlink the
+ * shadow objects left behind. */
+static int teardown(void **state)
 {
-    (void)state;
-    for (size_t i = 0; i < nspawned; i++) {
-        if (spawned[i] > 0 && kill(spawned[i], SIGKILL) == 0)
-            waitpid(spawned[i], NULL, 0);
-    }
-    nspawned = 0;
+    kill_leftovers(state);
     for (size_t i = 0; i < nsegments; i++)
         emac_segment_destroy(segments[i]);
     nsegments = 0;
@@ -122,142 +62,17 @@ static int kill_leftovers(void **state)
     return 0;
 }
 
-static pid_t spawn(char *const argv[], char *const envs[], int out_fd, int err_fd)
+/* Start emad on a new private directory with two workers and extra
+ * arguments (NULL-terminated; they come after --workers 2). */
+static void engine_start(struct daemon *d, const char *const extra[])
 {
-    pid_t pid = fork();
+    const char *args[40] = {"--workers", "2"};
+    size_t n = 2;
 
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        for (size_t i = 0; envs && envs[i]; i++)
-            putenv(envs[i]);
-        int null_fd = open("/dev/null", O_WRONLY);
-        dup2(out_fd >= 0 ? out_fd : null_fd, 1);
-        dup2(err_fd >= 0 ? err_fd : null_fd, 2);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    if (nspawned < sizeof(spawned) / sizeof(spawned[0]))
-        spawned[nspawned++] = pid;
-    return pid;
-}
-
-static bool wait_listening(pid_t pid, const char *sock)
-{
-    for (int waited = 0; waited < WAIT_MS; waited += 10) {
-        int status;
-        int fd = try_connect(sock);
-        if (fd >= 0) {
-            close(fd);
-            return true;
-        }
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return false;
-        sleep_ms(10);
-    }
-    return false;
-}
-
-/* Start emad on a new private directory with extra arguments (NULL-terminated). */
-static void daemon_start(struct daemon *d, const char *const extra[])
-{
-    const char *argv[40];
-    char err_path[160];
-    size_t n = 0;
-
-    make_dir(d);
-    argv[n++] = emad_bin();
-    argv[n++] = "--socket";
-    argv[n++] = d->sock;
-    argv[n++] = "--state-dir";
-    argv[n++] = d->state;
-    argv[n++] = "--log-file";
-    argv[n++] = d->log;
-    argv[n++] = "--log-level";
-    argv[n++] = "debug";
-    argv[n++] = "--workers";
-    argv[n++] = "2";
     for (size_t i = 0; extra && extra[i] && n < 39; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    /* emad logs to its file; its stderr can only carry sanitizer reports. */
-    snprintf(err_path, sizeof(err_path), "%s/emad.stderr", d->dir);
-    int err_fd = open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    assert_true(err_fd >= 0);
-    d->pid = spawn((char *const *)argv, NULL, -1, err_fd);
-    close(err_fd);
-    assert_true(wait_listening(d->pid, d->sock));
-}
-
-static int wait_exit(pid_t pid)
-{
-    int status = 0;
-    for (int waited = 0; waited < WAIT_MS; waited += 5) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        sleep_ms(5);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    fail_msg("process %ld did not exit in time", (long)pid);
-    return -1;
-}
-
-static void remove_tree(const char *dir)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    assert_int_equal(system(cmd), 0);
-}
-
-static void expect_no_sanitizer_report(const char *text, const char *who)
-{
-    if (strstr(text, "Sanitizer") != NULL || strstr(text, "runtime error") != NULL)
-        fail_msg("%s: sanitizer report:\n%s", who, text);
-}
-
-/* emad's stderr carries nothing but sanitizer reports (it logs to a file). */
-static void check_daemon_stderr(struct daemon *d, int status)
-{
-    char path[160], text[16384] = "";
-    snprintf(path, sizeof(path), "%s/emad.stderr", d->dir);
-    FILE *fp = fopen(path, "r");
-    if (fp != NULL) {
-        size_t n = fread(text, 1, sizeof(text) - 1, fp);
-        text[n] = '\0';
-        fclose(fp);
-    }
-    expect_no_sanitizer_report(text, "emad");
-    if (status >= 0 && status != 0)
-        fail_msg("emad exited with status %d; its stderr:\n%s", status, text);
-}
-
-/* SIGTERM, expect exit 0 and a clean stderr. */
-static void daemon_stop(struct daemon *d)
-{
-    assert_int_equal(kill(d->pid, SIGTERM), 0);
-    check_daemon_stderr(d, wait_exit(d->pid));
-    remove_tree(d->dir);
-}
-
-/* Run a command, capture stdout+stderr into out; returns the exit code. */
-static int run_capture(char *const argv[], char *out, size_t outlen)
-{
-    char path[] = "/tmp/emad-test-out-XXXXXX";
-    int fd = mkstemp(path);
-    pid_t pid;
-    int rc;
-    ssize_t n;
-
-    assert_true(fd >= 0);
-    unlink(path);
-    pid = spawn(argv, NULL, fd, fd);
-    rc = wait_exit(pid);
-    lseek(fd, 0, SEEK_SET);
-    n = read(fd, out, outlen - 1);
-    out[n > 0 ? n : 0] = '\0';
-    close(fd);
-    expect_no_sanitizer_report(out, argv[0]);
-    return rc;
+        args[n++] = extra[i];
+    args[n] = NULL;
+    daemon_start(d, args);
 }
 
 /* ---- assertions on library calls ---- */
@@ -661,68 +476,20 @@ struct raw {
     struct wire_decoder dec;
 };
 
-struct reply {
-    bool eof;
-    uint32_t msgid;
-    char code[32]; /* "" on success */
-    char message[512];
-};
-
-static void raw_read(struct raw *r, struct reply *out)
-{
-    struct wire_msg m;
-    struct wire_fault f;
-
-    memset(out, 0, sizeof(*out));
-    for (;;) {
-        int rc = wire_decoder_next(&r->dec, &m, &f);
-        assert_true(rc >= 0);
-        if (rc > 0) {
-            const msgpack_object *errmap = m.kind == WIRE_RESPONSE ? m.error : m.params;
-            out->msgid = m.msgid;
-            if (errmap->type == MSGPACK_OBJECT_MAP) {
-                struct msg_error e;
-                char why[128];
-                assert_int_equal(msg_decode(&msg_error_desc, errmap, &e, why, sizeof(why)), 0);
-                snprintf(out->code, sizeof(out->code), "%.*s", (int)e.code.len, e.code.ptr);
-                snprintf(out->message, sizeof(out->message), "%.*s", (int)e.message.len,
-                         e.message.ptr);
-            }
-            return;
-        }
-        struct pollfd p = {r->fd, POLLIN, 0};
-        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
-        size_t room;
-        char *buf = wire_decoder_reserve(&r->dec, 65536, &room);
-        assert_non_null(buf);
-        ssize_t n = recv(r->fd, buf, room, 0);
-        if (n <= 0) {
-            out->eof = true;
-            return;
-        }
-        wire_decoder_commit(&r->dec, (size_t)n);
-    }
-}
-
 static void raw_request(struct raw *r, const char *method, const struct msg_desc *d,
                         const void *req, struct reply *out)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
     uint32_t id = r->next++;
-    size_t done = 0;
 
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     wire_pack_request_head(&pk, id, method);
     msg_encode(&pk, d, req);
-    while (done < sb.size) {
-        ssize_t w = send(r->fd, sb.data + done, sb.size - done, MSG_NOSIGNAL);
-        assert_true(w > 0);
-        done += (size_t)w;
-    }
+    send_bytes(r->fd, sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
-    raw_read(r, out);
+    read_reply_dec(r->fd, &r->dec, out);
     assert_false(out->eof);
     assert_int_equal(out->msgid, id);
 }
@@ -996,7 +763,7 @@ static void test_register_maps_shadow_initialised_from_params(void **state)
     struct emac_status *st;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(mixed, NMIXED);
     fill_params(seg, 7);
@@ -1101,7 +868,7 @@ static void test_ema_updates_bit_exact_with_start_and_interval(void **state)
     emac_session *ss[4];
     struct model models[4];
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     for (size_t r = 0; r < nruns; r++) {
         segs[r] = new_segment(mixed, NMIXED);
@@ -1172,7 +939,7 @@ static void test_epoch_interval_and_dur_start(void **state)
     struct emac_result r;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
 
     /* Epochs: the update event is epoch_end; batch_end does nothing. */
@@ -1263,7 +1030,7 @@ static void test_eval_checkpoint_and_swap_cast_and_restore_bitwise(void **state)
     size_t len;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(mixed, NMIXED);
     fill_params(seg, 1);
@@ -1384,7 +1151,7 @@ static void test_pipelined_events_from_four_sessions(void **state)
     size_t len;
     (void)state;
 
-    daemon_start(&d, (const char *const[]){"--workers", "3", NULL});
+    engine_start(&d, (const char *const[]){"--workers", "3", NULL});
     for (int k = 0; k < 4; k++) {
         char name[32];
         snprintf(name, sizeof(name), "pipe-%d", k);
@@ -1453,7 +1220,7 @@ static void test_sessions_share_a_connection_and_tickets_come_in_any_order(void 
     emac_ticket x1, y1, x2, y2;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *sx = new_segment(small, NSMALL), *sy = new_segment(mixed, NMIXED);
     fill_params(sx, 1);
@@ -1517,7 +1284,7 @@ static void test_resume_after_disconnect_keeps_shadow_and_state(void **state)
     struct model m;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c1 = connect_ok(&d);
     emac_segment *seg1 = new_segment(mixed, NMIXED);
     fill_params(seg1, 1);
@@ -1613,7 +1380,7 @@ static void test_close_keep_close_and_drop(void **state)
     struct model m;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_client *other = connect_ok(&d);
     emac_segment *seg = new_segment(small, NSMALL);
@@ -1688,7 +1455,7 @@ static void test_save_and_load_round_trip(void **state)
     struct stat sb;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(mixed, NMIXED);
     fill_params(seg, 1);
@@ -1762,7 +1529,7 @@ static void test_BADARG_names_the_field(void **state)
     emac_session *s = NULL;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(small, NSMALL);
 
@@ -1854,7 +1621,7 @@ static void test_NOSESSION_and_EXISTS(void **state)
     emac_session *s = NULL;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     FAILS(emac_status(c, "nope", &st, &err), "NOSESSION", "nope");
     FAILS(emac_save(c, "nope", NULL, &f, &err), "NOSESSION", "nope");
@@ -1895,7 +1662,7 @@ static void test_PERM_for_requests_from_another_connection(void **state)
     struct reply rep;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(small, NSMALL);
     emac_session *s = register_ok(c, "owned", seg, NULL, false);
@@ -1932,7 +1699,7 @@ static void test_SHM_refuses_bad_segments(void **state)
     emac_session *s = NULL;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
 
     /* Missing: the object was unlinked (we still map it). */
@@ -2009,7 +1776,7 @@ static void test_LIMIT_max_sessions_and_max_tensors(void **state)
     emac_session *s = NULL;
     (void)state;
 
-    daemon_start(&d, (const char *const[]){"--max-sessions", "2", "--max-tensors", "3", NULL});
+    engine_start(&d, (const char *const[]){"--max-sessions", "2", "--max-tensors", "3", NULL});
     emac_client *c = connect_ok(&d);
     emac_segment *seg[3]; /* 3 tensors each: at the limit */
     for (int i = 0; i < 3; i++)
@@ -2040,7 +1807,7 @@ static void test_IO_load_of_missing_or_corrupt_file(void **state)
     struct model m;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(mixed, NMIXED);
     fill_params(seg, 5);
@@ -2089,7 +1856,7 @@ static void test_STATE_for_requests_the_session_state_forbids(void **state)
     struct emac_result r;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_client *other = connect_ok(&d);
     emac_segment *seg = new_segment(small, NSMALL);
@@ -2133,7 +1900,7 @@ static void emactl_expect(char *const argv[], int rc, char *out, size_t outlen, 
 {
     va_list ap;
     const char *needle;
-    int got = run_capture(argv, out, outlen);
+    int got = run_capture(argv, NULL, out, outlen);
 
     if (got != rc)
         fail_msg("emactl %s %s: exit %d, expected %d; output:\n%s", argv[3] ? argv[3] : "",
@@ -2154,7 +1921,7 @@ static void test_emactl_list_show_save_drop(void **state)
     char out[16384], pid[32];
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *seg = new_segment(mixed, NMIXED);
     fill_params(seg, 3);
@@ -2206,7 +1973,7 @@ static void test_emactl_list_show_save_drop(void **state)
     emactl_expect(drop, 1, out, sizeof(out), "emactl: STATE", "ctl-session", NULL);
     emac_session_free(s);
     emac_disconnect(c);
-    for (int i = 0; i < 500 && run_capture(dropj, out, sizeof(out)) != 0; i++)
+    for (int i = 0; i < 500 && run_capture(dropj, NULL, out, sizeof(out)) != 0; i++)
         sleep_ms(10); /* emad notices the disconnect asynchronously */
     if (strcmp(out, "{}\n") != 0)
         fail_msg("emactl --json drop printed:\n%s", out);
@@ -2217,7 +1984,7 @@ static void test_emactl_list_show_save_drop(void **state)
     s = register_ok(c2, "ctl-session", seg, NULL, false);
     emac_session_free(s);
     emac_disconnect(c2);
-    for (int i = 0; i < 500 && run_capture(drop, out, sizeof(out)) != 0; i++)
+    for (int i = 0; i < 500 && run_capture(drop, NULL, out, sizeof(out)) != 0; i++)
         sleep_ms(10);
     emactl_expect(list, 0, out, sizeof(out), "SESSION", NULL);
     char *dropped[] = {ctl, "--socket", d.sock, "status", NULL};
@@ -2240,7 +2007,7 @@ static void test_emad_killed_while_swapped_in_restores_training_weights(void **s
     size_t len;
     (void)state;
 
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
     emac_segment *sa = new_segment(mixed, NMIXED), *sb = new_segment(small, NSMALL);
     fill_params(sa, 1);
@@ -2285,7 +2052,7 @@ static void test_emad_killed_while_swapped_in_restores_training_weights(void **s
     /* The same with a ticket in flight: the wait reports the loss. */
     check_daemon_stderr(&d, -1);
     remove_tree(d.dir);
-    daemon_start(&d, NULL);
+    engine_start(&d, NULL);
     c = connect_ok(&d);
     fill_params(sa, 5);
     a = register_ok(c, "crash-c", sa, NULL, false);
@@ -2310,7 +2077,7 @@ static void test_emad_killed_while_swapped_in_restores_training_weights(void **s
 
 int main(void)
 {
-#define TEST(f) cmocka_unit_test_teardown(f, kill_leftovers)
+#define TEST(f) cmocka_unit_test_teardown(f, teardown)
     const struct CMUnitTest tests[] = {
         TEST(test_segment_create_lays_out_tensors_and_header),
         TEST(test_segment_create_rejects_bad_specs),

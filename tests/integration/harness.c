@@ -1,0 +1,322 @@
+/*
+ * harness.c - emad as a subprocess of the integration tests, and the raw
+ * protocol helpers they share. See harness.h.
+ */
+#include "harness.h"
+
+#include "msg.h"
+#include "wire.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <cmocka.h>
+
+/* ---- paths ---- */
+
+const char *emad_bin(void)
+{
+    const char *p = getenv("EMAD_BIN");
+    return p ? p : "build/emad";
+}
+
+const char *emactl_bin(void)
+{
+    const char *p = getenv("EMACTL_BIN");
+    return p ? p : "build/emactl";
+}
+
+/* ---- time ---- */
+
+void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- files ---- */
+
+void make_dir(struct daemon *d)
+{
+    snprintf(d->dir, sizeof(d->dir), "/tmp/emad-test-XXXXXX");
+    assert_non_null(mkdtemp(d->dir));
+    snprintf(d->sock, sizeof(d->sock), "%s/emad.sock", d->dir);
+    snprintf(d->log, sizeof(d->log), "%s/emad.log", d->dir);
+    snprintf(d->state, sizeof(d->state), "%s/state", d->dir);
+}
+
+void remove_tree(const char *dir)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+bool file_contains(const char *path, const char *needle)
+{
+    char buf[65536];
+    FILE *fp = fopen(path, "r");
+    size_t n;
+
+    if (fp == NULL)
+        return false;
+    n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+/* ---- processes ---- */
+
+/* Every process spawned, so that a failed test (cmocka longjmps out of it)
+ * leaves nothing running behind. */
+static pid_t spawned[64];
+static size_t nspawned;
+
+pid_t spawn(char *const argv[], char *const envs[], int out_fd, int err_fd)
+{
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        for (size_t i = 0; envs && envs[i]; i++)
+            putenv(envs[i]);
+        /* Never the test's own stdout: a daemon left running would hold
+         * the pipe of whoever reads the test's output. */
+        int null_fd = open("/dev/null", O_WRONLY);
+        dup2(out_fd >= 0 ? out_fd : null_fd, 1);
+        dup2(err_fd >= 0 ? err_fd : null_fd, 2);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    if (nspawned < sizeof(spawned) / sizeof(spawned[0]))
+        spawned[nspawned++] = pid;
+    return pid;
+}
+
+int kill_leftovers(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < nspawned; i++) {
+        if (spawned[i] > 0 && kill(spawned[i], SIGKILL) == 0)
+            waitpid(spawned[i], NULL, 0);
+    }
+    nspawned = 0;
+    return 0;
+}
+
+int wait_exit(pid_t pid)
+{
+    int status = 0;
+    for (int waited = 0; waited < WAIT_MS; waited += 5) {
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        sleep_ms(5);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    fail_msg("process %ld did not exit in time", (long)pid);
+    return -1;
+}
+
+int run_capture(char *const argv[], char *const envs[], char *out, size_t outlen)
+{
+    char path[] = "/tmp/emad-test-out-XXXXXX";
+    int fd = mkstemp(path);
+    pid_t pid;
+    int rc;
+    ssize_t n;
+
+    assert_true(fd >= 0);
+    unlink(path);
+    pid = spawn(argv, envs, fd, fd);
+    rc = wait_exit(pid);
+    lseek(fd, 0, SEEK_SET);
+    n = read(fd, out, outlen - 1);
+    out[n > 0 ? n : 0] = '\0';
+    close(fd);
+    expect_no_sanitizer_report(out, argv[0]);
+    return rc;
+}
+
+void expect_no_sanitizer_report(const char *text, const char *who)
+{
+    if (strstr(text, "Sanitizer") != NULL || strstr(text, "runtime error") != NULL)
+        fail_msg("%s: sanitizer report:\n%s", who, text);
+}
+
+/* ---- starting and stopping emad ---- */
+
+bool wait_listening(pid_t pid, const char *sock)
+{
+    for (int waited = 0; waited < WAIT_MS; waited += 10) {
+        int status;
+        int fd = try_connect(sock);
+        if (fd >= 0) {
+            close(fd);
+            return true;
+        }
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return false;
+        sleep_ms(10);
+    }
+    return false;
+}
+
+void daemon_start_env(struct daemon *d, const char *const extra[], char *const envs[])
+{
+    const char *argv[40];
+    char err_path[160];
+    size_t n = 0;
+
+    argv[n++] = emad_bin();
+    argv[n++] = "--socket";
+    argv[n++] = d->sock;
+    argv[n++] = "--state-dir";
+    argv[n++] = d->state;
+    argv[n++] = "--log-file";
+    argv[n++] = d->log;
+    argv[n++] = "--log-level";
+    argv[n++] = "debug";
+    for (size_t i = 0; extra && extra[i] && n < 39; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    /* emad logs to its file; its stderr can only carry sanitizer reports,
+     * which check_daemon_stderr() looks for. */
+    snprintf(err_path, sizeof(err_path), "%s/emad.stderr", d->dir);
+    int err_fd = open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    assert_true(err_fd >= 0);
+    d->pid = spawn((char *const *)argv, envs, -1, err_fd);
+    close(err_fd);
+    assert_true(wait_listening(d->pid, d->sock));
+}
+
+void daemon_start(struct daemon *d, const char *const extra[])
+{
+    make_dir(d);
+    daemon_start_env(d, extra, NULL);
+}
+
+void check_daemon_stderr(const struct daemon *d, int status)
+{
+    char path[160], text[16384] = "";
+    snprintf(path, sizeof(path), "%s/emad.stderr", d->dir);
+    FILE *fp = fopen(path, "r");
+    if (fp != NULL) {
+        size_t n = fread(text, 1, sizeof(text) - 1, fp);
+        text[n] = '\0';
+        fclose(fp);
+    }
+    expect_no_sanitizer_report(text, "emad");
+    if (status >= 0 && status != 0)
+        fail_msg("emad exited with status %d; its stderr:\n%s", status, text);
+}
+
+/* SIGTERM, expect exit 0 and a clean stderr, and with socket_gone the
+ * socket unlinked; remove the directory. */
+static void stop(struct daemon *d, bool socket_gone)
+{
+    struct stat st;
+
+    assert_int_equal(kill(d->pid, SIGTERM), 0);
+    check_daemon_stderr(d, wait_exit(d->pid));
+    if (socket_gone)
+        assert_int_equal(lstat(d->sock, &st), -1);
+    remove_tree(d->dir);
+}
+
+void daemon_stop(struct daemon *d)
+{
+    stop(d, false);
+}
+
+void daemon_stop_unlinked(struct daemon *d)
+{
+    stop(d, true);
+}
+
+/* ---- raw protocol ---- */
+
+int try_connect(const char *path)
+{
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    assert_true(fd >= 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+void send_bytes(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        assert_true(w > 0);
+        c += w;
+        n -= (size_t)w;
+    }
+}
+
+void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r)
+{
+    struct wire_msg m;
+    struct wire_fault f;
+
+    memset(r, 0, sizeof(*r));
+    for (;;) {
+        int rc = wire_decoder_next(dec, &m, &f);
+        assert_true(rc >= 0);
+        if (rc > 0) {
+            const msgpack_object *errmap = m.kind == WIRE_RESPONSE ? m.error : m.params;
+            r->kind = m.kind;
+            r->msgid = m.msgid;
+            if (errmap->type == MSGPACK_OBJECT_MAP) {
+                struct msg_error e;
+                char why[128];
+                assert_int_equal(msg_decode(&msg_error_desc, errmap, &e, why, sizeof(why)), 0);
+                snprintf(r->code, sizeof(r->code), "%.*s", (int)e.code.len, e.code.ptr);
+                snprintf(r->message, sizeof(r->message), "%.*s", (int)e.message.len,
+                         e.message.ptr);
+            }
+            return;
+        }
+        struct pollfd p = {fd, POLLIN, 0};
+        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+        size_t room;
+        char *buf = wire_decoder_reserve(dec, 65536, &room);
+        assert_non_null(buf);
+        ssize_t n = recv(fd, buf, room, 0);
+        if (n <= 0) {
+            r->eof = true;
+            return;
+        }
+        wire_decoder_commit(dec, (size_t)n);
+    }
+}
+
+void read_reply(int fd, struct reply *r)
+{
+    struct wire_decoder dec;
+    wire_decoder_init(&dec, 1u << 24, 8);
+    read_reply_dec(fd, &dec, r);
+    wire_decoder_free(&dec);
+}

@@ -1,0 +1,165 @@
+/*
+ * harness.h - what the integration tests share: emad (and emactl) run as
+ * subprocesses of a cmocka test, and the raw protocol as far as more than
+ * one test file speaks it. Implemented in harness.c; linked into every
+ * tests/integration/test_* binary.
+ *
+ * Binaries come from $EMAD_BIN and $EMACTL_BIN (default build/emad and
+ * build/emactl), so the same tests run against the sanitizer build.
+ *
+ * Every function reports trouble through cmocka (assert_*, fail_msg), so
+ * they may only be called from inside a running test; a failure longjmps
+ * out of the test, and the teardown kill_leftovers() then kills whatever
+ * was spawned.
+ *
+ * Contents
+ *   paths           emad_bin, emactl_bin
+ *   time            WAIT_MS, sleep_ms
+ *   files           make_dir, remove_tree, file_contains
+ *   processes       spawn, kill_leftovers, wait_exit, run_capture,
+ *                   expect_no_sanitizer_report
+ *   the daemon      struct daemon, daemon_start, daemon_start_env,
+ *                   wait_listening, check_daemon_stderr, daemon_stop,
+ *                   daemon_stop_unlinked
+ *   raw protocol    try_connect, send_bytes, struct reply, read_reply_dec,
+ *                   read_reply
+ */
+#ifndef EMAD_TESTS_INTEGRATION_HARNESS_H
+#define EMAD_TESTS_INTEGRATION_HARNESS_H
+
+#include "wire.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* How long any wait of the harness lasts before it gives up, in ms:
+ * generous, since sanitizer builds on a loaded machine are slow. */
+#define WAIT_MS 10000
+
+/* ---- paths ---- */
+
+/* The emad under test: $EMAD_BIN, or build/emad. */
+const char *emad_bin(void);
+
+/* The emactl under test: $EMACTL_BIN, or build/emactl. */
+const char *emactl_bin(void);
+
+/* ---- time ---- */
+
+/* Sleep ms milliseconds. */
+void sleep_ms(int ms);
+
+/* ---- the daemon ---- */
+
+/* One emad started by a test, and the private directory it lives in. */
+struct daemon {
+    pid_t pid;       /* the emad process (0 until started) */
+    char dir[64];    /* private temporary directory of the test */
+    char sock[128];  /* dir/emad.sock: the socket emad listens on */
+    char log[128];   /* dir/emad.log: its --log-file */
+    char state[128]; /* dir/state: its --state-dir */
+};
+
+/* ---- files ---- */
+
+/* Create a new private directory /tmp/emad-test-XXXXXX as d->dir and set
+ * d->sock, d->log and d->state to their paths inside it (nothing more is
+ * created; a test may change d->sock before starting emad). */
+void make_dir(struct daemon *d);
+
+/* rm -rf dir; asserts that it succeeds. */
+void remove_tree(const char *dir);
+
+/* Whether the first 64 KiB of the file at path contain needle (false if the
+ * file cannot be opened). */
+bool file_contains(const char *path, const char *needle);
+
+/* ---- processes ---- */
+
+/* Fork and exec argv (NULL-terminated; argv[0] looked up in $PATH) with
+ * extra environment "K=V" entries (NULL-terminated, may be NULL), stdout
+ * on out_fd and stderr on err_fd (-1: /dev/null; never the test's own).
+ * The pid is remembered for kill_leftovers(). Returns the pid. */
+pid_t spawn(char *const argv[], char *const envs[], int out_fd, int err_fd);
+
+/* cmocka teardown: SIGKILL and reap every process spawn() made that is
+ * still there, so that a failed test leaves nothing running behind; then
+ * forget them all. Returns 0. A test file with more to clean up calls it
+ * from its own teardown. */
+int kill_leftovers(void **state);
+
+/* Wait up to WAIT_MS for pid to exit; returns its exit status, or 128 plus
+ * the signal that killed it. Past WAIT_MS: SIGKILL it and fail the test. */
+int wait_exit(pid_t pid);
+
+/* Run argv (as spawn(), with envs) to its end, with stdout and stderr both
+ * captured into out (at most outlen - 1 bytes, NUL-terminated); fails the
+ * test if the output holds a sanitizer report. Returns the exit status as
+ * wait_exit() does. */
+int run_capture(char *const argv[], char *const envs[], char *out, size_t outlen);
+
+/* Fail the test, naming who and showing text, if text holds a sanitizer
+ * report ("Sanitizer" or "runtime error"). */
+void expect_no_sanitizer_report(const char *text, const char *who);
+
+/* ---- starting and stopping emad ---- */
+
+/* Wait up to WAIT_MS until the socket at sock accepts a connection or the
+ * child pid exits; returns true if it is up. */
+bool wait_listening(pid_t pid, const char *sock);
+
+/* Start emad in the directory make_dir() made (d->dir, which may be reused
+ * once an earlier emad there has exited): --socket d->sock, --state-dir
+ * d->state, --log-file d->log, --log-level debug, then the extra arguments
+ * (NULL-terminated, may be NULL), with extra environment entries envs (as
+ * spawn()). emad's stderr goes to d->dir/emad.stderr. Sets d->pid; asserts
+ * that emad comes to listen on d->sock. */
+void daemon_start_env(struct daemon *d, const char *const extra[], char *const envs[]);
+
+/* make_dir(d), then daemon_start_env(d, extra, NULL). */
+void daemon_start(struct daemon *d, const char *const extra[]);
+
+/* emad logs to its file, so its stderr (d->dir/emad.stderr) can only carry
+ * sanitizer reports: fail the test if it does, or if status (an exit status
+ * from wait_exit(); negative: not checked) is not 0, showing that stderr. */
+void check_daemon_stderr(const struct daemon *d, int status);
+
+/* SIGTERM emad; expect it to exit 0 with a clean stderr
+ * (check_daemon_stderr()); remove d->dir. */
+void daemon_stop(struct daemon *d);
+
+/* daemon_stop(), also expecting d->sock to be gone (emad unlinks the socket
+ * it bound) before d->dir is removed. */
+void daemon_stop_unlinked(struct daemon *d);
+
+/* ---- raw protocol ---- */
+
+/* Connect a stream socket to the Unix socket at path; returns the fd (close-
+ * on-exec), or -1 if connect() fails. */
+int try_connect(const char *path);
+
+/* Send all n bytes at p on fd (MSG_NOSIGNAL); asserts that each send()
+ * makes progress. */
+void send_bytes(int fd, const void *p, size_t n);
+
+/* One message read back from emad. */
+struct reply {
+    bool eof;            /* the connection closed instead */
+    enum wire_kind kind;
+    uint32_t msgid;
+    char code[32];       /* error code, "" on success; notifications: their code */
+    char message[512];
+};
+
+/* Read the next message from fd into r, decoding with dec (which keeps
+ * what was received beyond that message for the next call); waits up to
+ * WAIT_MS for each piece of data. Asserts that what arrives is well formed. */
+void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r);
+
+/* read_reply_dec() with a decoder of its own, for a connection on which
+ * nothing more than this message is in flight. */
+void read_reply(int fd, struct reply *r);
+
+#endif
