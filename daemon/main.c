@@ -13,6 +13,7 @@
 #include "version.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,19 +31,76 @@ struct daemon {
     struct pool pool;
     uv_signal_t sig_term, sig_int, sig_hup;
     const char *notify_socket;
+    uv_timer_t watchdog;      /* pings systemd while the workers make progress */
+    bool watchdog_on;
+    bool watchdog_withheld;   /* the last tick found the pool stuck */
+    uint64_t watchdog_progress;
 };
+
+static void on_watchdog(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+
+    /* A stuck worker must make systemd restart us: ping only while the pool
+     * moves (or has nothing to do). */
+    if (pool_alive(&d->pool, &d->watchdog_progress)) {
+        if (d->watchdog_withheld)
+            log_info(&d->log, "worker pool progressing again; watchdog pings resumed");
+        d->watchdog_withheld = false;
+        notify_send(d->notify_socket, "WATCHDOG=1");
+    } else if (!d->watchdog_withheld) {
+        d->watchdog_withheld = true;
+        log_warn(&d->log, "worker pool made no progress for %.0f ms with work queued; "
+                 "withholding the watchdog ping", (double)uv_timer_get_repeat(t));
+    }
+}
+
+/* systemd's WATCHDOG_USEC (and WATCHDOG_PID, when set, naming us): ping at
+ * half the interval. */
+static int start_watchdog(struct daemon *d)
+{
+    const char *usec = getenv("WATCHDOG_USEC"), *pid = getenv("WATCHDOG_PID");
+    unsigned long long us;
+
+    if (usec == NULL || d->notify_socket == NULL)
+        return 0;
+    if (pid != NULL && atol(pid) != (long)getpid())
+        return 0;
+    us = strtoull(usec, NULL, 10);
+    if (us < 2000)
+        return 0;
+    uv_timer_init(d->ctx.loop, &d->watchdog);
+    d->watchdog.data = d;
+    d->watchdog_on = true;
+    log_info(&d->log, "watchdog: pinging every %llu ms", us / 2000);
+    return uv_timer_start(&d->watchdog, on_watchdog, us / 2000, us / 2000);
+}
 
 static void close_signals(struct daemon *d)
 {
+    if (d->watchdog_on)
+        uv_close((uv_handle_t *)&d->watchdog, NULL);
     uv_close((uv_handle_t *)&d->sig_term, NULL);
     uv_close((uv_handle_t *)&d->sig_int, NULL);
     uv_close((uv_handle_t *)&d->sig_hup, NULL);
 }
 
 /* Last step of a stop: no connection and no work left. */
+/* Where sessions wait for the next start after a clean stop. */
+static void kept_dir(const struct daemon *d, char *out, size_t len)
+{
+    if (snprintf(out, len, "%s/sessions", d->opts.state_dir) >= (int)len)
+        out[0] = '\0';
+}
+
 static void on_drained(struct registry *r)
 {
     struct daemon *d = (struct daemon *)((char *)r - offsetof(struct daemon, sessions));
+    char dir[PATH_MAX];
+
+    kept_dir(d, dir, sizeof(dir));
+    if (dir[0] != '\0' && registry_save_all(&d->sessions, dir) < 0)
+        log_error(&d->log, "some sessions could not be kept for the next start (see above)");
     pool_destroy(&d->pool);
     registry_free(&d->sessions);
     log_info(&d->log, "stopped");
@@ -162,6 +220,12 @@ int main(int argc, char **argv)
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
     }
+    char dir[PATH_MAX];
+    kept_dir(&d, dir, sizeof(dir));
+    if (dir[0] != '\0' && (rc = registry_restore_all(&d.sessions, dir)) > 0)
+        log_info(&d.log, "%d sessions restored from %s", rc, dir);
+    else if (rc < 0)
+        log_warn(&d.log, "cannot read kept sessions in %s: %s", dir, strerror(-rc));
     if ((rc = server_start(&d.srv, &d.ctx, &ls)) < 0) {
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
         goto err_pool;
@@ -171,6 +235,12 @@ int main(int argc, char **argv)
              EMAD_VERSION, ls.path[0] ? ls.path : "(unnamed socket)",
              ls.inherited ? " (from systemd)" : "", (long)getpid(), d.opts.workers,
              d.opts.state_dir);
+    if ((rc = start_watchdog(&d)) < 0)
+        log_warn(&d.log, "cannot start the watchdog timer: %s", uv_strerror(rc));
+    /* Test-only hook: stall the first chunk a worker takes, to prove that the
+     * watchdog stops pinging when the pool is stuck. */
+    if (getenv("EMAD_TEST_STALL_MS") != NULL)
+        pool_stall_next(&d.pool, (unsigned)atoi(getenv("EMAD_TEST_STALL_MS")));
     if ((rc = notify_send(d.notify_socket, "READY=1")) < 0)
         log_warn(&d.log, "cannot send READY=1 to NOTIFY_SOCKET %s: %s", d.notify_socket,
                  strerror(-rc));

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void on_async(uv_async_t *h)
 {
@@ -61,8 +62,14 @@ static void *worker(void *arg)
                 p->run_head = job;
             p->run_tail = job;
         }
+        unsigned stall = p->stall_ms;
+        p->stall_ms = 0;
         pthread_mutex_unlock(&p->lock);
 
+        if (stall > 0) {
+            struct timespec ts = {stall / 1000, (long)(stall % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
         int rc = job->run(job->arg, index);
 
         pthread_mutex_lock(&p->lock);
@@ -142,6 +149,22 @@ uint64_t pool_progress(struct pool *p)
     uint64_t v = p->chunks_done;
     pthread_mutex_unlock(&p->lock);
     return v;
+}
+
+bool pool_alive(struct pool *p, uint64_t *last_progress)
+{
+    uint64_t now = pool_progress(p);
+    bool alive = p->in_flight == 0 || now != *last_progress;
+
+    *last_progress = now;
+    return alive;
+}
+
+void pool_stall_next(struct pool *p, unsigned ms)
+{
+    pthread_mutex_lock(&p->lock);
+    p->stall_ms = ms;
+    pthread_mutex_unlock(&p->lock);
 }
 
 void pool_destroy(struct pool *p)

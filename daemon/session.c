@@ -11,6 +11,7 @@
 
 #include "pool.h"
 #include "server.h"
+#include "errbuf.h"
 #include "store.h"
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -691,6 +693,8 @@ static void encode_meta(struct session *s, msgpack_sbuffer *sb)
         t[i].name = msg_str_c(s->tensors[i].name);
         t[i].dtype = msg_str_c(dtype_name(s->tensors[i].dtype));
         t[i].numel = s->tensors[i].numel;
+        t[i].has_offset = true;
+        t[i].offset = s->tensors[i].offset;
     }
     m.tensors = t;
     m.ntensors = t ? s->ntensors : 0;
@@ -715,6 +719,8 @@ static void encode_meta(struct session *s, msgpack_sbuffer *sb)
     m.last_time.has_duration = s->st.last_time.has_duration;
     m.last_time.duration = s->st.last_time.duration;
     m.shadow_bytes = s->shadow_bytes;
+    m.has_uid = true;
+    m.uid = s->uid;
     msgpack_sbuffer_init(sb);
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     msg_encode(&pk, &msg_saved_state_desc, &m);
@@ -1342,4 +1348,152 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
     if ((op = op_new(s, OP_DROP, c, msgid)) == NULL)
         return;
     enqueue(op);
+}
+
+/* ---- sessions kept across a clean restart ---- */
+
+int registry_save_all(struct registry *r, const char *dir)
+{
+    char name[160], path[PATH_MAX], err[600];
+    uint64_t bytes;
+    int failures = 0;
+
+    for (struct session *s = r->head; s != NULL; s = s->next) {
+        msgpack_sbuffer meta;
+        if (!s->ready || store_default_name(s->name, strlen(s->name), name, sizeof(name)) < 0) {
+            failures++;
+            continue;
+        }
+        /* The trainer (if any) restores its own weights from the stash when
+         * its connection closes: the session comes back in the TRAIN state. */
+        bool active = s->st.active;
+        s->st.active = false;
+        encode_meta(s, &meta);
+        s->st.active = active;
+        if (store_save(dir, name, meta.data, meta.size, s->shadow.base, s->shadow_bytes, path,
+                       sizeof(path), &bytes, err, sizeof(err)) < 0) {
+            log_error(reg_log(r), "session %s: not kept across the restart: %s", s->name, err);
+            failures++;
+        } else {
+            log_info(reg_log(r), "session %s: kept in %s for the next start", s->name, path);
+        }
+        msgpack_sbuffer_destroy(&meta);
+    }
+    return failures ? -EIO : 0;
+}
+
+/* Rebuild one session from a state file written by registry_save_all. */
+static int restore_one(struct registry *r, const char *dir, const char *file, char *err,
+                       size_t errlen)
+{
+    struct store_file f;
+    msgpack_unpacked u;
+    struct msg_saved_state m;
+    struct msg_register req;
+    struct msg_tensor *t = NULL;
+    struct session *s = NULL;
+    size_t off = 0;
+    char why[400];
+    int rc;
+
+    if ((rc = store_load(dir, file, &f, err, errlen)) < 0)
+        return rc;
+    msgpack_unpacked_init(&u);
+    memset(&m, 0, sizeof(m));
+    if (msgpack_unpack_next(&u, f.meta, f.meta_len, &off) != MSGPACK_UNPACK_SUCCESS ||
+        msg_decode(&msg_saved_state_desc, &u.data, &m, why, sizeof(why)) < 0 || !m.has_uid) {
+        rc = err_set(err, errlen, -EBADMSG, "%s: metadata is not a kept session's", file);
+        goto out;
+    }
+    if (!session_name_valid(m.session.ptr, m.session.len) ||
+        find(r, m.session.ptr, m.session.len) != NULL || r->count >= r->ctx->opts->max_sessions) {
+        rc = err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
+                     file);
+        goto out;
+    }
+    /* The saved table and config, as register would have received them. */
+    t = calloc(m.ntensors ? m.ntensors : 1, sizeof(*t));
+    s = calloc(1, sizeof(*s));
+    if (t == NULL || s == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < m.ntensors; i++) {
+        t[i].name = m.tensors[i].name;
+        t[i].dtype = m.tensors[i].dtype;
+        t[i].numel = m.tensors[i].numel;
+        t[i].offset = m.tensors[i].offset;
+    }
+    memset(&req, 0, sizeof(req));
+    req.session = m.session;
+    req.tensors = t;
+    req.ntensors = m.ntensors;
+    req.has_config = true;
+    req.config = m.config;
+    s->reg = r;
+    memcpy(s->name, m.session.ptr, m.session.len);
+    s->uid = (uid_t)m.uid;
+    if (build_config(s, &req, why, sizeof(why)) < 0 ||
+        build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
+        s->shadow_bytes != f.data_len || s->shadow_bytes != m.shadow_bytes) {
+        rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent session: %s", file, why);
+        goto out;
+    }
+    if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0 ||
+        shm_shadow_create(s->uid, s->shadow_bytes, s->shadow_name, sizeof(s->shadow_name),
+                          &s->shadow, why, sizeof(why)) < 0) {
+        rc = err_set(err, errlen, -ENOMEM, "%s: %s", file, why);
+        goto out;
+    }
+    memcpy(s->shadow.base, f.data, s->shadow_bytes);
+    apply_loaded(s, &m);
+    s->ready = true;
+    s->shm_name[0] = '\0';
+    s->next = r->head;
+    r->head = s;
+    r->count++;
+    s = NULL;
+    rc = 0;
+out:
+    if (s != NULL)
+        session_free(s);
+    free(t);
+    msg_free(&msg_saved_state_desc, &m);
+    msgpack_unpacked_destroy(&u);
+    store_file_close(&f);
+    return rc;
+}
+
+int registry_restore_all(struct registry *r, const char *dir)
+{
+    char path[PATH_MAX], err[600];
+    size_t suffix = strlen(STORE_SUFFIX);
+    struct dirent *e;
+    unsigned restored = 0;
+    DIR *d = opendir(dir);
+
+    if (d == NULL)
+        return errno == ENOENT ? 0 : -errno;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        char file[160];
+        if (len <= suffix || strcmp(e->d_name + len - suffix, STORE_SUFFIX) != 0 ||
+            len - suffix >= sizeof(file) || e->d_name[0] == '.')
+            continue;
+        memcpy(file, e->d_name, len - suffix);
+        file[len - suffix] = '\0';
+        if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= (int)sizeof(path))
+            continue;
+        if (restore_one(r, dir, file, err, sizeof(err)) < 0) {
+            /* Kept aside rather than deleted: it may be all that is left. */
+            log_error(reg_log(r), "cannot restore the session kept in %s: %s", path, err);
+            continue;
+        }
+        /* Restored sessions live in emad again; the next stop keeps them anew. */
+        unlink(path);
+        restored++;
+        log_info(reg_log(r), "session %s: restored from %s (detached)", r->head->name, path);
+    }
+    closedir(d);
+    return (int)restored;
 }

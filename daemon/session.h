@@ -86,6 +86,14 @@ struct registry {
 int registry_init(struct registry *r, struct emad *ctx);
 /* Unmap everything and remove the shadows (at exit). */
 void registry_free(struct registry *r);
+/* At a clean stop, write every session to dir (one state file each, with
+ * its tensor table and owner); at the next start, bring them back detached
+ * with their shadow and state, and remove the files. save_all returns 0 or
+ * -EIO if a session could not be kept; restore_all the number restored or
+ * -errno. They touch tensor data on the calling thread: only while the
+ * daemon serves no one. */
+int registry_save_all(struct registry *r, const char *dir);
+int registry_restore_all(struct registry *r, const char *dir);
 /* The connection is gone: its sessions become detached. */
 void registry_conn_closed(struct registry *r, struct conn *c);
 /* Call cb once no operation is queued or running (at shutdown). */

@@ -203,6 +203,7 @@ static const struct msg_field saved_tensor_fields[] = {
     REQ(struct msg_saved_tensor, "name", MSG_STR, name),
     REQ(struct msg_saved_tensor, "dtype", MSG_STR, dtype),
     REQ(struct msg_saved_tensor, "numel", MSG_U64, numel),
+    OPT(struct msg_saved_tensor, "offset", MSG_U64, offset),
 };
 const struct msg_desc msg_saved_tensor_desc =
     DESC("saved tensor", struct msg_saved_tensor, saved_tensor_fields);
@@ -219,6 +220,7 @@ static const struct msg_field saved_state_fields[] = {
     REQ(SV, "swaps", MSG_U64, swaps),
     NUL_OBJ(SV, "last_time", last_time, msg_time_desc),
     REQ(SV, "shadow_bytes", MSG_U64, shadow_bytes),
+    OPT(SV, "uid", MSG_U64, uid),
 };
 #undef SV
 const struct msg_desc msg_saved_state_desc =

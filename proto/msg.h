@@ -255,6 +255,8 @@ struct msg_saved_tensor {
     struct msg_str name;
     struct msg_str dtype;
     uint64_t numel;
+    bool has_offset; /* where it was in the params area (for sessions saved at exit) */
+    uint64_t offset;
 };
 
 struct msg_saved_state {
@@ -270,6 +272,8 @@ struct msg_saved_state {
     bool has_last_time;
     struct msg_time last_time;
     uint64_t shadow_bytes;
+    bool has_uid; /* the owner's uid (for sessions saved at exit) */
+    uint64_t uid;
 };
 
 /* An empty map, the result of close and drop. */

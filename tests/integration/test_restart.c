@@ -1,0 +1,349 @@
+/*
+ * test_restart.c - what survives a clean restart of emad, and the systemd
+ * watchdog. emad runs as a subprocess (harness.h); the trainer side is
+ * libemaclient.
+ */
+#include "emaclient.h"
+#include "harness.h"
+#include "msg.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+#define N 5000
+
+static emac_segment *seg_left;
+
+static int teardown(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
+
+static emac_client *connect_ok(const struct daemon *d)
+{
+    struct emac_error err;
+    emac_client *c = NULL;
+
+    if (emac_connect(d->sock, "test_restart", &c, &err) < 0)
+        fail_msg("connect: %s: %s", err.code, err.message);
+    return c;
+}
+
+static const struct emac_tensor_spec specs[] = {
+    {"w", "f32", N, NULL, 0},
+    {"b", "bf16", N, NULL, 0},
+    {"steps", "i64", 1, NULL, 0},
+};
+
+static void step_params(emac_segment *seg, int step)
+{
+    float *w = emac_segment_tensor(seg, 0)->data;
+    uint16_t *b = emac_segment_tensor(seg, 1)->data;
+    int64_t *steps = emac_segment_tensor(seg, 2)->data;
+
+    for (size_t i = 0; i < N; i++) {
+        w[i] = (float)i * 0.001f + (float)step * 0.25f;
+        b[i] = (uint16_t)(0x3f80 + (i + (size_t)step) % 64);
+    }
+    *steps = step;
+}
+
+static struct emac_result event_ok(emac_session *s, const char *ev, uint64_t batch)
+{
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {batch, 0, false, 0};
+
+    if (emac_event(s, ev, &t, &r, &err) < 0)
+        fail_msg("%s at batch %llu: %s: %s", ev, (unsigned long long)batch, err.code,
+                 err.message);
+    return r;
+}
+
+static void *shadow_copy(const emac_session *s, size_t *bytes)
+{
+    const struct emac_shadow *last = emac_session_shadow(s, 2);
+    size_t n = last->offset + last->numel * last->elem_size;
+    void *copy = malloc(n);
+
+    assert_non_null(copy);
+    memcpy(copy, (const char *)emac_session_shadow(s, 0)->data - emac_session_shadow(s, 0)->offset,
+           n);
+    *bytes = n;
+    return copy;
+}
+
+/* SIGTERM keeps every session; the next emad brings it back detached with
+ * its shadow and state, and the trainer resumes where it was. */
+static void test_clean_restart_keeps_sessions_detached_with_shadow_and_state(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    struct emac_config cfg = {"4ba", false, 0, NULL, "2ba"};
+    emac_session *s = NULL;
+    size_t before_len, after_len;
+    char kept[200];
+    struct stat sb;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "team/run:7", seg_left, &cfg, false, &s, &err), 0);
+    for (int b = 1; b <= 6; b++) {
+        step_params(seg_left, b);
+        event_ok(s, "batch_end", (uint64_t)b);
+    }
+    void *before = shadow_copy(s, &before_len);
+    emac_session_free(s);
+    emac_disconnect(c);
+
+    /* A clean stop writes the session into the state directory. */
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    assert_int_equal(wait_exit(d.pid), 0);
+    check_daemon_stderr(&d, -1);
+    snprintf(kept, sizeof(kept), "%s/sessions/team%%2Frun%%3A7.emastate", d.state);
+    assert_int_equal(stat(kept, &sb), 0);
+    assert_true(file_contains(d.log, "kept in"));
+
+    daemon_start_env(&d, NULL, NULL);
+    /* emad answers only once the kept sessions are back in. */
+    c = connect_ok(&d);
+    assert_int_equal(stat(kept, &sb), -1); /* taken back in: the file is gone */
+    assert_int_equal(emac_status(c, "team/run:7", &st, &err), 0);
+    assert_int_equal(st->nsessions, 1);
+    assert_false(st->session_list[0].attached);
+    assert_true(st->session_list[0].started);
+    assert_int_equal(st->session_list[0].updates, 5); /* starts at 2, updates 2..6 */
+    assert_int_equal(st->session_list[0].last_batch, 6);
+    assert_string_equal(st->session_list[0].half_life, "4ba");
+    assert_string_equal(st->session_list[0].ema_start, "2ba");
+    emac_status_free(st);
+
+    /* The trainer resumes with the same table; the shadow is the one it had. */
+    assert_int_equal(emac_register(c, "team/run:7", seg_left, &cfg, true, &s, &err), 0);
+    void *after = shadow_copy(s, &after_len);
+    assert_int_equal(before_len, after_len);
+    assert_memory_equal(before, after, before_len);
+    step_params(seg_left, 7);
+    struct emac_result r = event_ok(s, "batch_end", 7);
+    assert_int_equal(r.updates, 6);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    free(before);
+    free(after);
+    daemon_stop(&d);
+}
+
+/* A session closed before the stop does not come back. */
+static void test_closed_sessions_are_not_resurrected(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "gone", seg_left, NULL, false, &s, &err), 0);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    assert_int_equal(wait_exit(d.pid), 0);
+    daemon_start_env(&d, NULL, NULL);
+    c = connect_ok(&d);
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    assert_int_equal(st->nsessions, 0);
+    emac_status_free(st);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/* A kept file that is corrupt is reported and left aside, not loaded. */
+static void test_corrupt_kept_session_is_left_aside(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    char dir[200], path[260];
+    (void)state;
+
+    make_dir(&d);
+    snprintf(dir, sizeof(dir), "%s/sessions", d.state);
+    assert_int_equal(mkdir(d.state, 0700), 0);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    snprintf(path, sizeof(path), "%s/broken.emastate", dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("EMASTATE but not really", fp);
+    fclose(fp);
+    daemon_start_env(&d, NULL, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    assert_int_equal(st->nsessions, 0);
+    emac_status_free(st);
+    emac_disconnect(c);
+    assert_true(file_contains(d.log, "cannot restore the session kept in"));
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    daemon_stop(&d);
+}
+
+/* ---- watchdog ---- */
+
+static int notify_listener(const char *path)
+{
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+    assert_true(fd >= 0);
+    assert_true(strlen(path) < sizeof(sa.sun_path));
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path));
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Receive datagrams until deadline; count WATCHDOG=1 and record the longest
+ * gap between two of them. */
+static int watch_pings(int fd, double until, double *longest_gap)
+{
+    char buf[64];
+    int count = 0;
+    double last = now_s();
+
+    *longest_gap = 0;
+    for (;;) {
+        double left = until - now_s();
+        if (left <= 0)
+            break;
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, (int)(left * 1000) + 1) != 1)
+            continue;
+        ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        if (strcmp(buf, "WATCHDOG=1") != 0)
+            continue;
+        double t = now_s();
+        if (t - last > *longest_gap)
+            *longest_gap = t - last;
+        last = t;
+        count++;
+    }
+    if (until - last > *longest_gap)
+        *longest_gap = until - last;
+    return count;
+}
+
+/* emad pings WATCHDOG=1 at half of WATCHDOG_USEC while its workers make
+ * progress, withholds the pings while a worker is stuck (the test hook
+ * EMAD_TEST_STALL_MS stalls the first chunk), and resumes afterwards. */
+static void test_watchdog_pings_only_while_workers_progress(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    char path[200], env_sock[240];
+    double gap;
+    (void)state;
+
+    make_dir(&d);
+    snprintf(path, sizeof(path), "%s/notify", d.dir);
+    int nfd = notify_listener(path);
+    snprintf(env_sock, sizeof(env_sock), "NOTIFY_SOCKET=%s", path);
+    daemon_start_env(&d, NULL, (char *[]){env_sock, "WATCHDOG_USEC=200000",
+                                          "EMAD_TEST_STALL_MS=3000", NULL});
+    /* Idle: pings every 100 ms. */
+    int idle = watch_pings(nfd, now_s() + 1.0, &gap);
+    assert_true(idle >= 3);
+    assert_true(gap < 0.9);
+
+    /* register's shadow initialisation is the first chunk: it stalls. Send
+     * it without waiting, with the raw protocol. */
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    int fd = try_connect(d.sock);
+    assert_true(fd >= 0);
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    struct msg_hello hello = {1, msg_str_c("watchdog test"), false, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, N, false, NULL, 0};
+    struct msg_register reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c("stalled");
+    reg.shm = msg_str_c(emac_segment_name(seg_left));
+    reg.tensors = &t;
+    reg.ntensors = 1;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &hello);
+    wire_pack_request_head(&pk, 2, "register");
+    msg_encode(&pk, &msg_register_desc, &reg);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+
+    /* While the worker is stuck (3 s), no ping for well over a second. */
+    double stall_start = now_s();
+    watch_pings(nfd, stall_start + 2.2, &gap);
+    assert_true(gap > 1.2);
+    assert_true(file_contains(d.log, "withholding the watchdog ping"));
+
+    /* The register completes once the worker wakes up, and pings resume. */
+    struct reply r;
+    read_reply(fd, &r); /* hello */
+    read_reply(fd, &r); /* register */
+    assert_false(r.eof);
+    assert_int_equal(r.msgid, 2);
+    assert_string_equal(r.code, "");
+    int after = watch_pings(nfd, now_s() + 1.0, &gap);
+    assert_true(after >= 3);
+    assert_true(file_contains(d.log, "watchdog pings resumed"));
+    close(fd);
+    close(nfd);
+    daemon_stop(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(
+            test_clean_restart_keeps_sessions_detached_with_shadow_and_state, teardown),
+        cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
+        cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
+        cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
+    };
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
+}
