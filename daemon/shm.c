@@ -83,9 +83,12 @@ int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, str
     for (int attempt = 0; attempt < 8 && fd < 0; attempt++) {
         if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
             return err_set(err, errlen, -EIO, "getrandom: %s", strerror(errno));
-        snprintf(name, namelen, "/emad-shadow-%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x",
-                 rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], rnd[8], rnd[9],
-                 rnd[10], rnd[11]);
+        /* The pid lets a garbage collector tell a dead emad's shadows from a
+         * live one's; the random part makes the name unpredictable. */
+        snprintf(name, namelen,
+                 "/emad-shadow-%ld-%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x",
+                 (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7],
+                 rnd[8], rnd[9], rnd[10], rnd[11]);
         fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd < 0 && errno != EEXIST)
             return err_set(err, errlen, -errno, "cannot create shadow %s: %s", name,

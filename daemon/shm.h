@@ -19,7 +19,7 @@ struct shm_map {
  * the object is a regular shm object owned by uid, and its header passes
  * seg_header_check. err names the problem. */
 int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err, size_t errlen);
-/* Create a shadow object with an unpredictable name (/emad-shadow-<random>,
+/* Create a shadow object with an unpredictable name (/emad-shadow-<pid>-<random>,
  * O_EXCL, 0600) of at least bytes, mapped read-write. When owner differs
  * from our uid the object is given to owner, read-only, so the trainer can
  * map it but not change it. */
