@@ -59,7 +59,7 @@ float kernel_ref_lerp_f32(float s, float x, float w)
     float d = x - s;
     if (fabsf(w) < 0.5f)
         return fmaf(w, d, s);
-    return fmaf(w - 1.0f, d, x);
+    return fmaf(-(1.0f - w), d, x);
 }
 
 double kernel_ref_lerp_f64(double s, double x, double w)
@@ -67,7 +67,7 @@ double kernel_ref_lerp_f64(double s, double x, double w)
     double d = x - s;
     if (fabs(w) < 0.5)
         return fma(w, d, s);
-    return fma(w - 1.0, d, x);
+    return fma(-(1.0 - w), d, x);
 }
 
 float kernel_ref_bf16_to_f32(uint16_t h)
@@ -200,7 +200,7 @@ const struct kernel_ops *kernel_ops_reference(void)
 
 /*
  * The w test is hoisted out of every loop: lerp from the shadow with coefficient w, or from the
- * parameter with w - 1. Without FMA hardware fmaf is libm's exact software version: slow, but
+ * parameter with -(1 - w). Without FMA hardware fmaf is libm's exact software version: slow, but
  * this path only runs on CPUs older than 2013.
  */
 static void portable_update_f32(float *restrict s, const float *restrict x, size_t n, float w)
@@ -209,7 +209,7 @@ static void portable_update_f32(float *restrict s, const float *restrict x, size
         for (size_t i = 0; i < n; i++)
             s[i] = fmaf(w, x[i] - s[i], s[i]);
     } else {
-        const float c = w - 1.0f;
+        const float c = -(1.0f - w);
         for (size_t i = 0; i < n; i++)
             s[i] = fmaf(c, x[i] - s[i], x[i]);
     }
@@ -221,7 +221,7 @@ static void portable_update_f64(double *restrict s, const double *restrict x, si
         for (size_t i = 0; i < n; i++)
             s[i] = fma(w, x[i] - s[i], s[i]);
     } else {
-        const double c = w - 1.0;
+        const double c = -(1.0 - w);
         for (size_t i = 0; i < n; i++)
             s[i] = fma(c, x[i] - s[i], x[i]);
     }
@@ -296,7 +296,7 @@ static void portable_update_bf16(float *restrict s, const uint16_t *restrict x, 
         for (size_t i = 0; i < n; i++)
             s[i] = fmaf(w, portable_bf16_to_f32_1(x[i]) - s[i], s[i]);
     } else {
-        const float c = w - 1.0f;
+        const float c = -(1.0f - w);
         for (size_t i = 0; i < n; i++) {
             float xi = portable_bf16_to_f32_1(x[i]);
             s[i] = fmaf(c, xi - s[i], xi);
@@ -310,7 +310,7 @@ static void portable_update_f16(float *restrict s, const uint16_t *restrict x, s
         for (size_t i = 0; i < n; i++)
             s[i] = fmaf(w, portable_f16_to_f32_1(x[i]) - s[i], s[i]);
     } else {
-        const float c = w - 1.0f;
+        const float c = -(1.0f - w);
         for (size_t i = 0; i < n; i++) {
             float xi = portable_f16_to_f32_1(x[i]);
             s[i] = fmaf(c, xi - s[i], xi);
@@ -407,7 +407,7 @@ AVX2_INLINE float avx2_f16_to_f32_1(uint16_t h)
 
 /*
  * The update loops. from_param is a constant after inlining, so each caller gets two loops with
- * the branch on w outside them: s + c*(x - s) when |w| < 0.5, else x + c*(x - s) with c = w - 1.
+ * the branch on w outside them: s + c*(x - s) when |w| < 0.5, else x + c*(x - s) with c = -(1 - w).
  * Memory-bound: one step of 8 is enough, the loads are unaligned-tolerant and cost the same as
  * aligned ones on data that happens to be aligned.
  */
@@ -432,7 +432,7 @@ AVX2_TARGET static void avx2_update_f32(float *restrict s, const float *restrict
     if (fabsf(w) < 0.5f)
         avx2_update_f32_loop(s, x, n, w, false);
     else
-        avx2_update_f32_loop(s, x, n, w - 1.0f, true);
+        avx2_update_f32_loop(s, x, n, -(1.0f - w), true);
 }
 
 AVX2_INLINE void avx2_update_bf16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
@@ -458,7 +458,7 @@ AVX2_TARGET static void avx2_update_bf16(float *restrict s, const uint16_t *rest
     if (fabsf(w) < 0.5f)
         avx2_update_bf16_loop(s, x, n, w, false);
     else
-        avx2_update_bf16_loop(s, x, n, w - 1.0f, true);
+        avx2_update_bf16_loop(s, x, n, -(1.0f - w), true);
 }
 
 AVX2_INLINE void avx2_update_f16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
@@ -484,7 +484,7 @@ AVX2_TARGET static void avx2_update_f16(float *restrict s, const uint16_t *restr
     if (fabsf(w) < 0.5f)
         avx2_update_f16_loop(s, x, n, w, false);
     else
-        avx2_update_f16_loop(s, x, n, w - 1.0f, true);
+        avx2_update_f16_loop(s, x, n, -(1.0f - w), true);
 }
 
 AVX2_INLINE void avx2_update_f64_loop(double *restrict s, const double *restrict x, size_t n,
@@ -508,7 +508,7 @@ AVX2_TARGET static void avx2_update_f64(double *restrict s, const double *restri
     if (fabs(w) < 0.5)
         avx2_update_f64_loop(s, x, n, w, false);
     else
-        avx2_update_f64_loop(s, x, n, w - 1.0, true);
+        avx2_update_f64_loop(s, x, n, -(1.0 - w), true);
 }
 
 AVX2_TARGET static void avx2_bf16_to_f32(float *restrict dst, const uint16_t *restrict src,

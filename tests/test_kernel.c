@@ -489,10 +489,11 @@ static void test_f32_to_f16_matches_reference_at_every_length_and_alignment(void
 
 /* ---- The update is PyTorch's lerp, bit for bit ------------------------------------------ */
 
-/* ATen's lerp as the test writes it: from the nearer end, one rounding (a fused multiply-add). */
+/* ATen's lerp as the test writes it (Debian's torch 1.13, CPU): from the nearer end, one
+ * rounding (a fused multiply-add); the far branch is end - (end - self) * (1 - w), fused. */
 static float torch_lerp(float s, float x, float w)
 {
-    return fabsf(w) < 0.5f ? fmaf(w, x - s, s) : fmaf(w - 1.0f, x - s, x);
+    return fabsf(w) < 0.5f ? fmaf(w, x - s, s) : fmaf(-(1.0f - w), x - s, x);
 }
 
 static void expect_f32_bits(const char *what, size_t i, float got, float want)
@@ -549,7 +550,7 @@ static void test_update_f32_fuses_the_multiply_add_in_both_branches(void **state
     for (size_t wi = 0; wi < ARRAY_LEN(ws); wi++) {
         const float w = ws[wi];
         const bool small = fabsf(w) < 0.5f;
-        const float c = small ? w : w - 1.0f;
+        const float c = small ? w : -(1.0f - w);
         size_t discriminating = 0;
         for (size_t i = 0; i < N; i++) {
             float b = (float)((double)(rng_next(&rng) >> 11) * 0x1p-53 * 4.0 - 2.0);
@@ -598,9 +599,19 @@ static void test_update_f32_hits_the_ends_exactly(void **state)
         impls[k]->update_f32(u, y, 2, 0.25f);
         expect_f32_bits("w=0.25", 0, u[0], 0.25f);
         expect_f32_bits("w=0.25", 1, u[1], 1.5f);
-        impls[k]->update_f32(u, y, 2, 0.5f); /* the w - 1 branch: 3 + (-0.5) * 1.5 */
+        impls[k]->update_f32(u, y, 2, 0.5f); /* the far branch: 3 + (-0.5) * 1.5 */
         expect_f32_bits("w=0.5", 0, u[0], 0.625f);
         expect_f32_bits("w=0.5", 1, u[1], 2.25f);
+
+        /* At w = 1 the coefficient is -(1 - w) = -0, not w - 1 = +0: the sign of a zero
+         * result is torch 1.13's (torch.tensor([1., -1., 0., -0.]).lerp_(
+         * torch.tensor([-0., -0., -0., 0.]), 1.0) gives [0., -0., 0., 0.]). */
+        float z[4] = {1.0f, -1.0f, 0.0f, -0.0f};
+        const float zx[4] = {-0.0f, -0.0f, -0.0f, 0.0f};
+        const float want[4] = {0.0f, -0.0f, 0.0f, 0.0f};
+        impls[k]->update_f32(z, zx, 4, 1.0f);
+        for (size_t i = 0; i < 4; i++)
+            expect_f32_bits("w=1 zero signs as torch", i, z[i], want[i]);
     }
 }
 
