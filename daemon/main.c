@@ -10,6 +10,7 @@
 #include "pool.h"
 #include "server.h"
 #include "session.h"
+#include "shm.h"
 #include "version.h"
 
 #include <errno.h>
@@ -172,8 +173,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "emad: cannot open log file %s: %s\n", d.opts.log_file, strerror(-rc));
         return 1;
     }
-    /* A client that vanishes mid-reply must not kill the daemon. */
+    /* A client that vanishes mid-reply must not kill the daemon, nor a
+     * trainer that shrinks its segment under the workers (shm.c). */
     signal(SIGPIPE, SIG_IGN);
+    if ((rc = shm_guard_install()) < 0) {
+        log_error(&d.log, "cannot install the SIGBUS guard: %s", strerror(-rc));
+        log_close(&d.log);
+        return 1;
+    }
 
     d.ctx.loop = uv_default_loop();
     d.ctx.opts = &d.opts;

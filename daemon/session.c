@@ -509,8 +509,10 @@ static int chunk_tensors(void *arg, size_t index)
     bool init = op->kind == OP_INIT || op->action == EMA_ACTION_START ||
                 op->action == EMA_ACTION_START_UPDATE;
     bool update = op->action == EMA_ACTION_UPDATE || op->action == EMA_ACTION_START_UPDATE;
+    struct shm_guard g;
     int rc = 0;
 
+    shm_guard_enter(&g, &s->seg);
     for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
         const struct piece *p = &s->plan.pieces[i];
         const struct tensor *t = &s->tensors[p->tensor];
@@ -525,6 +527,8 @@ static int chunk_tensors(void *arg, size_t index)
         if (update && rc == 0)
             rc = kernel_update(k, t->dtype, sh, pa, p->count, s->cfg.smoothing);
     }
+    if (shm_guard_leave(&g) < 0)
+        return -EFAULT;
     return rc;
 }
 
@@ -538,11 +542,14 @@ static int chunk_copy(void *arg, size_t index)
     uint64_t n = h->params_bytes - off < COPY_CHUNK_BYTES ? h->params_bytes - off
                                                           : COPY_CHUNK_BYTES;
 
+    struct shm_guard g;
+
+    shm_guard_enter(&g, &op->s->seg);
     if (op->phase == PH_STASH)
         kernel_stash_copy(stash + off, params + off, n);
     else
         kernel_stash_restore(params + off, stash + off, n);
-    return 0;
+    return shm_guard_leave(&g);
 }
 
 static int chunk_save(void *arg, size_t index)
@@ -633,6 +640,46 @@ out:
 
 /* ---- operations (loop thread) ---- */
 
+/* The header of the trainer's segment, read or written on the loop thread
+ * under the SIGBUS guard: -EFAULT if the trainer shrank the object. */
+static int seg_state_get(struct session *s, uint32_t *state)
+{
+    struct shm_guard g;
+
+    shm_guard_enter(&g, &s->seg);
+    *state = seg_swap_state_load(s->seg.base);
+    return shm_guard_leave(&g);
+}
+
+static int seg_state_set(struct session *s, uint32_t state, bool bump)
+{
+    struct shm_guard g;
+
+    shm_guard_enter(&g, &s->seg);
+    seg_swap_state_store(s->seg.base, state);
+    if (bump)
+        seg_swap_generation_bump(s->seg.base);
+    return shm_guard_leave(&g);
+}
+
+/* The trainer's segment faulted under us (it shrank): that session alone
+ * fails; the segment is dropped and the session detached, shadow kept. */
+static void segment_broken(struct op *op)
+{
+    struct session *s = op->s;
+
+    log_error(reg_log(s->reg), "session %s: segment %s shrank or vanished while emad used it "
+              "(SIGBUS); session detached", s->name, s->shm_name);
+    reply_error(op->conn, op->msgid, MSG_E_SHM,
+                "session %s: segment %s shrank or vanished while emad was using it (SIGBUS): "
+                "the operation did not complete and the shadow may hold part of it; the "
+                "session is detached: register again with resume and a valid segment",
+                s->name, s->shm_name);
+    shm_unmap(&s->seg);
+    s->owner = NULL;
+    op_finish(op);
+}
+
 static size_t copy_chunks(const struct session *s)
 {
     return (s->params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
@@ -641,7 +688,7 @@ static size_t copy_chunks(const struct session *s)
 static void run_event(struct op *op)
 {
     struct session *s = op->s;
-    struct seg_header *h = s->seg.base;
+    uint32_t state;
 
     if (ema_decide(&s->cfg, &s->st, op->ev, op->has_clock ? &op->clock : NULL, &op->action) < 0) {
         reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
@@ -661,11 +708,14 @@ static void run_event(struct op *op)
         submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
         return;
     case EMA_ACTION_SWAP_IN:
-        if (seg_swap_state_load(h) != SEG_TRAIN) {
+        if (seg_state_get(s, &state) < 0) {
+            segment_broken(op);
+            return;
+        }
+        if (state != SEG_TRAIN) {
             reply_error(op->conn, op->msgid, MSG_E_STATE,
                         "%s: the segment's swap_state is %u, not TRAIN: restore the training "
-                        "weights from the stash first", ema_event_name(op->ev),
-                        seg_swap_state_load(h));
+                        "weights from the stash first", ema_event_name(op->ev), state);
             op_finish(op);
             return;
         }
@@ -880,8 +930,11 @@ static void op_done(struct pool_job *job)
 {
     struct op *op = job->arg;
     struct session *s = op->s;
-    struct seg_header *h = s->seg.base;
 
+    if (job->status == -EFAULT) {
+        segment_broken(op);
+        return;
+    }
     if (job->status != 0) {
         log_error(reg_log(s->reg), "session %s: %s failed in a worker: %s", s->name,
                   ema_action_name(op->action), strerror(-job->status));
@@ -903,18 +956,18 @@ static void op_done(struct pool_job *job)
         break;
     case PH_STASH:
         /* The stash is complete: from here a crash leaves a restorable copy. */
-        seg_swap_state_store(h, SEG_STASHED);
+        if (seg_state_set(s, SEG_STASHED, false) < 0) {
+            segment_broken(op);
+            return;
+        }
         submit(op, PH_CAST, chunk_tensors, s->plan.nchunks);
         return;
     case PH_CAST:
-        seg_swap_state_store(h, SEG_EMA);
-        seg_swap_generation_bump(h);
-        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
-        reply_action(op);
-        break;
     case PH_RESTORE:
-        seg_swap_state_store(h, SEG_TRAIN);
-        seg_swap_generation_bump(h);
+        if (seg_state_set(s, op->phase == PH_CAST ? SEG_EMA : SEG_TRAIN, true) < 0) {
+            segment_broken(op);
+            return;
+        }
         ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
         reply_action(op);
         break;

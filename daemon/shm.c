@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -136,4 +137,59 @@ void shm_unmap(struct shm_map *m)
         munmap(m->base, m->len);
     m->base = NULL;
     m->len = 0;
+}
+
+/* The guard of the mapping this thread is touching. Thread-local state is
+ * the only way a signal handler can know what the interrupted code was
+ * doing; nothing else in emad keeps state outside its context structs. */
+static __thread struct shm_guard *active_guard;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+    struct shm_guard *g = active_guard;
+    char *addr = si->si_addr;
+    (void)uc;
+
+    if (g != NULL && addr >= g->base && addr < g->base + g->len) {
+        char *page = (char *)((uintptr_t)addr & ~(uintptr_t)(SEG_PAGE - 1));
+        /* Zeros from here to the end: the faulting access is retried and
+         * succeeds; the caller learns of it when it leaves the guard. */
+        if (mmap(page, (size_t)(g->base + g->len - page), PROT_READ | PROT_WRITE,
+                 MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
+            g->faulted = 1;
+            return;
+        }
+    }
+    /* Not ours: crash as SIGBUS would have crashed us. */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+int shm_guard_install(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(SIGBUS, &sa, NULL) < 0 ? -errno : 0;
+}
+
+void shm_guard_enter(struct shm_guard *g, const struct shm_map *m)
+{
+    g->base = m->base;
+    g->len = m->len;
+    g->faulted = 0;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    active_guard = g;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+int shm_guard_leave(struct shm_guard *g)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    active_guard = NULL;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    return g->faulted ? -EFAULT : 0;
 }

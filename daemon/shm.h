@@ -6,6 +6,7 @@
 
 #include "segment.h"
 
+#include <signal.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -26,5 +27,26 @@ int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err
 int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, struct shm_map *out,
                       char *err, size_t errlen);
 void shm_unmap(struct shm_map *m);
+
+/*
+ * SIGBUS guard, in the style of libwayland's wl_shm: a trainer may shrink
+ * its segment (ftruncate) while emad reads or writes it, and the access
+ * then faults. Around every access to a trainer's mapping, a thread enters
+ * a guard naming that mapping; a fault inside it maps anonymous memory over
+ * the rest of the mapping (so the access completes, on zeros), and the
+ * guard reports -EFAULT when left. A fault anywhere else is a real crash.
+ */
+struct shm_guard {
+    char *base;
+    size_t len;
+    volatile sig_atomic_t faulted;
+};
+
+/* Install the SIGBUS handler (once, at start). 0 or -errno. */
+int shm_guard_install(void);
+void shm_guard_enter(struct shm_guard *g, const struct shm_map *m);
+/* 0, or -EFAULT if the mapping faulted since enter (it is then unusable:
+ * unmap it). */
+int shm_guard_leave(struct shm_guard *g);
 
 #endif

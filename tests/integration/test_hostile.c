@@ -1,0 +1,221 @@
+/*
+ * test_hostile.c - peers that misbehave: a trainer that shrinks its segment
+ * under emad, a thousand idle connections, half-sent messages, and a peer
+ * of another uid looking at sessions that are not its own. emad must
+ * survive each, and nobody else may notice. Harness: harness.h.
+ */
+#include "emaclient.h"
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+#define N (1u << 20)
+
+static emac_segment *segs[4];
+
+static int teardown(void **state)
+{
+    kill_leftovers(state);
+    for (size_t i = 0; i < 4; i++) {
+        emac_segment_destroy(segs[i]);
+        segs[i] = NULL;
+    }
+    return 0;
+}
+
+static emac_client *connect_ok(const struct daemon *d)
+{
+    struct emac_error err;
+    emac_client *c = NULL;
+
+    if (emac_connect(d->sock, "test_hostile", &c, &err) < 0)
+        fail_msg("connect: %s: %s", err.code, err.message);
+    return c;
+}
+
+static emac_session *session_ok(emac_client *c, const char *name, emac_segment **seg)
+{
+    struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
+    struct emac_config cfg = {"1ba", false, 0, NULL, NULL};
+    struct emac_error err;
+    emac_session *s = NULL;
+
+    assert_int_equal(emac_segment_create(&spec, 1, seg, &err), 0);
+    float *w = emac_segment_tensor(*seg, 0)->data;
+    for (size_t i = 0; i < N; i++)
+        w[i] = (float)i;
+    if (emac_register(c, name, *seg, &cfg, false, &s, &err) < 0)
+        fail_msg("register %s: %s: %s", name, err.code, err.message);
+    return s;
+}
+
+static int event(emac_session *s, const char *ev, uint64_t batch, struct emac_error *err)
+{
+    struct emac_result r;
+    struct emac_time t = {batch, 0, false, 0};
+    return emac_event(s, ev, &t, &r, err);
+}
+
+/* Shrink the object behind a segment, as a buggy or hostile trainer might. */
+static void shrink(emac_segment *seg, off_t size)
+{
+    int fd = shm_open(emac_segment_name(seg), O_RDWR, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, size), 0);
+    close(fd);
+}
+
+static void test_shrunk_segment_fails_only_its_session(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    emac_session *victim = session_ok(c, "victim", &segs[0]);
+    emac_session *other = session_ok(c, "other", &segs[1]);
+    assert_int_equal(event(victim, "batch_end", 1, &err), 0);
+
+    /* The params are gone past the header: the update faults in a worker. */
+    shrink(segs[0], 4096);
+    assert_int_equal(event(victim, "batch_end", 2, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "SHM");
+    assert_non_null(strstr(err.message, "SIGBUS"));
+    assert_non_null(strstr(err.message, "victim"));
+
+    /* emad lives on, and the other session updates and swaps as before. */
+    float *w = emac_segment_tensor(segs[1], 0)->data;
+    for (uint64_t b = 1; b <= 3; b++) {
+        w[7] = (float)(100 * b);
+        assert_int_equal(event(other, "batch_end", b, &err), 0);
+    }
+    const float *sh = emac_session_shadow(other, 0)->data;
+    /* Half-life 1ba: smoothing 0.5; start at 100, then 150, then 225. */
+    assert_true(sh[7] == 225.0f);
+    assert_int_equal(event(other, "eval_start", 3, &err), 0);
+    assert_int_equal(event(other, "eval_end", 3, &err), 0);
+    assert_true(w[7] == 300.0f);
+
+    /* The victim is detached; its owner is told so. */
+    struct emac_status *st = NULL;
+    assert_int_equal(emac_status(c, "victim", &st, &err), 0);
+    assert_false(st->session_list[0].attached);
+    emac_status_free(st);
+    assert_true(file_contains(d.log, "shrank or vanished"));
+
+    /* Truncated to nothing: even the header is gone. */
+    shrink(segs[1], 0);
+    assert_int_equal(event(other, "eval_start", 4, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "SHM");
+    emac_session_free(victim);
+    emac_session_free(other);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+static void test_thousand_idle_connections_and_half_sent_messages(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    static int fds[900];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    for (size_t i = 0; i < 900; i++) {
+        fds[i] = try_connect(d.sock);
+        assert_true(fds[i] >= 0);
+    }
+    /* Some of them stop in the middle of a message. */
+    static const unsigned char half[] = {0x94, 0x00, 0x07, 0xa5, 'h', 'e'};
+    for (size_t i = 0; i < 900; i += 10)
+        send_bytes(fds[i], half, sizeof(half));
+
+    emac_client *c = connect_ok(&d);
+    emac_session *s = session_ok(c, "busy", &segs[2]);
+    for (uint64_t b = 1; b <= 20; b++)
+        assert_int_equal(event(s, "batch_end", b, &err), 0);
+    struct emac_status *st = NULL;
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    assert_true(st->connections >= 901);
+    emac_status_free(st);
+
+    for (size_t i = 0; i < 900; i++)
+        close(fds[i]);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/* A peer of another uid, admitted by --allow-group, sees none of root's
+ * sessions and can touch none. */
+static void test_other_uid_cannot_see_or_touch_sessions(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    char bin[200], cmd[600], out[8192];
+    (void)state;
+
+    if (geteuid() != 0)
+        skip();
+    make_dir(&d);
+    assert_int_equal(chmod(d.dir, 0755), 0);
+    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group",
+                                               "nogroup", NULL},
+                     NULL);
+    emac_client *c = connect_ok(&d);
+    emac_session *s = session_ok(c, "roots", &segs[3]);
+    emac_session_free(s);
+    emac_disconnect(c); /* detached: drop would be allowed to its owner */
+
+    snprintf(bin, sizeof(bin), "%s/emactl", d.dir);
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", emactl_bin(), bin, bin);
+    assert_int_equal(system(cmd), 0);
+    char *list[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
+                    "--socket", d.sock, "list", NULL};
+    assert_int_equal(run_capture(list, NULL, out, sizeof(out)), 0);
+    assert_null(strstr(out, "roots"));
+    char *show[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
+                    "--socket", d.sock, "show", "roots", NULL};
+    assert_int_equal(run_capture(show, NULL, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "NOSESSION"));
+    char *drop[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
+                    "--socket", d.sock, "drop", "roots", NULL};
+    assert_int_equal(run_capture(drop, NULL, out, sizeof(out)), 1);
+    assert_non_null(strstr(out, "NOSESSION"));
+
+    /* Root still has it. */
+    c = connect_ok(&d);
+    struct emac_status *st = NULL;
+    assert_int_equal(emac_status(c, "roots", &st, &err), 0);
+    assert_int_equal(st->nsessions, 1);
+    emac_status_free(st);
+    assert_int_equal(emac_drop(c, "roots", &err), 0);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_shrunk_segment_fails_only_its_session, teardown),
+        cmocka_unit_test_teardown(test_thousand_idle_connections_and_half_sent_messages,
+                                  teardown),
+        cmocka_unit_test_teardown(test_other_uid_cannot_see_or_touch_sessions, teardown),
+    };
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests_name("hostile", tests, NULL, NULL);
+}
