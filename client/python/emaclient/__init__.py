@@ -312,7 +312,9 @@ def _spec_array(specs):
     return arr, len(specs), keep, shapes
 
 
-def _segment_release(handle, destroy):
+def _segment_release(handle, destroy, pid=None):
+    if pid is not None and pid != os.getpid():
+        return  # a forked child must not remove its parent's segment
     if destroy:
         lib.emac_segment_destroy(handle)
     else:
@@ -345,7 +347,7 @@ class Segment:
         del keep
         self._h = handle
         self._owned = _open_name is None
-        self._fin = weakref.finalize(self, _segment_release, handle, self._owned)
+        self._fin = weakref.finalize(self, _segment_release, handle, self._owned, os.getpid())
         self._sessions = weakref.WeakSet()
         self.name = _s(lib.emac_segment_name(handle))
         self.base = lib.emac_segment_base(handle)

@@ -244,13 +244,17 @@ def _load():
         "`make install`, or point EMACLIENT_LIB at it); tried: " + "; ".join(tried))
 
 
-def _declare(cdll):
+def _declare(cdll, path):
     for name, (restype, argtypes) in _PROTOTYPES.items():
-        fn = getattr(cdll, name)
+        try:
+            fn = getattr(cdll, name)
+        except AttributeError:
+            raise ImportError("emaclient: %s lacks %s (a libemaclient older than this "
+                              "package?)" % (path, name)) from None
         fn.restype = restype
         fn.argtypes = argtypes
     return cdll
 
 
 lib, lib_path = _load()
-_declare(lib)
+_declare(lib, lib_path)

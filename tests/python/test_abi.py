@@ -1,0 +1,66 @@
+"""The ctypes declarations (emaclient/_lib.py) against client/emaclient.h:
+every struct's size and every field's offset, as the C compiler lays them
+out, and every declared function exported by the library. Catches a header
+that changed without the binding."""
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import emadtest
+
+from emaclient import _lib
+
+STRUCTS = {
+    "emac_error": _lib.EmacError, "emac_server": _lib.EmacServer,
+    "emac_tensor_spec": _lib.EmacTensorSpec, "emac_tensor": _lib.EmacTensor,
+    "emac_config": _lib.EmacConfig, "emac_session_info": _lib.EmacSessionInfo,
+    "emac_shadow": _lib.EmacShadow, "emac_time": _lib.EmacTime,
+    "emac_result": _lib.EmacResult, "emac_file": _lib.EmacFile,
+    "emac_status": _lib.EmacStatus,
+}
+
+
+class Abi(unittest.TestCase):
+
+    def test_struct_layouts_match_the_header(self):
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if not cc:
+            self.skipTest("no C compiler")
+        lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "emaclient.h"',
+                 "int main(void) {"]
+        expect = []
+        for name, cls in STRUCTS.items():
+            lines.append('printf("%%zu\\n", sizeof(struct %s));' % name)
+            expect.append(("sizeof(%s)" % name, ctypes.sizeof(cls)))
+            for field, _ in cls._fields_:
+                lines.append('printf("%%zu\\n", offsetof(struct %s, %s));' % (name, field))
+                expect.append(("%s.%s" % (name, field), getattr(cls, field).offset))
+        lines += ["return 0;", "}"]
+        with tempfile.TemporaryDirectory(prefix="emad-pytest-abi-") as tmp:
+            src, exe = os.path.join(tmp, "abi.c"), os.path.join(tmp, "abi")
+            with open(src, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            subprocess.run([cc, "-I", os.path.join(emadtest.ROOT, "client"), src, "-o", exe],
+                           check=True)
+            got = subprocess.run([exe], check=True, capture_output=True, text=True).stdout
+        got = [int(x) for x in got.split()]
+        self.assertEqual(len(got), len(expect))
+        wrong = ["%s: C %d, ctypes %d" % (what, g, e) for (what, e), g in zip(expect, got)
+                 if g != e]
+        self.assertEqual(wrong, [])
+
+    def test_every_function_is_exported(self):
+        for name in _lib._PROTOTYPES:
+            self.assertTrue(hasattr(_lib.lib, name), name)
+        with open(os.path.join(emadtest.ROOT, "client", "emaclient.h")) as f:
+            header = f.read()
+        for name in _lib._PROTOTYPES:
+            self.assertIn(name + "(", header)
+
+
+if __name__ == "__main__":
+    unittest.main()
