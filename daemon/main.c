@@ -86,6 +86,11 @@ static void close_signals(struct daemon *d)
     uv_close((uv_handle_t *)&d->sig_hup, NULL);
 }
 
+static void log_stale(void *arg, const char *name)
+{
+    log_info(arg, "removed stale shadow %s (its emad is gone)", name);
+}
+
 /* Last step of a stop: no connection and no work left. */
 /* Where sessions wait for the next start after a clean stop. */
 static void kept_dir(const struct daemon *d, char *out, size_t len)
@@ -227,6 +232,10 @@ int main(int argc, char **argv)
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
     }
+    /* What an emad of ours that was killed left in /dev/shm: its shadows are
+     * no one's now (sessions come back from the state files, not from them). */
+    if ((rc = shm_collect_stale_shadows(log_stale, &d.log)) > 0)
+        log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
     char dir[PATH_MAX];
     kept_dir(&d, dir, sizeof(dir));
     if (dir[0] != '\0' && (rc = registry_restore_all(&d.sessions, dir)) > 0)

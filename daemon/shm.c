@@ -4,12 +4,14 @@
 #include "shm.h"
 #include "errbuf.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -129,6 +131,40 @@ err_unlink:
     shm_unlink(name);
     close(fd);
     return rc;
+}
+
+int shm_collect_stale_shadows(void (*cb)(void *arg, const char *name), void *arg)
+{
+    const char *prefix = "emad-shadow-";
+    struct dirent *e;
+    int removed = 0;
+    DIR *d = opendir("/dev/shm");
+
+    if (d == NULL)
+        return -errno;
+    while ((e = readdir(d)) != NULL) {
+        char name[300], *end;
+        struct stat st;
+        long pid;
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        pid = strtol(e->d_name + strlen(prefix), &end, 10);
+        if (end == e->d_name + strlen(prefix) || *end != '-' || pid <= 0)
+            continue;
+        if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+            st.st_uid != geteuid())
+            continue;
+        snprintf(name, sizeof(name), "/%s", e->d_name);
+        if (shm_unlink(name) == 0) {
+            removed++;
+            if (cb != NULL)
+                cb(arg, name);
+        }
+    }
+    closedir(d);
+    return removed;
 }
 
 void shm_unmap(struct shm_map *m)

@@ -27,6 +27,11 @@ int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err
 int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, struct shm_map *out,
                       char *err, size_t errlen);
 void shm_unmap(struct shm_map *m);
+/* Remove the shadows a dead emad of our uid left in /dev/shm (named
+ * /emad-shadow-<pid>-..., pid no longer running). A running pid, even a
+ * reused one, keeps its objects: never remove what may be live. Returns the
+ * number removed; names go to the log through cb (may be NULL). */
+int shm_collect_stale_shadows(void (*cb)(void *arg, const char *name), void *arg);
 
 /*
  * SIGBUS guard, in the style of libwayland's wl_shm: a trainer may shrink

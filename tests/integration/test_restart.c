@@ -8,6 +8,7 @@
 #include "msg.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -212,6 +214,56 @@ static void test_corrupt_kept_session_is_left_aside(void **state)
     daemon_stop(&d);
 }
 
+/* At start emad removes the shadows of dead emad processes of its uid, and
+ * nothing else. */
+static void make_shm(const char *name)
+{
+    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, 4096), 0);
+    close(fd);
+}
+
+static bool shm_exists(const char *name)
+{
+    int fd = shm_open(name, O_RDONLY, 0);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+static void test_start_removes_shadows_of_dead_emads_only(void **state)
+{
+    struct daemon d;
+    char dead[96], live[96], other[96];
+    (void)state;
+
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    assert_int_equal(waitpid(child, NULL, 0), child); /* a pid that is gone */
+    snprintf(dead, sizeof(dead), "/emad-shadow-%ld-deadbeef%ld", (long)child, (long)getpid());
+    snprintf(live, sizeof(live), "/emad-shadow-%ld-feedface", (long)getpid());
+    snprintf(other, sizeof(other), "/emad-restarttest-%ld", (long)getpid());
+    make_shm(dead);
+    make_shm(live);
+    make_shm(other);
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d); /* emad answers once its start-up is done */
+    emac_disconnect(c);
+    bool dead_gone = !shm_exists(dead), live_kept = shm_exists(live),
+         other_kept = shm_exists(other);
+    shm_unlink(dead);
+    shm_unlink(live);
+    shm_unlink(other);
+    assert_true(dead_gone);
+    assert_true(live_kept);
+    assert_true(other_kept);
+    assert_true(file_contains(d.log, "removed stale shadow"));
+    daemon_stop(&d);
+}
+
 /* ---- watchdog ---- */
 
 static int notify_listener(const char *path)
@@ -342,6 +394,7 @@ int main(void)
             test_clean_restart_keeps_sessions_detached_with_shadow_and_state, teardown),
         cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
         cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
+        cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
         cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
