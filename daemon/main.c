@@ -232,16 +232,19 @@ int main(int argc, char **argv)
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
     }
-    /* What an emad of ours that was killed left in /dev/shm: its shadows are
-     * no one's now (sessions come back from the state files, not from them). */
-    if ((rc = shm_collect_stale_shadows(log_stale, &d.log)) > 0)
-        log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
+    /* Sessions come back: those a clean stop kept, then those a crashed emad
+     * left running (journal + shadow object). */
     char dir[PATH_MAX];
     kept_dir(&d, dir, sizeof(dir));
     if (dir[0] != '\0' && (rc = registry_restore_all(&d.sessions, dir)) > 0)
         log_info(&d.log, "%d sessions restored from %s", rc, dir);
     else if (rc < 0)
         log_warn(&d.log, "cannot read kept sessions in %s: %s", dir, strerror(-rc));
+    if ((rc = registry_adopt_all(&d.sessions)) > 0)
+        log_info(&d.log, "%d sessions taken back after a crash of emad", rc);
+    /* Whatever else dead emads of ours left in /dev/shm is no one's now. */
+    if ((rc = shm_collect_stale_shadows(registry_owns_shadow, &d.sessions, log_stale, &d.log)) > 0)
+        log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
     if ((rc = server_start(&d.srv, &d.ctx, &ls)) < 0) {
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
         goto err_pool;
@@ -253,10 +256,14 @@ int main(int argc, char **argv)
              d.opts.state_dir);
     if ((rc = start_watchdog(&d)) < 0)
         log_warn(&d.log, "cannot start the watchdog timer: %s", uv_strerror(rc));
-    /* Test-only hook: stall the first chunk a worker takes, to prove that the
-     * watchdog stops pinging when the pool is stuck. */
+    /* Test-only hooks: stall one chunk (the first, or the one after
+     * EMAD_TEST_STALL_AFTER chunks), to prove that the watchdog stops pinging
+     * when the pool is stuck and that a crash mid-update is reported. */
     if (getenv("EMAD_TEST_STALL_MS") != NULL)
-        pool_stall_next(&d.pool, (unsigned)atoi(getenv("EMAD_TEST_STALL_MS")));
+        pool_stall_next(&d.pool, (unsigned)atoi(getenv("EMAD_TEST_STALL_MS")),
+                        getenv("EMAD_TEST_STALL_AFTER") ? (unsigned)atoi(
+                                                              getenv("EMAD_TEST_STALL_AFTER"))
+                                                        : 0);
     if ((rc = notify_send(d.notify_socket, "READY=1")) < 0)
         log_warn(&d.log, "cannot send READY=1 to NOTIFY_SOCKET %s: %s", d.notify_socket,
                  strerror(-rc));

@@ -62,8 +62,11 @@ static void *worker(void *arg)
                 p->run_head = job;
             p->run_tail = job;
         }
-        unsigned stall = p->stall_ms;
-        p->stall_ms = 0;
+        unsigned stall = 0;
+        if (p->stall_ms > 0 && p->stall_skip-- == 0) {
+            stall = p->stall_ms;
+            p->stall_ms = 0;
+        }
         pthread_mutex_unlock(&p->lock);
 
         if (stall > 0) {
@@ -160,10 +163,11 @@ bool pool_alive(struct pool *p, uint64_t *last_progress)
     return alive;
 }
 
-void pool_stall_next(struct pool *p, unsigned ms)
+void pool_stall_next(struct pool *p, unsigned ms, unsigned skip)
 {
     pthread_mutex_lock(&p->lock);
     p->stall_ms = ms;
+    p->stall_skip = skip;
     pthread_mutex_unlock(&p->lock);
 }
 

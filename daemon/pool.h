@@ -44,7 +44,8 @@ struct pool {
     unsigned nthreads;
     bool stop;
     uint64_t chunks_done;                   /* progress, for the watchdog */
-    unsigned stall_ms;                      /* test hook: the next chunk sleeps this long */
+    unsigned stall_ms;                      /* test hook: a chunk sleeps this long ... */
+    unsigned stall_skip;                    /* ... once this many chunks have run */
     unsigned in_flight;                     /* submitted, done not yet called (loop thread) */
 };
 
@@ -59,8 +60,9 @@ uint64_t pool_progress(struct pool *p);
 /* Whether the pool has made progress since the last call, or has nothing to
  * do: what the watchdog pings on (loop thread). */
 bool pool_alive(struct pool *p, uint64_t *last_progress);
-/* Test hook (EMAD_TEST_STALL_MS): make the next chunk taken sleep ms. */
-void pool_stall_next(struct pool *p, unsigned ms);
+/* Test hook (EMAD_TEST_STALL_MS, EMAD_TEST_STALL_AFTER): after skip more
+ * chunks, make the next one sleep ms. */
+void pool_stall_next(struct pool *p, unsigned ms, unsigned skip);
 /* Stop and join the workers once their queue is empty, then close the async
  * handle. Call with no job in flight. */
 void pool_destroy(struct pool *p);

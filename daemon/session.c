@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -207,6 +209,9 @@ int registry_init(struct registry *r, struct emad *ctx)
     memset(r, 0, sizeof(*r));
     r->ctx = ctx;
     r->kops = kernel_ops_best();
+    if (snprintf(r->live_dir, sizeof(r->live_dir), "%s/live", ctx->opts->state_dir) >=
+        (int)sizeof(r->live_dir))
+        r->live_dir[0] = '\0';
     return 0;
 }
 
@@ -244,10 +249,13 @@ static void session_free(struct session *s)
     free(s);
 }
 
+static void journal_remove(struct session *s);
+
 void registry_free(struct registry *r)
 {
     while (r->head != NULL) {
         struct session *s = r->head;
+        journal_remove(s);
         unlink_session(r, s);
         session_free(s);
     }
@@ -330,6 +338,8 @@ static void fill_state(const struct session *s, struct msg_session_state *o)
     o->last_update_seconds = s->last_update_seconds;
     o->shm = msg_str_c(s->shm_name);
     o->shadow_shm = msg_str_c(s->shadow_name);
+    o->has_interrupted = true;
+    o->interrupted = s->interrupted;
 }
 
 static bool visible(const struct session *s, uid_t uid)
@@ -450,10 +460,14 @@ static void enqueue(struct op *op)
 }
 
 /* The head is finished: drop it and run the next one. */
+static void journal_write(struct session *s);
+static void shadow_sync(struct session *s);
+
 static void op_finish(struct op *op)
 {
     struct session *s = op->s;
     struct registry *r = s->reg;
+
 
     s->q_head = op->next;
     if (s->q_head == NULL)
@@ -499,6 +513,52 @@ static void *param_ptr(const struct session *s, const struct tensor *t, uint64_t
 static void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start)
 {
     return (char *)s->shadow.base + t->shadow_offset + start * dtype_size(t->shadow_dtype);
+}
+
+/* The tensors' part of the shadow object (what save and load move). */
+static void *shadow_data(const struct session *s)
+{
+    return (char *)s->shadow.base + SHADOW_HEADER_BYTES;
+}
+
+static uint64_t shadow_data_bytes(const struct session *s)
+{
+    return s->shadow_bytes - SHADOW_HEADER_BYTES;
+}
+
+static struct shadow_header *shadow_hdr(const struct session *s)
+{
+    return s->shadow.base;
+}
+
+/* An operation is about to write the shadow: a crash from here on leaves
+ * seq_begun ahead of seq_done. */
+static void shadow_begin(struct session *s)
+{
+    struct shadow_header *h = shadow_hdr(s);
+    __atomic_store_n(&h->seq_begun, h->seq_done + 1, __ATOMIC_RELEASE);
+}
+
+/* The state after an operation, where a restarted emad will look for it. */
+static void shadow_sync(struct session *s)
+{
+    struct shadow_header *h = shadow_hdr(s);
+
+    if (h == NULL)
+        return;
+    memcpy(h->magic, SHADOW_MAGIC, 8);
+    h->updates = s->st.updates;
+    h->swaps = s->st.swaps;
+    h->started = s->st.started;
+    h->active = s->st.active;
+    h->has_last_time = s->st.has_last_time;
+    h->has_last_duration = s->st.last_time.has_duration;
+    h->last_batch = s->st.last_time.batch;
+    h->last_epoch = s->st.last_time.epoch;
+    h->last_duration = s->st.last_time.duration;
+    h->interrupted = s->interrupted;
+    __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
+                     __ATOMIC_RELEASE);
 }
 
 static int chunk_tensors(void *arg, size_t index)
@@ -558,8 +618,8 @@ static int chunk_save(void *arg, size_t index)
     struct session *s = op->s;
     (void)index;
     op->rc = store_save(s->reg->ctx->opts->state_dir, op->file, op->meta.data, op->meta.size,
-                        s->shadow.base, s->shadow_bytes, op->path, sizeof(op->path), &op->bytes,
-                        op->err, sizeof(op->err));
+                        shadow_data(s), shadow_data_bytes(s), op->path, sizeof(op->path),
+                        &op->bytes, op->err, sizeof(op->err));
     return 0;
 }
 
@@ -623,16 +683,17 @@ static int chunk_load(void *arg, size_t index)
         goto out;
     }
     op->has_loaded = true;
-    if (f.data_len != s->shadow_bytes)
+    if (f.data_len != shadow_data_bytes(s))
         snprintf(why, sizeof(why), "its data is %" PRIu64 " bytes, the shadow %" PRIu64,
-                 f.data_len, s->shadow_bytes);
-    if (f.data_len != s->shadow_bytes || check_loaded_table(s, &op->loaded, why, sizeof(why)) < 0) {
+                 f.data_len, shadow_data_bytes(s));
+    if (f.data_len != shadow_data_bytes(s) ||
+        check_loaded_table(s, &op->loaded, why, sizeof(why)) < 0) {
         op->rc = -EINVAL;
         snprintf(op->err, sizeof(op->err), "load: %.150s does not match session %s: %.180s",
                  op->path, s->name, why);
         goto out;
     }
-    memcpy(s->shadow.base, f.data, s->shadow_bytes);
+    memcpy(shadow_data(s), f.data, shadow_data_bytes(s));
 out:
     store_file_close(&f);
     return 0;
@@ -677,12 +738,22 @@ static void segment_broken(struct op *op)
                 s->name, s->shm_name);
     shm_unmap(&s->seg);
     s->owner = NULL;
+    shadow_sync(s);
     op_finish(op);
 }
 
 static size_t copy_chunks(const struct session *s)
 {
     return (s->params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
+}
+
+/* Apply the state change of a completed action, and record it in the
+ * shadow's header before anyone is told: a reply is a promise that a crash
+ * of emad from then on keeps it. */
+static void commit(struct op *op)
+{
+    ema_commit(&op->s->st, op->action, op->has_clock ? &op->clock : NULL);
+    shadow_sync(op->s);
 }
 
 static void run_event(struct op *op)
@@ -697,7 +768,7 @@ static void run_event(struct op *op)
     }
     switch (op->action) {
     case EMA_ACTION_NONE:
-        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        commit(op);
         reply_action(op);
         op_finish(op);
         return;
@@ -705,6 +776,7 @@ static void run_event(struct op *op)
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
         op->t0 = uv_hrtime();
+        shadow_begin(s);
         submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
         return;
     case EMA_ACTION_SWAP_IN:
@@ -771,11 +843,15 @@ static void encode_meta(struct session *s, msgpack_sbuffer *sb)
     m.shadow_bytes = s->shadow_bytes;
     m.has_uid = true;
     m.uid = s->uid;
+    m.has_shadow_shm = true;
+    m.shadow_shm = msg_str_c(s->shadow_name);
     msgpack_sbuffer_init(sb);
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     msg_encode(&pk, &msg_saved_state_desc, &m);
     free(t);
 }
+
+static void journal_remove(struct session *s);
 
 static void run_close(struct op *op, bool drop)
 {
@@ -789,6 +865,7 @@ static void run_close(struct op *op, bool drop)
     } else {
         log_info(reg_log(r), "session %s: %s; shadow %s removed", s->name,
                  drop ? "dropped" : "closed", s->shadow_name);
+        journal_remove(s);
         unlink_session(r, s);
     }
     conn_reply(op->conn, op->msgid, &msg_empty_desc, &e);
@@ -813,6 +890,7 @@ static void run_attach(struct op *op)
         log_info(reg_log(s->reg), "session %s: the new segment holds the training weights; "
                  "EMA weights no longer active", s->name);
     }
+    shadow_sync(s);
     reply_register(op);
     op_finish(op);
 }
@@ -824,6 +902,7 @@ static void op_run(struct op *op)
     switch (op->kind) {
     case OP_INIT:
         op->t0 = uv_hrtime();
+        shadow_begin(s);
         submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
         return;
     case OP_ATTACH:
@@ -850,6 +929,7 @@ static void op_run(struct op *op)
             op_finish(op);
             return;
         }
+        shadow_begin(s);
         submit(op, PH_FILE, chunk_load, 1);
         return;
     case OP_CLOSE:
@@ -917,8 +997,12 @@ static void finish_file(struct op *op)
         reply_error(op->conn, op->msgid, code, "%s", op->err);
         return;
     }
-    if (op->kind == OP_LOAD)
+    if (op->kind == OP_LOAD) {
         apply_loaded(op->s, &op->loaded);
+        op->s->interrupted = false; /* the shadow is the file's now */
+        shadow_sync(op->s);
+        journal_write(op->s);
+    }
     log_info(reg_log(op->s->reg), "session %s: %s %s (%" PRIu64 " bytes)", op->s->name,
              op->kind == OP_SAVE ? "saved to" : "loaded from", op->path, op->bytes);
     rep.path = msg_str_c(op->path);
@@ -947,11 +1031,13 @@ static void op_done(struct pool_job *job)
     case PH_TENSORS:
         if (op->kind == OP_INIT) {
             s->ready = true;
+            shadow_sync(s);
+            journal_write(s);
             reply_register(op);
             break;
         }
         s->last_update_seconds = (double)(uv_hrtime() - op->t0) / 1e9;
-        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        commit(op);
         reply_action(op);
         break;
     case PH_STASH:
@@ -968,7 +1054,7 @@ static void op_done(struct pool_job *job)
             segment_broken(op);
             return;
         }
-        ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+        commit(op);
         reply_action(op);
         break;
     case PH_FILE:
@@ -1045,7 +1131,7 @@ static int build_config(struct session *s, const struct msg_register *req, char 
 static int build_tensors(struct session *s, const struct msg_register *req, uint64_t max_tensors,
                          char *err, size_t errlen)
 {
-    uint64_t at = 0;
+    uint64_t at = SHADOW_HEADER_BYTES;
 
     if (req->ntensors > max_tensors) {
         snprintf(err, errlen, "register: %zu tensors exceed the limit of %" PRIu64
@@ -1423,8 +1509,8 @@ int registry_save_all(struct registry *r, const char *dir)
         s->st.active = false;
         encode_meta(s, &meta);
         s->st.active = active;
-        if (store_save(dir, name, meta.data, meta.size, s->shadow.base, s->shadow_bytes, path,
-                       sizeof(path), &bytes, err, sizeof(err)) < 0) {
+        if (store_save(dir, name, meta.data, meta.size, shadow_data(s), shadow_data_bytes(s),
+                       path, sizeof(path), &bytes, err, sizeof(err)) < 0) {
             log_error(reg_log(r), "session %s: not kept across the restart: %s", s->name, err);
             failures++;
         } else {
@@ -1488,7 +1574,7 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
     s->uid = (uid_t)m.uid;
     if (build_config(s, &req, why, sizeof(why)) < 0 ||
         build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
-        s->shadow_bytes != f.data_len || s->shadow_bytes != m.shadow_bytes) {
+        shadow_data_bytes(s) != f.data_len || s->shadow_bytes != m.shadow_bytes) {
         rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent session: %s", file, why);
         goto out;
     }
@@ -1498,9 +1584,10 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         rc = err_set(err, errlen, -ENOMEM, "%s: %s", file, why);
         goto out;
     }
-    memcpy(s->shadow.base, f.data, s->shadow_bytes);
+    memcpy(shadow_data(s), f.data, shadow_data_bytes(s));
     apply_loaded(s, &m);
     s->ready = true;
+    shadow_sync(s);
     s->shm_name[0] = '\0';
     s->next = r->head;
     r->head = s;
@@ -1544,9 +1631,200 @@ int registry_restore_all(struct registry *r, const char *dir)
         }
         /* Restored sessions live in emad again; the next stop keeps them anew. */
         unlink(path);
+        journal_write(r->head);
         restored++;
         log_info(reg_log(r), "session %s: restored from %s (detached)", r->head->name, path);
     }
     closedir(d);
     return (int)restored;
+}
+
+/* ---- journals: sessions that outlive a crash of emad ---- */
+
+static void journal_write(struct session *s)
+{
+    struct registry *r = s->reg;
+    char name[160], path[PATH_MAX], err[600];
+    msgpack_sbuffer meta;
+    uint64_t bytes;
+
+    if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
+                                                      sizeof(name)) < 0)
+        return;
+    encode_meta(s, &meta);
+    if (store_save(r->live_dir, name, meta.data, meta.size, NULL, 0, path, sizeof(path), &bytes,
+                   err, sizeof(err)) < 0)
+        log_warn(reg_log(r), "session %s: cannot write its journal (it will not survive a crash "
+                 "of emad): %s", s->name, err);
+    msgpack_sbuffer_destroy(&meta);
+}
+
+static void journal_remove(struct session *s)
+{
+    struct registry *r = s->reg;
+    char name[160], path[PATH_MAX];
+
+    if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
+                                                      sizeof(name)) < 0)
+        return;
+    if (snprintf(path, sizeof(path), "%s/%s%s", r->live_dir, name, STORE_SUFFIX) <
+        (int)sizeof(path))
+        unlink(path);
+}
+
+bool registry_owns_shadow(void *registry, const char *name)
+{
+    struct registry *r = registry;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (strcmp(s->shadow_name, name) == 0)
+            return true;
+    return false;
+}
+
+/* Take back one journaled session whose shadow object is still there. */
+static int adopt_one(struct registry *r, const char *file, char *err, size_t errlen)
+{
+    struct store_file f;
+    msgpack_unpacked u;
+    struct msg_saved_state m;
+    struct msg_register req;
+    struct msg_tensor *t = NULL;
+    struct session *s = NULL;
+    struct stat st;
+    size_t off = 0;
+    char why[400];
+    int fd = -1, rc;
+
+    if ((rc = store_load(r->live_dir, file, &f, err, errlen)) < 0)
+        return rc;
+    msgpack_unpacked_init(&u);
+    memset(&m, 0, sizeof(m));
+    if (msgpack_unpack_next(&u, f.meta, f.meta_len, &off) != MSGPACK_UNPACK_SUCCESS ||
+        msg_decode(&msg_saved_state_desc, &u.data, &m, why, sizeof(why)) < 0 || !m.has_uid ||
+        !m.has_shadow_shm) {
+        rc = err_set(err, errlen, -EBADMSG, "%s: not a session journal", file);
+        goto out;
+    }
+    if (!session_name_valid(m.session.ptr, m.session.len) ||
+        find(r, m.session.ptr, m.session.len) != NULL || r->count >= r->ctx->opts->max_sessions) {
+        rc = err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
+                     file);
+        goto out;
+    }
+    t = calloc(m.ntensors ? m.ntensors : 1, sizeof(*t));
+    s = calloc(1, sizeof(*s));
+    if (t == NULL || s == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < m.ntensors; i++)
+        t[i] = (struct msg_tensor){m.tensors[i].name, m.tensors[i].dtype, m.tensors[i].offset,
+                                   m.tensors[i].numel, false, NULL, 0};
+    memset(&req, 0, sizeof(req));
+    req.session = m.session;
+    req.tensors = t;
+    req.ntensors = m.ntensors;
+    req.has_config = true;
+    req.config = m.config;
+    s->reg = r;
+    memcpy(s->name, m.session.ptr, m.session.len);
+    s->uid = (uid_t)m.uid;
+    if (build_config(s, &req, why, sizeof(why)) < 0 ||
+        build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
+        s->shadow_bytes != m.shadow_bytes || msg_str_copy(m.shadow_shm, s->shadow_name,
+                                                          sizeof(s->shadow_name)) < 0) {
+        rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent journal: %s", file, why);
+        goto out;
+    }
+    /* The shadow must be the one emad made: ours (or given to the owner),
+     * the journaled size, with our header. */
+    fd = shm_open(s->shadow_name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (st.st_uid != geteuid() && st.st_uid != s->uid) ||
+        (uint64_t)st.st_size != s->shadow_bytes) {
+        rc = err_set(err, errlen, -ENOENT, "%s: shadow %s is missing or not as journaled", file,
+                     s->shadow_name);
+        goto out;
+    }
+    void *base = mmap(NULL, s->shadow_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = err_set(err, errlen, -errno, "%s: mmap of %s: %s", file, s->shadow_name,
+                     strerror(errno));
+        goto out;
+    }
+    s->shadow.base = base;
+    s->shadow.len = s->shadow_bytes;
+    const struct shadow_header *h = base;
+    if (memcmp(h->magic, SHADOW_MAGIC, 8) != 0 ||
+        plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0) {
+        s->shadow_name[0] = '\0'; /* not ours to unlink */
+        rc = err_set(err, errlen, -EBADMSG, "%s: shadow has no emad header", file);
+        goto out;
+    }
+    ema_state_init(&s->st);
+    s->st.started = h->started;
+    s->st.updates = h->updates;
+    s->st.swaps = h->swaps;
+    s->st.has_last_time = h->has_last_time;
+    s->st.last_time.batch = h->last_batch;
+    s->st.last_time.epoch = h->last_epoch;
+    s->st.last_time.has_duration = h->has_last_duration;
+    s->st.last_time.duration = h->last_duration;
+    /* The trainer restores its weights from the stash when its connection
+     * drops: the session comes back with the training weights in. */
+    s->st.active = false;
+    s->interrupted = h->interrupted || h->seq_begun != h->seq_done;
+    s->ready = true;
+    shadow_sync(s);
+    s->next = r->head;
+    r->head = s;
+    r->count++;
+    s = NULL;
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (s != NULL) {
+        s->shadow_name[0] = '\0'; /* a failed adoption never removes the object */
+        shm_unmap(&s->shadow);
+        session_free(s);
+    }
+    free(t);
+    msg_free(&msg_saved_state_desc, &m);
+    msgpack_unpacked_destroy(&u);
+    store_file_close(&f);
+    return rc;
+}
+
+int registry_adopt_all(struct registry *r)
+{
+    char err[600];
+    size_t suffix = strlen(STORE_SUFFIX);
+    struct dirent *e;
+    int adopted = 0;
+    DIR *d;
+
+    if (r->live_dir[0] == '\0' || (d = opendir(r->live_dir)) == NULL)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        char file[160];
+        if (len <= suffix || strcmp(e->d_name + len - suffix, STORE_SUFFIX) != 0 ||
+            len - suffix >= sizeof(file) || e->d_name[0] == '.')
+            continue;
+        memcpy(file, e->d_name, len - suffix);
+        file[len - suffix] = '\0';
+        if (adopt_one(r, file, err, sizeof(err)) < 0) {
+            log_warn(reg_log(r), "journal %s/%s: session not taken back: %s", r->live_dir,
+                     e->d_name, err);
+            continue;
+        }
+        adopted++;
+        log_warn(reg_log(r), "session %s: taken back after a crash of emad (detached, %" PRIu64
+                 " updates)%s", r->head->name, r->head->st.updates,
+                 r->head->interrupted ? "; an update was cut short by the crash: the shadow "
+                                        "may hold part of it" : "");
+    }
+    closedir(d);
+    return adopted;
 }

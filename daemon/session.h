@@ -13,6 +13,7 @@
 #include "msg.h"
 #include "shm.h"
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -23,6 +24,31 @@ struct op;
 
 #define SESSION_NAME_MAX 128
 #define TENSOR_NAME_MAX 1024
+
+/*
+ * The shadow object starts with a header page that emad keeps current after
+ * every operation: a restarted emad (even after SIGKILL) finds in it the
+ * session's counters, and whether an operation on the shadow was cut short.
+ * The tensors' shadows follow, at the offsets register reports.
+ */
+#define SHADOW_HEADER_BYTES 4096u
+#define SHADOW_MAGIC "EMASHAD1"
+
+struct shadow_header {
+    char magic[8];          /* SHADOW_MAGIC */
+    uint64_t seq_begun;     /* operations that started writing the shadow */
+    uint64_t seq_done;      /* ... and that finished; differs after a cut-short one */
+    uint64_t updates;
+    uint64_t swaps;
+    uint32_t started;
+    uint32_t active;
+    uint32_t has_last_time;
+    uint32_t has_last_duration;
+    uint64_t last_batch;
+    uint64_t last_epoch;
+    double last_duration;
+    uint64_t interrupted;   /* a restart found seq_begun != seq_done (sticky until load) */
+};
 
 struct tensor {
     char *name;                /* NUL-terminated copy */
@@ -69,6 +95,7 @@ struct session {
     char shadow_name[64];
     struct shm_map shadow;
     double last_update_seconds;
+    bool interrupted;          /* an update was cut short by a crash of emad */
     struct op *q_head, *q_tail;/* operations waiting or running (the head) */
     bool busy;                 /* the head is running */
     bool ready;                /* the shadow is initialised */
@@ -81,6 +108,7 @@ struct registry {
     unsigned count;
     const struct kernel_ops *kops;
     void (*drained)(struct registry *r); /* called once no operation is left */
+    char live_dir[PATH_MAX];             /* journals of running sessions ("" none) */
 };
 
 int registry_init(struct registry *r, struct emad *ctx);
@@ -94,6 +122,15 @@ void registry_free(struct registry *r);
  * daemon serves no one. */
 int registry_save_all(struct registry *r, const char *dir);
 int registry_restore_all(struct registry *r, const char *dir);
+/* While emad runs, each session also has a journal in live_dir (its table,
+ * config, owner and shadow name; written at register and load, removed at
+ * close and drop). After a crash of emad the shadow objects remain: adopt_all
+ * takes every journaled session whose shadow is intact back, detached, with
+ * the counters of the shadow's header. Returns the number adopted or -errno. */
+int registry_adopt_all(struct registry *r);
+/* Whether name is the shadow of one of the sessions (so that the start-up
+ * collection of stale shadows spares it). */
+bool registry_owns_shadow(void *registry, const char *name);
 /* The connection is gone: its sessions become detached. */
 void registry_conn_closed(struct registry *r, struct conn *c);
 /* Call cb once no operation is queued or running (at shutdown). */

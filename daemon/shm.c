@@ -133,7 +133,8 @@ err_unlink:
     return rc;
 }
 
-int shm_collect_stale_shadows(void (*cb)(void *arg, const char *name), void *arg)
+int shm_collect_stale_shadows(bool (*in_use)(void *arg, const char *name), void *in_use_arg,
+                              void (*cb)(void *arg, const char *name), void *arg)
 {
     const char *prefix = "emad-shadow-";
     struct dirent *e;
@@ -157,6 +158,8 @@ int shm_collect_stale_shadows(void (*cb)(void *arg, const char *name), void *arg
             st.st_uid != geteuid())
             continue;
         snprintf(name, sizeof(name), "/%s", e->d_name);
+        if (in_use != NULL && in_use(in_use_arg, name))
+            continue;
         if (shm_unlink(name) == 0) {
             removed++;
             if (cb != NULL)

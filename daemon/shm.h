@@ -7,6 +7,7 @@
 #include "segment.h"
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -29,9 +30,11 @@ int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, str
 void shm_unmap(struct shm_map *m);
 /* Remove the shadows a dead emad of our uid left in /dev/shm (named
  * /emad-shadow-<pid>-..., pid no longer running). A running pid, even a
- * reused one, keeps its objects: never remove what may be live. Returns the
+ * reused one, keeps its objects: never remove what may be live, nor what
+ * in_use claims (shadows taken back after a crash). Returns the
  * number removed; names go to the log through cb (may be NULL). */
-int shm_collect_stale_shadows(void (*cb)(void *arg, const char *name), void *arg);
+int shm_collect_stale_shadows(bool (*in_use)(void *arg, const char *name), void *in_use_arg,
+                              void (*cb)(void *arg, const char *name), void *arg);
 
 /*
  * SIGBUS guard, in the style of libwayland's wl_shm: a trainer may shrink

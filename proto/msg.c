@@ -99,6 +99,7 @@ static const struct msg_field session_state_fields[] = {
     REQ(SS, "last_update_seconds", MSG_F64, last_update_seconds),
     REQ(SS, "shm", MSG_STR, shm),
     REQ(SS, "shadow_shm", MSG_STR, shadow_shm),
+    OPT(SS, "interrupted", MSG_BOOL, interrupted),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -221,6 +222,7 @@ static const struct msg_field saved_state_fields[] = {
     NUL_OBJ(SV, "last_time", last_time, msg_time_desc),
     REQ(SV, "shadow_bytes", MSG_U64, shadow_bytes),
     OPT(SV, "uid", MSG_U64, uid),
+    OPT(SV, "shadow_shm", MSG_STR, shadow_shm),
 };
 #undef SV
 const struct msg_desc msg_saved_state_desc =

@@ -145,6 +145,8 @@ struct msg_session_state {
     double last_update_seconds;
     struct msg_str shm;
     struct msg_str shadow_shm;
+    bool has_interrupted; /* extension: an update was cut short by a crash of emad */
+    bool interrupted;
 };
 
 struct msg_register_reply {
@@ -274,6 +276,8 @@ struct msg_saved_state {
     uint64_t shadow_bytes;
     bool has_uid; /* the owner's uid (for sessions saved at exit) */
     uint64_t uid;
+    bool has_shadow_shm; /* journals of running sessions: the shadow object */
+    struct msg_str shadow_shm;
 };
 
 /* An empty map, the result of close and drop. */

@@ -367,7 +367,6 @@ static void test_gc_shadows_of_a_running_emad_stay_those_of_a_dead_one_go(void *
     pid_t gone = dead_pid();
     snprintf(pfx_dead, sizeof(pfx_dead), "shadow-%ld-%08lx", (long)gone, (long)getpid());
     snprintf(fake_dead, sizeof(fake_dead), "/emad-%sabc", pfx_dead);
-    obj_create_raw(fake_dead, NULL, 0, 8192, geteuid());
 
     daemon_start(&d, NULL);
     snprintf(fake_live, sizeof(fake_live), "/emad-shadow-%ld-%08lxabc", (long)d.pid,
@@ -385,6 +384,9 @@ static void test_gc_shadows_of_a_running_emad_stay_those_of_a_dead_one_go(void *
     snprintf(seg, sizeof(seg), "%s", emac_segment_name(segment));
     remember(shadow);
     emac_session_free(s); /* this process no longer maps the shadow; emad does */
+    /* Only now: emad removes dead emads' shadows itself while it starts, and
+     * it has answered, so its start-up is over. */
+    obj_create_raw(fake_dead, NULL, 0, 8192, geteuid());
 
     /* Each run names one object: an older emad with the same pid may have
      * left shadows of its own, which are not this test's business. */
@@ -425,9 +427,10 @@ static void test_gc_shadows_of_a_running_emad_stay_those_of_a_dead_one_go(void *
     expect_in(out, "removed %s (owner uid %ld, 8.0 KiB, shadow, its emad (pid %ld) is gone; "
                    "not mapped or open by any process)\n", fake_live, (long)geteuid(), (long)d.pid);
     assert_int_equal(gc_run(NULL, shadow + 6, out, sizeof(out), NULL), 0);
-    expect_in(out, "removed %s (owner uid %ld, 4.0 KiB, shadow, its emad (pid %ld) is gone; ",
+    /* emad's header page and the tensor's shadow: 8 KiB. */
+    expect_in(out, "removed %s (owner uid %ld, 8.0 KiB, shadow, its emad (pid %ld) is gone; ",
               shadow, (long)geteuid(), (long)d.pid);
-    expect_in(out, "gc: 1 removed (4.0 KiB freed), 0 kept\n");
+    expect_in(out, "gc: 1 removed (8.0 KiB freed), 0 kept\n");
     assert_false(obj_exists(fake_live));
     assert_false(obj_exists(shadow));
     assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);

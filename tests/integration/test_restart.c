@@ -79,15 +79,17 @@ static struct emac_result event_ok(emac_session *s, const char *ev, uint64_t bat
     return r;
 }
 
+/* The tensors' shadows, from the first to the end of the last (emad's
+ * header page before them is its own business). */
 static void *shadow_copy(const emac_session *s, size_t *bytes)
 {
+    const struct emac_shadow *first = emac_session_shadow(s, 0);
     const struct emac_shadow *last = emac_session_shadow(s, 2);
-    size_t n = last->offset + last->numel * last->elem_size;
+    size_t n = last->offset + last->numel * last->elem_size - first->offset;
     void *copy = malloc(n);
 
     assert_non_null(copy);
-    memcpy(copy, (const char *)emac_session_shadow(s, 0)->data - emac_session_shadow(s, 0)->offset,
-           n);
+    memcpy(copy, first->data, n);
     *bytes = n;
     return copy;
 }
@@ -154,6 +156,112 @@ static void test_clean_restart_keeps_sessions_detached_with_shadow_and_state(voi
     emac_disconnect(c);
     free(before);
     free(after);
+    daemon_stop(&d);
+}
+
+/* SIGKILL: the sessions come back from their journals and shadow objects,
+ * with the counters of the last completed operation. */
+static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    struct emac_config cfg = {"4ba", false, 0, NULL, "2ba"};
+    emac_session *s = NULL;
+    size_t before_len, after_len;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "crashy", seg_left, &cfg, false, &s, &err), 0);
+    for (int b = 1; b <= 6; b++) {
+        step_params(seg_left, b);
+        event_ok(s, "batch_end", (uint64_t)b);
+    }
+    event_ok(s, "eval_start", 6); /* emad dies with the EMA weights swapped in */
+    void *before = shadow_copy(s, &before_len);
+    assert_int_equal(kill(d.pid, SIGKILL), 0);
+    assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
+
+    /* The library notices on its next call and restores the training weights. */
+    struct emac_result r;
+    struct emac_time t = {7, 0, false, 0};
+    assert_true(emac_event(s, "eval_end", &t, &r, &err) < 0);
+    assert_true(emac_session_restored(s));
+    emac_session_free(s);
+    emac_disconnect(c);
+
+    daemon_start_env(&d, NULL, NULL);
+    c = connect_ok(&d);
+    assert_int_equal(emac_status(c, "crashy", &st, &err), 0);
+    assert_int_equal(st->nsessions, 1);
+    assert_false(st->session_list[0].attached);
+    assert_false(st->session_list[0].active);
+    assert_int_equal(st->session_list[0].updates, 5);
+    assert_int_equal(st->session_list[0].swaps, 1);
+    assert_int_equal(st->session_list[0].last_batch, 6);
+    emac_status_free(st);
+    assert_true(file_contains(d.log, "taken back after a crash"));
+
+    assert_int_equal(emac_register(c, "crashy", seg_left, &cfg, true, &s, &err), 0);
+    void *after = shadow_copy(s, &after_len);
+    assert_int_equal(before_len, after_len);
+    assert_memory_equal(before, after, before_len);
+    step_params(seg_left, 7);
+    assert_int_equal(event_ok(s, "batch_end", 7).updates, 6);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    free(before);
+    free(after);
+    daemon_stop(&d);
+}
+
+/* SIGKILL in the middle of an update: the session comes back flagged, the
+ * counters those of the last update that completed. */
+static void test_sigkill_mid_update_is_reported(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    emac_ticket ticket;
+    (void)state;
+
+    make_dir(&d);
+    /* Chunks: register's initialisation, batch 1, batch 2; batch 3 stalls. */
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=3",
+                                           NULL});
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
+    event_ok(s, "batch_end", 1);
+    event_ok(s, "batch_end", 2);
+    struct emac_time t = {3, 0, false, 0};
+    assert_int_equal(emac_event_send(s, "batch_end", &t, &ticket, &err), 0);
+    sleep_ms(300);
+    assert_int_equal(kill(d.pid, SIGKILL), 0);
+    assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
+    emac_session_free(s);
+    emac_disconnect(c);
+
+    daemon_start_env(&d, NULL, NULL);
+    c = connect_ok(&d);
+    assert_int_equal(emac_status(c, "cut", &st, &err), 0);
+    assert_int_equal(st->nsessions, 1);
+    assert_int_equal(st->session_list[0].updates, 2);
+    assert_int_equal(st->session_list[0].last_batch, 2);
+    emac_status_free(st);
+    assert_true(file_contains(d.log, "cut short by the crash"));
+    /* The raw status says it too. */
+    char out[8192];
+    char *argv[] = {(char *)emactl_bin(), "--socket", d.sock, "--json", "show", "cut", NULL};
+    assert_int_equal(run_capture(argv, NULL, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "\"interrupted\": true"));
+    assert_int_equal(emac_drop(c, "cut", &err), 0);
+    emac_disconnect(c);
     daemon_stop(&d);
 }
 
@@ -392,6 +500,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(
             test_clean_restart_keeps_sessions_detached_with_shadow_and_state, teardown),
+        cmocka_unit_test_teardown(test_sigkill_keeps_sessions_with_shadow_and_counters,
+                                  teardown),
+        cmocka_unit_test_teardown(test_sigkill_mid_update_is_reported, teardown),
         cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
         cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
         cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
