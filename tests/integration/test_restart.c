@@ -372,6 +372,76 @@ static void test_start_removes_shadows_of_dead_emads_only(void **state)
     daemon_stop(&d);
 }
 
+/* A save that runs out of space fails with IO and leaves the previous file
+ * as it was (the state directory is a small tmpfs in a private mount
+ * namespace). */
+static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_file f;
+    struct emac_tensor_spec spec = {"w", "f32", 25000, NULL, 0};
+    emac_session *s = NULL;
+    char cmd[1024], path[300];
+    (void)state;
+
+    if (geteuid() != 0 || system("unshare -m true 2>/dev/null") != 0)
+        skip();
+    make_dir(&d);
+    assert_int_equal(mkdir(d.state, 0700), 0);
+    /* About 110 KiB per state file: room for one, not for a second beside it. */
+    snprintf(cmd, sizeof(cmd),
+             "mount -t tmpfs -o size=160k tmpfs '%s' && exec '%s' --socket '%s' "
+             "--state-dir '%s' --log-file '%s' --log-level debug",
+             d.state, emad_bin(), d.sock, d.state, d.log);
+    char *argv[] = {"unshare", "-m", "sh", "-c", cmd, NULL};
+    d.pid = spawn(argv, NULL, -1, -1);
+    assert_true(wait_listening(d.pid, d.sock));
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "full", seg_left, NULL, false, &s, &err), 0);
+    assert_int_equal(event_ok(s, "batch_end", 1).updates, 1);
+    assert_int_equal(emac_save(c, "full", "snap", &f, &err), 0);
+
+    /* The file as emad sees it (its tmpfs is in its own namespace). */
+    snprintf(path, sizeof(path), "/proc/%ld/root%s/snap.emastate", (long)d.pid, d.state);
+    size_t len1 = 0;
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    static char first[200000], again[200000];
+    len1 = fread(first, 1, sizeof(first), fp);
+    fclose(fp);
+    assert_true(len1 > 100000);
+
+    float *w = emac_segment_tensor(seg_left, 0)->data;
+    w[0] = 42.0f;
+    assert_int_equal(event_ok(s, "batch_end", 2).updates, 2);
+    assert_int_equal(emac_save(c, "full", "snap", &f, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "IO");
+    assert_non_null(strstr(err.message, "No space left on device"));
+
+    fp = fopen(path, "rb");
+    assert_non_null(fp);
+    size_t len2 = fread(again, 1, sizeof(again), fp);
+    fclose(fp);
+    assert_int_equal(len1, len2);
+    assert_memory_equal(first, again, len1);
+    /* No temp file is left behind either. */
+    snprintf(cmd, sizeof(cmd), "ls -A /proc/%ld/root%s | grep -c tmp", (long)d.pid, d.state);
+    FILE *ls = popen(cmd, "r");
+    int tmp_files = -1;
+    assert_non_null(ls);
+    assert_int_equal(fscanf(ls, "%d", &tmp_files), 1);
+    pclose(ls);
+    assert_int_equal(tmp_files, 0);
+    /* And emad still loads the good one. */
+    assert_int_equal(emac_load(c, "full", "snap", &f, &err), 0);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* ---- watchdog ---- */
 
 static int notify_listener(const char *path)
@@ -506,6 +576,7 @@ int main(void)
         cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
         cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
         cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
+        cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file, teardown),
         cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
