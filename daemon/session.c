@@ -240,7 +240,8 @@ static void session_free(struct session *s)
     shm_unmap(&s->seg);
     if (s->shadow.base != NULL) {
         shm_unmap(&s->shadow);
-        shm_unlink(s->shadow_name);
+        if (s->shadow_name[0] != '\0')
+            shm_unlink(s->shadow_name);
     }
     for (size_t i = 0; i < s->ntensors; i++)
         free(s->tensors[i].name);
@@ -255,7 +256,15 @@ void registry_free(struct registry *r)
 {
     while (r->head != NULL) {
         struct session *s = r->head;
-        journal_remove(s);
+        if (s->kept || !s->ready) {
+            journal_remove(s);
+        } else {
+            /* Not in a state file (the save failed): leave its journal and
+             * shadow for the next emad to take back, as after a crash. */
+            log_warn(reg_log(r), "session %s: shadow %s and its journal left in place for the "
+                     "next start", s->name, s->shadow_name);
+            s->shadow_name[0] = '\0';
+        }
         unlink_session(r, s);
         session_free(s);
     }
@@ -1511,9 +1520,10 @@ int registry_save_all(struct registry *r, const char *dir)
         s->st.active = active;
         if (store_save(dir, name, meta.data, meta.size, shadow_data(s), shadow_data_bytes(s),
                        path, sizeof(path), &bytes, err, sizeof(err)) < 0) {
-            log_error(reg_log(r), "session %s: not kept across the restart: %s", s->name, err);
+            log_error(reg_log(r), "session %s: cannot write its state file: %s", s->name, err);
             failures++;
         } else {
+            s->kept = true;
             log_info(reg_log(r), "session %s: kept in %s for the next start", s->name, path);
         }
         msgpack_sbuffer_destroy(&meta);

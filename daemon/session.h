@@ -100,6 +100,7 @@ struct session {
     bool busy;                 /* the head is running */
     bool ready;                /* the shadow is initialised */
     bool removed;              /* out of the registry; freed when the queue empties */
+    bool kept;                 /* written to a state file by registry_save_all */
 };
 
 struct registry {

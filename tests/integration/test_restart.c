@@ -265,6 +265,46 @@ static void test_sigkill_mid_update_is_reported(void **state)
     daemon_stop(&d);
 }
 
+/* When a clean stop cannot write a session's state file, the session is
+ * not lost: its journal and shadow stay for the next start. */
+static void test_stop_that_cannot_write_keeps_the_session_for_the_next_start(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    char blocker[200];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "stay", seg_left, NULL, false, &s, &err), 0);
+    event_ok(s, "batch_end", 1);
+    event_ok(s, "batch_end", 2);
+    emac_session_free(s);
+    emac_disconnect(c);
+    /* A file where the directory of state files should go: the save fails. */
+    snprintf(blocker, sizeof(blocker), "%s/sessions", d.state);
+    FILE *fp = fopen(blocker, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    assert_int_equal(wait_exit(d.pid), 0);
+    assert_true(file_contains(d.log, "left in place for the next start"));
+    assert_int_equal(unlink(blocker), 0);
+
+    daemon_start_env(&d, NULL, NULL);
+    c = connect_ok(&d);
+    assert_int_equal(emac_status(c, "stay", &st, &err), 0);
+    assert_int_equal(st->nsessions, 1);
+    assert_int_equal(st->session_list[0].updates, 2);
+    emac_status_free(st);
+    assert_int_equal(emac_drop(c, "stay", &err), 0);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* A session closed before the stop does not come back. */
 static void test_closed_sessions_are_not_resurrected(void **state)
 {
@@ -573,6 +613,8 @@ int main(void)
         cmocka_unit_test_teardown(test_sigkill_keeps_sessions_with_shadow_and_counters,
                                   teardown),
         cmocka_unit_test_teardown(test_sigkill_mid_update_is_reported, teardown),
+        cmocka_unit_test_teardown(
+            test_stop_that_cannot_write_keeps_the_session_for_the_next_start, teardown),
         cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
         cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
         cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
