@@ -1691,6 +1691,32 @@ bool registry_owns_shadow(void *registry, const char *name)
     return false;
 }
 
+/* A shadow taken back still carries the dead emad's pid in its name, and
+ * any emad of this uid starting later would collect it as stale: rename it
+ * to ours (shm objects are files in /dev/shm on Linux) and journal the new
+ * name. If the rename fails the session keeps working under the old name. */
+static void adopt_rename(struct registry *r, struct session *s)
+{
+    const char *prefix = "/emad-shadow-";
+    char renamed[sizeof(s->shadow_name)], from[300], to[300];
+    const char *rest = strchr(s->shadow_name + strlen(prefix), '-');
+
+    if (rest == NULL || strncmp(s->shadow_name, prefix, strlen(prefix)) != 0)
+        return;
+    if (snprintf(renamed, sizeof(renamed), "%s%ld%s", prefix, (long)getpid(), rest) >=
+        (int)sizeof(renamed))
+        return;
+    snprintf(from, sizeof(from), "/dev/shm%s", s->shadow_name);
+    snprintf(to, sizeof(to), "/dev/shm%s", renamed);
+    if (rename(from, to) < 0) {
+        log_warn(reg_log(r), "session %s: cannot rename shadow %s to %s: %s", s->name,
+                 s->shadow_name, renamed, strerror(errno));
+        return;
+    }
+    memcpy(s->shadow_name, renamed, sizeof(renamed));
+    journal_write(s);
+}
+
 /* Take back one journaled session whose shadow object is still there. */
 static int adopt_one(struct registry *r, const char *file, char *err, size_t errlen)
 {
@@ -1785,6 +1811,7 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     s->st.active = false;
     s->interrupted = h->interrupted || h->seq_begun != h->seq_done;
     s->ready = true;
+    adopt_rename(r, s);
     shadow_sync(s);
     s->next = r->head;
     r->head = s;

@@ -202,6 +202,11 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
     assert_int_equal(st->session_list[0].updates, 5);
     assert_int_equal(st->session_list[0].swaps, 1);
     assert_int_equal(st->session_list[0].last_batch, 6);
+    /* The shadow now carries the new emad's pid, so that no other emad
+     * starting later takes it for a dead one's. */
+    char mine[64];
+    snprintf(mine, sizeof(mine), "/emad-shadow-%ld-", (long)d.pid);
+    assert_true(strncmp(st->session_list[0].shadow_shm, mine, strlen(mine)) == 0);
     emac_status_free(st);
     assert_true(file_contains(d.log, "taken back after a crash"));
 
