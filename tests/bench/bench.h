@@ -1,0 +1,124 @@
+/*
+ * bench.h - shared helpers of emabench, the benchmark programs of emad.
+ *
+ * emabench SUBCOMMAND [options] talks to an emad that tests/bench/run started (it never starts
+ * one itself) and prints one JSON object per measurement on stdout, one per line; notes go to
+ * stderr. Every record carries emad's figure and a baseline measured in the same process, in
+ * the same run. No assertions: a subcommand fails (exit 1) only when it cannot measure.
+ */
+#ifndef EMAD_BENCH_H
+#define EMAD_BENCH_H
+
+#include "emaclient.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define BENCH_MAX_LIST 32
+
+/* Options shared by every subcommand (each reads the ones it needs). */
+struct bopts {
+    const char *socket;                 /* emad's socket (required) */
+    unsigned workers;                   /* emad's --workers: the baselines use as many threads */
+    const char *dtypes[BENCH_MAX_LIST]; /* --dtypes f32,bf16 */
+    size_t ndtypes;
+    uint64_t sizes[BENCH_MAX_LIST];     /* --sizes 1M,16M (elements; K, M, G suffixes) */
+    size_t nsizes;
+    uint64_t counts[BENCH_MAX_LIST];    /* --counts 1,2,8,32 */
+    size_t ncounts;
+    double ks[BENCH_MAX_LIST];          /* --ks 0.5,1,2,3 */
+    size_t nks;
+    uint64_t budget;                    /* --budget: elements updated per timed round */
+    double seconds;                     /* --seconds: length of a timed window */
+    uint64_t iters;                     /* --iters: round trips per measurement */
+    uint64_t count;                     /* --count: tensors */
+    uint64_t elems;                     /* --elems: elements per tensor, or a model size */
+};
+
+/* Subcommands (bench_update.c, bench_latency.c, bench_scale.c). */
+int cmd_update(const struct bopts *o);
+int cmd_small(const struct bopts *o);
+int cmd_swap(const struct bopts *o);
+int cmd_rtt(const struct bopts *o);
+int cmd_fairness(const struct bopts *o);
+int cmd_overlap(const struct bopts *o);
+int cmd_sessions(const struct bopts *o);
+int cmd_memory(const struct bopts *o);
+int cmd_register(const struct bopts *o);
+
+static inline double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void sleep_s(double s);
+
+/* Print "bench: CONTEXT: CODE: message" and exit 1. */
+_Noreturn void die_emac(const char *context, const struct emac_error *err);
+_Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- JSON records: rec_begin("update"); rec_str(...); rec_num(...); rec_end(); ---- */
+void rec_begin(const char *bench);
+void rec_str(const char *key, const char *value);
+void rec_num(const char *key, double value);
+void rec_int(const char *key, uint64_t value);
+void rec_end(void);
+
+/* ---- statistics ---- */
+/* q-quantile (0..1) of v[0..n) (sorts v in place). */
+double quantile(double *v, size_t n, double q);
+
+/* ---- baselines ---- */
+/* Plain C loop: shadow := shadow + w * (param - shadow) over n elements of `dtype` params
+ * (f32 shadow, f64 for f64), split over `threads` threads (created for each round, each
+ * doing reps passes over its slice); plain_round returns the round's Gelem/s. */
+struct plain {
+    uint64_t n;
+    const char *dtype;
+    unsigned threads;
+    size_t ssize, xsize;
+    void *s, *x;
+};
+void plain_init(struct plain *p, uint64_t n, const char *dtype, unsigned threads);
+double plain_round(struct plain *p, uint64_t reps);
+void plain_free(struct plain *p);
+/* Threaded memcpy: `copies` copies of `bytes` bytes each (distinct buffers), split over
+ * `threads`; the best seconds of `rounds` rounds (one untimed warm-up first). */
+double plain_memcpy(uint64_t bytes, unsigned copies, unsigned threads, int rounds);
+
+/* ---- sessions ---- */
+struct bsess {
+    emac_client *c;
+    emac_segment *seg;
+    emac_session *s;
+    uint64_t batch; /* the clock of the next event */
+};
+/* Connect, create a segment of n tensors (`numel` each, dtype), fill it with 0x3c bytes,
+ * register `name` with half_life 100ba (ema_start: 0). */
+void bsess_open(struct bsess *b, const char *socket, const char *name, const char *dtype,
+                uint64_t ntensors, uint64_t numel);
+void bsess_open_specs(struct bsess *b, const char *socket, const char *name,
+                      const struct emac_tensor_spec *specs, size_t n);
+void bsess_close(struct bsess *b);
+/* One blocking batch_end (the update); returns its seconds. */
+double bsess_update(struct bsess *b);
+/* Send / wait halves. */
+emac_ticket bsess_send(struct bsess *b, const char *event);
+void bsess_wait(struct bsess *b, emac_ticket t);
+/* A blocking event, any kind; returns its seconds. */
+double bsess_event(struct bsess *b, const char *event);
+
+size_t bench_dtype_size(const char *dtype);
+/* "16M" for 16 << 20, "100K", else the number. */
+const char *fmt_elems(uint64_t n, char *buf, size_t len);
+
+/* Resident memory of a process from /proc/PID/smaps: total Rss, and the part mapped from
+ * shared-memory objects whose name contains `shm_name` (NULL: none). Bytes. */
+void proc_rss(long pid, const char *shm_name, uint64_t *total, uint64_t *of_shm);
+
+#endif

@@ -1,0 +1,406 @@
+/*
+ * bench_common.c - what every emabench subcommand shares: JSON records, quantiles, the plain-C
+ * baselines (update loop, memcpy) and session helpers.
+ */
+#include "bench.h"
+
+#include <errno.h>
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+void sleep_s(double s)
+{
+    if (s <= 0)
+        return;
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+_Noreturn void die_emac(const char *context, const struct emac_error *err)
+{
+    fprintf(stderr, "bench: %s: %s: %s\n", context, err->code, err->message);
+    exit(1);
+}
+
+_Noreturn void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("bench: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+/* ---- JSON records ---- */
+
+static int rec_first;
+
+void rec_begin(const char *bench)
+{
+    printf("{\"bench\": \"%s\"", bench);
+    rec_first = 0;
+}
+
+void rec_str(const char *key, const char *value)
+{
+    printf(", \"%s\": \"%s\"", key, value);
+}
+
+void rec_num(const char *key, double value)
+{
+    printf(", \"%s\": %.6g", key, value);
+}
+
+void rec_int(const char *key, uint64_t value)
+{
+    printf(", \"%s\": %llu", key, (unsigned long long)value);
+}
+
+void rec_end(void)
+{
+    printf("}\n");
+    fflush(stdout);
+}
+
+/* ---- statistics ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double quantile(double *v, size_t n, double q)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, n, sizeof(*v), cmp_double);
+    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1];
+}
+
+/* ---- the plain update loop ----
+ * The same 3-stream arithmetic as emad's kernels (read shadow, read params, write shadow),
+ * written plainly and compiled twice: for the baseline x86-64 and for AVX2 (+F16C for f16),
+ * picked at run time like emad picks its kernels, so that the baseline is as fast as the
+ * compiler can make it on this CPU. */
+
+#define PLAIN_BODIES(SUFFIX, ATTR)                                                             \
+    ATTR static void loop_f32_##SUFFIX(float *restrict s, const float *restrict x, size_t n,   \
+                                       float w)                                                \
+    {                                                                                          \
+        for (size_t i = 0; i < n; i++)                                                         \
+            s[i] = s[i] + w * (x[i] - s[i]);                                                   \
+    }                                                                                          \
+    ATTR static void loop_f64_##SUFFIX(double *restrict s, const double *restrict x, size_t n, \
+                                       double w)                                               \
+    {                                                                                          \
+        for (size_t i = 0; i < n; i++)                                                         \
+            s[i] = s[i] + w * (x[i] - s[i]);                                                   \
+    }                                                                                          \
+    ATTR static void loop_bf16_##SUFFIX(float *restrict s, const uint16_t *restrict x,         \
+                                        size_t n, float w)                                     \
+    {                                                                                          \
+        for (size_t i = 0; i < n; i++) {                                                       \
+            uint32_t u = (uint32_t)x[i] << 16;                                                 \
+            float xf;                                                                          \
+            memcpy(&xf, &u, 4);                                                                \
+            s[i] = s[i] + w * (xf - s[i]);                                                     \
+        }                                                                                      \
+    }
+
+PLAIN_BODIES(generic, )
+PLAIN_BODIES(avx2, __attribute__((target("avx2,fma"))))
+
+static void loop_f16_generic(float *restrict s, const uint16_t *restrict x, size_t n, float w)
+{
+    for (size_t i = 0; i < n; i++) {
+        _Float16 h;
+        memcpy(&h, &x[i], 2);
+        float xf = (float)h;
+        s[i] = s[i] + w * (xf - s[i]);
+    }
+}
+
+__attribute__((target("avx2,f16c"))) static void loop_f16_avx2(float *restrict s,
+                                                                const uint16_t *restrict x,
+                                                                size_t n, float w)
+{
+    size_t i = 0;
+    __m256 vw = _mm256_set1_ps(w);
+    for (; i + 8 <= n; i += 8) {
+        __m256 xf = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
+        __m256 sv = _mm256_loadu_ps(s + i);
+        _mm256_storeu_ps(s + i, _mm256_add_ps(sv, _mm256_mul_ps(vw, _mm256_sub_ps(xf, sv))));
+    }
+    loop_f16_generic(s + i, x + i, n - i, w);
+}
+
+struct slice {
+    void *s;
+    const void *x;
+    size_t n;
+    const char *dtype;
+    uint64_t reps;
+    int avx2;
+};
+
+static void *plain_thread(void *arg)
+{
+    struct slice *sl = arg;
+    for (uint64_t r = 0; r < sl->reps; r++) {
+        if (strcmp(sl->dtype, "f64") == 0)
+            (sl->avx2 ? loop_f64_avx2 : loop_f64_generic)(sl->s, sl->x, sl->n, 0.01);
+        else if (strcmp(sl->dtype, "bf16") == 0)
+            (sl->avx2 ? loop_bf16_avx2 : loop_bf16_generic)(sl->s, sl->x, sl->n, 0.01f);
+        else if (strcmp(sl->dtype, "f16") == 0)
+            (sl->avx2 ? loop_f16_avx2 : loop_f16_generic)(sl->s, sl->x, sl->n, 0.01f);
+        else
+            (sl->avx2 ? loop_f32_avx2 : loop_f32_generic)(sl->s, sl->x, sl->n, 0.01f);
+    }
+    return NULL;
+}
+
+size_t bench_dtype_size(const char *dtype)
+{
+    if (strcmp(dtype, "f64") == 0 || strcmp(dtype, "i64") == 0)
+        return 8;
+    if (strcmp(dtype, "bf16") == 0 || strcmp(dtype, "f16") == 0 || strcmp(dtype, "i16") == 0)
+        return 2;
+    if (strcmp(dtype, "i8") == 0 || strcmp(dtype, "u8") == 0 || strcmp(dtype, "bool") == 0)
+        return 1;
+    return 4;
+}
+
+static void *xalloc(size_t bytes)
+{
+    void *p = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (p == NULL)
+        die("out of memory (%zu bytes)", bytes);
+    return p;
+}
+
+void plain_init(struct plain *p, uint64_t n, const char *dtype, unsigned threads)
+{
+    p->n = n;
+    p->dtype = dtype;
+    p->threads = threads > 64 ? 64 : threads;
+    p->ssize = strcmp(dtype, "f64") == 0 ? 8 : 4;
+    p->xsize = bench_dtype_size(dtype);
+    p->s = xalloc(n * p->ssize);
+    p->x = xalloc(n * p->xsize);
+    memset(p->s, 0, n * p->ssize);
+    memset(p->x, 0x3c, n * p->xsize);
+}
+
+double plain_round(struct plain *p, uint64_t reps)
+{
+    pthread_t tid[64];
+    struct slice sl[64];
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    double t0 = now();
+    for (unsigned t = 0; t < p->threads; t++) {
+        size_t a = p->n * t / p->threads, b = p->n * (t + 1) / p->threads;
+        sl[t] = (struct slice){(char *)p->s + a * p->ssize, (char *)p->x + a * p->xsize, b - a,
+                               p->dtype, reps, avx2};
+        pthread_create(&tid[t], NULL, plain_thread, &sl[t]);
+    }
+    for (unsigned t = 0; t < p->threads; t++)
+        pthread_join(tid[t], NULL);
+    return (double)p->n * (double)reps / (now() - t0) / 1e9;
+}
+
+void plain_free(struct plain *p)
+{
+    free(p->s);
+    free(p->x);
+}
+
+/* ---- the plain memcpy ---- */
+
+struct copy_slice {
+    char **dst, **src;
+    unsigned copies;
+    size_t a, b;
+};
+
+static void *copy_thread(void *arg)
+{
+    struct copy_slice *c = arg;
+    for (unsigned k = 0; k < c->copies; k++)
+        memcpy(c->dst[k] + c->a, c->src[k] + c->a, c->b - c->a);
+    return NULL;
+}
+
+double plain_memcpy(uint64_t bytes, unsigned copies, unsigned threads, int rounds)
+{
+    char *dst[8], *src[8];
+    pthread_t tid[64];
+    struct copy_slice cs[64];
+    double best = 1e30;
+
+    if (copies > 8)
+        copies = 8;
+    if (threads > 64)
+        threads = 64;
+    for (unsigned k = 0; k < copies; k++) {
+        dst[k] = xalloc(bytes);
+        src[k] = xalloc(bytes);
+        memset(src[k], 0x3c, bytes);
+        memset(dst[k], 0, bytes);
+    }
+    for (int round = -1; round < rounds; round++) {
+        double t0 = now();
+        for (unsigned t = 0; t < threads; t++) {
+            /* 64-byte aligned slices, as a worker pool would cut them */
+            size_t a = bytes * t / threads / 64 * 64, b = bytes * (t + 1) / threads / 64 * 64;
+            if (t + 1 == threads)
+                b = bytes;
+            cs[t] = (struct copy_slice){dst, src, copies, a, b};
+            pthread_create(&tid[t], NULL, copy_thread, &cs[t]);
+        }
+        for (unsigned t = 0; t < threads; t++)
+            pthread_join(tid[t], NULL);
+        double el = now() - t0;
+        if (round >= 0 && el < best)
+            best = el;
+    }
+    for (unsigned k = 0; k < copies; k++) {
+        free(dst[k]);
+        free(src[k]);
+    }
+    return best;
+}
+
+/* ---- sessions ---- */
+
+void bsess_open_specs(struct bsess *b, const char *socket, const char *name,
+                      const struct emac_tensor_spec *specs, size_t n)
+{
+    struct emac_error err;
+    struct emac_config cfg = {.half_life = "100ba"};
+
+    memset(b, 0, sizeof(*b));
+    b->batch = 1;
+    if (emac_connect(socket, "emabench", &b->c, &err) < 0)
+        die_emac("connect", &err);
+    if (emac_segment_create(specs, n, &b->seg, &err) < 0)
+        die_emac("segment_create", &err);
+    for (size_t i = 0; i < n; i++) {
+        const struct emac_tensor *t = emac_segment_tensor(b->seg, i);
+        memset(t->data, 0x3c, t->bytes);
+    }
+    if (emac_register(b->c, name, b->seg, &cfg, false, &b->s, &err) < 0)
+        die_emac("register", &err);
+}
+
+void bsess_open(struct bsess *b, const char *socket, const char *name, const char *dtype,
+                uint64_t ntensors, uint64_t numel)
+{
+    struct emac_tensor_spec *specs = calloc(ntensors, sizeof(*specs));
+    char *names = malloc(ntensors * 24);
+    if (specs == NULL || names == NULL)
+        die("out of memory");
+    for (uint64_t i = 0; i < ntensors; i++) {
+        snprintf(names + i * 24, 24, "t%llu", (unsigned long long)i);
+        specs[i] = (struct emac_tensor_spec){names + i * 24, dtype, numel, NULL, 0};
+    }
+    bsess_open_specs(b, socket, name, specs, ntensors);
+    free(specs);
+    free(names);
+}
+
+void bsess_close(struct bsess *b)
+{
+    struct emac_error err;
+    if (emac_close(b->s, false, &err) < 0)
+        die_emac("close", &err);
+    emac_session_free(b->s);
+    emac_segment_destroy(b->seg);
+    emac_disconnect(b->c);
+    memset(b, 0, sizeof(*b));
+}
+
+emac_ticket bsess_send(struct bsess *b, const char *event)
+{
+    struct emac_error err;
+    struct emac_time t = {b->batch, 0, false, 0};
+    emac_ticket k;
+    if (strcmp(event, "batch_end") == 0)
+        b->batch++;
+    if (emac_event_send(b->s, event, &t, &k, &err) < 0)
+        die_emac(event, &err);
+    return k;
+}
+
+void bsess_wait(struct bsess *b, emac_ticket t)
+{
+    struct emac_error err;
+    struct emac_result r;
+    if (emac_event_wait(b->s, t, &r, &err) < 0)
+        die_emac("wait", &err);
+}
+
+double bsess_event(struct bsess *b, const char *event)
+{
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {b->batch, 0, false, 0};
+    if (strcmp(event, "batch_end") == 0)
+        b->batch++;
+    double t0 = now();
+    if (emac_event(b->s, event, &t, &r, &err) < 0)
+        die_emac(event, &err);
+    return now() - t0;
+}
+
+double bsess_update(struct bsess *b)
+{
+    return bsess_event(b, "batch_end");
+}
+
+const char *fmt_elems(uint64_t n, char *buf, size_t len)
+{
+    if (n >= (1u << 20) && n % (1u << 20) == 0)
+        snprintf(buf, len, "%lluM", (unsigned long long)(n >> 20));
+    else if (n >= 1024 && n % 1024 == 0)
+        snprintf(buf, len, "%lluK", (unsigned long long)(n >> 10));
+    else
+        snprintf(buf, len, "%llu", (unsigned long long)n);
+    return buf;
+}
+
+void proc_rss(long pid, const char *shm_name, uint64_t *total, uint64_t *of_shm)
+{
+    char path[64], line[512];
+    int in_shm = 0;
+    uint64_t tot = 0, shm = 0;
+
+    snprintf(path, sizeof(path), "/proc/%ld/smaps", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        die("%s: %s", path, strerror(errno));
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long kb;
+        /* A mapping's header line: "start-end perms offset dev inode   path" */
+        if (strchr(line, '-') && strchr(line, '-') < strchr(line, ' ') &&
+            line[0] != ' ' && strncmp(line, "Rss", 3) != 0) {
+            in_shm = shm_name && strstr(line, "/dev/shm/") && strstr(line, shm_name);
+        } else if (sscanf(line, "Rss: %llu kB", &kb) == 1) {
+            tot += kb * 1024;
+            if (in_shm)
+                shm += kb * 1024;
+        }
+    }
+    fclose(f);
+    *total = tot;
+    if (of_shm)
+        *of_shm = shm;
+}

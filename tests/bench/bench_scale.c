@@ -1,0 +1,244 @@
+/*
+ * bench_scale.c - emad with many trainers, many tensors, and its memory:
+ *
+ *   sessions  1, 2, 8, 32 sessions (one connection and one thread each) updating back to back
+ *             for --seconds, the same total model size split among them: their aggregate
+ *             throughput against one session's, measured in the same run.
+ *   memory    emad's resident memory while it holds a session (after updates and a swap),
+ *             against the shadow bytes it holds. The trainer's own segment, which emad maps
+ *             and reads, is counted apart (smaps): it is the trainer's memory.
+ *   register  registering --count tensors of --elems elements: time and emad's memory growth,
+ *             against registering one tensor of the same total size; and the first update of
+ *             each.
+ */
+#include "bench.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+/* ---- sessions ---- */
+
+struct trainer {
+    struct bsess b;
+    pthread_barrier_t *bar;
+    double deadline, end;
+    uint64_t updates;
+    double *start;
+};
+
+static void *trainer_thread(void *arg)
+{
+    struct trainer *t = arg;
+    pthread_barrier_wait(t->bar);
+    while (now() < t->deadline) {
+        bsess_update(&t->b);
+        t->updates++;
+    }
+    t->end = now();
+    return NULL;
+}
+
+/* Aggregate Gelem/s of k sessions of n elements each. */
+static double run_sessions(const struct bopts *o, uint64_t k, uint64_t n)
+{
+    struct trainer *tr = calloc(k, sizeof(*tr));
+    pthread_t *tid = calloc(k, sizeof(*tid));
+    pthread_barrier_t bar;
+    char name[64];
+
+    if (tr == NULL || tid == NULL)
+        die("out of memory");
+    for (uint64_t i = 0; i < k; i++) {
+        snprintf(name, sizeof(name), "bench-trainer-%llu", (unsigned long long)i);
+        bsess_open(&tr[i].b, o->socket, name, "f32", 1, n);
+        bsess_update(&tr[i].b); /* start the EMA, touch everything once */
+    }
+    pthread_barrier_init(&bar, NULL, (unsigned)k + 1);
+    for (uint64_t i = 0; i < k; i++) {
+        tr[i].bar = &bar;
+        pthread_create(&tid[i], NULL, trainer_thread, &tr[i]);
+    }
+    double t0 = now();
+    for (uint64_t i = 0; i < k; i++)
+        tr[i].deadline = t0 + o->seconds;
+    pthread_barrier_wait(&bar);
+    t0 = now();
+    double end = t0;
+    uint64_t updates = 0;
+    for (uint64_t i = 0; i < k; i++) {
+        pthread_join(tid[i], NULL);
+        updates += tr[i].updates;
+        if (tr[i].end > end)
+            end = tr[i].end;
+    }
+    for (uint64_t i = 0; i < k; i++)
+        bsess_close(&tr[i].b);
+    pthread_barrier_destroy(&bar);
+    free(tr);
+    free(tid);
+    return (double)updates * (double)n / (end - t0) / 1e9;
+}
+
+int cmd_sessions(const struct bopts *o)
+{
+    uint64_t total = o->sizes[0];
+    char buf[32];
+    double one = run_sessions(o, 1, total);
+    for (size_t c = 0; c < o->ncounts; c++) {
+        uint64_t k = o->counts[c], n = total / k;
+        double agg = k == 1 ? one : run_sessions(o, k, n);
+        rec_begin("sessions");
+        rec_int("sessions", k);
+        rec_int("elems_each", n);
+        rec_int("elems", total);
+        rec_str("size", fmt_elems(total, buf, sizeof(buf)));
+        rec_int("workers", o->workers);
+        rec_num("aggregate_gelem_s", agg);
+        rec_num("one_session_gelem_s", one);
+        rec_num("ratio", agg / one);
+        rec_end();
+    }
+    return 0;
+}
+
+/* ---- memory ---- */
+
+static const char *shm_base(const char *name)
+{
+    return name[0] == '/' ? name + 1 : name;
+}
+
+int cmd_memory(const struct bopts *o)
+{
+    uint64_t n = o->sizes[0], idle, total, seg_rss, shadow_rss;
+    struct emac_error err;
+    emac_client *probe;
+    struct bsess b;
+    char buf[32];
+
+    if (emac_connect(o->socket, "emabench-probe", &probe, &err) < 0)
+        die_emac("connect", &err);
+    long pid = emac_server_info(probe)->pid;
+    proc_rss(pid, NULL, &idle, NULL);
+    bsess_open(&b, o->socket, "bench-memory", "f32", 1, n);
+    for (int i = 0; i < 5; i++)
+        bsess_update(&b);
+    bsess_event(&b, "eval_start");
+    bsess_event(&b, "eval_end");
+    const struct emac_session_info *info = emac_session_state(b.s);
+    uint64_t shadow_bytes = info->shadow_bytes;
+    proc_rss(pid, shm_base(emac_segment_name(b.seg)), &total, &seg_rss);
+    proc_rss(pid, shm_base(info->shadow_shm), &total, &shadow_rss);
+    uint64_t own = total - seg_rss;
+    rec_begin("memory");
+    rec_int("elems", n);
+    rec_str("size", fmt_elems(n, buf, sizeof(buf)));
+    rec_int("rss_idle_bytes", idle);
+    rec_int("rss_bytes", total);
+    rec_int("rss_trainer_segment_bytes", seg_rss);
+    rec_int("rss_shadow_bytes", shadow_rss);
+    rec_int("rss_own_bytes", own);
+    rec_int("shadow_bytes", shadow_bytes);
+    rec_num("overhead_mib", ((double)own - (double)shadow_bytes) / 1048576.0);
+    rec_num("ratio", (double)own / (double)shadow_bytes);
+    rec_num("ratio_with_segment", (double)total / (double)shadow_bytes);
+    rec_end();
+    bsess_close(&b);
+    emac_disconnect(probe);
+    return 0;
+}
+
+/* ---- register ---- */
+
+struct reg_result {
+    double register_s, first_update_s, update_s;
+    uint64_t rss_growth, shadow_bytes;
+};
+
+static void register_one(const struct bopts *o, long pid, const char *name, uint64_t ntensors,
+                         uint64_t numel, struct reg_result *res)
+{
+    struct emac_error err;
+    struct emac_tensor_spec *specs = calloc(ntensors, sizeof(*specs));
+    char *names = malloc(ntensors * 24);
+    emac_client *c;
+    emac_segment *seg;
+    emac_session *s;
+    struct emac_config cfg = {.half_life = "100ba"};
+    uint64_t before, after, seg_rss;
+
+    if (specs == NULL || names == NULL)
+        die("out of memory");
+    for (uint64_t i = 0; i < ntensors; i++) {
+        snprintf(names + i * 24, 24, "t%llu", (unsigned long long)i);
+        specs[i] = (struct emac_tensor_spec){names + i * 24, "f32", numel, NULL, 0};
+    }
+    if (emac_connect(o->socket, "emabench", &c, &err) < 0)
+        die_emac("connect", &err);
+    if (emac_segment_create(specs, ntensors, &seg, &err) < 0)
+        die_emac("segment_create", &err);
+    for (uint64_t i = 0; i < ntensors; i++) {
+        const struct emac_tensor *t = emac_segment_tensor(seg, i);
+        memset(t->data, 0x3c, t->bytes);
+    }
+    proc_rss(pid, NULL, &before, NULL);
+    double t0 = now();
+    if (emac_register(c, name, seg, &cfg, false, &s, &err) < 0)
+        die_emac("register", &err);
+    res->register_s = now() - t0;
+    struct emac_time tm = {1, 0, false, 0};
+    struct emac_result r;
+    t0 = now();
+    if (emac_event(s, "batch_end", &tm, &r, &err) < 0)
+        die_emac("batch_end", &err);
+    res->first_update_s = now() - t0;
+    tm.batch = 2;
+    t0 = now();
+    if (emac_event(s, "batch_end", &tm, &r, &err) < 0)
+        die_emac("batch_end", &err);
+    res->update_s = now() - t0;
+    proc_rss(pid, shm_base(emac_segment_name(seg)), &after, &seg_rss);
+    res->rss_growth = after - seg_rss > before ? after - seg_rss - before : 0;
+    res->shadow_bytes = emac_session_state(s)->shadow_bytes;
+    if (emac_close(s, false, &err) < 0)
+        die_emac("close", &err);
+    emac_session_free(s);
+    emac_segment_destroy(seg);
+    emac_disconnect(c);
+    free(specs);
+    free(names);
+}
+
+int cmd_register(const struct bopts *o)
+{
+    struct emac_error err;
+    emac_client *probe;
+    struct reg_result many, one;
+    uint64_t count = o->count, elems = o->elems;
+
+    if (emac_connect(o->socket, "emabench-probe", &probe, &err) < 0)
+        die_emac("connect", &err);
+    long pid = emac_server_info(probe)->pid;
+    register_one(o, pid, "bench-one", 1, count * elems, &one);
+    register_one(o, pid, "bench-many", count, elems, &many);
+    emac_disconnect(probe);
+    rec_begin("register");
+    rec_int("tensors", count);
+    rec_int("elems_each", elems);
+    rec_int("elems", count * elems);
+    rec_num("register_s", many.register_s);
+    rec_num("one_tensor_register_s", one.register_s);
+    rec_num("ratio", many.register_s / one.register_s);
+    rec_int("rss_growth_bytes", many.rss_growth);
+    rec_int("one_tensor_rss_growth_bytes", one.rss_growth);
+    rec_int("shadow_bytes", many.shadow_bytes);
+    rec_num("bytes_per_tensor",
+            ((double)many.rss_growth - (double)one.rss_growth) / (double)count);
+    rec_num("first_update_s", many.first_update_s);
+    rec_num("update_s", many.update_s);
+    rec_num("one_tensor_update_s", one.update_s);
+    rec_num("ratio_update", many.update_s / one.update_s);
+    rec_end();
+    return 0;
+}
