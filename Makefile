@@ -17,6 +17,9 @@ INCLUDEDIR   ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 UNITDIR      ?= $(PREFIX)/lib/systemd/system
 USERUNITDIR  ?= $(PREFIX)/lib/systemd/user
+# Debian's python3 reads /usr/lib/python3/dist-packages; for PREFIX=/usr/local
+# pass PYTHONDIR=/usr/local/lib/python3.11/dist-packages.
+PYTHONDIR    ?= $(PREFIX)/lib/python3/dist-packages
 DESTDIR      ?=
 
 PKG_CONFIG ?= pkg-config
@@ -40,18 +43,22 @@ PROTO_SRC  := $(wildcard proto/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := client/emaclient.c
 EMACTL_SRC := client/emactl.c client/json.c
+PY_PACKAGE := client/python/emaclient/__init__.py client/python/emaclient/_lib.py \
+              client/python/emaclient/torch.py
 TOY_SRC    := client/toy_trainer.c
 TEST_SRC   := $(wildcard tests/test_*.c)
 ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
-                systemd util-linux procps
+                systemd util-linux procps clang libclang-rt-14-dev \
+                python3 python3-torch python3-numpy python3-msgpack python3-matplotlib
 
 # Keep test objects: they are intermediate files of the pattern rules.
 .SECONDARY:
 
-.PHONY: FORCE all check check-run demo deps install uninstall clean tests bench bench-quick
+.PHONY: FORCE all check check-run demo deps install uninstall clean tests bench bench-quick \
+        fuzz fuzz-check fuzz-corpus
 all: build/emad build/emactl build/toy_trainer build/libemaclient.a build/libemaclient.so
 
 # $(1) object dir, $(2) output dir, $(3) extra compiler and linker flags
@@ -124,17 +131,75 @@ TESTS := $(foreach v,build build/asan,$(TEST_SRC:%.c=$(v)/%) $(ITEST_SRC:%.c=$(v
          $(TEST_SRC:%.c=build/tsan/%)
 tests: all build/asan/emad build/asan/emactl build/tsan/emad build/tsan/emactl $(TESTS)
 
-# Benchmarks: no assertions, figures beside a baseline measured in the same
-# run. -O3 so that the plain-loop baseline is as fast as the compiler can make it.
-build/bench/bench_update: tests/bench/bench_update.c build/libemaclient.a
+# Fuzzing (tests/fuzz/README): libFuzzer harnesses built with clang, the
+# sources they exercise compiled straight into each binary (not the gcc-built
+# archives). `make fuzz FUZZ_SECONDS=300` runs each on a copy of its corpus in
+# build/fuzz/; `make fuzz-check` (also run by tests/run) runs each briefly
+# over its seeds; `make fuzz-corpus` regenerates the seeds.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS   := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer -g -O1
+FUZZERS      := build/fuzz/fuzz_wire build/fuzz/fuzz_dispatch
+FUZZ_HDRS     = $(wildcard proto/*.h daemon/*.h)
+tests: $(FUZZERS)
+
+build/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(PROTO_SRC) $(FUZZ_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) -O3 -g -o $@ $< build/libemaclient.a $(DEPS_LIBS)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS)
 
-bench: all build/bench/bench_update
-	build/bench/bench_update --emad build/emad --json build/bench/results.json
+build/fuzz/fuzz_dispatch: tests/fuzz/fuzz_dispatch.c $(PROTO_SRC) $(DAEMON_SRC) $(FUZZ_HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS)
 
-bench-quick: all build/bench/bench_update
-	build/bench/bench_update --quick --emad build/emad --json build/bench/results.json
+build/fuzz/gen_corpus: tests/fuzz/gen_corpus.c proto/wire.c proto/msg.c
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS)
+
+fuzz: $(FUZZERS)
+	@tests/fuzz/run fuzz $(FUZZ_SECONDS)
+
+fuzz-check: $(FUZZERS)
+	@tests/fuzz/run check
+
+fuzz-corpus: build/fuzz/gen_corpus
+	build/fuzz/gen_corpus tests/fuzz/corpus
+
+# Benchmarks (tests/bench/run): no assertions, every figure beside a baseline measured in
+# the same run. -O3 so that the plain-loop baseline is as fast as the compiler can make it.
+BENCH_SRC := $(wildcard tests/bench/*.c)
+build/bench/emabench: $(BENCH_SRC) tests/bench/bench.h build/libemaclient.a
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) -O3 -g -o $@ $(BENCH_SRC) build/libemaclient.a $(DEPS_LIBS)
+tests: build/bench/emabench
+
+bench: all build/bench/emabench
+	tests/bench/run
+
+bench-quick: all build/bench/emabench
+	tests/bench/run --quick
+
+# Soak test (tests/soak/soak.c, see tests/soak/README): `make soak` runs the full
+# soak (16 trainers x 1000 batches, a trainer and emad SIGKILLed midway);
+# `make soak-quick` runs the short one (4 x 100) against the plain and the
+# ASan+UBSan emad, as tests/run does (with the TSan emad too) in `make check`.
+build/soak: tests/soak/soak.c build/libemaclient.a build/libproto.a
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) -o $@ $< build/libemaclient.a build/libproto.a $(DEPS_LIBS)
+
+build/asan/soak: tests/soak/soak.c build/asan/libemaclient.a build/asan/libproto.a
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(SAN_FLAGS) -o $@ $< build/asan/libemaclient.a build/asan/libproto.a $(DEPS_LIBS)
+
+tests: build/soak build/asan/soak
+
+.PHONY: soak soak-quick
+soak: all build/soak
+	build/soak
+
+soak-quick: all build/asan/emad build/asan/emactl build/soak build/asan/soak
+	build/soak --quick
+	EMAD_BIN=build/asan/emad EMACTL_BIN=build/asan/emactl build/asan/soak --quick
 
 deps:
 	@missing=""; \
@@ -174,6 +239,10 @@ install: all build/emaclient.pc $(addprefix build/systemd/,$(UNITS) $(USER_UNITS
 	install -m 0644 build/systemd/emad.service build/systemd/emad.socket $(DESTDIR)$(UNITDIR)/
 	install -m 0644 build/systemd/emad-user.service $(DESTDIR)$(USERUNITDIR)/emad.service
 	install -m 0644 build/systemd/emad-user.socket $(DESTDIR)$(USERUNITDIR)/emad.socket
+	install -d $(DESTDIR)$(PYTHONDIR)/emaclient
+	install -m 0644 $(PY_PACKAGE) $(DESTDIR)$(PYTHONDIR)/emaclient/
+	ln -sf $(LIBDIR)/libemaclient.so.$(SOVERSION) \
+	    $(DESTDIR)$(PYTHONDIR)/emaclient/libemaclient.so.$(SOVERSION)
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/emad $(DESTDIR)$(BINDIR)/emactl \
@@ -183,6 +252,7 @@ uninstall:
 	    $(DESTDIR)$(INCLUDEDIR)/emaclient.h $(DESTDIR)$(PKGCONFIGDIR)/emaclient.pc \
 	    $(DESTDIR)$(UNITDIR)/emad.service $(DESTDIR)$(UNITDIR)/emad.socket \
 	    $(DESTDIR)$(USERUNITDIR)/emad.service $(DESTDIR)$(USERUNITDIR)/emad.socket
+	rm -rf $(DESTDIR)$(PYTHONDIR)/emaclient
 
 clean:
 	rm -rf build
