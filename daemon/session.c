@@ -1475,9 +1475,9 @@ void session_close(struct registry *r, struct conn *c, uint32_t msgid, const str
     if ((op = op_new(s, OP_CLOSE, c, msgid)) == NULL)
         return;
     op->keep = req->has_keep && req->keep;
-    /* No later request of this connection may reach the session as owner. */
-    if (!op->keep)
-        s->owner = NULL;
+    /* From now on the session is no longer this connection's: a later event
+     * gets PERM and a later drop finds it detached, in arrival order. */
+    s->owner = NULL;
     enqueue(op);
 }
 

@@ -14,6 +14,8 @@
  *     than max_depth, and msgpack-c alone unpacks exactly those bytes of the
  *     stream (at the position the decoder consumed them) into the same
  *     envelope and params;
+ *   - fed whole, the stream gives the same messages up to the first fault,
+ *     and a fault at the same place;
  *   - a fault with a msgid is a size or shape fault; one that leaves the
  *     stream unreadable (not msgpack, too deep, too big to skip) keeps
  *     failing whatever follows;

@@ -487,6 +487,65 @@ static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
     daemon_stop(&d);
 }
 
+/* Requests touching a session run in arrival order: a drop pipelined right
+ * behind a close with keep, on the same connection, finds the session
+ * detached; an event pipelined behind it is no longer the owner's. */
+static void test_pipelined_close_keep_then_drop(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct reply r;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    struct msg_hello hello = {1, msg_str_c("pipeline test"), false, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, N, false, NULL, 0};
+    struct msg_register reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c("piped");
+    reg.shm = msg_str_c(emac_segment_name(seg_left));
+    reg.tensors = &t;
+    reg.ntensors = 1;
+    struct msg_close cl = {msg_str_c("piped"), true, true};
+    struct msg_event ev = {msg_str_c("piped"), msg_str_c("batch_end"), {1, 0, false, 0}};
+    struct msg_drop dr = {msg_str_c("piped")};
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &hello);
+    wire_pack_request_head(&pk, 2, "register");
+    msg_encode(&pk, &msg_register_desc, &reg);
+    wire_pack_request_head(&pk, 3, "close");
+    msg_encode(&pk, &msg_close_desc, &cl);
+    wire_pack_request_head(&pk, 4, "event");
+    msg_encode(&pk, &msg_event_desc, &ev);
+    wire_pack_request_head(&pk, 5, "drop");
+    msg_encode(&pk, &msg_drop_desc, &dr);
+    int fd = try_connect(d.sock);
+    assert_true(fd >= 0);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    char codes[6][32] = {{0}};
+    struct wire_decoder dec;
+    wire_decoder_init(&dec, 1u << 24, 8);
+    for (int i = 0; i < 5; i++) {
+        read_reply_dec(fd, &dec, &r);
+        assert_false(r.eof);
+        assert_true(r.msgid >= 1 && r.msgid <= 5);
+        snprintf(codes[r.msgid], sizeof(codes[0]), "%s", r.code);
+    }
+    wire_decoder_free(&dec);
+    assert_string_equal(codes[2], "");     /* register */
+    assert_string_equal(codes[3], "");     /* close, keep */
+    assert_string_equal(codes[4], "PERM"); /* not the owner any more */
+    assert_string_equal(codes[5], "");     /* drop of the now detached session */
+    close(fd);
+    daemon_stop(&d);
+}
+
 /* ---- watchdog ---- */
 
 static int notify_listener(const char *path)
@@ -624,6 +683,7 @@ int main(void)
         cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
         cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
         cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file, teardown),
+        cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown),
         cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
