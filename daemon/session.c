@@ -235,6 +235,13 @@ static void unlink_session(struct registry *r, struct session *s)
     }
 }
 
+static void registry_insert(struct registry *r, struct session *s)
+{
+    s->next = r->head;
+    r->head = s;
+    r->count++;
+}
+
 static void session_free(struct session *s)
 {
     shm_unmap(&s->seg);
@@ -1360,9 +1367,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         goto err_free;
     }
     ema_state_init(&s->st);
-    s->next = r->head;
-    r->head = s;
-    r->count++;
+    registry_insert(r, s);
     log_info(reg_log(r), "session %s: registered by pid %ld: %zu tensors, %" PRIu64
              " param bytes, shadow %s (%" PRIu64 " bytes)", s->name, (long)c->pid, s->ntensors,
              s->params_bytes, s->shadow_name, s->shadow_bytes);
@@ -1531,86 +1536,125 @@ int registry_save_all(struct registry *r, const char *dir)
     return failures ? -EIO : 0;
 }
 
+/* A state file or journal, read and decoded: what restore and adopt share. */
+struct kept {
+    struct store_file f;
+    msgpack_unpacked u;
+    struct msg_saved_state m;
+};
+
+static void kept_free(struct kept *k)
+{
+    msg_free(&msg_saved_state_desc, &k->m);
+    msgpack_unpacked_destroy(&k->u);
+    store_file_close(&k->f);
+}
+
+static int kept_read(const char *dir, const char *file, struct kept *k, char *err, size_t errlen)
+{
+    char why[400];
+    size_t off = 0;
+    int rc;
+
+    memset(k, 0, sizeof(*k));
+    msgpack_unpacked_init(&k->u);
+    if ((rc = store_load(dir, file, &k->f, err, errlen)) < 0) {
+        kept_free(k);
+        return rc;
+    }
+    if (msgpack_unpack_next(&k->u, k->f.meta, k->f.meta_len, &off) != MSGPACK_UNPACK_SUCCESS ||
+        msg_decode(&msg_saved_state_desc, &k->u.data, &k->m, why, sizeof(why)) < 0 ||
+        !k->m.has_uid) {
+        kept_free(k);
+        return err_set(err, errlen, -EBADMSG, "%s: metadata is not a kept session's", file);
+    }
+    return 0;
+}
+
+/* The session a state file or journal describes (name, owner, config,
+ * tensors, plan), as register would have built it; not in the registry yet,
+ * no shadow. */
+static int session_from_kept(struct registry *r, const struct msg_saved_state *m,
+                             const char *file, struct session **out, char *err, size_t errlen)
+{
+    struct msg_register req;
+    struct msg_tensor *t;
+    struct session *s;
+    char why[400] = "";
+    int rc = 0;
+
+    *out = NULL;
+    if (!session_name_valid(m->session.ptr, m->session.len) ||
+        find(r, m->session.ptr, m->session.len) != NULL || r->count >= r->ctx->opts->max_sessions)
+        return err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
+                       file);
+    t = calloc(m->ntensors ? m->ntensors : 1, sizeof(*t));
+    s = calloc(1, sizeof(*s));
+    if (t == NULL || s == NULL) {
+        free(t);
+        free(s);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < m->ntensors; i++)
+        t[i] = (struct msg_tensor){m->tensors[i].name, m->tensors[i].dtype, m->tensors[i].offset,
+                                   m->tensors[i].numel, false, NULL, 0};
+    memset(&req, 0, sizeof(req));
+    req.session = m->session;
+    req.tensors = t;
+    req.ntensors = m->ntensors;
+    req.has_config = true;
+    req.config = m->config;
+    s->reg = r;
+    memcpy(s->name, m->session.ptr, m->session.len);
+    s->uid = (uid_t)m->uid;
+    if (build_config(s, &req, why, sizeof(why)) < 0 ||
+        build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
+        s->shadow_bytes != m->shadow_bytes)
+        rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent session: %s", file, why);
+    else if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0)
+        rc = -ENOMEM;
+    free(t);
+    if (rc < 0) {
+        session_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+
 /* Rebuild one session from a state file written by registry_save_all. */
 static int restore_one(struct registry *r, const char *dir, const char *file, char *err,
                        size_t errlen)
 {
-    struct store_file f;
-    msgpack_unpacked u;
-    struct msg_saved_state m;
-    struct msg_register req;
-    struct msg_tensor *t = NULL;
+    struct kept k;
     struct session *s = NULL;
-    size_t off = 0;
     char why[400];
     int rc;
 
-    if ((rc = store_load(dir, file, &f, err, errlen)) < 0)
+    if ((rc = kept_read(dir, file, &k, err, errlen)) < 0)
         return rc;
-    msgpack_unpacked_init(&u);
-    memset(&m, 0, sizeof(m));
-    if (msgpack_unpack_next(&u, f.meta, f.meta_len, &off) != MSGPACK_UNPACK_SUCCESS ||
-        msg_decode(&msg_saved_state_desc, &u.data, &m, why, sizeof(why)) < 0 || !m.has_uid) {
-        rc = err_set(err, errlen, -EBADMSG, "%s: metadata is not a kept session's", file);
+    if ((rc = session_from_kept(r, &k.m, file, &s, err, errlen)) < 0)
+        goto out;
+    if (shadow_data_bytes(s) != k.f.data_len) {
+        rc = err_set(err, errlen, -EBADMSG, "%s: its data does not fit its tensor table", file);
         goto out;
     }
-    if (!session_name_valid(m.session.ptr, m.session.len) ||
-        find(r, m.session.ptr, m.session.len) != NULL || r->count >= r->ctx->opts->max_sessions) {
-        rc = err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
-                     file);
-        goto out;
-    }
-    /* The saved table and config, as register would have received them. */
-    t = calloc(m.ntensors ? m.ntensors : 1, sizeof(*t));
-    s = calloc(1, sizeof(*s));
-    if (t == NULL || s == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < m.ntensors; i++) {
-        t[i].name = m.tensors[i].name;
-        t[i].dtype = m.tensors[i].dtype;
-        t[i].numel = m.tensors[i].numel;
-        t[i].offset = m.tensors[i].offset;
-    }
-    memset(&req, 0, sizeof(req));
-    req.session = m.session;
-    req.tensors = t;
-    req.ntensors = m.ntensors;
-    req.has_config = true;
-    req.config = m.config;
-    s->reg = r;
-    memcpy(s->name, m.session.ptr, m.session.len);
-    s->uid = (uid_t)m.uid;
-    if (build_config(s, &req, why, sizeof(why)) < 0 ||
-        build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
-        shadow_data_bytes(s) != f.data_len || s->shadow_bytes != m.shadow_bytes) {
-        rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent session: %s", file, why);
-        goto out;
-    }
-    if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0 ||
-        shm_shadow_create(s->uid, s->shadow_bytes, s->shadow_name, sizeof(s->shadow_name),
+    if (shm_shadow_create(s->uid, s->shadow_bytes, s->shadow_name, sizeof(s->shadow_name),
                           &s->shadow, why, sizeof(why)) < 0) {
         rc = err_set(err, errlen, -ENOMEM, "%s: %s", file, why);
         goto out;
     }
-    memcpy(shadow_data(s), f.data, shadow_data_bytes(s));
-    apply_loaded(s, &m);
+    memcpy(shadow_data(s), k.f.data, shadow_data_bytes(s));
+    apply_loaded(s, &k.m);
     s->ready = true;
     shadow_sync(s);
-    s->shm_name[0] = '\0';
-    s->next = r->head;
-    r->head = s;
-    r->count++;
+    registry_insert(r, s);
     s = NULL;
-    rc = 0;
 out:
     if (s != NULL)
         session_free(s);
-    free(t);
-    msg_free(&msg_saved_state_desc, &m);
-    msgpack_unpacked_destroy(&u);
-    store_file_close(&f);
+    kept_free(&k);
     return rc;
 }
 
@@ -1720,56 +1764,21 @@ static void adopt_rename(struct registry *r, struct session *s)
 /* Take back one journaled session whose shadow object is still there. */
 static int adopt_one(struct registry *r, const char *file, char *err, size_t errlen)
 {
-    struct store_file f;
-    msgpack_unpacked u;
-    struct msg_saved_state m;
-    struct msg_register req;
-    struct msg_tensor *t = NULL;
+    struct kept k;
     struct session *s = NULL;
     struct stat st;
-    size_t off = 0;
-    char why[400];
     int fd = -1, rc;
 
-    if ((rc = store_load(r->live_dir, file, &f, err, errlen)) < 0)
+    if ((rc = kept_read(r->live_dir, file, &k, err, errlen)) < 0)
         return rc;
-    msgpack_unpacked_init(&u);
-    memset(&m, 0, sizeof(m));
-    if (msgpack_unpack_next(&u, f.meta, f.meta_len, &off) != MSGPACK_UNPACK_SUCCESS ||
-        msg_decode(&msg_saved_state_desc, &u.data, &m, why, sizeof(why)) < 0 || !m.has_uid ||
-        !m.has_shadow_shm) {
+    if (!k.m.has_shadow_shm) {
         rc = err_set(err, errlen, -EBADMSG, "%s: not a session journal", file);
         goto out;
     }
-    if (!session_name_valid(m.session.ptr, m.session.len) ||
-        find(r, m.session.ptr, m.session.len) != NULL || r->count >= r->ctx->opts->max_sessions) {
-        rc = err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
-                     file);
+    if ((rc = session_from_kept(r, &k.m, file, &s, err, errlen)) < 0)
         goto out;
-    }
-    t = calloc(m.ntensors ? m.ntensors : 1, sizeof(*t));
-    s = calloc(1, sizeof(*s));
-    if (t == NULL || s == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < m.ntensors; i++)
-        t[i] = (struct msg_tensor){m.tensors[i].name, m.tensors[i].dtype, m.tensors[i].offset,
-                                   m.tensors[i].numel, false, NULL, 0};
-    memset(&req, 0, sizeof(req));
-    req.session = m.session;
-    req.tensors = t;
-    req.ntensors = m.ntensors;
-    req.has_config = true;
-    req.config = m.config;
-    s->reg = r;
-    memcpy(s->name, m.session.ptr, m.session.len);
-    s->uid = (uid_t)m.uid;
-    if (build_config(s, &req, why, sizeof(why)) < 0 ||
-        build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
-        s->shadow_bytes != m.shadow_bytes || msg_str_copy(m.shadow_shm, s->shadow_name,
-                                                          sizeof(s->shadow_name)) < 0) {
-        rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent journal: %s", file, why);
+    if (msg_str_copy(k.m.shadow_shm, s->shadow_name, sizeof(s->shadow_name)) < 0) {
+        rc = err_set(err, errlen, -EBADMSG, "%s: bad shadow name", file);
         goto out;
     }
     /* The shadow must be the one emad made: ours (or given to the owner),
@@ -1791,9 +1800,7 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     s->shadow.base = base;
     s->shadow.len = s->shadow_bytes;
     const struct shadow_header *h = base;
-    if (memcmp(h->magic, SHADOW_MAGIC, 8) != 0 ||
-        plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0) {
-        s->shadow_name[0] = '\0'; /* not ours to unlink */
+    if (memcmp(h->magic, SHADOW_MAGIC, 8) != 0) {
         rc = err_set(err, errlen, -EBADMSG, "%s: shadow has no emad header", file);
         goto out;
     }
@@ -1813,23 +1820,16 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     s->ready = true;
     adopt_rename(r, s);
     shadow_sync(s);
-    s->next = r->head;
-    r->head = s;
-    r->count++;
+    registry_insert(r, s);
     s = NULL;
-    rc = 0;
 out:
     if (fd >= 0)
         close(fd);
     if (s != NULL) {
         s->shadow_name[0] = '\0'; /* a failed adoption never removes the object */
-        shm_unmap(&s->shadow);
         session_free(s);
     }
-    free(t);
-    msg_free(&msg_saved_state_desc, &m);
-    msgpack_unpacked_destroy(&u);
-    store_file_close(&f);
+    kept_free(&k);
     return rc;
 }
 
