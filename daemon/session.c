@@ -63,6 +63,8 @@ struct op {
     bool has_clock;
     struct ema_clock clock;
     enum ema_action action;
+    bool has_seq;              /* event / swap: the client's request number */
+    uint64_t seq;
     struct pool_job job;
     uint64_t t0;               /* uv_hrtime when the data work began */
     bool keep;                 /* close */
@@ -209,6 +211,9 @@ int registry_init(struct registry *r, struct emad *ctx)
     memset(r, 0, sizeof(*r));
     r->ctx = ctx;
     r->kops = kernel_ops_best();
+    r->home = 1469598103934665603ull; /* FNV-1a of the state directory */
+    for (const char *p = ctx->opts->state_dir; *p != '\0'; p++)
+        r->home = (r->home ^ (unsigned char)*p) * 1099511628211ull;
     if (snprintf(r->live_dir, sizeof(r->live_dir), "%s/live", ctx->opts->state_dir) >=
         (int)sizeof(r->live_dir))
         r->live_dir[0] = '\0';
@@ -356,6 +361,8 @@ static void fill_state(const struct session *s, struct msg_session_state *o)
     o->shadow_shm = msg_str_c(s->shadow_name);
     o->has_interrupted = true;
     o->interrupted = s->interrupted;
+    o->has_seq = true;
+    o->seq = s->last_seq;
 }
 
 static bool visible(const struct session *s, uid_t uid)
@@ -399,10 +406,30 @@ static void reply_action(struct op *op)
 {
     struct msg_action a;
 
+    memset(&a, 0, sizeof(a));
     a.action = msg_str_c(ema_action_name(op->action));
     a.active = op->s->st.active;
     a.started = op->s->st.started;
     a.updates = op->s->st.updates;
+    a.has_interrupted = op->s->interrupted;
+    a.interrupted = op->s->interrupted;
+    conn_reply(op->conn, op->msgid, &msg_action_desc, &a);
+}
+
+/* The answer to a request seq that was applied before: what it did then. */
+static void reply_recorded(struct op *op, const struct seq_record *rec)
+{
+    struct msg_action a;
+
+    memset(&a, 0, sizeof(a));
+    a.action = msg_str_c(ema_action_name((enum ema_action)rec->action));
+    a.active = rec->active;
+    a.started = rec->started;
+    a.updates = rec->updates;
+    a.has_replayed = true;
+    a.replayed = true;
+    a.has_interrupted = op->s->interrupted;
+    a.interrupted = op->s->interrupted;
     conn_reply(op->conn, op->msgid, &msg_action_desc, &a);
 }
 
@@ -563,6 +590,7 @@ static void shadow_sync(struct session *s)
     if (h == NULL)
         return;
     memcpy(h->magic, SHADOW_MAGIC, 8);
+    h->home = s->reg->home;
     h->updates = s->st.updates;
     h->swaps = s->st.swaps;
     h->started = s->st.started;
@@ -573,6 +601,8 @@ static void shadow_sync(struct session *s)
     h->last_epoch = s->st.last_time.epoch;
     h->last_duration = s->st.last_time.duration;
     h->interrupted = s->interrupted;
+    h->last_seq = s->last_seq;
+    memcpy(h->recent, s->recent, sizeof(h->recent));
     __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
                      __ATOMIC_RELEASE);
 }
@@ -768,8 +798,57 @@ static size_t copy_chunks(const struct session *s)
  * of emad from then on keeps it. */
 static void commit(struct op *op)
 {
-    ema_commit(&op->s->st, op->action, op->has_clock ? &op->clock : NULL);
-    shadow_sync(op->s);
+    struct session *s = op->s;
+
+    ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+    if (op->has_seq) {
+        struct seq_record *rec = &s->recent[op->seq % SEQ_RECORDS];
+        *rec = (struct seq_record){.seq = op->seq, .updates = s->st.updates,
+                                   .action = (uint8_t)op->action, .active = s->st.active,
+                                   .started = s->st.started};
+        if (op->seq > s->last_seq)
+            s->last_seq = op->seq;
+    }
+    shadow_sync(s);
+}
+
+static bool is_swap(enum ema_action a)
+{
+    return a == EMA_ACTION_SWAP_IN || a == EMA_ACTION_SWAP_OUT;
+}
+
+/*
+ * A request seq at or below the last one applied is a client sending again
+ * what it sent before losing its connection. Data work that cannot be
+ * repeated (an update) is answered from the record. A swap is not: its
+ * request names the weights wanted in the params, and the client may have
+ * put the training weights back since, so it runs again against the state
+ * as it is now. true when op was answered here.
+ */
+static bool replayed(struct op *op)
+{
+    struct session *s = op->s;
+    const struct seq_record *rec;
+
+    if (!op->has_seq || op->seq > s->last_seq)
+        return false;
+    rec = &s->recent[op->seq % SEQ_RECORDS];
+    if (rec->seq != op->seq) {
+        reply_error(op->conn, op->msgid, MSG_E_STATE,
+                    "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
+                    ") and emad no longer remembers its outcome (it keeps the last %u)",
+                    ema_event_name(op->ev), op->seq, s->last_seq, SEQ_RECORDS);
+        op_finish(op);
+        return true;
+    }
+    if (is_swap((enum ema_action)rec->action))
+        return false;
+    log_info(reg_log(s->reg), "session %s: request seq %" PRIu64 " sent again; answered from "
+             "the record (%s), not applied twice", s->name, op->seq,
+             ema_action_name((enum ema_action)rec->action));
+    reply_recorded(op, rec);
+    op_finish(op);
+    return true;
 }
 
 static void run_event(struct op *op)
@@ -777,6 +856,8 @@ static void run_event(struct op *op)
     struct session *s = op->s;
     uint32_t state;
 
+    if (replayed(op))
+        return;
     if (ema_decide(&s->cfg, &s->st, op->ev, op->has_clock ? &op->clock : NULL, &op->action) < 0) {
         reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
         op_finish(op);
@@ -861,6 +942,8 @@ static void encode_meta(struct session *s, msgpack_sbuffer *sb)
     m.uid = s->uid;
     m.has_shadow_shm = true;
     m.shadow_shm = msg_str_c(s->shadow_name);
+    m.has_seq = true;
+    m.seq = s->last_seq;
     msgpack_sbuffer_init(sb);
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     msg_encode(&pk, &msg_saved_state_desc, &m);
@@ -1304,6 +1387,12 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         return;
     }
     old = find(r, req->session.ptr, req->session.len);
+    if ((old == NULL || !visible(old, c->uid)) && req->has_existing && req->existing) {
+        reply_error(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
+                    "(existing was asked: none is created)", (int)req->session.len,
+                    req->session.ptr);
+        return;
+    }
     if (old != NULL && !(req->has_resume && req->resume)) {
         reply_error(c, msgid, MSG_E_EXISTS, "register: session %s exists (pass resume to "
                     "re-attach to it)", old->name);
@@ -1407,6 +1496,10 @@ void session_event(struct registry *r, struct conn *c, uint32_t msgid,
         reply_error(c, msgid, MSG_E_BADARG, "event: %s", err);
         return;
     }
+    if (req->has_seq && req->seq == 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "event: seq: request numbers start at 1");
+        return;
+    }
     if ((s = lookup(r, c, msgid, "event", req->session, true)) == NULL)
         return;
     if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
@@ -1414,6 +1507,8 @@ void session_event(struct registry *r, struct conn *c, uint32_t msgid,
     op->ev = ev;
     op->has_clock = true;
     op->clock = clock;
+    op->has_seq = req->has_seq;
+    op->seq = req->seq;
     enqueue(op);
 }
 
@@ -1427,11 +1522,17 @@ void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const stru
         reply_error(c, msgid, MSG_E_BADARG, "swap: to: must be \"ema\" or \"train\"");
         return;
     }
+    if (req->has_seq && req->seq == 0) {
+        reply_error(c, msgid, MSG_E_BADARG, "swap: seq: request numbers start at 1");
+        return;
+    }
     if ((s = lookup(r, c, msgid, "swap", req->session, true)) == NULL)
         return;
     if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
         return;
     op->ev = ev;
+    op->has_seq = req->has_seq;
+    op->seq = req->seq;
     enqueue(op);
 }
 
@@ -1607,6 +1708,7 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
     s->reg = r;
     memcpy(s->name, m->session.ptr, m->session.len);
     s->uid = (uid_t)m->uid;
+    s->last_seq = m->has_seq ? m->seq : 0;
     if (build_config(s, &req, why, sizeof(why)) < 0 ||
         build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
         s->shadow_bytes != m->shadow_bytes)
@@ -1729,10 +1831,22 @@ static void journal_remove(struct session *s)
 bool registry_owns_shadow(void *registry, const char *name)
 {
     struct registry *r = registry;
+    struct shadow_header h;
+    ssize_t n;
+    int fd;
+
     for (struct session *s = r->head; s != NULL; s = s->next)
         if (strcmp(s->shadow_name, name) == 0)
             return true;
-    return false;
+    /* A dead emad of another state directory left it: that emad's restart
+     * takes it back, so it is not ours to remove (emactl gc may). One
+     * without a readable header never held a session. */
+    fd = shm_open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    n = pread(fd, &h, sizeof(h), 0);
+    close(fd);
+    return n == (ssize_t)sizeof(h) && memcmp(h.magic, SHADOW_MAGIC, 8) == 0 && h.home != r->home;
 }
 
 /* A shadow taken back still carries the dead emad's pid in its name, and
@@ -1817,6 +1931,8 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
      * drops: the session comes back with the training weights in. */
     s->st.active = false;
     s->interrupted = h->interrupted || h->seq_begun != h->seq_done;
+    s->last_seq = h->last_seq;
+    memcpy(s->recent, h->recent, sizeof(s->recent));
     s->ready = true;
     adopt_rename(r, s);
     shadow_sync(s);

@@ -32,6 +32,24 @@ struct op;
  * The tensors' shadows follow, at the offsets register reports.
  */
 #define SHADOW_HEADER_BYTES 4096u
+
+/*
+ * Clients number their events and swaps (seq) so that after a lost
+ * connection they can send again whatever was not answered. The outcome of
+ * the last few is remembered (in the shadow header, so that it survives a
+ * crash of emad): an update already applied is answered from the record,
+ * never applied twice.
+ */
+#define SEQ_RECORDS 16u
+
+struct seq_record {
+    uint64_t seq;              /* 0: empty */
+    uint64_t updates;
+    uint8_t action;            /* enum ema_action */
+    uint8_t active;
+    uint8_t started;
+    uint8_t pad[5];
+};
 #define SHADOW_MAGIC "EMASHAD1"
 
 struct shadow_header {
@@ -48,6 +66,9 @@ struct shadow_header {
     uint64_t last_epoch;
     double last_duration;
     uint64_t interrupted;   /* a restart found seq_begun != seq_done (sticky until load) */
+    uint64_t last_seq;      /* the highest client request seq applied */
+    struct seq_record recent[SEQ_RECORDS];
+    uint64_t home;          /* which state directory's emad made it (registry.home) */
 };
 
 struct tensor {
@@ -96,6 +117,8 @@ struct session {
     struct shm_map shadow;
     double last_update_seconds;
     bool interrupted;          /* an update was cut short by a crash of emad */
+    uint64_t last_seq;         /* the highest request seq applied (0: none) */
+    struct seq_record recent[SEQ_RECORDS]; /* ring, indexed by seq % SEQ_RECORDS */
     struct op *q_head, *q_tail;/* operations waiting or running (the head) */
     bool busy;                 /* the head is running */
     bool ready;                /* the shadow is initialised */
@@ -110,6 +133,7 @@ struct registry {
     const struct kernel_ops *kops;
     void (*drained)(struct registry *r); /* called once no operation is left */
     char live_dir[PATH_MAX];             /* journals of running sessions ("" none) */
+    uint64_t home;                       /* a hash of the state directory's path */
 };
 
 int registry_init(struct registry *r, struct emad *ctx);
@@ -129,8 +153,9 @@ int registry_restore_all(struct registry *r, const char *dir);
  * takes every journaled session whose shadow is intact back, detached, with
  * the counters of the shadow's header. Returns the number adopted or -errno. */
 int registry_adopt_all(struct registry *r);
-/* Whether name is the shadow of one of the sessions (so that the start-up
- * collection of stale shadows spares it). */
+/* Whether the start-up collection of stale shadows must spare name: the
+ * shadow of one of the sessions, or one made by an emad of another state
+ * directory (whose own restart takes it back). */
 bool registry_owns_shadow(void *registry, const char *name);
 /* The connection is gone: its sessions become detached. */
 void registry_conn_closed(struct registry *r, struct conn *c);

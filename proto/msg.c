@@ -68,6 +68,7 @@ static const struct msg_field register_fields[] = {
     ARR(struct msg_register, "tensors", tensors, msg_tensor_desc),
     OPT_OBJ(struct msg_register, "config", config, msg_config_desc),
     OPT(struct msg_register, "resume", MSG_BOOL, resume),
+    OPT(struct msg_register, "existing", MSG_BOOL, existing),
 };
 const struct msg_desc msg_register_desc = DESC("register", struct msg_register, register_fields);
 
@@ -100,6 +101,7 @@ static const struct msg_field session_state_fields[] = {
     REQ(SS, "shm", MSG_STR, shm),
     REQ(SS, "shadow_shm", MSG_STR, shadow_shm),
     OPT(SS, "interrupted", MSG_BOOL, interrupted),
+    OPT(SS, "seq", MSG_U64, seq),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -119,6 +121,7 @@ static const struct msg_field event_fields[] = {
     REQ(struct msg_event, "session", MSG_STR, session),
     REQ(struct msg_event, "event", MSG_STR, event),
     OBJ(struct msg_event, "time", time, msg_time_desc),
+    OPT(struct msg_event, "seq", MSG_U64, seq),
 };
 const struct msg_desc msg_event_desc = DESC("event", struct msg_event, event_fields);
 
@@ -127,12 +130,15 @@ static const struct msg_field action_fields[] = {
     REQ(struct msg_action, "active", MSG_BOOL, active),
     REQ(struct msg_action, "started", MSG_BOOL, started),
     REQ(struct msg_action, "updates", MSG_U64, updates),
+    OPT(struct msg_action, "replayed", MSG_BOOL, replayed),
+    OPT(struct msg_action, "interrupted", MSG_BOOL, interrupted),
 };
 const struct msg_desc msg_action_desc = DESC("action", struct msg_action, action_fields);
 
 static const struct msg_field swap_fields[] = {
     REQ(struct msg_swap, "session", MSG_STR, session),
     REQ(struct msg_swap, "to", MSG_STR, to),
+    OPT(struct msg_swap, "seq", MSG_U64, seq),
 };
 const struct msg_desc msg_swap_desc = DESC("swap", struct msg_swap, swap_fields);
 
@@ -223,6 +229,7 @@ static const struct msg_field saved_state_fields[] = {
     REQ(SV, "shadow_bytes", MSG_U64, shadow_bytes),
     OPT(SV, "uid", MSG_U64, uid),
     OPT(SV, "shadow_shm", MSG_STR, shadow_shm),
+    OPT(SV, "seq", MSG_U64, seq),
 };
 #undef SV
 const struct msg_desc msg_saved_state_desc =

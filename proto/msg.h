@@ -114,6 +114,8 @@ struct msg_register {
     struct msg_config config;
     bool has_resume;
     bool resume;
+    bool has_existing; /* extension: with resume, NOSESSION rather than a new session */
+    bool existing;
 };
 
 struct msg_shadow_tensor {
@@ -147,6 +149,8 @@ struct msg_session_state {
     struct msg_str shadow_shm;
     bool has_interrupted; /* extension: an update was cut short by a crash of emad */
     bool interrupted;
+    bool has_seq;         /* extension: the highest request seq applied */
+    uint64_t seq;
 };
 
 struct msg_register_reply {
@@ -162,6 +166,8 @@ struct msg_event {
     struct msg_str session;
     struct msg_str event;
     struct msg_time time;
+    bool has_seq; /* extension: the client's request number, for replays */
+    uint64_t seq;
 };
 
 /* Result of event and swap. */
@@ -170,11 +176,17 @@ struct msg_action {
     bool active;
     bool started;
     uint64_t updates;
+    bool has_replayed; /* extension: true when a replayed seq was answered from the record */
+    bool replayed;
+    bool has_interrupted; /* extension: the shadow holds part of an update cut short */
+    bool interrupted;
 };
 
 struct msg_swap {
     struct msg_str session;
     struct msg_str to; /* "ema" | "train" */
+    bool has_seq;      /* extension, as in event */
+    uint64_t seq;
 };
 
 struct msg_status {
@@ -278,6 +290,8 @@ struct msg_saved_state {
     uint64_t uid;
     bool has_shadow_shm; /* journals of running sessions: the shadow object */
     struct msg_str shadow_shm;
+    bool has_seq; /* the highest request seq applied */
+    uint64_t seq;
 };
 
 /* An empty map, the result of close and drop. */

@@ -123,13 +123,13 @@ static void reg_smoothing(uint32_t id, const char *session, double smoothing)
 
 static void event(uint32_t id, const char *session, const char *ev, uint64_t batch, uint64_t epoch)
 {
-    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {batch, epoch, true, 0.5}};
+    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {batch, epoch, true, 0.5}, true, batch + 1};
     req(id, "event", &msg_event_desc, &e);
 }
 
 static void swap(uint32_t id, const char *session, const char *to)
 {
-    struct msg_swap s = {msg_str_c(session), msg_str_c(to)};
+    struct msg_swap s = {msg_str_c(session), msg_str_c(to), false, 0};
     req(id, "swap", &msg_swap_desc, &s);
 }
 
@@ -262,7 +262,7 @@ static void gen_wire(void)
         sr.sessions = &rr.state;
         sr.nsessions = 1;
         wrapped(22, &msg_status_reply_desc, &sr);
-        struct msg_action a = {{"update", 6}, false, true, 3};
+        struct msg_action a = {{"update", 6}, false, true, 3, false, false, false, false};
         wrapped(23, &msg_action_desc, &a);
         struct msg_file_reply fr = {{"/var/lib/emad/x.ema", 19}, 4096};
         wrapped(24, &msg_file_reply_desc, &fr);
