@@ -22,6 +22,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -29,10 +30,23 @@
 #define SEG_NAME_LEN 256 /* NAME_MAX and a NUL; ours are "/emad-" and 16 hex digits */
 
 /* A request sent and not yet claimed. owner is the session of an event
- * ticket (emac_event_wait checks it), NULL for the blocking calls. */
+ * ticket (emac_event_wait checks it), NULL for the blocking calls. req
+ * holds the encoded request while it may have to be sent again on a new
+ * connection: until its send completes, and until its reply for the
+ * requests that are safe to repeat (events and swaps, numbered by seq;
+ * status). */
 struct outstanding {
     uint32_t msgid;
     const emac_session *owner;
+    char *req;
+    size_t req_len;
+    bool replay;          /* keep req until the reply */
+    enum abandon {
+        KEPT,             /* a reply will come, or it is sent again on reconnecting */
+        NOT_REPEATABLE,   /* sent whole on a connection that was lost */
+        GAVE_UP,          /* lost, and no new connection came within the timeout */
+        SESSION_GONE,     /* its session could not be resumed */
+    } abandoned;          /* not KEPT: its wait fails, saying why */
 };
 
 /* A reply that arrived while the client waited for another one: the array
@@ -52,6 +66,12 @@ struct emac_client {
     struct emac_server info;
     bool send_failed;          /* read what emad left, without waiting for more */
     bool lost;                 /* the connection is gone: every request fails */
+    bool refused;              /* emad sent a refusal before closing: do not reconnect */
+    bool reconnecting;         /* inside reconnect(): a loss fails the attempt */
+    struct emac_reconnect rc;  /* the reconnect policy */
+    unsigned reconnects;       /* successful reconnects so far */
+    unsigned seed;             /* for the backoff's jitter */
+    char client_name[128];     /* hello's client, said again on reconnect */
     char lost_why[384];        /* why, and what was restored, for later errors */
     struct outstanding *outs;  /* requests sent, replies not claimed */
     size_t nouts, outs_cap;
@@ -97,6 +117,9 @@ struct emac_session {
     char *name;
     bool closed;             /* emac_close succeeded */
     bool restored;           /* the library copied the stash back */
+    bool gone;               /* resume failed after a reconnect: unusable */
+    char gone_why[640];
+    uint64_t next_seq;       /* of the next event or swap */
     void *shadow_base;       /* read-only mapping of the shadow object */
     size_t shadow_map_bytes;
     struct emac_shadow *shadows;
@@ -180,6 +203,8 @@ static void copy_session(struct arena *a, struct emac_session_info *o,
     o->last_update_seconds = s->last_update_seconds;
     o->shm = arena_str(a, s->shm);
     o->shadow_shm = arena_str(a, s->shadow_shm);
+    o->interrupted = s->has_interrupted && s->interrupted;
+    o->seq = s->has_seq ? s->seq : 0;
 }
 
 /* ---- the connection: requests out, replies in ---- */
@@ -192,14 +217,22 @@ static struct outstanding *find_out(emac_client *c, uint32_t msgid)
     return NULL;
 }
 
+static void remove_out_at(emac_client *c, size_t i)
+{
+    free(c->outs[i].req);
+    c->outs[i] = c->outs[--c->nouts];
+}
+
 static void remove_out(emac_client *c, uint32_t msgid)
 {
     struct outstanding *o = find_out(c, msgid);
     if (o != NULL)
-        *o = c->outs[--c->nouts];
+        remove_out_at(c, (size_t)(o - c->outs));
 }
 
-static int add_out(emac_client *c, uint32_t msgid, const emac_session *owner)
+/* Takes req (malloc'd, or NULL). */
+static int add_out(emac_client *c, uint32_t msgid, const emac_session *owner, char *req,
+                   size_t req_len, bool replay)
 {
     if (c->nouts == c->outs_cap) {
         size_t cap = c->outs_cap ? 2 * c->outs_cap : 16;
@@ -209,8 +242,7 @@ static int add_out(emac_client *c, uint32_t msgid, const emac_session *owner)
         c->outs = p;
         c->outs_cap = cap;
     }
-    c->outs[c->nouts].msgid = msgid;
-    c->outs[c->nouts].owner = owner;
+    c->outs[c->nouts] = (struct outstanding){msgid, owner, req, req_len, replay, KEPT};
     c->nouts++;
     return 0;
 }
@@ -327,8 +359,31 @@ static int connection_lost(emac_client *c, int rc, const char *what, const char 
     return set_err(err, rc, EMAC_E_DISCONNECTED, "%s: %s", what, c->lost_why);
 }
 
+static int reconnect(emac_client *c, const char *what, struct emac_error *err);
+
+/* The connection is gone: restore the segments (connection_lost), then,
+ * where the policy allows, reconnect. 0 once a new connection is up and the
+ * sessions resumed (the caller goes on), else a negative code with err. */
+static int connection_down(emac_client *c, int rc, const char *what, const char *why,
+                           struct emac_error *err)
+{
+    int lost = connection_lost(c, rc, what, why, err);
+
+    if (!c->rc.enabled || c->reconnecting || c->refused)
+        return lost;
+    return reconnect(c, what, err);
+}
+
+static bool is_refusal(const struct wire_msg *m)
+{
+    return m->kind == WIRE_NOTIFY && m->method_len == strlen(MSG_NOTIFY_ERROR) &&
+           memcmp(m->method, MSG_NOTIFY_ERROR, m->method_len) == 0;
+}
+
 /* Read the next message into *m (views valid until the next decoder call).
- * 0, or a negative code with err filled (connection lost, bad bytes). */
+ * 0, 1 when the connection was lost and a new one is up (nothing in *m:
+ * what was outstanding has been sent again or dropped), or a negative code
+ * with err filled (connection lost, bad bytes). */
 static int read_message(emac_client *c, const char *what, struct wire_msg *m,
                         struct emac_error *err)
 {
@@ -340,6 +395,7 @@ static int read_message(emac_client *c, const char *what, struct wire_msg *m,
             /* The stream cannot be resynchronised: stop using it, but
              * restore nothing, since emad may still be working. */
             c->lost = true;
+            c->refused = true;
             snprintf(c->lost_why, sizeof(c->lost_why), "emad sent bytes that are not a reply: %s",
                      f.detail);
             close(c->fd);
@@ -353,18 +409,64 @@ static int read_message(emac_client *c, const char *what, struct wire_msg *m,
         char *p = wire_decoder_reserve(&c->dec, 64u << 10, &room);
         if (p == NULL)
             return set_err(err, -ENOMEM, EMAC_E_BADREPLY, "%s: reply too large", what);
-        ssize_t n = recv(c->fd, p, room, c->send_failed ? MSG_DONTWAIT : 0);
+        ssize_t n = recv(c->fd, p, room, 0);
         if (n < 0 && errno == EINTR)
             continue;
         if (n > 0) {
             wire_decoder_commit(&c->dec, (size_t)n);
             continue;
         }
-        if (n == 0)
-            return connection_lost(c, -ECONNRESET, what, "end of stream", err);
-        int e = errno;
-        return connection_lost(c, -e, what, e == EAGAIN ? "broken pipe" : strerror(e), err);
+        int e = n == 0 ? ECONNRESET : errno;
+        rc = connection_down(c, -e, what, n == 0 ? "end of stream" : strerror(e), err);
+        return rc < 0 ? rc : 1;
     }
+}
+
+/* Claim msgid's reply if it arrived earlier: 1 (views set), 0 not held. */
+static int claim_held(emac_client *c, uint32_t msgid, const char *what,
+                      const msgpack_object **error, const msgpack_object **result,
+                      struct emac_error *err)
+{
+    for (size_t i = 0; i < c->nheld; i++) {
+        if (c->held[i].msgid != msgid)
+            continue;
+        size_t off = 0, len;
+        msgpack_unpacked_destroy(&c->claimed);
+        free(c->claimed_data);
+        c->claimed_data = take_held(c, i, &len);
+        remove_out(c, msgid);
+        if (msgpack_unpack_next(&c->claimed, c->claimed_data, len, &off) !=
+            MSGPACK_UNPACK_SUCCESS)
+            return set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: kept reply unreadable", what);
+        *error = &c->claimed.data.via.array.ptr[0];
+        *result = &c->claimed.data.via.array.ptr[1];
+        return 1;
+    }
+    return 0;
+}
+
+/* If msgid's request was abandoned with a lost connection, forget it and
+ * say why; else 0. */
+static int abandoned_error(emac_client *c, uint32_t msgid, const char *what,
+                           struct emac_error *err)
+{
+    struct outstanding *o = find_out(c, msgid);
+    enum abandon why = o ? o->abandoned : KEPT;
+
+    if (why == KEPT)
+        return 0;
+    remove_out(c, msgid);
+    if (why == NOT_REPEATABLE)
+        return set_err(err, -ENOTCONN, EMAC_E_DISCONNECTED,
+                       "%s: the connection to emad was lost while the request was in flight; "
+                       "the client reconnected, but this request is not one that can safely "
+                       "be sent twice, and it may or may not have been carried out: check "
+                       "(emac_status) and retry", what);
+    if (why == SESSION_GONE)
+        return set_err(err, -ENOTCONN, EMAC_E_DISCONNECTED,
+                       "%s: the connection to emad was lost while the request was in flight, "
+                       "and its session could not be resumed", what);
+    return lost_error(c, what, err);
 }
 
 /*
@@ -380,29 +482,31 @@ static int wait_response(emac_client *c, uint32_t msgid, const char *what,
     struct wire_msg m;
     int rc;
 
-    for (size_t i = 0; i < c->nheld; i++) {
-        if (c->held[i].msgid != msgid)
-            continue;
-        size_t off = 0, len;
-        msgpack_unpacked_destroy(&c->claimed);
-        free(c->claimed_data);
-        c->claimed_data = take_held(c, i, &len);
+    if ((rc = claim_held(c, msgid, what, error, result, err)) != 0)
+        return rc < 0 ? rc : 0;
+    if ((rc = abandoned_error(c, msgid, what, err)) < 0)
+        return rc;
+    if (c->lost) {
         remove_out(c, msgid);
-        if (msgpack_unpack_next(&c->claimed, c->claimed_data, len, &off) !=
-            MSGPACK_UNPACK_SUCCESS)
-            return set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: kept reply unreadable", what);
-        *error = &c->claimed.data.via.array.ptr[0];
-        *result = &c->claimed.data.via.array.ptr[1];
-        return 0;
-    }
-    if (c->lost)
         return lost_error(c, what, err);
+    }
     for (;;) {
-        if ((rc = read_message(c, what, &m, err)) < 0)
+        if ((rc = read_message(c, what, &m, err)) < 0) {
+            remove_out(c, msgid);
             return rc;
-        if (m.kind == WIRE_NOTIFY && m.method_len == strlen(MSG_NOTIFY_ERROR) &&
-            memcmp(m.method, MSG_NOTIFY_ERROR, m.method_len) == 0)
+        }
+        if (rc > 0) {
+            /* A new connection: sent again there, or abandoned. */
+            if ((rc = abandoned_error(c, msgid, what, err)) < 0)
+                return rc;
+            continue;
+        }
+        if (is_refusal(&m)) {
+            /* emad closes the connection after this: reconnecting would
+             * only send the refused request again. */
+            c->refused = true;
             return remote_error(m.params, err, what);
+        }
         if (m.kind != WIRE_RESPONSE)
             continue;
         if (m.msgid == msgid) {
@@ -447,49 +551,105 @@ static int wait_reply(emac_client *c, uint32_t msgid, const char *what,
     return 0;
 }
 
-/* Send one request; *msgid tells which reply to wait for. If the send
- * fails, the reason is read back from the connection (emad may have sent
- * an explanation before closing it) and returned. */
+/* Write all of buf: 0 or -errno. */
+static int send_all(int fd, const char *buf, size_t len)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t w = send(fd, buf + done, len - done, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+/* A send failed: emad may have explained before closing (a refusal, as a
+ * notification). Read what is there without waiting, keeping replies to
+ * outstanding requests. -EREMOTEIO with err filled for a refusal, else 0. */
+static int read_refusal(emac_client *c, const char *what, struct emac_error *err)
+{
+    struct wire_msg m;
+    struct wire_fault f;
+
+    for (;;) {
+        int rc = wire_decoder_next(&c->dec, &m, &f);
+        if (rc < 0)
+            return 0;
+        if (rc > 0) {
+            if (is_refusal(&m)) {
+                c->refused = true;
+                remote_error(m.params, err, what);
+                return -EREMOTEIO;
+            }
+            if (m.kind == WIRE_RESPONSE && find_out(c, m.msgid) != NULL &&
+                hold_reply(c, &m) < 0)
+                return 0;
+            continue;
+        }
+        size_t room;
+        char *p = wire_decoder_reserve(&c->dec, 64u << 10, &room);
+        if (p == NULL)
+            return 0;
+        ssize_t n = recv(c->fd, p, room, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        wire_decoder_commit(&c->dec, (size_t)n);
+    }
+}
+
+/*
+ * Send one request; *msgid tells which reply to wait for. replay: the
+ * request may be sent again on a new connection until its reply comes
+ * (events and swaps, which carry a seq; status). Any request whose send
+ * failed is sent again after a reconnect: emad never saw all of it.
+ */
 static int send_request(emac_client *c, const char *method, const struct msg_desc *req_desc,
-                        const void *req, const emac_session *owner, const char *what,
-                        uint32_t *msgid, struct emac_error *err)
+                        const void *req, const emac_session *owner, bool replay,
+                        const char *what, uint32_t *msgid, struct emac_error *err)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
+    struct outstanding *o;
     uint32_t id;
-    size_t done = 0;
-    int rc = 0;
+    int rc;
 
-    if (c->lost)
-        return lost_error(c, what, err);
+    if (c->lost) {
+        if (!c->rc.enabled || c->reconnecting || c->refused)
+            return lost_error(c, what, err);
+        if ((rc = reconnect(c, what, err)) < 0)
+            return rc;
+    }
     id = c->next_msgid++;
-    if (add_out(c, id, owner) < 0)
-        return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
     wire_pack_request_head(&pk, id, method);
     msg_encode(&pk, req_desc, req);
-    while (done < sb.size) {
-        ssize_t w = send(c->fd, sb.data + done, sb.size - done, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            rc = -errno;
-            break;
-        }
-        done += (size_t)w;
+    if (sb.data == NULL || add_out(c, id, owner, sb.data, sb.size, replay) < 0) {
+        msgpack_sbuffer_destroy(&sb);
+        return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
     }
-    msgpack_sbuffer_destroy(&sb);
-    if (rc < 0) {
-        const msgpack_object *e, *r;
-        c->send_failed = true;
-        /* Either emad's refusal (a notification) or the end of stream,
-         * which restores the segments: both explain more than EPIPE. */
-        rc = wait_response(c, id, what, &e, &r, err);
-        remove_out(c, id);
-        if (rc == 0)
-            rc = set_err(err, -EPIPE, EMAC_E_DISCONNECTED, "%s: sending to emad at %s failed",
-                         what, c->path);
+    o = find_out(c, id);
+    rc = send_all(c->fd, o->req, o->req_len);
+    if (rc == 0) {
+        if (!replay) {
+            o = find_out(c, id);
+            free(o->req);
+            o->req = NULL;
+        }
+        *msgid = id;
+        return 0;
+    }
+    /* Either emad's refusal (a notification), or the connection is gone:
+     * then reconnecting sends this request again, with the others. */
+    if ((rc = read_refusal(c, what, err)) < 0 ||
+        (rc = connection_down(c, rc, what, "broken pipe", err)) < 0) {
+        remove_out(c, id); /* the caller is told it failed: never send it later */
         return rc;
     }
     *msgid = id;
@@ -499,22 +659,259 @@ static int send_request(emac_client *c, const char *method, const struct msg_des
 /* One request and its reply. */
 static int call(emac_client *c, const char *method, const struct msg_desc *req_desc,
                 const void *req, const struct msg_desc *rep_desc, void *rep, char **raw,
-                size_t *raw_len, const char *what, struct emac_error *err)
+                size_t *raw_len, bool replay, const char *what, struct emac_error *err)
 {
     uint32_t id;
-    int rc = send_request(c, method, req_desc, req, NULL, what, &id, err);
+    int rc = send_request(c, method, req_desc, req, NULL, replay, what, &id, err);
 
     if (rc < 0)
         return rc;
     return wait_reply(c, id, what, rep_desc, rep, raw, raw_len, err);
 }
 
+/* ---- reconnecting ---- */
+
+void emac_reconnect_defaults(struct emac_reconnect *r)
+{
+    r->enabled = true;
+    r->initial_delay_ms = 50;
+    r->max_delay_ms = 2000;
+    r->timeout_ms = 30000;
+}
+
+int emac_set_reconnect(emac_client *c, const struct emac_reconnect *r, struct emac_error *err)
+{
+    if (c == NULL || r == NULL)
+        return set_err(err, -EINVAL, EMAC_E_USAGE, "emac_set_reconnect: NULL argument");
+    if (r->initial_delay_ms == 0)
+        return set_err(err, -EINVAL, EMAC_E_USAGE,
+                       "emac_set_reconnect: initial_delay_ms must be at least 1");
+    if (r->max_delay_ms < r->initial_delay_ms)
+        return set_err(err, -EINVAL, EMAC_E_USAGE,
+                       "emac_set_reconnect: max_delay_ms (%u) is below initial_delay_ms (%u)",
+                       r->max_delay_ms, r->initial_delay_ms);
+    c->rc = *r;
+    return 0;
+}
+
+unsigned emac_reconnects(const emac_client *c)
+{
+    return c ? c->reconnects : 0;
+}
+
+/* The default policy, with EMAD_RECONNECT_TIMEOUT (seconds) applied. */
+static void reconnect_policy_from_env(struct emac_reconnect *r)
+{
+    const char *env = getenv("EMAD_RECONNECT_TIMEOUT");
+    char *end;
+
+    emac_reconnect_defaults(r);
+    if (env == NULL || *env == '\0')
+        return;
+    errno = 0;
+    double sec = strtod(env, &end);
+    if (errno != 0 || *end != '\0' || !(sec >= 0) || sec > 86400.0)
+        return; /* unusable: keep the default rather than fail every connect */
+    if (sec == 0)
+        r->enabled = false;
+    else
+        r->timeout_ms = (unsigned)(sec * 1000.0);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static int socket_connect(const char *path, int *fd_out)
+{
+    struct sockaddr_un sa;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -errno;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, strlen(path));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* hello on the current connection; fills c->info. */
+static int say_hello(emac_client *c, struct emac_error *err)
+{
+    struct msg_hello hello;
+    struct msg_hello_reply rep;
+    int rc;
+
+    memset(&hello, 0, sizeof(hello));
+    hello.proto = EMAC_PROTO_VERSION;
+    hello.client = msg_str_c(c->client_name);
+    hello.has_pid = true;
+    hello.pid = getpid();
+    rc = call(c, "hello", &msg_hello_desc, &hello, &msg_hello_reply_desc, &rep, NULL, NULL, false,
+              "hello", err);
+    if (rc < 0)
+        return rc;
+    snprintf(c->server_name, sizeof(c->server_name), "%.*s", (int)rep.server.len,
+             rep.server.ptr);
+    c->info.server = c->server_name;
+    c->info.proto = (unsigned)rep.proto;
+    c->info.pid = (long)rep.pid;
+    c->info.workers = (unsigned)rep.workers;
+    msg_free(&msg_hello_reply_desc, &rep);
+    return 0;
+}
+
+static int session_resume(emac_client *c, emac_session *s, struct emac_error *err);
+
+static int by_msgid(const void *a, const void *b)
+{
+    uint32_t x = ((const struct outstanding *)a)->msgid, y = ((const struct outstanding *)b)->msgid;
+    return x < y ? -1 : x > y;
+}
+
+/* Abandon the requests that cannot be sent again (sent whole, not safe to
+ * repeat) and those of sessions that could not be resumed. */
+static void abandon_unsendable(emac_client *c)
+{
+    for (size_t i = 0; i < c->nouts; i++) {
+        struct outstanding *o = &c->outs[i];
+        if (o->abandoned != KEPT)
+            continue;
+        if (o->owner != NULL && o->owner->gone)
+            o->abandoned = SESSION_GONE;
+        else if (o->req == NULL)
+            o->abandoned = NOT_REPEATABLE;
+        if (o->abandoned != KEPT) {
+            free(o->req);
+            o->req = NULL;
+        }
+    }
+}
+
+/* One attempt: connect, hello, resume every session, send again what is
+ * outstanding. 0, or a negative code with why filled. */
+static int reconnect_once(emac_client *c, char *why, size_t whylen)
+{
+    struct emac_error e = {"", ""};
+    int fd, rc;
+
+    if ((rc = socket_connect(c->path, &fd)) < 0) {
+        snprintf(why, whylen, "cannot connect to %s: %s", c->path, strerror(-rc));
+        return rc;
+    }
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = fd;
+    c->lost = false;
+    c->send_failed = false;
+    wire_decoder_free(&c->dec);
+    wire_decoder_init(&c->dec, CLIENT_MAX_REPLY, WIRE_DEFAULT_MAX_DEPTH);
+    if ((rc = say_hello(c, &e)) < 0)
+        goto fail;
+    for (emac_session *s = c->sessions; s != NULL; s = s->next) {
+        if (s->closed || s->gone)
+            continue;
+        rc = session_resume(c, s, &e);
+        if (rc == -EREMOTEIO && strcmp(e.code, "EXISTS") != 0) {
+            /* emad answered, and will not give this session back: no
+             * attempt will change that. The others go on. */
+            s->gone = true;
+            snprintf(s->gone_why, sizeof(s->gone_why),
+                     "session \"%.128s\" could not be resumed after the connection to emad was "
+                     "lost: %s: %.200s", s->name, e.code, e.message);
+            continue;
+        }
+        if (rc < 0)
+            goto fail; /* attached elsewhere still, or the connection went again */
+    }
+    abandon_unsendable(c);
+    qsort(c->outs, c->nouts, sizeof(*c->outs), by_msgid);
+    for (size_t i = 0; i < c->nouts; i++) {
+        if (c->outs[i].abandoned != KEPT)
+            continue;
+        if ((rc = send_all(c->fd, c->outs[i].req, c->outs[i].req_len)) < 0) {
+            snprintf(e.message, sizeof(e.message), "sending again: %s", strerror(-rc));
+            goto fail;
+        }
+        if (!c->outs[i].replay) {
+            free(c->outs[i].req);
+            c->outs[i].req = NULL;
+        }
+    }
+    return 0;
+
+fail:
+    snprintf(why, whylen, "%.300s", e.message);
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    c->lost = true;
+    return rc < 0 ? rc : -ENOTCONN;
+}
+
+/* Reconnect with a bounded, jittered exponential backoff (c->rc). */
+static int reconnect(emac_client *c, const char *what, struct emac_error *err)
+{
+    char first[sizeof(c->lost_why)], why[384] = "";
+    uint64_t t0 = now_ms();
+    unsigned delay = c->rc.initial_delay_ms, attempts = 0;
+
+    snprintf(first, sizeof(first), "%s", c->lost_why);
+    c->reconnecting = true;
+    for (;;) {
+        attempts++;
+        if (reconnect_once(c, why, sizeof(why)) == 0) {
+            c->reconnecting = false;
+            c->reconnects++;
+            return 0;
+        }
+        uint64_t elapsed = now_ms() - t0;
+        if (elapsed >= c->rc.timeout_ms)
+            break;
+        /* Jitter: trainers that lost the same emad do not all knock at once. */
+        unsigned d = delay / 2 + (unsigned)(rand_r(&c->seed) % (delay / 2 + 1));
+        if (d > c->rc.timeout_ms - elapsed)
+            d = (unsigned)(c->rc.timeout_ms - elapsed);
+        sleep_ms(d);
+        delay = delay > c->rc.max_delay_ms / 2 ? c->rc.max_delay_ms : delay * 2;
+    }
+    c->reconnecting = false;
+    c->lost = true;
+    /* Whoever waits for what was in flight is told it failed, and nothing
+     * of it is sent later behind the caller's back. */
+    for (size_t i = 0; i < c->nouts; i++) {
+        if (c->outs[i].abandoned == KEPT)
+            c->outs[i].abandoned = GAVE_UP;
+        free(c->outs[i].req);
+        c->outs[i].req = NULL;
+    }
+    snprintf(c->lost_why, sizeof(c->lost_why),
+             "%.160s; reconnecting gave up after %u attempt%s in %.1f s: %.160s", first, attempts,
+             attempts == 1 ? "" : "s", (double)(now_ms() - t0) / 1000.0, why);
+    return set_err(err, -ENOTCONN, EMAC_E_DISCONNECTED, "%s: %s", what, c->lost_why);
+}
+
 int emac_connect(const char *socket_path, const char *client_name, emac_client **out,
                  struct emac_error *err)
 {
-    struct sockaddr_un sa;
-    struct msg_hello hello;
-    struct msg_hello_reply rep;
     emac_client *c;
     int rc;
 
@@ -527,6 +924,9 @@ int emac_connect(const char *socket_path, const char *client_name, emac_client *
     c->fd = -1;
     c->next_msgid = 1;
     msgpack_unpacked_init(&c->claimed);
+    snprintf(c->client_name, sizeof(c->client_name), "%s",
+             client_name ? client_name : "libemaclient " EMAD_VERSION);
+    c->seed = (unsigned)getpid() ^ (unsigned)now_ms();
     rc = emac_socket_path(socket_path, c->path, sizeof(c->path));
     if (rc < 0) {
         if (rc == -ENAMETOOLONG)
@@ -537,39 +937,20 @@ int emac_connect(const char *socket_path, const char *client_name, emac_client *
         goto err_free;
     }
     wire_decoder_init(&c->dec, CLIENT_MAX_REPLY, WIRE_DEFAULT_MAX_DEPTH);
-    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) {
-        rc = set_err(err, -errno, EMAC_E_CONNECT, "socket: %s", strerror(errno));
+    if ((rc = socket_connect(c->path, &c->fd)) < 0) {
+        int e = -rc;
+        set_err(err, rc, EMAC_E_CONNECT, "cannot connect to emad at %s: %s%s", c->path,
+                strerror(e),
+                e == ENOENT || e == ECONNREFUSED
+                    ? " (is emad running? set --socket or EMAD_SOCKET)"
+                    : e == EACCES ? " (no permission: ask for --allow-group)" : "");
         goto err_free;
     }
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    memcpy(sa.sun_path, c->path, strlen(c->path));
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int e = errno;
-        rc = set_err(err, -e, EMAC_E_CONNECT, "cannot connect to emad at %s: %s%s", c->path,
-                     strerror(e),
-                     e == ENOENT || e == ECONNREFUSED
-                         ? " (is emad running? set --socket or EMAD_SOCKET)"
-                         : e == EACCES ? " (no permission: ask for --allow-group)" : "");
+    /* The first hello is not retried: a caller that cannot connect at all
+     * is told at once. The policy applies from here on. */
+    if ((rc = say_hello(c, err)) < 0)
         goto err_free;
-    }
-    memset(&hello, 0, sizeof(hello));
-    hello.proto = EMAC_PROTO_VERSION;
-    hello.client = msg_str_c(client_name ? client_name : "libemaclient " EMAD_VERSION);
-    hello.has_pid = true;
-    hello.pid = getpid();
-    rc = call(c, "hello", &msg_hello_desc, &hello, &msg_hello_reply_desc, &rep, NULL, NULL,
-              "hello", err);
-    if (rc < 0)
-        goto err_free;
-    snprintf(c->server_name, sizeof(c->server_name), "%.*s", (int)rep.server.len,
-             rep.server.ptr);
-    c->info.server = c->server_name;
-    c->info.proto = (unsigned)rep.proto;
-    c->info.pid = (long)rep.pid;
-    c->info.workers = (unsigned)rep.workers;
-    msg_free(&msg_hello_reply_desc, &rep);
+    reconnect_policy_from_env(&c->rc);
     *out = c;
     return 0;
 
@@ -590,6 +971,8 @@ void emac_disconnect(emac_client *c)
     for (size_t i = 0; i < c->nheld; i++)
         free(c->held[i].data);
     free(c->held);
+    for (size_t i = 0; i < c->nouts; i++)
+        free(c->outs[i].req);
     free(c->outs);
     msgpack_unpacked_destroy(&c->claimed);
     free(c->claimed_data);
@@ -1018,6 +1401,8 @@ static int session_usable(emac_session *s, const char *what, struct emac_error *
     if (s->c == NULL)
         return set_err(err, -ENOTCONN, EMAC_E_DISCONNECTED,
                        "%s: the client of session \"%s\" was disconnected", what, s->name);
+    if (s->gone)
+        return set_err(err, -ENOTCONN, EMAC_E_DISCONNECTED, "%s: %s", what, s->gone_why);
     return 0;
 }
 
@@ -1130,29 +1515,19 @@ void emac_session_free(emac_session *s)
     free(s);
 }
 
-int emac_register(emac_client *c, const char *session, emac_segment *seg,
-                  const struct emac_config *cfg, bool resume, emac_session **out,
-                  struct emac_error *err)
+/* Send register for seg's tensors and wait for the reply (*rep: free it
+ * with msg_free on success). */
+static int register_call(emac_client *c, const char *session, const emac_segment *seg,
+                         const struct emac_config *cfg, bool resume, bool existing,
+                         struct msg_register_reply *rep, const char *what,
+                         struct emac_error *err)
 {
     struct msg_register req;
-    struct msg_register_reply rep;
-    struct msg_tensor *tensors;
-    emac_session *s;
-    char what[192];
+    struct msg_tensor *tensors = calloc(seg->n ? seg->n : 1, sizeof(*tensors));
     int rc;
 
-    if (c == NULL || session == NULL || seg == NULL || out == NULL)
-        return set_err(err, -EINVAL, EMAC_E_USAGE, "emac_register: NULL argument");
-    *out = NULL;
-    snprintf(what, sizeof(what), "register \"%.128s\"", session);
-    tensors = calloc(seg->n, sizeof(*tensors));
-    s = calloc(1, sizeof(*s));
-    if (tensors == NULL || s == NULL || (s->name = strdup(session)) == NULL) {
-        free(tensors);
-        emac_session_free(s);
+    if (tensors == NULL)
         return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
-    }
-    s->seg = seg;
     memset(&req, 0, sizeof(req));
     req.session = msg_str_c(session);
     req.shm = msg_str_c(seg->name);
@@ -1180,27 +1555,63 @@ int emac_register(emac_client *c, const char *session, emac_segment *seg,
     }
     req.has_resume = resume;
     req.resume = resume;
-    rc = call(c, "register", &msg_register_desc, &req, &msg_register_reply_desc, &rep, NULL, NULL,
-              what, err);
+    /* Reconnecting: a session emad no longer has must not come back empty. */
+    req.has_existing = existing;
+    req.existing = existing;
+    rc = call(c, "register", &msg_register_desc, &req, &msg_register_reply_desc, rep, NULL, NULL,
+              false, what, err);
     free(tensors);
-    if (rc < 0) {
+    if (rc == 0 && rep->ntensors != seg->n) {
+        rc = set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: reply lists %zu tensors, sent %zu", what,
+                     rep->ntensors, seg->n);
+        msg_free(&msg_register_reply_desc, rep);
+    }
+    return rc;
+}
+
+/* Keep the register reply's state in s (its strings in s's arena). */
+static int session_take_state(emac_session *s, const struct msg_register_reply *rep,
+                              const char *what, struct emac_error *err)
+{
+    struct arena a = {NULL, 0, session_strings(&rep->state)};
+
+    if ((a.buf = malloc(a.cap)) == NULL)
+        return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
+    free(s->arena.buf);
+    s->arena = a;
+    copy_session(&s->arena, &s->state, &rep->state);
+    if (s->state.seq >= s->next_seq)
+        s->next_seq = s->state.seq + 1;
+    return 0;
+}
+
+int emac_register(emac_client *c, const char *session, emac_segment *seg,
+                  const struct emac_config *cfg, bool resume, emac_session **out,
+                  struct emac_error *err)
+{
+    struct msg_register_reply rep;
+    emac_session *s;
+    char what[192];
+    int rc;
+
+    if (c == NULL || session == NULL || seg == NULL || out == NULL)
+        return set_err(err, -EINVAL, EMAC_E_USAGE, "emac_register: NULL argument");
+    *out = NULL;
+    snprintf(what, sizeof(what), "register \"%.128s\"", session);
+    s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->name = strdup(session)) == NULL) {
+        emac_session_free(s);
+        return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
+    }
+    s->seg = seg;
+    s->next_seq = 1;
+    if ((rc = register_call(c, session, seg, cfg, resume, false, &rep, what, err)) < 0) {
         emac_session_free(s);
         return rc;
     }
-    if (rep.ntensors != seg->n) {
-        rc = set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: reply lists %zu tensors, sent %zu", what,
-                     rep.ntensors, seg->n);
+    if ((rc = session_map_shadow(s, &rep, err)) < 0 ||
+        (rc = session_take_state(s, &rep, what, err)) < 0)
         goto err_registered;
-    }
-    if ((rc = session_map_shadow(s, &rep, err)) < 0)
-        goto err_registered;
-    s->arena.cap = session_strings(&rep.state);
-    s->arena.buf = malloc(s->arena.cap);
-    if (s->arena.buf == NULL) {
-        rc = set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
-        goto err_registered;
-    }
-    copy_session(&s->arena, &s->state, &rep.state);
     msg_free(&msg_register_reply_desc, &rep);
     s->c = c;
     s->next = c->sessions;
@@ -1215,9 +1626,60 @@ err_registered:
     {
         struct msg_close cl = {msg_str_c(session), true, resume};
         struct msg_empty empty;
-        call(c, "close", &msg_close_desc, &cl, &msg_empty_desc, &empty, NULL, NULL, what, NULL);
+        call(c, "close", &msg_close_desc, &cl, &msg_empty_desc, &empty, NULL, NULL, false, what,
+             NULL);
     }
     emac_session_free(s);
+    return rc;
+}
+
+/*
+ * After a reconnect: register s again with resume, and map the shadow
+ * (a restarted emad renames it) over the old mapping, at the same address,
+ * so that the pointers emac_session_shadow gave stay valid.
+ */
+static int session_resume(emac_client *c, emac_session *s, struct emac_error *err)
+{
+    struct msg_register_reply rep;
+    char what[192], name[256];
+    int rc, fd;
+
+    snprintf(what, sizeof(what), "resume \"%.128s\" after a reconnect", s->name);
+    if ((rc = register_call(c, s->name, s->seg, NULL, true, true, &rep, what, err)) < 0)
+        return rc;
+    if (rep.shadow_bytes != s->shadow_map_bytes || msg_str_copy(rep.shadow_shm, name,
+                                                                sizeof(name)) < 0) {
+        rc = set_err(err, -EREMOTEIO, "BADREPLY",
+                     "%s: emad's shadow has %" PRIu64 " bytes, the session had %zu", what,
+                     rep.shadow_bytes, s->shadow_map_bytes);
+        goto out;
+    }
+    for (size_t i = 0; i < s->seg->n; i++) {
+        if (rep.tensors[i].shadow_offset != s->shadows[i].offset) {
+            rc = set_err(err, -EREMOTEIO, "BADREPLY", "%s: tensor \"%s\" moved in the shadow",
+                         what, s->shadows[i].name);
+            goto out;
+        }
+    }
+    if (s->shadow_map_bytes > 0) {
+        fd = shm_open(name, O_RDONLY | O_CLOEXEC, 0);
+        if (fd < 0) {
+            rc = set_err(err, -EREMOTEIO, EMAC_E_SYSTEM, "%s: cannot open the shadow %s: %s",
+                         what, name, strerror(errno));
+            goto out;
+        }
+        void *p = mmap(s->shadow_base, s->shadow_map_bytes, PROT_READ, MAP_SHARED | MAP_FIXED,
+                       fd, 0);
+        close(fd);
+        if (p == MAP_FAILED) {
+            rc = set_err(err, -EREMOTEIO, EMAC_E_SYSTEM, "%s: mmap of the shadow %s: %s", what,
+                         name, strerror(errno));
+            goto out;
+        }
+    }
+    rc = session_take_state(s, &rep, what, err);
+out:
+    msg_free(&msg_register_reply_desc, &rep);
     return rc;
 }
 
@@ -1266,6 +1728,8 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
     struct msg_action rep;
     int rc = wait_reply(s->c, id, what, &msg_action_desc, &rep, NULL, NULL, err);
 
+    if (rc < 0 && s->gone)
+        return set_err(err, rc, EMAC_E_DISCONNECTED, "%s: %s", what, s->gone_why);
     if (rc < 0)
         return rc;
     for (unsigned a = 0; a < sizeof(action_names) / sizeof(action_names[0]); a++) {
@@ -1274,6 +1738,8 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
             out->active = rep.active;
             out->started = rep.started;
             out->updates = rep.updates;
+            out->replayed = rep.has_replayed && rep.replayed;
+            out->interrupted = rep.has_interrupted && rep.interrupted;
             return 0;
         }
     }
@@ -1306,7 +1772,9 @@ int emac_event_send(emac_session *s, const char *event, const struct emac_time *
     req.time.epoch = t->epoch;
     req.time.has_duration = t->has_duration;
     req.time.duration = t->duration;
-    return send_request(s->c, "event", &msg_event_desc, &req, s, what, ticket, err);
+    req.has_seq = true;
+    req.seq = s->next_seq++;
+    return send_request(s->c, "event", &msg_event_desc, &req, s, true, what, ticket, err);
 }
 
 int emac_event_wait(emac_session *s, emac_ticket ticket, struct emac_result *out,
@@ -1355,9 +1823,12 @@ int emac_swap(emac_session *s, const char *to, struct emac_result *out, struct e
     snprintf(what, sizeof(what), "swap to \"%.16s\" on session \"%.128s\"", to, s->name);
     if ((rc = session_usable(s, what, err)) < 0)
         return rc;
+    memset(&req, 0, sizeof(req));
     req.session = msg_str_c(s->name);
     req.to = msg_str_c(to);
-    if ((rc = send_request(s->c, "swap", &msg_swap_desc, &req, s, what, &id, err)) < 0)
+    req.has_seq = true;
+    req.seq = s->next_seq++;
+    if ((rc = send_request(s->c, "swap", &msg_swap_desc, &req, s, true, what, &id, err)) < 0)
         return rc;
     return wait_action(s, id, what, out, err);
 }
@@ -1377,7 +1848,8 @@ int emac_close(emac_session *s, bool keep, struct emac_error *err)
     req.session = msg_str_c(s->name);
     req.has_keep = true;
     req.keep = keep;
-    rc = call(s->c, "close", &msg_close_desc, &req, &msg_empty_desc, &rep, NULL, NULL, what, err);
+    rc = call(s->c, "close", &msg_close_desc, &req, &msg_empty_desc, &rep, NULL, NULL, false, what,
+              err);
     if (rc == 0)
         s->closed = true;
     return rc;
@@ -1400,7 +1872,8 @@ static int file_call(emac_client *c, const char *method, const char *session, co
     req.session = msg_str_c(session);
     req.has_name = name != NULL;
     req.name = msg_str_c(name);
-    rc = call(c, method, &msg_file_desc, &req, &msg_file_reply_desc, &rep, NULL, NULL, what, err);
+    rc = call(c, method, &msg_file_desc, &req, &msg_file_reply_desc, &rep, NULL, NULL, false, what,
+              err);
     if (rc < 0)
         return rc;
     if (msg_str_copy(rep.path, out->path, sizeof(out->path)) < 0)
@@ -1431,7 +1904,8 @@ int emac_drop(emac_client *c, const char *session, struct emac_error *err)
         return set_err(err, -EINVAL, EMAC_E_USAGE, "emac_drop: NULL argument");
     snprintf(what, sizeof(what), "drop session \"%.128s\"", session);
     req.session = msg_str_c(session);
-    return call(c, "drop", &msg_drop_desc, &req, &msg_empty_desc, &rep, NULL, NULL, what, err);
+    return call(c, "drop", &msg_drop_desc, &req, &msg_empty_desc, &rep, NULL, NULL, false, what,
+                err);
 }
 
 /* ---- status ---- */
@@ -1456,7 +1930,7 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     if (b == NULL)
         return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
     rc = call(c, "status", &msg_status_desc, &req, &msg_status_reply_desc, &rep, &b->raw,
-              &b->raw_len, "status", err);
+              &b->raw_len, true, "status", err);
     if (rc < 0) {
         free(b);
         return rc;

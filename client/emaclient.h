@@ -30,9 +30,32 @@
  *   the training weights to the segment's stash, and marks that in the
  *   segment's header (swap_state). If the connection to emad is lost (emad
  *   died or closed it) while a session's segment is not in the TRAIN state,
- *   the library copies the stash back itself, says so in the error message
- *   of the call that noticed, and records it (emac_session_restored). A
- *   trainer that finds a segment left by a crash calls emac_segment_restore.
+ *   the library copies the stash back itself and records it
+ *   (emac_session_restored). A trainer that finds a segment left by a crash
+ *   calls emac_segment_restore.
+ *
+ *   Then, unless reconnecting is turned off (emac_set_reconnect), the call
+ *   that noticed reconnects with a bounded, jittered exponential backoff,
+ *   registers every session of the client again with resume (same segment,
+ *   same shadow addresses), and sends again the events and swaps that were
+ *   not answered, so that the call returns as if nothing had happened:
+ *     - an update emad had completed is never applied twice: events and
+ *       swaps carry a per-session request number (seq) and emad answers one
+ *       it has applied from its record (emac_result.replayed);
+ *     - an update emad had not completed is applied on the new connection.
+ *       If emad died while writing it, the shadow holds part of it, the
+ *       update is applied again over that, and the session says so
+ *       (emac_result.interrupted, emac_session_info.interrupted, emad's log):
+ *       the affected elements carry the update twice, never silently;
+ *     - a swap is done again against the weights the params hold now (the
+ *       library put the training weights back when the connection dropped);
+ *     - other requests in flight (register, close, save, load, drop) fail
+ *       with DISCONNECTED, since they may or may not have been carried out;
+ *       the client is connected again for the next call.
+ *   If no connection comes back within the timeout, the call fails with
+ *   DISCONNECTED, naming the last attempt's error; a later call tries again.
+ *   A session emad no longer knows (dropped, or a state directory lost)
+ *   cannot be resumed: its requests fail with DISCONNECTED, saying why.
  *
  * Thread safety
  *   An emac_client and the sessions registered on it are not thread-safe:
@@ -90,6 +113,24 @@ int emac_connect(const char *socket_path, const char *client_name, emac_client *
  * on them fails with DISCONNECTED; emad keeps them, detached. NULL is
  * allowed. */
 void emac_disconnect(emac_client *c);
+
+/* How the client reconnects after losing its connection (see Crash safety).
+ * The defaults: enabled, first delay 50 ms, doubling to at most 2 s, each
+ * delay jittered down by up to half, giving up after 30 s without a
+ * connection. The environment variable EMAD_RECONNECT_TIMEOUT (seconds, a
+ * decimal; 0 turns reconnecting off) overrides the default timeout of
+ * clients created after it is set. */
+struct emac_reconnect {
+    bool enabled;
+    unsigned initial_delay_ms; /* >= 1 */
+    unsigned max_delay_ms;     /* >= initial_delay_ms */
+    unsigned timeout_ms;       /* 0: a single attempt */
+};
+void emac_reconnect_defaults(struct emac_reconnect *r);
+/* Set c's policy; USAGE (-EINVAL) names a bad field. */
+int emac_set_reconnect(emac_client *c, const struct emac_reconnect *r, struct emac_error *err);
+/* How many times c has reconnected. */
+unsigned emac_reconnects(const emac_client *c);
 
 /* What emad said in its hello reply. */
 struct emac_server {
@@ -209,6 +250,9 @@ struct emac_session_info {
     double last_update_seconds; /* how long the last update took */
     const char *shm;            /* the trainer's segment */
     const char *shadow_shm;     /* the shadow's segment */
+    bool interrupted;           /* emad died while writing the shadow: it holds part of
+                                   an update (sticky until a load) */
+    uint64_t seq;               /* the highest event/swap request number applied */
 };
 
 /* The shadow of one tensor, mapped read-only from emad's shadow object. */
@@ -271,6 +315,10 @@ struct emac_result {
     bool active;      /* the EMA weights are in the params now */
     bool started;     /* the EMA has begun */
     uint64_t updates; /* updates completed so far */
+    bool replayed;    /* sent again after a reconnect; emad had applied it already and
+                         answered from its record (active, started, updates as of then) */
+    bool interrupted; /* the session's shadow holds part of an update cut short by a
+                         crash of emad (see Crash safety) */
 };
 
 /* The wire name of an action ("none", "start+update", ...); NULL if invalid. */

@@ -448,6 +448,18 @@ static emac_client *connect_ok(const struct daemon *d)
     return c;
 }
 
+/* Turn the library's reconnecting off: the call that notices a lost
+ * connection fails at once. */
+static void no_reconnect(emac_client *c)
+{
+    struct emac_reconnect rc;
+    struct emac_error err;
+
+    emac_reconnect_defaults(&rc);
+    rc.enabled = false;
+    OK(emac_set_reconnect(c, &rc, &err));
+}
+
 static emac_session *register_ok(emac_client *c, const char *name, emac_segment *seg,
                                  const struct emac_config *cfg, bool resume)
 {
@@ -1628,10 +1640,10 @@ static void test_NOSESSION_and_EXISTS(void **state)
     FAILS(emac_load(c, "nope", "x", &f, &err), "NOSESSION", "nope");
     FAILS(emac_drop(c, "nope", &err), "NOSESSION", "nope");
     raw_open(&raw, d.sock);
-    struct msg_event e = {msg_str_c("nope"), msg_str_c("batch_end"), {1, 0, false, 0}};
+    struct msg_event e = {msg_str_c("nope"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "NOSESSION", "nope", "event");
-    struct msg_swap sw = {msg_str_c("nope"), msg_str_c("ema")};
+    struct msg_swap sw = {msg_str_c("nope"), msg_str_c("ema"), false, 0};
     raw_request(&raw, "swap", &msg_swap_desc, &sw, &rep);
     expect_reply(&rep, "NOSESSION", "nope", "swap");
     struct msg_close cl = {msg_str_c("nope"), false, false};
@@ -1668,10 +1680,10 @@ static void test_PERM_for_requests_from_another_connection(void **state)
     emac_session *s = register_ok(c, "owned", seg, NULL, false);
 
     raw_open(&raw, d.sock);
-    struct msg_event e = {msg_str_c("owned"), msg_str_c("batch_end"), {1, 0, false, 0}};
+    struct msg_event e = {msg_str_c("owned"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "PERM", "owned", "event from another connection");
-    struct msg_swap sw = {msg_str_c("owned"), msg_str_c("ema")};
+    struct msg_swap sw = {msg_str_c("owned"), msg_str_c("ema"), false, 0};
     raw_request(&raw, "swap", &msg_swap_desc, &sw, &rep);
     expect_reply(&rep, "PERM", "owned", "swap from another connection");
     struct msg_close cl = {msg_str_c("owned"), true, true};
@@ -2009,6 +2021,7 @@ static void test_emad_killed_while_swapped_in_restores_training_weights(void **s
 
     engine_start(&d, NULL);
     emac_client *c = connect_ok(&d);
+    no_reconnect(c); /* this test is about the loss itself; test_reconnect the rest */
     emac_segment *sa = new_segment(mixed, NMIXED), *sb = new_segment(small, NSMALL);
     fill_params(sa, 1);
     fill_params(sb, 2);
@@ -2054,6 +2067,7 @@ static void test_emad_killed_while_swapped_in_restores_training_weights(void **s
     remove_tree(d.dir);
     engine_start(&d, NULL);
     c = connect_ok(&d);
+    no_reconnect(c);
     fill_params(sa, 5);
     a = register_ok(c, "crash-c", sa, NULL, false);
     ev(a, "batch_end", at(1, 0));

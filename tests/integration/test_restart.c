@@ -173,6 +173,10 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
 
     daemon_start(&d, NULL);
     emac_client *c = connect_ok(&d);
+    struct emac_reconnect policy;
+    emac_reconnect_defaults(&policy);
+    policy.enabled = false; /* the trainer is gone with emad; test_reconnect has the rest */
+    assert_int_equal(emac_set_reconnect(c, &policy, &err), 0);
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     step_params(seg_left, 0);
     assert_int_equal(emac_register(c, "crashy", seg_left, &cfg, false, &s, &err), 0);
@@ -510,7 +514,7 @@ static void test_pipelined_close_keep_then_drop(void **state)
     reg.tensors = &t;
     reg.ntensors = 1;
     struct msg_close cl = {msg_str_c("piped"), true, true};
-    struct msg_event ev = {msg_str_c("piped"), msg_str_c("batch_end"), {1, 0, false, 0}};
+    struct msg_event ev = {msg_str_c("piped"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
     struct msg_drop dr = {msg_str_c("piped")};
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);

@@ -92,7 +92,8 @@ def socket_path(path=None):
     return _s(buf.value)
 
 
-Result = namedtuple("Result", "action active started updates")
+Result = namedtuple("Result", "action active started updates replayed interrupted",
+                    defaults=(False, False))
 Result.__doc__ = """What emad did for an event or a swap.
 
 action:  "none", "start", "update", "start+update", "swap_in" or "swap_out"
@@ -114,7 +115,8 @@ tensor's; `address` is None for an empty tensor."""
 
 def _result(r):
     return Result(_lib.ACTIONS[r.action] if 0 <= r.action < len(_lib.ACTIONS) else str(r.action),
-                  bool(r.active), bool(r.started), int(r.updates))
+                  bool(r.active), bool(r.started), int(r.updates), bool(r.replayed),
+                  bool(r.interrupted))
 
 
 def _session_info(si):
@@ -142,6 +144,8 @@ def _session_info(si):
         "last_update_seconds": float(si.last_update_seconds),
         "shm": _s(si.shm),
         "shadow_shm": _s(si.shadow_shm),
+        "interrupted": bool(si.interrupted),
+        "seq": int(si.seq),
     }
 
 
@@ -167,10 +171,17 @@ class Client:
 
     socket: the socket path (default: $EMAD_SOCKET, $XDG_RUNTIME_DIR/emad.sock,
             /run/emad/emad.sock); name: how emad's log calls this client.
+    reconnect: after losing the connection, reconnect, resume the sessions
+            and send again the unanswered events and swaps (default True);
+    reconnect_timeout: give up after this many seconds without a connection
+            (default 30, or $EMAD_RECONNECT_TIMEOUT); reconnect_delay and
+            reconnect_max_delay: the backoff's first and largest delay, in
+            seconds (default 0.05 and 2). See "Crash safety" in emaclient.h.
     Usable as a context manager (closes the connection).
     """
 
-    def __init__(self, socket=None, name=None):
+    def __init__(self, socket=None, name=None, *, reconnect=None, reconnect_timeout=None,
+                 reconnect_delay=None, reconnect_max_delay=None):
         if name is None:
             name = "python:%s" % (os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0]
                                   else "python")
@@ -180,6 +191,9 @@ class Client:
                                 ctypes.byref(err)), err)
         self._h = handle
         self._fin = weakref.finalize(self, _disconnect, handle)
+        if (reconnect, reconnect_timeout, reconnect_delay, reconnect_max_delay) != (None,) * 4:
+            self.set_reconnect(reconnect, reconnect_timeout, reconnect_delay,
+                               reconnect_max_delay)
         info = lib.emac_server_info(handle).contents
         self.server = {"server": _s(info.server), "proto": int(info.proto),
                        "pid": int(info.pid), "workers": int(info.workers)}
@@ -188,6 +202,31 @@ class Client:
         if self._h is None:
             raise Error("USAGE", "the client was closed")
         return self._h
+
+    def set_reconnect(self, enabled=None, timeout=None, delay=None, max_delay=None):
+        """Set the reconnect policy (times in seconds); a setting left None
+        takes the library's default (the timeout: $EMAD_RECONNECT_TIMEOUT's
+        value is not read here)."""
+        r = _lib.EmacReconnect()
+        lib.emac_reconnect_defaults(ctypes.byref(r))
+        if enabled is not None:
+            r.enabled = bool(enabled)
+        for field, value in (("timeout_ms", timeout), ("initial_delay_ms", delay),
+                             ("max_delay_ms", max_delay)):
+            if value is not None:
+                if not 0 <= float(value) <= 86400:
+                    raise Error("USAGE", "reconnect %s: %r is not in [0, 86400] seconds"
+                                % (field[:-3], value))
+                setattr(r, field, int(round(float(value) * 1000)))
+        if delay is not None and max_delay is None and r.max_delay_ms < r.initial_delay_ms:
+            r.max_delay_ms = r.initial_delay_ms
+        err = _lib.EmacError()
+        _check(lib.emac_set_reconnect(self._handle(), ctypes.byref(r), ctypes.byref(err)), err)
+
+    @property
+    def reconnects(self):
+        """How many times this client has reconnected to emad."""
+        return int(lib.emac_reconnects(self._handle()))
 
     @property
     def closed(self):

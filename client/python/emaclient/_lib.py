@@ -96,6 +96,8 @@ class EmacSessionInfo(ctypes.Structure):
         ("last_update_seconds", c_double),
         ("shm", c_char_p),
         ("shadow_shm", c_char_p),
+        ("interrupted", c_bool),
+        ("seq", c_uint64),
     ]
 
 
@@ -125,6 +127,17 @@ class EmacResult(ctypes.Structure):
         ("active", c_bool),
         ("started", c_bool),
         ("updates", c_uint64),
+        ("replayed", c_bool),
+        ("interrupted", c_bool),
+    ]
+
+
+class EmacReconnect(ctypes.Structure):
+    _fields_ = [
+        ("enabled", c_bool),
+        ("initial_delay_ms", ctypes.c_uint),
+        ("max_delay_ms", ctypes.c_uint),
+        ("timeout_ms", ctypes.c_uint),
     ]
 
 
@@ -164,6 +177,9 @@ _PROTOTYPES = {
     "emac_connect": (c_int, [c_char_p, c_char_p, POINTER(client_p), err_p]),
     "emac_disconnect": (None, [client_p]),
     "emac_server_info": (POINTER(EmacServer), [client_p]),
+    "emac_reconnect_defaults": (None, [POINTER(EmacReconnect)]),
+    "emac_set_reconnect": (c_int, [client_p, POINTER(EmacReconnect), err_p]),
+    "emac_reconnects": (ctypes.c_uint, [client_p]),
     "emac_segment_create": (c_int, [POINTER(EmacTensorSpec), c_size_t, POINTER(segment_p), err_p]),
     "emac_segment_open": (
         c_int, [c_char_p, POINTER(EmacTensorSpec), c_size_t, POINTER(segment_p), err_p]),

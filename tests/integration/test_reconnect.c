@@ -1,0 +1,675 @@
+/*
+ * test_reconnect.c - a trainer goes on through a crash of emad: the library
+ * reconnects, resumes its sessions and sends again what was not answered,
+ * and an update is never applied twice without notice. emad runs as a
+ * subprocess (harness.h); the trainer side is libemaclient, and the raw
+ * protocol where the library would hide what is checked.
+ */
+#include "emaclient.h"
+#include "harness.h"
+#include "msg.h"
+#include "segment.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+#define N 4096
+
+static emac_segment *seg_left;
+
+static int teardown(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
+
+static const struct emac_tensor_spec specs[] = {
+    {"w", "f32", N, NULL, 0},
+    {"h", "f16", N, NULL, 0},
+};
+
+static void step_params(emac_segment *seg, int step)
+{
+    float *w = emac_segment_tensor(seg, 0)->data;
+    uint16_t *h = emac_segment_tensor(seg, 1)->data;
+
+    for (size_t i = 0; i < N; i++) {
+        w[i] = (float)i * 0.01f + (float)step;
+        h[i] = (uint16_t)(0x3c00 + (i * 7 + (size_t)step * 13) % 512);
+    }
+}
+
+static emac_client *connect_ok(const struct daemon *d)
+{
+    struct emac_error err;
+    emac_client *c = NULL;
+
+    if (emac_connect(d->sock, "test_reconnect", &c, &err) < 0)
+        fail_msg("connect: %s: %s", err.code, err.message);
+    return c;
+}
+
+static struct emac_result event_ok(emac_session *s, const char *ev, uint64_t batch)
+{
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {batch, 0, false, 0};
+
+    if (emac_event(s, ev, &t, &r, &err) < 0)
+        fail_msg("%s at batch %llu: %s: %s", ev, (unsigned long long)batch, err.code,
+                 err.message);
+    return r;
+}
+
+/* Both tensors' shadows, end to end. */
+static void *shadow_copy(const emac_session *s, size_t *bytes)
+{
+    const struct emac_shadow *first = emac_session_shadow(s, 0), *last = emac_session_shadow(s, 1);
+    size_t n = last->offset + last->numel * last->elem_size - first->offset;
+    void *copy = malloc(n);
+
+    assert_non_null(copy);
+    memcpy(copy, first->data, n);
+    *bytes = n;
+    return copy;
+}
+
+static void kill_emad(struct daemon *d)
+{
+    assert_int_equal(kill(d->pid, SIGKILL), 0);
+    assert_int_equal(wait_exit(d->pid), 128 + SIGKILL);
+}
+
+/*
+ * The batches 1..8 of one trainer (half-life 2ba, start at 2ba), with emad
+ * SIGKILLed and started again after batch `crash_after` (0: never). Returns
+ * the shadow at the end and the results of every batch_end.
+ */
+static void *train(int crash_after, struct emac_result res[9], size_t *bytes,
+                   unsigned *reconnects)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_config cfg = {"2ba", false, 0, NULL, "2ba"};
+    emac_session *s = NULL;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "through", seg_left, &cfg, false, &s, &err), 0);
+    const void *mapped = emac_session_shadow(s, 0)->data;
+    for (int b = 1; b <= 8; b++) {
+        step_params(seg_left, b);
+        res[b] = event_ok(s, "batch_end", (uint64_t)b);
+        assert_false(res[b].replayed);
+        assert_false(res[b].interrupted);
+        if (b == crash_after) {
+            kill_emad(&d);
+            daemon_start_env(&d, NULL, NULL);
+        }
+    }
+    /* The shadow stayed where the trainer had it mapped, and it is the
+     * restarted emad's that shows there. */
+    assert_ptr_equal(emac_session_shadow(s, 0)->data, mapped);
+    void *shadow = shadow_copy(s, bytes);
+    struct emac_status *st = NULL;
+    assert_int_equal(emac_status(c, "through", &st, &err), 0);
+    assert_true(st->session_list[0].attached);
+    assert_int_equal(st->session_list[0].owner_pid, (long)getpid());
+    assert_int_equal(st->session_list[0].updates, res[8].updates);
+    assert_int_equal(st->session_list[0].seq, 8);
+    assert_false(st->session_list[0].interrupted);
+    assert_string_equal(st->session_list[0].shadow_shm, emac_session_state(s)->shadow_shm);
+    emac_status_free(st);
+    *reconnects = emac_reconnects(c);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    daemon_stop(&d);
+    return shadow;
+}
+
+/* emad dies between two batches and comes back: the trainer's next call
+ * goes through, and the run ends bit for bit where one without a crash does. */
+static void test_trainer_goes_on_through_a_restart_bit_exact(void **state)
+{
+    struct emac_result plain[9], crashed[9];
+    size_t plain_len, crashed_len;
+    unsigned plain_rc, crashed_rc;
+    (void)state;
+
+    void *want = train(0, plain, &plain_len, &plain_rc);
+    void *got = train(4, crashed, &crashed_len, &crashed_rc);
+    assert_int_equal(plain_rc, 0);
+    assert_int_equal(crashed_rc, 1);
+    for (int b = 1; b <= 8; b++) {
+        assert_int_equal(crashed[b].action, plain[b].action);
+        assert_int_equal(crashed[b].updates, plain[b].updates);
+    }
+    assert_int_equal(plain_len, crashed_len);
+    assert_memory_equal(want, got, plain_len);
+    free(want);
+    free(got);
+}
+
+struct later_start {
+    struct daemon *d;
+    int delay_ms;
+};
+
+static void *start_later(void *arg)
+{
+    struct later_start *l = arg;
+
+    sleep_ms(l->delay_ms);
+    daemon_start_env(l->d, NULL, NULL);
+    return NULL;
+}
+
+/*
+ * emad stays down past the reconnect timeout: the call fails, naming the
+ * attempts, and nothing of it is sent later. When emad is back, the next
+ * call reconnects, even while the trainer is already waiting in it.
+ */
+static void test_backoff_gives_up_then_a_later_call_reconnects(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_reconnect policy;
+    emac_session *s = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    emac_reconnect_defaults(&policy);
+    policy.initial_delay_ms = 10;
+    policy.max_delay_ms = 40;
+    policy.timeout_ms = 300;
+    assert_int_equal(emac_set_reconnect(c, &policy, &err), 0);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "patient", seg_left, NULL, false, &s, &err), 0);
+    step_params(seg_left, 1);
+    r = event_ok(s, "batch_end", 1);
+    assert_int_equal(r.updates, 1);
+
+    kill_emad(&d);
+    struct emac_time t = {2, 0, false, 0};
+    assert_true(emac_event(s, "batch_end", &t, &r, &err) < 0);
+    assert_string_equal(err.code, "DISCONNECTED");
+    assert_non_null(strstr(err.message, "gave up after"));
+    assert_non_null(strstr(err.message, "attempts"));
+    emac_ticket tk;
+    assert_true(emac_event_send(s, "batch_end", &t, &tk, &err) < 0);
+    assert_string_equal(err.code, "DISCONNECTED");
+
+    /* Bad policies are refused, naming the field. */
+    struct emac_reconnect bad = policy;
+    bad.initial_delay_ms = 0;
+    assert_int_equal(emac_set_reconnect(c, &bad, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "initial_delay_ms"));
+    bad = policy;
+    bad.max_delay_ms = 5;
+    assert_int_equal(emac_set_reconnect(c, &bad, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "max_delay_ms"));
+
+    /* emad comes back while the call is backing off (a long timeout now). */
+    policy.timeout_ms = 60000;
+    assert_int_equal(emac_set_reconnect(c, &policy, &err), 0);
+    struct later_start l = {&d, 200};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, start_later, &l), 0);
+    r = event_ok(s, "batch_end", 2);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    /* Batch 2's failed attempts were never sent: it was applied once. */
+    assert_int_equal(r.updates, 2);
+    assert_false(r.replayed);
+    assert_int_equal(emac_reconnects(c), 1);
+    assert_true(file_contains(d.log, "resumed by pid"));
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/*
+ * emad is SIGKILLed while an update is in flight (a worker held back by the
+ * test hook): the trainer's wait reconnects and the update is sent again and
+ * applied once in the counters; since emad had begun writing the shadow, the
+ * result and the status say so (interrupted), never silently.
+ */
+static void test_update_cut_short_is_redone_with_notice(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    emac_ticket tk;
+    (void)state;
+
+    make_dir(&d);
+    /* Chunks: register's initialisation, batch 1, batch 2; batch 3 stalls. */
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=3",
+                                           NULL});
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
+    step_params(seg_left, 1);
+    event_ok(s, "batch_end", 1);
+    step_params(seg_left, 2);
+    r = event_ok(s, "batch_end", 2);
+    assert_false(r.interrupted);
+    uint64_t before = r.updates;
+    step_params(seg_left, 3);
+    struct emac_time t = {3, 0, false, 0};
+    assert_int_equal(emac_event_send(s, "batch_end", &t, &tk, &err), 0);
+    sleep_ms(300); /* let emad take it up (the stall lasts 5 s) */
+    kill_emad(&d);
+    daemon_start_env(&d, NULL, NULL);
+
+    if (emac_event_wait(s, tk, &r, &err) < 0)
+        fail_msg("wait: %s: %s", err.code, err.message);
+    assert_int_equal(r.action, EMAC_ACTION_UPDATE);
+    assert_int_equal(r.updates, before + 1);
+    assert_false(r.replayed);
+    assert_true(r.interrupted);
+    assert_int_equal(emac_reconnects(c), 1);
+    assert_int_equal(emac_status(c, "cut", &st, &err), 0);
+    assert_true(st->session_list[0].interrupted);
+    assert_int_equal(st->session_list[0].seq, 3);
+    assert_int_equal(st->session_list[0].last_batch, 3);
+    emac_status_free(st);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/*
+ * emad dies with the EMA weights in the params: the library puts the
+ * training weights back, reconnects, and eval_end (sent after the crash)
+ * finds nothing to swap out; eval_start then swaps in again.
+ */
+static void test_swapped_in_at_the_crash_comes_back_training(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    emac_session *s = NULL;
+    uint32_t swap_state;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "evaluating", seg_left, NULL, false, &s, &err), 0);
+    step_params(seg_left, 1);
+    event_ok(s, "batch_end", 1);
+    step_params(seg_left, 2);
+    event_ok(s, "batch_end", 2);
+    const struct emac_tensor *w = emac_segment_tensor(seg_left, 0);
+    float *train_w = malloc(w->bytes);
+    assert_non_null(train_w);
+    memcpy(train_w, w->data, w->bytes);
+    struct emac_result r = event_ok(s, "eval_start", 2);
+    assert_true(r.active);
+    assert_memory_not_equal(train_w, w->data, w->bytes);
+
+    kill_emad(&d);
+    daemon_start_env(&d, NULL, NULL);
+    r = event_ok(s, "eval_end", 2);
+    assert_false(r.active);
+    assert_true(emac_session_restored(s));
+    assert_memory_equal(train_w, w->data, w->bytes);
+    emac_segment_swap_state(seg_left, &swap_state, NULL);
+    assert_int_equal(swap_state, EMAC_SWAP_TRAIN);
+    r = event_ok(s, "eval_start", 2);
+    assert_int_equal(r.action, EMAC_ACTION_SWAP_IN);
+    assert_true(r.active);
+    /* The EMA weights in the params are the shadow's, cast. */
+    assert_memory_equal(emac_session_shadow(s, 0)->data, w->data, w->bytes);
+    r = event_ok(s, "eval_end", 2);
+    assert_memory_equal(train_w, w->data, w->bytes);
+    free(train_w);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/*
+ * A session the restarted emad does not know (its state directory was
+ * lost) cannot be resumed: its calls fail, saying so; the client itself is
+ * connected again and its other sessions go on.
+ */
+static void test_session_unknown_after_restart_fails_clearly(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_result r;
+    emac_session *keep = NULL, *lost = NULL;
+    emac_segment *other = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    assert_int_equal(emac_segment_create(specs, 2, &other, &err), 0);
+    step_params(seg_left, 0);
+    step_params(other, 0);
+    assert_int_equal(emac_register(c, "kept", seg_left, NULL, false, &keep, &err), 0);
+    assert_int_equal(emac_register(c, "dropped", other, NULL, false, &lost, &err), 0);
+    event_ok(keep, "batch_end", 1);
+    event_ok(lost, "batch_end", 1);
+
+    kill_emad(&d);
+    daemon_start_env(&d, NULL, NULL);
+    /* Someone drops "dropped" before the trainer is back. */
+    emac_client *admin = connect_ok(&d);
+    assert_int_equal(emac_drop(admin, "dropped", &err), 0);
+    emac_disconnect(admin);
+
+    r = event_ok(keep, "batch_end", 2);
+    assert_int_equal(r.updates, 2);
+    struct emac_time t = {2, 0, false, 0};
+    assert_true(emac_event(lost, "batch_end", &t, &r, &err) < 0);
+    assert_string_equal(err.code, "DISCONNECTED");
+    assert_non_null(strstr(err.message, "could not be resumed"));
+    assert_non_null(strstr(err.message, "NOSESSION"));
+    emac_session_free(keep);
+    emac_session_free(lost);
+    emac_disconnect(c);
+    emac_segment_destroy(other);
+    daemon_stop(&d);
+}
+
+/*
+ * While emad is down, another emad (another state directory) starts and
+ * collects the shadows of dead emads: it must spare ours, which our emad's
+ * restart takes back, and the trainer goes on.
+ */
+static void test_another_emad_starting_spares_our_shadows(void **state)
+{
+    struct daemon d, other;
+    struct emac_error err;
+    emac_session *s = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "spared", seg_left, NULL, false, &s, &err), 0);
+    event_ok(s, "batch_end", 1);
+    kill_emad(&d);
+
+    daemon_start(&other, NULL);
+    daemon_stop(&other);
+
+    daemon_start_env(&d, NULL, NULL);
+    struct emac_result r = event_ok(s, "batch_end", 2);
+    assert_int_equal(r.updates, 2);
+    assert_false(r.interrupted);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/* ---- the raw protocol: what the library relies on ---- */
+
+struct raw {
+    int fd;
+    struct wire_decoder dec;
+    uint32_t next_id;
+};
+
+static void raw_send(struct raw *r, const char *method, const struct msg_desc *desc,
+                     const void *req)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, r->next_id++, method);
+    msg_encode(&pk, desc, req);
+    send_bytes(r->fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* The next reply: code "" and *out decoded by desc (views into the decoder,
+ * valid until the next read), or the error's code. */
+static void raw_read(struct raw *r, char code[32], const struct msg_desc *desc, void *out)
+{
+    struct wire_msg m;
+    struct wire_fault f;
+    char why[128];
+
+    for (;;) {
+        int rc = wire_decoder_next(&r->dec, &m, &f);
+        assert_true(rc >= 0);
+        if (rc > 0)
+            break;
+        size_t room;
+        char *p = wire_decoder_reserve(&r->dec, 1u << 16, &room);
+        assert_non_null(p);
+        ssize_t n = recv(r->fd, p, room, 0);
+        assert_true(n > 0);
+        wire_decoder_commit(&r->dec, (size_t)n);
+    }
+    assert_int_equal(m.kind, WIRE_RESPONSE);
+    code[0] = '\0';
+    if (m.error->type != MSGPACK_OBJECT_NIL) {
+        struct msg_error e;
+        assert_int_equal(msg_decode(&msg_error_desc, m.error, &e, why, sizeof(why)), 0);
+        snprintf(code, 32, "%.*s", (int)e.code.len, e.code.ptr);
+        return;
+    }
+    if (msg_decode(desc, m.result, out, why, sizeof(why)) < 0)
+        fail_msg("bad reply: %s", why);
+}
+
+/* Connect, hello, and take the detached session over with resume; returns
+ * its shadow, mapped read-only. */
+static const float *raw_attach(struct raw *r, const struct daemon *d, const char *session,
+                               emac_segment *seg, size_t *map_len)
+{
+    struct msg_hello h = {EMAC_PROTO_VERSION, msg_str_c("raw"), false, 0};
+    struct msg_hello_reply hr;
+    struct msg_register reg;
+    struct msg_register_reply rr;
+    struct msg_tensor t[2];
+    char code[32], shadow[128];
+
+    r->fd = try_connect(d->sock);
+    assert_true(r->fd >= 0);
+    r->next_id = 1;
+    wire_decoder_init(&r->dec, 1u << 20, WIRE_DEFAULT_MAX_DEPTH);
+    raw_send(r, "hello", &msg_hello_desc, &h);
+    raw_read(r, code, &msg_hello_reply_desc, &hr);
+    assert_string_equal(code, "");
+    msg_free(&msg_hello_reply_desc, &hr);
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c(session);
+    reg.shm = msg_str_c(emac_segment_name(seg));
+    for (size_t i = 0; i < 2; i++) {
+        const struct emac_tensor *et = emac_segment_tensor(seg, i);
+        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
+                                   et->numel, false, NULL, 0};
+    }
+    reg.tensors = t;
+    reg.ntensors = 2;
+    reg.has_resume = true;
+    reg.resume = true;
+    raw_send(r, "register", &msg_register_desc, &reg);
+    raw_read(r, code, &msg_register_reply_desc, &rr);
+    assert_string_equal(code, "");
+    snprintf(shadow, sizeof(shadow), "%.*s", (int)rr.shadow_shm.len, rr.shadow_shm.ptr);
+    *map_len = rr.shadow_bytes;
+    msg_free(&msg_register_reply_desc, &rr);
+    int fd = shm_open(shadow, O_RDONLY, 0);
+    assert_true(fd >= 0);
+    void *p = mmap(NULL, *map_len, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    assert_true(p != MAP_FAILED);
+    return p;
+}
+
+static void raw_close(struct raw *r, const float *map, size_t len)
+{
+    munmap((void *)map, len);
+    close(r->fd);
+    wire_decoder_free(&r->dec);
+}
+
+/* batch_end with seq; the reply decoded into *a, its action into action. */
+static void raw_event(struct raw *r, uint64_t batch, uint64_t seq, char code[32],
+                      struct msg_action *a, char action[16])
+{
+    struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {batch, 0, false, 0},
+                          true, seq};
+
+    memset(a, 0, sizeof(*a));
+    raw_send(r, "event", &msg_event_desc, &e);
+    raw_read(r, code, &msg_action_desc, a);
+    snprintf(action, 16, "%.*s", (int)a->action.len, a->action.ptr);
+}
+
+/* The first tensor's shadow, after emad's header page. */
+static float *shadow_w(const float *map)
+{
+    float *copy = malloc(N * sizeof(float));
+
+    assert_non_null(copy);
+    memcpy(copy, (const char *)map + 4096, N * sizeof(float));
+    return copy;
+}
+
+/*
+ * A seq sent again is answered from the record, never applied twice, also
+ * by an emad started after a SIGKILL; a swap sent again runs against the
+ * weights as they are; seq 0 is refused; a seq older than the record is
+ * refused, not guessed.
+ */
+static void test_seq_sent_again_is_answered_not_applied(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct msg_action a;
+    struct raw r;
+    char code[32], action[16];
+    emac_session *s = NULL;
+    size_t len;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
+    assert_int_equal(emac_close(s, true, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+
+    const float *map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    step_params(seg_left, 1);
+    raw_event(&r, 1, 1, code, &a, action);
+    assert_string_equal(code, "");
+    uint64_t u1 = a.updates;
+    step_params(seg_left, 2);
+    raw_event(&r, 2, 2, code, &a, action);
+    assert_string_equal(action, "update");
+    assert_false(a.replayed);
+    uint64_t u2 = a.updates;
+    assert_int_equal(u2, u1 + 1);
+    float *s2 = shadow_w(map);
+
+    /* Sent again (the params have moved on meanwhile): the record answers. */
+    step_params(seg_left, 3);
+    raw_event(&r, 2, 2, code, &a, action);
+    assert_string_equal(code, "");
+    assert_true(a.has_replayed && a.replayed);
+    assert_string_equal(action, "update");
+    assert_int_equal(a.updates, u2);
+    float *again = shadow_w(map);
+    assert_memory_equal(s2, again, N * sizeof(float));
+    free(again);
+    raw_event(&r, 1, 1, code, &a, action);
+    assert_true(a.replayed);
+    assert_int_equal(a.updates, u1);
+    raw_event(&r, 3, 0, code, &a, action);
+    assert_string_equal(code, "BADARG");
+    raw_close(&r, map, len);
+
+    /* The record outlives emad. */
+    kill_emad(&d);
+    daemon_start_env(&d, NULL, NULL);
+    map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    raw_event(&r, 2, 2, code, &a, action);
+    assert_string_equal(code, "");
+    assert_true(a.replayed);
+    assert_int_equal(a.updates, u2);
+    again = shadow_w(map);
+    assert_memory_equal(s2, again, N * sizeof(float));
+    free(again);
+    raw_event(&r, 3, 3, code, &a, action);
+    assert_false(a.replayed);
+    assert_int_equal(a.updates, u2 + 1);
+
+    /* emad keeps the last 16: seq 3's slot is taken by 19. */
+    for (uint64_t q = 4; q <= 19; q++) {
+        raw_event(&r, q, q, code, &a, action);
+        assert_string_equal(code, "");
+    }
+    raw_event(&r, 3, 3, code, &a, action);
+    assert_string_equal(code, "STATE");
+
+    /* A swap sent again runs again, against the state as it is. */
+    struct msg_swap sw = {msg_str_c("numbered"), msg_str_c("ema"), true, 20};
+    raw_send(&r, "swap", &msg_swap_desc, &sw);
+    raw_read(&r, code, &msg_action_desc, &a);
+    assert_string_equal(code, "");
+    assert_true(a.active);
+    raw_send(&r, "swap", &msg_swap_desc, &sw);
+    raw_read(&r, code, &msg_action_desc, &a);
+    assert_string_equal(code, "");
+    assert_true(a.active);
+    assert_false(a.has_replayed && a.replayed);
+    assert_true(msg_str_eq(a.action, "none")); /* already in: nothing to do */
+    raw_close(&r, map, len);
+    free(s2);
+    daemon_stop(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact, teardown),
+        cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
+        cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
+        cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice, teardown),
+        cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training, teardown),
+        cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
+        cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
