@@ -126,13 +126,16 @@ class Daemon:
         self.exit_codes.append(rc)
         return rc
 
-    def kill(self):
+    def kill(self, keep_shadows=False):
         """SIGKILL, as a crash: emad cannot remove its shadow objects then, so
-        remove them here (an administrator's job after a crash)."""
+        remove them here (an administrator's job after a crash), unless
+        keep_shadows (for a restart that takes them back)."""
         self.proc.kill()
         self.proc.wait()
         self.proc = None
         self._collect_shadows()
+        if keep_shadows:
+            return
         for n in self.shadows:
             try:
                 os.unlink("/dev/shm/" + n.lstrip("/"))

@@ -121,6 +121,36 @@ class Resume(emadtest.EmadTestCase):
         finally:
             ema.close()
 
+    def through_a_crash(self, mode):
+        d = self.daemon()
+        full_shadow, full_model, full_updates = self.uninterrupted(d)
+        model = make_model(0)
+        ema = EMA(model, socket=d.sock, session="crashing", mode=mode, **CONFIG)
+        try:
+            opt = ema.attach_optimizer(make_optimizer(model))
+            ema.fit_start()
+            train(ema, model, opt, 0, STOP)
+            # emad dies and comes back on the same state directory; the
+            # library reconnects on the next call and the run goes on
+            d.kill(keep_shadows=True)
+            d.start()
+            train(ema, model, opt, STOP, STEPS)
+            self.assertEqual(ema._res.client.reconnects, 1)
+            self.assertIsNone(first_difference(ema.shadow_state_dict(), full_shadow))
+            self.assertIsNone(first_difference(model_state(model), full_model))
+            st = ema.state()
+            self.assertEqual(st["updates"], full_updates)
+            self.assertFalse(st["interrupted"])
+            self.assertEqual(st["seq"] > 0, True)
+        finally:
+            ema.close()
+
+    def test_emad_sigkill_midway_library_reconnects_shm(self):
+        self.through_a_crash("shm")
+
+    def test_emad_sigkill_midway_library_reconnects_mirror(self):
+        self.through_a_crash("mirror")
+
     def test_resume_from_emad_state_file_with_ema_swapped_in(self):
         self.interrupted(same_state_dir=True, swap_in_for_checkpoint=True)
 

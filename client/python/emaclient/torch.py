@@ -197,6 +197,10 @@ class EMA:
     socket:  emad's socket (default: $EMAD_SOCKET, $XDG_RUNTIME_DIR/emad.sock,
         /run/emad/emad.sock).
     mode:    "auto", "shm" or "mirror" (see the module's documentation).
+    reconnect: after losing emad (a crash, a restart), reconnect, resume
+        the session and send again the unanswered events (default True;
+        see emaclient.Client); reconnect_timeout: give up after this many
+        seconds (default 30, or $EMAD_RECONNECT_TIMEOUT).
     resume:  re-attach to a detached session of that name kept by emad (its
         shadow and state kept) instead of registering a new one.
 
@@ -207,7 +211,7 @@ class EMA:
 
     def __init__(self, model, *, half_life=_DEFAULT_HALF_LIFE, smoothing=None,
                  ema_start="0.0dur", update_interval=None, session=None, socket=None,
-                 mode="auto", resume=False):
+                 mode="auto", resume=False, reconnect=None, reconnect_timeout=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if smoothing is not None:
@@ -248,7 +252,8 @@ class EMA:
             (res.inplace if mode == "shm" and e.param is not None else res.mirrored).append(e)
         try:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-            res.client = Client(socket, name="emaclient.torch:%s" % prog)
+            res.client = Client(socket, name="emaclient.torch:%s" % prog, reconnect=reconnect,
+                                reconnect_timeout=reconnect_timeout)
             res.segment = Segment([(e.name, DTYPES[e.dtype], e.shape) for e in self._entries])
             for e, info in zip(self._entries, res.segment.tensors):
                 e.info = info
