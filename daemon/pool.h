@@ -2,8 +2,8 @@
  * pool.h - emad's worker threads. A job is a number of independent chunks;
  * every worker takes chunks from every running job in turn (round robin),
  * so one big job uses all cores and a small job never waits for a big one
- * to finish. Completion is posted back to the libuv loop (uv_async), where
- * the job's done callback runs.
+ * to finish. Completion is posted back to the libuv loop through an eventfd
+ * the loop polls, where the job's done callback runs.
  */
 #ifndef EMAD_POOL_H
 #define EMAD_POOL_H
@@ -36,12 +36,15 @@ struct pool_job {
 
 struct pool {
     pthread_mutex_t lock;
-    pthread_cond_t wake;
+    pthread_cond_t wake;                    /* workers wait here for chunks */
     struct pool_job *run_head, *run_tail;   /* jobs with chunks left to hand out */
     struct pool_job *done_head, *done_tail; /* finished, waiting for the loop */
-    uv_async_t async;
+    bool signalled;                         /* the eventfd holds a wake-up for done_head */
+    int efd;                                /* eventfd: workers -> loop */
+    uv_poll_t poll;                         /* the loop's watch on efd */
     pthread_t *threads;
     unsigned nthreads;
+    unsigned idle;                          /* workers waiting on wake */
     bool stop;
     uint64_t chunks_done;                   /* progress, for the watchdog */
     unsigned stall_ms;                      /* test hook: a chunk sleeps this long ... */
@@ -63,7 +66,7 @@ bool pool_alive(struct pool *p, uint64_t *last_progress);
 /* Test hook (EMAD_TEST_STALL_MS, EMAD_TEST_STALL_AFTER): after skip more
  * chunks, make the next one sleep ms. */
 void pool_stall_next(struct pool *p, unsigned ms, unsigned skip);
-/* Stop and join the workers once their queue is empty, then close the async
+/* Stop and join the workers once their queue is empty, then close the poll
  * handle. Call with no job in flight. */
 void pool_destroy(struct pool *p);
 

@@ -1,7 +1,7 @@
 /*
  * test_pool.c - the worker pool: every chunk runs once, completions reach
- * the loop, failures propagate, and jobs interleave (no head-of-line
- * blocking). Also built with ThreadSanitizer.
+ * the loop (coalesced, each once), failures propagate, and jobs interleave
+ * (no head-of-line blocking). Also built with ThreadSanitizer.
  */
 #include "pool.h"
 
@@ -215,6 +215,34 @@ static void test_pool_resubmit_from_done_callback(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Many one-chunk jobs finishing together: completions are coalesced into
+ * few wake-ups of the loop, and every done callback still runs once. */
+static void test_pool_every_completion_reaches_the_loop_once(void **state)
+{
+    enum { NJOBS = 300 };
+    uv_loop_t loop;
+    struct pool p;
+    static struct counting_job jobs[NJOBS];
+    int order = 0;
+    (void)state;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pool_init(&p, &loop, 2), 0);
+    for (int i = 0; i < NJOBS; i++) {
+        job_init(&jobs[i], (size_t)(i % 3), &order); /* 0, 1 and 2 chunks */
+        pool_submit(&p, &jobs[i].job);
+    }
+    run_until_idle(&loop, &p);
+    assert_int_equal(order, NJOBS);
+    for (int i = 0; i < NJOBS; i++) {
+        assert_int_equal(jobs[i].done_calls, 1);
+        free(jobs[i].hits);
+    }
+    pool_destroy(&p);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_pool_rejects_zero_threads(void **state)
 {
     uv_loop_t loop;
@@ -234,6 +262,7 @@ int main(void)
         cmocka_unit_test(test_pool_failure_becomes_job_status_and_other_chunks_still_run),
         cmocka_unit_test(test_pool_small_job_is_not_blocked_behind_a_large_one),
         cmocka_unit_test(test_pool_resubmit_from_done_callback),
+        cmocka_unit_test(test_pool_every_completion_reaches_the_loop_once),
         cmocka_unit_test(test_pool_rejects_zero_threads),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
