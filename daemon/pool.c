@@ -138,6 +138,9 @@ static void *worker(void *arg)
     struct pool *p = arg;
 
     pthread_mutex_lock(&p->lock);
+    /* Kernel thread ids, for priorities and tests. */
+    p->tids[p->nworkers_up++] = gettid();
+    pthread_cond_signal(&p->started);
     for (;;) {
         while (p->run_head == NULL && !p->stop) {
             p->idle++;
@@ -152,6 +155,50 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* With p->lock held: a job none of whose chunks has started, when no worker
+ * is free to start it (an idle worker takes it as soon as it runs). */
+static struct pool_job *fresh_job(struct pool *p, struct pool_job **prev)
+{
+    struct pool_job *pr = NULL;
+
+    if (p->idle > 0)
+        return NULL;
+    for (struct pool_job *j = p->run_head; j != NULL; pr = j, j = j->link) {
+        if (j->next_chunk == 0) {
+            *prev = pr;
+            return j;
+        }
+    }
+    return NULL;
+}
+
+/* The spare: while every worker is in the middle of a chunk, a newly
+ * submitted job would wait for one of those chunks to end (milliseconds for
+ * a big session's chunk) before any of its own work starts. The spare starts
+ * its first chunk at once, at the daemon's own priority, so a small session's
+ * update is not queued behind a large session's chunks; the job's other
+ * chunks go to the workers in turn. It runs at most one chunk per job. */
+static void *spare(void *arg)
+{
+    struct pool *p = arg;
+    struct pool_job *job, *prev = NULL;
+
+    pthread_mutex_lock(&p->lock);
+    p->tids[p->nthreads] = gettid();
+    p->spare_up = true;
+    pthread_cond_signal(&p->started);
+    for (;;) {
+        while ((job = fresh_job(p, &prev)) == NULL && !p->stop)
+            pthread_cond_wait(&p->spare_wake, &p->lock);
+        if (job == NULL)
+            break;
+        p->spare_chunks++;
+        run_chunk(p, prev, job);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
 int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads)
 {
     int rc;
@@ -159,11 +206,17 @@ int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads)
     if (nthreads == 0)
         return -EINVAL;
     memset(p, 0, sizeof(*p));
-    p->threads = calloc(nthreads, sizeof(*p->threads));
-    if (p->threads == NULL)
-        return -ENOMEM;
+    p->threads = calloc(nthreads + 1, sizeof(*p->threads));
+    p->tids = calloc(nthreads + 1, sizeof(*p->tids));
+    if (p->threads == NULL || p->tids == NULL) {
+        rc = -ENOMEM;
+        goto err_free;
+    }
+    p->nthreads = nthreads;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->started, NULL);
+    pthread_cond_init(&p->spare_wake, NULL);
     p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->efd < 0) {
         rc = -errno;
@@ -176,21 +229,30 @@ int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads)
         uv_close((uv_handle_t *)&p->poll, NULL);
         goto err_efd;
     }
-    for (p->nthreads = 0; p->nthreads < nthreads; p->nthreads++) {
-        rc = -pthread_create(&p->threads[p->nthreads], NULL, worker, p);
+    for (p->nstarted = 0; p->nstarted <= nthreads; p->nstarted++) {
+        rc = -pthread_create(&p->threads[p->nstarted], NULL,
+                             p->nstarted < nthreads ? worker : spare, p);
         if (rc < 0) {
             pool_destroy(p);
             return rc;
         }
     }
+    pthread_mutex_lock(&p->lock);
+    while (p->nworkers_up + p->spare_up < p->nstarted)
+        pthread_cond_wait(&p->started, &p->lock);
+    pthread_mutex_unlock(&p->lock);
     return 0;
 
 err_efd:
     close(p->efd);
 err_sync:
+    pthread_cond_destroy(&p->spare_wake);
+    pthread_cond_destroy(&p->started);
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->lock);
+err_free:
     free(p->threads);
+    free(p->tids);
     return rc;
 }
 
@@ -213,8 +275,11 @@ void pool_submit(struct pool *p, struct pool_job *job)
             p->run_head = job;
         p->run_tail = job;
         /* Wake no more workers than the job has chunks: a one-chunk job
-         * must not pull every idle worker onto the CPUs. */
-        if (job->nchunks >= p->idle)
+         * must not pull every idle worker onto the CPUs. With none idle,
+         * the spare starts the job. */
+        if (p->idle == 0)
+            pthread_cond_signal(&p->spare_wake);
+        else if (job->nchunks >= p->idle)
             pthread_cond_broadcast(&p->wake);
         else
             for (size_t i = 0; i < job->nchunks; i++)
@@ -260,14 +325,20 @@ void pool_destroy(struct pool *p)
     pthread_mutex_lock(&p->lock);
     p->stop = true;
     pthread_cond_broadcast(&p->wake);
+    pthread_cond_signal(&p->spare_wake);
     pthread_mutex_unlock(&p->lock);
-    for (unsigned i = 0; i < p->nthreads; i++)
+    for (unsigned i = 0; i < p->nstarted; i++)
         pthread_join(p->threads[i], NULL);
     /* uv_close stops the poll and removes the fd from epoll at once, so the
      * fd may be closed before the close callback has run. */
     uv_close((uv_handle_t *)&p->poll, NULL);
     close(p->efd);
     free(p->threads);
+    free(p->tids);
     p->threads = NULL;
+    p->tids = NULL;
     p->nthreads = 0;
+    p->nstarted = 0;
+    p->nworkers_up = 0;
+    p->spare_up = false;
 }

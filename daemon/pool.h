@@ -2,8 +2,10 @@
  * pool.h - emad's worker threads. A job is a number of independent chunks;
  * every worker takes chunks from every running job in turn (round robin),
  * so one big job uses all cores and a small job never waits for a big one
- * to finish. Completion is posted back to the libuv loop through an eventfd
- * the loop polls, where the job's done callback runs.
+ * to finish. A job that arrives while every worker is busy has its first
+ * chunk started at once by a spare thread, so it does not wait for a chunk
+ * of another job either. Completion is posted back to the libuv loop
+ * through an eventfd the loop polls, where the job's done callback runs.
  */
 #ifndef EMAD_POOL_H
 #define EMAD_POOL_H
@@ -12,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <uv.h>
 
 struct pool_job;
@@ -37,14 +40,21 @@ struct pool_job {
 struct pool {
     pthread_mutex_t lock;
     pthread_cond_t wake;                    /* workers wait here for chunks */
+    pthread_cond_t started;                 /* pool_init waits here for every tid */
+    pthread_cond_t spare_wake;              /* the spare waits here for a fresh job */
     struct pool_job *run_head, *run_tail;   /* jobs with chunks left to hand out */
     struct pool_job *done_head, *done_tail; /* finished, waiting for the loop */
     bool signalled;                         /* the eventfd holds a wake-up for done_head */
     int efd;                                /* eventfd: workers -> loop */
     uv_poll_t poll;                         /* the loop's watch on efd */
-    pthread_t *threads;
-    unsigned nthreads;
+    pthread_t *threads;                     /* the workers, then the spare */
+    pid_t *tids;                            /* kernel thread ids, same order */
+    unsigned nthreads;                      /* workers (the spare not counted) */
+    unsigned nstarted;                      /* threads created, the spare included */
+    unsigned nworkers_up;                   /* workers that have published their tid */
+    bool spare_up;                          /* the spare has published its tid */
     unsigned idle;                          /* workers waiting on wake */
+    uint64_t spare_chunks;                  /* chunks the spare ran (tests, stats) */
     bool stop;
     uint64_t chunks_done;                   /* progress, for the watchdog */
     unsigned stall_ms;                      /* test hook: a chunk sleeps this long ... */
@@ -52,7 +62,8 @@ struct pool {
     unsigned in_flight;                     /* submitted, done not yet called (loop thread) */
 };
 
-/* Start nthreads workers posting completions to loop. 0 or -errno. */
+/* Start nthreads workers and the spare, posting completions to loop.
+ * 0 or -errno. */
 int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads);
 /* Queue a job (loop thread only). The job must stay alive until done. */
 void pool_submit(struct pool *p, struct pool_job *job);

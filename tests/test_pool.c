@@ -1,12 +1,16 @@
 /*
  * test_pool.c - the worker pool: every chunk runs once, completions reach
- * the loop (coalesced, each once), failures propagate, and jobs interleave
- * (no head-of-line blocking). Also built with ThreadSanitizer.
+ * the loop, failures propagate, jobs interleave (no head-of-line blocking),
+ * and a job arriving while every worker is busy starts on the spare. Also
+ * built with ThreadSanitizer.
  */
 #include "pool.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -62,6 +66,20 @@ static void run_until_idle(uv_loop_t *loop, struct pool *p)
 {
     while (pool_in_flight(p) > 0)
         uv_run(loop, UV_RUN_ONCE);
+}
+
+/* Wait until every worker waits for work (white box: the spare only steps
+ * in when none does, so tests about who runs a chunk start from here). */
+static void wait_workers_idle(struct pool *p)
+{
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        bool all = p->idle == p->nthreads;
+        pthread_mutex_unlock(&p->lock);
+        if (all)
+            return;
+        sched_yield();
+    }
 }
 
 static void test_pool_runs_every_chunk_exactly_once(void **state)
@@ -243,6 +261,127 @@ static void test_pool_every_completion_reaches_the_loop_once(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- the spare: a new job does not wait for other jobs' chunks ---- */
+
+/* Chunks of the "busy" job hold both workers until the gate opens; chunk 0
+ * of the "fresh" job opens it. Only a thread other than the two workers can
+ * run that chunk. The wait has a safety valve so that a regression fails the
+ * test instead of hanging it; the valve is far beyond any scheduling delay
+ * and is not a speed assertion. */
+struct gate {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool open;
+    bool valve_used;
+    int inside;                 /* busy chunks waiting at the gate */
+    pid_t tid[8];               /* who ran each chunk of the fresh job */
+    struct pool_job busy, fresh;
+};
+
+static int busy_chunk(void *arg, size_t index)
+{
+    struct gate *g = arg;
+    struct timespec deadline;
+    (void)index;
+
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 60;
+    pthread_mutex_lock(&g->lock);
+    g->inside++;
+    pthread_cond_broadcast(&g->cond);
+    while (!g->open)
+        if (pthread_cond_timedwait(&g->cond, &g->lock, &deadline) == ETIMEDOUT) {
+            g->valve_used = true;
+            g->open = true;
+        }
+    pthread_mutex_unlock(&g->lock);
+    return 0;
+}
+
+static int fresh_chunk(void *arg, size_t index)
+{
+    struct gate *g = arg;
+
+    pthread_mutex_lock(&g->lock);
+    g->tid[index] = gettid();
+    if (index == 0) {
+        g->open = true;
+        pthread_cond_broadcast(&g->cond);
+    }
+    pthread_mutex_unlock(&g->lock);
+    return 0;
+}
+
+static void gate_done(struct pool_job *job)
+{
+    (void)job;
+}
+
+static void test_pool_new_job_starts_on_the_spare_while_every_worker_is_busy(void **state)
+{
+    uv_loop_t loop;
+    struct pool p;
+    struct gate g;
+    (void)state;
+
+    memset(&g, 0, sizeof(g));
+    pthread_mutex_init(&g.lock, NULL);
+    pthread_cond_init(&g.cond, NULL);
+    g.busy = (struct pool_job){.run = busy_chunk, .done = gate_done, .arg = &g, .nchunks = 2};
+    g.fresh = (struct pool_job){.run = fresh_chunk, .done = gate_done, .arg = &g, .nchunks = 4};
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pool_init(&p, &loop, 2), 0);
+    wait_workers_idle(&p);
+    pool_submit(&p, &g.busy);
+    pthread_mutex_lock(&g.lock);
+    while (g.inside < 2)
+        pthread_cond_wait(&g.cond, &g.lock);
+    pthread_mutex_unlock(&g.lock);
+    /* Both workers are inside a busy chunk: the fresh job's first chunk can
+     * only run on the spare. */
+    pool_submit(&p, &g.fresh);
+    run_until_idle(&loop, &p);
+
+    assert_false(g.valve_used);
+    assert_int_equal(g.fresh.status, 0);
+    assert_int_equal(g.tid[0], p.tids[p.nthreads]); /* the spare */
+    for (int i = 1; i < 4; i++) /* the rest: the workers, in turn */
+        assert_true(g.tid[i] == p.tids[0] || g.tid[i] == p.tids[1]);
+    assert_int_equal(p.spare_chunks, 1);
+    assert_int_equal(pool_progress(&p), 2 + 4);
+    pool_destroy(&p);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    pthread_cond_destroy(&g.cond);
+    pthread_mutex_destroy(&g.lock);
+}
+
+/* A job submitted while a worker is idle is the workers' alone. */
+static void test_pool_spare_stays_idle_while_a_worker_is_free(void **state)
+{
+    uv_loop_t loop;
+    struct pool p;
+    struct counting_job j;
+    int order = 0;
+    (void)state;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pool_init(&p, &loop, 2), 0);
+    for (int round = 0; round < 50; round++) {
+        job_init(&j, 1, &order);
+        wait_workers_idle(&p);
+        pool_submit(&p, &j.job);
+        run_until_idle(&loop, &p);
+        assert_int_equal(atomic_load(&j.hits[0]), 1);
+        free(j.hits);
+    }
+    assert_int_equal(p.spare_chunks, 0);
+    pool_destroy(&p);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_pool_rejects_zero_threads(void **state)
 {
     uv_loop_t loop;
@@ -263,6 +402,8 @@ int main(void)
         cmocka_unit_test(test_pool_small_job_is_not_blocked_behind_a_large_one),
         cmocka_unit_test(test_pool_resubmit_from_done_callback),
         cmocka_unit_test(test_pool_every_completion_reaches_the_loop_once),
+        cmocka_unit_test(test_pool_new_job_starts_on_the_spare_while_every_worker_is_busy),
+        cmocka_unit_test(test_pool_spare_stays_idle_while_a_worker_is_free),
         cmocka_unit_test(test_pool_rejects_zero_threads),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
