@@ -232,6 +232,9 @@ int main(int argc, char **argv)
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
     }
+    if ((rc = pool_set_priority(&d.pool, (int)d.opts.worker_nice)) < 0)
+        log_warn(&d.log, "cannot lower the worker threads' priority by %u: %s (small sessions "
+                 "may wait behind large updates)", d.opts.worker_nice, strerror(-rc));
     /* Sessions come back: those a clean stop kept, then those a crashed emad
      * left running (journal + shadow object). */
     char dir[PATH_MAX];

@@ -19,6 +19,7 @@ enum {
     OPT_SOCKET_MODE,
     OPT_ALLOW_GROUP,
     OPT_WORKERS,
+    OPT_WORKER_NICE,
     OPT_STATE_DIR,
     OPT_LOG_LEVEL,
     OPT_LOG_FILE,
@@ -35,6 +36,7 @@ static const struct option long_opts[] = {
     {"socket-mode", required_argument, NULL, OPT_SOCKET_MODE},
     {"allow-group", required_argument, NULL, OPT_ALLOW_GROUP},
     {"workers", required_argument, NULL, OPT_WORKERS},
+    {"worker-nice", required_argument, NULL, OPT_WORKER_NICE},
     {"state-dir", required_argument, NULL, OPT_STATE_DIR},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"log-file", required_argument, NULL, OPT_LOG_FILE},
@@ -78,6 +80,15 @@ void opts_usage(FILE *fp, const char *argv0)
 "Work:\n"
 "  --workers N             worker threads for updates and swaps\n"
 "                          (default: the number of online CPUs)\n"
+"  --worker-nice N         run the workers N nice levels below emad's other\n"
+"                          threads, 0 to 19 (default 10): the event loop and the\n"
+"                          trainers then preempt a busy worker as soon as they\n"
+"                          wake, so a small session's reply does not wait for\n"
+"                          the scheduler's tick behind a large session's update.\n"
+"                          In emad's own cgroup (systemd) this does not change\n"
+"                          emad's CPU share against other processes; started\n"
+"                          from the same session as CPU-bound programs, the\n"
+"                          workers get less CPU than they would at 0\n"
 "  --state-dir DIR         where save and load keep session files (default:\n"
 "                          $XDG_STATE_HOME/emad, /var/lib/emad for root, else\n"
 "                          $HOME/.local/state/emad)\n"
@@ -213,6 +224,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     memset(o, 0, sizeof(*o));
     o->socket_mode = 0600;
     o->workers = env->online_cpus > 0 ? (unsigned)env->online_cpus : 1;
+    o->worker_nice = OPTS_DEFAULT_WORKER_NICE;
     o->log_level = LOG_LVL_INFO;
     o->max_message = WIRE_DEFAULT_MAX_MESSAGE;
     o->max_depth = WIRE_DEFAULT_MAX_DEPTH;
@@ -253,6 +265,11 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             if ((rc = parse_uint("workers", optarg, 1, 1024, &v, false, err, errlen)) < 0)
                 return rc;
             o->workers = (unsigned)v;
+            break;
+        case OPT_WORKER_NICE:
+            if ((rc = parse_uint("worker-nice", optarg, 0, 19, &v, false, err, errlen)) < 0)
+                return rc;
+            o->worker_nice = (unsigned)v;
             break;
         case OPT_STATE_DIR:
             if (optarg[0] == '\0')

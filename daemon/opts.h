@@ -12,6 +12,9 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+/* --worker-nice: how far below emad's own priority the workers run. */
+#define OPTS_DEFAULT_WORKER_NICE 10
+
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
 /* The environment variables emad reads, and who it runs as. */
@@ -29,6 +32,7 @@ struct emad_opts {
     unsigned socket_mode;       /* permission bits of the socket */
     char allow_group[64];       /* group admitted besides the owner and root; "" none */
     unsigned workers;           /* worker threads */
+    unsigned worker_nice;       /* nice levels the workers run below emad (0-19) */
     char state_dir[PATH_MAX];   /* where save/load put files */
     enum log_level log_level;
     char log_file[PATH_MAX];    /* "" means stderr */

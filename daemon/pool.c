@@ -6,18 +6,21 @@
  * eventfd and only then marks it done, and the loop thread spins (997 tries,
  * then sched_yield, over and over) until it sees "done". The write wakes the
  * loop thread, which may preempt the very worker that has yet to mark the
- * handle done; with workers at a lower priority than the loop the loop then
- * spins for milliseconds (measured: 10 % of the loop thread's CPU time with
- * the workers at nice 19, 25 % with SCHED_IDLE workers). Here a worker
- * writes the eventfd after it has released every lock, so the loop never
- * waits for a worker.
+ * handle done; with workers at a lower priority than the loop
+ * (pool_set_priority) the loop then spins for milliseconds (measured: 10 %
+ * of the loop thread's CPU time at nice 19, 25 % with SCHED_IDLE workers).
+ * Here a worker writes the eventfd after it has released every lock, so the
+ * loop never waits for a worker.
  */
 #include "pool.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -138,7 +141,7 @@ static void *worker(void *arg)
     struct pool *p = arg;
 
     pthread_mutex_lock(&p->lock);
-    /* Kernel thread ids, for priorities and tests. */
+    /* pool_set_priority needs every worker's kernel id. */
     p->tids[p->nworkers_up++] = gettid();
     pthread_cond_signal(&p->started);
     for (;;) {
@@ -253,6 +256,68 @@ err_sync:
 err_free:
     free(p->threads);
     free(p->tids);
+    return rc;
+}
+
+/* sched_setattr(2) has no glibc wrapper in Debian 12; the layout is the
+ * kernel's (struct sched_attr, SCHED_ATTR_SIZE_VER0). */
+struct kernel_sched_attr {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime; /* for SCHED_OTHER/BATCH: the time slice (6.12+) */
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+};
+
+/* The longest slice the kernel accepts: with EEVDF a thread that wakes with
+ * a shorter slice than the running one cancels its "run to parity"
+ * protection and preempts it at once; without it, it waits for the tick
+ * (4 ms at HZ=250) even when the running thread has a far lower weight. */
+#define WORKER_SLICE_NS 100000000ull
+
+static int set_thread_priority(pid_t tid, int policy, int nice)
+{
+    struct kernel_sched_attr a;
+
+    if (policy == SCHED_OTHER || policy == SCHED_BATCH) {
+        memset(&a, 0, sizeof(a));
+        a.size = sizeof(a);
+        a.sched_policy = (uint32_t)policy;
+        a.sched_nice = nice;
+        a.sched_runtime = WORKER_SLICE_NS;
+        /* Kernels before 6.12 ignore sched_runtime for these policies. */
+        if (syscall(SYS_sched_setattr, tid, &a, 0) == 0)
+            return 0;
+    }
+    return setpriority(PRIO_PROCESS, (id_t)tid, nice) < 0 ? -errno : 0;
+}
+
+int pool_set_priority(struct pool *p, int nice_offset)
+{
+    int base, target, policy, rc = 0;
+
+    if (nice_offset == 0)
+        return 0;
+    /* On Linux the nice value belongs to each thread: PRIO_PROCESS with a
+     * tid sets that thread alone, and 0 names the caller. */
+    errno = 0;
+    base = getpriority(PRIO_PROCESS, 0);
+    if (base == -1 && errno != 0)
+        return -errno;
+    target = base + nice_offset;
+    if (target > 19)
+        target = 19;
+    if (target < -20)
+        target = -20;
+    policy = sched_getscheduler(0);
+    for (unsigned i = 0; i < p->nworkers_up; i++) {
+        int r = set_thread_priority(p->tids[i], policy, target);
+        if (r < 0 && rc == 0)
+            rc = r;
+    }
     return rc;
 }
 

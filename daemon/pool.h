@@ -65,6 +65,13 @@ struct pool {
 /* Start nthreads workers and the spare, posting completions to loop.
  * 0 or -errno. */
 int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads);
+/* Run the workers below the calling thread's priority: nice_offset nice
+ * levels lower (capped at 19) and, where the kernel takes a time slice hint
+ * (EEVDF, Linux 6.12 and later), with the longest slice, so that a thread
+ * that wakes up (the event loop, a trainer) preempts a busy worker at once
+ * instead of waiting for the scheduler's next tick. The spare keeps the
+ * caller's priority. 0 does nothing. 0 or the first -errno. */
+int pool_set_priority(struct pool *p, int nice_offset);
 /* Queue a job (loop thread only). The job must stay alive until done. */
 void pool_submit(struct pool *p, struct pool_job *job);
 /* Jobs submitted whose done callback has not run yet. */

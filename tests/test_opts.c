@@ -114,6 +114,8 @@ static void test_opts_defaults(void **state)
     assert_int_equal(o.socket_mode, 0600);
     assert_string_equal(o.allow_group, "");
     assert_int_equal(o.workers, 8);
+    assert_int_equal(o.worker_nice, 10);
+    assert_int_equal(o.worker_nice, OPTS_DEFAULT_WORKER_NICE);
     assert_string_equal(o.state_dir, "/home/alice/.local/state/emad");
     assert_int_equal(o.log_level, LOG_LVL_INFO);
     assert_string_equal(o.log_file, "");
@@ -178,7 +180,8 @@ static void test_opts_every_option_is_parsed(void **state)
 
     parse_ok(&o, &env,
              ARGS("--socket", "/tmp/e.sock", "--socket-mode", "0660", "--allow-group", "trainers",
-                  "--workers", "3", "--state-dir", "/srv/emad", "--log-level", "debug",
+                  "--workers", "3", "--worker-nice", "7", "--state-dir", "/srv/emad",
+                  "--log-level", "debug",
                   "--log-file", "/var/log/emad.log", "--max-message", "1M", "--max-depth", "12",
                   "--max-connections", "10", "--max-sessions", "20", "--max-tensors", "300",
                   "--max-pending", "64K"));
@@ -186,6 +189,7 @@ static void test_opts_every_option_is_parsed(void **state)
     assert_int_equal(o.socket_mode, 0660);
     assert_string_equal(o.allow_group, "trainers");
     assert_int_equal(o.workers, 3);
+    assert_int_equal(o.worker_nice, 7);
     assert_string_equal(o.state_dir, "/srv/emad");
     assert_int_equal(o.log_level, LOG_LVL_DEBUG);
     assert_string_equal(o.log_file, "/var/log/emad.log");
@@ -229,7 +233,7 @@ static void test_opts_usage_describes_every_option(void **state)
 {
     static const char *const names[] = {
         "--socket",          "--socket-mode",  "--allow-group", "--workers",
-        "--state-dir",       "--log-level",    "--log-file",    "--max-message",
+        "--worker-nice",     "--state-dir",       "--log-level",    "--log-file",    "--max-message",
         "--max-depth",       "--max-connections", "--max-sessions", "--max-tensors",
         "--max-pending",     "--help",         "--version",     "EMAD_SOCKET",
         "XDG_RUNTIME_DIR",   "XDG_STATE_HOME", "/run/emad/emad.sock",
@@ -310,6 +314,25 @@ static void test_opts_workers_out_of_range_or_not_a_number(void **state)
     parse_fails(&env, ARGS("--workers", "2x"), "--workers 2x", NULL);
     parse_fails(&env, ARGS("--workers", "4K"), "--workers 4K", NULL); /* not a size */
     parse_fails(&env, ARGS("--workers", ""), "--workers", NULL);
+}
+
+static void test_opts_worker_nice_stays_within_0_to_19(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--worker-nice", "0"));
+    assert_int_equal(o.worker_nice, 0);
+    parse_ok(&o, &env, ARGS("--worker-nice", "19"));
+    assert_int_equal(o.worker_nice, 19);
+    parse_ok(&o, &env, ARGS("--worker-nice=10"));
+    assert_int_equal(o.worker_nice, 10);
+    parse_fails(&env, ARGS("--worker-nice", "20"), "--worker-nice 20", "0 to 19");
+    parse_fails(&env, ARGS("--worker-nice", "-5"), "--worker-nice -5", NULL);
+    parse_fails(&env, ARGS("--worker-nice", "low"), "--worker-nice low", NULL);
+    parse_fails(&env, ARGS("--worker-nice", ""), "--worker-nice", NULL);
+    parse_fails(&env, ARGS("--worker-nice"), "--worker-nice", "needs an argument");
 }
 
 static void test_opts_sizes_take_suffixes_and_reject_bad_values(void **state)
@@ -664,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_opts_log_levels),
         cmocka_unit_test(test_opts_socket_mode_must_be_octal_bits),
         cmocka_unit_test(test_opts_workers_out_of_range_or_not_a_number),
+        cmocka_unit_test(test_opts_worker_nice_stays_within_0_to_19),
         cmocka_unit_test(test_opts_sizes_take_suffixes_and_reject_bad_values),
         cmocka_unit_test(test_opts_max_depth_stays_within_4_to_31),
         cmocka_unit_test(test_opts_other_limits_have_bounds),

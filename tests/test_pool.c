@@ -1,8 +1,9 @@
 /*
  * test_pool.c - the worker pool: every chunk runs once, completions reach
  * the loop, failures propagate, jobs interleave (no head-of-line blocking),
- * and a job arriving while every worker is busy starts on the spare. Also
- * built with ThreadSanitizer.
+ * a job arriving while every worker is busy starts on the spare, and the
+ * workers' priority is lowered while the spare's is not. Also built with
+ * ThreadSanitizer.
  */
 #include "pool.h"
 
@@ -13,6 +14,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -382,6 +384,80 @@ static void test_pool_spare_stays_idle_while_a_worker_is_free(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* ---- priorities ---- */
+
+/* Each chunk records the nice value of the thread running it, as that
+ * thread sees it. */
+struct nice_probe {
+    struct pool_job job;
+    atomic_int nice[64];
+    atomic_int tid[64];
+};
+
+static int probe_chunk(void *arg, size_t index)
+{
+    struct nice_probe *np = arg;
+
+    errno = 0;
+    atomic_store(&np->nice[index], getpriority(PRIO_PROCESS, 0));
+    atomic_store(&np->tid[index], gettid());
+    return 0;
+}
+
+static void probe_run(uv_loop_t *loop, struct pool *p, struct nice_probe *np)
+{
+    memset(np, 0, sizeof(*np));
+    np->job = (struct pool_job){.run = probe_chunk, .done = gate_done, .arg = np, .nchunks = 64};
+    pool_submit(p, &np->job);
+    run_until_idle(loop, p);
+}
+
+static void assert_workers_at(const struct pool *p, const struct nice_probe *np, int want)
+{
+    for (int i = 0; i < 64; i++) {
+        pid_t tid = atomic_load(&np->tid[i]);
+        bool is_worker = false;
+        for (unsigned w = 0; w < p->nthreads; w++)
+            is_worker = is_worker || tid == p->tids[w];
+        if (is_worker && atomic_load(&np->nice[i]) != want)
+            fail_msg("chunk %d ran on worker %d at nice %d, not %d", i, (int)tid,
+                     atomic_load(&np->nice[i]), want);
+    }
+}
+
+static void test_pool_set_priority_lowers_the_workers_only(void **state)
+{
+    uv_loop_t loop;
+    struct pool p;
+    struct nice_probe np;
+    int base = getpriority(PRIO_PROCESS, 0);
+    (void)state;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pool_init(&p, &loop, 2), 0);
+
+    /* 0: the workers keep the caller's priority. */
+    assert_int_equal(pool_set_priority(&p, 0), 0);
+    probe_run(&loop, &p, &np);
+    assert_workers_at(&p, &np, base);
+
+    assert_int_equal(pool_set_priority(&p, 3), 0);
+    probe_run(&loop, &p, &np);
+    assert_workers_at(&p, &np, base + 3 > 19 ? 19 : base + 3);
+    /* The caller and the spare are untouched. */
+    assert_int_equal(getpriority(PRIO_PROCESS, 0), base);
+    assert_int_equal(getpriority(PRIO_PROCESS, (id_t)p.tids[p.nthreads]), base);
+
+    /* Offsets past the lowest priority stop at 19. */
+    assert_int_equal(pool_set_priority(&p, 40), 0);
+    probe_run(&loop, &p, &np);
+    assert_workers_at(&p, &np, 19);
+
+    pool_destroy(&p);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_pool_rejects_zero_threads(void **state)
 {
     uv_loop_t loop;
@@ -404,6 +480,7 @@ int main(void)
         cmocka_unit_test(test_pool_every_completion_reaches_the_loop_once),
         cmocka_unit_test(test_pool_new_job_starts_on_the_spare_while_every_worker_is_busy),
         cmocka_unit_test(test_pool_spare_stays_idle_while_a_worker_is_free),
+        cmocka_unit_test(test_pool_set_priority_lowers_the_workers_only),
         cmocka_unit_test(test_pool_rejects_zero_threads),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
