@@ -5,6 +5,7 @@
 #include "store.h"
 #include "errbuf.h"
 
+#include <dirent.h>
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -393,6 +394,46 @@ err_tmp:
         close(fd);
     unlink(tmp);
     return rc;
+}
+
+/* Whether a directory entry is a temp file of store_save(): '.', a valid name, STORE_SUFFIX,
+ * ".tmp-" and the six letters or digits mkostemp() put in place of "XXXXXX". */
+static bool is_temp_name(const char *entry)
+{
+    static const char mid[] = STORE_SUFFIX ".tmp-";
+    size_t len = strlen(entry), tail = sizeof(mid) - 1 + 6;
+
+    if (entry[0] != '.' || len < 2 + tail || memcmp(entry + len - tail, mid, sizeof(mid) - 1) != 0)
+        return false;
+    for (size_t i = len - 6; i < len; i++) {
+        if (!is_alnum(entry[i]))
+            return false;
+    }
+    return store_name_valid(entry + 1, len - 1 - tail);
+}
+
+int store_remove_temps(const char *dir, char *err, size_t errlen)
+{
+    struct dirent *e;
+    int removed = 0;
+    DIR *d;
+
+    if (dir == NULL || dir[0] == '\0')
+        return err_set(err, errlen, -EINVAL, "removing temp files: no state directory");
+    d = opendir(dir);
+    if (d == NULL) {
+        if (errno == ENOENT)
+            return 0;
+        return err_set(err, errlen, -errno, "removing temp files from %s: %s", dir,
+                       strerror(errno));
+    }
+    /* unlinkat() without AT_REMOVEDIR fails on a directory: only files (or links) go. */
+    while ((e = readdir(d)) != NULL) {
+        if (is_temp_name(e->d_name) && unlinkat(dirfd(d), e->d_name, 0) == 0)
+            removed++;
+    }
+    closedir(d);
+    return removed;
 }
 
 /* ---- Load -------------------------------------------------------------------------------- */

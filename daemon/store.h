@@ -38,7 +38,8 @@
  *
  * File names, not paths: clients choose names (store_name_valid), and ".emastate" is appended.
  * Temp files are named ".<name>.emastate.tmp-XXXXXX"; a valid name never starts with '.', so a
- * temp file can never be mistaken for a state file, and any left by a crash may be deleted.
+ * temp file can never be mistaken for a state file, and any left by a crash may be deleted
+ * (store_remove_temps).
  *
  * Functions return 0 or a negative errno. Those that take `char *err, size_t errlen` write a
  * message there on failure that names the file and the problem (err may be NULL). Nothing here
@@ -99,6 +100,15 @@ int store_default_name(const char *session, size_t len, char *out, size_t outlen
 int store_save(const char *dir, const char *name, const void *meta, size_t meta_len,
                const void *data, uint64_t data_len, char *path_out, size_t path_len,
                uint64_t *bytes_out, char *err, size_t errlen);
+
+/*
+ * Remove the temp files of saves that never finished (emad killed or the machine down midway)
+ * from dir: entries ".<name>.emastate.tmp-XXXXXX" for a valid name, never a state file, never a
+ * directory. Only while no save writes into dir (a save in flight has a temp file too), such as
+ * at emad's start, before it serves. Returns how many were removed (0 when dir does not exist;
+ * an entry that cannot be removed is skipped), or the -errno of reading dir with a message.
+ */
+int store_remove_temps(const char *dir, char *err, size_t errlen);
 
 /* A verified, read-only, private mapping of a state file. meta and data point into it. */
 struct store_file {

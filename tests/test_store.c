@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -673,6 +674,112 @@ static void test_save_failure_leaves_previous_file_intact(void **state)
     free(big);
 }
 
+/* A save killed midway (by SIGXFSZ, whose default action ends the process, at the first write
+ * past a file size limit) leaves its temp file beside the previous file, which is intact;
+ * store_remove_temps() removes the temp file and nothing else. */
+static void test_save_killed_midway_leaves_a_temp_that_remove_temps_removes(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", file[PATH_MAX];
+    unsigned char small[3000], *before, *after, *big;
+    size_t before_len, after_len, big_len = 4u << 20;
+    struct store_file f;
+    bool temp;
+    int status;
+    pid_t pid;
+
+    fill_random(small, sizeof(small), 41);
+    save_ok(fx->dir, "keep", "old", 3, small, sizeof(small));
+    before = read_file(join(file, fx->dir, "keep.emastate"), &before_len);
+    assert_non_null(before);
+    big = malloc(big_len);
+    assert_non_null(big);
+    fill_random(big, big_len, 42);
+
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit fsize = {1u << 20, 1u << 20}, core = {0, 0};
+
+        signal(SIGXFSZ, SIG_DFL);
+        setrlimit(RLIMIT_CORE, &core);
+        setrlimit(RLIMIT_FSIZE, &fsize);
+        store_save(fx->dir, "keep", "new", 3, big, big_len, NULL, 0, NULL, NULL, 0);
+        _exit(0); /* not reached: SIGXFSZ ends the process */
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGXFSZ);
+    assert_int_equal(count_entries(fx->dir, &temp), 2);
+    assert_true(temp);
+    after = read_file(file, &after_len);
+    assert_non_null(after);
+    assert_int_equal(after_len, before_len);
+    assert_memory_equal(after, before, before_len);
+
+    assert_int_equal(store_remove_temps(fx->dir, err, sizeof(err)), 1);
+    assert_int_equal(count_entries(fx->dir, &temp), 1);
+    assert_false(temp);
+    assert_int_equal(store_load(fx->dir, "keep", &f, err, sizeof(err)), 0);
+    assert_int_equal(f.meta_len, 3);
+    assert_memory_equal(f.meta, "old", 3);
+    store_file_close(&f);
+    free(before);
+    free(after);
+    free(big);
+}
+
+/* Only ".<valid name>.emastate.tmp-" and six letters or digits, and never a directory. */
+static void test_remove_temps_removes_only_temp_files_of_saves(void **state)
+{
+    static const char *const temps[] = {".a.emastate.tmp-Ab12Cz", ".x.y-z_%.emastate.tmp-000000"};
+    static const char *const others[] = {
+        ".a.emastate.tmp-Ab12C",       /* five characters, not six */
+        ".a.emastate.tmp-Ab12C!",      /* not a letter or digit */
+        ".a.emastate.tmp-Ab12Cz.old",  /* something after */
+        "a.emastate.tmp-Ab12Cz",       /* no leading '.' */
+        "..emastate.tmp-Ab12Cz",       /* no name */
+        ".a b.emastate.tmp-Ab12Cz",    /* not a valid name */
+        ".a.emastat.tmp-Ab12Cz",       /* another suffix */
+        ".hidden",
+    };
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", path[PATH_MAX];
+    struct store_file f;
+    struct stat st;
+
+    save_ok(fx->dir, "a", "m", 1, "d", 1);
+    for (size_t i = 0; i < ARRAY_LEN(temps); i++)
+        write_file(join(path, fx->dir, temps[i]), "t", 1);
+    for (size_t i = 0; i < ARRAY_LEN(others); i++)
+        write_file(join(path, fx->dir, others[i]), "o", 1);
+    assert_int_equal(mkdir(join(path, fx->dir, ".d.emastate.tmp-Ab12Cz"), 0700), 0);
+
+    assert_int_equal(store_remove_temps(fx->dir, err, sizeof(err)), (int)ARRAY_LEN(temps));
+    for (size_t i = 0; i < ARRAY_LEN(temps); i++)
+        assert_int_equal(lstat(join(path, fx->dir, temps[i]), &st), -1);
+    for (size_t i = 0; i < ARRAY_LEN(others); i++)
+        assert_int_equal(lstat(join(path, fx->dir, others[i]), &st), 0);
+    assert_int_equal(lstat(join(path, fx->dir, ".d.emastate.tmp-Ab12Cz"), &st), 0);
+    assert_int_equal(store_load(fx->dir, "a", &f, err, sizeof(err)), 0);
+    store_file_close(&f);
+    assert_int_equal(store_remove_temps(fx->dir, err, sizeof(err)), 0);
+}
+
+static void test_remove_temps_missing_dir_is_zero_and_a_file_an_error(void **state)
+{
+    struct fixture *fx = *state;
+    char err[ERRLEN] = "", file[PATH_MAX];
+
+    assert_int_equal(store_remove_temps(fx->dir, err, sizeof(err)), 0); /* not made yet */
+    write_file(join(file, fx->root, "plain"), "x", 1);
+    assert_int_equal(store_remove_temps(file, err, sizeof(err)), -ENOTDIR);
+    assert_err_has(err, file);
+    assert_err_has(err, strerror(ENOTDIR));
+    assert_int_equal(store_remove_temps("", err, sizeof(err)), -EINVAL);
+    assert_int_equal(store_remove_temps(NULL, NULL, 0), -EINVAL);
+}
+
 static void test_save_fails_when_dir_is_under_a_regular_file(void **state)
 {
     struct fixture *fx = *state;
@@ -1097,6 +1204,9 @@ int main(void)
         STORE_TEST(test_save_creates_missing_directories_0700),
         STORE_TEST(test_save_replaces_existing_file_and_old_mapping_stays),
         STORE_TEST(test_save_failure_leaves_previous_file_intact),
+        STORE_TEST(test_save_killed_midway_leaves_a_temp_that_remove_temps_removes),
+        STORE_TEST(test_remove_temps_removes_only_temp_files_of_saves),
+        STORE_TEST(test_remove_temps_missing_dir_is_zero_and_a_file_an_error),
         STORE_TEST(test_save_fails_when_dir_is_under_a_regular_file),
         STORE_TEST(test_save_fails_when_a_directory_occupies_the_target),
         STORE_TEST(test_save_into_read_only_directory_fails_when_not_root),
