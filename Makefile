@@ -131,6 +131,13 @@ TESTS := $(foreach v,build build/asan,$(TEST_SRC:%.c=$(v)/%) $(ITEST_SRC:%.c=$(v
          $(TEST_SRC:%.c=build/tsan/%)
 tests: all build/asan/emad build/asan/emactl build/tsan/emad build/tsan/emactl $(TESTS)
 
+# test_durable's LD_PRELOAD shim (EIO or a stall on chosen files). Built once, plain: it is
+# preloaded into the emad of every variant.
+build/tests/integration/eio_shim.so: tests/integration/eio_shim.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(WARNINGS) -D_GNU_SOURCE -fPIC -shared $(CFLAGS) -o $@ $< -ldl
+tests: build/tests/integration/eio_shim.so
+
 # Fuzzing (tests/fuzz/README): libFuzzer harnesses built with clang, the
 # sources they exercise compiled straight into each binary (not the gcc-built
 # archives). `make fuzz FUZZ_SECONDS=300` runs each on a copy of its corpus in

@@ -1,0 +1,472 @@
+/*
+ * test_durable.c - durable saves (issue #5): a save whose writes fail with EIO, or whose emad is
+ * SIGKILLed midway, leaves the previous state file byte for byte as it was and is never
+ * answered with success; the session goes on, and the previous file still loads.
+ *
+ * The faults come from eio_shim.so (tests/integration/eio_shim.c), preloaded into an emad
+ * restarted for the purpose: its writes to the temp file of one save name fail with EIO from
+ * a given byte on, or its fsync does, or the write that reaches that byte stalls for good and
+ * creates a marker file, so that the test kills emad when the save is certainly halfway through
+ * its file, not after a guessed sleep.
+ */
+#include "emaclient.h"
+#include "harness.h"
+#include "msg.h"
+#include "wire.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+static emac_segment *seg_left;
+
+static int teardown(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
+
+static emac_client *connect_ok(const struct daemon *d)
+{
+    struct emac_error err;
+    emac_client *c = NULL;
+
+    if (emac_connect(d->sock, "test_durable", &c, &err) < 0)
+        fail_msg("connect: %s: %s", err.code, err.message);
+    return c;
+}
+
+/* ---- the shim ---- */
+
+/* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
+struct shim_env {
+    char preload[PATH_MAX + 16], match[300], after[64], stall[160], asan[1024];
+    char *v[6];
+};
+
+/* Fill e for faults in the temp files of saves of `name` into d's state directory (and nothing
+ * else: not the journals in live/, which share the name of the session), from byte after on;
+ * stall: the marker path, or NULL to fail with EIO. Returns the NULL-terminated list for
+ * daemon_start_env(). */
+static char *const *shim_env(struct shim_env *e, const struct daemon *d, const char *name,
+                             unsigned long long after, const char *stall)
+{
+    const char *shim = getenv("EMAD_TEST_EIO_SHIM");
+    const char *asan = getenv("ASAN_OPTIONS");
+    char path[PATH_MAX];
+    size_t n = 0;
+
+    /* Built plain by `make tests` and preloaded into every variant of emad; absolute, since
+     * emad resolves it. */
+    if (shim == NULL)
+        shim = "build/tests/integration/eio_shim.so";
+    if (realpath(shim, path) == NULL)
+        fail_msg("the EIO shim %s: %s (make tests builds it; EMAD_TEST_EIO_SHIM overrides)", shim,
+                 strerror(errno));
+    snprintf(e->preload, sizeof(e->preload), "LD_PRELOAD=%s", path);
+    snprintf(e->match, sizeof(e->match), "EMAD_TEST_EIO_MATCH=%s/.%s.emastate.tmp-", d->state,
+             name);
+    snprintf(e->after, sizeof(e->after), "EMAD_TEST_EIO_AFTER=%llu", after);
+    /* ASan wants its runtime first among the preloaded libraries; the shim only forwards
+     * to whatever comes next (ASan's interceptors included), so the order is harmless.
+     * Other builds ignore the variable. */
+    snprintf(e->asan, sizeof(e->asan), "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+             asan != NULL ? asan : "", asan != NULL && asan[0] != '\0' ? ":" : "");
+    e->v[n++] = e->preload;
+    e->v[n++] = e->match;
+    e->v[n++] = e->after;
+    e->v[n++] = e->asan;
+    if (stall != NULL) {
+        snprintf(e->stall, sizeof(e->stall), "EMAD_TEST_EIO_STALL=%s", stall);
+        e->v[n++] = e->stall;
+    }
+    e->v[n] = NULL;
+    return e->v;
+}
+
+/* ---- files ---- */
+
+/* The whole file at dir/name, malloc'ed; fails the test if it cannot be read. */
+static unsigned char *slurp(const char *dir, const char *name, size_t *len)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    unsigned char *buf;
+    FILE *fp;
+
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    fp = fopen(path, "rb");
+    if (fp == NULL)
+        fail_msg("%s: %s", path, strerror(errno));
+    assert_int_equal(fstat(fileno(fp), &st), 0);
+    buf = malloc(st.st_size > 0 ? (size_t)st.st_size : 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)st.st_size, fp), (size_t)st.st_size);
+    fclose(fp);
+    *len = (size_t)st.st_size;
+    return buf;
+}
+
+/* Fail unless dir/name holds exactly the len bytes at want. */
+static void expect_file(const char *dir, const char *name, const unsigned char *want, size_t len)
+{
+    size_t got_len;
+    unsigned char *got = slurp(dir, name, &got_len);
+
+    if (got_len != len)
+        fail_msg("%s/%s: %zu bytes, %zu before", dir, name, got_len, len);
+    if (memcmp(got, want, len) != 0)
+        fail_msg("%s/%s: same size, other contents", dir, name);
+    free(got);
+}
+
+/* How many temp files of saves (".<name>.emastate.tmp-XXXXXX") dir holds; the name of the
+ * last one seen goes to last (may be NULL). */
+static int temp_files(const char *dir, char *last, size_t lastlen)
+{
+    DIR *dp = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(dp);
+    while ((e = readdir(dp)) != NULL) {
+        if (e->d_name[0] != '.' || strstr(e->d_name, ".emastate.tmp-") == NULL)
+            continue;
+        if (last != NULL)
+            snprintf(last, lastlen, "%s", e->d_name);
+        n++;
+    }
+    closedir(dp);
+    return n;
+}
+
+/* ---- the session ---- */
+
+/* The segment's one f32 tensor, every element a function of step. */
+static void fill_params(emac_segment *seg, float step)
+{
+    const struct emac_tensor *t = emac_segment_tensor(seg, 0);
+    float *w = t->data;
+
+    for (uint64_t i = 0; i < t->numel; i++)
+        w[i] = (float)(i % 4099) * 0.5f + step;
+}
+
+static void batch_end(emac_session *s, uint64_t batch, uint64_t want_updates)
+{
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {batch, 0, false, 0};
+
+    if (emac_event(s, "batch_end", &t, &r, &err) < 0)
+        fail_msg("batch_end %llu: %s: %s", (unsigned long long)batch, err.code, err.message);
+    assert_int_equal(r.updates, want_updates);
+}
+
+/* The shadow as emad has it now. */
+static void *shadow_copy(const emac_session *s, size_t *len)
+{
+    const struct emac_shadow *sh = emac_session_shadow(s, 0);
+    void *copy;
+
+    *len = sh->numel * sh->elem_size;
+    copy = malloc(*len);
+    assert_non_null(copy);
+    memcpy(copy, sh->data, *len);
+    return copy;
+}
+
+static void expect_shadow(const emac_session *s, const void *want, size_t len)
+{
+    const struct emac_shadow *sh = emac_session_shadow(s, 0);
+
+    assert_int_equal(sh->numel * sh->elem_size, len);
+    if (memcmp(sh->data, want, len) != 0)
+        fail_msg("session %s: the shadow differs from the saved one", emac_session_name(s));
+}
+
+static emac_session *register_ok(emac_client *c, const char *name, bool resume)
+{
+    struct emac_error err;
+    emac_session *s = NULL;
+
+    if (emac_register(c, name, seg_left, NULL, resume, &s, &err) < 0)
+        fail_msg("register %s%s: %s: %s", name, resume ? " (resume)" : "", err.code,
+                 err.message);
+    return s;
+}
+
+static void save_ok(emac_client *c, const char *session, const char *name, struct emac_file *f)
+{
+    struct emac_error err;
+
+    if (emac_save(c, session, name, f, &err) < 0)
+        fail_msg("save %s to %s: %s: %s", session, name, err.code, err.message);
+}
+
+static void load_ok(emac_client *c, const char *session, const char *name, struct emac_file *f)
+{
+    struct emac_error err;
+
+    if (emac_load(c, session, name, f, &err) < 0)
+        fail_msg("load %s from %s: %s: %s", session, name, err.code, err.message);
+}
+
+/* Stop emad cleanly (it keeps the session for its next start), start it again in the same
+ * directory with envs, and attach the session anew: what a trainer does across a restart. */
+static emac_session *restart(struct daemon *d, emac_client **c, emac_session *s,
+                             char *const envs[])
+{
+    char name[160];
+
+    snprintf(name, sizeof(name), "%s", emac_session_name(s));
+    emac_session_free(s);
+    emac_disconnect(*c);
+    assert_int_equal(kill(d->pid, SIGTERM), 0);
+    check_daemon_stderr(d, wait_exit(d->pid));
+    daemon_start_env(d, NULL, envs);
+    *c = connect_ok(d);
+    return register_ok(*c, name, true);
+}
+
+/* ---- EIO ---- */
+
+/*
+ * "snap" is saved; emad restarts with the shim failing the writes to snap's next temp file from
+ * byte `after` on (or only its fsync, when `after` is past the end). The next save of "snap"
+ * fails with IO and a message naming the step, the temp file and the error; snap.emastate is
+ * byte-identical, no temp file is left, and the session goes on: an update, a save to another
+ * name, and a load of "snap" that brings back the shadow it held.
+ */
+static void save_fails_with_eio(unsigned long long after, const char *step)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1u << 18, NULL, 0}; /* 1 MiB of shadow */
+    struct emac_error err;
+    struct emac_file f;
+    struct shim_env env;
+    struct daemon d;
+    size_t saved_len, shadow_len;
+    char want[64];
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
+    fill_params(seg_left, 1);
+    emac_session *s = register_ok(c, "durable", false);
+    batch_end(s, 1, 1);
+    save_ok(c, "durable", "snap", &f);
+    unsigned char *saved = slurp(d.state, "snap.emastate", &saved_len);
+    assert_int_equal(saved_len, f.bytes);
+    void *shadow = shadow_copy(s, &shadow_len);
+
+    s = restart(&d, &c, s, shim_env(&env, &d, "snap", after, NULL));
+    fill_params(seg_left, 2);
+    batch_end(s, 2, 2);
+    int rc = emac_save(c, "durable", "snap", &f, &err);
+    if (rc == 0)
+        fail_msg("the save succeeded despite EIO while %s its temp file (%s)", step, f.path);
+    assert_int_equal(rc, -EREMOTEIO);
+    assert_string_equal(err.code, "IO");
+    snprintf(want, sizeof(want), "save: %s ", step);
+    if (strstr(err.message, want) == NULL || strstr(err.message, "/.snap.emastate.tmp-") == NULL ||
+        strstr(err.message, strerror(EIO)) == NULL)
+        fail_msg("the IO error should name the step (\"%s\"), the temp file and the error "
+                 "(\"%s\"): %s", want, strerror(EIO), err.message);
+
+    expect_file(d.state, "snap.emastate", saved, saved_len);
+    assert_int_equal(temp_files(d.state, NULL, 0), 0);
+    assert_true(file_contains(d.log, "save failed"));
+
+    /* The session goes on. */
+    fill_params(seg_left, 3);
+    batch_end(s, 3, 3);
+    save_ok(c, "durable", "other", &f);
+    load_ok(c, "durable", "snap", &f);
+    assert_int_equal(f.bytes, saved_len);
+    expect_shadow(s, shadow, shadow_len);
+
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    free(saved);
+    free(shadow);
+    daemon_stop(&d);
+}
+
+static void test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file(void **state)
+{
+    (void)state;
+    save_fails_with_eio(65536, "writing"); /* 64 KiB into a file of 1 MiB */
+}
+
+static void test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file(void **state)
+{
+    (void)state;
+    save_fails_with_eio(1ull << 40, "syncing"); /* every byte written; the fsync fails */
+}
+
+/* ---- SIGKILL ---- */
+
+/* A connection that has said hello, for a request whose reply never comes. */
+static int raw_connect(const char *sock, struct wire_decoder *dec)
+{
+    struct msg_hello h = {WIRE_PROTO_VERSION, msg_str_c("test_durable raw"), false, 0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    struct reply r;
+    int fd = try_connect(sock);
+
+    assert_true(fd >= 0);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &h);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    wire_decoder_init(dec, 1u << 24, 8);
+    read_reply_dec(fd, dec, &r);
+    assert_false(r.eof);
+    assert_string_equal(r.code, "");
+    return fd;
+}
+
+static void raw_send_save(int fd, uint32_t msgid, const char *session, const char *name)
+{
+    struct msg_file req = {msg_str_c(session), true, msg_str_c(name)};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, msgid, "save");
+    msg_encode(&pk, &msg_file_desc, &req);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* Wait up to WAIT_MS for the file at path to exist; fail if emad (pid) exits first. */
+static void wait_for_file(const char *path, pid_t pid)
+{
+    struct stat st;
+    int status;
+
+    for (int waited = 0; waited < WAIT_MS; waited += 5) {
+        if (stat(path, &st) == 0)
+            return;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            fail_msg("emad exited before %s appeared", path);
+        sleep_ms(5);
+    }
+    fail_msg("%s did not appear within %d ms", path, WAIT_MS);
+}
+
+/*
+ * "big" (64 MiB of shadow) is saved; emad restarts with the shim stalling the write that
+ * reaches the middle of big's next temp file. A second save of "big" stalls there, and once
+ * the marker says so, emad is SIGKILLed: no reply ever came, big.emastate is byte-identical,
+ * and the half-written temp file is beside it. The next emad takes the session back; "big"
+ * loads and gives back the shadow it held; the temp file is never taken for a state file.
+ */
+static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
+{
+    enum { N = 16u << 20 }; /* f32: 64 MiB */
+    struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    struct emac_file f;
+    struct shim_env env;
+    struct wire_decoder dec;
+    struct daemon d;
+    struct reply r;
+    char marker[160], temp[300];
+    size_t saved_len, shadow_len;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
+    fill_params(seg_left, 1);
+    emac_session *s = register_ok(c, "big", false);
+    batch_end(s, 1, 1);
+    save_ok(c, "big", "big", &f);
+    unsigned char *saved = slurp(d.state, "big.emastate", &saved_len);
+    assert_true(saved_len > (size_t)N * 4);
+    void *shadow = shadow_copy(s, &shadow_len);
+
+    snprintf(marker, sizeof(marker), "%s/stalled", d.dir);
+    s = restart(&d, &c, s, shim_env(&env, &d, "big", saved_len / 2, marker));
+    fill_params(seg_left, 2);
+    batch_end(s, 2, 2);
+
+    int fd = raw_connect(d.sock, &dec);
+    raw_send_save(fd, 2, "big", "big");
+    wait_for_file(marker, d.pid);
+    /* The save is stalled halfway through its temp file: the kill lands mid-save. */
+    assert_int_equal(temp_files(d.state, temp, sizeof(temp)), 1);
+    assert_int_equal(kill(d.pid, SIGKILL), 0);
+    assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
+    read_reply_dec(fd, &dec, &r);
+    if (!r.eof)
+        fail_msg("a reply (\"%s\" %s) to a save whose emad was killed midway", r.code,
+                 r.message);
+    close(fd);
+    wire_decoder_free(&dec);
+    emac_session_free(s);
+    emac_disconnect(c);
+
+    expect_file(d.state, "big.emastate", saved, saved_len);
+    assert_int_equal(temp_files(d.state, NULL, 0), 1);
+
+    /* The next emad: the session comes back, the previous file loads. */
+    daemon_start_env(&d, NULL, NULL);
+    c = connect_ok(&d);
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    assert_int_equal(st->nsessions, 1); /* nothing made of the temp file */
+    assert_string_equal(st->session_list[0].session, "big");
+    emac_status_free(st);
+    s = register_ok(c, "big", true);
+    load_ok(c, "big", "big", &f);
+    assert_int_equal(f.bytes, saved_len);
+    expect_shadow(s, shadow, shadow_len);
+    expect_file(d.state, "big.emastate", saved, saved_len);
+    /* A name that is the temp file's is refused, never opened. */
+    assert_int_equal(emac_load(c, "big", temp, &f, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "BADARG");
+
+    fill_params(seg_left, 3);
+    batch_end(s, 2, 2); /* the file's counters: one update, now the second */
+    save_ok(c, "big", "big", &f);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    free(saved);
+    free(shadow);
+    daemon_stop(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(
+            test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
+        cmocka_unit_test_teardown(
+            test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
+        cmocka_unit_test_teardown(test_sigkill_mid_save_keeps_the_previous_file_loadable,
+                                  teardown),
+    };
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests_name("durable", tests, NULL, NULL);
+}
