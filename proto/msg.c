@@ -268,17 +268,42 @@ int msg_str_copy(struct msg_str s, char *out, size_t outlen)
 
 /* ---- decoding ---- */
 
-/* The dotted path of the field being decoded, for error messages. */
+/* The path of the field being decoded (keys and indices), rendered as
+ * "tensors[3].name" only when an error message needs it: decoding a
+ * million-tensor register must not format a million paths. */
+#define PATH_DEPTH 16
+
 struct path {
-    char buf[192];
-    size_t len;
+    struct {
+        const char *key; /* NULL: an array index */
+        size_t index;
+    } el[PATH_DEPTH];
+    size_t depth; /* may exceed PATH_DEPTH: the deeper levels are not shown */
 };
+
+static void path_render(const struct path *p, char *buf, size_t len)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (size_t i = 0; i < p->depth && i < PATH_DEPTH && used < len; i++) {
+        int n = p->el[i].key != NULL
+                    ? snprintf(buf + used, len - used, i ? ".%s" : "%s", p->el[i].key)
+                    : snprintf(buf + used, len - used, "[%zu]", p->el[i].index);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
 
 static int fail(char *err, size_t errlen, const struct path *p, const char *fmt, ...)
 {
     va_list ap;
-    int n = snprintf(err, errlen, "%s: ", p->len ? p->buf : "params");
+    char where[192];
+    int n;
 
+    path_render(p, where, sizeof(where));
+    n = snprintf(err, errlen, "%s: ", where[0] ? where : "params");
     if (n >= 0 && (size_t)n < errlen) {
         va_start(ap, fmt);
         vsnprintf(err + n, errlen - n, fmt, ap);
@@ -287,31 +312,25 @@ static int fail(char *err, size_t errlen, const struct path *p, const char *fmt,
     return -EINVAL;
 }
 
-static size_t path_add(struct path *p, int n)
-{
-    size_t old = p->len;
-    size_t room = sizeof(p->buf) - p->len;
-
-    if (n > 0)
-        p->len += (size_t)n < room ? (size_t)n : room - 1;
-    return old;
-}
-
 static size_t path_key(struct path *p, const char *key)
 {
-    return path_add(p, snprintf(p->buf + p->len, sizeof(p->buf) - p->len,
-                                p->len ? ".%s" : "%s", key));
+    if (p->depth < PATH_DEPTH)
+        p->el[p->depth].key = key;
+    return p->depth++;
 }
 
 static size_t path_index(struct path *p, size_t idx)
 {
-    return path_add(p, snprintf(p->buf + p->len, sizeof(p->buf) - p->len, "[%zu]", idx));
+    if (p->depth < PATH_DEPTH) {
+        p->el[p->depth].key = NULL;
+        p->el[p->depth].index = idx;
+    }
+    return p->depth++;
 }
 
 static void path_pop(struct path *p, size_t old)
 {
-    p->len = old;
-    p->buf[old] = '\0';
+    p->depth = old;
 }
 
 static const msgpack_object *map_find(const msgpack_object *map, const char *key)
@@ -465,7 +484,9 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
 int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,
                size_t errlen)
 {
-    struct path p = {{0}, 0};
+    struct path p;
+
+    p.depth = 0;
 
     if (map == NULL || map->type != MSGPACK_OBJECT_MAP) {
         memset(out, 0, d->size);

@@ -1146,7 +1146,8 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.has_last_time = false;
     st.shm = msg_str_c("/emad-1");
     st.shadow_shm = msg_str_c("/emad-shadow-1");
-    st.has_interrupted = true; /* the one optional field: present, so every key is sent */
+    st.has_interrupted = true; /* the optional fields: present, so every key is sent */
+    st.has_seq = true;
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);
     assert_int_equal(map->via.map.size, msg_session_state_desc.nfields);

@@ -208,6 +208,36 @@ static void test_other_uid_cannot_see_or_touch_sessions(void **state)
     daemon_stop(&d);
 }
 
+/* --allow-group admits a member through a supplementary group as well as
+ * the primary one; a peer of another uid in neither is refused, told why. */
+static void test_allow_group_admits_supplementary_members_only(void **state)
+{
+    struct daemon d;
+    char bin[200], cmd[600], out[8192];
+    (void)state;
+
+    if (geteuid() != 0)
+        skip();
+    make_dir(&d);
+    assert_int_equal(chmod(d.dir, 0755), 0);
+    /* "audio" (gid 29, from Debian's base-passwd): nobody's primary group. */
+    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group", "audio",
+                                               NULL},
+                     NULL);
+    snprintf(bin, sizeof(bin), "%s/emactl", d.dir);
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", emactl_bin(), bin, bin);
+    assert_int_equal(system(cmd), 0);
+    char *member[] = {"setpriv", "--reuid=65534", "--regid=65534", "--groups=29", bin,
+                      "--socket", d.sock, "list", NULL};
+    assert_int_equal(run_capture(member, NULL, out, sizeof(out)), 0);
+    char *stranger[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
+                        "--socket", d.sock, "list", NULL};
+    assert_int_not_equal(run_capture(stranger, NULL, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "uid 65534 is not allowed"));
+    assert_non_null(strstr(out, "audio"));
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -215,6 +245,7 @@ int main(void)
         cmocka_unit_test_teardown(test_thousand_idle_connections_and_half_sent_messages,
                                   teardown),
         cmocka_unit_test_teardown(test_other_uid_cannot_see_or_touch_sessions, teardown),
+        cmocka_unit_test_teardown(test_allow_group_admits_supplementary_members_only, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("hostile", tests, NULL, NULL);
