@@ -1441,11 +1441,17 @@ static int session_map_shadow(emac_session *s, const struct msg_register_reply *
         }
     }
     for (size_t i = 0; i < s->seg->n; i++) {
-        const struct msg_shadow_tensor *t = &rep->tensors[i];
         const struct emac_tensor *p = &s->seg->tensors[i];
         struct emac_shadow *o = &s->shadows[i];
         enum dtype dt;
         uint64_t end;
+        if (rep->has_shadow_offsets) {
+            /* Compact: in our order, by the dtype rule. */
+            dt = dtype_shadow(s->seg->meta[i].dt);
+            o->offset = rep->shadow_offsets[i];
+            goto place;
+        }
+        const struct msg_shadow_tensor *t = &rep->tensors[i];
         if (!msg_str_eq(t->name, p->name))
             return set_err(err, -EPROTO, EMAC_E_BADREPLY,
                            "register: reply's tensors[%zu] is \"%.*s\", expected \"%s\"", i,
@@ -1456,11 +1462,12 @@ static int session_map_shadow(emac_session *s, const struct msg_register_reply *
                            "register: tensor \"%s\": shadow_dtype \"%.*s\" for a %s tensor",
                            p->name, (int)(t->shadow_dtype.len > 16 ? 16 : t->shadow_dtype.len),
                            t->shadow_dtype.ptr, p->dtype);
+        o->offset = t->shadow_offset;
+place:
         o->name = p->name;
         o->dtype = dtype_name(dt);
         o->elem_size = dtype_size(dt);
         o->numel = p->numel;
-        o->offset = t->shadow_offset;
         if (__builtin_mul_overflow(o->numel, (uint64_t)o->elem_size, &end) ||
             __builtin_add_overflow(end, o->offset, &end) || end > rep->shadow_bytes)
             return set_err(err, -EPROTO, EMAC_E_BADREPLY,
@@ -1558,13 +1565,18 @@ static int register_call(emac_client *c, const char *session, const emac_segment
     /* Reconnecting: a session emad no longer has must not come back empty. */
     req.has_existing = existing;
     req.existing = existing;
+    req.has_compact = true; /* offsets only: the names are ours, in order */
+    req.compact = true;
     rc = call(c, "register", &msg_register_desc, &req, &msg_register_reply_desc, rep, NULL, NULL,
               false, what, err);
     free(tensors);
-    if (rc == 0 && rep->ntensors != seg->n) {
-        rc = set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: reply lists %zu tensors, sent %zu", what,
-                     rep->ntensors, seg->n);
-        msg_free(&msg_register_reply_desc, rep);
+    if (rc == 0) {
+        size_t got = rep->has_shadow_offsets ? rep->nshadow_offsets : rep->ntensors;
+        if (got != seg->n) {
+            rc = set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: reply lists %zu tensors, sent %zu",
+                         what, got, seg->n);
+            msg_free(&msg_register_reply_desc, rep);
+        }
     }
     return rc;
 }
@@ -1655,7 +1667,9 @@ static int session_resume(emac_client *c, emac_session *s, struct emac_error *er
         goto out;
     }
     for (size_t i = 0; i < s->seg->n; i++) {
-        if (rep.tensors[i].shadow_offset != s->shadows[i].offset) {
+        uint64_t off = rep.has_shadow_offsets ? rep.shadow_offsets[i]
+                                              : rep.tensors[i].shadow_offset;
+        if (off != s->shadows[i].offset) {
             rc = set_err(err, -EREMOTEIO, "BADREPLY", "%s: tensor \"%s\" moved in the shadow",
                          what, s->shadows[i].name);
             goto out;

@@ -69,6 +69,7 @@ static const struct msg_field register_fields[] = {
     OPT_OBJ(struct msg_register, "config", config, msg_config_desc),
     OPT(struct msg_register, "resume", MSG_BOOL, resume),
     OPT(struct msg_register, "existing", MSG_BOOL, existing),
+    OPT(struct msg_register, "compact", MSG_BOOL, compact),
 };
 const struct msg_desc msg_register_desc = DESC("register", struct msg_register, register_fields);
 
@@ -113,6 +114,7 @@ static const struct msg_field register_reply_fields[] = {
     REQ(struct msg_register_reply, "shadow_bytes", MSG_U64, shadow_bytes),
     ARR(struct msg_register_reply, "tensors", tensors, msg_shadow_tensor_desc),
     OBJ(struct msg_register_reply, "state", state, msg_session_state_desc),
+    OPT_UARR(struct msg_register_reply, "shadow_offsets", shadow_offsets),
 };
 const struct msg_desc msg_register_reply_desc =
     DESC("register reply", struct msg_register_reply, register_reply_fields);

@@ -116,6 +116,8 @@ struct msg_register {
     bool resume;
     bool has_existing; /* extension: with resume, NOSESSION rather than a new session */
     bool existing;
+    bool has_compact;  /* extension: reply with shadow_offsets, tensors empty */
+    bool compact;
 };
 
 struct msg_shadow_tensor {
@@ -160,6 +162,9 @@ struct msg_register_reply {
     struct msg_shadow_tensor *tensors;
     size_t ntensors;
     struct msg_session_state state;
+    bool has_shadow_offsets; /* extension (compact): each tensor's, in order */
+    uint64_t *shadow_offsets;
+    size_t nshadow_offsets;
 };
 
 struct msg_event {
