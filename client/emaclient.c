@@ -1530,25 +1530,28 @@ static int register_call(emac_client *c, const char *session, const emac_segment
                          struct emac_error *err)
 {
     struct msg_register req;
-    struct msg_tensor *tensors = calloc(seg->n ? seg->n : 1, sizeof(*tensors));
-    int rc;
+    size_t n = seg->n ? seg->n : 1;
+    /* The table in columns (an extension emad understands): no map and no
+     * keys per tensor. Shapes stay here: emac_segment_create checked them. */
+    struct msg_str *names = malloc(n * sizeof(*names)), *dtypes = malloc(n * sizeof(*dtypes));
+    uint64_t *offsets = malloc(n * sizeof(*offsets)), *numels = malloc(n * sizeof(*numels));
+    int rc = -ENOMEM;
 
-    if (tensors == NULL)
-        return set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
+    if (names == NULL || dtypes == NULL || offsets == NULL || numels == NULL) {
+        set_err(err, rc, EMAC_E_SYSTEM, "%s: out of memory", what);
+        goto out;
+    }
     memset(&req, 0, sizeof(req));
     req.session = msg_str_c(session);
     req.shm = msg_str_c(seg->name);
-    req.tensors = tensors;
-    req.ntensors = seg->n;
     for (size_t i = 0; i < seg->n; i++) {
-        tensors[i].name = msg_str_c(seg->tensors[i].name);
-        tensors[i].dtype = msg_str_c(seg->tensors[i].dtype);
-        tensors[i].offset = seg->tensors[i].offset;
-        tensors[i].numel = seg->tensors[i].numel;
-        tensors[i].has_shape = seg->meta[i].shape != NULL;
-        tensors[i].shape = seg->meta[i].shape;
-        tensors[i].nshape = seg->meta[i].ndim;
+        names[i] = msg_str_c(seg->tensors[i].name);
+        dtypes[i] = msg_str_c(seg->tensors[i].dtype);
+        offsets[i] = seg->tensors[i].offset;
+        numels[i] = seg->tensors[i].numel;
     }
+    req.has_table = true;
+    req.table = (struct msg_table){names, seg->n, dtypes, seg->n, offsets, seg->n, numels, seg->n};
     if (cfg != NULL) {
         req.has_config = true;
         req.config.has_half_life = cfg->half_life != NULL;
@@ -1569,7 +1572,6 @@ static int register_call(emac_client *c, const char *session, const emac_segment
     req.compact = true;
     rc = call(c, "register", &msg_register_desc, &req, &msg_register_reply_desc, rep, NULL, NULL,
               false, what, err);
-    free(tensors);
     if (rc == 0) {
         size_t got = rep->has_shadow_offsets ? rep->nshadow_offsets : rep->ntensors;
         if (got != seg->n) {
@@ -1578,6 +1580,11 @@ static int register_call(emac_client *c, const char *session, const emac_segment
             msg_free(&msg_register_reply_desc, rep);
         }
     }
+out:
+    free(names);
+    free(dtypes);
+    free(offsets);
+    free(numels);
     return rc;
 }
 

@@ -110,10 +110,16 @@ static void handle_status(struct conn *c, const struct wire_msg *m)
 static void handle_register(struct conn *c, const struct wire_msg *m)
 {
     struct msg_register req;
+    char err[256];
+    int rc;
 
     if (!decode_params(c, m, &msg_register_desc, &req))
         return;
-    session_register(c->srv->ctx->sessions, c, m->msgid, &req);
+    if ((rc = msg_register_expand(&req, err, sizeof(err))) < 0)
+        conn_reply_error(c, m->msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_BADARG,
+                         "register: %s", rc == -ENOMEM ? "out of memory" : err);
+    else
+        session_register(c->srv->ctx->sessions, c, m->msgid, &req);
     msg_free(&msg_register_desc, &req);
 }
 

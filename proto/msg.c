@@ -19,6 +19,7 @@
 #define SARR(st, k, m) {k, MSG_STR_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL}
 #define OPT_UARR(st, k, m) \
     {k, MSG_U64_ARRAY, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), NULL}
+#define UARR(st, k, m) {k, MSG_U64_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL}
 #define DESC(name, st, fields) {name, sizeof(st), fields, sizeof(fields) / sizeof(fields[0])}
 
 static const struct msg_field time_fields[] = {
@@ -62,6 +63,14 @@ static const struct msg_field config_fields[] = {
 };
 const struct msg_desc msg_config_desc = DESC("config", struct msg_config, config_fields);
 
+static const struct msg_field table_fields[] = {
+    SARR(struct msg_table, "names", names),
+    SARR(struct msg_table, "dtypes", dtypes),
+    UARR(struct msg_table, "offsets", offsets),
+    UARR(struct msg_table, "numels", numels),
+};
+const struct msg_desc msg_table_desc = DESC("tensor table", struct msg_table, table_fields);
+
 static const struct msg_field register_fields[] = {
     REQ(struct msg_register, "session", MSG_STR, session),
     REQ(struct msg_register, "shm", MSG_STR, shm),
@@ -70,6 +79,7 @@ static const struct msg_field register_fields[] = {
     OPT(struct msg_register, "resume", MSG_BOOL, resume),
     OPT(struct msg_register, "existing", MSG_BOOL, existing),
     OPT(struct msg_register, "compact", MSG_BOOL, compact),
+    OPT_OBJ(struct msg_register, "table", table, msg_table_desc),
 };
 const struct msg_desc msg_register_desc = DESC("register", struct msg_register, register_fields);
 
@@ -232,6 +242,7 @@ static const struct msg_field saved_state_fields[] = {
     OPT(SV, "uid", MSG_U64, uid),
     OPT(SV, "shadow_shm", MSG_STR, shadow_shm),
     OPT(SV, "seq", MSG_U64, seq),
+    OPT_OBJ(SV, "table", table, msg_table_desc),
 };
 #undef SV
 const struct msg_desc msg_saved_state_desc =
@@ -481,6 +492,63 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
         memset(out, 0, d->size);
     }
     return rc;
+}
+
+/* The checks both forms share: one form only, columns of one length. */
+static int table_check(const struct msg_table *t, size_t listed, char *err, size_t errlen)
+{
+    size_t n = t->nnames;
+
+    if (listed != 0) {
+        snprintf(err, errlen, "tensors and table: send the tensors in one form, not both");
+        return -EINVAL;
+    }
+    if (t->ndtypes != n || t->noffsets != n || t->nnumels != n) {
+        snprintf(err, errlen, "table: names, dtypes, offsets and numels must be as long as "
+                 "each other (%zu, %zu, %zu, %zu)", n, t->ndtypes, t->noffsets, t->nnumels);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int msg_saved_state_expand(struct msg_saved_state *m, char *err, size_t errlen)
+{
+    const struct msg_table *t = &m->table;
+    size_t n = t->nnames;
+    int rc;
+
+    if (!m->has_table)
+        return 0;
+    if ((rc = table_check(t, m->ntensors, err, errlen)) < 0 || n == 0)
+        return rc;
+    m->tensors = calloc(n, sizeof(*m->tensors));
+    if (m->tensors == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        m->tensors[i] = (struct msg_saved_tensor){t->names[i], t->dtypes[i], t->numels[i], true,
+                                                  t->offsets[i]};
+    m->ntensors = n;
+    return 0;
+}
+
+int msg_register_expand(struct msg_register *r, char *err, size_t errlen)
+{
+    const struct msg_table *t = &r->table;
+    size_t n = t->nnames;
+    int rc;
+
+    if (!r->has_table)
+        return 0;
+    if ((rc = table_check(t, r->ntensors, err, errlen)) < 0 || n == 0)
+        return rc;
+    r->tensors = calloc(n, sizeof(*r->tensors));
+    if (r->tensors == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        r->tensors[i] = (struct msg_tensor){t->names[i], t->dtypes[i], t->offsets[i],
+                                            t->numels[i], false, NULL, 0};
+    r->ntensors = n;
+    return 0;
 }
 
 int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,

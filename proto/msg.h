@@ -94,6 +94,19 @@ struct msg_tensor {
     size_t nshape;
 };
 
+/* Extension: the tensor table of register in columns, without a map and
+ * its keys per tensor (a million tensors: a third of the bytes). */
+struct msg_table {
+    struct msg_str *names;
+    size_t nnames;
+    struct msg_str *dtypes;
+    size_t ndtypes;
+    uint64_t *offsets;
+    size_t noffsets;
+    uint64_t *numels;
+    size_t nnumels;
+};
+
 struct msg_config {
     bool has_half_life;
     struct msg_str half_life;
@@ -118,6 +131,8 @@ struct msg_register {
     bool existing;
     bool has_compact;  /* extension: reply with shadow_offsets, tensors empty */
     bool compact;
+    bool has_table;    /* extension: the tensors in columns (tensors then empty) */
+    struct msg_table table;
 };
 
 struct msg_shadow_tensor {
@@ -297,6 +312,8 @@ struct msg_saved_state {
     struct msg_str shadow_shm;
     bool has_seq; /* the highest request seq applied */
     uint64_t seq;
+    bool has_table; /* the tensors in columns (tensors then empty), as register's */
+    struct msg_table table;
 };
 
 /* An empty map, the result of close and drop. */
@@ -309,6 +326,7 @@ extern const struct msg_desc msg_hello_desc;
 extern const struct msg_desc msg_hello_reply_desc;
 extern const struct msg_desc msg_tensor_desc;
 extern const struct msg_desc msg_config_desc;
+extern const struct msg_desc msg_table_desc;
 extern const struct msg_desc msg_register_desc;
 extern const struct msg_desc msg_shadow_tensor_desc;
 extern const struct msg_desc msg_session_state_desc;
@@ -334,6 +352,13 @@ extern const struct msg_desc *const msg_all_descs[];
 /* Decode map into out (a struct of d->size bytes, zeroed first). 0, -EINVAL
  * with a message naming the field in err, or -ENOMEM. On error nothing needs
  * freeing. */
+/* A register that sent its tensors as a table: fill tensors from it (views
+ * into the table's strings; freed by msg_free). 0, or -EINVAL with err
+ * naming the problem (both forms, columns of different lengths), -ENOMEM. */
+int msg_register_expand(struct msg_register *r, char *err, size_t errlen);
+/* The same for a state file's metadata (into tensors, offsets present). */
+int msg_saved_state_expand(struct msg_saved_state *m, char *err, size_t errlen);
+
 int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,
                size_t errlen);
 /* Free what msg_decode() allocated in obj (arrays); obj itself is the caller's. */

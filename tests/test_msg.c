@@ -32,7 +32,7 @@
 static const struct msg_desc *const nested_descs[] = {
     &msg_time_desc,          &msg_tensor_desc,        &msg_config_desc,
     &msg_shadow_tensor_desc, &msg_session_state_desc, &msg_server_info_desc,
-    &msg_saved_tensor_desc,
+    &msg_saved_tensor_desc,  &msg_table_desc,
 };
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
@@ -1531,6 +1531,68 @@ static void test_msg_error_fits_a_small_buffer(void **state)
 
 /* ---- String views ------------------------------------------------------------------------- */
 
+/* The columnar table (an extension) expands into the same tensors as the
+ * list of maps; both forms at once, or columns of different lengths, are
+ * refused naming the problem. */
+static void test_msg_table_expands_like_the_list(void **state)
+{
+    struct msg_str names[] = {{"w", 1}, {"b", 1}, {"e", 1}};
+    struct msg_str dtypes[] = {{"f32", 3}, {"bf16", 4}, {"i8", 2}};
+    uint64_t offsets[] = {0, 64, 128}, numels[] = {16, 8, 0};
+    struct msg_table table = {names, 3, dtypes, 3, offsets, 3, numels, 3};
+    char err[256];
+    (void)state;
+
+    struct msg_register r;
+    memset(&r, 0, sizeof(r));
+    r.has_table = true;
+    r.table = table;
+    assert_int_equal(msg_register_expand(&r, err, sizeof(err)), 0);
+    assert_int_equal(r.ntensors, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_true(r.tensors[i].name.ptr == names[i].ptr);
+        assert_true(r.tensors[i].dtype.ptr == dtypes[i].ptr);
+        assert_int_equal(r.tensors[i].offset, offsets[i]);
+        assert_int_equal(r.tensors[i].numel, numels[i]);
+        assert_false(r.tensors[i].has_shape);
+    }
+    free(r.tensors);
+
+    struct msg_saved_state m;
+    memset(&m, 0, sizeof(m));
+    m.has_table = true;
+    m.table = table;
+    assert_int_equal(msg_saved_state_expand(&m, err, sizeof(err)), 0);
+    assert_int_equal(m.ntensors, 3);
+    assert_true(m.tensors[2].has_offset);
+    assert_int_equal(m.tensors[2].offset, 128);
+    assert_int_equal(m.tensors[1].numel, 8);
+    free(m.tensors);
+
+    /* Without a table nothing changes. */
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(msg_saved_state_expand(&m, err, sizeof(err)), 0);
+    assert_null(m.tensors);
+
+    struct msg_tensor one = {{"x", 1}, {"f32", 3}, 0, 1, false, NULL, 0};
+    memset(&r, 0, sizeof(r));
+    r.tensors = &one;
+    r.ntensors = 1;
+    r.has_table = true;
+    r.table = table;
+    assert_int_equal(msg_register_expand(&r, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "tensors and table: send the tensors in one form, not both");
+
+    memset(&r, 0, sizeof(r));
+    r.has_table = true;
+    r.table = table;
+    r.table.nnumels = 2;
+    assert_int_equal(msg_register_expand(&r, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "table: names, dtypes, offsets and numels must be as long as each "
+                             "other (3, 3, 3, 2)");
+    assert_null(r.tensors);
+}
+
 static void test_msg_str_helpers(void **state)
 {
     char out[8];
@@ -1585,6 +1647,7 @@ int main(void)
         cmocka_unit_test(test_msg_integers_of_any_width_decode),
         cmocka_unit_test(test_msg_failure_midway_frees_what_was_allocated),
         cmocka_unit_test(test_msg_error_fits_a_small_buffer),
+        cmocka_unit_test(test_msg_table_expands_like_the_list),
         cmocka_unit_test(test_msg_str_helpers),
     };
 
