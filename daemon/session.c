@@ -517,6 +517,7 @@ static void enqueue(struct op *op)
 
 /* The head is finished: drop it and run the next one. */
 static void journal_write(struct session *s);
+static void journal_failed(struct session *s, const char *why);
 static void shadow_sync(struct session *s);
 
 static void op_finish(struct op *op)
@@ -649,6 +650,22 @@ static int chunk_tensors(void *arg, size_t index)
     if (shm_guard_leave(&g) < 0)
         return -EFAULT;
     return rc;
+}
+
+static int journal_store(struct session *s, char *err, size_t errlen);
+
+/* Register's work: the journal (chunk 0, beside the first tensor chunks:
+ * for a million tensors it takes as long as they do) and the shadow's
+ * initialisation. */
+static int chunk_init(void *arg, size_t index)
+{
+    struct op *op = arg;
+
+    if (index == 0) {
+        op->rc = journal_store(op->s, op->err, sizeof(op->err));
+        return 0;
+    }
+    return chunk_tensors(arg, index - 1);
 }
 
 static int chunk_copy(void *arg, size_t index)
@@ -1047,7 +1064,7 @@ static void op_run(struct op *op)
     case OP_INIT:
         op->t0 = uv_hrtime();
         shadow_begin(s);
-        submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
+        submit(op, PH_TENSORS, chunk_init, s->plan.nchunks + 1);
         return;
     case OP_ATTACH:
         run_attach(op);
@@ -1180,7 +1197,8 @@ static void op_done(struct pool_job *job)
         if (op->kind == OP_INIT) {
             s->ready = true;
             shadow_sync(s);
-            journal_write(s);
+            if (op->rc < 0)
+                journal_failed(s, op->err);
             reply_register(op);
             break;
         }
@@ -1854,26 +1872,38 @@ int registry_restore_all(struct registry *r, const char *dir)
 
 /* ---- journals: sessions that outlive a crash of emad ---- */
 
-static void journal_write(struct session *s)
+/* Write s's journal; any thread (it logs nothing). 0 or -errno with err. */
+static int journal_store(struct session *s, char *err, size_t errlen)
 {
     struct registry *r = s->reg;
-    char name[160], path[PATH_MAX], err[600];
+    char name[160], path[PATH_MAX];
     msgpack_sbuffer meta;
     uint64_t bytes;
+    int rc;
 
     if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
                                                       sizeof(name)) < 0)
-        return;
-    if (encode_meta(s, &meta) < 0) {
-        log_warn(reg_log(r), "session %s: cannot write its journal (it will not survive a crash "
-                 "of emad): out of memory", s->name);
-        return;
-    }
-    if (store_save(r->live_dir, name, meta.data, meta.size, NULL, 0, path, sizeof(path), &bytes,
-                   err, sizeof(err)) < 0)
-        log_warn(reg_log(r), "session %s: cannot write its journal (it will not survive a crash "
-                 "of emad): %s", s->name, err);
+        return 0;
+    if (encode_meta(s, &meta) < 0)
+        return err_set(err, errlen, -ENOMEM, "out of memory");
+    rc = store_save(r->live_dir, name, meta.data, meta.size, NULL, 0, path, sizeof(path), &bytes,
+                    err, errlen);
     msgpack_sbuffer_destroy(&meta);
+    return rc;
+}
+
+static void journal_failed(struct session *s, const char *why)
+{
+    log_warn(reg_log(s->reg), "session %s: cannot write its journal (it will not survive a "
+             "crash of emad): %s", s->name, why);
+}
+
+static void journal_write(struct session *s)
+{
+    char err[600];
+
+    if (journal_store(s, err, sizeof(err)) < 0)
+        journal_failed(s, err);
 }
 
 static void journal_remove(struct session *s)

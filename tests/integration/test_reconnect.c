@@ -267,8 +267,8 @@ static void test_update_cut_short_is_redone_with_notice(void **state)
     (void)state;
 
     make_dir(&d);
-    /* Chunks: register's initialisation, batch 1, batch 2; batch 3 stalls. */
-    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=3",
+    /* Chunks: register's journal and initialisation, batch 1, batch 2; batch 3 stalls. */
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=4",
                                            NULL});
     emac_client *c = connect_ok(&d);
     assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);

@@ -240,8 +240,8 @@ static void test_sigkill_mid_update_is_reported(void **state)
     (void)state;
 
     make_dir(&d);
-    /* Chunks: register's initialisation, batch 1, batch 2; batch 3 stalls. */
-    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=3",
+    /* Chunks: register's journal and initialisation, batch 1, batch 2; batch 3 stalls. */
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=4",
                                            NULL});
     emac_client *c = connect_ok(&d);
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
