@@ -1496,7 +1496,7 @@ static void session_unlink(emac_session *s)
     for (size_t i = 0; i < c->nouts;) {
         if (c->outs[i].owner == s) {
             uint32_t id = c->outs[i].msgid;
-            c->outs[i] = c->outs[--c->nouts];
+            remove_out_at(c, i);
             for (size_t k = 0; k < c->nheld; k++)
                 if (c->held[k].msgid == id) {
                     free(take_held(c, k, NULL));
