@@ -247,6 +247,48 @@ class CrashSafety(emadtest.EmadTestCase):
     def test_emad_crash_during_eval_mirror(self):
         self.crash_during_eval("mirror")
 
+    def restart_during_eval(self, mode):
+        """emad dies and comes back while the EMA weights are in: leaving
+        eval() reconnects; the model holds the training weights after it,
+        and training and evaluation go on."""
+        d = self.daemon()
+        model = make_model(0)
+        ema = EMA(model, socket=d.sock, session="crash", mode=mode, half_life="2ba")
+        try:
+            opt = ema.attach_optimizer(make_optimizer(model))
+            for step in range(4):
+                ema.batch_start(step)
+                emadtest.train_step(model, opt, step)
+                ema.batch_end()
+            ema.wait()
+            training = model_state(model)
+            with ema.eval():
+                self.assertIsNone(first_difference(model_state(model), ema.ema_state_dict()))
+                d.kill(keep_shadows=True)
+                d.start()
+            self.assertFalse(ema.active)
+            self.assertIsNone(first_difference(model_state(model), training))
+            self.assertEqual(ema._res.client.reconnects, 1)
+            for step in range(4, 6):
+                ema.batch_start(step)
+                emadtest.train_step(model, opt, step)
+                ema.batch_end()
+            ema.wait()
+            self.assertEqual(ema.state()["updates"], 6)
+            training = model_state(model)
+            with ema.eval():
+                self.assertTrue(ema.active)
+                self.assertIsNone(first_difference(model_state(model), ema.ema_state_dict()))
+            self.assertIsNone(first_difference(model_state(model), training))
+        finally:
+            ema.close()
+
+    def test_emad_restart_during_eval_shm(self):
+        self.restart_during_eval("shm")
+
+    def test_emad_restart_during_eval_mirror(self):
+        self.restart_during_eval("mirror")
+
 
 class Api(emadtest.EmadTestCase):
 

@@ -369,10 +369,13 @@ class EMA:
         return self._res.session
 
     def _note(self, r):
+        # After a reconnect the library may have put the training weights
+        # back itself (the reply then says "none"): follow the segment.
+        changed = r.active != self._active
         self._started = r.started
         self._active = r.active
         self._updates = r.updates
-        if r.action in ("swap_in", "swap_out"):
+        if r.action in ("swap_in", "swap_out") or changed:
             self._pull(self._res.mirrored)
         return r
 
