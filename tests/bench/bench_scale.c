@@ -3,7 +3,7 @@
  *
  *   sessions  1, 2, 8, 32 sessions (one connection and one thread each) updating back to back
  *             for --seconds, the same total model size split among them: their aggregate
- *             throughput against one session's, measured in the same run.
+ *             throughput against one session's, measured just before and just after.
  *   memory    emad's resident memory while it holds a session (after updates and a swap),
  *             against the shadow bytes it holds. The trainer's own segment, which emad maps
  *             and reads, is counted apart (smaps): it is the trainer's memory.
@@ -84,10 +84,15 @@ int cmd_sessions(const struct bopts *o)
 {
     uint64_t total = o->sizes[0];
     char buf[32];
-    double one = run_sessions(o, 1, total);
+    /* This machine's throughput drifts by tens of percent within seconds (shared memory
+     * bandwidth): each k sessions' window is bracketed by one-session windows, and the
+     * baseline is their mean. */
+    double before = run_sessions(o, 1, total);
     for (size_t c = 0; c < o->ncounts; c++) {
         uint64_t k = o->counts[c], n = total / k;
-        double agg = k == 1 ? one : run_sessions(o, k, n);
+        double agg = k == 1 ? before : run_sessions(o, k, n);
+        double after = k == 1 ? before : run_sessions(o, 1, total);
+        double one = (before + after) / 2;
         rec_begin("sessions");
         rec_int("sessions", k);
         rec_int("elems_each", n);
@@ -96,8 +101,11 @@ int cmd_sessions(const struct bopts *o)
         rec_int("workers", o->workers);
         rec_num("aggregate_gelem_s", agg);
         rec_num("one_session_gelem_s", one);
+        rec_num("one_session_before_gelem_s", before);
+        rec_num("one_session_after_gelem_s", after);
         rec_num("ratio", agg / one);
         rec_end();
+        before = after;
     }
     return 0;
 }
