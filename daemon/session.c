@@ -64,6 +64,7 @@ struct op {
     struct ema_clock clock;
     enum ema_action action;
     bool compact;              /* register: the reply lists shadow offsets only */
+    const uint64_t *resume_from; /* event sent again after a crash: per chunk, done already */
     bool has_seq;              /* event / swap: the client's request number */
     uint64_t seq;
     struct pool_job job;
@@ -260,6 +261,7 @@ static void session_free(struct session *s)
         free(s->tensors[i].name);
     free(s->tensors);
     plan_free(&s->plan);
+    free(s->redo_from);
     free(s);
 }
 
@@ -617,8 +619,192 @@ static void shadow_sync(struct session *s)
     h->interrupted = s->interrupted;
     h->last_seq = s->last_seq;
     memcpy(h->recent, s->recent, sizeof(h->recent));
+    h->redo_pending = s->redo_pending ? 1u | (s->redo_clears ? 2u : 0u) : 0u;
     __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
                      __ATOMIC_RELEASE);
+}
+
+static struct redo_rec *redo_rec(const struct session *s, size_t chunk)
+{
+    return (struct redo_rec *)((char *)s->shadow.base + s->redo_off) + chunk;
+}
+
+/* An event's tensor work is about to write the shadow: reset every chunk's
+ * record (from where a cut-short run of the same event got, when this is
+ * its replay), say which event it is, then mark the shadow begun. */
+static void redo_begin(struct op *op)
+{
+    struct session *s = op->s;
+    struct shadow_header *h = shadow_hdr(s);
+    uint64_t of = h->seq_done + 1;
+
+    for (size_t c = 0; c < s->plan.nchunks; c++) {
+        struct redo_rec *rec = redo_rec(s, c);
+        rec->seq = of;
+        rec->done_to = op->resume_from != NULL ? op->resume_from[c] : 0;
+        rec->undo_at = REDO_NONE;
+    }
+    h->redo_of = of;
+    h->pending_seq = op->has_seq ? op->seq : 0;
+    h->pending_action = (uint32_t)op->action;
+    h->pending_batch = op->clock.batch;
+    h->pending_epoch = op->clock.epoch;
+    h->redo_nchunks = s->plan.nchunks;
+    shadow_begin(s);
+}
+
+static int for_each_block(const struct session *s, size_t c,
+                          int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
+                                    uint64_t start, uint64_t n),
+                          void *arg);
+
+static bool writes_tensors(uint32_t action)
+{
+    return action == EMA_ACTION_START || action == EMA_ACTION_UPDATE ||
+           action == EMA_ACTION_START_UPDATE;
+}
+
+static int undo_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start, uint64_t n)
+{
+    struct redo_rec *rec = ((void **)arg)[0];
+    struct session *s = ((void **)arg)[1];
+
+    if (pos != rec->undo_at)
+        return 0;
+    if (rec->undo_count != n)
+        return -EINVAL;
+    memcpy(shadow_ptr(s, t, start), rec->undo, n * dtype_size(t->shadow_dtype));
+    return 1;
+}
+
+/*
+ * After an event's tensor work was cut short (emad killed, a worker
+ * failed): from the records, put back the block caught halfway and keep,
+ * per chunk, how far the event had got, until the client sends it again.
+ * 0, or -EINVAL when the records cannot tell (the shadow then keeps part
+ * of the event and the session says so).
+ */
+static int redo_recover(struct session *s)
+{
+    struct shadow_header *h = shadow_hdr(s);
+    uint64_t *from;
+
+    if (h->redo_nchunks != s->plan.nchunks || !writes_tensors(h->pending_action) ||
+        h->pending_seq == 0)
+        return -EINVAL;
+    from = calloc(s->plan.nchunks ? s->plan.nchunks : 1, sizeof(*from));
+    if (from == NULL)
+        return -ENOMEM;
+    for (size_t c = 0; c < s->plan.nchunks; c++) {
+        struct redo_rec *rec = redo_rec(s, c);
+        void *arg[2] = {rec, s};
+        if (rec->seq != h->redo_of ||
+            (rec->undo_at != REDO_NONE && rec->undo_at == rec->done_to &&
+             for_each_block(s, c, undo_block, arg) != 1)) {
+            free(from);
+            return -EINVAL;
+        }
+        rec->undo_at = REDO_NONE;
+        from[c] = rec->done_to;
+    }
+    free(s->redo_from);
+    s->redo_from = from;
+    s->redo_pending = true;
+    s->redo_seq = h->pending_seq;
+    s->redo_action = h->pending_action;
+    s->redo_batch = h->pending_batch;
+    s->redo_epoch = h->pending_epoch;
+    return 0;
+}
+
+/* The session's pending replay will not come (another operation came
+ * first): the shadow keeps part of the cut-short event, and says so. */
+static void redo_cancel(struct session *s, const char *why)
+{
+    if (!s->redo_pending)
+        return;
+    s->redo_pending = false;
+    s->interrupted = true;
+    free(s->redo_from);
+    s->redo_from = NULL;
+    log_warn(reg_log(s->reg), "session %s: the event cut short by emad's crash (seq %" PRIu64
+             ") was not sent again before %s: the shadow keeps part of it (interrupted)",
+             s->name, s->redo_seq, why);
+    shadow_sync(s);
+}
+
+/* Where the records go: after the shadow, one per chunk. */
+static void redo_layout(struct session *s)
+{
+    s->redo_off = (s->shadow_bytes + 63) & ~(uint64_t)63;
+    s->redo_bytes = s->redo_off - s->shadow_bytes + s->plan.nchunks * sizeof(struct redo_rec);
+}
+
+/* The shadow object's size: the shadow and the records. */
+static uint64_t shadow_object_bytes(const struct session *s)
+{
+    return s->shadow_bytes + s->redo_bytes;
+}
+
+/* Call fn for each block of chunk c, in order, with its position in the
+ * chunk (elements), its tensor and its first element; stop at a non-zero
+ * return and pass it on. The blocks are the same on every run: the plan
+ * and REDO_BLOCK_ELEMS fix them. */
+static int for_each_block(const struct session *s, size_t c,
+                          int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
+                                    uint64_t start, uint64_t n),
+                          void *arg)
+{
+    uint64_t pos = 0;
+
+    for (size_t i = s->plan.first[c]; i < s->plan.first[c + 1]; i++) {
+        const struct piece *p = &s->plan.pieces[i];
+        for (uint64_t off = 0; off < p->count; off += REDO_BLOCK_ELEMS) {
+            uint64_t n = p->count - off < REDO_BLOCK_ELEMS ? p->count - off : REDO_BLOCK_ELEMS;
+            int rc = fn(arg, pos, &s->tensors[p->tensor], p->start + off, n);
+            if (rc != 0)
+                return rc;
+            pos += n;
+        }
+    }
+    return 0;
+}
+
+struct logged {
+    struct op *op;
+    struct redo_rec *rec;
+    uint64_t from;
+    bool init, update;
+};
+
+static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start,
+                        uint64_t n)
+{
+    struct logged *l = arg;
+    struct session *s = l->op->s;
+    const struct kernel_ops *k = s->reg->kops;
+    void *sh, *pa;
+    int rc = 0;
+
+    if (pos + n <= l->from) /* written for good before a crash */
+        return 0;
+    sh = shadow_ptr(s, t, start);
+    pa = param_ptr(s, t, start);
+    memcpy(l->rec->undo, sh, n * dtype_size(t->shadow_dtype));
+    l->rec->undo_count = n;
+    /* What matters is the order in which this thread's stores retire (a
+     * killed process's retired stores all land, in any order, but never one
+     * after a store that had not retired yet): the release stores and the
+     * compiler barriers keep them in program order, without a fence. */
+    __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (l->init)
+        rc = kernel_shadow_init(k, t->dtype, sh, pa, n);
+    if (l->update && rc == 0)
+        rc = kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
+    return rc;
 }
 
 static int chunk_tensors(void *arg, size_t index)
@@ -633,6 +819,14 @@ static int chunk_tensors(void *arg, size_t index)
     int rc = 0;
 
     shm_guard_enter(&g, &s->seg);
+    if (op->kind == OP_EVENT && op->phase == PH_TENSORS) {
+        struct logged l = {op, redo_rec(s, index), 0, init, update};
+        l.from = l.rec->done_to;
+        rc = for_each_block(s, index, logged_block, &l);
+        if (shm_guard_leave(&g) < 0)
+            return -EFAULT;
+        return rc;
+    }
     for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
         const struct piece *p = &s->plan.pieces[i];
         const struct tensor *t = &s->tensors[p->tensor];
@@ -839,6 +1033,15 @@ static void commit(struct op *op)
     struct session *s = op->s;
 
     ema_commit(&s->st, op->action, op->has_clock ? &op->clock : NULL);
+    if (op->resume_from != NULL) {
+        /* The replay is complete: the event is applied once, exactly. */
+        s->redo_pending = false;
+        if (s->redo_clears)
+            s->interrupted = false;
+        op->resume_from = NULL;
+        free(s->redo_from);
+        s->redo_from = NULL;
+    }
     if (op->has_seq) {
         struct seq_record *rec = &s->recent[op->seq % SEQ_RECORDS];
         *rec = (struct seq_record){.seq = op->seq, .updates = s->st.updates,
@@ -910,11 +1113,21 @@ static void run_event(struct op *op)
     case EMA_ACTION_START:
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
+        if (s->redo_pending && op->has_seq && op->seq == s->redo_seq &&
+            (uint32_t)op->action == s->redo_action && op->clock.batch == s->redo_batch &&
+            op->clock.epoch == s->redo_epoch) {
+            op->resume_from = s->redo_from; /* the replay: only what is left */
+            log_info(reg_log(s->reg), "session %s: seq %" PRIu64 " sent again after a crash: "
+                     "writing the elements the cut-short run had not", s->name, op->seq);
+        } else {
+            redo_cancel(s, "another event");
+        }
         op->t0 = uv_hrtime();
-        shadow_begin(s);
+        redo_begin(op);
         submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
         return;
     case EMA_ACTION_SWAP_IN:
+        redo_cancel(s, "a swap");
         if (seg_state_get(s, &state) < 0) {
             segment_broken(op);
             return;
@@ -1079,6 +1292,7 @@ static void op_run(struct op *op)
         run_event(op);
         return;
     case OP_SAVE:
+        redo_cancel(s, "a save");
         if (encode_meta(s, &op->meta) < 0) {
             reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "save: out of memory");
             op_finish(op);
@@ -1094,6 +1308,7 @@ static void op_run(struct op *op)
             op_finish(op);
             return;
         }
+        redo_cancel(s, "a load");
         shadow_begin(s);
         submit(op, PH_FILE, chunk_load, 1);
         return;
@@ -1180,6 +1395,17 @@ static void op_done(struct pool_job *job)
     struct op *op = job->arg;
     struct session *s = op->s;
 
+    if (job->status != 0 && op->kind == OP_EVENT && op->phase == PH_TENSORS) {
+        /* Cut short: the records tell how far it got, for its replay. */
+        bool clears = s->redo_pending ? s->redo_clears : !s->interrupted;
+        op->resume_from = NULL; /* redo_recover replaces redo_from */
+        if (redo_recover(s) == 0)
+            s->redo_clears = clears;
+        else
+            redo_cancel(s, "the event failed");
+        s->interrupted = true;
+        shadow_sync(s);
+    }
     if (job->status == -EFAULT) {
         segment_broken(op);
         return;
@@ -1518,7 +1744,8 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
         goto err_free;
     }
-    if (shm_shadow_create(c->uid, s->shadow_bytes, s->shadow_name, sizeof(s->shadow_name),
+    redo_layout(s);
+    if (shm_shadow_create(c->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
                           &s->shadow, err, sizeof(err)) < 0) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: %s", err);
         goto err_free;
@@ -1790,6 +2017,8 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
         rc = err_set(err, errlen, -EBADMSG, "%s: inconsistent session: %s", file, why);
     else if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0)
         rc = -ENOMEM;
+    else
+        redo_layout(s);
     free(t);
     if (rc < 0) {
         session_free(s);
@@ -1817,7 +2046,7 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         rc = err_set(err, errlen, -EBADMSG, "%s: its data does not fit its tensor table", file);
         goto out;
     }
-    if (shm_shadow_create(s->uid, s->shadow_bytes, s->shadow_name, sizeof(s->shadow_name),
+    if (shm_shadow_create(s->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
                           &s->shadow, why, sizeof(why)) < 0) {
         rc = err_set(err, errlen, -ENOMEM, "%s: %s", file, why);
         goto out;
@@ -1991,19 +2220,19 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     fd = shm_open(s->shadow_name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
         (st.st_uid != geteuid() && st.st_uid != s->uid) ||
-        (uint64_t)st.st_size != s->shadow_bytes) {
+        (uint64_t)st.st_size != shadow_object_bytes(s)) {
         rc = err_set(err, errlen, -ENOENT, "%s: shadow %s is missing or not as journaled", file,
                      s->shadow_name);
         goto out;
     }
-    void *base = mmap(NULL, s->shadow_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void *base = mmap(NULL, shadow_object_bytes(s), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         rc = err_set(err, errlen, -errno, "%s: mmap of %s: %s", file, s->shadow_name,
                      strerror(errno));
         goto out;
     }
     s->shadow.base = base;
-    s->shadow.len = s->shadow_bytes;
+    s->shadow.len = shadow_object_bytes(s);
     const struct shadow_header *h = base;
     if (memcmp(h->magic, SHADOW_MAGIC, 8) != 0) {
         rc = err_set(err, errlen, -EBADMSG, "%s: shadow has no emad header", file);
@@ -2021,9 +2250,15 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     /* The trainer restores its weights from the stash when its connection
      * drops: the session comes back with the training weights in. */
     s->st.active = false;
-    s->interrupted = h->interrupted || h->seq_begun != h->seq_done;
+    bool cut = h->seq_begun != h->seq_done;
+    s->interrupted = h->interrupted || cut;
     s->last_seq = h->last_seq;
     memcpy(s->recent, h->recent, sizeof(s->recent));
+    /* An event cut short: exact once sent again, if the records tell. The
+     * flag stays until then (it clears if this crash alone set it). */
+    if (((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) &&
+        redo_recover(s) == 0)
+        s->redo_clears = (h->redo_pending & 1u) ? (h->redo_pending & 2u) != 0 : !h->interrupted;
     s->ready = true;
     adopt_rename(r, s);
     shadow_sync(s);

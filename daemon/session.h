@@ -69,6 +69,36 @@ struct shadow_header {
     uint64_t last_seq;      /* the highest client request seq applied */
     struct seq_record recent[SEQ_RECORDS];
     uint64_t home;          /* which state directory's emad made it (registry.home) */
+    /* The event whose tensor work the redo records describe (see redo_rec). */
+    uint64_t redo_of;       /* its seq_begun */
+    uint64_t pending_seq;   /* its client seq (0: none) */
+    uint32_t pending_action;/* its enum ema_action */
+    uint32_t redo_pending;  /* cut short, taken back: waiting to be sent again */
+    uint64_t redo_nchunks;  /* records that follow the shadow */
+    uint64_t pending_batch; /* its time: a replay must carry the same */
+    uint64_t pending_epoch;
+};
+
+/*
+ * Crash-exact updates. The shadow object ends with one record per chunk of
+ * the plan. An event's tensor work goes block by block: the block's old
+ * shadow values are copied into its chunk's record (undo_at says which block
+ * they are once the copy is complete), then the block is written, then
+ * done_to moves past it. Stores retire in program order, so after SIGKILL a
+ * record tells exactly which elements the cut-short event wrote (a block
+ * caught halfway is put back from undo), and the event sent again writes
+ * the others only: applied once, as if nothing had happened.
+ */
+#define REDO_BLOCK_ELEMS 2048u
+#define REDO_NONE UINT64_MAX
+
+struct redo_rec {
+    uint64_t seq;        /* the header's redo_of this record belongs to */
+    uint64_t done_to;    /* elements of the chunk (plan order) written for good */
+    uint64_t undo_at;    /* the block whose old values undo holds, REDO_NONE: none */
+    uint64_t undo_count; /* elements in undo */
+    uint64_t pad[4];
+    unsigned char undo[REDO_BLOCK_ELEMS * 8];
 };
 
 struct tensor {
@@ -119,6 +149,14 @@ struct session {
     bool interrupted;          /* an update was cut short by a crash of emad */
     uint64_t last_seq;         /* the highest request seq applied (0: none) */
     struct seq_record recent[SEQ_RECORDS]; /* ring, indexed by seq % SEQ_RECORDS */
+    uint64_t redo_off;         /* the redo records, in the shadow object */
+    uint64_t redo_bytes;       /* the object's bytes past shadow_bytes */
+    bool redo_pending;         /* an event cut short by a crash awaits its replay: */
+    bool redo_clears;          /* ... which clears interrupted (set by that crash only) */
+    uint64_t redo_seq;         /* its client seq */
+    uint32_t redo_action;      /* its action */
+    uint64_t redo_batch, redo_epoch; /* its time */
+    uint64_t *redo_from;       /* per chunk: elements it had written for good */
     struct op *q_head, *q_tail;/* operations waiting or running (the head) */
     bool busy;                 /* the head is running */
     bool ready;                /* the shadow is initialised */

@@ -427,10 +427,10 @@ static void test_gc_shadows_of_a_running_emad_stay_those_of_a_dead_one_go(void *
     expect_in(out, "removed %s (owner uid %ld, 8.0 KiB, shadow, its emad (pid %ld) is gone; "
                    "not mapped or open by any process)\n", fake_live, (long)geteuid(), (long)d.pid);
     assert_int_equal(gc_run(NULL, shadow + 6, out, sizeof(out), NULL), 0);
-    /* emad's header page and the tensor's shadow: 8 KiB. */
-    expect_in(out, "removed %s (owner uid %ld, 8.0 KiB, shadow, its emad (pid %ld) is gone; ",
+    /* emad's header page, the tensor's shadow (8 KiB) and one chunk's redo record. */
+    expect_in(out, "removed %s (owner uid %ld, 24.1 KiB, shadow, its emad (pid %ld) is gone; ",
               shadow, (long)geteuid(), (long)d.pid);
-    expect_in(out, "gc: 1 removed (8.0 KiB freed), 0 kept\n");
+    expect_in(out, "gc: 1 removed (24.1 KiB freed), 0 kept\n");
     assert_false(obj_exists(fake_live));
     assert_false(obj_exists(shadow));
     assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);

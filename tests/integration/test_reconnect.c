@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "msg.h"
 #include "segment.h"
+#include "session.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -250,58 +251,142 @@ static void test_backoff_gives_up_then_a_later_call_reconnects(void **state)
     daemon_stop(&d);
 }
 
+/* ---- an update cut short ---- */
+
+#define BIG (3u << 20) /* three chunks of the plan, and the small tensor a fourth */
+
+static const struct emac_tensor_spec big_specs[] = {
+    {"w", "f32", BIG, NULL, 0},
+    {"h", "f16", N, NULL, 0},
+};
+
+static void big_params(emac_segment *seg, int step)
+{
+    float *w = emac_segment_tensor(seg, 0)->data;
+    uint16_t *h = emac_segment_tensor(seg, 1)->data;
+
+    for (size_t i = 0; i < BIG; i++)
+        w[i] = (float)(i % 1000) * 0.001f + (float)step;
+    for (size_t i = 0; i < N; i++)
+        h[i] = (uint16_t)(0x3c00 + (i * 7 + (size_t)step * 13) % 512);
+}
+
+/* As a crash would leave it halfway through a block: the chunk's record
+ * holds the block's old values (undo), and the block itself is garbage. */
+static void tamper_mid_block(const emac_session *s, size_t *chunk)
+{
+    const struct emac_session_info *si = emac_session_state(s);
+    uint64_t redo_off = (si->shadow_bytes + 63) & ~(uint64_t)63;
+    int fd = shm_open(si->shadow_shm, O_RDWR, 0);
+    assert_true(fd >= 0);
+    size_t len = redo_off + 4 * sizeof(struct redo_rec);
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    assert_true(base != MAP_FAILED);
+    const struct shadow_header *h = (const void *)base;
+    struct redo_rec *rec = (void *)(base + redo_off);
+    float *w = (float *)(base + emac_session_shadow(s, 0)->offset);
+
+    assert_true(h->seq_begun != h->seq_done); /* cut short */
+    *chunk = 3;
+    for (size_t c = 0; c < 3; c++) {
+        assert_int_equal(rec[c].seq, h->redo_of);
+        if (rec[c].done_to < (1u << 20)) {
+            assert_int_equal(*chunk, 3); /* one chunk only: the one held back */
+            *chunk = c;
+        }
+    }
+    assert_true(*chunk < 3);
+    struct redo_rec *r = &rec[*chunk];
+    float *block = w + ((size_t)*chunk << 20) + r->done_to;
+    memcpy(r->undo, block, REDO_BLOCK_ELEMS * sizeof(float));
+    r->undo_count = REDO_BLOCK_ELEMS;
+    r->undo_at = r->done_to;
+    for (size_t i = 0; i < REDO_BLOCK_ELEMS; i++)
+        block[i] = -12345.0f;
+    munmap(base, len);
+}
+
 /*
- * emad is SIGKILLed while an update is in flight (a worker held back by the
- * test hook): the trainer's wait reconnects and the update is sent again and
- * applied once in the counters; since emad had begun writing the shadow, the
- * result and the status say so (interrupted), never silently.
+ * Batches 1-3 with the update of batch 3 in flight when emad is SIGKILLed
+ * (a worker held back by the test hook, the other done with its chunks)
+ * when crash, else a run without crash. Returns the shadow of w at the end.
  */
-static void test_update_cut_short_is_redone_with_notice(void **state)
+static float *cut_short(bool crash, struct emac_result *last)
 {
     struct daemon d;
     struct emac_error err;
-    struct emac_result r;
     struct emac_status *st = NULL;
     emac_session *s = NULL;
     emac_ticket tk;
-    (void)state;
 
     make_dir(&d);
-    /* Chunks: register's journal and initialisation, batch 1, batch 2; batch 3 stalls. */
-    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=4",
-                                           NULL});
+    /* Chunks: register's journal and four, four per batch; batch 3's
+     * second (chunk 1 of w) is held back. */
+    daemon_start_env(&d, NULL, crash ? (char *[]){"EMAD_TEST_STALL_MS=5000",
+                                                  "EMAD_TEST_STALL_AFTER=14", NULL}
+                                     : NULL);
     emac_client *c = connect_ok(&d);
-    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
-    step_params(seg_left, 0);
+    assert_int_equal(emac_segment_create(big_specs, 2, &seg_left, &err), 0);
+    big_params(seg_left, 0);
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
-    step_params(seg_left, 1);
+    big_params(seg_left, 1);
     event_ok(s, "batch_end", 1);
-    step_params(seg_left, 2);
-    r = event_ok(s, "batch_end", 2);
-    assert_false(r.interrupted);
-    uint64_t before = r.updates;
-    step_params(seg_left, 3);
+    big_params(seg_left, 2);
+    event_ok(s, "batch_end", 2);
+    big_params(seg_left, 3);
     struct emac_time t = {3, 0, false, 0};
     assert_int_equal(emac_event_send(s, "batch_end", &t, &tk, &err), 0);
-    sleep_ms(300); /* let emad take it up (the stall lasts 5 s) */
-    kill_emad(&d);
-    daemon_start_env(&d, NULL, NULL);
-
-    if (emac_event_wait(s, tk, &r, &err) < 0)
+    if (crash) {
+        sleep_ms(500); /* let emad take it up (the stall lasts 5 s) */
+        kill_emad(&d);
+        size_t chunk;
+        tamper_mid_block(s, &chunk);
+        daemon_start_env(&d, NULL, NULL);
+        assert_int_equal(emac_status(c, "cut", &st, &err), 0); /* reconnects */
+        /* Taken back, flagged until the update comes again. */
+        assert_true(st->session_list[0].interrupted);
+        emac_status_free(st);
+    }
+    if (emac_event_wait(s, tk, last, &err) < 0)
         fail_msg("wait: %s: %s", err.code, err.message);
-    assert_int_equal(r.action, EMAC_ACTION_UPDATE);
-    assert_int_equal(r.updates, before + 1);
-    assert_false(r.replayed);
-    assert_true(r.interrupted);
-    assert_int_equal(emac_reconnects(c), 1);
     assert_int_equal(emac_status(c, "cut", &st, &err), 0);
-    assert_true(st->session_list[0].interrupted);
+    assert_false(st->session_list[0].interrupted);
     assert_int_equal(st->session_list[0].seq, 3);
-    assert_int_equal(st->session_list[0].last_batch, 3);
     emac_status_free(st);
+    assert_int_equal(emac_reconnects(c), crash ? 1 : 0);
+    float *w = malloc(BIG * sizeof(float));
+    assert_non_null(w);
+    memcpy(w, emac_session_shadow(s, 0)->data, BIG * sizeof(float));
+    assert_int_equal(emac_close(s, false, &err), 0);
     emac_session_free(s);
     emac_disconnect(c);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
     daemon_stop(&d);
+    return w;
+}
+
+/*
+ * emad is SIGKILLed while an update is in flight, one block of it caught
+ * halfway: the trainer's wait reconnects, the update is sent again, emad
+ * puts the block back and writes what the cut-short run had not, and the
+ * shadow ends bit for bit as without the crash, the flag cleared.
+ */
+static void test_update_cut_short_is_redone_exactly(void **state)
+{
+    struct emac_result plain, crashed;
+    (void)state;
+
+    float *want = cut_short(false, &plain);
+    float *got = cut_short(true, &crashed);
+    assert_int_equal(crashed.action, EMAC_ACTION_UPDATE);
+    assert_int_equal(crashed.updates, plain.updates);
+    assert_false(crashed.replayed);
+    assert_false(crashed.interrupted);
+    assert_memory_equal(want, got, BIG * sizeof(float));
+    free(want);
+    free(got);
 }
 
 /*
@@ -666,7 +751,7 @@ int main(void)
         cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact, teardown),
         cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
         cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
-        cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice, teardown),
+        cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown),
         cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training, teardown),
         cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
         cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
