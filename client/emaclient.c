@@ -1530,28 +1530,19 @@ static int register_call(emac_client *c, const char *session, const emac_segment
                          struct emac_error *err)
 {
     struct msg_register req;
-    size_t n = seg->n ? seg->n : 1;
+    int rc;
+
+    memset(&req, 0, sizeof(req));
     /* The table in columns (an extension emad understands): no map and no
      * keys per tensor. Shapes stay here: emac_segment_create checked them. */
-    struct msg_str *names = malloc(n * sizeof(*names)), *dtypes = malloc(n * sizeof(*dtypes));
-    uint64_t *offsets = malloc(n * sizeof(*offsets)), *numels = malloc(n * sizeof(*numels));
-    int rc = -ENOMEM;
-
-    if (names == NULL || dtypes == NULL || offsets == NULL || numels == NULL) {
-        set_err(err, rc, EMAC_E_SYSTEM, "%s: out of memory", what);
-        goto out;
-    }
-    memset(&req, 0, sizeof(req));
+    if ((rc = msg_table_init(&req.table, seg->n)) < 0)
+        return set_err(err, rc, EMAC_E_SYSTEM, "%s: out of memory", what);
+    req.has_table = true;
     req.session = msg_str_c(session);
     req.shm = msg_str_c(seg->name);
-    for (size_t i = 0; i < seg->n; i++) {
-        names[i] = msg_str_c(seg->tensors[i].name);
-        dtypes[i] = msg_str_c(seg->tensors[i].dtype);
-        offsets[i] = seg->tensors[i].offset;
-        numels[i] = seg->tensors[i].numel;
-    }
-    req.has_table = true;
-    req.table = (struct msg_table){names, seg->n, dtypes, seg->n, offsets, seg->n, numels, seg->n};
+    for (size_t i = 0; i < seg->n; i++)
+        msg_table_set(&req.table, i, seg->tensors[i].name, seg->tensors[i].dtype,
+                      seg->tensors[i].offset, seg->tensors[i].numel);
     if (cfg != NULL) {
         req.has_config = true;
         req.config.has_half_life = cfg->half_life != NULL;
@@ -1580,11 +1571,7 @@ static int register_call(emac_client *c, const char *session, const emac_segment
             msg_free(&msg_register_reply_desc, rep);
         }
     }
-out:
-    free(names);
-    free(dtypes);
-    free(offsets);
-    free(numels);
+    msg_table_release(&req.table);
     return rc;
 }
 

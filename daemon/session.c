@@ -1158,29 +1158,19 @@ static void run_event(struct op *op)
 static int encode_meta(struct session *s, msgpack_sbuffer *sb)
 {
     struct msg_saved_state m;
-    size_t n = s->ntensors ? s->ntensors : 1;
-    struct msg_str *names = malloc(n * sizeof(*names)), *dtypes = malloc(n * sizeof(*dtypes));
-    uint64_t *offsets = malloc(n * sizeof(*offsets)), *numels = malloc(n * sizeof(*numels));
     msgpack_packer pk;
-    int rc = 0;
+    int rc;
 
     msgpack_sbuffer_init(sb);
-    if (names == NULL || dtypes == NULL || offsets == NULL || numels == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
     memset(&m, 0, sizeof(m));
+    if ((rc = msg_table_init(&m.table, s->ntensors)) < 0)
+        return rc;
+    m.has_table = true;
     m.format = 1;
     m.session = msg_str_c(s->name);
-    for (size_t i = 0; i < s->ntensors; i++) {
-        names[i] = msg_str_c(s->tensors[i].name);
-        dtypes[i] = msg_str_c(dtype_name(s->tensors[i].dtype));
-        numels[i] = s->tensors[i].numel;
-        offsets[i] = s->tensors[i].offset;
-    }
-    m.has_table = true;
-    m.table = (struct msg_table){names, s->ntensors, dtypes, s->ntensors, offsets, s->ntensors,
-                                 numels, s->ntensors};
+    for (size_t i = 0; i < s->ntensors; i++)
+        msg_table_set(&m.table, i, s->tensors[i].name, dtype_name(s->tensors[i].dtype),
+                      s->tensors[i].offset, s->tensors[i].numel);
     if (s->cfg.has_half_life) {
         m.config.has_half_life = true;
         m.config.half_life = msg_str_c(s->half_life);
@@ -1217,11 +1207,7 @@ static int encode_meta(struct session *s, msgpack_sbuffer *sb)
     msg_encode(&pk, &msg_saved_state_desc, &m);
     if (sb->data == NULL)
         rc = -ENOMEM;
-out:
-    free(names);
-    free(dtypes);
-    free(offsets);
-    free(numels);
+    msg_table_release(&m.table);
     return rc;
 }
 

@@ -494,6 +494,40 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
     return rc;
 }
 
+int msg_table_init(struct msg_table *t, size_t n)
+{
+    size_t rows = n ? n : 1;
+
+    t->names = malloc(rows * sizeof(*t->names));
+    t->dtypes = malloc(rows * sizeof(*t->dtypes));
+    t->offsets = malloc(rows * sizeof(*t->offsets));
+    t->numels = malloc(rows * sizeof(*t->numels));
+    t->nnames = t->ndtypes = t->noffsets = t->nnumels = n;
+    if (t->names == NULL || t->dtypes == NULL || t->offsets == NULL || t->numels == NULL) {
+        msg_table_release(t);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void msg_table_set(struct msg_table *t, size_t i, const char *name, const char *dtype,
+                   uint64_t offset, uint64_t numel)
+{
+    t->names[i] = msg_str_c(name);
+    t->dtypes[i] = msg_str_c(dtype);
+    t->offsets[i] = offset;
+    t->numels[i] = numel;
+}
+
+void msg_table_release(struct msg_table *t)
+{
+    free(t->names);
+    free(t->dtypes);
+    free(t->offsets);
+    free(t->numels);
+    memset(t, 0, sizeof(*t));
+}
+
 /* The checks both forms share: one form only, columns of one length. */
 static int table_check(const struct msg_table *t, size_t listed, char *err, size_t errlen)
 {

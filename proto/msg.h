@@ -356,6 +356,12 @@ extern const struct msg_desc *const msg_all_descs[];
  * into the table's strings; freed by msg_free). 0, or -EINVAL with err
  * naming the problem (both forms, columns of different lengths), -ENOMEM. */
 int msg_register_expand(struct msg_register *r, char *err, size_t errlen);
+/* Columns for n rows (msg_table_set fills them); msg_table_release frees
+ * the columns, not the strings they point to. 0 or -ENOMEM. */
+int msg_table_init(struct msg_table *t, size_t n);
+void msg_table_set(struct msg_table *t, size_t i, const char *name, const char *dtype,
+                   uint64_t offset, uint64_t numel);
+void msg_table_release(struct msg_table *t);
 /* The same for a state file's metadata (into tensors, offsets present). */
 int msg_saved_state_expand(struct msg_saved_state *m, char *err, size_t errlen);
 

@@ -320,3 +320,33 @@ void read_reply(int fd, struct reply *r)
     read_reply_dec(fd, &dec, r);
     wire_decoder_free(&dec);
 }
+
+/* ---- libemaclient ---- */
+
+emac_client *client_connect(const struct daemon *d, const char *name)
+{
+    struct emac_error err;
+    emac_client *c = NULL;
+
+    if (emac_connect(d->sock, name, &c, &err) < 0)
+        fail_msg("connect: %s: %s", err.code, err.message);
+    return c;
+}
+
+struct emac_result event_at(emac_session *s, const char *event, uint64_t batch)
+{
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {batch, 0, false, 0};
+
+    if (emac_event(s, event, &t, &r, &err) < 0)
+        fail_msg("%s at batch %llu: %s: %s", event, (unsigned long long)batch, err.code,
+                 err.message);
+    return r;
+}
+
+void daemon_kill(struct daemon *d)
+{
+    assert_int_equal(kill(d->pid, SIGKILL), 0);
+    assert_int_equal(wait_exit(d->pid), 128 + SIGKILL);
+}

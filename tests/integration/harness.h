@@ -23,10 +23,12 @@
  *                   daemon_stop_unlinked
  *   raw protocol    try_connect, send_bytes, struct reply, read_reply_dec,
  *                   read_reply
+ *   libemaclient    client_connect, event_at, daemon_kill
  */
 #ifndef EMAD_TESTS_INTEGRATION_HARNESS_H
 #define EMAD_TESTS_INTEGRATION_HARNESS_H
 
+#include "emaclient.h"
 #include "wire.h"
 
 #include <stdbool.h>
@@ -161,5 +163,18 @@ void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r);
 /* read_reply_dec() with a decoder of its own, for a connection on which
  * nothing more than this message is in flight. */
 void read_reply(int fd, struct reply *r);
+
+/* ---- libemaclient ---- */
+
+/* Connect to d's emad as name; fails the test, with the library's words,
+ * if it cannot. */
+emac_client *client_connect(const struct daemon *d, const char *name);
+
+/* Send event at the given batch (epoch 0) and wait for it; fails the test
+ * if the library or emad says no. */
+struct emac_result event_at(emac_session *s, const char *event, uint64_t batch);
+
+/* SIGKILL d's emad and reap it (a crash, not a stop). */
+void daemon_kill(struct daemon *d);
 
 #endif

@@ -39,16 +39,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static emac_client *connect_ok(const struct daemon *d)
-{
-    struct emac_error err;
-    emac_client *c = NULL;
-
-    if (emac_connect(d->sock, "test_durable", &c, &err) < 0)
-        fail_msg("connect: %s: %s", err.code, err.message);
-    return c;
-}
-
 /* ---- the shim ---- */
 
 /* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
@@ -238,7 +228,7 @@ static emac_session *restart(struct daemon *d, emac_client **c, emac_session *s,
     assert_int_equal(kill(d->pid, SIGTERM), 0);
     check_daemon_stderr(d, wait_exit(d->pid));
     daemon_start_env(d, NULL, envs);
-    *c = connect_ok(d);
+    *c = client_connect(d, "test_durable");
     return register_ok(*c, name, true);
 }
 
@@ -262,7 +252,7 @@ static void save_fails_with_eio(unsigned long long after, const char *step)
     char want[64];
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_durable");
     assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
     fill_params(seg_left, 1);
     emac_session *s = register_ok(c, "durable", false);
@@ -396,7 +386,7 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_durable");
     assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
     fill_params(seg_left, 1);
     emac_session *s = register_ok(c, "big", false);
@@ -432,7 +422,7 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
 
     /* The next emad: the session comes back, the previous file loads. */
     daemon_start_env(&d, NULL, NULL);
-    c = connect_ok(&d);
+    c = client_connect(&d, "test_durable");
     assert_int_equal(emac_status(c, NULL, &st, &err), 0);
     assert_int_equal(st->nsessions, 1); /* nothing made of the temp file */
     assert_string_equal(st->session_list[0].session, "big");

@@ -55,28 +55,6 @@ static void step_params(emac_segment *seg, int step)
     }
 }
 
-static emac_client *connect_ok(const struct daemon *d)
-{
-    struct emac_error err;
-    emac_client *c = NULL;
-
-    if (emac_connect(d->sock, "test_reconnect", &c, &err) < 0)
-        fail_msg("connect: %s: %s", err.code, err.message);
-    return c;
-}
-
-static struct emac_result event_ok(emac_session *s, const char *ev, uint64_t batch)
-{
-    struct emac_error err;
-    struct emac_result r;
-    struct emac_time t = {batch, 0, false, 0};
-
-    if (emac_event(s, ev, &t, &r, &err) < 0)
-        fail_msg("%s at batch %llu: %s: %s", ev, (unsigned long long)batch, err.code,
-                 err.message);
-    return r;
-}
-
 /* Both tensors' shadows, end to end. */
 static void *shadow_copy(const emac_session *s, size_t *bytes)
 {
@@ -88,12 +66,6 @@ static void *shadow_copy(const emac_session *s, size_t *bytes)
     memcpy(copy, first->data, n);
     *bytes = n;
     return copy;
-}
-
-static void kill_emad(struct daemon *d)
-{
-    assert_int_equal(kill(d->pid, SIGKILL), 0);
-    assert_int_equal(wait_exit(d->pid), 128 + SIGKILL);
 }
 
 /*
@@ -110,18 +82,18 @@ static void *train(int crash_after, struct emac_result res[9], size_t *bytes,
     emac_session *s = NULL;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
     step_params(seg_left, 0);
     assert_int_equal(emac_register(c, "through", seg_left, &cfg, false, &s, &err), 0);
     const void *mapped = emac_session_shadow(s, 0)->data;
     for (int b = 1; b <= 8; b++) {
         step_params(seg_left, b);
-        res[b] = event_ok(s, "batch_end", (uint64_t)b);
+        res[b] = event_at(s, "batch_end", (uint64_t)b);
         assert_false(res[b].replayed);
         assert_false(res[b].interrupted);
         if (b == crash_after) {
-            kill_emad(&d);
+            daemon_kill(&d);
             daemon_start_env(&d, NULL, NULL);
         }
     }
@@ -200,7 +172,7 @@ static void test_backoff_gives_up_then_a_later_call_reconnects(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     emac_reconnect_defaults(&policy);
     policy.initial_delay_ms = 10;
     policy.max_delay_ms = 40;
@@ -210,10 +182,10 @@ static void test_backoff_gives_up_then_a_later_call_reconnects(void **state)
     step_params(seg_left, 0);
     assert_int_equal(emac_register(c, "patient", seg_left, NULL, false, &s, &err), 0);
     step_params(seg_left, 1);
-    r = event_ok(s, "batch_end", 1);
+    r = event_at(s, "batch_end", 1);
     assert_int_equal(r.updates, 1);
 
-    kill_emad(&d);
+    daemon_kill(&d);
     struct emac_time t = {2, 0, false, 0};
     assert_true(emac_event(s, "batch_end", &t, &r, &err) < 0);
     assert_string_equal(err.code, "DISCONNECTED");
@@ -239,7 +211,7 @@ static void test_backoff_gives_up_then_a_later_call_reconnects(void **state)
     struct later_start l = {&d, 200};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, start_later, &l), 0);
-    r = event_ok(s, "batch_end", 2);
+    r = event_at(s, "batch_end", 2);
     assert_int_equal(pthread_join(th, NULL), 0);
     /* Batch 2's failed attempts were never sent: it was applied once. */
     assert_int_equal(r.updates, 2);
@@ -326,20 +298,20 @@ static float *cut_short(bool crash, struct emac_result *last)
     daemon_start_env(&d, NULL, crash ? (char *[]){"EMAD_TEST_STALL_MS=5000",
                                                   "EMAD_TEST_STALL_AFTER=14", NULL}
                                      : NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_segment_create(big_specs, 2, &seg_left, &err), 0);
     big_params(seg_left, 0);
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
     big_params(seg_left, 1);
-    event_ok(s, "batch_end", 1);
+    event_at(s, "batch_end", 1);
     big_params(seg_left, 2);
-    event_ok(s, "batch_end", 2);
+    event_at(s, "batch_end", 2);
     big_params(seg_left, 3);
     struct emac_time t = {3, 0, false, 0};
     assert_int_equal(emac_event_send(s, "batch_end", &t, &tk, &err), 0);
     if (crash) {
         sleep_ms(500); /* let emad take it up (the stall lasts 5 s) */
-        kill_emad(&d);
+        daemon_kill(&d);
         size_t chunk;
         tamper_mid_block(s, &chunk);
         daemon_start_env(&d, NULL, NULL);
@@ -403,36 +375,36 @@ static void test_swapped_in_at_the_crash_comes_back_training(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
     step_params(seg_left, 0);
     assert_int_equal(emac_register(c, "evaluating", seg_left, NULL, false, &s, &err), 0);
     step_params(seg_left, 1);
-    event_ok(s, "batch_end", 1);
+    event_at(s, "batch_end", 1);
     step_params(seg_left, 2);
-    event_ok(s, "batch_end", 2);
+    event_at(s, "batch_end", 2);
     const struct emac_tensor *w = emac_segment_tensor(seg_left, 0);
     float *train_w = malloc(w->bytes);
     assert_non_null(train_w);
     memcpy(train_w, w->data, w->bytes);
-    struct emac_result r = event_ok(s, "eval_start", 2);
+    struct emac_result r = event_at(s, "eval_start", 2);
     assert_true(r.active);
     assert_memory_not_equal(train_w, w->data, w->bytes);
 
-    kill_emad(&d);
+    daemon_kill(&d);
     daemon_start_env(&d, NULL, NULL);
-    r = event_ok(s, "eval_end", 2);
+    r = event_at(s, "eval_end", 2);
     assert_false(r.active);
     assert_true(emac_session_restored(s));
     assert_memory_equal(train_w, w->data, w->bytes);
     emac_segment_swap_state(seg_left, &swap_state, NULL);
     assert_int_equal(swap_state, EMAC_SWAP_TRAIN);
-    r = event_ok(s, "eval_start", 2);
+    r = event_at(s, "eval_start", 2);
     assert_int_equal(r.action, EMAC_ACTION_SWAP_IN);
     assert_true(r.active);
     /* The EMA weights in the params are the shadow's, cast. */
     assert_memory_equal(emac_session_shadow(s, 0)->data, w->data, w->bytes);
-    r = event_ok(s, "eval_end", 2);
+    r = event_at(s, "eval_end", 2);
     assert_memory_equal(train_w, w->data, w->bytes);
     free(train_w);
     emac_session_free(s);
@@ -455,24 +427,24 @@ static void test_session_unknown_after_restart_fails_clearly(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
     assert_int_equal(emac_segment_create(specs, 2, &other, &err), 0);
     step_params(seg_left, 0);
     step_params(other, 0);
     assert_int_equal(emac_register(c, "kept", seg_left, NULL, false, &keep, &err), 0);
     assert_int_equal(emac_register(c, "dropped", other, NULL, false, &lost, &err), 0);
-    event_ok(keep, "batch_end", 1);
-    event_ok(lost, "batch_end", 1);
+    event_at(keep, "batch_end", 1);
+    event_at(lost, "batch_end", 1);
 
-    kill_emad(&d);
+    daemon_kill(&d);
     daemon_start_env(&d, NULL, NULL);
     /* Someone drops "dropped" before the trainer is back. */
-    emac_client *admin = connect_ok(&d);
+    emac_client *admin = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_drop(admin, "dropped", &err), 0);
     emac_disconnect(admin);
 
-    r = event_ok(keep, "batch_end", 2);
+    r = event_at(keep, "batch_end", 2);
     assert_int_equal(r.updates, 2);
     struct emac_time t = {2, 0, false, 0};
     assert_true(emac_event(lost, "batch_end", &t, &r, &err) < 0);
@@ -499,18 +471,18 @@ static void test_another_emad_starting_spares_our_shadows(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
     step_params(seg_left, 0);
     assert_int_equal(emac_register(c, "spared", seg_left, NULL, false, &s, &err), 0);
-    event_ok(s, "batch_end", 1);
-    kill_emad(&d);
+    event_at(s, "batch_end", 1);
+    daemon_kill(&d);
 
     daemon_start(&other, NULL);
     daemon_stop(&other);
 
     daemon_start_env(&d, NULL, NULL);
-    struct emac_result r = event_ok(s, "batch_end", 2);
+    struct emac_result r = event_at(s, "batch_end", 2);
     assert_int_equal(r.updates, 2);
     assert_false(r.interrupted);
     emac_session_free(s);
@@ -666,7 +638,7 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_reconnect");
     struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
     assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
     step_params(seg_left, 0);
@@ -706,7 +678,7 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
     raw_close(&r, map, len);
 
     /* The record outlives emad. */
-    kill_emad(&d);
+    daemon_kill(&d);
     daemon_start_env(&d, NULL, NULL);
     map = raw_attach(&r, &d, "numbered", seg_left, &len);
     raw_event(&r, 2, 2, code, &a, action);

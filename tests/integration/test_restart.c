@@ -38,16 +38,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static emac_client *connect_ok(const struct daemon *d)
-{
-    struct emac_error err;
-    emac_client *c = NULL;
-
-    if (emac_connect(d->sock, "test_restart", &c, &err) < 0)
-        fail_msg("connect: %s: %s", err.code, err.message);
-    return c;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", N, NULL, 0},
     {"b", "bf16", N, NULL, 0},
@@ -65,18 +55,6 @@ static void step_params(emac_segment *seg, int step)
         b[i] = (uint16_t)(0x3f80 + (i + (size_t)step) % 64);
     }
     *steps = step;
-}
-
-static struct emac_result event_ok(emac_session *s, const char *ev, uint64_t batch)
-{
-    struct emac_error err;
-    struct emac_result r;
-    struct emac_time t = {batch, 0, false, 0};
-
-    if (emac_event(s, ev, &t, &r, &err) < 0)
-        fail_msg("%s at batch %llu: %s: %s", ev, (unsigned long long)batch, err.code,
-                 err.message);
-    return r;
 }
 
 /* The tensors' shadows, from the first to the end of the last (emad's
@@ -109,13 +87,13 @@ static void test_clean_restart_keeps_sessions_detached_with_shadow_and_state(voi
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     step_params(seg_left, 0);
     assert_int_equal(emac_register(c, "team/run:7", seg_left, &cfg, false, &s, &err), 0);
     for (int b = 1; b <= 6; b++) {
         step_params(seg_left, b);
-        event_ok(s, "batch_end", (uint64_t)b);
+        event_at(s, "batch_end", (uint64_t)b);
     }
     void *before = shadow_copy(s, &before_len);
     emac_session_free(s);
@@ -131,7 +109,7 @@ static void test_clean_restart_keeps_sessions_detached_with_shadow_and_state(voi
 
     daemon_start_env(&d, NULL, NULL);
     /* emad answers only once the kept sessions are back in. */
-    c = connect_ok(&d);
+    c = client_connect(&d, "test_restart");
     assert_int_equal(stat(kept, &sb), -1); /* taken back in: the file is gone */
     assert_int_equal(emac_status(c, "team/run:7", &st, &err), 0);
     assert_int_equal(st->nsessions, 1);
@@ -149,7 +127,7 @@ static void test_clean_restart_keeps_sessions_detached_with_shadow_and_state(voi
     assert_int_equal(before_len, after_len);
     assert_memory_equal(before, after, before_len);
     step_params(seg_left, 7);
-    struct emac_result r = event_ok(s, "batch_end", 7);
+    struct emac_result r = event_at(s, "batch_end", 7);
     assert_int_equal(r.updates, 6);
     assert_int_equal(emac_close(s, false, &err), 0);
     emac_session_free(s);
@@ -172,7 +150,7 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     struct emac_reconnect policy;
     emac_reconnect_defaults(&policy);
     policy.enabled = false; /* the trainer is gone with emad; test_reconnect has the rest */
@@ -182,9 +160,9 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
     assert_int_equal(emac_register(c, "crashy", seg_left, &cfg, false, &s, &err), 0);
     for (int b = 1; b <= 6; b++) {
         step_params(seg_left, b);
-        event_ok(s, "batch_end", (uint64_t)b);
+        event_at(s, "batch_end", (uint64_t)b);
     }
-    event_ok(s, "eval_start", 6); /* emad dies with the EMA weights swapped in */
+    event_at(s, "eval_start", 6); /* emad dies with the EMA weights swapped in */
     void *before = shadow_copy(s, &before_len);
     assert_int_equal(kill(d.pid, SIGKILL), 0);
     assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
@@ -198,7 +176,7 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
     emac_disconnect(c);
 
     daemon_start_env(&d, NULL, NULL);
-    c = connect_ok(&d);
+    c = client_connect(&d, "test_restart");
     assert_int_equal(emac_status(c, "crashy", &st, &err), 0);
     assert_int_equal(st->nsessions, 1);
     assert_false(st->session_list[0].attached);
@@ -219,7 +197,7 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
     assert_int_equal(before_len, after_len);
     assert_memory_equal(before, after, before_len);
     step_params(seg_left, 7);
-    assert_int_equal(event_ok(s, "batch_end", 7).updates, 6);
+    assert_int_equal(event_at(s, "batch_end", 7).updates, 6);
     assert_int_equal(emac_close(s, false, &err), 0);
     emac_session_free(s);
     emac_disconnect(c);
@@ -243,11 +221,11 @@ static void test_sigkill_mid_update_is_reported(void **state)
     /* Chunks: register's journal and initialisation, batch 1, batch 2; batch 3 stalls. */
     daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=4",
                                            NULL});
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
-    event_ok(s, "batch_end", 1);
-    event_ok(s, "batch_end", 2);
+    event_at(s, "batch_end", 1);
+    event_at(s, "batch_end", 2);
     struct emac_time t = {3, 0, false, 0};
     assert_int_equal(emac_event_send(s, "batch_end", &t, &ticket, &err), 0);
     sleep_ms(300);
@@ -257,7 +235,7 @@ static void test_sigkill_mid_update_is_reported(void **state)
     emac_disconnect(c);
 
     daemon_start_env(&d, NULL, NULL);
-    c = connect_ok(&d);
+    c = client_connect(&d, "test_restart");
     assert_int_equal(emac_status(c, "cut", &st, &err), 0);
     assert_int_equal(st->nsessions, 1);
     assert_int_equal(st->session_list[0].updates, 2);
@@ -272,7 +250,7 @@ static void test_sigkill_mid_update_is_reported(void **state)
     /* A trainer that does not send batch 3 again (test_reconnect has one
      * that does): the shadow keeps part of it, and says so from then on. */
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, true, &s, &err), 0);
-    struct emac_result r = event_ok(s, "batch_end", 4);
+    struct emac_result r = event_at(s, "batch_end", 4);
     assert_true(r.interrupted);
     assert_int_equal(r.updates, 3);
     assert_true(file_contains(d.log, "was not sent again before another event"));
@@ -294,11 +272,11 @@ static void test_stop_that_cannot_write_keeps_the_session_for_the_next_start(voi
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     assert_int_equal(emac_register(c, "stay", seg_left, NULL, false, &s, &err), 0);
-    event_ok(s, "batch_end", 1);
-    event_ok(s, "batch_end", 2);
+    event_at(s, "batch_end", 1);
+    event_at(s, "batch_end", 2);
     emac_session_free(s);
     emac_disconnect(c);
     /* A file where the directory of state files should go: the save fails. */
@@ -312,7 +290,7 @@ static void test_stop_that_cannot_write_keeps_the_session_for_the_next_start(voi
     assert_int_equal(unlink(blocker), 0);
 
     daemon_start_env(&d, NULL, NULL);
-    c = connect_ok(&d);
+    c = client_connect(&d, "test_restart");
     assert_int_equal(emac_status(c, "stay", &st, &err), 0);
     assert_int_equal(st->nsessions, 1);
     assert_int_equal(st->session_list[0].updates, 2);
@@ -332,7 +310,7 @@ static void test_closed_sessions_are_not_resurrected(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     assert_int_equal(emac_register(c, "gone", seg_left, NULL, false, &s, &err), 0);
     assert_int_equal(emac_close(s, false, &err), 0);
@@ -341,7 +319,7 @@ static void test_closed_sessions_are_not_resurrected(void **state)
     assert_int_equal(kill(d.pid, SIGTERM), 0);
     assert_int_equal(wait_exit(d.pid), 0);
     daemon_start_env(&d, NULL, NULL);
-    c = connect_ok(&d);
+    c = client_connect(&d, "test_restart");
     assert_int_equal(emac_status(c, NULL, &st, &err), 0);
     assert_int_equal(st->nsessions, 0);
     emac_status_free(st);
@@ -368,7 +346,7 @@ static void test_corrupt_kept_session_is_left_aside(void **state)
     fputs("EMASTATE but not really", fp);
     fclose(fp);
     daemon_start_env(&d, NULL, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_status(c, NULL, &st, &err), 0);
     assert_int_equal(st->nsessions, 0);
     emac_status_free(st);
@@ -415,7 +393,7 @@ static void test_start_removes_shadows_of_dead_emads_only(void **state)
     make_shm(live);
     make_shm(other);
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d); /* emad answers once its start-up is done */
+    emac_client *c = client_connect(&d, "test_restart"); /* emad answers once its start-up is done */
     emac_disconnect(c);
     bool dead_gone = !shm_exists(dead), live_kept = shm_exists(live),
          other_kept = shm_exists(other);
@@ -454,10 +432,10 @@ static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
     char *argv[] = {"unshare", "-m", "sh", "-c", cmd, NULL};
     d.pid = spawn(argv, NULL, -1, -1);
     assert_true(wait_listening(d.pid, d.sock));
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
     assert_int_equal(emac_register(c, "full", seg_left, NULL, false, &s, &err), 0);
-    assert_int_equal(event_ok(s, "batch_end", 1).updates, 1);
+    assert_int_equal(event_at(s, "batch_end", 1).updates, 1);
     assert_int_equal(emac_save(c, "full", "snap", &f, &err), 0);
 
     /* The file as emad sees it (its tmpfs is in its own namespace). */
@@ -472,7 +450,7 @@ static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
 
     float *w = emac_segment_tensor(seg_left, 0)->data;
     w[0] = 42.0f;
-    assert_int_equal(event_ok(s, "batch_end", 2).updates, 2);
+    assert_int_equal(event_at(s, "batch_end", 2).updates, 2);
     assert_int_equal(emac_save(c, "full", "snap", &f, &err), -EREMOTEIO);
     assert_string_equal(err.code, "IO");
     assert_non_null(strstr(err.message, "No space left on device"));
