@@ -332,6 +332,11 @@ static void print_session_text(const struct emac_session_info *s)
                                               : "no (the training weights are in the params)");
     printf("updates          %" PRIu64 "\n", s->updates);
     printf("swaps            %" PRIu64 "\n", s->swaps);
+    printf("requests         %" PRIu64 " (the highest event/swap seq applied)\n", s->seq);
+    if (s->interrupted)
+        printf("interrupted      yes: an update was cut short by a crash of emad; until the "
+               "trainer sends it again, or for good if another request came first, the shadow "
+               "holds part of it (load a saved state to be sure)\n");
     if (s->has_last_time) {
         printf("last time        batch %" PRIu64 ", epoch %" PRIu64, s->last_batch, s->last_epoch);
         if (s->has_last_duration)

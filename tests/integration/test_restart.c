@@ -247,6 +247,10 @@ static void test_sigkill_mid_update_is_reported(void **state)
     char *argv[] = {(char *)emactl_bin(), "--socket", d.sock, "--json", "show", "cut", NULL};
     assert_int_equal(run_capture(argv, NULL, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "\"interrupted\": true"));
+    char *text[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "cut", NULL};
+    assert_int_equal(run_capture(text, NULL, out, sizeof(out)), 0);
+    assert_non_null(strstr(out, "interrupted      yes: an update was cut short"));
+    assert_non_null(strstr(out, "requests         2 "));
     /* A trainer that does not send batch 3 again (test_reconnect has one
      * that does): the shadow keeps part of it, and says so from then on. */
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, true, &s, &err), 0);
