@@ -822,6 +822,7 @@ static int reconnect_once(emac_client *c, char *why, size_t whylen)
     c->fd = fd;
     c->lost = false;
     c->send_failed = false;
+    c->refused = false; /* a refusal (too many connections) is this attempt's alone */
     wire_decoder_free(&c->dec);
     wire_decoder_init(&c->dec, CLIENT_MAX_REPLY, WIRE_DEFAULT_MAX_DEPTH);
     if ((rc = say_hello(c, &e)) < 0)

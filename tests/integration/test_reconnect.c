@@ -490,6 +490,66 @@ static void test_another_emad_starting_spares_our_shadows(void **state)
     daemon_stop(&d);
 }
 
+struct later_close {
+    emac_client *c;
+    int delay_ms;
+};
+
+static void *close_later(void *arg)
+{
+    struct later_close *l = arg;
+
+    sleep_ms(l->delay_ms);
+    emac_disconnect(l->c);
+    return NULL;
+}
+
+/*
+ * The restarted emad is full (--max-connections) and refuses the client's
+ * first attempts, saying why: the client keeps trying until a place frees,
+ * and a refusal in one outage does not stop it reconnecting in the next.
+ */
+static void test_refused_while_full_then_reconnects_again(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    emac_session *s = NULL;
+    const char *const args[] = {"--max-connections", "2", NULL};
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, args, NULL);
+    emac_client *c = client_connect(&d, "test_reconnect");
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "crowded", seg_left, NULL, false, &s, &err), 0);
+    event_at(s, "batch_end", 1);
+
+    daemon_kill(&d);
+    daemon_start_env(&d, args, NULL);
+    emac_client *a = client_connect(&d, "occupant"), *b = client_connect(&d, "occupant");
+    emac_client *probe = NULL; /* the third is refused: emad is full */
+    assert_true(emac_connect(d.sock, "probe", &probe, &err) < 0);
+    assert_string_equal(err.code, "LIMIT");
+    struct later_close l = {a, 300};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, close_later, &l), 0);
+    struct emac_result r = event_at(s, "batch_end", 2);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(r.updates, 2);
+    assert_int_equal(emac_reconnects(c), 1);
+    emac_disconnect(b);
+
+    daemon_kill(&d);
+    daemon_start_env(&d, args, NULL);
+    r = event_at(s, "batch_end", 3);
+    assert_int_equal(r.updates, 3);
+    assert_int_equal(emac_reconnects(c), 2);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* ---- the raw protocol: what the library relies on ---- */
 
 struct raw {
@@ -727,6 +787,7 @@ int main(void)
         cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training, teardown),
         cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
         cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
+        cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
