@@ -153,6 +153,24 @@ static void conn_send(struct conn *c, msgpack_sbuffer *sb)
         msgpack_sbuffer_destroy(sb);
         return;
     }
+    b = uv_buf_init(sb->data, (unsigned)sb->size);
+    /* Most replies fit the socket buffer: written at once, they cost one
+     * system call, where a queued write costs two more (libuv re-arms the
+     * poll after it). With writes queued, try_write refuses (order kept). */
+    rc = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+    if (rc == (int)b.len) {
+        msgpack_sbuffer_destroy(sb);
+        return;
+    }
+    if (rc < 0 && rc != UV_EAGAIN) {
+        msgpack_sbuffer_destroy(sb);
+        conn_close(c, uv_strerror(rc));
+        return;
+    }
+    if (rc > 0) {
+        b.base += rc;
+        b.len -= (size_t)rc;
+    }
     w = malloc(sizeof(*w));
     if (w == NULL) {
         msgpack_sbuffer_destroy(sb);
@@ -160,8 +178,7 @@ static void conn_send(struct conn *c, msgpack_sbuffer *sb)
         return;
     }
     w->conn = c;
-    w->data = sb->data;
-    b = uv_buf_init(sb->data, (unsigned)sb->size);
+    w->data = sb->data; /* b may start past it: the part try_write sent */
     sb->data = NULL;
     rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
     if (rc < 0) {
