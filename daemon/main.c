@@ -11,6 +11,7 @@
 #include "server.h"
 #include "session.h"
 #include "shm.h"
+#include "store.h"
 #include "version.h"
 
 #include <errno.h>
@@ -36,6 +37,7 @@ struct daemon {
     bool watchdog_on;
     bool watchdog_withheld;   /* the last tick found the pool stuck */
     uint64_t watchdog_progress;
+    int state_lock;           /* flock on <state-dir>/.lock, held until exit */
 };
 
 static void on_watchdog(uv_timer_t *t)
@@ -235,9 +237,25 @@ int main(int argc, char **argv)
     if ((rc = pool_set_priority(&d.pool, (int)d.opts.worker_nice)) < 0)
         log_warn(&d.log, "cannot lower the worker threads' priority by %u: %s (small sessions "
                  "may wait behind large updates)", d.opts.worker_nice, strerror(-rc));
+    /* The state directory is this emad's alone (another would take its
+     * sessions and remove its temp files); the lock goes with the process. */
+    char dir[PATH_MAX];
+    if ((d.state_lock = store_lock_dir(d.opts.state_dir, err, sizeof(err))) < 0) {
+        log_error(&d.log, "%s", err);
+        goto err_pool;
+    }
+    /* Saves that a crash cut short left temp files: no one finishes them. */
+    const char *const subdirs[] = {"", "/sessions", "/live"};
+    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
+        if (snprintf(dir, sizeof(dir), "%s%s", d.opts.state_dir, subdirs[i]) >= (int)sizeof(dir))
+            continue;
+        if ((rc = store_remove_temps(dir, err, sizeof(err))) > 0)
+            log_info(&d.log, "removed %d temp files of saves cut short in %s", rc, dir);
+        else if (rc < 0)
+            log_warn(&d.log, "%s", err);
+    }
     /* Sessions come back: those a clean stop kept, then those a crashed emad
      * left running (journal + shadow object). */
-    char dir[PATH_MAX];
     kept_dir(&d, dir, sizeof(dir));
     if (dir[0] != '\0' && (rc = registry_restore_all(&d.sessions, dir)) > 0)
         log_info(&d.log, "%d sessions restored from %s", rc, dir);

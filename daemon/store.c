@@ -9,6 +9,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -936,3 +937,35 @@ static const uint32_t crc32c_table[8][256] = {
     0xe54c35a1, 0xac704886, 0x7734cfef, 0x3e08b2c8, 0xc451b7cc, 0x8d6dcaeb, 0x56294d82, 0x1f1530a5,
     },
 };
+
+int store_lock_dir(const char *dir, char *err, size_t errlen)
+{
+    char path[PATH_MAX], pid[32] = "";
+    int fd, rc;
+
+    if ((rc = make_dir(dir, err, errlen)) < 0)
+        return rc;
+    if (snprintf(path, sizeof(path), "%s/.lock", dir) >= (int)sizeof(path))
+        return err_set(err, errlen, -ENAMETOOLONG, "state directory %s: path too long", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        return err_set(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (rc == -EBUSY)
+            return err_set(err, errlen, rc, "state directory %s is in use by another emad (pid "
+                           "%s): give each emad its own --state-dir", dir, pid[0] ? pid : "?");
+        return err_set(err, errlen, rc, "cannot lock %s: %s", path, strerror(-rc));
+    }
+    rc = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)rc, 0) != rc) {
+        rc = -errno;
+        close(fd);
+        return err_set(err, errlen, rc, "cannot write %s: %s", path, strerror(-rc));
+    }
+    return fd;
+}

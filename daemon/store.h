@@ -110,6 +110,14 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
  */
 int store_remove_temps(const char *dir, char *err, size_t errlen);
 
+/*
+ * Claim dir (made if missing) for this process: an exclusive flock on dir/.lock, which holds
+ * the owner's pid. The kernel lets go of it when the process dies, however it dies. Returns the
+ * lock's fd (keep it open), -EBUSY with a message naming the other owner's pid when another
+ * process holds it, or another -errno with a message.
+ */
+int store_lock_dir(const char *dir, char *err, size_t errlen);
+
 /* A verified, read-only, private mapping of a state file. meta and data point into it. */
 struct store_file {
     void *map;        /* the whole file; NULL when nothing is loaded */

@@ -427,6 +427,9 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     assert_int_equal(st->nsessions, 1); /* nothing made of the temp file */
     assert_string_equal(st->session_list[0].session, "big");
     emac_status_free(st);
+    /* ... and it is gone: removed at the start, and said so. */
+    assert_int_equal(temp_files(d.state, NULL, 0), 0);
+    assert_true(file_contains(d.log, "removed 1 temp files of saves cut short"));
     s = register_ok(c, "big", true);
     load_ok(c, "big", "big", &f);
     assert_int_equal(f.bytes, saved_len);

@@ -663,6 +663,27 @@ static void test_watchdog_pings_only_while_workers_progress(void **state)
     daemon_stop(&d);
 }
 
+/* One emad per state directory: a second one is refused at once, naming
+ * the first; once the first is gone (even SIGKILLed) the directory is free. */
+static void test_state_directory_is_locked(void **state)
+{
+    struct daemon d;
+    char sock2[160], out[4096];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    snprintf(sock2, sizeof(sock2), "%s/second.sock", d.dir);
+    char *argv[] = {(char *)emad_bin(), "--socket", sock2, "--state-dir", d.state,
+                    "--log-file", "/dev/stderr", NULL};
+    assert_int_equal(run_capture(argv, NULL, out, sizeof(out)), 1);
+    char want[160];
+    snprintf(want, sizeof(want), "is in use by another emad (pid %ld)", (long)d.pid);
+    assert_non_null(strstr(out, want));
+    daemon_kill(&d);
+    daemon_start_env(&d, NULL, NULL);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -679,6 +700,7 @@ int main(void)
         cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file, teardown),
         cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown),
         cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
+        cmocka_unit_test_teardown(test_state_directory_is_locked, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("restart", tests, NULL, NULL);
