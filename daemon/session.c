@@ -50,6 +50,7 @@ enum op_phase {
     PH_CAST,    /* swap in, second half: shadow -> params */
     PH_RESTORE, /* swap out: stash -> params */
     PH_FILE,    /* save / load: one chunk */
+    PH_JOURNAL, /* load, then: the journal (its fsyncs off the loop thread) */
 };
 
 struct op {
@@ -1349,9 +1350,32 @@ static void apply_loaded(struct session *s, const struct msg_saved_state *m)
     s->st.last_time.duration = m->last_time.duration;
 }
 
-static void finish_file(struct op *op)
+static int journal_store(struct session *s, char *err, size_t errlen);
+
+static int chunk_journal(void *arg, size_t index)
+{
+    struct op *op = arg;
+
+    (void)index;
+    op->rc = journal_store(op->s, op->err, sizeof(op->err));
+    return 0;
+}
+
+static void reply_file(struct op *op)
 {
     struct msg_file_reply rep;
+
+    log_info(reg_log(op->s->reg), "session %s: %s %s (%" PRIu64 " bytes)", op->s->name,
+             op->kind == OP_SAVE ? "saved to" : "loaded from", op->path, op->bytes);
+    rep.path = msg_str_c(op->path);
+    rep.bytes = op->bytes;
+    conn_reply(op->conn, op->msgid, &msg_file_reply_desc, &rep);
+}
+
+/* A save or load is done: the reply, or for a load the journal first.
+ * true when more work was submitted (the op goes on). */
+static bool finish_file(struct op *op)
+{
     const char *what = op->kind == OP_SAVE ? "save" : "load";
 
     if (op->rc < 0) {
@@ -1361,19 +1385,17 @@ static void finish_file(struct op *op)
                                : MSG_E_IO;
         log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, op->err);
         reply_error(op->conn, op->msgid, code, "%s", op->err);
-        return;
+        return false;
     }
     if (op->kind == OP_LOAD) {
         apply_loaded(op->s, &op->loaded);
         op->s->interrupted = false; /* the shadow is the file's now */
         shadow_sync(op->s);
-        journal_write(op->s);
+        submit(op, PH_JOURNAL, chunk_journal, 1);
+        return true;
     }
-    log_info(reg_log(op->s->reg), "session %s: %s %s (%" PRIu64 " bytes)", op->s->name,
-             op->kind == OP_SAVE ? "saved to" : "loaded from", op->path, op->bytes);
-    rep.path = msg_str_c(op->path);
-    rep.bytes = op->bytes;
-    conn_reply(op->conn, op->msgid, &msg_file_reply_desc, &rep);
+    reply_file(op);
+    return false;
 }
 
 static void op_done(struct pool_job *job)
@@ -1436,7 +1458,13 @@ static void op_done(struct pool_job *job)
         reply_action(op);
         break;
     case PH_FILE:
-        finish_file(op);
+        if (finish_file(op))
+            return;
+        break;
+    case PH_JOURNAL:
+        if (op->rc < 0)
+            journal_failed(s, op->err);
+        reply_file(op);
         break;
     case PH_NONE:
         break;

@@ -550,6 +550,42 @@ static void test_refused_while_full_then_reconnects_again(void **state)
     daemon_stop(&d);
 }
 
+/* A load rewrites the session's journal (on a worker) before its reply:
+ * emad SIGKILLed right after comes back with the loaded config. */
+static void test_load_is_journaled_before_its_reply(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_file f;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    struct emac_config four = {"4ba", false, 0, NULL, NULL}, nine = {"9ba", false, 0, NULL, NULL};
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = client_connect(&d, "test_reconnect");
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "loaded", seg_left, &four, false, &s, &err), 0);
+    event_at(s, "batch_end", 1);
+    assert_int_equal(emac_save(c, "loaded", "four", &f, &err), 0);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    assert_int_equal(emac_register(c, "loaded", seg_left, &nine, false, &s, &err), 0);
+    assert_int_equal(emac_load(c, "loaded", "four", &f, &err), 0);
+    daemon_kill(&d);
+    daemon_start_env(&d, NULL, NULL);
+    emac_client *c2 = client_connect(&d, "test_reconnect");
+    assert_int_equal(emac_status(c2, "loaded", &st, &err), 0);
+    assert_string_equal(st->session_list[0].half_life, "4ba");
+    assert_int_equal(st->session_list[0].updates, 1);
+    emac_status_free(st);
+    emac_disconnect(c2);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* ---- the raw protocol: what the library relies on ---- */
 
 struct raw {
@@ -788,6 +824,7 @@ int main(void)
         cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
         cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
         cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown),
+        cmocka_unit_test_teardown(test_load_is_journaled_before_its_reply, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
