@@ -412,7 +412,7 @@ AVX2_INLINE float avx2_f16_to_f32_1(uint16_t h)
  * aligned ones on data that happens to be aligned.
  */
 AVX2_INLINE void avx2_update_f32_loop(float *restrict s, const float *restrict x, size_t n, float c,
-                                      bool from_param)
+                                      bool from_param, float *restrict u, bool save)
 {
     const __m256 vc = _mm256_set1_ps(c);
     size_t i = 0;
@@ -420,23 +420,37 @@ AVX2_INLINE void avx2_update_f32_loop(float *restrict s, const float *restrict x
         __m256 vs = _mm256_loadu_ps(s + i);
         __m256 vx = _mm256_loadu_ps(x + i);
         __m256 d = _mm256_sub_ps(vx, vs);
+        if (save)
+            _mm256_storeu_ps(u + i, vs);
         _mm256_storeu_ps(s + i, _mm256_fmadd_ps(vc, d, from_param ? vx : vs));
     }
-    for (; i < n; i++)
+    for (; i < n; i++) {
+        if (save)
+            u[i] = s[i];
         s[i] = fmaf(c, x[i] - s[i], from_param ? x[i] : s[i]);
+    }
 }
 
 AVX2_TARGET static void avx2_update_f32(float *restrict s, const float *restrict x, size_t n,
                                         float w)
 {
     if (fabsf(w) < 0.5f)
-        avx2_update_f32_loop(s, x, n, w, false);
+        avx2_update_f32_loop(s, x, n, w, false, NULL, false);
     else
-        avx2_update_f32_loop(s, x, n, -(1.0f - w), true);
+        avx2_update_f32_loop(s, x, n, -(1.0f - w), true, NULL, false);
+}
+
+AVX2_TARGET static void avx2_update_f32_save(float *restrict s, const float *restrict x, size_t n,
+                                             float w, float *restrict u)
+{
+    if (fabsf(w) < 0.5f)
+        avx2_update_f32_loop(s, x, n, w, false, u, true);
+    else
+        avx2_update_f32_loop(s, x, n, -(1.0f - w), true, u, true);
 }
 
 AVX2_INLINE void avx2_update_bf16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
-                                       float c, bool from_param)
+                                       float c, bool from_param, float *restrict u, bool save)
 {
     const __m256 vc = _mm256_set1_ps(c);
     size_t i = 0;
@@ -444,10 +458,14 @@ AVX2_INLINE void avx2_update_bf16_loop(float *restrict s, const uint16_t *restri
         __m256 vs = _mm256_loadu_ps(s + i);
         __m256 vx = avx2_load_bf16(x + i);
         __m256 d = _mm256_sub_ps(vx, vs);
+        if (save)
+            _mm256_storeu_ps(u + i, vs);
         _mm256_storeu_ps(s + i, _mm256_fmadd_ps(vc, d, from_param ? vx : vs));
     }
     for (; i < n; i++) {
         float xi = portable_bf16_to_f32_1(x[i]);
+        if (save)
+            u[i] = s[i];
         s[i] = fmaf(c, xi - s[i], from_param ? xi : s[i]);
     }
 }
@@ -456,13 +474,22 @@ AVX2_TARGET static void avx2_update_bf16(float *restrict s, const uint16_t *rest
                                          float w)
 {
     if (fabsf(w) < 0.5f)
-        avx2_update_bf16_loop(s, x, n, w, false);
+        avx2_update_bf16_loop(s, x, n, w, false, NULL, false);
     else
-        avx2_update_bf16_loop(s, x, n, -(1.0f - w), true);
+        avx2_update_bf16_loop(s, x, n, -(1.0f - w), true, NULL, false);
+}
+
+AVX2_TARGET static void avx2_update_bf16_save(float *restrict s, const uint16_t *restrict x,
+                                              size_t n, float w, float *restrict u)
+{
+    if (fabsf(w) < 0.5f)
+        avx2_update_bf16_loop(s, x, n, w, false, u, true);
+    else
+        avx2_update_bf16_loop(s, x, n, -(1.0f - w), true, u, true);
 }
 
 AVX2_INLINE void avx2_update_f16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
-                                      float c, bool from_param)
+                                      float c, bool from_param, float *restrict u, bool save)
 {
     const __m256 vc = _mm256_set1_ps(c);
     size_t i = 0;
@@ -470,10 +497,14 @@ AVX2_INLINE void avx2_update_f16_loop(float *restrict s, const uint16_t *restric
         __m256 vs = _mm256_loadu_ps(s + i);
         __m256 vx = avx2_load_f16(x + i);
         __m256 d = _mm256_sub_ps(vx, vs);
+        if (save)
+            _mm256_storeu_ps(u + i, vs);
         _mm256_storeu_ps(s + i, _mm256_fmadd_ps(vc, d, from_param ? vx : vs));
     }
     for (; i < n; i++) {
         float xi = avx2_f16_to_f32_1(x[i]);
+        if (save)
+            u[i] = s[i];
         s[i] = fmaf(c, xi - s[i], from_param ? xi : s[i]);
     }
 }
@@ -482,13 +513,22 @@ AVX2_TARGET static void avx2_update_f16(float *restrict s, const uint16_t *restr
                                         float w)
 {
     if (fabsf(w) < 0.5f)
-        avx2_update_f16_loop(s, x, n, w, false);
+        avx2_update_f16_loop(s, x, n, w, false, NULL, false);
     else
-        avx2_update_f16_loop(s, x, n, -(1.0f - w), true);
+        avx2_update_f16_loop(s, x, n, -(1.0f - w), true, NULL, false);
+}
+
+AVX2_TARGET static void avx2_update_f16_save(float *restrict s, const uint16_t *restrict x,
+                                              size_t n, float w, float *restrict u)
+{
+    if (fabsf(w) < 0.5f)
+        avx2_update_f16_loop(s, x, n, w, false, u, true);
+    else
+        avx2_update_f16_loop(s, x, n, -(1.0f - w), true, u, true);
 }
 
 AVX2_INLINE void avx2_update_f64_loop(double *restrict s, const double *restrict x, size_t n,
-                                      double c, bool from_param)
+                                      double c, bool from_param, double *restrict u, bool save)
 {
     const __m256d vc = _mm256_set1_pd(c);
     size_t i = 0;
@@ -496,19 +536,33 @@ AVX2_INLINE void avx2_update_f64_loop(double *restrict s, const double *restrict
         __m256d vs = _mm256_loadu_pd(s + i);
         __m256d vx = _mm256_loadu_pd(x + i);
         __m256d d = _mm256_sub_pd(vx, vs);
+        if (save)
+            _mm256_storeu_pd(u + i, vs);
         _mm256_storeu_pd(s + i, _mm256_fmadd_pd(vc, d, from_param ? vx : vs));
     }
-    for (; i < n; i++)
+    for (; i < n; i++) {
+        if (save)
+            u[i] = s[i];
         s[i] = fma(c, x[i] - s[i], from_param ? x[i] : s[i]);
+    }
 }
 
 AVX2_TARGET static void avx2_update_f64(double *restrict s, const double *restrict x, size_t n,
                                         double w)
 {
     if (fabs(w) < 0.5)
-        avx2_update_f64_loop(s, x, n, w, false);
+        avx2_update_f64_loop(s, x, n, w, false, NULL, false);
     else
-        avx2_update_f64_loop(s, x, n, -(1.0 - w), true);
+        avx2_update_f64_loop(s, x, n, -(1.0 - w), true, NULL, false);
+}
+
+AVX2_TARGET static void avx2_update_f64_save(double *restrict s, const double *restrict x,
+                                             size_t n, double w, double *restrict u)
+{
+    if (fabs(w) < 0.5)
+        avx2_update_f64_loop(s, x, n, w, false, u, true);
+    else
+        avx2_update_f64_loop(s, x, n, -(1.0 - w), true, u, true);
 }
 
 AVX2_TARGET static void avx2_bf16_to_f32(float *restrict dst, const uint16_t *restrict src,
@@ -574,6 +628,10 @@ static const struct kernel_ops ops_avx2 = {
     .update_bf16 = avx2_update_bf16,
     .update_f16 = avx2_update_f16,
     .update_f64 = avx2_update_f64,
+    .update_f32_save = avx2_update_f32_save,
+    .update_bf16_save = avx2_update_bf16_save,
+    .update_f16_save = avx2_update_f16_save,
+    .update_f64_save = avx2_update_f64_save,
     .bf16_to_f32 = avx2_bf16_to_f32,
     .f16_to_f32 = avx2_f16_to_f32,
     .f32_to_bf16 = avx2_f32_to_bf16,
@@ -643,6 +701,31 @@ int kernel_update(const struct kernel_ops *ops, enum dtype dt, void *shadow,
         kernel_copy(shadow, param, n * dtype_size(dt));
         return 0;
     }
+}
+
+int kernel_update_save(const struct kernel_ops *ops, enum dtype dt, void *shadow,
+                       const void *param, size_t n, double smoothing, void *old)
+{
+    int err = check_args(ops, dt, shadow, param, n);
+    if (err < 0)
+        return err;
+    if (n > 0 && old == NULL)
+        return -EINVAL;
+    const double w = 1.0 - smoothing;
+    /* One pass where the table has it: the old value is stored as it is read. */
+    if (dt == DTYPE_F32 && ops->update_f32_save != NULL)
+        ops->update_f32_save(shadow, param, n, (float)w, old);
+    else if (dt == DTYPE_BF16 && ops->update_bf16_save != NULL)
+        ops->update_bf16_save(shadow, param, n, (float)w, old);
+    else if (dt == DTYPE_F16 && ops->update_f16_save != NULL)
+        ops->update_f16_save(shadow, param, n, (float)w, old);
+    else if (dt == DTYPE_F64 && ops->update_f64_save != NULL)
+        ops->update_f64_save(shadow, param, n, w, old);
+    else {
+        kernel_copy(old, shadow, n * dtype_size(dtype_shadow(dt)));
+        return kernel_update(ops, dt, shadow, param, n, smoothing);
+    }
+    return 0;
 }
 
 int kernel_shadow_init(const struct kernel_ops *ops, enum dtype dt, void *shadow,

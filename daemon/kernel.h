@@ -43,6 +43,16 @@ struct kernel_ops {
     void (*update_bf16)(float *restrict shadow, const uint16_t *restrict param, size_t n, float w);
     void (*update_f16)(float *restrict shadow, const uint16_t *restrict param, size_t n, float w);
     void (*update_f64)(double *restrict shadow, const double *restrict param, size_t n, double w);
+    /* The same, storing each shadow value into old[i] before it changes (one pass over the
+     * shadow); NULL in a table without them: kernel_update_save copies first. */
+    void (*update_f32_save)(float *restrict shadow, const float *restrict param, size_t n,
+                            float w, float *restrict old);
+    void (*update_bf16_save)(float *restrict shadow, const uint16_t *restrict param, size_t n,
+                             float w, float *restrict old);
+    void (*update_f16_save)(float *restrict shadow, const uint16_t *restrict param, size_t n,
+                            float w, float *restrict old);
+    void (*update_f64_save)(double *restrict shadow, const double *restrict param, size_t n,
+                            double w, double *restrict old);
 
     /* Exact widening (shadow := params when the EMA starts). f16 NaNs come out quiet. */
     void (*bf16_to_f32)(float *restrict dst, const uint16_t *restrict src, size_t n);
@@ -77,6 +87,10 @@ const struct kernel_ops *kernel_ops_reference(void);
  */
 int kernel_update(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                   const void *param, size_t n, double smoothing);
+/* kernel_update that also leaves the shadow's values from before in old (n elements of the
+ * shadow's dtype, not overlapping it): what a crash-exact update saves (session.c). */
+int kernel_update_save(const struct kernel_ops *ops, enum dtype dt, void *shadow,
+                       const void *param, size_t n, double smoothing, void *old);
 
 /* shadow := params, widened exactly (when the EMA starts). 0 or -EINVAL as above. */
 int kernel_shadow_init(const struct kernel_ops *ops, enum dtype dt, void *shadow,

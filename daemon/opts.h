@@ -33,6 +33,7 @@ struct emad_opts {
     char allow_group[64];       /* group admitted besides the owner and root; "" none */
     unsigned workers;           /* worker threads */
     unsigned worker_nice;       /* nice levels the workers run below emad (0-19) */
+    bool crash_exact;           /* log updates so that one cut short by a crash is redone exactly */
     char state_dir[PATH_MAX];   /* where save/load put files */
     enum log_level log_level;
     char log_file[PATH_MAX];    /* "" means stderr */

@@ -66,6 +66,7 @@ struct op {
     enum ema_action action;
     bool compact;              /* register: the reply lists shadow offsets only */
     const uint64_t *resume_from; /* event sent again after a crash: per chunk, done already */
+    bool logged;               /* event: tensor work in logged blocks (--crash-exact) */
     bool has_seq;              /* event / swap: the client's request number */
     uint64_t seq;
     struct pool_job job;
@@ -665,16 +666,27 @@ static bool writes_tensors(uint32_t action)
            action == EMA_ACTION_START_UPDATE;
 }
 
+/* Put back the block caught halfway: every element whose old value the
+ * kernel had saved (the others still hold UNDO_UNSET and were not written;
+ * a saved old value that happens to be all ones is a NaN, or an integer
+ * copied from the params again: either way the replay gives it back). */
 static int undo_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start, uint64_t n)
 {
     struct redo_rec *rec = ((void **)arg)[0];
     struct session *s = ((void **)arg)[1];
+    size_t esz = dtype_size(t->shadow_dtype);
+    unsigned char unset[8];
+    char *sh;
 
     if (pos != rec->undo_at)
         return 0;
     if (rec->undo_count != n)
         return -EINVAL;
-    memcpy(shadow_ptr(s, t, start), rec->undo, n * dtype_size(t->shadow_dtype));
+    memset(unset, UNDO_UNSET, sizeof(unset));
+    sh = shadow_ptr(s, t, start);
+    for (uint64_t i = 0; i < n; i++)
+        if (memcmp(rec->undo + i * esz, unset, esz) != 0)
+            memcpy(sh + i * esz, rec->undo + i * esz, esz);
     return 1;
 }
 
@@ -791,18 +803,29 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
         return 0;
     sh = shadow_ptr(s, t, start);
     pa = param_ptr(s, t, start);
-    memcpy(l->rec->undo, sh, n * dtype_size(t->shadow_dtype));
-    l->rec->undo_count = n;
-    /* What matters is the order in which this thread's stores retire (a
-     * killed process's retired stores all land, in any order, but never one
-     * after a store that had not retired yet): the release stores and the
-     * compiler barriers keep them in program order, without a fence. */
-    __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
-    __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    if (l->init)
+    if (l->init) {
+        /* The start (rare): save, then write. */
+        memcpy(l->rec->undo, sh, n * dtype_size(t->shadow_dtype));
+        l->rec->undo_count = n;
+        __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         rc = kernel_shadow_init(k, t->dtype, sh, pa, n);
-    if (l->update && rc == 0)
-        rc = kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+        if (l->update && rc == 0)
+            rc = kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+    } else {
+        /* The update: each old value goes to undo as the kernel reads it,
+         * just before it writes the new one (one pass over the shadow). The
+         * rest of undo holds UNDO_UNSET until the kernel gets there, so a
+         * crash halfway leaves old values exactly where the shadow changed.
+         * Stores retire in program order and a killed process's retired
+         * stores all land: the release stores and the compiler barriers
+         * keep that order, without a fence. */
+        memset(l->rec->undo, UNDO_UNSET, n * dtype_size(t->shadow_dtype));
+        l->rec->undo_count = n;
+        __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        rc = kernel_update_save(k, t->dtype, sh, pa, n, s->cfg.smoothing, l->rec->undo);
+    }
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
     return rc;
@@ -820,7 +843,7 @@ static int chunk_tensors(void *arg, size_t index)
     int rc = 0;
 
     shm_guard_enter(&g, &s->seg);
-    if (op->kind == OP_EVENT && op->phase == PH_TENSORS) {
+    if (op->logged && op->phase == PH_TENSORS) {
         struct logged l = {op, redo_rec(s, index), 0, init, update};
         l.from = l.rec->done_to;
         rc = for_each_block(s, index, logged_block, &l);
@@ -1114,7 +1137,8 @@ static void run_event(struct op *op)
     case EMA_ACTION_START:
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
-        if (s->redo_pending && op->has_seq && op->seq == s->redo_seq &&
+        op->logged = s->reg->ctx->opts->crash_exact;
+        if (op->logged && s->redo_pending && op->has_seq && op->seq == s->redo_seq &&
             (uint32_t)op->action == s->redo_action && op->clock.batch == s->redo_batch &&
             op->clock.epoch == s->redo_epoch) {
             op->resume_from = s->redo_from; /* the replay: only what is left */
@@ -1124,7 +1148,10 @@ static void run_event(struct op *op)
             redo_cancel(s, "another event");
         }
         op->t0 = uv_hrtime();
-        redo_begin(op);
+        if (op->logged)
+            redo_begin(op);
+        else
+            shadow_begin(s);
         submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
         return;
     case EMA_ACTION_SWAP_IN:
@@ -1403,7 +1430,7 @@ static void op_done(struct pool_job *job)
     struct op *op = job->arg;
     struct session *s = op->s;
 
-    if (job->status != 0 && op->kind == OP_EVENT && op->phase == PH_TENSORS) {
+    if (job->status != 0 && op->logged && op->phase == PH_TENSORS) {
         /* Cut short: the records tell how far it got, for its replay. */
         bool clears = s->redo_pending ? s->redo_clears : !s->interrupted;
         op->resume_from = NULL; /* redo_recover replaces redo_from */

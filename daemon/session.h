@@ -81,16 +81,19 @@ struct shadow_header {
 
 /*
  * Crash-exact updates. The shadow object ends with one record per chunk of
- * the plan. An event's tensor work goes block by block: the block's old
- * shadow values are copied into its chunk's record (undo_at says which block
- * they are once the copy is complete), then the block is written, then
- * done_to moves past it. Stores retire in program order, so after SIGKILL a
- * record tells exactly which elements the cut-short event wrote (a block
- * caught halfway is put back from undo), and the event sent again writes
- * the others only: applied once, as if nothing had happened.
+ * the plan. An event's tensor work goes block by block: the chunk's record
+ * says which block is being written (undo_at), the kernel stores each old
+ * shadow value into the record's undo just before writing the new one (the
+ * rest of undo holding UNDO_UNSET), then done_to moves past the block.
+ * Stores retire in program order, so after SIGKILL a record tells exactly
+ * which elements the cut-short event wrote (those of a block caught halfway
+ * are put back from undo), and the event sent again writes the others
+ * only: applied once, as if nothing had happened.
  */
 #define REDO_BLOCK_ELEMS 2048u
 #define REDO_NONE UINT64_MAX
+/* The byte undo is filled with before a block: all ones, a NaN. */
+#define UNDO_UNSET 0xff
 
 struct redo_rec {
     uint64_t seq;        /* the header's redo_of this record belongs to */

@@ -1053,6 +1053,56 @@ static void test_dispatch_copies_integer_tensors(void **state)
     }
 }
 
+/* kernel_update_save writes what kernel_update writes, and leaves the shadow's values from
+ * before in old: every table, every dtype, lengths around the vector width, both branches of
+ * the weight, old values at misaligned addresses. */
+static void test_update_save_matches_update_and_keeps_the_old_values(void **state)
+{
+    (void)state;
+    static const enum dtype dts[] = {DTYPE_F32, DTYPE_BF16, DTYPE_F16, DTYPE_F64, DTYPE_I32,
+                                     DTYPE_U8};
+    static const double smoothings[] = {0.9, 0.3};
+    const struct kernel_ops *impls[3];
+    size_t nimpl = all_impls(impls);
+    uint64_t rng = 23;
+
+    for (size_t k = 0; k < nimpl; k++)
+        for (size_t t = 0; t < ARRAY_LEN(dts); t++)
+            for (size_t m = 0; m < ARRAY_LEN(smoothings); m++)
+                for (size_t n = 0; n <= 37; n += (n < 20 ? 1 : 17)) {
+                    size_t psz = dtype_size(dts[t]), ssz = dtype_size(dtype_shadow(dts[t]));
+                    unsigned char *param = malloc(n * psz + 1), *want = malloc(n * ssz + 1);
+                    struct guarded got = guarded_new(n, ssz, 0);
+                    struct guarded old = guarded_new(n, ssz, 3);
+                    assert_non_null(param);
+                    assert_non_null(want);
+                    for (size_t i = 0; i < n * psz; i++)
+                        param[i] = (unsigned char)(rng_next(&rng) & 0x3f);
+                    for (size_t i = 0; i < n * ssz; i++)
+                        want[i] = got.data[i] = (unsigned char)(rng_next(&rng) & 0x3f);
+                    unsigned char *before = malloc(n * ssz + 1);
+                    assert_non_null(before);
+                    memcpy(before, want, n * ssz);
+
+                    assert_int_equal(kernel_update(impls[k], dts[t], want, param, n,
+                                                   smoothings[m]), 0);
+                    assert_int_equal(kernel_update_save(impls[k], dts[t], got.data, param, n,
+                                                        smoothings[m], old.data), 0);
+                    assert_memory_equal(got.data, want, n * ssz);
+                    assert_memory_equal(old.data, before, n * ssz);
+                    guarded_check_and_free(&got, impls[k]->name);
+                    guarded_check_and_free(&old, impls[k]->name);
+                    free(param);
+                    free(want);
+                    free(before);
+                }
+    /* No place for the old values is a caller's error. */
+    float s1 = 1.0f, p1 = 2.0f;
+    assert_int_equal(kernel_update_save(kernel_ops_best(), DTYPE_F32, &s1, &p1, 1, 0.5, NULL),
+                     -EINVAL);
+    assert_true(s1 == 1.0f);
+}
+
 /* Shadow init widens exactly, swap in narrows with RNE; f32 and f64 are plain copies. */
 static void test_dispatch_casts_float_tensors(void **state)
 {
@@ -1192,6 +1242,7 @@ int main(void)
         cmocka_unit_test(test_f32_to_bf16_rounds_every_tie_to_even),
         cmocka_unit_test(test_f32_to_bf16_is_torch_formula_on_random_bits),
         cmocka_unit_test(test_dispatch_copies_integer_tensors),
+        cmocka_unit_test(test_update_save_matches_update_and_keeps_the_old_values),
         cmocka_unit_test(test_dispatch_casts_float_tensors),
         cmocka_unit_test(test_dispatch_rejects_bad_arguments),
         cmocka_unit_test(test_copy_kernels_copy_exact_bytes_at_any_offset),

@@ -116,6 +116,7 @@ static void test_opts_defaults(void **state)
     assert_int_equal(o.workers, 8);
     assert_int_equal(o.worker_nice, 10);
     assert_int_equal(o.worker_nice, OPTS_DEFAULT_WORKER_NICE);
+    assert_false(o.crash_exact);
     assert_string_equal(o.state_dir, "/home/alice/.local/state/emad");
     assert_int_equal(o.log_level, LOG_LVL_INFO);
     assert_string_equal(o.log_file, "");
@@ -180,7 +181,7 @@ static void test_opts_every_option_is_parsed(void **state)
 
     parse_ok(&o, &env,
              ARGS("--socket", "/tmp/e.sock", "--socket-mode", "0660", "--allow-group", "trainers",
-                  "--workers", "3", "--worker-nice", "7", "--state-dir", "/srv/emad",
+                  "--workers", "3", "--worker-nice", "7", "--crash-exact", "--state-dir", "/srv/emad",
                   "--log-level", "debug",
                   "--log-file", "/var/log/emad.log", "--max-message", "1M", "--max-depth", "12",
                   "--max-connections", "10", "--max-sessions", "20", "--max-tensors", "300",
@@ -190,6 +191,7 @@ static void test_opts_every_option_is_parsed(void **state)
     assert_string_equal(o.allow_group, "trainers");
     assert_int_equal(o.workers, 3);
     assert_int_equal(o.worker_nice, 7);
+    assert_true(o.crash_exact);
     assert_string_equal(o.state_dir, "/srv/emad");
     assert_int_equal(o.log_level, LOG_LVL_DEBUG);
     assert_string_equal(o.log_file, "/var/log/emad.log");

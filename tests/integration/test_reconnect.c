@@ -243,8 +243,9 @@ static void big_params(emac_segment *seg, int step)
         h[i] = (uint16_t)(0x3c00 + (i * 7 + (size_t)step * 13) % 512);
 }
 
-/* As a crash would leave it halfway through a block: the chunk's record
- * holds the block's old values (undo), and the block itself is garbage. */
+/* As a crash would leave it halfway through a block: the first half of
+ * the block written (garbage here) with its old values in the record's
+ * undo, the second half untouched with undo still unset. */
 static void tamper_mid_block(const emac_session *s, size_t *chunk)
 {
     const struct emac_session_info *si = emac_session_state(s);
@@ -271,10 +272,12 @@ static void tamper_mid_block(const emac_session *s, size_t *chunk)
     assert_true(*chunk < 3);
     struct redo_rec *r = &rec[*chunk];
     float *block = w + ((size_t)*chunk << 20) + r->done_to;
-    memcpy(r->undo, block, REDO_BLOCK_ELEMS * sizeof(float));
+    const size_t half = REDO_BLOCK_ELEMS / 2;
+    memset(r->undo, UNDO_UNSET, REDO_BLOCK_ELEMS * sizeof(float));
+    memcpy(r->undo, block, half * sizeof(float));
     r->undo_count = REDO_BLOCK_ELEMS;
     r->undo_at = r->done_to;
-    for (size_t i = 0; i < REDO_BLOCK_ELEMS; i++)
+    for (size_t i = 0; i < half; i++)
         block[i] = -12345.0f;
     munmap(base, len);
 }
@@ -282,10 +285,12 @@ static void tamper_mid_block(const emac_session *s, size_t *chunk)
 /*
  * Batches 1-3 with the update of batch 3 in flight when emad is SIGKILLed
  * (a worker held back by the test hook, the other done with its chunks)
- * when crash, else a run without crash. Returns the shadow of w at the end.
+ * when crash, else a run without crash; emad runs with --crash-exact when
+ * exact. Returns the shadow of w at the end.
  */
-static float *cut_short(bool crash, struct emac_result *last)
+static float *cut_short(bool crash, bool exact, struct emac_result *last)
 {
+    const char *const flags[] = {exact ? "--crash-exact" : NULL, NULL};
     struct daemon d;
     struct emac_error err;
     struct emac_status *st = NULL;
@@ -295,9 +300,9 @@ static float *cut_short(bool crash, struct emac_result *last)
     make_dir(&d);
     /* Chunks: register's journal and four, four per batch; batch 3's
      * second (chunk 1 of w) is held back. */
-    daemon_start_env(&d, NULL, crash ? (char *[]){"EMAD_TEST_STALL_MS=5000",
-                                                  "EMAD_TEST_STALL_AFTER=14", NULL}
-                                     : NULL);
+    daemon_start_env(&d, flags, crash ? (char *[]){"EMAD_TEST_STALL_MS=5000",
+                                                   "EMAD_TEST_STALL_AFTER=14", NULL}
+                                      : NULL);
     emac_client *c = client_connect(&d, "test_reconnect");
     assert_int_equal(emac_segment_create(big_specs, 2, &seg_left, &err), 0);
     big_params(seg_left, 0);
@@ -313,8 +318,9 @@ static float *cut_short(bool crash, struct emac_result *last)
         sleep_ms(500); /* let emad take it up (the stall lasts 5 s) */
         daemon_kill(&d);
         size_t chunk;
-        tamper_mid_block(s, &chunk);
-        daemon_start_env(&d, NULL, NULL);
+        if (exact)
+            tamper_mid_block(s, &chunk);
+        daemon_start_env(&d, flags, NULL);
         assert_int_equal(emac_status(c, "cut", &st, &err), 0); /* reconnects */
         /* Taken back, flagged until the update comes again. */
         assert_true(st->session_list[0].interrupted);
@@ -323,7 +329,7 @@ static float *cut_short(bool crash, struct emac_result *last)
     if (emac_event_wait(s, tk, last, &err) < 0)
         fail_msg("wait: %s: %s", err.code, err.message);
     assert_int_equal(emac_status(c, "cut", &st, &err), 0);
-    assert_false(st->session_list[0].interrupted);
+    assert_int_equal(st->session_list[0].interrupted, crash && !exact);
     assert_int_equal(st->session_list[0].seq, 3);
     emac_status_free(st);
     assert_int_equal(emac_reconnects(c), crash ? 1 : 0);
@@ -350,13 +356,34 @@ static void test_update_cut_short_is_redone_exactly(void **state)
     struct emac_result plain, crashed;
     (void)state;
 
-    float *want = cut_short(false, &plain);
-    float *got = cut_short(true, &crashed);
+    float *want = cut_short(false, true, &plain);
+    float *got = cut_short(true, true, &crashed);
     assert_int_equal(crashed.action, EMAC_ACTION_UPDATE);
     assert_int_equal(crashed.updates, plain.updates);
     assert_false(crashed.replayed);
     assert_false(crashed.interrupted);
     assert_memory_equal(want, got, BIG * sizeof(float));
+    free(want);
+    free(got);
+}
+
+/*
+ * The same without --crash-exact (the default): the update sent again is
+ * applied over what the cut-short run had written (the chunks a worker had
+ * finished take it twice), counted once, and never silently: the result
+ * and the status say interrupted.
+ */
+static void test_update_cut_short_is_redone_with_notice_by_default(void **state)
+{
+    struct emac_result plain, crashed;
+    (void)state;
+
+    float *want = cut_short(false, false, &plain);
+    float *got = cut_short(true, false, &crashed);
+    assert_int_equal(crashed.action, EMAC_ACTION_UPDATE);
+    assert_int_equal(crashed.updates, plain.updates);
+    assert_true(crashed.interrupted);
+    assert_true(memcmp(want, got, BIG * sizeof(float)) != 0);
     free(want);
     free(got);
 }
@@ -820,6 +847,8 @@ int main(void)
         cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
         cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown),
+        cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice_by_default,
+                                  teardown),
         cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training, teardown),
         cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
         cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),

@@ -219,8 +219,9 @@ static void test_sigkill_mid_update_is_reported(void **state)
 
     make_dir(&d);
     /* Chunks: register's journal and initialisation, batch 1, batch 2; batch 3 stalls. */
-    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=4",
-                                           NULL});
+    const char *const exact[] = {"--crash-exact", NULL};
+    daemon_start_env(&d, exact, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=4",
+                                            NULL});
     emac_client *c = client_connect(&d, "test_restart");
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
@@ -234,7 +235,7 @@ static void test_sigkill_mid_update_is_reported(void **state)
     emac_session_free(s);
     emac_disconnect(c);
 
-    daemon_start_env(&d, NULL, NULL);
+    daemon_start_env(&d, exact, NULL);
     c = client_connect(&d, "test_restart");
     assert_int_equal(emac_status(c, "cut", &st, &err), 0);
     assert_int_equal(st->nsessions, 1);
