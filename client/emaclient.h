@@ -42,13 +42,14 @@
  *     - an update emad had completed is never applied twice: events and
  *       swaps carry a per-session request number (seq) and emad answers one
  *       it has applied from its record (emac_result.replayed);
- *     - an update emad had not completed is applied on the new connection,
- *       exactly once: emad keeps, per chunk of the shadow, how far a
- *       cut-short update got (and the old values of the block it was
- *       writing), and the update sent again writes only the rest. Only if
- *       another request comes first does the shadow keep part of it; the
- *       session then says so (emac_result.interrupted,
- *       emac_session_info.interrupted, emad's log);
+ *     - an update emad had not completed is applied on the new connection.
+ *       If emad died while writing it, by default the update is applied
+ *       over the part written before (those elements take it twice) and the
+ *       session says so (emac_result.interrupted,
+ *       emac_session_info.interrupted, emad's log); an emad run with
+ *       --crash-exact keeps, per chunk of the shadow, how far a cut-short
+ *       update got (and the old values of the block it was writing), and
+ *       the update sent again writes only the rest: exactly once;
  *     - a swap is done again against the weights the params hold now (the
  *       library put the training weights back when the connection dropped);
  *     - other requests in flight (register, close, save, load, drop) fail
