@@ -259,8 +259,7 @@ static void session_free(struct session *s)
         if (s->shadow_name[0] != '\0')
             shm_unlink(s->shadow_name);
     }
-    for (size_t i = 0; i < s->ntensors; i++)
-        free(s->tensors[i].name);
+    free(s->names);
     free(s->tensors);
     plan_free(&s->plan);
     free(s->redo_from);
@@ -1571,9 +1570,14 @@ static int build_tensors(struct session *s, const struct msg_register *req, uint
                  " per session (--max-tensors)", req->ntensors, max_tensors);
         return -E2BIG;
     }
+    size_t name_bytes = 1;
+    for (size_t i = 0; i < req->ntensors; i++)
+        name_bytes += req->tensors[i].name.len + 1;
     s->tensors = calloc(req->ntensors ? req->ntensors : 1, sizeof(*s->tensors));
-    if (s->tensors == NULL)
+    s->names = malloc(name_bytes);
+    if (s->tensors == NULL || s->names == NULL)
         return -ENOMEM;
+    char *at_name = s->names;
     for (size_t i = 0; i < req->ntensors; i++) {
         const struct msg_tensor *mt = &req->tensors[i];
         struct tensor *t = &s->tensors[i];
@@ -1601,9 +1605,10 @@ static int build_tensors(struct session *s, const struct msg_register *req, uint
                 return -EINVAL;
             }
         }
-        t->name = strndup(mt->name.ptr, mt->name.len);
-        if (t->name == NULL)
-            return -ENOMEM;
+        memcpy(at_name, mt->name.ptr, mt->name.len);
+        at_name[mt->name.len] = '\0';
+        t->name = at_name;
+        at_name += mt->name.len + 1;
         s->ntensors = i + 1;
         t->numel = mt->numel;
         t->offset = mt->offset;

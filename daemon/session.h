@@ -105,7 +105,7 @@ struct redo_rec {
 };
 
 struct tensor {
-    char *name;                /* NUL-terminated copy */
+    char *name;                /* NUL-terminated copy, in the session's names block */
     enum dtype dtype;          /* of the param */
     enum dtype shadow_dtype;   /* f32 for f32/f16/bf16, else dtype */
     uint64_t numel;
@@ -136,6 +136,7 @@ struct session {
     pid_t owner_pid;
     struct tensor *tensors;
     size_t ntensors;
+    char *names;               /* every tensor's name, back to back (one allocation) */
     uint64_t params_bytes;     /* from the segment header */
     uint64_t shadow_bytes;
     struct plan plan;          /* the tensors in chunks, for updates and casts */
