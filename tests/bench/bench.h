@@ -48,6 +48,7 @@ int cmd_overlap(const struct bopts *o);
 int cmd_sessions(const struct bopts *o);
 int cmd_memory(const struct bopts *o);
 int cmd_register(const struct bopts *o);
+int cmd_hostile(const struct bopts *o);
 
 static inline double now(void)
 {

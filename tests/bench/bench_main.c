@@ -26,6 +26,8 @@ static const struct {
     {"sessions", cmd_sessions, "--counts sessions sharing --sizes[0] elements, vs one session"},
     {"memory", cmd_memory, "emad's RSS holding a --sizes[0] session, vs its shadow bytes"},
     {"register", cmd_register, "register --count tensors of --elems, vs one tensor"},
+    {"hostile", cmd_hostile, "round trips beside --count half-sent connections and a client "
+                             "that never reads, vs emad idle"},
 };
 
 static void usage(FILE *f)
