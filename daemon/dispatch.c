@@ -115,9 +115,8 @@ static void handle_register(struct conn *c, const struct wire_msg *m)
 
     if (!decode_params(c, m, &msg_register_desc, &req))
         return;
-    if ((rc = msg_register_expand(&req, err, sizeof(err))) < 0)
-        conn_reply_error(c, m->msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_BADARG,
-                         "register: %s", rc == -ENOMEM ? "out of memory" : err);
+    if ((rc = msg_register_check(&req, err, sizeof(err))) < 0)
+        conn_reply_error(c, m->msgid, MSG_E_BADARG, "register: %s", err);
     else
         session_register(c->srv->ctx->sessions, c, m->msgid, &req);
     msg_free(&msg_register_desc, &req);

@@ -1565,21 +1565,22 @@ static int build_tensors(struct session *s, const struct msg_register *req, uint
 {
     uint64_t at = SHADOW_HEADER_BYTES;
 
-    if (req->ntensors > max_tensors) {
+    size_t count = msg_register_count(req);
+    if (count > max_tensors) {
         snprintf(err, errlen, "register: %zu tensors exceed the limit of %" PRIu64
-                 " per session (--max-tensors)", req->ntensors, max_tensors);
+                 " per session (--max-tensors)", count, max_tensors);
         return -E2BIG;
     }
     size_t name_bytes = 1;
-    for (size_t i = 0; i < req->ntensors; i++)
-        name_bytes += req->tensors[i].name.len + 1;
-    s->tensors = calloc(req->ntensors ? req->ntensors : 1, sizeof(*s->tensors));
+    for (size_t i = 0; i < count; i++)
+        name_bytes += msg_register_tensor(req, i).name.len + 1;
+    s->tensors = calloc(count ? count : 1, sizeof(*s->tensors));
     s->names = malloc(name_bytes);
     if (s->tensors == NULL || s->names == NULL)
         return -ENOMEM;
     char *at_name = s->names;
-    for (size_t i = 0; i < req->ntensors; i++) {
-        const struct msg_tensor *mt = &req->tensors[i];
+    for (size_t i = 0; i < count; i++) {
+        const struct msg_tensor row = msg_register_tensor(req, i), *mt = &row;
         struct tensor *t = &s->tensors[i];
         size_t esize;
         uint64_t bytes;

@@ -565,24 +565,24 @@ int msg_saved_state_expand(struct msg_saved_state *m, char *err, size_t errlen)
     return 0;
 }
 
-int msg_register_expand(struct msg_register *r, char *err, size_t errlen)
+int msg_register_check(const struct msg_register *r, char *err, size_t errlen)
+{
+    return r->has_table ? table_check(&r->table, r->ntensors, err, errlen) : 0;
+}
+
+size_t msg_register_count(const struct msg_register *r)
+{
+    return r->has_table ? r->table.nnames : r->ntensors;
+}
+
+struct msg_tensor msg_register_tensor(const struct msg_register *r, size_t i)
 {
     const struct msg_table *t = &r->table;
-    size_t n = t->nnames;
-    int rc;
 
     if (!r->has_table)
-        return 0;
-    if ((rc = table_check(t, r->ntensors, err, errlen)) < 0 || n == 0)
-        return rc;
-    r->tensors = calloc(n, sizeof(*r->tensors));
-    if (r->tensors == NULL)
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        r->tensors[i] = (struct msg_tensor){t->names[i], t->dtypes[i], t->offsets[i],
-                                            t->numels[i], false, NULL, 0};
-    r->ntensors = n;
-    return 0;
+        return r->tensors[i];
+    return (struct msg_tensor){t->names[i], t->dtypes[i], t->offsets[i], t->numels[i], false,
+                               NULL, 0};
 }
 
 int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,

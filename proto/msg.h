@@ -352,10 +352,13 @@ extern const struct msg_desc *const msg_all_descs[];
 /* Decode map into out (a struct of d->size bytes, zeroed first). 0, -EINVAL
  * with a message naming the field in err, or -ENOMEM. On error nothing needs
  * freeing. */
-/* A register that sent its tensors as a table: fill tensors from it (views
- * into the table's strings; freed by msg_free). 0, or -EINVAL with err
- * naming the problem (both forms, columns of different lengths), -ENOMEM. */
-int msg_register_expand(struct msg_register *r, char *err, size_t errlen);
+/* A register's tensors come as a list of maps or as a table: check that it
+ * sent one form, with columns of one length (0, or -EINVAL with err naming
+ * the problem); then msg_register_count and msg_register_tensor read either
+ * form (tensor i as a view, no shape from a table). */
+int msg_register_check(const struct msg_register *r, char *err, size_t errlen);
+size_t msg_register_count(const struct msg_register *r);
+struct msg_tensor msg_register_tensor(const struct msg_register *r, size_t i);
 /* Columns for n rows (msg_table_set fills them); msg_table_release frees
  * the columns, not the strings they point to. 0 or -ENOMEM. */
 int msg_table_init(struct msg_table *t, size_t n);

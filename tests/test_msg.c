@@ -1531,8 +1531,8 @@ static void test_msg_error_fits_a_small_buffer(void **state)
 
 /* ---- String views ------------------------------------------------------------------------- */
 
-/* The columnar table (an extension) expands into the same tensors as the
- * list of maps; both forms at once, or columns of different lengths, are
+/* The columnar table (an extension) reads as the same tensors as the list
+ * of maps; both forms at once, or columns of different lengths, are
  * refused naming the problem. */
 static void test_msg_table_expands_like_the_list(void **state)
 {
@@ -1547,16 +1547,26 @@ static void test_msg_table_expands_like_the_list(void **state)
     memset(&r, 0, sizeof(r));
     r.has_table = true;
     r.table = table;
-    assert_int_equal(msg_register_expand(&r, err, sizeof(err)), 0);
-    assert_int_equal(r.ntensors, 3);
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), 0);
+    assert_int_equal(msg_register_count(&r), 3);
     for (size_t i = 0; i < 3; i++) {
-        assert_true(r.tensors[i].name.ptr == names[i].ptr);
-        assert_true(r.tensors[i].dtype.ptr == dtypes[i].ptr);
-        assert_int_equal(r.tensors[i].offset, offsets[i]);
-        assert_int_equal(r.tensors[i].numel, numels[i]);
-        assert_false(r.tensors[i].has_shape);
+        struct msg_tensor t = msg_register_tensor(&r, i);
+        assert_true(t.name.ptr == names[i].ptr);
+        assert_true(t.dtype.ptr == dtypes[i].ptr);
+        assert_int_equal(t.offset, offsets[i]);
+        assert_int_equal(t.numel, numels[i]);
+        assert_false(t.has_shape);
     }
-    free(r.tensors);
+    /* The list form reads the same way. */
+    struct msg_tensor listed[2] = {{{"a", 1}, {"f32", 3}, 64, 5, false, NULL, 0},
+                                   {{"b", 1}, {"u8", 2}, 128, 7, false, NULL, 0}};
+    struct msg_register l;
+    memset(&l, 0, sizeof(l));
+    l.tensors = listed;
+    l.ntensors = 2;
+    assert_int_equal(msg_register_check(&l, err, sizeof(err)), 0);
+    assert_int_equal(msg_register_count(&l), 2);
+    assert_int_equal(msg_register_tensor(&l, 1).numel, 7);
 
     struct msg_saved_state m;
     memset(&m, 0, sizeof(m));
@@ -1580,17 +1590,16 @@ static void test_msg_table_expands_like_the_list(void **state)
     r.ntensors = 1;
     r.has_table = true;
     r.table = table;
-    assert_int_equal(msg_register_expand(&r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
     assert_string_equal(err, "tensors and table: send the tensors in one form, not both");
 
     memset(&r, 0, sizeof(r));
     r.has_table = true;
     r.table = table;
     r.table.nnumels = 2;
-    assert_int_equal(msg_register_expand(&r, err, sizeof(err)), -EINVAL);
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
     assert_string_equal(err, "table: names, dtypes, offsets and numels must be as long as each "
                              "other (3, 3, 3, 2)");
-    assert_null(r.tensors);
 }
 
 static void test_msg_str_helpers(void **state)
