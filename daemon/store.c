@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -251,6 +252,29 @@ out:
 
 /* ---- Save -------------------------------------------------------------------------------- */
 
+/*
+ * mkostemp() for a template ending in "XXXXXX", with open() itself: glibc's mkostemp opens
+ * through an internal call that ThreadSanitizer does not see, so a descriptor number it reuses
+ * looked like a race with the connection that had it before. The fd, or -errno.
+ */
+static int open_temp(char *tmpl)
+{
+    static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    char *x = tmpl + strlen(tmpl) - 6;
+    unsigned char rnd[6];
+
+    for (int attempt = 0; attempt < 100; attempt++) {
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+            return -EIO;
+        for (int i = 0; i < 6; i++)
+            x[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
+        int fd = open(tmpl, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd >= 0 || errno != EEXIST)
+            return fd >= 0 ? fd : -errno;
+    }
+    return -EEXIST;
+}
+
 /* write() all of buf, across short writes and EINTR. */
 static int write_full(int fd, const void *buf, size_t len)
 {
@@ -328,10 +352,9 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
 
     /* A unique name (O_EXCL, 0600) in the target's directory: rename() is atomic only within
      * one filesystem, and concurrent saves of one name must not share a temp file. */
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0)
-        return err_set(err, errlen, -errno, "save: creating a temp file in %s: %s", dir,
-                    strerror(errno));
+    if ((fd = open_temp(tmp)) < 0)
+        return err_set(err, errlen, fd, "save: creating a temp file in %s: %s", dir,
+                    strerror(-fd));
 
     /* Reserve the space first, so that a full disk fails now rather than after GiBs have been
      * written. Filesystems without fallocate just skip this. */
@@ -398,7 +421,7 @@ err_tmp:
 }
 
 /* Whether a directory entry is a temp file of store_save(): '.', a valid name, STORE_SUFFIX,
- * ".tmp-" and the six letters or digits mkostemp() put in place of "XXXXXX". */
+ * ".tmp-" and the six letters or digits open_temp() put in place of "XXXXXX". */
 static bool is_temp_name(const char *entry)
 {
     static const char mid[] = STORE_SUFFIX ".tmp-";
