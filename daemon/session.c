@@ -619,7 +619,6 @@ static void shadow_sync(struct session *s)
     h->last_duration = s->st.last_time.duration;
     h->interrupted = s->interrupted;
     h->last_seq = s->last_seq;
-    memcpy(h->recent, s->recent, sizeof(h->recent));
     h->redo_pending = s->redo_pending ? 1u | (s->redo_clears ? 2u : 0u) : 0u;
     __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
                      __ATOMIC_RELEASE);
@@ -722,10 +721,6 @@ static int redo_recover(struct session *s)
     free(s->redo_from);
     s->redo_from = from;
     s->redo_pending = true;
-    s->redo_seq = h->pending_seq;
-    s->redo_action = h->pending_action;
-    s->redo_batch = h->pending_batch;
-    s->redo_epoch = h->pending_epoch;
     return 0;
 }
 
@@ -741,7 +736,7 @@ static void redo_cancel(struct session *s, const char *why)
     s->redo_from = NULL;
     log_warn(reg_log(s->reg), "session %s: the event cut short by emad's crash (seq %" PRIu64
              ") was not sent again before %s: the shadow keeps part of it (interrupted)",
-             s->name, s->redo_seq, why);
+             s->name, shadow_hdr(s)->pending_seq, why);
     shadow_sync(s);
 }
 
@@ -1066,7 +1061,8 @@ static void commit(struct op *op)
         s->redo_from = NULL;
     }
     if (op->has_seq) {
-        struct seq_record *rec = &s->recent[op->seq % SEQ_RECORDS];
+        /* Written in place: the header is where the record must survive. */
+        struct seq_record *rec = &shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
         *rec = (struct seq_record){.seq = op->seq, .updates = s->st.updates,
                                    .action = (uint8_t)op->action, .active = s->st.active,
                                    .started = s->st.started};
@@ -1096,7 +1092,7 @@ static bool replayed(struct op *op)
 
     if (!op->has_seq || op->seq > s->last_seq)
         return false;
-    rec = &s->recent[op->seq % SEQ_RECORDS];
+    rec = &shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
     if (rec->seq != op->seq) {
         reply_error(op->conn, op->msgid, MSG_E_STATE,
                     "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
@@ -1137,9 +1133,10 @@ static void run_event(struct op *op)
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
         op->logged = s->reg->ctx->opts->crash_exact;
-        if (op->logged && s->redo_pending && op->has_seq && op->seq == s->redo_seq &&
-            (uint32_t)op->action == s->redo_action && op->clock.batch == s->redo_batch &&
-            op->clock.epoch == s->redo_epoch) {
+        const struct shadow_header *h = shadow_hdr(s);
+        if (op->logged && s->redo_pending && op->has_seq && op->seq == h->pending_seq &&
+            (uint32_t)op->action == h->pending_action && op->clock.batch == h->pending_batch &&
+            op->clock.epoch == h->pending_epoch) {
             op->resume_from = s->redo_from; /* the replay: only what is left */
             log_info(reg_log(s->reg), "session %s: seq %" PRIu64 " sent again after a crash: "
                      "writing the elements the cut-short run had not", s->name, op->seq);
@@ -2300,7 +2297,6 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     bool cut = h->seq_begun != h->seq_done;
     s->interrupted = h->interrupted || cut;
     s->last_seq = h->last_seq;
-    memcpy(s->recent, h->recent, sizeof(s->recent));
     /* An event cut short: exact once sent again, if the records tell. The
      * flag stays until then (it clears if this crash alone set it). */
     if (((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) &&

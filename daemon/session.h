@@ -151,15 +151,13 @@ struct session {
     struct shm_map shadow;
     double last_update_seconds;
     bool interrupted;          /* an update was cut short by a crash of emad */
-    uint64_t last_seq;         /* the highest request seq applied (0: none) */
-    struct seq_record recent[SEQ_RECORDS]; /* ring, indexed by seq % SEQ_RECORDS */
+    uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
+                                  of the last ones are in the shadow header (recent) */
     uint64_t redo_off;         /* the redo records, in the shadow object */
     uint64_t redo_bytes;       /* the object's bytes past shadow_bytes */
     bool redo_pending;         /* an event cut short by a crash awaits its replay: */
-    bool redo_clears;          /* ... which clears interrupted (set by that crash only) */
-    uint64_t redo_seq;         /* its client seq */
-    uint32_t redo_action;      /* its action */
-    uint64_t redo_batch, redo_epoch; /* its time */
+    bool redo_clears;          /* ... (the header's pending_* say which event) and which
+                                  clears interrupted (set by that crash only) */
     uint64_t *redo_from;       /* per chunk: elements it had written for good */
     struct op *q_head, *q_tail;/* operations waiting or running (the head) */
     bool busy;                 /* the head is running */
