@@ -449,82 +449,61 @@ AVX2_TARGET static void avx2_update_f32_save(float *restrict s, const float *res
         avx2_update_f32_loop(s, x, n, -(1.0f - w), true, u, true);
 }
 
-AVX2_INLINE void avx2_update_bf16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
-                                       float c, bool from_param, float *restrict u, bool save)
+/* bf16 and f16 params differ only in how they widen: f16 is a constant after inlining. */
+AVX2_INLINE void avx2_update_h16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
+                                      float c, bool from_param, float *restrict u, bool save,
+                                      bool f16)
 {
     const __m256 vc = _mm256_set1_ps(c);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 vs = _mm256_loadu_ps(s + i);
-        __m256 vx = avx2_load_bf16(x + i);
+        __m256 vx = f16 ? avx2_load_f16(x + i) : avx2_load_bf16(x + i);
         __m256 d = _mm256_sub_ps(vx, vs);
         if (save)
             _mm256_storeu_ps(u + i, vs);
         _mm256_storeu_ps(s + i, _mm256_fmadd_ps(vc, d, from_param ? vx : vs));
     }
     for (; i < n; i++) {
-        float xi = portable_bf16_to_f32_1(x[i]);
+        float xi = f16 ? avx2_f16_to_f32_1(x[i]) : portable_bf16_to_f32_1(x[i]);
         if (save)
             u[i] = s[i];
         s[i] = fmaf(c, xi - s[i], from_param ? xi : s[i]);
     }
+}
+
+/* The w test outside the loop, as for f32. */
+AVX2_INLINE void avx2_update_h16(float *restrict s, const uint16_t *restrict x, size_t n, float w,
+                                 float *restrict u, bool save, bool f16)
+{
+    if (fabsf(w) < 0.5f)
+        avx2_update_h16_loop(s, x, n, w, false, u, save, f16);
+    else
+        avx2_update_h16_loop(s, x, n, -(1.0f - w), true, u, save, f16);
 }
 
 AVX2_TARGET static void avx2_update_bf16(float *restrict s, const uint16_t *restrict x, size_t n,
                                          float w)
 {
-    if (fabsf(w) < 0.5f)
-        avx2_update_bf16_loop(s, x, n, w, false, NULL, false);
-    else
-        avx2_update_bf16_loop(s, x, n, -(1.0f - w), true, NULL, false);
+    avx2_update_h16(s, x, n, w, NULL, false, false);
 }
 
 AVX2_TARGET static void avx2_update_bf16_save(float *restrict s, const uint16_t *restrict x,
                                               size_t n, float w, float *restrict u)
 {
-    if (fabsf(w) < 0.5f)
-        avx2_update_bf16_loop(s, x, n, w, false, u, true);
-    else
-        avx2_update_bf16_loop(s, x, n, -(1.0f - w), true, u, true);
-}
-
-AVX2_INLINE void avx2_update_f16_loop(float *restrict s, const uint16_t *restrict x, size_t n,
-                                      float c, bool from_param, float *restrict u, bool save)
-{
-    const __m256 vc = _mm256_set1_ps(c);
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 vs = _mm256_loadu_ps(s + i);
-        __m256 vx = avx2_load_f16(x + i);
-        __m256 d = _mm256_sub_ps(vx, vs);
-        if (save)
-            _mm256_storeu_ps(u + i, vs);
-        _mm256_storeu_ps(s + i, _mm256_fmadd_ps(vc, d, from_param ? vx : vs));
-    }
-    for (; i < n; i++) {
-        float xi = avx2_f16_to_f32_1(x[i]);
-        if (save)
-            u[i] = s[i];
-        s[i] = fmaf(c, xi - s[i], from_param ? xi : s[i]);
-    }
+    avx2_update_h16(s, x, n, w, u, true, false);
 }
 
 AVX2_TARGET static void avx2_update_f16(float *restrict s, const uint16_t *restrict x, size_t n,
                                         float w)
 {
-    if (fabsf(w) < 0.5f)
-        avx2_update_f16_loop(s, x, n, w, false, NULL, false);
-    else
-        avx2_update_f16_loop(s, x, n, -(1.0f - w), true, NULL, false);
+    avx2_update_h16(s, x, n, w, NULL, false, true);
 }
 
 AVX2_TARGET static void avx2_update_f16_save(float *restrict s, const uint16_t *restrict x,
-                                              size_t n, float w, float *restrict u)
+                                             size_t n, float w, float *restrict u)
 {
-    if (fabsf(w) < 0.5f)
-        avx2_update_f16_loop(s, x, n, w, false, u, true);
-    else
-        avx2_update_f16_loop(s, x, n, -(1.0f - w), true, u, true);
+    avx2_update_h16(s, x, n, w, u, true, true);
 }
 
 AVX2_INLINE void avx2_update_f64_loop(double *restrict s, const double *restrict x, size_t n,
