@@ -380,6 +380,25 @@ static bool is_refusal(const struct wire_msg *m)
            memcmp(m->method, MSG_NOTIFY_ERROR, m->method_len) == 0;
 }
 
+/* Receive more bytes into the decoder: >0 bytes received, 0 end of stream,
+ * -EAGAIN nothing there (with MSG_DONTWAIT), -ENOMEM, or another -errno. */
+static ssize_t recv_more(emac_client *c, int flags)
+{
+    size_t room;
+    char *p = wire_decoder_reserve(&c->dec, 64u << 10, &room);
+    ssize_t n;
+
+    if (p == NULL)
+        return -ENOMEM;
+    do
+        n = recv(c->fd, p, room, flags);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    wire_decoder_commit(&c->dec, (size_t)n);
+    return n;
+}
+
 /* Read the next message into *m (views valid until the next decoder call).
  * 0, 1 when the connection was lost and a new one is up (nothing in *m:
  * what was outstanding has been sent again or dropped), or a negative code
@@ -405,18 +424,12 @@ static int read_message(emac_client *c, const char *what, struct wire_msg *m,
         }
         if (rc > 0)
             return 0;
-        size_t room;
-        char *p = wire_decoder_reserve(&c->dec, 64u << 10, &room);
-        if (p == NULL)
+        ssize_t n = recv_more(c, 0);
+        if (n > 0)
+            continue;
+        if (n == -ENOMEM)
             return set_err(err, -ENOMEM, EMAC_E_BADREPLY, "%s: reply too large", what);
-        ssize_t n = recv(c->fd, p, room, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n > 0) {
-            wire_decoder_commit(&c->dec, (size_t)n);
-            continue;
-        }
-        int e = n == 0 ? ECONNRESET : errno;
+        int e = n == 0 ? ECONNRESET : (int)-n;
         rc = connection_down(c, -e, what, n == 0 ? "end of stream" : strerror(e), err);
         return rc < 0 ? rc : 1;
     }
@@ -590,16 +603,8 @@ static int read_refusal(emac_client *c, const char *what, struct emac_error *err
                 return 0;
             continue;
         }
-        size_t room;
-        char *p = wire_decoder_reserve(&c->dec, 64u << 10, &room);
-        if (p == NULL)
+        if (recv_more(c, MSG_DONTWAIT) <= 0)
             return 0;
-        ssize_t n = recv(c->fd, p, room, MSG_DONTWAIT);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return 0;
-        wire_decoder_commit(&c->dec, (size_t)n);
     }
 }
 
