@@ -414,15 +414,19 @@ static void probe_run(uv_loop_t *loop, struct pool *p, struct nice_probe *np)
 
 static void assert_workers_at(const struct pool *p, const struct nice_probe *np, int want)
 {
+    int on_workers = 0;
+
     for (int i = 0; i < 64; i++) {
         pid_t tid = atomic_load(&np->tid[i]);
         bool is_worker = false;
         for (unsigned w = 0; w < p->nthreads; w++)
             is_worker = is_worker || tid == p->tids[w];
+        on_workers += is_worker;
         if (is_worker && atomic_load(&np->nice[i]) != want)
             fail_msg("chunk %d ran on worker %d at nice %d, not %d", i, (int)tid,
                      atomic_load(&np->nice[i]), want);
     }
+    assert_true(on_workers > 0); /* else nothing above was checked */
 }
 
 static void test_pool_set_priority_lowers_the_workers_only(void **state)

@@ -79,6 +79,7 @@ static void test_alignment_and_bounds(void **state)
     assert_non_null(strstr(err, "ends past the params area (4096 bytes)"));
     const struct seg_span wraps[] = {{64, UINT64_MAX}};
     assert_int_equal(check(wraps, 1, 4096, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "ends past the params area")); /* not wrapped round to fit */
 }
 
 int main(void)

@@ -92,6 +92,12 @@ static void test_plan_covers_every_element_once(void **state)
     check_plan(t, 6, 64);
     check_plan(t, 6, 1u << 20);
     check_plan(t, 0, 1024);
+    /* No tensors: no chunk and no piece (an update of it does nothing). */
+    struct plan p;
+    assert_int_equal(plan_build(&p, t, 0, 1024), 0);
+    assert_int_equal(p.nchunks, 0);
+    assert_int_equal(p.npieces, 0);
+    plan_free(&p);
 }
 
 static void test_plan_splits_a_large_tensor_over_many_chunks(void **state)

@@ -215,6 +215,7 @@ static void test_emactl_usage_errors_and_unreachable_daemon(void **state)
     assert_int_equal(run_capture(help, NULL, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "Usage: emactl"));
     assert_non_null(strstr(out, "--json"));
+    assert_non_null(strstr(out, "(interrupted)"));
 
     char *bad[] = {(char *)emactl_bin(), "frobnicate", NULL};
     assert_int_equal(run_capture(bad, NULL, out, sizeof(out)), 2);
@@ -684,6 +685,8 @@ static void test_bad_command_lines_exit_2_with_a_message(void **state)
     assert_int_equal(run_capture(help, NULL, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--socket PATH"));
     assert_non_null(strstr(out, "NOTIFY_SOCKET"));
+    assert_non_null(strstr(out, "--crash-exact"));
+    assert_non_null(strstr(out, "one emad per directory"));
 
     char *version[] = {(char *)emad_bin(), "--version", NULL};
     assert_int_equal(run_capture(version, NULL, out, sizeof(out)), 0);

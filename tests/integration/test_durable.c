@@ -435,7 +435,8 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     assert_int_equal(f.bytes, saved_len);
     expect_shadow(s, shadow, shadow_len);
     expect_file(d.state, "big.emastate", saved, saved_len);
-    /* A name that is the temp file's is refused, never opened. */
+    /* The temp file's name is not a name a client may use (it starts with
+     * '.'): refused before any file is opened. */
     assert_int_equal(emac_load(c, "big", temp, &f, &err), -EREMOTEIO);
     assert_string_equal(err.code, "BADARG");
 

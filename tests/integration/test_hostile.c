@@ -208,7 +208,7 @@ static void test_other_uid_cannot_see_or_touch_sessions(void **state)
     daemon_stop(&d);
 }
 
-/* --allow-group admits a member through a supplementary group as well as
+/* --allow-group admits a member through a supplementary group and through
  * the primary one; a peer of another uid in neither is refused, told why. */
 static void test_allow_group_admits_supplementary_members_only(void **state)
 {
@@ -230,6 +230,9 @@ static void test_allow_group_admits_supplementary_members_only(void **state)
     char *member[] = {"setpriv", "--reuid=65534", "--regid=65534", "--groups=29", bin,
                       "--socket", d.sock, "list", NULL};
     assert_int_equal(run_capture(member, NULL, out, sizeof(out)), 0);
+    char *primary[] = {"setpriv", "--reuid=65534", "--regid=29", "--clear-groups", bin,
+                       "--socket", d.sock, "list", NULL};
+    assert_int_equal(run_capture(primary, NULL, out, sizeof(out)), 0);
     char *stranger[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
                         "--socket", d.sock, "list", NULL};
     assert_int_not_equal(run_capture(stranger, NULL, out, sizeof(out)), 0);

@@ -261,6 +261,7 @@ static void test_sigkill_mid_update_is_reported(void **state)
     assert_true(file_contains(d.log, "was not sent again before another event"));
     emac_session_free(s);
     assert_int_equal(emac_drop(c, "cut", &err), -EREMOTEIO); /* attached until reaped */
+    assert_string_equal(err.code, "STATE");
     emac_disconnect(c);
     daemon_stop(&d);
 }
