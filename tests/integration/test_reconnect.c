@@ -562,6 +562,78 @@ static void test_reconnect_defaults_and_environment(void **state)
     }
 }
 
+/* A shadow of our own state directory that no journal claims any more is
+ * a leftover: the next emad removes it. */
+static void test_unclaimed_shadow_of_our_directory_is_removed(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    emac_session *s = NULL;
+    char shadow[128], journal[300];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = client_connect(&d, "test_reconnect");
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "orphan", seg_left, NULL, false, &s, &err), 0);
+    snprintf(shadow, sizeof(shadow), "/dev/shm%s", emac_session_state(s)->shadow_shm);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_kill(&d);
+    snprintf(journal, sizeof(journal), "%s/live/orphan.emastate", d.state);
+    assert_int_equal(unlink(journal), 0);
+    assert_int_equal(access(shadow, F_OK), 0);
+    daemon_start_env(&d, NULL, NULL);
+    assert_int_equal(access(shadow, F_OK), -1);
+    assert_true(file_contains(d.log, "stale shadows"));
+    daemon_stop(&d);
+}
+
+/* A request that cannot be sent twice (a save) in flight when emad dies:
+ * it fails saying it may or may not have been done; the client is
+ * connected again for the next call. */
+static void *kill_later(void *arg)
+{
+    struct later_start *l = arg;
+
+    sleep_ms(l->delay_ms);
+    daemon_kill(l->d);
+    daemon_start_env(l->d, NULL, NULL);
+    return NULL;
+}
+
+static void test_save_in_flight_fails_clearly_and_the_client_goes_on(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_file f;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    (void)state;
+
+    make_dir(&d);
+    /* Chunks: register's journal and one; the save's (the third) stalls. */
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=2",
+                                           NULL});
+    emac_client *c = client_connect(&d, "test_reconnect");
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "saving", seg_left, NULL, false, &s, &err), 0);
+    struct later_start l = {&d, 300};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, kill_later, &l), 0);
+    assert_true(emac_save(c, "saving", "snap", &f, &err) < 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_string_equal(err.code, "DISCONNECTED");
+    assert_non_null(strstr(err.message, "may or may not have been carried out"));
+    assert_int_equal(emac_reconnects(c), 1);
+    assert_int_equal(emac_status(c, "saving", &st, &err), 0);
+    assert_true(st->session_list[0].attached);
+    emac_status_free(st);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 struct later_close {
     emac_client *c;
     int delay_ms;
@@ -899,6 +971,9 @@ int main(void)
         cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
         cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown),
         cmocka_unit_test_teardown(test_reconnect_defaults_and_environment, teardown),
+        cmocka_unit_test_teardown(test_unclaimed_shadow_of_our_directory_is_removed, teardown),
+        cmocka_unit_test_teardown(test_save_in_flight_fails_clearly_and_the_client_goes_on,
+                                  teardown),
         cmocka_unit_test_teardown(test_load_is_journaled_before_its_reply, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
