@@ -584,6 +584,8 @@ static void test_unclaimed_shadow_of_our_directory_is_removed(void **state)
     assert_int_equal(unlink(journal), 0);
     assert_int_equal(access(shadow, F_OK), 0);
     daemon_start_env(&d, NULL, NULL);
+    /* emad answers only once its start-up (the collection included) is over. */
+    emac_disconnect(client_connect(&d, "test_reconnect"));
     assert_int_equal(access(shadow, F_OK), -1);
     assert_true(file_contains(d.log, "stale shadows"));
     daemon_stop(&d);
