@@ -788,15 +788,12 @@ static void raw_read(struct raw *r, char code[32], const struct msg_desc *desc, 
 
 /* Connect, hello, and take the detached session over with resume; returns
  * its shadow, mapped read-only. */
-static const float *raw_attach(struct raw *r, const struct daemon *d, const char *session,
-                               emac_segment *seg, size_t *map_len)
+/* Connect and hello. */
+static void raw_open(struct raw *r, const struct daemon *d)
 {
     struct msg_hello h = {EMAC_PROTO_VERSION, msg_str_c("raw"), false, 0};
     struct msg_hello_reply hr;
-    struct msg_register reg;
-    struct msg_register_reply rr;
-    struct msg_tensor t[2];
-    char code[32], shadow[128];
+    char code[32];
 
     r->fd = try_connect(d->sock);
     assert_true(r->fd >= 0);
@@ -806,6 +803,17 @@ static const float *raw_attach(struct raw *r, const struct daemon *d, const char
     raw_read(r, code, &msg_hello_reply_desc, &hr);
     assert_string_equal(code, "");
     msg_free(&msg_hello_reply_desc, &hr);
+}
+
+static const float *raw_attach(struct raw *r, const struct daemon *d, const char *session,
+                               emac_segment *seg, size_t *map_len)
+{
+    struct msg_register reg;
+    struct msg_register_reply rr;
+    struct msg_tensor t[2];
+    char code[32], shadow[128];
+
+    raw_open(r, d);
     memset(&reg, 0, sizeof(reg));
     reg.session = msg_str_c(session);
     reg.shm = msg_str_c(emac_segment_name(seg));
@@ -959,12 +967,80 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
     daemon_stop(&d);
 }
 
+/*
+ * The same tensors registered as a table with compact, and as a list of
+ * maps without: the compact reply's shadow_offsets are the list reply's
+ * offsets, in the request's order (here not the segment's), its tensors
+ * list empty.
+ */
+static void test_table_and_compact_reply_match_the_list(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct raw r;
+    struct msg_register reg;
+    struct msg_register_reply rr;
+    struct msg_tensor t[2];
+    struct msg_table table;
+    char code[32];
+    uint64_t compact[2];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    raw_open(&r, &d);
+    assert_int_equal(msg_table_init(&table, 2), 0);
+    for (size_t i = 0; i < 2; i++) { /* h first, then w */
+        const struct emac_tensor *et = emac_segment_tensor(seg_left, 1 - i);
+        msg_table_set(&table, i, et->name, et->dtype, et->offset, et->numel);
+        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
+                                   et->numel, false, NULL, 0};
+    }
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c("columns");
+    reg.shm = msg_str_c(emac_segment_name(seg_left));
+    reg.has_table = true;
+    reg.table = table;
+    reg.has_compact = true;
+    reg.compact = true;
+    raw_send(&r, "register", &msg_register_desc, &reg);
+    raw_read(&r, code, &msg_register_reply_desc, &rr);
+    assert_string_equal(code, "");
+    assert_int_equal(rr.ntensors, 0);
+    assert_true(rr.has_shadow_offsets);
+    assert_int_equal(rr.nshadow_offsets, 2);
+    memcpy(compact, rr.shadow_offsets, sizeof(compact));
+    msg_free(&msg_register_reply_desc, &rr);
+    msg_table_release(&table);
+
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c("maps");
+    reg.shm = msg_str_c(emac_segment_name(seg_left));
+    reg.tensors = t;
+    reg.ntensors = 2;
+    raw_send(&r, "register", &msg_register_desc, &reg);
+    raw_read(&r, code, &msg_register_reply_desc, &rr);
+    assert_string_equal(code, "");
+    assert_false(rr.has_shadow_offsets);
+    assert_int_equal(rr.ntensors, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_true(msg_str_eq(rr.tensors[i].name, emac_segment_tensor(seg_left, 1 - i)->name));
+        assert_int_equal(rr.tensors[i].shadow_offset, compact[i]);
+    }
+    assert_true(compact[0] < compact[1]); /* h was laid out first: the request's order */
+    msg_free(&msg_register_reply_desc, &rr);
+    close(r.fd);
+    wire_decoder_free(&r.dec);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact, teardown),
         cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
         cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
+        cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice_by_default,
                                   teardown),
