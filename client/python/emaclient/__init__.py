@@ -199,7 +199,7 @@ class Client:
                        "pid": int(info.pid), "workers": int(info.workers)}
 
     def _handle(self):
-        if self._h is None:
+        if self.closed:
             raise Error("USAGE", "the client was closed")
         return self._h
 
@@ -230,7 +230,8 @@ class Client:
 
     @property
     def closed(self):
-        return self._h is None
+        # The finalizer may have run without close() (at the interpreter's exit).
+        return self._h is None or not self._fin.alive
 
     def close(self):
         """Close the connection. Sessions registered on it stay in emad
@@ -405,13 +406,14 @@ class Segment:
         return cls(specs, _open_name=name)
 
     def _handle(self):
-        if self._h is None:
+        if self.closed:
             raise Error("USAGE", "segment %s was closed" % self.name)
         return self._h
 
     @property
     def closed(self):
-        return self._h is None
+        # The finalizer may have run without close() (at the interpreter's exit).
+        return self._h is None or not self._fin.alive
 
     def buffer(self, i):
         """A writable ctypes array (c_char * nbytes) over tensor i's live
@@ -448,7 +450,8 @@ class Segment:
         return bool(done.value)
 
     def _release(self, destroy):
-        if self._h is None:
+        if self.closed:
+            self._h = None
             return
         for s in list(self._sessions):
             s.free()
@@ -510,13 +513,14 @@ class Session:
                                            sh.data if sh.numel else None))
 
     def _handle(self):
-        if self._h is None:
+        if self.freed:
             raise Error("USAGE", "session %s was freed" % self.name)
         return self._h
 
     @property
     def freed(self):
-        return self._h is None
+        # The finalizer may have run without free() (at the interpreter's exit).
+        return self._h is None or not self._fin.alive
 
     @property
     def closed(self):
@@ -589,10 +593,20 @@ class Session:
 
     def __exit__(self, *exc):
         try:
-            if self._h is not None and not self._closed and not self.client.closed:
+            if not self.freed and not self._closed and not self.client.closed:
                 self.close()
         finally:
             self.free()
 
     def __repr__(self):
         return "<emaclient.Session %s%s>" % (self.name, " freed" if self.freed else "")
+
+
+def _released_by_owner(*objs):
+    """Leave the release of these Clients, Segments and Sessions at the
+    interpreter's exit to the object that owns them (emaclient.torch.EMA),
+    which releases them in order. weakref.finalize runs the finalizers left
+    at exit newest first: a Segment made by an EMA would be unmapped before
+    the EMA's own finalizer, which still reads and restores it."""
+    for o in objs:
+        o._fin.atexit = False

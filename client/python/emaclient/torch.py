@@ -26,14 +26,24 @@ Modes
   "mirror"  (tensors on another device, e.g. CUDA) the segment holds host
             copies: they are refreshed before any event that may read them
             (an update event that applies, eval_start, checkpoint, swap to
-            "ema"), synchronously with the device, and copied back to the
-            device after every swap.
+            "ema") and copied back to the device after every swap. On CUDA
+            the copies of an update event run on a side stream, after the
+            work queued on the current stream, on the stream of the attached
+            optimizer's last step and on `streams`; batch_end() returns at
+            once and a thread sends the event to emad once the copies are
+            done. The next copy into the host buffer waits for emad's
+            update; the next optimizer step (attach_optimizer, or
+            ema.wait()) waits on the GPU for the copies, not for emad.
   "auto"    shm when every tensor is on the CPU, else mirror.
 
 Overlap: batch_end() returns at once; emad updates the shadow while the
 trainer computes its next forward and backward pass. The trainer must not
-change its parameters before the update is done: attach_optimizer(opt)
-makes opt.step() wait first (or call ema.wait() yourself before the step).
+change its parameters before emad (shm) or the copy (mirror) has read them:
+attach_optimizer(opt) makes opt.step() wait first (or call ema.wait()
+yourself before the step).
+Do not replace a parameter (re-initialising a layer by assignment,
+load_state_dict(assign=True), parametrizations) after EMA() is made: the
+next update event or swap raises a USAGE Error saying so.
 In shm mode do not move the model (.to(), .half(), ...) while an EMA is
 attached: that replaces the parameters' storage (an Error says so).
 """
@@ -44,13 +54,14 @@ import itertools
 import os
 import re
 import sys
+import threading
 import types
 import warnings
 import weakref
 
 import torch
 
-from . import Client, Error, Segment
+from . import Client, Error, Segment, _device, _released_by_owner
 
 __all__ = ["EMA", "DTYPES"]
 
@@ -97,6 +108,14 @@ def _view(address, nbytes, dtype, shape):
     return torch.frombuffer(buf, dtype=dtype).view(shape)
 
 
+def _backend(device):
+    """The Backend (emaclient._device) that moves the tensors of `device` in
+    mirror mode, or None for plain synchronous copies (CPU tensors)."""
+    if device.type == "cuda":
+        return _device.cuda_backend()
+    return None
+
+
 def _parse_time(s):
     m = re.fullmatch(r"(\d+)(ba|ep)", s or "")
     return (int(m.group(1)), m.group(2)) if m else (1, "ba")
@@ -105,11 +124,12 @@ def _parse_time(s):
 class _Entry:
     """One parameter or buffer: where it lives in the model and the segment."""
 
-    __slots__ = ("name", "module", "attr", "param", "dtype", "shape", "device", "view",
-                 "shadow", "info")
+    __slots__ = ("name", "prefix", "module", "attr", "param", "dtype", "shape", "device", "view",
+                 "shadow", "info", "backend")
 
-    def __init__(self, name, module, attr, tensor, is_param):
+    def __init__(self, name, prefix, module, attr, tensor, is_param):
         self.name = name
+        self.prefix = prefix
         self.module = module
         self.attr = attr
         # Parameters are kept as objects (the optimizer holds the same ones);
@@ -121,11 +141,33 @@ class _Entry:
         self.view = None
         self.shadow = None
         self.info = None
+        self.backend = None   # the device's Backend in mirror mode (None: plain copies)
 
     def get(self):
         if self.param is not None:
             return self.param
         return self.module._buffers[self.attr]
+
+    def stale(self, model):
+        """Why the model no longer holds this entry's tensor where it was
+        registered, or None."""
+        try:
+            module = model.get_submodule(self.prefix)
+        except AttributeError:
+            module = None
+        if module is not self.module:
+            return "its module %s was replaced" % (self.prefix or "(the model)")
+        if self.param is not None:
+            if module._parameters.get(self.attr) is not self.param:
+                return "the module holds another Parameter there now"
+            return None
+        t = module._buffers.get(self.attr)
+        if t is None:
+            return "the module has no such buffer now"
+        if t.dtype != self.dtype or tuple(t.shape) != self.shape or t.device != self.device:
+            return "the buffer is now %s %s on %s, not %s %s on %s" % (
+                t.dtype, tuple(t.shape), t.device, self.dtype, self.shape, self.device)
+        return None
 
 
 class _Resources:
@@ -141,9 +183,55 @@ class _Resources:
         self.session = None
         self.inplace = []   # entries whose parameter storage is the segment
         self.mirrored = []
-        self.pinned = False
+        self.backend = None  # the Backend of the mirrored device tensors, if any
+        self.pinned = None   # the address passed to backend.pin, once it worked
+        self.copy_done = {}  # device -> event: the last copies into the segment are done
+        self.job = None      # a _Job in flight (it owns the session meanwhile)
         self.hooks = []
         self.done = False
+
+
+class _Job:
+    """An update event sent from a thread once the copies it reads are done,
+    so that the training thread does not wait for the device; events sent
+    without waiting (batch_start) meanwhile follow it. The session is the
+    job's until the training thread joins it (Session is not thread-safe)."""
+
+    def __init__(self, backend, events, session, event, time):
+        self.backend = backend
+        self.events = events
+        self.session = session
+        self.sends = [(event, time)]
+        self.tickets = []   # (event, ticket) sent
+        self.error = None
+        self.lock = threading.Lock()
+        self.closed = False  # no more sends taken
+        self.thread = threading.Thread(target=self._run, name="emaclient-send", daemon=True)
+        self.thread.start()
+
+    def add(self, event, time):
+        """Send this event after the others; False once the job is ending."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.sends.append((event, time))
+            return True
+
+    def _run(self):
+        try:
+            for ev in self.events:
+                self.backend.synchronize(ev)
+            while True:
+                with self.lock:
+                    if len(self.tickets) == len(self.sends):
+                        self.closed = True
+                        return
+                    event, time = self.sends[len(self.tickets)]
+                self.tickets.append((event, self.session.send(event, *time)))
+        except BaseException as e:  # handed to the training thread by _settle
+            with self.lock:
+                self.error = e
+                self.closed = True
 
 
 def _release(res):
@@ -155,6 +243,16 @@ def _release(res):
             h()
         except Exception:
             pass
+    if res.job is not None:
+        res.job.thread.join()
+        res.job = None
+    if res.backend is not None:
+        # No copy may still read or write the segment when it is unmapped.
+        for ev in res.copy_done.values():
+            try:
+                res.backend.synchronize(ev)
+            except Exception:
+                pass
     seg = res.segment
     try:
         if seg is not None and not seg.closed:
@@ -175,11 +273,11 @@ def _release(res):
             e.shadow = None
         if res.session is not None:
             res.session.free()
-        if res.pinned and seg is not None:
-            try:
-                torch.cuda.cudart().cudaHostUnregister(seg.base)
-            except Exception:
-                pass
+        if res.pinned is not None and seg is not None and not seg.closed:
+            why = res.backend.unpin(res.pinned)
+            if why is not None:
+                warnings.warn("emaclient.torch: could not unpin segment %s's host copies (%s); "
+                              "it is unmapped anyway" % (seg.name, why))
         if seg is not None:
             seg.destroy()
         if res.client is not None:
@@ -203,6 +301,12 @@ class EMA:
         seconds (default 30, or $EMAD_RECONNECT_TIMEOUT).
     resume:  re-attach to a detached session of that name kept by emad (its
         shadow and state kept) instead of registering a new one.
+    streams: (mirror mode on CUDA) streams, besides the current one and the
+        attached optimizer's, on which the parameters or buffers are written
+        (an optimizer that steps on streams of its own): the copies to the
+        host wait for the work queued on them. "device": wait for all the
+        work on the device instead (the training thread then blocks at each
+        update until the GPU is idle).
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -211,9 +315,15 @@ class EMA:
 
     def __init__(self, model, *, half_life=_DEFAULT_HALF_LIFE, smoothing=None,
                  ema_start="0.0dur", update_interval=None, session=None, socket=None,
-                 mode="auto", resume=False, reconnect=None, reconnect_timeout=None):
+                 mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
+                 streams=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
+        if streams is None:
+            streams = ()
+        elif streams != "device":
+            streams = tuple(streams) if isinstance(streams, (list, tuple)) else (streams,)
+        self._streams = streams
         if smoothing is not None:
             if half_life is not None and not isinstance(half_life, _DefaultHalfLife):
                 raise ValueError("Only one of half_life or smoothing can be specified")
@@ -245,21 +355,29 @@ class EMA:
         self._updates = 0
         self._restore_training = None
         self._closed = False
+        self._side = {}     # device -> the side stream of the copies
+        self._writers = {}  # device -> {stream: event}: optimizer steps since the last copy
 
         res = self._res = _Resources()
+        # At the interpreter's exit this finalizer is the only one that
+        # releases what the EMA made, in order (_released_by_owner).
         self._finalizer = weakref.finalize(self, _release, res)
         for e in self._entries:
             (res.inplace if mode == "shm" and e.param is not None else res.mirrored).append(e)
+        for e in res.mirrored:
+            e.backend = _backend(e.device)
+            res.backend = res.backend or e.backend
         try:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
             res.client = Client(socket, name="emaclient.torch:%s" % prog, reconnect=reconnect,
                                 reconnect_timeout=reconnect_timeout)
+            _released_by_owner(res.client)
             res.segment = Segment([(e.name, DTYPES[e.dtype], e.shape) for e in self._entries])
+            _released_by_owner(res.segment)
             for e, info in zip(self._entries, res.segment.tensors):
                 e.info = info
                 e.view = _view(info.address, info.nbytes, e.dtype, e.shape)
-            if any(e.device.type == "cuda" for e in self._entries):
-                res.pinned = self._pin(res.segment)
+            self._pin()
             self._push(self._entries)
             for e in res.inplace:
                 e.param.data = e.view
@@ -283,16 +401,26 @@ class EMA:
                 if t.layout != torch.strided:
                     raise TypeError("%s %s: only dense (strided) tensors are supported" %
                                     (kind, name))
-                entries.append(_Entry(name, modules[prefix], attr, t, kind == "param"))
+                entries.append(_Entry(name, prefix, modules[prefix], attr, t, kind == "param"))
         return entries
 
-    @staticmethod
-    def _pin(segment):
-        try:
-            rc = torch.cuda.cudart().cudaHostRegister(segment.base, segment.nbytes, 0)
-            return int(getattr(rc, "value", rc)) == 0
-        except Exception:
-            return False
+    def _pin(self):
+        """Page-lock the host copies of the device tensors (only those: the
+        header and the stash are never copied across, and page-locked memory
+        is scarce), so that the copies can run asynchronously."""
+        res = self._res
+        spans = [(e.info.address, e.info.address + e.info.nbytes) for e in res.mirrored
+                 if e.backend is not None and e.info.nbytes]
+        if not spans:
+            return
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        why = res.backend.pin(lo, hi - lo)
+        if why is None:
+            res.pinned = lo
+            return
+        warnings.warn("emaclient.torch: could not page-lock the %d bytes of host copies of the "
+                      "model's device tensors (%s); the EMA works, but the copies between the "
+                      "device and the segment are now synchronous and slower" % (hi - lo, why))
 
     def _register(self, resume=False):
         res = self._res
@@ -301,6 +429,7 @@ class EMA:
             self.session_name, res.segment, half_life=c["half_life"],
             smoothing=c["smoothing"], update_interval=c["update_interval"],
             ema_start=c["ema_start"], resume=resume)
+        _released_by_owner(session)
         res.session = session
         for e, sh in zip(self._entries, session.shadows):
             nbytes = sh.numel * sh.elem_size
@@ -322,27 +451,116 @@ class EMA:
 
     # ---- moving tensors ----
 
-    def _push(self, entries):
-        """Copy live tensors into the segment (done when this returns)."""
-        devices = set()
+    @staticmethod
+    def _by_device(entries):
+        groups = {}
+        for e in entries:
+            if e.backend is not None:
+                groups.setdefault(e.device, []).append(e)
+        return groups.items()
+
+    def _side_stream(self, device):
+        s = self._side.get(device)
+        if s is None:
+            s = self._side[device] = self._res.backend.new_stream(device)
+        return s
+
+    def _after_writers(self, device, stream):
+        """Make `stream` wait for the work that may write (or, for a swap
+        back, read) the device tensors: what is queued on the current stream,
+        on the streams of the attached optimizer's steps and on `streams`.
+        Steps on other streams of which nothing is known would let a copy
+        read half-written values: `streams` names them, or "device" waits
+        for the whole device (blocking the host)."""
+        b = self._res.backend
+        if self._streams == "device":
+            self._writers.pop(device, None)
+            b.synchronize_device(device)
+            return
+        b.wait(stream, b.record(b.current_stream(device)))
+        for s in self._streams:
+            if getattr(s, "device", device) == device:
+                b.wait(stream, b.record(s))
+        for ev in self._writers.pop(device, {}).values():
+            b.wait(stream, ev)
+
+    def _copy_out(self, entries):
+        """Copy the live tensors into the segment: host tensors at once,
+        device tensors queued on the side stream. Returns the events after
+        which the segment holds them."""
+        res = self._res
+        events = []
         with torch.no_grad():
             for e in entries:
-                t = e.get()
-                if t.device.type == "cuda":
-                    e.view.copy_(t, non_blocking=self._res.pinned)
-                    devices.add(t.device)
-                else:
-                    e.view.copy_(t)
-        for d in devices:
-            torch.cuda.current_stream(d).synchronize()
+                if e.backend is None:
+                    e.view.copy_(e.get())
+            for device, group in self._by_device(entries):
+                b = res.backend
+                s = self._side_stream(device)
+                self._after_writers(device, s)
+                for e in group:
+                    b.copy(s, e.view, e.get(), res.pinned is not None)
+                ev = res.copy_done[device] = b.record(s)
+                events.append(ev)
+        return events
+
+    def _push(self, entries):
+        """Copy the live tensors into the segment (done when this returns)."""
+        for ev in self._copy_out(entries):
+            self._res.backend.synchronize(ev)
 
     def _pull(self, entries):
-        """Copy the segment into the live tensors."""
+        """Copy the segment into the live tensors (done when this returns: the
+        host copies may change with the next swap). On a device, the copies
+        come after the work queued so far, and the work queued on the current
+        stream (and `streams`) from now on comes after them."""
+        res = self._res
+        events = []
         with torch.no_grad():
             for e in entries:
-                e.get().copy_(e.view)
+                if e.backend is None:
+                    e.get().copy_(e.view)
+            for device, group in self._by_device(entries):
+                b = res.backend
+                s = self._side_stream(device)
+                self._after_writers(device, s)
+                for e in group:
+                    b.copy(s, e.get(), e.view, res.pinned is not None)
+                ev = b.record(s)
+                b.wait(b.current_stream(device), ev)
+                for st in self._streams if self._streams != "device" else ():
+                    if getattr(st, "device", device) == device:
+                        b.wait(st, ev)
+                events.append(ev)
+        for ev in events:
+            res.backend.synchronize(ev)
 
-    def _check_inplace(self):
+    def _before_param_write(self):
+        """Device work queued from now on (an optimizer step) comes after the
+        copies into the segment: a wait on the GPU, not on the host."""
+        b = self._res.backend
+        for device, ev in self._res.copy_done.items():
+            b.wait(b.current_stream(device), ev)
+
+    def _after_param_write(self):
+        """Note where an optimizer step was queued, for the next copies."""
+        b = self._res.backend
+        for device, _ in self._by_device(self._res.mirrored):
+            s = b.current_stream(device)
+            self._writers.setdefault(device, {})[s] = b.record(s)
+
+    def _check_model(self):
+        """Before any push or swap: the model still holds the tensors
+        registered, and in shm mode their storage is still the segment."""
+        for e in self._entries:
+            why = e.stale(self.model)
+            if why is not None:
+                raise Error("USAGE", "%s %s was replaced after EMA() was made (%s): the EMA "
+                            "would follow a tensor nobody trains and eval() would not swap into "
+                            "the new one. Make the EMA once the model is final (after "
+                            "re-initialising layers, load_state_dict(assign=True), "
+                            "parametrizations), or close() it and make a new one" % (
+                                "parameter" if e.param is not None else "buffer", e.name, why))
         for e in self._res.inplace:
             if e.param.data_ptr() != e.view.data_ptr() or e.param.dtype != e.dtype:
                 raise Error("USAGE", "parameter %s no longer lives in the EMA's segment (was the "
@@ -366,7 +584,21 @@ class EMA:
     def _session(self):
         if self._closed:
             raise Error("USAGE", "the EMA was closed")
+        self._settle()
         return self._res.session
+
+    def _settle(self):
+        """Join the update event sent from a thread (_Job), if any: its
+        ticket joins the pending ones, its failure is raised here."""
+        job = self._res.job
+        if job is None:
+            return
+        self._res.job = None
+        job.thread.join()
+        self._pending.extend(job.tickets)
+        if job.error is not None:
+            with self._talking():
+                raise job.error
 
     def _note(self, r):
         # After a reconnect the library may have put the training weights
@@ -397,6 +629,9 @@ class EMA:
             raise
 
     def _send(self, event):
+        job = self._res.job
+        if job is not None and job.add(event, (self._batch, self._epoch, self._duration)):
+            return
         s = self._session()
         with self._talking():
             ticket = s.send(event, self._batch, self._epoch, self._duration)
@@ -419,8 +654,11 @@ class EMA:
     def wait(self):
         """Wait until every event sent is done (emad has finished reading the
         params): call before changing the params, if attach_optimizer is not
-        used. Returns the Result of the last update event claimed, or None."""
+        used. Returns the Result of the last update event claimed, or None.
+        In mirror mode on a device, the work queued from now on on the
+        current stream also waits (on the device) for the copies."""
         last = None
+        self._session()
         while self._pending:
             event, ticket = self._pending[0]
             with self._talking():
@@ -430,6 +668,8 @@ class EMA:
                     self._pending.pop(0)
             if event in ("batch_end", "epoch_end"):
                 last = r
+        if self._res.backend is not None:
+            self._before_param_write()
         return last
 
     def fit_start(self, batch=None, epoch=None, duration=None):
@@ -473,16 +713,24 @@ class EMA:
         return self._update_event("epoch_end", wait)
 
     def _update_event(self, event, wait):
+        events = []
         if self._may_read(event):
-            self._check_inplace()
-            self._push(self._res.mirrored)
-        self._send(event)
+            self._check_model()
+            # batch_end/epoch_end waited for the last event: emad no longer
+            # reads the host copies that this overwrites.
+            events = self._copy_out(self._res.mirrored)
+        if events:
+            s = self._session()
+            self._res.job = _Job(self._res.backend, events, s, event,
+                                 (self._batch, self._epoch, self._duration))
+        else:
+            self._send(event)
         return self.wait() if wait else None
 
     def _before_swap_in(self):
         self.wait()
+        self._check_model()
         if not self._active:
-            self._check_inplace()
             self._push(self._res.mirrored)
 
     def eval_start(self, batch=None, epoch=None, duration=None):
@@ -498,6 +746,7 @@ class EMA:
         r = self._call("eval_end")
         if self._restore_training is not None:
             self._load_training(self._restore_training)
+        self._check_model()
         return r
 
     @contextlib.contextmanager
@@ -527,29 +776,53 @@ class EMA:
         else:
             self.wait()
         with self._talking():
-            return self._note(self._session().swap(to))
+            r = self._note(self._session().swap(to))
+        if to == "train":
+            self._check_model()
+        return r
+
+    def _swap_back(self):
+        self.wait()
+        with self._talking():
+            return self._note(self._session().swap("train"))
 
     # ---- optimizer ----
 
     def attach_optimizer(self, optimizer):
-        """Make optimizer.step() wait for emad's pending update first (a step
-        pre-hook on torch 2.x, a wrapped step on 1.13). Returns optimizer."""
+        """Make optimizer.step() wait until its parameters may change (step
+        hooks on torch 2.x, a wrapped step on 1.13): in shm mode for emad's
+        pending update; in mirror mode for the copies to the host only (on
+        the device: the host does not block), and the stream the step runs
+        on is noted so that the next copies wait for it. Returns optimizer."""
         ref = weakref.ref(self)
 
         def before_step():
             ema = ref()
-            if ema is not None and not ema._closed:
+            if ema is None or ema._closed:
+                return
+            if ema.mode == "shm":
                 ema.wait()
+            elif ema._res.backend is not None:
+                ema._before_param_write()
+
+        def after_step():
+            ema = ref()
+            if ema is not None and not ema._closed and ema._res.backend is not None:
+                ema._after_param_write()
 
         if hasattr(optimizer, "register_step_pre_hook"):
             handle = optimizer.register_step_pre_hook(lambda opt, args, kwargs: before_step())
+            self._res.hooks.append(handle.remove)
+            handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: after_step())
             self._res.hooks.append(handle.remove)
         else:
             original = optimizer.step
 
             def step(opt, *args, **kwargs):
                 before_step()
-                return original(*args, **kwargs)
+                r = original(*args, **kwargs)
+                after_step()
+                return r
 
             # A bound method, as LR schedulers expect (they wrap step.__func__).
             bound = types.MethodType(step, optimizer)
@@ -587,11 +860,12 @@ class EMA:
     @property
     def client(self):
         """The emaclient.Client of this EMA's connection."""
+        self._settle()
         return self._res.client
 
     def state(self):
         """emad's current state of the session (a dict, as in status)."""
-        return self._res.client.session_state(self.session_name)
+        return self.client.session_state(self.session_name)
 
     def shadow_state_dict(self):
         """{name: tensor}: copies of the shadow exactly as emad keeps it (fp32 for
@@ -694,7 +968,7 @@ class EMA:
         again at the next batch_start."""
         self.wait()
         if self._active:
-            self.swap("train")
+            self._swap_back()
         names = [e.name for e in self._entries]
         ema_model = state.get("ema_model")
         training = state.get("training_model")
@@ -792,7 +1066,7 @@ class EMA:
                     try:
                         self.wait()
                         if self._active:
-                            self.swap("train")
+                            self._swap_back()
                     finally:
                         self._pending = []
                         s.close(keep)
