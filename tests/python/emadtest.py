@@ -66,6 +66,7 @@ class Daemon:
         self.log = os.path.join(self.dir, "emad.log")
         self.proc = None
         self.shadows = set()  # shadow objects emad reported, from its logs
+        self.pids = []        # every emad started, whose shadows are /emad-shadow-<pid>-*
         self.exit_codes = []
 
     def start(self):
@@ -75,6 +76,7 @@ class Daemon:
                 [EMAD_BIN, "--socket", self.sock, "--state-dir", self.state_dir,
                  "--workers", "2", "--log-file", self.log, "--log-level", "info"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            self.pids.append(self.proc.pid)
         finally:
             err.close()
         deadline = time.monotonic() + START_TIMEOUT
@@ -106,9 +108,14 @@ class Daemon:
     def _collect_shadows(self):
         try:
             with open(self.log, encoding="utf-8", errors="replace") as f:
-                self.shadows |= set(re.findall(r"(/emad-shadow-[0-9A-Za-z]+)", f.read()))
+                self.shadows |= set(re.findall(r"(/emad-shadow-[0-9A-Za-z-]+)", f.read()))
         except OSError:
             pass
+        # emad does not log every shadow's name, but names them after its pid
+        # (daemon/shm.c): a killed emad's are found here, not only in the log.
+        for pid in self.pids:
+            prefix = "emad-shadow-%d-" % pid
+            self.shadows |= {"/" + n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
 
     def stop(self):
         """SIGTERM; returns emad's exit status."""
