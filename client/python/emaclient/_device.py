@@ -38,7 +38,8 @@ def _loaded_cudart():
     torch's calls set), or None when torch linked it statically."""
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split(None, 5)[5].strip() for line in f if line.count(" ") >= 5}
+            fields = [line.split(None, 5) for line in f]
+        paths = {x[5].strip() for x in fields if len(x) == 6}
     except OSError:
         return None
     for p in sorted(paths):
@@ -119,7 +120,7 @@ class CudaBackend:
         # read (and so clear) the error, which it reports as an exception.
         try:
             torch.zeros(1, device="cuda").add_(1)
-        except RuntimeError:
+        except Exception:
             pass
 
     def pin(self, address, nbytes):

@@ -511,9 +511,9 @@ class EMA:
 
     def _pull(self, entries):
         """Copy the segment into the live tensors (done when this returns: the
-        host copies may change with the next swap). On a device, the copies
-        come after the work queued so far, and the work queued on the current
-        stream (and `streams`) from now on comes after them."""
+        host copies may change with the next swap, and the work queued from
+        now on reads the new values). On a device, the copies come after the
+        work queued so far, which may still read the old values."""
         res = self._res
         events = []
         with torch.no_grad():
@@ -526,12 +526,7 @@ class EMA:
                 self._after_writers(device, s)
                 for e in group:
                     b.copy(s, e.get(), e.view, res.pinned is not None)
-                ev = b.record(s)
-                b.wait(b.current_stream(device), ev)
-                for st in self._streams if self._streams != "device" else ():
-                    if getattr(st, "device", device) == device:
-                        b.wait(st, ev)
-                events.append(ev)
+                events.append(b.record(s))
         for ev in events:
             res.backend.synchronize(ev)
 
@@ -594,6 +589,8 @@ class EMA:
         if job is None:
             return
         self._res.job = None
+        for ev in job.events:  # (a wait on the device's progress, as the job's own)
+            self._res.backend.synchronize(ev)
         job.thread.join()
         self._pending.extend(job.tickets)
         if job.error is not None:
