@@ -17,9 +17,10 @@ SCRIPT = textwrap.dedent('''
     from emaclient.torch import EMA
 
     mode, end, weights = sys.argv[1:4]
+    device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3),
-                                torch.nn.Linear(3, 2))
+                                torch.nn.Linear(3, 2)).to(device)
     expected = {}
 
     def check(model, expected):
@@ -37,7 +38,8 @@ SCRIPT = textwrap.dedent('''
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ema.attach_optimizer(opt)
     for i in range(4):
-        model(torch.randn(8, 4)).sum().backward(); opt.step(); opt.zero_grad(); ema.batch_end()
+        x = torch.randn(8, 4, device=device)
+        model(x).sum().backward(); opt.step(); opt.zero_grad(); ema.batch_end()
     ema.wait()
     expected.update({n: t.clone() for n, t in model.state_dict().items()})
     print("segment", ema.session.segment.name, flush=True)
@@ -79,9 +81,13 @@ def env_for(d):
 class ExitWithoutClose(emadtest.EmadTestCase):
 
     def test_every_ending_gives_the_training_weights_back(self):
+        self.run_cases([(mode, end, weights) for mode in ("shm", "mirror") for end in STATUS
+                        for weights in ("out", "in")])
+
+    def run_cases(self, cases):
+        """Run SCRIPT with each case's arguments (mode, ending, EMA weights
+        in or out[, device]) and check how each ended."""
         d = self.daemon()
-        cases = [(mode, end, weights) for mode in ("shm", "mirror") for end in STATUS
-                 for weights in ("out", "in")]
         procs = []
         for case in cases:  # two at a time: the machine may have two cores
             procs.append((case, subprocess.Popen(
@@ -94,7 +100,7 @@ class ExitWithoutClose(emadtest.EmadTestCase):
 
     def finish(self, case, proc):
         out, err = proc.communicate(timeout=120)
-        with self.subTest(mode=case[0], end=case[1], ema_weights=case[2]):
+        with self.subTest(case=" ".join(case)):
             lines = out.splitlines()
             segs = [ln.split()[1] for ln in lines if ln.startswith("segment ")]
             self.leftovers.extra_segments.update(segs)
