@@ -244,6 +244,11 @@ def _release(res):
         except Exception:
             pass
     if res.job is not None:
+        for ev in res.job.events:  # as _settle does
+            try:
+                res.backend.synchronize(ev)
+            except Exception:
+                pass
         res.job.thread.join()
         res.job = None
     if res.backend is not None:
@@ -367,6 +372,7 @@ class EMA:
         for e in res.mirrored:
             e.backend = _backend(e.device)
             res.backend = res.backend or e.backend
+        self._devices = sorted({e.device for e in res.mirrored if e.backend is not None}, key=str)
         try:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
             res.client = Client(socket, name="emaclient.torch:%s" % prog, reconnect=reconnect,
@@ -420,7 +426,8 @@ class EMA:
             return
         warnings.warn("emaclient.torch: could not page-lock the %d bytes of host copies of the "
                       "model's device tensors (%s); the EMA works, but the copies between the "
-                      "device and the segment are now synchronous and slower" % (hi - lo, why))
+                      "device and the segment are now synchronous and slower" % (hi - lo, why),
+                      stacklevel=3)
 
     def _register(self, resume=False):
         res = self._res
@@ -540,7 +547,7 @@ class EMA:
     def _after_param_write(self):
         """Note where an optimizer step was queued, for the next copies."""
         b = self._res.backend
-        for device, _ in self._by_device(self._res.mirrored):
+        for device in self._devices:
             s = b.current_stream(device)
             self._writers.setdefault(device, {})[s] = b.record(s)
 
@@ -655,7 +662,8 @@ class EMA:
         In mirror mode on a device, the work queued from now on on the
         current stream also waits (on the device) for the copies."""
         last = None
-        self._session()
+        if not self._closed:
+            self._settle()
         while self._pending:
             event, ticket = self._pending[0]
             with self._talking():
