@@ -231,6 +231,14 @@ class Ordering(FakeDeviceCase):
         self.assertTrue(equal(seen["after"], training))
 
 
+class Arguments(unittest.TestCase):
+
+    def test_streams_is_streams_or_device(self):
+        with self.assertRaises(ValueError) as cm:
+            EMA(nn.Linear(2, 2), socket="/nonexistent", streams="all")
+        self.assertIn("'device'", str(cm.exception))
+
+
 class Pinning(FakeDeviceCase):
 
     def test_only_the_host_copies_are_pinned_and_unpinned_before_unmapping(self):

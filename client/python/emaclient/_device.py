@@ -43,7 +43,10 @@ def _loaded_cudart():
     except OSError:
         return None
     for p in sorted(paths):
-        if os.path.basename(p).startswith("libcudart.so"):
+        base = os.path.basename(p)
+        # libcudart.so.12 (the nvidia-cuda-runtime wheel, a system CUDA) or
+        # libcudart-<hash>.so.11.0 (bundled in torch/lib by older wheels)
+        if base.startswith(("libcudart.so", "libcudart-")) and ".so" in base:
             try:
                 lib = ctypes.CDLL(p)
                 lib.cudaGetLastError.restype = ctypes.c_int

@@ -148,13 +148,10 @@ class _Entry:
             return self.param
         return self.module._buffers[self.attr]
 
-    def stale(self, model):
+    def stale(self, model, modules):
         """Why the model no longer holds this entry's tensor where it was
-        registered, or None."""
-        try:
-            module = model.get_submodule(self.prefix)
-        except AttributeError:
-            module = None
+        registered, or None. modules: {prefix: module} found so far."""
+        module = _submodule(model, self.prefix, modules)
         if module is not self.module:
             return "its module %s was replaced" % (self.prefix or "(the model)")
         if self.param is not None:
@@ -168,6 +165,21 @@ class _Entry:
             return "the buffer is now %s %s on %s, not %s %s on %s" % (
                 t.dtype, tuple(t.shape), t.device, self.dtype, self.shape, self.device)
         return None
+
+
+def _submodule(model, prefix, modules):
+    """model's submodule at prefix ("a.b"), or None; each module looked up
+    once per check (modules caches them), as every push checks them all."""
+    if prefix in modules:
+        return modules[prefix]
+    if not prefix:
+        found = model
+    else:
+        parent, _, atom = prefix.rpartition(".")
+        up = _submodule(model, parent, modules)
+        found = up._modules.get(atom) if up is not None else None
+    modules[prefix] = found
+    return found
 
 
 class _Resources:
@@ -326,6 +338,9 @@ class EMA:
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
             streams = ()
+        elif isinstance(streams, str) and streams != "device":
+            raise ValueError("streams must be a stream, a list of streams or 'device', not %r"
+                             % (streams,))
         elif streams != "device":
             streams = tuple(streams) if isinstance(streams, (list, tuple)) else (streams,)
         self._streams = streams
@@ -554,8 +569,9 @@ class EMA:
     def _check_model(self):
         """Before any push or swap: the model still holds the tensors
         registered, and in shm mode their storage is still the segment."""
+        modules = {}
         for e in self._entries:
-            why = e.stale(self.model)
+            why = e.stale(self.model, modules)
             if why is not None:
                 raise Error("USAGE", "%s %s was replaced after EMA() was made (%s): the EMA "
                             "would follow a tensor nobody trains and eval() would not swap into "
