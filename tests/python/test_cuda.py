@@ -65,6 +65,7 @@ class CudaMirror(emadtest.EmadTestCase):
                     torch.cuda._sleep(50_000_000)  # the step lands late
                     opt.step()
                     opt.zero_grad()
+                torch.cuda.current_stream().wait_stream(s)  # the next backward after the step
                 ema.batch_end()
                 if step == 0:
                     # batch_end did not wait for the GPU: the step is still queued
