@@ -212,6 +212,35 @@ class ClientBasics(emadtest.EmadTestCase):
             self.assertEqual(cm.exception.code, "NOSESSION")
 
 
+class Finalized(emadtest.EmadTestCase):
+
+    def test_objects_whose_finalizer_ran_say_so(self):
+        """At the interpreter's exit a finalizer may run without close(): the
+        object then says it is closed and refuses calls (USAGE) instead of
+        using the memory the finalizer freed."""
+        d = self.daemon()
+        c = emaclient.Client(d.sock)
+        seg = emaclient.Segment(SPECS)
+        s = c.register("fin", seg)
+        name = seg.name
+        for obj, closed in ((s, "freed"), (seg, "closed"), (c, "closed")):
+            obj._fin()
+            self.assertTrue(getattr(obj, closed), obj)
+        with self.assertRaises(emaclient.Error) as cm:
+            seg.swap_state()
+        self.assertEqual(cm.exception.code, "USAGE")
+        with self.assertRaises(emaclient.Error) as cm:
+            s.send("batch_end", 1, 0)
+        self.assertEqual(cm.exception.code, "USAGE")
+        with self.assertRaises(emaclient.Error) as cm:
+            c.status()
+        self.assertEqual(cm.exception.code, "USAGE")
+        self.assertFalse(emadtest.shm_exists(name))
+        seg.destroy()  # idempotent after the finalizer
+        s.free()
+        c.close()
+
+
 class CrashSafety(emadtest.EmadTestCase):
 
     def crash_during_eval(self, mode):
