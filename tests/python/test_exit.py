@@ -18,6 +18,11 @@ SCRIPT = textwrap.dedent('''
 
     mode, end, weights = sys.argv[1:4]
     device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
+    if device == "fake":  # mirror mode's device path on tests/python/fakedevice.py
+        import emaclient.torch, fakedevice
+        fake = fakedevice.FakeBackend()
+        emaclient.torch._backend = lambda d: fake
+        device = "cpu"
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3),
                                 torch.nn.Linear(3, 2)).to(device)
@@ -28,6 +33,15 @@ SCRIPT = textwrap.dedent('''
         # one, made before the EMA, runs after the EMA's own.
         same = all(torch.equal(t, expected[n]) for n, t in model.state_dict().items())
         print("training weights back" if same else "training weights NOT back", flush=True)
+        if weights == "out":  # the update sent last reaches emad
+            import emaclient
+            with emaclient.Client() as c:
+                for _ in range(600):  # emad applies it after the script let go
+                    n = c.session_state(session)["updates"]
+                    if n == 5:
+                        break
+                    time.sleep(0.05)
+            print("updates", n, flush=True)
 
     class Witness:
         pass
@@ -35,6 +49,7 @@ SCRIPT = textwrap.dedent('''
     witness = Witness()
     weakref.finalize(witness, check, model, expected)
     ema = EMA(model, half_life="2ba", mode=mode)
+    session = ema.session_name
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ema.attach_optimizer(opt)
     for i in range(4):
@@ -43,6 +58,8 @@ SCRIPT = textwrap.dedent('''
     ema.wait()
     expected.update({n: t.clone() for n, t in model.state_dict().items()})
     print("segment", ema.session.segment.name, flush=True)
+    if weights == "out":
+        ema.batch_end()  # an update in flight at the end
     if weights == "in":
         ema.eval_start()
         assert not all(torch.equal(t, expected[n]) for n, t in model.state_dict().items())
@@ -74,7 +91,7 @@ STATUS = {"normal": 0, "exception": 1, "exit": 3, "sigterm": 128 + signal.SIGTER
 def env_for(d):
     env = dict(os.environ)
     env["EMAD_SOCKET"] = d.sock
-    env["PYTHONPATH"] = os.path.join(emadtest.ROOT, "client", "python")
+    env["PYTHONPATH"] = os.path.join(emadtest.ROOT, "client", "python") + ":" + emadtest.HERE
     return env
 
 
@@ -82,6 +99,13 @@ class ExitWithoutClose(emadtest.EmadTestCase):
 
     def test_every_ending_gives_the_training_weights_back(self):
         self.run_cases([(mode, end, weights) for mode in ("shm", "mirror") for end in STATUS
+                        for weights in ("out", "in")])
+
+    def test_an_update_held_back_on_a_device_is_finished_first(self):
+        """The device path of mirror mode (on the fake device): the update
+        event held back until its copies are done is sent and claimed
+        before the segment goes."""
+        self.run_cases([("mirror", end, weights, "fake") for end in STATUS
                         for weights in ("out", "in")])
 
     def run_cases(self, cases):
@@ -107,6 +131,8 @@ class ExitWithoutClose(emadtest.EmadTestCase):
             self.assertEqual(proc.returncode, STATUS[case[1]], "stdout: %s\nstderr: %s" %
                              (out, err))
             self.assertIn("training weights back", lines, "stderr: %s" % err)
+            if case[2] == "out":
+                self.assertIn("updates 5", lines, "stderr: %s" % err)
             self.assertEqual(len(segs), 1, out)
             self.assertFalse(emadtest.shm_exists(segs[0]), "segment %s left" % segs[0])
             if case[1] == "exception":
