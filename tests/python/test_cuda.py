@@ -103,7 +103,9 @@ class CudaExit(test_exit.ExitWithoutClose):
         self.run_cases([("mirror", end, weights, "cuda") for end in test_exit.STATUS
                         for weights in ("out", "in")])
 
-    test_the_issue_script_exits_0 = None  # a CPU script: test_exit runs it
+    # test_exit runs these: a CPU script, and the fake device
+    test_the_issue_script_exits_0 = None
+    test_an_update_held_back_on_a_device_is_finished_first = None
 
 
 if __name__ == "__main__":
