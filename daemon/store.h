@@ -151,7 +151,8 @@ int store_remove_temps(const char *dir, char *err, size_t errlen);
 
 /*
  * Claim dir (made if missing, mode 0700) for this process: an exclusive flock on dir/.lock,
- * which holds the owner's pid. dir must pass store_check_dir() (its error and message if not). The kernel lets go of it when the process dies, however it dies. Returns the
+ * which holds the owner's pid. dir must pass store_check_dir() (its error and message if
+ * not). The kernel lets go of the lock when the process dies, however it dies. Returns the
  * lock's fd (keep it open), -EBUSY with a message naming the other owner's pid when another
  * process holds it, or another -errno with a message.
  */

@@ -26,9 +26,10 @@
  *                        synced after the rename it must make durable.
  *
  * write, pwrite and writev are limited by the file offset they write at; fsync and fdatasync of
- * a matching file always fail (or stall). A rename is logged once it has happened. Descriptors are matched by their current path, read
- * from /proc/self/fd at each call, rather than by tracking open(): glibc's mkostemp() opens its
- * file through an internal call that no LD_PRELOAD can intercept. The lookup costs nothing
+ * a matching file always fail (or stall). A rename is logged once it has happened. Descriptors
+ * are matched by their current path, read from /proc/self/fd at each call, rather than by
+ * tracking open(): glibc's mkostemp() opens its file through an internal call that no
+ * LD_PRELOAD can intercept. The lookup costs nothing
  * beside the writes of a test. Nothing here is mutable after load but the lazily resolved
  * pointers to the next definitions, so every thread of emad may call in at once.
  */
