@@ -339,8 +339,6 @@ int ema_config_init(struct ema_config *cfg, const struct ema_config_in *in, char
         else
             c.smoothing = pow(2.0, -((double)c.update_interval.value / (double)c.half_life.value));
     }
-    /* Rounded once from double, as torch's lerp_(param, 1 - smoothing) does. */
-    c.weight = (float)(1.0 - c.smoothing);
     *cfg = c;
     return 0;
 }

@@ -70,8 +70,8 @@ struct ema_config {
     struct ema_time half_life;       /* ba, ep or inf; meaningful when has_half_life */
     struct ema_time update_interval; /* ba or ep, value >= 1; its unit picks the update event */
     struct ema_time ema_start;       /* ba, ep or dur */
-    double smoothing; /* shadow = smoothing * shadow + (1 - smoothing) * param, in [0, 1] */
-    float weight;     /* (float)(1.0 - smoothing), rounded once: the kernels' lerp weight */
+    double smoothing; /* shadow = smoothing * shadow + (1 - smoothing) * param, in [0, 1];
+                       * the kernels derive their lerp weight (kernel_weight_f32) */
 };
 
 /* ---- The state machine --------------------------------------------------------------------- */

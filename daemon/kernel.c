@@ -654,27 +654,36 @@ static int check_args(const struct kernel_ops *ops, enum dtype dt, const void *d
     return 0;
 }
 
+float kernel_weight_f32(double smoothing)
+{
+    /* As torch's shadow.lerp_(param, 1 - smoothing): the weight is a Python float (double),
+     * converted to the tensor's compute type, float for an f32 shadow. */
+    return (float)(1.0 - smoothing);
+}
+
+double kernel_weight_f64(double smoothing)
+{
+    return 1.0 - smoothing;
+}
+
 int kernel_update(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                   const void *param, size_t n, double smoothing)
 {
     int err = check_args(ops, dt, shadow, param, n);
     if (err < 0)
         return err;
-    /* As torch's shadow.lerp_(param, 1 - smoothing): the weight is a Python float (double),
-     * converted to the tensor's compute type, float for an f32 shadow. */
-    const double w = 1.0 - smoothing;
     switch (dt) {
     case DTYPE_F32:
-        ops->update_f32(shadow, param, n, (float)w);
+        ops->update_f32(shadow, param, n, kernel_weight_f32(smoothing));
         return 0;
     case DTYPE_BF16:
-        ops->update_bf16(shadow, param, n, (float)w);
+        ops->update_bf16(shadow, param, n, kernel_weight_f32(smoothing));
         return 0;
     case DTYPE_F16:
-        ops->update_f16(shadow, param, n, (float)w);
+        ops->update_f16(shadow, param, n, kernel_weight_f32(smoothing));
         return 0;
     case DTYPE_F64:
-        ops->update_f64(shadow, param, n, w);
+        ops->update_f64(shadow, param, n, kernel_weight_f64(smoothing));
         return 0;
     default: /* integer and bool tensors follow the weights: a copy */
         kernel_copy(shadow, param, n * dtype_size(dt));
@@ -690,16 +699,16 @@ int kernel_update_save(const struct kernel_ops *ops, enum dtype dt, void *shadow
         return err;
     if (n > 0 && old == NULL)
         return -EINVAL;
-    const double w = 1.0 - smoothing;
+    const float w = kernel_weight_f32(smoothing);
     /* One pass where the table has it: the old value is stored as it is read. */
     if (dt == DTYPE_F32 && ops->update_f32_save != NULL)
-        ops->update_f32_save(shadow, param, n, (float)w, old);
+        ops->update_f32_save(shadow, param, n, w, old);
     else if (dt == DTYPE_BF16 && ops->update_bf16_save != NULL)
-        ops->update_bf16_save(shadow, param, n, (float)w, old);
+        ops->update_bf16_save(shadow, param, n, w, old);
     else if (dt == DTYPE_F16 && ops->update_f16_save != NULL)
-        ops->update_f16_save(shadow, param, n, (float)w, old);
+        ops->update_f16_save(shadow, param, n, w, old);
     else if (dt == DTYPE_F64 && ops->update_f64_save != NULL)
-        ops->update_f64_save(shadow, param, n, w, old);
+        ops->update_f64_save(shadow, param, n, kernel_weight_f64(smoothing), old);
     else {
         kernel_copy(old, shadow, n * dtype_size(dtype_shadow(dt)));
         return kernel_update(ops, dt, shadow, param, n, smoothing);

@@ -79,8 +79,18 @@ const struct kernel_ops *kernel_ops_reference(void);
 /* ---- Per-tensor entry points (what the pool calls on each chunk) ------------------------ */
 
 /*
+ * The lerp weight of an f32 shadow (the shadow of f32, bf16 and f16 tensors) for a smoothing:
+ * as torch's shadow.lerp_(param, 1 - smoothing), whose weight is a Python float, 1 - smoothing
+ * is computed in double and rounded to float once. Rounding the smoothing to float first gives
+ * another weight (0.999: 0x1.0624dep-10, not 0x1.0624p-10).
+ */
+float kernel_weight_f32(double smoothing);
+/* The lerp weight of an f64 shadow: 1 - smoothing, in double. */
+double kernel_weight_f64(double smoothing);
+
+/*
  * The EMA update of n elements of a tensor whose parameter has dtype dt: float dtypes lerp
- * towards param with w = 1 - smoothing (in double, then rounded to float for f32 shadows);
+ * towards param with the weight kernel_weight_f32 or kernel_weight_f64 gives;
  * integer and bool tensors are copied. shadow has dtype_shadow(dt).
  * 0, or -EINVAL for a NULL ops, a bad dtype, NULL pointers with n > 0, or an n whose byte count
  * overflows size_t; nothing is written then.

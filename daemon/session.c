@@ -905,9 +905,11 @@ static int chunk_save(void *arg, size_t index)
     struct op *op = arg;
     struct session *s = op->s;
     (void)index;
-    op->rc = store_save(s->reg->ctx->opts->state_dir, op->file, op->meta.data, op->meta.size,
-                        shadow_data(s), shadow_data_bytes(s), op->path, sizeof(op->path),
-                        &op->bytes, op->err, sizeof(op->err));
+    /* Into the directory of the uid that asks (root's own for root): no name a user gives can
+     * reach another user's file. */
+    op->rc = store_save_user(s->reg->ctx->opts->state_dir, op->conn->uid, op->file,
+                             op->meta.data, op->meta.size, shadow_data(s), shadow_data_bytes(s),
+                             op->path, sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
     return 0;
 }
 
@@ -950,12 +952,10 @@ static int chunk_load(void *arg, size_t index)
     size_t off = 0;
     (void)index;
 
-    op->rc = store_load(s->reg->ctx->opts->state_dir, op->file, &f, op->err, sizeof(op->err));
+    op->rc = store_load_user(s->reg->ctx->opts->state_dir, op->conn->uid, op->file, &f,
+                             op->path, sizeof(op->path), op->err, sizeof(op->err));
     if (op->rc < 0)
         return 0;
-    if (snprintf(op->path, sizeof(op->path), "%s/%s%s", s->reg->ctx->opts->state_dir, op->file,
-                 STORE_SUFFIX) >= (int)sizeof(op->path))
-        op->path[0] = '\0';
     op->bytes = f.map_len;
     msgpack_unpacked_init(&op->unpacked);
     /* The metadata must outlive the mapping: unpack from a copy. */
@@ -979,6 +979,15 @@ static int chunk_load(void *arg, size_t index)
         goto out;
     }
     op->has_loaded = true;
+    /* Whose the file is, before anything else of it is shown or used: a file saved by an older
+     * emad into the shared directory may be another user's, and so may one an administrator
+     * moved. A file loads only into a session of the uid that saved it. */
+    if (!op->loaded.has_uid || op->loaded.uid != (uint64_t)s->uid) {
+        op->rc = -EPERM;
+        snprintf(op->err, sizeof(op->err), "load: %.400s was not saved from a session of "
+                 "yours: it is not loaded", op->path);
+        goto out;
+    }
     if (f.data_len != shadow_data_bytes(s))
         snprintf(why, sizeof(why), "its data is %" PRIu64 " bytes, the shadow %" PRIu64,
                  f.data_len, shadow_data_bytes(s));

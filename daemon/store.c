@@ -30,6 +30,9 @@
  * cache when write() copies it, large enough that syscalls cost nothing. */
 #define WRITE_CHUNK (8u << 20)
 
+/* Room for a message that names a path or two. */
+#define ERR_MAX (PATH_MAX + 512)
+
 _Static_assert(sizeof(STORE_MAGIC) - 1 == 8, "magic is 8 bytes");
 _Static_assert(sizeof(STORE_END_MAGIC) - 1 == 8, "end magic is 8 bytes");
 _Static_assert((STORE_ALIGN & (STORE_ALIGN - 1)) == 0, "STORE_ALIGN is a power of two");
@@ -205,12 +208,12 @@ static int make_dir(const char *dir, char *err, size_t errlen)
         if (errno == EEXIST)
             return 0;
         if (errno != ENOENT)
-            return err_set(err, errlen, -errno, "save: creating directory %s: %s", dir,
+            return err_set(err, errlen, -errno, "creating directory %s: %s", dir,
                         strerror(errno));
         parents = true;
     }
     if (len >= sizeof(path))
-        return err_set(err, errlen, -ENAMETOOLONG, "save: directory %s: path too long", dir);
+        return err_set(err, errlen, -ENAMETOOLONG, "directory %s: path too long", dir);
     memcpy(path, dir, len + 1);
     while (len > 1 && path[len - 1] == '/')
         path[--len] = '\0';
@@ -235,7 +238,7 @@ static int make_dir(const char *dir, char *err, size_t errlen)
             if (rc < 0)
                 goto out;
         } else if (errno != EEXIST) {
-            return err_set(err, errlen, -errno, "save: creating directory %s: %s", path,
+            return err_set(err, errlen, -errno, "creating directory %s: %s", path,
                         strerror(errno));
         }
         *p = c;
@@ -245,19 +248,153 @@ static int make_dir(const char *dir, char *err, size_t errlen)
     return 0;
 out:
     if (rc < 0)
-        return err_set(err, errlen, rc, "save: syncing the directory above %s: %s", path,
+        return err_set(err, errlen, rc, "syncing the directory above %s: %s", path,
                     strerror(-rc));
+    return 0;
+}
+
+/* ---- Directories that hold state files --------------------------------------------------- */
+
+/*
+ * Whether the directory st describes may hold state files: emad's own, and writable by emad
+ * alone. Whoever else can write into it can rename a file of theirs over a user's, plant a link
+ * for emad to follow, or delete what a user saved. emad refuses such a directory rather than
+ * change its mode: it may be the administrator's, and a mode fixed today is not the cause fixed.
+ */
+static int dir_fit(const struct stat *st, const char *path, char *err, size_t errlen)
+{
+    if (!S_ISDIR(st->st_mode))
+        return err_set(err, errlen, -ENOTDIR, "state directory %s is not a directory", path);
+    if (st->st_uid != geteuid())
+        return err_set(err, errlen, -EPERM,
+                       "state directory %s belongs to uid %lu, not to emad's uid %lu, so that "
+                       "another user could replace its files: chown it to emad's user, or "
+                       "choose another --state-dir",
+                       path, (unsigned long)st->st_uid, (unsigned long)geteuid());
+    if ((st->st_mode & (S_IWGRP | S_IWOTH)) != 0)
+        return err_set(err, errlen, -EPERM,
+                       "state directory %s is writable by group or others (mode %04o), so that "
+                       "they could plant links or replace state files: run chmod go-w %s, or "
+                       "choose another --state-dir",
+                       path, (unsigned)(st->st_mode & 07777), path);
+    return 0;
+}
+
+/*
+ * Open the directory `name` relative to `at` (AT_FDCWD: a path) without following a link in its
+ * last component, made first (mode 0700, and fsynced into `at`) when create and `at` is a
+ * directory fd, and check it with dir_fit(). path names it in messages. The fd, or -errno with
+ * a message (-ENOENT when it does not exist and create is false).
+ */
+static int open_dir(int at, const char *name, const char *path, bool create, char *err,
+                    size_t errlen)
+{
+    struct stat st;
+    bool made = false;
+    int fd, rc;
+
+    if (create && at != AT_FDCWD) {
+        if (mkdirat(at, name, 0700) == 0)
+            made = true;
+        else if (errno != EEXIST)
+            return err_set(err, errlen, -errno, "creating directory %s: %s", path,
+                           strerror(errno));
+    }
+    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        rc = -errno;
+        if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+            return err_set(err, errlen, -ELOOP, "%s is a symbolic link: emad never follows a "
+                           "link in its state directory; remove it, or give --state-dir the "
+                           "real directory", path);
+        return err_set(err, errlen, rc, "opening directory %s: %s", path, strerror(-rc));
+    }
+    if (fstat(fd, &st) != 0) {
+        rc = err_set(err, errlen, -errno, "directory %s: %s", path, strerror(errno));
+        goto err_fd;
+    }
+    if ((rc = dir_fit(&st, path, err, errlen)) < 0)
+        goto err_fd;
+    /* The state file's own fsyncs would not keep the new directory's entry across a crash. */
+    if (made && fsync(at) != 0) {
+        rc = err_set(err, errlen, -errno, "syncing the directory above %s: %s", path,
+                     strerror(errno));
+        goto err_fd;
+    }
+    return fd;
+err_fd:
+    close(fd);
+    return rc;
+}
+
+/* The state directory, made when missing if create (mkdir -p, 0700), and checked. */
+static int open_state_dir(const char *dir, bool create, char *err, size_t errlen)
+{
+    int rc;
+
+    if (dir == NULL || dir[0] == '\0')
+        return err_set(err, errlen, -EINVAL, "no state directory");
+    if (create && (rc = make_dir(dir, err, errlen)) < 0)
+        return rc;
+    return open_dir(AT_FDCWD, dir, dir, false, err, errlen);
+}
+
+/* <state_dir>/users/<uid> into path, or -ENAMETOOLONG with a message. */
+static int user_dir_path(const char *state_dir, uid_t uid, char *path, size_t pathlen, char *err,
+                         size_t errlen)
+{
+    int n = snprintf(path, pathlen, "%s/" STORE_USERS_DIR "/%lu", state_dir, (unsigned long)uid);
+
+    if (n < 0 || (size_t)n >= pathlen)
+        return err_set(err, errlen, -ENAMETOOLONG, "state directory %s: path too long",
+                       state_dir);
+    return 0;
+}
+
+/*
+ * Open <state_dir>/users/<uid> (path: from user_dir_path), each of the three checked and none
+ * reached through a link; made when missing if create. The fd, or -errno with a message.
+ */
+static int open_user_dir(const char *state_dir, uid_t uid, const char *path, bool create,
+                         char *err, size_t errlen)
+{
+    char users[PATH_MAX], uid_name[24];
+    int sfd, ufd, fd;
+
+    snprintf(uid_name, sizeof(uid_name), "%lu", (unsigned long)uid);
+    if (snprintf(users, sizeof(users), "%s/" STORE_USERS_DIR, state_dir) >= (int)sizeof(users))
+        return err_set(err, errlen, -ENAMETOOLONG, "state directory %s: path too long",
+                       state_dir);
+    if ((sfd = open_state_dir(state_dir, create, err, errlen)) < 0)
+        return sfd;
+    ufd = open_dir(sfd, STORE_USERS_DIR, users, create, err, errlen);
+    close(sfd);
+    if (ufd < 0)
+        return ufd;
+    fd = open_dir(ufd, uid_name, path, create, err, errlen);
+    close(ufd);
+    return fd;
+}
+
+int store_check_dir(const char *dir, char *err, size_t errlen)
+{
+    int fd = open_state_dir(dir, false, err, errlen);
+
+    if (fd < 0)
+        return fd;
+    close(fd);
     return 0;
 }
 
 /* ---- Save -------------------------------------------------------------------------------- */
 
 /*
- * mkostemp() for a template ending in "XXXXXX", with open() itself: glibc's mkostemp opens
- * through an internal call that ThreadSanitizer does not see, so a descriptor number it reuses
- * looked like a race with the connection that had it before. The fd, or -errno.
+ * mkostemp() for a template ending in "XXXXXX", relative to the directory dfd, with openat()
+ * itself: glibc's mkostemp opens through an internal call that ThreadSanitizer does not see, so
+ * a descriptor number it reuses looked like a race with the connection that had it before. The
+ * fd, or -errno.
  */
-static int open_temp(char *tmpl)
+static int open_temp(int dfd, char *tmpl)
 {
     static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     char *x = tmpl + strlen(tmpl) - 6;
@@ -268,7 +405,7 @@ static int open_temp(char *tmpl)
             return -EIO;
         for (int i = 0; i < 6; i++)
             x[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
-        int fd = open(tmpl, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        int fd = openat(dfd, tmpl, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd >= 0 || errno != EEXIST)
             return fd >= 0 ? fd : -errno;
     }
@@ -314,53 +451,74 @@ static int write_summed(int fd, uint32_t *crc, const void *buf, uint64_t len)
     return 0;
 }
 
-int store_save(const char *dir, const char *name, const void *meta, size_t meta_len,
-               const void *data, uint64_t data_len, char *path_out, size_t path_len,
-               uint64_t *bytes_out, char *err, size_t errlen)
+/* The checks of a save's arguments that need no directory. */
+static int save_args_ok(const char *name, const void *meta, size_t meta_len, const void *data,
+                        uint64_t data_len, char *err, size_t errlen)
+{
+    char namebuf[NAME_BUF];
+    uint64_t data_offset, size;
+
+    if (name == NULL || !store_name_valid(name, strlen(name)))
+        return err_set(err, errlen, -EINVAL, "save: " BAD_NAME_FMT,
+                       printable_name(name, namebuf, sizeof(namebuf)), STORE_NAME_MAX);
+    if (meta == NULL && meta_len > 0)
+        return err_set(err, errlen, -EINVAL, "save: %zu bytes of metadata but no pointer",
+                       meta_len);
+    if (data == NULL && data_len > 0)
+        return err_set(err, errlen, -EINVAL, "save: %" PRIu64 " bytes of data but no pointer",
+                       data_len);
+    if (layout(meta_len, data_len, &data_offset, &size) < 0)
+        return err_set(err, errlen, -EFBIG,
+                       "save: %zu bytes of metadata and %" PRIu64 " of data exceed a file's size",
+                       meta_len, data_len);
+    return 0;
+}
+
+/* The target's and the temp file's paths in dpath, and that path_out can hold the target's:
+ * checked before anything is made. */
+static int save_paths(const char *dpath, const char *name, char *path, char *tmp,
+                      size_t path_len, char *err, size_t errlen)
+{
+    if (make_path(path, PATH_MAX, dpath, "", name, "") < 0 ||
+        make_path(tmp, PATH_MAX, dpath, ".", name, ".tmp-XXXXXX") < 0)
+        return err_set(err, errlen, -ENAMETOOLONG,
+                       "save: the path %s/%s" STORE_SUFFIX " is too long", dpath, name);
+    if (path_len != SIZE_MAX && strlen(path) >= path_len)
+        return err_set(err, errlen, -ENAMETOOLONG, "save: the path %s does not fit in %zu bytes",
+                       path, path_len);
+    return 0;
+}
+
+/* The save itself, into the directory dfd whose path is dpath (arguments checked). */
+static int save_at(int dfd, const char *dpath, const char *name, const void *meta,
+                   size_t meta_len, const void *data, uint64_t data_len, char *path_out,
+                   size_t path_len, uint64_t *bytes_out, char *err, size_t errlen)
 {
     static const unsigned char zeros[STORE_ALIGN];
-    char path[PATH_MAX], tmp[PATH_MAX], namebuf[NAME_BUF];
+    char path[PATH_MAX], tmp[PATH_MAX];
     unsigned char head[STORE_HEADER_BYTES], tail[STORE_TRAILER_BYTES];
-    uint64_t data_offset, size, pad;
+    uint64_t data_offset = 0, size = 0, pad;
     uint32_t crc = 0;
     int fd, rc;
 
-    if (dir == NULL || dir[0] == '\0')
-        return err_set(err, errlen, -EINVAL, "save: no state directory");
-    if (name == NULL || !store_name_valid(name, strlen(name)))
-        return err_set(err, errlen, -EINVAL, "save: " BAD_NAME_FMT,
-                    printable_name(name, namebuf, sizeof(namebuf)), STORE_NAME_MAX);
-    if (meta == NULL && meta_len > 0)
-        return err_set(err, errlen, -EINVAL, "save: %zu bytes of metadata but no pointer", meta_len);
-    if (data == NULL && data_len > 0)
-        return err_set(err, errlen, -EINVAL, "save: %" PRIu64 " bytes of data but no pointer",
-                    data_len);
-    if (layout(meta_len, data_len, &data_offset, &size) < 0)
-        return err_set(err, errlen, -EFBIG,
-                    "save: %zu bytes of metadata and %" PRIu64 " of data exceed a file's size",
-                    meta_len, data_len);
-    if (make_path(path, sizeof(path), dir, "", name, "") < 0 ||
-        make_path(tmp, sizeof(tmp), dir, ".", name, ".tmp-XXXXXX") < 0)
-        return err_set(err, errlen, -ENAMETOOLONG, "save: the path %s/%s" STORE_SUFFIX
-                    " is too long", dir, name);
-    if (path_out != NULL && strlen(path) >= path_len)
-        return err_set(err, errlen, -ENAMETOOLONG, "save: the path %s does not fit in %zu bytes",
-                    path, path_len);
-    rc = make_dir(dir, err, errlen);
-    if (rc < 0)
+    if ((rc = save_paths(dpath, name, path, tmp, path_out != NULL ? path_len : SIZE_MAX, err,
+                         errlen)) < 0)
         return rc;
+    layout(meta_len, data_len, &data_offset, &size); /* cannot fail: save_args_ok() */
+    /* The names relative to dfd: the last component of each path. */
+    char *tmp_name = tmp + strlen(dpath) + 1, *path_name = path + strlen(dpath) + 1;
 
-    /* A unique name (O_EXCL, 0600) in the target's directory: rename() is atomic only within
+    /* A unique name (O_EXCL, 0600) in the target's directory: renameat() is atomic only within
      * one filesystem, and concurrent saves of one name must not share a temp file. */
-    if ((fd = open_temp(tmp)) < 0)
-        return err_set(err, errlen, fd, "save: creating a temp file in %s: %s", dir,
-                    strerror(-fd));
+    if ((fd = open_temp(dfd, tmp_name)) < 0)
+        return err_set(err, errlen, fd, "save: creating a temp file in %s: %s", dpath,
+                       strerror(-fd));
 
     /* Reserve the space first, so that a full disk fails now rather than after GiBs have been
      * written. Filesystems without fallocate just skip this. */
     if (fallocate(fd, 0, 0, (off_t)size) != 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
-        rc = err_set(err, errlen, -errno, "save: reserving %" PRIu64 " bytes for %s: %s", size, tmp,
-                  strerror(errno));
+        rc = err_set(err, errlen, -errno, "save: reserving %" PRIu64 " bytes for %s: %s", size,
+                     tmp, strerror(errno));
         goto err_tmp;
     }
 
@@ -395,15 +553,17 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
         rc = err_set(err, errlen, -errno, "save: closing %s: %s", tmp, strerror(errno));
         goto err_tmp;
     }
-    if (rename(tmp, path) != 0) {
-        rc = err_set(err, errlen, -errno, "save: renaming %s to %s: %s", tmp, path, strerror(errno));
+    if (renameat(dfd, tmp_name, dfd, path_name) != 0) {
+        rc = err_set(err, errlen, -errno, "save: renaming %s to %s: %s", tmp, path,
+                     strerror(errno));
         goto err_tmp;
     }
-    /* The rename itself is durable only once the directory is. */
-    rc = sync_dir(dir);
-    if (rc < 0)
-        return err_set(err, errlen, rc, "save: syncing directory %s after writing %s: %s", dir,
-                    path, strerror(-rc));
+    /* The rename itself is durable only once the directory is: until then a crash may bring
+     * back the previous file, so a save that cannot sync it is not a success. */
+    if (fsync(dfd) != 0)
+        return err_set(err, errlen, -errno, "save: syncing directory %s after writing %s: %s "
+                       "(the new file is in place but may not survive a crash: save again)",
+                       dpath, path, strerror(errno));
 
     if (path_out != NULL)
         memcpy(path_out, path, strlen(path) + 1);
@@ -416,7 +576,54 @@ err_write:
 err_tmp:
     if (fd >= 0)
         close(fd);
-    unlink(tmp);
+    unlinkat(dfd, tmp_name, 0);
+    return rc;
+}
+
+int store_save(const char *dir, const char *name, const void *meta, size_t meta_len,
+               const void *data, uint64_t data_len, char *path_out, size_t path_len,
+               uint64_t *bytes_out, char *err, size_t errlen)
+{
+    char path[PATH_MAX], tmp[PATH_MAX], why[ERR_MAX];
+    int dfd, rc;
+
+    if (dir == NULL || dir[0] == '\0')
+        return err_set(err, errlen, -EINVAL, "save: no state directory");
+    if ((rc = save_args_ok(name, meta, meta_len, data, data_len, err, errlen)) < 0 ||
+        (rc = save_paths(dir, name, path, tmp, path_out != NULL ? path_len : SIZE_MAX, err,
+                         errlen)) < 0)
+        return rc;
+    if ((rc = make_dir(dir, why, sizeof(why))) < 0)
+        return err_set(err, errlen, rc, "save: %s", why);
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0)
+        return err_set(err, errlen, -errno, "save: opening directory %s: %s", dir,
+                       strerror(errno));
+    rc = save_at(dfd, dir, name, meta, meta_len, data, data_len, path_out, path_len, bytes_out,
+                 err, errlen);
+    close(dfd);
+    return rc;
+}
+
+int store_save_user(const char *state_dir, uid_t uid, const char *name, const void *meta,
+                    size_t meta_len, const void *data, uint64_t data_len, char *path_out,
+                    size_t path_len, uint64_t *bytes_out, char *err, size_t errlen)
+{
+    char dpath[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX], why[ERR_MAX];
+    int dfd, rc;
+
+    if (state_dir == NULL || state_dir[0] == '\0')
+        return err_set(err, errlen, -EINVAL, "save: no state directory");
+    if ((rc = save_args_ok(name, meta, meta_len, data, data_len, err, errlen)) < 0 ||
+        (rc = user_dir_path(state_dir, uid, dpath, sizeof(dpath), err, errlen)) < 0 ||
+        (rc = save_paths(dpath, name, path, tmp, path_out != NULL ? path_len : SIZE_MAX, err,
+                         errlen)) < 0)
+        return rc;
+    if ((dfd = open_user_dir(state_dir, uid, dpath, true, why, sizeof(why))) < 0)
+        return err_set(err, errlen, dfd, "save: %s", why);
+    rc = save_at(dfd, dpath, name, meta, meta_len, data, data_len, path_out, path_len, bytes_out,
+                 err, errlen);
+    close(dfd);
     return rc;
 }
 
@@ -436,10 +643,68 @@ static bool is_temp_name(const char *entry)
     return store_name_valid(entry + 1, len - 1 - tail);
 }
 
-int store_remove_temps(const char *dir, char *err, size_t errlen)
+/* Remove the temp files among d's entries; how many went. unlinkat() without AT_REMOVEDIR fails
+ * on a directory: only files (or links) go. */
+static int remove_temps_in(DIR *d)
 {
     struct dirent *e;
     int removed = 0;
+
+    while ((e = readdir(d)) != NULL) {
+        if (is_temp_name(e->d_name) && unlinkat(dirfd(d), e->d_name, 0) == 0)
+            removed++;
+    }
+    return removed;
+}
+
+/* Whether a directory entry is the name of a user's directory under users/: a uid in decimal. */
+static bool is_uid_name(const char *entry)
+{
+    if (entry[0] == '\0' || strlen(entry) > 20)
+        return false;
+    for (const char *p = entry; *p != '\0'; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+    }
+    return true;
+}
+
+/* The temp files in each users/<uid>/ below the directory dfd; links are never followed. */
+static int remove_user_temps(int dfd)
+{
+    int ufd = openat(dfd, STORE_USERS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct dirent *e;
+    int removed = 0;
+    DIR *users;
+
+    if (ufd < 0 || (users = fdopendir(ufd)) == NULL) {
+        if (ufd >= 0)
+            close(ufd);
+        return 0;
+    }
+    while ((e = readdir(users)) != NULL) {
+        int fd;
+        DIR *d;
+
+        if (!is_uid_name(e->d_name))
+            continue;
+        fd = openat(dirfd(users), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        if ((d = fdopendir(fd)) == NULL) {
+            close(fd);
+            continue;
+        }
+        removed += remove_temps_in(d);
+        closedir(d);
+    }
+    closedir(users);
+    return removed;
+}
+
+int store_remove_temps(const char *dir, char *err, size_t errlen)
+{
+    int removed;
     DIR *d;
 
     if (dir == NULL || dir[0] == '\0')
@@ -451,11 +716,8 @@ int store_remove_temps(const char *dir, char *err, size_t errlen)
         return err_set(err, errlen, -errno, "removing temp files from %s: %s", dir,
                        strerror(errno));
     }
-    /* unlinkat() without AT_REMOVEDIR fails on a directory: only files (or links) go. */
-    while ((e = readdir(d)) != NULL) {
-        if (is_temp_name(e->d_name) && unlinkat(dirfd(d), e->d_name, 0) == 0)
-            removed++;
-    }
+    removed = remove_temps_in(d);
+    removed += remove_user_temps(dirfd(d));
     closedir(d);
     return removed;
 }
@@ -532,14 +794,65 @@ static int verify(const unsigned char *m, uint64_t size, const char *path, uint6
     return 0;
 }
 
-int store_load(const char *dir, const char *name, struct store_file *out, char *err,
-               size_t errlen)
+/* Map and verify the state file open on fd (path names it in messages); fd stays open. */
+static int load_fd(int fd, const char *path, struct store_file *out, char *err, size_t errlen)
 {
-    char path[PATH_MAX], namebuf[NAME_BUF];
     struct stat st;
     uint64_t meta_len = 0, data_offset = 0, data_len = 0;
     unsigned char *m;
-    int fd, rc;
+    int rc;
+
+    if (fstat(fd, &st) != 0)
+        return err_set(err, errlen, -errno, "load: %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return err_set(err, errlen, -EINVAL, "load: %s is not a regular file", path);
+    if ((uint64_t)st.st_size < STORE_HEADER_BYTES + STORE_TRAILER_BYTES)
+        return err_set(err, errlen, -EBADMSG,
+                       "load: %s is truncated or not a state file: %lld bytes, the smallest is %u",
+                       path, (long long)st.st_size, STORE_ALIGN + STORE_TRAILER_BYTES);
+    if ((uint64_t)st.st_size > SIZE_MAX)
+        return err_set(err, errlen, -EFBIG, "load: %s is too large to map (%lld bytes)", path,
+                       (long long)st.st_size);
+    m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED)
+        return err_set(err, errlen, -errno, "load: mapping %s: %s", path, strerror(errno));
+    /* No madvise: fault-time readahead already streams the checksum pass (measured: WILLNEED,
+     * SEQUENTIAL and MAP_POPULATE were no faster, cold or hot), and WILLNEED on a file larger
+     * than memory would read ahead pages only to evict them. */
+    rc = verify(m, (uint64_t)st.st_size, path, &meta_len, &data_offset, &data_len, err, errlen);
+    if (rc < 0) {
+        munmap(m, (size_t)st.st_size);
+        return rc;
+    }
+    out->map = m;
+    out->map_len = (size_t)st.st_size;
+    out->meta = m + STORE_HEADER_BYTES;
+    out->meta_len = (size_t)meta_len;
+    out->data = m + data_offset;
+    out->data_len = data_len;
+    return 0;
+}
+
+/* The message for a state file that cannot be opened: -errno, as open() failed with errno. */
+static int open_failed(const char *path, char *err, size_t errlen)
+{
+    if (errno == ENOENT)
+        return err_set(err, errlen, -ENOENT, "load: no state file %s", path);
+    if (errno == ELOOP)
+        return err_set(err, errlen, -ELOOP, "load: %s is a symbolic link: emad never follows a "
+                       "link in its state directory", path);
+    return err_set(err, errlen, -errno, "load: opening %s: %s", path, strerror(errno));
+}
+
+/* Flags of every state file's open(). O_NONBLOCK: a FIFO planted under the name must not hang
+ * the daemon in open(). O_NOFOLLOW: nor may a link take emad to a file it did not write. */
+#define LOAD_OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW)
+
+/* The checks of a load's arguments that need no directory; *out zeroed. */
+static int load_args_ok(const char *dir, const char *name, struct store_file *out, char *err,
+                        size_t errlen)
+{
+    char namebuf[NAME_BUF];
 
     if (out == NULL)
         return err_set(err, errlen, -EINVAL, "load: no result");
@@ -548,59 +861,97 @@ int store_load(const char *dir, const char *name, struct store_file *out, char *
         return err_set(err, errlen, -EINVAL, "load: no state directory");
     if (name == NULL || !store_name_valid(name, strlen(name)))
         return err_set(err, errlen, -EINVAL, "load: " BAD_NAME_FMT,
-                    printable_name(name, namebuf, sizeof(namebuf)), STORE_NAME_MAX);
+                       printable_name(name, namebuf, sizeof(namebuf)), STORE_NAME_MAX);
+    return 0;
+}
+
+int store_load(const char *dir, const char *name, struct store_file *out, char *err,
+               size_t errlen)
+{
+    char path[PATH_MAX];
+    int fd, rc;
+
+    if ((rc = load_args_ok(dir, name, out, err, errlen)) < 0)
+        return rc;
     if (make_path(path, sizeof(path), dir, "", name, "") < 0)
         return err_set(err, errlen, -ENAMETOOLONG, "load: the path %s/%s" STORE_SUFFIX
-                    " is too long", dir, name);
-
-    /* O_NONBLOCK: a FIFO planted under the name must not hang the daemon in open(). */
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return err_set(err, errlen, -ENOENT, "load: no state file %s", path);
-        return err_set(err, errlen, -errno, "load: opening %s: %s", path, strerror(errno));
-    }
-    if (fstat(fd, &st) != 0) {
-        rc = err_set(err, errlen, -errno, "load: %s: %s", path, strerror(errno));
-        goto out_close;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = err_set(err, errlen, -EINVAL, "load: %s is not a regular file", path);
-        goto out_close;
-    }
-    if ((uint64_t)st.st_size < STORE_HEADER_BYTES + STORE_TRAILER_BYTES) {
-        rc = err_set(err, errlen, -EBADMSG,
-                  "load: %s is truncated or not a state file: %lld bytes, the smallest is %u",
-                  path, (long long)st.st_size, STORE_ALIGN + STORE_TRAILER_BYTES);
-        goto out_close;
-    }
-    if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = err_set(err, errlen, -EFBIG, "load: %s is too large to map (%lld bytes)", path,
-                  (long long)st.st_size);
-        goto out_close;
-    }
-    m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m == MAP_FAILED) {
-        rc = err_set(err, errlen, -errno, "load: mapping %s: %s", path, strerror(errno));
-        goto out_close;
-    }
-    /* No madvise: fault-time readahead already streams the checksum pass (measured: WILLNEED,
-     * SEQUENTIAL and MAP_POPULATE were no faster, cold or hot), and WILLNEED on a file larger
-     * than memory would read ahead pages only to evict them. */
-    rc = verify(m, (uint64_t)st.st_size, path, &meta_len, &data_offset, &data_len, err, errlen);
-    if (rc < 0) {
-        munmap(m, (size_t)st.st_size);
-        goto out_close;
-    }
-    out->map = m;
-    out->map_len = (size_t)st.st_size;
-    out->meta = m + STORE_HEADER_BYTES;
-    out->meta_len = (size_t)meta_len;
-    out->data = m + data_offset;
-    out->data_len = data_len;
-out_close:
+                       " is too long", dir, name);
+    if ((fd = open(path, LOAD_OPEN_FLAGS)) < 0)
+        return open_failed(path, err, errlen);
     /* The mapping keeps the file; the descriptor is not needed past mmap(). */
+    rc = load_fd(fd, path, out, err, errlen);
     close(fd);
+    return rc;
+}
+
+/*
+ * A file saved by an emad older than per-user directories: <state_dir>/<name>.emastate, its
+ * owner known only from its metadata, which the caller checks. Until then nothing of it may be
+ * shown, so every failure gets one message that tells nothing of its contents. -ENOENT (no
+ * message) when there is none.
+ */
+static int load_legacy(const char *state_dir, const char *name, struct store_file *out,
+                       char *path_out, size_t path_len, char *err, size_t errlen)
+{
+    char path[PATH_MAX], why[ERR_MAX];
+    struct stat st;
+    int sfd, fd, rc;
+
+    if (make_path(path, sizeof(path), state_dir, "", name, "") < 0)
+        return -ENOENT;
+    if ((sfd = open_state_dir(state_dir, false, why, sizeof(why))) < 0)
+        return sfd == -ENOENT ? -ENOENT : err_set(err, errlen, sfd, "load: %s", why);
+    fd = openat(sfd, path + strlen(state_dir) + 1, LOAD_OPEN_FLAGS);
+    close(sfd);
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : open_failed(path, err, errlen);
+    /* emad writes its files itself: one of another owner was put there by someone else. */
+    rc = fstat(fd, &st) != 0 ? -errno : st.st_uid != geteuid() ? -EPERM : 0;
+    if (rc == 0)
+        rc = load_fd(fd, path, out, why, sizeof(why));
+    close(fd);
+    if (rc < 0)
+        return err_set(err, errlen, rc, "load: %s, saved by an older emad, cannot be loaded: it "
+                       "is damaged, of another version, or not emad's", path);
+    if (path_out != NULL && snprintf(path_out, path_len, "%s", path) >= (int)path_len)
+        path_out[0] = '\0';
+    return 0;
+}
+
+int store_load_user(const char *state_dir, uid_t uid, const char *name, struct store_file *out,
+                    char *path_out, size_t path_len, char *err, size_t errlen)
+{
+    char dpath[PATH_MAX], path[PATH_MAX], why[ERR_MAX];
+    int dfd, fd, rc;
+
+    if ((rc = load_args_ok(state_dir, name, out, err, errlen)) < 0 ||
+        (rc = user_dir_path(state_dir, uid, dpath, sizeof(dpath), err, errlen)) < 0)
+        return rc;
+    if (path_out != NULL && path_len > 0)
+        path_out[0] = '\0';
+    if (make_path(path, sizeof(path), dpath, "", name, "") < 0)
+        return err_set(err, errlen, -ENAMETOOLONG, "load: the path %s/%s" STORE_SUFFIX
+                       " is too long", dpath, name);
+    dfd = open_user_dir(state_dir, uid, dpath, false, why, sizeof(why));
+    if (dfd < 0 && dfd != -ENOENT)
+        return err_set(err, errlen, dfd, "load: %s", why);
+    if (dfd >= 0) {
+        fd = openat(dfd, path + strlen(dpath) + 1, LOAD_OPEN_FLAGS);
+        close(dfd);
+        if (fd < 0 && errno != ENOENT)
+            return open_failed(path, err, errlen);
+        if (fd >= 0) {
+            rc = load_fd(fd, path, out, err, errlen);
+            close(fd);
+            if (rc == 0 && path_out != NULL && snprintf(path_out, path_len, "%s", path) >=
+                                                   (int)path_len)
+                path_out[0] = '\0';
+            return rc;
+        }
+    }
+    rc = load_legacy(state_dir, name, out, path_out, path_len, err, errlen);
+    if (rc == -ENOENT)
+        return err_set(err, errlen, -ENOENT, "load: no state file %s", path);
     return rc;
 }
 
@@ -964,13 +1315,17 @@ static const uint32_t crc32c_table[8][256] = {
 int store_lock_dir(const char *dir, char *err, size_t errlen)
 {
     char path[PATH_MAX], pid[32] = "";
-    int fd, rc;
+    int dfd, fd, rc;
 
-    if ((rc = make_dir(dir, err, errlen)) < 0)
-        return rc;
+    if (dir == NULL || dir[0] == '\0')
+        return err_set(err, errlen, -EINVAL, "no state directory");
     if (snprintf(path, sizeof(path), "%s/.lock", dir) >= (int)sizeof(path))
         return err_set(err, errlen, -ENAMETOOLONG, "state directory %s: path too long", dir);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    /* Checked here, before emad serves: a directory others can write is refused at start. */
+    if ((dfd = open_state_dir(dir, true, err, errlen)) < 0)
+        return dfd;
+    fd = openat(dfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    close(dfd);
     if (fd < 0)
         return err_set(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {

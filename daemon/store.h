@@ -36,6 +36,22 @@
  * reader can tell a newer file (-EPROTONOSUPPORT) from a damaged one (-EBADMSG) without knowing
  * the newer layout.
  *
+ * Where a user's files go (store_save_user / store_load_user): a file belongs to the uid that
+ * saved it, in a directory of that uid's own, so that no name one user gives can reach a file
+ * of another:
+ *
+ *   <state dir>/                 emad's: owned by emad's uid, not writable by group or others
+ *       .lock                    store_lock_dir
+ *       users/                   0700, made by emad
+ *           <uid>/               0700, made by emad at that uid's first save
+ *               <name>.emastate
+ *       <name>.emastate          saved by an emad older than users/: loaded only when the uid's
+ *                                own directory has no file of that name (see store_load_user)
+ *
+ * Every directory on the way is opened relative to the one above it, never through a link, and
+ * refused unless it belongs to emad's uid and only that uid may write it (store_check_dir); a
+ * state file is never opened through a link either.
+ *
  * File names, not paths: clients choose names (store_name_valid), and ".emastate" is appended.
  * Temp files are named ".<name>.emastate.tmp-XXXXXX"; a valid name never starts with '.', so a
  * temp file can never be mistaken for a state file, and any left by a crash may be deleted
@@ -52,6 +68,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define STORE_SUFFIX ".emastate"
 #define STORE_MAGIC "EMASTATE"     /* 8 bytes at offset 0 */
@@ -61,6 +78,7 @@
 #define STORE_TRAILER_BYTES 16u
 #define STORE_ALIGN 4096u  /* data_offset is a multiple */
 #define STORE_NAME_MAX 128 /* longest file name clients may give, without the suffix */
+#define STORE_USERS_DIR "users" /* below the state directory: one directory per uid */
 
 /* ---- Names ------------------------------------------------------------------------------- */
 
@@ -102,17 +120,39 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
                uint64_t *bytes_out, char *err, size_t errlen);
 
 /*
+ * store_save() into <state_dir>/users/<uid>/, the directory of the user uid's files: made (0700)
+ * when missing, as users/ is; the state directory itself must exist. Each of the three is
+ * checked as store_check_dir() does, and reached without following a link; a failing check is
+ * an -EPERM, -ENOTDIR or -ELOOP with a message naming the directory and the fix. Otherwise as
+ * store_save(), paths and messages naming the user's directory.
+ */
+int store_save_user(const char *state_dir, uid_t uid, const char *name, const void *meta,
+                    size_t meta_len, const void *data, uint64_t data_len, char *path_out,
+                    size_t path_len, uint64_t *bytes_out, char *err, size_t errlen);
+
+/*
+ * Whether dir may be emad's state directory: a directory, not reached through a link in its
+ * last component, owned by emad's effective uid and not writable by group or others (whoever
+ * can write it could plant links or replace files). 0, or -ENOENT, -ENOTDIR, -ELOOP or -EPERM
+ * with a message naming the directory, its owner or mode, and the fix. store_lock_dir() checks
+ * it too, so emad refuses such a directory at its start.
+ */
+int store_check_dir(const char *dir, char *err, size_t errlen);
+
+/*
  * Remove the temp files of saves that never finished (emad killed or the machine down midway)
  * from dir: entries ".<name>.emastate.tmp-XXXXXX" for a valid name, never a state file, never a
- * directory. Only while no save writes into dir (a save in flight has a temp file too), such as
+ * directory; also in each <dir>/users/<uid>/ (never through a link). Only while no save
+ * writes into dir (a save in flight has a temp file too), such as
  * at emad's start, before it serves. Returns how many were removed (0 when dir does not exist;
  * an entry that cannot be removed is skipped), or the -errno of reading dir with a message.
  */
 int store_remove_temps(const char *dir, char *err, size_t errlen);
 
 /*
- * Claim dir (made if missing) for this process: an exclusive flock on dir/.lock, which holds
- * the owner's pid. The kernel lets go of it when the process dies, however it dies. Returns the
+ * Claim dir (made if missing, mode 0700) for this process: an exclusive flock on dir/.lock,
+ * which holds the owner's pid. dir must pass store_check_dir() (its error and message if
+ * not). The kernel lets go of the lock when the process dies, however it dies. Returns the
  * lock's fd (keep it open), -EBUSY with a message naming the other owner's pid when another
  * process holds it, or another -errno with a message.
  */
@@ -133,6 +173,7 @@ struct store_file {
  * store_file_close(). On failure *out is zeroed (closing it is harmless) and the result is
  *   -EINVAL           invalid name, or not a regular file
  *   -ENOENT           no such file
+ *   -ELOOP            <dir>/<name>.emastate is a symbolic link (never followed)
  *   -EBADMSG          not a state file, truncated, inconsistent lengths or checksum mismatch
  *   -EPROTONOSUPPORT  an intact file of another version, or with flags this reader lacks
  *   other -errno      opening or mapping failed
@@ -142,6 +183,19 @@ struct store_file {
  */
 int store_load(const char *dir, const char *name, struct store_file *out, char *err,
                size_t errlen);
+
+/*
+ * store_load() of the user uid's file <name>.emastate: from <state_dir>/users/<uid>/, checked
+ * and reached as store_save_user() does; or, when that directory has no file of that name, from
+ * the state directory itself, where emads before users/ saved every user's files. Such a file
+ * must belong to emad's uid, and whose it is only its metadata tells: every failure to load it
+ * gets one message that shows nothing of it, and the caller must compare the uid its metadata
+ * records before it shows or uses anything else of it. The path the file was loaded from goes
+ * to path_out (path_len bytes, may be NULL). Results as store_load(); -ENOENT's message names
+ * the path in the user's directory.
+ */
+int store_load_user(const char *state_dir, uid_t uid, const char *name, struct store_file *out,
+                    char *path_out, size_t path_len, char *err, size_t errlen);
 
 /* Unmap and zero f. Accepts a zeroed struct, and f == NULL. */
 void store_file_close(struct store_file *f);

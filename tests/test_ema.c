@@ -298,7 +298,6 @@ static void test_ema_config_defaults_to_half_life_1000ba(void **unused)
     assert_int_equal(cfg.ema_start.unit, EMA_UNIT_DUR);
     assert_int_equal(cfg.ema_start.value, 0);
     assert_true(cfg.smoothing == pow(2.0, -1.0 / 1000.0));
-    assert_true(cfg.weight == (float)(1.0 - cfg.smoothing));
 }
 
 static void test_ema_half_life_smoothing_is_two_to_minus_interval_over_half_life(void **unused)
@@ -309,7 +308,6 @@ static void test_ema_half_life_smoothing_is_two_to_minus_interval_over_half_life
     assert_true(cfg.smoothing == pow(2.0, -0.2));
     cfg = config("3ep", "3ep", NULL);
     assert_true(cfg.smoothing == 0.5);
-    assert_true(cfg.weight == 0.5f);
 }
 
 static void test_ema_half_life_zero_copies(void **unused)
@@ -318,7 +316,6 @@ static void test_ema_half_life_zero_copies(void **unused)
 
     (void)unused;
     assert_true(cfg.smoothing == 0.0);
-    assert_true(cfg.weight == 1.0f);
     cfg = config("0ep", "4ep", NULL);
     assert_true(cfg.smoothing == 0.0);
 }
@@ -329,7 +326,6 @@ static void test_ema_half_life_inf_never_changes(void **unused)
 
     (void)unused;
     assert_true(cfg.smoothing == 1.0);
-    assert_true(cfg.weight == 0.0f);
     assert_int_equal(cfg.half_life.unit, EMA_UNIT_INF);
     /* "inf" has no unit to default the interval to, and accepts either unit. */
     assert_int_equal(cfg.update_interval.unit, EMA_UNIT_BA);
@@ -357,26 +353,14 @@ static void test_ema_smoothing_given_defaults_interval_to_1ba(void **unused)
     (void)unused;
     assert_false(cfg.has_half_life);
     assert_true(cfg.smoothing == 0.9);
-    assert_true(cfg.weight == (float)(1.0 - 0.9));
     assert_int_equal(cfg.update_interval.unit, EMA_UNIT_BA);
     assert_int_equal(cfg.update_interval.value, 1);
     /* Without a half-life there is no unit to match. */
     cfg = smoothing_config(0.5, "5ep");
     assert_int_equal(cfg.update_interval.unit, EMA_UNIT_EP);
     assert_int_equal(cfg.update_interval.value, 5);
-    assert_true(smoothing_config(0.0, NULL).weight == 1.0f);
-    assert_true(smoothing_config(1.0, NULL).weight == 0.0f);
-}
-
-static void test_ema_weight_is_rounded_once_from_double(void **unused)
-{
-    static const double smoothings[] = {0.999, 0.9999, 0.99, 0.1, 1.0 / 3.0, 0.7};
-
-    (void)unused;
-    for (size_t i = 0; i < ARRAY_LEN(smoothings); i++)
-        assert_true(smoothing_config(smoothings[i], NULL).weight == (float)(1.0 - smoothings[i]));
-    /* Rounding the smoothing to float first would give another weight. */
-    assert_true(smoothing_config(0.999, NULL).weight != 1.0f - (float)0.999);
+    assert_true(smoothing_config(0.0, NULL).smoothing == 0.0);
+    assert_true(smoothing_config(1.0, NULL).smoothing == 1.0);
 }
 
 static void test_ema_config_keeps_fields_for_status(void **unused)
@@ -982,7 +966,6 @@ int main(void)
         cmocka_unit_test(test_ema_half_life_inf_never_changes),
         cmocka_unit_test(test_ema_interval_defaults_to_half_life_unit),
         cmocka_unit_test(test_ema_smoothing_given_defaults_interval_to_1ba),
-        cmocka_unit_test(test_ema_weight_is_rounded_once_from_double),
         cmocka_unit_test(test_ema_config_keeps_fields_for_status),
         cmocka_unit_test(test_ema_config_strings_need_no_terminator),
         cmocka_unit_test(test_ema_config_rejects_bad_combinations_naming_the_field),

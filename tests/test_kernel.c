@@ -615,7 +615,32 @@ static void test_update_f32_hits_the_ends_exactly(void **state)
     }
 }
 
-/* Torch computes 1 - smoothing in double and rounds it once: (float)(1 - 0.999) is 0x1.0624ep-10,
+/* The weight the update kernels get: 1 - smoothing in double, rounded to float once for an f32
+ * shadow, as torch's lerp_(param, 1 - smoothing) has it; the double itself for an f64 shadow.
+ * For these smoothings rounding the smoothing to float first, or subtracting in float, gives
+ * another weight. */
+static void test_kernel_weight_is_one_minus_smoothing_in_double_rounded_once(void **state)
+{
+    static const double smoothings[] = {0.999, 0.9999, 0.99, 0.1, 1.0 / 3.0, 0.7};
+    (void)state;
+
+    for (size_t i = 0; i < ARRAY_LEN(smoothings); i++) {
+        const double sm = smoothings[i];
+        const float want = (float)(1.0 - sm);
+        if (kernel_weight_f32(sm) != want)
+            fail_msg("smoothing %a: weight %a, expected %a", sm, (double)kernel_weight_f32(sm),
+                     (double)want);
+        assert_true(kernel_weight_f64(sm) == 1.0 - sm);
+    }
+    assert_true(kernel_weight_f32(0.999) != 1.0f - (float)0.999);
+    assert_true(kernel_weight_f32(0.999) == 0x1.0624dep-10f);
+    assert_true(kernel_weight_f32(0.9999) != (float)(1.0f - 0.9999f));
+    assert_true(kernel_weight_f32(0.0) == 1.0f);
+    assert_true(kernel_weight_f32(1.0) == 0.0f);
+    assert_true(kernel_weight_f64(1.0) == 0.0);
+}
+
+/* Torch computes 1 - smoothing in double and rounds it once: (float)(1 - 0.999) is 0x1.0624dep-10,
  * while 1.0f - (float)0.999 would be 0x1.0624p-10. */
 static void test_update_weight_is_one_minus_smoothing_rounded_once(void **state)
 {
@@ -1231,6 +1256,7 @@ int main(void)
         cmocka_unit_test(test_update_f32_is_torch_lerp_on_every_pair_of_special_values),
         cmocka_unit_test(test_update_f32_fuses_the_multiply_add_in_both_branches),
         cmocka_unit_test(test_update_f32_hits_the_ends_exactly),
+        cmocka_unit_test(test_kernel_weight_is_one_minus_smoothing_in_double_rounded_once),
         cmocka_unit_test(test_update_weight_is_one_minus_smoothing_rounded_once),
         cmocka_unit_test(test_update_in_chunks_equals_update_in_one_call),
         cmocka_unit_test(test_f16_to_f32_is_exact_for_all_65536_patterns),

@@ -18,7 +18,17 @@
  * per input, one more than --max-connections so that refusal is reachable.
  * Each connection's bytes are written, then the loop runs until everything
  * is quiet: every byte read by emad, every reply read by the client, no job
- * on the pool. At the end every connection is closed and emad stops cleanly
+ * on the pool.
+ *
+ * The trainer owns its segment and may rewrite it at any moment, the header
+ * included (tests/fuzz/README, "Shared memory is input"): 0xc1 'h' OFF LEN
+ * DATA, inside a connection's bytes, writes LEN % 8 + 1 bytes of DATA at
+ * offset OFF % 64 of the segment's header (magic to swap_generation:
+ * params_offset, stash_offset, params_bytes, segment_bytes, swap_state...),
+ * between that connection's requests: what came before it is sent and
+ * answered first, and the connection goes on with what follows. At most
+ * MAX_PATCHES per connection; one cut short by the end of the input writes
+ * what there is. At the end every connection is closed and emad stops cleanly
  * (registry_save_all, registry_free; every shadow unlinked), and the segment
  * and the state directory are reset, so that inputs do not depend on each
  * other.
@@ -88,6 +98,17 @@ static void fail(void) __attribute__((noreturn));
 #define PARAMS_BYTES 4096u
 #define MAX_IDS 4096                  /* msgids tracked per connection */
 #define CLIENT_READ 512               /* bytes a client reads per turn of the loop */
+#define HEADER_SPAN 64                /* header bytes a patch may write: magic .. swap_generation */
+#define MAX_PATCHES 64                /* header patches per connection */
+
+/* A write into the segment's header, between two of a connection's requests. */
+struct patch {
+    size_t at;                        /* after this many of the connection's bytes */
+    uint8_t off, len;                 /* where in the header, how many bytes (1..8) */
+    uint8_t bytes[8];
+};
+
+_Static_assert(HEADER_SPAN == sizeof(struct seg_header), "a patch reaches every header field");
 
 struct client {
     int fd;
@@ -487,6 +508,66 @@ static void settle(struct client *cl, int ncl, bool all_closed)
     }
 }
 
+/*
+ * One connection's bytes, from buf[start] up to the next 0xc1 'n' or 'c' (the
+ * end of the input if last: the last connection takes every byte left), into
+ * own (size bytes at most), and the header patches among them into patches.
+ * Returns where it stopped: the 0xc1 of the separator, or size.
+ */
+static size_t take_connection(const uint8_t *buf, size_t size, size_t start, bool last,
+                              uint8_t *own, size_t *own_len, struct patch *patches,
+                              size_t *npatches)
+{
+    size_t i = start;
+
+    *own_len = 0;
+    *npatches = 0;
+    while (i < size) {
+        if (buf[i] == 0xc1 && i + 1 < size) {
+            uint8_t k = buf[i + 1];
+            if (!last && (k == 'n' || k == 'c'))
+                return i;
+            if (k == 'h' && i + 3 < size && *npatches < MAX_PATCHES) {
+                struct patch *p = &patches[(*npatches)++];
+                size_t avail;
+                p->at = *own_len;
+                p->off = buf[i + 2] % HEADER_SPAN;
+                p->len = (uint8_t)(buf[i + 3] % 8 + 1);
+                if (p->off + p->len > HEADER_SPAN)
+                    p->len = (uint8_t)(HEADER_SPAN - p->off);
+                avail = size - (i + 4);
+                if (avail < p->len)
+                    p->len = (uint8_t)avail;
+                memcpy(p->bytes, buf + i + 4, p->len);
+                i += 4 + (size_t)p->len;
+                continue;
+            }
+        }
+        own[(*own_len)++] = buf[i++];
+    }
+    return size;
+}
+
+/* Send the connection c its bytes (own_len in all, from c->out) a piece at a
+ * time: up to each patch, then let emad answer everything, then write the
+ * patch into the header, as a trainer may between two requests. */
+static void send_with_patches(struct client *cl, int ncl, struct client *c, size_t own_len,
+                              const struct patch *patches, size_t npatches)
+{
+    const uint8_t *base = c->out;
+    size_t sent = 0;
+
+    for (size_t k = 0; k <= npatches; k++) {
+        size_t upto = k < npatches ? patches[k].at : own_len;
+        c->out = base + sent;
+        c->out_len = upto - sent;
+        settle(cl, ncl, false);
+        sent = upto;
+        if (k < npatches)
+            memcpy((uint8_t *)F.seg + patches[k].off, patches[k].bytes, patches[k].len);
+    }
+}
+
 /* Write our segment's name over the placeholder. */
 static void name_segment(uint8_t *p, size_t n)
 {
@@ -501,9 +582,11 @@ static void name_segment(uint8_t *p, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    static struct patch patches[MAX_PATCHES];
     struct client cl[MAX_CLIENTS];
+    uint8_t *own[MAX_CLIENTS] = {NULL};
     uint8_t *buf = malloc(size ? size : 1);
-    size_t start = 0;
+    size_t start = 0, own_len, npatches;
     int ncl = 0;
     bool close_first = false;
 
@@ -514,19 +597,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     clear_state_dir();
 
     for (;;) {
-        size_t end = start;
-        while (end + 1 < size && !(buf[end] == 0xc1 && (buf[end + 1] == 'n' || buf[end + 1] == 'c')))
-            end++;
-        if (end + 1 >= size || ncl == MAX_CLIENTS - 1)
-            end = size;
+        own[ncl] = malloc(size ? size : 1);
+        CHECK(own[ncl] != NULL);
+        size_t end = take_connection(buf, size, start, ncl == MAX_CLIENTS - 1, own[ncl], &own_len,
+                                     patches, &npatches);
         if (close_first) {
             for (int i = 0; i < ncl; i++)
                 client_close(&cl[i]);
             settle(cl, ncl, true);
         }
-        client_open(&cl[ncl], buf + start, end - start);
+        client_open(&cl[ncl], own[ncl], own_len);
         ncl++;
-        settle(cl, ncl, false);
+        send_with_patches(cl, ncl, &cl[ncl - 1], own_len, patches, npatches);
         if (end >= size)
             break;
         close_first = buf[end + 1] == 'c';
@@ -548,6 +630,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             shm_unlink(s->shadow_name);
     registry_free(&F.reg);
     registry_init(&F.reg, &F.ctx);
+    for (int i = 0; i < ncl; i++)
+        free(own[i]);
     free(buf);
     return 0;
 }

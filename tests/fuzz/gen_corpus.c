@@ -2,7 +2,11 @@
  * gen_corpus.c - write the seed corpora of the fuzzers:
  *   DIR/wire/NAME.bin      for fuzz_wire: 2 control bytes, then a byte stream
  *   DIR/dispatch/NAME.bin  for fuzz_dispatch: what clients send, connections
- *                          separated by 0xc1 'n' (new) or 0xc1 'c' (close first)
+ *                          separated by 0xc1 'n' (new) or 0xc1 'c' (close first),
+ *                          the segment's header rewritten between requests by
+ *                          0xc1 'h' OFF LEN DATA
+ * Every message of msg.h has a seed, with its extensions (the tensor table in
+ * columns, compact, existing, seq, replayed, interrupted, shadow_offsets).
  * Messages are built with the project's own encoders (wire.h, msg.h), so
  * they follow the contract. Deterministic: running it again rewrites the
  * same files; files it does not know (regression seeds) are left alone.
@@ -10,9 +14,11 @@
  * Usage: gen_corpus DIR     (`make fuzz-corpus` runs it on tests/fuzz/corpus)
  */
 #include "msg.h"
+#include "segment.h"
 #include "wire.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +58,17 @@ static void save(const char *sub, const char *name)
         fprintf(stderr, "gen_corpus: %s: %s\n", path, strerror(errno));
         exit(1);
     }
+}
+
+/* fuzz_dispatch: write len bytes of v (little-endian) at off in the segment's header, between
+ * the requests around it. */
+static void patch(size_t off, uint64_t v, size_t len)
+{
+    unsigned char p[4 + 8] = {0xc1, 'h', (unsigned char)off, (unsigned char)(len - 1)};
+
+    for (size_t i = 0; i < len; i++)
+        p[4 + i] = (unsigned char)(v >> (8 * i));
+    raw(p, 4 + len);
 }
 
 static void req(uint32_t id, const char *method, const struct msg_desc *d, const void *params)
@@ -149,6 +166,45 @@ static void drop(uint32_t id, const char *session)
 {
     struct msg_drop d = {msg_str_c(session)};
     req(id, "drop", &msg_drop_desc, &d);
+}
+
+/* The extensions of register: the table in columns, a compact reply, resume of an existing
+ * session only. */
+static struct msg_str table_names[] = {{"w", 1}, {"b", 1}};
+static struct msg_str table_dtypes[] = {{"f32", 3}, {"bf16", 4}};
+static uint64_t table_offsets[] = {0, 1024};
+static uint64_t table_numels[] = {256, 64};
+
+static void reg_table(uint32_t id, const char *session, bool compact, bool resume, bool existing)
+{
+    struct msg_register r;
+
+    memset(&r, 0, sizeof(r));
+    r.session = msg_str_c(session);
+    r.shm = msg_str_c(SEG);
+    r.has_table = true;
+    r.table = (struct msg_table){table_names, 2, table_dtypes, 2, table_offsets, 2,
+                                 table_numels, 2};
+    r.has_compact = compact;
+    r.compact = compact;
+    r.has_resume = resume;
+    r.resume = resume;
+    r.has_existing = existing;
+    r.existing = existing;
+    req(id, "register", &msg_register_desc, &r);
+}
+
+static void event_seq(uint32_t id, const char *session, const char *ev, uint64_t batch,
+                      bool has_seq, uint64_t seq)
+{
+    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {batch, 0, false, 0}, has_seq, seq};
+    req(id, "event", &msg_event_desc, &e);
+}
+
+static void swap_seq(uint32_t id, const char *session, const char *to, uint64_t seq)
+{
+    struct msg_swap s = {msg_str_c(session), msg_str_c(to), true, seq};
+    req(id, "swap", &msg_swap_desc, &s);
 }
 
 /* A request whose params are some other message (replies, state files): the
@@ -279,6 +335,67 @@ static void gen_wire(void)
         wrapped(25, &msg_saved_state_desc, &ss);
     }
     save("wire", "reply_shapes");
+
+    /* The extensions of the requests, and the remaining descriptors as params. */
+    ctl(0, 3 | 3 << 2);
+    reg_table(80, "run-t", true, false, false);
+    reg_table(81, "run-t", false, true, true);
+    event_seq(82, "run-t", "batch_end", 1, true, 1);
+    event_seq(83, "run-t", "batch_end", 1, true, 1);
+    swap_seq(84, "run-t", "ema", 2);
+    {
+        struct msg_error e = {msg_str_c(MSG_E_PERM), msg_str_c("load: not yours")};
+        wrapped(85, &msg_error_desc, &e);
+        struct msg_empty em = {0};
+        wrapped(86, &msg_empty_desc, &em);
+        struct msg_action a = {{"update", 6}, false, true, 3, true, true, true, true};
+        wrapped(87, &msg_action_desc, &a);
+        uint64_t offs[] = {0, 1024};
+        struct msg_register_reply rr;
+        memset(&rr, 0, sizeof(rr));
+        rr.session = msg_str_c("run-t");
+        rr.shadow_shm = msg_str_c("/emad-shadow-1-00");
+        rr.shadow_bytes = 2048;
+        rr.state.session = msg_str_c("run-t");
+        rr.state.smoothing = 0.5;
+        rr.state.update_interval = msg_str_c("1ba");
+        rr.state.ema_start = msg_str_c("0ba");
+        rr.state.shm = msg_str_c(SEG);
+        rr.state.shadow_shm = rr.shadow_shm;
+        rr.state.has_interrupted = true;
+        rr.state.interrupted = true;
+        rr.state.has_seq = true;
+        rr.state.seq = 9;
+        rr.has_shadow_offsets = true;
+        rr.shadow_offsets = offs;
+        rr.nshadow_offsets = 2;
+        wrapped(88, &msg_register_reply_desc, &rr);
+        struct msg_saved_tensor svt[] = {{{"w", 1}, {"f32", 3}, 256, true, 0}};
+        struct msg_saved_state ss;
+        memset(&ss, 0, sizeof(ss));
+        ss.format = 1;
+        ss.session = msg_str_c("run-t");
+        ss.tensors = svt;
+        ss.ntensors = 1;
+        ss.config.has_half_life = true;
+        ss.config.half_life = msg_str_c("10ba");
+        ss.has_last_time = true;
+        ss.last_time = (struct msg_time){3, 1, true, 0.25};
+        ss.has_uid = true;
+        ss.uid = 1000;
+        ss.has_shadow_shm = true;
+        ss.shadow_shm = msg_str_c("/emad-shadow-1-00");
+        ss.has_seq = true;
+        ss.seq = 9;
+        wrapped(89, &msg_saved_state_desc, &ss);
+        ss.tensors = NULL;
+        ss.ntensors = 0;
+        ss.has_table = true;
+        ss.table = (struct msg_table){table_names, 2, table_dtypes, 2, table_offsets, 2,
+                                      table_numels, 2};
+        wrapped(90, &msg_saved_state_desc, &ss);
+    }
+    save("wire", "extended_messages");
 
     /* A response and a notification, as a client receives them. */
     ctl(0, L4096_D8);
@@ -488,6 +605,75 @@ static void gen_dispatch(void)
     sep('n');
     hello(4); /* one more than --max-connections: refused */
     save("dispatch", "refused");
+
+    /* The extensions: the table in columns, compact, existing, seq (a replay answered from
+     * the record), swap with seq; then resume of a detached session. */
+    begin();
+    hello(1);
+    reg_table(2, "ext", true, false, false);
+    reg_table(3, "nosuch", false, true, true); /* NOSESSION: existing only */
+    event_seq(4, "ext", "batch_end", 1, true, 1);
+    event_seq(5, "ext", "batch_end", 1, true, 1); /* the same seq again: replayed */
+    event_seq(6, "ext", "batch_end", 2, true, 2);
+    swap_seq(7, "ext", "ema", 3);
+    swap_seq(8, "ext", "train", 4);
+    event_seq(9, "ext", "batch_end", 3, true, 0); /* seq 0: BADARG */
+    status(10, "ext");
+    close_(11, "ext", true);
+    sep('n');
+    hello(12);
+    reg_table(13, "ext", false, true, true);
+    event_seq(14, "ext", "batch_end", 3, true, 5);
+    status(15, NULL);
+    save("dispatch", "extended_requests");
+
+    /* The trainer rewrites fields of its segment's header that emad does not use for its
+     * data (magic, version, sizes, swap_state, the generation) between requests. */
+    begin();
+    hello(1);
+    reg(2, "hdr", SEG, 5, "10ba", false);
+    event_seq(3, "hdr", "batch_end", 1, false, 0);
+    patch(offsetof(struct seg_header, swap_generation), 0xffffffffffffffffull, 8);
+    event_seq(4, "hdr", "batch_end", 2, false, 0);
+    patch(offsetof(struct seg_header, magic), 0x5858585858585858ull, 8);
+    patch(offsetof(struct seg_header, version), 7, 4);
+    event_seq(5, "hdr", "eval_start", 2, false, 0);
+    patch(offsetof(struct seg_header, swap_state), 9, 4);
+    event_seq(6, "hdr", "eval_end", 2, false, 0);
+    patch(offsetof(struct seg_header, segment_bytes), 1, 8);
+    patch(offsetof(struct seg_header, reserved), 0xdeadbeef, 4);
+    swap(7, "hdr", "ema");
+    status(8, "hdr");
+    file(9, "save", "hdr", "h");
+    save("dispatch", "header_rewritten");
+
+    /* The fields emad's data work depends on, rewritten with the values they hold (the
+     * harness's segment: 4 KiB of params at 4096, the stash at 8192): a mutation away from
+     * offsets that point anywhere, between an update and a swap. */
+    begin();
+    hello(1);
+    reg(2, "off", SEG, 5, "10ba", false);
+    event_seq(3, "off", "batch_end", 1, false, 0);
+    patch(offsetof(struct seg_header, params_offset), 4096, 8);
+    event_seq(4, "off", "batch_end", 2, false, 0);
+    patch(offsetof(struct seg_header, stash_offset), 8192, 8);
+    patch(offsetof(struct seg_header, params_bytes), 4096, 8);
+    swap(5, "off", "ema");
+    swap(6, "off", "train");
+    save("dispatch", "header_offsets_rewritten");
+
+    /* A header rewritten before register is checked there: SHM, then valid again. */
+    begin();
+    hello(1);
+    patch(offsetof(struct seg_header, params_offset), 4097, 8);
+    reg(2, "late", SEG, 1, NULL, false);
+    patch(offsetof(struct seg_header, params_offset), 4096, 8);
+    patch(offsetof(struct seg_header, params_bytes), 1ull << 40, 8);
+    reg(3, "late", SEG, 1, NULL, false);
+    patch(offsetof(struct seg_header, params_bytes), 4096, 8);
+    patch(offsetof(struct seg_header, stash_offset), 3, 8);
+    reg(4, "late", SEG, 1, NULL, false);
+    save("dispatch", "header_checked_at_register");
 }
 
 int main(int argc, char **argv)

@@ -16,11 +16,20 @@
  *                        this file and blocks its thread for good. A test that waits for the file
  *                        to appear kills emad while the save is certainly midway, without
  *                        guessing how long to sleep.
+ *   EMAD_TEST_EIO_DIR    the exact path of a directory: fsync and fdatasync of a descriptor open
+ *                        on it fail with EIO (or stall), as they do when the disk fails while
+ *                        the directory's new entries are written out. MATCH's substring would
+ *                        also catch the files inside.
+ *   EMAD_TEST_EIO_LOG    a file: every fsync, fdatasync and rename of emad (whatever the paths)
+ *                        is appended to it as one line, "fsync PATH" or "rename FROM TO", in the
+ *                        order emad made them, so that a test can prove that a directory was
+ *                        synced after the rename it must make durable.
  *
  * write, pwrite and writev are limited by the file offset they write at; fsync and fdatasync of
- * a matching file always fail (or stall). Descriptors are matched by their current path, read
- * from /proc/self/fd at each call, rather than by tracking open(): glibc's mkostemp() opens its
- * file through an internal call that no LD_PRELOAD can intercept. The lookup costs nothing
+ * a matching file always fail (or stall). A rename is logged once it has happened. Descriptors
+ * are matched by their current path, read from /proc/self/fd at each call, rather than by
+ * tracking open(): glibc's mkostemp() opens its file through an internal call that no
+ * LD_PRELOAD can intercept. The lookup costs nothing
  * beside the writes of a test. Nothing here is mutable after load but the lazily resolved
  * pointers to the next definitions, so every thread of emad may call in at once.
  */
@@ -40,16 +49,22 @@
 static const char *match;      /* EMAD_TEST_EIO_MATCH; NULL: do nothing */
 static uint64_t after;         /* EMAD_TEST_EIO_AFTER */
 static const char *stall_path; /* EMAD_TEST_EIO_STALL; NULL: fail with EIO */
+static const char *fail_dir;   /* EMAD_TEST_EIO_DIR; NULL: none */
+static const char *log_path;   /* EMAD_TEST_EIO_LOG; NULL: no log */
 
 __attribute__((constructor)) static void eio_shim_init(void)
 {
     const char *m = getenv("EMAD_TEST_EIO_MATCH");
     const char *a = getenv("EMAD_TEST_EIO_AFTER");
     const char *s = getenv("EMAD_TEST_EIO_STALL");
+    const char *dir = getenv("EMAD_TEST_EIO_DIR");
+    const char *log = getenv("EMAD_TEST_EIO_LOG");
 
     after = a != NULL ? strtoull(a, NULL, 10) : 0;
     stall_path = s != NULL && s[0] != '\0' ? s : NULL;
     match = m != NULL && m[0] != '\0' ? m : NULL;
+    fail_dir = dir != NULL && dir[0] != '\0' ? dir : NULL;
+    log_path = log != NULL && log[0] != '\0' ? log : NULL;
 }
 
 /* The definition of name that this library hides (libc's, or a sanitizer's interceptor when
@@ -75,22 +90,82 @@ static void *next_def(void **slot, const char *name)
         return -1;                                                                           \
     }
 
-/* Whether fd's file is one to fail. errno is kept: the caller's call decides it. */
-static bool matches(int fd)
+/* fd's current path into path (PATH_MAX bytes); false if it has none. errno is kept. */
+static bool fd_path(int fd, char *path)
 {
-    char link[32], path[PATH_MAX];
+    char link[32];
     int saved = errno;
     ssize_t n;
 
-    if (match == NULL || fd < 0)
+    if (fd < 0)
         return false;
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-    n = readlink(link, path, sizeof(path) - 1);
+    n = readlink(link, path, PATH_MAX - 1);
     errno = saved;
     if (n < 0)
         return false;
     path[n] = '\0';
-    return strstr(path, match) != NULL;
+    return true;
+}
+
+/* Whether fd's file is one to fail. errno is kept: the caller's call decides it. */
+static bool matches(int fd)
+{
+    char path[PATH_MAX];
+
+    return match != NULL && fd_path(fd, path) && strstr(path, match) != NULL;
+}
+
+/* Whether fd is open on EMAD_TEST_EIO_DIR itself. */
+static bool is_fail_dir(int fd)
+{
+    char path[PATH_MAX];
+
+    return fail_dir != NULL && fd_path(fd, path) && strcmp(path, fail_dir) == 0;
+}
+
+/* Append "what a b" to EMAD_TEST_EIO_LOG in one write (O_APPEND: lines of threads that log at
+ * once do not interleave). errno is kept. */
+static void log_line(const char *what, const char *a, const char *b)
+{
+    char line[2 * PATH_MAX + 32];
+    int saved = errno, fd, n;
+
+    if (log_path == NULL)
+        return;
+    n = snprintf(line, sizeof(line), "%s %s%s%s\n", what, a, b != NULL ? " " : "",
+                 b != NULL ? b : "");
+    fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        if (n > 0 && (size_t)n < sizeof(line) && write(fd, line, (size_t)n) < 0)
+            n = -1; /* nothing to do: the test sees the line missing */
+        close(fd);
+    }
+    errno = saved;
+}
+
+/* The path a syscall's (dirfd, name) pair names, into out (PATH_MAX bytes). */
+static void at_path(int dirfd, const char *name, char *out)
+{
+    char dir[PATH_MAX];
+
+    int n;
+
+    if (name[0] == '/' || dirfd == AT_FDCWD || !fd_path(dirfd, dir))
+        n = snprintf(out, PATH_MAX, "%s", name);
+    else
+        n = snprintf(out, PATH_MAX, "%s/%s", dir, name);
+    if (n < 0 || n >= PATH_MAX)
+        snprintf(out, PATH_MAX, "(too long)");
+}
+
+/* Log an fsync of fd. */
+static void log_sync(int fd)
+{
+    char path[PATH_MAX];
+
+    if (log_path != NULL && fd_path(fd, path))
+        log_line("fsync", path, NULL);
 }
 
 /* How many of len bytes written at offset off stay below the limit. */
@@ -168,12 +243,33 @@ int fsync(int fd)
 {
     NEXT(fsync);
 
-    return matches(fd) ? fault() : next(fd);
+    log_sync(fd);
+    return matches(fd) || is_fail_dir(fd) ? fault() : next(fd);
 }
 
 int fdatasync(int fd)
 {
     NEXT(fdatasync);
 
-    return matches(fd) ? fault() : next(fd);
+    log_sync(fd);
+    return matches(fd) || is_fail_dir(fd) ? fault() : next(fd);
+}
+
+int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+    NEXT(renameat);
+    char from[PATH_MAX], to[PATH_MAX];
+    int rc = next(olddirfd, oldpath, newdirfd, newpath);
+
+    if (rc == 0 && log_path != NULL) {
+        at_path(olddirfd, oldpath, from);
+        at_path(newdirfd, newpath, to);
+        log_line("rename", from, to);
+    }
+    return rc;
+}
+
+int rename(const char *oldpath, const char *newpath)
+{
+    return renameat(AT_FDCWD, oldpath, AT_FDCWD, newpath);
 }

@@ -7,7 +7,11 @@
  * restarted for the purpose: its writes to the temp file of one save name fail with EIO from
  * a given byte on, or its fsync does, or the write that reaches that byte stalls for good and
  * creates a marker file, so that the test kills emad when the save is certainly halfway through
- * its file, not after a guessed sleep.
+ * its file, not after a guessed sleep. The shim also fails the fsync of one directory, and logs
+ * every fsync and rename, so that a save is seen to sync its directory after its rename (without
+ * which a crash may bring back the previous file) and to report IO when it cannot.
+ *
+ * A user's files are in <state dir>/users/<uid>/ (daemon/store.h): the test's uid's here.
  */
 #include "emaclient.h"
 #include "harness.h"
@@ -43,21 +47,25 @@ static int teardown(void **state)
 
 /* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
 struct shim_env {
-    char preload[PATH_MAX + 16], match[300], after[64], stall[160], asan[1024];
-    char *v[6];
+    char preload[PATH_MAX + 16], match[PATH_MAX + 64], after[64], stall[160], asan[1024];
+    char dir[PATH_MAX + 32], log[PATH_MAX + 32];
+    char *v[8];
 };
 
-/* Fill e for faults in the temp files of saves of `name` into d's state directory (and nothing
- * else: not the journals in live/, which share the name of the session), from byte after on;
- * stall: the marker path, or NULL to fail with EIO. Returns the NULL-terminated list for
- * daemon_start_env(). */
-static char *const *shim_env(struct shim_env *e, const struct daemon *d, const char *name,
-                             unsigned long long after, const char *stall)
+/* The directory of the test's uid's state files: d's state dir, users/<uid>. */
+static const char *user_dir(const struct daemon *d, char *out, size_t outlen)
+{
+    if (snprintf(out, outlen, "%s/users/%lu", d->state, (unsigned long)geteuid()) >= (int)outlen)
+        fail_msg("%s: path too long", d->state);
+    return out;
+}
+
+/* LD_PRELOAD and ASAN_OPTIONS for the shim into e, from e->v[0]; how many were set. */
+static size_t shim_preload(struct shim_env *e)
 {
     const char *shim = getenv("EMAD_TEST_EIO_SHIM");
     const char *asan = getenv("ASAN_OPTIONS");
     char path[PATH_MAX];
-    size_t n = 0;
 
     /* Built plain by `make tests` and preloaded into every variant of emad; absolute, since
      * emad resolves it. */
@@ -67,18 +75,47 @@ static char *const *shim_env(struct shim_env *e, const struct daemon *d, const c
         fail_msg("the EIO shim %s: %s (make tests builds it; EMAD_TEST_EIO_SHIM overrides)", shim,
                  strerror(errno));
     snprintf(e->preload, sizeof(e->preload), "LD_PRELOAD=%s", path);
-    snprintf(e->match, sizeof(e->match), "EMAD_TEST_EIO_MATCH=%s/.%s.emastate.tmp-", d->state,
-             name);
-    snprintf(e->after, sizeof(e->after), "EMAD_TEST_EIO_AFTER=%llu", after);
     /* ASan wants its runtime first among the preloaded libraries; the shim only forwards
      * to whatever comes next (ASan's interceptors included), so the order is harmless.
      * Other builds ignore the variable. */
     snprintf(e->asan, sizeof(e->asan), "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
              asan != NULL ? asan : "", asan != NULL && asan[0] != '\0' ? ":" : "");
-    e->v[n++] = e->preload;
+    e->v[0] = e->preload;
+    e->v[1] = e->asan;
+    return 2;
+}
+
+/* Environment for the shim logging every fsync and rename to log, and failing the fsyncs of
+ * the directory fail_dir (NULL: none). */
+static char *const *shim_env_dir(struct shim_env *e, const char *fail_dir, const char *log)
+{
+    size_t n = shim_preload(e);
+
+    snprintf(e->log, sizeof(e->log), "EMAD_TEST_EIO_LOG=%s", log);
+    e->v[n++] = e->log;
+    if (fail_dir != NULL) {
+        snprintf(e->dir, sizeof(e->dir), "EMAD_TEST_EIO_DIR=%s", fail_dir);
+        e->v[n++] = e->dir;
+    }
+    e->v[n] = NULL;
+    return e->v;
+}
+
+/* Fill e for faults in the temp files of saves of `name` into d's state directory (and nothing
+ * else: not the journals in live/, which share the name of the session), from byte after on;
+ * stall: the marker path, or NULL to fail with EIO. Returns the NULL-terminated list for
+ * daemon_start_env(). */
+static char *const *shim_env(struct shim_env *e, const struct daemon *d, const char *name,
+                             unsigned long long after, const char *stall)
+{
+    char dir[PATH_MAX];
+    size_t n = shim_preload(e);
+
+    snprintf(e->match, sizeof(e->match), "EMAD_TEST_EIO_MATCH=%s/.%s.emastate.tmp-",
+             user_dir(d, dir, sizeof(dir)), name);
+    snprintf(e->after, sizeof(e->after), "EMAD_TEST_EIO_AFTER=%llu", after);
     e->v[n++] = e->match;
     e->v[n++] = e->after;
-    e->v[n++] = e->asan;
     if (stall != NULL) {
         snprintf(e->stall, sizeof(e->stall), "EMAD_TEST_EIO_STALL=%s", stall);
         e->v[n++] = e->stall;
@@ -249,16 +286,17 @@ static void save_fails_with_eio(unsigned long long after, const char *step)
     struct shim_env env;
     struct daemon d;
     size_t saved_len, shadow_len;
-    char want[64];
+    char want[64], dir[PATH_MAX];
 
     daemon_start(&d, NULL);
+    user_dir(&d, dir, sizeof(dir));
     emac_client *c = client_connect(&d, "test_durable");
     assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
     fill_params(seg_left, 1);
     emac_session *s = register_ok(c, "durable", false);
     batch_end(s, 1, 1);
     save_ok(c, "durable", "snap", &f);
-    unsigned char *saved = slurp(d.state, "snap.emastate", &saved_len);
+    unsigned char *saved = slurp(dir, "snap.emastate", &saved_len);
     assert_int_equal(saved_len, f.bytes);
     void *shadow = shadow_copy(s, &shadow_len);
 
@@ -276,8 +314,8 @@ static void save_fails_with_eio(unsigned long long after, const char *step)
         fail_msg("the IO error should name the step (\"%s\"), the temp file and the error "
                  "(\"%s\"): %s", want, strerror(EIO), err.message);
 
-    expect_file(d.state, "snap.emastate", saved, saved_len);
-    assert_int_equal(temp_files(d.state, NULL, 0), 0);
+    expect_file(dir, "snap.emastate", saved, saved_len);
+    assert_int_equal(temp_files(dir, NULL, 0), 0);
     assert_true(file_contains(d.log, "save failed"));
 
     /* The session goes on. */
@@ -306,6 +344,152 @@ static void test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_fi
 {
     (void)state;
     save_fails_with_eio(1ull << 40, "syncing"); /* every byte written; the fsync fails */
+}
+
+/* ---- the directory's fsync ---- */
+
+/* The lines of the shim's log, in a malloc'ed array of n pointers into *text. */
+static char **log_lines(const char *path, char **text, size_t *n)
+{
+    size_t len, cap = 16;
+    char **lines = malloc(cap * sizeof(*lines));
+    char *slash = strrchr(path, '/');
+    char dir[PATH_MAX];
+
+    assert_non_null(lines);
+    snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    *text = (char *)slurp(dir, slash + 1, &len);
+    *text = realloc(*text, len + 1);
+    assert_non_null(*text);
+    (*text)[len] = '\0';
+    *n = 0;
+    for (char *p = *text, *nl; *p != '\0'; p = nl + 1) {
+        nl = strchr(p, '\n');
+        assert_non_null(nl);
+        *nl = '\0';
+        if (*n == cap) {
+            cap *= 2;
+            lines = realloc(lines, cap * sizeof(*lines));
+            assert_non_null(lines);
+        }
+        lines[(*n)++] = p;
+    }
+    return lines;
+}
+
+/* Fail unless the log shows the save of dir/name.emastate: its temp file synced, renamed to the
+ * file, and after that rename, dir synced; the first such rename at or after line *from, and
+ * *from moved past it. */
+static void expect_synced_save(const char *log, const char *dir, const char *name, size_t *from)
+{
+    char synced_tmp[PATH_MAX + 64], rename_from[PATH_MAX + 64], rename_to[PATH_MAX + 64];
+    char synced_dir[PATH_MAX + 16], *text;
+    size_t n, i, temp_synced = SIZE_MAX, renamed = SIZE_MAX;
+    char **lines = log_lines(log, &text, &n);
+
+    snprintf(synced_tmp, sizeof(synced_tmp), "fsync %s/.%s.emastate.tmp-", dir, name);
+    snprintf(rename_from, sizeof(rename_from), "rename %s/.%s.emastate.tmp-", dir, name);
+    snprintf(rename_to, sizeof(rename_to), " %s/%s.emastate", dir, name);
+    snprintf(synced_dir, sizeof(synced_dir), "fsync %s", dir);
+    for (i = *from; i < n && renamed == SIZE_MAX; i++) {
+        if (strncmp(lines[i], synced_tmp, strlen(synced_tmp)) == 0)
+            temp_synced = i;
+        else if (strncmp(lines[i], rename_from, strlen(rename_from)) == 0 &&
+                 strlen(lines[i]) > strlen(rename_to) &&
+                 strcmp(lines[i] + strlen(lines[i]) - strlen(rename_to), rename_to) == 0)
+            renamed = i;
+    }
+    if (renamed == SIZE_MAX)
+        fail_msg("%s: no rename of a temp file to %s/%s.emastate", log, dir, name);
+    if (temp_synced == SIZE_MAX)
+        fail_msg("%s: the temp file renamed to %s/%s.emastate was not synced before", log, dir,
+                 name);
+    for (i = renamed + 1; i < n && strcmp(lines[i], synced_dir) != 0; i++)
+        ;
+    if (i == n)
+        fail_msg("%s: the directory %s was not synced after the rename to %s.emastate: a crash "
+                 "could bring back the previous file", log, dir, name);
+    *from = i + 1;
+    free(lines);
+    free(text);
+}
+
+/* Each save syncs its directory after its rename: the first, which makes the directory, and the
+ * next, into the directory as it is. */
+static void test_save_syncs_its_directory_after_the_rename(void **state)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
+    struct emac_error err;
+    struct emac_file f;
+    struct shim_env env;
+    struct daemon d;
+    char dir[PATH_MAX], log[PATH_MAX];
+    size_t from = 0;
+    (void)state;
+
+    make_dir(&d);
+    user_dir(&d, dir, sizeof(dir));
+    snprintf(log, sizeof(log), "%s/syncs.log", d.dir);
+    daemon_start_env(&d, NULL, shim_env_dir(&env, NULL, log));
+    emac_client *c = client_connect(&d, "test_durable");
+    assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
+    fill_params(seg_left, 1);
+    emac_session *s = register_ok(c, "synced", false);
+    batch_end(s, 1, 1);
+    save_ok(c, "synced", "first", &f);
+    expect_synced_save(log, dir, "first", &from);
+    batch_end(s, 2, 2);
+    save_ok(c, "synced", "first", &f);
+    expect_synced_save(log, dir, "first", &from);
+
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/* A save whose rename cannot be made durable (the directory's fsync fails with EIO) is IO, with
+ * a message that names the directory, the error, and says the file may not survive a crash;
+ * the session goes on and saves elsewhere once the disk is back. */
+static void test_save_whose_directory_sync_fails_is_IO(void **state)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
+    struct emac_error err;
+    struct emac_file f;
+    struct shim_env env;
+    struct daemon d;
+    char dir[PATH_MAX], log[PATH_MAX], want[PATH_MAX + 64];
+    (void)state;
+
+    make_dir(&d);
+    user_dir(&d, dir, sizeof(dir));
+    snprintf(log, sizeof(log), "%s/syncs.log", d.dir);
+    daemon_start_env(&d, NULL, shim_env_dir(&env, dir, log));
+    emac_client *c = client_connect(&d, "test_durable");
+    assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
+    fill_params(seg_left, 1);
+    emac_session *s = register_ok(c, "unsynced", false);
+    batch_end(s, 1, 1);
+    for (int i = 0; i < 2; i++) { /* making the directory, then into it as it is */
+        int rc = emac_save(c, "unsynced", "snap", &f, &err);
+        if (rc == 0)
+            fail_msg("the save succeeded though %s could not be synced after its rename (%s)",
+                     dir, f.path);
+        assert_int_equal(rc, -EREMOTEIO);
+        assert_string_equal(err.code, "IO");
+        snprintf(want, sizeof(want), "save: syncing directory %s after writing ", dir);
+        if (strstr(err.message, want) == NULL || strstr(err.message, strerror(EIO)) == NULL ||
+            strstr(err.message, "may not survive a crash") == NULL)
+            fail_msg("the IO error should name the directory (\"%s\"), the error (\"%s\") and "
+                     "the risk: %s", want, strerror(EIO), err.message);
+    }
+    assert_true(file_contains(d.log, "save failed"));
+    batch_end(s, 2, 2); /* the session goes on */
+
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
 }
 
 /* ---- SIGKILL ---- */
@@ -381,18 +565,19 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     struct wire_decoder dec;
     struct daemon d;
     struct reply r;
-    char marker[160], temp[300];
+    char marker[160], temp[300], dir[PATH_MAX];
     size_t saved_len, shadow_len;
     (void)state;
 
     daemon_start(&d, NULL);
+    user_dir(&d, dir, sizeof(dir));
     emac_client *c = client_connect(&d, "test_durable");
     assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
     fill_params(seg_left, 1);
     emac_session *s = register_ok(c, "big", false);
     batch_end(s, 1, 1);
     save_ok(c, "big", "big", &f);
-    unsigned char *saved = slurp(d.state, "big.emastate", &saved_len);
+    unsigned char *saved = slurp(dir, "big.emastate", &saved_len);
     assert_true(saved_len > (size_t)N * 4);
     void *shadow = shadow_copy(s, &shadow_len);
 
@@ -405,7 +590,7 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     raw_send_save(fd, 2, "big", "big");
     wait_for_file(marker, d.pid);
     /* The save is stalled halfway through its temp file: the kill lands mid-save. */
-    assert_int_equal(temp_files(d.state, temp, sizeof(temp)), 1);
+    assert_int_equal(temp_files(dir, temp, sizeof(temp)), 1);
     assert_int_equal(kill(d.pid, SIGKILL), 0);
     assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
     read_reply_dec(fd, &dec, &r);
@@ -417,8 +602,8 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     emac_session_free(s);
     emac_disconnect(c);
 
-    expect_file(d.state, "big.emastate", saved, saved_len);
-    assert_int_equal(temp_files(d.state, NULL, 0), 1);
+    expect_file(dir, "big.emastate", saved, saved_len);
+    assert_int_equal(temp_files(dir, NULL, 0), 1);
 
     /* The next emad: the session comes back, the previous file loads. */
     daemon_start_env(&d, NULL, NULL);
@@ -428,13 +613,13 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     assert_string_equal(st->session_list[0].session, "big");
     emac_status_free(st);
     /* ... and it is gone: removed at the start, and said so. */
-    assert_int_equal(temp_files(d.state, NULL, 0), 0);
+    assert_int_equal(temp_files(dir, NULL, 0), 0);
     assert_true(file_contains(d.log, "removed 1 temp files of saves cut short"));
     s = register_ok(c, "big", true);
     load_ok(c, "big", "big", &f);
     assert_int_equal(f.bytes, saved_len);
     expect_shadow(s, shadow, shadow_len);
-    expect_file(d.state, "big.emastate", saved, saved_len);
+    expect_file(dir, "big.emastate", saved, saved_len);
     /* The temp file's name is not a name a client may use (it starts with
      * '.'): refused before any file is opened. */
     assert_int_equal(emac_load(c, "big", temp, &f, &err), -EREMOTEIO);
@@ -458,6 +643,8 @@ int main(void)
             test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
         cmocka_unit_test_teardown(
             test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
+        cmocka_unit_test_teardown(test_save_syncs_its_directory_after_the_rename, teardown),
+        cmocka_unit_test_teardown(test_save_whose_directory_sync_fails_is_IO, teardown),
         cmocka_unit_test_teardown(test_sigkill_mid_save_keeps_the_previous_file_loadable,
                                   teardown),
     };
