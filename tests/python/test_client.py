@@ -180,7 +180,8 @@ class ClientBasics(emadtest.EmadTestCase):
             w.fill_(3.0)
             s.event("batch_end", 2, 0)  # shadow 2.0
             saved = c.save("k", "k-at-2")
-            self.assertEqual(saved["path"], os.path.join(d.state_dir, "k-at-2.emastate"))
+            self.assertEqual(saved["path"], os.path.join(d.state_dir, "users", str(os.geteuid()),
+                                                         "k-at-2.emastate"))
             self.assertGreater(saved["bytes"], 0)
             w.fill_(4.0)
             s.event("batch_end", 3, 0)  # shadow 3.0
