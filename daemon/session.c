@@ -73,6 +73,7 @@ struct op {
     uint64_t t0;               /* uv_hrtime when the data work began */
     bool keep;                 /* close */
     struct shm_map new_seg;    /* attach */
+    struct seg_geometry new_geo; /* attach: new_seg's checked geometry */
     char new_shm[256];
     char file[160];            /* save / load: file name */
     msgpack_sbuffer meta;      /* save: metadata; load: the file's metadata copy */
@@ -369,6 +370,18 @@ static void fill_state(const struct session *s, struct msg_session_state *o)
     o->seq = s->last_seq;
 }
 
+/* Where the file system has no ACLs, shadows are given to their trainers,
+ * which can then resize them: say so once. */
+static void share_note(struct registry *r, enum shm_share share)
+{
+    if (share != SHM_SHARE_CHOWN || r->share_warned)
+        return;
+    r->share_warned = true;
+    log_warn(reg_log(r), "/dev/shm refuses POSIX ACLs: shadows are given to their trainers' "
+             "uids (mode 0400), so a trainer can resize its own shadow and fail its session; "
+             "mount /dev/shm with ACL support (tmpfs has it) to keep shadows emad's");
+}
+
 static bool visible(const struct session *s, uid_t uid)
 {
     return uid == 0 || s->uid == uid;
@@ -564,10 +577,12 @@ static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t 
 
 /* ---- chunk workers (worker threads) ---- */
 
+/* Every address in the segment comes from the geometry checked at register
+ * (s->geo) and the tensor table checked against it: never from the live
+ * header, which the trainer may have rewritten since. */
 static void *param_ptr(const struct session *s, const struct tensor *t, uint64_t start)
 {
-    const struct seg_header *h = s->seg.base;
-    return (char *)s->seg.base + h->params_offset + t->offset + start * dtype_size(t->dtype);
+    return (char *)s->seg.base + s->geo.params_offset + t->offset + start * dtype_size(t->dtype);
 }
 
 static void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start)
@@ -591,21 +606,45 @@ static struct shadow_header *shadow_hdr(const struct session *s)
     return s->shadow.base;
 }
 
+/* The loop thread's accesses to a shadow's header go under the guard too:
+ * a shadow that faults fails its session (shadow_broken), not emad. */
+static void shadow_enter(struct session *s, struct shm_guard *g)
+{
+    shm_guard_enter(g, &s->shadow);
+}
+
+static void shadow_leave(struct session *s, struct shm_guard *g)
+{
+    if (shm_guard_leave(g) < 0)
+        __atomic_store_n(&s->shadow_broken, true, __ATOMIC_RELEASE);
+}
+
+static bool shadow_is_broken(const struct session *s)
+{
+    return __atomic_load_n(&s->shadow_broken, __ATOMIC_ACQUIRE);
+}
+
 /* An operation is about to write the shadow: a crash from here on leaves
  * seq_begun ahead of seq_done. */
 static void shadow_begin(struct session *s)
 {
     struct shadow_header *h = shadow_hdr(s);
+    struct shm_guard g;
+
+    shadow_enter(s, &g);
     __atomic_store_n(&h->seq_begun, h->seq_done + 1, __ATOMIC_RELEASE);
+    shadow_leave(s, &g);
 }
 
 /* The state after an operation, where a restarted emad will look for it. */
 static void shadow_sync(struct session *s)
 {
     struct shadow_header *h = shadow_hdr(s);
+    struct shm_guard g;
 
-    if (h == NULL)
+    if (h == NULL || shadow_is_broken(s))
         return;
+    shadow_enter(s, &g);
     memcpy(h->magic, SHADOW_MAGIC, 8);
     h->home = s->reg->home;
     h->updates = s->st.updates;
@@ -622,6 +661,7 @@ static void shadow_sync(struct session *s)
     h->redo_pending = s->redo_pending ? 1u | (s->redo_clears ? 2u : 0u) : 0u;
     __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
                      __ATOMIC_RELEASE);
+    shadow_leave(s, &g);
 }
 
 static struct redo_rec *redo_rec(const struct session *s, size_t chunk)
@@ -636,8 +676,10 @@ static void redo_begin(struct op *op)
 {
     struct session *s = op->s;
     struct shadow_header *h = shadow_hdr(s);
-    uint64_t of = h->seq_done + 1;
+    struct shm_guard g;
 
+    shadow_enter(s, &g);
+    uint64_t of = h->seq_done + 1;
     for (size_t c = 0; c < s->plan.nchunks; c++) {
         struct redo_rec *rec = redo_rec(s, c);
         rec->seq = of;
@@ -650,6 +692,7 @@ static void redo_begin(struct op *op)
     h->pending_batch = op->clock.batch;
     h->pending_epoch = op->clock.epoch;
     h->redo_nchunks = s->plan.nchunks;
+    shadow_leave(s, &g);
     shadow_begin(s);
 }
 
@@ -730,13 +773,19 @@ static void redo_cancel(struct session *s, const char *why)
 {
     if (!s->redo_pending)
         return;
+    struct shm_guard g;
+    uint64_t pending;
+
     s->redo_pending = false;
     s->interrupted = true;
     free(s->redo_from);
     s->redo_from = NULL;
+    shadow_enter(s, &g);
+    pending = shadow_hdr(s)->pending_seq;
+    shadow_leave(s, &g);
     log_warn(reg_log(s->reg), "session %s: the event cut short by emad's crash (seq %" PRIu64
              ") was not sent again before %s: the shadow keeps part of it (interrupted)",
-             s->name, shadow_hdr(s)->pending_seq, why);
+             s->name, pending, why);
     shadow_sync(s);
 }
 
@@ -825,6 +874,17 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
     return rc;
 }
 
+/* Leave a guard entered on (segment, shadow): -EFAULT if either faulted,
+ * and a faulted shadow marks the session broken. Else rc. */
+static int guard_leave(struct session *s, struct shm_guard *g, int rc)
+{
+    if (shm_guard_leave(g) == 0)
+        return rc;
+    if (g->faulted & 2)
+        __atomic_store_n(&s->shadow_broken, true, __ATOMIC_RELEASE);
+    return -EFAULT;
+}
+
 static int chunk_tensors(void *arg, size_t index)
 {
     struct op *op = arg;
@@ -836,14 +896,12 @@ static int chunk_tensors(void *arg, size_t index)
     struct shm_guard g;
     int rc = 0;
 
-    shm_guard_enter(&g, &s->seg);
+    shm_guard_enter2(&g, &s->seg, &s->shadow);
     if (op->logged && op->phase == PH_TENSORS) {
         struct logged l = {op, redo_rec(s, index), 0, init, update};
         l.from = l.rec->done_to;
         rc = for_each_block(s, index, logged_block, &l);
-        if (shm_guard_leave(&g) < 0)
-            return -EFAULT;
-        return rc;
+        return guard_leave(s, &g, rc);
     }
     for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
         const struct piece *p = &s->plan.pieces[i];
@@ -859,12 +917,11 @@ static int chunk_tensors(void *arg, size_t index)
         if (update && rc == 0)
             rc = kernel_update(k, t->dtype, sh, pa, p->count, s->cfg.smoothing);
     }
-    if (shm_guard_leave(&g) < 0)
-        return -EFAULT;
-    return rc;
+    return guard_leave(s, &g, rc);
 }
 
 static int journal_store(struct session *s, char *err, size_t errlen);
+static void journal_remove(struct session *s);
 
 /* Register's work: the journal (chunk 0, beside the first tensor chunks:
  * for a million tensors it takes as long as they do) and the shadow's
@@ -883,12 +940,12 @@ static int chunk_init(void *arg, size_t index)
 static int chunk_copy(void *arg, size_t index)
 {
     struct op *op = arg;
-    const struct seg_header *h = op->s->seg.base;
-    char *params = (char *)op->s->seg.base + h->params_offset;
-    char *stash = (char *)op->s->seg.base + h->stash_offset;
+    const struct seg_geometry *geo = &op->s->geo;
+    char *params = (char *)op->s->seg.base + geo->params_offset;
+    char *stash = (char *)op->s->seg.base + geo->stash_offset;
     uint64_t off = (uint64_t)index * COPY_CHUNK_BYTES;
-    uint64_t n = h->params_bytes - off < COPY_CHUNK_BYTES ? h->params_bytes - off
-                                                          : COPY_CHUNK_BYTES;
+    uint64_t n = geo->params_bytes - off < COPY_CHUNK_BYTES ? geo->params_bytes - off
+                                                            : COPY_CHUNK_BYTES;
 
     struct shm_guard g;
 
@@ -995,6 +1052,20 @@ out:
     return 0;
 }
 
+/* Save and load under the shadow's guard: where the shadow is given to
+ * its trainer (no ACLs), the trainer can resize it under emad. */
+static int chunk_file(void *arg, size_t index)
+{
+    static const struct shm_map none = {NULL, 0};
+    struct op *op = arg;
+    struct shm_guard g;
+    int rc;
+
+    shm_guard_enter2(&g, &none, &op->s->shadow);
+    rc = op->kind == OP_SAVE ? chunk_save(arg, index) : chunk_load(arg, index);
+    return guard_leave(op->s, &g, rc);
+}
+
 /* ---- operations (loop thread) ---- */
 
 /* The header of the trainer's segment, read or written on the loop thread
@@ -1038,9 +1109,29 @@ static void segment_broken(struct op *op)
     op_finish(op);
 }
 
+/* The shadow faulted under us: someone resized it (possible only where it
+ * had to be given to its trainer, or the trainer is emad's own uid). Its
+ * contents are lost: that session alone fails, and is removed. */
+static void shadow_failed(struct op *op)
+{
+    struct session *s = op->s;
+
+    log_error(reg_log(s->reg), "session %s: shadow %s was resized or removed while emad used "
+              "it (SIGBUS); session removed", s->name, s->shadow_name);
+    reply_error(op->conn, op->msgid, MSG_E_SHM,
+                "session %s: its shadow %s was resized or removed while emad was using it "
+                "(SIGBUS): the EMA weights are lost and the session is removed; register again",
+                s->name, s->shadow_name);
+    if (!s->removed) {
+        journal_remove(s);
+        unlink_session(s->reg, s);
+    }
+    op_finish(op);
+}
+
 static size_t copy_chunks(const struct session *s)
 {
-    return (s->params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
+    return (s->geo.params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
 }
 
 /* Apply the state change of a completed action, and record it in the
@@ -1063,9 +1154,12 @@ static void commit(struct op *op)
     if (op->has_seq) {
         /* Written in place: the header is where the record must survive. */
         struct seq_record *rec = &shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
+        struct shm_guard g;
+        shadow_enter(s, &g);
         *rec = (struct seq_record){.seq = op->seq, .updates = s->st.updates,
                                    .action = (uint8_t)op->action, .active = s->st.active,
                                    .started = s->st.started};
+        shadow_leave(s, &g);
         if (op->seq > s->last_seq)
             s->last_seq = op->seq;
     }
@@ -1088,11 +1182,15 @@ static bool is_swap(enum ema_action a)
 static bool replayed(struct op *op)
 {
     struct session *s = op->s;
-    const struct seq_record *rec;
+    struct seq_record copy;
+    const struct seq_record *rec = &copy;
+    struct shm_guard g;
 
     if (!op->has_seq || op->seq > s->last_seq)
         return false;
-    rec = &shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
+    shadow_enter(s, &g);
+    copy = shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
+    shadow_leave(s, &g);
     if (rec->seq != op->seq) {
         reply_error(op->conn, op->msgid, MSG_E_STATE,
                     "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
@@ -1133,10 +1231,14 @@ static void run_event(struct op *op)
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
         op->logged = s->reg->ctx->opts->crash_exact;
-        const struct shadow_header *h = shadow_hdr(s);
-        if (op->logged && s->redo_pending && op->has_seq && op->seq == h->pending_seq &&
-            (uint32_t)op->action == h->pending_action && op->clock.batch == h->pending_batch &&
-            op->clock.epoch == h->pending_epoch) {
+        struct shadow_header h;
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        h = *shadow_hdr(s);
+        shadow_leave(s, &g);
+        if (op->logged && s->redo_pending && op->has_seq && op->seq == h.pending_seq &&
+            (uint32_t)op->action == h.pending_action && op->clock.batch == h.pending_batch &&
+            op->clock.epoch == h.pending_epoch) {
             op->resume_from = s->redo_from; /* the replay: only what is left */
             log_info(reg_log(s->reg), "session %s: seq %" PRIu64 " sent again after a crash: "
                      "writing the elements the cut-short run had not", s->name, op->seq);
@@ -1251,6 +1353,11 @@ static void run_close(struct op *op, bool drop)
                  drop ? "dropped" : "closed", s->shadow_name);
         journal_remove(s);
         unlink_session(r, s);
+        /* Once a reply says a session is gone, its shadow is gone: unlink
+         * now (the mapping stays until the session is freed). */
+        if (s->shadow_name[0] != '\0')
+            shm_unlink(s->shadow_name);
+        s->shadow_name[0] = '\0';
     }
     conn_reply(op->conn, op->msgid, &msg_empty_desc, &e);
     op_finish(op);
@@ -1259,17 +1366,22 @@ static void run_close(struct op *op, bool drop)
 static void run_attach(struct op *op)
 {
     struct session *s = op->s;
-    struct seg_header *h = op->new_seg.base;
+    uint32_t state = SEG_TRAIN;
 
     shm_unmap(&s->seg);
     s->seg = op->new_seg;
+    s->geo = op->new_geo;
     op->new_seg.base = NULL;
     op->new_seg.len = 0;
     snprintf(s->shm_name, sizeof(s->shm_name), "%s", op->new_shm);
-    s->params_bytes = h->params_bytes;
+    s->params_bytes = s->geo.params_bytes;
+    if (seg_state_get(s, &state) < 0) {
+        segment_broken(op);
+        return;
+    }
     /* The trainer restored its training weights itself if it crashed while
      * the EMA weights were in: believe the segment. */
-    if (s->st.active && seg_swap_state_load(h) == SEG_TRAIN) {
+    if (s->st.active && state == SEG_TRAIN) {
         s->st.active = false;
         log_info(reg_log(s->reg), "session %s: the new segment holds the training weights; "
                  "EMA weights no longer active", s->name);
@@ -1283,6 +1395,10 @@ static void op_run(struct op *op)
 {
     struct session *s = op->s;
 
+    if (shadow_is_broken(s) && op->kind != OP_CLOSE && op->kind != OP_DROP) {
+        shadow_failed(op);
+        return;
+    }
     switch (op->kind) {
     case OP_INIT:
         op->t0 = uv_hrtime();
@@ -1308,7 +1424,7 @@ static void op_run(struct op *op)
             op_finish(op);
             return;
         }
-        submit(op, PH_FILE, chunk_save, 1);
+        submit(op, PH_FILE, chunk_file, 1);
         return;
     case OP_LOAD:
         if (s->st.active) {
@@ -1320,7 +1436,7 @@ static void op_run(struct op *op)
         }
         redo_cancel(s, "a load");
         shadow_begin(s);
-        submit(op, PH_FILE, chunk_load, 1);
+        submit(op, PH_FILE, chunk_file, 1);
         return;
     case OP_CLOSE:
         run_close(op, false);
@@ -1436,6 +1552,10 @@ static void op_done(struct pool_job *job)
             redo_cancel(s, "the event failed");
         s->interrupted = true;
         shadow_sync(s);
+    }
+    if (job->status == -EFAULT && shadow_is_broken(s)) {
+        shadow_failed(op);
+        return;
     }
     if (job->status == -EFAULT) {
         segment_broken(op);
@@ -1627,10 +1747,11 @@ static int build_tensors(struct session *s, const struct msg_register *req, uint
 }
 
 /* Check the tensors against the mapped segment (SHM errors). */
-static int check_segment(const struct session *s, const struct shm_map *seg, char *err,
-                         size_t errlen)
+static int check_segment(const struct session *s, const struct shm_map *seg,
+                         const struct seg_geometry *geo, char *err, size_t errlen)
 {
-    const struct seg_header *h = seg->base;
+    struct shm_guard g;
+    uint32_t state;
     struct seg_span *spans = malloc((s->ntensors ? s->ntensors : 1) * sizeof(*spans));
     const char **names = malloc((s->ntensors ? s->ntensors : 1) * sizeof(*names));
     char why[400];
@@ -1646,17 +1767,23 @@ static int check_segment(const struct session *s, const struct shm_map *seg, cha
         spans[i].bytes = s->tensors[i].numel * dtype_size(s->tensors[i].dtype);
         names[i] = s->tensors[i].name;
     }
-    rc = seg_spans_check(spans, names, s->ntensors, h->params_bytes, why, sizeof(why));
+    rc = seg_spans_check(spans, names, s->ntensors, geo->params_bytes, why, sizeof(why));
     free(spans);
     free(names);
     if (rc < 0) {
         snprintf(err, errlen, "register: shm \"%.100s\": %s", s->shm_name, why);
         return rc;
     }
-    if (seg_swap_state_load(h) != SEG_TRAIN) {
+    shm_guard_enter(&g, seg);
+    state = seg_swap_state_load(seg->base);
+    if (shm_guard_leave(&g) < 0) {
+        snprintf(err, errlen, "register: shm \"%s\" shrank while emad read it", s->shm_name);
+        return -EINVAL;
+    }
+    if (state != SEG_TRAIN) {
         snprintf(err, errlen, "register: shm \"%s\": swap_state is %u: the params hold EMA "
                  "weights; restore the training weights from the stash first", s->shm_name,
-                 seg_swap_state_load(h));
+                 state);
         return -EINVAL;
     }
     return 0;
@@ -1701,6 +1828,7 @@ static void resume(struct registry *r, struct conn *c, uint32_t msgid, struct se
         return;
     op->compact = compact;
     op->new_seg = *seg;
+    op->new_geo = fresh->geo;
     seg->base = NULL;
     seg->len = 0;
     snprintf(op->new_shm, sizeof(op->new_shm), "%s", fresh->shm_name);
@@ -1716,6 +1844,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     const struct emad_opts *opts = r->ctx->opts;
     struct session *s, *old;
     struct shm_map seg = {NULL, 0};
+    enum shm_share share;
     char err[600];
     int rc;
 
@@ -1729,6 +1858,14 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         reply_error(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
                     "(existing was asked: none is created)", (int)req->session.len,
                     req->session.ptr);
+        return;
+    }
+    /* A session whose close or drop is queued is gone to a newcomer: a
+     * resume answered now would name a shadow about to be removed. */
+    if (old != NULL && visible(old, c->uid) && old->closing) {
+        reply_error(c, msgid, (req->has_resume && req->resume) ? MSG_E_NOSESSION : MSG_E_EXISTS,
+                    "register: session %s is being closed; register it anew once its close is "
+                    "answered", old->name);
         return;
     }
     if (old != NULL && !(req->has_resume && req->resume)) {
@@ -1766,13 +1903,11 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
                     "%s", rc == -ENOMEM ? "register: out of memory" : err);
         goto err_free;
     }
-    if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, err, sizeof(err))) < 0) {
+    if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, &s->geo, err, sizeof(err))) < 0) {
         reply_error(c, msgid, MSG_E_SHM, "register: %s", err);
         goto err_free;
     }
-    s->seg = seg;
-    rc = check_segment(s, &seg, err, sizeof(err));
-    s->seg.base = NULL;
+    rc = check_segment(s, &seg, &s->geo, err, sizeof(err));
     if (rc < 0) {
         reply_error(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
         goto err_unmap;
@@ -1783,17 +1918,18 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     }
     s->seg = seg;
     seg.base = NULL;
-    s->params_bytes = ((const struct seg_header *)s->seg.base)->params_bytes;
+    s->params_bytes = s->geo.params_bytes;
     if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
         goto err_free;
     }
     redo_layout(s);
     if (shm_shadow_create(c->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
-                          &s->shadow, err, sizeof(err)) < 0) {
+                          &s->shadow, &share, err, sizeof(err)) < 0) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: %s", err);
         goto err_free;
     }
+    share_note(r, share);
     ema_state_init(&s->st);
     registry_insert(r, s);
     log_info(reg_log(r), "session %s: registered by pid %ld: %zu tensors, %" PRIu64
@@ -1885,6 +2021,10 @@ void session_save(struct registry *r, struct conn *c, uint32_t msgid, const stru
 
     if ((s = lookup(r, c, msgid, method, req->session, false)) == NULL)
         return;
+    if (load && s->closing) {
+        reply_error(c, msgid, MSG_E_NOSESSION, "load: session %s is being closed", s->name);
+        return;
+    }
     /* Loading replaces the shadow under its owner's feet: only the owner may,
      * or anyone the session is visible to once it is detached. */
     if (load && s->owner != NULL && s->owner != c) {
@@ -1921,6 +2061,7 @@ void session_close(struct registry *r, struct conn *c, uint32_t msgid, const str
     if ((op = op_new(s, OP_CLOSE, c, msgid)) == NULL)
         return;
     op->keep = req->has_keep && req->keep;
+    s->closing = !op->keep;
     /* From now on the session is no longer this connection's: a later event
      * gets PERM and a later drop finds it detached, in arrival order. */
     s->owner = NULL;
@@ -1934,6 +2075,10 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
 
     if ((s = lookup(r, c, msgid, "drop", req->session, false)) == NULL)
         return;
+    if (s->closing) {
+        reply_error(c, msgid, MSG_E_NOSESSION, "drop: session %s is being closed", s->name);
+        return;
+    }
     if (s->owner != NULL) {
         reply_error(c, msgid, MSG_E_STATE, "drop: session %s is attached to pid %ld; only a "
                     "detached session can be dropped", s->name, (long)s->owner_pid);
@@ -1941,6 +2086,7 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
     }
     if ((op = op_new(s, OP_DROP, c, msgid)) == NULL)
         return;
+    s->closing = true;
     enqueue(op);
 }
 
@@ -2079,6 +2225,7 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
 {
     struct kept k;
     struct session *s = NULL;
+    enum shm_share share;
     char why[400];
     int rc;
 
@@ -2091,10 +2238,11 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         goto out;
     }
     if (shm_shadow_create(s->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
-                          &s->shadow, why, sizeof(why)) < 0) {
+                          &s->shadow, &share, why, sizeof(why)) < 0) {
         rc = err_set(err, errlen, -ENOMEM, "%s: %s", file, why);
         goto out;
     }
+    share_note(r, share);
     memcpy(shadow_data(s), k.f.data, shadow_data_bytes(s));
     apply_loaded(s, &k.m);
     s->ready = true;
@@ -2244,8 +2392,12 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
 {
     struct kept k;
     struct session *s = NULL;
-    struct stat st;
-    int fd = -1, rc;
+    struct shadow_header hc;
+    const struct shadow_header *h = &hc;
+    enum shm_share share;
+    struct shm_guard g;
+    char why[400];
+    int rc;
 
     if ((rc = kept_read(r->live_dir, file, &k, err, errlen)) < 0)
         return rc;
@@ -2261,24 +2413,18 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     }
     /* The shadow must be the one emad made: ours (or given to the owner),
      * the journaled size, with our header. */
-    fd = shm_open(s->shadow_name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        (st.st_uid != geteuid() && st.st_uid != s->uid) ||
-        (uint64_t)st.st_size != shadow_object_bytes(s)) {
-        rc = err_set(err, errlen, -ENOENT, "%s: shadow %s is missing or not as journaled", file,
-                     s->shadow_name);
+    if ((rc = shm_shadow_open(s->shadow_name, s->uid, shadow_object_bytes(s), &s->shadow, &share,
+                              why, sizeof(why))) < 0) {
+        rc = err_set(err, errlen, rc, "%s: %s", file, why);
         goto out;
     }
-    void *base = mmap(NULL, shadow_object_bytes(s), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
-        rc = err_set(err, errlen, -errno, "%s: mmap of %s: %s", file, s->shadow_name,
-                     strerror(errno));
-        goto out;
-    }
-    s->shadow.base = base;
-    s->shadow.len = shadow_object_bytes(s);
-    const struct shadow_header *h = base;
-    if (memcmp(h->magic, SHADOW_MAGIC, 8) != 0) {
+    share_note(r, share);
+    /* One copy of the header: where its trainer owned the shadow, it is
+     * input like any the trainer writes. */
+    shadow_enter(s, &g);
+    hc = *shadow_hdr(s);
+    shadow_leave(s, &g);
+    if (shadow_is_broken(s) || memcmp(h->magic, SHADOW_MAGIC, 8) != 0) {
         rc = err_set(err, errlen, -EBADMSG, "%s: shadow has no emad header", file);
         goto out;
     }
@@ -2299,17 +2445,25 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     s->last_seq = h->last_seq;
     /* An event cut short: exact once sent again, if the records tell. The
      * flag stays until then (it clears if this crash alone set it). */
-    if (((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) &&
-        redo_recover(s) == 0)
-        s->redo_clears = (h->redo_pending & 1u) ? (h->redo_pending & 2u) != 0 : !h->interrupted;
+    if ((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) {
+        shadow_enter(s, &g);
+        int recovered = redo_recover(s);
+        shadow_leave(s, &g);
+        if (recovered == 0)
+            s->redo_clears = (h->redo_pending & 1u) ? (h->redo_pending & 2u) != 0
+                                                    : !h->interrupted;
+    }
+    if (shadow_is_broken(s)) {
+        rc = err_set(err, errlen, -EFAULT, "%s: shadow %s faulted while emad read it", file,
+                     s->shadow_name);
+        goto out;
+    }
     s->ready = true;
     adopt_rename(r, s);
     shadow_sync(s);
     registry_insert(r, s);
     s = NULL;
 out:
-    if (fd >= 0)
-        close(fd);
     if (s != NULL) {
         s->shadow_name[0] = '\0'; /* a failed adoption never removes the object */
         session_free(s);

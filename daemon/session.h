@@ -137,7 +137,9 @@ struct session {
     struct tensor *tensors;
     size_t ntensors;
     char *names;               /* every tensor's name, back to back (one allocation) */
-    uint64_t params_bytes;     /* from the segment header */
+    struct seg_geometry geo;   /* the segment's, as checked when it was mapped: never read
+                                  again from its header, which the trainer can rewrite */
+    uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
     uint64_t shadow_bytes;
     struct plan plan;          /* the tensors in chunks, for updates and casts */
     struct ema_config cfg;
@@ -164,6 +166,10 @@ struct session {
     bool ready;                /* the shadow is initialised */
     bool removed;              /* out of the registry; freed when the queue empties */
     bool kept;                 /* written to a state file by registry_save_all */
+    bool closing;              /* a close (without keep) or a drop is queued: the session is
+                                  as good as gone to resume, drop and load */
+    bool shadow_broken;        /* the shadow faulted (resized under emad): the session fails;
+                                  set by any thread (atomic) */
 };
 
 struct registry {
@@ -174,6 +180,7 @@ struct registry {
     void (*drained)(struct registry *r); /* called once no operation is left */
     char live_dir[PATH_MAX];             /* journals of running sessions ("" none) */
     uint64_t home;                       /* a hash of the state directory's path */
+    bool share_warned;                   /* the no-ACL fallback was logged once */
 };
 
 int registry_init(struct registry *r, struct emad *ctx);
