@@ -2116,8 +2116,18 @@ int registry_save_all(struct registry *r, const char *dir)
             failures++;
             continue;
         }
-        if (store_save(dir, name, meta.data, meta.size, shadow_data(s), shadow_data_bytes(s),
-                       path, sizeof(path), &bytes, err, sizeof(err)) < 0) {
+        /* The whole shadow object's head, header page included: its
+         * request records answer a client that sends again, after the
+         * restart, what it sent before (a clean stop must be as kind as a
+         * crash, which keeps them in the shadow). */
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        rc = store_save(dir, name, meta.data, meta.size, s->shadow.base, s->shadow_bytes, path,
+                        sizeof(path), &bytes, err, sizeof(err));
+        shadow_leave(s, &g);
+        if (rc == 0 && shadow_is_broken(s))
+            rc = err_set(err, sizeof(err), -EFAULT, "its shadow was resized under emad");
+        if (rc < 0) {
             log_error(reg_log(r), "session %s: cannot write its state file: %s", s->name, err);
             failures++;
         } else {
@@ -2219,6 +2229,24 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
 }
 
 
+/* The request records of a kept shadow header, those the session's last
+ * seq can have made (the file is emad's own, but checked like any file). */
+static void restore_records(struct session *s, const void *data)
+{
+    struct shadow_header kh;
+    struct shadow_header *h = shadow_hdr(s);
+
+    memcpy(&kh, data, sizeof(kh));
+    if (memcmp(kh.magic, SHADOW_MAGIC, 8) != 0)
+        return;
+    for (size_t i = 0; i < SEQ_RECORDS; i++) {
+        const struct seq_record *rec = &kh.recent[i];
+        if (rec->seq != 0 && rec->seq <= s->last_seq && rec->seq % SEQ_RECORDS == i &&
+            rec->action <= EMA_ACTION_SWAP_OUT)
+            h->recent[i] = *rec;
+    }
+}
+
 /* Rebuild one session from a state file written by registry_save_all. */
 static int restore_one(struct registry *r, const char *dir, const char *file, char *err,
                        size_t errlen)
@@ -2233,7 +2261,10 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         return rc;
     if ((rc = session_from_kept(r, &k.m, file, &s, err, errlen)) < 0)
         goto out;
-    if (shadow_data_bytes(s) != k.f.data_len) {
+    /* Since the request records are kept the data starts with the shadow's
+     * header page; before, it held the tensors only. */
+    bool with_header = k.f.data_len == s->shadow_bytes;
+    if (!with_header && shadow_data_bytes(s) != k.f.data_len) {
         rc = err_set(err, errlen, -EBADMSG, "%s: its data does not fit its tensor table", file);
         goto out;
     }
@@ -2243,7 +2274,10 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         goto out;
     }
     share_note(r, share);
-    memcpy(shadow_data(s), k.f.data, shadow_data_bytes(s));
+    memcpy(shadow_data(s), (const char *)k.f.data + (with_header ? SHADOW_HEADER_BYTES : 0),
+           shadow_data_bytes(s));
+    if (with_header)
+        restore_records(s, k.f.data);
     apply_loaded(s, &k.m);
     s->ready = true;
     shadow_sync(s);
@@ -2387,7 +2421,8 @@ static void adopt_rename(struct registry *r, struct session *s)
     journal_write(s);
 }
 
-/* Take back one journaled session whose shadow object is still there. */
+/* Take back one journaled session whose shadow object is still there.
+ * 0, 1 when the session is already back (restored), or -errno. */
 static int adopt_one(struct registry *r, const char *file, char *err, size_t errlen)
 {
     struct kept k;
@@ -2403,6 +2438,14 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
         return rc;
     if (!k.m.has_shadow_shm) {
         rc = err_set(err, errlen, -EBADMSG, "%s: not a session journal", file);
+        goto out;
+    }
+    /* Restored from a state file just before (a clean stop kept it), with
+     * this journal written anew: nothing to take back. */
+    struct session *same = find(r, k.m.session.ptr, k.m.session.len);
+    if (same != NULL && same->uid == (uid_t)k.m.uid &&
+        msg_str_eq(k.m.shadow_shm, same->shadow_name)) {
+        rc = 1;
         goto out;
     }
     if ((rc = session_from_kept(r, &k.m, file, &s, err, errlen)) < 0)
@@ -2490,11 +2533,14 @@ int registry_adopt_all(struct registry *r)
             continue;
         memcpy(file, e->d_name, len - suffix);
         file[len - suffix] = '\0';
-        if (adopt_one(r, file, err, sizeof(err)) < 0) {
+        int rc = adopt_one(r, file, err, sizeof(err));
+        if (rc < 0) {
             log_warn(reg_log(r), "journal %s/%s: session not taken back: %s", r->live_dir,
                      e->d_name, err);
             continue;
         }
+        if (rc > 0) /* the journal of a session restored from a state file */
+            continue;
         adopted++;
         log_warn(reg_log(r), "session %s: taken back after a crash of emad (detached, %" PRIu64
                  " updates)%s", r->head->name, r->head->st.updates,
