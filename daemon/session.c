@@ -225,12 +225,95 @@ int registry_init(struct registry *r, struct emad *ctx)
     return 0;
 }
 
-static struct session *find(struct registry *r, const char *name, size_t len)
+static bool named(const struct session *s, const char *name, size_t len)
+{
+    return strlen(s->name) == len && memcmp(s->name, name, len) == 0;
+}
+
+/* Names are per uid: the same name for two users is two sessions. */
+static struct session *find(struct registry *r, uid_t uid, const char *name, size_t len)
 {
     for (struct session *s = r->head; s != NULL; s = s->next)
-        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+        if (s->uid == uid && named(s, name, len))
             return s;
     return NULL;
+}
+
+/*
+ * The session a peer of uid means by name: its own of that name. Root may
+ * name another user's too: its own first, else the only session of that
+ * name, else "<uid>:<name>" (how status shows other users' sessions to
+ * root). 0, -ENOENT, or -EEXIST when root's name fits several users'.
+ */
+static int resolve(struct registry *r, uid_t uid, const char *name, size_t len,
+                   struct session **out)
+{
+    struct session *only = NULL;
+    unsigned n = 0;
+    uint64_t owner = 0;
+    size_t i = 0;
+
+    if ((*out = find(r, uid, name, len)) != NULL)
+        return 0;
+    if (uid != 0)
+        return -ENOENT;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (named(s, name, len)) {
+            only = s;
+            n++;
+        }
+    if (n > 1)
+        return -EEXIST;
+    if ((*out = only) != NULL)
+        return 0;
+    while (i < len && name[i] >= '0' && name[i] <= '9' && owner <= UINT32_MAX)
+        owner = owner * 10 + (uint64_t)(name[i++] - '0');
+    if (i == 0 || i + 1 >= len || name[i] != ':' || owner > UINT32_MAX)
+        return -ENOENT;
+    *out = find(r, (uid_t)owner, name + i + 1, len - i - 1);
+    return *out != NULL ? 0 : -ENOENT;
+}
+
+/* What the session's files (journal, kept state) are called: its name as
+ * a file name, and for a user other than emad's own, "%u<uid>-" before it
+ * ('%' is followed by a hex pair in every name store_default_name makes,
+ * so these never clash with those of emad's own uid). A name too long for
+ * that gets a hash instead. */
+static void kept_name(const struct session *s, char *out, size_t outlen)
+{
+    char base[STORE_NAME_MAX + 1];
+    uint64_t h = 1469598103934665603ull;
+    int fits = store_default_name(s->name, strlen(s->name), base, sizeof(base)) == 0;
+
+    if (fits && s->uid == geteuid() && snprintf(out, outlen, "%s", base) < (int)outlen)
+        return;
+    if (fits && snprintf(out, outlen, "%%u%lu-%s", (unsigned long)s->uid, base) <= STORE_NAME_MAX)
+        return;
+    for (const char *p = s->name; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(out, outlen, "%%u%lu-h%016" PRIx64, (unsigned long)s->uid, h);
+}
+
+/* What a uid holds: sessions, tensors and shadow bytes, against the
+ * per-uid limits. */
+struct usage {
+    unsigned sessions;
+    uint64_t tensors;
+    uint64_t shadow_bytes;
+};
+
+static uint64_t shadow_object_bytes(const struct session *s);
+
+static void usage_of(const struct registry *r, uid_t uid, struct usage *u)
+{
+    memset(u, 0, sizeof(*u));
+    for (const struct session *s = r->head; s != NULL; s = s->next) {
+        if (s->uid != uid)
+            continue;
+        u->sessions++;
+        u->tensors += s->ntensors;
+        u->shadow_bytes += shadow_object_bytes(s);
+    }
 }
 
 static void unlink_session(struct registry *r, struct session *s)
@@ -337,10 +420,12 @@ static void reply_error(struct conn *c, uint32_t msgid, const char *code, const 
     conn_reply_error(c, msgid, code, "%s", text);
 }
 
-static void fill_state(const struct session *s, struct msg_session_state *o)
+static void fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o)
 {
     memset(o, 0, sizeof(*o));
-    o->session = msg_str_c(s->name);
+    /* Root sees other users' sessions as "<uid>:<name>", the name it may
+     * use for them (names are per uid). */
+    o->session = msg_str_c(viewer != s->uid ? s->qualified : s->name);
     o->attached = s->owner != NULL;
     o->has_owner_pid = s->owner != NULL;
     o->owner_pid = s->owner_pid;
@@ -387,6 +472,18 @@ static bool visible(const struct session *s, uid_t uid)
     return uid == 0 || s->uid == uid;
 }
 
+/* Whether status lists s for peer uid: every visible session, or the one
+ * named (all of that name, for root's ambiguous name). */
+static bool shown(const struct session *s, uid_t uid, const struct msg_status *req,
+                  const struct session *one, bool all_named)
+{
+    if (!visible(s, uid))
+        return false;
+    if (!req->has_session)
+        return true;
+    return all_named ? named(s, req->session.ptr, req->session.len) : s == one;
+}
+
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
                     struct msg_session_state **out, size_t *n)
 {
@@ -394,27 +491,23 @@ int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
 
     *out = NULL;
     *n = 0;
-    if (req->has_session) {
-        struct session *s = find(r, req->session.ptr, req->session.len);
-        if (s == NULL || !visible(s, uid))
-            return -ENOENT;
-        *out = malloc(sizeof(**out));
-        if (*out == NULL)
-            return -ENOMEM;
-        fill_state(s, *out);
-        *n = 1;
-        return 0;
-    }
+    /* By name: the one the peer means; for root, every user's session of
+     * an ambiguous name. */
+    struct session *one = NULL;
+    int rc = req->has_session ? resolve(r, uid, req->session.ptr, req->session.len, &one) : 0;
+    if (rc == -ENOENT)
+        return -ENOENT;
+    bool all_named = rc == -EEXIST;
     for (struct session *s = r->head; s != NULL; s = s->next)
-        count += visible(s, uid);
+        count += shown(s, uid, req, one, all_named);
     if (count == 0)
         return 0;
     *out = calloc(count, sizeof(**out));
     if (*out == NULL)
         return -ENOMEM;
     for (struct session *s = r->head; s != NULL; s = s->next)
-        if (visible(s, uid))
-            fill_state(s, &(*out)[i++]);
+        if (shown(s, uid, req, one, all_named))
+            fill_state(s, uid, &(*out)[i++]);
     *n = count;
     return 0;
 }
@@ -482,7 +575,7 @@ static void reply_register(struct op *op)
     rep.has_shadow_offsets = offsets != NULL;
     rep.shadow_offsets = offsets;
     rep.nshadow_offsets = offsets ? s->ntensors : 0;
-    fill_state(s, &rep.state);
+    fill_state(s, s->uid, &rep.state);
     conn_reply(op->conn, op->msgid, &msg_register_reply_desc, &rep);
     free(t);
     free(offsets);
@@ -1621,9 +1714,14 @@ static void op_done(struct pool_job *job)
 static struct session *lookup(struct registry *r, struct conn *c, uint32_t msgid,
                               const char *method, struct msg_str name, bool owner_only)
 {
-    struct session *s = find(r, name.ptr, name.len);
+    struct session *s = NULL;
     int shown = (int)(name.len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name.len);
 
+    if (resolve(r, c->uid, name.ptr, name.len, &s) == -EEXIST) {
+        reply_error(c, msgid, MSG_E_BADARG, "%s: sessions of several users are named \"%.*s\": "
+                    "name one as <uid>:<name>", method, shown, name.ptr);
+        return NULL;
+    }
     if (s == NULL || !visible(s, c->uid)) {
         reply_error(c, msgid, MSG_E_NOSESSION, "%s: no session named \"%.*s\"", method, shown,
                     name.ptr);
@@ -1845,6 +1943,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     struct session *s, *old;
     struct shm_map seg = {NULL, 0};
     enum shm_share share;
+    struct usage used;
     char err[600];
     int rc;
 
@@ -1853,7 +1952,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
                     "[A-Za-z0-9._:/-]", SESSION_NAME_MAX);
         return;
     }
-    old = find(r, req->session.ptr, req->session.len);
+    old = find(r, c->uid, req->session.ptr, req->session.len);
     if ((old == NULL || !visible(old, c->uid)) && req->has_existing && req->existing) {
         reply_error(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
                     "(existing was asked: none is created)", (int)req->session.len,
@@ -1878,6 +1977,13 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
                     "(--max-sessions)", r->count);
         return;
     }
+    usage_of(r, c->uid, &used);
+    if (old == NULL && used.sessions >= opts->max_sessions_per_uid) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: uid %ld holds %u sessions, its limit "
+                    "(--max-sessions-per-uid); close or drop one first", (long)c->uid,
+                    used.sessions);
+        return;
+    }
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
@@ -1886,6 +1992,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     s->reg = r;
     memcpy(s->name, req->session.ptr, req->session.len);
     s->uid = c->uid;
+    snprintf(s->qualified, sizeof(s->qualified), "%lu:%s", (unsigned long)s->uid, s->name);
     s->owner = c;
     s->owner_pid = c->pid;
     if (msg_str_copy(req->shm, s->shm_name, sizeof(s->shm_name)) < 0) {
@@ -1901,6 +2008,12 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         reply_error(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
                                                                            : MSG_E_BADARG,
                     "%s", rc == -ENOMEM ? "register: out of memory" : err);
+        goto err_free;
+    }
+    if (old == NULL && used.tensors + s->ntensors > opts->max_tensors_per_uid) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: %zu tensors would bring uid %ld to %" PRIu64
+                    ", over its limit of %" PRIu64 " (--max-tensors-per-uid)", s->ntensors,
+                    (long)c->uid, used.tensors + s->ntensors, opts->max_tensors_per_uid);
         goto err_free;
     }
     if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, &s->geo, err, sizeof(err))) < 0) {
@@ -1924,6 +2037,13 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         goto err_free;
     }
     redo_layout(s);
+    if (used.shadow_bytes + shadow_object_bytes(s) > opts->max_shadow_bytes_per_uid) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: a shadow of %" PRIu64 " bytes would bring "
+                    "uid %ld to %" PRIu64 " bytes, over its limit of %" PRIu64
+                    " (--max-shadow-bytes-per-uid)", shadow_object_bytes(s), (long)c->uid,
+                    used.shadow_bytes + shadow_object_bytes(s), opts->max_shadow_bytes_per_uid);
+        goto err_free;
+    }
     if (shm_shadow_create(c->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
                           &s->shadow, &share, err, sizeof(err)) < 0) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: %s", err);
@@ -2100,10 +2220,11 @@ int registry_save_all(struct registry *r, const char *dir)
 
     for (struct session *s = r->head; s != NULL; s = s->next) {
         msgpack_sbuffer meta;
-        if (!s->ready || store_default_name(s->name, strlen(s->name), name, sizeof(name)) < 0) {
+        if (!s->ready) {
             failures++;
             continue;
         }
+        kept_name(s, name, sizeof(name));
         /* The trainer (if any) restores its own weights from the stash when
          * its connection closes: the session comes back in the TRAIN state. */
         bool active = s->st.active;
@@ -2188,7 +2309,8 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
 
     *out = NULL;
     if (!session_name_valid(m->session.ptr, m->session.len) ||
-        find(r, m->session.ptr, m->session.len) != NULL || r->count >= r->ctx->opts->max_sessions)
+        find(r, (uid_t)m->uid, m->session.ptr, m->session.len) != NULL ||
+        r->count >= r->ctx->opts->max_sessions)
         return err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
                        file);
     t = calloc(m->ntensors ? m->ntensors : 1, sizeof(*t));
@@ -2210,6 +2332,7 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
     s->reg = r;
     memcpy(s->name, m->session.ptr, m->session.len);
     s->uid = (uid_t)m->uid;
+    snprintf(s->qualified, sizeof(s->qualified), "%lu:%s", (unsigned long)s->uid, s->name);
     s->last_seq = m->has_seq ? m->seq : 0;
     if (build_config(s, &req, why, sizeof(why)) < 0 ||
         build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
@@ -2336,9 +2459,9 @@ static int journal_store(struct session *s, char *err, size_t errlen)
     uint64_t bytes;
     int rc;
 
-    if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
-                                                      sizeof(name)) < 0)
+    if (r->live_dir[0] == '\0')
         return 0;
+    kept_name(s, name, sizeof(name));
     if (encode_meta(s, &meta) < 0)
         return err_set(err, errlen, -ENOMEM, "out of memory");
     rc = store_save(r->live_dir, name, meta.data, meta.size, NULL, 0, path, sizeof(path), &bytes,
@@ -2366,9 +2489,9 @@ static void journal_remove(struct session *s)
     struct registry *r = s->reg;
     char name[160], path[PATH_MAX];
 
-    if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
-                                                      sizeof(name)) < 0)
+    if (r->live_dir[0] == '\0')
         return;
+    kept_name(s, name, sizeof(name));
     if (snprintf(path, sizeof(path), "%s/%s%s", r->live_dir, name, STORE_SUFFIX) <
         (int)sizeof(path))
         unlink(path);
@@ -2442,9 +2565,8 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     }
     /* Restored from a state file just before (a clean stop kept it), with
      * this journal written anew: nothing to take back. */
-    struct session *same = find(r, k.m.session.ptr, k.m.session.len);
-    if (same != NULL && same->uid == (uid_t)k.m.uid &&
-        msg_str_eq(k.m.shadow_shm, same->shadow_name)) {
+    struct session *same = find(r, (uid_t)k.m.uid, k.m.session.ptr, k.m.session.len);
+    if (same != NULL && msg_str_eq(k.m.shadow_shm, same->shadow_name)) {
         rc = 1;
         goto out;
     }
@@ -2505,6 +2627,14 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     adopt_rename(r, s);
     shadow_sync(s);
     registry_insert(r, s);
+    /* A journal of an older emad, named before names were per uid: write it
+     * under the current name, and remove the old one. */
+    char want[160], old_path[PATH_MAX];
+    kept_name(s, want, sizeof(want));
+    if (strcmp(want, file) != 0 && journal_store(s, why, sizeof(why)) == 0 &&
+        snprintf(old_path, sizeof(old_path), "%s/%s%s", r->live_dir, file, STORE_SUFFIX) <
+            (int)sizeof(old_path))
+        unlink(old_path);
     s = NULL;
 out:
     if (s != NULL) {

@@ -131,6 +131,7 @@ struct session {
     struct session *next;      /* in the registry */
     struct registry *reg;
     char name[SESSION_NAME_MAX + 1];
+    char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
     uid_t uid;                 /* owner's uid: only it (and root) may touch it */
     struct conn *owner;        /* NULL while detached */
     pid_t owner_pid;

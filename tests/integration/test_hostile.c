@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -148,8 +149,21 @@ static void test_thousand_idle_connections_and_half_sent_messages(void **state)
 
     emac_client *c = connect_ok(&d);
     emac_session *s = session_ok(c, "busy", &segs[2]);
-    for (uint64_t b = 1; b <= 20; b++)
-        assert_int_equal(event(s, "batch_end", b, &err), 0);
+    /* Each batch_end does what it should among the idle crowd: the first
+     * starts the EMA at the params (start+update), each next one halves the
+     * shadow towards 0 (half-life one batch; powers of two are exact). */
+    float *w = emac_segment_tensor(segs[2], 0)->data;
+    const float *sh = emac_session_shadow(s, 0)->data;
+    for (uint64_t b = 1; b <= 20; b++) {
+        struct emac_result r;
+        struct emac_time t = {b, 0, false, 0};
+        w[5] = b == 1 ? 64.0f : 0.0f;
+        assert_int_equal(emac_event(s, "batch_end", &t, &r, &err), 0);
+        assert_int_equal(r.action, b == 1 ? EMAC_ACTION_START_UPDATE : EMAC_ACTION_UPDATE);
+        assert_int_equal(r.updates, b);
+        assert_true(sh[5] == ldexpf(64.0f, -(int)(b - 1)));
+        assert_true(sh[6] == 6.0f);
+    }
     struct emac_status *st = NULL;
     assert_int_equal(emac_status(c, NULL, &st, &err), 0);
     assert_true(st->connections >= 901);
@@ -503,6 +517,134 @@ static void test_trainer_of_another_uid_cannot_change_its_shadow(void **state)
     daemon_stop(&d);
 }
 
+/* As uid (gid 65534, nogroup): register "shared", one update, then go
+ * away leaving it detached. The exit status is a trainer_step. */
+static int trainer_leaves_shared(const char *sock, uid_t uid)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
+    struct emac_error err;
+    emac_client *c = NULL;
+    emac_session *s = NULL;
+    emac_segment *seg = NULL;
+    struct emac_result r;
+    struct emac_time t = {1, 0, false, 0};
+    int rc = TR_OK;
+
+    if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+        setresuid(uid, uid, uid) < 0)
+        return TR_SETUID;
+    if (emac_connect(sock, "shared name", &c, &err) < 0)
+        return TR_CONNECT;
+    if (emac_segment_create(&spec, 1, &seg, &err) < 0)
+        rc = TR_SEGMENT;
+    else if (emac_register(c, "shared", seg, NULL, false, &s, &err) < 0)
+        rc = TR_REGISTER;
+    else if (emac_event(s, "batch_end", &t, &r, &err) < 0)
+        rc = TR_EVENT;
+    emac_session_free(s);
+    emac_segment_destroy(seg);
+    emac_disconnect(c);
+    return rc;
+}
+
+static void run_as(const char *sock, uid_t uid)
+{
+    int status;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(trainer_leaves_shared(sock, uid));
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    if (WEXITSTATUS(status) != TR_OK)
+        fail_msg("the trainer of uid %ld failed at step %d (see enum trainer_step)", (long)uid,
+                 WEXITSTATUS(status));
+}
+
+/* The session names listed by root's status, sorted, joined by spaces. */
+static void listed(emac_client *c, const char *session, char *out, size_t outlen)
+{
+    struct emac_error err;
+    struct emac_status *st = NULL;
+
+    out[0] = '\0';
+    assert_int_equal(emac_status(c, session, &st, &err), 0);
+    for (size_t i = 0; i < st->nsessions; i++) {
+        size_t n = strlen(out);
+        snprintf(out + n, outlen - n, "%s%s", n ? " " : "", st->session_list[i].session);
+    }
+    emac_status_free(st);
+}
+
+static bool has_word(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+
+    for (const char *p = strstr(list, word); p != NULL; p = strstr(p + 1, word))
+        if ((p == list || p[-1] == ' ') && (p[n] == '\0' || p[n] == ' '))
+            return true;
+    return false;
+}
+
+/*
+ * Names are per uid: a user cannot squat another's session name. Two
+ * users and root each hold a session "shared"; each has its own journal,
+ * all three come back after a crash of emad, and root names the others'
+ * as <uid>:<name> (how its status shows them), or by the bare name when
+ * only one user has it.
+ */
+static void test_session_names_are_per_uid(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    char names[1024], path[300];
+    (void)state;
+
+    if (geteuid() != 0)
+        skip();
+    make_dir(&d);
+    assert_int_equal(chmod(d.dir, 0755), 0);
+    const char *const args[] = {"--socket-mode", "0666", "--allow-group", "nogroup", NULL};
+    daemon_start_env(&d, args, NULL);
+    emac_client *c = connect_ok(&d);
+    emac_session *mine = session_ok(c, "shared", &segs[0]);
+    emac_session_free(mine);
+    emac_disconnect(c); /* detached */
+    run_as(d.sock, 65534);
+    run_as(d.sock, 65533);
+
+    snprintf(path, sizeof(path), "%s/live/shared.emastate", d.state);
+    assert_int_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof(path), "%s/live/%%u65534-shared.emastate", d.state);
+    assert_int_equal(access(path, F_OK), 0);
+
+    daemon_kill(&d);
+    daemon_start_env(&d, args, NULL);
+    assert_false(file_contains(d.log, "not taken back"));
+    c = connect_ok(&d);
+    listed(c, NULL, names, sizeof(names));
+    assert_true(has_word(names, "shared"));
+    assert_true(has_word(names, "65534:shared"));
+    assert_true(has_word(names, "65533:shared"));
+    listed(c, "shared", names, sizeof(names)); /* root's own first */
+    assert_string_equal(names, "shared");
+    assert_int_equal(emac_drop(c, "shared", &err), 0);
+
+    /* Two users' of that name: status lists both, a drop must say which. */
+    listed(c, "shared", names, sizeof(names));
+    assert_true(has_word(names, "65534:shared") && has_word(names, "65533:shared"));
+    assert_int_equal(emac_drop(c, "shared", &err), -EREMOTEIO);
+    assert_string_equal(err.code, "BADARG");
+    assert_non_null(strstr(err.message, "<uid>:<name>"));
+    assert_int_equal(emac_drop(c, "65534:shared", &err), 0);
+    assert_int_equal(emac_drop(c, "shared", &err), 0); /* the only one left: 65533's */
+    listed(c, NULL, names, sizeof(names));
+    assert_string_equal(names, "");
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -515,6 +657,7 @@ int main(void)
         cmocka_unit_test_teardown(test_segment_others_can_write_is_refused, teardown),
         cmocka_unit_test_teardown(test_shrunk_shadow_fails_only_its_session, teardown),
         cmocka_unit_test_teardown(test_trainer_of_another_uid_cannot_change_its_shadow, teardown),
+        cmocka_unit_test_teardown(test_session_names_are_per_uid, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("hostile", tests, NULL, NULL);
