@@ -6,6 +6,7 @@
 #include "emaclient.h"
 #include "harness.h"
 #include "msg.h"
+#include "segment.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -723,6 +724,102 @@ static void test_resume_of_a_closing_session_is_refused(void **state)
     daemon_stop(&d);
 }
 
+/* The segment's swap_state. */
+static uint32_t swap_state(const emac_segment *seg)
+{
+    uint32_t st;
+    emac_segment_swap_state(seg, &st, NULL);
+    return st;
+}
+
+/*
+ * The crash-safety handshake, phase by phase: a swap is stalled in each of
+ * its worker phases (the stash copy, the cast of the shadow into the
+ * params, the restore from the stash), the segment's swap_state checked
+ * there, and emad killed in it. swap_state says STASHED only once the
+ * stash holds the training weights, EMA only once the params hold the EMA
+ * weights, TRAIN only once they are back; after the kill in any phase the
+ * trainer gets its training weights back from what swap_state says.
+ */
+static void test_swap_states_hold_in_every_phase_and_after_a_kill(void **state)
+{
+    /* Chunks: register's journal and initialisation (2), batch 1 (1), then
+     * eval_start's stash copy (4th) and cast (5th), eval_end's restore (6th). */
+    static const struct {
+        const char *after;
+        const char *name;
+    } phases[] = {{"3", "stash"}, {"4", "cast"}, {"5", "restore"}};
+    struct emac_error err;
+    (void)state;
+
+    for (size_t p = 0; p < 3; p++) {
+        struct daemon d;
+        char after[64], shadow[128];
+        emac_session *s = NULL;
+        emac_ticket ticket;
+        snprintf(after, sizeof(after), "EMAD_TEST_STALL_AFTER=%s", phases[p].after);
+        make_dir(&d);
+        daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", after, NULL});
+        emac_client *c = client_connect(&d, "test_restart");
+        struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
+        assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+        step_params(seg_left, 1);
+        assert_int_equal(emac_register(c, "phases", seg_left, &cfg, false, &s, &err), 0);
+        snprintf(shadow, sizeof(shadow), "%s", emac_session_state(s)->shadow_shm);
+        event_at(s, "batch_end", 1);
+        step_params(seg_left, 2); /* training weights now differ from the EMA's */
+        const struct seg_header *h = emac_segment_base(seg_left);
+        char *base = emac_segment_base(seg_left);
+        size_t bytes = h->params_bytes;
+        void *train = malloc(bytes);
+        assert_non_null(train);
+        memcpy(train, base + h->params_offset, bytes);
+
+        struct emac_time t = {1, 0, false, 0};
+        uint32_t expect;
+        if (p < 2) {
+            assert_int_equal(emac_event_send(s, "eval_start", &t, &ticket, &err), 0);
+            if (p == 0) {
+                sleep_ms(300); /* the request is in; its stash copy stalls */
+                expect = SEG_TRAIN;
+            } else {
+                /* Past the stash: STASHED, never EMA, while the cast stalls. */
+                for (int ms = 0; swap_state(seg_left) == SEG_TRAIN && ms < WAIT_MS; ms += 10)
+                    sleep_ms(10);
+                expect = SEG_STASHED;
+                assert_memory_equal(base + h->stash_offset, train, bytes);
+            }
+        } else {
+            event_at(s, "eval_start", 1);
+            assert_int_equal(swap_state(seg_left), SEG_EMA);
+            assert_int_equal(emac_event_send(s, "eval_end", &t, &ticket, &err), 0);
+            sleep_ms(300); /* the request is in; its restore stalls */
+            expect = SEG_EMA;
+        }
+        if (swap_state(seg_left) != expect)
+            fail_msg("stalled in the %s phase: swap_state %u, expected %u", phases[p].name,
+                     swap_state(seg_left), expect);
+        assert_int_equal(kill(d.pid, SIGKILL), 0);
+        assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
+        assert_int_equal(swap_state(seg_left), expect);
+
+        /* What the trainer does after losing emad: its training weights. */
+        bool restored = false;
+        assert_int_equal(emac_segment_restore(seg_left, &restored, &err), 0);
+        assert_int_equal(restored, expect != SEG_TRAIN);
+        assert_int_equal(swap_state(seg_left), SEG_TRAIN);
+        assert_memory_equal(base + h->params_offset, train, bytes);
+        free(train);
+        emac_session_free(s);
+        emac_disconnect(c);
+        emac_segment_destroy(seg_left);
+        seg_left = NULL;
+        /* No emad comes back for the killed one's shadow: remove it. */
+        assert_int_equal(shm_unlink(shadow), 0);
+        remove_tree(d.dir);
+    }
+}
+
 /* ---- watchdog ---- */
 
 static int notify_listener(const char *path)
@@ -884,6 +981,8 @@ int main(void)
         cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown),
         cmocka_unit_test_teardown(test_close_and_drop_reply_after_the_shadow_is_gone, teardown),
         cmocka_unit_test_teardown(test_resume_of_a_closing_session_is_refused, teardown),
+        cmocka_unit_test_teardown(test_swap_states_hold_in_every_phase_and_after_a_kill,
+                                  teardown),
         cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
         cmocka_unit_test_teardown(test_state_directory_is_locked, teardown),
     };
