@@ -1635,6 +1635,12 @@ static void op_done(struct pool_job *job)
     struct op *op = job->arg;
     struct session *s = op->s;
 
+    /* First: a shadow that faulted may fault again anywhere below where it
+     * did, so nothing reads it any more (not even its redo records). */
+    if (job->status == -EFAULT && shadow_is_broken(s)) {
+        shadow_failed(op);
+        return;
+    }
     if (job->status != 0 && op->logged && op->phase == PH_TENSORS) {
         /* Cut short: the records tell how far it got, for its replay. */
         bool clears = s->redo_pending ? s->redo_clears : !s->interrupted;
@@ -1645,10 +1651,6 @@ static void op_done(struct pool_job *job)
             redo_cancel(s, "the event failed");
         s->interrupted = true;
         shadow_sync(s);
-    }
-    if (job->status == -EFAULT && shadow_is_broken(s)) {
-        shadow_failed(op);
-        return;
     }
     if (job->status == -EFAULT) {
         segment_broken(op);

@@ -132,7 +132,8 @@ struct session {
     struct registry *reg;
     char name[SESSION_NAME_MAX + 1];
     char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
-    uid_t uid;                 /* owner's uid: only it (and root) may touch it */
+    uid_t uid;                 /* owner's uid: only it (and root) may touch it; names are
+                                  unique per uid */
     struct conn *owner;        /* NULL while detached */
     pid_t owner_pid;
     struct tensor *tensors;
@@ -222,8 +223,11 @@ void session_close(struct registry *r, struct conn *c, uint32_t msgid,
                    const struct msg_close *req);
 void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req);
 /* The state of every session visible to peer uid (all for root), or of the
- * one named by req (-ENOENT if none); *out is malloc'd, its strings point
- * into the sessions and stay valid until the loop runs again. */
+ * one named by req (-ENOENT if none). Names are per uid: a peer names its
+ * own sessions; root names its own, else the only one of that name (all of
+ * them when several users have it), else "<uid>:<name>", which is how
+ * other users' sessions are listed to root. *out is malloc'd, its strings
+ * point into the sessions and stay valid until the loop runs again. */
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
                     struct msg_session_state **out, size_t *n);
 

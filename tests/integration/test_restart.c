@@ -546,8 +546,8 @@ static void test_pipelined_close_keep_then_drop(void **state)
 
 /* Pipeline requests on a raw connection (hello first); returns the fd.
  * Replies are read with read_reply_dec. */
-static int pipeline(const struct daemon *d, const char *const methods[], const struct msg_desc *const descs[],
-                    const void *const reqs[], size_t n)
+static int pipeline(const struct daemon *d, const char *const methods[],
+                    const struct msg_desc *const descs[], const void *const reqs[], size_t n)
 {
     struct msg_hello hello = {1, msg_str_c("pipeline test"), false, 0};
     msgpack_sbuffer sb;
@@ -609,7 +609,8 @@ static void test_close_and_drop_reply_after_the_shadow_is_gone(void **state)
         reg.shm = msg_str_c(emac_segment_name(seg_left));
         reg.tensors = t;
         reg.ntensors = 3;
-        struct msg_close keep = {msg_str_c("gone"), true, true}, plain = {msg_str_c("gone"), false, false};
+        struct msg_close keep = {msg_str_c("gone"), true, true};
+        struct msg_close plain = {msg_str_c("gone"), false, false};
         struct msg_drop dr = {msg_str_c("gone")};
         struct msg_file sv = {msg_str_c("gone"), true, msg_str_c("after")};
         const char *m_close[] = {"register", "close", "save"};
