@@ -1645,7 +1645,11 @@ static void op_done(struct pool_job *job)
         /* Cut short: the records tell how far it got, for its replay. */
         bool clears = s->redo_pending ? s->redo_clears : !s->interrupted;
         op->resume_from = NULL; /* redo_recover replaces redo_from */
-        if (redo_recover(s) == 0)
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        int recovered = redo_recover(s);
+        shadow_leave(s, &g);
+        if (recovered == 0)
             s->redo_clears = clears;
         else
             redo_cancel(s, "the event failed");
@@ -2399,10 +2403,17 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         goto out;
     }
     share_note(r, share);
+    struct shm_guard g;
+    shadow_enter(s, &g);
     memcpy(shadow_data(s), (const char *)k.f.data + (with_header ? SHADOW_HEADER_BYTES : 0),
            shadow_data_bytes(s));
     if (with_header)
         restore_records(s, k.f.data);
+    shadow_leave(s, &g);
+    if (shadow_is_broken(s)) {
+        rc = err_set(err, errlen, -EFAULT, "%s: the new shadow %s faulted", file, s->shadow_name);
+        goto out;
+    }
     apply_loaded(s, &k.m);
     s->ready = true;
     shadow_sync(s);

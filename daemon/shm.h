@@ -59,10 +59,12 @@ int shm_collect_stale_shadows(bool (*in_use)(void *arg, const char *name), void 
 /*
  * SIGBUS guard, in the style of libwayland's wl_shm: a trainer may shrink
  * its segment (ftruncate) while emad reads or writes it, and the access
- * then faults. Around every access to a trainer's mapping, a thread enters
- * a guard naming that mapping; a fault inside it maps anonymous memory over
- * the rest of the mapping (so the access completes, on zeros), and the
- * guard reports -EFAULT when left. A fault anywhere else is a real crash.
+ * then faults; so may a shadow that could not be kept from its trainer (no
+ * ACLs) or whose trainer is emad's own uid. Around every access to such a
+ * mapping, a thread enters a guard naming it (or two); a fault inside one
+ * maps anonymous memory over the rest of that mapping (so the access
+ * completes, on zeros), and the guard reports -EFAULT when left. A fault
+ * anywhere else is a real crash.
  */
 struct shm_guard {
     char *base[2];                 /* the mappings guarded (NULL: none) */
