@@ -1520,6 +1520,13 @@ static void op_run(struct op *op)
         submit(op, PH_FILE, chunk_file, 1);
         return;
     case OP_LOAD:
+        /* Queued behind a close or drop: the session is gone now. */
+        if (s->removed) {
+            reply_error(op->conn, op->msgid, MSG_E_NOSESSION, "load: session %s is being closed",
+                        s->name);
+            op_finish(op);
+            return;
+        }
         if (s->st.active) {
             reply_error(op->conn, op->msgid, MSG_E_STATE,
                         "load: session %s has its EMA weights swapped in; swap out first",
@@ -2147,10 +2154,6 @@ void session_save(struct registry *r, struct conn *c, uint32_t msgid, const stru
 
     if ((s = lookup(r, c, msgid, method, req->session, false)) == NULL)
         return;
-    if (load && s->closing) {
-        reply_error(c, msgid, MSG_E_NOSESSION, "load: session %s is being closed", s->name);
-        return;
-    }
     /* Loading replaces the shadow under its owner's feet: only the owner may,
      * or anyone the session is visible to once it is detached. */
     if (load && s->owner != NULL && s->owner != c) {
