@@ -30,6 +30,9 @@ enum {
     OPT_MAX_SESSIONS,
     OPT_MAX_TENSORS,
     OPT_MAX_PENDING,
+    OPT_MAX_SESSIONS_PER_UID,
+    OPT_MAX_TENSORS_PER_UID,
+    OPT_MAX_SHADOW_BYTES_PER_UID,
 };
 
 static const struct option long_opts[] = {
@@ -48,6 +51,9 @@ static const struct option long_opts[] = {
     {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
     {"max-tensors", required_argument, NULL, OPT_MAX_TENSORS},
     {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
+    {"max-sessions-per-uid", required_argument, NULL, OPT_MAX_SESSIONS_PER_UID},
+    {"max-tensors-per-uid", required_argument, NULL, OPT_MAX_TENSORS_PER_UID},
+    {"max-shadow-bytes-per-uid", required_argument, NULL, OPT_MAX_SHADOW_BYTES_PER_UID},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -115,6 +121,10 @@ void opts_usage(FILE *fp, const char *argv0)
 "  --max-tensors N         tensors in one session (default 1000000)\n"
 "  --max-pending BYTES     replies queued for a connection before emad stops\n"
 "                          reading its requests (default 16M)\n"
+"  --max-sessions-per-uid N        sessions of one user (default 64)\n"
+"  --max-tensors-per-uid N         tensors in all sessions of one user\n"
+"                                  (default 4000000)\n"
+"  --max-shadow-bytes-per-uid BYTES  shadow memory of one user (default 64G)\n"
 "\n"
 "Logging:\n"
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
@@ -245,6 +255,9 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_sessions = 1024;
     o->max_tensors = 1000000;
     o->max_pending = 16u << 20;
+    o->max_sessions_per_uid = 64;
+    o->max_tensors_per_uid = 4000000;
+    o->max_shadow_bytes_per_uid = 64ull << 30;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -340,6 +353,24 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                                  errlen)) < 0)
                 return rc;
             o->max_pending = (size_t)v;
+            break;
+        case OPT_MAX_SESSIONS_PER_UID:
+            if ((rc = parse_uint("max-sessions-per-uid", optarg, 1, 1u << 20, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_sessions_per_uid = (unsigned)v;
+            break;
+        case OPT_MAX_TENSORS_PER_UID:
+            if ((rc = parse_uint("max-tensors-per-uid", optarg, 1, 1ull << 40, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_tensors_per_uid = v;
+            break;
+        case OPT_MAX_SHADOW_BYTES_PER_UID:
+            if ((rc = parse_uint("max-shadow-bytes-per-uid", optarg, 4096, 1ull << 50, &v, true,
+                                 err, errlen)) < 0)
+                return rc;
+            o->max_shadow_bytes_per_uid = v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

@@ -43,6 +43,10 @@ struct emad_opts {
     unsigned max_sessions;
     uint64_t max_tensors;       /* per session */
     size_t max_pending;         /* reply bytes queued per connection before reading pauses */
+    /* Per peer uid, over all its sessions (names are per uid too). */
+    unsigned max_sessions_per_uid;
+    uint64_t max_tensors_per_uid;
+    uint64_t max_shadow_bytes_per_uid;
 };
 
 enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };

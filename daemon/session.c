@@ -73,6 +73,7 @@ struct op {
     uint64_t t0;               /* uv_hrtime when the data work began */
     bool keep;                 /* close */
     struct shm_map new_seg;    /* attach */
+    struct seg_geometry new_geo; /* attach: new_seg's checked geometry */
     char new_shm[256];
     char file[160];            /* save / load: file name */
     msgpack_sbuffer meta;      /* save: metadata; load: the file's metadata copy */
@@ -224,12 +225,95 @@ int registry_init(struct registry *r, struct emad *ctx)
     return 0;
 }
 
-static struct session *find(struct registry *r, const char *name, size_t len)
+static bool named(const struct session *s, const char *name, size_t len)
+{
+    return strlen(s->name) == len && memcmp(s->name, name, len) == 0;
+}
+
+/* Names are per uid: the same name for two users is two sessions. */
+static struct session *find(struct registry *r, uid_t uid, const char *name, size_t len)
 {
     for (struct session *s = r->head; s != NULL; s = s->next)
-        if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+        if (s->uid == uid && named(s, name, len))
             return s;
     return NULL;
+}
+
+/*
+ * The session a peer of uid means by name: its own of that name. Root may
+ * name another user's too: its own first, else the only session of that
+ * name, else "<uid>:<name>" (how status shows other users' sessions to
+ * root). 0, -ENOENT, or -EEXIST when root's name fits several users'.
+ */
+static int resolve(struct registry *r, uid_t uid, const char *name, size_t len,
+                   struct session **out)
+{
+    struct session *only = NULL;
+    unsigned n = 0;
+    uint64_t owner = 0;
+    size_t i = 0;
+
+    if ((*out = find(r, uid, name, len)) != NULL)
+        return 0;
+    if (uid != 0)
+        return -ENOENT;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (named(s, name, len)) {
+            only = s;
+            n++;
+        }
+    if (n > 1)
+        return -EEXIST;
+    if ((*out = only) != NULL)
+        return 0;
+    while (i < len && name[i] >= '0' && name[i] <= '9' && owner <= UINT32_MAX)
+        owner = owner * 10 + (uint64_t)(name[i++] - '0');
+    if (i == 0 || i + 1 >= len || name[i] != ':' || owner > UINT32_MAX)
+        return -ENOENT;
+    *out = find(r, (uid_t)owner, name + i + 1, len - i - 1);
+    return *out != NULL ? 0 : -ENOENT;
+}
+
+/* What the session's files (journal, kept state) are called: its name as
+ * a file name, and for a user other than emad's own, "%u<uid>-" before it
+ * ('%' is followed by a hex pair in every name store_default_name makes,
+ * so these never clash with those of emad's own uid). A name too long for
+ * that gets a hash instead. */
+static void kept_name(const struct session *s, char *out, size_t outlen)
+{
+    char base[STORE_NAME_MAX + 1];
+    uint64_t h = 1469598103934665603ull;
+    int fits = store_default_name(s->name, strlen(s->name), base, sizeof(base)) == 0;
+
+    if (fits && s->uid == geteuid() && snprintf(out, outlen, "%s", base) < (int)outlen)
+        return;
+    if (fits && snprintf(out, outlen, "%%u%lu-%s", (unsigned long)s->uid, base) <= STORE_NAME_MAX)
+        return;
+    for (const char *p = s->name; *p != '\0'; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(out, outlen, "%%u%lu-h%016" PRIx64, (unsigned long)s->uid, h);
+}
+
+/* What a uid holds: sessions, tensors and shadow bytes, against the
+ * per-uid limits. */
+struct usage {
+    unsigned sessions;
+    uint64_t tensors;
+    uint64_t shadow_bytes;
+};
+
+static uint64_t shadow_object_bytes(const struct session *s);
+
+static void usage_of(const struct registry *r, uid_t uid, struct usage *u)
+{
+    memset(u, 0, sizeof(*u));
+    for (const struct session *s = r->head; s != NULL; s = s->next) {
+        if (s->uid != uid)
+            continue;
+        u->sessions++;
+        u->tensors += s->ntensors;
+        u->shadow_bytes += shadow_object_bytes(s);
+    }
 }
 
 static void unlink_session(struct registry *r, struct session *s)
@@ -336,10 +420,12 @@ static void reply_error(struct conn *c, uint32_t msgid, const char *code, const 
     conn_reply_error(c, msgid, code, "%s", text);
 }
 
-static void fill_state(const struct session *s, struct msg_session_state *o)
+static void fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o)
 {
     memset(o, 0, sizeof(*o));
-    o->session = msg_str_c(s->name);
+    /* Root sees other users' sessions as "<uid>:<name>", the name it may
+     * use for them (names are per uid). */
+    o->session = msg_str_c(viewer != s->uid ? s->qualified : s->name);
     o->attached = s->owner != NULL;
     o->has_owner_pid = s->owner != NULL;
     o->owner_pid = s->owner_pid;
@@ -369,9 +455,33 @@ static void fill_state(const struct session *s, struct msg_session_state *o)
     o->seq = s->last_seq;
 }
 
+/* Where the file system has no ACLs, shadows are given to their trainers,
+ * which can then resize them: say so once. */
+static void share_note(struct registry *r, enum shm_share share)
+{
+    if (share != SHM_SHARE_CHOWN || r->share_warned)
+        return;
+    r->share_warned = true;
+    log_warn(reg_log(r), "/dev/shm refuses POSIX ACLs: shadows are given to their trainers' "
+             "uids (mode 0400), so a trainer can resize its own shadow and fail its session; "
+             "mount /dev/shm with ACL support (tmpfs has it) to keep shadows emad's");
+}
+
 static bool visible(const struct session *s, uid_t uid)
 {
     return uid == 0 || s->uid == uid;
+}
+
+/* Whether status lists s for peer uid: every visible session, or the one
+ * named (all of that name, for root's ambiguous name). */
+static bool shown(const struct session *s, uid_t uid, const struct msg_status *req,
+                  const struct session *one, bool all_named)
+{
+    if (!visible(s, uid))
+        return false;
+    if (!req->has_session)
+        return true;
+    return all_named ? named(s, req->session.ptr, req->session.len) : s == one;
 }
 
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
@@ -381,27 +491,23 @@ int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
 
     *out = NULL;
     *n = 0;
-    if (req->has_session) {
-        struct session *s = find(r, req->session.ptr, req->session.len);
-        if (s == NULL || !visible(s, uid))
-            return -ENOENT;
-        *out = malloc(sizeof(**out));
-        if (*out == NULL)
-            return -ENOMEM;
-        fill_state(s, *out);
-        *n = 1;
-        return 0;
-    }
+    /* By name: the one the peer means; for root, every user's session of
+     * an ambiguous name. */
+    struct session *one = NULL;
+    int rc = req->has_session ? resolve(r, uid, req->session.ptr, req->session.len, &one) : 0;
+    if (rc == -ENOENT)
+        return -ENOENT;
+    bool all_named = rc == -EEXIST;
     for (struct session *s = r->head; s != NULL; s = s->next)
-        count += visible(s, uid);
+        count += shown(s, uid, req, one, all_named);
     if (count == 0)
         return 0;
     *out = calloc(count, sizeof(**out));
     if (*out == NULL)
         return -ENOMEM;
     for (struct session *s = r->head; s != NULL; s = s->next)
-        if (visible(s, uid))
-            fill_state(s, &(*out)[i++]);
+        if (shown(s, uid, req, one, all_named))
+            fill_state(s, uid, &(*out)[i++]);
     *n = count;
     return 0;
 }
@@ -469,7 +575,7 @@ static void reply_register(struct op *op)
     rep.has_shadow_offsets = offsets != NULL;
     rep.shadow_offsets = offsets;
     rep.nshadow_offsets = offsets ? s->ntensors : 0;
-    fill_state(s, &rep.state);
+    fill_state(s, s->uid, &rep.state);
     conn_reply(op->conn, op->msgid, &msg_register_reply_desc, &rep);
     free(t);
     free(offsets);
@@ -564,10 +670,12 @@ static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t 
 
 /* ---- chunk workers (worker threads) ---- */
 
+/* Every address in the segment comes from the geometry checked at register
+ * (s->geo) and the tensor table checked against it: never from the live
+ * header, which the trainer may have rewritten since. */
 static void *param_ptr(const struct session *s, const struct tensor *t, uint64_t start)
 {
-    const struct seg_header *h = s->seg.base;
-    return (char *)s->seg.base + h->params_offset + t->offset + start * dtype_size(t->dtype);
+    return (char *)s->seg.base + s->geo.params_offset + t->offset + start * dtype_size(t->dtype);
 }
 
 static void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start)
@@ -591,21 +699,45 @@ static struct shadow_header *shadow_hdr(const struct session *s)
     return s->shadow.base;
 }
 
+/* The loop thread's accesses to a shadow's header go under the guard too:
+ * a shadow that faults fails its session (shadow_broken), not emad. */
+static void shadow_enter(struct session *s, struct shm_guard *g)
+{
+    shm_guard_enter(g, &s->shadow);
+}
+
+static void shadow_leave(struct session *s, struct shm_guard *g)
+{
+    if (shm_guard_leave(g) < 0)
+        __atomic_store_n(&s->shadow_broken, true, __ATOMIC_RELEASE);
+}
+
+static bool shadow_is_broken(const struct session *s)
+{
+    return __atomic_load_n(&s->shadow_broken, __ATOMIC_ACQUIRE);
+}
+
 /* An operation is about to write the shadow: a crash from here on leaves
  * seq_begun ahead of seq_done. */
 static void shadow_begin(struct session *s)
 {
     struct shadow_header *h = shadow_hdr(s);
+    struct shm_guard g;
+
+    shadow_enter(s, &g);
     __atomic_store_n(&h->seq_begun, h->seq_done + 1, __ATOMIC_RELEASE);
+    shadow_leave(s, &g);
 }
 
 /* The state after an operation, where a restarted emad will look for it. */
 static void shadow_sync(struct session *s)
 {
     struct shadow_header *h = shadow_hdr(s);
+    struct shm_guard g;
 
-    if (h == NULL)
+    if (h == NULL || shadow_is_broken(s))
         return;
+    shadow_enter(s, &g);
     memcpy(h->magic, SHADOW_MAGIC, 8);
     h->home = s->reg->home;
     h->updates = s->st.updates;
@@ -622,6 +754,7 @@ static void shadow_sync(struct session *s)
     h->redo_pending = s->redo_pending ? 1u | (s->redo_clears ? 2u : 0u) : 0u;
     __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
                      __ATOMIC_RELEASE);
+    shadow_leave(s, &g);
 }
 
 static struct redo_rec *redo_rec(const struct session *s, size_t chunk)
@@ -636,8 +769,10 @@ static void redo_begin(struct op *op)
 {
     struct session *s = op->s;
     struct shadow_header *h = shadow_hdr(s);
-    uint64_t of = h->seq_done + 1;
+    struct shm_guard g;
 
+    shadow_enter(s, &g);
+    uint64_t of = h->seq_done + 1;
     for (size_t c = 0; c < s->plan.nchunks; c++) {
         struct redo_rec *rec = redo_rec(s, c);
         rec->seq = of;
@@ -650,6 +785,7 @@ static void redo_begin(struct op *op)
     h->pending_batch = op->clock.batch;
     h->pending_epoch = op->clock.epoch;
     h->redo_nchunks = s->plan.nchunks;
+    shadow_leave(s, &g);
     shadow_begin(s);
 }
 
@@ -730,13 +866,19 @@ static void redo_cancel(struct session *s, const char *why)
 {
     if (!s->redo_pending)
         return;
+    struct shm_guard g;
+    uint64_t pending;
+
     s->redo_pending = false;
     s->interrupted = true;
     free(s->redo_from);
     s->redo_from = NULL;
+    shadow_enter(s, &g);
+    pending = shadow_hdr(s)->pending_seq;
+    shadow_leave(s, &g);
     log_warn(reg_log(s->reg), "session %s: the event cut short by emad's crash (seq %" PRIu64
              ") was not sent again before %s: the shadow keeps part of it (interrupted)",
-             s->name, shadow_hdr(s)->pending_seq, why);
+             s->name, pending, why);
     shadow_sync(s);
 }
 
@@ -825,6 +967,17 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
     return rc;
 }
 
+/* Leave a guard entered on (segment, shadow): -EFAULT if either faulted,
+ * and a faulted shadow marks the session broken. Else rc. */
+static int guard_leave(struct session *s, struct shm_guard *g, int rc)
+{
+    if (shm_guard_leave(g) == 0)
+        return rc;
+    if (g->faulted & 2)
+        __atomic_store_n(&s->shadow_broken, true, __ATOMIC_RELEASE);
+    return -EFAULT;
+}
+
 static int chunk_tensors(void *arg, size_t index)
 {
     struct op *op = arg;
@@ -836,14 +989,12 @@ static int chunk_tensors(void *arg, size_t index)
     struct shm_guard g;
     int rc = 0;
 
-    shm_guard_enter(&g, &s->seg);
+    shm_guard_enter2(&g, &s->seg, &s->shadow);
     if (op->logged && op->phase == PH_TENSORS) {
         struct logged l = {op, redo_rec(s, index), 0, init, update};
         l.from = l.rec->done_to;
         rc = for_each_block(s, index, logged_block, &l);
-        if (shm_guard_leave(&g) < 0)
-            return -EFAULT;
-        return rc;
+        return guard_leave(s, &g, rc);
     }
     for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
         const struct piece *p = &s->plan.pieces[i];
@@ -859,12 +1010,11 @@ static int chunk_tensors(void *arg, size_t index)
         if (update && rc == 0)
             rc = kernel_update(k, t->dtype, sh, pa, p->count, s->cfg.smoothing);
     }
-    if (shm_guard_leave(&g) < 0)
-        return -EFAULT;
-    return rc;
+    return guard_leave(s, &g, rc);
 }
 
 static int journal_store(struct session *s, char *err, size_t errlen);
+static void journal_remove(struct session *s);
 
 /* Register's work: the journal (chunk 0, beside the first tensor chunks:
  * for a million tensors it takes as long as they do) and the shadow's
@@ -883,12 +1033,12 @@ static int chunk_init(void *arg, size_t index)
 static int chunk_copy(void *arg, size_t index)
 {
     struct op *op = arg;
-    const struct seg_header *h = op->s->seg.base;
-    char *params = (char *)op->s->seg.base + h->params_offset;
-    char *stash = (char *)op->s->seg.base + h->stash_offset;
+    const struct seg_geometry *geo = &op->s->geo;
+    char *params = (char *)op->s->seg.base + geo->params_offset;
+    char *stash = (char *)op->s->seg.base + geo->stash_offset;
     uint64_t off = (uint64_t)index * COPY_CHUNK_BYTES;
-    uint64_t n = h->params_bytes - off < COPY_CHUNK_BYTES ? h->params_bytes - off
-                                                          : COPY_CHUNK_BYTES;
+    uint64_t n = geo->params_bytes - off < COPY_CHUNK_BYTES ? geo->params_bytes - off
+                                                            : COPY_CHUNK_BYTES;
 
     struct shm_guard g;
 
@@ -1004,6 +1154,20 @@ out:
     return 0;
 }
 
+/* Save and load under the shadow's guard: where the shadow is given to
+ * its trainer (no ACLs), the trainer can resize it under emad. */
+static int chunk_file(void *arg, size_t index)
+{
+    static const struct shm_map none = {NULL, 0};
+    struct op *op = arg;
+    struct shm_guard g;
+    int rc;
+
+    shm_guard_enter2(&g, &none, &op->s->shadow);
+    rc = op->kind == OP_SAVE ? chunk_save(arg, index) : chunk_load(arg, index);
+    return guard_leave(op->s, &g, rc);
+}
+
 /* ---- operations (loop thread) ---- */
 
 /* The header of the trainer's segment, read or written on the loop thread
@@ -1047,9 +1211,29 @@ static void segment_broken(struct op *op)
     op_finish(op);
 }
 
+/* The shadow faulted under us: someone resized it (possible only where it
+ * had to be given to its trainer, or the trainer is emad's own uid). Its
+ * contents are lost: that session alone fails, and is removed. */
+static void shadow_failed(struct op *op)
+{
+    struct session *s = op->s;
+
+    log_error(reg_log(s->reg), "session %s: shadow %s was resized or removed while emad used "
+              "it (SIGBUS); session removed", s->name, s->shadow_name);
+    reply_error(op->conn, op->msgid, MSG_E_SHM,
+                "session %s: its shadow %s was resized or removed while emad was using it "
+                "(SIGBUS): the EMA weights are lost and the session is removed; register again",
+                s->name, s->shadow_name);
+    if (!s->removed) {
+        journal_remove(s);
+        unlink_session(s->reg, s);
+    }
+    op_finish(op);
+}
+
 static size_t copy_chunks(const struct session *s)
 {
-    return (s->params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
+    return (s->geo.params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
 }
 
 /* Apply the state change of a completed action, and record it in the
@@ -1072,9 +1256,12 @@ static void commit(struct op *op)
     if (op->has_seq) {
         /* Written in place: the header is where the record must survive. */
         struct seq_record *rec = &shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
+        struct shm_guard g;
+        shadow_enter(s, &g);
         *rec = (struct seq_record){.seq = op->seq, .updates = s->st.updates,
                                    .action = (uint8_t)op->action, .active = s->st.active,
                                    .started = s->st.started};
+        shadow_leave(s, &g);
         if (op->seq > s->last_seq)
             s->last_seq = op->seq;
     }
@@ -1097,11 +1284,15 @@ static bool is_swap(enum ema_action a)
 static bool replayed(struct op *op)
 {
     struct session *s = op->s;
-    const struct seq_record *rec;
+    struct seq_record copy;
+    const struct seq_record *rec = &copy;
+    struct shm_guard g;
 
     if (!op->has_seq || op->seq > s->last_seq)
         return false;
-    rec = &shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
+    shadow_enter(s, &g);
+    copy = shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
+    shadow_leave(s, &g);
     if (rec->seq != op->seq) {
         reply_error(op->conn, op->msgid, MSG_E_STATE,
                     "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
@@ -1142,10 +1333,14 @@ static void run_event(struct op *op)
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
         op->logged = s->reg->ctx->opts->crash_exact;
-        const struct shadow_header *h = shadow_hdr(s);
-        if (op->logged && s->redo_pending && op->has_seq && op->seq == h->pending_seq &&
-            (uint32_t)op->action == h->pending_action && op->clock.batch == h->pending_batch &&
-            op->clock.epoch == h->pending_epoch) {
+        struct shadow_header h;
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        h = *shadow_hdr(s);
+        shadow_leave(s, &g);
+        if (op->logged && s->redo_pending && op->has_seq && op->seq == h.pending_seq &&
+            (uint32_t)op->action == h.pending_action && op->clock.batch == h.pending_batch &&
+            op->clock.epoch == h.pending_epoch) {
             op->resume_from = s->redo_from; /* the replay: only what is left */
             log_info(reg_log(s->reg), "session %s: seq %" PRIu64 " sent again after a crash: "
                      "writing the elements the cut-short run had not", s->name, op->seq);
@@ -1260,6 +1455,11 @@ static void run_close(struct op *op, bool drop)
                  drop ? "dropped" : "closed", s->shadow_name);
         journal_remove(s);
         unlink_session(r, s);
+        /* Once a reply says a session is gone, its shadow is gone: unlink
+         * now (the mapping stays until the session is freed). */
+        if (s->shadow_name[0] != '\0')
+            shm_unlink(s->shadow_name);
+        s->shadow_name[0] = '\0';
     }
     conn_reply(op->conn, op->msgid, &msg_empty_desc, &e);
     op_finish(op);
@@ -1268,17 +1468,22 @@ static void run_close(struct op *op, bool drop)
 static void run_attach(struct op *op)
 {
     struct session *s = op->s;
-    struct seg_header *h = op->new_seg.base;
+    uint32_t state = SEG_TRAIN;
 
     shm_unmap(&s->seg);
     s->seg = op->new_seg;
+    s->geo = op->new_geo;
     op->new_seg.base = NULL;
     op->new_seg.len = 0;
     snprintf(s->shm_name, sizeof(s->shm_name), "%s", op->new_shm);
-    s->params_bytes = h->params_bytes;
+    s->params_bytes = s->geo.params_bytes;
+    if (seg_state_get(s, &state) < 0) {
+        segment_broken(op);
+        return;
+    }
     /* The trainer restored its training weights itself if it crashed while
      * the EMA weights were in: believe the segment. */
-    if (s->st.active && seg_swap_state_load(h) == SEG_TRAIN) {
+    if (s->st.active && state == SEG_TRAIN) {
         s->st.active = false;
         log_info(reg_log(s->reg), "session %s: the new segment holds the training weights; "
                  "EMA weights no longer active", s->name);
@@ -1292,6 +1497,10 @@ static void op_run(struct op *op)
 {
     struct session *s = op->s;
 
+    if (shadow_is_broken(s) && op->kind != OP_CLOSE && op->kind != OP_DROP) {
+        shadow_failed(op);
+        return;
+    }
     switch (op->kind) {
     case OP_INIT:
         op->t0 = uv_hrtime();
@@ -1317,9 +1526,16 @@ static void op_run(struct op *op)
             op_finish(op);
             return;
         }
-        submit(op, PH_FILE, chunk_save, 1);
+        submit(op, PH_FILE, chunk_file, 1);
         return;
     case OP_LOAD:
+        /* Queued behind a close or drop: the session is gone now. */
+        if (s->removed) {
+            reply_error(op->conn, op->msgid, MSG_E_NOSESSION, "load: session %s is being closed",
+                        s->name);
+            op_finish(op);
+            return;
+        }
         if (s->st.active) {
             reply_error(op->conn, op->msgid, MSG_E_STATE,
                         "load: session %s has its EMA weights swapped in; swap out first",
@@ -1329,7 +1545,7 @@ static void op_run(struct op *op)
         }
         redo_cancel(s, "a load");
         shadow_begin(s);
-        submit(op, PH_FILE, chunk_load, 1);
+        submit(op, PH_FILE, chunk_file, 1);
         return;
     case OP_CLOSE:
         run_close(op, false);
@@ -1435,11 +1651,21 @@ static void op_done(struct pool_job *job)
     struct op *op = job->arg;
     struct session *s = op->s;
 
+    /* First: a shadow that faulted may fault again anywhere below where it
+     * did, so nothing reads it any more (not even its redo records). */
+    if (job->status == -EFAULT && shadow_is_broken(s)) {
+        shadow_failed(op);
+        return;
+    }
     if (job->status != 0 && op->logged && op->phase == PH_TENSORS) {
         /* Cut short: the records tell how far it got, for its replay. */
         bool clears = s->redo_pending ? s->redo_clears : !s->interrupted;
         op->resume_from = NULL; /* redo_recover replaces redo_from */
-        if (redo_recover(s) == 0)
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        int recovered = redo_recover(s);
+        shadow_leave(s, &g);
+        if (recovered == 0)
             s->redo_clears = clears;
         else
             redo_cancel(s, "the event failed");
@@ -1510,9 +1736,14 @@ static void op_done(struct pool_job *job)
 static struct session *lookup(struct registry *r, struct conn *c, uint32_t msgid,
                               const char *method, struct msg_str name, bool owner_only)
 {
-    struct session *s = find(r, name.ptr, name.len);
+    struct session *s = NULL;
     int shown = (int)(name.len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name.len);
 
+    if (resolve(r, c->uid, name.ptr, name.len, &s) == -EEXIST) {
+        reply_error(c, msgid, MSG_E_BADARG, "%s: sessions of several users are named \"%.*s\": "
+                    "name one as <uid>:<name>", method, shown, name.ptr);
+        return NULL;
+    }
     if (s == NULL || !visible(s, c->uid)) {
         reply_error(c, msgid, MSG_E_NOSESSION, "%s: no session named \"%.*s\"", method, shown,
                     name.ptr);
@@ -1636,10 +1867,11 @@ static int build_tensors(struct session *s, const struct msg_register *req, uint
 }
 
 /* Check the tensors against the mapped segment (SHM errors). */
-static int check_segment(const struct session *s, const struct shm_map *seg, char *err,
-                         size_t errlen)
+static int check_segment(const struct session *s, const struct shm_map *seg,
+                         const struct seg_geometry *geo, char *err, size_t errlen)
 {
-    const struct seg_header *h = seg->base;
+    struct shm_guard g;
+    uint32_t state;
     struct seg_span *spans = malloc((s->ntensors ? s->ntensors : 1) * sizeof(*spans));
     const char **names = malloc((s->ntensors ? s->ntensors : 1) * sizeof(*names));
     char why[400];
@@ -1655,17 +1887,23 @@ static int check_segment(const struct session *s, const struct shm_map *seg, cha
         spans[i].bytes = s->tensors[i].numel * dtype_size(s->tensors[i].dtype);
         names[i] = s->tensors[i].name;
     }
-    rc = seg_spans_check(spans, names, s->ntensors, h->params_bytes, why, sizeof(why));
+    rc = seg_spans_check(spans, names, s->ntensors, geo->params_bytes, why, sizeof(why));
     free(spans);
     free(names);
     if (rc < 0) {
         snprintf(err, errlen, "register: shm \"%.100s\": %s", s->shm_name, why);
         return rc;
     }
-    if (seg_swap_state_load(h) != SEG_TRAIN) {
+    shm_guard_enter(&g, seg);
+    state = seg_swap_state_load(seg->base);
+    if (shm_guard_leave(&g) < 0) {
+        snprintf(err, errlen, "register: shm \"%s\" shrank while emad read it", s->shm_name);
+        return -EINVAL;
+    }
+    if (state != SEG_TRAIN) {
         snprintf(err, errlen, "register: shm \"%s\": swap_state is %u: the params hold EMA "
                  "weights; restore the training weights from the stash first", s->shm_name,
-                 seg_swap_state_load(h));
+                 state);
         return -EINVAL;
     }
     return 0;
@@ -1710,6 +1948,7 @@ static void resume(struct registry *r, struct conn *c, uint32_t msgid, struct se
         return;
     op->compact = compact;
     op->new_seg = *seg;
+    op->new_geo = fresh->geo;
     seg->base = NULL;
     seg->len = 0;
     snprintf(op->new_shm, sizeof(op->new_shm), "%s", fresh->shm_name);
@@ -1725,6 +1964,8 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     const struct emad_opts *opts = r->ctx->opts;
     struct session *s, *old;
     struct shm_map seg = {NULL, 0};
+    enum shm_share share;
+    struct usage used;
     char err[600];
     int rc;
 
@@ -1733,11 +1974,19 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
                     "[A-Za-z0-9._:/-]", SESSION_NAME_MAX);
         return;
     }
-    old = find(r, req->session.ptr, req->session.len);
+    old = find(r, c->uid, req->session.ptr, req->session.len);
     if ((old == NULL || !visible(old, c->uid)) && req->has_existing && req->existing) {
         reply_error(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
                     "(existing was asked: none is created)", (int)req->session.len,
                     req->session.ptr);
+        return;
+    }
+    /* A session whose close or drop is queued is gone to a newcomer: a
+     * resume answered now would name a shadow about to be removed. */
+    if (old != NULL && visible(old, c->uid) && old->closing) {
+        reply_error(c, msgid, (req->has_resume && req->resume) ? MSG_E_NOSESSION : MSG_E_EXISTS,
+                    "register: session %s is being closed; register it anew once its close is "
+                    "answered", old->name);
         return;
     }
     if (old != NULL && !(req->has_resume && req->resume)) {
@@ -1750,6 +1999,13 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
                     "(--max-sessions)", r->count);
         return;
     }
+    usage_of(r, c->uid, &used);
+    if (old == NULL && used.sessions >= opts->max_sessions_per_uid) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: uid %ld holds %u sessions, its limit "
+                    "(--max-sessions-per-uid); close or drop one first", (long)c->uid,
+                    used.sessions);
+        return;
+    }
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
@@ -1758,6 +2014,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     s->reg = r;
     memcpy(s->name, req->session.ptr, req->session.len);
     s->uid = c->uid;
+    snprintf(s->qualified, sizeof(s->qualified), "%lu:%s", (unsigned long)s->uid, s->name);
     s->owner = c;
     s->owner_pid = c->pid;
     if (msg_str_copy(req->shm, s->shm_name, sizeof(s->shm_name)) < 0) {
@@ -1775,13 +2032,17 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
                     "%s", rc == -ENOMEM ? "register: out of memory" : err);
         goto err_free;
     }
-    if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, err, sizeof(err))) < 0) {
+    if (old == NULL && used.tensors + s->ntensors > opts->max_tensors_per_uid) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: %zu tensors would bring uid %ld to %" PRIu64
+                    ", over its limit of %" PRIu64 " (--max-tensors-per-uid)", s->ntensors,
+                    (long)c->uid, used.tensors + s->ntensors, opts->max_tensors_per_uid);
+        goto err_free;
+    }
+    if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, &s->geo, err, sizeof(err))) < 0) {
         reply_error(c, msgid, MSG_E_SHM, "register: %s", err);
         goto err_free;
     }
-    s->seg = seg;
-    rc = check_segment(s, &seg, err, sizeof(err));
-    s->seg.base = NULL;
+    rc = check_segment(s, &seg, &s->geo, err, sizeof(err));
     if (rc < 0) {
         reply_error(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
         goto err_unmap;
@@ -1792,17 +2053,25 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     }
     s->seg = seg;
     seg.base = NULL;
-    s->params_bytes = ((const struct seg_header *)s->seg.base)->params_bytes;
+    s->params_bytes = s->geo.params_bytes;
     if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
         goto err_free;
     }
     redo_layout(s);
+    if (used.shadow_bytes + shadow_object_bytes(s) > opts->max_shadow_bytes_per_uid) {
+        reply_error(c, msgid, MSG_E_LIMIT, "register: a shadow of %" PRIu64 " bytes would bring "
+                    "uid %ld to %" PRIu64 " bytes, over its limit of %" PRIu64
+                    " (--max-shadow-bytes-per-uid)", shadow_object_bytes(s), (long)c->uid,
+                    used.shadow_bytes + shadow_object_bytes(s), opts->max_shadow_bytes_per_uid);
+        goto err_free;
+    }
     if (shm_shadow_create(c->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
-                          &s->shadow, err, sizeof(err)) < 0) {
+                          &s->shadow, &share, err, sizeof(err)) < 0) {
         reply_error(c, msgid, MSG_E_INTERNAL, "register: %s", err);
         goto err_free;
     }
+    share_note(r, share);
     ema_state_init(&s->st);
     registry_insert(r, s);
     log_info(reg_log(r), "session %s: registered by pid %ld: %zu tensors, %" PRIu64
@@ -1930,6 +2199,7 @@ void session_close(struct registry *r, struct conn *c, uint32_t msgid, const str
     if ((op = op_new(s, OP_CLOSE, c, msgid)) == NULL)
         return;
     op->keep = req->has_keep && req->keep;
+    s->closing = !op->keep;
     /* From now on the session is no longer this connection's: a later event
      * gets PERM and a later drop finds it detached, in arrival order. */
     s->owner = NULL;
@@ -1943,6 +2213,10 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
 
     if ((s = lookup(r, c, msgid, "drop", req->session, false)) == NULL)
         return;
+    if (s->closing) {
+        reply_error(c, msgid, MSG_E_NOSESSION, "drop: session %s is being closed", s->name);
+        return;
+    }
     if (s->owner != NULL) {
         reply_error(c, msgid, MSG_E_STATE, "drop: session %s is attached to pid %ld; only a "
                     "detached session can be dropped", s->name, (long)s->owner_pid);
@@ -1950,6 +2224,7 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
     }
     if ((op = op_new(s, OP_DROP, c, msgid)) == NULL)
         return;
+    s->closing = true;
     enqueue(op);
 }
 
@@ -1963,10 +2238,11 @@ int registry_save_all(struct registry *r, const char *dir)
 
     for (struct session *s = r->head; s != NULL; s = s->next) {
         msgpack_sbuffer meta;
-        if (!s->ready || store_default_name(s->name, strlen(s->name), name, sizeof(name)) < 0) {
+        if (!s->ready) {
             failures++;
             continue;
         }
+        kept_name(s, name, sizeof(name));
         /* The trainer (if any) restores its own weights from the stash when
          * its connection closes: the session comes back in the TRAIN state. */
         bool active = s->st.active;
@@ -1979,8 +2255,18 @@ int registry_save_all(struct registry *r, const char *dir)
             failures++;
             continue;
         }
-        if (store_save(dir, name, meta.data, meta.size, shadow_data(s), shadow_data_bytes(s),
-                       path, sizeof(path), &bytes, err, sizeof(err)) < 0) {
+        /* The whole shadow object's head, header page included: its
+         * request records answer a client that sends again, after the
+         * restart, what it sent before (a clean stop must be as kind as a
+         * crash, which keeps them in the shadow). */
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        rc = store_save(dir, name, meta.data, meta.size, s->shadow.base, s->shadow_bytes, path,
+                        sizeof(path), &bytes, err, sizeof(err));
+        shadow_leave(s, &g);
+        if (rc == 0 && shadow_is_broken(s))
+            rc = err_set(err, sizeof(err), -EFAULT, "its shadow was resized under emad");
+        if (rc < 0) {
             log_error(reg_log(r), "session %s: cannot write its state file: %s", s->name, err);
             failures++;
         } else {
@@ -2041,7 +2327,8 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
 
     *out = NULL;
     if (!session_name_valid(m->session.ptr, m->session.len) ||
-        find(r, m->session.ptr, m->session.len) != NULL || r->count >= r->ctx->opts->max_sessions)
+        find(r, (uid_t)m->uid, m->session.ptr, m->session.len) != NULL ||
+        r->count >= r->ctx->opts->max_sessions)
         return err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
                        file);
     t = calloc(m->ntensors ? m->ntensors : 1, sizeof(*t));
@@ -2063,6 +2350,7 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
     s->reg = r;
     memcpy(s->name, m->session.ptr, m->session.len);
     s->uid = (uid_t)m->uid;
+    snprintf(s->qualified, sizeof(s->qualified), "%lu:%s", (unsigned long)s->uid, s->name);
     s->last_seq = m->has_seq ? m->seq : 0;
     if (build_config(s, &req, why, sizeof(why)) < 0 ||
         build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
@@ -2082,12 +2370,31 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
 }
 
 
+/* The request records of a kept shadow header, those the session's last
+ * seq can have made (the file is emad's own, but checked like any file). */
+static void restore_records(struct session *s, const void *data)
+{
+    struct shadow_header kh;
+    struct shadow_header *h = shadow_hdr(s);
+
+    memcpy(&kh, data, sizeof(kh));
+    if (memcmp(kh.magic, SHADOW_MAGIC, 8) != 0)
+        return;
+    for (size_t i = 0; i < SEQ_RECORDS; i++) {
+        const struct seq_record *rec = &kh.recent[i];
+        if (rec->seq != 0 && rec->seq <= s->last_seq && rec->seq % SEQ_RECORDS == i &&
+            rec->action <= EMA_ACTION_SWAP_OUT)
+            h->recent[i] = *rec;
+    }
+}
+
 /* Rebuild one session from a state file written by registry_save_all. */
 static int restore_one(struct registry *r, const char *dir, const char *file, char *err,
                        size_t errlen)
 {
     struct kept k;
     struct session *s = NULL;
+    enum shm_share share;
     char why[400];
     int rc;
 
@@ -2095,16 +2402,30 @@ static int restore_one(struct registry *r, const char *dir, const char *file, ch
         return rc;
     if ((rc = session_from_kept(r, &k.m, file, &s, err, errlen)) < 0)
         goto out;
-    if (shadow_data_bytes(s) != k.f.data_len) {
+    /* Since the request records are kept the data starts with the shadow's
+     * header page; before, it held the tensors only. */
+    bool with_header = k.f.data_len == s->shadow_bytes;
+    if (!with_header && shadow_data_bytes(s) != k.f.data_len) {
         rc = err_set(err, errlen, -EBADMSG, "%s: its data does not fit its tensor table", file);
         goto out;
     }
     if (shm_shadow_create(s->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
-                          &s->shadow, why, sizeof(why)) < 0) {
+                          &s->shadow, &share, why, sizeof(why)) < 0) {
         rc = err_set(err, errlen, -ENOMEM, "%s: %s", file, why);
         goto out;
     }
-    memcpy(shadow_data(s), k.f.data, shadow_data_bytes(s));
+    share_note(r, share);
+    struct shm_guard g;
+    shadow_enter(s, &g);
+    memcpy(shadow_data(s), (const char *)k.f.data + (with_header ? SHADOW_HEADER_BYTES : 0),
+           shadow_data_bytes(s));
+    if (with_header)
+        restore_records(s, k.f.data);
+    shadow_leave(s, &g);
+    if (shadow_is_broken(s)) {
+        rc = err_set(err, errlen, -EFAULT, "%s: the new shadow %s faulted", file, s->shadow_name);
+        goto out;
+    }
     apply_loaded(s, &k.m);
     s->ready = true;
     shadow_sync(s);
@@ -2163,9 +2484,9 @@ static int journal_store(struct session *s, char *err, size_t errlen)
     uint64_t bytes;
     int rc;
 
-    if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
-                                                      sizeof(name)) < 0)
+    if (r->live_dir[0] == '\0')
         return 0;
+    kept_name(s, name, sizeof(name));
     if (encode_meta(s, &meta) < 0)
         return err_set(err, errlen, -ENOMEM, "out of memory");
     rc = store_save(r->live_dir, name, meta.data, meta.size, NULL, 0, path, sizeof(path), &bytes,
@@ -2193,9 +2514,9 @@ static void journal_remove(struct session *s)
     struct registry *r = s->reg;
     char name[160], path[PATH_MAX];
 
-    if (r->live_dir[0] == '\0' || store_default_name(s->name, strlen(s->name), name,
-                                                      sizeof(name)) < 0)
+    if (r->live_dir[0] == '\0')
         return;
+    kept_name(s, name, sizeof(name));
     if (snprintf(path, sizeof(path), "%s/%s%s", r->live_dir, name, STORE_SUFFIX) <
         (int)sizeof(path))
         unlink(path);
@@ -2248,18 +2569,30 @@ static void adopt_rename(struct registry *r, struct session *s)
     journal_write(s);
 }
 
-/* Take back one journaled session whose shadow object is still there. */
+/* Take back one journaled session whose shadow object is still there.
+ * 0, 1 when the session is already back (restored), or -errno. */
 static int adopt_one(struct registry *r, const char *file, char *err, size_t errlen)
 {
     struct kept k;
     struct session *s = NULL;
-    struct stat st;
-    int fd = -1, rc;
+    struct shadow_header hc;
+    const struct shadow_header *h = &hc;
+    enum shm_share share;
+    struct shm_guard g;
+    char why[400];
+    int rc;
 
     if ((rc = kept_read(r->live_dir, file, &k, err, errlen)) < 0)
         return rc;
     if (!k.m.has_shadow_shm) {
         rc = err_set(err, errlen, -EBADMSG, "%s: not a session journal", file);
+        goto out;
+    }
+    /* Restored from a state file just before (a clean stop kept it), with
+     * this journal written anew: nothing to take back. */
+    struct session *same = find(r, (uid_t)k.m.uid, k.m.session.ptr, k.m.session.len);
+    if (same != NULL && msg_str_eq(k.m.shadow_shm, same->shadow_name)) {
+        rc = 1;
         goto out;
     }
     if ((rc = session_from_kept(r, &k.m, file, &s, err, errlen)) < 0)
@@ -2270,24 +2603,18 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     }
     /* The shadow must be the one emad made: ours (or given to the owner),
      * the journaled size, with our header. */
-    fd = shm_open(s->shadow_name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        (st.st_uid != geteuid() && st.st_uid != s->uid) ||
-        (uint64_t)st.st_size != shadow_object_bytes(s)) {
-        rc = err_set(err, errlen, -ENOENT, "%s: shadow %s is missing or not as journaled", file,
-                     s->shadow_name);
+    if ((rc = shm_shadow_open(s->shadow_name, s->uid, shadow_object_bytes(s), &s->shadow, &share,
+                              why, sizeof(why))) < 0) {
+        rc = err_set(err, errlen, rc, "%s: %s", file, why);
         goto out;
     }
-    void *base = mmap(NULL, shadow_object_bytes(s), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
-        rc = err_set(err, errlen, -errno, "%s: mmap of %s: %s", file, s->shadow_name,
-                     strerror(errno));
-        goto out;
-    }
-    s->shadow.base = base;
-    s->shadow.len = shadow_object_bytes(s);
-    const struct shadow_header *h = base;
-    if (memcmp(h->magic, SHADOW_MAGIC, 8) != 0) {
+    share_note(r, share);
+    /* One copy of the header: where its trainer owned the shadow, it is
+     * input like any the trainer writes. */
+    shadow_enter(s, &g);
+    hc = *shadow_hdr(s);
+    shadow_leave(s, &g);
+    if (shadow_is_broken(s) || memcmp(h->magic, SHADOW_MAGIC, 8) != 0) {
         rc = err_set(err, errlen, -EBADMSG, "%s: shadow has no emad header", file);
         goto out;
     }
@@ -2308,17 +2635,33 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     s->last_seq = h->last_seq;
     /* An event cut short: exact once sent again, if the records tell. The
      * flag stays until then (it clears if this crash alone set it). */
-    if (((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) &&
-        redo_recover(s) == 0)
-        s->redo_clears = (h->redo_pending & 1u) ? (h->redo_pending & 2u) != 0 : !h->interrupted;
+    if ((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) {
+        shadow_enter(s, &g);
+        int recovered = redo_recover(s);
+        shadow_leave(s, &g);
+        if (recovered == 0)
+            s->redo_clears = (h->redo_pending & 1u) ? (h->redo_pending & 2u) != 0
+                                                    : !h->interrupted;
+    }
+    if (shadow_is_broken(s)) {
+        rc = err_set(err, errlen, -EFAULT, "%s: shadow %s faulted while emad read it", file,
+                     s->shadow_name);
+        goto out;
+    }
     s->ready = true;
     adopt_rename(r, s);
     shadow_sync(s);
     registry_insert(r, s);
+    /* A journal of an older emad, named before names were per uid: write it
+     * under the current name, and remove the old one. */
+    char want[160], old_path[PATH_MAX];
+    kept_name(s, want, sizeof(want));
+    if (strcmp(want, file) != 0 && journal_store(s, why, sizeof(why)) == 0 &&
+        snprintf(old_path, sizeof(old_path), "%s/%s%s", r->live_dir, file, STORE_SUFFIX) <
+            (int)sizeof(old_path))
+        unlink(old_path);
     s = NULL;
 out:
-    if (fd >= 0)
-        close(fd);
     if (s != NULL) {
         s->shadow_name[0] = '\0'; /* a failed adoption never removes the object */
         session_free(s);
@@ -2345,11 +2688,14 @@ int registry_adopt_all(struct registry *r)
             continue;
         memcpy(file, e->d_name, len - suffix);
         file[len - suffix] = '\0';
-        if (adopt_one(r, file, err, sizeof(err)) < 0) {
+        int rc = adopt_one(r, file, err, sizeof(err));
+        if (rc < 0) {
             log_warn(reg_log(r), "journal %s/%s: session not taken back: %s", r->live_dir,
                      e->d_name, err);
             continue;
         }
+        if (rc > 0) /* the journal of a session restored from a state file */
+            continue;
         adopted++;
         log_warn(reg_log(r), "session %s: taken back after a crash of emad (detached, %" PRIu64
                  " updates)%s", r->head->name, r->head->st.updates,

@@ -131,13 +131,17 @@ struct session {
     struct session *next;      /* in the registry */
     struct registry *reg;
     char name[SESSION_NAME_MAX + 1];
-    uid_t uid;                 /* owner's uid: only it (and root) may touch it */
+    char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
+    uid_t uid;                 /* owner's uid: only it (and root) may touch it; names are
+                                  unique per uid */
     struct conn *owner;        /* NULL while detached */
     pid_t owner_pid;
     struct tensor *tensors;
     size_t ntensors;
     char *names;               /* every tensor's name, back to back (one allocation) */
-    uint64_t params_bytes;     /* from the segment header */
+    struct seg_geometry geo;   /* the segment's, as checked when it was mapped: never read
+                                  again from its header, which the trainer can rewrite */
+    uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
     uint64_t shadow_bytes;
     struct plan plan;          /* the tensors in chunks, for updates and casts */
     struct ema_config cfg;
@@ -164,6 +168,10 @@ struct session {
     bool ready;                /* the shadow is initialised */
     bool removed;              /* out of the registry; freed when the queue empties */
     bool kept;                 /* written to a state file by registry_save_all */
+    bool closing;              /* a close (without keep) or a drop is queued: the session is
+                                  as good as gone to resume, drop and load */
+    bool shadow_broken;        /* the shadow faulted (resized under emad): the session fails;
+                                  set by any thread (atomic) */
 };
 
 struct registry {
@@ -174,6 +182,7 @@ struct registry {
     void (*drained)(struct registry *r); /* called once no operation is left */
     char live_dir[PATH_MAX];             /* journals of running sessions ("" none) */
     uint64_t home;                       /* a hash of the state directory's path */
+    bool share_warned;                   /* the no-ACL fallback was logged once */
 };
 
 int registry_init(struct registry *r, struct emad *ctx);
@@ -214,8 +223,11 @@ void session_close(struct registry *r, struct conn *c, uint32_t msgid,
                    const struct msg_close *req);
 void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req);
 /* The state of every session visible to peer uid (all for root), or of the
- * one named by req (-ENOENT if none); *out is malloc'd, its strings point
- * into the sessions and stay valid until the loop runs again. */
+ * one named by req (-ENOENT if none). Names are per uid: a peer names its
+ * own sessions; root names its own, else the only one of that name (all of
+ * them when several users have it), else "<uid>:<name>", which is how
+ * other users' sessions are listed to root. *out is malloc'd, its strings
+ * point into the sessions and stay valid until the loop runs again. */
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
                     struct msg_session_state **out, size_t *n);
 

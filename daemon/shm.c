@@ -16,13 +16,17 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
-int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err, size_t errlen)
+int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, struct seg_geometry *geo,
+                     char *err, size_t errlen)
 {
+    struct seg_header h;
+    struct shm_guard g;
+    struct shm_map m;
     struct stat st;
     char why[256];
-    void *base;
     int fd, rc;
 
     out->base = NULL;
@@ -48,24 +52,44 @@ int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, char *err
                   name, (long)st.st_uid, (long)uid);
         goto err_close;
     }
+    /* Anyone who can write the params can change what emad averages, and
+     * what it swaps in: the segment is the trainer's alone (PROTOCOL.md §3). */
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        rc = err_set(err, errlen, -EACCES, "shm \"%s\" has mode 0%03o: other users can write it; "
+                  "create it with mode 0600 (or fchmod it to 0600) and register again", name,
+                  (unsigned)(st.st_mode & 0777));
+        goto err_close;
+    }
     if ((uint64_t)st.st_size < SEG_HEADER_BYTES) {
         rc = err_set(err, errlen, -EINVAL, "shm \"%s\" is %lld bytes, smaller than a segment header",
                   name, (long long)st.st_size);
         goto err_close;
     }
-    base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
+    m.len = (size_t)st.st_size;
+    m.base = mmap(NULL, m.len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m.base == MAP_FAILED) {
         rc = err_set(err, errlen, -errno, "shm \"%s\": mmap of %lld bytes: %s", name,
                   (long long)st.st_size, strerror(errno));
         goto err_close;
     }
     close(fd);
-    if (seg_header_check(base, (uint64_t)st.st_size, why, sizeof(why)) < 0) {
-        munmap(base, (size_t)st.st_size);
+    /* One copy, checked: the trainer may rewrite the header, or shrink the
+     * object, at any moment from now on. */
+    shm_guard_enter(&g, &m);
+    memcpy(&h, m.base, sizeof(h));
+    if (shm_guard_leave(&g) < 0) {
+        munmap(m.base, m.len);
+        return err_set(err, errlen, -EINVAL, "shm \"%s\" shrank while emad read its header", name);
+    }
+    if (seg_header_check(&h, (uint64_t)m.len, why, sizeof(why)) < 0) {
+        munmap(m.base, m.len);
         return err_set(err, errlen, -EINVAL, "shm \"%s\": %s", name, why);
     }
-    out->base = base;
-    out->len = (size_t)st.st_size;
+    geo->params_offset = h.params_offset;
+    geo->params_bytes = h.params_bytes;
+    geo->stash_offset = h.stash_offset;
+    geo->segment_bytes = h.segment_bytes;
+    *out = m;
     return 0;
 
 err_close:
@@ -73,8 +97,65 @@ err_close:
     return rc;
 }
 
-int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, struct shm_map *out,
-                      char *err, size_t errlen)
+/* The access ACL of a shadow, in the kernel's extended-attribute format
+ * (linux/posix_acl_xattr.h): a version, then entries sorted by tag. */
+#define ACL_XATTR_VERSION 2u
+enum { ACL_TAG_USER_OBJ = 1, ACL_TAG_USER = 2, ACL_TAG_GROUP_OBJ = 4, ACL_TAG_MASK = 0x10,
+       ACL_TAG_OTHER = 0x20 };
+#define ACL_NO_ID UINT32_MAX
+
+struct acl_entry {
+    uint16_t tag;
+    uint16_t perm;
+    uint32_t id;
+};
+
+/* Let reader read the object and nobody but its owner (us) write it:
+ * user::rw- user:<reader>:r-- group::--- mask::r-- other::---. A reader that
+ * is not the owner can neither chmod, chown nor truncate it. */
+static int grant_read(int fd, uid_t reader)
+{
+    struct {
+        uint32_t version;
+        struct acl_entry e[5];
+    } __attribute__((packed)) acl = {
+        ACL_XATTR_VERSION,
+        {{ACL_TAG_USER_OBJ, 6, ACL_NO_ID},
+         {ACL_TAG_USER, 4, (uint32_t)reader},
+         {ACL_TAG_GROUP_OBJ, 0, ACL_NO_ID},
+         {ACL_TAG_MASK, 4, ACL_NO_ID},
+         {ACL_TAG_OTHER, 0, ACL_NO_ID}},
+    };
+
+    return fsetxattr(fd, "system.posix_acl_access", &acl, sizeof(acl), 0) < 0 ? -errno : 0;
+}
+
+/* Share a shadow emad owns with reader: the ACL, or where the file system
+ * has none, the object itself (chown, 0400). */
+static int share_shadow(int fd, const char *name, uid_t reader, enum shm_share *share, char *err,
+                        size_t errlen)
+{
+    int rc;
+
+    *share = SHM_SHARE_OWN;
+    if (reader == geteuid())
+        return 0;
+    if ((rc = grant_read(fd, reader)) == 0) {
+        *share = SHM_SHARE_ACL;
+        return 0;
+    }
+    if (rc != -EOPNOTSUPP && rc != -ENOTSUP)
+        return err_set(err, errlen, rc, "shadow %s: cannot let uid %ld read it (ACL): %s", name,
+                       (long)reader, strerror(-rc));
+    if (fchown(fd, reader, (gid_t)-1) < 0 || fchmod(fd, 0400) < 0)
+        return err_set(err, errlen, -errno, "shadow %s: cannot give it to uid %ld: %s", name,
+                       (long)reader, strerror(errno));
+    *share = SHM_SHARE_CHOWN;
+    return 0;
+}
+
+int shm_shadow_create(uid_t reader, size_t bytes, char *name, size_t namelen, struct shm_map *out,
+                      enum shm_share *share, char *err, size_t errlen)
 {
     uint8_t rnd[12];
     size_t len = bytes < SEG_PAGE ? SEG_PAGE : bytes; /* mmap refuses 0 bytes */
@@ -111,11 +192,8 @@ int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, str
                   len, strerror(rc));
         goto err_unlink;
     }
-    if (owner != geteuid() && (fchown(fd, owner, (gid_t)-1) < 0 || fchmod(fd, 0400) < 0)) {
-        rc = err_set(err, errlen, -errno, "shadow %s: cannot give it to uid %ld: %s", name,
-                  (long)owner, strerror(errno));
+    if ((rc = share_shadow(fd, name, reader, share, err, errlen)) < 0)
         goto err_unlink;
-    }
     base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         rc = err_set(err, errlen, -errno, "shadow %s: mmap of %zu bytes: %s", name, len,
@@ -129,6 +207,46 @@ int shm_shadow_create(uid_t owner, size_t bytes, char *name, size_t namelen, str
 
 err_unlink:
     shm_unlink(name);
+    close(fd);
+    return rc;
+}
+
+int shm_shadow_open(const char *name, uid_t reader, size_t bytes, struct shm_map *out,
+                    enum shm_share *share, char *err, size_t errlen)
+{
+    struct stat st;
+    void *base;
+    int fd, rc;
+
+    out->base = NULL;
+    out->len = 0;
+    *share = SHM_SHARE_OWN;
+    fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (fd < 0)
+        return err_set(err, errlen, -errno, "shadow %s: cannot open: %s", name, strerror(errno));
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (st.st_uid != geteuid() && st.st_uid != reader) || (uint64_t)st.st_size != bytes) {
+        rc = err_set(err, errlen, -ENOENT, "shadow %s is missing or not as journaled", name);
+        goto out;
+    }
+    /* Made by an emad that gave shadows away (no ACLs then, or an older
+     * emad): take it back, so that its reader can no longer resize it. */
+    if (st.st_uid != geteuid()) {
+        if (fchown(fd, geteuid(), (gid_t)-1) < 0 || fchmod(fd, 0600) < 0)
+            *share = SHM_SHARE_CHOWN;
+        else if ((rc = share_shadow(fd, name, reader, share, err, errlen)) < 0)
+            goto out;
+    }
+    base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = err_set(err, errlen, -errno, "shadow %s: mmap of %zu bytes: %s", name, bytes,
+                     strerror(errno));
+        goto out;
+    }
+    out->base = base;
+    out->len = bytes;
+    rc = 0;
+out:
     close(fd);
     return rc;
 }
@@ -189,13 +307,15 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
     char *addr = si->si_addr;
     (void)uc;
 
-    if (g != NULL && addr >= g->base && addr < g->base + g->len) {
+    for (int i = 0; g != NULL && i < 2; i++) {
+        if (g->base[i] == NULL || addr < g->base[i] || addr >= g->base[i] + g->len[i])
+            continue;
         char *page = (char *)((uintptr_t)addr & ~(uintptr_t)(SEG_PAGE - 1));
         /* Zeros from here to the end: the faulting access is retried and
          * succeeds; the caller learns of it when it leaves the guard. */
-        if (mmap(page, (size_t)(g->base + g->len - page), PROT_READ | PROT_WRITE,
+        if (mmap(page, (size_t)(g->base[i] + g->len[i] - page), PROT_READ | PROT_WRITE,
                  MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
-            g->faulted = 1;
+            g->faulted |= 1 << i;
             return;
         }
     }
@@ -215,14 +335,21 @@ int shm_guard_install(void)
     return sigaction(SIGBUS, &sa, NULL) < 0 ? -errno : 0;
 }
 
-void shm_guard_enter(struct shm_guard *g, const struct shm_map *m)
+void shm_guard_enter2(struct shm_guard *g, const struct shm_map *a, const struct shm_map *b)
 {
-    g->base = m->base;
-    g->len = m->len;
+    g->base[0] = a->base;
+    g->len[0] = a->len;
+    g->base[1] = b != NULL ? b->base : NULL;
+    g->len[1] = b != NULL ? b->len : 0;
     g->faulted = 0;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     active_guard = g;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+void shm_guard_enter(struct shm_guard *g, const struct shm_map *m)
+{
+    shm_guard_enter2(g, m, NULL);
 }
 
 int shm_guard_leave(struct shm_guard *g)

@@ -677,6 +677,30 @@ static void test_opts_parse_can_be_called_repeatedly(void **state)
     }
 }
 
+/* Per-uid limits (session.c): defaults, values with suffixes, ranges. */
+static void test_opts_per_uid_limits(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--socket", "/tmp/e.sock"));
+    assert_int_equal(o.max_sessions_per_uid, 64);
+    assert_int_equal(o.max_tensors_per_uid, 4000000);
+    assert_int_equal(o.max_shadow_bytes_per_uid, 64ull << 30);
+    parse_ok(&o, &env, ARGS("--max-sessions-per-uid", "3", "--max-tensors-per-uid", "500",
+                            "--max-shadow-bytes-per-uid", "2G"));
+    assert_int_equal(o.max_sessions_per_uid, 3);
+    assert_int_equal(o.max_tensors_per_uid, 500);
+    assert_int_equal(o.max_shadow_bytes_per_uid, 2ull << 30);
+    parse_fails(&env, ARGS("--max-sessions-per-uid", "0"), "--max-sessions-per-uid",
+                "out of range");
+    parse_fails(&env, ARGS("--max-tensors-per-uid", "0"), "--max-tensors-per-uid",
+                "out of range");
+    parse_fails(&env, ARGS("--max-shadow-bytes-per-uid", "1K"), "--max-shadow-bytes-per-uid",
+                "out of range");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -703,6 +727,7 @@ int main(void)
         cmocka_unit_test(test_opts_parse_needs_a_state_dir),
         cmocka_unit_test(test_opts_parse_size),
         cmocka_unit_test(test_opts_parse_can_be_called_repeatedly),
+        cmocka_unit_test(test_opts_per_uid_limits),
     };
 
     return cmocka_run_group_tests_name("opts", tests, NULL, NULL);

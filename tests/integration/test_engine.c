@@ -1811,6 +1811,44 @@ static void test_LIMIT_max_sessions_and_max_tensors(void **state)
     daemon_stop(&d);
 }
 
+/* Per-uid limits: the tensors and shadow bytes of all of a uid's sessions,
+ * and how many it holds; each refusal names its option. */
+static void test_LIMIT_per_uid(void **state)
+{
+    static const struct emac_tensor_spec one[] = {{"w", "f32", 67, NULL, 0}};
+    static const struct emac_tensor_spec big[] = {{"w", "f32", 8192, NULL, 0}};
+    struct daemon d;
+    struct emac_error err;
+    emac_session *s = NULL;
+    (void)state;
+
+    engine_start(&d, (const char *const[]){"--max-sessions-per-uid", "2", "--max-tensors-per-uid",
+                                           "5", "--max-shadow-bytes-per-uid", "48K", NULL});
+    emac_client *c = connect_ok(&d);
+    emac_session *a = register_ok(c, "uid-a", new_segment(small, NSMALL), NULL, false);
+    FAILS(emac_register(c, "uid-b", new_segment(small, NSMALL), NULL, false, &s, &err), "LIMIT",
+          "--max-tensors-per-uid");
+    emac_session *b = register_ok(c, "uid-b", new_segment(one, 1), NULL, false);
+    FAILS(emac_register(c, "uid-c", new_segment(one, 1), NULL, false, &s, &err), "LIMIT",
+          "--max-sessions-per-uid");
+    OK(emac_close(b, false, &err));
+    emac_session_free(b);
+    FAILS(emac_register(c, "uid-c", new_segment(big, 1), NULL, false, &s, &err), "LIMIT",
+          "--max-shadow-bytes-per-uid");
+    b = register_ok(c, "uid-c", new_segment(one, 1), NULL, false);
+
+    struct emac_status *st;
+    OK(emac_status(c, NULL, &st, &err));
+    assert_int_equal(st->sessions, 2);
+    emac_status_free(st);
+    OK(emac_close(b, false, &err));
+    emac_session_free(b);
+    OK(emac_close(a, false, &err));
+    emac_session_free(a);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 static void test_IO_load_of_missing_or_corrupt_file(void **state)
 {
     struct daemon d;
@@ -2111,6 +2149,7 @@ int main(void)
         TEST(test_PERM_for_requests_from_another_connection),
         TEST(test_SHM_refuses_bad_segments),
         TEST(test_LIMIT_max_sessions_and_max_tensors),
+        TEST(test_LIMIT_per_uid),
         TEST(test_IO_load_of_missing_or_corrupt_file),
         TEST(test_STATE_for_requests_the_session_state_forbids),
         TEST(test_emactl_list_show_save_drop),

@@ -554,6 +554,9 @@ static void test_reconnect_defaults_and_environment(void **state)
         /* "0": no attempt at all; "0.2": attempts, then giving up. */
         assert_int_equal(strstr(err.message, "gave up after") != NULL, v == 1);
         assert_int_equal(emac_reconnects(c), 0);
+        /* No emad of this state directory comes back for the killed one's
+         * shadow: remove it, leaving /dev/shm as the test found it. */
+        assert_int_equal(shm_unlink(emac_session_state(s)->shadow_shm), 0);
         emac_session_free(s);
         emac_disconnect(c);
         emac_segment_destroy(seg_left);
@@ -968,6 +971,76 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
 }
 
 /*
+ * A clean stop is as kind as a crash: the request records survive it.
+ * Eight numbered batch_end pipelined, SIGTERM, and after the restart seq
+ * 3..8 sent again are answered from the record, not refused nor applied
+ * twice; the restart logs no journal warning for the restored session.
+ */
+static void test_clean_restart_keeps_the_request_record(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct msg_action a;
+    struct raw r;
+    char code[32], action[16], actions[9][16];
+    uint64_t updates[9];
+    emac_session *s = NULL;
+    size_t len;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = client_connect(&d, "test_reconnect");
+    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
+    assert_int_equal(emac_close(s, true, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+
+    const float *map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    for (uint64_t q = 1; q <= 8; q++) {
+        struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {q, 0, false, 0},
+                              true, q};
+        raw_send(&r, "event", &msg_event_desc, &e);
+    }
+    for (uint64_t q = 1; q <= 8; q++) {
+        raw_read(&r, code, &msg_action_desc, &a);
+        assert_string_equal(code, "");
+        updates[q] = a.updates;
+        snprintf(actions[q], sizeof(actions[q]), "%.*s", (int)a.action.len, a.action.ptr);
+    }
+    float *s8 = shadow_w(map);
+    raw_close(&r, map, len);
+
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    assert_int_equal(wait_exit(d.pid), 0);
+    daemon_start_env(&d, NULL, NULL);
+    map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    step_params(seg_left, 5); /* the params moved on: a replay must not read them */
+    for (uint64_t q = 3; q <= 8; q++) {
+        raw_event(&r, q, q, code, &a, action);
+        if (code[0] != '\0')
+            fail_msg("seq %llu sent again after a clean restart: %s",
+                     (unsigned long long)q, code);
+        assert_true(a.has_replayed && a.replayed);
+        assert_int_equal(a.updates, updates[q]);
+        assert_string_equal(action, actions[q]);
+    }
+    float *again = shadow_w(map);
+    assert_memory_equal(s8, again, N * sizeof(float));
+    free(again);
+    raw_event(&r, 9, 9, code, &a, action);
+    assert_string_equal(code, "");
+    assert_false(a.has_replayed && a.replayed);
+    assert_int_equal(a.updates, updates[8] + 1);
+    assert_false(file_contains(d.log, "not taken back"));
+    raw_close(&r, map, len);
+    free(s8);
+    daemon_stop(&d);
+}
+
+/*
  * The same tensors registered as a table with compact, and as a list of
  * maps without: the compact reply's shadow_offsets are the list reply's
  * offsets, in the request's order (here not the segment's), its tensors
@@ -1040,6 +1113,7 @@ int main(void)
         cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact, teardown),
         cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
         cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
+        cmocka_unit_test_teardown(test_clean_restart_keeps_the_request_record, teardown),
         cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice_by_default,

@@ -6,7 +6,9 @@
 #include "emaclient.h"
 #include "harness.h"
 #include "msg.h"
+#include "segment.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -542,6 +544,283 @@ static void test_pipelined_close_keep_then_drop(void **state)
     daemon_stop(&d);
 }
 
+/* Pipeline requests on a raw connection (hello first); returns the fd.
+ * Replies are read with read_reply_dec. */
+static int pipeline(const struct daemon *d, const char *const methods[],
+                    const struct msg_desc *const descs[], const void *const reqs[], size_t n)
+{
+    struct msg_hello hello = {1, msg_str_c("pipeline test"), false, 0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &hello);
+    for (size_t i = 0; i < n; i++) {
+        wire_pack_request_head(&pk, (uint32_t)(i + 2), methods[i]);
+        msg_encode(&pk, descs[i], reqs[i]);
+    }
+    int fd = try_connect(d->sock);
+    assert_true(fd >= 0);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    return fd;
+}
+
+/* How many shadow objects emad (pid) has in /dev/shm. */
+static int shadows_of(pid_t pid)
+{
+    char prefix[64];
+    struct dirent *e;
+    int n = 0;
+    DIR *dir = opendir("/dev/shm");
+
+    assert_non_null(dir);
+    snprintf(prefix, sizeof(prefix), "emad-shadow-%ld-", (long)pid);
+    while ((e = readdir(dir)) != NULL)
+        n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    closedir(dir);
+    return n;
+}
+
+/*
+ * Once a reply says a session is gone, its shadow is gone: a close (and a
+ * drop) pipelined ahead of a save that stalls in a worker answers with the
+ * shadow already unlinked, though the session's queue still runs.
+ */
+static void test_close_and_drop_reply_after_the_shadow_is_gone(void **state)
+{
+    struct emac_error err;
+    (void)state;
+
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    struct msg_tensor t[3];
+    for (size_t i = 0; i < 3; i++) {
+        const struct emac_tensor *et = emac_segment_tensor(seg_left, i);
+        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
+                                   et->numel, false, NULL, 0};
+    }
+    for (int drop = 0; drop < 2; drop++) {
+        struct daemon d;
+        struct msg_register reg;
+        memset(&reg, 0, sizeof(reg));
+        reg.session = msg_str_c("gone");
+        reg.shm = msg_str_c(emac_segment_name(seg_left));
+        reg.tensors = t;
+        reg.ntensors = 3;
+        struct msg_close keep = {msg_str_c("gone"), true, true};
+        struct msg_close plain = {msg_str_c("gone"), false, false};
+        struct msg_drop dr = {msg_str_c("gone")};
+        struct msg_file sv = {msg_str_c("gone"), true, msg_str_c("after")};
+        const char *m_close[] = {"register", "close", "save"};
+        const char *m_drop[] = {"register", "close", "drop", "save"};
+        const struct msg_desc *d_close[] = {&msg_register_desc, &msg_close_desc, &msg_file_desc};
+        const struct msg_desc *d_drop[] = {&msg_register_desc, &msg_close_desc, &msg_drop_desc,
+                                           &msg_file_desc};
+        const void *r_close[] = {&reg, &plain, &sv};
+        const void *r_drop[] = {&reg, &keep, &dr, &sv};
+        char codes[5][32] = {{0}};
+
+        /* register's work is two chunks (journal, tensors); the save's stalls. */
+        make_dir(&d);
+        daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=2000",
+                                              "EMAD_TEST_STALL_AFTER=2", NULL});
+        int fd = drop ? pipeline(&d, m_drop, d_drop, r_drop, 4)
+                      : pipeline(&d, m_close, d_close, r_close, 3);
+        struct wire_decoder dec;
+        struct reply r;
+        wire_decoder_init(&dec, 1u << 24, 8);
+        size_t gone_id = drop ? 4 : 3, save_id = drop ? 5 : 4;
+        for (size_t i = 0; i < save_id; i++) {
+            read_reply_dec(fd, &dec, &r);
+            assert_false(r.eof);
+            assert_true(r.msgid >= 1 && r.msgid <= save_id);
+            snprintf(codes[r.msgid - 1], 32, "%s", r.code);
+            if (r.msgid == gone_id) {
+                assert_string_equal(r.code, "");
+                /* The save behind it still runs (stalled): the reply came first. */
+                assert_int_equal(shadows_of(d.pid), 0);
+            }
+        }
+        wire_decoder_free(&dec);
+        assert_string_equal(codes[1], "");
+        close(fd);
+        daemon_stop(&d);
+    }
+}
+
+/*
+ * A session whose close is queued is closing: a resume from another
+ * connection, arriving while the owner's pipelined [batch_end, close] are
+ * still running, finds no session, rather than an OK naming a shadow about
+ * to be removed; a drop and a load are refused alike.
+ */
+static void test_resume_of_a_closing_session_is_refused(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    emac_segment *seg2 = NULL;
+    emac_session *s = NULL;
+    (void)state;
+
+    assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+    struct msg_tensor t[3];
+    for (size_t i = 0; i < 3; i++) {
+        const struct emac_tensor *et = emac_segment_tensor(seg_left, i);
+        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
+                                   et->numel, false, NULL, 0};
+    }
+    struct msg_register reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c("closing");
+    reg.shm = msg_str_c(emac_segment_name(seg_left));
+    reg.tensors = t;
+    reg.ntensors = 3;
+    reg.has_config = true;
+    reg.config.has_half_life = true;
+    reg.config.half_life = msg_str_c("1ba");
+    struct msg_event ev = {msg_str_c("closing"), msg_str_c("batch_end"), {1, 0, false, 0}, false,
+                           0};
+    struct msg_close cl = {msg_str_c("closing"), false, false};
+    const char *methods[] = {"register", "event", "close"};
+    const struct msg_desc *descs[] = {&msg_register_desc, &msg_event_desc, &msg_close_desc};
+    const void *reqs[] = {&reg, &ev, &cl};
+
+    make_dir(&d);
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=2000", "EMAD_TEST_STALL_AFTER=2",
+                                          NULL});
+    int fd = pipeline(&d, methods, descs, reqs, 3);
+    struct wire_decoder dec;
+    struct reply r;
+    wire_decoder_init(&dec, 1u << 24, 8);
+    read_reply_dec(fd, &dec, &r); /* hello */
+    read_reply_dec(fd, &dec, &r); /* register: the event behind it now stalls */
+    assert_int_equal(r.msgid, 2);
+    assert_string_equal(r.code, "");
+
+    emac_client *c = client_connect(&d, "late resume");
+    assert_int_equal(emac_segment_create(specs, 3, &seg2, &err), 0);
+    assert_int_equal(emac_register(c, "closing", seg2, NULL, true, &s, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "NOSESSION");
+    assert_non_null(strstr(err.message, "being closed"));
+    assert_int_equal(emac_drop(c, "closing", &err), -EREMOTEIO);
+    assert_string_equal(err.code, "NOSESSION");
+    struct emac_file f;
+    assert_int_equal(emac_load(c, "closing", "nothing", &f, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "NOSESSION");
+
+    for (int i = 0; i < 2; i++) {
+        read_reply_dec(fd, &dec, &r);
+        assert_string_equal(r.code, "");
+    }
+    wire_decoder_free(&dec);
+    close(fd);
+    /* Closed: a fresh register of the name is a new session. */
+    assert_int_equal(emac_register(c, "closing", seg2, NULL, false, &s, &err), 0);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    emac_segment_destroy(seg2);
+    daemon_stop(&d);
+}
+
+/* The segment's swap_state. */
+static uint32_t swap_state(const emac_segment *seg)
+{
+    uint32_t st;
+    emac_segment_swap_state(seg, &st, NULL);
+    return st;
+}
+
+/*
+ * The crash-safety handshake, phase by phase: a swap is stalled in each of
+ * its worker phases (the stash copy, the cast of the shadow into the
+ * params, the restore from the stash), the segment's swap_state checked
+ * there, and emad killed in it. swap_state says STASHED only once the
+ * stash holds the training weights, EMA only once the params hold the EMA
+ * weights, TRAIN only once they are back; after the kill in any phase the
+ * trainer gets its training weights back from what swap_state says.
+ */
+static void test_swap_states_hold_in_every_phase_and_after_a_kill(void **state)
+{
+    /* Chunks: register's journal and initialisation (2), batch 1 (1), then
+     * eval_start's stash copy (4th) and cast (5th), eval_end's restore (6th). */
+    static const struct {
+        const char *after;
+        const char *name;
+    } phases[] = {{"3", "stash"}, {"4", "cast"}, {"5", "restore"}};
+    struct emac_error err;
+    (void)state;
+
+    for (size_t p = 0; p < 3; p++) {
+        struct daemon d;
+        char after[64], shadow[128];
+        emac_session *s = NULL;
+        emac_ticket ticket;
+        snprintf(after, sizeof(after), "EMAD_TEST_STALL_AFTER=%s", phases[p].after);
+        make_dir(&d);
+        daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=5000", after, NULL});
+        emac_client *c = client_connect(&d, "test_restart");
+        struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
+        assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
+        step_params(seg_left, 1);
+        assert_int_equal(emac_register(c, "phases", seg_left, &cfg, false, &s, &err), 0);
+        snprintf(shadow, sizeof(shadow), "%s", emac_session_state(s)->shadow_shm);
+        event_at(s, "batch_end", 1);
+        step_params(seg_left, 2); /* training weights now differ from the EMA's */
+        const struct seg_header *h = emac_segment_base(seg_left);
+        char *base = emac_segment_base(seg_left);
+        size_t bytes = h->params_bytes;
+        void *train = malloc(bytes);
+        assert_non_null(train);
+        memcpy(train, base + h->params_offset, bytes);
+
+        struct emac_time t = {1, 0, false, 0};
+        uint32_t expect;
+        if (p < 2) {
+            assert_int_equal(emac_event_send(s, "eval_start", &t, &ticket, &err), 0);
+            if (p == 0) {
+                sleep_ms(300); /* the request is in; its stash copy stalls */
+                expect = SEG_TRAIN;
+            } else {
+                /* Past the stash: STASHED, never EMA, while the cast stalls. */
+                for (int ms = 0; swap_state(seg_left) == SEG_TRAIN && ms < WAIT_MS; ms += 10)
+                    sleep_ms(10);
+                expect = SEG_STASHED;
+                assert_memory_equal(base + h->stash_offset, train, bytes);
+            }
+        } else {
+            event_at(s, "eval_start", 1);
+            assert_int_equal(swap_state(seg_left), SEG_EMA);
+            assert_int_equal(emac_event_send(s, "eval_end", &t, &ticket, &err), 0);
+            sleep_ms(300); /* the request is in; its restore stalls */
+            expect = SEG_EMA;
+        }
+        if (swap_state(seg_left) != expect)
+            fail_msg("stalled in the %s phase: swap_state %u, expected %u", phases[p].name,
+                     swap_state(seg_left), expect);
+        assert_int_equal(kill(d.pid, SIGKILL), 0);
+        assert_int_equal(wait_exit(d.pid), 128 + SIGKILL);
+        assert_int_equal(swap_state(seg_left), expect);
+
+        /* What the trainer does after losing emad: its training weights. */
+        bool restored = false;
+        assert_int_equal(emac_segment_restore(seg_left, &restored, &err), 0);
+        assert_int_equal(restored, expect != SEG_TRAIN);
+        assert_int_equal(swap_state(seg_left), SEG_TRAIN);
+        assert_memory_equal(base + h->params_offset, train, bytes);
+        free(train);
+        emac_session_free(s);
+        emac_disconnect(c);
+        emac_segment_destroy(seg_left);
+        seg_left = NULL;
+        /* No emad comes back for the killed one's shadow: remove it. */
+        assert_int_equal(shm_unlink(shadow), 0);
+        remove_tree(d.dir);
+    }
+}
+
 /* ---- watchdog ---- */
 
 static int notify_listener(const char *path)
@@ -701,6 +980,10 @@ int main(void)
         cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
         cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file, teardown),
         cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown),
+        cmocka_unit_test_teardown(test_close_and_drop_reply_after_the_shadow_is_gone, teardown),
+        cmocka_unit_test_teardown(test_resume_of_a_closing_session_is_refused, teardown),
+        cmocka_unit_test_teardown(test_swap_states_hold_in_every_phase_and_after_a_kill,
+                                  teardown),
         cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
         cmocka_unit_test_teardown(test_state_directory_is_locked, teardown),
     };
