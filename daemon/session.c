@@ -1627,10 +1627,10 @@ static bool finish_file(struct op *op)
     const char *what = op->kind == OP_SAVE ? "save" : "load";
 
     if (op->rc < 0) {
-        const char *code = op->rc == -ENOENT || op->rc == -EBADMSG ||
-                                   op->rc == -EPROTONOSUPPORT || op->rc == -EINVAL
-                               ? (op->rc == -EINVAL ? MSG_E_STATE : MSG_E_IO)
-                               : MSG_E_IO;
+        /* PERM: a state file of another uid, or a state directory others may write. */
+        const char *code = op->rc == -EINVAL ? MSG_E_STATE
+                           : op->rc == -EPERM ? MSG_E_PERM
+                                              : MSG_E_IO;
         log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, op->err);
         reply_error(op->conn, op->msgid, code, "%s", op->err);
         return false;

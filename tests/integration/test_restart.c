@@ -434,7 +434,7 @@ static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
     assert_int_equal(mkdir(d.state, 0700), 0);
     /* About 110 KiB per state file: room for one, not for a second beside it. */
     snprintf(cmd, sizeof(cmd),
-             "mount -t tmpfs -o size=160k tmpfs '%s' && exec '%s' --socket '%s' "
+             "mount -t tmpfs -o size=160k,mode=0700 tmpfs '%s' && exec '%s' --socket '%s' "
              "--state-dir '%s' --log-file '%s' --log-level debug",
              d.state, emad_bin(), d.sock, d.state, d.log);
     char *argv[] = {"unshare", "-m", "sh", "-c", cmd, NULL};
@@ -447,7 +447,7 @@ static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
     assert_int_equal(emac_save(c, "full", "snap", &f, &err), 0);
 
     /* The file as emad sees it (its tmpfs is in its own namespace). */
-    snprintf(path, sizeof(path), "/proc/%ld/root%s/snap.emastate", (long)d.pid, d.state);
+    snprintf(path, sizeof(path), "/proc/%ld/root%s/users/0/snap.emastate", (long)d.pid, d.state);
     size_t len1 = 0;
     FILE *fp = fopen(path, "rb");
     assert_non_null(fp);
@@ -470,7 +470,7 @@ static void test_save_on_a_full_disk_keeps_the_previous_file(void **state)
     assert_int_equal(len1, len2);
     assert_memory_equal(first, again, len1);
     /* No temp file is left behind either. */
-    snprintf(cmd, sizeof(cmd), "ls -A /proc/%ld/root%s | grep -c tmp", (long)d.pid, d.state);
+    snprintf(cmd, sizeof(cmd), "ls -A /proc/%ld/root%s/users/0 | grep -c tmp", (long)d.pid, d.state);
     FILE *ls = popen(cmd, "r");
     int tmp_files = -1;
     assert_non_null(ls);

@@ -195,7 +195,8 @@ static void thief_of_moved_files(const struct daemon *d, struct verdict *v)
     for (size_t i = 0; i < 2; i++) {
         rc = emac_load(c, "thief2", names[i], &f, &err);
         CHILD_CHECK(v, rc != 0, "loaded root's file %s", f.path);
-        CHILD_CHECK(v, strstr(err.message, "was not saved from a session of yours") != NULL,
+        CHILD_CHECK(v, strcmp(err.code, "PERM") == 0 &&
+                           strstr(err.message, "was not saved from a session of yours") != NULL,
                     "%s: the refusal should say whose the file is not: %s: %s", names[i],
                     err.code, err.message);
         CHILD_CHECK(v, shows_none(err.message, roots_data), "the error shows root's data: %s",
@@ -283,6 +284,7 @@ static void test_state_files_belong_to_the_uid_that_saved_them(void **state)
     snprintf(to, sizeof(to), "%s/users/0/theirs.emastate", d.state);
     copy_file(path, to);
     assert_int_equal(emac_load(c, "victim", "theirs", &f, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "PERM");
     assert_non_null(strstr(err.message, "was not saved from a session of yours"));
     assert_memory_equal(sh->data, saved, N * sizeof(float));
 
