@@ -224,14 +224,16 @@ static void send_error(struct conn *c, uint32_t msgid, const char *code, const c
 
 void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
 {
-    char text[512];
+    char text[512], shown[LOG_ESCAPED_SIZE(sizeof(text))];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    /* The text quotes what the peer sent (names of methods, sessions,
+     * tensors, files): escaped, it cannot forge log lines. */
     log_debug(conn_log(c), "connection %llu: request %u: %s: %s", (unsigned long long)c->id,
-              msgid, code, text);
+              msgid, code, log_escape(text, strlen(text), shown, sizeof(shown)));
     send_error(c, msgid, code, text);
 }
 
@@ -256,8 +258,10 @@ static void conn_process(struct conn *c)
             continue;
         }
         if (!f.has_msgid) {
+            char shown[LOG_ESCAPED_SIZE(sizeof(f.detail))];
             log_warn(conn_log(c), "connection %llu (pid %ld): %s; closing it",
-                     (unsigned long long)c->id, (long)c->pid, f.detail);
+                     (unsigned long long)c->id, (long)c->pid,
+                     log_escape(f.detail, strlen(f.detail), shown, sizeof(shown)));
             conn_close(c, NULL);
             return;
         }

@@ -604,6 +604,41 @@ static void test_slow_reader_is_paused_and_others_proceed(void **state)
     daemon_stop_unlinked(&d);
 }
 
+/* What a peer names (its client string, a method) reaches the log escaped: a
+ * newline in it cannot forge a log line. */
+static void test_peer_strings_cannot_forge_log_lines(void **state)
+{
+    struct daemon d;
+    struct reply r;
+    struct msg_hello h = {1, msg_str_c("evil\nFORGED-HELLO error: x"), false, 0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    int fd = try_connect(d.sock);
+    assert_true(fd >= 0);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &h);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    read_reply(fd, &r);
+    assert_string_equal(r.code, "");
+    send_empty_request(fd, 2, "m\nFORGED-METHOD \"\x1b[2J");
+    read_reply(fd, &r);
+    assert_string_equal(r.code, "NOMETHOD");
+    close(fd);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    check_daemon_stderr(&d, wait_exit(d.pid));
+    assert_false(file_contains(d.log, "\nFORGED"));
+    assert_false(file_contains(d.log, "\x1b"));
+    assert_true(file_contains(d.log, "hello from \"evil\\x0aFORGED-HELLO error: x\""));
+    assert_true(file_contains(d.log, "m\\x0aFORGED-METHOD \\x22\\x1b[2J"));
+    remove_tree(d.dir);
+}
+
 static void test_sigint_stops_cleanly(void **state)
 {
     struct daemon d;
@@ -893,6 +928,7 @@ int main(void)
         cmocka_unit_test_teardown(test_peer_of_another_uid_is_refused_with_PERM, kill_leftovers),
         cmocka_unit_test_teardown(test_allow_group_admits_its_members_only, kill_leftovers),
         cmocka_unit_test_teardown(test_slow_reader_is_paused_and_others_proceed, kill_leftovers),
+        cmocka_unit_test_teardown(test_peer_strings_cannot_forge_log_lines, kill_leftovers),
         cmocka_unit_test_teardown(test_sigint_stops_cleanly, kill_leftovers),
         cmocka_unit_test_teardown(test_stale_socket_is_replaced, kill_leftovers),
         cmocka_unit_test_teardown(test_live_socket_and_regular_file_refuse_start, kill_leftovers),
