@@ -30,6 +30,7 @@ enum {
     OPT_MAX_SESSIONS,
     OPT_MAX_TENSORS,
     OPT_MAX_PENDING,
+    OPT_MAX_PENDING_TOTAL,
 };
 
 static const struct option long_opts[] = {
@@ -48,6 +49,7 @@ static const struct option long_opts[] = {
     {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
     {"max-tensors", required_argument, NULL, OPT_MAX_TENSORS},
     {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
+    {"max-pending-total", required_argument, NULL, OPT_MAX_PENDING_TOTAL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -111,10 +113,19 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          LIMIT, other oversized input closes the connection\n"
 "  --max-depth N           deepest nesting of arrays and maps (default 8, max 31)\n"
 "  --max-connections N     open connections (default 1024); more are refused\n"
+"                          with LIMIT. emad raises its soft open-file limit\n"
+"                          (RLIMIT_NOFILE) to fit N plus 64 + 2 per worker for\n"
+"                          files; if the hard limit is lower, N is lowered to\n"
+"                          fit, with a warning in the log\n"
 "  --max-sessions N        sessions in the daemon (default 1024)\n"
 "  --max-tensors N         tensors in one session (default 1000000)\n"
-"  --max-pending BYTES     replies queued for a connection before emad stops\n"
-"                          reading its requests (default 16M)\n"
+"  --max-pending BYTES     memory held for a connection's unread replies before\n"
+"                          emad stops reading its requests (default 16M); it\n"
+"                          reads again once they are down to half\n"
+"  --max-pending-total BYTES  the same for all connections together (default\n"
+"                          256M): over it, the connections holding the most\n"
+"                          stop being read first; a peer that reads its replies\n"
+"                          holds none and is not stopped\n"
 "\n"
 "Logging:\n"
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
@@ -123,8 +134,9 @@ void opts_usage(FILE *fp, const char *argv0)
 "  -h, --help              show this help and exit\n"
 "  -V, --version           show the version and exit\n"
 "\n"
-"Signals: SIGTERM and SIGINT stop accepting, finish in-flight work, remove the\n"
-"socket and exit 0; SIGHUP reopens the log file.\n"
+"Signals: SIGTERM and SIGINT stop accepting and reading requests, finish the\n"
+"requests already received, send their replies (waiting at most 5 s for a peer\n"
+"to read them), remove the socket and exit 0; SIGHUP reopens the log file.\n"
 "\n"
 "Environment:\n"
 "  EMAD_SOCKET, XDG_RUNTIME_DIR   socket path, as above\n"
@@ -245,6 +257,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_sessions = 1024;
     o->max_tensors = 1000000;
     o->max_pending = 16u << 20;
+    o->max_pending_total = 256u << 20;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -340,6 +353,12 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                                  errlen)) < 0)
                 return rc;
             o->max_pending = (size_t)v;
+            break;
+        case OPT_MAX_PENDING_TOTAL:
+            if ((rc = parse_uint("max-pending-total", optarg, 4096, 1ull << 40, &v, true, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_pending_total = (size_t)v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

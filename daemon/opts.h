@@ -43,6 +43,7 @@ struct emad_opts {
     unsigned max_sessions;
     uint64_t max_tensors;       /* per session */
     size_t max_pending;         /* reply bytes queued per connection before reading pauses */
+    size_t max_pending_total;   /* ... and for all connections together */
 };
 
 enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };
