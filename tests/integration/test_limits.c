@@ -222,6 +222,16 @@ static void test_unread_replies_memory_is_bounded_across_connections(void **stat
 /* ---- stopping ---- */
 
 #define NT 4096
+static emac_segment *seg_left; /* destroyed by the teardown, even after a failure */
+
+static int teardown(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
+
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", NT, NULL, 0},
 };
@@ -238,7 +248,6 @@ static void test_stop_answers_the_requests_received_before_it(void **state)
     struct emac_error err;
     struct emac_reconnect rc;
     struct emac_status *st = NULL;
-    emac_segment *seg = NULL;
     emac_session *s = NULL;
     emac_ticket tickets[8];
     (void)state;
@@ -251,8 +260,8 @@ static void test_stop_answers_the_requests_received_before_it(void **state)
     emac_reconnect_defaults(&rc);
     rc.enabled = false;
     assert_int_equal(emac_set_reconnect(c, &rc, &err), 0);
-    assert_int_equal(emac_segment_create(specs, 1, &seg, &err), 0);
-    assert_int_equal(emac_register(c, "stopping", seg, NULL, false, &s, &err), 0);
+    assert_int_equal(emac_segment_create(specs, 1, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "stopping", seg_left, NULL, false, &s, &err), 0);
     for (int i = 0; i < 8; i++) {
         struct emac_time t = {(uint64_t)i + 1, 0, false, 0};
         assert_int_equal(emac_event_send(s, "batch_end", &t, &tickets[i], &err), 0);
@@ -271,7 +280,6 @@ static void test_stop_answers_the_requests_received_before_it(void **state)
     assert_true(file_contains(d.log, "stopped"));
     emac_session_free(s);
     emac_disconnect(c);
-    emac_segment_destroy(seg);
     remove_tree(d.dir);
 }
 
@@ -440,8 +448,7 @@ int main(void)
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_unread_replies_memory_is_bounded_across_connections,
                                   kill_leftovers),
-        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it,
-                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it, teardown),
         cmocka_unit_test_teardown(test_stop_does_not_wait_for_a_peer_that_does_not_read,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_soft_fd_limit_is_raised_to_fit_max_connections,
