@@ -309,19 +309,19 @@ static void test_stop_does_not_wait_for_a_peer_that_does_not_read(void **state)
 
 /* ---- the open-file limit ---- */
 
-/* Start emad as daemon_start_env() does, with ulimit_cmd (sh's ulimit) run
- * before it. */
+/* Start emad as daemon_start_env() does, with ulimit_cmd (a bash command:
+ * ulimit, redirections) run before it. */
 static void start_with_ulimit(struct daemon *d, const char *ulimit_cmd, const char *const extra[])
 {
-    char script[128], err_path[160];
+    char script[256], err_path[160];
     const char *argv[32];
     size_t n = 0;
 
     snprintf(script, sizeof(script), "%s && exec \"$@\"", ulimit_cmd);
-    argv[n++] = "sh";
+    argv[n++] = "bash";
     argv[n++] = "-c";
     argv[n++] = script;
-    argv[n++] = "sh";
+    argv[n++] = "bash";
     argv[n++] = emad_bin();
     argv[n++] = "--socket";
     argv[n++] = d->sock;
@@ -441,6 +441,45 @@ static void test_hard_fd_limit_lowers_max_connections_and_peers_hear_LIMIT(void 
     daemon_stop_unlinked(&d);
 }
 
+/* Descriptors run out below --max-connections (here: emad inherits 80 open
+ * files, more than its reserve): accept() fails with EMFILE. Each peer it
+ * cannot take hears LIMIT all the same, and the log says why; none is
+ * dropped without a word (libuv's way). */
+static void test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so(void **state)
+{
+    struct daemon d;
+    enum { NCONN = 100 };
+    int fds[NCONN], served = 0, refused = 0;
+    (void)state;
+
+    make_dir(&d);
+    start_with_ulimit(&d, "ulimit -n 128 && for i in $(seq 20 99); do eval \"exec $i</dev/null\"; "
+                          "done",
+                      (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
+    for (int i = 0; i < NCONN; i++) {
+        if (hello_or_limit(d.sock, &fds[i]))
+            served++;
+        else
+            refused++;
+    }
+    assert_true(served >= 1);
+    assert_true(served < 60);
+    assert_int_equal(served + refused, NCONN);
+    assert_true(file_contains(d.log, "no file descriptor left"));
+    /* Once peers leave, new ones are served again. */
+    for (int i = 0; i < NCONN; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    int fd = -1;
+    for (int i = 0; i < 500 && fd < 0; i++) {
+        if (!hello_or_limit(d.sock, &fd))
+            sleep_ms(10);
+    }
+    assert_true(fd >= 0);
+    close(fd);
+    daemon_stop_unlinked(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -454,6 +493,8 @@ int main(void)
         cmocka_unit_test_teardown(test_soft_fd_limit_is_raised_to_fit_max_connections,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_hard_fd_limit_lowers_max_connections_and_peers_hear_LIMIT,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so,
                                   kill_leftovers),
     };
     signal(SIGPIPE, SIG_IGN);
