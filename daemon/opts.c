@@ -31,6 +31,7 @@ enum {
     OPT_MAX_TENSORS,
     OPT_MAX_PENDING,
     OPT_MAX_PENDING_TOTAL,
+    OPT_MAX_INPUT_TOTAL,
 };
 
 static const struct option long_opts[] = {
@@ -50,6 +51,7 @@ static const struct option long_opts[] = {
     {"max-tensors", required_argument, NULL, OPT_MAX_TENSORS},
     {"max-pending", required_argument, NULL, OPT_MAX_PENDING},
     {"max-pending-total", required_argument, NULL, OPT_MAX_PENDING_TOTAL},
+    {"max-input-total", required_argument, NULL, OPT_MAX_INPUT_TOTAL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -126,6 +128,12 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          256M): over it, the connections holding the most\n"
 "                          stop being read first; a peer that reads its replies\n"
 "                          holds none and is not stopped\n"
+"  --max-input-total BYTES  memory for requests being received, all connections\n"
+"                          together, beyond the 128K each connection always has\n"
+"                          (default 256M): a request needing more waits, the\n"
+"                          largest first; if none can go on, the connection\n"
+"                          holding the largest one is closed with LIMIT. One\n"
+"                          connection alone may always take --max-message\n"
 "\n"
 "Logging:\n"
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
@@ -258,6 +266,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_tensors = 1000000;
     o->max_pending = 16u << 20;
     o->max_pending_total = 256u << 20;
+    o->max_input_total = 256u << 20;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -359,6 +368,12 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                                  errlen)) < 0)
                 return rc;
             o->max_pending_total = (size_t)v;
+            break;
+        case OPT_MAX_INPUT_TOTAL:
+            if ((rc = parse_uint("max-input-total", optarg, 4096, 1ull << 40, &v, true, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_input_total = (size_t)v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

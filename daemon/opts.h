@@ -44,6 +44,7 @@ struct emad_opts {
     uint64_t max_tensors;       /* per session */
     size_t max_pending;         /* reply bytes queued per connection before reading pauses */
     size_t max_pending_total;   /* ... and for all connections together */
+    size_t max_input_total;     /* bytes of requests not yet complete, all connections */
 };
 
 enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };

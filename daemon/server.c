@@ -29,6 +29,9 @@
 
 static void conn_process(struct conn *c);
 static void conn_flush(struct conn *c);
+static void input_released(struct server *srv);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static int out_write(void *data, const char *buf, size_t len);
 
 static struct log *conn_log(const struct conn *c)
 {
@@ -85,6 +88,47 @@ static void conn_account(struct conn *c)
     c->queued = now;
 }
 
+/* Recount c's read buffer against --max-input-total: what is allocated, once
+ * above the SERVER_INPUT_FREE every connection may hold. */
+static void input_account(struct conn *c)
+{
+    size_t cap = c->dec.cap, now = cap > SERVER_INPUT_FREE ? cap : 0, old = c->in_held;
+
+    c->srv->in_total = c->srv->in_total - old + now;
+    c->in_held = now;
+    if (now < old)
+        input_released(c->srv);
+}
+
+/* The most c's read buffer may be after reserving want more bytes: the
+ * decoder doubles it until want fits after what is pending (proto/wire.c),
+ * and stops at its own bound, which this does not need to know. */
+static size_t input_grown_cap(const struct conn *c, size_t want)
+{
+    size_t pending = wire_decoder_pending(&c->dec), cap = c->dec.cap ? c->dec.cap : 4096;
+
+    if (c->dec.cap - pending >= want)
+        return c->dec.cap;
+    while (cap - pending < want)
+        cap *= 2;
+    return cap;
+}
+
+/* Whether c may read want more bytes of its requests, growing its buffer if
+ * needed. Over --max-input-total, the connections whose requests are the
+ * largest are the first refused: they need the largest growth. Alone, a
+ * connection may take what --max-message allows, so that any request emad
+ * accepts can complete. */
+static bool input_may_grow(const struct conn *c, size_t want)
+{
+    const struct server *srv = c->srv;
+    size_t cap = input_grown_cap(c, want), others = srv->in_total - c->in_held;
+
+    if (cap <= c->dec.cap || cap <= SERVER_INPUT_FREE)
+        return true;
+    return others == 0 || others + cap <= srv->ctx->opts->max_input_total;
+}
+
 static void on_conn_closed(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
@@ -98,6 +142,7 @@ static void on_conn_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     srv->nconns--;
     wire_decoder_free(&c->dec);
+    input_account(c);
     c->writing = false; /* libuv called on_write (UV_ECANCELED) before this */
     outbuf_free(&c->sending);
     outbuf_free(&c->out);
@@ -124,13 +169,129 @@ void conn_close(struct conn *c, const char *why)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = (struct conn *)h;
-    size_t room = 0;
+    size_t want = READ_CHUNK, room = 0;
 
     (void)suggested;
-    buf->base = wire_decoder_reserve(&c->dec, READ_CHUNK, &room);
+    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS to on_read */
+    if (!input_may_grow(c, want)) {
+        /* Fill what the buffer has; the decoder grows it for nothing less. */
+        want = c->dec.cap - wire_decoder_pending(&c->dec);
+        if (want == 0) {
+            c->in_blocked = true;
+            return;
+        }
+    }
+    buf->base = wire_decoder_reserve(&c->dec, want, &room);
+    input_account(c);
     buf->len = room > READ_CHUNK ? READ_CHUNK : room;
     if (buf->base == NULL)
-        buf->len = 0; /* libuv reports UV_ENOBUFS to on_read */
+        buf->len = 0;
+}
+
+/* The log names a peer that is stopped or closed for what it sends. */
+#define CONN_WHO "connection %llu (pid %ld, uid %ld)"
+#define CONN_WHO_ARGS(c) (unsigned long long)(c)->id, (long)(c)->pid, (long)(c)->uid
+
+/* No connection holding part of --max-input-total can go on (each needs
+ * more than it leaves), and none will give any back by itself: close the
+ * one holding the most, with LIMIT, so that the others can complete. */
+static void input_refuse(struct conn *c)
+{
+    const struct server *srv = c->srv;
+    size_t pending = wire_decoder_pending(&c->dec);
+    char text[256];
+    msgpack_packer pk;
+
+    log_warn(conn_log(c),
+             CONN_WHO ": closed with LIMIT: its request holds %zu bytes so far (%zu allocated) "
+             "and no connection can receive more within --max-input-total %zu (%zu held by "
+             "all); raise --max-input-total, or stop the peers that leave large requests "
+             "unfinished",
+             CONN_WHO_ARGS(c), pending, c->dec.cap, srv->ctx->opts->max_input_total,
+             srv->in_total);
+    snprintf(text, sizeof(text),
+             "emad holds too many requests not yet received in full (--max-input-total): this "
+             "connection's request (%zu bytes so far) was dropped; send smaller requests or "
+             "try again later",
+             pending);
+    /* After the replies already queued; the peer reads it before the error
+     * its socket reports for the request it could not send. */
+    msgpack_packer_init(&pk, c, out_write);
+    wire_pack_notify_head(&pk, MSG_NOTIFY_ERROR);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_str(&pk, "code");
+    wire_pack_str(&pk, MSG_E_LIMIT);
+    wire_pack_str(&pk, "message");
+    wire_pack_str(&pk, text);
+    conn_account(c);
+    conn_flush(c);
+    conn_close(c, NULL);
+}
+
+/* c was refused more room: unless another connection holding part of
+ * --max-input-total may still complete a request and give it back, no one
+ * ever will (a deadlock of the peers that send large requests). */
+static void input_check_stuck(struct server *srv)
+{
+    struct conn *largest = NULL;
+
+    if (srv->stopping)
+        return;
+    for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+        if (!c->in_blocked || c->closing) {
+            if (c->in_held > 0)
+                return;
+            continue;
+        }
+        /* Among equals the newest: the others have waited longer. */
+        if (largest == NULL || c->dec.cap > largest->dec.cap ||
+            (c->dec.cap == largest->dec.cap && c->id > largest->id))
+            largest = c;
+    }
+    if (largest != NULL)
+        input_refuse(largest);
+}
+
+static void input_block(struct conn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    log_debug(conn_log(c),
+              "connection %llu: a request of %zu bytes so far needs more than "
+              "--max-input-total leaves (%zu held by all connections); reading paused",
+              (unsigned long long)c->id, wire_decoder_pending(&c->dec), c->srv->in_total);
+    input_check_stuck(c->srv);
+}
+
+/* Part of --max-input-total was given back: the connections refused room
+ * that now fits are read again. */
+static void input_released(struct server *srv)
+{
+    if (srv->stopping)
+        return;
+    for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+        if (!c->in_blocked || c->closing || !input_may_grow(c, READ_CHUNK))
+            continue;
+        c->in_blocked = false;
+        log_debug(conn_log(c),
+                  "connection %llu: a request of %zu bytes so far fits --max-input-total "
+                  "(%zu held by all connections); reading resumed",
+                  (unsigned long long)c->id, wire_decoder_pending(&c->dec), srv->in_total);
+        if (!c->paused)
+            uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    }
+}
+
+/* Every request received was taken out: a buffer grown for a large one is
+ * given back rather than kept for the connection's life. Freeing the
+ * decoder's buffer leaves it ready for the next message (proto/wire.c);
+ * while it skips an oversized message it has state beyond the buffer. */
+static void input_settle(struct conn *c)
+{
+    if (c->closing || c->in_held == 0 || c->dec.discarding ||
+        wire_decoder_pending(&c->dec) != 0)
+        return;
+    wire_decoder_free(&c->dec);
+    input_account(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -143,12 +304,17 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         log_debug(conn_log(c), "connection %llu: peer closed", (unsigned long long)c->id);
         return;
     }
+    if (n == UV_ENOBUFS && c->in_blocked) {
+        input_block(c);
+        return;
+    }
     if (n < 0) {
         conn_close(c, uv_strerror((int)n));
         return;
     }
     wire_decoder_commit(&c->dec, (size_t)n);
     conn_process(c);
+    input_settle(c);
 }
 
 static void conn_pause(struct conn *c, const char *limit)
@@ -213,7 +379,8 @@ static void conn_maybe_resume(struct conn *c)
               "resumed",
               (unsigned long long)c->id, c->queued, c->srv->queued_total);
     conn_process(c); /* requests that arrived before the pause come first */
-    if (!c->paused && !c->closing)
+    input_settle(c);
+    if (!c->paused && !c->closing && !c->in_blocked)
         uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 

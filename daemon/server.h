@@ -19,6 +19,10 @@
  * finished: a peer that does not read cannot hold emad's exit longer. */
 #define SERVER_FLUSH_TIMEOUT_MS 5000
 
+/* Bytes of read buffer every connection may hold outside --max-input-total:
+ * a request of up to 64 KiB and the next read. Small peers always fit. */
+#define SERVER_INPUT_FREE (128u << 10)
+
 /* Reply bytes waiting for the peer: one growable buffer. */
 struct outbuf {
     char *data;               /* malloc'd; NULL when empty */
@@ -47,6 +51,10 @@ struct conn {
     struct outbuf out;        /* replies not yet handed to the socket */
     size_t queued;            /* bytes allocated for replies (sending + out), counted
                                  against --max-pending and, in srv, --max-pending-total */
+    size_t in_held;           /* bytes of dec's buffer counted against --max-input-total:
+                                 all of it once larger than SERVER_INPUT_FREE, else 0 */
+    bool in_blocked;          /* reading stopped: the request needs more than
+                                 --max-input-total leaves */
     char client[64];          /* name given in hello */
 };
 
@@ -62,6 +70,7 @@ struct server {
     struct conn *conns;       /* open connections */
     unsigned nconns;
     size_t queued_total;      /* the sum of every connection's queued bytes */
+    size_t in_total;          /* the sum of every connection's in_held */
     uint64_t next_id;
     bool stopping;            /* accepting and reading stopped */
     bool flushing;            /* connections close once their replies are written */

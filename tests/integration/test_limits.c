@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -307,6 +309,240 @@ static void test_stop_does_not_wait_for_a_peer_that_does_not_read(void **state)
     remove_tree(d.dir);
 }
 
+/* ---- requests not yet complete ---- */
+
+/* A request of method "status" whose params are a bin of size zero bytes
+ * (emad answers it with an error, once it is complete); *len: its length. */
+static char *big_request(uint32_t msgid, size_t size, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char *buf;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, msgid, "status");
+    msgpack_pack_bin(&pk, size);
+    *len = sb.size + size;
+    buf = calloc(1, *len);
+    assert_non_null(buf);
+    memcpy(buf, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    return buf;
+}
+
+/* Send buf[*sent, end) on fd as far as the socket takes it without
+ * waiting. false: emad closed the connection. */
+static bool send_some(int fd, const char *buf, size_t end, size_t *sent)
+{
+    while (*sent < end) {
+        ssize_t w = send(fd, buf + *sent, end - *sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return true;
+        if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            return false;
+        assert_true(w > 0);
+        *sent += (size_t)w;
+    }
+    return true;
+}
+
+/* Bytes sent on fd that emad has not read yet. */
+static int unread_by_emad(int fd)
+{
+    int n = -1;
+
+    assert_int_equal(ioctl(fd, SIOCOUTQ, &n), 0);
+    return n;
+}
+
+/* Wait until emad has read everything sent on fd. */
+static void wait_read_by_emad(int fd)
+{
+    for (int i = 0; unread_by_emad(fd) > 0; i++) {
+        assert_true(i < WAIT_MS);
+        sleep_ms(1);
+    }
+}
+
+#define INPUT_BLOCKED "needs more than --max-input-total"
+
+/* From emad's log: how many connections are stopped for --max-input-total
+ * now (*blocked), and how many were closed for it (*closed). */
+static void input_states(const char *log, int *blocked, int *closed)
+{
+    enum { MAXID = 512 };
+    char state[MAXID] = {0}, line[1024];
+    FILE *fp = fopen(log, "r");
+
+    *blocked = *closed = 0;
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        const char *p = strstr(line, "connection ");
+        unsigned long id = p ? strtoul(p + 11, NULL, 10) : 0;
+        if (id == 0 || id >= MAXID)
+            continue;
+        if (strstr(line, INPUT_BLOCKED))
+            state[id] = 'b';
+        else if (strstr(line, "fits --max-input-total"))
+            state[id] = 'r';
+        else if (strstr(line, "closed with LIMIT"))
+            state[id] = 'c';
+    }
+    fclose(fp);
+    for (int i = 0; i < MAXID; i++) {
+        *blocked += state[i] == 'b';
+        *closed += state[i] == 'c';
+    }
+}
+
+/*
+ * Many peers each send most of a large request and never finish it: emad
+ * once buffered every one of them (up to --max-message each, so 1,024
+ * peers could make it hold 16 GB). --max-input-total bounds them together:
+ * emad stops reading the peers whose requests need more, and its memory
+ * stays near the bound; a trainer on another connection is still served.
+ * Bound: --max-input-total, plus the SERVER_INPUT_FREE (128 KiB) every
+ * connection may hold, times 4 for the shadow memory of the sanitizer
+ * builds, plus slack for the allocator.
+ */
+static void test_partial_requests_memory_is_bounded_across_connections(void **state)
+{
+    struct daemon d;
+    enum { NCONN = 64 };
+    const long total = 8 * MIB;
+    int fds[NCONN];
+    size_t sent[NCONN] = {0}, len;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, (const char *const[]){"--max-message", "4M", "--max-input-total", "8M",
+                                               NULL},
+                     rss_env());
+    for (int i = 0; i < NCONN; i++) {
+        fds[i] = raw_hello(d.sock);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    long before = rss_bytes(d.pid);
+    /* 3.5 MiB of a request, short of its last KiB. */
+    char *req = big_request(7, 3584 * KIB, &len);
+    size_t part = len - KIB;
+    int closed = 0, blocked = 0, gone = 0;
+    for (int round = 0;; round++) {
+        int read_all = 0;
+        gone = 0;
+        for (int i = 0; i < NCONN; i++) {
+            if (fds[i] < 0 || !send_some(fds[i], req, part, &sent[i])) {
+                /* Closed by emad: it said why first. */
+                if (fds[i] >= 0) {
+                    struct reply r;
+                    read_reply(fds[i], &r);
+                    assert_false(r.eof);
+                    assert_string_equal(r.code, "LIMIT");
+                    close(fds[i]);
+                    fds[i] = -1;
+                }
+                gone++;
+            } else if (sent[i] == part && unread_by_emad(fds[i]) == 0) {
+                read_all++;
+            }
+        }
+        /* Each peer is read in full, stopped, or closed for its request. */
+        if (round % 20 == 19) {
+            input_states(d.log, &blocked, &closed);
+            if (read_all + blocked + closed >= NCONN)
+                break;
+        }
+        assert_true(round < 6 * WAIT_MS);
+        sleep_ms(1);
+    }
+    long grown = rss_bytes(d.pid) - before;
+    long bound = 4 * (total + NCONN * 128 * KIB) + 24 * MIB;
+    print_message("emad grew by %ld KiB with %d peers sending requests they do not finish "
+                  "(bound %ld KiB); %d stopped, %d closed\n",
+                  grown / KIB, NCONN, bound / KIB, blocked, closed);
+    assert_true(gone <= closed);
+    assert_true(grown < bound);
+    /* A trainer sends small requests: it is served all the same. */
+    emac_client *c = client_connect(&d, "trainer");
+    assert_int_equal(emac_segment_create(specs, 1, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "beside", seg_left, NULL, false, &s, &err), 0);
+    for (uint64_t b = 1; b <= 5; b++)
+        assert_int_equal(event_at(s, "batch_end", b).updates, b);
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    emac_status_free(st);
+    emac_session_free(s);
+    emac_disconnect(c);
+    free(req);
+    for (int i = 0; i < NCONN; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    daemon_stop_unlinked(&d);
+}
+
+/*
+ * Two peers send large requests that do not both fit --max-input-total:
+ * with half of each read, each needs more than the bound leaves, and
+ * neither can finish. emad closes the one holding the most (the newest,
+ * among equals) with LIMIT and says so in the log; the other completes and
+ * is answered (it once held both, and answered both).
+ */
+static void test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT(void **state)
+{
+    struct daemon d;
+    struct reply r;
+    char needle[128];
+    size_t len, sent_a = 0, sent_b = 0;
+    int a, b;
+    (void)state;
+
+    daemon_start(&d, (const char *const[]){"--max-message", "4M", "--max-input-total", "5M",
+                                           NULL});
+    a = raw_hello(d.sock);
+    b = raw_hello(d.sock);
+    char *req = big_request(7, 3584 * KIB, &len);
+    size_t half = 1900 * KIB;
+    /* Each holds a buffer of 2 MiB (4 MiB of the bound). */
+    send_bytes(a, req, half);
+    wait_read_by_emad(a);
+    send_bytes(b, req, half);
+    wait_read_by_emad(b);
+    sent_a = sent_b = half;
+    /* To finish, each needs 4 MiB: the other's 2 MiB leave 3. */
+    send_some(a, req, len, &sent_a);
+    for (int i = 0; count_lines(d.log, INPUT_BLOCKED) < 1; i++) {
+        assert_true(i < WAIT_MS);
+        sleep_ms(1);
+    }
+    send_some(b, req, len, &sent_b);
+    read_reply(b, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.kind, WIRE_NOTIFY);
+    assert_string_equal(r.code, "LIMIT");
+    assert_non_null(strstr(r.message, "--max-input-total"));
+    snprintf(needle, sizeof(needle), "(pid %ld, uid %ld): closed with LIMIT: its request holds",
+             (long)getpid(), (long)getuid());
+    assert_true(file_contains(d.log, needle));
+    /* a goes on, and is answered. */
+    for (int i = 0; sent_a < len; i++) {
+        struct pollfd p = {a, POLLOUT, 0};
+        assert_true(i < WAIT_MS);
+        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+        send_some(a, req, len, &sent_a);
+    }
+    read_reply(a, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.kind, WIRE_RESPONSE);
+    assert_int_equal(r.msgid, 7);
+    free(req);
+    close(a);
+    close(b);
+    daemon_stop_unlinked(&d);
+}
+
 /* ---- the open-file limit ---- */
 
 /* Start emad as daemon_start_env() does, with ulimit_cmd (a bash command:
@@ -489,6 +725,10 @@ int main(void)
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it, teardown),
         cmocka_unit_test_teardown(test_stop_does_not_wait_for_a_peer_that_does_not_read,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_partial_requests_memory_is_bounded_across_connections,
+                                  teardown),
+        cmocka_unit_test_teardown(test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_soft_fd_limit_is_raised_to_fit_max_connections,
                                   kill_leftovers),
