@@ -615,20 +615,45 @@ static void refuse(struct conn *c, const char *code, const char *text)
 static void start_accepting(uv_timer_t *t);
 static void on_listen(uv_poll_t *h, int status, int events);
 
+/* Log the peers refused for lack of descriptors since the last such line. */
+static void fd_log_flush(struct server *srv)
+{
+    struct rlimit rl = {0, 0};
+
+    uv_timer_stop(&srv->fd_log_timer);
+    if (srv->fd_refused == 0)
+        return;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    log_warn(srv->ctx->log,
+             "refused %llu connections with LIMIT: no file descriptor left (%s; "
+             "RLIMIT_NOFILE %llu, %u connections open); raise LimitNOFILE= (systemd) or "
+             "lower --max-connections",
+             (unsigned long long)srv->fd_refused, strerror(srv->fd_err),
+             (unsigned long long)rl.rlim_cur, srv->nconns);
+    srv->fd_refused = 0;
+    srv->fd_logged_ms = uv_now(srv->ctx->loop) ? uv_now(srv->ctx->loop) : 1;
+}
+
+static void on_fd_log_timer(uv_timer_t *t)
+{
+    fd_log_flush(t->data);
+}
+
 /* accept() found no descriptor left: EMFILE (our RLIMIT_NOFILE) or ENFILE
  * (the system's). libuv would accept and close the peers silently; instead,
  * the spare descriptor makes room to accept one, tell it LIMIT and close it,
- * and the log says so (at most every FD_LOG_INTERVAL_MS). Without a spare,
- * accepting pauses for ACCEPT_RETRY_MS rather than spin. */
+ * and the log says so: at most every FD_LOG_INTERVAL_MS, with the count of
+ * the peers refused meanwhile, and a timer makes sure the last of them are
+ * counted too, even if no refusal follows. Without a spare, accepting
+ * pauses for ACCEPT_RETRY_MS rather than spin. */
 static void refuse_for_fds(struct server *srv, int err)
 {
     char text[256];
     msgpack_sbuffer sb;
     uint64_t now = uv_now(srv->ctx->loop);
-    struct rlimit rl = {0, 0};
     int fd = -1;
 
-    getrlimit(RLIMIT_NOFILE, &rl);
+    srv->fd_err = err;
     snprintf(text, sizeof(text),
              "emad has no file descriptor left for a connection (%s); try again later",
              err == EMFILE ? "its open-file limit is reached" : "the system's limit is reached");
@@ -644,17 +669,11 @@ static void refuse_for_fds(struct server *srv, int err)
         }
         srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
-    if (srv->fd_refused > 0 && (srv->fd_logged_ms == 0 || now - srv->fd_logged_ms >=
-                                                              FD_LOG_INTERVAL_MS)) {
-        log_warn(srv->ctx->log,
-                 "refused %llu connections with LIMIT: no file descriptor left (%s; "
-                 "RLIMIT_NOFILE %llu, %u connections open); raise LimitNOFILE= (systemd) or "
-                 "lower --max-connections",
-                 (unsigned long long)srv->fd_refused, strerror(err),
-                 (unsigned long long)rl.rlim_cur, srv->nconns);
-        srv->fd_refused = 0;
-        srv->fd_logged_ms = now ? now : 1;
-    }
+    if (srv->fd_logged_ms == 0 || now - srv->fd_logged_ms >= FD_LOG_INTERVAL_MS)
+        fd_log_flush(srv);
+    else if (srv->fd_refused > 0 && !uv_is_active((uv_handle_t *)&srv->fd_log_timer))
+        uv_timer_start(&srv->fd_log_timer, on_fd_log_timer,
+                       srv->fd_logged_ms + FD_LOG_INTERVAL_MS - now, 0);
     if (fd < 0) {
         uv_poll_stop(&srv->listener);
         uv_timer_start(&srv->accept_timer, start_accepting, ACCEPT_RETRY_MS, 0);
@@ -762,6 +781,8 @@ int server_start(struct server *srv, struct emad *ctx, const struct listen_socke
     ctx->srv = srv;
     uv_timer_init(ctx->loop, &srv->accept_timer);
     srv->accept_timer.data = srv;
+    uv_timer_init(ctx->loop, &srv->fd_log_timer);
+    srv->fd_log_timer.data = srv;
     if ((rc = uv_poll_init(ctx->loop, &srv->listener, ls->fd)) < 0)
         goto err_timer;
     srv->listener.data = srv;
@@ -774,6 +795,7 @@ err_poll:
     uv_close((uv_handle_t *)&srv->listener, NULL);
 err_timer:
     uv_close((uv_handle_t *)&srv->accept_timer, NULL);
+    uv_close((uv_handle_t *)&srv->fd_log_timer, NULL);
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
     return rc;
@@ -786,6 +808,13 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_stopped(srv);
 }
 
+static void on_accept_timer_closed(uv_handle_t *h)
+{
+    struct server *srv = h->data;
+
+    uv_close((uv_handle_t *)&srv->fd_log_timer, on_listener_closed);
+}
+
 static void on_poll_closed(uv_handle_t *h)
 {
     struct server *srv = h->data;
@@ -796,7 +825,7 @@ static void on_poll_closed(uv_handle_t *h)
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
     srv->spare_fd = -1;
-    uv_close((uv_handle_t *)&srv->accept_timer, on_listener_closed);
+    uv_close((uv_handle_t *)&srv->accept_timer, on_accept_timer_closed);
 }
 
 void server_quiesce(struct server *srv)
@@ -808,6 +837,7 @@ void server_quiesce(struct server *srv)
      * path at once, and must not have its socket removed by us. */
     listen_socket_unlink(&srv->ls);
     uv_timer_stop(&srv->accept_timer);
+    fd_log_flush(srv); /* every refused peer is counted in the log */
     uv_close((uv_handle_t *)&srv->listener, on_poll_closed);
     for (struct conn *c = srv->conns; c != NULL; c = c->next)
         if (!c->closing)

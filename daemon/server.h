@@ -63,6 +63,8 @@ struct server {
     uv_poll_t listener;       /* readable: connections to accept on ls.fd */
     uv_timer_t accept_timer;  /* accepting again after running out of descriptors */
     uv_timer_t flush_timer;   /* bounds the wait for peers to read at a stop */
+    uv_timer_t fd_log_timer;  /* logs the peers refused since the last such line */
+    int fd_err;               /* why they were refused: EMFILE or ENFILE */
     int spare_fd;             /* held to accept (and refuse) a peer when descriptors run out */
     uint64_t fd_refused;      /* peers refused for lack of descriptors, not yet logged */
     uint64_t fd_logged_ms;    /* when that was last logged (uv_now) */

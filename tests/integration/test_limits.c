@@ -1,10 +1,10 @@
 /*
  * test_limits.c - what hostile or careless peers cannot do to emad's
- * resources: unread replies are bounded per connection and in all (measured
- * as emad's resident memory), a stop answers what it received and cannot be
- * held by a peer that does not read, and the open-file limit fits
- * --max-connections (every refused peer hears LIMIT, none is dropped
- * silently).
+ * resources: unread replies are bounded per connection and in all, and so
+ * are requests sent in part (measured as emad's resident memory), a stop
+ * answers what it received and cannot be held by a peer that does not
+ * read, and the open-file limit fits --max-connections (every refused peer
+ * hears LIMIT and is counted in the log, none is dropped silently).
  *
  * emad runs under the shared harness (harness.h), as in test_daemon.c.
  */
@@ -677,6 +677,24 @@ static void test_hard_fd_limit_lowers_max_connections_and_peers_hear_LIMIT(void 
     daemon_stop_unlinked(&d);
 }
 
+/* The peers the log says were refused for lack of descriptors, in all. */
+static long logged_fd_refusals(const char *log)
+{
+    char line[1024];
+    long n = 0, sum = 0;
+    FILE *fp = fopen(log, "r");
+
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        const char *p = strstr(line, "refused ");
+        if (p != NULL && strstr(p, "connections with LIMIT: no file descriptor left") != NULL &&
+            sscanf(p, "refused %ld connections", &n) == 1)
+            sum += n;
+    }
+    fclose(fp);
+    return sum;
+}
+
 /* Descriptors run out below --max-connections (here: emad inherits 80 open
  * files, more than its reserve): accept() fails with EMFILE. Each peer it
  * cannot take hears LIMIT all the same, and the log says why; none is
@@ -702,6 +720,14 @@ static void test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so(void **
     assert_true(served < 60);
     assert_int_equal(served + refused, NCONN);
     assert_true(file_contains(d.log, "no file descriptor left"));
+    /* The log says so at most every 10 s, with the count of the peers
+     * refused meanwhile; those of the last 10 s are counted all the same,
+     * though no refusal follows (they once were never logged). */
+    for (int i = 0; logged_fd_refusals(d.log) < refused; i++) {
+        assert_true(i < 3 * WAIT_MS / 10);
+        sleep_ms(10);
+    }
+    assert_int_equal(logged_fd_refusals(d.log), refused);
     /* Once peers leave, new ones are served again. */
     for (int i = 0; i < NCONN; i++)
         if (fds[i] >= 0)
