@@ -56,8 +56,10 @@ static void handle_hello(struct conn *c, const struct wire_msg *m)
     if (msg_str_copy(req.client, c->client, sizeof(c->client)) < 0)
         snprintf(c->client, sizeof(c->client), "%.*s", (int)(sizeof(c->client) - 1),
                  req.client.ptr);
+    char shown[LOG_ESCAPED_SIZE(sizeof(c->client))];
     log_debug(c->srv->ctx->log, "connection %llu: hello from \"%s\" (pid %ld)",
-              (unsigned long long)c->id, c->client, (long)c->pid);
+              (unsigned long long)c->id,
+              log_escape(c->client, strlen(c->client), shown, sizeof(shown)), (long)c->pid);
     for (size_t i = 0; i < sizeof(feats) / sizeof(feats[0]); i++)
         feats[i] = msg_str_c(features[i]);
     memset(&rep, 0, sizeof(rep));

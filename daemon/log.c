@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
@@ -81,4 +83,77 @@ void log_msg(struct log *lg, enum log_level level, const char *fmt, ...)
     fputc('\n', lg->fp);
     fflush(lg->fp);
     funlockfile(lg->fp);
+}
+
+/* Length of the well-formed UTF-8 sequence at s (at most n bytes), 0 if the
+ * bytes there are not one (RFC 3629: shortest form, no surrogates, at most
+ * U+10FFFF). */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len, i;
+    uint32_t cp;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2, cp = s[0] & 0x1fu;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        len = 3, cp = s[0] & 0x0fu;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4, cp = s[0] & 0x07u;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    /* C1 controls (U+0080 to U+009F) act on terminals like C0 ones. */
+    if (cp >= 0x80 && cp <= 0x9f)
+        return 0;
+    return len;
+}
+
+const char *log_escape(const char *s, size_t len, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, o = 0;
+
+    if (outlen == 0)
+        return out;
+    while (i < len) {
+        size_t n = utf8_len(p + i, len - i);
+        bool plain = n > 1 || (n == 1 && p[i] >= 0x20 && p[i] != 0x7f && p[i] != '"' &&
+                               p[i] != '\\');
+        size_t need = plain ? n : 4;
+        /* Keep room for "..." unless this is the last piece. */
+        size_t reserve = i + (plain ? n : 1) < len ? 3 : 0;
+
+        if (o + need + reserve >= outlen) {
+            if (o + 3 < outlen) {
+                memcpy(out + o, "...", 3);
+                o += 3;
+            }
+            break;
+        }
+        if (plain) {
+            memcpy(out + o, p + i, n);
+            o += n;
+            i += n;
+        } else {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[p[i] >> 4];
+            out[o++] = hex[p[i] & 15];
+            i++;
+        }
+    }
+    out[o] = '\0';
+    return out;
 }

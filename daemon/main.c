@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -93,7 +94,6 @@ static void log_stale(void *arg, const char *name)
     log_info(arg, "removed stale shadow %s (its emad is gone)", name);
 }
 
-/* Last step of a stop: no connection and no work left. */
 /* Where sessions wait for the next start after a clean stop. */
 static void kept_dir(const struct daemon *d, char *out, size_t len)
 {
@@ -101,6 +101,7 @@ static void kept_dir(const struct daemon *d, char *out, size_t len)
         out[0] = '\0';
 }
 
+/* Last step of a stop: no connection and no work left. */
 static void on_drained(struct registry *r)
 {
     struct daemon *d = (struct daemon *)((char *)r - offsetof(struct daemon, sessions));
@@ -118,8 +119,17 @@ static void on_drained(struct registry *r)
 static void on_stopped(struct server *srv)
 {
     struct daemon *d = (struct daemon *)((char *)srv - offsetof(struct daemon, srv));
-    /* Operations already running finish (their replies go nowhere). */
+    /* Nothing was read since the stop began and the operations had ended;
+     * closing connections queues none, but the registry says so itself. */
     registry_drain(&d->sessions, on_drained);
+}
+
+/* Every operation received before the stop has ended: its reply is queued. */
+static void on_ops_ended(struct registry *r)
+{
+    struct daemon *d = (struct daemon *)((char *)r - offsetof(struct daemon, sessions));
+
+    server_stop(&d->srv, on_stopped);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -135,7 +145,63 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     log_info(&d->log, "%s: stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
     notify_send(d->notify_socket, "STOPPING=1");
-    server_stop(&d->srv, on_stopped);
+    /* A clean stop must be at least as kind as a crash: the requests already
+     * received finish and are answered (the peers that read get every reply)
+     * before the connections close. Nothing new is accepted or read. */
+    server_quiesce(&d->srv);
+    registry_drain(&d->sessions, on_ops_ended);
+}
+
+/* Descriptors kept for what is not a connection: the log, the listening
+ * and spare sockets, the loop's own, state files and journals (a save on
+ * each worker at once, with its directory), shared-memory objects while
+ * they are opened. */
+static rlim_t fd_reserve(const struct emad_opts *o)
+{
+    return 64 + 2 * (rlim_t)o->workers;
+}
+
+/* Each connection holds a descriptor. systemd starts services with a soft
+ * RLIMIT_NOFILE of 1024, below the default --max-connections: raise the soft
+ * limit as far as needed (never past the hard one), and lower
+ * --max-connections to what fits, so that accept() does not run out of
+ * descriptors before the limit is reached. 0, or -EMFILE with err set. */
+static int fit_fd_limit(struct emad_opts *o, struct log *lg, char *err, size_t errlen)
+{
+    rlim_t reserve = fd_reserve(o), want = (rlim_t)o->max_connections + reserve;
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+        log_warn(lg, "cannot read the open-file limit: %s", strerror(errno));
+        return 0;
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rlim_t old = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+        if (rl.rlim_cur > old && setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            log_info(lg, "open-file limit raised from %llu to %llu (--max-connections %u and %llu "
+                     "for files)", (unsigned long long)old, (unsigned long long)rl.rlim_cur,
+                     o->max_connections, (unsigned long long)reserve);
+        } else {
+            rl.rlim_cur = old;
+        }
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+        return 0;
+    if (rl.rlim_cur <= reserve + 1) {
+        snprintf(err, errlen, "the open-file limit (RLIMIT_NOFILE %llu, hard %llu) leaves no room "
+                 "for connections: emad keeps %llu descriptors for files; raise it "
+                 "(LimitNOFILE= under systemd, else ulimit -n)", (unsigned long long)rl.rlim_cur,
+                 (unsigned long long)rl.rlim_max, (unsigned long long)reserve);
+        return -EMFILE;
+    }
+    log_warn(lg, "--max-connections %u does not fit under the open-file limit (RLIMIT_NOFILE "
+             "%llu, hard %llu) with %llu descriptors kept for files: serving at most %llu "
+             "connections; raise the hard limit (LimitNOFILE= under systemd, else ulimit -Hn)",
+             o->max_connections, (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+             (unsigned long long)reserve, (unsigned long long)(rl.rlim_cur - reserve));
+    o->max_connections = (unsigned)(rl.rlim_cur - reserve);
+    return 0;
 }
 
 static int start_signal(struct daemon *d, uv_signal_t *h, int signum)
@@ -178,6 +244,11 @@ int main(int argc, char **argv)
     }
     if ((rc = log_open(&d.log, d.opts.log_file, d.opts.log_level)) < 0) {
         fprintf(stderr, "emad: cannot open log file %s: %s\n", d.opts.log_file, strerror(-rc));
+        return 1;
+    }
+    if (fit_fd_limit(&d.opts, &d.log, err, sizeof(err)) < 0) {
+        log_error(&d.log, "%s", err);
+        log_close(&d.log);
         return 1;
     }
     /* A client that vanishes mid-reply must not kill the daemon, nor a

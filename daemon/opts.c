@@ -33,6 +33,8 @@ enum {
     OPT_MAX_SESSIONS_PER_UID,
     OPT_MAX_TENSORS_PER_UID,
     OPT_MAX_SHADOW_BYTES_PER_UID,
+    OPT_MAX_PENDING_TOTAL,
+    OPT_MAX_INPUT_TOTAL,
 };
 
 static const struct option long_opts[] = {
@@ -54,6 +56,8 @@ static const struct option long_opts[] = {
     {"max-sessions-per-uid", required_argument, NULL, OPT_MAX_SESSIONS_PER_UID},
     {"max-tensors-per-uid", required_argument, NULL, OPT_MAX_TENSORS_PER_UID},
     {"max-shadow-bytes-per-uid", required_argument, NULL, OPT_MAX_SHADOW_BYTES_PER_UID},
+    {"max-pending-total", required_argument, NULL, OPT_MAX_PENDING_TOTAL},
+    {"max-input-total", required_argument, NULL, OPT_MAX_INPUT_TOTAL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -117,14 +121,30 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          LIMIT, other oversized input closes the connection\n"
 "  --max-depth N           deepest nesting of arrays and maps (default 8, max 31)\n"
 "  --max-connections N     open connections (default 1024); more are refused\n"
+"                          with LIMIT. emad raises its soft open-file limit\n"
+"                          (RLIMIT_NOFILE) to fit N plus 64 + 2 per worker for\n"
+"                          files; if the hard limit is lower, N is lowered to\n"
+"                          fit, with a warning in the log\n"
 "  --max-sessions N        sessions in the daemon (default 1024)\n"
 "  --max-tensors N         tensors in one session (default 1000000)\n"
-"  --max-pending BYTES     replies queued for a connection before emad stops\n"
-"                          reading its requests (default 16M)\n"
-"  --max-sessions-per-uid N        sessions of one user (default 64)\n"
-"  --max-tensors-per-uid N         tensors in all sessions of one user\n"
-"                                  (default 4000000)\n"
-"  --max-shadow-bytes-per-uid BYTES  shadow memory of one user (default 64G)\n"
+"  --max-pending BYTES     memory held for a connection's unread replies before\n"
+"                          emad stops reading its requests (default 16M); it\n"
+"                          reads again once they are down to half\n"
+"  --max-pending-total BYTES  the same for all connections together (default\n"
+"                          256M): over it, the connections holding the most\n"
+"                          stop being read first; a peer that reads its replies\n"
+"                          holds none and is not stopped\n"
+"  --max-input-total BYTES  memory for requests being received, all connections\n"
+"                          together, beyond the 128K each connection always has\n"
+"                          (default 256M): a request needing more waits, the\n"
+"                          largest first; if none can go on, the connection\n"
+"                          holding the largest one is closed with LIMIT. One\n"
+"                          connection alone may always take --max-message\n"
+"  --max-sessions-per-uid N  sessions of one user (default 64)\n"
+"  --max-tensors-per-uid N   tensors in all sessions of one user\n"
+"                          (default 4000000)\n"
+"  --max-shadow-bytes-per-uid BYTES  shadow memory of one user (default\n"
+"                          64G); over any of the three, register gets LIMIT\n"
 "\n"
 "Logging:\n"
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
@@ -133,8 +153,9 @@ void opts_usage(FILE *fp, const char *argv0)
 "  -h, --help              show this help and exit\n"
 "  -V, --version           show the version and exit\n"
 "\n"
-"Signals: SIGTERM and SIGINT stop accepting, finish in-flight work, remove the\n"
-"socket and exit 0; SIGHUP reopens the log file.\n"
+"Signals: SIGTERM and SIGINT stop accepting and reading requests, finish the\n"
+"requests already received, send their replies (waiting at most 5 s for a peer\n"
+"to read them), remove the socket and exit 0; SIGHUP reopens the log file.\n"
 "\n"
 "Environment:\n"
 "  EMAD_SOCKET, XDG_RUNTIME_DIR   socket path, as above\n"
@@ -258,6 +279,8 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_sessions_per_uid = 64;
     o->max_tensors_per_uid = 4000000;
     o->max_shadow_bytes_per_uid = 64ull << 30;
+    o->max_pending_total = 256u << 20;
+    o->max_input_total = 256u << 20;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -371,6 +394,18 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                                  err, errlen)) < 0)
                 return rc;
             o->max_shadow_bytes_per_uid = v;
+            break;
+        case OPT_MAX_PENDING_TOTAL:
+            if ((rc = parse_uint("max-pending-total", optarg, 4096, 1ull << 40, &v, true, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_pending_total = (size_t)v;
+            break;
+        case OPT_MAX_INPUT_TOTAL:
+            if ((rc = parse_uint("max-input-total", optarg, 4096, 1ull << 40, &v, true, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_input_total = (size_t)v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

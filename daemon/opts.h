@@ -43,6 +43,8 @@ struct emad_opts {
     unsigned max_sessions;
     uint64_t max_tensors;       /* per session */
     size_t max_pending;         /* reply bytes queued per connection before reading pauses */
+    size_t max_pending_total;   /* ... and for all connections together */
+    size_t max_input_total;     /* bytes of requests not yet complete, all connections */
     /* Per peer uid, over all its sessions (names are per uid too). */
     unsigned max_sessions_per_uid;
     uint64_t max_tensors_per_uid;

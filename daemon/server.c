@@ -7,35 +7,53 @@
 #include "session.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #define READ_CHUNK (64u << 10)
-
-struct write_req {
-    uv_write_t req;
-    struct conn *conn;
-    char *data;
-};
+/* Replies start in a buffer this small; it doubles as they pile up. */
+#define OUT_MIN_CAP 1024u
+/* Connections accepted per wakeup, so that a flood of connects cannot keep
+ * the loop from serving the connections already open. */
+#define ACCEPT_BATCH 64
+/* After running out of descriptors with no spare one, retry this much later. */
+#define ACCEPT_RETRY_MS 100
+/* Peers refused for lack of descriptors are logged at most this often. */
+#define FD_LOG_INTERVAL_MS 10000
 
 static void conn_process(struct conn *c);
+static void conn_flush(struct conn *c);
+static void input_released(struct server *srv);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static int out_write(void *data, const char *buf, size_t len);
 
 static struct log *conn_log(const struct conn *c)
 {
     return c->srv->ctx->log;
 }
 
+static void finish_stop(uv_handle_t *h)
+{
+    struct server *srv = h->data;
+    void (*cb)(struct server *) = srv->on_stopped;
+
+    srv->on_stopped = NULL;
+    cb(srv);
+}
+
 static void maybe_stopped(struct server *srv)
 {
-    if (srv->stopping && srv->listener_closed && srv->nconns == 0 && srv->on_stopped) {
-        void (*cb)(struct server *) = srv->on_stopped;
-        srv->on_stopped = NULL;
-        cb(srv);
-    }
+    if (!srv->flushing || !srv->listener_closed || srv->nconns != 0 || srv->on_stopped == NULL ||
+        srv->flush_timer_closing)
+        return;
+    srv->flush_timer_closing = true;
+    uv_close((uv_handle_t *)&srv->flush_timer, finish_stop);
 }
 
 void server_check_stopped(struct server *srv)
@@ -54,6 +72,63 @@ void conn_unref(struct conn *c)
         free(c);
 }
 
+static void outbuf_free(struct outbuf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* Recount what c holds for replies, here and in the server's total. What is
+ * counted is what is allocated, not the payload: a buffer's capacity. */
+static void conn_account(struct conn *c)
+{
+    size_t now = (c->writing ? c->sending.cap : 0) + c->out.cap;
+
+    c->srv->queued_total = c->srv->queued_total - c->queued + now;
+    c->queued = now;
+}
+
+/* Recount c's read buffer against --max-input-total: what is allocated, once
+ * above the SERVER_INPUT_FREE every connection may hold. */
+static void input_account(struct conn *c)
+{
+    size_t cap = c->dec.cap, now = cap > SERVER_INPUT_FREE ? cap : 0, old = c->in_held;
+
+    c->srv->in_total = c->srv->in_total - old + now;
+    c->in_held = now;
+    if (now < old)
+        input_released(c->srv);
+}
+
+/* The most c's read buffer may be after reserving want more bytes: the
+ * decoder doubles it until want fits after what is pending (proto/wire.c),
+ * and stops at its own bound, which this does not need to know. */
+static size_t input_grown_cap(const struct conn *c, size_t want)
+{
+    size_t pending = wire_decoder_pending(&c->dec), cap = c->dec.cap ? c->dec.cap : 4096;
+
+    if (c->dec.cap - pending >= want)
+        return c->dec.cap;
+    while (cap - pending < want)
+        cap *= 2;
+    return cap;
+}
+
+/* Whether c may read want more bytes of its requests, growing its buffer if
+ * needed. Over --max-input-total, the connections whose requests are the
+ * largest are the first refused: they need the largest growth. Alone, a
+ * connection may take what --max-message allows, so that any request emad
+ * accepts can complete. */
+static bool input_may_grow(const struct conn *c, size_t want)
+{
+    const struct server *srv = c->srv;
+    size_t cap = input_grown_cap(c, want), others = srv->in_total - c->in_held;
+
+    if (cap <= c->dec.cap || cap <= SERVER_INPUT_FREE)
+        return true;
+    return others == 0 || others + cap <= srv->ctx->opts->max_input_total;
+}
+
 static void on_conn_closed(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
@@ -67,6 +142,11 @@ static void on_conn_closed(uv_handle_t *h)
         c->next->prev = c->prev;
     srv->nconns--;
     wire_decoder_free(&c->dec);
+    input_account(c);
+    c->writing = false; /* libuv called on_write (UV_ECANCELED) before this */
+    outbuf_free(&c->sending);
+    outbuf_free(&c->out);
+    conn_account(c);
     registry_conn_closed(srv->ctx->sessions, c);
     c->closed = true;
     if (c->refs == 0)
@@ -89,13 +169,129 @@ void conn_close(struct conn *c, const char *why)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = (struct conn *)h;
-    size_t room = 0;
+    size_t want = READ_CHUNK, room = 0;
 
     (void)suggested;
-    buf->base = wire_decoder_reserve(&c->dec, READ_CHUNK, &room);
+    *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS to on_read */
+    if (!input_may_grow(c, want)) {
+        /* Fill what the buffer has; the decoder grows it for nothing less. */
+        want = c->dec.cap - wire_decoder_pending(&c->dec);
+        if (want == 0) {
+            c->in_blocked = true;
+            return;
+        }
+    }
+    buf->base = wire_decoder_reserve(&c->dec, want, &room);
+    input_account(c);
     buf->len = room > READ_CHUNK ? READ_CHUNK : room;
     if (buf->base == NULL)
-        buf->len = 0; /* libuv reports UV_ENOBUFS to on_read */
+        buf->len = 0;
+}
+
+/* The log names a peer that is stopped or closed for what it sends. */
+#define CONN_WHO "connection %llu (pid %ld, uid %ld)"
+#define CONN_WHO_ARGS(c) (unsigned long long)(c)->id, (long)(c)->pid, (long)(c)->uid
+
+/* No connection holding part of --max-input-total can go on (each needs
+ * more than it leaves), and none will give any back by itself: close the
+ * one holding the most, with LIMIT, so that the others can complete. */
+static void input_refuse(struct conn *c)
+{
+    const struct server *srv = c->srv;
+    size_t pending = wire_decoder_pending(&c->dec);
+    char text[256];
+    msgpack_packer pk;
+
+    log_warn(conn_log(c),
+             CONN_WHO ": closed with LIMIT: its request holds %zu bytes so far (%zu allocated) "
+             "and no connection can receive more within --max-input-total %zu (%zu held by "
+             "all); raise --max-input-total, or stop the peers that leave large requests "
+             "unfinished",
+             CONN_WHO_ARGS(c), pending, c->dec.cap, srv->ctx->opts->max_input_total,
+             srv->in_total);
+    snprintf(text, sizeof(text),
+             "emad holds too many requests not yet received in full (--max-input-total): this "
+             "connection's request (%zu bytes so far) was dropped; send smaller requests or "
+             "try again later",
+             pending);
+    /* After the replies already queued; the peer reads it before the error
+     * its socket reports for the request it could not send. */
+    msgpack_packer_init(&pk, c, out_write);
+    wire_pack_notify_head(&pk, MSG_NOTIFY_ERROR);
+    msgpack_pack_map(&pk, 2);
+    wire_pack_str(&pk, "code");
+    wire_pack_str(&pk, MSG_E_LIMIT);
+    wire_pack_str(&pk, "message");
+    wire_pack_str(&pk, text);
+    conn_account(c);
+    conn_flush(c);
+    conn_close(c, NULL);
+}
+
+/* c was refused more room: unless another connection holding part of
+ * --max-input-total may still complete a request and give it back, no one
+ * ever will (a deadlock of the peers that send large requests). */
+static void input_check_stuck(struct server *srv)
+{
+    struct conn *largest = NULL;
+
+    if (srv->stopping)
+        return;
+    for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+        if (!c->in_blocked || c->closing) {
+            if (c->in_held > 0)
+                return;
+            continue;
+        }
+        /* Among equals the newest: the others have waited longer. */
+        if (largest == NULL || c->dec.cap > largest->dec.cap ||
+            (c->dec.cap == largest->dec.cap && c->id > largest->id))
+            largest = c;
+    }
+    if (largest != NULL)
+        input_refuse(largest);
+}
+
+static void input_block(struct conn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    log_debug(conn_log(c),
+              "connection %llu: a request of %zu bytes so far needs more than "
+              "--max-input-total leaves (%zu held by all connections); reading paused",
+              (unsigned long long)c->id, wire_decoder_pending(&c->dec), c->srv->in_total);
+    input_check_stuck(c->srv);
+}
+
+/* Part of --max-input-total was given back: the connections refused room
+ * that now fits are read again. */
+static void input_released(struct server *srv)
+{
+    if (srv->stopping)
+        return;
+    for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+        if (!c->in_blocked || c->closing || !input_may_grow(c, READ_CHUNK))
+            continue;
+        c->in_blocked = false;
+        log_debug(conn_log(c),
+                  "connection %llu: a request of %zu bytes so far fits --max-input-total "
+                  "(%zu held by all connections); reading resumed",
+                  (unsigned long long)c->id, wire_decoder_pending(&c->dec), srv->in_total);
+        if (!c->paused)
+            uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+    }
+}
+
+/* Every request received was taken out: a buffer grown for a large one is
+ * given back rather than kept for the connection's life. Freeing the
+ * decoder's buffer leaves it ready for the next message (proto/wire.c);
+ * while it skips an oversized message it has state beyond the buffer. */
+static void input_settle(struct conn *c)
+{
+    if (c->closing || c->in_held == 0 || c->dec.discarding ||
+        wire_decoder_pending(&c->dec) != 0)
+        return;
+    wire_decoder_free(&c->dec);
+    input_account(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
@@ -108,130 +304,227 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         log_debug(conn_log(c), "connection %llu: peer closed", (unsigned long long)c->id);
         return;
     }
+    if (n == UV_ENOBUFS && c->in_blocked) {
+        input_block(c);
+        return;
+    }
     if (n < 0) {
         conn_close(c, uv_strerror((int)n));
         return;
     }
     wire_decoder_commit(&c->dec, (size_t)n);
     conn_process(c);
+    input_settle(c);
 }
 
-static void resume_reading(struct conn *c)
+static void conn_pause(struct conn *c, const char *limit)
 {
+    c->paused = true;
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    log_debug(conn_log(c),
+              "connection %llu: %zu reply bytes queued (%zu for all connections); reading "
+              "paused (%s)",
+              (unsigned long long)c->id, c->queued, c->srv->queued_total, limit);
+}
+
+/* The heaviest connection still read from, among those holding replies. */
+static struct conn *heaviest_reader(struct server *srv)
+{
+    struct conn *h = NULL;
+
+    for (struct conn *c = srv->conns; c != NULL; c = c->next)
+        if (!c->paused && !c->closing && c->queued > 0 && (h == NULL || c->queued > h->queued))
+            h = c;
+    return h;
+}
+
+/* Replies were queued for c: a peer that does not read its replies stops
+ * being read, so that its queue is bounded (--max-pending), and so is the
+ * sum of all queues (--max-pending-total): over it, the connections holding
+ * the most stop first, down to c itself. A peer that reads keeps its queue
+ * empty (its replies are written at once) and is never paused. */
+static void conn_check_limits(struct conn *c)
+{
+    const struct emad_opts *o = c->srv->ctx->opts;
+
+    if (c->closing || c->queued == 0)
+        return;
+    if (!c->paused && c->queued > o->max_pending)
+        conn_pause(c, "--max-pending");
+    while (!c->paused && c->srv->queued_total > o->max_pending_total) {
+        struct conn *h = heaviest_reader(c->srv);
+        if (h == NULL)
+            break;
+        conn_pause(h, "--max-pending-total");
+    }
+}
+
+/* Hysteresis: a paused reader resumes once its queue is down to half of
+ * --max-pending, and, while the total is above half of --max-pending-total,
+ * only once its queue is empty. Resuming earlier would pause a slow reader
+ * again after every write. */
+static void conn_maybe_resume(struct conn *c)
+{
+    const struct emad_opts *o = c->srv->ctx->opts;
+
     if (!c->paused || c->closing || c->srv->stopping)
         return;
+    if (c->queued > o->max_pending / 2)
+        return;
+    if (c->queued > 0 && c->srv->queued_total > o->max_pending_total / 2)
+        return;
     c->paused = false;
+    log_debug(conn_log(c),
+              "connection %llu: %zu reply bytes queued (%zu for all connections); reading "
+              "resumed",
+              (unsigned long long)c->id, c->queued, c->srv->queued_total);
     conn_process(c); /* requests that arrived before the pause come first */
-    if (!c->paused && !c->closing)
+    input_settle(c);
+    if (!c->paused && !c->closing && !c->in_blocked)
         uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+/* At a stop, a connection closes once everything queued for it is written. */
+static void conn_close_if_flushed(struct conn *c)
+{
+    if (c->srv->flushing && !c->closing && !c->writing && c->out.size == 0)
+        conn_close(c, NULL);
 }
 
 static void on_write(uv_write_t *req, int status)
 {
-    struct write_req *w = (struct write_req *)req;
-    struct conn *c = w->conn;
+    struct conn *c = req->data;
 
-    free(w->data);
-    free(w);
-    if (status < 0 && status != UV_ECANCELED) {
+    c->writing = false;
+    outbuf_free(&c->sending);
+    conn_account(c);
+    if (status == UV_ECANCELED)
+        return; /* the connection is closing */
+    if (status < 0) {
         conn_close(c, uv_strerror(status));
         return;
     }
-    if (c->paused && uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) <=
-                         c->srv->ctx->opts->max_pending / 2)
-        resume_reading(c);
+    conn_flush(c);
+    conn_maybe_resume(c);
+    conn_close_if_flushed(c);
 }
 
-/* Queue the bytes of sb (taken over) for the peer. */
-static void conn_send(struct conn *c, msgpack_sbuffer *sb)
+/* Hand what out holds to the socket: at once if the socket takes it (most
+ * replies fit its buffer, and one system call is cheaper than a queued write
+ * that makes libuv re-arm the poll), else as the one write in flight. */
+static void conn_flush(struct conn *c)
 {
-    struct write_req *w;
     uv_buf_t b;
     int rc;
 
-    if (c->closing) {
-        msgpack_sbuffer_destroy(sb);
+    if (c->closing || c->writing || c->out.size == 0)
         return;
-    }
-    b = uv_buf_init(sb->data, (unsigned)sb->size);
-    /* Most replies fit the socket buffer: written at once, they cost one
-     * system call, where a queued write costs two more (libuv re-arms the
-     * poll after it). With writes queued, try_write refuses (order kept). */
+    b = uv_buf_init(c->out.data, (unsigned)c->out.size);
     rc = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
     if (rc == (int)b.len) {
-        msgpack_sbuffer_destroy(sb);
+        outbuf_free(&c->out);
+        conn_account(c);
         return;
     }
     if (rc < 0 && rc != UV_EAGAIN) {
-        msgpack_sbuffer_destroy(sb);
         conn_close(c, uv_strerror(rc));
         return;
     }
+    c->sending = c->out;
+    memset(&c->out, 0, sizeof(c->out));
     if (rc > 0) {
         b.base += rc;
         b.len -= (size_t)rc;
     }
-    w = malloc(sizeof(*w));
-    if (w == NULL) {
-        msgpack_sbuffer_destroy(sb);
-        conn_close(c, "out of memory for a reply");
-        return;
-    }
-    w->conn = c;
-    w->data = sb->data; /* b may start past it: the part try_write sent */
-    sb->data = NULL;
-    rc = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_write);
+    c->wreq.data = c;
+    rc = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write);
     if (rc < 0) {
-        free(w->data);
-        free(w);
+        outbuf_free(&c->sending);
+        conn_account(c);
         conn_close(c, uv_strerror(rc));
         return;
     }
-    /* A peer that does not read its replies stops being read: its queue is
-     * bounded, and the daemon's memory with it. */
-    if (!c->paused &&
-        uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > c->srv->ctx->opts->max_pending) {
-        c->paused = true;
-        uv_read_stop((uv_stream_t *)&c->pipe);
-        log_debug(conn_log(c), "connection %llu: %zu reply bytes queued; reading paused",
-                  (unsigned long long)c->id,
-                  uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe));
+    c->writing = true;
+    conn_account(c);
+}
+
+/* msgpack's write callback: append to the connection's out buffer. */
+static int out_write(void *data, const char *buf, size_t len)
+{
+    struct conn *c = data;
+    struct outbuf *o = &c->out;
+
+    if (c->out_failed)
+        return -1;
+    if (o->size + len > o->cap) {
+        size_t cap = o->cap ? o->cap : OUT_MIN_CAP;
+        char *p;
+        while (cap < o->size + len)
+            cap *= 2;
+        p = realloc(o->data, cap);
+        if (p == NULL) {
+            c->out_failed = true;
+            return -1;
+        }
+        o->data = p;
+        o->cap = cap;
     }
+    memcpy(o->data + o->size, buf, len);
+    o->size += len;
+    return 0;
+}
+
+/* A reply was packed into out from mark on: send it, or undo it. */
+static void conn_queued(struct conn *c, size_t mark)
+{
+    if (c->out_failed) {
+        c->out.size = mark;
+        conn_account(c);
+        conn_close(c, "out of memory for a reply");
+        return;
+    }
+    conn_account(c);
+    conn_flush(c);
+    conn_check_limits(c);
 }
 
 void conn_reply(struct conn *c, uint32_t msgid, const struct msg_desc *d, const void *result)
 {
-    msgpack_sbuffer sb;
     msgpack_packer pk;
+    size_t mark = c->out.size;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    if (c->closing)
+        return;
+    msgpack_packer_init(&pk, c, out_write);
     wire_pack_response_head(&pk, msgid);
     msg_encode(&pk, d, result);
-    conn_send(c, &sb);
+    conn_queued(c, mark);
 }
 
 static void send_error(struct conn *c, uint32_t msgid, const char *code, const char *text)
 {
-    msgpack_sbuffer sb;
     msgpack_packer pk;
+    size_t mark = c->out.size;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    if (c->closing)
+        return;
+    msgpack_packer_init(&pk, c, out_write);
     wire_pack_response_error(&pk, msgid, code, text);
-    conn_send(c, &sb);
+    conn_queued(c, mark);
 }
 
 void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
 {
-    char text[512];
+    char text[512], shown[LOG_ESCAPED_SIZE(sizeof(text))];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    /* The text quotes what the peer sent (names of methods, sessions,
+     * tensors, files): escaped, it cannot forge log lines. */
     log_debug(conn_log(c), "connection %llu: request %u: %s: %s", (unsigned long long)c->id,
-              msgid, code, text);
+              msgid, code, log_escape(text, strlen(text), shown, sizeof(shown)));
     send_error(c, msgid, code, text);
 }
 
@@ -242,7 +535,7 @@ static void conn_process(struct conn *c)
     struct wire_fault f;
     int rc;
 
-    while (!c->closing && !c->paused) {
+    while (!c->closing && !c->paused && !c->srv->stopping) {
         rc = wire_decoder_next(&c->dec, &m, &f);
         if (rc == 0)
             return;
@@ -256,8 +549,10 @@ static void conn_process(struct conn *c)
             continue;
         }
         if (!f.has_msgid) {
+            char shown[LOG_ESCAPED_SIZE(sizeof(f.detail))];
             log_warn(conn_log(c), "connection %llu (pid %ld): %s; closing it",
-                     (unsigned long long)c->id, (long)c->pid, f.detail);
+                     (unsigned long long)c->id, (long)c->pid,
+                     log_escape(f.detail, strlen(f.detail), shown, sizeof(shown)));
             conn_close(c, NULL);
             return;
         }
@@ -287,44 +582,125 @@ static bool peer_allowed(const struct server *srv, int fd, const struct ucred *c
     return false;
 }
 
-/* Tell a refused peer why before closing, as a notification it may read. */
-static void refuse(struct conn *c, const char *code, const char *text)
+/* The notification that tells a refused peer why, before it is closed. */
+static int pack_refusal(msgpack_sbuffer *sb, const char *code, const char *text)
 {
-    msgpack_sbuffer sb;
     msgpack_packer pk;
-    uv_buf_t b;
 
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
     wire_pack_notify_head(&pk, MSG_NOTIFY_ERROR);
     msgpack_pack_map(&pk, 2);
     wire_pack_str(&pk, "code");
     wire_pack_str(&pk, code);
     wire_pack_str(&pk, "message");
     wire_pack_str(&pk, text);
-    b = uv_buf_init(sb.data, (unsigned)sb.size);
-    (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+    return sb->data != NULL ? 0 : -ENOMEM;
+}
+
+/* Tell a refused peer why before closing, as a notification it may read. */
+static void refuse(struct conn *c, const char *code, const char *text)
+{
+    msgpack_sbuffer sb;
+    uv_buf_t b;
+
+    if (pack_refusal(&sb, code, text) == 0) {
+        b = uv_buf_init(sb.data, (unsigned)sb.size);
+        (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+    }
     msgpack_sbuffer_destroy(&sb);
     conn_close(c, NULL);
 }
 
-static void on_connection(uv_stream_t *listener, int status)
+static void start_accepting(uv_timer_t *t);
+static void on_listen(uv_poll_t *h, int status, int events);
+
+/* Log the peers refused for lack of descriptors since the last such line. */
+static void fd_log_flush(struct server *srv)
 {
-    struct server *srv = listener->data;
+    struct rlimit rl = {0, 0};
+
+    uv_timer_stop(&srv->fd_log_timer);
+    if (srv->fd_refused == 0)
+        return;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    log_warn(srv->ctx->log,
+             "refused %llu connections with LIMIT: no file descriptor left (%s; "
+             "RLIMIT_NOFILE %llu, %u connections open); raise LimitNOFILE= (systemd) or "
+             "lower --max-connections",
+             (unsigned long long)srv->fd_refused, strerror(srv->fd_err),
+             (unsigned long long)rl.rlim_cur, srv->nconns);
+    srv->fd_refused = 0;
+    srv->fd_logged_ms = uv_now(srv->ctx->loop) ? uv_now(srv->ctx->loop) : 1;
+}
+
+static void on_fd_log_timer(uv_timer_t *t)
+{
+    fd_log_flush(t->data);
+}
+
+/* accept() found no descriptor left: EMFILE (our RLIMIT_NOFILE) or ENFILE
+ * (the system's). libuv would accept and close the peers silently; instead,
+ * the spare descriptor makes room to accept one, tell it LIMIT and close it,
+ * and the log says so: at most every FD_LOG_INTERVAL_MS, with the count of
+ * the peers refused meanwhile, and a timer makes sure the last of them are
+ * counted too, even if no refusal follows. Without a spare, accepting
+ * pauses for ACCEPT_RETRY_MS rather than spin. */
+static void refuse_for_fds(struct server *srv, int err)
+{
+    char text[256];
+    msgpack_sbuffer sb;
+    uint64_t now = uv_now(srv->ctx->loop);
+    int fd = -1;
+
+    srv->fd_err = err;
+    snprintf(text, sizeof(text),
+             "emad has no file descriptor left for a connection (%s); try again later",
+             err == EMFILE ? "its open-file limit is reached" : "the system's limit is reached");
+    if (srv->spare_fd >= 0) {
+        close(srv->spare_fd);
+        fd = accept4(srv->ls.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd >= 0) {
+            if (pack_refusal(&sb, MSG_E_LIMIT, text) == 0)
+                (void)send(fd, sb.data, sb.size, MSG_DONTWAIT | MSG_NOSIGNAL);
+            msgpack_sbuffer_destroy(&sb);
+            close(fd);
+            srv->fd_refused++;
+        }
+        srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (srv->fd_logged_ms == 0 || now - srv->fd_logged_ms >= FD_LOG_INTERVAL_MS)
+        fd_log_flush(srv);
+    else if (srv->fd_refused > 0 && !uv_is_active((uv_handle_t *)&srv->fd_log_timer))
+        uv_timer_start(&srv->fd_log_timer, on_fd_log_timer,
+                       srv->fd_logged_ms + FD_LOG_INTERVAL_MS - now, 0);
+    if (fd < 0) {
+        uv_poll_stop(&srv->listener);
+        uv_timer_start(&srv->accept_timer, start_accepting, ACCEPT_RETRY_MS, 0);
+    }
+}
+
+static void start_accepting(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+
+    if (!srv->stopping)
+        uv_poll_start(&srv->listener, UV_READABLE, on_listen);
+}
+
+/* A connection accepted as fd: check the peer and start reading. */
+static void conn_accept(struct server *srv, int fd)
+{
     const struct emad_opts *opts = srv->ctx->opts;
     struct ucred cred;
     socklen_t len = sizeof(cred);
     struct conn *c;
-    uv_os_fd_t fd;
     char text[256];
 
-    if (status < 0) {
-        log_warn(srv->ctx->log, "accept: %s", uv_strerror(status));
-        return;
-    }
     c = calloc(1, sizeof(*c));
     if (c == NULL || uv_pipe_init(srv->ctx->loop, &c->pipe, 0) < 0) {
         free(c);
+        close(fd);
         log_error(srv->ctx->log, "out of memory accepting a connection");
         return;
     }
@@ -336,12 +712,12 @@ static void on_connection(uv_stream_t *listener, int status)
     srv->conns = c;
     srv->nconns++;
     wire_decoder_init(&c->dec, opts->max_message, opts->max_depth);
-    if (uv_accept(listener, (uv_stream_t *)&c->pipe) < 0) {
-        conn_close(c, "accept failed");
+    if (uv_pipe_open(&c->pipe, fd) < 0) {
+        close(fd);
+        conn_close(c, "cannot watch the accepted socket");
         return;
     }
-    if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0 ||
-        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
         conn_close(c, "cannot read peer credentials");
         return;
     }
@@ -369,6 +745,31 @@ static void on_connection(uv_stream_t *listener, int status)
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
+static void on_listen(uv_poll_t *h, int status, int events)
+{
+    struct server *srv = h->data;
+
+    (void)events;
+    if (status < 0) {
+        log_warn(srv->ctx->log, "accept: %s", uv_strerror(status));
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && !srv->stopping; i++) {
+        int fd = accept4(srv->ls.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd >= 0) {
+            conn_accept(srv, fd);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE)
+            refuse_for_fds(srv, errno);
+        else if (errno != EAGAIN && errno != EWOULDBLOCK)
+            log_warn(srv->ctx->log, "accept on %s: %s", srv->ls.path, strerror(errno));
+        return;
+    }
+}
+
 int server_start(struct server *srv, struct emad *ctx, const struct listen_socket *ls)
 {
     int rc;
@@ -376,20 +777,27 @@ int server_start(struct server *srv, struct emad *ctx, const struct listen_socke
     memset(srv, 0, sizeof(*srv));
     srv->ctx = ctx;
     srv->ls = *ls;
+    srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     ctx->srv = srv;
-    if ((rc = uv_pipe_init(ctx->loop, &srv->listener, 0)) < 0)
-        return rc;
+    uv_timer_init(ctx->loop, &srv->accept_timer);
+    srv->accept_timer.data = srv;
+    uv_timer_init(ctx->loop, &srv->fd_log_timer);
+    srv->fd_log_timer.data = srv;
+    if ((rc = uv_poll_init(ctx->loop, &srv->listener, ls->fd)) < 0)
+        goto err_timer;
     srv->listener.data = srv;
-    if ((rc = uv_pipe_open(&srv->listener, ls->fd)) < 0)
-        goto err_close;
-    /* The fd is already listening; uv_listen only starts watching it. */
-    if ((rc = uv_listen((uv_stream_t *)&srv->listener, 128, on_connection)) < 0)
-        goto err_close;
+    /* The fd is already listening (listen.c): only watch it. */
+    if ((rc = uv_poll_start(&srv->listener, UV_READABLE, on_listen)) < 0)
+        goto err_poll;
     return 0;
 
-err_close:
-    srv->listener_closed = false;
+err_poll:
     uv_close((uv_handle_t *)&srv->listener, NULL);
+err_timer:
+    uv_close((uv_handle_t *)&srv->accept_timer, NULL);
+    uv_close((uv_handle_t *)&srv->fd_log_timer, NULL);
+    if (srv->spare_fd >= 0)
+        close(srv->spare_fd);
     return rc;
 }
 
@@ -400,39 +808,70 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_stopped(srv);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status)
+static void on_accept_timer_closed(uv_handle_t *h)
 {
-    struct conn *c = req->data;
-    (void)status;
-    free(req);
-    conn_close(c, NULL);
+    struct server *srv = h->data;
+
+    uv_close((uv_handle_t *)&srv->fd_log_timer, on_listener_closed);
 }
 
-void server_stop(struct server *srv, void (*on_stopped)(struct server *srv))
+static void on_poll_closed(uv_handle_t *h)
+{
+    struct server *srv = h->data;
+
+    /* Only now: a descriptor must not be closed while libuv polls it. */
+    close(srv->ls.fd);
+    srv->ls.fd = -1;
+    if (srv->spare_fd >= 0)
+        close(srv->spare_fd);
+    srv->spare_fd = -1;
+    uv_close((uv_handle_t *)&srv->accept_timer, on_accept_timer_closed);
+}
+
+void server_quiesce(struct server *srv)
 {
     if (srv->stopping)
         return;
     srv->stopping = true;
-    srv->on_stopped = on_stopped;
     /* Unlink the path before closing the socket: a new emad may bind the
      * path at once, and must not have its socket removed by us. */
     listen_socket_unlink(&srv->ls);
-    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    uv_timer_stop(&srv->accept_timer);
+    fd_log_flush(srv); /* every refused peer is counted in the log */
+    uv_close((uv_handle_t *)&srv->listener, on_poll_closed);
+    for (struct conn *c = srv->conns; c != NULL; c = c->next)
+        if (!c->closing)
+            uv_read_stop((uv_stream_t *)&c->pipe);
+}
+
+static void on_flush_timeout(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+
     for (struct conn *c = srv->conns; c != NULL; c = c->next) {
-        uv_shutdown_t *req;
         if (c->closing)
             continue;
-        uv_read_stop((uv_stream_t *)&c->pipe);
-        req = malloc(sizeof(*req));
-        if (req == NULL) {
-            conn_close(c, NULL);
-            continue;
-        }
-        req->data = c;
-        /* Replies already queued are flushed before the connection closes. */
-        if (uv_shutdown(req, (uv_stream_t *)&c->pipe, on_shutdown) < 0) {
-            free(req);
-            conn_close(c, NULL);
-        }
+        log_warn(srv->ctx->log,
+                 "connection %llu (pid %ld): its peer did not read %zu bytes of replies within "
+                 "%d ms of the stop; closed without them",
+                 (unsigned long long)c->id, (long)c->pid, c->queued, SERVER_FLUSH_TIMEOUT_MS);
+        conn_close(c, NULL);
     }
+}
+
+void server_stop(struct server *srv, void (*on_stopped)(struct server *srv))
+{
+    if (srv->flushing)
+        return;
+    server_quiesce(srv);
+    srv->flushing = true;
+    srv->on_stopped = on_stopped;
+    uv_timer_init(srv->ctx->loop, &srv->flush_timer);
+    srv->flush_timer.data = srv;
+    uv_timer_start(&srv->flush_timer, on_flush_timeout, SERVER_FLUSH_TIMEOUT_MS, 0);
+    for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+        conn_flush(c);
+        conn_close_if_flushed(c);
+    }
+    maybe_stopped(srv);
 }

@@ -15,6 +15,21 @@
 #include <sys/types.h>
 #include <uv.h>
 
+/* How long a stop waits for peers to read the replies of the work that
+ * finished: a peer that does not read cannot hold emad's exit longer. */
+#define SERVER_FLUSH_TIMEOUT_MS 5000
+
+/* Bytes of read buffer every connection may hold outside --max-input-total:
+ * a request of up to 64 KiB and the next read. Small peers always fit. */
+#define SERVER_INPUT_FREE (128u << 10)
+
+/* Reply bytes waiting for the peer: one growable buffer. */
+struct outbuf {
+    char *data;               /* malloc'd; NULL when empty */
+    size_t size;              /* bytes of replies in it */
+    size_t cap;               /* bytes allocated */
+};
+
 struct conn {
     uv_pipe_t pipe;           /* first: handle->data is unused, casts are safe */
     struct server *srv;
@@ -25,29 +40,55 @@ struct conn {
     gid_t gid;
     pid_t pid;
     bool hello;               /* hello succeeded */
-    bool paused;              /* reading stopped: too many replies queued */
+    bool paused;              /* reading stopped: too many reply bytes queued */
+    bool writing;             /* wreq is in flight with sending */
+    bool out_failed;          /* a reply could not be allocated (the connection closes) */
     bool closing;
     bool closed;              /* the handle is closed; freed when refs drop to 0 */
     unsigned refs;            /* operations that will still reply to it */
+    uv_write_t wreq;          /* the one write in flight: replies coalesce in out meanwhile */
+    struct outbuf sending;    /* what wreq writes */
+    struct outbuf out;        /* replies not yet handed to the socket */
+    size_t queued;            /* bytes allocated for replies (sending + out), counted
+                                 against --max-pending and, in srv, --max-pending-total */
+    size_t in_held;           /* bytes of dec's buffer counted against --max-input-total:
+                                 all of it once larger than SERVER_INPUT_FREE, else 0 */
+    bool in_blocked;          /* reading stopped: the request needs more than
+                                 --max-input-total leaves */
     char client[64];          /* name given in hello */
 };
 
 struct server {
     struct emad *ctx;
-    uv_pipe_t listener;
+    uv_poll_t listener;       /* readable: connections to accept on ls.fd */
+    uv_timer_t accept_timer;  /* accepting again after running out of descriptors */
+    uv_timer_t flush_timer;   /* bounds the wait for peers to read at a stop */
+    uv_timer_t fd_log_timer;  /* logs the peers refused since the last such line */
+    int fd_err;               /* why they were refused: EMFILE or ENFILE */
+    int spare_fd;             /* held to accept (and refuse) a peer when descriptors run out */
+    uint64_t fd_refused;      /* peers refused for lack of descriptors, not yet logged */
+    uint64_t fd_logged_ms;    /* when that was last logged (uv_now) */
     struct listen_socket ls;
     struct conn *conns;       /* open connections */
     unsigned nconns;
+    size_t queued_total;      /* the sum of every connection's queued bytes */
+    size_t in_total;          /* the sum of every connection's in_held */
     uint64_t next_id;
-    bool stopping;
+    bool stopping;            /* accepting and reading stopped */
+    bool flushing;            /* connections close once their replies are written */
     bool listener_closed;
+    bool flush_timer_closing;
     void (*on_stopped)(struct server *srv);
 };
 
 /* Take over ls and start accepting. 0 or a negative libuv code. */
 int server_start(struct server *srv, struct emad *ctx, const struct listen_socket *ls);
-/* Stop accepting, flush replies, close every connection, remove the socket;
- * on_stopped runs once everything is closed. */
+/* First step of a stop: stop accepting (the socket path is removed) and stop
+ * reading requests. Replies of work already running still go out. */
+void server_quiesce(struct server *srv);
+/* Last step (quiesces first if needed): each connection closes once its
+ * queued replies are written, or after SERVER_FLUSH_TIMEOUT_MS if its peer
+ * does not read them; on_stopped runs once everything is closed. */
 void server_stop(struct server *srv, void (*on_stopped)(struct server *srv));
 
 /* Replies. Each takes care of encoding and queueing; failures close the

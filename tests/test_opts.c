@@ -22,7 +22,7 @@
 #include "wire.h"
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define MAX_ARGS 32
+#define MAX_ARGS 48
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
 
@@ -127,6 +127,8 @@ static void test_opts_defaults(void **state)
     assert_int_equal(o.max_sessions, 1024);
     assert_int_equal(o.max_tensors, 1000000);
     assert_int_equal(o.max_pending, 16u << 20);
+    assert_int_equal(o.max_pending_total, 256u << 20);
+    assert_int_equal(o.max_input_total, 256u << 20);
 }
 
 static void test_opts_default_socket_follows_the_protocol_order(void **state)
@@ -185,7 +187,8 @@ static void test_opts_every_option_is_parsed(void **state)
                   "--log-level", "debug",
                   "--log-file", "/var/log/emad.log", "--max-message", "1M", "--max-depth", "12",
                   "--max-connections", "10", "--max-sessions", "20", "--max-tensors", "300",
-                  "--max-pending", "64K"));
+                  "--max-pending", "64K", "--max-pending-total", "3M", "--max-input-total",
+                  "5M"));
     assert_string_equal(o.socket_path, "/tmp/e.sock");
     assert_int_equal(o.socket_mode, 0660);
     assert_string_equal(o.allow_group, "trainers");
@@ -201,6 +204,8 @@ static void test_opts_every_option_is_parsed(void **state)
     assert_int_equal(o.max_sessions, 20);
     assert_int_equal(o.max_tensors, 300);
     assert_int_equal(o.max_pending, 64u << 10);
+    assert_int_equal(o.max_pending_total, 3u << 20);
+    assert_int_equal(o.max_input_total, 5u << 20);
 
     /* --opt=value spelling, and the last occurrence wins. */
     parse_ok(&o, &env,
@@ -237,7 +242,7 @@ static void test_opts_usage_describes_every_option(void **state)
         "--socket",          "--socket-mode",  "--allow-group", "--workers",
         "--worker-nice",     "--state-dir",       "--log-level",    "--log-file",    "--max-message",
         "--max-depth",       "--max-connections", "--max-sessions", "--max-tensors",
-        "--max-pending",     "--help",         "--version",     "EMAD_SOCKET",
+        "--max-pending",     "--max-pending-total", "--max-input-total", "--help",         "--version",     "EMAD_SOCKET",
         "XDG_RUNTIME_DIR",   "XDG_STATE_HOME", "/run/emad/emad.sock",
     };
     char *text = NULL;
@@ -372,6 +377,20 @@ static void test_opts_sizes_take_suffixes_and_reject_bad_values(void **state)
     parse_fails(&env, ARGS("--max-pending", "4095"), "--max-pending", "out of range");
     parse_fails(&env, ARGS("--max-pending", "17G"), "--max-pending", "out of range");
     parse_fails(&env, ARGS("--max-pending", "lots"), "--max-pending", "lots");
+    parse_ok(&o, &env, ARGS("--max-pending-total", "4K"));
+    assert_int_equal(o.max_pending_total, 4096);
+    parse_ok(&o, &env, ARGS("--max-pending-total", "1024G"));
+    assert_int_equal(o.max_pending_total, 1ull << 40);
+    parse_fails(&env, ARGS("--max-pending-total", "4095"), "--max-pending-total", "out of range");
+    parse_fails(&env, ARGS("--max-pending-total", "1025G"), "--max-pending-total",
+                "out of range");
+    parse_ok(&o, &env, ARGS("--max-input-total", "4K"));
+    assert_int_equal(o.max_input_total, 4096);
+    parse_ok(&o, &env, ARGS("--max-input-total", "1024G"));
+    assert_int_equal(o.max_input_total, 1ull << 40);
+    parse_fails(&env, ARGS("--max-input-total", "4095"), "--max-input-total", "out of range");
+    parse_fails(&env, ARGS("--max-input-total", "1025G"), "--max-input-total", "out of range");
+    parse_fails(&env, ARGS("--max-input-total", "lots"), "--max-input-total", "lots");
 }
 
 static void test_opts_max_depth_stays_within_4_to_31(void **state)

@@ -550,17 +550,51 @@ static void test_allow_group_admits_its_members_only(void **state)
     daemon_stop_unlinked(&d);
 }
 
-static void test_slow_reader_is_paused_and_others_proceed(void **state)
+/* The pause and resume points in emad's log: paused above max_pending reply
+ * bytes queued, resumed at half of it or less (the hysteresis that keeps a
+ * slow reader from being paused after every write), at least once each. */
+static void expect_hysteresis(const char *log, unsigned long max_pending)
+{
+    char line[1024];
+    unsigned long queued, total;
+    int paused = 0, resumed = 0;
+    FILE *fp = fopen(log, "r");
+
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        const char *p = strstr(line, ": connection ");
+        p = p != NULL ? strchr(p + 2, ':') : NULL;
+        if (p == NULL || sscanf(p + 1, " %lu reply bytes queued (%lu", &queued, &total) != 2)
+            continue;
+        if (strstr(line, "reading paused (--max-pending)") != NULL) {
+            if (queued <= max_pending)
+                fail_msg("paused at %lu bytes queued, not above %lu: %s", queued, max_pending,
+                         line);
+            paused++;
+        } else if (strstr(line, "reading resumed") != NULL) {
+            if (queued > max_pending / 2)
+                fail_msg("resumed at %lu bytes queued, above half of %lu: %s", queued,
+                         max_pending, line);
+            resumed++;
+        }
+    }
+    fclose(fp);
+    assert_true(paused >= 1);
+    assert_int_equal(resumed, paused);
+}
+
+/* A peer pipelines count status requests without reading, then reads every
+ * reply: it is paused, others are served meanwhile, its replies arrive in
+ * order, and the pause and resume points keep to the hysteresis. */
+static void slow_reader(const char *max_pending, unsigned long max_bytes, uint32_t count)
 {
     struct daemon d;
     struct reply r;
     struct wire_decoder dec;
     msgpack_sbuffer sb;
     msgpack_packer pk;
-    const uint32_t count = 3000;
-    (void)state;
 
-    daemon_start(&d, (const char *const[]){"--max-pending", "8K", NULL});
+    daemon_start(&d, (const char *const[]){"--max-pending", max_pending, NULL});
     int slow = raw_session(d.sock);
     /* Pipeline many requests without reading a single reply. */
     int fl = fcntl(slow, F_GETFL);
@@ -600,8 +634,59 @@ static void test_slow_reader_is_paused_and_others_proceed(void **state)
     wire_decoder_free(&dec);
     msgpack_sbuffer_destroy(&sb);
     assert_true(file_contains(d.log, "reading paused"));
+    expect_hysteresis(d.log, max_bytes);
     close(slow);
     daemon_stop_unlinked(&d);
+}
+
+static void test_slow_reader_is_paused_and_others_proceed(void **state)
+{
+    (void)state;
+    slow_reader("8K", 8192, 3000);
+}
+
+/* With --max-pending above the socket's buffer, a reply buffer is still
+ * queued when the one before it is written: resuming there (rather than at
+ * half of --max-pending) would show in the log. */
+static void test_paused_reader_resumes_at_half_max_pending(void **state)
+{
+    (void)state;
+    slow_reader("1M", 1u << 20, 30000);
+}
+
+/* What a peer names (its client string, a method) reaches the log escaped: a
+ * newline in it cannot forge a log line. */
+static void test_peer_strings_cannot_forge_log_lines(void **state)
+{
+    struct daemon d;
+    struct reply r;
+    struct msg_hello h = {1, msg_str_c("evil\nFORGED-HELLO error: x"), false, 0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    int fd = try_connect(d.sock);
+    assert_true(fd >= 0);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &h);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    read_reply(fd, &r);
+    assert_string_equal(r.code, "");
+    send_empty_request(fd, 2, "m\nFORGED-METHOD \"\x1b[2J");
+    read_reply(fd, &r);
+    assert_string_equal(r.code, "NOMETHOD");
+    close(fd);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    check_daemon_stderr(&d, wait_exit(d.pid));
+    assert_false(file_contains(d.log, "\nFORGED"));
+    assert_false(file_contains(d.log, "\x1b"));
+    assert_true(file_contains(d.log, "hello from \"evil\\x0aFORGED-HELLO error: x\""));
+    assert_true(file_contains(d.log, "m\\x0aFORGED-METHOD \\x22\\x1b[2J"));
+    remove_tree(d.dir);
 }
 
 static void test_sigint_stops_cleanly(void **state)
@@ -893,6 +978,8 @@ int main(void)
         cmocka_unit_test_teardown(test_peer_of_another_uid_is_refused_with_PERM, kill_leftovers),
         cmocka_unit_test_teardown(test_allow_group_admits_its_members_only, kill_leftovers),
         cmocka_unit_test_teardown(test_slow_reader_is_paused_and_others_proceed, kill_leftovers),
+        cmocka_unit_test_teardown(test_paused_reader_resumes_at_half_max_pending, kill_leftovers),
+        cmocka_unit_test_teardown(test_peer_strings_cannot_forge_log_lines, kill_leftovers),
         cmocka_unit_test_teardown(test_sigint_stops_cleanly, kill_leftovers),
         cmocka_unit_test_teardown(test_stale_socket_is_replaced, kill_leftovers),
         cmocka_unit_test_teardown(test_live_socket_and_regular_file_refuse_start, kill_leftovers),

@@ -1,0 +1,768 @@
+/*
+ * test_limits.c - what hostile or careless peers cannot do to emad's
+ * resources: unread replies are bounded per connection and in all, and so
+ * are requests sent in part (measured as emad's resident memory), a stop
+ * answers what it received and cannot be held by a peer that does not
+ * read, and the open-file limit fits --max-connections (every refused peer
+ * hears LIMIT and is counted in the log, none is dropped silently).
+ *
+ * emad runs under the shared harness (harness.h), as in test_daemon.c.
+ */
+#include "harness.h"
+
+#include "emaclient.h"
+#include "msg.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+#define KIB 1024L
+#define MIB (1024L * 1024L)
+
+/* ---- helpers ---- */
+
+/* A raw connection that has said hello. */
+static int raw_hello(const char *sock)
+{
+    struct msg_hello h = {1, msg_str_c("test_limits"), false, 0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    struct reply r;
+    int fd = try_connect(sock);
+
+    assert_true(fd >= 0);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &h);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    read_reply(fd, &r);
+    assert_false(r.eof);
+    assert_string_equal(r.code, "");
+    return fd;
+}
+
+/* count requests of method (empty params), msgids from 100 on. */
+static void pack_requests(msgpack_sbuffer *sb, const char *method, uint32_t count)
+{
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    for (uint32_t i = 0; i < count; i++) {
+        wire_pack_request_head(&pk, 100 + i, method);
+        msgpack_pack_map(&pk, 0);
+    }
+}
+
+/* Lines of the file at path that contain needle. */
+static int count_lines(const char *path, const char *needle)
+{
+    char line[1024];
+    int n = 0;
+    FILE *fp = fopen(path, "r");
+
+    if (fp == NULL)
+        return 0;
+    while (fgets(line, sizeof(line), fp) != NULL)
+        if (strstr(line, needle) != NULL)
+            n++;
+    fclose(fp);
+    return n;
+}
+
+/* emad's resident memory, in bytes. */
+static long rss_bytes(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+
+    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL)
+        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+            break;
+    fclose(fp);
+    assert_true(kib > 0);
+    return kib * KIB;
+}
+
+/* Pipeline the requests in reqs on every fd without reading a reply, until
+ * emad has stopped reading each of them ("reading paused" logged n times). */
+static void flood_until_paused(const struct daemon *d, const int *fds, int n,
+                               const msgpack_sbuffer *reqs)
+{
+    size_t sent[64] = {0};
+
+    assert_true(n <= 64);
+    for (int i = 0; i < n; i++)
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    for (int round = 0;; round++) {
+        for (int i = 0; i < n; i++) {
+            ssize_t w = send(fds[i], reqs->data + sent[i], reqs->size - sent[i], MSG_NOSIGNAL);
+            if (w > 0)
+                sent[i] += (size_t)w;
+            /* Every byte taken and still not paused: the test sends too little. */
+            assert_true(sent[i] < reqs->size);
+        }
+        if (round % 20 == 19 && count_lines(d->log, "reading paused") >= n)
+            break;
+        assert_true(round < 6 * WAIT_MS);
+        sleep_ms(1);
+    }
+}
+
+/* ASan keeps freed memory in quarantine (256 MiB by default) on purpose:
+ * its RSS would measure that, not emad. Other builds ignore the variable. */
+static char asan_env[512];
+static char *const *rss_env(void)
+{
+    static char *envs[2];
+    const char *old = getenv("ASAN_OPTIONS");
+
+    snprintf(asan_env, sizeof(asan_env), "ASAN_OPTIONS=%s%squarantine_size_mb=1",
+             old ? old : "", old && old[0] ? ":" : "");
+    envs[0] = asan_env;
+    envs[1] = NULL;
+    return envs;
+}
+
+/* ---- unread replies ---- */
+
+/*
+ * Peers pipeline tiny requests without reading: what emad allocates for
+ * their replies is what --max-pending bounds (it once counted the payload
+ * only, and queued each reply in its own 8 KiB buffer: 1.6 GB for one peer
+ * at the default 16M). Bound: twice --max-pending per connection (a buffer
+ * doubles as it grows), plus its read buffer, plus slack for the allocator.
+ */
+static void test_unread_replies_memory_is_bounded_per_connection(void **state)
+{
+    struct daemon d;
+    msgpack_sbuffer reqs;
+    enum { NCONN = 16 };
+    const long max_pending = 64 * KIB;
+    int fds[NCONN];
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, (const char *const[]){"--max-pending", "64K", NULL}, rss_env());
+    for (int i = 0; i < NCONN; i++)
+        fds[i] = raw_hello(d.sock);
+    long before = rss_bytes(d.pid);
+    /* Unknown methods: the smallest replies (NOMETHOD), the most of them. */
+    pack_requests(&reqs, "x", 400000);
+    flood_until_paused(&d, fds, NCONN, &reqs);
+    long grown = rss_bytes(d.pid) - before;
+    long bound = NCONN * (2 * max_pending + 256 * KIB) + 24 * MIB;
+    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
+                  grown / KIB, NCONN, bound / KIB);
+    assert_true(grown < bound);
+    msgpack_sbuffer_destroy(&reqs);
+    for (int i = 0; i < NCONN; i++)
+        close(fds[i]);
+    daemon_stop_unlinked(&d);
+}
+
+/*
+ * Many peers, each under its own --max-pending (the default 16M), together
+ * reach --max-pending-total: the heaviest stop being read, and emad's memory
+ * stays near the total; a peer that reads is still served.
+ */
+static void test_unread_replies_memory_is_bounded_across_connections(void **state)
+{
+    struct daemon d;
+    msgpack_sbuffer reqs;
+    enum { NCONN = 32 };
+    const long total = 1 * MIB;
+    int fds[NCONN];
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    emac_client *c = NULL;
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, (const char *const[]){"--max-pending-total", "1M", NULL}, rss_env());
+    for (int i = 0; i < NCONN; i++)
+        fds[i] = raw_hello(d.sock);
+    long before = rss_bytes(d.pid);
+    pack_requests(&reqs, "status", 200000);
+    flood_until_paused(&d, fds, NCONN, &reqs);
+    long grown = rss_bytes(d.pid) - before;
+    long bound = 2 * total + NCONN * 256 * KIB + 24 * MIB;
+    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
+                  grown / KIB, NCONN, bound / KIB);
+    assert_true(grown < bound);
+    assert_true(file_contains(d.log, "reading paused (--max-pending-total)"));
+    /* A peer that reads its replies holds none: it is served. */
+    assert_int_equal(emac_connect(d.sock, "reader", &c, &err), 0);
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    emac_status_free(st);
+    emac_disconnect(c);
+    msgpack_sbuffer_destroy(&reqs);
+    for (int i = 0; i < NCONN; i++)
+        close(fds[i]);
+    daemon_stop_unlinked(&d);
+}
+
+/* ---- stopping ---- */
+
+#define NT 4096
+static emac_segment *seg_left; /* destroyed by the teardown, even after a failure */
+
+static int teardown(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
+
+static const struct emac_tensor_spec specs[] = {
+    {"w", "f32", NT, NULL, 0},
+};
+
+/*
+ * A trainer pipelines 8 numbered batch_end, then emad gets SIGTERM while
+ * the updates run (a worker chunk stalls): every update received before the
+ * stop is applied AND answered before the connection closes (it used to be
+ * applied and its reply dropped).
+ */
+static void test_stop_answers_the_requests_received_before_it(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_reconnect rc;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    emac_ticket tickets[8];
+    (void)state;
+
+    make_dir(&d);
+    /* Register takes two chunks; the first update's stalls. */
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=3000", "EMAD_TEST_STALL_AFTER=2",
+                                           NULL});
+    emac_client *c = client_connect(&d, "test_limits");
+    emac_reconnect_defaults(&rc);
+    rc.enabled = false;
+    assert_int_equal(emac_set_reconnect(c, &rc, &err), 0);
+    assert_int_equal(emac_segment_create(specs, 1, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "stopping", seg_left, NULL, false, &s, &err), 0);
+    for (int i = 0; i < 8; i++) {
+        struct emac_time t = {(uint64_t)i + 1, 0, false, 0};
+        assert_int_equal(emac_event_send(s, "batch_end", &t, &tickets[i], &err), 0);
+    }
+    /* Status is answered at once, after emad has read the 8 events before it. */
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    emac_status_free(st);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    for (int i = 0; i < 8; i++) {
+        struct emac_result r;
+        if (emac_event_wait(s, tickets[i], &r, &err) < 0)
+            fail_msg("batch_end %d: %s: %s", i + 1, err.code, err.message);
+        assert_int_equal(r.updates, i + 1);
+    }
+    check_daemon_stderr(&d, wait_exit(d.pid));
+    assert_true(file_contains(d.log, "stopped"));
+    emac_session_free(s);
+    emac_disconnect(c);
+    remove_tree(d.dir);
+}
+
+/*
+ * A peer that pipelines requests and never reads cannot hold the stop: its
+ * connection is closed SERVER_FLUSH_TIMEOUT_MS (5 s) after the work ended,
+ * with a log line, and emad exits 0.
+ */
+static void test_stop_does_not_wait_for_a_peer_that_does_not_read(void **state)
+{
+    struct daemon d;
+    msgpack_sbuffer reqs;
+    int fd;
+    (void)state;
+
+    daemon_start(&d, (const char *const[]){"--max-pending", "64K", NULL});
+    fd = raw_hello(d.sock);
+    pack_requests(&reqs, "status", 100000);
+    flood_until_paused(&d, &fd, 1, &reqs);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    check_daemon_stderr(&d, wait_exit(d.pid));
+    assert_true(file_contains(d.log, "did not read"));
+    msgpack_sbuffer_destroy(&reqs);
+    close(fd);
+    remove_tree(d.dir);
+}
+
+/* ---- requests not yet complete ---- */
+
+/* A request of method "status" whose params are a bin of size zero bytes
+ * (emad answers it with an error, once it is complete); *len: its length. */
+static char *big_request(uint32_t msgid, size_t size, size_t *len)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char *buf;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, msgid, "status");
+    msgpack_pack_bin(&pk, size);
+    *len = sb.size + size;
+    buf = calloc(1, *len);
+    assert_non_null(buf);
+    memcpy(buf, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    return buf;
+}
+
+/* Send buf[*sent, end) on fd as far as the socket takes it without
+ * waiting. false: emad closed the connection. */
+static bool send_some(int fd, const char *buf, size_t end, size_t *sent)
+{
+    while (*sent < end) {
+        ssize_t w = send(fd, buf + *sent, end - *sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return true;
+        if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            return false;
+        assert_true(w > 0);
+        *sent += (size_t)w;
+    }
+    return true;
+}
+
+/* Bytes sent on fd that emad has not read yet. */
+static int unread_by_emad(int fd)
+{
+    int n = -1;
+
+    assert_int_equal(ioctl(fd, SIOCOUTQ, &n), 0);
+    return n;
+}
+
+/* Wait until emad has read everything sent on fd. */
+static void wait_read_by_emad(int fd)
+{
+    for (int i = 0; unread_by_emad(fd) > 0; i++) {
+        assert_true(i < WAIT_MS);
+        sleep_ms(1);
+    }
+}
+
+#define INPUT_BLOCKED "needs more than --max-input-total"
+
+/* From emad's log: how many connections are stopped for --max-input-total
+ * now (*blocked), and how many were closed for it (*closed). */
+static void input_states(const char *log, int *blocked, int *closed)
+{
+    enum { MAXID = 512 };
+    char state[MAXID] = {0}, line[1024];
+    FILE *fp = fopen(log, "r");
+
+    *blocked = *closed = 0;
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        const char *p = strstr(line, "connection ");
+        unsigned long id = p ? strtoul(p + 11, NULL, 10) : 0;
+        if (id == 0 || id >= MAXID)
+            continue;
+        if (strstr(line, INPUT_BLOCKED))
+            state[id] = 'b';
+        else if (strstr(line, "fits --max-input-total"))
+            state[id] = 'r';
+        else if (strstr(line, "closed with LIMIT"))
+            state[id] = 'c';
+    }
+    fclose(fp);
+    for (int i = 0; i < MAXID; i++) {
+        *blocked += state[i] == 'b';
+        *closed += state[i] == 'c';
+    }
+}
+
+/*
+ * Many peers each send most of a large request and never finish it: emad
+ * once buffered every one of them (up to --max-message each, so 1,024
+ * peers could make it hold 16 GB). --max-input-total bounds them together:
+ * emad stops reading the peers whose requests need more, and its memory
+ * stays near the bound; a trainer on another connection is still served.
+ * Bound: --max-input-total, plus the SERVER_INPUT_FREE (128 KiB) every
+ * connection may hold, times 4 for the shadow memory of the sanitizer
+ * builds, plus slack for the allocator.
+ */
+static void test_partial_requests_memory_is_bounded_across_connections(void **state)
+{
+    struct daemon d;
+    enum { NCONN = 64 };
+    const long total = 8 * MIB;
+    int fds[NCONN];
+    size_t sent[NCONN] = {0}, len;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    emac_session *s = NULL;
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, (const char *const[]){"--max-message", "4M", "--max-input-total", "8M",
+                                               NULL},
+                     rss_env());
+    for (int i = 0; i < NCONN; i++) {
+        fds[i] = raw_hello(d.sock);
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    }
+    long before = rss_bytes(d.pid);
+    /* 3.5 MiB of a request, short of its last KiB. */
+    char *req = big_request(7, 3584 * KIB, &len);
+    size_t part = len - KIB;
+    int closed = 0, blocked = 0, gone = 0;
+    for (int round = 0;; round++) {
+        int read_all = 0;
+        gone = 0;
+        for (int i = 0; i < NCONN; i++) {
+            if (fds[i] < 0 || !send_some(fds[i], req, part, &sent[i])) {
+                /* Closed by emad: it said why first. */
+                if (fds[i] >= 0) {
+                    struct reply r;
+                    read_reply(fds[i], &r);
+                    assert_false(r.eof);
+                    assert_string_equal(r.code, "LIMIT");
+                    close(fds[i]);
+                    fds[i] = -1;
+                }
+                gone++;
+            } else if (sent[i] == part && unread_by_emad(fds[i]) == 0) {
+                read_all++;
+            }
+        }
+        /* Each peer is read in full, stopped, or closed for its request. */
+        if (round % 20 == 19) {
+            input_states(d.log, &blocked, &closed);
+            if (read_all + blocked + closed >= NCONN)
+                break;
+        }
+        assert_true(round < 6 * WAIT_MS);
+        sleep_ms(1);
+    }
+    long grown = rss_bytes(d.pid) - before;
+    long bound = 4 * (total + NCONN * 128 * KIB) + 24 * MIB;
+    print_message("emad grew by %ld KiB with %d peers sending requests they do not finish "
+                  "(bound %ld KiB); %d stopped, %d closed\n",
+                  grown / KIB, NCONN, bound / KIB, blocked, closed);
+    assert_true(gone <= closed);
+    assert_true(grown < bound);
+    /* A trainer sends small requests: it is served all the same. */
+    emac_client *c = client_connect(&d, "trainer");
+    assert_int_equal(emac_segment_create(specs, 1, &seg_left, &err), 0);
+    assert_int_equal(emac_register(c, "beside", seg_left, NULL, false, &s, &err), 0);
+    for (uint64_t b = 1; b <= 5; b++)
+        assert_int_equal(event_at(s, "batch_end", b).updates, b);
+    assert_int_equal(emac_status(c, NULL, &st, &err), 0);
+    emac_status_free(st);
+    emac_session_free(s);
+    emac_disconnect(c);
+    free(req);
+    for (int i = 0; i < NCONN; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    daemon_stop_unlinked(&d);
+}
+
+/*
+ * Two peers send large requests that do not both fit --max-input-total:
+ * with half of each read, each needs more than the bound leaves, and
+ * neither can finish. emad closes the one holding the most (the newest,
+ * among equals) with LIMIT and says so in the log; the other completes and
+ * is answered (it once held both, and answered both).
+ */
+static void test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT(void **state)
+{
+    struct daemon d;
+    struct reply r;
+    char needle[128];
+    size_t len, sent_a = 0, sent_b = 0;
+    int a, b;
+    (void)state;
+
+    daemon_start(&d, (const char *const[]){"--max-message", "4M", "--max-input-total", "5M",
+                                           NULL});
+    a = raw_hello(d.sock);
+    b = raw_hello(d.sock);
+    char *req = big_request(7, 3584 * KIB, &len);
+    size_t half = 1900 * KIB;
+    /* Each holds a buffer of 2 MiB (4 MiB of the bound). */
+    send_bytes(a, req, half);
+    wait_read_by_emad(a);
+    send_bytes(b, req, half);
+    wait_read_by_emad(b);
+    sent_a = sent_b = half;
+    /* To finish, each needs 4 MiB: the other's 2 MiB leave 3. */
+    send_some(a, req, len, &sent_a);
+    for (int i = 0; count_lines(d.log, INPUT_BLOCKED) < 1; i++) {
+        assert_true(i < WAIT_MS);
+        sleep_ms(1);
+    }
+    send_some(b, req, len, &sent_b);
+    read_reply(b, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.kind, WIRE_NOTIFY);
+    assert_string_equal(r.code, "LIMIT");
+    assert_non_null(strstr(r.message, "--max-input-total"));
+    snprintf(needle, sizeof(needle), "(pid %ld, uid %ld): closed with LIMIT: its request holds",
+             (long)getpid(), (long)getuid());
+    assert_true(file_contains(d.log, needle));
+    /* a goes on, and is answered. */
+    for (int i = 0; sent_a < len; i++) {
+        struct pollfd p = {a, POLLOUT, 0};
+        assert_true(i < WAIT_MS);
+        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+        send_some(a, req, len, &sent_a);
+    }
+    read_reply(a, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.kind, WIRE_RESPONSE);
+    assert_int_equal(r.msgid, 7);
+    free(req);
+    close(a);
+    close(b);
+    daemon_stop_unlinked(&d);
+}
+
+/* ---- the open-file limit ---- */
+
+/* Start emad as daemon_start_env() does, with ulimit_cmd (a bash command:
+ * ulimit, redirections) run before it. */
+static void start_with_ulimit(struct daemon *d, const char *ulimit_cmd, const char *const extra[])
+{
+    char script[256], err_path[160];
+    const char *argv[32];
+    size_t n = 0;
+
+    snprintf(script, sizeof(script), "%s && exec \"$@\"", ulimit_cmd);
+    argv[n++] = "bash";
+    argv[n++] = "-c";
+    argv[n++] = script;
+    argv[n++] = "bash";
+    argv[n++] = emad_bin();
+    argv[n++] = "--socket";
+    argv[n++] = d->sock;
+    argv[n++] = "--state-dir";
+    argv[n++] = d->state;
+    argv[n++] = "--log-file";
+    argv[n++] = d->log;
+    argv[n++] = "--log-level";
+    argv[n++] = "debug";
+    for (size_t i = 0; extra && extra[i] && n < 31; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    snprintf(err_path, sizeof(err_path), "%s/emad.stderr", d->dir);
+    int err_fd = open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    assert_true(err_fd >= 0);
+    d->pid = spawn((char *const *)argv, NULL, -1, err_fd);
+    close(err_fd);
+    assert_true(wait_listening(d->pid, d->sock));
+}
+
+/* The soft open-file limit of pid, from /proc/PID/limits. */
+static long soft_nofile(pid_t pid)
+{
+    char path[64], line[256];
+    long soft = -1;
+
+    snprintf(path, sizeof(path), "/proc/%ld/limits", (long)pid);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL)
+        if (sscanf(line, "Max open files %ld", &soft) == 1)
+            break;
+    fclose(fp);
+    return soft;
+}
+
+/* Connect and say hello: 1 if served, 0 if refused with LIMIT; fails the
+ * test on anything else (a connection dropped without a word). */
+static int hello_or_limit(const char *sock, int *fd_out)
+{
+    struct reply r;
+    int fd = try_connect(sock);
+
+    assert_true(fd >= 0);
+    struct msg_hello h = {1, msg_str_c("test_limits"), false, 0};
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &h);
+    /* A refused peer may be closed before its hello arrives. */
+    (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL);
+    msgpack_sbuffer_destroy(&sb);
+    read_reply(fd, &r);
+    if (r.eof)
+        fail_msg("connection closed without a reply or a LIMIT notification");
+    if (r.kind == WIRE_NOTIFY) {
+        assert_string_equal(r.code, "LIMIT");
+        close(fd);
+        *fd_out = -1;
+        return 0;
+    }
+    assert_string_equal(r.code, "");
+    *fd_out = fd;
+    return 1;
+}
+
+/* systemd starts services with a soft limit of 1024 open files, below the
+ * default --max-connections: emad raises its soft limit to fit. */
+static void test_soft_fd_limit_is_raised_to_fit_max_connections(void **state)
+{
+    struct daemon d;
+    enum { NCONN = 200 };
+    int fds[NCONN];
+    (void)state;
+
+    make_dir(&d);
+    start_with_ulimit(&d, "ulimit -Sn 64",
+                      (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
+    /* 200 connections and 64 + 2 per worker for files. */
+    assert_true(soft_nofile(d.pid) >= 200 + 68);
+    for (int i = 0; i < NCONN; i++)
+        assert_int_equal(hello_or_limit(d.sock, &fds[i]), 1);
+    assert_true(file_contains(d.log, "open-file limit raised from 64"));
+    for (int i = 0; i < NCONN; i++)
+        close(fds[i]);
+    daemon_stop_unlinked(&d);
+}
+
+/* A hard limit too low for --max-connections: emad lowers it (and says so),
+ * and every peer over it hears LIMIT; none is dropped without a word. */
+static void test_hard_fd_limit_lowers_max_connections_and_peers_hear_LIMIT(void **state)
+{
+    struct daemon d;
+    enum { NCONN = 150 };
+    int fds[NCONN], served = 0, refused = 0;
+    (void)state;
+
+    make_dir(&d);
+    start_with_ulimit(&d, "ulimit -n 128",
+                      (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
+    for (int i = 0; i < NCONN; i++) {
+        if (hello_or_limit(d.sock, &fds[i]))
+            served++;
+        else
+            refused++;
+    }
+    /* 128 - (64 + 2 per worker) */
+    assert_int_equal(served, 60);
+    assert_int_equal(refused, NCONN - 60);
+    assert_true(file_contains(d.log, "serving at most 60 connections"));
+    assert_true(file_contains(d.log, "refused connection from pid"));
+    for (int i = 0; i < NCONN; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    daemon_stop_unlinked(&d);
+}
+
+/* The peers the log says were refused for lack of descriptors, in all. */
+static long logged_fd_refusals(const char *log)
+{
+    char line[1024];
+    long n = 0, sum = 0;
+    FILE *fp = fopen(log, "r");
+
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL) {
+        const char *p = strstr(line, "refused ");
+        if (p != NULL && strstr(p, "connections with LIMIT: no file descriptor left") != NULL &&
+            sscanf(p, "refused %ld connections", &n) == 1)
+            sum += n;
+    }
+    fclose(fp);
+    return sum;
+}
+
+/* Descriptors run out below --max-connections (here: emad inherits 80 open
+ * files, more than its reserve): accept() fails with EMFILE. Each peer it
+ * cannot take hears LIMIT all the same, and the log says why; none is
+ * dropped without a word (libuv's way). */
+static void test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so(void **state)
+{
+    struct daemon d;
+    enum { NCONN = 100 };
+    int fds[NCONN], served = 0, refused = 0;
+    (void)state;
+
+    make_dir(&d);
+    start_with_ulimit(&d, "ulimit -n 128 && for i in $(seq 20 99); do eval \"exec $i</dev/null\"; "
+                          "done",
+                      (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
+    for (int i = 0; i < NCONN; i++) {
+        if (hello_or_limit(d.sock, &fds[i]))
+            served++;
+        else
+            refused++;
+    }
+    assert_true(served >= 1);
+    assert_true(served < 60);
+    assert_int_equal(served + refused, NCONN);
+    assert_true(file_contains(d.log, "no file descriptor left"));
+    /* The log says so at most every 10 s, with the count of the peers
+     * refused meanwhile; those of the last 10 s are counted all the same,
+     * though no refusal follows (they once were never logged). */
+    for (int i = 0; logged_fd_refusals(d.log) < refused; i++) {
+        assert_true(i < 3 * WAIT_MS / 10);
+        sleep_ms(10);
+    }
+    assert_int_equal(logged_fd_refusals(d.log), refused);
+    /* Once peers leave, new ones are served again. */
+    for (int i = 0; i < NCONN; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    int fd = -1;
+    for (int i = 0; i < 500 && fd < 0; i++) {
+        if (!hello_or_limit(d.sock, &fd))
+            sleep_ms(10);
+    }
+    assert_true(fd >= 0);
+    close(fd);
+    daemon_stop_unlinked(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_unread_replies_memory_is_bounded_per_connection,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_unread_replies_memory_is_bounded_across_connections,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it, teardown),
+        cmocka_unit_test_teardown(test_stop_does_not_wait_for_a_peer_that_does_not_read,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_partial_requests_memory_is_bounded_across_connections,
+                                  teardown),
+        cmocka_unit_test_teardown(test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_soft_fd_limit_is_raised_to_fit_max_connections,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_hard_fd_limit_lowers_max_connections_and_peers_hear_LIMIT,
+                                  kill_leftovers),
+        cmocka_unit_test_teardown(test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so,
+                                  kill_leftovers),
+    };
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
+}
