@@ -60,11 +60,31 @@ void log_close(struct log *lg)
     lg->fp = NULL;
 }
 
+/* Write msg with every C0 control and DEL as \xNN: whatever a caller let
+ * through from a peer (a tensor name in an error, a file's text), one
+ * message stays one line and cannot move the terminal's cursor. */
+static void put_line(FILE *fp, const char *msg)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    for (const unsigned char *p = (const unsigned char *)msg; *p != '\0'; p++) {
+        if (*p >= 0x20 && *p != 0x7f) {
+            putc_unlocked(*p, fp);
+            continue;
+        }
+        putc_unlocked('\\', fp);
+        putc_unlocked('x', fp);
+        putc_unlocked(hex[*p >> 4], fp);
+        putc_unlocked(hex[*p & 15], fp);
+    }
+}
+
 void log_msg(struct log *lg, enum log_level level, const char *fmt, ...)
 {
     struct timeval tv;
     struct tm tm;
     char stamp[32];
+    char buf[LOG_LINE_MAX];
     va_list ap;
 
     if (lg == NULL || lg->fp == NULL || level > lg->level)
@@ -72,14 +92,17 @@ void log_msg(struct log *lg, enum log_level level, const char *fmt, ...)
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-    /* One fprintf per part, but the stream is locked for the whole line so
-     * that lines from other threads never interleave. */
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n >= (int)sizeof(buf))
+        memcpy(buf + sizeof(buf) - 4, "...", 4);
+    /* The stream is locked for the whole line so that lines from other
+     * threads never interleave. */
     flockfile(lg->fp);
     fprintf(lg->fp, "%s.%03ldZ emad[%ld] %s: ", stamp, (long)tv.tv_usec / 1000, (long)getpid(),
             opts_log_level_name(level));
-    va_start(ap, fmt);
-    vfprintf(lg->fp, fmt, ap);
-    va_end(ap);
+    put_line(lg->fp, n < 0 ? "(unprintable message)" : buf);
     fputc('\n', lg->fp);
     fflush(lg->fp);
     funlockfile(lg->fp);

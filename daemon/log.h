@@ -20,6 +20,10 @@ int log_open(struct log *lg, const char *path, enum log_level level);
 /* Reopen the file after rotation; on failure keep writing to the old one. */
 int log_reopen(struct log *lg);
 void log_close(struct log *lg);
+/* A longer message is cut, ending in "...". */
+#define LOG_LINE_MAX 8192
+
+/* One line: control characters in the message are written as \xNN. */
 void log_msg(struct log *lg, enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -9,7 +9,10 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -80,6 +83,64 @@ static void test_log_escape_truncates_with_an_ellipsis_at_a_boundary(void **stat
     assert_string_equal(esc("", 0, small, sizeof(small)), "");
 }
 
+/* Read back what log_msg wrote to a temp file. */
+static char *logged(void (*write_fn)(struct log *lg))
+{
+    char path[] = "/tmp/emad-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    struct log lg;
+    static char text[4 * LOG_LINE_MAX];
+
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(log_open(&lg, path, LOG_LVL_DEBUG), 0);
+    write_fn(&lg);
+    log_close(&lg);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    size_t n = fread(text, 1, sizeof(text) - 1, fp);
+    text[n] = '\0';
+    fclose(fp);
+    unlink(path);
+    return text;
+}
+
+static void write_forged(struct log *lg)
+{
+    /* A caller that forgot log_escape: a peer's tensor name in an error. */
+    log_warn(lg, "load failed: tensor \"%s\" differs", "w\n2026-01-01T00:00:00Z emad[1] error: x\x1b");
+}
+
+static void test_log_msg_keeps_a_message_on_one_line(void **state)
+{
+    (void)state;
+    const char *t = logged(write_forged);
+
+    assert_non_null(strstr(t, "tensor \"w\\x0a2026-01-01T00:00:00Z emad[1] error: x\\x1b\" differs"));
+    assert_ptr_equal(strchr(t, '\n'), t + strlen(t) - 1);
+}
+
+static void write_long(struct log *lg)
+{
+    char *big = malloc(2 * LOG_LINE_MAX);
+    assert_non_null(big);
+    memset(big, 'a', 2 * LOG_LINE_MAX - 1);
+    big[2 * LOG_LINE_MAX - 1] = '\0';
+    log_info(lg, "%s", big);
+    free(big);
+}
+
+static void test_log_msg_cuts_a_long_message_with_an_ellipsis(void **state)
+{
+    (void)state;
+    const char *t = logged(write_long);
+    size_t len = strlen(t);
+
+    assert_true(len < LOG_LINE_MAX + 128);
+    assert_memory_equal(t + len - 4, "...\n", 4);
+    assert_ptr_equal(strchr(t, '\n'), t + len - 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -87,6 +148,8 @@ int main(void)
         cmocka_unit_test(test_log_escape_turns_newlines_and_controls_into_hex),
         cmocka_unit_test(test_log_escape_hexes_malformed_utf8_and_c1_controls),
         cmocka_unit_test(test_log_escape_truncates_with_an_ellipsis_at_a_boundary),
+        cmocka_unit_test(test_log_msg_keeps_a_message_on_one_line),
+        cmocka_unit_test(test_log_msg_cuts_a_long_message_with_an_ellipsis),
     };
     return cmocka_run_group_tests_name("log", tests, NULL, NULL);
 }
