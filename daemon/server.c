@@ -26,6 +26,9 @@
 #define ACCEPT_RETRY_MS 100
 /* Peers refused for lack of descriptors are logged at most this often. */
 #define FD_LOG_INTERVAL_MS 10000
+/* While requests wait for --max-input-total, a connection holding part of it
+ * whose peer sent nothing for this long is taken as never finishing. */
+#define INPUT_STALL_MS 5000
 
 static void conn_process(struct conn *c);
 static void conn_flush(struct conn *c);
@@ -192,22 +195,26 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 #define CONN_WHO "connection %llu (pid %ld, uid %ld)"
 #define CONN_WHO_ARGS(c) (unsigned long long)(c)->id, (long)(c)->pid, (long)(c)->uid
 
-/* No connection holding part of --max-input-total can go on (each needs
- * more than it leaves), and none will give any back by itself: close the
- * one holding the most, with LIMIT, so that the others can complete. */
+/* Requests wait for --max-input-total, and no connection holding part of
+ * it goes on (each needs more than it leaves, or its peer stopped sending):
+ * none will give any back by itself. Close the one holding the most, with
+ * LIMIT, so that the others can complete. */
 static void input_refuse(struct conn *c)
 {
     const struct server *srv = c->srv;
     size_t pending = wire_decoder_pending(&c->dec);
-    char text[256];
+    char text[256], why[64];
     msgpack_packer pk;
 
+    if (c->in_blocked)
+        snprintf(why, sizeof(why), "it needs more");
+    else
+        snprintf(why, sizeof(why), "its peer sent nothing for %d s", INPUT_STALL_MS / 1000);
     log_warn(conn_log(c),
              CONN_WHO ": closed with LIMIT: its request holds %zu bytes so far (%zu allocated) "
-             "and no connection can receive more within --max-input-total %zu (%zu held by "
-             "all); raise --max-input-total, or stop the peers that leave large requests "
-             "unfinished",
-             CONN_WHO_ARGS(c), pending, c->dec.cap, srv->ctx->opts->max_input_total,
+             "and %s, while requests wait for --max-input-total %zu (%zu held by all); raise "
+             "--max-input-total, or stop the peers that leave large requests unfinished",
+             CONN_WHO_ARGS(c), pending, c->dec.cap, why, srv->ctx->opts->max_input_total,
              srv->in_total);
     snprintf(text, sizeof(text),
              "emad holds too many requests not yet received in full (--max-input-total): this "
@@ -228,19 +235,40 @@ static void input_refuse(struct conn *c)
     conn_close(c, NULL);
 }
 
-/* c was refused more room: unless another connection holding part of
- * --max-input-total may still complete a request and give it back, no one
- * ever will (a deadlock of the peers that send large requests). */
+static void input_check_stuck(struct server *srv);
+
+static void on_input_stall_timer(uv_timer_t *t)
+{
+    input_check_stuck(t->data);
+}
+
+/* Connections wait for --max-input-total: unless another connection holding
+ * part of it may still complete a request and give it back, no one ever
+ * will (the peers that send large requests would be deadlocked, or held by
+ * one that stopped sending). One that read within INPUT_STALL_MS may: look
+ * again when that time is up. */
 static void input_check_stuck(struct server *srv)
 {
+    uint64_t now = uv_now(srv->ctx->loop), wake = UINT64_MAX;
     struct conn *largest = NULL;
+    bool waiting = false;
 
+    uv_timer_stop(&srv->in_stall_timer);
     if (srv->stopping)
         return;
     for (struct conn *c = srv->conns; c != NULL; c = c->next) {
-        if (!c->in_blocked || c->closing) {
+        if (c->closing) {
             if (c->in_held > 0)
-                return;
+                return; /* it gives its part back, and this runs again */
+            continue;
+        }
+        if (c->in_blocked) {
+            waiting = true;
+        } else if (c->in_held == 0) {
+            continue;
+        } else if (now - c->in_read_ms < INPUT_STALL_MS) {
+            if (c->in_read_ms + INPUT_STALL_MS < wake)
+                wake = c->in_read_ms + INPUT_STALL_MS;
             continue;
         }
         /* Among equals the newest: the others have waited longer. */
@@ -248,8 +276,13 @@ static void input_check_stuck(struct server *srv)
             (c->dec.cap == largest->dec.cap && c->id > largest->id))
             largest = c;
     }
-    if (largest != NULL)
-        input_refuse(largest);
+    if (!waiting || largest == NULL)
+        return;
+    if (wake != UINT64_MAX) {
+        uv_timer_start(&srv->in_stall_timer, on_input_stall_timer, wake - now, 0);
+        return;
+    }
+    input_refuse(largest);
 }
 
 static void input_block(struct conn *c)
@@ -263,15 +296,22 @@ static void input_block(struct conn *c)
 }
 
 /* Part of --max-input-total was given back: the connections refused room
- * that now fits are read again. */
+ * that now fits are read again; if some still wait, see whether they can. */
 static void input_released(struct server *srv)
 {
+    bool waiting = false;
+
     if (srv->stopping)
         return;
     for (struct conn *c = srv->conns; c != NULL; c = c->next) {
-        if (!c->in_blocked || c->closing || !input_may_grow(c, READ_CHUNK))
+        if (!c->in_blocked || c->closing)
             continue;
+        if (!input_may_grow(c, READ_CHUNK)) {
+            waiting = true;
+            continue;
+        }
         c->in_blocked = false;
+        c->in_read_ms = uv_now(srv->ctx->loop);
         log_debug(conn_log(c),
                   "connection %llu: a request of %zu bytes so far fits --max-input-total "
                   "(%zu held by all connections); reading resumed",
@@ -279,6 +319,8 @@ static void input_released(struct server *srv)
         if (!c->paused)
             uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     }
+    if (waiting)
+        input_check_stuck(srv);
 }
 
 /* Every request received was taken out: a buffer grown for a large one is
@@ -312,6 +354,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         conn_close(c, uv_strerror((int)n));
         return;
     }
+    if (n > 0)
+        c->in_read_ms = uv_now(c->srv->ctx->loop);
     wire_decoder_commit(&c->dec, (size_t)n);
     conn_process(c);
     input_settle(c);
@@ -374,6 +418,7 @@ static void conn_maybe_resume(struct conn *c)
     if (c->queued > 0 && c->srv->queued_total > o->max_pending_total / 2)
         return;
     c->paused = false;
+    c->in_read_ms = uv_now(c->srv->ctx->loop);
     log_debug(conn_log(c),
               "connection %llu: %zu reply bytes queued (%zu for all connections); reading "
               "resumed",
@@ -783,6 +828,8 @@ int server_start(struct server *srv, struct emad *ctx, const struct listen_socke
     srv->accept_timer.data = srv;
     uv_timer_init(ctx->loop, &srv->fd_log_timer);
     srv->fd_log_timer.data = srv;
+    uv_timer_init(ctx->loop, &srv->in_stall_timer);
+    srv->in_stall_timer.data = srv;
     if ((rc = uv_poll_init(ctx->loop, &srv->listener, ls->fd)) < 0)
         goto err_timer;
     srv->listener.data = srv;
@@ -796,6 +843,7 @@ err_poll:
 err_timer:
     uv_close((uv_handle_t *)&srv->accept_timer, NULL);
     uv_close((uv_handle_t *)&srv->fd_log_timer, NULL);
+    uv_close((uv_handle_t *)&srv->in_stall_timer, NULL);
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
     return rc;
@@ -808,11 +856,18 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_stopped(srv);
 }
 
+static void on_fd_log_timer_closed(uv_handle_t *h)
+{
+    struct server *srv = h->data;
+
+    uv_close((uv_handle_t *)&srv->in_stall_timer, on_listener_closed);
+}
+
 static void on_accept_timer_closed(uv_handle_t *h)
 {
     struct server *srv = h->data;
 
-    uv_close((uv_handle_t *)&srv->fd_log_timer, on_listener_closed);
+    uv_close((uv_handle_t *)&srv->fd_log_timer, on_fd_log_timer_closed);
 }
 
 static void on_poll_closed(uv_handle_t *h)
@@ -838,6 +893,7 @@ void server_quiesce(struct server *srv)
     listen_socket_unlink(&srv->ls);
     uv_timer_stop(&srv->accept_timer);
     fd_log_flush(srv); /* every refused peer is counted in the log */
+    uv_timer_stop(&srv->in_stall_timer);
     uv_close((uv_handle_t *)&srv->listener, on_poll_closed);
     for (struct conn *c = srv->conns; c != NULL; c = c->next)
         if (!c->closing)

@@ -55,6 +55,7 @@ struct conn {
                                  all of it once larger than SERVER_INPUT_FREE, else 0 */
     bool in_blocked;          /* reading stopped: the request needs more than
                                  --max-input-total leaves */
+    uint64_t in_read_ms;      /* when bytes were last read (uv_now) */
     char client[64];          /* name given in hello */
 };
 
@@ -64,6 +65,7 @@ struct server {
     uv_timer_t accept_timer;  /* accepting again after running out of descriptors */
     uv_timer_t flush_timer;   /* bounds the wait for peers to read at a stop */
     uv_timer_t fd_log_timer;  /* logs the peers refused since the last such line */
+    uv_timer_t in_stall_timer; /* looks again at the requests waiting for --max-input-total */
     int fd_err;               /* why they were refused: EMFILE or ENFILE */
     int spare_fd;             /* held to accept (and refuse) a peer when descriptors run out */
     uint64_t fd_refused;      /* peers refused for lack of descriptors, not yet logged */
