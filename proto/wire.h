@@ -77,6 +77,10 @@ struct wire_decoder {
 
 /* Decoder */
 int wire_decoder_init(struct wire_decoder *d, size_t max_message, unsigned max_depth);
+/* Release the buffer and any decoded message. The decoder is then empty
+ * and may be used again as it is (a server gives back the buffer a large
+ * request grew, between requests); its limits and any skip of an oversized
+ * message in progress are kept. */
 void wire_decoder_free(struct wire_decoder *d);
 /* Append received bytes. -ENOMEM, or -EMSGSIZE if the buffer would exceed its
  * bound (only possible when the caller ignored a fault). */

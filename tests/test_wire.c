@@ -756,6 +756,39 @@ static void test_wire_notification_round_trips(void **state)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* A server frees the buffer a large request grew between requests, and
+ * goes on decoding with the same decoder. */
+static void test_wire_decoder_is_usable_again_after_free(void **state)
+{
+    struct wire_decoder d;
+    struct wire_msg m;
+    msgpack_sbuffer sb;
+    (void)state;
+
+    msgpack_sbuffer_init(&sb);
+    put_request(&sb, 1, "event", 1 << 20);
+    dec_init(&d, WIRE_DEFAULT_MAX_MESSAGE, WIRE_DEFAULT_MAX_DEPTH);
+    feed(&d, sb.data, sb.size);
+    expect_message(&d, &m);
+    assert_int_equal(m.msgid, 1);
+    assert_true(d.cap >= (size_t)1 << 20);
+    wire_decoder_free(&d);
+    assert_null(d.buf);
+    assert_int_equal(d.cap, 0);
+    assert_int_equal(wire_decoder_pending(&d), 0);
+
+    msgpack_sbuffer_clear(&sb);
+    put_request(&sb, 2, "status", 0);
+    feed(&d, sb.data, sb.size);
+    expect_message(&d, &m);
+    assert_int_equal(m.kind, WIRE_REQUEST);
+    assert_int_equal(m.msgid, 2);
+    assert_method(&m, "status");
+    assert_true(d.cap < (size_t)1 << 20);
+    wire_decoder_free(&d);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 static void test_wire_several_messages_in_one_feed_decode_in_order(void **state)
 {
     struct wire_decoder d;
@@ -1782,6 +1815,7 @@ int main(void)
         cmocka_unit_test(test_wire_response_error_round_trips),
         cmocka_unit_test(test_wire_notification_round_trips),
         cmocka_unit_test(test_wire_several_messages_in_one_feed_decode_in_order),
+        cmocka_unit_test(test_wire_decoder_is_usable_again_after_free),
         cmocka_unit_test(test_wire_message_split_across_feeds_with_the_next_one),
         cmocka_unit_test(test_wire_byte_at_a_time_yields_one_message_at_the_last_byte),
         cmocka_unit_test(test_wire_truncated_message_only_needs_more_at_every_length),
