@@ -67,9 +67,11 @@ class Daemon:
         self.proc = None
         self.shadows = set()  # shadow objects emad reported, from its logs
         self.pids = []        # every emad started, whose shadows are /emad-shadow-<pid>-*
+        self.before = set()   # /dev/shm names from before each start: a pid may be reused
         self.exit_codes = []
 
     def start(self):
+        self.before |= set(os.listdir("/dev/shm"))
         err = open(os.path.join(self.dir, "emad.stderr"), "ab")
         try:
             self.proc = subprocess.Popen(
@@ -115,7 +117,8 @@ class Daemon:
         # (daemon/shm.c): a killed emad's are found here, not only in the log.
         for pid in self.pids:
             prefix = "emad-shadow-%d-" % pid
-            self.shadows |= {"/" + n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+            self.shadows |= {"/" + n for n in os.listdir("/dev/shm")
+                             if n.startswith(prefix) and n not in self.before}
 
     def stop(self):
         """SIGTERM; returns emad's exit status."""
