@@ -323,6 +323,16 @@ void read_reply(int fd, struct reply *r)
 
 /* ---- libemaclient ---- */
 
+emac_segment *seg_left;
+
+int teardown_seg_left(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
+
 emac_client *client_connect(const struct daemon *d, const char *name)
 {
     struct emac_error err;

@@ -23,7 +23,8 @@
  *                   daemon_stop_unlinked
  *   raw protocol    try_connect, send_bytes, struct reply, read_reply_dec,
  *                   read_reply
- *   libemaclient    client_connect, event_at, daemon_kill
+ *   libemaclient    seg_left, teardown_seg_left, client_connect, event_at,
+ *                   daemon_kill
  */
 #ifndef EMAD_TESTS_INTEGRATION_HARNESS_H
 #define EMAD_TESTS_INTEGRATION_HARNESS_H
@@ -165,6 +166,13 @@ void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r);
 void read_reply(int fd, struct reply *r);
 
 /* ---- libemaclient ---- */
+
+/* A segment a test made: teardown_seg_left() destroys it, even after a
+ * failure left it behind. */
+extern emac_segment *seg_left;
+
+/* cmocka teardown: kill_leftovers(), then destroy seg_left. Returns 0. */
+int teardown_seg_left(void **state);
 
 /* Connect to d's emad as name; fails the test, with the library's words,
  * if it cannot. */

@@ -33,16 +33,6 @@
 #include <stdarg.h>
 #include <cmocka.h>
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 /* ---- the shim ---- */
 
 /* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
@@ -640,13 +630,16 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(
-            test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
+            test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file,
+            teardown_seg_left),
         cmocka_unit_test_teardown(
-            test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
-        cmocka_unit_test_teardown(test_save_syncs_its_directory_after_the_rename, teardown),
-        cmocka_unit_test_teardown(test_save_whose_directory_sync_fails_is_IO, teardown),
+            test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file,
+            teardown_seg_left),
+        cmocka_unit_test_teardown(test_save_syncs_its_directory_after_the_rename,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_save_whose_directory_sync_fails_is_IO, teardown_seg_left),
         cmocka_unit_test_teardown(test_sigkill_mid_save_keeps_the_previous_file_loadable,
-                                  teardown),
+                                  teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("durable", tests, NULL, NULL);

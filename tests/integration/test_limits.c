@@ -224,16 +224,6 @@ static void test_unread_replies_memory_is_bounded_across_connections(void **stat
 /* ---- stopping ---- */
 
 #define NT 4096
-static emac_segment *seg_left; /* destroyed by the teardown, even after a failure */
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", NT, NULL, 0},
 };
@@ -806,11 +796,12 @@ int main(void)
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_unread_replies_memory_is_bounded_across_connections,
                                   kill_leftovers),
-        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it, teardown),
+        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it,
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_stop_does_not_wait_for_a_peer_that_does_not_read,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_partial_requests_memory_is_bounded_across_connections,
-                                  teardown),
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_a_peer_that_stops_sending_cannot_hold_input_total,

@@ -29,16 +29,6 @@
 
 #define N 4096
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", N, NULL, 0},
     {"h", "f16", N, NULL, 0},
@@ -1110,23 +1100,28 @@ static void test_table_and_compact_reply_match_the_list(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact, teardown),
-        cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
-        cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
-        cmocka_unit_test_teardown(test_clean_restart_keeps_the_request_record, teardown),
-        cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown),
-        cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown),
+        cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown_seg_left),
+        cmocka_unit_test_teardown(test_clean_restart_keeps_the_request_record, teardown_seg_left),
+        cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown_seg_left),
+        cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown_seg_left),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice_by_default,
-                                  teardown),
-        cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training, teardown),
-        cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
-        cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
-        cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown),
-        cmocka_unit_test_teardown(test_reconnect_defaults_and_environment, teardown),
-        cmocka_unit_test_teardown(test_unclaimed_shadow_of_our_directory_is_removed, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown_seg_left),
+        cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown_seg_left),
+        cmocka_unit_test_teardown(test_reconnect_defaults_and_environment, teardown_seg_left),
+        cmocka_unit_test_teardown(test_unclaimed_shadow_of_our_directory_is_removed,
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_save_in_flight_fails_clearly_and_the_client_goes_on,
-                                  teardown),
-        cmocka_unit_test_teardown(test_load_is_journaled_before_its_reply, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_load_is_journaled_before_its_reply, teardown_seg_left),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,16 +30,6 @@
 
 #define N 5000
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", N, NULL, 0},
     {"b", "bf16", N, NULL, 0},
@@ -968,24 +958,27 @@ static void test_state_directory_is_locked(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(
-            test_clean_restart_keeps_sessions_detached_with_shadow_and_state, teardown),
+        cmocka_unit_test_teardown(test_clean_restart_keeps_sessions_detached_with_shadow_and_state,
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_sigkill_keeps_sessions_with_shadow_and_counters,
-                                  teardown),
-        cmocka_unit_test_teardown(test_sigkill_mid_update_is_reported, teardown),
-        cmocka_unit_test_teardown(
-            test_stop_that_cannot_write_keeps_the_session_for_the_next_start, teardown),
-        cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
-        cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
-        cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
-        cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file, teardown),
-        cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown),
-        cmocka_unit_test_teardown(test_close_and_drop_reply_after_the_shadow_is_gone, teardown),
-        cmocka_unit_test_teardown(test_resume_of_a_closing_session_is_refused, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_sigkill_mid_update_is_reported, teardown_seg_left),
+        cmocka_unit_test_teardown(test_stop_that_cannot_write_keeps_the_session_for_the_next_start,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown_seg_left),
+        cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown_seg_left),
+        cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown_seg_left),
+        cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown_seg_left),
+        cmocka_unit_test_teardown(test_close_and_drop_reply_after_the_shadow_is_gone,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_resume_of_a_closing_session_is_refused, teardown_seg_left),
         cmocka_unit_test_teardown(test_swap_states_hold_in_every_phase_and_after_a_kill,
-                                  teardown),
-        cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
-        cmocka_unit_test_teardown(test_state_directory_is_locked, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_state_directory_is_locked, teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("restart", tests, NULL, NULL);

@@ -27,16 +27,6 @@
 #define NOBODY 65534 /* Debian's nobody, whose primary group is nogroup (65534) */
 #define N 4096
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 /* A session of one f32 tensor named tensor, every element a function of step. */
 static emac_session *session_ok(emac_client *c, const char *name, const char *tensor,
                                 emac_segment **seg, float step)
@@ -328,8 +318,10 @@ static void test_world_writable_state_dir_is_refused_at_start(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_state_files_belong_to_the_uid_that_saved_them, teardown),
-        cmocka_unit_test_teardown(test_world_writable_state_dir_is_refused_at_start, teardown),
+        cmocka_unit_test_teardown(test_state_files_belong_to_the_uid_that_saved_them,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_world_writable_state_dir_is_refused_at_start,
+                                  teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("state_owner", tests, NULL, NULL);
