@@ -487,24 +487,8 @@ static void test_save_whose_directory_sync_fails_is_IO(void **state)
 /* A connection that has said hello, for a request whose reply never comes. */
 static int raw_connect(const char *sock, struct wire_decoder *dec)
 {
-    struct msg_hello h = {WIRE_PROTO_VERSION, msg_str_c("test_durable raw"), false, 0};
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    struct reply r;
-    int fd = try_connect(sock);
-
-    assert_true(fd >= 0);
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, 1, "hello");
-    msg_encode(&pk, &msg_hello_desc, &h);
-    send_bytes(fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
     wire_decoder_init(dec, 1u << 24, 8);
-    read_reply_dec(fd, dec, &r);
-    assert_false(r.eof);
-    assert_string_equal(r.code, "");
-    return fd;
+    return hello_connect(sock, "test_durable raw", dec);
 }
 
 static void raw_send_save(int fd, uint32_t msgid, const char *session, const char *name)
