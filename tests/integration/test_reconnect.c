@@ -807,16 +807,7 @@ static const float *raw_attach(struct raw *r, const struct daemon *d, const char
     char code[32], shadow[128];
 
     raw_open(r, d);
-    memset(&reg, 0, sizeof(reg));
-    reg.session = msg_str_c(session);
-    reg.shm = msg_str_c(emac_segment_name(seg));
-    for (size_t i = 0; i < 2; i++) {
-        const struct emac_tensor *et = emac_segment_tensor(seg, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
-    }
-    reg.tensors = t;
-    reg.ntensors = 2;
+    register_msg(&reg, t, 2, session, seg);
     reg.has_resume = true;
     reg.resume = true;
     raw_send(r, "register", &msg_register_desc, &reg);
@@ -863,6 +854,26 @@ static float *shadow_w(const float *map)
     return copy;
 }
 
+/* Start emad, register "numbered" (half-life 2ba, the params of step 0 in
+ * seg_left) and close it kept; then take it up again on the raw connection
+ * r. Returns raw_attach()'s mapping of its shadow (*len bytes). */
+static const float *start_numbered(struct daemon *d, struct raw *r, size_t *len)
+{
+    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
+    struct emac_error err;
+    emac_session *s = NULL;
+
+    daemon_start(d, NULL);
+    emac_client *c = client_connect(d, "test_reconnect");
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
+    assert_int_equal(emac_close(s, true, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    return raw_attach(r, d, "numbered", seg_left, len);
+}
+
 /*
  * A seq sent again is answered from the record, never applied twice, also
  * by an emad started after a SIGKILL; a swap sent again runs against the
@@ -872,25 +883,13 @@ static float *shadow_w(const float *map)
 static void test_seq_sent_again_is_answered_not_applied(void **state)
 {
     struct daemon d;
-    struct emac_error err;
     struct msg_action a;
     struct raw r;
     char code[32], action[16];
-    emac_session *s = NULL;
     size_t len;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_reconnect");
-    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
-    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
-    step_params(seg_left, 0);
-    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
-    assert_int_equal(emac_close(s, true, &err), 0);
-    emac_session_free(s);
-    emac_disconnect(c);
-
-    const float *map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    const float *map = start_numbered(&d, &r, &len);
     step_params(seg_left, 1);
     raw_event(&r, 1, 1, code, &a, action);
     assert_string_equal(code, "");
@@ -969,26 +968,14 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
 static void test_clean_restart_keeps_the_request_record(void **state)
 {
     struct daemon d;
-    struct emac_error err;
     struct msg_action a;
     struct raw r;
     char code[32], action[16], actions[9][16];
     uint64_t updates[9];
-    emac_session *s = NULL;
     size_t len;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_reconnect");
-    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
-    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
-    step_params(seg_left, 0);
-    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
-    assert_int_equal(emac_close(s, true, &err), 0);
-    emac_session_free(s);
-    emac_disconnect(c);
-
-    const float *map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    const float *map = start_numbered(&d, &r, &len);
     for (uint64_t q = 1; q <= 8; q++) {
         struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {q, 0, false, 0},
                               true, q};

@@ -586,19 +586,10 @@ static void test_close_and_drop_reply_after_the_shadow_is_gone(void **state)
 
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     struct msg_tensor t[3];
-    for (size_t i = 0; i < 3; i++) {
-        const struct emac_tensor *et = emac_segment_tensor(seg_left, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
-    }
     for (int drop = 0; drop < 2; drop++) {
         struct daemon d;
         struct msg_register reg;
-        memset(&reg, 0, sizeof(reg));
-        reg.session = msg_str_c("gone");
-        reg.shm = msg_str_c(emac_segment_name(seg_left));
-        reg.tensors = t;
-        reg.ntensors = 3;
+        register_msg(&reg, t, 3, "gone", seg_left);
         struct msg_close keep = {msg_str_c("gone"), true, true};
         struct msg_close plain = {msg_str_c("gone"), false, false};
         struct msg_drop dr = {msg_str_c("gone")};
@@ -656,17 +647,8 @@ static void test_resume_of_a_closing_session_is_refused(void **state)
 
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     struct msg_tensor t[3];
-    for (size_t i = 0; i < 3; i++) {
-        const struct emac_tensor *et = emac_segment_tensor(seg_left, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
-    }
     struct msg_register reg;
-    memset(&reg, 0, sizeof(reg));
-    reg.session = msg_str_c("closing");
-    reg.shm = msg_str_c(emac_segment_name(seg_left));
-    reg.tensors = t;
-    reg.ntensors = 3;
+    register_msg(&reg, t, 3, "closing", seg_left);
     reg.has_config = true;
     reg.config.has_half_life = true;
     reg.config.half_life = msg_str_c("1ba");
