@@ -71,17 +71,29 @@ static void shrink(emac_segment *seg, off_t size)
     close(fd);
 }
 
+/* Start emad with one client (*c) and two sessions of it: "victim" (in
+ * segs[0]), updated once, and "other" (in segs[1]). */
+static void start_victim_and_other(struct daemon *d, emac_client **c, emac_session **victim,
+                                   emac_session **other)
+{
+    struct emac_error err;
+
+    daemon_start(d, NULL);
+    *c = client_connect(d, "test_hostile");
+    *victim = session_ok(*c, "victim", &segs[0]);
+    *other = session_ok(*c, "other", &segs[1]);
+    assert_int_equal(event(*victim, "batch_end", 1, &err), 0);
+}
+
 static void test_shrunk_segment_fails_only_its_session(void **state)
 {
     struct daemon d;
     struct emac_error err;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_hostile");
-    emac_session *victim = session_ok(c, "victim", &segs[0]);
-    emac_session *other = session_ok(c, "other", &segs[1]);
-    assert_int_equal(event(victim, "batch_end", 1, &err), 0);
+    emac_client *c;
+    emac_session *victim, *other;
+    start_victim_and_other(&d, &c, &victim, &other);
 
     /* The params are gone past the header: the update faults in a worker. */
     shrink(segs[0], 4096);
@@ -364,11 +376,9 @@ static void test_shrunk_shadow_fails_only_its_session(void **state)
     struct emac_error err;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_hostile");
-    emac_session *victim = session_ok(c, "victim", &segs[0]);
-    emac_session *other = session_ok(c, "other", &segs[1]);
-    assert_int_equal(event(victim, "batch_end", 1, &err), 0);
+    emac_client *c;
+    emac_session *victim, *other;
+    start_victim_and_other(&d, &c, &victim, &other);
     char shadow[128];
     snprintf(shadow, sizeof(shadow), "%s", emac_session_state(victim)->shadow_shm);
     int fd = shm_open(shadow, O_RDWR, 0);
