@@ -113,6 +113,29 @@ static char *const *rss_env(void)
 
 /* ---- unread replies ---- */
 
+/* Start emad (make_dir(d)) with the options extra, its memory measured as
+ * rss_env() allows; n peers (fds) say hello, then pipeline count requests
+ * of method without reading a reply, until emad stops reading each. Assert
+ * that emad's resident memory grew by less than bound bytes meanwhile. */
+static void flood_and_expect_growth_below(struct daemon *d, const char *const extra[], int *fds,
+                                          int n, const char *method, uint32_t count, long bound)
+{
+    msgpack_sbuffer reqs;
+
+    make_dir(d);
+    daemon_start_env(d, extra, rss_env());
+    for (int i = 0; i < n; i++)
+        fds[i] = raw_hello(d->sock);
+    long before = rss_bytes(d->pid);
+    pack_requests(&reqs, method, count);
+    flood_until_paused(d, fds, n, &reqs);
+    long grown = rss_bytes(d->pid) - before;
+    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
+                  grown / KIB, n, bound / KIB);
+    assert_true(grown < bound);
+    msgpack_sbuffer_destroy(&reqs);
+}
+
 /*
  * Peers pipeline tiny requests without reading: what emad allocates for
  * their replies is what --max-pending bounds (it once counted the payload
@@ -123,26 +146,15 @@ static char *const *rss_env(void)
 static void test_unread_replies_memory_is_bounded_per_connection(void **state)
 {
     struct daemon d;
-    msgpack_sbuffer reqs;
     enum { NCONN = 16 };
     const long max_pending = 64 * KIB;
     int fds[NCONN];
     (void)state;
 
-    make_dir(&d);
-    daemon_start_env(&d, (const char *const[]){"--max-pending", "64K", NULL}, rss_env());
-    for (int i = 0; i < NCONN; i++)
-        fds[i] = raw_hello(d.sock);
-    long before = rss_bytes(d.pid);
     /* Unknown methods: the smallest replies (NOMETHOD), the most of them. */
-    pack_requests(&reqs, "x", 400000);
-    flood_until_paused(&d, fds, NCONN, &reqs);
-    long grown = rss_bytes(d.pid) - before;
-    long bound = NCONN * (2 * max_pending + 256 * KIB) + 24 * MIB;
-    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
-                  grown / KIB, NCONN, bound / KIB);
-    assert_true(grown < bound);
-    msgpack_sbuffer_destroy(&reqs);
+    flood_and_expect_growth_below(&d, (const char *const[]){"--max-pending", "64K", NULL}, fds,
+                                  NCONN, "x", 400000,
+                                  NCONN * (2 * max_pending + 256 * KIB) + 24 * MIB);
     close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
 }
@@ -155,7 +167,6 @@ static void test_unread_replies_memory_is_bounded_per_connection(void **state)
 static void test_unread_replies_memory_is_bounded_across_connections(void **state)
 {
     struct daemon d;
-    msgpack_sbuffer reqs;
     enum { NCONN = 32 };
     const long total = 1 * MIB;
     int fds[NCONN];
@@ -164,25 +175,15 @@ static void test_unread_replies_memory_is_bounded_across_connections(void **stat
     emac_client *c = NULL;
     (void)state;
 
-    make_dir(&d);
-    daemon_start_env(&d, (const char *const[]){"--max-pending-total", "1M", NULL}, rss_env());
-    for (int i = 0; i < NCONN; i++)
-        fds[i] = raw_hello(d.sock);
-    long before = rss_bytes(d.pid);
-    pack_requests(&reqs, "status", 200000);
-    flood_until_paused(&d, fds, NCONN, &reqs);
-    long grown = rss_bytes(d.pid) - before;
-    long bound = 2 * total + NCONN * 256 * KIB + 24 * MIB;
-    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
-                  grown / KIB, NCONN, bound / KIB);
-    assert_true(grown < bound);
+    flood_and_expect_growth_below(&d, (const char *const[]){"--max-pending-total", "1M", NULL},
+                                  fds, NCONN, "status", 200000,
+                                  2 * total + NCONN * 256 * KIB + 24 * MIB);
     assert_true(file_contains(d.log, "reading paused (--max-pending-total)"));
     /* A peer that reads its replies holds none: it is served. */
     assert_int_equal(emac_connect(d.sock, "reader", &c, &err), 0);
     assert_int_equal(emac_status(c, NULL, &st, &err), 0);
     emac_status_free(st);
     emac_disconnect(c);
-    msgpack_sbuffer_destroy(&reqs);
     close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
 }
