@@ -342,6 +342,20 @@ static void test_opts_worker_nice_stays_within_0_to_19(void **state)
     parse_fails(&env, ARGS("--worker-nice"), "--worker-nice", "needs an argument");
 }
 
+/* The size option opt, parsed into the size_t at offset in struct emad_opts, takes 4K to 1024G:
+ * both ends parse, one past either is out of range. */
+static void expect_size_4k_to_1024g(const struct opts_env *env, const char *opt, size_t offset)
+{
+    struct emad_opts o;
+
+    parse_ok(&o, env, ARGS(opt, "4K"));
+    assert_int_equal(*(const size_t *)((const char *)&o + offset), 4096);
+    parse_ok(&o, env, ARGS(opt, "1024G"));
+    assert_int_equal(*(const size_t *)((const char *)&o + offset), 1ull << 40);
+    parse_fails(env, ARGS(opt, "4095"), opt, "out of range");
+    parse_fails(env, ARGS(opt, "1025G"), opt, "out of range");
+}
+
 static void test_opts_sizes_take_suffixes_and_reject_bad_values(void **state)
 {
     static const struct {
@@ -377,19 +391,9 @@ static void test_opts_sizes_take_suffixes_and_reject_bad_values(void **state)
     parse_fails(&env, ARGS("--max-pending", "4095"), "--max-pending", "out of range");
     parse_fails(&env, ARGS("--max-pending", "17G"), "--max-pending", "out of range");
     parse_fails(&env, ARGS("--max-pending", "lots"), "--max-pending", "lots");
-    parse_ok(&o, &env, ARGS("--max-pending-total", "4K"));
-    assert_int_equal(o.max_pending_total, 4096);
-    parse_ok(&o, &env, ARGS("--max-pending-total", "1024G"));
-    assert_int_equal(o.max_pending_total, 1ull << 40);
-    parse_fails(&env, ARGS("--max-pending-total", "4095"), "--max-pending-total", "out of range");
-    parse_fails(&env, ARGS("--max-pending-total", "1025G"), "--max-pending-total",
-                "out of range");
-    parse_ok(&o, &env, ARGS("--max-input-total", "4K"));
-    assert_int_equal(o.max_input_total, 4096);
-    parse_ok(&o, &env, ARGS("--max-input-total", "1024G"));
-    assert_int_equal(o.max_input_total, 1ull << 40);
-    parse_fails(&env, ARGS("--max-input-total", "4095"), "--max-input-total", "out of range");
-    parse_fails(&env, ARGS("--max-input-total", "1025G"), "--max-input-total", "out of range");
+    expect_size_4k_to_1024g(&env, "--max-pending-total",
+                            offsetof(struct emad_opts, max_pending_total));
+    expect_size_4k_to_1024g(&env, "--max-input-total", offsetof(struct emad_opts, max_input_total));
     parse_fails(&env, ARGS("--max-input-total", "lots"), "--max-input-total", "lots");
 }
 

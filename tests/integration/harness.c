@@ -8,8 +8,10 @@
 #include "wire.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,14 @@ const char *emactl_bin(void)
 {
     const char *p = getenv("EMACTL_BIN");
     return p ? p : "build/emactl";
+}
+
+void copy_emactl(const char *path)
+{
+    char cmd[1024];
+
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", emactl_bin(), path, path);
+    assert_int_equal(system(cmd), 0);
 }
 
 /* ---- time ---- */
@@ -76,6 +86,64 @@ bool file_contains(const char *path, const char *needle)
     fclose(fp);
     buf[n] = '\0';
     return strstr(buf, needle) != NULL;
+}
+
+bool for_each_line(const char *path, void (*fn)(const char *line, void *arg), void *arg)
+{
+    char line[1024];
+    FILE *fp = fopen(path, "r");
+
+    if (fp == NULL)
+        return false;
+    while (fgets(line, sizeof(line), fp) != NULL)
+        fn(line, arg);
+    fclose(fp);
+    return true;
+}
+
+struct count_lines {
+    const char *needle;
+    int n;
+};
+
+static void count_line(const char *line, void *arg)
+{
+    struct count_lines *c = arg;
+
+    if (strstr(line, c->needle) != NULL)
+        c->n++;
+}
+
+int count_lines(const char *path, const char *needle)
+{
+    struct count_lines c = {needle, 0};
+
+    for_each_line(path, count_line, &c);
+    return c.n;
+}
+
+struct proc_value {
+    const char *fmt;
+    long value;
+    bool found;
+};
+
+static void proc_value_line(const char *line, void *arg)
+{
+    struct proc_value *p = arg;
+
+    if (!p->found && sscanf(line, p->fmt, &p->value) == 1)
+        p->found = true;
+}
+
+long proc_value(pid_t pid, const char *file, const char *fmt)
+{
+    char path[128];
+    struct proc_value p = {fmt, -1, false};
+
+    snprintf(path, sizeof(path), "/proc/%ld/%s", (long)pid, file);
+    assert_true(for_each_line(path, proc_value_line, &p));
+    return p.found ? p.value : -1;
 }
 
 /* ---- processes ---- */
@@ -157,6 +225,40 @@ void expect_no_sanitizer_report(const char *text, const char *who)
         fail_msg("%s: sanitizer report:\n%s", who, text);
 }
 
+/* ---- another uid ---- */
+
+void run_as_uid(uid_t uid, gid_t gid, void (*fn)(const void *arg, struct verdict *v),
+                const void *arg)
+{
+    struct verdict v = {0, ""};
+    int fds[2], status;
+    pid_t pid;
+
+    assert_int_equal(pipe(fds), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        if (setgroups(0, NULL) != 0 || setresgid(gid, gid, gid) != 0 ||
+            setresuid(uid, uid, uid) != 0) {
+            v.line = __LINE__;
+            snprintf(v.why, sizeof(v.why), "cannot become uid %ld, gid %ld: %s", (long)uid,
+                     (long)gid, strerror(errno));
+        } else {
+            fn(arg, &v);
+        }
+        _exit(write(fds[1], &v, sizeof(v)) == (ssize_t)sizeof(v) ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t n = read(fds[0], &v, sizeof(v));
+    close(fds[0]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (n != (ssize_t)sizeof(v) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("the child playing uid %ld died (status 0x%x)", (long)uid, status);
+    if (v.line != 0)
+        fail_msg("as uid %ld, line %d: %s", (long)uid, v.line, v.why);
+}
+
 /* ---- starting and stopping emad ---- */
 
 bool wait_listening(pid_t pid, const char *sock)
@@ -175,12 +277,15 @@ bool wait_listening(pid_t pid, const char *sock)
     return false;
 }
 
-void daemon_start_env(struct daemon *d, const char *const extra[], char *const envs[])
+void daemon_start_argv(struct daemon *d, const char *const prefix[], const char *const extra[],
+                       char *const envs[])
 {
-    const char *argv[40];
+    const char *argv[48];
     char err_path[160];
     size_t n = 0;
 
+    for (size_t i = 0; prefix && prefix[i] && n < 8; i++)
+        argv[n++] = prefix[i];
     argv[n++] = emad_bin();
     argv[n++] = "--socket";
     argv[n++] = d->sock;
@@ -190,7 +295,7 @@ void daemon_start_env(struct daemon *d, const char *const extra[], char *const e
     argv[n++] = d->log;
     argv[n++] = "--log-level";
     argv[n++] = "debug";
-    for (size_t i = 0; extra && extra[i] && n < 39; i++)
+    for (size_t i = 0; extra && extra[i] && n < 47; i++)
         argv[n++] = extra[i];
     argv[n] = NULL;
     /* emad logs to its file; its stderr can only carry sanitizer reports,
@@ -203,10 +308,29 @@ void daemon_start_env(struct daemon *d, const char *const extra[], char *const e
     assert_true(wait_listening(d->pid, d->sock));
 }
 
+void daemon_start_env(struct daemon *d, const char *const extra[], char *const envs[])
+{
+    daemon_start_argv(d, NULL, extra, envs);
+}
+
 void daemon_start(struct daemon *d, const char *const extra[])
 {
     make_dir(d);
     daemon_start_env(d, extra, NULL);
+}
+
+void daemon_restart_open(struct daemon *d, const char *group)
+{
+    const char *extra[] = {"--socket-mode", "0666", group ? "--allow-group" : NULL, group, NULL};
+
+    assert_int_equal(chmod(d->dir, 0755), 0);
+    daemon_start_env(d, extra, NULL);
+}
+
+void daemon_start_open(struct daemon *d, const char *group)
+{
+    make_dir(d);
+    daemon_restart_open(d, group);
 }
 
 void check_daemon_stderr(const struct daemon *d, int status)
@@ -276,6 +400,26 @@ void send_bytes(int fd, const void *p, size_t n)
     }
 }
 
+void pack_hello(msgpack_sbuffer *sb, uint32_t msgid, uint64_t proto, const char *client)
+{
+    struct msg_hello h = {proto, msg_str_c(client), false, 0};
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, msgid, "hello");
+    msg_encode(&pk, &msg_hello_desc, &h);
+}
+
+void send_hello(int fd, uint32_t msgid, uint64_t proto, const char *client)
+{
+    msgpack_sbuffer sb;
+
+    pack_hello(&sb, msgid, proto, client);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r)
 {
     struct wire_msg m;
@@ -321,7 +465,49 @@ void read_reply(int fd, struct reply *r)
     wire_decoder_free(&dec);
 }
 
+int hello_connect(const char *sock, const char *client, struct wire_decoder *dec)
+{
+    struct reply r;
+    int fd = try_connect(sock);
+
+    assert_true(fd >= 0);
+    send_hello(fd, 1, 1, client);
+    if (dec != NULL)
+        read_reply_dec(fd, dec, &r);
+    else
+        read_reply(fd, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.msgid, 1);
+    assert_string_equal(r.code, "");
+    return fd;
+}
+
+void register_msg(struct msg_register *reg, struct msg_tensor *t, size_t n, const char *session,
+                  emac_segment *seg)
+{
+    memset(reg, 0, sizeof(*reg));
+    reg->session = msg_str_c(session);
+    reg->shm = msg_str_c(emac_segment_name(seg));
+    for (size_t i = 0; i < n; i++) {
+        const struct emac_tensor *et = emac_segment_tensor(seg, i);
+        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
+                                   et->numel, false, NULL, 0};
+    }
+    reg->tensors = t;
+    reg->ntensors = n;
+}
+
 /* ---- libemaclient ---- */
+
+emac_segment *seg_left;
+
+int teardown_seg_left(void **state)
+{
+    kill_leftovers(state);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    return 0;
+}
 
 emac_client *client_connect(const struct daemon *d, const char *name)
 {

@@ -13,22 +13,28 @@
  * was spawned.
  *
  * Contents
- *   paths           emad_bin, emactl_bin
+ *   paths           emad_bin, emactl_bin, copy_emactl
  *   time            WAIT_MS, sleep_ms
- *   files           make_dir, remove_tree, file_contains
+ *   files           make_dir, remove_tree, file_contains, for_each_line,
+ *                   count_lines, proc_value
  *   processes       spawn, kill_leftovers, wait_exit, run_capture,
  *                   expect_no_sanitizer_report
+ *   another uid     struct verdict, CHILD_CHECK, run_as_uid
  *   the daemon      struct daemon, daemon_start, daemon_start_env,
+ *                   daemon_start_argv, daemon_start_open, daemon_restart_open,
  *                   wait_listening, check_daemon_stderr, daemon_stop,
  *                   daemon_stop_unlinked
- *   raw protocol    try_connect, send_bytes, struct reply, read_reply_dec,
- *                   read_reply
- *   libemaclient    client_connect, event_at, daemon_kill
+ *   raw protocol    try_connect, send_bytes, pack_hello, send_hello,
+ *                   hello_connect, register_msg, struct reply,
+ *                   read_reply_dec, read_reply
+ *   libemaclient    seg_left, teardown_seg_left, client_connect, event_at,
+ *                   daemon_kill
  */
 #ifndef EMAD_TESTS_INTEGRATION_HARNESS_H
 #define EMAD_TESTS_INTEGRATION_HARNESS_H
 
 #include "emaclient.h"
+#include "msg.h"
 #include "wire.h"
 
 #include <stdbool.h>
@@ -47,6 +53,10 @@ const char *emad_bin(void);
 
 /* The emactl under test: $EMACTL_BIN, or build/emactl. */
 const char *emactl_bin(void);
+
+/* Copy emactl_bin() to path, mode 0755: a copy that other uids can run,
+ * wherever the build tree lives. */
+void copy_emactl(const char *path);
 
 /* ---- time ---- */
 
@@ -78,6 +88,19 @@ void remove_tree(const char *dir);
  * file cannot be opened). */
 bool file_contains(const char *path, const char *needle);
 
+/* Call fn(line, arg) for every line of the file at path (a line longer than
+ * 1023 bytes comes in pieces); false if the file cannot be opened. */
+bool for_each_line(const char *path, void (*fn)(const char *line, void *arg), void *arg);
+
+/* How many lines of the file at path contain needle (0 if it cannot be
+ * opened): how often emad logged something. */
+int count_lines(const char *path, const char *needle);
+
+/* The number that fmt (a sscanf format with one %ld, e.g. "VmRSS: %ld kB")
+ * reads from the first line of /proc/PID/file it matches; -1 if none does.
+ * Asserts that the file can be opened. */
+long proc_value(pid_t pid, const char *file, const char *fmt);
+
 /* ---- processes ---- */
 
 /* Fork and exec argv (NULL-terminated; argv[0] looked up in $PATH) with
@@ -106,6 +129,34 @@ int run_capture(char *const argv[], char *const envs[], char *out, size_t outlen
  * report ("Sanitizer" or "runtime error"). */
 void expect_no_sanitizer_report(const char *text, const char *who);
 
+/* ---- another uid ---- */
+
+/* What a child run by run_as_uid() tells the test: line 0, or the line of
+ * the first check that failed and why. */
+struct verdict {
+    int line;
+    char why[16384];
+};
+
+/* In such a child, where cmocka cannot run: a failed check records itself
+ * in the verdict v and goes to the function's `out`, which frees what the
+ * child made (its segment above all: nothing of another uid's may be left
+ * in /dev/shm). */
+#define CHILD_CHECK(v, cond, ...)                                                            \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            (v)->line = __LINE__;                                                            \
+            snprintf((v)->why, sizeof((v)->why), __VA_ARGS__);                               \
+            goto out;                                                                        \
+        }                                                                                    \
+    } while (0)
+
+/* Run fn(arg, &verdict) in a child that is uid and gid (no supplementary
+ * groups); fail the test with the child's verdict unless every check of fn
+ * held. Needs root. */
+void run_as_uid(uid_t uid, gid_t gid, void (*fn)(const void *arg, struct verdict *v),
+                const void *arg);
+
 /* ---- starting and stopping emad ---- */
 
 /* Wait up to WAIT_MS until the socket at sock accepts a connection or the
@@ -120,8 +171,22 @@ bool wait_listening(pid_t pid, const char *sock);
  * that emad comes to listen on d->sock. */
 void daemon_start_env(struct daemon *d, const char *const extra[], char *const envs[]);
 
+/* daemon_start_env() with emad run through prefix (a NULL-terminated argv
+ * that ends by exec'ing what follows it, e.g. bash -c '... && exec "$@"' bash;
+ * NULL: none). */
+void daemon_start_argv(struct daemon *d, const char *const prefix[], const char *const extra[],
+                       char *const envs[]);
+
 /* make_dir(d), then daemon_start_env(d, extra, NULL). */
 void daemon_start(struct daemon *d, const char *const extra[]);
+
+/* An emad that peers of other uids can reach, in the directory make_dir()
+ * made (may be reused): d->dir mode 0755, --socket-mode 0666, and with
+ * group (not NULL) --allow-group group. */
+void daemon_restart_open(struct daemon *d, const char *group);
+
+/* make_dir(d), then daemon_restart_open(d, group). */
+void daemon_start_open(struct daemon *d, const char *group);
 
 /* emad logs to its file, so its stderr (d->dir/emad.stderr) can only carry
  * sanitizer reports: fail the test if it does, or if status (an exit status
@@ -146,6 +211,13 @@ int try_connect(const char *path);
  * makes progress. */
 void send_bytes(int fd, const void *p, size_t n);
 
+/* Initialise sb to hold one request: hello {proto, client} with msgid.
+ * The caller destroys sb. */
+void pack_hello(msgpack_sbuffer *sb, uint32_t msgid, uint64_t proto, const char *client);
+
+/* Send that hello on fd (send_bytes()). */
+void send_hello(int fd, uint32_t msgid, uint64_t proto, const char *client);
+
 /* One message read back from emad. */
 struct reply {
     bool eof;            /* the connection closed instead */
@@ -164,7 +236,25 @@ void read_reply_dec(int fd, struct wire_decoder *dec, struct reply *r);
  * nothing more than this message is in flight. */
 void read_reply(int fd, struct reply *r);
 
+/* Connect to the socket at sock and say hello (msgid 1, protocol 1) as
+ * client; assert that it is accepted (a reply to msgid 1 without an error).
+ * The reply is read with dec (initialised by the caller, kept for what
+ * follows), or with a decoder of its own if dec is NULL. Returns the fd. */
+int hello_connect(const char *sock, const char *client, struct wire_decoder *dec);
+
+/* Fill reg with the register request for session of seg's first n tensors,
+ * as libemaclient describes them, into t (room for n); nothing optional set. */
+void register_msg(struct msg_register *reg, struct msg_tensor *t, size_t n, const char *session,
+                  emac_segment *seg);
+
 /* ---- libemaclient ---- */
+
+/* A segment a test made: teardown_seg_left() destroys it, even after a
+ * failure left it behind. */
+extern emac_segment *seg_left;
+
+/* cmocka teardown: kill_leftovers(), then destroy seg_left. Returns 0. */
+int teardown_seg_left(void **state);
 
 /* Connect to d's emad as name; fails the test, with the library's words,
  * if it cannot. */

@@ -32,21 +32,6 @@
 
 /* ---- raw protocol helpers ---- */
 
-/* Send a request whose params map is hello {proto, client}. */
-static void send_hello(int fd, uint32_t msgid, uint64_t proto)
-{
-    struct msg_hello h = {proto, msg_str_c("raw test"), false, 0};
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, msgid, "hello");
-    msg_encode(&pk, &msg_hello_desc, &h);
-    send_bytes(fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-}
-
 static void send_empty_request(int fd, uint32_t msgid, const char *method)
 {
     msgpack_sbuffer sb;
@@ -63,16 +48,7 @@ static void send_empty_request(int fd, uint32_t msgid, const char *method)
 /* A connection that has said hello. */
 static int raw_session(const char *sock)
 {
-    struct reply r;
-    int fd = try_connect(sock);
-
-    assert_true(fd >= 0);
-    send_hello(fd, 1, 1);
-    read_reply(fd, &r);
-    assert_false(r.eof);
-    assert_int_equal(r.msgid, 1);
-    assert_string_equal(r.code, "");
-    return fd;
+    return hello_connect(sock, "raw test", NULL);
 }
 
 static void expect_eof(int fd)
@@ -239,13 +215,13 @@ static void test_wrong_proto_gets_VERSION(void **state)
 
     daemon_start(&d, NULL);
     int fd = try_connect(d.sock);
-    send_hello(fd, 7, 2);
+    send_hello(fd, 7, 2, "raw test");
     read_reply(fd, &r);
     assert_int_equal(r.msgid, 7);
     assert_string_equal(r.code, "VERSION");
     assert_non_null(strstr(r.message, "protocol 2"));
     /* The connection stays usable for a correct hello. */
-    send_hello(fd, 8, 1);
+    send_hello(fd, 8, 1, "raw test");
     read_reply(fd, &r);
     assert_int_equal(r.msgid, 8);
     assert_string_equal(r.code, "");
@@ -317,7 +293,7 @@ static void test_bad_arguments_get_BADARG_naming_the_field(void **state)
     assert_string_equal(r.code, "BADARG");
     assert_non_null(strstr(r.message, "client"));
     /* status with a session that is not a string */
-    send_hello(fd, 10, 1);
+    send_hello(fd, 10, 1, "raw test");
     read_reply(fd, &r);
     assert_string_equal(r.code, "");
     msgpack_sbuffer_init(&sb);
@@ -498,14 +474,9 @@ static void test_connection_limit_refuses_with_LIMIT(void **state)
 static int run_as_nobody(const char *sock, bool keep_group, char *out, size_t outlen)
 {
     char bin[160];
-    char cmd[512];
-    struct daemon tmp;
 
-    (void)tmp;
-    /* A copy nobody can execute, wherever the build tree lives. */
     snprintf(bin, sizeof(bin), "%s.emactl", sock);
-    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", emactl_bin(), bin, bin);
-    assert_int_equal(system(cmd), 0);
+    copy_emactl(bin);
     char *argv[] = {"setpriv", "--reuid=65534", keep_group ? "--regid=65534" : "--regid=65533",
                     "--clear-groups", bin, "--socket", (char *)sock, "status", NULL};
     return run_capture(argv, NULL, out, outlen);
@@ -519,9 +490,7 @@ static void test_peer_of_another_uid_is_refused_with_PERM(void **state)
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
-    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", NULL}, NULL);
+    daemon_start_open(&d, NULL);
     assert_int_equal(run_as_nobody(d.sock, true, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "PERM"));
     assert_non_null(strstr(out, "uid 65534 is not allowed"));
@@ -537,12 +506,8 @@ static void test_allow_group_admits_its_members_only(void **state)
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
     /* gid 65534 is "nogroup" on Debian */
-    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group",
-                                               "nogroup", NULL},
-                     NULL);
+    daemon_start_open(&d, "nogroup");
     assert_int_equal(run_as_nobody(d.sock, true, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "emad 0.1.0"));
     assert_int_equal(run_as_nobody(d.sock, false, out, sizeof(out)), 1);
@@ -660,20 +625,12 @@ static void test_peer_strings_cannot_forge_log_lines(void **state)
 {
     struct daemon d;
     struct reply r;
-    struct msg_hello h = {1, msg_str_c("evil\nFORGED-HELLO error: x"), false, 0};
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
     (void)state;
 
     daemon_start(&d, NULL);
     int fd = try_connect(d.sock);
     assert_true(fd >= 0);
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, 1, "hello");
-    msg_encode(&pk, &msg_hello_desc, &h);
-    send_bytes(fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
+    send_hello(fd, 1, 1, "evil\nFORGED-HELLO error: x");
     read_reply(fd, &r);
     assert_string_equal(r.code, "");
     send_empty_request(fd, 2, "m\nFORGED-METHOD \"\x1b[2J");

@@ -33,16 +33,6 @@
 #include <stdarg.h>
 #include <cmocka.h>
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 /* ---- the shim ---- */
 
 /* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
@@ -497,24 +487,8 @@ static void test_save_whose_directory_sync_fails_is_IO(void **state)
 /* A connection that has said hello, for a request whose reply never comes. */
 static int raw_connect(const char *sock, struct wire_decoder *dec)
 {
-    struct msg_hello h = {WIRE_PROTO_VERSION, msg_str_c("test_durable raw"), false, 0};
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    struct reply r;
-    int fd = try_connect(sock);
-
-    assert_true(fd >= 0);
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, 1, "hello");
-    msg_encode(&pk, &msg_hello_desc, &h);
-    send_bytes(fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
     wire_decoder_init(dec, 1u << 24, 8);
-    read_reply_dec(fd, dec, &r);
-    assert_false(r.eof);
-    assert_string_equal(r.code, "");
-    return fd;
+    return hello_connect(sock, "test_durable raw", dec);
 }
 
 static void raw_send_save(int fd, uint32_t msgid, const char *session, const char *name)
@@ -640,13 +614,16 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(
-            test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
+            test_save_whose_write_fails_with_EIO_is_IO_and_keeps_the_previous_file,
+            teardown_seg_left),
         cmocka_unit_test_teardown(
-            test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file, teardown),
-        cmocka_unit_test_teardown(test_save_syncs_its_directory_after_the_rename, teardown),
-        cmocka_unit_test_teardown(test_save_whose_directory_sync_fails_is_IO, teardown),
+            test_save_whose_fsync_fails_with_EIO_is_IO_and_keeps_the_previous_file,
+            teardown_seg_left),
+        cmocka_unit_test_teardown(test_save_syncs_its_directory_after_the_rename,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_save_whose_directory_sync_fails_is_IO, teardown_seg_left),
         cmocka_unit_test_teardown(test_sigkill_mid_save_keeps_the_previous_file_loadable,
-                                  teardown),
+                                  teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("durable", tests, NULL, NULL);

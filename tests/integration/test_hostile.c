@@ -39,16 +39,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static emac_client *connect_ok(const struct daemon *d)
-{
-    struct emac_error err;
-    emac_client *c = NULL;
-
-    if (emac_connect(d->sock, "test_hostile", &c, &err) < 0)
-        fail_msg("connect: %s: %s", err.code, err.message);
-    return c;
-}
-
 static emac_session *session_ok(emac_client *c, const char *name, emac_segment **seg)
 {
     struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
@@ -81,17 +71,29 @@ static void shrink(emac_segment *seg, off_t size)
     close(fd);
 }
 
+/* Start emad with one client (*c) and two sessions of it: "victim" (in
+ * segs[0]), updated once, and "other" (in segs[1]). */
+static void start_victim_and_other(struct daemon *d, emac_client **c, emac_session **victim,
+                                   emac_session **other)
+{
+    struct emac_error err;
+
+    daemon_start(d, NULL);
+    *c = client_connect(d, "test_hostile");
+    *victim = session_ok(*c, "victim", &segs[0]);
+    *other = session_ok(*c, "other", &segs[1]);
+    assert_int_equal(event(*victim, "batch_end", 1, &err), 0);
+}
+
 static void test_shrunk_segment_fails_only_its_session(void **state)
 {
     struct daemon d;
     struct emac_error err;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
-    emac_session *victim = session_ok(c, "victim", &segs[0]);
-    emac_session *other = session_ok(c, "other", &segs[1]);
-    assert_int_equal(event(victim, "batch_end", 1, &err), 0);
+    emac_client *c;
+    emac_session *victim, *other;
+    start_victim_and_other(&d, &c, &victim, &other);
 
     /* The params are gone past the header: the update faults in a worker. */
     shrink(segs[0], 4096);
@@ -147,7 +149,7 @@ static void test_thousand_idle_connections_and_half_sent_messages(void **state)
     for (size_t i = 0; i < 900; i += 10)
         send_bytes(fds[i], half, sizeof(half));
 
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_hostile");
     emac_session *s = session_ok(c, "busy", &segs[2]);
     /* Each batch_end does what it should among the idle crowd: the first
      * starts the EMA at the params (start+update), each next one halves the
@@ -177,45 +179,60 @@ static void test_thousand_idle_connections_and_half_sent_messages(void **state)
     daemon_stop(&d);
 }
 
+/* Run d's copy of emactl (d->dir/emactl) as uid 65534, with setpriv's
+ * options regid and groups: emactl --socket d->sock cmd [arg], its output
+ * into out (outlen bytes). Returns its exit status, as run_capture(). */
+static int emactl_as_65534(const struct daemon *d, const char *regid, const char *groups,
+                           const char *cmd, const char *arg, char *out, size_t outlen)
+{
+    char bin[200];
+
+    snprintf(bin, sizeof(bin), "%s/emactl", d->dir);
+    char *argv[] = {"setpriv",  "--reuid=65534", (char *)regid, (char *)groups, bin,
+                    "--socket", (char *)d->sock, (char *)cmd,   (char *)arg,    NULL};
+    return run_capture(argv, NULL, out, outlen);
+}
+
+/* As root: start emad open to the group nogroup (daemon_start_open()), and
+ * leave in it a session of root's, name, detached (its segment in *seg). */
+static void start_open_with_roots(struct daemon *d, const char *name, emac_segment **seg)
+{
+    daemon_start_open(d, "nogroup");
+    emac_client *c = client_connect(d, "test_hostile");
+    emac_session *s = session_ok(c, name, seg);
+    emac_session_free(s);
+    emac_disconnect(c); /* detached: drop would be allowed to its owner */
+}
+
 /* A peer of another uid, admitted by --allow-group, sees none of root's
  * sessions and can touch none. */
 static void test_other_uid_cannot_see_or_touch_sessions(void **state)
 {
     struct daemon d;
     struct emac_error err;
-    char bin[200], cmd[600], out[8192];
+    char bin[200], out[8192];
     (void)state;
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
-    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group",
-                                               "nogroup", NULL},
-                     NULL);
-    emac_client *c = connect_ok(&d);
-    emac_session *s = session_ok(c, "roots", &segs[3]);
-    emac_session_free(s);
-    emac_disconnect(c); /* detached: drop would be allowed to its owner */
+    start_open_with_roots(&d, "roots", &segs[3]);
 
     snprintf(bin, sizeof(bin), "%s/emactl", d.dir);
-    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", emactl_bin(), bin, bin);
-    assert_int_equal(system(cmd), 0);
-    char *list[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
-                    "--socket", d.sock, "list", NULL};
-    assert_int_equal(run_capture(list, NULL, out, sizeof(out)), 0);
+    copy_emactl(bin); /* for emactl_as_65534() */
+    assert_int_equal(
+        emactl_as_65534(&d, "--regid=65534", "--clear-groups", "list", NULL, out, sizeof(out)), 0);
     assert_null(strstr(out, "roots"));
-    char *show[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
-                    "--socket", d.sock, "show", "roots", NULL};
-    assert_int_equal(run_capture(show, NULL, out, sizeof(out)), 1);
+    assert_int_equal(
+        emactl_as_65534(&d, "--regid=65534", "--clear-groups", "show", "roots", out, sizeof(out)),
+        1);
     assert_non_null(strstr(out, "NOSESSION"));
-    char *drop[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
-                    "--socket", d.sock, "drop", "roots", NULL};
-    assert_int_equal(run_capture(drop, NULL, out, sizeof(out)), 1);
+    assert_int_equal(
+        emactl_as_65534(&d, "--regid=65534", "--clear-groups", "drop", "roots", out, sizeof(out)),
+        1);
     assert_non_null(strstr(out, "NOSESSION"));
 
     /* Root still has it. */
-    c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_hostile");
     struct emac_status *st = NULL;
     assert_int_equal(emac_status(c, "roots", &st, &err), 0);
     assert_int_equal(st->nsessions, 1);
@@ -230,29 +247,21 @@ static void test_other_uid_cannot_see_or_touch_sessions(void **state)
 static void test_allow_group_admits_supplementary_members_only(void **state)
 {
     struct daemon d;
-    char bin[200], cmd[600], out[8192];
+    char bin[200], out[8192];
     (void)state;
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
     /* "audio" (gid 29, from Debian's base-passwd): nobody's primary group. */
-    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group", "audio",
-                                               NULL},
-                     NULL);
+    daemon_start_open(&d, "audio");
     snprintf(bin, sizeof(bin), "%s/emactl", d.dir);
-    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 0755 '%s'", emactl_bin(), bin, bin);
-    assert_int_equal(system(cmd), 0);
-    char *member[] = {"setpriv", "--reuid=65534", "--regid=65534", "--groups=29", bin,
-                      "--socket", d.sock, "list", NULL};
-    assert_int_equal(run_capture(member, NULL, out, sizeof(out)), 0);
-    char *primary[] = {"setpriv", "--reuid=65534", "--regid=29", "--clear-groups", bin,
-                       "--socket", d.sock, "list", NULL};
-    assert_int_equal(run_capture(primary, NULL, out, sizeof(out)), 0);
-    char *stranger[] = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", bin,
-                        "--socket", d.sock, "list", NULL};
-    assert_int_not_equal(run_capture(stranger, NULL, out, sizeof(out)), 0);
+    copy_emactl(bin); /* for emactl_as_65534() */
+    assert_int_equal(
+        emactl_as_65534(&d, "--regid=65534", "--groups=29", "list", NULL, out, sizeof(out)), 0);
+    assert_int_equal(
+        emactl_as_65534(&d, "--regid=29", "--clear-groups", "list", NULL, out, sizeof(out)), 0);
+    assert_int_not_equal(
+        emactl_as_65534(&d, "--regid=65534", "--clear-groups", "list", NULL, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "uid 65534 is not allowed"));
     assert_non_null(strstr(out, "audio"));
     daemon_stop(&d);
@@ -273,7 +282,7 @@ static void test_rewritten_header_is_not_read_again(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_hostile");
     emac_session *att = session_ok(c, "attacker", &segs[0]);
     emac_session *oth = session_ok(c, "other", &segs[1]);
     assert_int_equal(event(att, "batch_end", 1, &err), 0);
@@ -333,7 +342,7 @@ static void test_segment_others_can_write_is_refused(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_hostile");
     assert_int_equal(emac_segment_create(&spec, 1, &segs[0], &err), 0);
     int fd = shm_open(emac_segment_name(segs[0]), O_RDWR, 0);
     assert_true(fd >= 0);
@@ -367,11 +376,9 @@ static void test_shrunk_shadow_fails_only_its_session(void **state)
     struct emac_error err;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = connect_ok(&d);
-    emac_session *victim = session_ok(c, "victim", &segs[0]);
-    emac_session *other = session_ok(c, "other", &segs[1]);
-    assert_int_equal(event(victim, "batch_end", 1, &err), 0);
+    emac_client *c;
+    emac_session *victim, *other;
+    start_victim_and_other(&d, &c, &victim, &other);
     char shadow[128];
     snprintf(shadow, sizeof(shadow), "%s", emac_session_state(victim)->shadow_shm);
     int fd = shm_open(shadow, O_RDWR, 0);
@@ -402,24 +409,11 @@ static void test_shrunk_shadow_fails_only_its_session(void **state)
     daemon_stop(&d);
 }
 
-/* What the trainer of another uid did with its shadow, step by step: the
- * exit status of as_trainer's child is the first step that went wrong. */
-enum trainer_step {
-    TR_OK = 0,
-    TR_SETUID,
-    TR_CONNECT,
-    TR_SEGMENT,
-    TR_REGISTER,
-    TR_EVENT,
-    TR_READ,        /* cannot open its shadow read-only */
-    TR_CHMOD,       /* chmod of the shadow succeeded */
-    TR_WRITE,       /* opening the shadow for writing succeeded */
-    TR_TRUNCATE,    /* ftruncate of the shadow succeeded */
-    TR_AFTER,       /* an update after the attempts failed */
-    TR_SHADOW,      /* the shadow does not hold what it should */
-};
-
-static int trainer_other_uid(const char *sock)
+/* As the other uid (run_as_uid()): register "theirs" on sock, one update;
+ * its shadow then opens read-only, but cannot be chmodded, opened for
+ * writing or resized; the next update still works, and the shadow holds
+ * what it should. */
+static void trainer_other_uid(const void *sock, struct verdict *v)
 {
     struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
     struct emac_config cfg = {"1ba", false, 0, NULL, NULL};
@@ -428,66 +422,43 @@ static int trainer_other_uid(const char *sock)
     emac_session *s = NULL;
     emac_segment *seg = NULL;
     struct emac_result r;
-    int rc = TR_OK;
+    struct emac_time t = {1, 0, false, 0};
+    char path[200];
+    int fd = -1;
 
-    if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
-        setresuid(65534, 65534, 65534) < 0)
-        return TR_SETUID;
-    if (emac_connect(sock, "other uid", &c, &err) < 0)
-        return TR_CONNECT;
-    if (emac_segment_create(&spec, 1, &seg, &err) < 0) {
-        rc = TR_SEGMENT;
-        goto out;
-    }
+    CHILD_CHECK(v, emac_connect(sock, "other uid", &c, &err) == 0, "connect: %s: %s", err.code,
+                err.message);
+    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
     float *w = emac_segment_tensor(seg, 0)->data;
     w[3] = 8.0f;
-    if (emac_register(c, "theirs", seg, &cfg, false, &s, &err) < 0) {
-        rc = TR_REGISTER;
-        goto out;
-    }
-    struct emac_time t = {1, 0, false, 0};
-    if (emac_event(s, "batch_end", &t, &r, &err) < 0) {
-        rc = TR_EVENT;
-        goto out;
-    }
+    CHILD_CHECK(v, emac_register(c, "theirs", seg, &cfg, false, &s, &err) == 0,
+                "register: %s: %s", err.code, err.message);
+    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s: %s", err.code,
+                err.message);
     const char *shadow = emac_session_state(s)->shadow_shm;
-    char path[200];
     snprintf(path, sizeof(path), "/dev/shm%s", shadow);
-    int fd = shm_open(shadow, O_RDONLY, 0);
-    if (fd < 0) {
-        rc = TR_READ;
-        goto out;
-    }
-    if (fchmod(fd, 0666) == 0 || chmod(path, 0666) == 0)
-        rc = TR_CHMOD;
-    else if (ftruncate(fd, 4096) == 0)
-        rc = TR_TRUNCATE;
+    fd = shm_open(shadow, O_RDONLY, 0);
+    CHILD_CHECK(v, fd >= 0, "cannot open its shadow read-only: %s", strerror(errno));
+    CHILD_CHECK(v, fchmod(fd, 0666) != 0 && chmod(path, 0666) != 0,
+                "chmod of its shadow succeeded");
+    CHILD_CHECK(v, ftruncate(fd, 4096) != 0, "ftruncate of its shadow succeeded");
     close(fd);
-    if (rc != TR_OK)
-        goto out;
-    if ((fd = shm_open(shadow, O_RDWR, 0)) >= 0) {
-        if (ftruncate(fd, 4096) == 0)
-            rc = TR_TRUNCATE;
-        else
-            rc = TR_WRITE;
-        close(fd);
-        goto out;
-    }
+    fd = shm_open(shadow, O_RDWR, 0);
+    CHILD_CHECK(v, fd < 0 || ftruncate(fd, 4096) != 0, "ftruncate of its shadow succeeded");
+    CHILD_CHECK(v, fd < 0, "opening its shadow for writing succeeded");
     w[3] = 16.0f;
     t.batch = 2;
-    if (emac_event(s, "batch_end", &t, &r, &err) < 0) {
-        rc = TR_AFTER;
-        goto out;
-    }
-    if (((const float *)emac_session_shadow(s, 0)->data)[3] != 12.0f)
-        rc = TR_SHADOW;
-    else if (emac_close(s, false, &err) < 0)
-        rc = TR_AFTER;
+    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0,
+                "an update after the attempts: %s: %s", err.code, err.message);
+    const float got = ((const float *)emac_session_shadow(s, 0)->data)[3];
+    CHILD_CHECK(v, got == 12.0f, "the shadow holds %g, not 12", (double)got);
+    CHILD_CHECK(v, emac_close(s, false, &err) == 0, "close: %s: %s", err.code, err.message);
 out:
+    if (fd >= 0)
+        close(fd);
     emac_session_free(s);
     emac_segment_destroy(seg);
     emac_disconnect(c);
-    return rc;
 }
 
 /* A trainer of another uid can read its shadow, and map it, but cannot
@@ -495,31 +466,18 @@ out:
 static void test_trainer_of_another_uid_cannot_change_its_shadow(void **state)
 {
     struct daemon d;
-    int status;
     (void)state;
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
-    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group",
-                                               "nogroup", NULL},
-                     NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0)
-        _exit(trainer_other_uid(d.sock));
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    if (WEXITSTATUS(status) != TR_OK)
-        fail_msg("the trainer of uid 65534 failed at step %d (see enum trainer_step)",
-                 WEXITSTATUS(status));
+    daemon_start_open(&d, "nogroup");
+    run_as_uid(65534, 65534, trainer_other_uid, d.sock);
     daemon_stop(&d);
 }
 
-/* As uid (gid 65534, nogroup): register "shared", one update, then go
- * away leaving it detached. The exit status is a trainer_step. */
-static int trainer_leaves_shared(const char *sock, uid_t uid)
+/* As another uid (run_as_uid()): register "shared" on sock, one update,
+ * then go away leaving it detached. */
+static void trainer_leaves_shared(const void *sock, struct verdict *v)
 {
     struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
     struct emac_error err;
@@ -528,38 +486,24 @@ static int trainer_leaves_shared(const char *sock, uid_t uid)
     emac_segment *seg = NULL;
     struct emac_result r;
     struct emac_time t = {1, 0, false, 0};
-    int rc = TR_OK;
 
-    if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
-        setresuid(uid, uid, uid) < 0)
-        return TR_SETUID;
-    if (emac_connect(sock, "shared name", &c, &err) < 0)
-        return TR_CONNECT;
-    if (emac_segment_create(&spec, 1, &seg, &err) < 0)
-        rc = TR_SEGMENT;
-    else if (emac_register(c, "shared", seg, NULL, false, &s, &err) < 0)
-        rc = TR_REGISTER;
-    else if (emac_event(s, "batch_end", &t, &r, &err) < 0)
-        rc = TR_EVENT;
+    CHILD_CHECK(v, emac_connect(sock, "shared name", &c, &err) == 0, "connect: %s: %s",
+                err.code, err.message);
+    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
+    CHILD_CHECK(v, emac_register(c, "shared", seg, NULL, false, &s, &err) == 0,
+                "register: %s: %s", err.code, err.message);
+    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s: %s", err.code,
+                err.message);
+out:
     emac_session_free(s);
     emac_segment_destroy(seg);
     emac_disconnect(c);
-    return rc;
 }
 
+/* Run trainer_leaves_shared() as uid (gid 65534, nogroup). */
 static void run_as(const char *sock, uid_t uid)
 {
-    int status;
-    pid_t pid = fork();
-
-    assert_true(pid >= 0);
-    if (pid == 0)
-        _exit(trainer_leaves_shared(sock, uid));
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    if (WEXITSTATUS(status) != TR_OK)
-        fail_msg("the trainer of uid %ld failed at step %d (see enum trainer_step)", (long)uid,
-                 WEXITSTATUS(status));
+    run_as_uid(uid, 65534, trainer_leaves_shared, sock);
 }
 
 /* The session names listed by root's status, sorted, joined by spaces. */
@@ -603,14 +547,7 @@ static void test_session_names_are_per_uid(void **state)
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
-    const char *const args[] = {"--socket-mode", "0666", "--allow-group", "nogroup", NULL};
-    daemon_start_env(&d, args, NULL);
-    emac_client *c = connect_ok(&d);
-    emac_session *mine = session_ok(c, "shared", &segs[0]);
-    emac_session_free(mine);
-    emac_disconnect(c); /* detached */
+    start_open_with_roots(&d, "shared", &segs[0]);
     run_as(d.sock, 65534);
     run_as(d.sock, 65533);
 
@@ -620,9 +557,9 @@ static void test_session_names_are_per_uid(void **state)
     assert_int_equal(access(path, F_OK), 0);
 
     daemon_kill(&d);
-    daemon_start_env(&d, args, NULL);
+    daemon_restart_open(&d, "nogroup");
     assert_false(file_contains(d.log, "not taken back"));
-    c = connect_ok(&d);
+    emac_client *c = client_connect(&d, "test_hostile");
     listed(c, NULL, names, sizeof(names));
     assert_true(has_word(names, "shared"));
     assert_true(has_word(names, "65534:shared"));

@@ -38,23 +38,15 @@
 /* A raw connection that has said hello. */
 static int raw_hello(const char *sock)
 {
-    struct msg_hello h = {1, msg_str_c("test_limits"), false, 0};
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    struct reply r;
-    int fd = try_connect(sock);
+    return hello_connect(sock, "test_limits", NULL);
+}
 
-    assert_true(fd >= 0);
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, 1, "hello");
-    msg_encode(&pk, &msg_hello_desc, &h);
-    send_bytes(fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-    read_reply(fd, &r);
-    assert_false(r.eof);
-    assert_string_equal(r.code, "");
-    return fd;
+/* Close those of the n fds that are open (not -1). */
+static void close_all(const int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
 }
 
 /* count requests of method (empty params), msgids from 100 on. */
@@ -70,35 +62,11 @@ static void pack_requests(msgpack_sbuffer *sb, const char *method, uint32_t coun
     }
 }
 
-/* Lines of the file at path that contain needle. */
-static int count_lines(const char *path, const char *needle)
-{
-    char line[1024];
-    int n = 0;
-    FILE *fp = fopen(path, "r");
-
-    if (fp == NULL)
-        return 0;
-    while (fgets(line, sizeof(line), fp) != NULL)
-        if (strstr(line, needle) != NULL)
-            n++;
-    fclose(fp);
-    return n;
-}
-
 /* emad's resident memory, in bytes. */
 static long rss_bytes(pid_t pid)
 {
-    char path[64], line[256];
-    long kib = -1;
+    long kib = proc_value(pid, "status", "VmRSS: %ld kB");
 
-    snprintf(path, sizeof(path), "/proc/%ld/status", (long)pid);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (fgets(line, sizeof(line), fp) != NULL)
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(fp);
     assert_true(kib > 0);
     return kib * KIB;
 }
@@ -145,6 +113,29 @@ static char *const *rss_env(void)
 
 /* ---- unread replies ---- */
 
+/* Start emad (make_dir(d)) with the options extra, its memory measured as
+ * rss_env() allows; n peers (fds) say hello, then pipeline count requests
+ * of method without reading a reply, until emad stops reading each. Assert
+ * that emad's resident memory grew by less than bound bytes meanwhile. */
+static void flood_and_expect_growth_below(struct daemon *d, const char *const extra[], int *fds,
+                                          int n, const char *method, uint32_t count, long bound)
+{
+    msgpack_sbuffer reqs;
+
+    make_dir(d);
+    daemon_start_env(d, extra, rss_env());
+    for (int i = 0; i < n; i++)
+        fds[i] = raw_hello(d->sock);
+    long before = rss_bytes(d->pid);
+    pack_requests(&reqs, method, count);
+    flood_until_paused(d, fds, n, &reqs);
+    long grown = rss_bytes(d->pid) - before;
+    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
+                  grown / KIB, n, bound / KIB);
+    assert_true(grown < bound);
+    msgpack_sbuffer_destroy(&reqs);
+}
+
 /*
  * Peers pipeline tiny requests without reading: what emad allocates for
  * their replies is what --max-pending bounds (it once counted the payload
@@ -155,28 +146,16 @@ static char *const *rss_env(void)
 static void test_unread_replies_memory_is_bounded_per_connection(void **state)
 {
     struct daemon d;
-    msgpack_sbuffer reqs;
     enum { NCONN = 16 };
     const long max_pending = 64 * KIB;
     int fds[NCONN];
     (void)state;
 
-    make_dir(&d);
-    daemon_start_env(&d, (const char *const[]){"--max-pending", "64K", NULL}, rss_env());
-    for (int i = 0; i < NCONN; i++)
-        fds[i] = raw_hello(d.sock);
-    long before = rss_bytes(d.pid);
     /* Unknown methods: the smallest replies (NOMETHOD), the most of them. */
-    pack_requests(&reqs, "x", 400000);
-    flood_until_paused(&d, fds, NCONN, &reqs);
-    long grown = rss_bytes(d.pid) - before;
-    long bound = NCONN * (2 * max_pending + 256 * KIB) + 24 * MIB;
-    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
-                  grown / KIB, NCONN, bound / KIB);
-    assert_true(grown < bound);
-    msgpack_sbuffer_destroy(&reqs);
-    for (int i = 0; i < NCONN; i++)
-        close(fds[i]);
+    flood_and_expect_growth_below(&d, (const char *const[]){"--max-pending", "64K", NULL}, fds,
+                                  NCONN, "x", 400000,
+                                  NCONN * (2 * max_pending + 256 * KIB) + 24 * MIB);
+    close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
 }
 
@@ -188,7 +167,6 @@ static void test_unread_replies_memory_is_bounded_per_connection(void **state)
 static void test_unread_replies_memory_is_bounded_across_connections(void **state)
 {
     struct daemon d;
-    msgpack_sbuffer reqs;
     enum { NCONN = 32 };
     const long total = 1 * MIB;
     int fds[NCONN];
@@ -197,43 +175,22 @@ static void test_unread_replies_memory_is_bounded_across_connections(void **stat
     emac_client *c = NULL;
     (void)state;
 
-    make_dir(&d);
-    daemon_start_env(&d, (const char *const[]){"--max-pending-total", "1M", NULL}, rss_env());
-    for (int i = 0; i < NCONN; i++)
-        fds[i] = raw_hello(d.sock);
-    long before = rss_bytes(d.pid);
-    pack_requests(&reqs, "status", 200000);
-    flood_until_paused(&d, fds, NCONN, &reqs);
-    long grown = rss_bytes(d.pid) - before;
-    long bound = 2 * total + NCONN * 256 * KIB + 24 * MIB;
-    print_message("emad grew by %ld KiB with %d peers not reading (bound %ld KiB)\n",
-                  grown / KIB, NCONN, bound / KIB);
-    assert_true(grown < bound);
+    flood_and_expect_growth_below(&d, (const char *const[]){"--max-pending-total", "1M", NULL},
+                                  fds, NCONN, "status", 200000,
+                                  2 * total + NCONN * 256 * KIB + 24 * MIB);
     assert_true(file_contains(d.log, "reading paused (--max-pending-total)"));
     /* A peer that reads its replies holds none: it is served. */
     assert_int_equal(emac_connect(d.sock, "reader", &c, &err), 0);
     assert_int_equal(emac_status(c, NULL, &st, &err), 0);
     emac_status_free(st);
     emac_disconnect(c);
-    msgpack_sbuffer_destroy(&reqs);
-    for (int i = 0; i < NCONN; i++)
-        close(fds[i]);
+    close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
 }
 
 /* ---- stopping ---- */
 
 #define NT 4096
-static emac_segment *seg_left; /* destroyed by the teardown, even after a failure */
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", NT, NULL, 0},
 };
@@ -367,33 +324,79 @@ static void wait_read_by_emad(int fd)
 
 #define INPUT_BLOCKED "needs more than --max-input-total"
 
+enum { MAXID = 512 };
+
+/* For input_states(): the last word of the log on each connection id. */
+static void input_state_line(const char *line, void *arg)
+{
+    char *state = arg;
+    const char *p = strstr(line, "connection ");
+    unsigned long id = p ? strtoul(p + 11, NULL, 10) : 0;
+
+    if (id == 0 || id >= MAXID)
+        return;
+    if (strstr(line, INPUT_BLOCKED))
+        state[id] = 'b';
+    else if (strstr(line, "fits --max-input-total"))
+        state[id] = 'r';
+    else if (strstr(line, "closed with LIMIT"))
+        state[id] = 'c';
+}
+
 /* From emad's log: how many connections are stopped for --max-input-total
  * now (*blocked), and how many were closed for it (*closed). */
 static void input_states(const char *log, int *blocked, int *closed)
 {
-    enum { MAXID = 512 };
-    char state[MAXID] = {0}, line[1024];
-    FILE *fp = fopen(log, "r");
+    char state[MAXID] = {0};
 
     *blocked = *closed = 0;
-    assert_non_null(fp);
-    while (fgets(line, sizeof(line), fp) != NULL) {
-        const char *p = strstr(line, "connection ");
-        unsigned long id = p ? strtoul(p + 11, NULL, 10) : 0;
-        if (id == 0 || id >= MAXID)
-            continue;
-        if (strstr(line, INPUT_BLOCKED))
-            state[id] = 'b';
-        else if (strstr(line, "fits --max-input-total"))
-            state[id] = 'r';
-        else if (strstr(line, "closed with LIMIT"))
-            state[id] = 'c';
-    }
-    fclose(fp);
+    assert_true(for_each_line(log, input_state_line, state));
     for (int i = 0; i < MAXID; i++) {
         *blocked += state[i] == 'b';
         *closed += state[i] == 'c';
     }
+}
+
+/* Send the rest of req (len bytes, *sent of them sent) on fd as fast as emad
+ * reads it; asserts that emad keeps the connection open. */
+static void send_rest(int fd, const char *req, size_t len, size_t *sent)
+{
+    for (int i = 0; *sent < len; i++) {
+        struct pollfd p = {fd, POLLOUT, 0};
+        assert_true(i < WAIT_MS);
+        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+        assert_true(send_some(fd, req, len, sent));
+    }
+}
+
+/* Read the next message on fd: a notification with code LIMIT, into r. */
+static void expect_limit_notice(int fd, struct reply *r)
+{
+    read_reply(fd, r);
+    assert_false(r->eof);
+    assert_int_equal(r->kind, WIRE_NOTIFY);
+    assert_string_equal(r->code, "LIMIT");
+}
+
+/* Read the next message on fd: the response to big_request(7, ...). */
+static void expect_answer_to_7(int fd)
+{
+    struct reply r;
+
+    read_reply(fd, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.kind, WIRE_RESPONSE);
+    assert_int_equal(r.msgid, 7);
+}
+
+/* An emad whose --max-input-total (5M) cannot hold two requests of 3.5 MiB
+ * (--max-message 4M), and two peers that have said hello. */
+static void start_two_peers(struct daemon *d, int *a, int *b)
+{
+    daemon_start(d, (const char *const[]){"--max-message", "4M", "--max-input-total", "5M",
+                                          NULL});
+    *a = raw_hello(d->sock);
+    *b = raw_hello(d->sock);
 }
 
 /*
@@ -478,9 +481,7 @@ static void test_partial_requests_memory_is_bounded_across_connections(void **st
     emac_session_free(s);
     emac_disconnect(c);
     free(req);
-    for (int i = 0; i < NCONN; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
+    close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
 }
 
@@ -500,10 +501,7 @@ static void test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT(voi
     int a, b;
     (void)state;
 
-    daemon_start(&d, (const char *const[]){"--max-message", "4M", "--max-input-total", "5M",
-                                           NULL});
-    a = raw_hello(d.sock);
-    b = raw_hello(d.sock);
+    start_two_peers(&d, &a, &b);
     char *req = big_request(7, 3584 * KIB, &len);
     size_t half = 1900 * KIB;
     /* Each holds a buffer of 2 MiB (4 MiB of the bound). */
@@ -519,25 +517,14 @@ static void test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT(voi
         sleep_ms(1);
     }
     send_some(b, req, len, &sent_b);
-    read_reply(b, &r);
-    assert_false(r.eof);
-    assert_int_equal(r.kind, WIRE_NOTIFY);
-    assert_string_equal(r.code, "LIMIT");
+    expect_limit_notice(b, &r);
     assert_non_null(strstr(r.message, "--max-input-total"));
     snprintf(needle, sizeof(needle), "(pid %ld, uid %ld): closed with LIMIT: its request holds",
              (long)getpid(), (long)getuid());
     assert_true(file_contains(d.log, needle));
     /* a goes on, and is answered. */
-    for (int i = 0; sent_a < len; i++) {
-        struct pollfd p = {a, POLLOUT, 0};
-        assert_true(i < WAIT_MS);
-        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
-        send_some(a, req, len, &sent_a);
-    }
-    read_reply(a, &r);
-    assert_false(r.eof);
-    assert_int_equal(r.kind, WIRE_RESPONSE);
-    assert_int_equal(r.msgid, 7);
+    send_rest(a, req, len, &sent_a);
+    expect_answer_to_7(a);
     free(req);
     close(a);
     close(b);
@@ -560,10 +547,7 @@ static void test_a_peer_that_stops_sending_cannot_hold_input_total(void **state)
     int a, b;
     (void)state;
 
-    daemon_start(&d, (const char *const[]){"--max-message", "4M", "--max-input-total", "5M",
-                                           NULL});
-    a = raw_hello(d.sock);
-    b = raw_hello(d.sock);
+    start_two_peers(&d, &a, &b);
     char *req = big_request(7, 3584 * KIB, &len);
     /* a holds a buffer of 4 MiB, and sends no more. */
     send_bytes(a, req, 3 * MIB);
@@ -578,22 +562,11 @@ static void test_a_peer_that_stops_sending_cannot_hold_input_total(void **state)
         assert_true(send_some(b, req, len, &sent_b));
         sleep_ms(1);
     }
-    read_reply(a, &r);
-    assert_false(r.eof);
-    assert_int_equal(r.kind, WIRE_NOTIFY);
-    assert_string_equal(r.code, "LIMIT");
+    expect_limit_notice(a, &r);
     assert_true(file_contains(d.log, INPUT_BLOCKED));
     assert_true(file_contains(d.log, "its peer sent nothing for 5 s"));
-    for (int i = 0; sent_b < len; i++) {
-        struct pollfd q = {b, POLLOUT, 0};
-        assert_true(i < WAIT_MS);
-        assert_int_equal(poll(&q, 1, WAIT_MS), 1);
-        assert_true(send_some(b, req, len, &sent_b));
-    }
-    read_reply(b, &r);
-    assert_false(r.eof);
-    assert_int_equal(r.kind, WIRE_RESPONSE);
-    assert_int_equal(r.msgid, 7);
+    send_rest(b, req, len, &sent_b);
+    expect_answer_to_7(b);
     free(req);
     close(a);
     close(b);
@@ -602,53 +575,21 @@ static void test_a_peer_that_stops_sending_cannot_hold_input_total(void **state)
 
 /* ---- the open-file limit ---- */
 
-/* Start emad as daemon_start_env() does, with ulimit_cmd (a bash command:
- * ulimit, redirections) run before it. */
+/* make_dir(d), then start emad as daemon_start_env() does, with ulimit_cmd
+ * (a bash command: ulimit, redirections) run before it. */
 static void start_with_ulimit(struct daemon *d, const char *ulimit_cmd, const char *const extra[])
 {
-    char script[256], err_path[160];
-    const char *argv[32];
-    size_t n = 0;
+    char script[256];
 
+    make_dir(d);
     snprintf(script, sizeof(script), "%s && exec \"$@\"", ulimit_cmd);
-    argv[n++] = "bash";
-    argv[n++] = "-c";
-    argv[n++] = script;
-    argv[n++] = "bash";
-    argv[n++] = emad_bin();
-    argv[n++] = "--socket";
-    argv[n++] = d->sock;
-    argv[n++] = "--state-dir";
-    argv[n++] = d->state;
-    argv[n++] = "--log-file";
-    argv[n++] = d->log;
-    argv[n++] = "--log-level";
-    argv[n++] = "debug";
-    for (size_t i = 0; extra && extra[i] && n < 31; i++)
-        argv[n++] = extra[i];
-    argv[n] = NULL;
-    snprintf(err_path, sizeof(err_path), "%s/emad.stderr", d->dir);
-    int err_fd = open(err_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    assert_true(err_fd >= 0);
-    d->pid = spawn((char *const *)argv, NULL, -1, err_fd);
-    close(err_fd);
-    assert_true(wait_listening(d->pid, d->sock));
+    daemon_start_argv(d, (const char *const[]){"bash", "-c", script, "bash", NULL}, extra, NULL);
 }
 
 /* The soft open-file limit of pid, from /proc/PID/limits. */
 static long soft_nofile(pid_t pid)
 {
-    char path[64], line[256];
-    long soft = -1;
-
-    snprintf(path, sizeof(path), "/proc/%ld/limits", (long)pid);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    while (fgets(line, sizeof(line), fp) != NULL)
-        if (sscanf(line, "Max open files %ld", &soft) == 1)
-            break;
-    fclose(fp);
-    return soft;
+    return proc_value(pid, "limits", "Max open files %ld");
 }
 
 /* Connect and say hello: 1 if served, 0 if refused with LIMIT; fails the
@@ -656,16 +597,11 @@ static long soft_nofile(pid_t pid)
 static int hello_or_limit(const char *sock, int *fd_out)
 {
     struct reply r;
+    msgpack_sbuffer sb;
     int fd = try_connect(sock);
 
     assert_true(fd >= 0);
-    struct msg_hello h = {1, msg_str_c("test_limits"), false, 0};
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, 1, "hello");
-    msg_encode(&pk, &msg_hello_desc, &h);
+    pack_hello(&sb, 1, 1, "test_limits");
     /* A refused peer may be closed before its hello arrives. */
     (void)send(fd, sb.data, sb.size, MSG_NOSIGNAL);
     msgpack_sbuffer_destroy(&sb);
@@ -683,6 +619,18 @@ static int hello_or_limit(const char *sock, int *fd_out)
     return 1;
 }
 
+/* n peers connect and say hello, one after the other: how many were
+ * served and how many refused with LIMIT (hello_or_limit()). */
+static void hello_all(const char *sock, int *fds, int n, int *served, int *refused)
+{
+    for (int i = 0; i < n; i++) {
+        if (hello_or_limit(sock, &fds[i]))
+            (*served)++;
+        else
+            (*refused)++;
+    }
+}
+
 /* systemd starts services with a soft limit of 1024 open files, below the
  * default --max-connections: emad raises its soft limit to fit. */
 static void test_soft_fd_limit_is_raised_to_fit_max_connections(void **state)
@@ -692,7 +640,6 @@ static void test_soft_fd_limit_is_raised_to_fit_max_connections(void **state)
     int fds[NCONN];
     (void)state;
 
-    make_dir(&d);
     start_with_ulimit(&d, "ulimit -Sn 64",
                       (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
     /* 200 connections and 64 + 2 per worker for files. */
@@ -700,8 +647,7 @@ static void test_soft_fd_limit_is_raised_to_fit_max_connections(void **state)
     for (int i = 0; i < NCONN; i++)
         assert_int_equal(hello_or_limit(d.sock, &fds[i]), 1);
     assert_true(file_contains(d.log, "open-file limit raised from 64"));
-    for (int i = 0; i < NCONN; i++)
-        close(fds[i]);
+    close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
 }
 
@@ -714,41 +660,35 @@ static void test_hard_fd_limit_lowers_max_connections_and_peers_hear_LIMIT(void 
     int fds[NCONN], served = 0, refused = 0;
     (void)state;
 
-    make_dir(&d);
     start_with_ulimit(&d, "ulimit -n 128",
                       (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
-    for (int i = 0; i < NCONN; i++) {
-        if (hello_or_limit(d.sock, &fds[i]))
-            served++;
-        else
-            refused++;
-    }
+    hello_all(d.sock, fds, NCONN, &served, &refused);
     /* 128 - (64 + 2 per worker) */
     assert_int_equal(served, 60);
     assert_int_equal(refused, NCONN - 60);
     assert_true(file_contains(d.log, "serving at most 60 connections"));
     assert_true(file_contains(d.log, "refused connection from pid"));
-    for (int i = 0; i < NCONN; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
+    close_all(fds, NCONN);
     daemon_stop_unlinked(&d);
+}
+
+/* For logged_fd_refusals(): add the count of line, if it says so. */
+static void fd_refusals_line(const char *line, void *arg)
+{
+    long *sum = arg, n = 0;
+    const char *p = strstr(line, "refused ");
+
+    if (p != NULL && strstr(p, "connections with LIMIT: no file descriptor left") != NULL &&
+        sscanf(p, "refused %ld connections", &n) == 1)
+        *sum += n;
 }
 
 /* The peers the log says were refused for lack of descriptors, in all. */
 static long logged_fd_refusals(const char *log)
 {
-    char line[1024];
-    long n = 0, sum = 0;
-    FILE *fp = fopen(log, "r");
+    long sum = 0;
 
-    assert_non_null(fp);
-    while (fgets(line, sizeof(line), fp) != NULL) {
-        const char *p = strstr(line, "refused ");
-        if (p != NULL && strstr(p, "connections with LIMIT: no file descriptor left") != NULL &&
-            sscanf(p, "refused %ld connections", &n) == 1)
-            sum += n;
-    }
-    fclose(fp);
+    assert_true(for_each_line(log, fd_refusals_line, &sum));
     return sum;
 }
 
@@ -763,16 +703,10 @@ static void test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so(void **
     int fds[NCONN], served = 0, refused = 0;
     (void)state;
 
-    make_dir(&d);
     start_with_ulimit(&d, "ulimit -n 128 && for i in $(seq 20 99); do eval \"exec $i</dev/null\"; "
                           "done",
                       (const char *const[]){"--max-connections", "200", "--workers", "2", NULL});
-    for (int i = 0; i < NCONN; i++) {
-        if (hello_or_limit(d.sock, &fds[i]))
-            served++;
-        else
-            refused++;
-    }
+    hello_all(d.sock, fds, NCONN, &served, &refused);
     assert_true(served >= 1);
     assert_true(served < 60);
     assert_int_equal(served + refused, NCONN);
@@ -786,9 +720,7 @@ static void test_out_of_descriptors_peers_hear_LIMIT_and_the_log_says_so(void **
     }
     assert_int_equal(logged_fd_refusals(d.log), refused);
     /* Once peers leave, new ones are served again. */
-    for (int i = 0; i < NCONN; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
+    close_all(fds, NCONN);
     int fd = -1;
     for (int i = 0; i < 500 && fd < 0; i++) {
         if (!hello_or_limit(d.sock, &fd))
@@ -806,11 +738,12 @@ int main(void)
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_unread_replies_memory_is_bounded_across_connections,
                                   kill_leftovers),
-        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it, teardown),
+        cmocka_unit_test_teardown(test_stop_answers_the_requests_received_before_it,
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_stop_does_not_wait_for_a_peer_that_does_not_read,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_partial_requests_memory_is_bounded_across_connections,
-                                  teardown),
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT,
                                   kill_leftovers),
         cmocka_unit_test_teardown(test_a_peer_that_stops_sending_cannot_hold_input_total,

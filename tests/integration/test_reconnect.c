@@ -29,16 +29,6 @@
 
 #define N 4096
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", N, NULL, 0},
     {"h", "f16", N, NULL, 0},
@@ -817,16 +807,7 @@ static const float *raw_attach(struct raw *r, const struct daemon *d, const char
     char code[32], shadow[128];
 
     raw_open(r, d);
-    memset(&reg, 0, sizeof(reg));
-    reg.session = msg_str_c(session);
-    reg.shm = msg_str_c(emac_segment_name(seg));
-    for (size_t i = 0; i < 2; i++) {
-        const struct emac_tensor *et = emac_segment_tensor(seg, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
-    }
-    reg.tensors = t;
-    reg.ntensors = 2;
+    register_msg(&reg, t, 2, session, seg);
     reg.has_resume = true;
     reg.resume = true;
     raw_send(r, "register", &msg_register_desc, &reg);
@@ -873,6 +854,26 @@ static float *shadow_w(const float *map)
     return copy;
 }
 
+/* Start emad, register "numbered" (half-life 2ba, the params of step 0 in
+ * seg_left) and close it kept; then take it up again on the raw connection
+ * r. Returns raw_attach()'s mapping of its shadow (*len bytes). */
+static const float *start_numbered(struct daemon *d, struct raw *r, size_t *len)
+{
+    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
+    struct emac_error err;
+    emac_session *s = NULL;
+
+    daemon_start(d, NULL);
+    emac_client *c = client_connect(d, "test_reconnect");
+    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
+    step_params(seg_left, 0);
+    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
+    assert_int_equal(emac_close(s, true, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    return raw_attach(r, d, "numbered", seg_left, len);
+}
+
 /*
  * A seq sent again is answered from the record, never applied twice, also
  * by an emad started after a SIGKILL; a swap sent again runs against the
@@ -882,25 +883,13 @@ static float *shadow_w(const float *map)
 static void test_seq_sent_again_is_answered_not_applied(void **state)
 {
     struct daemon d;
-    struct emac_error err;
     struct msg_action a;
     struct raw r;
     char code[32], action[16];
-    emac_session *s = NULL;
     size_t len;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_reconnect");
-    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
-    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
-    step_params(seg_left, 0);
-    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
-    assert_int_equal(emac_close(s, true, &err), 0);
-    emac_session_free(s);
-    emac_disconnect(c);
-
-    const float *map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    const float *map = start_numbered(&d, &r, &len);
     step_params(seg_left, 1);
     raw_event(&r, 1, 1, code, &a, action);
     assert_string_equal(code, "");
@@ -979,26 +968,14 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
 static void test_clean_restart_keeps_the_request_record(void **state)
 {
     struct daemon d;
-    struct emac_error err;
     struct msg_action a;
     struct raw r;
     char code[32], action[16], actions[9][16];
     uint64_t updates[9];
-    emac_session *s = NULL;
     size_t len;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_reconnect");
-    struct emac_config cfg = {"2ba", false, 0, NULL, NULL};
-    assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
-    step_params(seg_left, 0);
-    assert_int_equal(emac_register(c, "numbered", seg_left, &cfg, false, &s, &err), 0);
-    assert_int_equal(emac_close(s, true, &err), 0);
-    emac_session_free(s);
-    emac_disconnect(c);
-
-    const float *map = raw_attach(&r, &d, "numbered", seg_left, &len);
+    const float *map = start_numbered(&d, &r, &len);
     for (uint64_t q = 1; q <= 8; q++) {
         struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {q, 0, false, 0},
                               true, q};
@@ -1110,23 +1087,28 @@ static void test_table_and_compact_reply_match_the_list(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact, teardown),
-        cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects, teardown),
-        cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown),
-        cmocka_unit_test_teardown(test_clean_restart_keeps_the_request_record, teardown),
-        cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown),
-        cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown),
+        cmocka_unit_test_teardown(test_trainer_goes_on_through_a_restart_bit_exact,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_backoff_gives_up_then_a_later_call_reconnects,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_seq_sent_again_is_answered_not_applied, teardown_seg_left),
+        cmocka_unit_test_teardown(test_clean_restart_keeps_the_request_record, teardown_seg_left),
+        cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown_seg_left),
+        cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown_seg_left),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice_by_default,
-                                  teardown),
-        cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training, teardown),
-        cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly, teardown),
-        cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown),
-        cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown),
-        cmocka_unit_test_teardown(test_reconnect_defaults_and_environment, teardown),
-        cmocka_unit_test_teardown(test_unclaimed_shadow_of_our_directory_is_removed, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_session_unknown_after_restart_fails_clearly,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_another_emad_starting_spares_our_shadows, teardown_seg_left),
+        cmocka_unit_test_teardown(test_refused_while_full_then_reconnects_again, teardown_seg_left),
+        cmocka_unit_test_teardown(test_reconnect_defaults_and_environment, teardown_seg_left),
+        cmocka_unit_test_teardown(test_unclaimed_shadow_of_our_directory_is_removed,
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_save_in_flight_fails_clearly_and_the_client_goes_on,
-                                  teardown),
-        cmocka_unit_test_teardown(test_load_is_journaled_before_its_reply, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_load_is_journaled_before_its_reply, teardown_seg_left),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

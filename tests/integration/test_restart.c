@@ -30,16 +30,6 @@
 
 #define N 5000
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 static const struct emac_tensor_spec specs[] = {
     {"w", "f32", N, NULL, 0},
     {"b", "bf16", N, NULL, 0},
@@ -596,19 +586,10 @@ static void test_close_and_drop_reply_after_the_shadow_is_gone(void **state)
 
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     struct msg_tensor t[3];
-    for (size_t i = 0; i < 3; i++) {
-        const struct emac_tensor *et = emac_segment_tensor(seg_left, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
-    }
     for (int drop = 0; drop < 2; drop++) {
         struct daemon d;
         struct msg_register reg;
-        memset(&reg, 0, sizeof(reg));
-        reg.session = msg_str_c("gone");
-        reg.shm = msg_str_c(emac_segment_name(seg_left));
-        reg.tensors = t;
-        reg.ntensors = 3;
+        register_msg(&reg, t, 3, "gone", seg_left);
         struct msg_close keep = {msg_str_c("gone"), true, true};
         struct msg_close plain = {msg_str_c("gone"), false, false};
         struct msg_drop dr = {msg_str_c("gone")};
@@ -666,17 +647,8 @@ static void test_resume_of_a_closing_session_is_refused(void **state)
 
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     struct msg_tensor t[3];
-    for (size_t i = 0; i < 3; i++) {
-        const struct emac_tensor *et = emac_segment_tensor(seg_left, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
-    }
     struct msg_register reg;
-    memset(&reg, 0, sizeof(reg));
-    reg.session = msg_str_c("closing");
-    reg.shm = msg_str_c(emac_segment_name(seg_left));
-    reg.tensors = t;
-    reg.ntensors = 3;
+    register_msg(&reg, t, 3, "closing", seg_left);
     reg.has_config = true;
     reg.config.has_half_life = true;
     reg.config.half_life = msg_str_c("1ba");
@@ -968,24 +940,27 @@ static void test_state_directory_is_locked(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(
-            test_clean_restart_keeps_sessions_detached_with_shadow_and_state, teardown),
+        cmocka_unit_test_teardown(test_clean_restart_keeps_sessions_detached_with_shadow_and_state,
+                                  teardown_seg_left),
         cmocka_unit_test_teardown(test_sigkill_keeps_sessions_with_shadow_and_counters,
-                                  teardown),
-        cmocka_unit_test_teardown(test_sigkill_mid_update_is_reported, teardown),
-        cmocka_unit_test_teardown(
-            test_stop_that_cannot_write_keeps_the_session_for_the_next_start, teardown),
-        cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown),
-        cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown),
-        cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown),
-        cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file, teardown),
-        cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown),
-        cmocka_unit_test_teardown(test_close_and_drop_reply_after_the_shadow_is_gone, teardown),
-        cmocka_unit_test_teardown(test_resume_of_a_closing_session_is_refused, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_sigkill_mid_update_is_reported, teardown_seg_left),
+        cmocka_unit_test_teardown(test_stop_that_cannot_write_keeps_the_session_for_the_next_start,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_closed_sessions_are_not_resurrected, teardown_seg_left),
+        cmocka_unit_test_teardown(test_corrupt_kept_session_is_left_aside, teardown_seg_left),
+        cmocka_unit_test_teardown(test_start_removes_shadows_of_dead_emads_only, teardown_seg_left),
+        cmocka_unit_test_teardown(test_save_on_a_full_disk_keeps_the_previous_file,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_pipelined_close_keep_then_drop, teardown_seg_left),
+        cmocka_unit_test_teardown(test_close_and_drop_reply_after_the_shadow_is_gone,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_resume_of_a_closing_session_is_refused, teardown_seg_left),
         cmocka_unit_test_teardown(test_swap_states_hold_in_every_phase_and_after_a_kill,
-                                  teardown),
-        cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress, teardown),
-        cmocka_unit_test_teardown(test_state_directory_is_locked, teardown),
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_watchdog_pings_only_while_workers_progress,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_state_directory_is_locked, teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("restart", tests, NULL, NULL);

@@ -27,16 +27,6 @@
 #define NOBODY 65534 /* Debian's nobody, whose primary group is nogroup (65534) */
 #define N 4096
 
-static emac_segment *seg_left;
-
-static int teardown(void **state)
-{
-    kill_leftovers(state);
-    emac_segment_destroy(seg_left);
-    seg_left = NULL;
-    return 0;
-}
-
 /* A session of one f32 tensor named tensor, every element a function of step. */
 static emac_session *session_ok(emac_client *c, const char *name, const char *tensor,
                                 emac_segment **seg, float step)
@@ -56,23 +46,6 @@ static emac_session *session_ok(emac_client *c, const char *name, const char *te
 
 /* ---- the other user ---- */
 
-/* What the child tells the test: 0, or the line of the first check that failed and why. */
-struct verdict {
-    int line;
-    char why[16384];
-};
-
-/* In the child: a failed check records itself and goes to the function's `out`, which frees
- * what the child made (its segment above all: nothing of nobody's may be left in /dev/shm). */
-#define CHILD_CHECK(v, cond, ...)                                                            \
-    do {                                                                                     \
-        if (!(cond)) {                                                                       \
-            (v)->line = __LINE__;                                                            \
-            snprintf((v)->why, sizeof((v)->why), __VA_ARGS__);                               \
-            goto out;                                                                        \
-        }                                                                                    \
-    } while (0)
-
 /* Whether text holds none of the words (a NULL-terminated list). */
 static bool shows_none(const char *text, const char *const words[])
 {
@@ -82,38 +55,29 @@ static bool shows_none(const char *text, const char *const words[])
     return true;
 }
 
-/* The other user's part: one of the functions below, run by run_as_nobody. */
-typedef void (*nobody_fn)(const struct daemon *d, struct verdict *v);
-
-/* Run fn in a child that is nobody (uid and gid 65534, no supplementary groups); fail the test
- * with the child's verdict unless every check of fn held. */
-static void run_as_nobody(const struct daemon *d, nobody_fn fn)
+/* Run fn(d, verdict) as the other user, nobody (uid and gid 65534, no supplementary groups);
+ * fail the test with the child's verdict unless every check of fn held. */
+static void run_as_nobody(const struct daemon *d, void (*fn)(const void *d, struct verdict *v))
 {
-    struct verdict v = {0, ""};
-    int fds[2], status;
-    pid_t pid;
+    run_as_uid(NOBODY, NOBODY, fn, d);
+}
 
-    assert_int_equal(pipe(fds), 0);
-    pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        if (setgroups(0, NULL) != 0 || setgid(NOBODY) != 0 || setuid(NOBODY) != 0) {
-            v.line = __LINE__;
-            snprintf(v.why, sizeof(v.why), "cannot become uid %d: %s", NOBODY, strerror(errno));
-        } else {
-            fn(d, &v);
-        }
-        _exit(write(fds[1], &v, sizeof(v)) == (ssize_t)sizeof(v) ? 0 : 1);
-    }
-    close(fds[1]);
-    ssize_t n = read(fds[0], &v, sizeof(v));
-    close(fds[0]);
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    if (n != (ssize_t)sizeof(v) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        fail_msg("the child playing uid %d died (status 0x%x)", NOBODY, status);
-    if (v.line != 0)
-        fail_msg("as uid %d, line %d: %s", NOBODY, v.line, v.why);
+/* In the child: connect as "thief" and register session name, of one f32 tensor "w" of N; false
+ * (and the verdict says why) if it cannot. What it made is in *c, *seg, *s for the caller to
+ * free. */
+static bool thief_session(const char *sock, const char *name, emac_client **c,
+                          emac_segment **seg, emac_session **s, struct verdict *v)
+{
+    struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
+    struct emac_error err;
+
+    CHILD_CHECK(v, emac_connect(sock, "thief", c, &err) == 0, "connect: %s: %s", err.code,
+                err.message);
+    CHILD_CHECK(v, emac_segment_create(&spec, 1, seg, &err) == 0, "segment: %s", err.message);
+    CHILD_CHECK(v, emac_register(*c, name, *seg, NULL, false, s, &err) == 0,
+                "register: %s: %s", err.code, err.message);
+out:
+    return v->line == 0;
 }
 
 /* Words of root's session that no error to another user may show. */
@@ -124,24 +88,21 @@ static const char *const roots_data[] = {"victim", "secret.weight", "users/0", N
  * directory has none); loading "named", root's file of another tensor table, does not show
  * that table. Saving "snap" makes its own file, in its own directory, which it loads back.
  */
-static void thief(const struct daemon *d, struct verdict *v)
+static void thief(const void *arg, struct verdict *v)
 {
+    const struct daemon *d = arg;
     struct emac_error err;
     struct emac_file f;
     emac_client *c = NULL;
     emac_session *s = NULL;
     emac_segment *seg = NULL;
-    struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
     struct emac_result r;
     struct emac_time t = {1, 0, false, 0};
     char want[PATH_MAX];
     int rc;
 
-    CHILD_CHECK(v, emac_connect(d->sock, "thief", &c, &err) == 0, "connect: %s: %s", err.code,
-                err.message);
-    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
-    CHILD_CHECK(v, emac_register(c, "thief", seg, NULL, false, &s, &err) == 0,
-                "register: %s: %s", err.code, err.message);
+    if (!thief_session(d->sock, "thief", &c, &seg, &s, v))
+        goto out;
     CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s", err.message);
 
     rc = emac_load(c, "thief", "snap", &f, &err);
@@ -176,22 +137,19 @@ out:
  * directory itself where older emads saved every user's files, and "mine", root's, that an
  * administrator copied into its directory. Both are refused, and say nothing of root's.
  */
-static void thief_of_moved_files(const struct daemon *d, struct verdict *v)
+static void thief_of_moved_files(const void *arg, struct verdict *v)
 {
+    const struct daemon *d = arg;
     static const char *const names[] = {"legacy", "mine"};
     struct emac_error err;
     struct emac_file f;
     emac_client *c = NULL;
     emac_session *s = NULL;
     emac_segment *seg = NULL;
-    struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
     int rc;
 
-    CHILD_CHECK(v, emac_connect(d->sock, "thief", &c, &err) == 0, "connect: %s: %s", err.code,
-                err.message);
-    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
-    CHILD_CHECK(v, emac_register(c, "thief2", seg, NULL, false, &s, &err) == 0,
-                "register: %s: %s", err.code, err.message);
+    if (!thief_session(d->sock, "thief2", &c, &seg, &s, v))
+        goto out;
     for (size_t i = 0; i < 2; i++) {
         rc = emac_load(c, "thief2", names[i], &f, &err);
         CHILD_CHECK(v, rc != 0, "loaded root's file %s", f.path);
@@ -238,11 +196,7 @@ static void test_state_files_belong_to_the_uid_that_saved_them(void **state)
 
     if (geteuid() != 0)
         skip();
-    make_dir(&d);
-    assert_int_equal(chmod(d.dir, 0755), 0);
-    daemon_start_env(&d, (const char *const[]){"--socket-mode", "0666", "--allow-group",
-                                               "nogroup", NULL},
-                     NULL);
+    daemon_start_open(&d, "nogroup");
     emac_client *c = client_connect(&d, "test_state_owner");
     emac_session *s = session_ok(c, "victim", "w", &seg_left, 1);
     assert_int_equal(event_at(s, "batch_end", 1).updates, 1);
@@ -328,8 +282,10 @@ static void test_world_writable_state_dir_is_refused_at_start(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_state_files_belong_to_the_uid_that_saved_them, teardown),
-        cmocka_unit_test_teardown(test_world_writable_state_dir_is_refused_at_start, teardown),
+        cmocka_unit_test_teardown(test_state_files_belong_to_the_uid_that_saved_them,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_world_writable_state_dir_is_refused_at_start,
+                                  teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("state_owner", tests, NULL, NULL);
