@@ -20,6 +20,9 @@
  *                        on it fail with EIO (or stall), as they do when the disk fails while
  *                        the directory's new entries are written out. MATCH's substring would
  *                        also catch the files inside.
+ *   EMAD_TEST_NO_ACL     set (to anything): setting a POSIX ACL fails with EOPNOTSUPP, as on a
+ *                        /dev/shm mounted without ACL support, so that test_hostile can drive
+ *                        emad's fallback of giving each shadow to its trainer's uid.
  *   EMAD_TEST_EIO_LOG    a file: every fsync, fdatasync and rename of emad (whatever the paths)
  *                        is appended to it as one line, "fsync PATH" or "rename FROM TO", in the
  *                        order emad made them, so that a test can prove that a directory was
@@ -44,6 +47,7 @@
 #include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 static const char *match;      /* EMAD_TEST_EIO_MATCH; NULL: do nothing */
@@ -51,6 +55,7 @@ static uint64_t after;         /* EMAD_TEST_EIO_AFTER */
 static const char *stall_path; /* EMAD_TEST_EIO_STALL; NULL: fail with EIO */
 static const char *fail_dir;   /* EMAD_TEST_EIO_DIR; NULL: none */
 static const char *log_path;   /* EMAD_TEST_EIO_LOG; NULL: no log */
+static bool no_acl;            /* EMAD_TEST_NO_ACL */
 
 __attribute__((constructor)) static void eio_shim_init(void)
 {
@@ -65,6 +70,7 @@ __attribute__((constructor)) static void eio_shim_init(void)
     match = m != NULL && m[0] != '\0' ? m : NULL;
     fail_dir = dir != NULL && dir[0] != '\0' ? dir : NULL;
     log_path = log != NULL && log[0] != '\0' ? log : NULL;
+    no_acl = getenv("EMAD_TEST_NO_ACL") != NULL;
 }
 
 /* The definition of name that this library hides (libc's, or a sanitizer's interceptor when
@@ -272,4 +278,15 @@ int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpat
 int rename(const char *oldpath, const char *newpath)
 {
     return renameat(AT_FDCWD, oldpath, AT_FDCWD, newpath);
+}
+
+int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
+{
+    NEXT(fsetxattr);
+
+    if (no_acl && strncmp(name, "system.posix_acl_", 17) == 0) {
+        errno = EOPNOTSUPP;
+        return -1;
+    }
+    return next(fd, name, value, size, flags);
 }

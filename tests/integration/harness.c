@@ -8,6 +8,7 @@
 #include "wire.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
@@ -535,4 +536,25 @@ void daemon_kill(struct daemon *d)
 {
     assert_int_equal(kill(d->pid, SIGKILL), 0);
     assert_int_equal(wait_exit(d->pid), 128 + SIGKILL);
+}
+
+void shim_preload(char preload[SHIM_PRELOAD_MAX], char asan[SHIM_ASAN_MAX])
+{
+    const char *shim = getenv("EMAD_TEST_EIO_SHIM");
+    const char *opts = getenv("ASAN_OPTIONS");
+    char path[PATH_MAX];
+
+    /* Built plain by `make tests` and preloaded into every variant of emad; absolute, since
+     * emad resolves it. */
+    if (shim == NULL)
+        shim = "build/tests/integration/eio_shim.so";
+    if (realpath(shim, path) == NULL)
+        fail_msg("the test shim %s: %s (make tests builds it; EMAD_TEST_EIO_SHIM overrides)", shim,
+                 strerror(errno));
+    snprintf(preload, SHIM_PRELOAD_MAX, "LD_PRELOAD=%s", path);
+    /* ASan wants its runtime first among the preloaded libraries; the shim only forwards
+     * to whatever comes next (ASan's interceptors included), so the order is harmless.
+     * Other builds ignore the variable. */
+    snprintf(asan, SHIM_ASAN_MAX, "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+             opts != NULL ? opts : "", opts != NULL && opts[0] != '\0' ? ":" : "");
 }

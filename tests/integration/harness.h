@@ -177,6 +177,13 @@ void daemon_start_env(struct daemon *d, const char *const extra[], char *const e
 void daemon_start_argv(struct daemon *d, const char *const prefix[], const char *const extra[],
                        char *const envs[]);
 
+/* The test shim (eio_shim.c) preloaded into emad: LD_PRELOAD=<its absolute
+ * path> into preload and, for an ASan emad, ASAN_OPTIONS that accept it,
+ * into asan ($EMAD_TEST_EIO_SHIM overrides build/tests/integration/eio_shim.so). */
+#define SHIM_PRELOAD_MAX 4200
+#define SHIM_ASAN_MAX 1024
+void shim_preload(char preload[SHIM_PRELOAD_MAX], char asan[SHIM_ASAN_MAX]);
+
 /* make_dir(d), then daemon_start_env(d, extra, NULL). */
 void daemon_start(struct daemon *d, const char *const extra[]);
 

@@ -37,7 +37,8 @@
 
 /* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
 struct shim_env {
-    char preload[PATH_MAX + 16], match[PATH_MAX + 64], after[64], stall[160], asan[1024];
+    char preload[SHIM_PRELOAD_MAX], match[PATH_MAX + 64], after[64], stall[160];
+    char asan[SHIM_ASAN_MAX];
     char dir[PATH_MAX + 32], log[PATH_MAX + 32];
     char *v[8];
 };
@@ -51,25 +52,9 @@ static const char *user_dir(const struct daemon *d, char *out, size_t outlen)
 }
 
 /* LD_PRELOAD and ASAN_OPTIONS for the shim into e, from e->v[0]; how many were set. */
-static size_t shim_preload(struct shim_env *e)
+static size_t shim_preload_into(struct shim_env *e)
 {
-    const char *shim = getenv("EMAD_TEST_EIO_SHIM");
-    const char *asan = getenv("ASAN_OPTIONS");
-    char path[PATH_MAX];
-
-    /* Built plain by `make tests` and preloaded into every variant of emad; absolute, since
-     * emad resolves it. */
-    if (shim == NULL)
-        shim = "build/tests/integration/eio_shim.so";
-    if (realpath(shim, path) == NULL)
-        fail_msg("the EIO shim %s: %s (make tests builds it; EMAD_TEST_EIO_SHIM overrides)", shim,
-                 strerror(errno));
-    snprintf(e->preload, sizeof(e->preload), "LD_PRELOAD=%s", path);
-    /* ASan wants its runtime first among the preloaded libraries; the shim only forwards
-     * to whatever comes next (ASan's interceptors included), so the order is harmless.
-     * Other builds ignore the variable. */
-    snprintf(e->asan, sizeof(e->asan), "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
-             asan != NULL ? asan : "", asan != NULL && asan[0] != '\0' ? ":" : "");
+    shim_preload(e->preload, e->asan);
     e->v[0] = e->preload;
     e->v[1] = e->asan;
     return 2;
@@ -79,7 +64,7 @@ static size_t shim_preload(struct shim_env *e)
  * the directory fail_dir (NULL: none). */
 static char *const *shim_env_dir(struct shim_env *e, const char *fail_dir, const char *log)
 {
-    size_t n = shim_preload(e);
+    size_t n = shim_preload_into(e);
 
     snprintf(e->log, sizeof(e->log), "EMAD_TEST_EIO_LOG=%s", log);
     e->v[n++] = e->log;
@@ -99,7 +84,7 @@ static char *const *shim_env(struct shim_env *e, const struct daemon *d, const c
                              unsigned long long after, const char *stall)
 {
     char dir[PATH_MAX];
-    size_t n = shim_preload(e);
+    size_t n = shim_preload_into(e);
 
     snprintf(e->match, sizeof(e->match), "EMAD_TEST_EIO_MATCH=%s/.%s.emastate.tmp-",
              user_dir(d, dir, sizeof(dir)), name);

@@ -475,6 +475,88 @@ static void test_trainer_of_another_uid_cannot_change_its_shadow(void **state)
     daemon_stop(&d);
 }
 
+/* As another uid, against an emad whose /dev/shm refuses ACLs: the shadow
+ * is the trainer's own (0400), so it can resize it; its next update fails
+ * with SHM, and only its session. */
+static void trainer_resizes_its_shadow(const void *sock, struct verdict *v)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
+    struct emac_config cfg = {"1ba", false, 0, NULL, NULL};
+    struct emac_error err;
+    emac_client *c = NULL;
+    emac_session *s = NULL;
+    emac_segment *seg = NULL;
+    struct emac_result r;
+    struct emac_time t = {1, 0, false, 0};
+    struct stat st;
+    char path[200];
+    int fd = -1;
+
+    CHILD_CHECK(v, emac_connect(sock, "resizer", &c, &err) == 0, "connect: %s: %s", err.code,
+                err.message);
+    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
+    CHILD_CHECK(v, emac_register(c, "theirs", seg, &cfg, false, &s, &err) == 0,
+                "register: %s: %s", err.code, err.message);
+    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s: %s", err.code,
+                err.message);
+    snprintf(path, sizeof(path), "/dev/shm%s", emac_session_state(s)->shadow_shm);
+    CHILD_CHECK(v, stat(path, &st) == 0 && st.st_uid == getuid() && (st.st_mode & 0777) == 0400,
+                "without ACLs the shadow should be the trainer's, 0400");
+    CHILD_CHECK(v, chmod(path, 0600) == 0, "chmod of its own shadow: %s", strerror(errno));
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    CHILD_CHECK(v, fd >= 0 && ftruncate(fd, 4096) == 0, "resizing its shadow: %s",
+                strerror(errno));
+    t.batch = 2;
+    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) != 0 && strcmp(err.code, "SHM") == 0,
+                "an update into a resized shadow should fail with SHM, got %s: %s", err.code,
+                err.message);
+out:
+    if (fd >= 0)
+        close(fd);
+    emac_session_free(s);
+    emac_segment_destroy(seg);
+    emac_disconnect(c);
+}
+
+/* Where /dev/shm has no ACLs, emad gives shadows to their trainers (and
+ * says so once): a trainer that resizes its own shadow fails its own
+ * session, never emad or another session. */
+static void test_without_acls_a_resized_shadow_fails_only_its_session(void **state)
+{
+    const char *extra[] = {"--socket-mode", "0666", "--allow-group", "nogroup", NULL};
+    char preload[SHIM_PRELOAD_MAX], asan[SHIM_ASAN_MAX], no_acl[] = "EMAD_TEST_NO_ACL=1";
+    char *envs[] = {preload, asan, no_acl, NULL};
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {1, 0, false, 0};
+    emac_client *c;
+    struct daemon d;
+    (void)state;
+
+    if (geteuid() != 0)
+        skip();
+    shim_preload(preload, asan);
+    make_dir(&d);
+    assert_int_equal(chmod(d.dir, 0755), 0);
+    daemon_start_env(&d, extra, envs);
+    assert_int_equal(emac_connect(d.sock, "root", &c, &err), 0);
+    emac_session *mine = session_ok(c, "mine", &segs[0]);
+    assert_int_equal(emac_event(mine, "batch_end", &t, &r, &err), 0);
+
+    run_as_uid(65534, 65534, trainer_resizes_its_shadow, d.sock);
+
+    t.batch = 2;
+    assert_int_equal(emac_event(mine, "batch_end", &t, &r, &err), 0);
+    assert_int_equal(r.action, EMAC_ACTION_UPDATE);
+    assert_int_equal(r.updates, 2);
+    assert_int_equal(count_lines(d.log, "/dev/shm refuses POSIX ACLs"), 1);
+    assert_true(file_contains(d.log, "was resized or removed while emad used it"));
+    assert_int_equal(emac_close(mine, false, &err), 0);
+    emac_session_free(mine);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* As another uid (run_as_uid()): register "shared" on sock, one update,
  * then go away leaving it detached. */
 static void trainer_leaves_shared(const void *sock, struct verdict *v)
@@ -595,6 +677,8 @@ int main(void)
         cmocka_unit_test_teardown(test_shrunk_shadow_fails_only_its_session, teardown),
         cmocka_unit_test_teardown(test_trainer_of_another_uid_cannot_change_its_shadow, teardown),
         cmocka_unit_test_teardown(test_session_names_are_per_uid, teardown),
+        cmocka_unit_test_teardown(test_without_acls_a_resized_shadow_fails_only_its_session,
+                                  teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("hostile", tests, NULL, NULL);
