@@ -2535,7 +2535,7 @@ bool registry_owns_shadow(void *registry, const char *name)
     /* A dead emad of another state directory left it: that emad's restart
      * takes it back, so it is not ours to remove (emactl gc may). One
      * without a readable header never held a session. */
-    fd = shm_open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    fd = shm_open(name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0); /* leases */
     if (fd < 0)
         return false;
     n = pread(fd, &h, sizeof(h), 0);

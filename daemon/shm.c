@@ -35,8 +35,15 @@ int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, struct se
         strlen(name) > 255)
         return err_set(err, errlen, -EINVAL,
                     "shm \"%s\": a segment name has the form /emad-<name> (no other '/')", name);
-    /* O_NOFOLLOW: /dev/shm is world-writable; a symlink there is never ours. */
-    fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    /* O_NOFOLLOW: /dev/shm is world-writable; a symlink there is never ours.
+     * O_NONBLOCK: the owner may hold a lease on its object, and an open that
+     * breaks a lease sleeps (up to fs.lease-break-time) on the loop thread,
+     * freezing every session: fail at once instead. */
+    fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0);
+    if (fd < 0 && errno == EWOULDBLOCK)
+        return err_set(err, errlen, -EBUSY, "shm \"%s\" is leased by its owner (F_SETLEASE): "
+                       "emad does not wait for a lease to break; release it and register again",
+                       name);
     if (fd < 0)
         return err_set(err, errlen, -errno, "shm \"%s\": cannot open: %s", name, strerror(errno));
     if (fstat(fd, &st) < 0) {
@@ -221,7 +228,8 @@ int shm_shadow_open(const char *name, uid_t reader, size_t bytes, struct shm_map
     out->base = NULL;
     out->len = 0;
     *share = SHM_SHARE_OWN;
-    fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0);
+    /* O_NONBLOCK: a trainer given its shadow (no ACLs) may lease it. */
+    fd = shm_open(name, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0);
     if (fd < 0)
         return err_set(err, errlen, -errno, "shadow %s: cannot open: %s", name, strerror(errno));
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||

@@ -28,10 +28,14 @@
 #define N (1u << 20)
 
 static emac_segment *segs[4];
+static char raw_name[64]; /* a segment made by hand, unlinked by teardown */
 
 static int teardown(void **state)
 {
     kill_leftovers(state);
+    if (raw_name[0] != '\0')
+        shm_unlink(raw_name);
+    raw_name[0] = '\0';
     for (size_t i = 0; i < 4; i++) {
         emac_segment_destroy(segs[i]);
         segs[i] = NULL;
@@ -367,6 +371,86 @@ static void test_segment_others_can_write_is_refused(void **state)
     daemon_stop(&d);
 }
 
+/* A segment of one f32 tensor of n elements made by hand, as a hostile
+ * trainer would, with no mapping left open (a read lease needs that). */
+static void raw_segment(const char *name, uint64_t n)
+{
+    struct seg_span span = {0, n * 4};
+    struct seg_geometry g;
+    struct seg_header h;
+
+    assert_int_equal(seg_layout(&span, 1, &g), 0);
+    seg_header_init(&h, &g);
+    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)g.segment_bytes), 0);
+    assert_int_equal(pwrite(fd, &h, sizeof(h), 0), (ssize_t)sizeof(h));
+    close(fd);
+}
+
+/* Send register {session, shm, tensors: [w f32 n at 0]} as msgid on fd
+ * and read its reply. */
+static void raw_register(int fd, struct wire_decoder *dec, uint32_t msgid, const char *session,
+                         const char *shm, uint64_t n, struct reply *r)
+{
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, n, false, NULL, 0};
+    struct msg_register reg;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    memset(&reg, 0, sizeof(reg));
+    reg.session = msg_str_c(session);
+    reg.shm = msg_str_c(shm);
+    reg.tensors = &t;
+    reg.ntensors = 1;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, msgid, "register");
+    msg_encode(&pk, &msg_register_desc, &reg);
+    send_bytes(fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    read_reply_dec(fd, dec, r);
+}
+
+/* A trainer that holds a lease on its segment: opening it for writing
+ * would sleep until the lease breaks (fs.lease-break-time, 45 s by
+ * default) on emad's loop thread, freezing every session. register fails
+ * at once with SHM instead, and works once the lease is gone. */
+static void test_leased_segment_is_refused_without_waiting(void **state)
+{
+    char *name = raw_name;
+    struct daemon d;
+    struct wire_decoder dec;
+    struct reply r;
+    (void)state;
+
+    snprintf(raw_name, sizeof(raw_name), "/emad-test-lease-%ld", (long)getpid());
+    shm_unlink(name);
+    raw_segment(name, 1024);
+    daemon_start(&d, NULL);
+    assert_int_equal(wire_decoder_init(&dec, 1 << 20, 8), 0);
+    int c = hello_connect(d.sock, "leaser", &dec);
+    int fd = shm_open(name, O_RDONLY, 0);
+    assert_true(fd >= 0);
+    /* The lease holder is told by SIGIO when someone wants it broken. */
+    void (*old)(int) = signal(SIGIO, SIG_IGN);
+    if (fcntl(fd, F_SETLEASE, F_RDLCK) < 0)
+        fail_msg("F_SETLEASE on the segment: %s", strerror(errno));
+    raw_register(c, &dec, 2, "leased", name, 1024, &r);
+    assert_int_equal(fcntl(fd, F_SETLEASE, F_UNLCK), 0);
+    signal(SIGIO, old);
+    close(fd);
+    assert_string_equal(r.code, "SHM");
+    assert_non_null(strstr(r.message, "leased"));
+    raw_register(c, &dec, 3, "leased", name, 1024, &r);
+    if (r.code[0] != '\0')
+        fail_msg("register once the lease is gone: %s: %s", r.code, r.message);
+    close(c);
+    wire_decoder_free(&dec);
+    shm_unlink(name);
+    daemon_stop(&d);
+}
+
 /* A trainer of emad's own uid resizes its shadow (it may: same uid): the
  * next update faults on the shadow; that session alone fails and is
  * removed, emad and the other session go on. */
@@ -677,6 +761,7 @@ int main(void)
         cmocka_unit_test_teardown(test_shrunk_shadow_fails_only_its_session, teardown),
         cmocka_unit_test_teardown(test_trainer_of_another_uid_cannot_change_its_shadow, teardown),
         cmocka_unit_test_teardown(test_session_names_are_per_uid, teardown),
+        cmocka_unit_test_teardown(test_leased_segment_is_refused_without_waiting, teardown),
         cmocka_unit_test_teardown(test_without_acls_a_resized_shadow_fails_only_its_session,
                                   teardown),
     };
