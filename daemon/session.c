@@ -97,6 +97,15 @@ static struct log *reg_log(const struct registry *r)
 
 /* ---- names and tables ---- */
 
+bool session_name_qualified(const char *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len && s[i] >= '0' && s[i] <= '9')
+        i++;
+    return i > 0 && i < len && s[i] == ':';
+}
+
 bool session_name_valid(const char *s, size_t len)
 {
     if (len == 0 || len > SESSION_NAME_MAX)
@@ -1293,7 +1302,9 @@ static bool replayed(struct op *op)
     shadow_enter(s, &g);
     copy = shadow_hdr(s)->recent[op->seq % SEQ_RECORDS];
     shadow_leave(s, &g);
-    if (rec->seq != op->seq) {
+    /* A shadow its trainer could write (no ACLs) may hold any action: one
+     * out of range is a record emad cannot answer from. */
+    if (rec->seq != op->seq || rec->action >= EMA_ACTION_COUNT) {
         reply_error(op->conn, op->msgid, MSG_E_STATE,
                     "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
                     ") and emad no longer remembers its outcome (it keeps the last %u)",
@@ -1975,6 +1986,15 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
         return;
     }
     old = find(r, c->uid, req->session.ptr, req->session.len);
+    /* "<uid>:<name>" is how root names another user's session: a new session
+     * called so would take root's requests (status, drop) meant for that
+     * user's. Sessions kept from before keep their names. */
+    if (old == NULL && session_name_qualified(req->session.ptr, req->session.len)) {
+        reply_error(c, msgid, MSG_E_BADARG, "register: session: \"%.*s\" has the form "
+                    "<uid>:<name>, which names another user's session; choose a name that does "
+                    "not start with digits and a colon", (int)req->session.len, req->session.ptr);
+        return;
+    }
     if ((old == NULL || !visible(old, c->uid)) && req->has_existing && req->existing) {
         reply_error(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
                     "(existing was asked: none is created)", (int)req->session.len,

@@ -233,6 +233,9 @@ int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
 
 /* Pure helpers, exposed for tests. */
 bool session_name_valid(const char *s, size_t len);
+/* Whether s has the form "<digits>:...", reserved for root naming another
+ * uid's session (a new session may not be called so). */
+bool session_name_qualified(const char *s, size_t len);
 bool tensor_name_valid(const char *s, size_t len);
 /* Split tensors into chunks of about chunk_elems elements. 0 or -ENOMEM. */
 int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_elems);

@@ -30,6 +30,20 @@ static void test_session_names_follow_the_contract(void **state)
     assert_false(session_name_valid("a%b", 3));
 }
 
+/* Names root uses for other users' sessions are not a session's own. */
+static void test_session_names_of_the_qualified_form_are_recognised(void **state)
+{
+    (void)state;
+
+    assert_true(session_name_qualified("1000:run-1", 10));
+    assert_true(session_name_qualified("0:x", 3));
+    assert_false(session_name_qualified("run:1", 5));
+    assert_false(session_name_qualified(":1", 2));
+    assert_false(session_name_qualified("1000", 4));
+    assert_false(session_name_qualified("12a:b", 5));
+    assert_false(session_name_qualified("team/exp:3.a_b", 14));
+}
+
 static void test_tensor_names_are_utf8_without_nul(void **state)
 {
     char big[1025];
@@ -135,6 +149,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_names_follow_the_contract),
+        cmocka_unit_test(test_session_names_of_the_qualified_form_are_recognised),
         cmocka_unit_test(test_tensor_names_are_utf8_without_nul),
         cmocka_unit_test(test_plan_covers_every_element_once),
         cmocka_unit_test(test_plan_splits_a_large_tensor_over_many_chunks),

@@ -371,6 +371,30 @@ static void test_segment_others_can_write_is_refused(void **state)
     daemon_stop(&d);
 }
 
+/* A user cannot call a session "<uid>:<name>": root's status shows another
+ * user's session so, and root's drop of that name would reach the impostor. */
+static void test_session_named_like_another_users_is_refused(void **state)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
+    struct daemon d;
+    struct emac_error err;
+    emac_session *s = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = client_connect(&d, "test_hostile");
+    assert_int_equal(emac_segment_create(&spec, 1, &segs[0], &err), 0);
+    assert_int_equal(emac_register(c, "1000:run-1", segs[0], NULL, false, &s, &err), -EREMOTEIO);
+    assert_string_equal(err.code, "BADARG");
+    assert_non_null(strstr(err.message, "<uid>:<name>"));
+    if (emac_register(c, "run:1000", segs[0], NULL, false, &s, &err) < 0)
+        fail_msg("register run:1000: %s: %s", err.code, err.message);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* A segment of one f32 tensor of n elements made by hand, as a hostile
  * trainer would, with no mapping left open (a read lease needs that). */
 static void raw_segment(const char *name, uint64_t n)
@@ -762,6 +786,7 @@ int main(void)
         cmocka_unit_test_teardown(test_trainer_of_another_uid_cannot_change_its_shadow, teardown),
         cmocka_unit_test_teardown(test_session_names_are_per_uid, teardown),
         cmocka_unit_test_teardown(test_leased_segment_is_refused_without_waiting, teardown),
+        cmocka_unit_test_teardown(test_session_named_like_another_users_is_refused, teardown),
         cmocka_unit_test_teardown(test_without_acls_a_resized_shadow_fails_only_its_session,
                                   teardown),
     };
