@@ -37,7 +37,7 @@
 
 /* Environment for an emad with the shim preloaded (see eio_shim.c for the variables). */
 struct shim_env {
-    char preload[SHIM_PRELOAD_MAX], match[PATH_MAX + 64], after[64], stall[160];
+    char preload[SHIM_PRELOAD_MAX], match[PATH_MAX + 64], after[64], stall[PATH_MAX + 32];
     char asan[SHIM_ASAN_MAX];
     char dir[PATH_MAX + 32], log[PATH_MAX + 32];
     char *v[8];
