@@ -1627,10 +1627,12 @@ static bool finish_file(struct op *op)
     const char *what = op->kind == OP_SAVE ? "save" : "load";
 
     if (op->rc < 0) {
-        /* PERM: a state file of another uid, or a state directory others may write. */
-        const char *code = op->rc == -EINVAL ? MSG_E_STATE
-                           : op->rc == -EPERM ? MSG_E_PERM
-                                              : MSG_E_IO;
+        /* PERM: a state file of another uid, or a state directory others may write. LIMIT:
+         * over the uid's quota of state files (store_quota_check). */
+        const char *code = op->rc == -EINVAL   ? MSG_E_STATE
+                           : op->rc == -EPERM  ? MSG_E_PERM
+                           : op->rc == -EDQUOT ? MSG_E_LIMIT
+                                               : MSG_E_IO;
         log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, op->err);
         reply_error(op->conn, op->msgid, code, "%s", op->err);
         return false;
