@@ -1054,12 +1054,18 @@ static int chunk_save(void *arg, size_t index)
 {
     struct op *op = arg;
     struct session *s = op->s;
+    const struct emad_opts *opts = s->reg->ctx->opts;
+    /* Every uid's, root's too, as the other per-uid limits: no request deletes a state file, and
+     * the filesystem they fill holds the journals (live/) and the sessions a stop keeps
+     * (sessions/) too; those are emad's own and saved outside users/, under no quota. */
+    const struct store_quota quota = {opts->max_state_files_per_uid,
+                                      opts->max_state_bytes_per_uid};
     (void)index;
     /* Into the directory of the uid that asks (root's own for root): no name a user gives can
      * reach another user's file. */
-    op->rc = store_save_user(s->reg->ctx->opts->state_dir, op->conn->uid, op->file,
-                             op->meta.data, op->meta.size, shadow_data(s), shadow_data_bytes(s),
-                             op->path, sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
+    op->rc = store_save_user(opts->state_dir, op->conn->uid, op->file, &quota, op->meta.data,
+                             op->meta.size, shadow_data(s), shadow_data_bytes(s), op->path,
+                             sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
     return 0;
 }
 
