@@ -20,6 +20,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1637,6 +1638,76 @@ static void test_save_user_over_quota_is_refused_and_leaves_the_files_intact(voi
     free(b_before);
 }
 
+/* One of the concurrent savers of the next test. */
+struct racer {
+    const char *dir;
+    const struct store_quota *quota;
+    pthread_barrier_t *start;
+    char name[16];
+    int rc;
+    char err[ERRLEN];
+};
+
+static void *race_save(void *arg)
+{
+    static const char data[64 << 10];
+    struct racer *r = arg;
+
+    pthread_barrier_wait(r->start);
+    r->rc = store_save_user(r->dir, 1000, r->name, r->quota, "m", 1, data, sizeof(data), NULL, 0,
+                            NULL, r->err, sizeof(r->err));
+    return NULL;
+}
+
+/* Saves of one uid at once, as emad's workers run them: exactly as many as the quota allows go
+ * through, the others are refused; none passes the check while another's temp file is not yet
+ * counted. */
+static void test_concurrent_saves_of_one_uid_stop_at_the_quota(void **state)
+{
+    struct fixture *fx = *state;
+    enum { RACERS = 8, ROUNDS = 20 };
+    const struct store_quota q = {3, 1u << 30};
+    struct racer r[RACERS];
+    pthread_t th[RACERS];
+    pthread_barrier_t start;
+    char udir[PATH_MAX];
+    bool temp;
+
+    assert_int_equal(mkdir(fx->dir, 0700), 0);
+    FORMAT(udir, "%s/users/1000", fx->dir);
+    for (int round = 0; round < ROUNDS; round++) {
+        int ok = 0, refused = 0;
+
+        assert_int_equal(pthread_barrier_init(&start, NULL, RACERS), 0);
+        for (int i = 0; i < RACERS; i++) {
+            r[i] = (struct racer){.dir = fx->dir, .quota = &q, .start = &start};
+            FORMAT(r[i].name, "r%d-%d", round, i);
+            assert_int_equal(pthread_create(&th[i], NULL, race_save, &r[i]), 0);
+        }
+        for (int i = 0; i < RACERS; i++) {
+            assert_int_equal(pthread_join(th[i], NULL), 0);
+            if (r[i].rc == 0)
+                ok++;
+            else if (r[i].rc == -EDQUOT)
+                refused++;
+            else
+                fail_msg("save %s: %d: %s", r[i].name, r[i].rc, r[i].err);
+        }
+        pthread_barrier_destroy(&start);
+        if (ok != 3 || refused != RACERS - 3)
+            fail_msg("round %d: %d saves went through and %d were refused; the quota allows 3",
+                     round, ok, refused);
+        assert_int_equal(count_entries(udir, &temp), 3);
+        assert_false(temp);
+        for (int i = 0; i < RACERS; i++) {
+            char path[PATH_MAX];
+            FORMAT(path, "%s/%s.emastate", udir, r[i].name);
+            if (r[i].rc == 0)
+                assert_int_equal(unlink(path), 0);
+        }
+    }
+}
+
 /* Closing unmaps the file and zeroes the struct; a zeroed struct and NULL are accepted. */
 static void test_file_close_unmaps_zeroes_and_accepts_null_and_zeroed(void **state)
 {
@@ -1708,6 +1779,7 @@ int main(void)
         STORE_TEST(test_file_close_unmaps_zeroes_and_accepts_null_and_zeroed),
         cmocka_unit_test(test_quota_check_counts_files_and_bytes_and_the_replaced_file_back),
         STORE_TEST(test_save_user_over_quota_is_refused_and_leaves_the_files_intact),
+        STORE_TEST(test_concurrent_saves_of_one_uid_stop_at_the_quota),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
