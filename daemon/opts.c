@@ -35,6 +35,8 @@ enum {
     OPT_MAX_SHADOW_BYTES_PER_UID,
     OPT_MAX_PENDING_TOTAL,
     OPT_MAX_INPUT_TOTAL,
+    OPT_MAX_STATE_FILES_PER_UID,
+    OPT_MAX_STATE_BYTES_PER_UID,
 };
 
 static const struct option long_opts[] = {
@@ -58,6 +60,8 @@ static const struct option long_opts[] = {
     {"max-shadow-bytes-per-uid", required_argument, NULL, OPT_MAX_SHADOW_BYTES_PER_UID},
     {"max-pending-total", required_argument, NULL, OPT_MAX_PENDING_TOTAL},
     {"max-input-total", required_argument, NULL, OPT_MAX_INPUT_TOTAL},
+    {"max-state-files-per-uid", required_argument, NULL, OPT_MAX_STATE_FILES_PER_UID},
+    {"max-state-bytes-per-uid", required_argument, NULL, OPT_MAX_STATE_BYTES_PER_UID},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -146,6 +150,15 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          (default 4000000)\n"
 "  --max-shadow-bytes-per-uid BYTES  shadow memory of one user (default\n"
 "                          64G); over any of the three, register gets LIMIT\n"
+"  --max-state-files-per-uid N  state files one user's saves may keep (default\n"
+"                          64), temp files of saves in progress included\n"
+"  --max-state-bytes-per-uid BYTES  their size in all (default 256G). A save\n"
+"                          over either gets LIMIT and writes nothing; one that\n"
+"                          replaces a file of the same name counts without it.\n"
+"                          No request deletes a state file: remove them from\n"
+"                          STATE-DIR/users/UID/ as emad's user or root. Root's\n"
+"                          saves count too; emad's journals and kept sessions\n"
+"                          do not\n"
 "\n"
 "Logging:\n"
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
@@ -282,6 +295,8 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_shadow_bytes_per_uid = 64ull << 30;
     o->max_pending_total = 256u << 20;
     o->max_input_total = 256u << 20;
+    o->max_state_files_per_uid = 64;
+    o->max_state_bytes_per_uid = 256ull << 30;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -407,6 +422,18 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                                  errlen)) < 0)
                 return rc;
             o->max_input_total = (size_t)v;
+            break;
+        case OPT_MAX_STATE_FILES_PER_UID:
+            if ((rc = parse_uint("max-state-files-per-uid", optarg, 1, 1u << 20, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_state_files_per_uid = v;
+            break;
+        case OPT_MAX_STATE_BYTES_PER_UID:
+            if ((rc = parse_uint("max-state-bytes-per-uid", optarg, 4096, 1ull << 50, &v, true,
+                                 err, errlen)) < 0)
+                return rc;
+            o->max_state_bytes_per_uid = v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

@@ -49,6 +49,9 @@ struct emad_opts {
     unsigned max_sessions_per_uid;
     uint64_t max_tensors_per_uid;
     uint64_t max_shadow_bytes_per_uid;
+    /* Per peer uid: its state files in <state_dir>/users/<uid>/ (store.h, struct store_quota). */
+    uint64_t max_state_files_per_uid;
+    uint64_t max_state_bytes_per_uid;
 };
 
 enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };

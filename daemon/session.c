@@ -1063,12 +1063,18 @@ static int chunk_save(void *arg, size_t index)
 {
     struct op *op = arg;
     struct session *s = op->s;
+    const struct emad_opts *opts = s->reg->ctx->opts;
+    /* Every uid's, root's too, as the other per-uid limits: no request deletes a state file, and
+     * the filesystem they fill holds the journals (live/) and the sessions a stop keeps
+     * (sessions/) too; those are emad's own and saved outside users/, under no quota. */
+    const struct store_quota quota = {opts->max_state_files_per_uid,
+                                      opts->max_state_bytes_per_uid};
     (void)index;
     /* Into the directory of the uid that asks (root's own for root): no name a user gives can
      * reach another user's file. */
-    op->rc = store_save_user(s->reg->ctx->opts->state_dir, op->conn->uid, op->file,
-                             op->meta.data, op->meta.size, shadow_data(s), shadow_data_bytes(s),
-                             op->path, sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
+    op->rc = store_save_user(opts->state_dir, op->conn->uid, op->file, &quota, op->meta.data,
+                             op->meta.size, shadow_data(s), shadow_data_bytes(s), op->path,
+                             sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
     return 0;
 }
 
@@ -1638,10 +1644,12 @@ static bool finish_file(struct op *op)
     const char *what = op->kind == OP_SAVE ? "save" : "load";
 
     if (op->rc < 0) {
-        /* PERM: a state file of another uid, or a state directory others may write. */
-        const char *code = op->rc == -EINVAL ? MSG_E_STATE
-                           : op->rc == -EPERM ? MSG_E_PERM
-                                              : MSG_E_IO;
+        /* PERM: a state file of another uid, or a state directory others may write. LIMIT:
+         * over the uid's quota of state files (store_quota_check). */
+        const char *code = op->rc == -EINVAL   ? MSG_E_STATE
+                           : op->rc == -EPERM  ? MSG_E_PERM
+                           : op->rc == -EDQUOT ? MSG_E_LIMIT
+                                               : MSG_E_IO;
         log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, op->err);
         reply_error(op->conn, op->msgid, code, "%s", op->err);
         return false;

@@ -489,17 +489,140 @@ static int save_paths(const char *dpath, const char *name, char *path, char *tmp
     return 0;
 }
 
+/* ---- Quotas ------------------------------------------------------------------------------ */
+
+static bool is_temp_name(const char *entry);
+
+/* Whether a directory entry is a state file's name: a valid name and STORE_SUFFIX. */
+static bool is_state_name(const char *entry)
+{
+    size_t len = strlen(entry), suffix = sizeof(STORE_SUFFIX) - 1;
+
+    return len > suffix && memcmp(entry + len - suffix, STORE_SUFFIX, suffix) == 0 &&
+           store_name_valid(entry, len - suffix);
+}
+
+int store_quota_check(const struct store_quota *quota, const struct store_usage *used,
+                      bool replaces, uint64_t replaced_bytes, uint64_t bytes, const char *dir,
+                      char *err, size_t errlen)
+{
+    uint64_t files = used->files, total = used->bytes;
+
+    /* The file replaced goes when the new one takes its name: neither a new file nor new
+     * bytes. Saturating: a directory could hold more than 2^64 bytes only in theory. */
+    if (replaces) {
+        files = files > 0 ? files - 1 : 0;
+        total = total > replaced_bytes ? total - replaced_bytes : 0;
+    }
+    if (files + 1 > quota->max_files)
+        return err_set(err, errlen, -EDQUOT,
+                       "save: %s holds %" PRIu64 " state files (saves in progress included), "
+                       "and --max-state-files-per-uid allows %" PRIu64 " per user: save under "
+                       "the name of one of them instead (the save replaces it), or remove those "
+                       "no longer needed from %s (no request deletes a state file: it takes "
+                       "emad's user or root), or raise --max-state-files-per-uid",
+                       dir, used->files, quota->max_files, dir);
+    if (__builtin_add_overflow(total, bytes, &total) || total > quota->max_bytes)
+        return err_set(err, errlen, -EDQUOT,
+                       "save: a file of %" PRIu64 " bytes would bring the state files in %s "
+                       "(saves in progress included) to %" PRIu64 " bytes, and "
+                       "--max-state-bytes-per-uid allows %" PRIu64 " per user: remove those no "
+                       "longer needed from %s (no request deletes a state file: it takes emad's "
+                       "user or root), or raise --max-state-bytes-per-uid",
+                       bytes, dir, total, quota->max_bytes, dir);
+    return 0;
+}
+
+/*
+ * What the directory dfd holds, as a quota counts it: its regular files named as state files
+ * or as temp files of saves (a link or a directory costs no space worth counting, and only emad
+ * writes there). *replaced gets the size of target (a state file's name) when it exists. 0 or
+ * -errno.
+ */
+static int usage_at(int dfd, const char *target, struct store_usage *used, bool *replaces,
+                    uint64_t *replaced)
+{
+    /* A descriptor of its own: closedir() closes the one it reads. */
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    struct dirent *e;
+    DIR *d;
+
+    memset(used, 0, sizeof(*used));
+    *replaces = false;
+    *replaced = 0;
+    if (fd < 0)
+        return -errno;
+    if ((d = fdopendir(fd)) == NULL) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    for (errno = 0; (e = readdir(d)) != NULL; errno = 0) {
+        bool state = is_state_name(e->d_name);
+        struct stat st;
+
+        if (!state && !is_temp_name(e->d_name))
+            continue;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno == ENOENT) /* a save that failed removed its temp file meanwhile */
+                continue;
+            rc = -errno;
+            break;
+        }
+        if (!S_ISREG(st.st_mode))
+            continue;
+        used->files++;
+        if (__builtin_add_overflow(used->bytes, (uint64_t)st.st_size, &used->bytes))
+            used->bytes = UINT64_MAX;
+        if (state && strcmp(e->d_name, target) == 0) {
+            *replaces = true;
+            *replaced = (uint64_t)st.st_size;
+        }
+    }
+    if (rc == 0 && errno != 0)
+        rc = -errno;
+    closedir(d);
+    return rc;
+}
+
+/* flock(dfd, op), across EINTR. 0 or -errno. */
+static int lock_at(int dfd, int op)
+{
+    while (flock(dfd, op) != 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+/* Whether a file of size bytes replacing or beside target fits quota in the directory dfd
+ * (path dpath; locked by the caller). 0, or -errno with a message. */
+static int quota_at(int dfd, const char *dpath, const char *target,
+                    const struct store_quota *quota, uint64_t size, char *err, size_t errlen)
+{
+    struct store_usage used;
+    uint64_t replaced;
+    bool replaces;
+    int rc = usage_at(dfd, target, &used, &replaces, &replaced);
+
+    if (rc < 0)
+        return err_set(err, errlen, rc, "save: reading directory %s: %s", dpath, strerror(-rc));
+    return store_quota_check(quota, &used, replaces, replaced, size, dpath, err, errlen);
+}
+
 /* The save itself, into the directory dfd whose path is dpath (arguments checked). */
-static int save_at(int dfd, const char *dpath, const char *name, const void *meta,
-                   size_t meta_len, const void *data, uint64_t data_len, char *path_out,
-                   size_t path_len, uint64_t *bytes_out, char *err, size_t errlen)
+static int save_at(int dfd, const char *dpath, const char *name,
+                   const struct store_quota *quota, const void *meta, size_t meta_len,
+                   const void *data, uint64_t data_len, char *path_out, size_t path_len,
+                   uint64_t *bytes_out, char *err, size_t errlen)
 {
     static const unsigned char zeros[STORE_ALIGN];
     char path[PATH_MAX], tmp[PATH_MAX];
     unsigned char head[STORE_HEADER_BYTES], tail[STORE_TRAILER_BYTES];
     uint64_t data_offset = 0, size = 0, pad;
     uint32_t crc = 0;
-    int fd, rc;
+    bool locked = false, made = false;
+    int fd = -1, rc;
 
     if ((rc = save_paths(dpath, name, path, tmp, path_out != NULL ? path_len : SIZE_MAX, err,
                          errlen)) < 0)
@@ -508,18 +631,46 @@ static int save_at(int dfd, const char *dpath, const char *name, const void *met
     /* The names relative to dfd: the last component of each path. */
     char *tmp_name = tmp + strlen(dpath) + 1, *path_name = path + strlen(dpath) + 1;
 
+    /* Under quota, the directory is summed, the temp file made and its size reserved under one
+     * lock, so that a concurrent save of this uid counts this one at its final size. */
+    if (quota != NULL) {
+        if ((rc = lock_at(dfd, LOCK_EX)) < 0) {
+            err_set(err, errlen, rc, "save: locking directory %s: %s", dpath, strerror(-rc));
+            goto err_tmp;
+        }
+        locked = true;
+        if ((rc = quota_at(dfd, dpath, path_name, quota, size, err, errlen)) < 0)
+            goto err_tmp;
+    }
+
     /* A unique name (O_EXCL, 0600) in the target's directory: renameat() is atomic only within
      * one filesystem, and concurrent saves of one name must not share a temp file. */
-    if ((fd = open_temp(dfd, tmp_name)) < 0)
-        return err_set(err, errlen, fd, "save: creating a temp file in %s: %s", dpath,
-                       strerror(-fd));
+    if ((fd = open_temp(dfd, tmp_name)) < 0) {
+        rc = err_set(err, errlen, fd, "save: creating a temp file in %s: %s", dpath,
+                     strerror(-fd));
+        fd = -1;
+        goto err_tmp;
+    }
+    made = true;
 
     /* Reserve the space first, so that a full disk fails now rather than after GiBs have been
-     * written. Filesystems without fallocate just skip this. */
-    if (fallocate(fd, 0, 0, (off_t)size) != 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
-        rc = err_set(err, errlen, -errno, "save: reserving %" PRIu64 " bytes for %s: %s", size,
-                     tmp, strerror(errno));
-        goto err_tmp;
+     * written. Filesystems without fallocate just skip this; under quota the file then takes
+     * its final size at once all the same (sparse), for the concurrent saves that count it. */
+    if (fallocate(fd, 0, 0, (off_t)size) != 0) {
+        if (errno != EOPNOTSUPP && errno != ENOSYS) {
+            rc = err_set(err, errlen, -errno, "save: reserving %" PRIu64 " bytes for %s: %s",
+                         size, tmp, strerror(errno));
+            goto err_tmp;
+        }
+        if (quota != NULL && ftruncate(fd, (off_t)size) != 0) {
+            rc = err_set(err, errlen, -errno, "save: sizing %s to %" PRIu64 " bytes: %s", tmp,
+                         size, strerror(errno));
+            goto err_tmp;
+        }
+    }
+    if (locked) {
+        lock_at(dfd, LOCK_UN);
+        locked = false;
     }
 
     memcpy(head, STORE_MAGIC, 8);
@@ -553,10 +704,20 @@ static int save_at(int dfd, const char *dpath, const char *name, const void *met
         rc = err_set(err, errlen, -errno, "save: closing %s: %s", tmp, strerror(errno));
         goto err_tmp;
     }
+    /* Under the lock too: a directory read while a name moves could see neither name. */
+    if (quota != NULL && (rc = lock_at(dfd, LOCK_EX)) < 0) {
+        err_set(err, errlen, rc, "save: locking directory %s: %s", dpath, strerror(-rc));
+        goto err_tmp;
+    }
+    locked = quota != NULL;
     if (renameat(dfd, tmp_name, dfd, path_name) != 0) {
         rc = err_set(err, errlen, -errno, "save: renaming %s to %s: %s", tmp, path,
                      strerror(errno));
         goto err_tmp;
+    }
+    if (locked) {
+        lock_at(dfd, LOCK_UN);
+        locked = false;
     }
     /* The rename itself is durable only once the directory is: until then a crash may bring
      * back the previous file, so a save that cannot sync it is not a success. */
@@ -576,7 +737,11 @@ err_write:
 err_tmp:
     if (fd >= 0)
         close(fd);
-    unlinkat(dfd, tmp_name, 0);
+    /* Only a temp file this save made: before open_temp() the name is the template's. */
+    if (made)
+        unlinkat(dfd, tmp_name, 0);
+    if (locked)
+        lock_at(dfd, LOCK_UN);
     return rc;
 }
 
@@ -599,15 +764,16 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
     if (dfd < 0)
         return err_set(err, errlen, -errno, "save: opening directory %s: %s", dir,
                        strerror(errno));
-    rc = save_at(dfd, dir, name, meta, meta_len, data, data_len, path_out, path_len, bytes_out,
-                 err, errlen);
+    rc = save_at(dfd, dir, name, NULL, meta, meta_len, data, data_len, path_out, path_len,
+                 bytes_out, err, errlen);
     close(dfd);
     return rc;
 }
 
-int store_save_user(const char *state_dir, uid_t uid, const char *name, const void *meta,
-                    size_t meta_len, const void *data, uint64_t data_len, char *path_out,
-                    size_t path_len, uint64_t *bytes_out, char *err, size_t errlen)
+int store_save_user(const char *state_dir, uid_t uid, const char *name,
+                    const struct store_quota *quota, const void *meta, size_t meta_len,
+                    const void *data, uint64_t data_len, char *path_out, size_t path_len,
+                    uint64_t *bytes_out, char *err, size_t errlen)
 {
     char dpath[PATH_MAX], path[PATH_MAX], tmp[PATH_MAX], why[ERR_MAX];
     int dfd, rc;
@@ -621,8 +787,8 @@ int store_save_user(const char *state_dir, uid_t uid, const char *name, const vo
         return rc;
     if ((dfd = open_user_dir(state_dir, uid, dpath, true, why, sizeof(why))) < 0)
         return err_set(err, errlen, dfd, "save: %s", why);
-    rc = save_at(dfd, dpath, name, meta, meta_len, data, data_len, path_out, path_len, bytes_out,
-                 err, errlen);
+    rc = save_at(dfd, dpath, name, quota, meta, meta_len, data, data_len, path_out, path_len,
+                 bytes_out, err, errlen);
     close(dfd);
     return rc;
 }

@@ -120,15 +120,50 @@ int store_save(const char *dir, const char *name, const void *meta, size_t meta_
                uint64_t *bytes_out, char *err, size_t errlen);
 
 /*
+ * What one user's directory may hold (emad's --max-state-files-per-uid and
+ * --max-state-bytes-per-uid): no request deletes a state file, so without a bound one user's
+ * saves under new names would fill the filesystem that also holds every other user's files, the
+ * journals of running sessions and the sessions a stop keeps.
+ */
+struct store_quota {
+    uint64_t max_files; /* state files and temp files of saves in progress */
+    uint64_t max_bytes; /* the sum of their sizes */
+};
+
+/* What a user's directory holds, as a quota counts it. */
+struct store_usage {
+    uint64_t files; /* state files and temp files of saves (left by a crash, or in progress) */
+    uint64_t bytes; /* the sum of their sizes (st_size) */
+};
+
+/*
+ * Whether a save of a file of `bytes` bytes named <name>.emastate fits quota, given what the
+ * directory holds now: used counts every state file and temp file in it, and replacing counts
+ * the size of the file of that name when there is one (a save replaces it, so it is counted
+ * back: its file is not a new one and its bytes are freed). 0, or -EDQUOT with a message naming
+ * the limit's option, dir, the use and what to do. Pure, for the tests.
+ */
+int store_quota_check(const struct store_quota *quota, const struct store_usage *used,
+                      bool replaces, uint64_t replaced_bytes, uint64_t bytes, const char *dir,
+                      char *err, size_t errlen);
+
+/*
  * store_save() into <state_dir>/users/<uid>/, the directory of the user uid's files: made (0700)
  * when missing, as users/ is; the state directory itself must exist. Each of the three is
  * checked as store_check_dir() does, and reached without following a link; a failing check is
  * an -EPERM, -ENOTDIR or -ELOOP with a message naming the directory and the fix. Otherwise as
  * store_save(), paths and messages naming the user's directory.
+ *
+ * With quota (NULL: none), the directory's state and temp files are summed first and the save
+ * is refused with -EDQUOT (store_quota_check) before anything is written when the new file would
+ * not fit. The sum, the check, the temp file's creation and the reservation of its full size
+ * happen under an exclusive flock of the user's directory, so that concurrent saves of one uid
+ * each see the others' temp files at their final size and cannot pass the check together.
  */
-int store_save_user(const char *state_dir, uid_t uid, const char *name, const void *meta,
-                    size_t meta_len, const void *data, uint64_t data_len, char *path_out,
-                    size_t path_len, uint64_t *bytes_out, char *err, size_t errlen);
+int store_save_user(const char *state_dir, uid_t uid, const char *name,
+                    const struct store_quota *quota, const void *meta, size_t meta_len,
+                    const void *data, uint64_t data_len, char *path_out, size_t path_len,
+                    uint64_t *bytes_out, char *err, size_t errlen);
 
 /*
  * Whether dir may be emad's state directory: a directory, not reached through a link in its

@@ -724,6 +724,41 @@ static void test_opts_per_uid_limits(void **state)
                 "out of range");
 }
 
+/* Quotas on each uid's state files (store.h): defaults, suffixes, ranges, and --help. */
+static void test_opts_state_quotas_per_uid(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *fp;
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--socket", "/tmp/e.sock"));
+    assert_int_equal(o.max_state_files_per_uid, 64);
+    assert_int_equal(o.max_state_bytes_per_uid, 256ull << 30);
+    parse_ok(&o, &env, ARGS("--max-state-files-per-uid", "3", "--max-state-bytes-per-uid", "48K"));
+    assert_int_equal(o.max_state_files_per_uid, 3);
+    assert_int_equal(o.max_state_bytes_per_uid, 48u << 10);
+    parse_ok(&o, &env, ARGS("--max-state-bytes-per-uid", "2G"));
+    assert_int_equal(o.max_state_bytes_per_uid, 2ull << 30);
+    parse_fails(&env, ARGS("--max-state-files-per-uid", "0"), "--max-state-files-per-uid",
+                "out of range");
+    parse_fails(&env, ARGS("--max-state-files-per-uid", "1K"), "--max-state-files-per-uid", NULL);
+    parse_fails(&env, ARGS("--max-state-bytes-per-uid", "1K"), "--max-state-bytes-per-uid",
+                "out of range");
+    parse_fails(&env, ARGS("--max-state-bytes-per-uid", "x"), "--max-state-bytes-per-uid", NULL);
+
+    fp = open_memstream(&text, &len);
+    assert_non_null(fp);
+    opts_usage(fp, "emad-test");
+    assert_int_equal(fclose(fp), 0);
+    assert_non_null(strstr(text, "--max-state-files-per-uid N"));
+    assert_non_null(strstr(text, "--max-state-bytes-per-uid BYTES"));
+    assert_non_null(strstr(text, "No request deletes a state file"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -751,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_opts_parse_size),
         cmocka_unit_test(test_opts_parse_can_be_called_repeatedly),
         cmocka_unit_test(test_opts_per_uid_limits),
+        cmocka_unit_test(test_opts_state_quotas_per_uid),
     };
 
     return cmocka_run_group_tests_name("opts", tests, NULL, NULL);

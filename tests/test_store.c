@@ -18,7 +18,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1215,8 +1217,8 @@ static void save_user_ok(const char *dir, uid_t uid, const char *name, const cha
                          const char *data, char *path)
 {
     char err[ERRLEN] = "";
-    int rc = store_save_user(dir, uid, name, meta, strlen(meta), data, strlen(data), path,
-                             PATH_MAX, NULL, err, sizeof(err));
+    int rc = store_save_user(dir, uid, name, NULL, meta, strlen(meta), data, strlen(data),
+                             path, PATH_MAX, NULL, err, sizeof(err));
 
     if (rc != 0)
         fail_msg("store_save_user %s uid %lu %s: %d: %s", dir, (unsigned long)uid, name, rc, err);
@@ -1299,8 +1301,8 @@ static void test_state_dir_writable_by_others_or_foreign_is_refused(void **state
         assert_err_has(err, "chmod go-w");
         assert_int_equal(store_lock_dir(fx->dir, err, sizeof(err)), -EPERM);
         assert_err_has(err, "writable by group or others");
-        assert_int_equal(store_save_user(fx->dir, 5, "x", NULL, 0, "d", 1, NULL, 0, NULL, err,
-                                         sizeof(err)),
+        assert_int_equal(store_save_user(fx->dir, 5, "x", NULL, NULL, 0, "d", 1, NULL, 0, NULL,
+                                         err, sizeof(err)),
                          -EPERM);
         assert_err_has(err, "writable by group or others");
         assert_int_equal(store_load_user(fx->dir, 5, "x", &f, NULL, 0, err, sizeof(err)),
@@ -1326,8 +1328,8 @@ static void test_state_dir_writable_by_others_or_foreign_is_refused(void **state
         assert_int_equal(chown(fx->dir, NOBODY, NOBODY), 0);
         assert_int_equal(store_check_dir(fx->dir, err, sizeof(err)), -EPERM);
         assert_err_has(err, "belongs to uid 65534, not to emad's uid 0");
-        assert_int_equal(store_save_user(fx->dir, 5, "x", NULL, 0, "d", 1, NULL, 0, NULL, err,
-                                         sizeof(err)),
+        assert_int_equal(store_save_user(fx->dir, 5, "x", NULL, NULL, 0, "d", 1, NULL, 0, NULL,
+                                         err, sizeof(err)),
                          -EPERM);
         assert_int_equal(chown(fx->dir, 0, 0), 0);
     }
@@ -1381,8 +1383,8 @@ static void test_links_in_the_state_directory_are_never_followed(void **state)
     assert_int_equal(symlink(other, link), 0);
     assert_int_equal(store_load_user(fx->dir, 8, "t", &f, NULL, 0, err, sizeof(err)), -ELOOP);
     assert_err_has(err, link);
-    assert_int_equal(store_save_user(fx->dir, 8, "t", NULL, 0, "x", 1, NULL, 0, NULL, err,
-                                     sizeof(err)),
+    assert_int_equal(store_save_user(fx->dir, 8, "t", NULL, NULL, 0, "x", 1, NULL, 0, NULL,
+                                     err, sizeof(err)),
                      -ELOOP);
     free(after);
     after = read_file(target, &after_len);
@@ -1487,6 +1489,225 @@ static void test_remove_temps_removes_them_from_users_directories(void **state)
     assert_int_equal(stat(path, &st), 0);
 }
 
+/* ---- Quotas per user ---------------------------------------------------------------------- */
+
+/* The check alone: one more file than allowed, one byte more than allowed, each refused with
+ * -EDQUOT and a message naming the option, the directory, the use and what to do; the file a
+ * save replaces counted back, as a file and as bytes; exactly at the limits is allowed. */
+static void test_quota_check_counts_files_and_bytes_and_the_replaced_file_back(void **state)
+{
+    const struct store_quota q = {2, 10000};
+    const char *dir = "/s/users/1000";
+    char err[ERRLEN] = "";
+    (void)state;
+
+    /* Files. */
+    struct store_usage used = {1, 5000};
+    assert_int_equal(store_quota_check(&q, &used, false, 0, 5000, dir, err, sizeof(err)), 0);
+    used = (struct store_usage){2, 5000};
+    assert_int_equal(store_quota_check(&q, &used, false, 0, 100, dir, err, sizeof(err)),
+                     -EDQUOT);
+    assert_err_has(err, "--max-state-files-per-uid");
+    assert_err_has(err, "/s/users/1000 holds 2 state files");
+    assert_err_has(err, "allows 2 per user");
+    assert_err_has(err, "no request deletes a state file");
+    assert_int_equal(store_quota_check(&q, &used, true, 100, 100, dir, err, sizeof(err)), 0);
+    used = (struct store_usage){5, 5000}; /* the limit lowered since */
+    assert_int_equal(store_quota_check(&q, &used, true, 100, 100, dir, err, sizeof(err)),
+                     -EDQUOT);
+    assert_err_has(err, "holds 5 state files");
+
+    /* Bytes. */
+    used = (struct store_usage){1, 6000};
+    assert_int_equal(store_quota_check(&q, &used, false, 0, 4001, dir, err, sizeof(err)),
+                     -EDQUOT);
+    assert_err_has(err, "--max-state-bytes-per-uid");
+    assert_err_has(err, "a file of 4001 bytes would bring the state files in /s/users/1000");
+    assert_err_has(err, "to 10001 bytes");
+    assert_err_has(err, "allows 10000 per user");
+    assert_err_has(err, "no request deletes a state file");
+    assert_int_equal(store_quota_check(&q, &used, false, 0, 4000, dir, err, sizeof(err)), 0);
+    /* Replacing 6000 bytes with 9000 leaves 9000. */
+    assert_int_equal(store_quota_check(&q, &used, true, 6000, 9000, dir, err, sizeof(err)), 0);
+    assert_int_equal(store_quota_check(&q, &used, true, 6000, 10001, dir, err, sizeof(err)),
+                     -EDQUOT);
+    assert_err_has(err, "to 10001 bytes");
+
+    /* No wrap-around. */
+    used = (struct store_usage){0, UINT64_MAX - 1};
+    assert_int_equal(store_quota_check(&q, &used, false, 0, 10, dir, err, sizeof(err)),
+                     -EDQUOT);
+    used = (struct store_usage){0, 0};
+    assert_int_equal(store_quota_check(&q, &used, false, 0, UINT64_MAX, dir, err, sizeof(err)),
+                     -EDQUOT);
+}
+
+/* store_save_user with "m" and data bytes of 'd' under quota q, expecting rc. */
+static void save_quota(const char *dir, uid_t uid, const char *name, size_t data_len,
+                       const struct store_quota *q, int want, char *err)
+{
+    char data[256];
+    int rc;
+
+    assert_true(data_len <= sizeof(data));
+    memset(data, 'd', data_len);
+    err[0] = '\0';
+    rc = store_save_user(dir, uid, name, q, "m", 1, data, data_len, NULL, 0, NULL, err, ERRLEN);
+    if (rc != want)
+        fail_msg("store_save_user uid %lu %s: %d, expected %d: %s", (unsigned long)uid, name, rc,
+                 want, err);
+}
+
+/* A file of meta "m" and n bytes of data has 4096 + n + 16 bytes (store.h's layout). */
+#define SMALL_FILE(n) (STORE_ALIGN + (n) + STORE_TRAILER_BYTES)
+
+/*
+ * Through store_save_user: a save over the count or the bytes is refused before anything is
+ * written (the user's files byte-identical, no temp file left); a save that replaces a file of
+ * the same name counts without it; a temp file of a save (here one a crash left) counts; another
+ * uid's directory is not counted; no quota, no limit.
+ */
+static void test_save_user_over_quota_is_refused_and_leaves_the_files_intact(void **state)
+{
+    struct fixture *fx = *state;
+    const struct store_quota files2 = {2, 1u << 20};
+    char err[ERRLEN], udir[PATH_MAX], a[PATH_MAX], b[PATH_MAX], tmp[PATH_MAX];
+    unsigned char *a_before, *b_before, *after;
+    size_t a_len, b_len, len;
+    bool temp;
+
+    FORMAT(udir, "%s/users/1000", fx->dir);
+    FORMAT(a, "%s/a.emastate", udir);
+    FORMAT(b, "%s/b.emastate", udir);
+    assert_int_equal(mkdir(fx->dir, 0700), 0);
+    save_quota(fx->dir, 1000, "a", 10, &files2, 0, err);
+    save_quota(fx->dir, 1000, "b", 10, &files2, 0, err);
+    a_before = read_file(a, &a_len);
+    b_before = read_file(b, &b_len);
+    assert_non_null(a_before);
+    assert_non_null(b_before);
+
+    /* A third file: refused, nothing written. */
+    save_quota(fx->dir, 1000, "c", 10, &files2, -EDQUOT, err);
+    assert_err_has(err, "--max-state-files-per-uid");
+    assert_err_has(err, udir);
+    assert_int_equal(count_entries(udir, &temp), 2);
+    assert_false(temp);
+    after = read_file(a, &len);
+    assert_non_null(after);
+    assert_int_equal(len, a_len);
+    assert_memory_equal(after, a_before, len);
+    free(after);
+    after = read_file(b, &len);
+    assert_non_null(after);
+    assert_int_equal(len, b_len);
+    assert_memory_equal(after, b_before, len);
+    free(after);
+
+    /* Replacing one is no new file; another uid has its own count; no quota, no limit. */
+    save_quota(fx->dir, 1000, "a", 20, &files2, 0, err);
+    save_quota(fx->dir, 2000, "c", 10, &files2, 0, err);
+    save_quota(fx->dir, 1000, "c", 10, NULL, 0, err);
+    FORMAT(tmp, "%s/c.emastate", udir);
+    assert_int_equal(unlink(tmp), 0);
+
+    /* A temp file left by a save cut short counts, as a file and as bytes. */
+    FORMAT(tmp, "%s/.z.emastate.tmp-Qx81aZ", udir);
+    write_file(tmp, "x", 1);
+    save_quota(fx->dir, 1000, "a", 10, &files2, -EDQUOT, err);
+    assert_err_has(err, "holds 3 state files");
+    assert_int_equal(unlink(tmp), 0);
+
+    /* Bytes: a holds SMALL_FILE(20), b SMALL_FILE(10). Replacing a with a file 100 bytes
+     * bigger needs room for 100 more; the old a is counted back. */
+    const uint64_t now = SMALL_FILE(20) + SMALL_FILE(10);
+    const struct store_quota bytes = {100, now + 99};
+    save_quota(fx->dir, 1000, "a", 120, &bytes, -EDQUOT, err);
+    assert_err_has(err, "--max-state-bytes-per-uid");
+    char want[128];
+    FORMAT(want, "a file of %u bytes", (unsigned)SMALL_FILE(120));
+    assert_err_has(err, want);
+    FORMAT(want, "to %" PRIu64 " bytes", now + 100);
+    assert_err_has(err, want);
+    assert_int_equal(count_entries(udir, &temp), 2);
+    assert_false(temp);
+    save_quota(fx->dir, 1000, "a", 119, &bytes, 0, err);
+    /* And a new name needs its whole size free. */
+    save_quota(fx->dir, 1000, "n", 0, &bytes, -EDQUOT, err);
+    free(a_before);
+    free(b_before);
+}
+
+/* One of the concurrent savers of the next test. */
+struct racer {
+    const char *dir;
+    const struct store_quota *quota;
+    pthread_barrier_t *start;
+    char name[16];
+    int rc;
+    char err[ERRLEN];
+};
+
+static void *race_save(void *arg)
+{
+    static const char data[64 << 10];
+    struct racer *r = arg;
+
+    pthread_barrier_wait(r->start);
+    r->rc = store_save_user(r->dir, 1000, r->name, r->quota, "m", 1, data, sizeof(data), NULL, 0,
+                            NULL, r->err, sizeof(r->err));
+    return NULL;
+}
+
+/* Saves of one uid at once, as emad's workers run them: exactly as many as the quota allows go
+ * through, the others are refused; none passes the check while another's temp file is not yet
+ * counted. */
+static void test_concurrent_saves_of_one_uid_stop_at_the_quota(void **state)
+{
+    struct fixture *fx = *state;
+    enum { RACERS = 8, ROUNDS = 20 };
+    const struct store_quota q = {3, 1u << 30};
+    struct racer r[RACERS];
+    pthread_t th[RACERS];
+    pthread_barrier_t start;
+    char udir[PATH_MAX];
+    bool temp;
+
+    assert_int_equal(mkdir(fx->dir, 0700), 0);
+    FORMAT(udir, "%s/users/1000", fx->dir);
+    for (int round = 0; round < ROUNDS; round++) {
+        int ok = 0, refused = 0;
+
+        assert_int_equal(pthread_barrier_init(&start, NULL, RACERS), 0);
+        for (int i = 0; i < RACERS; i++) {
+            r[i] = (struct racer){.dir = fx->dir, .quota = &q, .start = &start};
+            FORMAT(r[i].name, "r%d-%d", round, i);
+            assert_int_equal(pthread_create(&th[i], NULL, race_save, &r[i]), 0);
+        }
+        for (int i = 0; i < RACERS; i++) {
+            assert_int_equal(pthread_join(th[i], NULL), 0);
+            if (r[i].rc == 0)
+                ok++;
+            else if (r[i].rc == -EDQUOT)
+                refused++;
+            else
+                fail_msg("save %s: %d: %s", r[i].name, r[i].rc, r[i].err);
+        }
+        pthread_barrier_destroy(&start);
+        if (ok != 3 || refused != RACERS - 3)
+            fail_msg("round %d: %d saves went through and %d were refused; the quota allows 3",
+                     round, ok, refused);
+        assert_int_equal(count_entries(udir, &temp), 3);
+        assert_false(temp);
+        for (int i = 0; i < RACERS; i++) {
+            char path[PATH_MAX];
+            FORMAT(path, "%s/%s.emastate", udir, r[i].name);
+            if (r[i].rc == 0)
+                assert_int_equal(unlink(path), 0);
+        }
+    }
+}
+
 /* Closing unmaps the file and zeroes the struct; a zeroed struct and NULL are accepted. */
 static void test_file_close_unmaps_zeroes_and_accepts_null_and_zeroed(void **state)
 {
@@ -1556,6 +1777,9 @@ int main(void)
         STORE_TEST(test_load_user_falls_back_to_files_of_older_emads_and_says_nothing_of_them),
         STORE_TEST(test_remove_temps_removes_them_from_users_directories),
         STORE_TEST(test_file_close_unmaps_zeroes_and_accepts_null_and_zeroed),
+        cmocka_unit_test(test_quota_check_counts_files_and_bytes_and_the_replaced_file_back),
+        STORE_TEST(test_save_user_over_quota_is_refused_and_leaves_the_files_intact),
+        STORE_TEST(test_concurrent_saves_of_one_uid_stop_at_the_quota),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }

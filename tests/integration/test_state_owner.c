@@ -4,12 +4,15 @@
  * refused, and no error shows another user's data. Another uid is played by a child that
  * drops root to nobody (65534) and speaks to emad through libemaclient; emad admits it with
  * --allow-group nogroup, as test_hostile.c does. Runs as root only (skipped otherwise).
+ * Also: each uid's state files are bounded in number and bytes (--max-state-files-per-uid,
+ * --max-state-bytes-per-uid), a save over either getting LIMIT; that one runs as any user.
  * Harness: harness.h.
  */
 #include "emaclient.h"
 #include "harness.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <grp.h>
 #include <limits.h>
 #include <signal.h>
@@ -279,12 +282,142 @@ static void test_world_writable_state_dir_is_refused_at_start(void **state)
     daemon_stop(&d);
 }
 
+/* The whole file at path, malloc'ed, its size in *len; fails the test if it cannot be read. */
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf;
+    long n;
+
+    if (f == NULL)
+        fail_msg("cannot open %s", path);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    n = ftell(f);
+    assert_true(n > 0);
+    assert_int_equal(fseek(f, 0, SEEK_SET), 0);
+    buf = malloc((size_t)n);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+/* Entries of dir other than "." and "..". */
+static int entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+/* Save session's shadow as name: refused with LIMIT naming option and the user's directory
+ * udir, and nothing in udir changed: still the files a1 and a2, byte for byte. */
+static void save_refused(emac_client *c, const char *session, const char *name,
+                         const char *option, const char *udir, unsigned char *const before[2],
+                         const size_t before_len[2])
+{
+    struct emac_error err;
+    struct emac_file f;
+    char path[PATH_MAX + 32];
+
+    assert_int_equal(emac_save(c, session, name, &f, &err), -EREMOTEIO);
+    if (strcmp(err.code, "LIMIT") != 0 || strstr(err.message, option) == NULL ||
+        strstr(err.message, udir) == NULL ||
+        strstr(err.message, "no request deletes a state file") == NULL)
+        fail_msg("save %s: expected LIMIT naming %s, %s and how to free room: %s: %s", name,
+                 option, udir, err.code, err.message);
+    assert_int_equal(entries(udir), 2);
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        snprintf(path, sizeof(path), "%s/a%d.emastate", udir, i + 1);
+        unsigned char *now = slurp(path, &len);
+        assert_int_equal(len, before_len[i]);
+        assert_memory_equal(now, before[i], len);
+        free(now);
+    }
+}
+
+/*
+ * With emad started with extra (a quota) and option the limit that the third file passes: a
+ * user's saves "a1" and "a2" go through, "a3" is refused with LIMIT and nothing changes; a save
+ * over "a2" still goes through (it frees what it takes) and "a3" is still refused; "a1" loads.
+ * The test's own uid plays the user. Returns the size of a file.
+ */
+static size_t third_save_refused(const char *const extra[], const char *option)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_file f;
+    unsigned char *before[2];
+    size_t before_len[2], size;
+    char udir[PATH_MAX - 32];
+
+    daemon_start(&d, extra);
+    emac_client *c = client_connect(&d, "test_state_owner");
+    emac_session *s = session_ok(c, "saver", "w", &seg_left, 1);
+    assert_int_equal(event_at(s, "batch_end", 1).updates, 1);
+    snprintf(udir, sizeof(udir), "%s/users/%lu", d.state, (unsigned long)geteuid());
+    for (int i = 0; i < 2; i++) {
+        char name[8];
+        snprintf(name, sizeof(name), "a%d", i + 1);
+        if (emac_save(c, "saver", name, &f, &err) < 0)
+            fail_msg("save %s: %s: %s", name, err.code, err.message);
+        before[i] = slurp(f.path, &before_len[i]);
+        assert_int_equal(before_len[i], f.bytes);
+    }
+    assert_int_equal(event_at(s, "batch_end", 2).updates, 2);
+
+    save_refused(c, "saver", "a3", option, udir, before, before_len);
+    /* Over an existing name: it changes a2, which becomes the reference. */
+    if (emac_save(c, "saver", "a2", &f, &err) < 0)
+        fail_msg("save over a2: %s: %s", err.code, err.message);
+    free(before[1]);
+    before[1] = slurp(f.path, &before_len[1]);
+    save_refused(c, "saver", "a3", option, udir, before, before_len);
+    if (emac_load(c, "saver", "a1", &f, &err) < 0)
+        fail_msg("load a1: %s: %s", err.code, err.message);
+
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    daemon_stop(&d);
+    size = before_len[0];
+    free(before[0]);
+    free(before[1]);
+    return size;
+}
+
+/* A user's saves under new names stop at --max-state-files-per-uid, and at
+ * --max-state-bytes-per-uid (here: bytes for two files and a half, room for many files). */
+static void test_state_files_per_uid_are_bounded_in_number_and_bytes(void **state)
+{
+    const char *const files2[] = {"--max-state-files-per-uid", "2", NULL};
+    char limit[32];
+    (void)state;
+
+    size_t size = third_save_refused(files2, "--max-state-files-per-uid");
+    snprintf(limit, sizeof(limit), "%zu", size * 5 / 2);
+    const char *const bytes[] = {"--max-state-bytes-per-uid", limit, NULL};
+    third_save_refused(bytes, "--max-state-bytes-per-uid");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_state_files_belong_to_the_uid_that_saved_them,
                                   teardown_seg_left),
         cmocka_unit_test_teardown(test_world_writable_state_dir_is_refused_at_start,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_state_files_per_uid_are_bounded_in_number_and_bytes,
                                   teardown_seg_left),
     };
     signal(SIGPIPE, SIG_IGN);
