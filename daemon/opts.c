@@ -37,6 +37,9 @@ enum {
     OPT_MAX_INPUT_TOTAL,
     OPT_MAX_STATE_FILES_PER_UID,
     OPT_MAX_STATE_BYTES_PER_UID,
+    OPT_MAX_QUEUED_REQUESTS,
+    OPT_MAX_CONNECTIONS_PER_UID,
+    OPT_HELLO_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -62,6 +65,9 @@ static const struct option long_opts[] = {
     {"max-input-total", required_argument, NULL, OPT_MAX_INPUT_TOTAL},
     {"max-state-files-per-uid", required_argument, NULL, OPT_MAX_STATE_FILES_PER_UID},
     {"max-state-bytes-per-uid", required_argument, NULL, OPT_MAX_STATE_BYTES_PER_UID},
+    {"max-queued-requests", required_argument, NULL, OPT_MAX_QUEUED_REQUESTS},
+    {"max-connections-per-uid", required_argument, NULL, OPT_MAX_CONNECTIONS_PER_UID},
+    {"hello-timeout", required_argument, NULL, OPT_HELLO_TIMEOUT},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -120,7 +126,7 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          $XDG_STATE_HOME/emad, /var/lib/emad for root, else\n"
 "                          $HOME/.local/state/emad)\n"
 "\n"
-"Limits (per PROTOCOL.md section 2; sizes take a K, M or G suffix):\n"
+"Limits (sizes take a K, M or G suffix):\n"
 "  --max-message BYTES     largest message (default 16M); bigger requests get\n"
 "                          LIMIT, other oversized input closes the connection\n"
 "  --max-depth N           deepest nesting of arrays and maps (default 8, max 31)\n"
@@ -131,9 +137,10 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          fit, with a warning in the log\n"
 "  --max-sessions N        sessions in the daemon (default 1024)\n"
 "  --max-tensors N         tensors in one session (default 1000000)\n"
-"  --max-pending BYTES     memory held for a connection's unread replies before\n"
-"                          emad stops reading its requests (default 16M); it\n"
-"                          reads again once they are down to half\n"
+"  --max-pending BYTES     memory held for a connection's unread replies, and\n"
+"                          its requests queued in sessions, before emad stops\n"
+"                          reading its requests (default 16M); it reads again\n"
+"                          once they are down to half\n"
 "  --max-pending-total BYTES  the same for all connections together (default\n"
 "                          256M): over it, the connections holding the most\n"
 "                          stop being read first; a peer that reads its replies\n"
@@ -145,6 +152,18 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          (each needs more, or its peer sent nothing for 5 s),\n"
 "                          the one holding the most is closed with LIMIT. One\n"
 "                          connection alone may always take --max-message\n"
+"  --max-queued-requests N  requests of one connection queued or running in\n"
+"                          sessions (default 256); at N emad stops reading the\n"
+"                          connection, and reads again once they are down to\n"
+"                          half. Their memory also counts in --max-pending and\n"
+"                          --max-pending-total\n"
+"  --max-connections-per-uid N  open connections of one user (default 64);\n"
+"                          more are refused with LIMIT. Root and emad's own uid\n"
+"                          are exempt, and 1/16 of --max-connections (at least\n"
+"                          one, when it is 2 or more) is kept for them: other\n"
+"                          users together cannot take every connection\n"
+"  --hello-timeout SECONDS  close, with LIMIT, a connection that has not\n"
+"                          completed hello within SECONDS (default 10)\n"
 "  --max-sessions-per-uid N  sessions of one user (default 64)\n"
 "  --max-tensors-per-uid N   tensors in all sessions of one user\n"
 "                          (default 4000000)\n"
@@ -297,6 +316,9 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_input_total = 256u << 20;
     o->max_state_files_per_uid = 64;
     o->max_state_bytes_per_uid = 256ull << 30;
+    o->max_queued_requests = 256;
+    o->max_connections_per_uid = 64;
+    o->hello_timeout_s = 10;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -434,6 +456,23 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                                  err, errlen)) < 0)
                 return rc;
             o->max_state_bytes_per_uid = v;
+            break;
+        case OPT_MAX_QUEUED_REQUESTS:
+            if ((rc = parse_uint("max-queued-requests", optarg, 2, 1u << 20, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_queued_requests = (unsigned)v;
+            break;
+        case OPT_MAX_CONNECTIONS_PER_UID:
+            if ((rc = parse_uint("max-connections-per-uid", optarg, 1, 1u << 20, &v, false, err,
+                                 errlen)) < 0)
+                return rc;
+            o->max_connections_per_uid = (unsigned)v;
+            break;
+        case OPT_HELLO_TIMEOUT:
+            if ((rc = parse_uint("hello-timeout", optarg, 1, 3600, &v, false, err, errlen)) < 0)
+                return rc;
+            o->hello_timeout_s = (unsigned)v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

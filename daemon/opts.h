@@ -52,6 +52,10 @@ struct emad_opts {
     /* Per peer uid: its state files in <state_dir>/users/<uid>/ (store.h, struct store_quota). */
     uint64_t max_state_files_per_uid;
     uint64_t max_state_bytes_per_uid;
+    /* A peer's own denial of service: its connections, its queue, its hello. */
+    unsigned max_queued_requests; /* operations queued or running per connection */
+    unsigned max_connections_per_uid; /* root and emad's own uid are exempt */
+    unsigned hello_timeout_s;   /* a connection without hello is closed after this */
 };
 
 enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };

@@ -32,6 +32,8 @@
 
 static void conn_process(struct conn *c);
 static void conn_flush(struct conn *c);
+static void conn_account(struct conn *c);
+static void conn_check_limits(struct conn *c);
 static void input_released(struct server *srv);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 static int out_write(void *data, const char *buf, size_t len);
@@ -64,15 +66,36 @@ void server_check_stopped(struct server *srv)
     maybe_stopped(srv);
 }
 
-void conn_ref(struct conn *c)
+/* A request became an operation: at --max-queued-requests (or over
+ * --max-pending with its memory) reading pauses, so that a peer pipelining
+ * cheap requests behind a long update cannot grow emad's memory with a
+ * queue many times the size of what it sent. */
+void conn_ref(struct conn *c, size_t bytes)
 {
     c->refs++;
+    c->op_bytes += bytes;
+    conn_account(c);
+    conn_check_limits(c);
 }
 
-void conn_unref(struct conn *c)
+static void on_resume_timer(uv_timer_t *t);
+
+/* The operation ended. Resuming the connection runs its buffered requests,
+ * which must not happen inside the session code that frees the operation:
+ * the resume runs from the loop, in resume_timer. */
+void conn_unref(struct conn *c, size_t bytes)
 {
-    if (--c->refs == 0 && c->closed)
+    struct server *srv = c->srv;
+
+    c->op_bytes -= bytes;
+    conn_account(c);
+    if (--c->refs == 0 && c->closed) {
         free(c);
+        return;
+    }
+    if (c->paused && !c->closed && !srv->stopping &&
+        !uv_is_active((uv_handle_t *)&srv->resume_timer))
+        uv_timer_start(&srv->resume_timer, on_resume_timer, 0, 0);
 }
 
 static void outbuf_free(struct outbuf *b)
@@ -85,7 +108,7 @@ static void outbuf_free(struct outbuf *b)
  * counted is what is allocated, not the payload: a buffer's capacity. */
 static void conn_account(struct conn *c)
 {
-    size_t now = (c->writing ? c->sending.cap : 0) + c->out.cap;
+    size_t now = (c->writing ? c->sending.cap : 0) + c->out.cap + c->op_bytes;
 
     c->srv->queued_total = c->srv->queued_total - c->queued + now;
     c->queued = now;
@@ -366,9 +389,9 @@ static void conn_pause(struct conn *c, const char *limit)
     c->paused = true;
     uv_read_stop((uv_stream_t *)&c->pipe);
     log_debug(conn_log(c),
-              "connection %llu: %zu reply bytes queued (%zu for all connections); reading "
-              "paused (%s)",
-              (unsigned long long)c->id, c->queued, c->srv->queued_total, limit);
+              "connection %llu: %zu reply bytes queued (%zu for all connections), %u requests "
+              "queued; reading paused (%s)",
+              (unsigned long long)c->id, c->queued, c->srv->queued_total, c->refs, limit);
 }
 
 /* The heaviest connection still read from, among those holding replies. */
@@ -393,6 +416,8 @@ static void conn_check_limits(struct conn *c)
 
     if (c->closing || c->queued == 0)
         return;
+    if (!c->paused && c->refs >= o->max_queued_requests)
+        conn_pause(c, "--max-queued-requests");
     if (!c->paused && c->queued > o->max_pending)
         conn_pause(c, "--max-pending");
     while (!c->paused && c->srv->queued_total > o->max_pending_total) {
@@ -413,20 +438,29 @@ static void conn_maybe_resume(struct conn *c)
 
     if (!c->paused || c->closing || c->srv->stopping)
         return;
-    if (c->queued > o->max_pending / 2)
+    if (c->queued > o->max_pending / 2 || c->refs > o->max_queued_requests / 2)
         return;
     if (c->queued > 0 && c->srv->queued_total > o->max_pending_total / 2)
         return;
     c->paused = false;
     c->in_read_ms = uv_now(c->srv->ctx->loop);
     log_debug(conn_log(c),
-              "connection %llu: %zu reply bytes queued (%zu for all connections); reading "
-              "resumed",
-              (unsigned long long)c->id, c->queued, c->srv->queued_total);
+              "connection %llu: %zu reply bytes queued (%zu for all connections), %u requests "
+              "queued; reading resumed",
+              (unsigned long long)c->id, c->queued, c->srv->queued_total, c->refs);
     conn_process(c); /* requests that arrived before the pause come first */
     input_settle(c);
     if (!c->paused && !c->closing && !c->in_blocked)
         uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+static void on_resume_timer(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+
+    /* Resuming closes no connection at once (uv_close defers the unlinking). */
+    for (struct conn *c = srv->conns; c != NULL; c = c->next)
+        conn_maybe_resume(c);
 }
 
 /* At a stop, a connection closes once everything queued for it is written. */
@@ -660,6 +694,107 @@ static void refuse(struct conn *c, const char *code, const char *text)
 static void start_accepting(uv_timer_t *t);
 static void on_listen(uv_poll_t *h, int status, int events);
 
+/* Root and emad's own uid: no per-uid limit, and the connections kept for
+ * them (privileged_reserve) let them in when other users took the rest. */
+static bool peer_privileged(uid_t uid)
+{
+    return uid == 0 || uid == geteuid();
+}
+
+/* Of --max-connections, 1/16 (at least one, if that leaves one for others)
+ * is kept for root and emad's own uid: an administrator, or the trainer
+ * reconnecting as emad's user, still gets in while other users hold every
+ * connection they may. */
+static unsigned privileged_reserve(unsigned max_connections)
+{
+    unsigned r = (max_connections + 15) / 16;
+
+    return r < max_connections ? r : max_connections - 1;
+}
+
+/* The open connections of uid, c's own included. */
+static unsigned uid_connections(const struct server *srv, uid_t uid)
+{
+    unsigned n = 0;
+
+    for (const struct conn *c = srv->conns; c != NULL; c = c->next)
+        if (!c->closing && c->uid == uid)
+            n++;
+    return n;
+}
+
+/* Whether c is over a connection limit; if so, text says which. */
+static bool over_connection_limits(const struct server *srv, const struct conn *c, char *text,
+                                   size_t len)
+{
+    const struct emad_opts *o = srv->ctx->opts;
+    unsigned others_max = o->max_connections - privileged_reserve(o->max_connections);
+
+    if (srv->nconns > o->max_connections) {
+        snprintf(text, len, "too many connections (limit %u, --max-connections)",
+                 o->max_connections);
+        return true;
+    }
+    if (peer_privileged(c->uid))
+        return false;
+    if (srv->nconns > others_max) {
+        snprintf(text, len,
+                 "too many connections (limit %u, --max-connections, of which %u are kept for "
+                 "root and emad's own uid)",
+                 o->max_connections, o->max_connections - others_max);
+        return true;
+    }
+    if (uid_connections(srv, c->uid) > o->max_connections_per_uid) {
+        snprintf(text, len,
+                 "too many connections of uid %ld (limit %u, --max-connections-per-uid)",
+                 (long)c->uid, o->max_connections_per_uid);
+        return true;
+    }
+    return false;
+}
+
+static void on_hello_timer(uv_timer_t *t);
+
+/* --hello-timeout: a peer that never says hello would hold a connection
+ * (and its share of --max-connections) forever. One timer serves every
+ * connection: it wakes for the oldest one still without hello. */
+static void hello_timer_arm(struct server *srv)
+{
+    uint64_t timeout = (uint64_t)srv->ctx->opts->hello_timeout_s * 1000, first = UINT64_MAX;
+    uint64_t now = uv_now(srv->ctx->loop);
+
+    if (srv->stopping)
+        return;
+    for (const struct conn *c = srv->conns; c != NULL; c = c->next)
+        if (!c->hello && !c->closing && c->accepted_ms < first)
+            first = c->accepted_ms;
+    if (first == UINT64_MAX) {
+        uv_timer_stop(&srv->hello_timer);
+        return;
+    }
+    uv_timer_start(&srv->hello_timer, on_hello_timer,
+                   first + timeout > now ? first + timeout - now : 0, 0);
+}
+
+static void on_hello_timer(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    uint64_t timeout = (uint64_t)srv->ctx->opts->hello_timeout_s * 1000;
+    uint64_t now = uv_now(srv->ctx->loop);
+    char text[160];
+
+    snprintf(text, sizeof(text),
+             "no hello within %u s of connecting (--hello-timeout); the connection is closed",
+             srv->ctx->opts->hello_timeout_s);
+    for (struct conn *c = srv->conns; c != NULL; c = c->next) {
+        if (c->hello || c->closing || now - c->accepted_ms < timeout)
+            continue;
+        log_warn(srv->ctx->log, CONN_WHO ": closed with LIMIT: %s", CONN_WHO_ARGS(c), text);
+        refuse(c, MSG_E_LIMIT, text);
+    }
+    hello_timer_arm(srv);
+}
+
 /* Log the peers refused for lack of descriptors since the last such line. */
 static void fd_log_flush(struct server *srv)
 {
@@ -778,15 +913,17 @@ static void conn_accept(struct server *srv, int fd)
         refuse(c, MSG_E_PERM, text);
         return;
     }
-    if (srv->nconns > opts->max_connections) {
-        snprintf(text, sizeof(text), "too many connections (limit %u, --max-connections)",
-                 opts->max_connections);
-        log_warn(srv->ctx->log, "refused connection from pid %ld: %s", (long)cred.pid, text);
+    if (over_connection_limits(srv, c, text, sizeof(text))) {
+        log_warn(srv->ctx->log, "refused connection from pid %ld uid %ld: %s", (long)cred.pid,
+                 (long)cred.uid, text);
         refuse(c, MSG_E_LIMIT, text);
         return;
     }
     log_debug(srv->ctx->log, "connection %llu from pid %ld uid %ld", (unsigned long long)c->id,
               (long)cred.pid, (long)cred.uid);
+    c->accepted_ms = uv_now(srv->ctx->loop);
+    if (!uv_is_active((uv_handle_t *)&srv->hello_timer))
+        hello_timer_arm(srv);
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
@@ -830,6 +967,10 @@ int server_start(struct server *srv, struct emad *ctx, const struct listen_socke
     srv->fd_log_timer.data = srv;
     uv_timer_init(ctx->loop, &srv->in_stall_timer);
     srv->in_stall_timer.data = srv;
+    uv_timer_init(ctx->loop, &srv->hello_timer);
+    srv->hello_timer.data = srv;
+    uv_timer_init(ctx->loop, &srv->resume_timer);
+    srv->resume_timer.data = srv;
     if ((rc = uv_poll_init(ctx->loop, &srv->listener, ls->fd)) < 0)
         goto err_timer;
     srv->listener.data = srv;
@@ -844,6 +985,8 @@ err_timer:
     uv_close((uv_handle_t *)&srv->accept_timer, NULL);
     uv_close((uv_handle_t *)&srv->fd_log_timer, NULL);
     uv_close((uv_handle_t *)&srv->in_stall_timer, NULL);
+    uv_close((uv_handle_t *)&srv->hello_timer, NULL);
+    uv_close((uv_handle_t *)&srv->resume_timer, NULL);
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
     return rc;
@@ -856,11 +999,25 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_stopped(srv);
 }
 
+static void on_hello_timer_closed(uv_handle_t *h)
+{
+    struct server *srv = h->data;
+
+    uv_close((uv_handle_t *)&srv->resume_timer, on_listener_closed);
+}
+
+static void on_in_stall_timer_closed(uv_handle_t *h)
+{
+    struct server *srv = h->data;
+
+    uv_close((uv_handle_t *)&srv->hello_timer, on_hello_timer_closed);
+}
+
 static void on_fd_log_timer_closed(uv_handle_t *h)
 {
     struct server *srv = h->data;
 
-    uv_close((uv_handle_t *)&srv->in_stall_timer, on_listener_closed);
+    uv_close((uv_handle_t *)&srv->in_stall_timer, on_in_stall_timer_closed);
 }
 
 static void on_accept_timer_closed(uv_handle_t *h)
@@ -894,6 +1051,8 @@ void server_quiesce(struct server *srv)
     uv_timer_stop(&srv->accept_timer);
     fd_log_flush(srv); /* every refused peer is counted in the log */
     uv_timer_stop(&srv->in_stall_timer);
+    uv_timer_stop(&srv->hello_timer);
+    uv_timer_stop(&srv->resume_timer);
     uv_close((uv_handle_t *)&srv->listener, on_poll_closed);
     for (struct conn *c = srv->conns; c != NULL; c = c->next)
         if (!c->closing)
@@ -910,7 +1069,8 @@ static void on_flush_timeout(uv_timer_t *t)
         log_warn(srv->ctx->log,
                  "connection %llu (pid %ld): its peer did not read %zu bytes of replies within "
                  "%d ms of the stop; closed without them",
-                 (unsigned long long)c->id, (long)c->pid, c->queued, SERVER_FLUSH_TIMEOUT_MS);
+                 (unsigned long long)c->id, (long)c->pid, c->queued - c->op_bytes,
+                 SERVER_FLUSH_TIMEOUT_MS);
         conn_close(c, NULL);
     }
 }

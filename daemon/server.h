@@ -45,17 +45,21 @@ struct conn {
     bool out_failed;          /* a reply could not be allocated (the connection closes) */
     bool closing;
     bool closed;              /* the handle is closed; freed when refs drop to 0 */
-    unsigned refs;            /* operations that will still reply to it */
+    unsigned refs;            /* operations that will still reply to it: queued or
+                                 running; --max-queued-requests bounds them */
+    size_t op_bytes;          /* the memory of those operations, counted in queued */
     uv_write_t wreq;          /* the one write in flight: replies coalesce in out meanwhile */
     struct outbuf sending;    /* what wreq writes */
     struct outbuf out;        /* replies not yet handed to the socket */
-    size_t queued;            /* bytes allocated for replies (sending + out), counted
+    size_t queued;            /* bytes allocated for replies (sending + out) and for
+                                 the operations that will reply (op_bytes), counted
                                  against --max-pending and, in srv, --max-pending-total */
     size_t in_held;           /* bytes of dec's buffer counted against --max-input-total:
                                  all of it once larger than SERVER_INPUT_FREE, else 0 */
     bool in_blocked;          /* reading stopped: the request needs more than
                                  --max-input-total leaves */
     uint64_t in_read_ms;      /* when bytes were last read (uv_now) */
+    uint64_t accepted_ms;     /* when it was accepted (uv_now): --hello-timeout */
     char client[64];          /* name given in hello */
 };
 
@@ -66,6 +70,9 @@ struct server {
     uv_timer_t flush_timer;   /* bounds the wait for peers to read at a stop */
     uv_timer_t fd_log_timer;  /* logs the peers refused since the last such line */
     uv_timer_t in_stall_timer; /* looks again at the requests waiting for --max-input-total */
+    uv_timer_t hello_timer;   /* closes the connections past --hello-timeout */
+    uv_timer_t resume_timer;  /* resumes, outside the operation that ended, the
+                                 connections paused for their queued operations */
     int fd_err;               /* why they were refused: EMFILE or ENFILE */
     int spare_fd;             /* held to accept (and refuse) a peer when descriptors run out */
     uint64_t fd_refused;      /* peers refused for lack of descriptors, not yet logged */
@@ -100,9 +107,12 @@ void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const ch
     __attribute__((format(printf, 4, 5)));
 void conn_close(struct conn *c, const char *why);
 /* Operations in flight hold a reference: the struct outlives the socket
- * until they have replied (into the void, if the peer is gone). */
-void conn_ref(struct conn *c);
-void conn_unref(struct conn *c);
+ * until they have replied (into the void, if the peer is gone). bytes is
+ * the operation's memory, counted against --max-pending (and the total)
+ * until the matching conn_unref; the number of references is bounded by
+ * --max-queued-requests: at that many, reading the connection pauses. */
+void conn_ref(struct conn *c, size_t bytes);
+void conn_unref(struct conn *c, size_t bytes);
 /* Tell the server that in-flight work ended (it may be waiting to stop). */
 void server_check_stopped(struct server *srv);
 

@@ -604,7 +604,7 @@ static struct op *op_new(struct session *s, enum op_kind kind, struct conn *c, u
     op->conn = c;
     op->msgid = msgid;
     msgpack_sbuffer_init(&op->meta);
-    conn_ref(c);
+    conn_ref(c, sizeof(*op));
     return op;
 }
 
@@ -616,7 +616,7 @@ static void op_free(struct op *op)
         msgpack_unpacked_destroy(&op->unpacked);
     }
     shm_unmap(&op->new_seg);
-    conn_unref(op->conn);
+    conn_unref(op->conn, sizeof(*op));
     free(op);
 }
 

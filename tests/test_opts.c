@@ -129,6 +129,9 @@ static void test_opts_defaults(void **state)
     assert_int_equal(o.max_pending, 16u << 20);
     assert_int_equal(o.max_pending_total, 256u << 20);
     assert_int_equal(o.max_input_total, 256u << 20);
+    assert_int_equal(o.max_queued_requests, 256);
+    assert_int_equal(o.max_connections_per_uid, 64);
+    assert_int_equal(o.hello_timeout_s, 10);
 }
 
 static void test_opts_default_socket_follows_the_protocol_order(void **state)
@@ -395,6 +398,37 @@ static void test_opts_sizes_take_suffixes_and_reject_bad_values(void **state)
                             offsetof(struct emad_opts, max_pending_total));
     expect_size_4k_to_1024g(&env, "--max-input-total", offsetof(struct emad_opts, max_input_total));
     parse_fails(&env, ARGS("--max-input-total", "lots"), "--max-input-total", "lots");
+}
+
+/* The bounds a peer's own connections, queue and hello are held to. */
+static void test_opts_peer_limits_have_bounds(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--max-queued-requests", "2", "--max-connections-per-uid", "1",
+                            "--hello-timeout", "1"));
+    assert_int_equal(o.max_queued_requests, 2);
+    assert_int_equal(o.max_connections_per_uid, 1);
+    assert_int_equal(o.hello_timeout_s, 1);
+    parse_ok(&o, &env, ARGS("--max-queued-requests=1048576", "--max-connections-per-uid=1048576",
+                            "--hello-timeout=3600"));
+    assert_int_equal(o.max_queued_requests, 1u << 20);
+    assert_int_equal(o.max_connections_per_uid, 1u << 20);
+    assert_int_equal(o.hello_timeout_s, 3600);
+    /* One queued request would stop reading at once and resume at 0: no pipelining. */
+    parse_fails(&env, ARGS("--max-queued-requests", "1"), "--max-queued-requests 1",
+                "out of range");
+    parse_fails(&env, ARGS("--max-queued-requests", "1048577"), "--max-queued-requests",
+                "out of range");
+    parse_fails(&env, ARGS("--max-connections-per-uid", "0"), "--max-connections-per-uid 0",
+                "out of range");
+    parse_fails(&env, ARGS("--hello-timeout", "0"), "--hello-timeout 0", "out of range");
+    parse_fails(&env, ARGS("--hello-timeout", "3601"), "--hello-timeout 3601", "out of range");
+    parse_fails(&env, ARGS("--hello-timeout", "1s"), "--hello-timeout 1s", "number");
+    parse_fails(&env, ARGS("--max-queued-requests"), "--max-queued-requests",
+                "needs an argument");
 }
 
 static void test_opts_max_depth_stays_within_4_to_31(void **state)
@@ -774,6 +808,7 @@ int main(void)
         cmocka_unit_test(test_opts_worker_nice_stays_within_0_to_19),
         cmocka_unit_test(test_opts_sizes_take_suffixes_and_reject_bad_values),
         cmocka_unit_test(test_opts_max_depth_stays_within_4_to_31),
+        cmocka_unit_test(test_opts_peer_limits_have_bounds),
         cmocka_unit_test(test_opts_other_limits_have_bounds),
         cmocka_unit_test(test_opts_allow_group_must_be_a_group_name),
         cmocka_unit_test(test_opts_log_file_and_state_dir_must_not_be_empty),

@@ -24,6 +24,9 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <setjmp.h>
@@ -264,6 +267,260 @@ static void test_stop_does_not_wait_for_a_peer_that_does_not_read(void **state)
     msgpack_sbuffer_destroy(&reqs);
     close(fd);
     remove_tree(d.dir);
+}
+
+/* ---- requests queued on a session ---- */
+
+/* Requests of the flood behind the stalled update. */
+#define FLOOD 20000
+
+/*
+ * While its session is busy with a long update (a worker chunk stalls), a
+ * peer pipelines thousands of cheap events and reads every reply. Each
+ * becomes a queued operation many times the size of the request (it used
+ * to be 75 times, without bound: 20000 events took over 100 MB); now at
+ * --max-queued-requests emad stops reading the connection, and resumes at
+ * half. Bound on emad's peak growth: --max-pending (16M by default), which
+ * the queued operations also count against. Every reply comes, in order.
+ */
+static void test_requests_queued_on_a_session_are_bounded(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct msg_hello hello = {1, msg_str_c("test_limits"), false, 0};
+    struct msg_tensor t[1];
+    struct msg_register reg;
+    struct msg_event end = {msg_str_c("queued"), msg_str_c("batch_end"), {1, 0, false, 0},
+                            false, 0};
+    struct msg_event start = {msg_str_c("queued"), msg_str_c("batch_start"), {1, 0, false, 0},
+                              false, 0};
+    struct wire_decoder dec;
+    struct reply r;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    char *envs[4];
+    (void)state;
+
+    make_dir(&d);
+    envs[0] = rss_env()[0];
+    envs[1] = "EMAD_TEST_STALL_MS=3000"; /* register is two chunks; the update's stalls */
+    envs[2] = "EMAD_TEST_STALL_AFTER=2";
+    envs[3] = NULL;
+    daemon_start_env(&d, (const char *const[]){"--max-queued-requests", "64", NULL}, envs);
+    assert_int_equal(emac_segment_create(specs, 1, &seg_left, &err), 0);
+    register_msg(&reg, t, 1, "queued", seg_left);
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, 1, "hello");
+    msg_encode(&pk, &msg_hello_desc, &hello);
+    wire_pack_request_head(&pk, 2, "register");
+    msg_encode(&pk, &msg_register_desc, &reg);
+    int fd = try_connect(d.sock);
+    assert_true(fd >= 0);
+    send_bytes(fd, sb.data, sb.size);
+    wire_decoder_init(&dec, 1u << 24, 8);
+    for (uint32_t id = 1; id <= 2; id++) {
+        read_reply_dec(fd, &dec, &r);
+        assert_false(r.eof);
+        assert_int_equal(r.msgid, id);
+        assert_string_equal(r.code, "");
+    }
+    long before = rss_bytes(d.pid);
+
+    /* The update that stalls, then the flood: msgids 3, 4 ... */
+    sb.size = 0;
+    wire_pack_request_head(&pk, 3, "event");
+    msg_encode(&pk, &msg_event_desc, &end);
+    for (uint32_t i = 0; i < FLOOD; i++) {
+        wire_pack_request_head(&pk, 4 + i, "event");
+        msg_encode(&pk, &msg_event_desc, &start);
+    }
+    size_t sent = 0;
+    uint32_t next = 3;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    while (next < 4 + FLOOD) {
+        struct pollfd p = {fd, POLLIN | (sent < sb.size ? POLLOUT : 0), 0};
+        assert_true(poll(&p, 1, WAIT_MS) > 0);
+        if (sent < sb.size && (p.revents & POLLOUT)) {
+            ssize_t w = send(fd, sb.data + sent, sb.size - sent, MSG_NOSIGNAL);
+            assert_true(w > 0 || errno == EAGAIN);
+            if (w > 0)
+                sent += (size_t)w;
+        }
+        if (!(p.revents & (POLLIN | POLLHUP)))
+            continue;
+        /* One reply, then those the decoder already holds (or has begun:
+         * emad writes the rest of a reply it began, whatever the peer sends). */
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        do {
+            read_reply_dec(fd, &dec, &r);
+            assert_false(r.eof);
+            assert_int_equal(r.kind, WIRE_RESPONSE);
+            if (r.msgid != next || r.code[0] != '\0')
+                fail_msg("reply %u (expected %u): %s %s", r.msgid, next, r.code, r.message);
+            next++;
+        } while (next < 4 + FLOOD && wire_decoder_pending(&dec) > 0);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    }
+    long peak = proc_value(d.pid, "status", "VmHWM: %ld kB") * KIB;
+    print_message("emad's peak grew by %ld KiB over %d queued events (bound %ld KiB)\n",
+                  (peak - before) / KIB, FLOOD, 16 * MIB / KIB);
+    assert_true(peak - before < 16 * MIB);
+    assert_true(file_contains(d.log, "reading paused (--max-queued-requests)"));
+    wire_decoder_free(&dec);
+    msgpack_sbuffer_destroy(&sb);
+    close(fd);
+    daemon_stop(&d);
+}
+
+/* ---- connections of one uid, and without hello ---- */
+
+/* Which connections a hog of another uid makes: ok of them are admitted,
+ * the next is refused with LIMIT and a message holding refused_for. */
+struct hog {
+    const char *sock;
+    int ok;
+    const char *refused_for;
+};
+
+/* As uid 65534 (in a child of fork()): make hog's connections, write 0 to
+ * done (or the line of the failed check), then hold them until hold is
+ * closed. */
+static void hog_connections(const struct hog *h, int done, int hold)
+{
+    emac_client *c[16] = {NULL};
+    struct emac_error err;
+    int line = 0;
+    char b;
+
+    if (setgroups(0, NULL) != 0 || setresgid(65534, 65534, 65534) != 0 ||
+        setresuid(65534, 65534, 65534) != 0)
+        line = __LINE__;
+    for (int i = 0; line == 0 && i < h->ok; i++)
+        if (emac_connect(h->sock, "hog", &c[i], &err) != 0) {
+            fprintf(stderr, "hog: connection %d: %s: %s\n", i + 1, err.code, err.message);
+            line = __LINE__;
+        }
+    if (line == 0) {
+        int rc = emac_connect(h->sock, "hog", &c[h->ok], &err);
+        if (rc != -EREMOTEIO || strcmp(err.code, "LIMIT") != 0 ||
+            !strstr(err.message, h->refused_for)) {
+            fprintf(stderr, "hog: connection %d: %d %s: %s\n", h->ok + 1, rc,
+                    rc < 0 ? err.code : "", rc < 0 ? err.message : "admitted");
+            line = __LINE__;
+        }
+    }
+    if (write(done, &line, sizeof(line)) != (ssize_t)sizeof(line))
+        _exit(1);
+    while (read(hold, &b, 1) > 0)
+        ;
+    for (int i = 0; i < 16; i++)
+        if (c[i] != NULL)
+            emac_disconnect(c[i]);
+    _exit(0);
+}
+
+/* Start emad (open to uid 65534, of group nogroup) with extra (at most 7
+ * arguments); uid 65534 takes what hog says; root still connects and says
+ * hello meanwhile. */
+static void root_connects_while_uid_hogs(const char *const extra[], struct hog *h)
+{
+    struct daemon d;
+    int done[2], hold[2], line = -1, status;
+    const char *args[12] = {"--socket-mode", "0666", "--allow-group", "nogroup"};
+    int n = 4;
+
+    for (int i = 0; extra[i] != NULL; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    make_dir(&d);
+    assert_int_equal(chmod(d.dir, 0755), 0);
+    daemon_start_env(&d, args, NULL);
+    h->sock = d.sock;
+    assert_int_equal(pipe(done), 0);
+    assert_int_equal(pipe(hold), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(done[0]);
+        close(hold[1]);
+        hog_connections(h, done[1], hold[0]);
+    }
+    close(done[1]);
+    close(hold[0]);
+    assert_int_equal(read(done[0], &line, sizeof(line)), sizeof(line));
+    close(done[0]);
+    if (line != 0) {
+        close(hold[1]);
+        waitpid(pid, &status, 0);
+        fail_msg("as uid 65534: the check at line %d failed", line);
+    }
+    int fd = raw_hello(d.sock); /* asserts that hello is answered */
+    assert_int_equal(count_lines(d.log, "refused connection from pid"), 1);
+    assert_true(file_contains(d.log, h->refused_for));
+    close(fd);
+    close(hold[1]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    daemon_stop(&d);
+}
+
+/*
+ * One uid cannot take every connection: its own are bounded by
+ * --max-connections-per-uid, and other users together leave 1/16 of
+ * --max-connections (at least one) to root and emad's own uid. Either
+ * way root still gets in (with --max-connections 8, uid 65534 used to
+ * hold all 8, and root got LIMIT).
+ */
+static void test_one_uid_cannot_take_every_connection(void **state)
+{
+    struct hog per_uid = {NULL, 2, "--max-connections-per-uid"};
+    struct hog all = {NULL, 3, "kept for root"};
+    (void)state;
+
+    if (geteuid() != 0)
+        skip();
+    root_connects_while_uid_hogs(
+        (const char *const[]){"--max-connections", "8", "--max-connections-per-uid", "2", NULL},
+        &per_uid);
+    root_connects_while_uid_hogs((const char *const[]){"--max-connections", "4", NULL}, &all);
+}
+
+/*
+ * A peer that connects and never says hello is closed after --hello-timeout
+ * with a LIMIT notification saying why, and a log line; a peer that said
+ * hello is not.
+ */
+static void test_a_connection_without_hello_is_closed(void **state)
+{
+    struct daemon d;
+    struct reply r;
+    msgpack_sbuffer reqs;
+    (void)state;
+
+    daemon_start(&d, (const char *const[]){"--hello-timeout", "1", NULL});
+    int good = raw_hello(d.sock);
+    int mute = try_connect(d.sock);
+    assert_true(mute >= 0);
+    read_reply(mute, &r); /* waits up to WAIT_MS */
+    assert_false(r.eof);
+    assert_int_equal(r.kind, WIRE_NOTIFY);
+    assert_string_equal(r.code, "LIMIT");
+    assert_non_null(strstr(r.message, "--hello-timeout"));
+    read_reply(mute, &r);
+    assert_true(r.eof);
+    assert_true(file_contains(d.log, "closed with LIMIT: no hello within 1 s"));
+    /* The one that said hello, long enough ago, is still served. */
+    pack_requests(&reqs, "status", 1);
+    send_bytes(good, reqs.data, reqs.size);
+    read_reply(good, &r);
+    assert_false(r.eof);
+    assert_int_equal(r.msgid, 100);
+    assert_string_equal(r.code, "");
+    msgpack_sbuffer_destroy(&reqs);
+    close(mute);
+    close(good);
+    daemon_stop(&d);
 }
 
 /* ---- requests not yet complete ---- */
@@ -742,6 +999,10 @@ int main(void)
                                   teardown_seg_left),
         cmocka_unit_test_teardown(test_stop_does_not_wait_for_a_peer_that_does_not_read,
                                   kill_leftovers),
+        cmocka_unit_test_teardown(test_requests_queued_on_a_session_are_bounded,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_one_uid_cannot_take_every_connection, kill_leftovers),
+        cmocka_unit_test_teardown(test_a_connection_without_hello_is_closed, kill_leftovers),
         cmocka_unit_test_teardown(test_partial_requests_memory_is_bounded_across_connections,
                                   teardown_seg_left),
         cmocka_unit_test_teardown(test_peers_stuck_on_input_total_the_largest_is_closed_with_LIMIT,
