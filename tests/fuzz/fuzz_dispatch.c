@@ -248,7 +248,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         "--max-connections", conns,
         "--max-sessions", "8",
         "--max-tensors", "16",
-        "--max-pending", "4096",
+        "--max-pending", "16384", /* a few queued operations (each counts), then a pause */
         NULL,
     };
     memset(&env, 0, sizeof(env));
