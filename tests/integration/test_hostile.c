@@ -335,19 +335,42 @@ static void test_rewritten_header_is_not_read_again(void **state)
     daemon_stop(&d);
 }
 
+/* Start emad, connect, and make segs[0]: one f32 tensor of 1024. */
+static emac_client *start_with_segment(struct daemon *d)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
+    struct emac_error err;
+
+    daemon_start(d, NULL);
+    emac_client *c = client_connect(d, "test_hostile");
+    assert_int_equal(emac_segment_create(&spec, 1, &segs[0], &err), 0);
+    return c;
+}
+
+/* register name on segs[0] must succeed; then close it, disconnect, stop. */
+static void register_close_stop(struct daemon *d, emac_client *c, const char *name)
+{
+    struct emac_error err;
+    emac_session *s = NULL;
+
+    if (emac_register(c, name, segs[0], NULL, false, &s, &err) < 0)
+        fail_msg("register %s: %s: %s", name, err.code, err.message);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(d);
+}
+
 /* A segment others can write is refused at register, saying which mode it
  * has and what to do; one that others may only read is accepted. */
 static void test_segment_others_can_write_is_refused(void **state)
 {
-    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
     struct daemon d;
     struct emac_error err;
     emac_session *s = NULL;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_hostile");
-    assert_int_equal(emac_segment_create(&spec, 1, &segs[0], &err), 0);
+    emac_client *c = start_with_segment(&d);
     int fd = shm_open(emac_segment_name(segs[0]), O_RDWR, 0);
     assert_true(fd >= 0);
     static const mode_t refused[] = {0666, 0620, 0602};
@@ -361,38 +384,25 @@ static void test_segment_others_can_write_is_refused(void **state)
         assert_non_null(strstr(err.message, emac_segment_name(segs[0])));
         assert_non_null(strstr(err.message, "0600"));
     }
-    assert_int_equal(fchmod(fd, 0640), 0);
+    assert_int_equal(fchmod(fd, 0640), 0); /* others may read it: accepted */
     close(fd);
-    if (emac_register(c, "open", segs[0], NULL, false, &s, &err) < 0)
-        fail_msg("register with mode 0640: %s: %s", err.code, err.message);
-    assert_int_equal(emac_close(s, false, &err), 0);
-    emac_session_free(s);
-    emac_disconnect(c);
-    daemon_stop(&d);
+    register_close_stop(&d, c, "open");
 }
 
 /* A user cannot call a session "<uid>:<name>": root's status shows another
  * user's session so, and root's drop of that name would reach the impostor. */
 static void test_session_named_like_another_users_is_refused(void **state)
 {
-    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
     struct daemon d;
     struct emac_error err;
     emac_session *s = NULL;
     (void)state;
 
-    daemon_start(&d, NULL);
-    emac_client *c = client_connect(&d, "test_hostile");
-    assert_int_equal(emac_segment_create(&spec, 1, &segs[0], &err), 0);
+    emac_client *c = start_with_segment(&d);
     assert_int_equal(emac_register(c, "1000:run-1", segs[0], NULL, false, &s, &err), -EREMOTEIO);
     assert_string_equal(err.code, "BADARG");
     assert_non_null(strstr(err.message, "<uid>:<name>"));
-    if (emac_register(c, "run:1000", segs[0], NULL, false, &s, &err) < 0)
-        fail_msg("register run:1000: %s: %s", err.code, err.message);
-    assert_int_equal(emac_close(s, false, &err), 0);
-    emac_session_free(s);
-    emac_disconnect(c);
-    daemon_stop(&d);
+    register_close_stop(&d, c, "run:1000");
 }
 
 /* A segment of one f32 tensor of n elements made by hand, as a hostile
