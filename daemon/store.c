@@ -26,6 +26,30 @@
 #define STORE_HAVE_SSE42 1
 #endif
 
+/*
+ * openat(), except in a ThreadSanitizer build: its runtime does not intercept openat, so a
+ * descriptor number that a worker reused after a closed connection looked, at its close, like a
+ * race with the loop thread's reads of that connection. There the same open goes through the
+ * intercepted open(), by way of the directory's /proc/self/fd link, which resolves exactly as
+ * openat does (and O_NOFOLLOW still applies to name).
+ */
+static int store_openat(int dfd, const char *name, int flags, mode_t mode)
+{
+#if defined(__SANITIZE_THREAD__)
+    char path[PATH_MAX + 32];
+
+    if (dfd == AT_FDCWD || name[0] == '/')
+        return open(name, flags, mode);
+    if (snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dfd, name) >= (int)sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return open(path, flags, mode);
+#else
+    return openat(dfd, name, flags, mode);
+#endif
+}
+
 /* Data is checksummed and written in pieces of this size: small enough that a piece is still in
  * cache when write() copies it, large enough that syscalls cost nothing. */
 #define WRITE_CHUNK (8u << 20)
@@ -300,7 +324,7 @@ static int open_dir(int at, const char *name, const char *path, bool create, cha
             return err_set(err, errlen, -errno, "creating directory %s: %s", path,
                            strerror(errno));
     }
-    fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    fd = store_openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
     if (fd < 0) {
         rc = -errno;
         if (fstatat(at, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
@@ -389,10 +413,10 @@ int store_check_dir(const char *dir, char *err, size_t errlen)
 /* ---- Save -------------------------------------------------------------------------------- */
 
 /*
- * mkostemp() for a template ending in "XXXXXX", relative to the directory dfd, with openat()
- * itself: glibc's mkostemp opens through an internal call that ThreadSanitizer does not see, so
- * a descriptor number it reuses looked like a race with the connection that had it before. The
- * fd, or -errno.
+ * mkostemp() for a template ending in "XXXXXX", relative to the directory dfd, with
+ * store_openat(): glibc's mkostemp opens through an internal call that ThreadSanitizer does not
+ * see, so a descriptor number it reuses looked like a race with the connection that had it
+ * before. The fd, or -errno.
  */
 static int open_temp(int dfd, char *tmpl)
 {
@@ -405,7 +429,8 @@ static int open_temp(int dfd, char *tmpl)
             return -EIO;
         for (int i = 0; i < 6; i++)
             x[i] = alnum[rnd[i] % (sizeof(alnum) - 1)];
-        int fd = openat(dfd, tmpl, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        int fd = store_openat(dfd, tmpl, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+                              0600);
         if (fd >= 0 || errno != EEXIST)
             return fd >= 0 ? fd : -errno;
     }
@@ -543,7 +568,7 @@ static int usage_at(int dfd, const char *target, struct store_usage *used, bool 
                     uint64_t *replaced)
 {
     /* A descriptor of its own: closedir() closes the one it reads. */
-    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+    int fd = store_openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0), rc = 0;
     struct dirent *e;
     DIR *d;
 
@@ -838,7 +863,8 @@ static bool is_uid_name(const char *entry)
 /* The temp files in each users/<uid>/ below the directory dfd; links are never followed. */
 static int remove_user_temps(int dfd)
 {
-    int ufd = openat(dfd, STORE_USERS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int ufd = store_openat(dfd, STORE_USERS_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+                           0);
     struct dirent *e;
     int removed = 0;
     DIR *users;
@@ -854,7 +880,8 @@ static int remove_user_temps(int dfd)
 
         if (!is_uid_name(e->d_name))
             continue;
-        fd = openat(dirfd(users), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        fd = store_openat(dirfd(users), e->d_name,
+                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
         if (fd < 0)
             continue;
         if ((d = fdopendir(fd)) == NULL) {
@@ -1067,7 +1094,7 @@ static int load_legacy(const char *state_dir, const char *name, struct store_fil
         return -ENOENT;
     if ((sfd = open_state_dir(state_dir, false, why, sizeof(why))) < 0)
         return sfd == -ENOENT ? -ENOENT : err_set(err, errlen, sfd, "load: %s", why);
-    fd = openat(sfd, path + strlen(state_dir) + 1, LOAD_OPEN_FLAGS);
+    fd = store_openat(sfd, path + strlen(state_dir) + 1, LOAD_OPEN_FLAGS, 0);
     close(sfd);
     if (fd < 0)
         return errno == ENOENT ? -ENOENT : open_failed(path, err, errlen);
@@ -1102,7 +1129,7 @@ int store_load_user(const char *state_dir, uid_t uid, const char *name, struct s
     if (dfd < 0 && dfd != -ENOENT)
         return err_set(err, errlen, dfd, "load: %s", why);
     if (dfd >= 0) {
-        fd = openat(dfd, path + strlen(dpath) + 1, LOAD_OPEN_FLAGS);
+        fd = store_openat(dfd, path + strlen(dpath) + 1, LOAD_OPEN_FLAGS, 0);
         close(dfd);
         if (fd < 0 && errno != ENOENT)
             return open_failed(path, err, errlen);
@@ -1490,7 +1517,7 @@ int store_lock_dir(const char *dir, char *err, size_t errlen)
     /* Checked here, before emad serves: a directory others can write is refused at start. */
     if ((dfd = open_state_dir(dir, true, err, errlen)) < 0)
         return dfd;
-    fd = openat(dfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    fd = store_openat(dfd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     close(dfd);
     if (fd < 0)
         return err_set(err, errlen, -errno, "cannot open %s: %s", path, strerror(errno));
