@@ -527,32 +527,67 @@ static void test_shrunk_shadow_fails_only_its_session(void **state)
     daemon_stop(&d);
 }
 
+/* A trainer run as another uid (run_as_uid()): its connection, its segment
+ * of one f32 tensor "w" of 4096, its session. */
+struct child_trainer {
+    emac_client *c;
+    emac_segment *seg;
+    emac_session *s;
+};
+
+static const struct emac_config one_ba = {"1ba", false, 0, NULL, NULL};
+
+/* Connect to sock as client, make the segment (w[3] := w3), register
+ * session with cfg (NULL: emad's defaults) and send batch_end at batch 1.
+ * false, with v filled, when a step fails; child_end() cleans up either way. */
+static bool child_start(struct child_trainer *t, const char *sock, const char *client,
+                        const char *session, const struct emac_config *cfg, float w3,
+                        struct verdict *v)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
+    struct emac_time time = {1, 0, false, 0};
+    struct emac_error err;
+    struct emac_result r;
+
+    memset(t, 0, sizeof(*t));
+    CHILD_CHECK(v, emac_connect(sock, client, &t->c, &err) == 0, "connect: %s: %s", err.code,
+                err.message);
+    CHILD_CHECK(v, emac_segment_create(&spec, 1, &t->seg, &err) == 0, "segment: %s",
+                err.message);
+    ((float *)emac_segment_tensor(t->seg, 0)->data)[3] = w3;
+    CHILD_CHECK(v, emac_register(t->c, session, t->seg, cfg, false, &t->s, &err) == 0,
+                "register: %s: %s", err.code, err.message);
+    CHILD_CHECK(v, emac_event(t->s, "batch_end", &time, &r, &err) == 0, "batch_end: %s: %s",
+                err.code, err.message);
+    return true;
+out:
+    return false;
+}
+
+static void child_end(struct child_trainer *t)
+{
+    emac_session_free(t->s);
+    emac_segment_destroy(t->seg);
+    emac_disconnect(t->c);
+}
+
 /* As the other uid (run_as_uid()): register "theirs" on sock, one update;
  * its shadow then opens read-only, but cannot be chmodded, opened for
  * writing or resized; the next update still works, and the shadow holds
  * what it should. */
 static void trainer_other_uid(const void *sock, struct verdict *v)
 {
-    struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
-    struct emac_config cfg = {"1ba", false, 0, NULL, NULL};
+    struct child_trainer tr;
     struct emac_error err;
-    emac_client *c = NULL;
-    emac_session *s = NULL;
-    emac_segment *seg = NULL;
     struct emac_result r;
     struct emac_time t = {1, 0, false, 0};
     char path[200];
     int fd = -1;
 
-    CHILD_CHECK(v, emac_connect(sock, "other uid", &c, &err) == 0, "connect: %s: %s", err.code,
-                err.message);
-    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
-    float *w = emac_segment_tensor(seg, 0)->data;
-    w[3] = 8.0f;
-    CHILD_CHECK(v, emac_register(c, "theirs", seg, &cfg, false, &s, &err) == 0,
-                "register: %s: %s", err.code, err.message);
-    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s: %s", err.code,
-                err.message);
+    if (!child_start(&tr, sock, "other uid", "theirs", &one_ba, 8.0f, v))
+        goto out;
+    emac_session *s = tr.s;
+    float *w = emac_segment_tensor(tr.seg, 0)->data;
     const char *shadow = emac_session_state(s)->shadow_shm;
     snprintf(path, sizeof(path), "/dev/shm%s", shadow);
     fd = shm_open(shadow, O_RDONLY, 0);
@@ -574,9 +609,7 @@ static void trainer_other_uid(const void *sock, struct verdict *v)
 out:
     if (fd >= 0)
         close(fd);
-    emac_session_free(s);
-    emac_segment_destroy(seg);
-    emac_disconnect(c);
+    child_end(&tr);
 }
 
 /* A trainer of another uid can read its shadow, and map it, but cannot
@@ -598,25 +631,17 @@ static void test_trainer_of_another_uid_cannot_change_its_shadow(void **state)
  * with SHM, and only its session. */
 static void trainer_resizes_its_shadow(const void *sock, struct verdict *v)
 {
-    struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
-    struct emac_config cfg = {"1ba", false, 0, NULL, NULL};
+    struct child_trainer tr;
     struct emac_error err;
-    emac_client *c = NULL;
-    emac_session *s = NULL;
-    emac_segment *seg = NULL;
     struct emac_result r;
     struct emac_time t = {1, 0, false, 0};
     struct stat st;
     char path[200];
     int fd = -1;
 
-    CHILD_CHECK(v, emac_connect(sock, "resizer", &c, &err) == 0, "connect: %s: %s", err.code,
-                err.message);
-    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
-    CHILD_CHECK(v, emac_register(c, "theirs", seg, &cfg, false, &s, &err) == 0,
-                "register: %s: %s", err.code, err.message);
-    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s: %s", err.code,
-                err.message);
+    if (!child_start(&tr, sock, "resizer", "theirs", &one_ba, 0.0f, v))
+        goto out;
+    emac_session *s = tr.s;
     snprintf(path, sizeof(path), "/dev/shm%s", emac_session_state(s)->shadow_shm);
     CHILD_CHECK(v, stat(path, &st) == 0 && st.st_uid == getuid() && (st.st_mode & 0777) == 0400,
                 "without ACLs the shadow should be the trainer's, 0400");
@@ -631,9 +656,7 @@ static void trainer_resizes_its_shadow(const void *sock, struct verdict *v)
 out:
     if (fd >= 0)
         close(fd);
-    emac_session_free(s);
-    emac_segment_destroy(seg);
-    emac_disconnect(c);
+    child_end(&tr);
 }
 
 /* Where /dev/shm has no ACLs, emad gives shadows to their trainers (and
@@ -679,25 +702,10 @@ static void test_without_acls_a_resized_shadow_fails_only_its_session(void **sta
  * then go away leaving it detached. */
 static void trainer_leaves_shared(const void *sock, struct verdict *v)
 {
-    struct emac_tensor_spec spec = {"w", "f32", 4096, NULL, 0};
-    struct emac_error err;
-    emac_client *c = NULL;
-    emac_session *s = NULL;
-    emac_segment *seg = NULL;
-    struct emac_result r;
-    struct emac_time t = {1, 0, false, 0};
+    struct child_trainer tr;
 
-    CHILD_CHECK(v, emac_connect(sock, "shared name", &c, &err) == 0, "connect: %s: %s",
-                err.code, err.message);
-    CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg, &err) == 0, "segment: %s", err.message);
-    CHILD_CHECK(v, emac_register(c, "shared", seg, NULL, false, &s, &err) == 0,
-                "register: %s: %s", err.code, err.message);
-    CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) == 0, "batch_end: %s: %s", err.code,
-                err.message);
-out:
-    emac_session_free(s);
-    emac_segment_destroy(seg);
-    emac_disconnect(c);
+    child_start(&tr, sock, "shared name", "shared", NULL, 0.0f, v);
+    child_end(&tr);
 }
 
 /* Run trainer_leaves_shared() as uid (gid 65534, nogroup). */
