@@ -27,6 +27,18 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+/* ---- selection ---- */
+
+/* EMAD_TEST_FILTER=<glob> runs only the matching tests of a binary: a flaky
+ * test is rerun alone, under load, without the rest (docs/testing.md). */
+__attribute__((constructor)) static void select_tests(void)
+{
+    const char *f = getenv("EMAD_TEST_FILTER");
+
+    if (f != NULL && f[0] != '\0')
+        cmocka_set_test_filter(f);
+}
+
 /* ---- paths ---- */
 
 const char *emad_bin(void)
