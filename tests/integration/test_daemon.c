@@ -802,12 +802,20 @@ static int notify_listener(const char *path)
     return fd;
 }
 
-static void expect_datagram(int fd, const char *text)
+/* On a timeout the failure shows emad's stderr and log: a sanitizer report
+ * (emad halts on the first) is the usual reason a datagram never comes. */
+static void expect_datagram(const struct daemon *d, int fd, const char *text)
 {
     char buf[256];
     struct pollfd p = {fd, POLLIN, 0};
 
-    assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+    if (poll(&p, 1, WAIT_MS) != 1) {
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd), "cat '%s/emad.stderr' '%s' >&2", d->dir, d->log);
+        if (system(cmd) != 0)
+            fprintf(stderr, "(cannot show emad's stderr and log)\n");
+        fail_msg("no \"%s\" datagram within %d ms", text, WAIT_MS);
+    }
     ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
     assert_true(n > 0);
     buf[n] = '\0';
@@ -825,9 +833,9 @@ static void test_notify_socket_gets_ready_and_stopping(void **state)
     int nfd = notify_listener(path);
     snprintf(env, sizeof(env), "NOTIFY_SOCKET=%s", path);
     daemon_start_env(&d, NULL, (char *[]){env, NULL});
-    expect_datagram(nfd, "READY=1");
+    expect_datagram(&d, nfd, "READY=1");
     assert_int_equal(kill(d.pid, SIGTERM), 0);
-    expect_datagram(nfd, "STOPPING=1");
+    expect_datagram(&d, nfd, "STOPPING=1");
     assert_int_equal(wait_exit(d.pid), 0);
     close(nfd);
     remove_tree(d.dir);
@@ -860,7 +868,7 @@ static void test_socket_activation_serves_the_inherited_socket(void **state)
     char *ctl[] = {(char *)emactl_bin(), "--socket", d.sock, "status", NULL};
     assert_int_equal(run_capture(ctl, NULL, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "emad 0.1.0"));
-    expect_datagram(nfd, "READY=1");
+    expect_datagram(&d, nfd, "READY=1");
     assert_true(file_contains(d.log, "(from systemd)"));
     assert_int_equal(lstat(other, &st), -1);
     assert_int_equal(kill(d.pid, SIGTERM), 0);
