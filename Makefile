@@ -2,9 +2,10 @@
 #
 #   make            build emad, emactl, toy_trainer, libemaclient.{a,so} (into build/)
 #   make check      install missing Debian packages, build everything also
-#                   under ASan+UBSan, run every test
-#   make demo       start emad on a temporary socket, train build/toy_trainer
-#                   against it, show emactl show and status, stop emad
+#                   under ASan+UBSan and TSan, run every test (docs/testing.md)
+#   make demo       start emad on a temporary socket and state directory, train
+#                   a small PyTorch CNN against it (build/toy_trainer without
+#                   PyTorch), show emactl status and show, stop emad
 #   make install    PREFIX=/usr/local DESTDIR= (binaries, library, header,
 #                   emaclient.pc, systemd units); make uninstall; make clean
 
