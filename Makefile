@@ -2,9 +2,10 @@
 #
 #   make            build emad, emactl, toy_trainer, libemaclient.{a,so} (into build/)
 #   make check      install missing Debian packages, build everything also
-#                   under ASan+UBSan, run every test
-#   make demo       start emad on a temporary socket, train build/toy_trainer
-#                   against it, show emactl show and status, stop emad
+#                   under ASan+UBSan and TSan, run every test (docs/testing.md)
+#   make demo       start emad on a temporary socket and state directory, train
+#                   a small PyTorch CNN against it (build/toy_trainer without
+#                   PyTorch), show emactl status and show, stop emad
 #   make install    PREFIX=/usr/local DESTDIR= (binaries, library, header,
 #                   emaclient.pc, systemd units); make uninstall; make clean
 
@@ -220,8 +221,18 @@ deps:
 	    echo "make deps: run 'sudo make deps' or 'sudo apt-get install$$missing'" >&2; \
 	    exit 1; \
 	fi; \
-	echo "make deps: installing$$missing"; \
-	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
+	mkdir -p build; \
+	echo "make deps: installing Debian packages:$$missing"; \
+	echo "make deps: on a fresh Debian 12 that is about 430 MB to download (PyTorch and NumPy"; \
+	echo "make deps: for the demo and the tests, clang for the fuzzers, matplotlib for the"; \
+	echo "make deps: benchmark plot, the C libraries emad builds on); apt's output: build/deps.log"; \
+	if ! { apt-get -qq update && DEBIAN_FRONTEND=noninteractive apt-get -qq install -y \
+	        --no-install-recommends $$missing; } > build/deps.log 2>&1; then \
+	    tail -n 40 build/deps.log >&2; \
+	    echo "make deps: apt-get failed; its whole output is in build/deps.log" >&2; \
+	    exit 1; \
+	fi; \
+	echo "make deps: done"
 
 check: deps
 	@$(MAKE) --no-print-directory check-run

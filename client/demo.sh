@@ -3,7 +3,10 @@
 # against it (client/python/examples/train_cnn.py: its EMA kept by emad,
 # progress, and after each epoch the validation accuracy of the training
 # weights and of the EMA weights), show the session it left behind with
-# `emactl list` and `emactl show`, then stop emad cleanly.
+# `emactl status` and `emactl show`, drop it, then stop emad cleanly.
+# emad's socket, state directory and log live in one temporary directory,
+# removed at the end however the demo ends: the demo leaves no state file
+# behind, and dropping the session removes its shadow from /dev/shm.
 # Without PyTorch for $PYTHON (default /usr/bin/python3) the C toy trainer
 # (build/toy_trainer) takes its place. Usage: client/demo.sh BUILD_DIR
 set -euo pipefail
@@ -14,7 +17,12 @@ dir=$(mktemp -d /tmp/emad-demo-XXXXXX)
 sock=$dir/emad.sock
 pid=""
 cleanup() {
+    local rc=$?
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid"; wait "$pid" || true; fi
+    if [ "$rc" -ne 0 ] && [ -s "$dir/emad.log" ]; then
+        echo "== the demo failed; the end of emad's log:" >&2
+        tail -n 30 "$dir/emad.log" >&2
+    fi
     rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -42,11 +50,15 @@ else
 fi
 
 echo
-echo "== emactl list"
-"$build/emactl" --socket "$sock" list
+echo "== emactl status"
+"$build/emactl" --socket "$sock" status
 echo
 echo "== emactl show $session"
 "$build/emactl" --socket "$sock" show "$session"
+
+echo
+echo "== emactl drop $session (its shadow leaves /dev/shm)"
+"$build/emactl" --socket "$sock" drop "$session"
 
 echo
 echo "== stopping emad (SIGTERM)"
@@ -54,3 +66,4 @@ kill -TERM "$pid"
 wait "$pid"
 echo "emad exited with status $?; socket removed: $([ -e "$sock" ] && echo no || echo yes)"
 pid=""
+echo "removing $dir (socket, state directory, emad's log)"
