@@ -98,6 +98,9 @@ $(ITEST_SRC:%.c=$(2)/%): $(2)/tests/integration/%: $(1)/tests/integration/%.o $(
 	@mkdir -p $$(@D)
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS)
 
+# test_json proves emactl's JSON printer, which no library holds.
+$(2)/tests/test_json: $(1)/client/json.o
+
 -include $$(wildcard $(1)/*/*.d $(1)/*/*/*.d)
 endef
 
