@@ -92,7 +92,9 @@ static void join_commands(unsigned bit, char *buf, size_t len)
             continue;
         count++;
         n += (size_t)snprintf(buf + n, len - n, "%s%s",
-                              count == 1 ? "" : count == total ? " and " : ", ",
+                              count == 1       ? ""
+                              : count == total ? " and "
+                                               : ", ",
                               commands[i]->name);
     }
 }
@@ -131,12 +133,11 @@ static void usage(FILE *fp)
           fp);
     for (size_t i = 0; i < NCOMMANDS; i++) {
         char name[64];
-        snprintf(name, sizeof(name), "%s%s%s", commands[i]->name,
-                 commands[i]->args[0] ? " " : "", commands[i]->args);
+        snprintf(name, sizeof(name), "%s%s%s", commands[i]->name, commands[i]->args[0] ? " " : "",
+                 commands[i]->args);
         print_item(fp, name, commands[i]->summary);
     }
-    fputs("\nOptions (before or after the command; each command's manual lists its own):\n",
-          fp);
+    fputs("\nOptions (before or after the command; each command's manual lists its own):\n", fp);
     print_options(fp, ~0u);
     print_item(fp, "-V, --version", "show the version and exit");
     fputs("\n"
@@ -176,8 +177,7 @@ static int cmd_help(struct ctl *ctl, int argc, char **argv)
     }
     if ((cmd = find_command(argv[0])) == NULL) {
         join_commands(0, names, sizeof(names));
-        return ctl_usage_error(ctl, "unknown command \"%s\"; the commands are %s", argv[0],
-                               names);
+        return ctl_usage_error(ctl, "unknown command \"%s\"; the commands are %s", argv[0], names);
     }
     command_help(cmd, stdout);
     return 0;
@@ -241,8 +241,7 @@ int main(int argc, char **argv)
             if (optopt != 0) /* a short one, perhaps among others: "-xj" */
                 snprintf(perr.message, sizeof(perr.message), "unknown option -%c", optopt);
             else
-                snprintf(perr.message, sizeof(perr.message), "unknown option %s",
-                         argv[optind - 1]);
+                snprintf(perr.message, sizeof(perr.message), "unknown option %s", argv[optind - 1]);
             break;
         }
     }

@@ -47,18 +47,18 @@ struct ctl {
  * the command, refuses options it does not take and a wrong number of
  * arguments, prints its --help; run() only does the command's own. */
 struct ctl_cmd {
-    const char *name;     /* "show" */
-    const char *args;     /* its arguments in the synopsis: "SESSION [NAME]", "" */
-    const char *summary;  /* what it does, for the overview of emactl --help */
-    const char *help;     /* the body of emactl NAME --help, after the synopsis */
-    int min_args;         /* arguments after the name */
+    const char *name;    /* "show" */
+    const char *args;    /* its arguments in the synopsis: "SESSION [NAME]", "" */
+    const char *summary; /* what it does, for the overview of emactl --help */
+    const char *help;    /* the body of emactl NAME --help, after the synopsis */
+    int min_args;        /* arguments after the name */
     int max_args;
-    unsigned opts;        /* CTL_OPT_* accepted */
+    unsigned opts; /* CTL_OPT_* accepted */
     int (*run)(struct ctl *ctl, int argc, char **argv);
 };
 
 extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_save,
-    ctl_cmd_drop;                 /* emactl_session.c */
+    ctl_cmd_drop;                       /* emactl_session.c */
 extern const struct ctl_cmd ctl_cmd_gc; /* emactl_gc.c */
 
 /* ---- errors: "emactl: CODE: COMMAND: message" on stderr ---- */
@@ -97,14 +97,14 @@ int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const ch
 #define CTL_TABLE_MAX_COLS 16
 
 struct ctl_column {
-    const char *head;  /* "SESSION" */
-    bool right;        /* right-aligned (numbers) */
+    const char *head; /* "SESSION" */
+    bool right;       /* right-aligned (numbers) */
 };
 
 struct ctl_table {
     const struct ctl_column *cols;
     size_t ncols;
-    char **cells;      /* nrows * ncols, row by row, escaped copies */
+    char **cells; /* nrows * ncols, row by row, escaped copies */
     size_t nrows, cap;
 };
 

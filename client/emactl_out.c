@@ -88,8 +88,7 @@ static const msgpack_object *map_get(const msgpack_object *o, const char *key)
     return NULL;
 }
 
-int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const char *key,
-                   long index)
+int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const char *key, long index)
 {
     msgpack_unpacked u;
     const msgpack_object *o = NULL;

@@ -10,9 +10,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#define DAEMON_EXIT_STATUS                                                                    \
-    "Exit status: 0 on success; 1 when emad reports an error or cannot be reached\n"         \
-    "(emactl: CODE: COMMAND: message, CODE being the protocol's error code, e.g.\n"          \
+#define DAEMON_EXIT_STATUS                                                                         \
+    "Exit status: 0 on success; 1 when emad reports an error or cannot be reached\n"               \
+    "(emactl: CODE: COMMAND: message, CODE being the protocol's error code, e.g.\n"                \
     "NOSESSION, PERM, STATE, IO, or CONNECT); 2 on a usage error.\n"
 
 static emac_client *ctl_connect(const struct ctl *ctl)
@@ -46,7 +46,7 @@ static int get_status(const struct ctl *ctl, const char *session, emac_client **
 /* ---- the sessions table, the same in status and list ---- */
 
 static const struct ctl_column session_cols[] = {
-    {"SESSION", false}, {"OWNER", false},  {"TENSORS", true}, {"PARAMS", true},
+    {"SESSION", false}, {"OWNER", false},  {"TENSORS", true},  {"PARAMS", true},
     {"SHADOW", true},   {"UPDATES", true}, {"STARTED", false}, {"ACTIVE", false},
 };
 #define NSESSION_COLS (sizeof(session_cols) / sizeof(session_cols[0]))
@@ -75,8 +75,12 @@ static int print_sessions_table(const struct ctl *ctl, const struct emac_status 
         ctl_mib(s->params_bytes, params, sizeof(params));
         ctl_mib(s->shadow_bytes, shadow, sizeof(shadow));
         snprintf(updates, sizeof(updates), "%" PRIu64, s->updates);
-        const char *row[NSESSION_COLS] = {s->session, owner,   tensors,
-                                          params,     shadow,  updates,
+        const char *row[NSESSION_COLS] = {s->session,
+                                          owner,
+                                          tensors,
+                                          params,
+                                          shadow,
+                                          updates,
                                           s->started ? "yes" : "no",
                                           s->active ? "yes" : "no"};
         rc = ctl_table_add(&t, row);

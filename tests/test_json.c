@@ -86,9 +86,9 @@ static void test_json_double_refuses_non_finite_and_short_buffers(void **state)
     assert_int_equal(json_format_double(INFINITY, buf, sizeof(buf)), -EINVAL);
     assert_int_equal(json_format_double(-INFINITY, buf, sizeof(buf)), -EINVAL);
     assert_int_equal(json_format_float(NAN, buf, sizeof(buf)), -EINVAL);
-    assert_int_equal(json_format_double(0.1, buf, 3), -ENOSPC);   /* "0.1" + NUL */
+    assert_int_equal(json_format_double(0.1, buf, 3), -ENOSPC); /* "0.1" + NUL */
     assert_int_equal(json_format_double(0.1, buf, 4), 3);
-    assert_int_equal(json_format_double(7.0, buf, 3), -ENOSPC);   /* "7.0" + NUL */
+    assert_int_equal(json_format_double(7.0, buf, 3), -ENOSPC); /* "7.0" + NUL */
     assert_int_equal(json_format_double(7.0, buf, 4), 3);
     assert_string_equal(buf, "7.0");
 }
@@ -122,7 +122,8 @@ static void test_json_double_round_trips_and_no_shorter_text_does(void **state)
         x ^= x << 17;
         double d;
         /* Every other one a double of a modest exponent, as emad sends. */
-        uint64_t bits = i % 2 ? x : (x & 0x800fffffffffffffu) | ((uint64_t)(1023 + i % 40 - 20) << 52);
+        uint64_t bits =
+            i % 2 ? x : (x & 0x800fffffffffffffu) | ((uint64_t)(1023 + i % 40 - 20) << 52);
         memcpy(&d, &bits, sizeof(d));
         if (!isfinite(d))
             continue;

@@ -66,8 +66,7 @@ static int ctl(char *out, size_t outlen, ...)
 }
 
 /* out must contain the text built from fmt. */
-static void expect_in(const char *out, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void expect_in(const char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void expect_in(const char *out, const char *fmt, ...)
 {
     char want[1024];
@@ -227,8 +226,7 @@ static int expect_shortest_floats(const char *json)
             if (digits > 1) {
                 snprintf(shorter, sizeof(shorter), "%.*e", digits - 2, d);
                 if (strtod(shorter, NULL) == d)
-                    fail_msg("%s is not the shortest form: %s reads back the same", text,
-                             shorter);
+                    fail_msg("%s is not the shortest form: %s reads back the same", text, shorter);
             }
             floats++;
         }
@@ -254,8 +252,8 @@ static void two_sessions(const struct daemon *d)
 
     client = client_connect(d, "test_emactl");
     struct emac_config ca = {.half_life = "4ba", .update_interval = "2ba"};
-    struct emac_config cb = {.has_smoothing = true, .smoothing = 0.1, .update_interval = "1ba",
-                             .ema_start = "100ba"};
+    struct emac_config cb = {
+        .has_smoothing = true, .smoothing = 0.1, .update_interval = "1ba", .ema_start = "100ba"};
     if (emac_segment_create(&spec, 1, &segs[0], &err) < 0 ||
         emac_segment_create(&spec, 1, &segs[1], &err) < 0 ||
         emac_register(client, "swapped", segs[0], &ca, false, &a, &err) < 0 ||
