@@ -43,7 +43,8 @@ TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
 PROTO_SRC  := $(wildcard proto/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := client/emaclient.c
-EMACTL_SRC := client/emactl.c client/json.c
+EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
+              client/json.c
 PY_PACKAGE := client/python/emaclient/__init__.py client/python/emaclient/_lib.py \
               client/python/emaclient/torch.py
 TOY_SRC    := client/toy_trainer.c
@@ -98,6 +99,9 @@ $(TEST_SRC:%.c=$(2)/%): $(2)/tests/%: $(1)/tests/%.o $(2)/libemad.a $(2)/libemac
 $(ITEST_SRC:%.c=$(2)/%): $(2)/tests/integration/%: $(1)/tests/integration/%.o $(1)/tests/integration/harness.o $(2)/libemaclient.a $(2)/libproto.a
 	@mkdir -p $$(@D)
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS)
+
+# test_json proves emactl's JSON printer, which no library holds.
+$(2)/tests/test_json: $(1)/client/json.o
 
 -include $$(wildcard $(1)/*/*.d $(1)/*/*/*.d)
 endef

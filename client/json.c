@@ -3,9 +3,64 @@
  */
 #include "json.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* Append ".0" to text that reads as an integer ("7", "-0"), so that it
+ * stays a float for a typed reader; buf holds n characters. */
+static int keep_float(char *buf, size_t len, int n)
+{
+    if (strspn(buf, "-0123456789") != (size_t)n)
+        return n;
+    if ((size_t)n + 3 > len)
+        return -ENOSPC;
+    memcpy(buf + n, ".0", 3);
+    return n + 2;
+}
+
+/* The fewest significant digits (at most max_digits, which tell every value
+ * of the type apart) that read back as d (as a float when single), then the
+ * notation a reader expects: positional while the decimal exponent is in
+ * [-4, 16), as Python's repr() does, so that 3000.0 does not become 3e+03;
+ * otherwise an exponent. Rounding to the same number of digits at the same
+ * position gives the same digits in either notation. */
+static int format_shortest(double d, int max_digits, bool single, char *buf, size_t len)
+{
+    char tmp[JSON_NUMBER_MAX]; /* the longest, -0.00012345678901234567, has 23 */
+    int digits, n;
+
+    if (!isfinite(d))
+        return -EINVAL;
+    for (digits = 1; digits < max_digits; digits++) {
+        snprintf(tmp, sizeof(tmp), "%.*e", digits - 1, d);
+        if (single ? strtof(tmp, NULL) == (float)d : strtod(tmp, NULL) == d)
+            break;
+    }
+    n = snprintf(tmp, sizeof(tmp), "%.*e", digits - 1, d);
+    int exp10 = atoi(strchr(tmp, 'e') + 1);
+    if (exp10 >= -4 && exp10 < 16) {
+        int frac = digits - 1 - exp10;
+        n = snprintf(tmp, sizeof(tmp), "%.*f", frac > 0 ? frac : 0, d);
+    }
+    if (n < 0 || (size_t)n >= len)
+        return -ENOSPC;
+    memcpy(buf, tmp, (size_t)n + 1);
+    return keep_float(buf, len, n);
+}
+
+int json_format_double(double d, char *buf, size_t len)
+{
+    return format_shortest(d, 17, false, buf, len);
+}
+
+int json_format_float(float f, char *buf, size_t len)
+{
+    return format_shortest((double)f, 9, true, buf, len);
+}
 
 static void json_string(FILE *fp, const char *s, size_t n)
 {
@@ -55,12 +110,16 @@ void json_print(FILE *fp, const msgpack_object *o, int indent)
         fprintf(fp, "%" PRId64, o->via.i64);
         break;
     case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64:
-        if (isfinite(o->via.f64))
-            fprintf(fp, "%.17g", o->via.f64);
-        else
-            fputs("null", fp);
+    case MSGPACK_OBJECT_FLOAT64: {
+        /* msgpack-c widens a float32 to via.f64 exactly: narrowing it back
+         * is lossless, and its shortest text is a float's, not a double's. */
+        char num[JSON_NUMBER_MAX];
+        int n = o->type == MSGPACK_OBJECT_FLOAT32
+                    ? json_format_float((float)o->via.f64, num, sizeof(num))
+                    : json_format_double(o->via.f64, num, sizeof(num));
+        fputs(n < 0 ? "null" : num, fp);
         break;
+    }
     case MSGPACK_OBJECT_STR:
         json_string(fp, o->via.str.ptr, o->via.str.size);
         break;

@@ -112,7 +112,7 @@ static void obj_create_raw(const char *name, const void *data, size_t len, size_
     close(fd);
 }
 
-/* A segment with a valid header (PROTOCOL.md §3): params_bytes of params,
+/* A segment with a valid header (segment.h): params_bytes of params,
  * a stash as large, swap_state as given. Its size is 4096 + 2 * params. */
 static size_t segment_create(const char *name, uint64_t params_bytes, uint32_t swap_state,
                              uid_t uid)
@@ -540,7 +540,7 @@ static void test_gc_failed_removal_exits_1(void **state)
         skip();
     if (rc != 1)
         fail_msg("gc exited %d, expected 1:\n%s", rc, out);
-    expect_in(out, "emactl: SYSTEM: cannot remove %s: Read-only file system\n", name);
+    expect_in(out, "emactl: SYSTEM: gc: cannot remove %s: Read-only file system\n", name);
     expect_in(out, "kept %s: cannot remove it: Read-only file system\n", name);
     expect_in(out, "gc: 0 removed (0 bytes freed), 1 kept\n");
     assert_true(obj_exists(name));
@@ -560,23 +560,35 @@ static void test_gc_usage_and_nothing_to_do(void **state)
 
     char *extra[] = {ctl, "gc", "now", NULL};
     assert_int_equal(run_capture(extra, NULL, out, sizeof(out)), 2);
+    expect_in(out, "emactl: USAGE: gc: unexpected argument \"now\"\n");
     expect_in(out, "usage: emactl gc [--dry-run] [--prefix NAME]");
     char *slash[] = {ctl, "gc", "--prefix", "a/b", NULL};
     assert_int_equal(run_capture(slash, NULL, out, sizeof(out)), 2);
-    expect_in(out, "--prefix a/b");
+    expect_in(out, "emactl: USAGE: gc: --prefix a/b: a name after /emad-, without '/'\n");
     char *noarg[] = {ctl, "gc", "--prefix", NULL};
     assert_int_equal(run_capture(noarg, NULL, out, sizeof(out)), 2);
-    expect_in(out, "needs an argument");
+    expect_in(out, "emactl: USAGE: gc: option --prefix needs an argument\n");
     char *other[] = {ctl, "--socket", "/tmp/emad-test-nonexistent.sock", "status", "--dry-run",
                      NULL};
     assert_int_equal(run_capture(other, NULL, out, sizeof(out)), 2);
-    expect_in(out, "--dry-run applies to gc only");
+    expect_in(out, "emactl: USAGE: status: --dry-run applies to gc only\n");
+    char *prefix_elsewhere[] = {ctl, "list", "--prefix", "x", NULL};
+    assert_int_equal(run_capture(prefix_elsewhere, NULL, out, sizeof(out)), 2);
+    expect_in(out, "emactl: USAGE: list: --prefix applies to gc only\n");
+    /* The overview names gc; its manual says what it removes and why. */
     char *help[] = {ctl, "--help", NULL};
     assert_int_equal(run_capture(help, NULL, out, sizeof(out)), 0);
     expect_in(out, "gc [--dry-run] [--prefix NAME]");
+    expect_in(out, "emad need not run");
+    char *gc_help[] = {ctl, "gc", "--help", NULL};
+    assert_int_equal(run_capture(gc_help, NULL, out, sizeof(out)), 0);
+    expect_in(out, "Usage: emactl gc [--dry-run] [--prefix NAME]\n");
     expect_in(out, "--prefix NAME");
+    expect_in(out, "--dry-run");
     expect_in(out, "/emad-shadow-PID-HEX");
     expect_in(out, "emad need not run");
+    expect_in(out, "JSON output: an array of {name, uid, bytes, kind, action, reason}");
+    expect_in(out, "Exit status: 0 once gc is done");
 }
 
 int main(void)

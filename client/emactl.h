@@ -1,0 +1,120 @@
+/*
+ * emactl.h - what emactl's files share: one entry of the command table, the
+ * context of one invocation, and the output every command prints through.
+ *
+ * Contents
+ *   commands     CTL_OPT_*, struct ctl, struct ctl_cmd, CTL_EUSAGE, the
+ *                commands (emactl_session.c, emactl_gc.c)
+ *   errors       ctl_error, ctl_usage_error, ctl_remote_error
+ *   output       ctl_put_clean, ctl_mib, ctl_print_json
+ *   tables       struct ctl_column, struct ctl_table, ctl_table_*
+ */
+#ifndef EMAD_EMACTL_H
+#define EMAD_EMACTL_H
+
+#include "emaclient.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- commands ---- */
+
+/* The options a command accepts (struct ctl_cmd.opts); main() refuses the
+ * others, naming the commands that take them. --help is every command's. */
+#define CTL_OPT_SOCKET 0x1u  /* --socket PATH */
+#define CTL_OPT_JSON 0x2u    /* --json */
+#define CTL_OPT_DRY_RUN 0x4u /* --dry-run */
+#define CTL_OPT_PREFIX 0x8u  /* --prefix NAME */
+
+/* One invocation: the command the user typed and the options given. */
+struct ctl {
+    const struct ctl_cmd *cmd; /* what every message names */
+    const char *socket;        /* --socket, or NULL to resolve */
+    bool json;                 /* --json */
+    bool dry_run;              /* --dry-run */
+    const char *prefix;        /* --prefix NAME, or NULL */
+};
+
+/* A command returns 0, CTL_EUSAGE after a usage error it reported (exit
+ * status 2), or another negative errno after any other error it reported
+ * (exit status 1). */
+#define CTL_EUSAGE (-EINVAL)
+
+/* One entry of the command table. main() does the generic work once: finds
+ * the command, refuses options it does not take and a wrong number of
+ * arguments, prints its --help; run() only does the command's own. */
+struct ctl_cmd {
+    const char *name;    /* "show" */
+    const char *args;    /* its arguments in the synopsis: "SESSION [NAME]", "" */
+    const char *summary; /* what it does, for the overview of emactl --help */
+    const char *help;    /* the body of emactl NAME --help, after the synopsis */
+    int min_args;        /* arguments after the name */
+    int max_args;
+    unsigned opts; /* CTL_OPT_* accepted */
+    int (*run)(struct ctl *ctl, int argc, char **argv);
+};
+
+extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_save,
+    ctl_cmd_drop;                       /* emactl_session.c */
+extern const struct ctl_cmd ctl_cmd_gc; /* emactl_gc.c */
+
+/* ---- errors: "emactl: CODE: COMMAND: message" on stderr ---- */
+
+/* Report an error of the command ctl->cmd (the program's, when NULL). */
+void ctl_error(const struct ctl *ctl, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Report a usage error (code USAGE) and how to get the command's help;
+ * returns CTL_EUSAGE. */
+int ctl_usage_error(const struct ctl *ctl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Report what libemaclient said, e: emad names the request it was sent,
+ * method ("status" when emactl show asked), which is replaced by the
+ * command the user typed. Returns -EREMOTEIO. */
+int ctl_remote_error(const struct ctl *ctl, const char *method, const struct emac_error *e);
+
+/* ---- output ---- */
+
+/* Print s to fp with control characters and DEL escaped as \xNN: session
+ * names, names in /dev/shm and process names are chosen by others. */
+void ctl_put_clean(FILE *fp, const char *s);
+
+/* A session's byte count as every command shows it: "12.5 MiB". */
+void ctl_mib(uint64_t bytes, char *buf, size_t len);
+
+/* Print the msgpack data (len bytes) as JSON on stdout: all of it (key
+ * NULL), or the value under key, or (index >= 0) that element of the array
+ * under key. 0, or -EBADMSG after reporting that it cannot be decoded. */
+int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const char *key,
+                   long index);
+
+/* ---- tables: aligned columns, two spaces apart, no trailing spaces ---- */
+
+#define CTL_TABLE_MAX_COLS 16
+
+struct ctl_column {
+    const char *head; /* "SESSION" */
+    bool right;       /* right-aligned (numbers) */
+};
+
+struct ctl_table {
+    const struct ctl_column *cols;
+    size_t ncols;
+    char **cells; /* nrows * ncols, row by row, escaped copies */
+    size_t nrows, cap;
+};
+
+/* An empty table of the ncols (at most CTL_TABLE_MAX_COLS) columns cols,
+ * which must outlive it. */
+void ctl_table_init(struct ctl_table *t, const struct ctl_column *cols, size_t ncols);
+/* Append a row of ncols cells (escaped as ctl_put_clean does). 0, -ENOMEM. */
+int ctl_table_add(struct ctl_table *t, const char *const cells[]);
+/* Print the heads and the rows, each column as wide as its widest cell. */
+void ctl_table_print(const struct ctl_table *t, FILE *fp);
+void ctl_table_free(struct ctl_table *t);
+
+#endif

@@ -1,0 +1,464 @@
+/*
+ * emactl_session.c - the commands that ask emad about its sessions or act
+ * on one: status, list, show, save, drop.
+ */
+#include "emactl.h"
+#include "version.h"
+
+#include <inttypes.h>
+#include <msgpack.h>
+#include <stdio.h>
+#include <string.h>
+
+#define DAEMON_EXIT_STATUS                                                                         \
+    "Exit status: 0 on success; 1 when emad reports an error or cannot be reached\n"               \
+    "(emactl: CODE: COMMAND: message, CODE being the protocol's error code, e.g.\n"                \
+    "NOSESSION, PERM, STATE, IO, or CONNECT); 2 on a usage error.\n"
+
+static emac_client *ctl_connect(const struct ctl *ctl)
+{
+    struct emac_error err = {{0}, {0}};
+    emac_client *c = NULL;
+
+    if (emac_connect(ctl->socket, "emactl " EMAD_VERSION, &c, &err) < 0) {
+        ctl_remote_error(ctl, "connect", &err);
+        return NULL;
+    }
+    return c;
+}
+
+/* Fetch the status (of one session when session is not NULL) on a new
+ * connection; the caller frees both. 0, or a negative errno reported. */
+static int get_status(const struct ctl *ctl, const char *session, emac_client **c,
+                      struct emac_status **st)
+{
+    struct emac_error err = {{0}, {0}};
+
+    if ((*c = ctl_connect(ctl)) == NULL)
+        return -ECONNREFUSED;
+    if (emac_status(*c, session, st, &err) < 0) {
+        emac_disconnect(*c);
+        return ctl_remote_error(ctl, "status", &err);
+    }
+    return 0;
+}
+
+/* ---- the sessions table, the same in status and list ---- */
+
+static const struct ctl_column session_cols[] = {
+    {"SESSION", false}, {"OWNER", false},  {"TENSORS", true},  {"PARAMS", true},
+    {"SHADOW", true},   {"UPDATES", true}, {"STARTED", false}, {"ACTIVE", false},
+};
+#define NSESSION_COLS (sizeof(session_cols) / sizeof(session_cols[0]))
+
+/* A session's owner as every command shows it: the trainer's pid, or
+ * "detached". */
+static void owner_text(const struct emac_session_info *s, char *buf, size_t len)
+{
+    if (s->attached)
+        snprintf(buf, len, "%ld", s->owner_pid);
+    else
+        snprintf(buf, len, "detached");
+}
+
+static int print_sessions_table(const struct ctl *ctl, const struct emac_status *st)
+{
+    struct ctl_table t;
+    int rc = 0;
+
+    ctl_table_init(&t, session_cols, NSESSION_COLS);
+    for (size_t i = 0; i < st->nsessions && rc == 0; i++) {
+        const struct emac_session_info *s = &st->session_list[i];
+        char owner[24], tensors[24], params[32], shadow[32], updates[24];
+        owner_text(s, owner, sizeof(owner));
+        snprintf(tensors, sizeof(tensors), "%" PRIu64, s->tensors);
+        ctl_mib(s->params_bytes, params, sizeof(params));
+        ctl_mib(s->shadow_bytes, shadow, sizeof(shadow));
+        snprintf(updates, sizeof(updates), "%" PRIu64, s->updates);
+        const char *row[NSESSION_COLS] = {s->session,
+                                          owner,
+                                          tensors,
+                                          params,
+                                          shadow,
+                                          updates,
+                                          s->started ? "yes" : "no",
+                                          s->active ? "yes" : "no"};
+        rc = ctl_table_add(&t, row);
+    }
+    if (rc == 0)
+        ctl_table_print(&t, stdout);
+    else
+        ctl_error(ctl, "NOMEM", "no memory for the table of %zu sessions", st->nsessions);
+    ctl_table_free(&t);
+    return rc;
+}
+
+/* ---- status ---- */
+
+static void print_duration(double s)
+{
+    unsigned long long t = (unsigned long long)s;
+    if (t >= 86400)
+        printf("%llud %02lluh %02llum", t / 86400, t % 86400 / 3600, t % 3600 / 60);
+    else if (t >= 3600)
+        printf("%lluh %02llum %02llus", t / 3600, t % 3600 / 60, t % 60);
+    else if (t >= 60)
+        printf("%llum %02llus", t / 60, t % 60);
+    else
+        printf("%.1fs", s);
+}
+
+static int print_status_text(const struct ctl *ctl, const struct emac_status *st)
+{
+    char mib[32];
+
+    printf("%s %s (protocol %u), pid %ld, up ", st->server, st->version, st->proto, st->pid);
+    print_duration(st->uptime_seconds);
+    printf("\n");
+    printf("  socket       ");
+    ctl_put_clean(stdout, st->socket[0] ? st->socket : "(inherited, unnamed)");
+    printf("\n  state dir    ");
+    ctl_put_clean(stdout, st->state_dir);
+    printf("\n");
+    printf("  workers      %u\n", st->workers);
+    printf("  connections  %u (limit %u)\n", st->connections, st->max_connections);
+    printf("  sessions     %u (limit %u)\n", st->sessions, st->max_sessions);
+    ctl_mib(st->max_message, mib, sizeof(mib));
+    printf("  max message  %s\n", mib);
+    if (st->nsessions == 0)
+        return 0;
+    printf("\n");
+    return print_sessions_table(ctl, st);
+}
+
+static int cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+    struct emac_status *st = NULL;
+    emac_client *c = NULL;
+    int rc;
+
+    if ((rc = get_status(ctl, argc == 1 ? argv[0] : NULL, &c, &st)) < 0)
+        return rc;
+    if (ctl->json) {
+        const void *raw;
+        size_t len;
+        emac_status_raw(st, &raw, &len);
+        rc = ctl_print_json(ctl, raw, len, NULL, -1);
+    } else {
+        rc = print_status_text(ctl, st);
+    }
+    emac_status_free(st);
+    emac_disconnect(c);
+    return rc;
+}
+
+const struct ctl_cmd ctl_cmd_status = {
+    .name = "status",
+    .args = "[SESSION]",
+    .summary = "the daemon (version, pid, uptime, workers,\n"
+               "connections, limits) and its sessions as list shows\n"
+               "them; with SESSION, only that one",
+    .help = "Show emad itself: its version and protocol, pid, uptime, socket, state\n"
+            "directory, worker threads, open connections and sessions (each beside its\n"
+            "limit) and the largest message it accepts; then its sessions, one row each,\n"
+            "in the columns 'emactl list' prints (see 'emactl list --help'). With\n"
+            "SESSION, only that session's row, or NOSESSION when emad holds no session of\n"
+            "that name that you may see.\n"
+            "\n"
+            "JSON output: emad's whole reply, {\"server\": {...}, \"sessions\": [...]}, each\n"
+            "session as 'emactl show --json' prints it.\n"
+            "\n" DAEMON_EXIT_STATUS "\n"
+            "Examples:\n"
+            "  emactl status\n"
+            "  emactl status trainer-1 --json\n",
+    .min_args = 0,
+    .max_args = 1,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
+    .run = cmd_status,
+};
+
+/* ---- list ---- */
+
+static int cmd_list(struct ctl *ctl, int argc, char **argv)
+{
+    struct emac_status *st = NULL;
+    emac_client *c = NULL;
+    int rc;
+
+    (void)argc;
+    (void)argv;
+    if ((rc = get_status(ctl, NULL, &c, &st)) < 0)
+        return rc;
+    if (ctl->json) {
+        const void *raw;
+        size_t len;
+        emac_status_raw(st, &raw, &len);
+        rc = ctl_print_json(ctl, raw, len, "sessions", -1);
+    } else {
+        rc = print_sessions_table(ctl, st);
+    }
+    emac_status_free(st);
+    emac_disconnect(c);
+    return rc;
+}
+
+const struct ctl_cmd ctl_cmd_list = {
+    .name = "list",
+    .args = "",
+    .summary = "one row per session: name, owner pid (or\n"
+               "'detached'), tensors, params and shadow in MiB,\n"
+               "updates, whether the EMA has started and whether its\n"
+               "weights are swapped in (active)",
+    .help = "One row per session of emad that you may see (a header, then no rows when\n"
+            "there is none):\n"
+            "  SESSION  its name\n"
+            "  OWNER    the pid of the trainer attached to it, or 'detached' (emad keeps\n"
+            "           it until that trainer registers again with resume, or a drop)\n"
+            "  TENSORS  how many tensors it averages\n"
+            "  PARAMS   the size of the trainer's parameters, in MiB\n"
+            "  SHADOW   the size of emad's shadow (the EMA weights), in MiB\n"
+            "  UPDATES  the EMA updates done\n"
+            "  STARTED  'yes' once the EMA has begun (at ema_start), else 'no'\n"
+            "  ACTIVE   'yes' while the EMA weights are swapped into the params, else 'no'\n"
+            "'emactl status' prints the same rows; 'emactl show' the same fields, and\n"
+            "more, of one session.\n"
+            "\n"
+            "JSON output: the array of sessions, each as 'emactl show --json' prints it.\n"
+            "\n" DAEMON_EXIT_STATUS "\n"
+            "Example:\n"
+            "  emactl list\n",
+    .min_args = 0,
+    .max_args = 0,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
+    .run = cmd_list,
+};
+
+/* ---- show ---- */
+
+static void print_session_text(const struct emac_session_info *s)
+{
+    char owner[24], mib[32];
+
+    printf("session          ");
+    ctl_put_clean(stdout, s->session);
+    owner_text(s, owner, sizeof(owner));
+    printf("\nowner            %s %s\n", owner,
+           s->attached ? "(the pid of the trainer attached to it)"
+                       : "(waiting for register with resume, or drop)");
+    printf("segment          ");
+    ctl_put_clean(stdout, s->shm);
+    printf("\nshadow segment   ");
+    ctl_put_clean(stdout, s->shadow_shm);
+    printf("\ntensors          %" PRIu64 "\n", s->tensors);
+    ctl_mib(s->params_bytes, mib, sizeof(mib));
+    printf("params           %s (%" PRIu64 " bytes)\n", mib, s->params_bytes);
+    ctl_mib(s->shadow_bytes, mib, sizeof(mib));
+    printf("shadow           %s (%" PRIu64 " bytes)\n", mib, s->shadow_bytes);
+    printf("smoothing        %.10g (each update keeps this share of the shadow)\n", s->smoothing);
+    printf("half_life        ");
+    ctl_put_clean(stdout, s->half_life ? s->half_life : "- (set by smoothing)");
+    printf("\nupdate_interval  ");
+    ctl_put_clean(stdout, s->update_interval);
+    printf("\nema_start        ");
+    ctl_put_clean(stdout, s->ema_start);
+    printf("\nstarted          %s\n", s->started ? "yes" : "no (waiting for ema_start)");
+    printf("active           %s\n", s->active ? "yes (the EMA weights are in the params)"
+                                              : "no (the training weights are in the params)");
+    printf("updates          %" PRIu64 "\n", s->updates);
+    printf("swaps            %" PRIu64 "\n", s->swaps);
+    printf("requests         %" PRIu64 " (the highest event/swap seq applied)\n", s->seq);
+    if (s->interrupted)
+        printf("interrupted      yes: an update was cut short by a crash of emad; until the "
+               "trainer sends it again, or for good if another request came first, the shadow "
+               "holds part of it (load a saved state to be sure)\n");
+    else
+        printf("interrupted      no\n");
+    if (s->has_last_time) {
+        printf("last time        batch %" PRIu64 ", epoch %" PRIu64, s->last_batch, s->last_epoch);
+        if (s->has_last_duration)
+            printf(", duration %.4g", s->last_duration);
+        printf("\n");
+    } else {
+        printf("last time        - (no event yet)\n");
+    }
+    if (s->updates > 0 && s->last_update_seconds > 0) {
+        /* An update reads the params and the shadow and writes the shadow:
+         * its speed is the bytes it moves, which a memcpy's is comparable to. */
+        double secs = s->last_update_seconds;
+        double moved = (double)s->params_bytes + 2.0 * (double)s->shadow_bytes;
+        printf("last update      %.3f ms, %.2f GB/s moved, %.2f Gelem/s\n", secs * 1e3,
+               moved / secs / 1e9, (double)s->shadow_bytes / 4.0 / secs / 1e9);
+    } else {
+        printf("last update      - (none yet)\n");
+    }
+}
+
+static int cmd_show(struct ctl *ctl, int argc, char **argv)
+{
+    struct emac_status *st = NULL;
+    emac_client *c = NULL;
+    int rc;
+
+    (void)argc;
+    if ((rc = get_status(ctl, argv[0], &c, &st)) < 0)
+        return rc;
+    if (st->nsessions != 1) {
+        ctl_error(ctl, "BADREPLY", "emad's status of \"%s\" lists %zu sessions", argv[0],
+                  st->nsessions);
+        rc = -EBADMSG;
+    } else if (ctl->json) {
+        const void *raw;
+        size_t len;
+        emac_status_raw(st, &raw, &len);
+        rc = ctl_print_json(ctl, raw, len, "sessions", 0);
+    } else {
+        print_session_text(&st->session_list[0]);
+    }
+    emac_status_free(st);
+    emac_disconnect(c);
+    return rc;
+}
+
+const struct ctl_cmd ctl_cmd_show = {
+    .name = "show",
+    .args = "SESSION",
+    .summary = "every field of one session's state: owner, segments,\n"
+               "sizes, smoothing and half-life, update interval,\n"
+               "start, started/active, updates, swaps, the requests\n"
+               "applied (seq), the last event's time, the last\n"
+               "update's duration and speed, and whether a crash of\n"
+               "emad cut an update short (interrupted)",
+    .help = "Every field of the session SESSION, one per line:\n"
+            "  session          its name\n"
+            "  owner            the pid of the trainer attached to it, or 'detached'\n"
+            "  segment          the trainer's shared-memory segment (params and stash)\n"
+            "  shadow segment   emad's segment holding the EMA weights\n"
+            "  tensors          how many tensors it averages\n"
+            "  params, shadow   their sizes in MiB, and in bytes\n"
+            "  smoothing        the share of the shadow each update keeps\n"
+            "  half_life        the configured half-life, or '-' when set by smoothing\n"
+            "  update_interval  how often the EMA is updated\n"
+            "  ema_start        when the EMA begins\n"
+            "  started          'yes' once the EMA has begun, else 'no'\n"
+            "  active           'yes' while the EMA weights are swapped into the\n"
+            "                   params, else 'no'\n"
+            "  updates, swaps   how many were done\n"
+            "  requests         the highest event or swap request number (seq) applied\n"
+            "  interrupted      'yes' when a crash of emad cut an update short and the\n"
+            "                   shadow holds part of it, else 'no'\n"
+            "  last time        the trainer's clock at the last event (batch, epoch,\n"
+            "                   duration)\n"
+            "  last update      how long the last update took, in ms, and its speed: GB/s\n"
+            "                   moved (params read, shadow read and written) and Gelem/s\n"
+            "                   (4-byte shadow elements)\n"
+            "The owner, sizes, updates, started and active are shown as in 'emactl list'.\n"
+            "\n"
+            "JSON output: the session's state map as emad sent it, every field by its\n"
+            "protocol name (owner_pid, params_bytes, last_update_seconds, ...).\n"
+            "\n" DAEMON_EXIT_STATUS "\n"
+            "Examples:\n"
+            "  emactl show trainer-1\n"
+            "  emactl show trainer-1 --json\n",
+    .min_args = 1,
+    .max_args = 1,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
+    .run = cmd_show,
+};
+
+/* ---- save ---- */
+
+static int cmd_save(struct ctl *ctl, int argc, char **argv)
+{
+    struct emac_error err = {{0}, {0}};
+    struct emac_file f;
+    emac_client *c;
+    int rc;
+
+    if ((c = ctl_connect(ctl)) == NULL)
+        return -ECONNREFUSED;
+    rc = emac_save(c, argv[0], argc == 2 ? argv[1] : NULL, &f, &err);
+    emac_disconnect(c);
+    if (rc < 0)
+        return ctl_remote_error(ctl, "save", &err);
+    if (ctl->json) {
+        /* The reply is {path, bytes}: print it as emad sent it. */
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 2);
+        msgpack_pack_str_with_body(&pk, "path", 4);
+        msgpack_pack_str_with_body(&pk, f.path, strlen(f.path));
+        msgpack_pack_str_with_body(&pk, "bytes", 5);
+        msgpack_pack_uint64(&pk, f.bytes);
+        rc = ctl_print_json(ctl, sb.data, sb.size, NULL, -1);
+        msgpack_sbuffer_destroy(&sb);
+        return rc;
+    }
+    printf("saved session \"%s\" to ", argv[0]);
+    ctl_put_clean(stdout, f.path);
+    printf(" (%" PRIu64 " bytes)\n", f.bytes);
+    return 0;
+}
+
+const struct ctl_cmd ctl_cmd_save = {
+    .name = "save",
+    .args = "SESSION [NAME]",
+    .summary = "write the session's state (config, counters,\n"
+               "shadow) to the file NAME in emad's state directory;\n"
+               "prints the path and size",
+    .help = "Have emad write the state of SESSION (its configuration, counters and\n"
+            "shadow) to the file NAME in emad's state directory ('state dir' in\n"
+            "'emactl status'). NAME is a file name, not a path; without it, emad\n"
+            "chooses one. Prints the file's path and size. Loading such a file is for\n"
+            "the session's owner: see emac_load in emaclient.h.\n"
+            "\n"
+            "JSON output: {\"path\": PATH, \"bytes\": SIZE}.\n"
+            "\n" DAEMON_EXIT_STATUS "\n"
+            "Example:\n"
+            "  emactl save trainer-1 before-lr-drop\n",
+    .min_args = 1,
+    .max_args = 2,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
+    .run = cmd_save,
+};
+
+/* ---- drop ---- */
+
+static int cmd_drop(struct ctl *ctl, int argc, char **argv)
+{
+    struct emac_error err = {{0}, {0}};
+    emac_client *c;
+    int rc;
+
+    (void)argc;
+    if ((c = ctl_connect(ctl)) == NULL)
+        return -ECONNREFUSED;
+    rc = emac_drop(c, argv[0], &err);
+    emac_disconnect(c);
+    if (rc < 0)
+        return ctl_remote_error(ctl, "drop", &err);
+    if (ctl->json)
+        printf("{}\n");
+    else
+        printf("dropped session \"%s\"\n", argv[0]);
+    return 0;
+}
+
+const struct ctl_cmd ctl_cmd_drop = {
+    .name = "drop",
+    .args = "SESSION",
+    .summary = "remove a detached session and its shadow",
+    .help = "Remove the session SESSION and its shadow from emad. Only a detached\n"
+            "session (OWNER 'detached' in 'emactl list') can be dropped: while its\n"
+            "trainer is attached, emad answers STATE.\n"
+            "\n"
+            "JSON output: {}.\n"
+            "\n" DAEMON_EXIT_STATUS "\n"
+            "Example:\n"
+            "  emactl drop trainer-1\n",
+    .min_args = 1,
+    .max_args = 1,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
+    .run = cmd_drop,
+};
