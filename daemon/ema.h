@@ -5,7 +5,7 @@
  * only once the work has completed (ema_commit). Work that fails is simply not committed, so the
  * same event decided again gives the same answer.
  *
- * Semantics: PROTOCOL.md section 4 (time) and section 5 (EMA), after Composer's EMA algorithm.
+ * Semantics: docs/protocol.md "Time" and "EMA semantics", after Composer's EMA algorithm.
  */
 #ifndef EMA_H
 #define EMA_H
@@ -22,7 +22,7 @@
 /* Room for any string ema_time_format writes, NUL included. */
 #define EMA_TIME_STRLEN 32
 
-/* Defaults of PROTOCOL.md section 5. */
+/* Defaults of docs/protocol.md "Configuration". */
 #define EMA_DEFAULT_HALF_LIFE "1000ba"
 #define EMA_DEFAULT_EMA_START "0.0dur"
 
@@ -112,7 +112,7 @@ struct ema_state {
 
 /* ---- Prototypes: all return 0 or a negative errno; results go through out-parameters. ------ */
 
-/* Time strings (PROTOCOL.md section 4), strictly: digits then "ba" or "ep" for a u64 count;
+/* Time strings (docs/protocol.md "Time"), strictly: digits then "ba" or "ep" for a u64 count;
  * digits, optionally "." and 1..15 digits, then "dur" for a decimal in [0, 1] (".5dur" and
  * "1.dur" are refused); "inf" only when allow_inf. No sign, space, exponent or hex. -EINVAL. */
 int ema_time_parse(const char *s, size_t len, bool allow_inf, struct ema_time *out);

@@ -9,7 +9,7 @@
  * - reference: one element at a time, the tests' ground truth.
  *
  * No AVX-512 path: the update moves 10-12 bytes per element and is memory-bound; 256-bit FMA
- * code already runs at the memory bandwidth (NOTES.md "This machine"), so wider vectors would
+ * code already runs at the memory bandwidth (docs/performance.md "This machine"), so wider vectors would
  * add a path to test without making anything faster (and the Zen 4 VM we build on does not even
  * expose AVX-512 in CPUID). AVX-512 CPUs run the avx2 table.
  *

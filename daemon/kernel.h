@@ -7,7 +7,7 @@
  * chunks freely: running a kernel on [0, k) then on [k, n) gives the same bytes as one call on
  * [0, n). A kernel writes its destination range and nothing else.
  *
- * Numerics (bit-exact with PyTorch's CPU `shadow.lerp_(param, w)`, see NOTES.md "Numerics"):
+ * Numerics (bit-exact with PyTorch's CPU `shadow.lerp_(param, w)`, docs/protocol.md "Numerics"):
  *   d = x - s;   s := |w| < 0.5 ? fma(w, d, s) : fma(w - 1, d, x)
  * with x the parameter converted exactly to the shadow's type (bf16/f16 -> f32), w = 1 - smoothing
  * computed in double and rounded once to float for f32 shadows. Narrowing casts round to nearest

@@ -28,7 +28,7 @@ struct opts_env {
 };
 
 struct emad_opts {
-    char socket_path[108];      /* resolved per PROTOCOL.md §1 */
+    char socket_path[108];      /* resolved per docs/protocol.md "Transport" */
     unsigned socket_mode;       /* permission bits of the socket */
     char allow_group[64];       /* group admitted besides the owner and root; "" none */
     unsigned workers;           /* worker threads */

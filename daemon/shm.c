@@ -60,7 +60,7 @@ int shm_segment_open(const char *name, uid_t uid, struct shm_map *out, struct se
         goto err_close;
     }
     /* Anyone who can write the params can change what emad averages, and
-     * what it swaps in: the segment is the trainer's alone (PROTOCOL.md §3). */
+     * what it swaps in: the segment is the trainer's alone (docs/protocol.md "Segment header"). */
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
         rc = err_set(err, errlen, -EACCES, "shm \"%s\" has mode 0%03o: other users can write it; "
                   "create it with mode 0600 (or fchmod it to 0600) and register again", name,

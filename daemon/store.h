@@ -1,5 +1,5 @@
 /*
- * store.h - save and load state files in emad's state directory (PROTOCOL.md §6 "save / load").
+ * store.h - save and load state files in emad's state directory (docs/protocol.md "save", "load").
  *
  * A state file holds two opaque blobs: the metadata (msgpack bytes made by the caller: config,
  * counters, tensor table) and the data (the shadow, possibly many GiB). This module knows nothing
@@ -87,7 +87,7 @@
 bool store_name_valid(const char *name, size_t len);
 
 /* The default file name for a session (session names are 1..128 chars of [A-Za-z0-9._:/-],
- * PROTOCOL.md §2): '/' becomes "%2F", ':' becomes "%3A", a leading '.' becomes "%2E", everything
+ * docs/protocol.md "Limits"): '/' becomes "%2F", ':' becomes "%3A", a leading '.' becomes "%2E", everything
  * else stays. '%' never occurs in a session name, so the mapping is injective: two sessions never
  * share a default file. Writes a NUL-terminated valid name to out.
  * -EINVAL if session is not a valid session name, -ENAMETOOLONG if the result would be longer

@@ -1,6 +1,6 @@
 /*
- * dtype.h - the element types of tensors, as named on the wire (PROTOCOL.md
- * §6 register). Shared by emad (kernels, sessions) and libemaclient.
+ * dtype.h - the element types of tensors, as named on the wire (docs/protocol.md
+ * "register"). Shared by emad (kernels, sessions) and libemaclient.
  */
 #ifndef EMAD_DTYPE_H
 #define EMAD_DTYPE_H

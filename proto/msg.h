@@ -1,5 +1,5 @@
 /*
- * msg.h - the typed messages of the contract (PROTOCOL.md §6, §7).
+ * msg.h - the typed messages of the contract (docs/protocol.md "Methods", "Errors").
  *
  * Every message body is a plain C struct described by a table of fields
  * (struct msg_desc). One generic encoder and one generic decoder walk those

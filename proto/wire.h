@@ -1,5 +1,5 @@
 /*
- * wire.h - msgpack-rpc framing for the emad protocol (PROTOCOL.md §1, §2).
+ * wire.h - msgpack-rpc framing for the emad protocol (docs/protocol.md "Framing", "Limits").
  *
  * The decoder is incremental: bytes are fed as they arrive, a scanner walks
  * the msgpack headers once (never re-scanning a partial message), and only a

@@ -1,5 +1,5 @@
 /*
- * test_wire.c - the msgpack-rpc framing of PROTOCOL.md §1 and §2.
+ * test_wire.c - the msgpack-rpc framing of docs/protocol.md "Framing" and "Limits".
  *
  * The decoder is driven the way a connection drives it: bytes merged into one read, split into
  * single bytes, cut at every length, fed through reserve/commit. Every limit is hit from both

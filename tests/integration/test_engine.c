@@ -5,7 +5,7 @@
  * not send what a test needs.
  *
  * The EMA values are checked bit for bit against a reference computed here
- * (PROTOCOL.md §5 and NOTES.md "Numerics"): for float tensors, with x the
+ * (docs/protocol.md "EMA semantics" and "Numerics"): for float tensors, with x the
  * param widened exactly, w = (float)(1.0 - smoothing) computed in double,
  *   shadow = w < 0.5 ? fmaf(w, x - s, s) : fmaf(w - 1, x - s, x)
  * (f64 in double with fma), integer tensors copied; swap-in writes the
@@ -1530,7 +1530,7 @@ static void test_save_and_load_round_trip(void **state)
     daemon_stop(&d);
 }
 
-/* ---- errors (PROTOCOL.md §7) ---- */
+/* ---- errors (docs/protocol.md "Errors") ---- */
 
 static void test_BADARG_names_the_field(void **state)
 {

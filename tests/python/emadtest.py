@@ -284,7 +284,7 @@ def parse_time(s):
 
 
 class ReferenceEMA:
-    """Composer's EMA semantics (PROTOCOL.md §5), written with torch ops on the
+    """Composer's EMA semantics (docs/protocol.md "EMA semantics"), written with torch ops on the
     model in this process: the shadow is fp32 (fp64 for f64) and is updated
     with shadow.lerp_(param_as_float, 1 - smoothing), the weight a Python
     float that torch rounds once to float32 for f32 tensors; integer tensors

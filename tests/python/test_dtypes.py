@@ -5,7 +5,7 @@
   equal the reference computed with torch ops from the params converted
   exactly to fp32, bit for bit, after every step, in shm and mirror modes;
   integer tensors are copied; swap-in writes the shadow rounded to nearest
-  even (checked against torch's cast and against the bit formula of NOTES.md
+  even (checked against torch's cast and against the bit formula of docs/protocol.md "Numerics"
   for bf16, numpy's for f16); the training weights come back bit for bit.
 - Exact ties: a smoothing of 0.5 makes shadows that lie exactly halfway
   between two bf16 (f16) values; swap-in must round them to the even one.
@@ -57,7 +57,7 @@ def perturb(model, step):
 
 
 def bf16_rne(f32):
-    """NOTES.md: f32 -> bf16 round to nearest even, on the bits."""
+    """docs/protocol.md "Numerics": f32 -> bf16 round to nearest even, on the bits."""
     u = f32.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
     return r.to(torch.int32).to(torch.int16)  # two's complement wrap via int32

@@ -25,7 +25,7 @@
  *     them from (trainer, batch)), sends batch_end(b) and, without waiting,
  *     batch_start(b) or eval_start(b) (split form, claimed out of order),
  *     advances its own reference shadow while emad updates (the EMA formula
- *     of NOTES.md "Numerics", integers copied, Composer's start/interval
+ *     of docs/protocol.md "Numerics", integers copied, Composer's start/interval
  *     rules), and checks action/started/updates of each reply against it;
  *   - every eval_every batches: eval_start swaps the EMA weights in (checked
  *     bit for bit against the reference, cast back to the param dtype),
@@ -206,7 +206,7 @@ static uint16_t f32_to_bf16(float f) /* round to nearest even; our values are ne
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* NOTES.md "Numerics": shadow.lerp_(param, w), w = (float)(1 - smoothing). */
+/* docs/protocol.md "Numerics": shadow.lerp_(param, w), w = (float)(1 - smoothing). */
 static float lerp(float s, float x, float w)
 {
     float d = x - s;
