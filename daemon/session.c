@@ -10,7 +10,7 @@
 #include "session.h"
 
 #include "pool.h"
-#include "server.h"
+#include "peer.h"
 #include "errbuf.h"
 #include "store.h"
 
@@ -58,7 +58,7 @@ struct op {
     struct session *s;
     enum op_kind kind;
     enum op_phase phase;
-    struct conn *conn;         /* who gets the reply (referenced) */
+    struct peer *peer;         /* who gets the reply (held) */
     uint32_t msgid;
     enum ema_event ev;
     bool has_clock;
@@ -399,7 +399,7 @@ void registry_drain(struct registry *r, void (*cb)(struct registry *r))
     check_drained(r);
 }
 
-void registry_conn_closed(struct registry *r, struct conn *c)
+void registry_peer_closed(struct registry *r, struct peer *c)
 {
     for (struct session *s = r->head; s != NULL; s = s->next) {
         if (s->owner != c)
@@ -414,20 +414,6 @@ void registry_conn_closed(struct registry *r, struct conn *c)
 }
 
 /* ---- replies ---- */
-
-static void reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
-{
-    char text[600];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    conn_reply_error(c, msgid, code, "%s", text);
-}
 
 static void fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o)
 {
@@ -532,7 +518,7 @@ static void reply_action(struct op *op)
     a.updates = op->s->st.updates;
     a.has_interrupted = op->s->interrupted;
     a.interrupted = op->s->interrupted;
-    conn_reply(op->conn, op->msgid, &msg_action_desc, &a);
+    peer_reply(op->peer, op->msgid, &msg_action_desc, &a);
 }
 
 /* The answer to a request seq that was applied before: what it did then. */
@@ -549,7 +535,7 @@ static void reply_recorded(struct op *op, const struct seq_record *rec)
     a.replayed = true;
     a.has_interrupted = op->s->interrupted;
     a.interrupted = op->s->interrupted;
-    conn_reply(op->conn, op->msgid, &msg_action_desc, &a);
+    peer_reply(op->peer, op->msgid, &msg_action_desc, &a);
 }
 
 static void reply_register(struct op *op)
@@ -563,7 +549,7 @@ static void reply_register(struct op *op)
     uint64_t *offsets = op->compact ? malloc(n * sizeof(*offsets)) : NULL;
 
     if (t == NULL && offsets == NULL) {
-        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "register: out of memory");
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "register: out of memory");
         return;
     }
     memset(&rep, 0, sizeof(rep));
@@ -585,26 +571,26 @@ static void reply_register(struct op *op)
     rep.shadow_offsets = offsets;
     rep.nshadow_offsets = offsets ? s->ntensors : 0;
     fill_state(s, s->uid, &rep.state);
-    conn_reply(op->conn, op->msgid, &msg_register_reply_desc, &rep);
+    peer_reply(op->peer, op->msgid, &msg_register_reply_desc, &rep);
     free(t);
     free(offsets);
 }
 
 /* ---- the queue ---- */
 
-static struct op *op_new(struct session *s, enum op_kind kind, struct conn *c, uint32_t msgid)
+static struct op *op_new(struct session *s, enum op_kind kind, struct peer *c, uint32_t msgid)
 {
     struct op *op = calloc(1, sizeof(*op));
     if (op == NULL) {
-        conn_reply_error(c, msgid, MSG_E_INTERNAL, "out of memory queueing the request");
+        peer_fail(c, msgid, MSG_E_INTERNAL, "out of memory queueing the request");
         return NULL;
     }
     op->s = s;
     op->kind = kind;
-    op->conn = c;
+    op->peer = c;
     op->msgid = msgid;
     msgpack_sbuffer_init(&op->meta);
-    conn_ref(c, sizeof(*op));
+    peer_hold(c, sizeof(*op));
     return op;
 }
 
@@ -616,7 +602,7 @@ static void op_free(struct op *op)
         msgpack_unpacked_destroy(&op->unpacked);
     }
     shm_unmap(&op->new_seg);
-    conn_unref(op->conn, sizeof(*op));
+    peer_release(op->peer, sizeof(*op));
     free(op);
 }
 
@@ -1072,7 +1058,7 @@ static int chunk_save(void *arg, size_t index)
     (void)index;
     /* Into the directory of the uid that asks (root's own for root): no name a user gives can
      * reach another user's file. */
-    op->rc = store_save_user(opts->state_dir, op->conn->uid, op->file, &quota, op->meta.data,
+    op->rc = store_save_user(opts->state_dir, op->peer->uid, op->file, &quota, op->meta.data,
                              op->meta.size, shadow_data(s), shadow_data_bytes(s), op->path,
                              sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
     return 0;
@@ -1117,7 +1103,7 @@ static int chunk_load(void *arg, size_t index)
     size_t off = 0;
     (void)index;
 
-    op->rc = store_load_user(s->reg->ctx->opts->state_dir, op->conn->uid, op->file, &f,
+    op->rc = store_load_user(s->reg->ctx->opts->state_dir, op->peer->uid, op->file, &f,
                              op->path, sizeof(op->path), op->err, sizeof(op->err));
     if (op->rc < 0)
         return 0;
@@ -1215,7 +1201,7 @@ static void segment_broken(struct op *op)
 
     log_error(reg_log(s->reg), "session %s: segment %s shrank or vanished while emad used it "
               "(SIGBUS); session detached", s->name, s->shm_name);
-    reply_error(op->conn, op->msgid, MSG_E_SHM,
+    peer_fail(op->peer, op->msgid, MSG_E_SHM,
                 "session %s: segment %s shrank or vanished while emad was using it (SIGBUS): "
                 "the operation did not complete and the shadow may hold part of it; the "
                 "session is detached: register again with resume and a valid segment",
@@ -1235,7 +1221,7 @@ static void shadow_failed(struct op *op)
 
     log_error(reg_log(s->reg), "session %s: shadow %s was resized or removed while emad used "
               "it (SIGBUS); session removed", s->name, s->shadow_name);
-    reply_error(op->conn, op->msgid, MSG_E_SHM,
+    peer_fail(op->peer, op->msgid, MSG_E_SHM,
                 "session %s: its shadow %s was resized or removed while emad was using it "
                 "(SIGBUS): the EMA weights are lost and the session is removed; register again",
                 s->name, s->shadow_name);
@@ -1311,7 +1297,7 @@ static bool replayed(struct op *op)
     /* A shadow its trainer could write (no ACLs) may hold any action: one
      * out of range is a record emad cannot answer from. */
     if (rec->seq != op->seq || rec->action >= EMA_ACTION_COUNT) {
-        reply_error(op->conn, op->msgid, MSG_E_STATE,
+        peer_fail(op->peer, op->msgid, MSG_E_STATE,
                     "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
                     ") and emad no longer remembers its outcome (it keeps the last %u)",
                     ema_event_name(op->ev), op->seq, s->last_seq, SEQ_RECORDS);
@@ -1336,7 +1322,7 @@ static void run_event(struct op *op)
     if (replayed(op))
         return;
     if (ema_decide(&s->cfg, &s->st, op->ev, op->has_clock ? &op->clock : NULL, &op->action) < 0) {
-        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
         op_finish(op);
         return;
     }
@@ -1378,7 +1364,7 @@ static void run_event(struct op *op)
             return;
         }
         if (state != SEG_TRAIN) {
-            reply_error(op->conn, op->msgid, MSG_E_STATE,
+            peer_fail(op->peer, op->msgid, MSG_E_STATE,
                         "%s: the segment's swap_state is %u, not TRAIN: restore the training "
                         "weights from the stash first", ema_event_name(op->ev), state);
             op_finish(op);
@@ -1390,7 +1376,7 @@ static void run_event(struct op *op)
         submit(op, PH_RESTORE, chunk_copy, copy_chunks(s));
         return;
     default:
-        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "event: unknown action");
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "event: unknown action");
         op_finish(op);
     }
 }
@@ -1478,7 +1464,7 @@ static void run_close(struct op *op, bool drop)
             shm_unlink(s->shadow_name);
         s->shadow_name[0] = '\0';
     }
-    conn_reply(op->conn, op->msgid, &msg_empty_desc, &e);
+    peer_reply(op->peer, op->msgid, &msg_empty_desc, &e);
     op_finish(op);
 }
 
@@ -1529,7 +1515,7 @@ static void op_run(struct op *op)
         return;
     case OP_EVENT:
         if (s->seg.base == NULL) {
-            reply_error(op->conn, op->msgid, MSG_E_STATE,
+            peer_fail(op->peer, op->msgid, MSG_E_STATE,
                         "session %s is detached: register with resume first", s->name);
             op_finish(op);
             return;
@@ -1539,7 +1525,7 @@ static void op_run(struct op *op)
     case OP_SAVE:
         redo_cancel(s, "a save");
         if (encode_meta(s, &op->meta) < 0) {
-            reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "save: out of memory");
+            peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "save: out of memory");
             op_finish(op);
             return;
         }
@@ -1548,13 +1534,13 @@ static void op_run(struct op *op)
     case OP_LOAD:
         /* Queued behind a close or drop: the session is gone now. */
         if (s->removed) {
-            reply_error(op->conn, op->msgid, MSG_E_NOSESSION, "load: session %s is being closed",
+            peer_fail(op->peer, op->msgid, MSG_E_NOSESSION, "load: session %s is being closed",
                         s->name);
             op_finish(op);
             return;
         }
         if (s->st.active) {
-            reply_error(op->conn, op->msgid, MSG_E_STATE,
+            peer_fail(op->peer, op->msgid, MSG_E_STATE,
                         "load: session %s has its EMA weights swapped in; swap out first",
                         s->name);
             op_finish(op);
@@ -1634,7 +1620,7 @@ static void reply_file(struct op *op)
              op->kind == OP_SAVE ? "saved to" : "loaded from", op->path, op->bytes);
     rep.path = msg_str_c(op->path);
     rep.bytes = op->bytes;
-    conn_reply(op->conn, op->msgid, &msg_file_reply_desc, &rep);
+    peer_reply(op->peer, op->msgid, &msg_file_reply_desc, &rep);
 }
 
 /* A save or load is done: the reply, or for a load the journal first.
@@ -1651,7 +1637,7 @@ static bool finish_file(struct op *op)
                            : op->rc == -EDQUOT ? MSG_E_LIMIT
                                                : MSG_E_IO;
         log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, op->err);
-        reply_error(op->conn, op->msgid, code, "%s", op->err);
+        peer_fail(op->peer, op->msgid, code, "%s", op->err);
         return false;
     }
     if (op->kind == OP_LOAD) {
@@ -1698,7 +1684,7 @@ static void op_done(struct pool_job *job)
     if (job->status != 0) {
         log_error(reg_log(s->reg), "session %s: %s failed in a worker: %s", s->name,
                   ema_action_name(op->action), strerror(-job->status));
-        reply_error(op->conn, op->msgid, MSG_E_INTERNAL, "session %s: the work failed: %s",
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "session %s: the work failed: %s",
                     s->name, strerror(-job->status));
         op_finish(op);
         return;
@@ -1752,29 +1738,29 @@ static void op_done(struct pool_job *job)
 /* ---- request handlers ---- */
 
 /* Find a session the peer may use; replies and returns NULL otherwise. */
-static struct session *lookup(struct registry *r, struct conn *c, uint32_t msgid,
+static struct session *lookup(struct registry *r, struct peer *c, uint32_t msgid,
                               const char *method, struct msg_str name, bool owner_only)
 {
     struct session *s = NULL;
     int shown = (int)(name.len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name.len);
 
     if (resolve(r, c->uid, name.ptr, name.len, &s) == -EEXIST) {
-        reply_error(c, msgid, MSG_E_BADARG, "%s: sessions of several users are named \"%.*s\": "
+        peer_fail(c, msgid, MSG_E_BADARG, "%s: sessions of several users are named \"%.*s\": "
                     "name one as <uid>:<name>", method, shown, name.ptr);
         return NULL;
     }
     if (s == NULL || !visible(s, c->uid)) {
-        reply_error(c, msgid, MSG_E_NOSESSION, "%s: no session named \"%.*s\"", method, shown,
+        peer_fail(c, msgid, MSG_E_NOSESSION, "%s: no session named \"%.*s\"", method, shown,
                     name.ptr);
         return NULL;
     }
     if (owner_only && s->owner != c) {
         if (s->owner == NULL)
-            reply_error(c, msgid, MSG_E_PERM,
+            peer_fail(c, msgid, MSG_E_PERM,
                         "%s: session %s is detached; register with resume to own it", method,
                         s->name);
         else
-            reply_error(c, msgid, MSG_E_PERM,
+            peer_fail(c, msgid, MSG_E_PERM,
                         "%s: session %s is owned by another connection (pid %ld)", method,
                         s->name, (long)s->owner_pid);
         return NULL;
@@ -1941,23 +1927,23 @@ static bool same_table(const struct session *a, const struct session *b)
     return true;
 }
 
-static void resume(struct registry *r, struct conn *c, uint32_t msgid, struct session *old,
+static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct session *old,
                    struct session *fresh, struct shm_map *seg, bool compact)
 {
     struct op *op;
 
     if (!visible(old, c->uid) || (old->uid != c->uid && c->uid != 0)) {
-        reply_error(c, msgid, MSG_E_PERM, "register: session %s belongs to another user",
+        peer_fail(c, msgid, MSG_E_PERM, "register: session %s belongs to another user",
                     old->name);
         return;
     }
     if (old->owner != NULL) {
-        reply_error(c, msgid, MSG_E_EXISTS, "register: session %s is attached to pid %ld",
+        peer_fail(c, msgid, MSG_E_EXISTS, "register: session %s is attached to pid %ld",
                     old->name, (long)old->owner_pid);
         return;
     }
     if (!same_table(old, fresh)) {
-        reply_error(c, msgid, MSG_E_BADARG,
+        peer_fail(c, msgid, MSG_E_BADARG,
                     "register: resume: the tensor table differs from session %s's (names, "
                     "dtypes, numel and offsets must be identical, in order)", old->name);
         return;
@@ -1977,7 +1963,7 @@ static void resume(struct registry *r, struct conn *c, uint32_t msgid, struct se
     enqueue(op);
 }
 
-void session_register(struct registry *r, struct conn *c, uint32_t msgid,
+void session_register(struct registry *r, struct peer *c, uint32_t msgid,
                       const struct msg_register *req)
 {
     const struct emad_opts *opts = r->ctx->opts;
@@ -1989,7 +1975,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     int rc;
 
     if (!session_name_valid(req->session.ptr, req->session.len)) {
-        reply_error(c, msgid, MSG_E_BADARG, "register: session: must be 1 to %d characters of "
+        peer_fail(c, msgid, MSG_E_BADARG, "register: session: must be 1 to %d characters of "
                     "[A-Za-z0-9._:/-]", SESSION_NAME_MAX);
         return;
     }
@@ -1998,13 +1984,13 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
      * called so would take root's requests (status, drop) meant for that
      * user's. Sessions kept from before keep their names. */
     if (old == NULL && session_name_qualified(req->session.ptr, req->session.len)) {
-        reply_error(c, msgid, MSG_E_BADARG, "register: session: \"%.*s\" has the form "
+        peer_fail(c, msgid, MSG_E_BADARG, "register: session: \"%.*s\" has the form "
                     "<uid>:<name>, which names another user's session; choose a name that does "
                     "not start with digits and a colon", (int)req->session.len, req->session.ptr);
         return;
     }
     if ((old == NULL || !visible(old, c->uid)) && req->has_existing && req->existing) {
-        reply_error(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
+        peer_fail(c, msgid, MSG_E_NOSESSION, "register: no session named \"%.*s\" to resume "
                     "(existing was asked: none is created)", (int)req->session.len,
                     req->session.ptr);
         return;
@@ -2012,31 +1998,31 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     /* A session whose close or drop is queued is gone to a newcomer: a
      * resume answered now would name a shadow about to be removed. */
     if (old != NULL && visible(old, c->uid) && old->closing) {
-        reply_error(c, msgid, (req->has_resume && req->resume) ? MSG_E_NOSESSION : MSG_E_EXISTS,
+        peer_fail(c, msgid, (req->has_resume && req->resume) ? MSG_E_NOSESSION : MSG_E_EXISTS,
                     "register: session %s is being closed; register it anew once its close is "
                     "answered", old->name);
         return;
     }
     if (old != NULL && !(req->has_resume && req->resume)) {
-        reply_error(c, msgid, MSG_E_EXISTS, "register: session %s exists (pass resume to "
+        peer_fail(c, msgid, MSG_E_EXISTS, "register: session %s exists (pass resume to "
                     "re-attach to it)", old->name);
         return;
     }
     if (old == NULL && r->count >= opts->max_sessions) {
-        reply_error(c, msgid, MSG_E_LIMIT, "register: the daemon holds %u sessions, its limit "
+        peer_fail(c, msgid, MSG_E_LIMIT, "register: the daemon holds %u sessions, its limit "
                     "(--max-sessions)", r->count);
         return;
     }
     usage_of(r, c->uid, &used);
     if (old == NULL && used.sessions >= opts->max_sessions_per_uid) {
-        reply_error(c, msgid, MSG_E_LIMIT, "register: uid %ld holds %u sessions, its limit "
+        peer_fail(c, msgid, MSG_E_LIMIT, "register: uid %ld holds %u sessions, its limit "
                     "(--max-sessions-per-uid); close or drop one first", (long)c->uid,
                     used.sessions);
         return;
     }
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
-        reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
+        peer_fail(c, msgid, MSG_E_INTERNAL, "register: out of memory");
         return;
     }
     s->reg = r;
@@ -2046,33 +2032,33 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     s->owner = c;
     s->owner_pid = c->pid;
     if (msg_str_copy(req->shm, s->shm_name, sizeof(s->shm_name)) < 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "register: shm: not a valid shared-memory name");
+        peer_fail(c, msgid, MSG_E_BADARG, "register: shm: not a valid shared-memory name");
         goto err_free;
     }
     if ((rc = build_config(s, req, err, sizeof(err))) < 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "register: %s", err);
+        peer_fail(c, msgid, MSG_E_BADARG, "register: %s", err);
         goto err_free;
     }
     rc = build_tensors(s, req, opts->max_tensors, err, sizeof(err));
     if (rc < 0) {
-        reply_error(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
+        peer_fail(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
                                                                            : MSG_E_BADARG,
                     "%s", rc == -ENOMEM ? "register: out of memory" : err);
         goto err_free;
     }
     if (old == NULL && used.tensors + s->ntensors > opts->max_tensors_per_uid) {
-        reply_error(c, msgid, MSG_E_LIMIT, "register: %zu tensors would bring uid %ld to %" PRIu64
+        peer_fail(c, msgid, MSG_E_LIMIT, "register: %zu tensors would bring uid %ld to %" PRIu64
                     ", over its limit of %" PRIu64 " (--max-tensors-per-uid)", s->ntensors,
                     (long)c->uid, used.tensors + s->ntensors, opts->max_tensors_per_uid);
         goto err_free;
     }
     if ((rc = shm_segment_open(s->shm_name, c->uid, &seg, &s->geo, err, sizeof(err))) < 0) {
-        reply_error(c, msgid, MSG_E_SHM, "register: %s", err);
+        peer_fail(c, msgid, MSG_E_SHM, "register: %s", err);
         goto err_free;
     }
     rc = check_segment(s, &seg, &s->geo, err, sizeof(err));
     if (rc < 0) {
-        reply_error(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
+        peer_fail(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
         goto err_unmap;
     }
     if (old != NULL) {
@@ -2083,12 +2069,12 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     seg.base = NULL;
     s->params_bytes = s->geo.params_bytes;
     if (plan_build(&s->plan, s->tensors, s->ntensors, CHUNK_ELEMS) < 0) {
-        reply_error(c, msgid, MSG_E_INTERNAL, "register: out of memory");
+        peer_fail(c, msgid, MSG_E_INTERNAL, "register: out of memory");
         goto err_free;
     }
     redo_layout(s);
     if (used.shadow_bytes + shadow_object_bytes(s) > opts->max_shadow_bytes_per_uid) {
-        reply_error(c, msgid, MSG_E_LIMIT, "register: a shadow of %" PRIu64 " bytes would bring "
+        peer_fail(c, msgid, MSG_E_LIMIT, "register: a shadow of %" PRIu64 " bytes would bring "
                     "uid %ld to %" PRIu64 " bytes, over its limit of %" PRIu64
                     " (--max-shadow-bytes-per-uid)", shadow_object_bytes(s), (long)c->uid,
                     used.shadow_bytes + shadow_object_bytes(s), opts->max_shadow_bytes_per_uid);
@@ -2096,7 +2082,7 @@ void session_register(struct registry *r, struct conn *c, uint32_t msgid,
     }
     if (shm_shadow_create(c->uid, shadow_object_bytes(s), s->shadow_name, sizeof(s->shadow_name),
                           &s->shadow, &share, err, sizeof(err)) < 0) {
-        reply_error(c, msgid, MSG_E_INTERNAL, "register: %s", err);
+        peer_fail(c, msgid, MSG_E_INTERNAL, "register: %s", err);
         goto err_free;
     }
     share_note(r, share);
@@ -2121,7 +2107,7 @@ err_free:
     session_free(s);
 }
 
-void session_event(struct registry *r, struct conn *c, uint32_t msgid,
+void session_event(struct registry *r, struct peer *c, uint32_t msgid,
                    const struct msg_event *req)
 {
     struct session *s;
@@ -2130,7 +2116,7 @@ void session_event(struct registry *r, struct conn *c, uint32_t msgid,
     char err[256];
 
     if (ema_event_from_name(req->event.ptr, req->event.len, &ev) < 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "event: event: \"%.*s\" is not one of init, "
+        peer_fail(c, msgid, MSG_E_BADARG, "event: event: \"%.*s\" is not one of init, "
                     "fit_start, batch_start, batch_end, epoch_end, eval_start, eval_end, "
                     "checkpoint", (int)(req->event.len > 32 ? 32 : req->event.len),
                     req->event.ptr);
@@ -2139,11 +2125,11 @@ void session_event(struct registry *r, struct conn *c, uint32_t msgid,
     struct ema_clock clock = {req->time.batch, req->time.epoch, req->time.duration,
                               req->time.has_duration};
     if (ema_clock_check(&clock, err, sizeof(err)) < 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "event: %s", err);
+        peer_fail(c, msgid, MSG_E_BADARG, "event: %s", err);
         return;
     }
     if (req->has_seq && req->seq == 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "event: seq: request numbers start at 1");
+        peer_fail(c, msgid, MSG_E_BADARG, "event: seq: request numbers start at 1");
         return;
     }
     if ((s = lookup(r, c, msgid, "event", req->session, true)) == NULL)
@@ -2158,18 +2144,18 @@ void session_event(struct registry *r, struct conn *c, uint32_t msgid,
     enqueue(op);
 }
 
-void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_swap *req)
+void session_swap(struct registry *r, struct peer *c, uint32_t msgid, const struct msg_swap *req)
 {
     struct session *s;
     struct op *op;
     enum ema_event ev;
 
     if (ema_swap_from_name(req->to.ptr, req->to.len, &ev) < 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "swap: to: must be \"ema\" or \"train\"");
+        peer_fail(c, msgid, MSG_E_BADARG, "swap: to: must be \"ema\" or \"train\"");
         return;
     }
     if (req->has_seq && req->seq == 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "swap: seq: request numbers start at 1");
+        peer_fail(c, msgid, MSG_E_BADARG, "swap: seq: request numbers start at 1");
         return;
     }
     if ((s = lookup(r, c, msgid, "swap", req->session, true)) == NULL)
@@ -2182,8 +2168,8 @@ void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const stru
     enqueue(op);
 }
 
-void session_save(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_file *req,
-                  bool load)
+static void queue_file(struct registry *r, struct peer *c, uint32_t msgid,
+                       const struct msg_file *req, bool load)
 {
     const char *method = load ? "load" : "save";
     struct session *s;
@@ -2194,7 +2180,7 @@ void session_save(struct registry *r, struct conn *c, uint32_t msgid, const stru
     /* Loading replaces the shadow under its owner's feet: only the owner may,
      * or anyone the session is visible to once it is detached. */
     if (load && s->owner != NULL && s->owner != c) {
-        reply_error(c, msgid, MSG_E_PERM, "load: session %s is owned by another connection "
+        peer_fail(c, msgid, MSG_E_PERM, "load: session %s is owned by another connection "
                     "(pid %ld)", s->name, (long)s->owner_pid);
         return;
     }
@@ -2202,14 +2188,14 @@ void session_save(struct registry *r, struct conn *c, uint32_t msgid, const stru
         return;
     if (req->has_name) {
         if (!store_name_valid(req->name.ptr, req->name.len)) {
-            reply_error(c, msgid, MSG_E_BADARG, "%s: name: must be 1 to 128 characters of "
+            peer_fail(c, msgid, MSG_E_BADARG, "%s: name: must be 1 to 128 characters of "
                         "[A-Za-z0-9._%%-], not starting with '.'", method);
             op_free(op);
             return;
         }
         memcpy(op->file, req->name.ptr, req->name.len);
     } else if (store_default_name(s->name, strlen(s->name), op->file, sizeof(op->file)) < 0) {
-        reply_error(c, msgid, MSG_E_BADARG, "%s: session %s needs an explicit file name",
+        peer_fail(c, msgid, MSG_E_BADARG, "%s: session %s needs an explicit file name",
                     method, s->name);
         op_free(op);
         return;
@@ -2217,7 +2203,17 @@ void session_save(struct registry *r, struct conn *c, uint32_t msgid, const stru
     enqueue(op);
 }
 
-void session_close(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_close *req)
+void session_save(struct registry *r, struct peer *c, uint32_t msgid, const struct msg_file *req)
+{
+    queue_file(r, c, msgid, req, false);
+}
+
+void session_load(struct registry *r, struct peer *c, uint32_t msgid, const struct msg_file *req)
+{
+    queue_file(r, c, msgid, req, true);
+}
+
+void session_close(struct registry *r, struct peer *c, uint32_t msgid, const struct msg_close *req)
 {
     struct session *s;
     struct op *op;
@@ -2234,7 +2230,7 @@ void session_close(struct registry *r, struct conn *c, uint32_t msgid, const str
     enqueue(op);
 }
 
-void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req)
+void session_drop(struct registry *r, struct peer *c, uint32_t msgid, const struct msg_drop *req)
 {
     struct session *s;
     struct op *op;
@@ -2242,11 +2238,11 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
     if ((s = lookup(r, c, msgid, "drop", req->session, false)) == NULL)
         return;
     if (s->closing) {
-        reply_error(c, msgid, MSG_E_NOSESSION, "drop: session %s is being closed", s->name);
+        peer_fail(c, msgid, MSG_E_NOSESSION, "drop: session %s is being closed", s->name);
         return;
     }
     if (s->owner != NULL) {
-        reply_error(c, msgid, MSG_E_STATE, "drop: session %s is attached to pid %ld; only a "
+        peer_fail(c, msgid, MSG_E_STATE, "drop: session %s is attached to pid %ld; only a "
                     "detached session can be dropped", s->name, (long)s->owner_pid);
         return;
     }

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-struct conn;
+struct peer;
 struct op;
 
 #define SESSION_NAME_MAX 128
@@ -134,7 +134,7 @@ struct session {
     char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
     uid_t uid;                 /* owner's uid: only it (and root) may touch it; names are
                                   unique per uid */
-    struct conn *owner;        /* NULL while detached */
+    struct peer *owner;        /* NULL while detached */
     pid_t owner_pid;
     struct tensor *tensors;
     size_t ntensors;
@@ -206,22 +206,22 @@ int registry_adopt_all(struct registry *r);
  * shadow of one of the sessions, or one made by an emad of another state
  * directory (whose own restart takes it back). */
 bool registry_owns_shadow(void *registry, const char *name);
-/* The connection is gone: its sessions become detached. */
-void registry_conn_closed(struct registry *r, struct conn *c);
+/* The peer's connection is gone: its sessions become detached. */
+void registry_peer_closed(struct registry *r, struct peer *p);
 /* Call cb once no operation is queued or running (at shutdown). */
 void registry_drain(struct registry *r, void (*cb)(struct registry *r));
 
 /* Request handlers: each answers the request (now or when its work is done). */
-void session_register(struct registry *r, struct conn *c, uint32_t msgid,
+void session_register(struct registry *r, struct peer *p, uint32_t msgid,
                       const struct msg_register *req);
-void session_event(struct registry *r, struct conn *c, uint32_t msgid,
+void session_event(struct registry *r, struct peer *p, uint32_t msgid,
                    const struct msg_event *req);
-void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_swap *req);
-void session_save(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_file *req,
-                  bool load);
-void session_close(struct registry *r, struct conn *c, uint32_t msgid,
+void session_swap(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_swap *req);
+void session_save(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_file *req);
+void session_load(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_file *req);
+void session_close(struct registry *r, struct peer *p, uint32_t msgid,
                    const struct msg_close *req);
-void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req);
+void session_drop(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_drop *req);
 /* The state of every session visible to peer uid (all for root), or of the
  * one named by req (-ENOENT if none). Names are per uid: a peer names its
  * own sessions; root names its own, else the only one of that name (all of
