@@ -61,6 +61,7 @@
 #include "segment.h"
 #include "server.h"
 #include "session.h"
+#include "session_impl.h"
 #include "wire.h"
 
 #include <errno.h>
