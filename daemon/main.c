@@ -2,6 +2,7 @@
  * main.c - emad: options, signals, systemd glue. The only globals of the
  * daemon live here (none are needed: the context is a local of main).
  */
+#include "dispatch.h"
 #include "emad.h"
 #include "listen.h"
 #include "log.h"
@@ -337,7 +338,9 @@ int main(int argc, char **argv)
     /* Whatever else dead emads of ours left in /dev/shm is no one's now. */
     if ((rc = shm_collect_stale_shadows(registry_owns_shadow, &d.sessions, log_stale, &d.log)) > 0)
         log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
-    if ((rc = server_start(&d.srv, &d.ctx, &ls)) < 0) {
+    /* The transport hands requests up to dispatch, which calls the sessions. */
+    const struct server_handlers up = {dispatch_request, dispatch_closed, &d.ctx};
+    if ((rc = server_start(&d.srv, &d.ctx, &ls, &up)) < 0) {
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
         goto err_pool;
     }

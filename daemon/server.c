@@ -3,8 +3,6 @@
  */
 #include "server.h"
 
-#include "dispatch.h"
-#include "session.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +29,8 @@
 #define INPUT_STALL_MS 5000
 
 static void conn_process(struct conn *c);
+static void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt,
+                             ...) __attribute__((format(printf, 4, 5)));
 static void conn_flush(struct conn *c);
 static void conn_account(struct conn *c);
 static void conn_check_limits(struct conn *c);
@@ -41,6 +41,11 @@ static int out_write(void *data, const char *buf, size_t len);
 static struct log *conn_log(const struct conn *c)
 {
     return c->srv->ctx->log;
+}
+
+static struct conn *peer_conn(struct peer *p)
+{
+    return (struct conn *)((char *)p - offsetof(struct conn, peer));
 }
 
 static void finish_stop(uv_handle_t *h)
@@ -70,8 +75,10 @@ void server_check_stopped(struct server *srv)
  * --max-pending with its memory) reading pauses, so that a peer pipelining
  * cheap requests behind a long update cannot grow emad's memory with a
  * queue many times the size of what it sent. */
-void conn_ref(struct conn *c, size_t bytes)
+static void conn_hold(struct peer *p, size_t bytes)
 {
+    struct conn *c = peer_conn(p);
+
     c->refs++;
     c->op_bytes += bytes;
     conn_account(c);
@@ -83,8 +90,9 @@ static void on_resume_timer(uv_timer_t *t);
 /* The operation ended. Resuming the connection runs its buffered requests,
  * which must not happen inside the session code that frees the operation:
  * the resume runs from the loop, in resume_timer. */
-void conn_unref(struct conn *c, size_t bytes)
+static void conn_release(struct peer *p, size_t bytes)
 {
+    struct conn *c = peer_conn(p);
     struct server *srv = c->srv;
 
     c->op_bytes -= bytes;
@@ -173,7 +181,7 @@ static void on_conn_closed(uv_handle_t *h)
     outbuf_free(&c->sending);
     outbuf_free(&c->out);
     conn_account(c);
-    registry_conn_closed(srv->ctx->sessions, c);
+    srv->up.closed(srv->up.arg, &c->peer);
     c->closed = true;
     if (c->refs == 0)
         free(c);
@@ -187,7 +195,7 @@ void conn_close(struct conn *c, const char *why)
     c->closing = true;
     if (why != NULL)
         log_info(conn_log(c), "connection %llu (pid %ld, uid %ld): closed: %s",
-                 (unsigned long long)c->id, (long)c->pid, (long)c->uid, why);
+                 (unsigned long long)c->peer.id, (long)c->peer.pid, (long)c->peer.uid, why);
     uv_read_stop((uv_stream_t *)&c->pipe);
     uv_close((uv_handle_t *)&c->pipe, on_conn_closed);
 }
@@ -216,7 +224,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 /* The log names a peer that is stopped or closed for what it sends. */
 #define CONN_WHO "connection %llu (pid %ld, uid %ld)"
-#define CONN_WHO_ARGS(c) (unsigned long long)(c)->id, (long)(c)->pid, (long)(c)->uid
+#define CONN_WHO_ARGS(c) (unsigned long long)(c)->peer.id, (long)(c)->peer.pid, (long)(c)->peer.uid
 
 /* Requests wait for --max-input-total, and no connection holding part of
  * it goes on (each needs more than it leaves, or its peer stopped sending):
@@ -296,7 +304,7 @@ static void input_check_stuck(struct server *srv)
         }
         /* Among equals the newest: the others have waited longer. */
         if (largest == NULL || c->dec.cap > largest->dec.cap ||
-            (c->dec.cap == largest->dec.cap && c->id > largest->id))
+            (c->dec.cap == largest->dec.cap && c->peer.id > largest->peer.id))
             largest = c;
     }
     if (!waiting || largest == NULL)
@@ -314,7 +322,7 @@ static void input_block(struct conn *c)
     log_debug(conn_log(c),
               "connection %llu: a request of %zu bytes so far needs more than "
               "--max-input-total leaves (%zu held by all connections); reading paused",
-              (unsigned long long)c->id, wire_decoder_pending(&c->dec), c->srv->in_total);
+              (unsigned long long)c->peer.id, wire_decoder_pending(&c->dec), c->srv->in_total);
     input_check_stuck(c->srv);
 }
 
@@ -338,7 +346,7 @@ static void input_released(struct server *srv)
         log_debug(conn_log(c),
                   "connection %llu: a request of %zu bytes so far fits --max-input-total "
                   "(%zu held by all connections); reading resumed",
-                  (unsigned long long)c->id, wire_decoder_pending(&c->dec), srv->in_total);
+                  (unsigned long long)c->peer.id, wire_decoder_pending(&c->dec), srv->in_total);
         if (!c->paused)
             uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     }
@@ -366,7 +374,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     (void)buf;
     if (n == UV_EOF) {
         conn_close(c, NULL);
-        log_debug(conn_log(c), "connection %llu: peer closed", (unsigned long long)c->id);
+        log_debug(conn_log(c), "connection %llu: peer closed", (unsigned long long)c->peer.id);
         return;
     }
     if (n == UV_ENOBUFS && c->in_blocked) {
@@ -391,7 +399,7 @@ static void conn_pause(struct conn *c, const char *limit)
     log_debug(conn_log(c),
               "connection %llu: %zu reply bytes queued (%zu for all connections), %u requests "
               "queued; reading paused (%s)",
-              (unsigned long long)c->id, c->queued, c->srv->queued_total, c->refs, limit);
+              (unsigned long long)c->peer.id, c->queued, c->srv->queued_total, c->refs, limit);
 }
 
 /* The heaviest connection still read from, among those holding replies. */
@@ -447,7 +455,7 @@ static void conn_maybe_resume(struct conn *c)
     log_debug(conn_log(c),
               "connection %llu: %zu reply bytes queued (%zu for all connections), %u requests "
               "queued; reading resumed",
-              (unsigned long long)c->id, c->queued, c->srv->queued_total, c->refs);
+              (unsigned long long)c->peer.id, c->queued, c->srv->queued_total, c->refs);
     conn_process(c); /* requests that arrived before the pause come first */
     input_settle(c);
     if (!c->paused && !c->closing && !c->in_blocked)
@@ -567,8 +575,10 @@ static void conn_queued(struct conn *c, size_t mark)
     conn_check_limits(c);
 }
 
-void conn_reply(struct conn *c, uint32_t msgid, const struct msg_desc *d, const void *result)
+static void conn_reply(struct peer *p, uint32_t msgid, const struct msg_desc *d,
+                       const void *result)
 {
+    struct conn *c = peer_conn(p);
     msgpack_packer pk;
     size_t mark = c->out.size;
 
@@ -592,19 +602,28 @@ static void send_error(struct conn *c, uint32_t msgid, const char *code, const c
     conn_queued(c, mark);
 }
 
-void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
+/* The text quotes what the peer sent (names of methods, sessions, tensors,
+ * files): escaped, it cannot forge log lines. */
+static void conn_fail(struct peer *p, uint32_t msgid, const char *code, const char *text)
 {
-    char text[512], shown[LOG_ESCAPED_SIZE(sizeof(text))];
+    struct conn *c = peer_conn(p);
+    char shown[LOG_ESCAPED_SIZE(PEER_TEXT_MAX)];
+
+    log_debug(conn_log(c), "connection %llu: request %u: %s: %s", (unsigned long long)c->peer.id,
+              msgid, code, log_escape(text, strlen(text), shown, sizeof(shown)));
+    send_error(c, msgid, code, text);
+}
+
+static void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt,
+                             ...)
+{
+    char text[PEER_TEXT_MAX];
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    /* The text quotes what the peer sent (names of methods, sessions,
-     * tensors, files): escaped, it cannot forge log lines. */
-    log_debug(conn_log(c), "connection %llu: request %u: %s: %s", (unsigned long long)c->id,
-              msgid, code, log_escape(text, strlen(text), shown, sizeof(shown)));
-    send_error(c, msgid, code, text);
+    conn_fail(&c->peer, msgid, code, text);
 }
 
 /* Decode and dispatch every complete message buffered. */
@@ -620,17 +639,17 @@ static void conn_process(struct conn *c)
             return;
         if (rc > 0) {
             if (m.kind == WIRE_REQUEST)
-                dispatch_request(c, &m);
+                c->srv->up.request(c->srv->up.arg, &c->peer, &m);
             else
                 log_debug(conn_log(c), "connection %llu: ignored a %s from the client",
-                          (unsigned long long)c->id,
+                          (unsigned long long)c->peer.id,
                           m.kind == WIRE_RESPONSE ? "response" : "notification");
             continue;
         }
         if (!f.has_msgid) {
             char shown[LOG_ESCAPED_SIZE(sizeof(f.detail))];
             log_warn(conn_log(c), "connection %llu (pid %ld): %s; closing it",
-                     (unsigned long long)c->id, (long)c->pid,
+                     (unsigned long long)c->peer.id, (long)c->peer.pid,
                      log_escape(f.detail, strlen(f.detail), shown, sizeof(shown)));
             conn_close(c, NULL);
             return;
@@ -718,7 +737,7 @@ static unsigned uid_connections(const struct server *srv, uid_t uid)
     unsigned n = 0;
 
     for (const struct conn *c = srv->conns; c != NULL; c = c->next)
-        if (!c->closing && c->uid == uid)
+        if (!c->closing && c->peer.uid == uid)
             n++;
     return n;
 }
@@ -735,7 +754,7 @@ static bool over_connection_limits(const struct server *srv, const struct conn *
                  o->max_connections);
         return true;
     }
-    if (peer_privileged(c->uid))
+    if (peer_privileged(c->peer.uid))
         return false;
     if (srv->nconns > others_max) {
         snprintf(text, len,
@@ -744,10 +763,10 @@ static bool over_connection_limits(const struct server *srv, const struct conn *
                  o->max_connections, o->max_connections - others_max);
         return true;
     }
-    if (uid_connections(srv, c->uid) > o->max_connections_per_uid) {
+    if (uid_connections(srv, c->peer.uid) > o->max_connections_per_uid) {
         snprintf(text, len,
                  "too many connections of uid %ld (limit %u, --max-connections-per-uid)",
-                 (long)c->uid, o->max_connections_per_uid);
+                 (long)c->peer.uid, o->max_connections_per_uid);
         return true;
     }
     return false;
@@ -766,7 +785,7 @@ static void hello_timer_arm(struct server *srv)
     if (srv->stopping)
         return;
     for (const struct conn *c = srv->conns; c != NULL; c = c->next)
-        if (!c->hello && !c->closing && c->accepted_ms < first)
+        if (!c->peer.hello && !c->closing && c->accepted_ms < first)
             first = c->accepted_ms;
     if (first == UINT64_MAX) {
         uv_timer_stop(&srv->hello_timer);
@@ -787,7 +806,7 @@ static void on_hello_timer(uv_timer_t *t)
              "no hello within %u s of connecting (--hello-timeout); the connection is closed",
              srv->ctx->opts->hello_timeout_s);
     for (struct conn *c = srv->conns; c != NULL; c = c->next) {
-        if (c->hello || c->closing || now - c->accepted_ms < timeout)
+        if (c->peer.hello || c->closing || now - c->accepted_ms < timeout)
             continue;
         log_warn(srv->ctx->log, CONN_WHO ": closed with LIMIT: %s", CONN_WHO_ARGS(c), text);
         refuse(c, MSG_E_LIMIT, text);
@@ -868,6 +887,13 @@ static void start_accepting(uv_timer_t *t)
         uv_poll_start(&srv->listener, UV_READABLE, on_listen);
 }
 
+static const struct peer_ops conn_peer_ops = {
+    .reply = conn_reply,
+    .fail = conn_fail,
+    .hold = conn_hold,
+    .release = conn_release,
+};
+
 /* A connection accepted as fd: check the peer and start reading. */
 static void conn_accept(struct server *srv, int fd)
 {
@@ -885,7 +911,8 @@ static void conn_accept(struct server *srv, int fd)
         return;
     }
     c->srv = srv;
-    c->id = ++srv->next_id;
+    c->peer.ops = &conn_peer_ops;
+    c->peer.id = ++srv->next_id;
     c->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = c;
@@ -901,9 +928,9 @@ static void conn_accept(struct server *srv, int fd)
         conn_close(c, "cannot read peer credentials");
         return;
     }
-    c->uid = cred.uid;
-    c->gid = cred.gid;
-    c->pid = cred.pid;
+    c->peer.uid = cred.uid;
+    c->peer.gid = cred.gid;
+    c->peer.pid = cred.pid;
     if (!peer_allowed(srv, fd, &cred)) {
         snprintf(text, sizeof(text),
                  "uid %ld is not allowed: emad (uid %ld) admits its own uid, root%s%s", (long)cred.uid,
@@ -919,7 +946,7 @@ static void conn_accept(struct server *srv, int fd)
         refuse(c, MSG_E_LIMIT, text);
         return;
     }
-    log_debug(srv->ctx->log, "connection %llu from pid %ld uid %ld", (unsigned long long)c->id,
+    log_debug(srv->ctx->log, "connection %llu from pid %ld uid %ld", (unsigned long long)c->peer.id,
               (long)cred.pid, (long)cred.uid);
     c->accepted_ms = uv_now(srv->ctx->loop);
     if (!uv_is_active((uv_handle_t *)&srv->hello_timer))
@@ -952,12 +979,14 @@ static void on_listen(uv_poll_t *h, int status, int events)
     }
 }
 
-int server_start(struct server *srv, struct emad *ctx, const struct listen_socket *ls)
+int server_start(struct server *srv, struct emad *ctx, const struct listen_socket *ls,
+                 const struct server_handlers *up)
 {
     int rc;
 
     memset(srv, 0, sizeof(*srv));
     srv->ctx = ctx;
+    srv->up = *up;
     srv->ls = *ls;
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     ctx->srv = srv;
@@ -1069,7 +1098,7 @@ static void on_flush_timeout(uv_timer_t *t)
         log_warn(srv->ctx->log,
                  "connection %llu (pid %ld): its peer did not read %zu bytes of replies within "
                  "%d ms of the stop; closed without them",
-                 (unsigned long long)c->id, (long)c->pid, c->queued - c->op_bytes,
+                 (unsigned long long)c->peer.id, (long)c->peer.pid, c->queued - c->op_bytes,
                  SERVER_FLUSH_TIMEOUT_MS);
         conn_close(c, NULL);
     }

@@ -1,6 +1,8 @@
 /*
  * server.h - connections: accept with peer credentials, read and decode
  * requests, queue replies, enforce the per-connection limits, stop cleanly.
+ * Complete requests go up through the handlers given at start; they answer
+ * through the struct peer each request comes with (peer.h).
  */
 #ifndef EMAD_SERVER_H
 #define EMAD_SERVER_H
@@ -8,6 +10,7 @@
 #include "emad.h"
 #include "listen.h"
 #include "msg.h"
+#include "peer.h"
 #include "wire.h"
 
 #include <stdbool.h>
@@ -35,11 +38,8 @@ struct conn {
     struct server *srv;
     struct conn *prev, *next; /* in srv->conns */
     uint64_t id;              /* for logs */
+    struct peer peer;         /* what the layers above see: id, credentials, hello */
     struct wire_decoder dec;
-    uid_t uid;                /* peer credentials (SO_PEERCRED) */
-    gid_t gid;
-    pid_t pid;
-    bool hello;               /* hello succeeded */
     bool paused;              /* reading stopped: too many reply bytes queued */
     bool writing;             /* wreq is in flight with sending */
     bool out_failed;          /* a reply could not be allocated (the connection closes) */
@@ -60,11 +60,21 @@ struct conn {
                                  --max-input-total leaves */
     uint64_t in_read_ms;      /* when bytes were last read (uv_now) */
     uint64_t accepted_ms;     /* when it was accepted (uv_now): --hello-timeout */
-    char client[64];          /* name given in hello */
+};
+
+/* Where complete requests go: the layer above, wired by main.c. */
+struct server_handlers {
+    /* A decoded request from p; it is answered through p, now or later. */
+    void (*request)(void *arg, struct peer *p, const struct wire_msg *m);
+    /* p's connection is closed: no request of it follows. Operations that
+     * hold p may still answer it (into the void) until they release it. */
+    void (*closed)(void *arg, struct peer *p);
+    void *arg;
 };
 
 struct server {
     struct emad *ctx;
+    struct server_handlers up;
     uv_poll_t listener;       /* readable: connections to accept on ls.fd */
     uv_timer_t accept_timer;  /* accepting again after running out of descriptors */
     uv_timer_t flush_timer;   /* bounds the wait for peers to read at a stop */
@@ -90,8 +100,10 @@ struct server {
     void (*on_stopped)(struct server *srv);
 };
 
-/* Take over ls and start accepting. 0 or a negative libuv code. */
-int server_start(struct server *srv, struct emad *ctx, const struct listen_socket *ls);
+/* Take over ls and start accepting; requests go to up. 0 or a negative
+ * libuv code. */
+int server_start(struct server *srv, struct emad *ctx, const struct listen_socket *ls,
+                 const struct server_handlers *up);
 /* First step of a stop: stop accepting (the socket path is removed) and stop
  * reading requests. Replies of work already running still go out. */
 void server_quiesce(struct server *srv);
@@ -100,19 +112,8 @@ void server_quiesce(struct server *srv);
  * does not read them; on_stopped runs once everything is closed. */
 void server_stop(struct server *srv, void (*on_stopped)(struct server *srv));
 
-/* Replies. Each takes care of encoding and queueing; failures close the
- * connection, so callers need not check. */
-void conn_reply(struct conn *c, uint32_t msgid, const struct msg_desc *d, const void *result);
-void conn_reply_error(struct conn *c, uint32_t msgid, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* Close c (its peer is told nothing more); why, if not NULL, is logged. */
 void conn_close(struct conn *c, const char *why);
-/* Operations in flight hold a reference: the struct outlives the socket
- * until they have replied (into the void, if the peer is gone). bytes is
- * the operation's memory, counted against --max-pending (and the total)
- * until the matching conn_unref; the number of references is bounded by
- * --max-queued-requests: at that many, reading the connection pauses. */
-void conn_ref(struct conn *c, size_t bytes);
-void conn_unref(struct conn *c, size_t bytes);
 /* Tell the server that in-flight work ended (it may be waiting to stop). */
 void server_check_stopped(struct server *srv);
 

@@ -3,6 +3,18 @@
  * the FIFO of its operations. Every change to a session goes through that
  * FIFO, so requests touching a session run in arrival order, and the data
  * work of each operation runs on the worker pool.
+ *
+ * This header is the sessions' interface to the rest of emad, and the
+ * layout of the shadow object (which a restarted emad reads back). What the
+ * session files share among themselves is in session_impl.h:
+ *   registry.c  the sessions of every uid: names, lookup, limits, status
+ *   session.c   one session's life: register, resume, close, drop; the
+ *               request handlers that queue operations
+ *   op.c        the FIFO of operations and their phases (loop thread)
+ *   chunk.c     the operations' data work (worker threads only)
+ *   record.c    the shadow's header and crash records
+ *   persist.c   state files, journals, restart and adoption
+ *   plan.c      tensors in chunks;  naming.c  the names' rules
  */
 #ifndef EMAD_SESSION_H
 #define EMAD_SESSION_H
@@ -19,8 +31,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-struct conn;
-struct op;
+struct peer;
+struct session;
 
 #define SESSION_NAME_MAX 128
 #define TENSOR_NAME_MAX 1024
@@ -104,76 +116,6 @@ struct redo_rec {
     unsigned char undo[REDO_BLOCK_ELEMS * 8];
 };
 
-struct tensor {
-    char *name;                /* NUL-terminated copy, in the session's names block */
-    enum dtype dtype;          /* of the param */
-    enum dtype shadow_dtype;   /* f32 for f32/f16/bf16, else dtype */
-    uint64_t numel;
-    uint64_t offset;           /* in the params area */
-    uint64_t shadow_offset;    /* in the shadow object */
-};
-
-/* A chunk is a run of pieces: parts of tensors processed by one worker. */
-struct piece {
-    uint32_t tensor;
-    uint64_t start;            /* first element */
-    uint64_t count;
-};
-
-struct plan {
-    struct piece *pieces;
-    size_t npieces;
-    size_t *first;             /* chunk c is pieces[first[c], first[c + 1]) */
-    size_t nchunks;
-};
-
-struct session {
-    struct session *next;      /* in the registry */
-    struct registry *reg;
-    char name[SESSION_NAME_MAX + 1];
-    char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
-    uid_t uid;                 /* owner's uid: only it (and root) may touch it; names are
-                                  unique per uid */
-    struct conn *owner;        /* NULL while detached */
-    pid_t owner_pid;
-    struct tensor *tensors;
-    size_t ntensors;
-    char *names;               /* every tensor's name, back to back (one allocation) */
-    struct seg_geometry geo;   /* the segment's, as checked when it was mapped: never read
-                                  again from its header, which the trainer can rewrite */
-    uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
-    uint64_t shadow_bytes;
-    struct plan plan;          /* the tensors in chunks, for updates and casts */
-    struct ema_config cfg;
-    struct ema_state st;
-    char half_life[EMA_TIME_STRLEN];
-    char update_interval[EMA_TIME_STRLEN];
-    char ema_start[EMA_TIME_STRLEN];
-    char shm_name[256];        /* the trainer's segment */
-    struct shm_map seg;        /* mapped while attached (or while work uses it) */
-    char shadow_name[64];
-    struct shm_map shadow;
-    double last_update_seconds;
-    bool interrupted;          /* an update was cut short by a crash of emad */
-    uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
-                                  of the last ones are in the shadow header (recent) */
-    uint64_t redo_off;         /* the redo records, in the shadow object */
-    uint64_t redo_bytes;       /* the object's bytes past shadow_bytes */
-    bool redo_pending;         /* an event cut short by a crash awaits its replay: */
-    bool redo_clears;          /* ... (the header's pending_* say which event) and which
-                                  clears interrupted (set by that crash only) */
-    uint64_t *redo_from;       /* per chunk: elements it had written for good */
-    struct op *q_head, *q_tail;/* operations waiting or running (the head) */
-    bool busy;                 /* the head is running */
-    bool ready;                /* the shadow is initialised */
-    bool removed;              /* out of the registry; freed when the queue empties */
-    bool kept;                 /* written to a state file by registry_save_all */
-    bool closing;              /* a close (without keep) or a drop is queued: the session is
-                                  as good as gone to resume, drop and load */
-    bool shadow_broken;        /* the shadow faulted (resized under emad): the session fails;
-                                  set by any thread (atomic) */
-};
-
 struct registry {
     struct emad *ctx;
     struct session *head;
@@ -206,22 +148,22 @@ int registry_adopt_all(struct registry *r);
  * shadow of one of the sessions, or one made by an emad of another state
  * directory (whose own restart takes it back). */
 bool registry_owns_shadow(void *registry, const char *name);
-/* The connection is gone: its sessions become detached. */
-void registry_conn_closed(struct registry *r, struct conn *c);
+/* The peer's connection is gone: its sessions become detached. */
+void registry_peer_closed(struct registry *r, struct peer *p);
 /* Call cb once no operation is queued or running (at shutdown). */
 void registry_drain(struct registry *r, void (*cb)(struct registry *r));
 
 /* Request handlers: each answers the request (now or when its work is done). */
-void session_register(struct registry *r, struct conn *c, uint32_t msgid,
+void session_register(struct registry *r, struct peer *p, uint32_t msgid,
                       const struct msg_register *req);
-void session_event(struct registry *r, struct conn *c, uint32_t msgid,
+void session_event(struct registry *r, struct peer *p, uint32_t msgid,
                    const struct msg_event *req);
-void session_swap(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_swap *req);
-void session_save(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_file *req,
-                  bool load);
-void session_close(struct registry *r, struct conn *c, uint32_t msgid,
+void session_swap(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_swap *req);
+void session_save(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_file *req);
+void session_load(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_file *req);
+void session_close(struct registry *r, struct peer *p, uint32_t msgid,
                    const struct msg_close *req);
-void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const struct msg_drop *req);
+void session_drop(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_drop *req);
 /* The state of every session visible to peer uid (all for root), or of the
  * one named by req (-ENOENT if none). Names are per uid: a peer names its
  * own sessions; root names its own, else the only one of that name (all of
@@ -231,14 +173,11 @@ void session_drop(struct registry *r, struct conn *c, uint32_t msgid, const stru
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
                     struct msg_session_state **out, size_t *n);
 
-/* Pure helpers, exposed for tests. */
+/* Names (naming.c). */
 bool session_name_valid(const char *s, size_t len);
 /* Whether s has the form "<digits>:...", reserved for root naming another
  * uid's session (a new session may not be called so). */
 bool session_name_qualified(const char *s, size_t len);
 bool tensor_name_valid(const char *s, size_t len);
-/* Split tensors into chunks of about chunk_elems elements. 0 or -ENOMEM. */
-int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_elems);
-void plan_free(struct plan *p);
 
 #endif

@@ -2,7 +2,7 @@
  * test_session.c - the pure parts of sessions: name rules and the chunk
  * plan that splits tensors over the workers.
  */
-#include "session.h"
+#include "session_impl.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -51,6 +51,7 @@
  * EMAD_FUZZ_LOG=debug|info|warn|error (default error) sets emad's log level.
  * Run by `make fuzz` / `make fuzz-check` (see tests/fuzz/README).
  */
+#include "dispatch.h"
 #include "emad.h"
 #include "listen.h"
 #include "log.h"
@@ -60,6 +61,7 @@
 #include "segment.h"
 #include "server.h"
 #include "session.h"
+#include "session_impl.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -273,7 +275,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fail_setup("pool_init", strerror(-rc));
     if (listen_socket_open(&ls, &F.opts, NULL, NULL, &F.log, err, sizeof(err)) < 0)
         fail_setup("listen", err);
-    if ((rc = server_start(&F.srv, &F.ctx, &ls)) < 0)
+    const struct server_handlers up = {dispatch_request, dispatch_closed, &F.ctx};
+    if ((rc = server_start(&F.srv, &F.ctx, &ls, &up)) < 0)
         fail_setup("server_start", uv_strerror(rc));
     make_segment();
     return 0;
@@ -470,7 +473,7 @@ static void client_close(struct client *c)
  * the turn that accepted it, before anything is read. */
 static void shrink_send_buffers(void)
 {
-    for (struct conn *c = F.srv.conns; c != NULL && c->id > F.tuned; c = c->next) {
+    for (struct conn *c = F.srv.conns; c != NULL && c->peer.id > F.tuned; c = c->next) {
         uv_os_fd_t fd;
         int small = 1; /* the kernel rounds it up to its minimum */
         if (!c->closing && uv_fileno((uv_handle_t *)&c->pipe, &fd) == 0)

@@ -1,0 +1,285 @@
+/*
+ * chunk.c - the data work of operations, one chunk at a time: this file
+ * alone runs on the worker threads, and it alone reads or writes tensor
+ * data (the params, the stash, the shadow). Each function takes its
+ * operation and a chunk index (pool.h); results go into the operation, for
+ * op.c to read on the loop thread once the job completes.
+ */
+#include "session_impl.h"
+
+#include "store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Every address in the segment comes from the geometry checked at register
+ * (s->geo) and the tensor table checked against it: never from the live
+ * header, which the trainer may have rewritten since. */
+static void *param_ptr(const struct session *s, const struct tensor *t, uint64_t start)
+{
+    return (char *)s->seg.base + s->geo.params_offset + t->offset + start * dtype_size(t->dtype);
+}
+
+struct logged {
+    struct op *op;
+    struct redo_rec *rec;
+    uint64_t from;
+    bool init, update;
+};
+
+static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start,
+                        uint64_t n)
+{
+    struct logged *l = arg;
+    struct session *s = l->op->s;
+    const struct kernel_ops *k = s->reg->kops;
+    void *sh, *pa;
+    int rc = 0;
+
+    if (pos + n <= l->from) /* written for good before a crash */
+        return 0;
+    sh = shadow_ptr(s, t, start);
+    pa = param_ptr(s, t, start);
+    if (l->init) {
+        /* The start (rare): save, then write. */
+        memcpy(l->rec->undo, sh, n * dtype_size(t->shadow_dtype));
+        l->rec->undo_count = n;
+        __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        rc = kernel_shadow_init(k, t->dtype, sh, pa, n);
+        if (l->update && rc == 0)
+            rc = kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+    } else {
+        /* The update: each old value goes to undo as the kernel reads it,
+         * just before it writes the new one (one pass over the shadow). The
+         * rest of undo holds UNDO_UNSET until the kernel gets there, so a
+         * crash halfway leaves old values exactly where the shadow changed.
+         * Stores retire in program order and a killed process's retired
+         * stores all land: the release stores and the compiler barriers
+         * keep that order, without a fence. */
+        memset(l->rec->undo, UNDO_UNSET, n * dtype_size(t->shadow_dtype));
+        l->rec->undo_count = n;
+        __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        rc = kernel_update_save(k, t->dtype, sh, pa, n, s->cfg.smoothing, l->rec->undo);
+    }
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
+    return rc;
+}
+
+/* Leave a guard entered on (segment, shadow): -EFAULT if either faulted,
+ * and a faulted shadow marks the session broken. Else rc. */
+static int guard_leave(struct session *s, struct shm_guard *g, int rc)
+{
+    if (shm_guard_leave(g) == 0)
+        return rc;
+    if (g->faulted & 2)
+        __atomic_store_n(&s->shadow_broken, true, __ATOMIC_RELEASE);
+    return -EFAULT;
+}
+
+int chunk_tensors(void *arg, size_t index)
+{
+    struct op *op = arg;
+    struct session *s = op->s;
+    const struct kernel_ops *k = s->reg->kops;
+    /* Register's initialisation, or an event's tensor work (or cast). */
+    enum ema_action action = op->kind == OP_EVENT ? op_event(op)->action : EMA_ACTION_START;
+    bool init = action == EMA_ACTION_START || action == EMA_ACTION_START_UPDATE;
+    bool update = action == EMA_ACTION_UPDATE || action == EMA_ACTION_START_UPDATE;
+    struct shm_guard g;
+    int rc = 0;
+
+    shm_guard_enter2(&g, &s->seg, &s->shadow);
+    if (op->kind == OP_EVENT && op_event(op)->logged && op->phase == PH_TENSORS) {
+        struct logged l = {op, redo_rec(s, index), 0, init, update};
+        l.from = l.rec->done_to;
+        rc = redo_for_each_block(s, index, logged_block, &l);
+        return guard_leave(s, &g, rc);
+    }
+    for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
+        const struct piece *p = &s->plan.pieces[i];
+        const struct tensor *t = &s->tensors[p->tensor];
+        void *sh = shadow_ptr(s, t, p->start);
+        void *pa = param_ptr(s, t, p->start);
+        if (op->phase == PH_CAST) {
+            rc = kernel_swap_in(k, t->dtype, pa, sh, p->count);
+            continue;
+        }
+        if (init)
+            rc = kernel_shadow_init(k, t->dtype, sh, pa, p->count);
+        if (update && rc == 0)
+            rc = kernel_update(k, t->dtype, sh, pa, p->count, s->cfg.smoothing);
+    }
+    return guard_leave(s, &g, rc);
+}
+
+/* Register's work: the journal (chunk 0, beside the first tensor chunks:
+ * for a million tensors it takes as long as they do) and the shadow's
+ * initialisation. */
+int chunk_init(void *arg, size_t index)
+{
+    struct op_init *op = arg;
+
+    if (index == 0) {
+        op->rc = journal_store(op->op.s, op->err, sizeof(op->err));
+        return 0;
+    }
+    return chunk_tensors(arg, index - 1);
+}
+
+int chunk_copy(void *arg, size_t index)
+{
+    struct op *op = arg;
+    const struct seg_geometry *geo = &op->s->geo;
+    char *params = (char *)op->s->seg.base + geo->params_offset;
+    char *stash = (char *)op->s->seg.base + geo->stash_offset;
+    uint64_t off = (uint64_t)index * COPY_CHUNK_BYTES;
+    uint64_t n = geo->params_bytes - off < COPY_CHUNK_BYTES ? geo->params_bytes - off
+                                                            : COPY_CHUNK_BYTES;
+
+    struct shm_guard g;
+
+    shm_guard_enter(&g, &op->s->seg);
+    if (op->phase == PH_STASH)
+        kernel_stash_copy(stash + off, params + off, n);
+    else
+        kernel_stash_restore(params + off, stash + off, n);
+    return shm_guard_leave(&g);
+}
+
+static int chunk_save(void *arg, size_t index)
+{
+    struct op_file *op = arg;
+    struct session *s = op->op.s;
+    const struct emad_opts *opts = s->reg->ctx->opts;
+    /* Every uid's, root's too, as the other per-uid limits: no request deletes a state file, and
+     * the filesystem they fill holds the journals (live/) and the sessions a stop keeps
+     * (sessions/) too; those are emad's own and saved outside users/, under no quota. */
+    const struct store_quota quota = {opts->max_state_files_per_uid,
+                                      opts->max_state_bytes_per_uid};
+    (void)index;
+    /* Into the directory of the uid that asks (root's own for root): no name a user gives can
+     * reach another user's file. */
+    op->rc = store_save_user(opts->state_dir, op->op.peer->uid, op->file, &quota, op->meta.data,
+                             op->meta.size, shadow_data(s), shadow_data_bytes(s), op->path,
+                             sizeof(op->path), &op->bytes, op->err, sizeof(op->err));
+    return 0;
+}
+
+/* Check that a state file's tensor table is the session's. */
+static int check_loaded_table(const struct session *s, const struct msg_saved_state *m, char *err,
+                              size_t errlen)
+{
+    if (m->ntensors != s->ntensors) {
+        snprintf(err, errlen, "the file has %zu tensors, the session %zu", m->ntensors,
+                 s->ntensors);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < s->ntensors; i++) {
+        const struct tensor *t = &s->tensors[i];
+        if (!msg_str_eq(m->tensors[i].name, t->name) ||
+            !msg_str_eq(m->tensors[i].dtype, dtype_name(t->dtype)) ||
+            m->tensors[i].numel != t->numel) {
+            snprintf(err, errlen, "tensor %zu differs: the file has \"%.*s\" %.*s x %" PRIu64
+                     ", the session \"%s\" %s x %" PRIu64, i, (int)m->tensors[i].name.len,
+                     m->tensors[i].name.ptr, (int)m->tensors[i].dtype.len,
+                     m->tensors[i].dtype.ptr, m->tensors[i].numel, t->name,
+                     dtype_name(t->dtype), t->numel);
+            return -EINVAL;
+        }
+    }
+    if (m->shadow_bytes != s->shadow_bytes) {
+        snprintf(err, errlen, "the file's shadow is %" PRIu64 " bytes, the session's %" PRIu64,
+                 m->shadow_bytes, s->shadow_bytes);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int chunk_load(void *arg, size_t index)
+{
+    struct op_file *op = arg;
+    struct session *s = op->op.s;
+    struct store_file f;
+    char why[256];
+    size_t off = 0;
+    (void)index;
+
+    op->rc = store_load_user(s->reg->ctx->opts->state_dir, op->op.peer->uid, op->file, &f,
+                             op->path, sizeof(op->path), op->err, sizeof(op->err));
+    if (op->rc < 0)
+        return 0;
+    op->bytes = f.map_len;
+    msgpack_unpacked_init(&op->unpacked);
+    /* The metadata must outlive the mapping: unpack from a copy. */
+    msgpack_sbuffer_write(&op->meta, f.meta, f.meta_len);
+    if (msgpack_unpack_next(&op->unpacked, op->meta.data, op->meta.size, &off) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        msg_decode(&msg_saved_state_desc, &op->unpacked.data, &op->loaded, why, sizeof(why)) <
+            0) {
+        msgpack_unpacked_destroy(&op->unpacked);
+        op->rc = -EBADMSG;
+        snprintf(op->err, sizeof(op->err), "load: %.400s: metadata is not a state file's",
+                 op->path);
+        goto out;
+    }
+    if (msg_saved_state_expand(&op->loaded, why, sizeof(why)) < 0) {
+        msg_free(&msg_saved_state_desc, &op->loaded);
+        msgpack_unpacked_destroy(&op->unpacked);
+        op->rc = -EBADMSG;
+        snprintf(op->err, sizeof(op->err), "load: %.400s: metadata is not a state file's",
+                 op->path);
+        goto out;
+    }
+    op->has_loaded = true;
+    /* Whose the file is, before anything else of it is shown or used: a file saved by an older
+     * emad into the shared directory may be another user's, and so may one an administrator
+     * moved. A file loads only into a session of the uid that saved it. */
+    if (!op->loaded.has_uid || op->loaded.uid != (uint64_t)s->uid) {
+        op->rc = -EPERM;
+        snprintf(op->err, sizeof(op->err), "load: %.400s was not saved from a session of "
+                 "yours: it is not loaded", op->path);
+        goto out;
+    }
+    if (f.data_len != shadow_data_bytes(s))
+        snprintf(why, sizeof(why), "its data is %" PRIu64 " bytes, the shadow %" PRIu64,
+                 f.data_len, shadow_data_bytes(s));
+    if (f.data_len != shadow_data_bytes(s) ||
+        check_loaded_table(s, &op->loaded, why, sizeof(why)) < 0) {
+        op->rc = -EINVAL;
+        snprintf(op->err, sizeof(op->err), "load: %.150s does not match session %s: %.180s",
+                 op->path, s->name, why);
+        goto out;
+    }
+    memcpy(shadow_data(s), f.data, shadow_data_bytes(s));
+out:
+    store_file_close(&f);
+    return 0;
+}
+
+/* Save and load under the shadow's guard: where the shadow is given to
+ * its trainer (no ACLs), the trainer can resize it under emad. */
+int chunk_file(void *arg, size_t index)
+{
+    static const struct shm_map none = {NULL, 0};
+    struct op *op = arg;
+    struct shm_guard g;
+    int rc;
+
+    shm_guard_enter2(&g, &none, &op->s->shadow);
+    rc = op->kind == OP_SAVE ? chunk_save(arg, index) : chunk_load(arg, index);
+    return guard_leave(op->s, &g, rc);
+}
+
+int chunk_journal(void *arg, size_t index)
+{
+    struct op_file *op = arg;
+
+    (void)index;
+    op->rc = journal_store(op->op.s, op->err, sizeof(op->err));
+    return 0;
+}

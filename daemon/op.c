@@ -1,0 +1,655 @@
+/*
+ * op.c - the FIFO of each session's operations, on the loop thread.
+ *
+ * An operation (register's shadow initialisation, an event, a swap, save,
+ * load, close, drop, re-attach) waits in its session's queue; the head runs,
+ * its data work split into chunks on the worker pool (chunk.c), and its
+ * reply is sent from the pool's completion callback on the loop thread.
+ * Nothing here touches tensor data.
+ */
+#include "session_impl.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static void op_run(struct op *op);
+static void op_done(struct pool_job *job);
+static void session_start_next(struct session *s);
+
+static void reply_action(struct op *op)
+{
+    struct op_event *e = op_event(op);
+    struct msg_action a;
+
+    memset(&a, 0, sizeof(a));
+    a.action = msg_str_c(ema_action_name(e->action));
+    a.active = op->s->st.active;
+    a.started = op->s->st.started;
+    a.updates = op->s->st.updates;
+    a.has_interrupted = op->s->interrupted;
+    a.interrupted = op->s->interrupted;
+    peer_reply(op->peer, op->msgid, &msg_action_desc, &a);
+}
+
+/* The answer to a request seq that was applied before: what it did then. */
+static void reply_recorded(struct op *op, const struct seq_record *rec)
+{
+    struct msg_action a;
+
+    memset(&a, 0, sizeof(a));
+    a.action = msg_str_c(ema_action_name((enum ema_action)rec->action));
+    a.active = rec->active;
+    a.started = rec->started;
+    a.updates = rec->updates;
+    a.has_replayed = true;
+    a.replayed = true;
+    a.has_interrupted = op->s->interrupted;
+    a.interrupted = op->s->interrupted;
+    peer_reply(op->peer, op->msgid, &msg_action_desc, &a);
+}
+
+void reply_register(struct op *op, bool compact)
+{
+    struct session *s = op->s;
+    struct msg_register_reply rep;
+    size_t n = s->ntensors ? s->ntensors : 1;
+    /* Compact: the offsets alone (the client knows the names, in order, and
+     * the dtype rule); a million-tensor reply shrinks from ~40 to ~5 MB. */
+    struct msg_shadow_tensor *t = compact ? NULL : calloc(n, sizeof(*t));
+    uint64_t *offsets = compact ? malloc(n * sizeof(*offsets)) : NULL;
+
+    if (t == NULL && offsets == NULL) {
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "register: out of memory");
+        return;
+    }
+    memset(&rep, 0, sizeof(rep));
+    rep.session = msg_str_c(s->name);
+    rep.shadow_shm = msg_str_c(s->shadow_name);
+    rep.shadow_bytes = s->shadow_bytes;
+    for (size_t i = 0; i < s->ntensors; i++) {
+        if (offsets != NULL) {
+            offsets[i] = s->tensors[i].shadow_offset;
+            continue;
+        }
+        t[i].name = msg_str_c(s->tensors[i].name);
+        t[i].shadow_offset = s->tensors[i].shadow_offset;
+        t[i].shadow_dtype = msg_str_c(dtype_name(s->tensors[i].shadow_dtype));
+    }
+    rep.tensors = t;
+    rep.ntensors = t ? s->ntensors : 0;
+    rep.has_shadow_offsets = offsets != NULL;
+    rep.shadow_offsets = offsets;
+    rep.nshadow_offsets = offsets ? s->ntensors : 0;
+    session_fill_state(s, s->uid, &rep.state);
+    peer_reply(op->peer, op->msgid, &msg_register_reply_desc, &rep);
+    free(t);
+    free(offsets);
+}
+
+/* Each kind's own struct: an event carries no file or segment fields. */
+static size_t op_size(enum op_kind kind)
+{
+    switch (kind) {
+    case OP_INIT:
+        return sizeof(struct op_init);
+    case OP_ATTACH:
+        return sizeof(struct op_attach);
+    case OP_EVENT:
+        return sizeof(struct op_event);
+    case OP_SAVE:
+    case OP_LOAD:
+        return sizeof(struct op_file);
+    case OP_CLOSE:
+    case OP_DROP:
+        return sizeof(struct op_close);
+    }
+    return sizeof(struct op);
+}
+
+struct op *op_new(struct session *s, enum op_kind kind, struct peer *c, uint32_t msgid)
+{
+    size_t size = op_size(kind);
+    struct op *op = calloc(1, size);
+
+    if (op == NULL) {
+        peer_fail(c, msgid, MSG_E_INTERNAL, "out of memory queueing the request");
+        return NULL;
+    }
+    op->s = s;
+    op->kind = kind;
+    op->peer = c;
+    op->msgid = msgid;
+    if (kind == OP_SAVE || kind == OP_LOAD)
+        msgpack_sbuffer_init(&op_file(op)->meta);
+    peer_hold(c, size);
+    return op;
+}
+
+void op_free(struct op *op)
+{
+    if (op->kind == OP_SAVE || op->kind == OP_LOAD) {
+        struct op_file *f = op_file(op);
+        msgpack_sbuffer_destroy(&f->meta); /* save's metadata, or load's copy of the file's */
+        if (f->has_loaded) {
+            msg_free(&msg_saved_state_desc, &f->loaded);
+            msgpack_unpacked_destroy(&f->unpacked);
+        }
+    }
+    if (op->kind == OP_ATTACH)
+        shm_unmap(&op_attach(op)->new_seg);
+    peer_release(op->peer, op_size(op->kind));
+    free(op);
+}
+
+void op_enqueue(struct op *op)
+{
+    struct session *s = op->s;
+
+    if (s->q_tail)
+        s->q_tail->next = op;
+    else
+        s->q_head = op;
+    s->q_tail = op;
+    if (!s->busy)
+        session_start_next(s);
+}
+
+static void op_finish(struct op *op)
+{
+    struct session *s = op->s;
+    struct registry *r = s->reg;
+
+
+    s->q_head = op->next;
+    if (s->q_head == NULL)
+        s->q_tail = NULL;
+    s->busy = false;
+    op_free(op);
+    if (s->q_head != NULL) {
+        session_start_next(s);
+    } else if (s->removed) {
+        session_free(s);
+    } else if (s->owner == NULL) {
+        shm_unmap(&s->seg);
+    }
+    registry_check_drained(r);
+}
+
+static void session_start_next(struct session *s)
+{
+    if (s->busy || s->q_head == NULL)
+        return;
+    s->busy = true;
+    op_run(s->q_head);
+}
+
+static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t nchunks)
+{
+    op->phase = phase;
+    op->job.run = fn;
+    op->job.done = op_done;
+    op->job.arg = op;
+    op->job.nchunks = nchunks;
+    pool_submit(op->s->reg->ctx->pool, &op->job);
+}
+
+/* The header of the trainer's segment, read or written on the loop thread
+ * under the SIGBUS guard: -EFAULT if the trainer shrank the object. */
+static int seg_state_get(struct session *s, uint32_t *state)
+{
+    struct shm_guard g;
+
+    shm_guard_enter(&g, &s->seg);
+    *state = seg_swap_state_load(s->seg.base);
+    return shm_guard_leave(&g);
+}
+
+static int seg_state_set(struct session *s, uint32_t state, bool bump)
+{
+    struct shm_guard g;
+
+    shm_guard_enter(&g, &s->seg);
+    seg_swap_state_store(s->seg.base, state);
+    if (bump)
+        seg_swap_generation_bump(s->seg.base);
+    return shm_guard_leave(&g);
+}
+
+/* The trainer's segment faulted under us (it shrank): that session alone
+ * fails; the segment is dropped and the session detached, shadow kept. */
+static void segment_broken(struct op *op)
+{
+    struct session *s = op->s;
+
+    log_error(reg_log(s->reg), "session %s: segment %s shrank or vanished while emad used it "
+              "(SIGBUS); session detached", s->name, s->shm_name);
+    peer_fail(op->peer, op->msgid, MSG_E_SHM,
+                "session %s: segment %s shrank or vanished while emad was using it (SIGBUS): "
+                "the operation did not complete and the shadow may hold part of it; the "
+                "session is detached: register again with resume and a valid segment",
+                s->name, s->shm_name);
+    shm_unmap(&s->seg);
+    s->owner = NULL;
+    shadow_sync(s);
+    op_finish(op);
+}
+
+/* The shadow faulted under us: someone resized it (possible only where it
+ * had to be given to its trainer, or the trainer is emad's own uid). Its
+ * contents are lost: that session alone fails, and is removed. */
+static void shadow_failed(struct op *op)
+{
+    struct session *s = op->s;
+
+    log_error(reg_log(s->reg), "session %s: shadow %s was resized or removed while emad used "
+              "it (SIGBUS); session removed", s->name, s->shadow_name);
+    peer_fail(op->peer, op->msgid, MSG_E_SHM,
+                "session %s: its shadow %s was resized or removed while emad was using it "
+                "(SIGBUS): the EMA weights are lost and the session is removed; register again",
+                s->name, s->shadow_name);
+    if (!s->removed) {
+        journal_remove(s);
+        registry_unlink(s->reg, s);
+    }
+    op_finish(op);
+}
+
+static size_t copy_chunks(const struct session *s)
+{
+    return (s->geo.params_bytes + COPY_CHUNK_BYTES - 1) / COPY_CHUNK_BYTES;
+}
+
+/* Apply the state change of a completed action, and record it in the
+ * shadow's header before anyone is told: a reply is a promise that a crash
+ * of emad from then on keeps it. */
+static void commit(struct op *op)
+{
+    struct op_event *e = op_event(op);
+    struct session *s = op->s;
+
+    ema_commit(&s->st, e->action, e->has_clock ? &e->clock : NULL);
+    if (e->resume_from != NULL) {
+        /* The replay is complete: the event is applied once, exactly. */
+        s->redo_pending = false;
+        if (s->redo_clears)
+            s->interrupted = false;
+        e->resume_from = NULL;
+        free(s->redo_from);
+        s->redo_from = NULL;
+    }
+    if (e->has_seq) {
+        /* Written in place: the header is where the record must survive. */
+        struct seq_record *rec = &shadow_hdr(s)->recent[e->seq % SEQ_RECORDS];
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        *rec = (struct seq_record){.seq = e->seq, .updates = s->st.updates,
+                                   .action = (uint8_t)e->action, .active = s->st.active,
+                                   .started = s->st.started};
+        shadow_leave(s, &g);
+        if (e->seq > s->last_seq)
+            s->last_seq = e->seq;
+    }
+    shadow_sync(s);
+}
+
+static bool is_swap(enum ema_action a)
+{
+    return a == EMA_ACTION_SWAP_IN || a == EMA_ACTION_SWAP_OUT;
+}
+
+/*
+ * A request seq at or below the last one applied is a client sending again
+ * what it sent before losing its connection. Data work that cannot be
+ * repeated (an update) is answered from the record. A swap is not: its
+ * request names the weights wanted in the params, and the client may have
+ * put the training weights back since, so it runs again against the state
+ * as it is now. true when op was answered here.
+ */
+static bool replayed(struct op *op)
+{
+    struct op_event *e = op_event(op);
+    struct session *s = op->s;
+    struct seq_record copy;
+    const struct seq_record *rec = &copy;
+    struct shm_guard g;
+
+    if (!e->has_seq || e->seq > s->last_seq)
+        return false;
+    shadow_enter(s, &g);
+    copy = shadow_hdr(s)->recent[e->seq % SEQ_RECORDS];
+    shadow_leave(s, &g);
+    /* A shadow its trainer could write (no ACLs) may hold any action: one
+     * out of range is a record emad cannot answer from. */
+    if (rec->seq != e->seq || rec->action >= EMA_ACTION_COUNT) {
+        peer_fail(op->peer, op->msgid, MSG_E_STATE,
+                    "%s: request seq %" PRIu64 " is not newer than the last applied (%" PRIu64
+                    ") and emad no longer remembers its outcome (it keeps the last %u)",
+                    ema_event_name(e->ev), e->seq, s->last_seq, SEQ_RECORDS);
+        op_finish(op);
+        return true;
+    }
+    if (is_swap((enum ema_action)rec->action))
+        return false;
+    log_info(reg_log(s->reg), "session %s: request seq %" PRIu64 " sent again; answered from "
+             "the record (%s), not applied twice", s->name, e->seq,
+             ema_action_name((enum ema_action)rec->action));
+    reply_recorded(op, rec);
+    op_finish(op);
+    return true;
+}
+
+static void run_event(struct op *op)
+{
+    struct op_event *e = op_event(op);
+    struct session *s = op->s;
+    uint32_t state;
+
+    if (replayed(op))
+        return;
+    if (ema_decide(&s->cfg, &s->st, e->ev, e->has_clock ? &e->clock : NULL, &e->action) < 0) {
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
+        op_finish(op);
+        return;
+    }
+    switch (e->action) {
+    case EMA_ACTION_NONE:
+        commit(op);
+        reply_action(op);
+        op_finish(op);
+        return;
+    case EMA_ACTION_START:
+    case EMA_ACTION_UPDATE:
+    case EMA_ACTION_START_UPDATE:
+        e->logged = s->reg->ctx->opts->crash_exact;
+        struct shadow_header h;
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        h = *shadow_hdr(s);
+        shadow_leave(s, &g);
+        if (e->logged && s->redo_pending && e->has_seq && e->seq == h.pending_seq &&
+            (uint32_t)e->action == h.pending_action && e->clock.batch == h.pending_batch &&
+            e->clock.epoch == h.pending_epoch) {
+            e->resume_from = s->redo_from; /* the replay: only what is left */
+            log_info(reg_log(s->reg), "session %s: seq %" PRIu64 " sent again after a crash: "
+                     "writing the elements the cut-short run had not", s->name, e->seq);
+        } else {
+            redo_cancel(s, "another event");
+        }
+        op->t0 = uv_hrtime();
+        if (e->logged)
+            redo_begin(s, e->resume_from, e->has_seq ? e->seq : 0, e->action, &e->clock);
+        else
+            shadow_begin(s);
+        submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
+        return;
+    case EMA_ACTION_SWAP_IN:
+        redo_cancel(s, "a swap");
+        if (seg_state_get(s, &state) < 0) {
+            segment_broken(op);
+            return;
+        }
+        if (state != SEG_TRAIN) {
+            peer_fail(op->peer, op->msgid, MSG_E_STATE,
+                        "%s: the segment's swap_state is %u, not TRAIN: restore the training "
+                        "weights from the stash first", ema_event_name(e->ev), state);
+            op_finish(op);
+            return;
+        }
+        submit(op, PH_STASH, chunk_copy, copy_chunks(s));
+        return;
+    case EMA_ACTION_SWAP_OUT:
+        submit(op, PH_RESTORE, chunk_copy, copy_chunks(s));
+        return;
+    default:
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "event: unknown action");
+        op_finish(op);
+    }
+}
+
+static void run_close(struct op *op, bool drop)
+{
+    struct op_close *c = op_close(op);
+    struct session *s = op->s;
+    struct registry *r = s->reg;
+    struct msg_empty e = {0};
+
+    if (!drop && c->keep) {
+        s->owner = NULL;
+        log_info(reg_log(r), "session %s: closed with keep; detached, shadow kept", s->name);
+    } else {
+        log_info(reg_log(r), "session %s: %s; shadow %s removed", s->name,
+                 drop ? "dropped" : "closed", s->shadow_name);
+        journal_remove(s);
+        registry_unlink(r, s);
+        /* Once a reply says a session is gone, its shadow is gone: unlink
+         * now (the mapping stays until the session is freed). */
+        if (s->shadow_name[0] != '\0')
+            shm_unlink(s->shadow_name);
+        s->shadow_name[0] = '\0';
+    }
+    peer_reply(op->peer, op->msgid, &msg_empty_desc, &e);
+    op_finish(op);
+}
+
+static void run_attach(struct op *op)
+{
+    struct op_attach *a = op_attach(op);
+    struct session *s = op->s;
+    uint32_t state = SEG_TRAIN;
+
+    shm_unmap(&s->seg);
+    s->seg = a->new_seg;
+    s->geo = a->new_geo;
+    a->new_seg.base = NULL;
+    a->new_seg.len = 0;
+    snprintf(s->shm_name, sizeof(s->shm_name), "%s", a->new_shm);
+    s->params_bytes = s->geo.params_bytes;
+    if (seg_state_get(s, &state) < 0) {
+        segment_broken(op);
+        return;
+    }
+    /* The trainer restored its training weights itself if it crashed while
+     * the EMA weights were in: believe the segment. */
+    if (s->st.active && state == SEG_TRAIN) {
+        s->st.active = false;
+        log_info(reg_log(s->reg), "session %s: the new segment holds the training weights; "
+                 "EMA weights no longer active", s->name);
+    }
+    shadow_sync(s);
+    reply_register(op, a->compact);
+    op_finish(op);
+}
+
+static void op_run(struct op *op)
+{
+    struct session *s = op->s;
+
+    if (shadow_is_broken(s) && op->kind != OP_CLOSE && op->kind != OP_DROP) {
+        shadow_failed(op);
+        return;
+    }
+    switch (op->kind) {
+    case OP_INIT:
+        op->t0 = uv_hrtime();
+        shadow_begin(s);
+        submit(op, PH_TENSORS, chunk_init, s->plan.nchunks + 1);
+        return;
+    case OP_ATTACH:
+        run_attach(op);
+        return;
+    case OP_EVENT:
+        if (s->seg.base == NULL) {
+            peer_fail(op->peer, op->msgid, MSG_E_STATE,
+                        "session %s is detached: register with resume first", s->name);
+            op_finish(op);
+            return;
+        }
+        run_event(op);
+        return;
+    case OP_SAVE:
+        redo_cancel(s, "a save");
+        if (session_meta_encode(s, &op_file(op)->meta) < 0) {
+            peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "save: out of memory");
+            op_finish(op);
+            return;
+        }
+        submit(op, PH_FILE, chunk_file, 1);
+        return;
+    case OP_LOAD:
+        /* Queued behind a close or drop: the session is gone now. */
+        if (s->removed) {
+            peer_fail(op->peer, op->msgid, MSG_E_NOSESSION, "load: session %s is being closed",
+                        s->name);
+            op_finish(op);
+            return;
+        }
+        if (s->st.active) {
+            peer_fail(op->peer, op->msgid, MSG_E_STATE,
+                        "load: session %s has its EMA weights swapped in; swap out first",
+                        s->name);
+            op_finish(op);
+            return;
+        }
+        redo_cancel(s, "a load");
+        shadow_begin(s);
+        submit(op, PH_FILE, chunk_file, 1);
+        return;
+    case OP_CLOSE:
+        run_close(op, false);
+        return;
+    case OP_DROP:
+        run_close(op, true);
+        return;
+    }
+}
+
+static void reply_file(struct op *op)
+{
+    struct op_file *f = op_file(op);
+    struct msg_file_reply rep;
+
+    log_info(reg_log(op->s->reg), "session %s: %s %s (%" PRIu64 " bytes)", op->s->name,
+             op->kind == OP_SAVE ? "saved to" : "loaded from", f->path, f->bytes);
+    rep.path = msg_str_c(f->path);
+    rep.bytes = f->bytes;
+    peer_reply(op->peer, op->msgid, &msg_file_reply_desc, &rep);
+}
+
+/* A save or load is done: the reply, or for a load the journal first.
+ * true when more work was submitted (the op goes on). */
+static bool finish_file(struct op *op)
+{
+    struct op_file *f = op_file(op);
+    const char *what = op->kind == OP_SAVE ? "save" : "load";
+
+    if (f->rc < 0) {
+        /* PERM: a state file of another uid, or a state directory others may write. LIMIT:
+         * over the uid's quota of state files (store_quota_check). */
+        const char *code = f->rc == -EINVAL   ? MSG_E_STATE
+                           : f->rc == -EPERM  ? MSG_E_PERM
+                           : f->rc == -EDQUOT ? MSG_E_LIMIT
+                                               : MSG_E_IO;
+        log_warn(reg_log(op->s->reg), "session %s: %s failed: %s", op->s->name, what, f->err);
+        peer_fail(op->peer, op->msgid, code, "%s", f->err);
+        return false;
+    }
+    if (op->kind == OP_LOAD) {
+        session_apply_saved(op->s, &f->loaded);
+        op->s->interrupted = false; /* the shadow is the file's now */
+        shadow_sync(op->s);
+        submit(op, PH_JOURNAL, chunk_journal, 1);
+        return true;
+    }
+    reply_file(op);
+    return false;
+}
+
+static void op_done(struct pool_job *job)
+{
+    struct op *op = job->arg;
+    struct session *s = op->s;
+
+    /* First: a shadow that faulted may fault again anywhere below where it
+     * did, so nothing reads it any more (not even its redo records). */
+    if (job->status == -EFAULT && shadow_is_broken(s)) {
+        shadow_failed(op);
+        return;
+    }
+    if (job->status != 0 && op->kind == OP_EVENT && op_event(op)->logged &&
+        op->phase == PH_TENSORS) {
+        /* Cut short: the records tell how far it got, for its replay. */
+        bool clears = s->redo_pending ? s->redo_clears : !s->interrupted;
+        op_event(op)->resume_from = NULL; /* redo_recover replaces redo_from */
+        struct shm_guard g;
+        shadow_enter(s, &g);
+        int recovered = redo_recover(s);
+        shadow_leave(s, &g);
+        if (recovered == 0)
+            s->redo_clears = clears;
+        else
+            redo_cancel(s, "the event failed");
+        s->interrupted = true;
+        shadow_sync(s);
+    }
+    if (job->status == -EFAULT) {
+        segment_broken(op);
+        return;
+    }
+    if (job->status != 0) {
+        log_error(reg_log(s->reg), "session %s: %s failed in a worker: %s", s->name,
+                  ema_action_name(op->kind == OP_EVENT ? op_event(op)->action : EMA_ACTION_NONE),
+                  strerror(-job->status));
+        peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "session %s: the work failed: %s",
+                    s->name, strerror(-job->status));
+        op_finish(op);
+        return;
+    }
+    switch (op->phase) {
+    case PH_TENSORS:
+        if (op->kind == OP_INIT) {
+            s->ready = true;
+            shadow_sync(s);
+            if (op_init(op)->rc < 0)
+                journal_failed(s, op_init(op)->err);
+            reply_register(op, op_init(op)->compact);
+            break;
+        }
+        s->last_update_seconds = (double)(uv_hrtime() - op->t0) / 1e9;
+        commit(op);
+        reply_action(op);
+        break;
+    case PH_STASH:
+        /* The stash is complete: from here a crash leaves a restorable copy. */
+        if (seg_state_set(s, SEG_STASHED, false) < 0) {
+            segment_broken(op);
+            return;
+        }
+        submit(op, PH_CAST, chunk_tensors, s->plan.nchunks);
+        return;
+    case PH_CAST:
+    case PH_RESTORE:
+        if (seg_state_set(s, op->phase == PH_CAST ? SEG_EMA : SEG_TRAIN, true) < 0) {
+            segment_broken(op);
+            return;
+        }
+        commit(op);
+        reply_action(op);
+        break;
+    case PH_FILE:
+        if (finish_file(op))
+            return;
+        break;
+    case PH_JOURNAL:
+        if (op_file(op)->rc < 0)
+            journal_failed(s, op_file(op)->err);
+        reply_file(op);
+        break;
+    case PH_NONE:
+        break;
+    }
+    op_finish(op);
+}

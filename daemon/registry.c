@@ -1,0 +1,279 @@
+/*
+ * registry.c - the sessions of every uid: names per uid and root's ways to
+ * name others', lookup for the handlers, per-uid usage, the status report,
+ * and waiting for every operation to end at a stop.
+ */
+#include "session_impl.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int registry_init(struct registry *r, struct emad *ctx)
+{
+    memset(r, 0, sizeof(*r));
+    r->ctx = ctx;
+    r->kops = kernel_ops_best();
+    r->home = 1469598103934665603ull; /* FNV-1a of the state directory */
+    for (const char *p = ctx->opts->state_dir; *p != '\0'; p++)
+        r->home = (r->home ^ (unsigned char)*p) * 1099511628211ull;
+    if (snprintf(r->live_dir, sizeof(r->live_dir), "%s/live", ctx->opts->state_dir) >=
+        (int)sizeof(r->live_dir))
+        r->live_dir[0] = '\0';
+    return 0;
+}
+
+static bool named(const struct session *s, const char *name, size_t len)
+{
+    return strlen(s->name) == len && memcmp(s->name, name, len) == 0;
+}
+
+/* Names are per uid: the same name for two users is two sessions. */
+struct session *registry_find(struct registry *r, uid_t uid, const char *name, size_t len)
+{
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (s->uid == uid && named(s, name, len))
+            return s;
+    return NULL;
+}
+
+/*
+ * The session a peer of uid means by name: its own of that name. Root may
+ * name another user's too: its own first, else the only session of that
+ * name, else "<uid>:<name>" (how status shows other users' sessions to
+ * root). 0, -ENOENT, or -EEXIST when root's name fits several users'.
+ */
+int registry_resolve(struct registry *r, uid_t uid, const char *name, size_t len,
+            struct session **out)
+{
+    struct session *only = NULL;
+    unsigned n = 0;
+    uint64_t owner = 0;
+    size_t i = 0;
+
+    if ((*out = registry_find(r, uid, name, len)) != NULL)
+        return 0;
+    if (uid != 0)
+        return -ENOENT;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (named(s, name, len)) {
+            only = s;
+            n++;
+        }
+    if (n > 1)
+        return -EEXIST;
+    if ((*out = only) != NULL)
+        return 0;
+    while (i < len && name[i] >= '0' && name[i] <= '9' && owner <= UINT32_MAX)
+        owner = owner * 10 + (uint64_t)(name[i++] - '0');
+    if (i == 0 || i + 1 >= len || name[i] != ':' || owner > UINT32_MAX)
+        return -ENOENT;
+    *out = registry_find(r, (uid_t)owner, name + i + 1, len - i - 1);
+    return *out != NULL ? 0 : -ENOENT;
+}
+
+void registry_usage(const struct registry *r, uid_t uid, struct usage *u)
+{
+    memset(u, 0, sizeof(*u));
+    for (const struct session *s = r->head; s != NULL; s = s->next) {
+        if (s->uid != uid)
+            continue;
+        u->sessions++;
+        u->tensors += s->ntensors;
+        u->shadow_bytes += shadow_object_bytes(s);
+    }
+}
+
+void registry_unlink(struct registry *r, struct session *s)
+{
+    for (struct session **pp = &r->head; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            r->count--;
+            s->removed = true;
+            return;
+        }
+    }
+}
+
+void registry_insert(struct registry *r, struct session *s)
+{
+    s->next = r->head;
+    r->head = s;
+    r->count++;
+}
+
+void registry_free(struct registry *r)
+{
+    while (r->head != NULL) {
+        struct session *s = r->head;
+        if (s->kept || !s->ready) {
+            journal_remove(s);
+        } else {
+            /* Not in a state file (the save failed): leave its journal and
+             * shadow for the next emad to take back, as after a crash. */
+            log_warn(reg_log(r), "session %s: shadow %s and its journal left in place for the "
+                     "next start", s->name, s->shadow_name);
+            s->shadow_name[0] = '\0';
+        }
+        registry_unlink(r, s);
+        session_free(s);
+    }
+}
+
+void registry_check_drained(struct registry *r)
+{
+    if (r->drained != NULL && pool_in_flight(r->ctx->pool) == 0) {
+        bool idle = true;
+        for (struct session *s = r->head; s != NULL && idle; s = s->next)
+            idle = s->q_head == NULL;
+        if (idle) {
+            void (*cb)(struct registry *) = r->drained;
+            r->drained = NULL;
+            cb(r);
+        }
+    }
+}
+
+void registry_drain(struct registry *r, void (*cb)(struct registry *r))
+{
+    r->drained = cb;
+    registry_check_drained(r);
+}
+
+void registry_peer_closed(struct registry *r, struct peer *c)
+{
+    for (struct session *s = r->head; s != NULL; s = s->next) {
+        if (s->owner != c)
+            continue;
+        s->owner = NULL;
+        log_info(reg_log(r), "session %s: owner (pid %ld) disconnected; detached, shadow kept",
+                 s->name, (long)s->owner_pid);
+        /* The trainer's segment is no longer ours to read once nothing runs. */
+        if (s->q_head == NULL)
+            shm_unmap(&s->seg);
+    }
+}
+
+/* Where the file system has no ACLs, shadows are given to their trainers,
+ * which can then resize them: say so once. */
+void registry_share_note(struct registry *r, enum shm_share share)
+{
+    if (share != SHM_SHARE_CHOWN || r->share_warned)
+        return;
+    r->share_warned = true;
+    log_warn(reg_log(r), "/dev/shm refuses POSIX ACLs: shadows are given to their trainers' "
+             "uids (mode 0400), so a trainer can resize its own shadow and fail its session; "
+             "mount /dev/shm with ACL support (tmpfs has it) to keep shadows emad's");
+}
+
+bool session_visible(const struct session *s, uid_t uid)
+{
+    return uid == 0 || s->uid == uid;
+}
+
+void session_fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o)
+{
+    memset(o, 0, sizeof(*o));
+    /* Root sees other users' sessions as "<uid>:<name>", the name it may
+     * use for them (names are per uid). */
+    o->session = msg_str_c(viewer != s->uid ? s->qualified : s->name);
+    o->attached = s->owner != NULL;
+    o->has_owner_pid = s->owner != NULL;
+    o->owner_pid = s->owner_pid;
+    o->tensors = s->ntensors;
+    o->params_bytes = s->params_bytes;
+    o->shadow_bytes = s->shadow_bytes;
+    o->smoothing = s->cfg.smoothing;
+    o->has_half_life = s->cfg.has_half_life;
+    o->half_life = msg_str_c(s->half_life);
+    o->update_interval = msg_str_c(s->update_interval);
+    o->ema_start = msg_str_c(s->ema_start);
+    o->started = s->st.started;
+    o->active = s->st.active;
+    o->updates = s->st.updates;
+    o->swaps = s->st.swaps;
+    o->has_last_time = s->st.has_last_time;
+    o->last_time.batch = s->st.last_time.batch;
+    o->last_time.epoch = s->st.last_time.epoch;
+    o->last_time.has_duration = s->st.last_time.has_duration;
+    o->last_time.duration = s->st.last_time.duration;
+    o->last_update_seconds = s->last_update_seconds;
+    o->shm = msg_str_c(s->shm_name);
+    o->shadow_shm = msg_str_c(s->shadow_name);
+    o->has_interrupted = true;
+    o->interrupted = s->interrupted;
+    o->has_seq = true;
+    o->seq = s->last_seq;
+}
+
+/* Whether status lists s for peer uid: every visible session, or the one
+ * named (all of that name, for root's ambiguous name). */
+static bool shown(const struct session *s, uid_t uid, const struct msg_status *req,
+                  const struct session *one, bool all_named)
+{
+    if (!session_visible(s, uid))
+        return false;
+    if (!req->has_session)
+        return true;
+    return all_named ? named(s, req->session.ptr, req->session.len) : s == one;
+}
+
+int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
+                    struct msg_session_state **out, size_t *n)
+{
+    size_t count = 0, i = 0;
+
+    *out = NULL;
+    *n = 0;
+    /* By name: the one the peer means; for root, every user's session of
+     * an ambiguous name. */
+    struct session *one = NULL;
+    int rc = req->has_session ? registry_resolve(r, uid, req->session.ptr, req->session.len, &one) : 0;
+    if (rc == -ENOENT)
+        return -ENOENT;
+    bool all_named = rc == -EEXIST;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        count += shown(s, uid, req, one, all_named);
+    if (count == 0)
+        return 0;
+    *out = calloc(count, sizeof(**out));
+    if (*out == NULL)
+        return -ENOMEM;
+    for (struct session *s = r->head; s != NULL; s = s->next)
+        if (shown(s, uid, req, one, all_named))
+            session_fill_state(s, uid, &(*out)[i++]);
+    *n = count;
+    return 0;
+}
+
+/* Find a session the peer may use; replies and returns NULL otherwise. */
+struct session *registry_lookup(struct registry *r, struct peer *c, uint32_t msgid,
+                       const char *method, struct msg_str name, bool owner_only)
+{
+    struct session *s = NULL;
+    int shown = (int)(name.len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name.len);
+
+    if (registry_resolve(r, c->uid, name.ptr, name.len, &s) == -EEXIST) {
+        peer_fail(c, msgid, MSG_E_BADARG, "%s: sessions of several users are named \"%.*s\": "
+                    "name one as <uid>:<name>", method, shown, name.ptr);
+        return NULL;
+    }
+    if (s == NULL || !session_visible(s, c->uid)) {
+        peer_fail(c, msgid, MSG_E_NOSESSION, "%s: no session named \"%.*s\"", method, shown,
+                    name.ptr);
+        return NULL;
+    }
+    if (owner_only && s->owner != c) {
+        if (s->owner == NULL)
+            peer_fail(c, msgid, MSG_E_PERM,
+                        "%s: session %s is detached; register with resume to own it", method,
+                        s->name);
+        else
+            peer_fail(c, msgid, MSG_E_PERM,
+                        "%s: session %s is owned by another connection (pid %ld)", method,
+                        s->name, (long)s->owner_pid);
+        return NULL;
+    }
+    return s;
+}

@@ -1,0 +1,300 @@
+/*
+ * session_impl.h - what the session files share (see session.h for the
+ * map): the session and its tensors, the operations of its FIFO, one struct
+ * per kind of request, and the functions one file gives another. Not for
+ * the rest of emad.
+ */
+#ifndef EMAD_SESSION_IMPL_H
+#define EMAD_SESSION_IMPL_H
+
+#include "peer.h"
+#include "pool.h"
+#include "session.h"
+
+#include <limits.h>
+#include <msgpack.h>
+
+/* Elements per chunk: a few MiB of each stream, enough to amortise the
+ * hand-off, small enough that sessions interleave finely. */
+#define CHUNK_ELEMS (1u << 20)
+/* Bytes per chunk of the stash copies. */
+#define COPY_CHUNK_BYTES (4u << 20)
+
+struct tensor {
+    char *name;                /* NUL-terminated copy, in the session's names block */
+    enum dtype dtype;          /* of the param */
+    enum dtype shadow_dtype;   /* f32 for f32/f16/bf16, else dtype */
+    uint64_t numel;
+    uint64_t offset;           /* in the params area */
+    uint64_t shadow_offset;    /* in the shadow object */
+};
+
+/* A chunk is a run of pieces: parts of tensors processed by one worker. */
+struct piece {
+    uint32_t tensor;
+    uint64_t start;            /* first element */
+    uint64_t count;
+};
+
+struct plan {
+    struct piece *pieces;
+    size_t npieces;
+    size_t *first;             /* chunk c is pieces[first[c], first[c + 1]) */
+    size_t nchunks;
+};
+
+struct session {
+    struct session *next;      /* in the registry */
+    struct registry *reg;
+    char name[SESSION_NAME_MAX + 1];
+    char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
+    uid_t uid;                 /* owner's uid: only it (and root) may touch it; names are
+                                  unique per uid */
+    struct peer *owner;        /* NULL while detached */
+    pid_t owner_pid;
+    struct tensor *tensors;
+    size_t ntensors;
+    char *names;               /* every tensor's name, back to back (one allocation) */
+    struct seg_geometry geo;   /* the segment's, as checked when it was mapped: never read
+                                  again from its header, which the trainer can rewrite */
+    uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
+    uint64_t shadow_bytes;
+    struct plan plan;          /* the tensors in chunks, for updates and casts */
+    struct ema_config cfg;
+    struct ema_state st;
+    char half_life[EMA_TIME_STRLEN];
+    char update_interval[EMA_TIME_STRLEN];
+    char ema_start[EMA_TIME_STRLEN];
+    char shm_name[256];        /* the trainer's segment */
+    struct shm_map seg;        /* mapped while attached (or while work uses it) */
+    char shadow_name[64];
+    struct shm_map shadow;
+    double last_update_seconds;
+    bool interrupted;          /* an update was cut short by a crash of emad */
+    uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
+                                  of the last ones are in the shadow header (recent) */
+    uint64_t redo_off;         /* the redo records, in the shadow object */
+    uint64_t redo_bytes;       /* the object's bytes past shadow_bytes */
+    bool redo_pending;         /* an event cut short by a crash awaits its replay: */
+    bool redo_clears;          /* ... (the header's pending_* say which event) and which
+                                  clears interrupted (set by that crash only) */
+    uint64_t *redo_from;       /* per chunk: elements it had written for good */
+    struct op *q_head, *q_tail;/* operations waiting or running (the head) */
+    bool busy;                 /* the head is running */
+    bool ready;                /* the shadow is initialised */
+    bool removed;              /* out of the registry; freed when the queue empties */
+    bool kept;                 /* written to a state file by registry_save_all */
+    bool closing;              /* a close (without keep) or a drop is queued: the session is
+                                  as good as gone to resume, drop and load */
+    bool shadow_broken;        /* the shadow faulted (resized under emad): the session fails;
+                                  set by any thread (atomic) */
+};
+
+/* ---- operations: one struct per kind, each starting with struct op ---- */
+
+enum op_kind {
+    OP_INIT,    /* register: shadow := params (struct op_init) */
+    OP_ATTACH,  /* register with resume: adopt a new segment (struct op_attach) */
+    OP_EVENT,   /* event and swap (struct op_event) */
+    OP_SAVE,    /* struct op_file */
+    OP_LOAD,    /* struct op_file */
+    OP_CLOSE,   /* struct op_close */
+    OP_DROP,    /* struct op_close */
+};
+
+enum op_phase {
+    PH_NONE,
+    PH_TENSORS, /* update / start / initialise: tensor chunks */
+    PH_STASH,   /* swap in, first half: params -> stash */
+    PH_CAST,    /* swap in, second half: shadow -> params */
+    PH_RESTORE, /* swap out: stash -> params */
+    PH_FILE,    /* save / load: one chunk */
+    PH_JOURNAL, /* load, then: the journal (its fsyncs off the loop thread) */
+};
+
+/* What every operation has: its place in the FIFO and who gets the reply. */
+struct op {
+    struct op *next;
+    struct session *s;
+    enum op_kind kind;
+    enum op_phase phase;
+    struct peer *peer;         /* who gets the reply (held, with the op's size) */
+    uint32_t msgid;
+    struct pool_job job;
+    uint64_t t0;               /* uv_hrtime when the data work began */
+};
+
+struct op_event {
+    struct op op;
+    enum ema_event ev;
+    bool has_clock;
+    struct ema_clock clock;
+    enum ema_action action;
+    const uint64_t *resume_from; /* sent again after a crash: per chunk, done already */
+    bool logged;               /* tensor work in logged blocks (--crash-exact) */
+    bool has_seq;              /* the client's request number */
+    uint64_t seq;
+};
+
+struct op_init {
+    struct op op;
+    bool compact;              /* the reply lists shadow offsets only */
+    int rc;                    /* the journal written beside the initialisation */
+    char err[512];
+};
+
+struct op_attach {
+    struct op op;
+    bool compact;
+    struct shm_map new_seg;
+    struct seg_geometry new_geo; /* new_seg's checked geometry */
+    char new_shm[256];
+};
+
+struct op_close {
+    struct op op;
+    bool keep;                 /* close with keep: detach only */
+};
+
+struct op_file {
+    struct op op;
+    char file[160];            /* the state file's name */
+    msgpack_sbuffer meta;      /* save: metadata; load: the file's metadata copy */
+    char path[PATH_MAX];       /* result */
+    uint64_t bytes;
+    int rc;                    /* result (then, for a load, the journal's) */
+    char err[512];
+    struct msg_saved_state loaded; /* load: decoded metadata */
+    msgpack_unpacked unpacked;     /* load: what loaded points into */
+    bool has_loaded;
+};
+
+/* The kind's struct: op is its first member. */
+static inline struct op_event *op_event(struct op *op)
+{
+    return (struct op_event *)op;
+}
+
+static inline struct op_init *op_init(struct op *op)
+{
+    return (struct op_init *)op;
+}
+
+static inline struct op_attach *op_attach(struct op *op)
+{
+    return (struct op_attach *)op;
+}
+
+static inline struct op_close *op_close(struct op *op)
+{
+    return (struct op_close *)op;
+}
+
+static inline struct op_file *op_file(struct op *op)
+{
+    return (struct op_file *)op;
+}
+
+static inline struct log *reg_log(const struct registry *r)
+{
+    return r->ctx->log;
+}
+
+/* ---- registry.c ---- */
+
+/* What a uid holds, against the per-uid limits. */
+struct usage {
+    unsigned sessions;
+    uint64_t tensors;
+    uint64_t shadow_bytes;
+};
+
+struct session *registry_find(struct registry *r, uid_t uid, const char *name, size_t len);
+int registry_resolve(struct registry *r, uid_t uid, const char *name, size_t len,
+                     struct session **out);
+/* A session the peer may use (its owner only if owner_only); replies and
+ * returns NULL otherwise. */
+struct session *registry_lookup(struct registry *r, struct peer *p, uint32_t msgid,
+                                const char *method, struct msg_str name, bool owner_only);
+void registry_usage(const struct registry *r, uid_t uid, struct usage *u);
+void registry_insert(struct registry *r, struct session *s);
+void registry_unlink(struct registry *r, struct session *s);
+void registry_check_drained(struct registry *r);
+void registry_share_note(struct registry *r, enum shm_share share);
+bool session_visible(const struct session *s, uid_t uid);
+void session_fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o);
+
+/* ---- session.c ---- */
+
+void session_free(struct session *s);
+/* The config (NULL: every default) into s->cfg and its strings; s is left
+ * as it was on -EINVAL. */
+int session_config_set(struct session *s, const struct msg_config *c, char *err, size_t errlen);
+/* Validate the tensor table and lay out the shadow. 0, or -EINVAL (BADARG)
+ * / -E2BIG (LIMIT) with err, or -ENOMEM. */
+int session_build_tensors(struct session *s, const struct msg_register *req,
+                          uint64_t max_tensors, char *err, size_t errlen);
+/* A state file's config and counters into s (a load, a restart). */
+void session_apply_saved(struct session *s, const struct msg_saved_state *m);
+
+/* ---- op.c ---- */
+
+/* A new operation of kind on s for the peer's request msgid; replies and
+ * returns NULL when out of memory. */
+struct op *op_new(struct session *s, enum op_kind kind, struct peer *p, uint32_t msgid);
+void op_free(struct op *op);
+/* Append op to its session's FIFO (it runs when it reaches the head). */
+void op_enqueue(struct op *op);
+void reply_register(struct op *op, bool compact);
+
+/* ---- chunk.c: worker threads only ---- */
+
+int chunk_tensors(void *op, size_t index);
+int chunk_init(void *op, size_t index);
+int chunk_copy(void *op, size_t index);
+int chunk_file(void *op, size_t index);
+int chunk_journal(void *op, size_t index);
+
+/* ---- record.c ---- */
+
+struct shadow_header *shadow_hdr(const struct session *s);
+/* Where element start of tensor t's shadow is. */
+void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start);
+/* The tensors' part of the shadow object (what save and load move). */
+void *shadow_data(const struct session *s);
+uint64_t shadow_data_bytes(const struct session *s);
+/* The shadow object's size: the shadow and the records. */
+uint64_t shadow_object_bytes(const struct session *s);
+void shadow_enter(struct session *s, struct shm_guard *g);
+void shadow_leave(struct session *s, struct shm_guard *g);
+bool shadow_is_broken(const struct session *s);
+void shadow_begin(struct session *s);
+void shadow_sync(struct session *s);
+struct redo_rec *redo_rec(const struct session *s, size_t chunk);
+void redo_layout(struct session *s);
+void redo_begin(struct session *s, const uint64_t *resume_from, uint64_t pending_seq,
+                enum ema_action action, const struct ema_clock *clock);
+int redo_recover(struct session *s);
+void redo_cancel(struct session *s, const char *why);
+int redo_for_each_block(const struct session *s, size_t c,
+                        int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
+                                  uint64_t start, uint64_t n),
+                        void *arg);
+
+/* ---- persist.c ---- */
+
+int session_meta_encode(struct session *s, msgpack_sbuffer *sb);
+/* The journal: journal_store on any thread (it logs nothing), 0 or -errno
+ * with err; journal_write logs a failure. */
+int journal_store(struct session *s, char *err, size_t errlen);
+void journal_write(struct session *s);
+void journal_failed(struct session *s, const char *why);
+void journal_remove(struct session *s);
+
+/* ---- plan.c ---- */
+
+/* Split tensors into chunks of about chunk_elems elements. 0 or -ENOMEM. */
+int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_elems);
+void plan_free(struct plan *p);
+
+#endif
