@@ -172,7 +172,7 @@ int names_shadow_format(char *out, size_t outlen, long pid,
 
 long names_shadow_pid(const char *name)
 {
-    const char *prefix = NAMES_SHADOW_PREFIX + 1, *p;
+    const char *prefix = &NAMES_SHADOW_PREFIX[1], *p; /* as /dev/shm lists it */
     char *end;
     long pid;
 
