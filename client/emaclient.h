@@ -197,6 +197,12 @@ const struct emac_tensor *emac_segment_tensor(const emac_segment *seg, size_t i)
 /* The whole mapping (header at offset 0) and its size, for tools and tests. */
 void *emac_segment_base(const emac_segment *seg);
 uint64_t emac_segment_bytes(const emac_segment *seg);
+/* The stash: while the EMA weights are swapped in (swap_state EMA), the
+ * training weights of tensor i lie at stash + emac_segment_tensor(seg,
+ * i)->offset, laid out as in the params. The offset is read from the
+ * header after checking it (as emac_segment_restore does); NULL when the
+ * check fails. */
+void *emac_segment_stash(const emac_segment *seg);
 
 /* The header's swap_state (0 TRAIN, 1 STASHED, 2 EMA), read with acquire
  * ordering, and the swap_generation (either pointer may be NULL). */

@@ -2,8 +2,11 @@
 libemaclient, errors with the contract's codes, and crash safety as seen
 from Python."""
 
+import ctypes
+import inspect
 import os
 import unittest
+from unittest import mock
 
 import torch
 
@@ -403,6 +406,61 @@ class Api(emadtest.EmadTestCase):
         # after close the hook does nothing (the scheduler wrapped it: it stays)
         emadtest.train_step(model, opt, 2)
         self.assertEqual(opt._step_count, 3)
+
+
+class Stash(emadtest.EmadTestCase):
+    """The stash is found by libemaclient (emac_segment_stash), which checks
+    the segment's header: the binding never reads header bytes itself."""
+
+    def test_segment_stash_is_found_and_checked_by_the_library(self):
+        with emaclient.Segment(SPECS) as seg:
+            # The test, not the binding, reads the header: stash_offset at 40.
+            head = ctypes.string_at(seg.base, 48)
+            self.assertEqual(seg.stash(), seg.base + int.from_bytes(head[40:48], "little"))
+            magic = (ctypes.c_char * 8).from_address(seg.base)
+            magic[0] = b"X"
+            try:
+                with self.assertRaises(emaclient.Error) as cm:
+                    seg.stash()
+                self.assertEqual(cm.exception.code, "SHM")
+                self.assertIn(seg.name, cm.exception.message)
+            finally:
+                magic[0] = b"E"
+            self.assertEqual(seg.stash(), seg.base + int.from_bytes(head[40:48], "little"))
+
+    def test_torch_module_leaves_the_header_to_the_library(self):
+        src = inspect.getsource(emaclient.torch)
+        self.assertNotIn("EMASEG01", src)
+        self.assertNotIn("from_bytes", src)
+
+    def test_training_state_dict_reads_the_stash_through_the_library(self):
+        d = self.daemon()
+        model = make_model(0)
+        ema = EMA(model, socket=d.sock, session="stash", mode="shm", half_life="2ba")
+        calls = []
+        real = emaclient.Segment.stash
+
+        def spy(seg):
+            calls.append(seg.name)
+            return real(seg)
+
+        try:
+            opt = ema.attach_optimizer(make_optimizer(model))
+            for step in range(4):
+                ema.batch_start(step)
+                emadtest.train_step(model, opt, step)
+                ema.batch_end()
+            ema.wait()
+            training = model_state(model)
+            with mock.patch.object(emaclient.Segment, "stash", spy):
+                with ema.eval():
+                    self.assertEqual(ema._res.segment.swap_state()[0], emaclient.SWAP_EMA)
+                    got = ema.training_state_dict()
+            self.assertEqual(calls, [ema._res.segment.name])
+            self.assertTrue(got)
+            self.assertIsNone(first_difference(got, {n: training[n] for n in got}))
+        finally:
+            ema.close()
 
 
 if __name__ == "__main__":

@@ -424,6 +424,15 @@ class Segment:
             return (ctypes.c_char * 0)()
         return (ctypes.c_char * t.nbytes).from_address(t.address)
 
+    def stash(self):
+        """The address of the stash, where the training weights lie while
+        the EMA weights are swapped in: tensor t's at stash() + t.offset.
+        The library reads the header (and checks it); SHM if it is bad."""
+        addr = lib.emac_segment_stash(self._handle())
+        if not addr:
+            raise Error("SHM", "segment %s: bad header" % self.name)
+        return addr
+
     def swap_state(self):
         """(swap_state, swap_generation) from the header: SWAP_TRAIN,
         SWAP_STASHED or SWAP_EMA, read with acquire ordering."""

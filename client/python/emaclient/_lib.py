@@ -190,6 +190,7 @@ _PROTOTYPES = {
     "emac_segment_tensor": (POINTER(EmacTensor), [segment_p, c_size_t]),
     "emac_segment_base": (c_void_p, [segment_p]),
     "emac_segment_bytes": (c_uint64, [segment_p]),
+    "emac_segment_stash": (c_void_p, [segment_p]),
     "emac_segment_swap_state": (None, [segment_p, POINTER(c_uint32), POINTER(c_uint64)]),
     "emac_segment_restore": (c_int, [segment_p, POINTER(c_bool), err_p]),
     "emac_segment_recover": (c_int, [c_char_p, POINTER(c_bool), err_p]),

@@ -907,13 +907,10 @@ class EMA:
 
     def _stash_views(self):
         """The training weights while the EMA weights are swapped in: the
-        segment's stash (PROTOCOL.md §3: stash_offset + each tensor's offset)."""
-        seg = self._res.segment
-        head = bytes((ctypes.c_char * 64).from_address(seg.base))
-        if head[:8] != b"EMASEG01":
-            raise Error("SHM", "segment %s: bad header" % seg.name)
-        stash = int.from_bytes(head[40:48], "little")
-        return {e.name: _view(seg.base + stash + e.info.offset if e.info.nbytes else None,
+        segment's stash, which libemaclient locates (the header is its
+        business, not this module's)."""
+        stash = self._res.segment.stash()
+        return {e.name: _view(stash + e.info.offset if e.info.nbytes else None,
                               e.info.nbytes, e.dtype, e.shape) for e in self._entries}
 
     def training_state_dict(self):

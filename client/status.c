@@ -1,0 +1,146 @@
+/*
+ * status.c - the daemon's status, and the copies of session states out of
+ * replies (status and register give them alike).
+ */
+#include "emaclient_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* What emac_status hands out, and emac_status_free takes back. */
+struct status_box {
+    struct emac_status pub; /* first: the pointer users hold */
+    char *raw;              /* the result map as received */
+    size_t raw_len;
+    struct arena arena;
+};
+
+/* ---- strings copied out of replies ---- */
+
+const char *client_arena_str(struct arena *a, struct msg_str s)
+{
+    char *p;
+    if (s.ptr == NULL)
+        return NULL;
+    if (a->used + s.len + 1 > a->cap)
+        return ""; /* cannot happen: arenas are sized from the reply */
+    p = a->buf + a->used;
+    if (s.len)
+        memcpy(p, s.ptr, s.len);
+    p[s.len] = '\0';
+    a->used += s.len + 1;
+    return p;
+}
+
+size_t client_session_strings(const struct msg_session_state *s)
+{
+    return s->session.len + s->half_life.len + s->update_interval.len + s->ema_start.len +
+           s->shm.len + s->shadow_shm.len + 6;
+}
+
+void client_copy_session(struct arena *a, struct emac_session_info *o,
+                         const struct msg_session_state *s)
+{
+    o->session = client_arena_str(a, s->session);
+    o->attached = s->attached;
+    o->owner_pid = s->has_owner_pid ? (long)s->owner_pid : -1;
+    o->tensors = s->tensors;
+    o->params_bytes = s->params_bytes;
+    o->shadow_bytes = s->shadow_bytes;
+    o->smoothing = s->smoothing;
+    o->half_life = s->has_half_life ? client_arena_str(a, s->half_life) : NULL;
+    o->update_interval = client_arena_str(a, s->update_interval);
+    o->ema_start = client_arena_str(a, s->ema_start);
+    o->started = s->started;
+    o->active = s->active;
+    o->updates = s->updates;
+    o->swaps = s->swaps;
+    o->has_last_time = s->has_last_time;
+    o->last_batch = s->last_time.batch;
+    o->last_epoch = s->last_time.epoch;
+    o->has_last_duration = s->last_time.has_duration;
+    o->last_duration = s->last_time.duration;
+    o->last_update_seconds = s->last_update_seconds;
+    o->shm = client_arena_str(a, s->shm);
+    o->shadow_shm = client_arena_str(a, s->shadow_shm);
+    o->interrupted = s->has_interrupted && s->interrupted;
+    o->seq = s->has_seq ? s->seq : 0;
+}
+/* ---- status ---- */
+
+int emac_status(emac_client *c, const char *session, struct emac_status **out,
+                struct emac_error *err)
+{
+    struct msg_status req;
+    struct msg_status_reply rep;
+    struct status_box *b;
+    int rc;
+
+    if (c == NULL || out == NULL)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_status: NULL argument");
+    *out = NULL;
+    memset(&req, 0, sizeof(req));
+    if (session != NULL) {
+        req.has_session = true;
+        req.session = msg_str_c(session);
+    }
+    b = calloc(1, sizeof(*b));
+    if (b == NULL)
+        return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
+    rc = client_call(c, "status", &msg_status_desc, &req, &msg_status_reply_desc, &rep, &b->raw,
+                     &b->raw_len, true, LOSS_RECONNECTS, "status", err);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    /* Every string of the reply fits in the reply's own size, plus a NUL
+     * for each, which takes at least one byte of msgpack header. */
+    b->arena.cap = 2 * b->raw_len + 16;
+    b->arena.buf = malloc(b->arena.cap);
+    b->pub.session_list = rep.nsessions ? calloc(rep.nsessions, sizeof(*b->pub.session_list))
+                                        : NULL;
+    if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL)) {
+        msg_free(&msg_status_reply_desc, &rep);
+        emac_status_free(&b->pub);
+        return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
+    }
+    b->pub.server = client_arena_str(&b->arena, rep.server.server);
+    b->pub.version = client_arena_str(&b->arena, rep.server.version);
+    b->pub.proto = (unsigned)rep.server.proto;
+    b->pub.pid = (long)rep.server.pid;
+    b->pub.uptime_seconds = rep.server.uptime_seconds;
+    b->pub.workers = (unsigned)rep.server.workers;
+    b->pub.connections = (unsigned)rep.server.connections;
+    b->pub.sessions = (unsigned)rep.server.sessions;
+    b->pub.max_connections = (unsigned)rep.server.max_connections;
+    b->pub.max_sessions = (unsigned)rep.server.max_sessions;
+    b->pub.max_message = rep.server.max_message;
+    b->pub.socket = client_arena_str(&b->arena, rep.server.socket);
+    b->pub.state_dir = client_arena_str(&b->arena, rep.server.state_dir);
+    b->pub.nsessions = rep.nsessions;
+    for (size_t i = 0; i < rep.nsessions; i++)
+        client_copy_session(&b->arena, &b->pub.session_list[i], &rep.sessions[i]);
+    msg_free(&msg_status_reply_desc, &rep);
+    *out = &b->pub;
+    return 0;
+}
+
+void emac_status_free(struct emac_status *st)
+{
+    struct status_box *b = (struct status_box *)st;
+
+    if (b == NULL)
+        return;
+    free(b->pub.session_list);
+    free(b->arena.buf);
+    free(b->raw);
+    free(b);
+}
+
+void emac_status_raw(const struct emac_status *st, const void **data, size_t *len)
+{
+    const struct status_box *b = (const struct status_box *)st;
+    *data = b->raw;
+    *len = b->raw_len;
+}
