@@ -455,10 +455,52 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
                    (int)(rep.action.len > 32 ? 32 : rep.action.len), rep.action.ptr);
 }
 
+/* Append at most max bytes of str to buf (of len, NUL kept), from *at. */
+static void what_put(char *buf, size_t len, size_t *at, const char *str, size_t max)
+{
+    size_t n = 0;
+
+    while (n < max && str[n] != '\0')
+        n++;
+
+    if (*at + n >= len)
+        n = len - 1 - *at;
+    memcpy(buf + *at, str, n);
+    *at += n;
+    buf[*at] = '\0';
+}
+
+/* What an event is, for its error messages. Every event of every step
+ * builds one, and snprintf costs more than the rest of the request
+ * together: the pieces are copied instead. */
 static void event_what(char *buf, size_t len, const emac_session *s, const char *event)
 {
-    snprintf(buf, len, "event \"%.32s\" on session \"%.128s\"", event ? event : "(null)",
-             s ? s->name : "(null)");
+    size_t at = 0;
+
+    buf[0] = '\0';
+    what_put(buf, len, &at, "event \"", SIZE_MAX);
+    what_put(buf, len, &at, event ? event : "(null)", 32);
+    what_put(buf, len, &at, "\" on session \"", SIZE_MAX);
+    what_put(buf, len, &at, s ? s->name : "(null)", 128);
+    what_put(buf, len, &at, "\"", SIZE_MAX);
+}
+
+/* The same for an event waited for by ticket. */
+static void ticket_what(char *buf, size_t len, const emac_session *s, emac_ticket ticket)
+{
+    char digits[16], *d = digits + sizeof(digits) - 1;
+    size_t at = 0;
+
+    *d = '\0';
+    do
+        *--d = (char)('0' + ticket % 10);
+    while ((ticket /= 10) != 0);
+    buf[0] = '\0';
+    what_put(buf, len, &at, "event (ticket ", SIZE_MAX);
+    what_put(buf, len, &at, d, SIZE_MAX);
+    what_put(buf, len, &at, ") on session \"", SIZE_MAX);
+    what_put(buf, len, &at, s->name, 128);
+    what_put(buf, len, &at, "\"", SIZE_MAX);
 }
 
 int emac_event_send(emac_session *s, const char *event, const struct emac_time *t,
@@ -494,8 +536,7 @@ int emac_event_wait(emac_session *s, emac_ticket ticket, struct emac_result *out
 
     if (s == NULL || out == NULL)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_event_wait: NULL argument");
-    snprintf(what, sizeof(what), "event (ticket %" PRIu32 ") on session \"%.128s\"", ticket,
-             s->name);
+    ticket_what(what, sizeof(what), s, ticket);
     if (s->c == NULL)
         return session_usable(s, what, err);
     o = client_find_out(s->c, ticket);

@@ -71,8 +71,10 @@ struct wire_decoder {
     struct wire_scan scan;
     bool discarding;      /* skipping the rest of an oversized message */
     bool broken;          /* a fatal fault happened: the stream cannot be resynchronised */
-    bool have_unpacked;   /* unpacked holds the previous message's zone */
-    msgpack_unpacked unpacked;
+    bool have_unpacked;   /* obj and zone hold the message last returned */
+    bool zone_ready;      /* zone is initialised */
+    msgpack_zone zone;    /* the objects of one message; reused, not remade, per message */
+    msgpack_object obj;
 };
 
 /* Decoder */
