@@ -174,11 +174,10 @@ static bool object_done(struct wire_scan *s)
     return s->depth == 0 && s->left[0] == 0;
 }
 
-/* A complete header in s->hdr: update the scan. 1 message complete, 0 go on,
+/* A complete header at h: update the scan. 1 message complete, 0 go on,
  * negative on a fault. */
-static int scan_header(struct wire_scan *s, unsigned max_depth)
+static int scan_header(struct wire_scan *s, const uint8_t *h, unsigned max_depth)
 {
-    const uint8_t *h = s->hdr;
     uint8_t b = h[0];
     uint64_t count = 0; /* children for containers */
     bool container = false;
@@ -246,11 +245,23 @@ static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p,
             }
             continue;
         }
+        int rc;
         if (s->hdr_need == 0) {
             unsigned len = header_len(p[i]);
             if (len == 0) {
                 *used = i;
                 return -EBADMSG;
+            }
+            /* The usual case, a header whole in this read, is walked where
+             * it lies; one split across reads is gathered in s->hdr first. */
+            if (len <= n - i) {
+                rc = scan_header(s, p + i, max_depth);
+                i += len;
+                if (rc != 0) {
+                    *used = i;
+                    return rc;
+                }
+                continue;
             }
             s->hdr_need = (uint8_t)len;
             s->hdr_len = 0;
@@ -260,7 +271,7 @@ static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p,
         if (s->hdr_len < s->hdr_need)
             break;
         s->hdr_need = 0;
-        int rc = scan_header(s, max_depth);
+        rc = scan_header(s, s->hdr, max_depth);
         if (rc != 0) {
             *used = i;
             return rc;
