@@ -2,7 +2,7 @@
  * emaclient.h - the C client of emad, the EMA daemon (libemaclient).
  *
  * emad keeps the exponential moving average of a trainer's weights in a
- * separate process. This library speaks its protocol (PROTOCOL.md, version
+ * separate process. This library speaks its protocol (docs/protocol.md, version
  * 1: msgpack-rpc over a Unix socket). This is the only header users include;
  * link with `pkg-config --libs emaclient`.
  *
@@ -81,14 +81,14 @@ extern "C" {
 
 #define EMAC_PROTO_VERSION 1
 
-/* Client-side error codes (besides the contract's codes of PROTOCOL.md §7). */
+/* Client-side error codes (besides the contract's codes of docs/protocol.md "Errors"). */
 #define EMAC_E_CONNECT "CONNECT"           /* cannot reach emad at the socket path */
 #define EMAC_E_DISCONNECTED "DISCONNECTED" /* emad closed the connection */
 #define EMAC_E_BADREPLY "BADREPLY"         /* emad's reply did not follow the contract */
 #define EMAC_E_USAGE "USAGE"               /* the caller passed invalid arguments */
 #define EMAC_E_SYSTEM "SYSTEM"             /* a system call failed (shm_open, mmap, ...) */
 
-/* Limits the library checks before anything is sent (PROTOCOL.md §2). */
+/* Limits the library checks before anything is sent (docs/protocol.md "Limits"). */
 #define EMAC_TENSOR_NAME_MAX 1024 /* bytes of UTF-8 */
 
 /* ---- Errors ---- */
@@ -144,7 +144,7 @@ struct emac_server {
 };
 const struct emac_server *emac_server_info(const emac_client *c);
 
-/* ---- Segments: the trainer's tensors in shared memory (PROTOCOL.md §3) ---- */
+/* ---- Segments: the trainer's tensors in shared memory (docs/protocol.md "Segment header") ---- */
 
 typedef struct emac_segment emac_segment;
 
@@ -177,7 +177,7 @@ int emac_segment_create(const struct emac_tensor_spec *specs, size_t n, emac_seg
                         struct emac_error *err);
 /* Map an existing segment (one left by an earlier run of the trainer) whose
  * tensors were created from the same specs. SHM when the object is missing
- * or its header fails the checks of PROTOCOL.md §3; USAGE when its layout
+ * or its header fails the checks of docs/protocol.md "Segment header"; USAGE when its layout
  * is not that of the specs. The swap state is left as found: call
  * emac_segment_restore to be sure the params hold the training weights. */
 int emac_segment_open(const char *name, const struct emac_tensor_spec *specs, size_t n,
@@ -213,7 +213,7 @@ void emac_segment_swap_state(const emac_segment *seg, uint32_t *state, uint64_t 
 
 /* If the segment's swap_state is not TRAIN, copy the stash back into the
  * params and set TRAIN; *restored (may be NULL) says whether it did. SHM if
- * the header fails the checks of PROTOCOL.md §3 (nothing is copied then).
+ * the header fails the checks of docs/protocol.md "Segment header" (nothing is copied then).
  * Only safe while emad is not working on the segment: after a crash, after
  * the connection was lost, or before registering it. */
 int emac_segment_restore(emac_segment *seg, bool *restored, struct emac_error *err);
@@ -222,7 +222,7 @@ int emac_segment_restore(emac_segment *seg, bool *restored, struct emac_error *e
  * or its header is bad. */
 int emac_segment_recover(const char *name, bool *restored, struct emac_error *err);
 
-/* ---- Sessions (PROTOCOL.md §5, §6) ---- */
+/* ---- Sessions (docs/protocol.md "EMA semantics", "Methods") ---- */
 
 typedef struct emac_session emac_session;
 
@@ -235,7 +235,7 @@ struct emac_config {
     const char *ema_start;       /* "100ba", "1ep", "0.25dur"; default "0.0dur" */
 };
 
-/* One session, as status and register report it (PROTOCOL.md §6). */
+/* One session, as status and register report it (docs/protocol.md "Methods"). */
 struct emac_session_info {
     const char *session;
     bool attached;             /* an owner connection is present */
@@ -301,7 +301,7 @@ bool emac_session_restored(const emac_session *s);
 
 /* ---- Events and swaps ---- */
 
-/* The trainer's clock (PROTOCOL.md §4). */
+/* The trainer's clock (docs/protocol.md "Time"). */
 struct emac_time {
     uint64_t batch;    /* optimizer steps completed; the first batch_end carries 1 */
     uint64_t epoch;    /* epochs completed */

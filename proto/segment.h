@@ -1,5 +1,5 @@
 /*
- * segment.h - the trainer's shared-memory segment (PROTOCOL.md §3): header
+ * segment.h - the trainer's shared-memory segment (docs/protocol.md "Segment header"): header
  * layout, geometry, checks, and the swap_state handshake. Shared by emad,
  * which verifies and writes segments, and libemaclient, which creates them.
  */

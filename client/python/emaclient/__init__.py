@@ -362,7 +362,7 @@ def _segment_release(handle, destroy, pid=None):
 
 
 class Segment:
-    """The trainer's tensors in a POSIX shared-memory segment (PROTOCOL.md §3).
+    """The trainer's tensors in a POSIX shared-memory segment (docs/protocol.md "Segment header").
 
     Segment(specs) creates a new one ("/emad-<random>", every tensor zero);
     Segment.open(name, specs) maps one left by an earlier run. specs is a

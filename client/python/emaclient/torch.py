@@ -9,7 +9,7 @@
     with ema.eval():                          # the EMA weights are in the model here
         evaluate(model)
 
-The semantics are those of Composer's EMA algorithm (PROTOCOL.md §5): the
+The semantics are those of Composer's EMA algorithm (docs/protocol.md "EMA semantics"): the
 update event is batch_end ("ba" intervals) or epoch_end ("ep"); the EMA
 starts at `ema_start` (shadow := weights) and is then updated every
 `update_interval` with smoothing 2 ** -(interval / half_life), in fp32 (fp64
@@ -585,7 +585,7 @@ class EMA:
                             "model moved or converted after EMA() was made?)" % e.name)
 
     def _may_read(self, event):
-        """Whether emad may read the params for this event (PROTOCOL.md §5):
+        """Whether emad may read the params for this event (docs/protocol.md "EMA semantics"):
         only the update event of the interval's unit, and once started only
         when the time is a multiple of the interval."""
         if event not in ("batch_end", "epoch_end"):
