@@ -197,7 +197,7 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
     int rc = 0;
 
     *out = NULL;
-    if (!session_name_valid(m->session.ptr, m->session.len) ||
+    if (!names_session_valid(m->session.ptr, m->session.len) ||
         registry_find(r, (uid_t)m->uid, m->session.ptr, m->session.len) != NULL ||
         r->count >= r->ctx->opts->max_sessions)
         return err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
