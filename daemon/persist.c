@@ -432,14 +432,9 @@ bool registry_owns_shadow(void *registry, const char *name)
  * name. If the rename fails the session keeps working under the old name. */
 static void adopt_rename(struct registry *r, struct session *s)
 {
-    const char *prefix = "/emad-shadow-";
     char renamed[sizeof(s->shadow_name)], from[300], to[300];
-    const char *rest = strchr(s->shadow_name + strlen(prefix), '-');
 
-    if (rest == NULL || strncmp(s->shadow_name, prefix, strlen(prefix)) != 0)
-        return;
-    if (snprintf(renamed, sizeof(renamed), "%s%ld%s", prefix, (long)getpid(), rest) >=
-        (int)sizeof(renamed))
+    if (names_shadow_rename(s->shadow_name, (long)getpid(), renamed, sizeof(renamed)) < 0)
         return;
     snprintf(from, sizeof(from), "/dev/shm%s", s->shadow_name);
     snprintf(to, sizeof(to), "/dev/shm%s", renamed);
