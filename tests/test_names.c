@@ -71,6 +71,24 @@ static void test_utf8_rejects_overlongs_surrogates_and_truncation(void **state)
     assert_false(names_utf8_valid(S("\xc3(")));            /* not a continuation */
 }
 
+static void test_utf8_char_gives_the_length_of_one_character(void **state)
+{
+    (void)state;
+
+    assert_int_equal(names_utf8_char(S("a\xc3\xa9")), 1);
+    assert_int_equal(names_utf8_char(S("\0")), 1);
+    assert_int_equal(names_utf8_char(S("\xc3\xa9z")), 2);
+    assert_int_equal(names_utf8_char(S("\xe2\x82\xac")), 3);
+    assert_int_equal(names_utf8_char(S("\xf0\x9f\x98\x80")), 4);
+    assert_int_equal(names_utf8_char("\xe2\x82\xac", 2), 0); /* only len bytes are read */
+    assert_int_equal(names_utf8_char(S("\xc0\xaf")), 0);
+    assert_int_equal(names_utf8_char(S("\xed\xa0\x80")), 0);
+    assert_int_equal(names_utf8_char(S("\xf4\x90\x80\x80")), 0);
+    assert_int_equal(names_utf8_char(S("\x80")), 0);
+    assert_int_equal(names_utf8_char("a", 0), 0);
+    assert_int_equal(names_utf8_char(NULL, 1), 0);
+}
+
 static void test_tensor_names_are_utf8_without_nul_up_to_1024_bytes(void **state)
 {
     char name[NAMES_TENSOR_MAX + 1];
@@ -215,6 +233,7 @@ int main(void)
         cmocka_unit_test(test_session_names_take_128_bytes_of_the_allowed_characters),
         cmocka_unit_test(test_qualified_session_names_start_with_digits_and_a_colon),
         cmocka_unit_test(test_utf8_rejects_overlongs_surrogates_and_truncation),
+        cmocka_unit_test(test_utf8_char_gives_the_length_of_one_character),
         cmocka_unit_test(test_tensor_names_are_utf8_without_nul_up_to_1024_bytes),
         cmocka_unit_test(test_event_names_round_trip_but_swaps_are_not_events),
         cmocka_unit_test(test_names_reject_near_misses),
