@@ -4,6 +4,7 @@
  * once the kernel confirms, by granting a write lease, that nobody uses them.
  */
 #include "emactl.h"
+#include "names.h"
 #include "segment.h"
 
 #include <dirent.h>
@@ -24,7 +25,6 @@
 
 /* Where POSIX shared-memory objects live on Linux (glibc's shm_open). */
 #define GC_SHM_DIR "/dev/shm"
-#define GC_SHADOW_PREFIX "emad-shadow-"
 
 enum gc_kind { GC_SEGMENT, GC_SHADOW, GC_UNKNOWN };
 
@@ -123,26 +123,6 @@ static int emad_running(pid_t pid)
     if (paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'))
         return 0;
     return 1;
-}
-
-/* The pid of a shadow's name, "emad-shadow-<pid>-<hex>" (daemon/shm.c), or
- * 0 when the name does not have that form. */
-static pid_t shadow_pid(const char *name)
-{
-    const char *p = name + strlen(GC_SHADOW_PREFIX);
-    char *end;
-    long pid;
-
-    if (strncmp(name, GC_SHADOW_PREFIX, strlen(GC_SHADOW_PREFIX)) != 0 || *p < '1' || *p > '9')
-        return 0;
-    errno = 0;
-    pid = strtol(p, &end, 10);
-    if (errno != 0 || pid <= 0 || pid > INT_MAX || *end != '-' || end[1] == '\0')
-        return 0;
-    for (p = end + 1; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-            return 0;
-    return (pid_t)pid;
 }
 
 static int gc_obj_cmp(const void *a, const void *b)
@@ -394,7 +374,7 @@ static int gc_one(const struct ctl *ctl, int dirfd_shm, struct gc_obj *o, const 
     o->bytes = (uint64_t)st.st_size;
 
     /* Ours? Shadows by their name; segments by their header. */
-    if ((spid = shadow_pid(base)) != 0) {
+    if ((spid = (pid_t)names_shadow_pid(base)) != 0) {
         o->kind = GC_SHADOW;
     } else {
         hn = pread(fd, &h, sizeof(h), 0);

@@ -19,25 +19,6 @@ static const char *const unit_names[] = {
     [EMA_UNIT_INF] = "inf",
 };
 
-static const char *const event_names[] = {
-    [EMA_EVENT_INIT] = "init",
-    [EMA_EVENT_FIT_START] = "fit_start",
-    [EMA_EVENT_BATCH_START] = "batch_start",
-    [EMA_EVENT_BATCH_END] = "batch_end",
-    [EMA_EVENT_EPOCH_END] = "epoch_end",
-    [EMA_EVENT_EVAL_START] = "eval_start",
-    [EMA_EVENT_EVAL_END] = "eval_end",
-    [EMA_EVENT_CHECKPOINT] = "checkpoint",
-    [EMA_EVENT_SWAP_EMA] = "swap:ema",
-    [EMA_EVENT_SWAP_TRAIN] = "swap:train",
-};
-
-static const char *const action_names[] = {
-    [EMA_ACTION_NONE] = "none",       [EMA_ACTION_START] = "start",
-    [EMA_ACTION_UPDATE] = "update",   [EMA_ACTION_START_UPDATE] = "start+update",
-    [EMA_ACTION_SWAP_IN] = "swap_in", [EMA_ACTION_SWAP_OUT] = "swap_out",
-};
-
 /* ---- Names ----------------------------------------------------------------------------------- */
 
 static bool name_is(const char *s, size_t len, const char *name)
@@ -45,68 +26,9 @@ static bool name_is(const char *s, size_t len, const char *name)
     return s != NULL && len == strlen(name) && memcmp(s, name, len) == 0;
 }
 
-static int lookup(const char *const *names, size_t count, const char *s, size_t len, int *out)
-{
-    for (size_t i = 0; i < count; i++) {
-        if (name_is(s, len, names[i])) {
-            *out = (int)i;
-            return 0;
-        }
-    }
-    return -EINVAL;
-}
-
 const char *ema_unit_name(enum ema_unit unit)
 {
     return (unsigned)unit <= EMA_UNIT_INF ? unit_names[unit] : NULL;
-}
-
-const char *ema_event_name(enum ema_event ev)
-{
-    return (unsigned)ev < EMA_EVENT_COUNT ? event_names[ev] : NULL;
-}
-
-int ema_event_from_name(const char *s, size_t len, enum ema_event *out)
-{
-    int i;
-
-    if (out == NULL)
-        return -EINVAL;
-    /* Only the names an "event" request may carry: swaps come through their own method. */
-    if (lookup(event_names, EMA_EVENT_SWAP_EMA, s, len, &i) < 0)
-        return -EINVAL;
-    *out = (enum ema_event)i;
-    return 0;
-}
-
-int ema_swap_from_name(const char *s, size_t len, enum ema_event *out)
-{
-    if (out == NULL)
-        return -EINVAL;
-    if (name_is(s, len, "ema"))
-        *out = EMA_EVENT_SWAP_EMA;
-    else if (name_is(s, len, "train"))
-        *out = EMA_EVENT_SWAP_TRAIN;
-    else
-        return -EINVAL;
-    return 0;
-}
-
-const char *ema_action_name(enum ema_action action)
-{
-    return (unsigned)action < EMA_ACTION_COUNT ? action_names[action] : NULL;
-}
-
-int ema_action_from_name(const char *s, size_t len, enum ema_action *out)
-{
-    int i;
-
-    if (out == NULL)
-        return -EINVAL;
-    if (lookup(action_names, EMA_ACTION_COUNT, s, len, &i) < 0)
-        return -EINVAL;
-    *out = (enum ema_action)i;
-    return 0;
 }
 
 /* ---- Time strings ---------------------------------------------------------------------------- */

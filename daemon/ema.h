@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "names.h"
+
 /* A dur time is held exactly, as a count of 10^-15: at most 15 decimals are accepted, so the
  * count stays below 2^53 and converts to the nearest double with a single rounding. */
 #define EMA_DUR_DIGITS 15
@@ -76,29 +78,32 @@ struct ema_config {
 
 /* ---- The state machine --------------------------------------------------------------------- */
 
-enum ema_event {
-    EMA_EVENT_INIT,
-    EMA_EVENT_FIT_START,
-    EMA_EVENT_BATCH_START,
-    EMA_EVENT_BATCH_END,
-    EMA_EVENT_EPOCH_END,
-    EMA_EVENT_EVAL_START,
-    EMA_EVENT_EVAL_END,
-    EMA_EVENT_CHECKPOINT,
-    EMA_EVENT_SWAP_EMA,   /* the swap method, "to": "ema"; carries no clock */
-    EMA_EVENT_SWAP_TRAIN, /* the swap method, "to": "train"; carries no clock */
-    EMA_EVENT_COUNT,
-};
+/* The events and actions are the contract's (proto/names.h, which also holds their wire names).
+ * The state machine and its callers name them ema_*: these are the very enums of names.h, so a
+ * value goes from one to the other without a conversion. */
+#define ema_event names_event
+#define EMA_EVENT_INIT NAMES_EVENT_INIT
+#define EMA_EVENT_FIT_START NAMES_EVENT_FIT_START
+#define EMA_EVENT_BATCH_START NAMES_EVENT_BATCH_START
+#define EMA_EVENT_BATCH_END NAMES_EVENT_BATCH_END
+#define EMA_EVENT_EPOCH_END NAMES_EVENT_EPOCH_END
+#define EMA_EVENT_EVAL_START NAMES_EVENT_EVAL_START
+#define EMA_EVENT_EVAL_END NAMES_EVENT_EVAL_END
+#define EMA_EVENT_CHECKPOINT NAMES_EVENT_CHECKPOINT
+#define EMA_EVENT_SWAP_EMA NAMES_EVENT_SWAP_EMA     /* the swap method, "to": "ema"; no clock */
+#define EMA_EVENT_SWAP_TRAIN NAMES_EVENT_SWAP_TRAIN /* the swap method, "to": "train"; no clock */
+#define EMA_EVENT_COUNT NAMES_EVENT_COUNT
 
-enum ema_action {
-    EMA_ACTION_NONE,         /* the event does not apply in this state */
-    EMA_ACTION_START,        /* shadow := params */
-    EMA_ACTION_UPDATE,       /* shadow := smoothing * shadow + (1 - smoothing) * params */
-    EMA_ACTION_START_UPDATE, /* start, then update (which leaves the shadow equal to params) */
-    EMA_ACTION_SWAP_IN,      /* params -> stash, shadow -> params */
-    EMA_ACTION_SWAP_OUT,     /* stash -> params */
-    EMA_ACTION_COUNT,
-};
+#define ema_action names_action
+#define EMA_ACTION_NONE NAMES_ACTION_NONE   /* the event does not apply in this state */
+#define EMA_ACTION_START NAMES_ACTION_START /* shadow := params */
+/* shadow := smoothing * shadow + (1 - smoothing) * params */
+#define EMA_ACTION_UPDATE NAMES_ACTION_UPDATE
+/* start, then update (which leaves the shadow equal to params) */
+#define EMA_ACTION_START_UPDATE NAMES_ACTION_START_UPDATE
+#define EMA_ACTION_SWAP_IN NAMES_ACTION_SWAP_IN   /* params -> stash, shadow -> params */
+#define EMA_ACTION_SWAP_OUT NAMES_ACTION_SWAP_OUT /* stash -> params */
+#define EMA_ACTION_COUNT NAMES_ACTION_COUNT
 
 /* One session's state; ema_state_init gives the state of a fresh session. */
 struct ema_state {
@@ -137,13 +142,16 @@ int ema_decide(const struct ema_config *cfg, const struct ema_state *st, enum em
  * untouched, if the action is impossible in this state (it was not decided on this state). */
 int ema_commit(struct ema_state *st, enum ema_action action, const struct ema_clock *now);
 
-/* Names. Events and actions use their wire names; the swap events are named "swap:ema" and
- * "swap:train" for logs only: ema_event_from_name refuses them, ema_swap_from_name reads the
- * swap method's "to". The name functions return NULL for an invalid value. */
-const char *ema_event_name(enum ema_event ev);
-int ema_event_from_name(const char *s, size_t len, enum ema_event *out);
-int ema_swap_from_name(const char *s, size_t len, enum ema_event *out);
-const char *ema_action_name(enum ema_action action);
-int ema_action_from_name(const char *s, size_t len, enum ema_action *out);
+/* The names of events and actions, for logs and replies (those of proto/names.h); NULL for an
+ * invalid value. A request's names are read with names_event_lookup and names_swap_lookup. */
+static inline const char *ema_event_name(enum ema_event ev)
+{
+    return names_event(ev);
+}
+
+static inline const char *ema_action_name(enum ema_action action)
+{
+    return names_action(action);
+}
 
 #endif

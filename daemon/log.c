@@ -2,6 +2,7 @@
  * log.c - one line per message, with a UTC timestamp and the level.
  */
 #include "log.h"
+#include "names.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -108,36 +109,14 @@ void log_msg(struct log *lg, enum log_level level, const char *fmt, ...)
     funlockfile(lg->fp);
 }
 
-/* Length of the well-formed UTF-8 sequence at s (at most n bytes), 0 if the
- * bytes there are not one (RFC 3629: shortest form, no surrogates, at most
- * U+10FFFF). */
+/* Length of the well-formed UTF-8 character at s (at most n bytes), 0 if
+ * the bytes there are not one or are a C1 control (U+0080 to U+009F, 0xc2
+ * then 0x80..0x9f), which acts on terminals like a C0 one. */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
-    size_t len, i;
-    uint32_t cp;
+    size_t len = names_utf8_char((const char *)s, n);
 
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        len = 2, cp = s[0] & 0x1fu;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        len = 3, cp = s[0] & 0x0fu;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        len = 4, cp = s[0] & 0x07u;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    /* C1 controls (U+0080 to U+009F) act on terminals like C0 ones. */
-    if (cp >= 0x80 && cp <= 0x9f)
+    if (len == 2 && s[0] == 0xc2 && s[1] <= 0x9f)
         return 0;
     return len;
 }

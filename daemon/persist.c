@@ -197,7 +197,7 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
     int rc = 0;
 
     *out = NULL;
-    if (!session_name_valid(m->session.ptr, m->session.len) ||
+    if (!names_session_valid(m->session.ptr, m->session.len) ||
         registry_find(r, (uid_t)m->uid, m->session.ptr, m->session.len) != NULL ||
         r->count >= r->ctx->opts->max_sessions)
         return err_set(err, errlen, -EEXIST, "%s: session name invalid, taken, or over the limit",
@@ -432,14 +432,9 @@ bool registry_owns_shadow(void *registry, const char *name)
  * name. If the rename fails the session keeps working under the old name. */
 static void adopt_rename(struct registry *r, struct session *s)
 {
-    const char *prefix = "/emad-shadow-";
     char renamed[sizeof(s->shadow_name)], from[300], to[300];
-    const char *rest = strchr(s->shadow_name + strlen(prefix), '-');
 
-    if (rest == NULL || strncmp(s->shadow_name, prefix, strlen(prefix)) != 0)
-        return;
-    if (snprintf(renamed, sizeof(renamed), "%s%ld%s", prefix, (long)getpid(), rest) >=
-        (int)sizeof(renamed))
+    if (names_shadow_rename(s->shadow_name, (long)getpid(), renamed, sizeof(renamed)) < 0)
         return;
     snprintf(from, sizeof(from), "/dev/shm%s", s->shadow_name);
     snprintf(to, sizeof(to), "/dev/shm%s", renamed);

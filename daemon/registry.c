@@ -252,7 +252,7 @@ struct session *registry_lookup(struct registry *r, struct peer *c, uint32_t msg
                        const char *method, struct msg_str name, bool owner_only)
 {
     struct session *s = NULL;
-    int shown = (int)(name.len > SESSION_NAME_MAX ? SESSION_NAME_MAX : name.len);
+    int shown = (int)(name.len > NAMES_SESSION_MAX ? NAMES_SESSION_MAX : name.len);
 
     if (registry_resolve(r, c->uid, name.ptr, name.len, &s) == -EEXIST) {
         peer_fail(c, msgid, MSG_E_BADARG, "%s: sessions of several users are named \"%.*s\": "

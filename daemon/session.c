@@ -108,9 +108,9 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
         struct tensor *t = &s->tensors[i];
         size_t esize;
         uint64_t bytes;
-        if (!tensor_name_valid(mt->name.ptr, mt->name.len)) {
+        if (!names_tensor_valid(mt->name.ptr, mt->name.len)) {
             snprintf(err, errlen, "register: tensors[%zu].name: must be 1 to %d bytes of UTF-8 "
-                     "without NUL", i, TENSOR_NAME_MAX);
+                     "without NUL", i, NAMES_TENSOR_MAX);
             return -EINVAL;
         }
         if (dtype_from_name(mt->dtype.ptr, mt->dtype.len, &t->dtype) < 0) {
@@ -257,16 +257,16 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
     char err[600];
     int rc;
 
-    if (!session_name_valid(req->session.ptr, req->session.len)) {
+    if (!names_session_valid(req->session.ptr, req->session.len)) {
         peer_fail(c, msgid, MSG_E_BADARG, "register: session: must be 1 to %d characters of "
-                    "[A-Za-z0-9._:/-]", SESSION_NAME_MAX);
+                    "[A-Za-z0-9._:/-]", NAMES_SESSION_MAX);
         return;
     }
     old = registry_find(r, c->uid, req->session.ptr, req->session.len);
     /* "<uid>:<name>" is how root names another user's session: a new session
      * called so would take root's requests (status, drop) meant for that
      * user's. Sessions kept from before keep their names. */
-    if (old == NULL && session_name_qualified(req->session.ptr, req->session.len)) {
+    if (old == NULL && names_session_qualified(req->session.ptr, req->session.len)) {
         peer_fail(c, msgid, MSG_E_BADARG, "register: session: \"%.*s\" has the form "
                     "<uid>:<name>, which names another user's session; choose a name that does "
                     "not start with digits and a colon", (int)req->session.len, req->session.ptr);
@@ -390,6 +390,22 @@ err_free:
     session_free(s);
 }
 
+/* "init, fit_start, ...": the events a request may name, for the reply
+ * that refuses another. */
+static void event_names_list(char *buf, size_t len)
+{
+    size_t at = 0;
+
+    buf[0] = '\0';
+    for (int i = 0; i < NAMES_EVENT_SWAP_EMA && at < len; i++) {
+        int n = snprintf(buf + at, len - at, "%s%s", i > 0 ? ", " : "",
+                         names_event((enum names_event)i));
+        if (n < 0)
+            break;
+        at += (size_t)n;
+    }
+}
+
 void session_event(struct registry *r, struct peer *c, uint32_t msgid,
                    const struct msg_event *req)
 {
@@ -398,11 +414,11 @@ void session_event(struct registry *r, struct peer *c, uint32_t msgid,
     enum ema_event ev;
     char err[256];
 
-    if (ema_event_from_name(req->event.ptr, req->event.len, &ev) < 0) {
-        peer_fail(c, msgid, MSG_E_BADARG, "event: event: \"%.*s\" is not one of init, "
-                    "fit_start, batch_start, batch_end, epoch_end, eval_start, eval_end, "
-                    "checkpoint", (int)(req->event.len > 32 ? 32 : req->event.len),
-                    req->event.ptr);
+    if (names_event_lookup(req->event.ptr, req->event.len, &ev) < 0) {
+        char known[128];
+        event_names_list(known, sizeof(known));
+        peer_fail(c, msgid, MSG_E_BADARG, "event: event: \"%.*s\" is not one of %s",
+                  (int)(req->event.len > 32 ? 32 : req->event.len), req->event.ptr, known);
         return;
     }
     struct ema_clock clock = {req->time.batch, req->time.epoch, req->time.duration,
@@ -434,7 +450,7 @@ void session_swap(struct registry *r, struct peer *c, uint32_t msgid, const stru
     struct op *op;
     enum ema_event ev;
 
-    if (ema_swap_from_name(req->to.ptr, req->to.len, &ev) < 0) {
+    if (names_swap_lookup(req->to.ptr, req->to.len, &ev) < 0) {
         peer_fail(c, msgid, MSG_E_BADARG, "swap: to: must be \"ema\" or \"train\"");
         return;
     }

@@ -14,7 +14,8 @@
  *   chunk.c     the operations' data work (worker threads only)
  *   record.c    the shadow's header and crash records
  *   persist.c   state files, journals, restart and adoption
- *   plan.c      tensors in chunks;  naming.c  the names' rules
+ *   plan.c      tensors in chunks
+ * The rules for session and tensor names are the contract's (proto/names.h).
  */
 #ifndef EMAD_SESSION_H
 #define EMAD_SESSION_H
@@ -23,6 +24,7 @@
 #include "emad.h"
 #include "kernel.h"
 #include "msg.h"
+#include "names.h"
 #include "shm.h"
 
 #include <limits.h>
@@ -33,9 +35,6 @@
 
 struct peer;
 struct session;
-
-#define SESSION_NAME_MAX 128
-#define TENSOR_NAME_MAX 1024
 
 /*
  * The shadow object starts with a header page that emad keeps current after
@@ -172,12 +171,5 @@ void session_drop(struct registry *r, struct peer *p, uint32_t msgid, const stru
  * point into the sessions and stay valid until the loop runs again. */
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
                     struct msg_session_state **out, size_t *n);
-
-/* Names (naming.c). */
-bool session_name_valid(const char *s, size_t len);
-/* Whether s has the form "<digits>:...", reserved for root naming another
- * uid's session (a new session may not be called so). */
-bool session_name_qualified(const char *s, size_t len);
-bool tensor_name_valid(const char *s, size_t len);
 
 #endif

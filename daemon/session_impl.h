@@ -46,8 +46,8 @@ struct plan {
 struct session {
     struct session *next;      /* in the registry */
     struct registry *reg;
-    char name[SESSION_NAME_MAX + 1];
-    char qualified[SESSION_NAME_MAX + 16]; /* "<uid>:<name>", how root names it */
+    char name[NAMES_SESSION_MAX + 1];
+    char qualified[NAMES_SESSION_MAX + 16]; /* "<uid>:<name>", how root names it */
     uid_t uid;                 /* owner's uid: only it (and root) may touch it; names are
                                   unique per uid */
     struct peer *owner;        /* NULL while detached */

@@ -3,6 +3,7 @@
  */
 #include "shm.h"
 #include "errbuf.h"
+#include "names.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -164,7 +165,7 @@ static int share_shadow(int fd, const char *name, uid_t reader, enum shm_share *
 int shm_shadow_create(uid_t reader, size_t bytes, char *name, size_t namelen, struct shm_map *out,
                       enum shm_share *share, char *err, size_t errlen)
 {
-    uint8_t rnd[12];
+    unsigned char rnd[NAMES_SHADOW_RANDOM];
     size_t len = bytes < SEG_PAGE ? SEG_PAGE : bytes; /* mmap refuses 0 bytes */
     void *base;
     int fd = -1, rc;
@@ -174,12 +175,9 @@ int shm_shadow_create(uid_t reader, size_t bytes, char *name, size_t namelen, st
     for (int attempt = 0; attempt < 8 && fd < 0; attempt++) {
         if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
             return err_set(err, errlen, -EIO, "getrandom: %s", strerror(errno));
-        /* The pid lets a garbage collector tell a dead emad's shadows from a
-         * live one's; the random part makes the name unpredictable. */
-        snprintf(name, namelen,
-                 "/emad-shadow-%ld-%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x%02x",
-                 (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7],
-                 rnd[8], rnd[9], rnd[10], rnd[11]);
+        if (names_shadow_format(name, namelen, (long)getpid(), rnd) < 0)
+            return err_set(err, errlen, -ENAMETOOLONG, "cannot name a shadow in %zu bytes",
+                           namelen);
         fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (fd < 0 && errno != EEXIST)
             return err_set(err, errlen, -errno, "cannot create shadow %s: %s", name,
@@ -262,7 +260,6 @@ out:
 int shm_collect_stale_shadows(bool (*in_use)(void *arg, const char *name), void *in_use_arg,
                               void (*cb)(void *arg, const char *name), void *arg)
 {
-    const char *prefix = "emad-shadow-";
     struct dirent *e;
     int removed = 0;
     DIR *d = opendir("/dev/shm");
@@ -270,13 +267,12 @@ int shm_collect_stale_shadows(bool (*in_use)(void *arg, const char *name), void 
     if (d == NULL)
         return -errno;
     while ((e = readdir(d)) != NULL) {
-        char name[300], *end;
+        char name[300];
         struct stat st;
-        long pid;
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0)
-            continue;
-        pid = strtol(e->d_name + strlen(prefix), &end, 10);
-        if (end == e->d_name + strlen(prefix) || *end != '-' || pid <= 0)
+        /* Only names of the form emad gives its shadows (names.h): 0 for
+         * anything else, which is not ours to remove. */
+        long pid = names_shadow_pid(e->d_name);
+        if (pid == 0)
             continue;
         if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue;

@@ -31,37 +31,45 @@ static const char *const action_names[NAMES_ACTION_COUNT] = {
 
 /* ---- session and tensor names ---- */
 
-bool names_utf8_valid(const char *str, size_t len)
+size_t names_utf8_char(const char *str, size_t len)
 {
     const unsigned char *s = (const unsigned char *)str;
+    size_t n;
+    uint32_t cp;
+
+    if (s == NULL || len == 0)
+        return 0;
+    if (s[0] < 0x80)
+        return 1;
+    /* 0xc0, 0xc1 and 0xf5.. can only start overlong or too large forms. */
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        n = 2, cp = s[0] & 0x1f;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        n = 3, cp = s[0] & 0x0f;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        n = 4, cp = s[0] & 0x07;
+    else
+        return 0;
+    if (len < n)
+        return 0;
+    for (size_t k = 1; k < n; k++) {
+        if ((s[k] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[k] & 0x3f);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return n;
+}
+
+bool names_utf8_valid(const char *s, size_t len)
+{
     size_t i = 0;
 
     while (i < len) {
-        unsigned char b = s[i];
-        size_t n;
-        uint32_t cp;
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        /* 0xc0, 0xc1 and 0xf5.. can only start overlong or too large forms. */
-        if (b >= 0xc2 && b <= 0xdf)
-            n = 2, cp = b & 0x1f;
-        else if (b >= 0xe0 && b <= 0xef)
-            n = 3, cp = b & 0x0f;
-        else if (b >= 0xf0 && b <= 0xf4)
-            n = 4, cp = b & 0x07;
-        else
-            return false;
-        if (len - i < n)
-            return false;
-        for (size_t k = 1; k < n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        size_t n = names_utf8_char(s + i, len - i);
+        if (n == 0)
             return false;
         i += n;
     }

@@ -17,6 +17,9 @@
 /* Well-formed UTF-8: no overlong forms, no surrogates, nothing past
  * U+10FFFF, no sequence cut short by the end. NUL is a character here. */
 bool names_utf8_valid(const char *s, size_t len);
+/* The length in bytes (1 to 4) of the well-formed UTF-8 character s starts
+ * with, reading at most len bytes; 0 when it starts none (or len is 0). */
+size_t names_utf8_char(const char *s, size_t len);
 /* 1..NAMES_SESSION_MAX bytes, each of [A-Za-z0-9._:/-]. */
 bool names_session_valid(const char *s, size_t len);
 /* Whether s has the form "<digits>:...", the form root uses to name

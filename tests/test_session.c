@@ -1,6 +1,7 @@
 /*
- * test_session.c - the pure parts of sessions: name rules and the chunk
- * plan that splits tensors over the workers.
+ * test_session.c - the pure parts of sessions: the chunk plan that splits
+ * tensors over the workers. (The names' rules are proto/names.c's, proved
+ * in test_names.c.)
  */
 #include "session_impl.h"
 
@@ -11,60 +12,6 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
-
-static void test_session_names_follow_the_contract(void **state)
-{
-    char longest[129];
-    (void)state;
-
-    memset(longest, 'a', 128);
-    longest[128] = '\0';
-    assert_true(session_name_valid("run-1", 5));
-    assert_true(session_name_valid("team/exp:3.a_b", 14));
-    assert_true(session_name_valid(longest, 128));
-    assert_false(session_name_valid("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 129));
-    assert_false(session_name_valid("", 0));
-    assert_false(session_name_valid("a b", 3));
-    assert_false(session_name_valid("a\0b", 3));
-    assert_false(session_name_valid("é", strlen("é")));
-    assert_false(session_name_valid("a%b", 3));
-}
-
-/* Names root uses for other users' sessions are not a session's own. */
-static void test_session_names_of_the_qualified_form_are_recognised(void **state)
-{
-    (void)state;
-
-    assert_true(session_name_qualified("1000:run-1", 10));
-    assert_true(session_name_qualified("0:x", 3));
-    assert_false(session_name_qualified("run:1", 5));
-    assert_false(session_name_qualified(":1", 2));
-    assert_false(session_name_qualified("1000", 4));
-    assert_false(session_name_qualified("12a:b", 5));
-    assert_false(session_name_qualified("team/exp:3.a_b", 14));
-}
-
-static void test_tensor_names_are_utf8_without_nul(void **state)
-{
-    char big[1025];
-    (void)state;
-
-    memset(big, 'x', sizeof(big));
-    assert_true(tensor_name_valid("layer1.weight", 13));
-    assert_true(tensor_name_valid("poids.é.β.中", strlen("poids.é.β.中")));
-    assert_true(tensor_name_valid("\xf0\x9f\x98\x80", 4));          /* U+1F600 */
-    assert_true(tensor_name_valid(big, 1024));
-    assert_false(tensor_name_valid(big, 1025));
-    assert_false(tensor_name_valid("", 0));
-    assert_false(tensor_name_valid("a\0b", 3));
-    assert_false(tensor_name_valid("\xc3", 1));                      /* truncated */
-    assert_false(tensor_name_valid("\xc0\xaf", 2));                  /* overlong '/' */
-    assert_false(tensor_name_valid("\xe0\x80\xaf", 3));              /* overlong */
-    assert_false(tensor_name_valid("\xed\xa0\x80", 3));              /* surrogate */
-    assert_false(tensor_name_valid("\xf4\x90\x80\x80", 4));          /* > U+10FFFF */
-    assert_false(tensor_name_valid("\x80", 1));                      /* lone continuation */
-    assert_false(tensor_name_valid("ab\xe2\x82", 4));                /* cut at the end */
-}
 
 /* Every element of every tensor is covered exactly once, in order, and no
  * chunk holds more than chunk_elems elements. */
@@ -148,9 +95,6 @@ static void test_plan_spreads_many_tiny_tensors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_session_names_follow_the_contract),
-        cmocka_unit_test(test_session_names_of_the_qualified_form_are_recognised),
-        cmocka_unit_test(test_tensor_names_are_utf8_without_nul),
         cmocka_unit_test(test_plan_covers_every_element_once),
         cmocka_unit_test(test_plan_splits_a_large_tensor_over_many_chunks),
         cmocka_unit_test(test_plan_spreads_many_tiny_tensors),

@@ -1589,6 +1589,9 @@ static void test_BADARG_names_the_field(void **state)
     s = register_ok(c, "ok", seg2, NULL, false);
     struct emac_time t = at(1, 0);
     FAILS(emac_event(s, "batch_middle", &t, &r, &err), "BADARG", "event");
+    FAILS(emac_event(s, "batch_middle", &t, &r, &err), "BADARG",
+          "is not one of init, fit_start, batch_start, batch_end, epoch_end, eval_start, "
+          "eval_end, checkpoint");
     t = (struct emac_time){1, 0, true, 1.5};
     FAILS(emac_event(s, "batch_end", &t, &r, &err), "BADARG", "duration");
     t = (struct emac_time){1, 0, true, -0.25};
