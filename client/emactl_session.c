@@ -131,25 +131,33 @@ static int print_status_text(const struct ctl *ctl, const struct emac_status *st
     return print_sessions_table(ctl, st);
 }
 
-static int cmd_status(struct ctl *ctl, int argc, char **argv)
+/* status and list: one status request, printed as JSON (the whole reply, or
+ * only json_key's part) or as text. */
+static int show_status(struct ctl *ctl, const char *session, const char *json_key,
+                       int (*text)(const struct ctl *ctl, const struct emac_status *st))
 {
     struct emac_status *st = NULL;
     emac_client *c = NULL;
     int rc;
 
-    if ((rc = get_status(ctl, argc == 1 ? argv[0] : NULL, &c, &st)) < 0)
+    if ((rc = get_status(ctl, session, &c, &st)) < 0)
         return rc;
     if (ctl->json) {
         const void *raw;
         size_t len;
         emac_status_raw(st, &raw, &len);
-        rc = ctl_print_json(ctl, raw, len, NULL, -1);
+        rc = ctl_print_json(ctl, raw, len, json_key, -1);
     } else {
-        rc = print_status_text(ctl, st);
+        rc = text(ctl, st);
     }
     emac_status_free(st);
     emac_disconnect(c);
     return rc;
+}
+
+static int cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+    return show_status(ctl, argc == 1 ? argv[0] : NULL, NULL, print_status_text);
 }
 
 const struct ctl_cmd ctl_cmd_status = {
@@ -181,25 +189,9 @@ const struct ctl_cmd ctl_cmd_status = {
 
 static int cmd_list(struct ctl *ctl, int argc, char **argv)
 {
-    struct emac_status *st = NULL;
-    emac_client *c = NULL;
-    int rc;
-
     (void)argc;
     (void)argv;
-    if ((rc = get_status(ctl, NULL, &c, &st)) < 0)
-        return rc;
-    if (ctl->json) {
-        const void *raw;
-        size_t len;
-        emac_status_raw(st, &raw, &len);
-        rc = ctl_print_json(ctl, raw, len, "sessions", -1);
-    } else {
-        rc = print_sessions_table(ctl, st);
-    }
-    emac_status_free(st);
-    emac_disconnect(c);
-    return rc;
+    return show_status(ctl, NULL, "sessions", print_sessions_table);
 }
 
 const struct ctl_cmd ctl_cmd_list = {

@@ -141,6 +141,29 @@ static void layout_free(struct layout *l)
     free(l->dts);
 }
 
+/* The layout of specs and an empty segment for it: both, or neither on an
+ * error. */
+static int segment_prepare(const struct emac_tensor_spec *specs, size_t n, const char *what,
+                           struct layout *l, emac_segment **seg, struct emac_error *err)
+{
+    int rc;
+
+    if ((rc = layout_alloc(l, n, what, err)) < 0)
+        return rc;
+    if ((rc = specs_layout(specs, n, what, l->spans, l->dts, &l->g, err)) < 0)
+        goto err_layout;
+    *seg = calloc(1, sizeof(**seg));
+    if (*seg == NULL) {
+        rc = client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
+        goto err_layout;
+    }
+    return 0;
+
+err_layout:
+    layout_free(l);
+    return rc;
+}
+
 int emac_segment_create(const struct emac_tensor_spec *specs, size_t n, emac_segment **out,
                         struct emac_error *err)
 {
@@ -152,15 +175,8 @@ int emac_segment_create(const struct emac_tensor_spec *specs, size_t n, emac_seg
     if (out == NULL || (specs == NULL && n > 0))
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "%s: NULL argument", what);
     *out = NULL;
-    if ((rc = layout_alloc(&l, n, what, err)) < 0)
+    if ((rc = segment_prepare(specs, n, what, &l, &seg, err)) < 0)
         return rc;
-    if ((rc = specs_layout(specs, n, what, l.spans, l.dts, &l.g, err)) < 0)
-        goto err_layout;
-    seg = calloc(1, sizeof(*seg));
-    if (seg == NULL) {
-        rc = client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
-        goto err_layout;
-    }
     /* A random name, so that trainers never collide; O_EXCL makes a clash
      * (or someone guessing ahead of us) an error rather than a shared object. */
     for (int tries = 0; fd < 0 && tries < 16; tries++) {
@@ -209,7 +225,6 @@ err_unlink:
     close(fd);
 err_seg:
     segment_free(seg);
-err_layout:
     layout_free(&l);
     return rc;
 }
@@ -270,15 +285,8 @@ int emac_segment_open(const char *name, const struct emac_tensor_spec *specs, si
         strncmp(name, SEG_NAME_PREFIX, strlen(SEG_NAME_PREFIX)) != 0)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE,
                        "%s: \"%s\" is not a segment name (\"" SEG_NAME_PREFIX "...\")", what, name);
-    if ((rc = layout_alloc(&l, n, what, err)) < 0)
+    if ((rc = segment_prepare(specs, n, what, &l, &seg, err)) < 0)
         return rc;
-    if ((rc = specs_layout(specs, n, what, l.spans, l.dts, &l.g, err)) < 0)
-        goto err_layout;
-    seg = calloc(1, sizeof(*seg));
-    if (seg == NULL) {
-        rc = client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
-        goto err_layout;
-    }
     snprintf(seg->name, sizeof(seg->name), "%s", name);
     if ((rc = segment_map(name, O_RDWR, &seg->base, &seg->bytes, what, err)) < 0) {
         seg->base = NULL;
@@ -304,7 +312,6 @@ int emac_segment_open(const char *name, const struct emac_tensor_spec *specs, si
 
 err_seg:
     segment_free(seg);
-err_layout:
     layout_free(&l);
     return rc;
 }
