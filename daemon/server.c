@@ -175,6 +175,7 @@ static void on_conn_closed(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     srv->nconns--;
+    srv->nclosing--;
     wire_decoder_free(&c->dec);
     input_account(c);
     c->writing = false; /* libuv called on_write (UV_ECANCELED) before this */
@@ -193,6 +194,7 @@ void conn_close(struct conn *c, const char *why)
     if (c->closing)
         return;
     c->closing = true;
+    c->srv->nclosing++;
     if (why != NULL)
         log_info(conn_log(c), "connection %llu (pid %ld, uid %ld): closed: %s",
                  (unsigned long long)c->peer.id, (long)c->peer.pid, (long)c->peer.uid, why);
@@ -748,15 +750,16 @@ static bool over_connection_limits(const struct server *srv, const struct conn *
 {
     const struct emad_opts *o = srv->ctx->opts;
     unsigned others_max = o->max_connections - privileged_reserve(o->max_connections);
+    unsigned open = srv->nconns - srv->nclosing;
 
-    if (srv->nconns > o->max_connections) {
+    if (open > o->max_connections) {
         snprintf(text, len, "too many connections (limit %u, --max-connections)",
                  o->max_connections);
         return true;
     }
     if (peer_privileged(c->peer.uid))
         return false;
-    if (srv->nconns > others_max) {
+    if (open > others_max) {
         snprintf(text, len,
                  "too many connections (limit %u, --max-connections, of which %u are kept for "
                  "root and emad's own uid)",

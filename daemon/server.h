@@ -90,6 +90,8 @@ struct server {
     struct listen_socket ls;
     struct conn *conns;       /* open connections */
     unsigned nconns;
+    unsigned nclosing;        /* of nconns, those closing: they take no place under the
+                                 connection limits (a refused peer must not, even briefly) */
     size_t queued_total;      /* the sum of every connection's queued bytes */
     size_t in_total;          /* the sum of every connection's in_held */
     uint64_t next_id;
