@@ -354,6 +354,27 @@ int emac_event_send(emac_session *s, const char *event, const struct emac_time *
 int emac_event_wait(emac_session *s, emac_ticket ticket, struct emac_result *out,
                     struct emac_error *err);
 
+/* More of the trainer's clock, for an ema_start in "sp", "tok" or "sec" (docs/protocol.md
+ * "Time"): each count is sent only when its has_ flag is set. A session whose ema_start counts
+ * one of them refuses (BADARG) an update event that lacks it. A struct of its own, so that
+ * struct emac_time keeps its size. */
+struct emac_time_counts {
+    bool has_samples;
+    bool has_tokens;
+    bool has_seconds;
+    uint64_t samples; /* samples trained on so far */
+    uint64_t tokens;  /* tokens trained on so far */
+    uint64_t seconds; /* whole wall-clock seconds of training so far (Composer's total_wct) */
+};
+
+/* emac_event and emac_event_send with the counts too; counts may be NULL (none sent). */
+int emac_event_counts(emac_session *s, const char *event, const struct emac_time *t,
+                      const struct emac_time_counts *counts, struct emac_result *out,
+                      struct emac_error *err);
+int emac_event_send_counts(emac_session *s, const char *event, const struct emac_time *t,
+                           const struct emac_time_counts *counts, emac_ticket *ticket,
+                           struct emac_error *err);
+
 /* Swap on request: to "ema" (as eval_start) or "train" (as eval_end). */
 int emac_swap(emac_session *s, const char *to, struct emac_result *out, struct emac_error *err);
 

@@ -506,6 +506,13 @@ static void ticket_what(char *buf, size_t len, const emac_session *s, emac_ticke
 int emac_event_send(emac_session *s, const char *event, const struct emac_time *t,
                     emac_ticket *ticket, struct emac_error *err)
 {
+    return emac_event_send_counts(s, event, t, NULL, ticket, err);
+}
+
+int emac_event_send_counts(emac_session *s, const char *event, const struct emac_time *t,
+                           const struct emac_time_counts *counts, emac_ticket *ticket,
+                           struct emac_error *err)
+{
     struct msg_event req;
     char what[200];
     int rc;
@@ -522,6 +529,14 @@ int emac_event_send(emac_session *s, const char *event, const struct emac_time *
     req.time.epoch = t->epoch;
     req.time.has_duration = t->has_duration;
     req.time.duration = t->duration;
+    if (counts != NULL) {
+        req.time.has_samples = counts->has_samples;
+        req.time.samples = counts->samples;
+        req.time.has_tokens = counts->has_tokens;
+        req.time.tokens = counts->tokens;
+        req.time.has_seconds = counts->has_seconds;
+        req.time.seconds = counts->seconds;
+    }
     req.has_seq = true;
     req.seq = s->next_seq++;
     return client_send(s->c, "event", &msg_event_desc, &req, s, true, LOSS_RECONNECTS, what, ticket,
@@ -549,13 +564,20 @@ int emac_event_wait(emac_session *s, emac_ticket ticket, struct emac_result *out
 int emac_event(emac_session *s, const char *event, const struct emac_time *t,
                struct emac_result *out, struct emac_error *err)
 {
+    return emac_event_counts(s, event, t, NULL, out, err);
+}
+
+int emac_event_counts(emac_session *s, const char *event, const struct emac_time *t,
+                      const struct emac_time_counts *counts, struct emac_result *out,
+                      struct emac_error *err)
+{
     emac_ticket id;
     char what[200];
     int rc;
 
     if (out == NULL)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_event: out is NULL");
-    if ((rc = emac_event_send(s, event, t, &id, err)) < 0)
+    if ((rc = emac_event_send_counts(s, event, t, counts, &id, err)) < 0)
         return rc;
     event_what(what, sizeof(what), s, event);
     return wait_action(s, id, what, out, err);

@@ -35,20 +35,31 @@ enum ema_unit {
     EMA_UNIT_EP,  /* epochs */
     EMA_UNIT_DUR, /* fraction of the planned training */
     EMA_UNIT_INF, /* "inf": an infinite half-life, the only unitless time */
+    EMA_UNIT_SP,  /* samples */
+    EMA_UNIT_TOK, /* tokens */
+    EMA_UNIT_SEC, /* wall-clock seconds of training; also written "1h30m", "90s" */
+    EMA_UNIT_COUNT
 };
 
-/* A parsed time string such as "1000ba", "2ep", "0.25dur" or "inf". */
+/* A parsed time string such as "1000ba", "2ep", "0.25dur", "1e6tok", "1h30m" or "inf". */
 struct ema_time {
     enum ema_unit unit;
-    uint64_t value; /* ba, ep: the count; dur: the fraction in units of 10^-15; inf: 0 */
+    uint64_t value; /* a count (ba, ep, sp, tok, sec); dur: the fraction in 10^-15; inf: 0 */
 };
 
-/* The trainer's clock carried by an event. */
+/* The trainer's clock carried by an event. The counts after duration are optional on the wire
+ * (protocol extension): a trainer reports those its ema_start needs. */
 struct ema_clock {
     uint64_t batch;    /* optimizer steps completed; the first batch_end carries 1 */
     uint64_t epoch;    /* epochs completed */
     double duration;   /* elapsed fraction of the planned training, in [0, 1] */
     bool has_duration; /* duration was sent (it is optional on the wire) */
+    bool has_samples;
+    bool has_tokens;
+    bool has_seconds;
+    uint64_t samples; /* samples trained on so far */
+    uint64_t tokens;  /* tokens trained on so far */
+    uint64_t seconds; /* whole wall-clock seconds of training so far */
 };
 
 /* ---- Configuration --------------------------------------------------------------------------- */
@@ -62,7 +73,7 @@ struct ema_config_in {
     double smoothing;            /* in [0, 1] */
     const char *update_interval; /* time string, ba/ep, value >= 1 */
     size_t update_interval_len;
-    const char *ema_start; /* time string, ba/ep/dur */
+    const char *ema_start; /* time string, ba/ep/dur/sp/tok/sec */
     size_t ema_start_len;
 };
 
@@ -71,7 +82,7 @@ struct ema_config {
     bool has_half_life;              /* smoothing derives from half_life, else it was given */
     struct ema_time half_life;       /* ba, ep or inf; meaningful when has_half_life */
     struct ema_time update_interval; /* ba or ep, value >= 1; its unit picks the update event */
-    struct ema_time ema_start;       /* ba, ep or dur */
+    struct ema_time ema_start;       /* ba, ep, dur, sp, tok or sec */
     double smoothing; /* shadow = smoothing * shadow + (1 - smoothing) * param, in [0, 1];
                        * the kernels derive their lerp weight (kernel_weight_f32) */
 };
@@ -117,14 +128,19 @@ struct ema_state {
 
 /* ---- Prototypes: all return 0 or a negative errno; results go through out-parameters. ------ */
 
-/* Time strings (docs/protocol.md "Time"), strictly: digits then "ba" or "ep" for a u64 count;
- * digits, optionally "." and 1..15 digits, then "dur" for a decimal in [0, 1] (".5dur" and
- * "1.dur" are refused); "inf" only when allow_inf. No sign, space, exponent or hex. -EINVAL. */
-int ema_time_parse(const char *s, size_t len, bool allow_inf, struct ema_time *out);
-/* The canonical form ("1000ba", "0.25dur", "1.0dur", "inf") that parses back to *t. -ENOSPC
- * when buf is too small (EMA_TIME_STRLEN always suffices), -EINVAL for an invalid *t. */
+/* Time strings, Composer's grammar (docs/protocol.md "Time"): a decimal number (optional "+",
+ * "_" between digits, fraction, exponent) then a unit matched without regard to case; counts
+ * (ba, ep, sp, tok, sec) must be integral and fit a u64, a dur must lie in [0, 1] with at most 15
+ * decimals; or a wall-clock "[H]h[M]m[S]s" (lowercase, at least one part, H < 24, M and S < 60)
+ * in seconds; "inf" only when allow_inf. -EINVAL, *out untouched, with a message in err (which
+ * may be NULL) quoting the string, Composer's own where it has one. */
+int ema_time_parse(const char *s, size_t len, bool allow_inf, struct ema_time *out, char *err,
+                   size_t errlen);
+/* The canonical form ("1000ba", "0.25dur", "1.0dur", "5400sec", "inf") that parses back to *t.
+ * -ENOSPC when buf is too small (EMA_TIME_STRLEN always suffices), -EINVAL for an invalid *t. */
 int ema_time_format(const struct ema_time *t, char *buf, size_t len);
-const char *ema_unit_name(enum ema_unit unit); /* "ba", "ep", "dur", "inf"; NULL if invalid */
+/* "ba", "ep", "dur", "inf", "sp", "tok", "sec"; NULL if invalid */
+const char *ema_unit_name(enum ema_unit unit);
 
 /* Validates and fills *cfg (untouched on failure). On -EINVAL, err receives a message naming the
  * field, e.g. `config.update_interval: unit "ep" does not match half_life's unit "ba"`. */
@@ -133,6 +149,11 @@ int ema_config_init(struct ema_config *cfg, const struct ema_config_in *in, char
 
 /* Checks an event's clock: duration, when present, in [0, 1]. Message names "time.duration". */
 int ema_clock_check(const struct ema_clock *now, char *err, size_t errlen);
+/* Checks that an update event (ev, for cfg's interval) carries the count that cfg's ema_start
+ * is in (samples, tokens or seconds), unless that start is 0: without it the start could never
+ * be reached. -EINVAL with a message naming the missing "time.<count>"; 0 for other events. */
+int ema_clock_check_start(const struct ema_config *cfg, enum ema_event ev,
+                          const struct ema_clock *now, char *err, size_t errlen);
 void ema_state_init(struct ema_state *st);
 /* The action event ev calls for; mutates nothing. now may be NULL only for the swap events.
  * -EINVAL for a bad argument, an invalid clock or a configuration not from ema_config_init. */

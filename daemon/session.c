@@ -421,8 +421,18 @@ void session_event(struct registry *r, struct peer *c, uint32_t msgid,
                   (int)(req->event.len > 32 ? 32 : req->event.len), req->event.ptr, known);
         return;
     }
-    struct ema_clock clock = {req->time.batch, req->time.epoch, req->time.duration,
-                              req->time.has_duration};
+    struct ema_clock clock = {
+        .batch = req->time.batch,
+        .epoch = req->time.epoch,
+        .duration = req->time.duration,
+        .has_duration = req->time.has_duration,
+        .has_samples = req->time.has_samples,
+        .samples = req->time.samples,
+        .has_tokens = req->time.has_tokens,
+        .tokens = req->time.tokens,
+        .has_seconds = req->time.has_seconds,
+        .seconds = req->time.seconds,
+    };
     if (ema_clock_check(&clock, err, sizeof(err)) < 0) {
         peer_fail(c, msgid, MSG_E_BADARG, "event: %s", err);
         return;
@@ -433,6 +443,10 @@ void session_event(struct registry *r, struct peer *c, uint32_t msgid,
     }
     if ((s = registry_lookup(r, c, msgid, "event", req->session, true)) == NULL)
         return;
+    if (ema_clock_check_start(&s->cfg, ev, &clock, err, sizeof(err)) < 0) {
+        peer_fail(c, msgid, MSG_E_BADARG, "event: %s", err);
+        return;
+    }
     if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
         return;
     struct op_event *e = op_event(op);

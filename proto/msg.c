@@ -26,6 +26,9 @@ static const struct msg_field time_fields[] = {
     REQ(struct msg_time, "batch", MSG_U64, batch),
     REQ(struct msg_time, "epoch", MSG_U64, epoch),
     OPT(struct msg_time, "duration", MSG_F64, duration),
+    OPT(struct msg_time, "samples", MSG_U64, samples),
+    OPT(struct msg_time, "tokens", MSG_U64, tokens),
+    OPT(struct msg_time, "seconds", MSG_U64, seconds),
 };
 const struct msg_desc msg_time_desc = DESC("time", struct msg_time, time_fields);
 

@@ -66,6 +66,13 @@ struct msg_time {
     uint64_t epoch; /* epochs completed */
     bool has_duration;
     double duration; /* elapsed fraction of training, [0, 1] */
+    /* Extension: the counts an ema_start in sp, tok or sec is compared with. */
+    bool has_samples;
+    uint64_t samples; /* samples trained on */
+    bool has_tokens;
+    uint64_t tokens; /* tokens trained on */
+    bool has_seconds;
+    uint64_t seconds; /* whole wall-clock seconds of training */
 };
 
 struct msg_hello {

@@ -1529,6 +1529,55 @@ static void test_msg_error_fits_a_small_buffer(void **state)
     pk_done(&p);
 }
 
+/* The counts of an ema_start in sp, tok or sec (an extension) are optional: an old client's time
+ * map decodes with none, a new one's with each given. */
+static void test_msg_time_counts_are_optional(void **state)
+{
+    struct packed p;
+    msgpack_packer *pk;
+    struct msg_time *t;
+    (void)state;
+
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 2);
+    kv_u(pk, "batch", 3);
+    kv_u(pk, "epoch", 1);
+    t = decode_ok(&msg_time_desc, pk_end(&p));
+    assert_false(t->has_duration);
+    assert_false(t->has_samples);
+    assert_false(t->has_tokens);
+    assert_false(t->has_seconds);
+    free(t);
+    pk_done(&p);
+
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 5);
+    kv_u(pk, "batch", 3);
+    kv_u(pk, "epoch", 1);
+    kv_u(pk, "samples", 384);
+    kv_u(pk, "tokens", UINT64_MAX);
+    kv_u(pk, "seconds", 5400);
+    t = decode_ok(&msg_time_desc, pk_end(&p));
+    assert_int_equal(t->batch, 3);
+    assert_true(t->has_samples);
+    assert_int_equal(t->samples, 384);
+    assert_true(t->has_tokens);
+    assert_true(t->tokens == UINT64_MAX);
+    assert_true(t->has_seconds);
+    assert_int_equal(t->seconds, 5400);
+    assert_false(t->has_duration);
+    free(t);
+    pk_done(&p);
+
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 3);
+    kv_u(pk, "batch", 3);
+    kv_u(pk, "epoch", 1);
+    kv_str(pk, "samples", "384");
+    expect_decode_error(&msg_time_desc, pk_end(&p), "samples: expected a non-negative integer");
+    pk_done(&p);
+}
+
 /* ---- String views ------------------------------------------------------------------------- */
 
 /* The columnar table (an extension) reads as the same tensors as the list
@@ -1653,6 +1702,7 @@ int main(void)
         cmocka_unit_test(test_msg_every_field_error_names_its_path),
         cmocka_unit_test(test_msg_missing_required_field_names_the_path),
         cmocka_unit_test(test_msg_wrong_type_names_field_and_expected_type),
+        cmocka_unit_test(test_msg_time_counts_are_optional),
         cmocka_unit_test(test_msg_nullable_fields_encode_nil_and_decode_absent),
         cmocka_unit_test(test_msg_optional_fields_sent_as_nil_are_absent),
         cmocka_unit_test(test_msg_unknown_keys_are_ignored),

@@ -19,6 +19,7 @@ STRUCTS = {
     "emac_tensor_spec": _lib.EmacTensorSpec, "emac_tensor": _lib.EmacTensor,
     "emac_config": _lib.EmacConfig, "emac_session_info": _lib.EmacSessionInfo,
     "emac_shadow": _lib.EmacShadow, "emac_time": _lib.EmacTime,
+    "emac_time_counts": _lib.EmacTimeCounts,
     "emac_result": _lib.EmacResult, "emac_file": _lib.EmacFile,
     "emac_status": _lib.EmacStatus,
 }

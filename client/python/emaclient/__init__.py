@@ -159,6 +159,20 @@ def _time(batch, epoch, duration):
     return t
 
 
+def _counts(samples, tokens, seconds):
+    """The optional counts of the clock (docs/protocol.md "Time"), or None."""
+    if samples is None and tokens is None and seconds is None:
+        return None
+    c = _lib.EmacTimeCounts()
+    for name, v in (("samples", samples), ("tokens", tokens), ("seconds", seconds)):
+        if v is not None:
+            if int(v) < 0:
+                raise ValueError("%s must be >= 0, not %r" % (name, v))
+            setattr(c, "has_" + name, True)
+            setattr(c, name, int(v))
+    return c
+
+
 # ---- Client ----
 
 
@@ -550,22 +564,29 @@ class Session:
             return (ctypes.c_char * 0)()
         return (ctypes.c_char * (s.numel * s.elem_size)).from_address(s.address)
 
-    def event(self, event, batch=0, epoch=0, duration=None):
-        """Send an event and wait for it: a Result."""
+    def event(self, event, batch=0, epoch=0, duration=None, samples=None, tokens=None,
+              seconds=None):
+        """Send an event and wait for it: a Result. samples, tokens, seconds: the
+        counts an ema_start in "sp", "tok" or "sec" needs (sent when not None)."""
         out = _lib.EmacResult()
         err = _lib.EmacError()
         t = _time(batch, epoch, duration)
-        _check(lib.emac_event(self._handle(), _b(event, "event"), ctypes.byref(t),
-                              ctypes.byref(out), ctypes.byref(err)), err)
+        c = _counts(samples, tokens, seconds)
+        _check(lib.emac_event_counts(self._handle(), _b(event, "event"), ctypes.byref(t),
+                                     None if c is None else ctypes.byref(c),
+                                     ctypes.byref(out), ctypes.byref(err)), err)
         return _result(out)
 
-    def send(self, event, batch=0, epoch=0, duration=None):
+    def send(self, event, batch=0, epoch=0, duration=None, samples=None, tokens=None,
+             seconds=None):
         """Send an event without waiting: a ticket for wait()."""
         ticket = _lib.c_uint32()
         err = _lib.EmacError()
         t = _time(batch, epoch, duration)
-        _check(lib.emac_event_send(self._handle(), _b(event, "event"), ctypes.byref(t),
-                                   ctypes.byref(ticket), ctypes.byref(err)), err)
+        c = _counts(samples, tokens, seconds)
+        _check(lib.emac_event_send_counts(self._handle(), _b(event, "event"), ctypes.byref(t),
+                                          None if c is None else ctypes.byref(c),
+                                          ctypes.byref(ticket), ctypes.byref(err)), err)
         return int(ticket.value)
 
     def wait(self, ticket):

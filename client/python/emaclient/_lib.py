@@ -121,6 +121,17 @@ class EmacTime(ctypes.Structure):
     ]
 
 
+class EmacTimeCounts(ctypes.Structure):
+    _fields_ = [
+        ("has_samples", c_bool),
+        ("has_tokens", c_bool),
+        ("has_seconds", c_bool),
+        ("samples", c_uint64),
+        ("tokens", c_uint64),
+        ("seconds", c_uint64),
+    ]
+
+
 class EmacResult(ctypes.Structure):
     _fields_ = [
         ("action", c_int),  # enum emac_action
@@ -208,6 +219,12 @@ _PROTOTYPES = {
     "emac_event_send": (
         c_int, [session_p, c_char_p, POINTER(EmacTime), POINTER(c_uint32), err_p]),
     "emac_event_wait": (c_int, [session_p, c_uint32, POINTER(EmacResult), err_p]),
+    "emac_event_counts": (
+        c_int, [session_p, c_char_p, POINTER(EmacTime), POINTER(EmacTimeCounts),
+                POINTER(EmacResult), err_p]),
+    "emac_event_send_counts": (
+        c_int, [session_p, c_char_p, POINTER(EmacTime), POINTER(EmacTimeCounts),
+                POINTER(c_uint32), err_p]),
     "emac_swap": (c_int, [session_p, c_char_p, POINTER(EmacResult), err_p]),
     "emac_close": (c_int, [session_p, c_bool, err_p]),
     "emac_save": (c_int, [client_p, c_char_p, c_char_p, POINTER(EmacFile), err_p]),

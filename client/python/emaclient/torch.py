@@ -55,6 +55,7 @@ import os
 import re
 import sys
 import threading
+import time
 import types
 import warnings
 import weakref
@@ -117,8 +118,16 @@ def _backend(device):
 
 
 def _parse_time(s):
-    m = re.fullmatch(r"(\d+)(ba|ep)", s or "")
-    return (int(m.group(1)), m.group(2)) if m else (1, "ba")
+    """(count, unit) of an update_interval in Composer's grammar ("10ba", "1e1BA", "2.0ep");
+    (1, "ba") for anything else (emad has refused it already)."""
+    m = re.fullmatch(r"(\+?[0-9_.]+(?:e[+-]?[0-9_]+)?)(ba|ep)", s or "", re.IGNORECASE)
+    try:
+        v = float(m.group(1)) if m else 0.0
+    except ValueError:
+        v = 0.0
+    if v >= 1 and v == int(v):
+        return int(v), m.group(2).lower()
+    return 1, "ba"
 
 
 class _Entry:
@@ -650,26 +659,51 @@ class EMA:
 
     def _send(self, event):
         job = self._res.job
-        if job is not None and job.add(event, (self._batch, self._epoch, self._duration)):
+        if job is not None and job.add(event, self._now()):
             return
         s = self._session()
         with self._talking():
-            ticket = s.send(event, self._batch, self._epoch, self._duration)
+            ticket = s.send(event, *self._now())
         self._pending.append((event, ticket))
 
     def _call(self, event):
         self.wait()
         s = self._session()
         with self._talking():
-            return self._note(s.event(event, self._batch, self._epoch, self._duration))
+            return self._note(s.event(event, *self._now()))
 
-    def _clock(self, batch, epoch, duration):
+    # The counts beyond batch/epoch/duration (docs/protocol.md "Time"), for an ema_start in
+    # "sp", "tok" or "sec": None until the trainer reports them; the wall clock runs from
+    # fit_start() (or the first event), like Composer's total_wct.
+    _samples = None
+    _tokens = None
+    _wct_start = None
+
+    def _clock(self, batch, epoch, duration, samples=None, tokens=None, seconds=None):
         if batch is not None:
             self._batch = int(batch)
         if epoch is not None:
             self._epoch = int(epoch)
         if duration is not None:
             self._duration = float(duration)
+        for name, v in (("samples", samples), ("tokens", tokens), ("seconds", seconds)):
+            if v is not None and int(v) < 0:
+                raise ValueError("%s must be >= 0, not %r" % (name, v))
+        if samples is not None:
+            self._samples = int(samples)
+        if tokens is not None:
+            self._tokens = int(tokens)
+        if seconds is not None:
+            self._wct_start = time.monotonic() - int(seconds)
+        elif self._wct_start is None:
+            self._wct_start = time.monotonic()
+
+    def _now(self):
+        """The clock an event carries: (batch, epoch, duration, samples, tokens, seconds)."""
+        seconds = None
+        if self._wct_start is not None:
+            seconds = max(0, int(time.monotonic() - self._wct_start))
+        return (self._batch, self._epoch, self._duration, self._samples, self._tokens, seconds)
 
     def wait(self):
         """Wait until every event sent is done (emad has finished reading the
@@ -693,16 +727,21 @@ class EMA:
             self._before_param_write()
         return last
 
-    def fit_start(self, batch=None, epoch=None, duration=None):
-        """The fit_start event (no weight change)."""
-        self._clock(batch, epoch, duration)
+    def fit_start(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
+                  seconds=None):
+        """The fit_start event (no weight change); the wall clock of an ema_start in "sec" runs
+        from here, or from `seconds` (the training time so far, on a resume)."""
+        if seconds is None:
+            self._wct_start = time.monotonic()
+        self._clock(batch, epoch, duration, samples, tokens, seconds)
         return self._call("fit_start")
 
-    def batch_start(self, batch=None, epoch=None, duration=None):
+    def batch_start(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
+                    seconds=None):
         """Before a batch's forward pass: `batch` = optimizer steps completed so
         far (default: unchanged), `epoch` = epochs completed. If the EMA weights
         are in (after checkpoint()), the training weights come back first."""
-        self._clock(batch, epoch, duration)
+        self._clock(batch, epoch, duration, samples, tokens, seconds)
         if self._active:
             r = self._call("batch_start")
         else:
@@ -716,21 +755,28 @@ class EMA:
             self._restore_training = None
         return r
 
-    def batch_end(self, batch=None, epoch=None, duration=None, wait=False):
+    def batch_end(self, batch=None, epoch=None, duration=None, wait=False, samples=None,
+                  tokens=None, seconds=None):
         """After the optimizer step: `batch` = optimizer steps completed, the
         first batch_end carries 1 (default: one more than the last), `epoch` =
         epochs completed, `duration` = elapsed fraction of the training in
-        [0, 1] (optional). Returns at once (the update overlaps the next
-        forward/backward), or with wait=True once it is done, with its Result."""
+        [0, 1] (optional); `samples`, `tokens` = samples and tokens trained on so
+        far (needed by an ema_start in "sp" or "tok"), `seconds` = training time
+        so far (default: measured from fit_start). Returns at once (the update
+        overlaps the next forward/backward), or with wait=True once it is done,
+        with its Result."""
         self.wait()
-        self._clock(self._batch + 1 if batch is None else batch, epoch, duration)
+        self._clock(self._batch + 1 if batch is None else batch, epoch, duration, samples, tokens,
+                    seconds)
         return self._update_event("batch_end", wait)
 
-    def epoch_end(self, epoch=None, batch=None, duration=None, wait=False):
+    def epoch_end(self, epoch=None, batch=None, duration=None, wait=False, samples=None,
+                  tokens=None, seconds=None):
         """At the end of an epoch: `epoch` = epochs completed (default: one more
         than the last). The update event when update_interval is in "ep"."""
         self.wait()
-        self._clock(batch, self._epoch + 1 if epoch is None else epoch, duration)
+        self._clock(batch, self._epoch + 1 if epoch is None else epoch, duration, samples, tokens,
+                    seconds)
         return self._update_event("epoch_end", wait)
 
     def _update_event(self, event, wait):
@@ -742,8 +788,7 @@ class EMA:
             events = self._copy_out(self._res.mirrored)
         if events:
             s = self._session()
-            self._res.job = _Job(self._res.backend, events, s, event,
-                                 (self._batch, self._epoch, self._duration))
+            self._res.job = _Job(self._res.backend, events, s, event, self._now())
         else:
             self._send(event)
         return self.wait() if wait else None
@@ -754,11 +799,12 @@ class EMA:
         if not self._active:
             self._push(self._res.mirrored)
 
-    def eval_start(self, batch=None, epoch=None, duration=None):
+    def eval_start(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
+                   seconds=None):
         """Swap the EMA weights in (once the EMA has started). The clock
         arguments, optional everywhere but in batch_end/epoch_end, update the
         time the next events carry."""
-        self._clock(batch, epoch, duration)
+        self._clock(batch, epoch, duration, samples, tokens, seconds)
         self._before_swap_in()
         return self._call("eval_start")
 
@@ -771,20 +817,22 @@ class EMA:
         return r
 
     @contextlib.contextmanager
-    def eval(self, batch=None, epoch=None, duration=None):
+    def eval(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
+             seconds=None):
         """with ema.eval(): the model holds the EMA weights inside the block
         (eval_start / eval_end), once the EMA has started; its training
         weights come back bit for bit after. (It does not call model.eval().)"""
-        self.eval_start(batch, epoch, duration)
+        self.eval_start(batch, epoch, duration, samples, tokens, seconds)
         try:
             yield self
         finally:
             self.eval_end()
 
-    def checkpoint(self, batch=None, epoch=None, duration=None):
+    def checkpoint(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
+                   seconds=None):
         """Before saving a checkpoint: swap the EMA weights in (once started);
         they stay in until the next batch_start or eval_end."""
-        self._clock(batch, epoch, duration)
+        self._clock(batch, epoch, duration, samples, tokens, seconds)
         self._before_swap_in()
         return self._call("checkpoint")
 
