@@ -605,6 +605,15 @@ class EMA:
     def _check_model(self):
         """Before any push or swap: the model still holds the tensors
         registered, and in shm mode their storage is still the segment."""
+        for e in self._entries:
+            t = e.get() if e.param is not None else e.module._buffers.get(e.attr)
+            if t is not None and (t.dtype != e.dtype or t.device != e.device):
+                raise Error("USAGE", "%s is now %s on %s, not %s on %s as when EMA() was made: "
+                            "the model was moved or converted (.to(), .half(), .cuda()). Move "
+                            "it before making the EMA; to move it later, take "
+                            "sd = ema.state_dict(), ema.close() (before moving), move the model, "
+                            "make a new EMA and ema.load_state_dict(sd)" % (
+                                e.name, t.dtype, t.device, e.dtype, e.device))
         modules = {}
         for e in self._entries:
             why = e.stale(self.model, modules)
