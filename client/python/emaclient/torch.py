@@ -351,6 +351,13 @@ class EMA:
         host wait for the work queued on them. "device": wait for all the
         work on the device instead (the training thread then blocks at each
         update until the GPU is idle).
+    max_duration: the training's length ("100ba", "5ep"), from which each
+        update event's elapsed duration is computed (Composer's trainer
+        knows it; ema_start in "dur" needs it, or duration= on the events).
+    include_frozen: also average and swap the parameters that do not require
+        grad when the EMA starts (by default they are left out, as Composer
+        does: eval() shows their training weights). docs/composer.md lists
+        every deliberate difference from Composer.
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
