@@ -117,6 +117,33 @@ def _backend(device):
     return None
 
 
+def _parse_max_duration(d):
+    """max_duration ("100ba", "5ep" or None) -> (value, unit) or None."""
+    if d is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(ba|ep)\s*", str(d))
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError("max_duration must be a positive whole number of batches or epochs "
+                         "('100ba', '5ep'), not %r" % (d,))
+    return int(m.group(1)), m.group(2)
+
+
+def _start_need(ema_start):
+    """What an update event must carry to reach ema_start: "duration",
+    "epoch", or None (a batch count, or a start at 0, which every event
+    reaches)."""
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(ba|ep|dur)\s*", str(ema_start or ""))
+    if not m:
+        return None  # emad judges the string and says what is wrong with it
+    try:
+        value = float(m.group(1))
+    except ValueError:
+        return None
+    if value <= 0 or m.group(2) == "ba":
+        return None
+    return "duration" if m.group(2) == "dur" else "epoch"
+
+
 def _parse_time(s):
     """(count, unit) of an update_interval in Composer's grammar ("10ba", "1e1BA", "2.0ep");
     (1, "ba") for anything else (emad has refused it already)."""
@@ -333,6 +360,13 @@ class EMA:
         host wait for the work queued on them. "device": wait for all the
         work on the device instead (the training thread then blocks at each
         update until the GPU is idle).
+    max_duration: the training's length ("100ba", "5ep"), from which each
+        update event's elapsed duration is computed (Composer's trainer
+        knows it; ema_start in "dur" needs it, or duration= on the events).
+    include_frozen: also average and swap the parameters that do not require
+        grad when the EMA starts (by default they are left out, as Composer
+        does: eval() shows their training weights). docs/composer.md lists
+        every deliberate difference from Composer.
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -342,7 +376,7 @@ class EMA:
     def __init__(self, model, *, half_life=_DEFAULT_HALF_LIFE, smoothing=None,
                  ema_start="0.0dur", update_interval=None, session=None, socket=None,
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
-                 streams=None):
+                 streams=None, max_duration=None, include_frozen=False):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -359,6 +393,9 @@ class EMA:
             half_life = None
         elif half_life is None:
             raise ValueError("Either half_life or smoothing must be specified")
+        self._max_duration = _parse_max_duration(max_duration)
+        self._start_need = _start_need(ema_start)
+        self._include_frozen = bool(include_frozen)
         self.model = model
         self._config = {"half_life": None if half_life is None else str(half_life),
                         "smoothing": smoothing, "update_interval": update_interval,
@@ -384,6 +421,12 @@ class EMA:
         self._updates = 0
         self._restore_training = None
         self._closed = False
+        # Parameters frozen (requires_grad False) when the EMA started: as
+        # Composer, they are neither averaged nor swapped (docs/composer.md).
+        self._excluded = frozenset()
+        self._start_frozen = None   # the frozen ones when the last update event was sent
+        self._start_warned = False
+        self._epoch_ended = False
         self._side = {}     # device -> the side stream of the copies
         self._writers = {}  # device -> {stream: event}: optimizer steps since the last copy
 
@@ -578,6 +621,15 @@ class EMA:
     def _check_model(self):
         """Before any push or swap: the model still holds the tensors
         registered, and in shm mode their storage is still the segment."""
+        for e in self._entries:
+            t = e.get() if e.param is not None else e.module._buffers.get(e.attr)
+            if t is not None and (t.dtype != e.dtype or t.device != e.device):
+                raise Error("USAGE", "%s is now %s on %s, not %s on %s as when EMA() was made: "
+                            "the model was moved or converted (.to(), .half(), .cuda()). Move "
+                            "it before making the EMA; to move it later, take "
+                            "sd = ema.state_dict(), ema.close() (before moving), move the model, "
+                            "make a new EMA and ema.load_state_dict(sd)" % (
+                                e.name, t.dtype, t.device, e.dtype, e.device))
         modules = {}
         for e in self._entries:
             why = e.stale(self.model, modules)
@@ -633,12 +685,26 @@ class EMA:
         # After a reconnect the library may have put the training weights
         # back itself (the reply then says "none"): follow the segment.
         changed = r.active != self._active
+        if r.started and not self._started and self._start_frozen is not None:
+            self._excluded = self._start_frozen
         self._started = r.started
         self._active = r.active
         self._updates = r.updates
+        if r.active and self._excluded and (r.action == "swap_in" or changed):
+            self._keep_excluded_live()
         if r.action in ("swap_in", "swap_out") or changed:
             self._pull(self._res.mirrored)
         return r
+
+    def _keep_excluded_live(self):
+        """With the EMA weights in, give the parameters left out of the EMA
+        their training weights back (from the stash; the swap out restores
+        the stash whole anyway)."""
+        stash = self._stash_views()
+        with torch.no_grad():
+            for e in self._entries:
+                if e.name in self._excluded:
+                    e.view.copy_(stash[e.name])
 
     @contextlib.contextmanager
     def _talking(self):
@@ -780,6 +846,9 @@ class EMA:
         return self._update_event("epoch_end", wait)
 
     def _update_event(self, event, wait):
+        if event == "epoch_end":
+            self._epoch_ended = True
+        self._before_update_event()
         events = []
         if self._may_read(event):
             self._check_model()
@@ -793,7 +862,43 @@ class EMA:
             self._send(event)
         return self.wait() if wait else None
 
+    def _before_update_event(self):
+        """Fill in the duration from max_duration; before the start, note
+        which parameters are frozen (the start leaves them out) and say when
+        the event cannot reach ema_start for want of a duration."""
+        if self._max_duration is not None:
+            value, unit = self._max_duration
+            # Composer's elapsed duration: the time in max_duration's unit over it
+            self._duration = min(1.0, (self._batch if unit == "ba" else self._epoch) / value)
+        if self._started:
+            return
+        if not self._include_frozen:
+            self._start_frozen = frozenset(e.name for e in self._entries
+                                           if e.param is not None and not e.param.requires_grad)
+        if self._start_need == "duration" and self._duration is None:
+            self._warn_unstarted()
+
+    def _warn_unstarted(self):
+        """Once: the EMA has not started and cannot, for lack of what ema_start
+        counts (a silent EMA that never starts evaluates the training weights)."""
+        if self._started or self._start_warned:
+            return
+        start = self._config["ema_start"]
+        if self._start_need == "duration" and self._duration is None:
+            why = ("ema_start=%r counts the elapsed fraction of the training, and no event "
+                   "has carried it: make the EMA with max_duration= ('100ba', '5ep') or pass "
+                   "duration= to batch_end()/epoch_end()" % (start,))
+        elif (self._start_need == "epoch" and self._unit == "ba" and self._epoch == 0 and
+              not self._epoch_ended):
+            why = ("ema_start=%r counts epochs, and every event so far carried epoch 0: call "
+                   "epoch_end() at the end of each epoch or pass epoch= to batch_end()" % (start,))
+        else:
+            return
+        self._start_warned = True
+        warnings.warn("emaclient.torch: the EMA has not started: " + why, stacklevel=4)
+
     def _before_swap_in(self):
+        self._warn_unstarted()
         self.wait()
         self._check_model()
         if not self._active:
@@ -950,8 +1055,43 @@ class EMA:
         devices."""
         self.wait()
         self._session()
-        return {e.name: e.shadow.to(device=e.device, dtype=e.dtype, copy=True)
-                for e in self._entries}
+        out = {e.name: e.shadow.to(device=e.device, dtype=e.dtype, copy=True)
+               for e in self._entries if e.name not in self._excluded}
+        if self._excluded:
+            # left out of the EMA (frozen at its start): what eval() shows for them
+            training = self.training_state_dict()
+            out.update((n, training[n]) for n in self._excluded)
+        return {e.name: out[e.name] for e in self._entries}
+
+    def get_ema_model(self, model=None):
+        """Copy the EMA weights into `model` (default: the EMA's own, whose
+        training weights they then replace for good; as Composer's, e.g. at
+        the end of training). The parameters left out of the EMA keep their
+        values. ValueError while the EMA weights are in the model. Returns
+        model."""
+        if self._active:
+            raise ValueError("get_ema_model: the EMA weights are in the model now "
+                             "(eval() or checkpoint()); swap('train') first")
+        weights = self.ema_state_dict()
+        return self._copy_into(model, {n: weights[n] for n in weights if n not in self._excluded})
+
+    def get_training_model(self, model=None):
+        """Copy the training weights into `model` while the EMA weights are in
+        the EMA's own model (after checkpoint(), inside eval()); the EMA's
+        model gets them back by itself at the swap out. ValueError when the
+        training weights are in the model already. Returns model."""
+        if not self._active:
+            raise ValueError("get_training_model: the training weights are in the model now")
+        return self._copy_into(model, self.training_state_dict())
+
+    def _copy_into(self, model, weights):
+        model = self.model if model is None else model
+        self.wait()
+        with torch.no_grad():
+            for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+                if name in weights:
+                    t.copy_(weights[name])
+        return model
 
     def _stash_views(self):
         """The training weights while the EMA weights are swapped in: the
@@ -976,15 +1116,25 @@ class EMA:
     def _config_reported(self, st):
         return {k: st[k] for k in ("half_life", "smoothing", "update_interval", "ema_start")}
 
-    def state_dict(self, save_in_emad=True):
-        """A checkpoint of the EMA with Composer's keys: "ema_model" (the EMA
-        weights, model dtypes), "training_model" (the training weights),
-        "ema_weights_active", "ema_started"; and "emad": what an exact resume
-        needs (the shadow of f16/bf16 tensors in fp32, the counters, the clock
-        and, with save_in_emad, the name of the state file emad wrote in its
-        state directory, from which load_state_dict restores the shadow
-        bit for bit when that emad's state directory still has it)."""
+    def state_dict(self, save_in_emad=True, layout="current"):
+        """A checkpoint of the EMA that Composer reads too, with its keys
+        "ema_weights_active" and "ema_started" and, by layout:
+          "current" (Composer 0.13 and later): "ema_model" is
+              {"named_parameters_dict", "named_buffers_dict"}: the EMA weights
+              or, while they are in the model (checkpoint()), the training
+              weights; the parameters left out of the EMA (frozen at its
+              start) are not there;
+          "legacy" (Composer before 0.13): "ema_model" and "training_model",
+              flat state dicts of the EMA and the training weights.
+        "emad" holds what an exact resume needs: the fp32 shadow of f16/bf16
+        tensors, the counters, the clock, the parameters left out and, with
+        save_in_emad, the name of the state file emad wrote in its state
+        directory (load_state_dict restores from it when that emad still has
+        it)."""
+        if layout not in ("current", "legacy"):
+            raise ValueError("layout must be 'current' or 'legacy', not %r" % (layout,))
         self.wait()
+        self._warn_unstarted()
         st = self.state()
         meta = {
             "format": _STATE_FORMAT,
@@ -995,6 +1145,7 @@ class EMA:
             "last_time": st["last_time"],
             "shadow": {e.name: e.shadow.clone() for e in self._entries
                        if e.dtype in _LOW_PRECISION},
+            "excluded": sorted(self._excluded),
             "state_file": None,
         }
         if save_in_emad:
@@ -1003,14 +1154,26 @@ class EMA:
                 meta["state_file"] = self._state_file
             except Error as err:
                 warnings.warn("emad could not save the session's state (%s); the checkpoint "
-                              "still resumes, exactly for f32/f64 tensors" % err)
-        return {
-            "ema_model": self.ema_state_dict(),
-            "training_model": self.training_state_dict(),
-            "ema_weights_active": bool(self._active),
-            "ema_started": bool(st["started"]),
-            "emad": meta,
+                              "still resumes exactly from its own contents" % err)
+        ema = self.ema_state_dict()
+        training = self.training_state_dict()
+        out = {"ema_weights_active": bool(self._active), "ema_started": bool(st["started"]),
+               "emad": meta}
+        if layout == "legacy":
+            # Composer < 0.13 loads these with Module.load_state_dict: the
+            # model's state dict keys, no more, no fewer.
+            keys = set(self.model.state_dict().keys())
+            out["ema_model"] = {n: t for n, t in ema.items() if n in keys}
+            out["training_model"] = {n: t for n, t in training.items() if n in keys}
+            return out
+        held = training if self._active else ema
+        out["ema_model"] = {
+            "named_parameters_dict": {e.name: held[e.name] for e in self._entries
+                                      if e.param is not None and e.name not in self._excluded},
+            "named_buffers_dict": {e.name: held[e.name] for e in self._entries
+                                   if e.param is None},
         }
+        return out
 
     def _load_training(self, weights):
         with torch.no_grad():
@@ -1018,43 +1181,99 @@ class EMA:
                 if e.name in weights:
                     e.get().copy_(weights[e.name])
 
-    def load_state_dict(self, state, strict=True):
-        """Resume from state_dict()'s output (or a Composer EMA state dict).
-        Load the model's own state dict first. The shadow and the started flag
-        come back exactly: from emad's state file when the checkpoint names one
-        that emad still has and that matches it bit for bit, else by
-        registering the session anew from "ema_model" (exact for f32, f64 and
-        integer tensors; f16/bf16 shadows are then rounded to their dtype, with
-        a warning) and marking it started with an update event at the
-        checkpoint's time, sent while the segment holds the EMA weights (the
-        start copies them into the shadow, an update with the weights equal to
-        the shadow leaves it unchanged for finite values; emad's update counter
-        restarts). If the checkpoint was taken with the EMA weights in
-        (checkpoint()), the training weights are put back in the model now and
-        again at the next batch_start."""
+    def _read_layout(self, state, active):
+        """(EMA weights, training weights or None, parameters left out,
+        missing names, unexpected names) from either of Composer's layouts."""
+        em = state.get("ema_model")
+        by_name = {e.name: e for e in self._entries}
+        params = {n for n, e in by_name.items() if e.param is not None}
+        meta = state.get("emad") or {}
+        if isinstance(em, dict) and "named_parameters_dict" in em and "training_model" not in state:
+            held = dict(em.get("named_parameters_dict") or {})
+            buffers = dict(em.get("named_buffers_dict") or {})
+            unexpected = sorted(n for n in list(held) + list(buffers) if n not in by_name)
+            excluded = {n for n in params if n not in held}
+            missing = [n for n, e in by_name.items() if e.param is None and n not in buffers]
+            if self._include_frozen:
+                missing += sorted(excluded)
+                excluded = set()
+            held.update(buffers)
+            held = {n: t for n, t in held.items() if n in by_name}
+            if active:
+                # Composer swapped: the model (loaded first) holds the EMA weights
+                ema = {n: by_name[n].get().detach().clone() for n in held}
+                return ema, held, excluded, missing, unexpected
+            return held, None, excluded, missing, unexpected
+        if isinstance(em, dict) and all(isinstance(t, torch.Tensor) for t in em.values()):
+            keys = set(self.model.state_dict().keys())
+            training = state.get("training_model") if active else None
+            excluded = set() if self._include_frozen else set(meta.get("excluded") or ()) & params
+            missing = [n for n in by_name if n in keys and n not in excluded and n not in em]
+            unexpected = sorted(n for n in em if n not in by_name)
+            if active:
+                if not isinstance(training, dict):
+                    raise KeyError("load_state_dict: the checkpoint was taken with the EMA "
+                                   "weights in the model, and training_model is missing")
+                missing += ["training_model." + n for n in by_name
+                            if n in keys and n not in training]
+                training = {n: t for n, t in training.items() if n in by_name}
+            ema = {n: t for n, t in em.items() if n in by_name}
+            return ema, training, excluded, missing, unexpected
+        raise ValueError("load_state_dict: no EMA weights found: ema_model is %s, in neither of "
+                         "Composer's layouts ({named_parameters_dict, named_buffers_dict} since "
+                         "0.13, a flat state dict before)" % (
+                             "missing" if em is None else "a %s" % type(em).__name__))
+
+    def load_state_dict(self, state, strict=False, batch=None, epoch=None, duration=None):
+        """Resume from state_dict()'s output or a Composer EMA state dict, in
+        either layout. Load the model's own state dict first (with the EMA
+        weights in, it holds them). Names the model has but the checkpoint
+        lacks (or the reverse) raise KeyError with strict, else a warning
+        says which: their EMA restarts from the current weights (Composer's
+        default is strict=False too). batch/epoch/duration: the checkpoint's
+        time, for a checkpoint that does not carry it (Composer's: the
+        trainer's timestamp); a start at ema_start later than that is not
+        marked started.
+
+        The shadow and the started flag come back exactly: from emad's state
+        file when the checkpoint names one that emad still has and that
+        matches it bit for bit, else by registering the session anew with
+        the checkpoint's shadow (the fp32 one of f16/bf16 tensors where the
+        checkpoint has it) and marking it started with an update event at the
+        checkpoint's time (emad's update counter restarts). If the checkpoint
+        was taken with the EMA weights in (checkpoint()), the training weights
+        are put back in the model now and again at the next batch_start."""
         self.wait()
         if self._active:
             self._swap_back()
-        names = [e.name for e in self._entries]
-        ema_model = state.get("ema_model")
-        training = state.get("training_model")
         started = bool(state.get("ema_started", False))
+        active = bool(state.get("ema_weights_active", False))
         meta = state.get("emad") or {}
-        if strict:
-            persistent = set(self.model.state_dict().keys())
-            for what, d in (("ema_model", ema_model), ("training_model", training)):
-                if d is None:
-                    raise KeyError("load_state_dict: %s is missing" % what)
-                missing = [n for n in names if n in persistent and n not in d]
-                if missing:
-                    raise KeyError("load_state_dict: %s lacks %s" % (what, ", ".join(missing)))
-        if state.get("ema_weights_active") and training is not None:
+        ema, training, excluded, missing, unexpected = self._read_layout(state, active)
+        by_name = {e.name: e for e in self._entries}
+        for what, d in (("ema_model", ema), ("training_model", training or {})):
+            for n, t in d.items():
+                if tuple(t.shape) != by_name[n].shape:
+                    raise ValueError("load_state_dict: %s %s has shape %s, the model's %s" % (
+                        what, n, tuple(t.shape), by_name[n].shape))
+        if missing or unexpected:
+            why = "; ".join(x for x in (
+                "ema_model lacks %s" % ", ".join(missing) if missing else "",
+                "the model has no %s" % ", ".join(unexpected) if unexpected else "") if x)
+            if strict:
+                raise KeyError("load_state_dict: " + why)
+            warnings.warn("load_state_dict: %s: loaded without them (their EMA restarts from "
+                          "the current weights)" % why, stacklevel=2)
+        if active and training is not None:
             self._load_training(training)
             self._restore_training = training
         if meta.get("last_time") is not None:
             self._set_clock(meta["last_time"])
-        if not (meta.get("state_file") and self._load_from_emad(meta, ema_model)):
-            self._reseed(ema_model or {}, meta, started)
+        else:
+            self._clock(batch, epoch, duration)
+        if not (meta.get("state_file") and self._load_from_emad(meta, ema)):
+            self._reseed(ema, meta, started)
+        self._excluded = frozenset(excluded) if self._started else frozenset()
 
     def _load_from_emad(self, meta, ema_model):
         st = self.state()
@@ -1094,10 +1313,10 @@ class EMA:
         training = [e.view.clone() for e in self._entries]
         with torch.no_grad():
             for e in self._entries:
+                # the others (missing, or left out of the EMA) start from the
+                # current weights, pushed above
                 if e.name in ema_model:
                     e.view.copy_(ema_model[e.name].detach().reshape(e.shape))
-                else:
-                    e.view.copy_(e.shadow.to(e.dtype))
         s = self._session()
         s.close()
         s.free()
