@@ -1647,7 +1647,8 @@ static void test_NOSESSION_and_EXISTS(void **state)
     FAILS(emac_load(c, "nope", "x", &f, &err), "NOSESSION", "nope");
     FAILS(emac_drop(c, "nope", &err), "NOSESSION", "nope");
     raw_open(&raw, d.sock);
-    struct msg_event e = {msg_str_c("nope"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
+    struct msg_event e = {.session = msg_str_c("nope"), .event = msg_str_c("batch_end"),
+                          .time = {.batch = 1}};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "NOSESSION", "nope", "event");
     struct msg_swap sw = {msg_str_c("nope"), msg_str_c("ema"), false, 0};
@@ -1687,7 +1688,8 @@ static void test_PERM_for_requests_from_another_connection(void **state)
     emac_session *s = register_ok(c, "owned", seg, NULL, false);
 
     raw_open(&raw, d.sock);
-    struct msg_event e = {msg_str_c("owned"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
+    struct msg_event e = {.session = msg_str_c("owned"), .event = msg_str_c("batch_end"),
+                          .time = {.batch = 1}};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "PERM", "owned", "event from another connection");
     struct msg_swap sw = {msg_str_c("owned"), msg_str_c("ema"), false, 0};
