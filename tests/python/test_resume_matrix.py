@@ -4,6 +4,7 @@ STOP with a torch.save checkpoint and resumed to batch STEPS, through
   - "new":      a new emad on a fresh state directory (the checkpoint alone);
   - "new_legacy": the same from emaclient's checkpoint in Composer's legacy
                 layout (state_dict(layout="legacy"));
+  - "new_mirror": "new" with the EMA in mirror mode (host copies);
   - "current":  a checkpoint written as Composer 0.13+ writes it (by hand);
   - "legacy":   a checkpoint written as Composer < 0.13 writes it (by hand).
 The final shadow must be bit-exact: equal to the uninterrupted run's where
@@ -70,12 +71,13 @@ class ResumeMatrix(emadtest.EmadTestCase):
 
     def case(self, dtype_name, how):
         dtype = DTYPES[dtype_name]
+        mode = "mirror" if how == "new_mirror" else "auto"
         tmp = tempfile.mkdtemp(prefix="emad-pytest-matrix-")
         self.addCleanup(shutil.rmtree, tmp, True)
         d = self.daemon(state_dir=os.path.join(tmp, "state"))
 
         model = make(dtype)
-        ema = EMA(model, socket=d.sock, session="full", **CONFIG)
+        ema = EMA(model, socket=d.sock, session="full", mode=mode, **CONFIG)
         try:
             opt = ema.attach_optimizer(torch.optim.SGD(model.parameters(), lr=0.05))
             run(ema, model, opt, 0, STEPS)
@@ -84,7 +86,7 @@ class ResumeMatrix(emadtest.EmadTestCase):
             ema.close()
 
         model = make(dtype)
-        ema = EMA(model, socket=d.sock, session="part", **CONFIG)
+        ema = EMA(model, socket=d.sock, session="part", mode=mode, **CONFIG)
         try:
             opt = ema.attach_optimizer(torch.optim.SGD(model.parameters(), lr=0.05))
             run(ema, model, opt, 0, STOP)
@@ -111,7 +113,7 @@ class ResumeMatrix(emadtest.EmadTestCase):
         model.load_state_dict(saved["model"])
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
         opt.load_state_dict(saved["opt"])
-        ema = EMA(model, socket=d.sock, session="part", **CONFIG)
+        ema = EMA(model, socket=d.sock, session="part", mode=mode, **CONFIG)
         try:
             ema.attach_optimizer(opt)
             with warnings.catch_warnings(record=True) as caught:
@@ -145,7 +147,7 @@ def _add(dtype_name, how):
 
 
 for _d in DTYPES:
-    for _h in ("same", "new", "new_legacy", "current", "legacy"):
+    for _h in ("same", "new", "new_legacy", "new_mirror", "current", "legacy"):
         _add(_d, _h)
 
 
