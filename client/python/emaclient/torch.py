@@ -1410,9 +1410,9 @@ class EMA:
         in emad's state directory, replaced by the next such resume of the
         session) and loaded into this session, whose shadow has the same
         layout (docs/protocol.md "load"). True once this session holds that
-        shadow bit for bit and is started; False (with nothing changed but
-        the temporary session, removed) where emad cannot do it, for the
-        caller's plain reseed."""
+        shadow bit for bit and is started; False where emad cannot do it (the
+        temporary session removed all the same), for the caller's plain
+        reseed, which replaces whatever this session then holds."""
         res = self._res
         client = res.client
         tmp = _reseed_name(self.session_name)
@@ -1465,7 +1465,9 @@ class EMA:
             if seg is not None:
                 seg.destroy()
         st = self.state()
-        if not st["started"] or not all(_bits_equal(e.shadow, w)
+        # (a start widens f16/bf16 params exactly: the shadow of one without an exact copy
+        # holds its rounded EMA weight widened)
+        if not st["started"] or not all(_bits_equal(e.shadow, w.to(e.shadow.dtype))
                                         for e, w in zip(self._entries, want)):
             warnings.warn("the shadow emad loaded is not the checkpoint's")
             return False
