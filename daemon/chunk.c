@@ -170,7 +170,11 @@ static int chunk_save(void *arg, size_t index)
     return 0;
 }
 
-/* Check that a state file's tensor table is the session's. */
+/* Check that a state file's tensor table matches the session's: the same names and numel, and
+ * the same shadow dtype, which is all the shadow's layout depends on (session_build_tensors).
+ * The param dtypes may differ: an f32 session's shadow loads into an f16 or bf16 one, which is
+ * how a trainer resumes the exact fp32 shadow of a low-precision model from its own checkpoint
+ * without ever writing a shadow itself (docs/protocol.md "load"). */
 static int check_loaded_table(const struct session *s, const struct msg_saved_state *m, char *err,
                               size_t errlen)
 {
@@ -181,9 +185,10 @@ static int check_loaded_table(const struct session *s, const struct msg_saved_st
     }
     for (size_t i = 0; i < s->ntensors; i++) {
         const struct tensor *t = &s->tensors[i];
+        enum dtype dt;
         if (!msg_str_eq(m->tensors[i].name, t->name) ||
-            !msg_str_eq(m->tensors[i].dtype, dtype_name(t->dtype)) ||
-            m->tensors[i].numel != t->numel) {
+            dtype_from_name(m->tensors[i].dtype.ptr, m->tensors[i].dtype.len, &dt) < 0 ||
+            dtype_shadow(dt) != t->shadow_dtype || m->tensors[i].numel != t->numel) {
             snprintf(err, errlen, "tensor %zu differs: the file has \"%.*s\" %.*s x %" PRIu64
                      ", the session \"%s\" %s x %" PRIu64, i, (int)m->tensors[i].name.len,
                      m->tensors[i].name.ptr, (int)m->tensors[i].dtype.len,
@@ -245,11 +250,14 @@ static int chunk_load(void *arg, size_t index)
                  "yours: it is not loaded", op->path);
         goto out;
     }
-    if (f.data_len != shadow_data_bytes(s))
+    /* The table first: it names the tensor that differs, where a size does not. */
+    int bad = check_loaded_table(s, &op->loaded, why, sizeof(why));
+    if (bad == 0 && f.data_len != shadow_data_bytes(s)) {
         snprintf(why, sizeof(why), "its data is %" PRIu64 " bytes, the shadow %" PRIu64,
                  f.data_len, shadow_data_bytes(s));
-    if (f.data_len != shadow_data_bytes(s) ||
-        check_loaded_table(s, &op->loaded, why, sizeof(why)) < 0) {
+        bad = -EINVAL;
+    }
+    if (bad < 0) {
         op->rc = -EINVAL;
         snprintf(op->err, sizeof(op->err), "load: %.150s does not match session %s: %.180s",
                  op->path, s->name, why);

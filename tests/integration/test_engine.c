@@ -1647,7 +1647,8 @@ static void test_NOSESSION_and_EXISTS(void **state)
     FAILS(emac_load(c, "nope", "x", &f, &err), "NOSESSION", "nope");
     FAILS(emac_drop(c, "nope", &err), "NOSESSION", "nope");
     raw_open(&raw, d.sock);
-    struct msg_event e = {msg_str_c("nope"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
+    struct msg_event e = {.session = msg_str_c("nope"), .event = msg_str_c("batch_end"),
+                          .time = {.batch = 1}};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "NOSESSION", "nope", "event");
     struct msg_swap sw = {msg_str_c("nope"), msg_str_c("ema"), false, 0};
@@ -1687,7 +1688,8 @@ static void test_PERM_for_requests_from_another_connection(void **state)
     emac_session *s = register_ok(c, "owned", seg, NULL, false);
 
     raw_open(&raw, d.sock);
-    struct msg_event e = {msg_str_c("owned"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
+    struct msg_event e = {.session = msg_str_c("owned"), .event = msg_str_c("batch_end"),
+                          .time = {.batch = 1}};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "PERM", "owned", "event from another connection");
     struct msg_swap sw = {msg_str_c("owned"), msg_str_c("ema"), false, 0};
@@ -2134,6 +2136,91 @@ static void test_emad_killed_while_swapped_in_restores_training_weights(void **s
     remove_tree(d.dir);
 }
 
+/* ---- load across param dtypes (docs/protocol.md "load") ---- */
+
+/* The shadow's layout depends on the shadow dtypes alone: an f32 session's file loads into
+ * a session whose tensors of the same names are bf16 and f16, bit for bit, and the EMA goes
+ * on from it; a table whose shadow dtype differs is refused, even at the same element size. */
+static void test_load_across_param_dtypes_with_the_same_shadow(void **state)
+{
+    static const struct emac_tensor_spec wide[] = {
+        {"w", "f32", 67, NULL, 0}, {"b", "f32", 13, NULL, 0},
+        {"h", "f32", 9, NULL, 0},  {"n", "i64", 1, NULL, 0},
+    };
+    static const struct emac_tensor_spec low[] = {
+        {"w", "bf16", 67, NULL, 0}, {"b", "f16", 13, NULL, 0},
+        {"h", "f32", 9, NULL, 0},   {"n", "i64", 1, NULL, 0},
+    };
+    static const struct emac_tensor_spec f64[] = {
+        {"w", "bf16", 67, NULL, 0}, {"b", "f64", 13, NULL, 0},
+        {"h", "f32", 9, NULL, 0},   {"n", "i64", 1, NULL, 0},
+    };
+    static const struct emac_tensor_spec int_for_double[] = {
+        {"w", "f32", 67, NULL, 0}, {"b", "f32", 13, NULL, 0},
+        {"h", "f32", 9, NULL, 0},  {"n", "f64", 1, NULL, 0},
+    };
+    struct daemon d;
+    struct emac_error err;
+    struct emac_file f;
+    struct emac_status *st;
+    struct model m;
+    (void)state;
+
+    engine_start(&d, NULL);
+    emac_client *c = connect_ok(&d);
+    struct emac_config cfg = {.half_life = "2ba"};
+    emac_segment *sw = new_segment(wide, 4);
+    emac_session *a = register_ok(c, "wide", sw, &cfg, false);
+    double sm = emac_session_state(a)->smoothing;
+    model_init(&m, sw);
+    /* f32 values with full mantissas: no bf16 or f16 holds them. */
+    for (uint64_t b = 1; b <= 3; b++) {
+        fill_params(sw, 10 + b);
+        model_apply(&m, ev(a, "batch_end", at(b, 0)).action, sm);
+    }
+    expect_shadow(&m, a, "the f32 session");
+    OK(emac_save(c, "wide", "wide-state", &f, &err));
+
+    emac_segment *sl = new_segment(low, 4);
+    fill_params(sl, 50);
+    emac_session *b = register_ok(c, "low", sl, &cfg, false);
+    OK(emac_load(c, "low", "wide-state", &f, &err));
+    expect_shadow(&m, b, "the bf16/f16 session after the load");
+    struct emac_session_info info = session_status(c, "low", &st);
+    assert_true(info.started);
+    assert_int_equal(info.updates, 3);
+    assert_int_equal(info.last_batch, 3);
+    emac_status_free(st);
+    /* The EMA goes on from the exact fp32 shadow, reading the bf16/f16 params. */
+    m.seg = sl;
+    fill_params(sl, 60);
+    struct emac_result r = ev(b, "batch_end", at(4, 0));
+    expect_action(r, EMAC_ACTION_UPDATE, "the update after the load");
+    model_apply(&m, r.action, sm);
+    expect_shadow(&m, b, "the update after the load");
+
+    /* An f64 tensor's shadow is f64: not the file's f32, and nothing changes. */
+    emac_segment *sd = new_segment(f64, 4);
+    emac_session *s3 = register_ok(c, "double", sd, &cfg, false);
+    struct model keep;
+    model_init(&keep, sd);
+    FAILS(emac_load(c, "double", "wide-state", &f, &err), "STATE", "\"b\" f32");
+    expect_shadow(&keep, s3, "after the refused load");
+    /* An i64 against an f64: the same 8 bytes, another shadow dtype. */
+    emac_segment *si = new_segment(int_for_double, 4);
+    emac_session *s4 = register_ok(c, "int-for-double", si, &cfg, false);
+    FAILS(emac_load(c, "int-for-double", "wide-state", &f, &err), "STATE", "\"n\" i64");
+
+    model_free(&m);
+    model_free(&keep);
+    emac_session_free(a);
+    emac_session_free(b);
+    emac_session_free(s3);
+    emac_session_free(s4);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
 #define TEST(f) cmocka_unit_test_teardown(f, teardown)
@@ -2161,6 +2248,7 @@ int main(void)
         TEST(test_STATE_for_requests_the_session_state_forbids),
         TEST(test_emactl_list_show_save_drop),
         TEST(test_emad_killed_while_swapped_in_restores_training_weights),
+        TEST(test_load_across_param_dtypes_with_the_same_shadow),
     };
 #undef TEST
     signal(SIGPIPE, SIG_IGN);

@@ -50,6 +50,7 @@ attached: that replaces the parameters' storage (an Error says so).
 
 import contextlib
 import ctypes
+import hashlib
 import itertools
 import os
 import re
@@ -99,6 +100,15 @@ def _file_name(session):
     if name.startswith("."):
         name = "_" + name[1:]
     return (name + ".torch")[-128:].lstrip(".") or "ema.torch"
+
+
+def _reseed_name(session):
+    """The temporary session through which _reseed builds an exact shadow: one
+    name per session, so that a retry replaces what a failed one left."""
+    name = session + ".reseed"
+    if len(name) > 128:  # emad's limit on session names
+        name = "reseed.%s" % hashlib.sha256(session.encode()).hexdigest()[:40]
+    return name
 
 
 def _view(address, nbytes, dtype, shape):
@@ -1127,7 +1137,8 @@ class EMA:
           "legacy" (Composer before 0.13): "ema_model" and "training_model",
               flat state dicts of the EMA and the training weights.
         "emad" holds what an exact resume needs: the fp32 shadow of f16/bf16
-        tensors, the counters, the clock, the parameters left out and, with
+        tensors, the counters, the clock (with the samples, tokens and seconds
+        it has), the parameters left out and, with
         save_in_emad, the name of the state file emad wrote in its state
         directory (load_state_dict restores from it when that emad still has
         it)."""
@@ -1143,6 +1154,7 @@ class EMA:
             "started": st["started"],
             "updates": st["updates"],
             "last_time": st["last_time"],
+            "counts": dict(zip(("samples", "tokens", "seconds"), self._now()[3:])),
             "shadow": {e.name: e.shadow.clone() for e in self._entries
                        if e.dtype in _LOW_PRECISION},
             "excluded": sorted(self._excluded),
@@ -1224,25 +1236,30 @@ class EMA:
                          "0.13, a flat state dict before)" % (
                              "missing" if em is None else "a %s" % type(em).__name__))
 
-    def load_state_dict(self, state, strict=False, batch=None, epoch=None, duration=None):
+    def load_state_dict(self, state, strict=False, batch=None, epoch=None, duration=None,
+                        samples=None, tokens=None, seconds=None):
         """Resume from state_dict()'s output or a Composer EMA state dict, in
         either layout. Load the model's own state dict first (with the EMA
         weights in, it holds them). Names the model has but the checkpoint
         lacks (or the reverse) raise KeyError with strict, else a warning
         says which: their EMA restarts from the current weights (Composer's
-        default is strict=False too). batch/epoch/duration: the checkpoint's
-        time, for a checkpoint that does not carry it (Composer's: the
-        trainer's timestamp); a start at ema_start later than that is not
-        marked started.
+        default is strict=False too). batch/epoch/duration and
+        samples/tokens/seconds: the checkpoint's time, for a checkpoint that
+        does not carry it (Composer's: the trainer's timestamp; the counts
+        matter to an ema_start in "sp", "tok" or "sec"); a start at ema_start
+        later than that is not marked started.
 
         The shadow and the started flag come back exactly: from emad's state
         file when the checkpoint names one that emad still has and that
-        matches it bit for bit, else by registering the session anew with
-        the checkpoint's shadow (the fp32 one of f16/bf16 tensors where the
-        checkpoint has it) and marking it started with an update event at the
-        checkpoint's time (emad's update counter restarts). If the checkpoint
-        was taken with the EMA weights in (checkpoint()), the training weights
-        are put back in the model now and again at the next batch_start."""
+        matches it bit for bit, else from the checkpoint alone, with emad's
+        update counter restarting. Where the checkpoint holds the fp32 shadow
+        of f16/bf16 tensors (state_dict()'s "emad" entry), that shadow comes
+        back bit for bit through a temporary session (see _reseed); from a
+        checkpoint without it (Composer's), the shadow of f16/bf16 tensors
+        restarts from the rounded EMA weights, and a warning says so. If the
+        checkpoint was taken with the EMA weights in (checkpoint()), the
+        training weights are put back in the model now and again at the next
+        batch_start."""
         self.wait()
         if self._active:
             self._swap_back()
@@ -1271,6 +1288,11 @@ class EMA:
             self._set_clock(meta["last_time"])
         else:
             self._clock(batch, epoch, duration)
+        counts = dict(meta.get("counts") or {})
+        for name, v in (("samples", samples), ("tokens", tokens), ("seconds", seconds)):
+            if counts.get(name) is None:
+                counts[name] = v
+        self._clock(None, None, None, **counts)
         if not (meta.get("state_file") and self._load_from_emad(meta, ema)):
             self._reseed(ema, meta, started)
         self._excluded = frozenset(excluded) if self._started else frozenset()
@@ -1302,14 +1324,58 @@ class EMA:
         self._updates = st["updates"]
         return True
 
+    def _exact_shadows(self, meta):
+        """{name: fp32 tensor} of the f16/bf16 tensors whose exact shadow the
+        checkpoint holds (state_dict()'s "emad" entry), on the CPU."""
+        out = {}
+        for e in self._entries:
+            t = (meta.get("shadow") or {}).get(e.name)
+            if (e.dtype in _LOW_PRECISION and isinstance(t, torch.Tensor) and
+                    t.dtype == torch.float32 and tuple(t.shape) == e.shape):
+                out[e.name] = t.detach().to("cpu")
+        return out
+
+    def _mark_started(self, session):
+        """The update event at the checkpoint's time that marks a session
+        started (with the counts an ema_start in "sp", "tok" or "sec" needs):
+        its Result, or None where emad refuses the event for want of such a
+        count, with a warning."""
+        event = "batch_end" if self._unit == "ba" else "epoch_end"
+        try:
+            r = session.event(event, *self._now())
+        except Error as err:
+            if err.code != "BADARG":
+                raise
+            warnings.warn("could not mark the resumed EMA as started (%s): pass the "
+                          "checkpoint's samples=, tokens= or seconds= to load_state_dict(); it "
+                          "will start again at ema_start" % err)
+            return None
+        if not r.started:
+            warnings.warn("could not mark the resumed EMA as started at batch %d, "
+                          "epoch %d: it will start again at ema_start" %
+                          (self._batch, self._epoch))
+        return r
+
     def _reseed(self, ema_model, meta, started):
-        """Register the session anew with the shadow initialised from the
-        checkpoint's EMA weights, then mark it started at its time."""
+        """Restart the session's shadow from the checkpoint alone: exactly
+        through a temporary session where it holds the fp32 shadow of
+        f16/bf16 tensors (_reseed_exact), else by registering the session
+        anew with the shadow initialised from the checkpoint's EMA weights,
+        then marking it started at its time."""
         res = self._res
-        if any(e.dtype in _LOW_PRECISION and e.name in ema_model for e in self._entries):
-            warnings.warn("resuming the EMA of f16/bf16 tensors without emad's state file: "
-                          "their fp32 shadow restarts from the checkpoint's rounded EMA weights")
         self._push(res.mirrored)
+        exact = self._exact_shadows(meta) if started else {}
+        if exact and self._reseed_exact(ema_model, exact):
+            return
+        # Unstarted, the shadow is rebuilt from the weights at the start anyway.
+        rounded = [e.name for e in self._entries
+                   if e.dtype in _LOW_PRECISION and e.name in ema_model and e.name not in exact]
+        if started and (rounded or exact):
+            warnings.warn("resuming the EMA of f16/bf16 tensors without their exact fp32 shadow "
+                          "(%s): it restarts from the checkpoint's EMA weights, rounded to the "
+                          "tensors' dtypes" % (
+                              "the checkpoint holds none, as Composer's" if not exact
+                              else "emad could not rebuild it"))
         training = [e.view.clone() for e in self._entries]
         with torch.no_grad():
             for e in self._entries:
@@ -1324,17 +1390,93 @@ class EMA:
         try:
             self._register()
             if started:
-                event = "batch_end" if self._unit == "ba" else "epoch_end"
-                r = self._note(res.session.event(event, self._batch, self._epoch,
-                                                 self._duration))
-                if not r.started:
-                    warnings.warn("could not mark the resumed EMA as started at batch %d, "
-                                  "epoch %d: it will start again at ema_start" %
-                                  (self._batch, self._epoch))
+                r = self._mark_started(res.session)
+                if r is not None:
+                    self._note(r)
         finally:
             with torch.no_grad():
                 for e, t in zip(self._entries, training):
                     e.view.copy_(t)
+
+    def _reseed_exact(self, ema_model, exact):
+        """The exact shadow of f16/bf16 tensors from the checkpoint's fp32 copy.
+        A trainer never writes a shadow: emad makes it. A temporary session
+        (_reseed_name) has the same tensor names and numel, in f32 where the
+        exact shadow is known and in the model's dtypes elsewhere, and params
+        holding the shadow wanted (the checkpoint's exact shadow, its EMA
+        weights, or the current weights for the tensors it lacks). Marked
+        started at the checkpoint's time, its shadow becomes those values
+        exactly; saved to the state file "<session>.reseed.torch" (which stays
+        in emad's state directory, replaced by the next such resume of the
+        session) and loaded into this session, whose shadow has the same
+        layout (docs/protocol.md "load"). True once this session holds that
+        shadow bit for bit and is started; False where emad cannot do it (the
+        temporary session removed all the same), for the caller's plain
+        reseed, which replaces whatever this session then holds."""
+        res = self._res
+        client = res.client
+        tmp = _reseed_name(self.session_name)
+        specs, want = [], []
+        for e in self._entries:
+            if e.name in exact:
+                specs.append((e.name, "f32", e.shape))
+                want.append(exact[e.name])
+            else:
+                specs.append((e.name, DTYPES[e.dtype], e.shape))
+                src = ema_model[e.name] if e.name in ema_model else e.view
+                want.append(src.detach().to(device="cpu", dtype=e.dtype).reshape(e.shape))
+        c = self._config
+        seg = session = None
+        try:
+            seg = Segment(specs)
+            with torch.no_grad():
+                for info, w in zip(seg.tensors, want):
+                    _view(info.address, info.nbytes, w.dtype, w.shape).copy_(w)
+            reg = dict(half_life=c["half_life"], smoothing=c["smoothing"],
+                       update_interval=c["update_interval"], ema_start=c["ema_start"])
+            try:
+                session = client.register(tmp, seg, **reg)
+            except Error as err:
+                if err.code != "EXISTS":
+                    raise
+                # left detached by a resume that did not finish
+                client.drop(tmp)
+                session = client.register(tmp, seg, **reg)
+            r = self._mark_started(session)
+            if r is None or not r.started:
+                return False
+            client.save(tmp, _file_name(tmp))
+            session.close()
+            session.free()
+            session = None
+            self._session()
+            client.load(self.session_name, _file_name(tmp))
+        except Error as err:
+            warnings.warn("emad could not rebuild the exact fp32 shadow of the f16/bf16 "
+                          "tensors (%s)" % err)
+            return False
+        finally:
+            if session is not None:
+                try:
+                    session.close()
+                except Error:
+                    pass
+                session.free()
+            if seg is not None:
+                seg.destroy()
+        st = self.state()
+        # (a start widens f16/bf16 params exactly: the shadow of one without an exact copy
+        # holds its rounded EMA weight widened)
+        if not st["started"] or not all(_bits_equal(e.shadow, w.to(e.shadow.dtype))
+                                        for e, w in zip(self._entries, want)):
+            warnings.warn("the shadow emad loaded is not the checkpoint's")
+            return False
+        self._started = True
+        self._active = False
+        self._updates = st["updates"]
+        if st["last_time"] is not None:
+            self._set_clock(st["last_time"])
+        return True
 
     # ---- the end ----
 
