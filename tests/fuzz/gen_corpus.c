@@ -140,7 +140,7 @@ static void reg_smoothing(uint32_t id, const char *session, double smoothing)
 
 static void event(uint32_t id, const char *session, const char *ev, uint64_t batch, uint64_t epoch)
 {
-    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {batch, epoch, true, 0.5}, true, batch + 1};
+    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {.batch = batch, .epoch = epoch, .has_duration = true, .duration = 0.5}, true, batch + 1};
     req(id, "event", &msg_event_desc, &e);
 }
 
@@ -197,7 +197,7 @@ static void reg_table(uint32_t id, const char *session, bool compact, bool resum
 static void event_seq(uint32_t id, const char *session, const char *ev, uint64_t batch,
                       bool has_seq, uint64_t seq)
 {
-    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {batch, 0, false, 0}, has_seq, seq};
+    struct msg_event e = {msg_str_c(session), msg_str_c(ev), {.batch = batch}, has_seq, seq};
     req(id, "event", &msg_event_desc, &e);
 }
 
@@ -380,7 +380,7 @@ static void gen_wire(void)
         ss.config.has_half_life = true;
         ss.config.half_life = msg_str_c("10ba");
         ss.has_last_time = true;
-        ss.last_time = (struct msg_time){3, 1, true, 0.25};
+        ss.last_time = (struct msg_time){.batch = 3, .epoch = 1, .has_duration = true, .duration = 0.25};
         ss.has_uid = true;
         ss.uid = 1000;
         ss.has_shadow_shm = true;

@@ -290,9 +290,9 @@ static void test_requests_queued_on_a_session_are_bounded(void **state)
     struct msg_hello hello = {1, msg_str_c("test_limits"), false, 0};
     struct msg_tensor t[1];
     struct msg_register reg;
-    struct msg_event end = {msg_str_c("queued"), msg_str_c("batch_end"), {1, 0, false, 0},
+    struct msg_event end = {msg_str_c("queued"), msg_str_c("batch_end"), {.batch = 1},
                             false, 0};
-    struct msg_event start = {msg_str_c("queued"), msg_str_c("batch_start"), {1, 0, false, 0},
+    struct msg_event start = {msg_str_c("queued"), msg_str_c("batch_start"), {.batch = 1},
                               false, 0};
     struct wire_decoder dec;
     struct reply r;

@@ -176,7 +176,7 @@ static void test_backoff_gives_up_then_a_later_call_reconnects(void **state)
     assert_int_equal(r.updates, 1);
 
     daemon_kill(&d);
-    struct emac_time t = {2, 0, false, 0};
+    struct emac_time t = {.batch = 2};
     assert_true(emac_event(s, "batch_end", &t, &r, &err) < 0);
     assert_string_equal(err.code, "DISCONNECTED");
     assert_non_null(strstr(err.message, "gave up after"));
@@ -302,7 +302,7 @@ static float *cut_short(bool crash, bool exact, struct emac_result *last)
     big_params(seg_left, 2);
     event_at(s, "batch_end", 2);
     big_params(seg_left, 3);
-    struct emac_time t = {3, 0, false, 0};
+    struct emac_time t = {.batch = 3};
     assert_int_equal(emac_event_send(s, "batch_end", &t, &tk, &err), 0);
     if (crash) {
         sleep_ms(500); /* let emad take it up (the stall lasts 5 s) */
@@ -468,7 +468,7 @@ static void test_session_unknown_after_restart_fails_clearly(void **state)
 
     r = event_at(keep, "batch_end", 2);
     assert_int_equal(r.updates, 2);
-    struct emac_time t = {2, 0, false, 0};
+    struct emac_time t = {.batch = 2};
     assert_true(emac_event(lost, "batch_end", &t, &r, &err) < 0);
     assert_string_equal(err.code, "DISCONNECTED");
     assert_non_null(strstr(err.message, "could not be resumed"));
@@ -537,7 +537,7 @@ static void test_reconnect_defaults_and_environment(void **state)
         assert_int_equal(emac_segment_create(specs, 2, &seg_left, &err), 0);
         assert_int_equal(emac_register(c, "env", seg_left, NULL, false, &s, &err), 0);
         daemon_kill(&d);
-        struct emac_time t = {1, 0, false, 0};
+        struct emac_time t = {.batch = 1};
         struct emac_result r;
         assert_true(emac_event(s, "batch_end", &t, &r, &err) < 0);
         assert_string_equal(err.code, "DISCONNECTED");
@@ -835,7 +835,7 @@ static void raw_close(struct raw *r, const float *map, size_t len)
 static void raw_event(struct raw *r, uint64_t batch, uint64_t seq, char code[32],
                       struct msg_action *a, char action[16])
 {
-    struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {batch, 0, false, 0},
+    struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {.batch = batch},
                           true, seq};
 
     memset(a, 0, sizeof(*a));
@@ -977,7 +977,7 @@ static void test_clean_restart_keeps_the_request_record(void **state)
 
     const float *map = start_numbered(&d, &r, &len);
     for (uint64_t q = 1; q <= 8; q++) {
-        struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {q, 0, false, 0},
+        struct msg_event e = {msg_str_c("numbered"), msg_str_c("batch_end"), {.batch = q},
                               true, q};
         raw_send(&r, "event", &msg_event_desc, &e);
     }

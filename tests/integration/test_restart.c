@@ -161,7 +161,7 @@ static void test_sigkill_keeps_sessions_with_shadow_and_counters(void **state)
 
     /* The library notices on its next call and restores the training weights. */
     struct emac_result r;
-    struct emac_time t = {7, 0, false, 0};
+    struct emac_time t = {.batch = 7};
     assert_true(emac_event(s, "eval_end", &t, &r, &err) < 0);
     assert_true(emac_session_restored(s));
     emac_session_free(s);
@@ -219,7 +219,7 @@ static void test_sigkill_mid_update_is_reported(void **state)
     assert_int_equal(emac_register(c, "cut", seg_left, NULL, false, &s, &err), 0);
     event_at(s, "batch_end", 1);
     event_at(s, "batch_end", 2);
-    struct emac_time t = {3, 0, false, 0};
+    struct emac_time t = {.batch = 3};
     assert_int_equal(emac_event_send(s, "batch_end", &t, &ticket, &err), 0);
     sleep_ms(300);
     assert_int_equal(kill(d.pid, SIGKILL), 0);
@@ -498,7 +498,7 @@ static void test_pipelined_close_keep_then_drop(void **state)
     reg.tensors = &t;
     reg.ntensors = 1;
     struct msg_close cl = {msg_str_c("piped"), true, true};
-    struct msg_event ev = {msg_str_c("piped"), msg_str_c("batch_end"), {1, 0, false, 0}, false, 0};
+    struct msg_event ev = {msg_str_c("piped"), msg_str_c("batch_end"), {.batch = 1}, false, 0};
     struct msg_drop dr = {msg_str_c("piped")};
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -652,7 +652,7 @@ static void test_resume_of_a_closing_session_is_refused(void **state)
     reg.has_config = true;
     reg.config.has_half_life = true;
     reg.config.half_life = msg_str_c("1ba");
-    struct msg_event ev = {msg_str_c("closing"), msg_str_c("batch_end"), {1, 0, false, 0}, false,
+    struct msg_event ev = {msg_str_c("closing"), msg_str_c("batch_end"), {.batch = 1}, false,
                            0};
     struct msg_close cl = {msg_str_c("closing"), false, false};
     const char *methods[] = {"register", "event", "close"};
@@ -748,7 +748,7 @@ static void test_swap_states_hold_in_every_phase_and_after_a_kill(void **state)
         assert_non_null(train);
         memcpy(train, base + h->params_offset, bytes);
 
-        struct emac_time t = {1, 0, false, 0};
+        struct emac_time t = {.batch = 1};
         uint32_t expect;
         if (p < 2) {
             assert_int_equal(emac_event_send(s, "eval_start", &t, &ticket, &err), 0);
