@@ -1568,7 +1568,8 @@ static void test_BADARG_names_the_field(void **state)
         {{.has_smoothing = true, .smoothing = -0.1}, "smoothing"},
         {{.ema_start = "1.5dur"}, "ema_start"},
         {{.ema_start = "2xx"}, "ema_start"},
-        {{.ema_start = "+3ba"}, "ema_start"},
+        {{.ema_start = "1.5ba"}, "ema_start"},
+        {{.ema_start = "-3ba"}, "ema_start"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         FAILS(emac_register(c, "cfg", seg, &bad[i].cfg, false, &s, &err), "BADARG", bad[i].field);
