@@ -212,6 +212,18 @@ int wait_exit(pid_t pid)
     return -1;
 }
 
+void expect_in(const char *out, const char *fmt, ...)
+{
+    char want[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(want, sizeof(want), fmt, ap);
+    va_end(ap);
+    if (strstr(out, want) == NULL)
+        fail_msg("the output lacks \"%s\":\n%s", want, out);
+}
+
 int run_capture(char *const argv[], char *const envs[], char *out, size_t outlen)
 {
     char path[] = "/tmp/emad-test-out-XXXXXX";

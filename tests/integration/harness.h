@@ -17,7 +17,7 @@
  *   time            WAIT_MS, sleep_ms
  *   files           make_dir, remove_tree, file_contains, for_each_line,
  *                   count_lines, proc_value
- *   processes       spawn, kill_leftovers, wait_exit, run_capture,
+ *   processes       spawn, kill_leftovers, wait_exit, run_capture, expect_in,
  *                   expect_no_sanitizer_report
  *   another uid     struct verdict, CHILD_CHECK, run_as_uid
  *   the daemon      struct daemon, daemon_start, daemon_start_env,
@@ -124,6 +124,10 @@ int wait_exit(pid_t pid);
  * test if the output holds a sanitizer report. Returns the exit status as
  * wait_exit() does. */
 int run_capture(char *const argv[], char *const envs[], char *out, size_t outlen);
+
+/* Fail the test unless out (a command's captured output) contains the text
+ * built from fmt; the failure shows out. */
+void expect_in(const char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Fail the test, naming who and showing text, if text holds a sanitizer
  * report ("Sanitizer" or "runtime error"). */

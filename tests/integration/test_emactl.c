@@ -65,19 +65,6 @@ static int ctl(char *out, size_t outlen, ...)
     return run_capture(argv, NULL, out, outlen);
 }
 
-/* out must contain the text built from fmt. */
-static void expect_in(const char *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void expect_in(const char *out, const char *fmt, ...)
-{
-    char want[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(want, sizeof(want), fmt, ap);
-    va_end(ap);
-    if (strstr(out, want) == NULL)
-        fail_msg("emactl output lacks \"%s\":\n%s", want, out);
-}
-
 /* No line of out ends in a space, none is wider than max columns (0: any). */
 static void expect_tidy_lines(const char *out, size_t max)
 {

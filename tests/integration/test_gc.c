@@ -223,18 +223,6 @@ static int gc_run(const char *bin, const char *pfx, char *out, size_t outlen, ..
     return run_capture(argv, NULL, out, outlen);
 }
 
-/* out must contain the text built from fmt. */
-static void expect_in(const char *out, const char *fmt, ...)
-{
-    char want[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(want, sizeof(want), fmt, ap);
-    va_end(ap);
-    if (strstr(out, want) == NULL)
-        fail_msg("emactl gc output lacks \"%s\":\n%s", want, out);
-}
-
 /* out must not contain s. */
 static void expect_not_in(const char *out, const char *s)
 {

@@ -20,6 +20,18 @@ from emaclient.torch import EMA, _view
 SPECS = [("w", "f32", (3, 5)), ("h", "bf16", (7,)), ("n", "i64", ()), ("e", "f32", (0,))]
 
 
+def train_four_steps(ema, model):
+    """Four steps with the EMA's optimizer hook: the optimizer, and the
+    training weights after them."""
+    opt = ema.attach_optimizer(make_optimizer(model))
+    for step in range(4):
+        ema.batch_start(step)
+        emadtest.train_step(model, opt, step)
+        ema.batch_end()
+    ema.wait()
+    return opt, model_state(model)
+
+
 def tensor(seg, i, dtype):
     t = seg.tensors[i]
     return _view(t.address, t.nbytes, dtype, t.shape)
@@ -254,13 +266,7 @@ class CrashSafety(emadtest.EmadTestCase):
         ema = EMA(model, socket=d.sock, session="crash", mode=mode, half_life="2ba",
                   reconnect=False)
         try:
-            opt = ema.attach_optimizer(make_optimizer(model))
-            for step in range(4):
-                ema.batch_start(step)
-                emadtest.train_step(model, opt, step)
-                ema.batch_end()
-            ema.wait()
-            training = model_state(model)
+            _, training = train_four_steps(ema, model)
             with self.assertRaises(emaclient.Error) as cm:
                 with ema.eval():
                     self.assertIsNotNone(first_difference(model_state(model), training))
@@ -288,13 +294,7 @@ class CrashSafety(emadtest.EmadTestCase):
         model = make_model(0)
         ema = EMA(model, socket=d.sock, session="crash", mode=mode, half_life="2ba")
         try:
-            opt = ema.attach_optimizer(make_optimizer(model))
-            for step in range(4):
-                ema.batch_start(step)
-                emadtest.train_step(model, opt, step)
-                ema.batch_end()
-            ema.wait()
-            training = model_state(model)
+            opt, training = train_four_steps(ema, model)
             with ema.eval():
                 self.assertIsNone(first_difference(model_state(model), ema.ema_state_dict()))
                 d.kill(keep_shadows=True)
@@ -445,13 +445,7 @@ class Stash(emadtest.EmadTestCase):
             return real(seg)
 
         try:
-            opt = ema.attach_optimizer(make_optimizer(model))
-            for step in range(4):
-                ema.batch_start(step)
-                emadtest.train_step(model, opt, step)
-                ema.batch_end()
-            ema.wait()
-            training = model_state(model)
+            _, training = train_four_steps(ema, model)
             with mock.patch.object(emaclient.Segment, "stash", spy):
                 with ema.eval():
                     self.assertEqual(ema._res.segment.swap_state()[0], emaclient.SWAP_EMA)
