@@ -126,7 +126,7 @@ class ResumeMatrix(emadtest.EmadTestCase):
             if how.startswith("new") and dtype != torch.float32:
                 # built through the temporary session, whose state file stays
                 self.assertTrue(os.path.exists(os.path.join(
-                    tmp, "fresh", "users", str(os.getuid()), "part.reseed.torch.emastate")))
+                    tmp, "fresh", "users", str(os.getuid()), "part%reseed.torch.emastate")))
             ref = None
             if how in ("current", "legacy") and dtype != torch.float32:
                 ref = ReferenceEMA(model, **CONFIG)
@@ -235,3 +235,50 @@ class ResumeCounts(emadtest.EmadTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ReseedLeavesOthersAlone(emadtest.EmadTestCase):
+    """The temporary session and state file of an exact resume are out of
+    the way of the user's own: a kept session named "part.reseed", and the
+    state file it saved, come through a resume of "part" untouched."""
+
+    def test_a_session_named_like_the_old_temporary_one_survives(self):
+        tmp = tempfile.mkdtemp(prefix="emad-pytest-reseed-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        d = self.daemon(state_dir=os.path.join(tmp, "state"))
+        other = make(torch.bfloat16, seed=3)
+        bystander = EMA(other, socket=d.sock, session="part.reseed", **CONFIG)
+        opt = bystander.attach_optimizer(torch.optim.SGD(other.parameters(), lr=0.05))
+        run(bystander, other, opt, 0, 4)
+        kept = bystander.state_dict()  # saves "part.reseed.torch" in emad
+        kept_shadow = bystander.shadow_state_dict()
+        bystander.close(keep=True)
+        files = os.path.join(tmp, "state", "users", str(os.getuid()))
+        before = open(os.path.join(files, "part.reseed.torch.emastate"), "rb").read()
+
+        model = make(torch.bfloat16)
+        ema = EMA(model, socket=d.sock, session="part", **CONFIG)
+        try:
+            opt = ema.attach_optimizer(torch.optim.SGD(model.parameters(), lr=0.05))
+            run(ema, model, opt, 0, STOP)
+            ck = ema.state_dict(save_in_emad=False)  # no state file: the exact reseed
+            saved = {n: t.clone() for n, t in model.state_dict().items()}
+        finally:
+            ema.close()
+        model = make(torch.bfloat16, seed=1)
+        model.load_state_dict(saved)
+        ema = EMA(model, socket=d.sock, session="part", **CONFIG)
+        try:
+            ema.load_state_dict(ck, batch=STOP)
+            self.assertTrue(ema.started)
+        finally:
+            ema.close()
+        self.assertEqual(open(os.path.join(files, "part.reseed.torch.emastate"), "rb").read(),
+                         before)
+        other = make(torch.bfloat16, seed=3)
+        back = EMA(other, socket=d.sock, session="part.reseed", resume=True, **CONFIG)
+        try:
+            self.assertIsNone(first_difference(back.shadow_state_dict(), kept_shadow))
+            self.assertEqual(back.state()["updates"], kept["emad"]["updates"])
+        finally:
+            back.close()

@@ -104,11 +104,21 @@ def _file_name(session):
 
 def _reseed_name(session):
     """The temporary session through which _reseed builds an exact shadow: one
-    name per session, so that a retry replaces what a failed one left."""
-    name = session + ".reseed"
-    if len(name) > 128:  # emad's limit on session names
-        name = "reseed.%s" % hashlib.sha256(session.encode()).hexdigest()[:40]
+    name per session, so that a retry replaces what a failed one left, and
+    out of the way of the names people give sessions ("<session>/emad-reseed";
+    a hash of the session past emad's 128-character limit)."""
+    name = session + "/emad-reseed"
+    if len(name) > 128:
+        name = "emad-reseed/%s" % hashlib.sha256(session.encode()).hexdigest()[:40]
     return name
+
+
+def _reseed_file(session):
+    """That session's state file: "%reseed" is never in a name _file_name or
+    emad's default names make (they give "_" for what a file name cannot
+    hold, emad "%2F", "%3A" or "%2E"), so no session's own file is replaced."""
+    base = _file_name(session)[:-len(".torch")]
+    return base[:128 - len("%reseed.torch")] + "%reseed.torch"
 
 
 def _view(address, nbytes, dtype, shape):
@@ -1406,7 +1416,7 @@ class EMA:
         holding the shadow wanted (the checkpoint's exact shadow, its EMA
         weights, or the current weights for the tensors it lacks). Marked
         started at the checkpoint's time, its shadow becomes those values
-        exactly; saved to the state file "<session>.reseed.torch" (which stays
+        exactly; saved to the state file _reseed_file() names (which stays
         in emad's state directory, replaced by the next such resume of the
         session) and loaded into this session, whose shadow has the same
         layout (docs/protocol.md "load"). True once this session holds that
@@ -1445,12 +1455,12 @@ class EMA:
             r = self._mark_started(session)
             if r is None or not r.started:
                 return False
-            client.save(tmp, _file_name(tmp))
+            client.save(tmp, _reseed_file(self.session_name))
             session.close()
             session.free()
             session = None
             self._session()
-            client.load(self.session_name, _file_name(tmp))
+            client.load(self.session_name, _reseed_file(self.session_name))
         except Error as err:
             warnings.warn("emad could not rebuild the exact fp32 shadow of the f16/bf16 "
                           "tensors (%s)" % err)
