@@ -509,15 +509,15 @@ int emac_event_send(emac_session *s, const char *event, const struct emac_time *
     return emac_event_send_counts(s, event, t, NULL, ticket, err);
 }
 
-int emac_event_send_counts(emac_session *s, const char *event, const struct emac_time *t,
-                           const struct emac_time_counts *counts, emac_ticket *ticket,
-                           struct emac_error *err)
+/* Send an event; what (event_what's text) is shared with the wait that
+ * follows, so that a blocking event builds it once. */
+static int event_send(emac_session *s, const char *event, const struct emac_time *t,
+                      const struct emac_time_counts *counts, emac_ticket *ticket,
+                      const char *what, struct emac_error *err)
 {
     struct msg_event req;
-    char what[200];
     int rc;
 
-    event_what(what, sizeof(what), s, event);
     if (s == NULL || event == NULL || t == NULL || ticket == NULL)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "%s: NULL argument", what);
     if ((rc = session_usable(s, what, err)) < 0)
@@ -541,6 +541,16 @@ int emac_event_send_counts(emac_session *s, const char *event, const struct emac
     req.seq = s->next_seq++;
     return client_send(s->c, "event", &msg_event_desc, &req, s, true, LOSS_RECONNECTS, what, ticket,
                        err);
+}
+
+int emac_event_send_counts(emac_session *s, const char *event, const struct emac_time *t,
+                           const struct emac_time_counts *counts, emac_ticket *ticket,
+                           struct emac_error *err)
+{
+    char what[200];
+
+    event_what(what, sizeof(what), s, event);
+    return event_send(s, event, t, counts, ticket, what, err);
 }
 
 int emac_event_wait(emac_session *s, emac_ticket ticket, struct emac_result *out,
@@ -577,9 +587,9 @@ int emac_event_counts(emac_session *s, const char *event, const struct emac_time
 
     if (out == NULL)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_event: out is NULL");
-    if ((rc = emac_event_send_counts(s, event, t, counts, &id, err)) < 0)
-        return rc;
     event_what(what, sizeof(what), s, event);
+    if ((rc = event_send(s, event, t, counts, &id, what, err)) < 0)
+        return rc;
     return wait_action(s, id, what, out, err);
 }
 

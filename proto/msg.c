@@ -9,17 +9,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define REQ(st, k, t, m) {k, t, 0, offsetof(st, m), 0, 0, NULL}
-#define OPT(st, k, t, m) {k, t, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), 0, NULL}
-#define NUL(st, k, t, m) {k, t, MSG_NULLABLE, offsetof(st, m), offsetof(st, has_##m), 0, NULL}
-#define OBJ(st, k, m, sub) {k, MSG_OBJ, 0, offsetof(st, m), 0, 0, &sub}
-#define OPT_OBJ(st, k, m, sub) {k, MSG_OBJ, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), 0, &sub}
-#define NUL_OBJ(st, k, m, sub) {k, MSG_OBJ, MSG_NULLABLE, offsetof(st, m), offsetof(st, has_##m), 0, &sub}
-#define ARR(st, k, m, sub) {k, MSG_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), &sub}
-#define SARR(st, k, m) {k, MSG_STR_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL}
+#define REQ(st, k, t, m) {k, t, 0, offsetof(st, m), 0, 0, NULL, sizeof(k) - 1}
+#define OPT(st, k, t, m) {k, t, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), 0, NULL, sizeof(k) - 1}
+#define NUL(st, k, t, m) {k, t, MSG_NULLABLE, offsetof(st, m), offsetof(st, has_##m), 0, NULL, sizeof(k) - 1}
+#define OBJ(st, k, m, sub) {k, MSG_OBJ, 0, offsetof(st, m), 0, 0, &sub, sizeof(k) - 1}
+#define OPT_OBJ(st, k, m, sub) {k, MSG_OBJ, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), 0, &sub, sizeof(k) - 1}
+#define NUL_OBJ(st, k, m, sub) {k, MSG_OBJ, MSG_NULLABLE, offsetof(st, m), offsetof(st, has_##m), 0, &sub, sizeof(k) - 1}
+#define ARR(st, k, m, sub) {k, MSG_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), &sub, sizeof(k) - 1}
+#define SARR(st, k, m) {k, MSG_STR_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL, sizeof(k) - 1}
 #define OPT_UARR(st, k, m) \
-    {k, MSG_U64_ARRAY, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), NULL}
-#define UARR(st, k, m) {k, MSG_U64_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL}
+    {k, MSG_U64_ARRAY, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), NULL, \
+     sizeof(k) - 1}
+#define UARR(st, k, m) {k, MSG_U64_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL, sizeof(k) - 1}
 #define DESC(name, st, fields) {name, sizeof(st), fields, sizeof(fields) / sizeof(fields[0])}
 
 static const struct msg_field time_fields[] = {
@@ -349,9 +350,13 @@ static void path_pop(struct path *p, size_t old)
     p->depth = old;
 }
 
-static const msgpack_object *map_find(const msgpack_object *map, const char *key)
+static size_t field_keylen(const struct msg_field *f)
 {
-    size_t klen = strlen(key);
+    return f->keylen ? f->keylen : strlen(f->key);
+}
+
+static const msgpack_object *map_find(const msgpack_object *map, const char *key, size_t klen)
+{
 
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object *k = &map->via.map.ptr[i].key;
@@ -442,7 +447,7 @@ static int decode_value(const struct msg_field *f, const msgpack_object *o, char
                          ? decode_map(f->sub, e, arr + i * elem, p, err, errlen)
                          : fail(err, errlen, p, "expected a map");
             } else if (f->type == MSG_STR_ARRAY) {
-                struct msg_field sf = {NULL, MSG_STR, 0, 0, 0, 0, NULL};
+                struct msg_field sf = {.key = NULL, .type = MSG_STR};
                 rc = decode_value(&sf, e, arr + i * elem, NULL, p, err, errlen);
             } else {
                 rc = decode_u64(e, (uint64_t *)(arr + i * elem)) < 0
@@ -472,7 +477,7 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
     memset(out, 0, d->size);
     for (i = 0; i < d->nfields; i++) {
         const struct msg_field *f = &d->fields[i];
-        const msgpack_object *v = map_find(map, f->key);
+        const msgpack_object *v = map_find(map, f->key, field_keylen(f));
         size_t old = path_key(p, f->key);
         bool optional = f->flags & (MSG_OPTIONAL | MSG_NULLABLE);
 
@@ -699,8 +704,9 @@ void msg_encode(msgpack_packer *pk, const struct msg_desc *d, const void *obj)
                        *(const bool *)(o + f->has_offset);
         if (!present && (f->flags & MSG_OPTIONAL))
             continue;
-        msgpack_pack_str(pk, strlen(f->key));
-        msgpack_pack_str_body(pk, f->key, strlen(f->key));
+        size_t klen = field_keylen(f);
+        msgpack_pack_str(pk, klen);
+        msgpack_pack_str_body(pk, f->key, klen);
         if (present)
             encode_value(pk, f, o + f->offset, o);
         else
