@@ -281,6 +281,278 @@ static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p,
     return 0;
 }
 
+/* The unpacker: msgpack bytes to the msgpack_object tree msgpack_unpack() of
+ * msgpack-c 4.0 builds, without its state machine and per-object stack copies
+ * (those were the largest single cost of a no-op round trip, docs/performance.md
+ * "The round trip, counted"). A recursive walk suffices: the depth is bounded
+ * by the caller. Every read is checked against the end even behind the
+ * scanner, so bytes it never saw cannot lead past them. */
+struct unpacker {
+    const uint8_t *p;   /* next byte */
+    const uint8_t *end; /* one past the last byte */
+    msgpack_zone *zone; /* arrays and maps */
+    unsigned depth_left; /* containers that may still open */
+};
+
+static inline uint16_t load16(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static inline uint32_t load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return __builtin_bswap32(v);
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return __builtin_bswap64(v);
+}
+
+static int unpack_one(struct unpacker *u, msgpack_object *o);
+
+/* Header bytes after the type byte: -EBADMSG unless n are left. */
+static inline const uint8_t *take(struct unpacker *u, size_t n)
+{
+    const uint8_t *p = u->p;
+    if ((size_t)(u->end - p) < n)
+        return NULL;
+    u->p = p + n;
+    return p;
+}
+
+static inline void set_int(msgpack_object *o, int64_t v)
+{
+    /* msgpack-c reports a signed encoding of a non-negative value as positive. */
+    if (v >= 0) {
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = (uint64_t)v;
+    } else {
+        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = v;
+    }
+}
+
+static inline int unpack_raw(struct unpacker *u, msgpack_object_type type, uint32_t n,
+                             msgpack_object *o)
+{
+    const uint8_t *p = take(u, n);
+    if (p == NULL)
+        return -EBADMSG;
+    o->type = type;
+    /* str and bin share one layout (msgpack/object.h). */
+    o->via.str.size = n;
+    o->via.str.ptr = (const char *)p;
+    return 0;
+}
+
+/* n: the data bytes, after the ext type byte. */
+static int unpack_ext(struct unpacker *u, uint32_t n, msgpack_object *o)
+{
+    /* msgpack-c counts the type byte into a 32-bit length: 2^32-1 wraps and it refuses. */
+    if (n == UINT32_MAX)
+        return -EBADMSG;
+    const uint8_t *p = take(u, (size_t)n + 1);
+    if (p == NULL)
+        return -EBADMSG;
+    o->type = MSGPACK_OBJECT_EXT;
+    o->via.ext.type = (int8_t)p[0];
+    o->via.ext.size = n;
+    o->via.ext.ptr = (const char *)p + 1;
+    return 0;
+}
+
+static int unpack_array(struct unpacker *u, uint32_t n, msgpack_object *o)
+{
+    msgpack_object *a;
+    int rc;
+
+    if (u->depth_left == 0)
+        return -ELOOP;
+    /* Each element takes a byte at least: a count beyond the bytes left is a lie. */
+    if (n > (size_t)(u->end - u->p))
+        return -EBADMSG;
+    a = msgpack_zone_malloc(u->zone, (size_t)n * sizeof(*a));
+    if (a == NULL)
+        return -ENOMEM;
+    o->type = MSGPACK_OBJECT_ARRAY;
+    o->via.array.size = n;
+    o->via.array.ptr = a;
+    u->depth_left--;
+    for (uint32_t i = 0; i < n; i++)
+        if ((rc = unpack_one(u, &a[i])) < 0)
+            return rc;
+    u->depth_left++;
+    return 0;
+}
+
+static int unpack_map(struct unpacker *u, uint32_t n, msgpack_object *o)
+{
+    msgpack_object_kv *kv;
+    int rc;
+
+    if (u->depth_left == 0)
+        return -ELOOP;
+    if (n > (size_t)(u->end - u->p) / 2)
+        return -EBADMSG;
+    kv = msgpack_zone_malloc(u->zone, (size_t)n * sizeof(*kv));
+    if (kv == NULL)
+        return -ENOMEM;
+    o->type = MSGPACK_OBJECT_MAP;
+    o->via.map.size = n;
+    o->via.map.ptr = kv;
+    u->depth_left--;
+    for (uint32_t i = 0; i < n; i++) {
+        if ((rc = unpack_one(u, &kv[i].key)) < 0 || (rc = unpack_one(u, &kv[i].val)) < 0)
+            return rc;
+    }
+    u->depth_left++;
+    return 0;
+}
+
+static int unpack_one(struct unpacker *u, msgpack_object *o)
+{
+    const uint8_t *h;
+    uint8_t b;
+
+    if (u->p == u->end)
+        return -EBADMSG;
+    b = *u->p++;
+    /* The kinds of a typical request first: small ints, short strings, small maps. */
+    if (b <= 0x7f) {
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = b;
+        return 0;
+    }
+    if (b >= 0xe0) {
+        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = (int8_t)b;
+        return 0;
+    }
+    if (b >= 0xa0 && b <= 0xbf)
+        return unpack_raw(u, MSGPACK_OBJECT_STR, b & 0x1f, o);
+    if (b <= 0x8f)
+        return unpack_map(u, b & 0x0f, o);
+    if (b <= 0x9f)
+        return unpack_array(u, b & 0x0f, o);
+
+    switch (b) {
+    case 0xc0:
+        o->type = MSGPACK_OBJECT_NIL;
+        return 0;
+    case 0xc2:
+    case 0xc3:
+        o->type = MSGPACK_OBJECT_BOOLEAN;
+        o->via.boolean = b == 0xc3;
+        return 0;
+    case 0xca: {
+        union { uint32_t i; float f; } v;
+        if (!(h = take(u, 4)))
+            return -EBADMSG;
+        v.i = load32(h);
+        o->type = MSGPACK_OBJECT_FLOAT32;
+        o->via.f64 = v.f;
+        return 0;
+    }
+    case 0xcb: {
+        union { uint64_t i; double f; } v;
+        if (!(h = take(u, 8)))
+            return -EBADMSG;
+        v.i = load64(h);
+        o->type = MSGPACK_OBJECT_FLOAT64;
+        o->via.f64 = v.f;
+        return 0;
+    }
+    case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+        unsigned w = 1u << (b & 3);
+        if (!(h = take(u, w)))
+            return -EBADMSG;
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = w == 1 ? h[0] : w == 2 ? load16(h) : w == 4 ? load32(h) : load64(h);
+        return 0;
+    }
+    case 0xd0:
+        if (!(h = take(u, 1)))
+            return -EBADMSG;
+        set_int(o, (int8_t)h[0]);
+        return 0;
+    case 0xd1:
+        if (!(h = take(u, 2)))
+            return -EBADMSG;
+        set_int(o, (int16_t)load16(h));
+        return 0;
+    case 0xd2:
+        if (!(h = take(u, 4)))
+            return -EBADMSG;
+        set_int(o, (int32_t)load32(h));
+        return 0;
+    case 0xd3:
+        if (!(h = take(u, 8)))
+            return -EBADMSG;
+        set_int(o, (int64_t)load64(h));
+        return 0;
+    case 0xd9: case 0xc4:
+        if (!(h = take(u, 1)))
+            return -EBADMSG;
+        return unpack_raw(u, b == 0xd9 ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN, h[0], o);
+    case 0xda: case 0xc5:
+        if (!(h = take(u, 2)))
+            return -EBADMSG;
+        return unpack_raw(u, b == 0xda ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN, load16(h), o);
+    case 0xdb: case 0xc6:
+        if (!(h = take(u, 4)))
+            return -EBADMSG;
+        return unpack_raw(u, b == 0xdb ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN, load32(h), o);
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+        return unpack_ext(u, 1u << (b - 0xd4), o);
+    case 0xc7:
+        if (!(h = take(u, 1)))
+            return -EBADMSG;
+        return unpack_ext(u, h[0], o);
+    case 0xc8:
+        if (!(h = take(u, 2)))
+            return -EBADMSG;
+        return unpack_ext(u, load16(h), o);
+    case 0xc9:
+        if (!(h = take(u, 4)))
+            return -EBADMSG;
+        return unpack_ext(u, load32(h), o);
+    case 0xdc: case 0xde:
+        if (!(h = take(u, 2)))
+            return -EBADMSG;
+        return b == 0xdc ? unpack_array(u, load16(h), o) : unpack_map(u, load16(h), o);
+    case 0xdd: case 0xdf:
+        if (!(h = take(u, 4)))
+            return -EBADMSG;
+        return b == 0xdd ? unpack_array(u, load32(h), o) : unpack_map(u, load32(h), o);
+    default: /* 0xc1, never used */
+        return -EBADMSG;
+    }
+}
+
+int wire_unpack(const char *data, size_t len, size_t *off, msgpack_zone *zone,
+                unsigned max_depth, msgpack_object *out)
+{
+    struct unpacker u;
+    int rc;
+
+    if (data == NULL || off == NULL || zone == NULL || out == NULL || *off > len ||
+        max_depth > WIRE_HARD_MAX_DEPTH)
+        return -EINVAL;
+    u.p = (const uint8_t *)data + *off;
+    u.end = (const uint8_t *)data + len;
+    u.zone = zone;
+    u.depth_left = max_depth;
+    rc = unpack_one(&u, out);
+    if (rc == 0)
+        *off = (size_t)(u.p - (const uint8_t *)data);
+    return rc;
+}
+
 /* Find the msgid of something that starts like a request, from its first
  * bytes only: [0x94 | array16/32 of 4] 0x00 <uint msgid>. */
 static bool peek_request_msgid(const uint8_t *p, size_t n, uint32_t *msgid)
@@ -481,13 +753,15 @@ int wire_decoder_next(struct wire_decoder *d, struct wire_msg *msg, struct wire_
         }
         d->zone_ready = true;
         d->have_unpacked = true;
-        msgpack_unpack_return ur =
-            msgpack_unpack((const char *)start, bytes, &off, &d->zone, &d->obj);
-        if (ur != MSGPACK_UNPACK_SUCCESS || off != bytes) {
-            /* The scanner accepted it, so this is msgpack-c refusing something
-             * valid-looking (e.g. memory): treat the stream as lost. */
+        int ur = wire_unpack((const char *)start, bytes, &off, &d->zone, d->max_depth, &d->obj);
+        if (ur < 0 || off != bytes) {
+            /* The scanner accepted it, so only memory can fail here; whatever
+             * it is, the stream is lost. */
             d->broken = true;
-            fault_set(fault, -EBADMSG, "%s", "msgpack-c could not unpack the message");
+            if (ur == -ENOMEM)
+                fault_set(fault, -ENOMEM, "%s", "out of memory unpacking the message");
+            else
+                fault_set(fault, -EBADMSG, "%s", "the message could not be unpacked");
             return -1;
         }
         msg->bytes = bytes;
