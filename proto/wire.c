@@ -284,15 +284,16 @@ static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p,
 /* The unpacker: msgpack bytes to the msgpack_object tree msgpack_unpack() of
  * msgpack-c 4.0 builds, without its state machine and per-object stack copies
  * (those were the largest single cost of a no-op round trip, docs/performance.md
- * "The round trip, counted"). A recursive walk suffices: the depth is bounded
- * by the caller. Every read is checked against the end even behind the
- * scanner, so bytes it never saw cannot lead past them. */
-struct unpacker {
-    const uint8_t *p;   /* next byte */
-    const uint8_t *end; /* one past the last byte */
-    msgpack_zone *zone; /* arrays and maps */
-    unsigned depth_left; /* containers that may still open */
-};
+ * "The round trip, counted"). One loop writes each object straight into its
+ * slot: an array of n and a map of n pairs are both a run of slots (n, or 2n
+ * key-value slots), and a stack remembers where each enclosing run goes on.
+ * Every read is checked against the end even behind the scanner, so bytes it
+ * never saw cannot lead past them. */
+
+/* A map's pairs are filled as a run of 2n objects. */
+_Static_assert(sizeof(msgpack_object_kv) == 2 * sizeof(msgpack_object) &&
+                   offsetof(msgpack_object_kv, val) == sizeof(msgpack_object),
+               "msgpack_object_kv is not two msgpack_objects");
 
 static inline uint16_t load16(const uint8_t *p)
 {
@@ -313,18 +314,6 @@ static inline uint64_t load64(const uint8_t *p)
     return __builtin_bswap64(v);
 }
 
-static int unpack_one(struct unpacker *u, msgpack_object *o);
-
-/* Header bytes after the type byte: -EBADMSG unless n are left. */
-static inline const uint8_t *take(struct unpacker *u, size_t n)
-{
-    const uint8_t *p = u->p;
-    if ((size_t)(u->end - p) < n)
-        return NULL;
-    u->p = p + n;
-    return p;
-}
-
 static inline void set_int(msgpack_object *o, int64_t v)
 {
     /* msgpack-c reports a signed encoding of a non-negative value as positive. */
@@ -337,220 +326,179 @@ static inline void set_int(msgpack_object *o, int64_t v)
     }
 }
 
-static inline int unpack_raw(struct unpacker *u, msgpack_object_type type, uint32_t n,
-                             msgpack_object *o)
-{
-    const uint8_t *p = take(u, n);
-    if (p == NULL)
-        return -EBADMSG;
-    o->type = type;
-    /* str and bin share one layout (msgpack/object.h). */
-    o->via.str.size = n;
-    o->via.str.ptr = (const char *)p;
-    return 0;
-}
-
-/* n: the data bytes, after the ext type byte. */
-static int unpack_ext(struct unpacker *u, uint32_t n, msgpack_object *o)
-{
-    /* msgpack-c counts the type byte into a 32-bit length: 2^32-1 wraps and it refuses. */
-    if (n == UINT32_MAX)
-        return -EBADMSG;
-    const uint8_t *p = take(u, (size_t)n + 1);
-    if (p == NULL)
-        return -EBADMSG;
-    o->type = MSGPACK_OBJECT_EXT;
-    o->via.ext.type = (int8_t)p[0];
-    o->via.ext.size = n;
-    o->via.ext.ptr = (const char *)p + 1;
-    return 0;
-}
-
-static int unpack_array(struct unpacker *u, uint32_t n, msgpack_object *o)
-{
-    msgpack_object *a;
-    int rc;
-
-    if (u->depth_left == 0)
-        return -ELOOP;
-    /* Each element takes a byte at least: a count beyond the bytes left is a lie. */
-    if (n > (size_t)(u->end - u->p))
-        return -EBADMSG;
-    a = msgpack_zone_malloc(u->zone, (size_t)n * sizeof(*a));
-    if (a == NULL)
-        return -ENOMEM;
-    o->type = MSGPACK_OBJECT_ARRAY;
-    o->via.array.size = n;
-    o->via.array.ptr = a;
-    u->depth_left--;
-    for (uint32_t i = 0; i < n; i++)
-        if ((rc = unpack_one(u, &a[i])) < 0)
-            return rc;
-    u->depth_left++;
-    return 0;
-}
-
-static int unpack_map(struct unpacker *u, uint32_t n, msgpack_object *o)
-{
-    msgpack_object_kv *kv;
-    int rc;
-
-    if (u->depth_left == 0)
-        return -ELOOP;
-    if (n > (size_t)(u->end - u->p) / 2)
-        return -EBADMSG;
-    kv = msgpack_zone_malloc(u->zone, (size_t)n * sizeof(*kv));
-    if (kv == NULL)
-        return -ENOMEM;
-    o->type = MSGPACK_OBJECT_MAP;
-    o->via.map.size = n;
-    o->via.map.ptr = kv;
-    u->depth_left--;
-    for (uint32_t i = 0; i < n; i++) {
-        if ((rc = unpack_one(u, &kv[i].key)) < 0 || (rc = unpack_one(u, &kv[i].val)) < 0)
-            return rc;
-    }
-    u->depth_left++;
-    return 0;
-}
-
-static int unpack_one(struct unpacker *u, msgpack_object *o)
-{
-    const uint8_t *h;
-    uint8_t b;
-
-    if (u->p == u->end)
-        return -EBADMSG;
-    b = *u->p++;
-    /* The kinds of a typical request first: small ints, short strings, small maps. */
-    if (b <= 0x7f) {
-        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-        o->via.u64 = b;
-        return 0;
-    }
-    if (b >= 0xe0) {
-        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-        o->via.i64 = (int8_t)b;
-        return 0;
-    }
-    if (b >= 0xa0 && b <= 0xbf)
-        return unpack_raw(u, MSGPACK_OBJECT_STR, b & 0x1f, o);
-    if (b <= 0x8f)
-        return unpack_map(u, b & 0x0f, o);
-    if (b <= 0x9f)
-        return unpack_array(u, b & 0x0f, o);
-
-    switch (b) {
-    case 0xc0:
-        o->type = MSGPACK_OBJECT_NIL;
-        return 0;
-    case 0xc2:
-    case 0xc3:
-        o->type = MSGPACK_OBJECT_BOOLEAN;
-        o->via.boolean = b == 0xc3;
-        return 0;
-    case 0xca: {
-        union { uint32_t i; float f; } v;
-        if (!(h = take(u, 4)))
-            return -EBADMSG;
-        v.i = load32(h);
-        o->type = MSGPACK_OBJECT_FLOAT32;
-        o->via.f64 = v.f;
-        return 0;
-    }
-    case 0xcb: {
-        union { uint64_t i; double f; } v;
-        if (!(h = take(u, 8)))
-            return -EBADMSG;
-        v.i = load64(h);
-        o->type = MSGPACK_OBJECT_FLOAT64;
-        o->via.f64 = v.f;
-        return 0;
-    }
-    case 0xcc: case 0xcd: case 0xce: case 0xcf: {
-        unsigned w = 1u << (b & 3);
-        if (!(h = take(u, w)))
-            return -EBADMSG;
-        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-        o->via.u64 = w == 1 ? h[0] : w == 2 ? load16(h) : w == 4 ? load32(h) : load64(h);
-        return 0;
-    }
-    case 0xd0:
-        if (!(h = take(u, 1)))
-            return -EBADMSG;
-        set_int(o, (int8_t)h[0]);
-        return 0;
-    case 0xd1:
-        if (!(h = take(u, 2)))
-            return -EBADMSG;
-        set_int(o, (int16_t)load16(h));
-        return 0;
-    case 0xd2:
-        if (!(h = take(u, 4)))
-            return -EBADMSG;
-        set_int(o, (int32_t)load32(h));
-        return 0;
-    case 0xd3:
-        if (!(h = take(u, 8)))
-            return -EBADMSG;
-        set_int(o, (int64_t)load64(h));
-        return 0;
-    case 0xd9: case 0xc4:
-        if (!(h = take(u, 1)))
-            return -EBADMSG;
-        return unpack_raw(u, b == 0xd9 ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN, h[0], o);
-    case 0xda: case 0xc5:
-        if (!(h = take(u, 2)))
-            return -EBADMSG;
-        return unpack_raw(u, b == 0xda ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN, load16(h), o);
-    case 0xdb: case 0xc6:
-        if (!(h = take(u, 4)))
-            return -EBADMSG;
-        return unpack_raw(u, b == 0xdb ? MSGPACK_OBJECT_STR : MSGPACK_OBJECT_BIN, load32(h), o);
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-        return unpack_ext(u, 1u << (b - 0xd4), o);
-    case 0xc7:
-        if (!(h = take(u, 1)))
-            return -EBADMSG;
-        return unpack_ext(u, h[0], o);
-    case 0xc8:
-        if (!(h = take(u, 2)))
-            return -EBADMSG;
-        return unpack_ext(u, load16(h), o);
-    case 0xc9:
-        if (!(h = take(u, 4)))
-            return -EBADMSG;
-        return unpack_ext(u, load32(h), o);
-    case 0xdc: case 0xde:
-        if (!(h = take(u, 2)))
-            return -EBADMSG;
-        return b == 0xdc ? unpack_array(u, load16(h), o) : unpack_map(u, load16(h), o);
-    case 0xdd: case 0xdf:
-        if (!(h = take(u, 4)))
-            return -EBADMSG;
-        return b == 0xdd ? unpack_array(u, load32(h), o) : unpack_map(u, load32(h), o);
-    default: /* 0xc1, never used */
-        return -EBADMSG;
-    }
-}
-
 int wire_unpack(const char *data, size_t len, size_t *off, msgpack_zone *zone,
                 unsigned max_depth, msgpack_object *out)
 {
-    struct unpacker u;
-    int rc;
+    struct {
+        msgpack_object *slot, *end;
+    } open[WIRE_HARD_MAX_DEPTH]; /* the runs of the containers around o */
+    unsigned top = 0;
+    const uint8_t *p, *end, *h;
+    msgpack_object *o = out, *run_end = out + 1, *kids;
+    msgpack_object_type type;
+    size_t nkids;
+    uint32_t n; /* a str/bin/ext's bytes, or a container's elements (pairs) */
+    uint8_t b;
 
     if (data == NULL || off == NULL || zone == NULL || out == NULL || *off > len ||
         max_depth > WIRE_HARD_MAX_DEPTH)
         return -EINVAL;
-    u.p = (const uint8_t *)data + *off;
-    u.end = (const uint8_t *)data + len;
-    u.zone = zone;
-    u.depth_left = max_depth;
-    rc = unpack_one(&u, out);
-    if (rc == 0)
-        *off = (size_t)(u.p - (const uint8_t *)data);
-    return rc;
+    p = (const uint8_t *)data + *off;
+    end = (const uint8_t *)data + len;
+
+/* The n header bytes after the type byte, at h. */
+#define TAKE(n)                               \
+    do {                                      \
+        if ((size_t)(end - p) < (n))          \
+            return -EBADMSG;                  \
+        h = p;                                \
+        p += (n);                             \
+    } while (0)
+
+    for (;;) {
+        if (p == end)
+            return -EBADMSG;
+        b = *p++;
+        /* The kinds of a typical request first: small ints, short strings, small maps. */
+        if (b <= 0x7f) {
+            o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+            o->via.u64 = b;
+            goto next;
+        }
+        if (b >= 0xe0) {
+            o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+            o->via.i64 = (int8_t)b;
+            goto next;
+        }
+        if (b >= 0xa0 && b <= 0xbf) {
+            type = MSGPACK_OBJECT_STR;
+            n = b & 0x1f;
+            goto raw;
+        }
+        if (b <= 0x8f) {
+            type = MSGPACK_OBJECT_MAP;
+            n = b & 0x0f;
+            goto container;
+        }
+        if (b <= 0x9f) {
+            type = MSGPACK_OBJECT_ARRAY;
+            n = b & 0x0f;
+            goto container;
+        }
+        switch (b) {
+        case 0xc0:
+            o->type = MSGPACK_OBJECT_NIL;
+            goto next;
+        case 0xc2:
+        case 0xc3:
+            o->type = MSGPACK_OBJECT_BOOLEAN;
+            o->via.boolean = b == 0xc3;
+            goto next;
+        case 0xca: {
+            union { uint32_t i; float f; } v;
+            TAKE(4);
+            v.i = load32(h);
+            o->type = MSGPACK_OBJECT_FLOAT32;
+            o->via.f64 = v.f;
+            goto next;
+        }
+        case 0xcb: {
+            union { uint64_t i; double f; } v;
+            TAKE(8);
+            v.i = load64(h);
+            o->type = MSGPACK_OBJECT_FLOAT64;
+            o->via.f64 = v.f;
+            goto next;
+        }
+        case 0xcc: TAKE(1); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = h[0]; goto next;
+        case 0xcd: TAKE(2); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = load16(h); goto next;
+        case 0xce: TAKE(4); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = load32(h); goto next;
+        case 0xcf: TAKE(8); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = load64(h); goto next;
+        case 0xd0: TAKE(1); set_int(o, (int8_t)h[0]); goto next;
+        case 0xd1: TAKE(2); set_int(o, (int16_t)load16(h)); goto next;
+        case 0xd2: TAKE(4); set_int(o, (int32_t)load32(h)); goto next;
+        case 0xd3: TAKE(8); set_int(o, (int64_t)load64(h)); goto next;
+        case 0xd9: TAKE(1); type = MSGPACK_OBJECT_STR; n = h[0]; goto raw;
+        case 0xda: TAKE(2); type = MSGPACK_OBJECT_STR; n = load16(h); goto raw;
+        case 0xdb: TAKE(4); type = MSGPACK_OBJECT_STR; n = load32(h); goto raw;
+        case 0xc4: TAKE(1); type = MSGPACK_OBJECT_BIN; n = h[0]; goto raw;
+        case 0xc5: TAKE(2); type = MSGPACK_OBJECT_BIN; n = load16(h); goto raw;
+        case 0xc6: TAKE(4); type = MSGPACK_OBJECT_BIN; n = load32(h); goto raw;
+        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+            n = 1u << (b - 0xd4);
+            goto ext;
+        case 0xc7: TAKE(1); n = h[0]; goto ext;
+        case 0xc8: TAKE(2); n = load16(h); goto ext;
+        case 0xc9: TAKE(4); n = load32(h); goto ext;
+        case 0xdc: TAKE(2); type = MSGPACK_OBJECT_ARRAY; n = load16(h); goto container;
+        case 0xdd: TAKE(4); type = MSGPACK_OBJECT_ARRAY; n = load32(h); goto container;
+        case 0xde: TAKE(2); type = MSGPACK_OBJECT_MAP; n = load16(h); goto container;
+        case 0xdf: TAKE(4); type = MSGPACK_OBJECT_MAP; n = load32(h); goto container;
+        default: /* 0xc1, never used */
+            return -EBADMSG;
+        }
+
+    raw:
+        TAKE(n);
+        o->type = type;
+        /* str and bin share one layout (msgpack/object.h). */
+        o->via.str.size = n;
+        o->via.str.ptr = (const char *)h;
+        goto next;
+
+    ext:
+        /* msgpack-c counts the type byte into a 32-bit length: 2^32-1 wraps and it refuses. */
+        if (n == UINT32_MAX)
+            return -EBADMSG;
+        TAKE((size_t)n + 1);
+        o->type = MSGPACK_OBJECT_EXT;
+        o->via.ext.type = (int8_t)h[0];
+        o->via.ext.size = n;
+        o->via.ext.ptr = (const char *)h + 1;
+        goto next;
+
+    container:
+        /* An empty container is one level of nesting too, as for the scanner. */
+        if (top >= max_depth)
+            return -ELOOP;
+        nkids = type == MSGPACK_OBJECT_MAP ? 2 * (size_t)n : n;
+        /* Each element takes a byte at least: a count beyond the bytes left is a lie. */
+        if (nkids > (size_t)(end - p))
+            return -EBADMSG;
+        kids = msgpack_zone_malloc(zone, nkids * sizeof(*kids));
+        if (kids == NULL)
+            return -ENOMEM;
+        o->type = type;
+        if (type == MSGPACK_OBJECT_MAP) {
+            o->via.map.size = n;
+            o->via.map.ptr = (msgpack_object_kv *)kids;
+        } else {
+            o->via.array.size = n;
+            o->via.array.ptr = kids;
+        }
+        if (nkids > 0) {
+            open[top].slot = o + 1;
+            open[top].end = run_end;
+            top++;
+            o = kids;
+            run_end = kids + nkids;
+            continue;
+        }
+
+    next:
+        /* The object at o is whole: on to the next slot, closing every run it ends. */
+        o++;
+        while (o == run_end) {
+            if (top == 0) {
+                *off = (size_t)(p - (const uint8_t *)data);
+                return 0;
+            }
+            top--;
+            o = open[top].slot;
+            run_end = open[top].end;
+        }
+    }
+#undef TAKE
 }
 
 /* Find the msgid of something that starts like a request, from its first
