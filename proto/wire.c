@@ -281,6 +281,226 @@ static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p,
     return 0;
 }
 
+/* The unpacker: msgpack bytes to the msgpack_object tree msgpack_unpack() of
+ * msgpack-c 4.0 builds, without its state machine and per-object stack copies
+ * (those were the largest single cost of a no-op round trip, docs/performance.md
+ * "The round trip, counted"). One loop writes each object straight into its
+ * slot: an array of n and a map of n pairs are both a run of slots (n, or 2n
+ * key-value slots), and a stack remembers where each enclosing run goes on.
+ * Every read is checked against the end even behind the scanner, so bytes it
+ * never saw cannot lead past them. */
+
+/* A map's pairs are filled as a run of 2n objects. */
+_Static_assert(sizeof(msgpack_object_kv) == 2 * sizeof(msgpack_object) &&
+                   offsetof(msgpack_object_kv, val) == sizeof(msgpack_object),
+               "msgpack_object_kv is not two msgpack_objects");
+
+static inline uint16_t load16(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static inline uint32_t load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return __builtin_bswap32(v);
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return __builtin_bswap64(v);
+}
+
+static inline void set_int(msgpack_object *o, int64_t v)
+{
+    /* msgpack-c reports a signed encoding of a non-negative value as positive. */
+    if (v >= 0) {
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = (uint64_t)v;
+    } else {
+        o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        o->via.i64 = v;
+    }
+}
+
+int wire_unpack(const char *data, size_t len, size_t *off, msgpack_zone *zone,
+                unsigned max_depth, msgpack_object *out)
+{
+    struct {
+        msgpack_object *slot, *end;
+    } open[WIRE_HARD_MAX_DEPTH]; /* the runs of the containers around o */
+    unsigned top = 0;
+    const uint8_t *p, *end, *h;
+    msgpack_object *o = out, *run_end = out + 1, *kids;
+    msgpack_object_type type;
+    size_t nkids;
+    uint32_t n; /* a str/bin/ext's bytes, or a container's elements (pairs) */
+    uint8_t b;
+
+    if (data == NULL || off == NULL || zone == NULL || out == NULL || *off > len ||
+        max_depth > WIRE_HARD_MAX_DEPTH)
+        return -EINVAL;
+    p = (const uint8_t *)data + *off;
+    end = (const uint8_t *)data + len;
+
+/* The n header bytes after the type byte, at h. */
+#define TAKE(n)                               \
+    do {                                      \
+        if ((size_t)(end - p) < (n))          \
+            return -EBADMSG;                  \
+        h = p;                                \
+        p += (n);                             \
+    } while (0)
+
+    for (;;) {
+        if (p == end)
+            return -EBADMSG;
+        b = *p++;
+        /* The kinds of a typical request first: small ints, short strings, small maps. */
+        if (b <= 0x7f) {
+            o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+            o->via.u64 = b;
+            goto next;
+        }
+        if (b >= 0xe0) {
+            o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+            o->via.i64 = (int8_t)b;
+            goto next;
+        }
+        if (b >= 0xa0 && b <= 0xbf) {
+            type = MSGPACK_OBJECT_STR;
+            n = b & 0x1f;
+            goto raw;
+        }
+        if (b <= 0x8f) {
+            type = MSGPACK_OBJECT_MAP;
+            n = b & 0x0f;
+            goto container;
+        }
+        if (b <= 0x9f) {
+            type = MSGPACK_OBJECT_ARRAY;
+            n = b & 0x0f;
+            goto container;
+        }
+        switch (b) {
+        case 0xc0:
+            o->type = MSGPACK_OBJECT_NIL;
+            goto next;
+        case 0xc2:
+        case 0xc3:
+            o->type = MSGPACK_OBJECT_BOOLEAN;
+            o->via.boolean = b == 0xc3;
+            goto next;
+        case 0xca: {
+            union { uint32_t i; float f; } v;
+            TAKE(4);
+            v.i = load32(h);
+            o->type = MSGPACK_OBJECT_FLOAT32;
+            o->via.f64 = v.f;
+            goto next;
+        }
+        case 0xcb: {
+            union { uint64_t i; double f; } v;
+            TAKE(8);
+            v.i = load64(h);
+            o->type = MSGPACK_OBJECT_FLOAT64;
+            o->via.f64 = v.f;
+            goto next;
+        }
+        case 0xcc: TAKE(1); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = h[0]; goto next;
+        case 0xcd: TAKE(2); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = load16(h); goto next;
+        case 0xce: TAKE(4); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = load32(h); goto next;
+        case 0xcf: TAKE(8); o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = load64(h); goto next;
+        case 0xd0: TAKE(1); set_int(o, (int8_t)h[0]); goto next;
+        case 0xd1: TAKE(2); set_int(o, (int16_t)load16(h)); goto next;
+        case 0xd2: TAKE(4); set_int(o, (int32_t)load32(h)); goto next;
+        case 0xd3: TAKE(8); set_int(o, (int64_t)load64(h)); goto next;
+        case 0xd9: TAKE(1); type = MSGPACK_OBJECT_STR; n = h[0]; goto raw;
+        case 0xda: TAKE(2); type = MSGPACK_OBJECT_STR; n = load16(h); goto raw;
+        case 0xdb: TAKE(4); type = MSGPACK_OBJECT_STR; n = load32(h); goto raw;
+        case 0xc4: TAKE(1); type = MSGPACK_OBJECT_BIN; n = h[0]; goto raw;
+        case 0xc5: TAKE(2); type = MSGPACK_OBJECT_BIN; n = load16(h); goto raw;
+        case 0xc6: TAKE(4); type = MSGPACK_OBJECT_BIN; n = load32(h); goto raw;
+        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+            n = 1u << (b - 0xd4);
+            goto ext;
+        case 0xc7: TAKE(1); n = h[0]; goto ext;
+        case 0xc8: TAKE(2); n = load16(h); goto ext;
+        case 0xc9: TAKE(4); n = load32(h); goto ext;
+        case 0xdc: TAKE(2); type = MSGPACK_OBJECT_ARRAY; n = load16(h); goto container;
+        case 0xdd: TAKE(4); type = MSGPACK_OBJECT_ARRAY; n = load32(h); goto container;
+        case 0xde: TAKE(2); type = MSGPACK_OBJECT_MAP; n = load16(h); goto container;
+        case 0xdf: TAKE(4); type = MSGPACK_OBJECT_MAP; n = load32(h); goto container;
+        default: /* 0xc1, never used */
+            return -EBADMSG;
+        }
+
+    raw:
+        TAKE(n);
+        o->type = type;
+        /* str and bin share one layout (msgpack/object.h). */
+        o->via.str.size = n;
+        o->via.str.ptr = (const char *)h;
+        goto next;
+
+    ext:
+        /* msgpack-c counts the type byte into a 32-bit length: 2^32-1 wraps and it refuses. */
+        if (n == UINT32_MAX)
+            return -EBADMSG;
+        TAKE((size_t)n + 1);
+        o->type = MSGPACK_OBJECT_EXT;
+        o->via.ext.type = (int8_t)h[0];
+        o->via.ext.size = n;
+        o->via.ext.ptr = (const char *)h + 1;
+        goto next;
+
+    container:
+        /* An empty container is one level of nesting too, as for the scanner. */
+        if (top >= max_depth)
+            return -ELOOP;
+        nkids = type == MSGPACK_OBJECT_MAP ? 2 * (size_t)n : n;
+        /* Each element takes a byte at least: a count beyond the bytes left is a lie. */
+        if (nkids > (size_t)(end - p))
+            return -EBADMSG;
+        kids = msgpack_zone_malloc(zone, nkids * sizeof(*kids));
+        if (kids == NULL)
+            return -ENOMEM;
+        o->type = type;
+        if (type == MSGPACK_OBJECT_MAP) {
+            o->via.map.size = n;
+            o->via.map.ptr = (msgpack_object_kv *)kids;
+        } else {
+            o->via.array.size = n;
+            o->via.array.ptr = kids;
+        }
+        if (nkids > 0) {
+            open[top].slot = o + 1;
+            open[top].end = run_end;
+            top++;
+            o = kids;
+            run_end = kids + nkids;
+            continue;
+        }
+
+    next:
+        /* The object at o is whole: on to the next slot, closing every run it ends. */
+        o++;
+        while (o == run_end) {
+            if (top == 0) {
+                *off = (size_t)(p - (const uint8_t *)data);
+                return 0;
+            }
+            top--;
+            o = open[top].slot;
+            run_end = open[top].end;
+        }
+    }
+#undef TAKE
+}
+
 /* Find the msgid of something that starts like a request, from its first
  * bytes only: [0x94 | array16/32 of 4] 0x00 <uint msgid>. */
 static bool peek_request_msgid(const uint8_t *p, size_t n, uint32_t *msgid)
@@ -481,13 +701,15 @@ int wire_decoder_next(struct wire_decoder *d, struct wire_msg *msg, struct wire_
         }
         d->zone_ready = true;
         d->have_unpacked = true;
-        msgpack_unpack_return ur =
-            msgpack_unpack((const char *)start, bytes, &off, &d->zone, &d->obj);
-        if (ur != MSGPACK_UNPACK_SUCCESS || off != bytes) {
-            /* The scanner accepted it, so this is msgpack-c refusing something
-             * valid-looking (e.g. memory): treat the stream as lost. */
+        int ur = wire_unpack((const char *)start, bytes, &off, &d->zone, d->max_depth, &d->obj);
+        if (ur < 0 || off != bytes) {
+            /* The scanner accepted it, so only memory can fail here; whatever
+             * it is, the stream is lost. */
             d->broken = true;
-            fault_set(fault, -EBADMSG, "%s", "msgpack-c could not unpack the message");
+            if (ur == -ENOMEM)
+                fault_set(fault, -ENOMEM, "%s", "out of memory unpacking the message");
+            else
+                fault_set(fault, -EBADMSG, "%s", "the message could not be unpacked");
             return -1;
         }
         msg->bytes = bytes;

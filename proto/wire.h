@@ -3,9 +3,10 @@
  *
  * The decoder is incremental: bytes are fed as they arrive, a scanner walks
  * the msgpack headers once (never re-scanning a partial message), and only a
- * message that is complete and within the limits is handed to msgpack-c.
- * Nothing is therefore ever allocated from a declared length larger than the
- * bytes actually received. Shared by emad and libemaclient; knows nothing of
+ * message that is complete and within the limits is unpacked (by our own
+ * wire_unpack(), into the objects msgpack-c would make). Nothing is therefore
+ * ever allocated from a declared length larger than the bytes actually
+ * received. Shared by emad and libemaclient; knows nothing of
  * sockets or of the daemon.
  */
 #ifndef EMAD_WIRE_H
@@ -96,6 +97,19 @@ void wire_decoder_commit(struct wire_decoder *d, size_t n);
 int wire_decoder_next(struct wire_decoder *d, struct wire_msg *msg, struct wire_fault *fault);
 /* Bytes buffered but not yet consumed (for per-connection accounting). */
 size_t wire_decoder_pending(const struct wire_decoder *d);
+
+/* Unpack the one msgpack object at data[*off, len) into *out, as msgpack-c
+ * 4.0's msgpack_unpack() does: the same object types and values (a signed
+ * encoding of a non-negative integer is POSITIVE_INTEGER; float 32 is
+ * FLOAT32), strings, bins and exts pointing into data, arrays and maps
+ * allocated from zone. On success *off moves past the object (bytes may
+ * follow it). Containers nest at most max_depth (<= WIRE_HARD_MAX_DEPTH)
+ * levels, an empty one counting as one, else -ELOOP; -EBADMSG for bytes that
+ * are not one complete object (reserved byte 0xc1, cut short, a count larger
+ * than the bytes left), -ENOMEM, -EINVAL. Nothing is read outside
+ * data[*off, len) and nothing allocated beyond a multiple of those bytes. */
+int wire_unpack(const char *data, size_t len, size_t *off, msgpack_zone *zone,
+                unsigned max_depth, msgpack_object *out);
 
 /* Encoding: the envelope of each kind. After the *_head calls the caller packs
  * exactly one map (the params or the result). */

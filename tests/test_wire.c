@@ -499,6 +499,124 @@ static void check_every_type(const msgpack_object *params, bool big)
     assert_int_equal(v->via.map.size, 0);
 }
 
+/* ---- wire_unpack against msgpack-c ----------------------------------------------------------- */
+
+/* x (unpacked from the bytes at xb) and y (from yb) are the same tree: types, values, sizes, and
+ * strings, bins and exts pointing at the same offsets of their own buffers (both reference the
+ * bytes, neither copies them). Floats compare by their bits, NaN included. */
+static void assert_same_tree(const msgpack_object *x, const char *xb, const msgpack_object *y,
+                             const char *yb)
+{
+    assert_int_equal(x->type, y->type);
+    switch (x->type) {
+    case MSGPACK_OBJECT_NIL:
+        break;
+    case MSGPACK_OBJECT_BOOLEAN:
+        assert_int_equal(x->via.boolean, y->via.boolean);
+        break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        assert_true(x->via.u64 == y->via.u64);
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        assert_true(x->via.i64 == y->via.i64);
+        assert_true(x->via.i64 < 0);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        assert_memory_equal(&x->via.f64, &y->via.f64, sizeof(double));
+        break;
+    case MSGPACK_OBJECT_STR:
+    case MSGPACK_OBJECT_BIN:
+        assert_int_equal(x->via.str.size, y->via.str.size);
+        /* msgpack-c leaves an empty one's pointer at whatever it last read (NULL at first). */
+        if (x->via.str.size > 0)
+            assert_true(x->via.str.ptr - xb == y->via.str.ptr - yb);
+        break;
+    case MSGPACK_OBJECT_EXT:
+        assert_int_equal(x->via.ext.type, y->via.ext.type);
+        assert_int_equal(x->via.ext.size, y->via.ext.size);
+        assert_true(x->via.ext.ptr - xb == y->via.ext.ptr - yb);
+        break;
+    case MSGPACK_OBJECT_ARRAY:
+        assert_int_equal(x->via.array.size, y->via.array.size);
+        for (uint32_t i = 0; i < x->via.array.size; i++)
+            assert_same_tree(&x->via.array.ptr[i], xb, &y->via.array.ptr[i], yb);
+        break;
+    case MSGPACK_OBJECT_MAP:
+        assert_int_equal(x->via.map.size, y->via.map.size);
+        for (uint32_t i = 0; i < x->via.map.size; i++) {
+            assert_same_tree(&x->via.map.ptr[i].key, xb, &y->via.map.ptr[i].key, yb);
+            assert_same_tree(&x->via.map.ptr[i].val, xb, &y->via.map.ptr[i].val, yb);
+        }
+        break;
+    default:
+        fail_msg("object of type %d", (int)x->type);
+    }
+}
+
+/* The tree o, unpacked by us from the n bytes at p, is the one msgpack-c makes of them. */
+static void assert_as_msgpack_c(const msgpack_object *o, const char *p, size_t n)
+{
+    msgpack_zone z;
+    msgpack_object ref;
+    size_t off = 0;
+
+    assert_true(msgpack_zone_init(&z, 1024));
+    assert_int_equal(msgpack_unpack(p, n, &off, &z, &ref), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(off, n);
+    assert_same_tree(o, p, &ref, p);
+    msgpack_zone_destroy(&z);
+}
+
+/* Unpack data[0, n) with wire_unpack (no depth limit below msgpack-c's) and with msgpack_unpack,
+ * and check that they agree: the same tree and end when both succeed, and a failure of ours
+ * being one of msgpack-c too (cut short or reserved byte: not complete or a parse error; too
+ * deep: its stack full). Only for bytes whose counts are honest (what we built, and prefixes of
+ * it): msgpack-c allocates a container before it has its elements. Returns our result; *end
+ * gets the end of the object. */
+static int unpack_both(const void *data, size_t n, size_t *end)
+{
+    msgpack_zone z1, z2;
+    msgpack_object o1, o2;
+    size_t off1 = 0, off2 = 0;
+    int rc;
+    msgpack_unpack_return ur;
+
+    assert_true(msgpack_zone_init(&z1, 256));
+    assert_true(msgpack_zone_init(&z2, 256));
+    rc = wire_unpack(data, n, &off1, &z1, WIRE_HARD_MAX_DEPTH, &o1);
+    ur = msgpack_unpack(data, n, &off2, &z2, &o2);
+    if (rc == 0) {
+        assert_true(off1 > 0 && off1 <= n);
+        assert_int_equal(ur, off1 == n ? MSGPACK_UNPACK_SUCCESS : MSGPACK_UNPACK_EXTRA_BYTES);
+        assert_int_equal(off2, off1);
+        assert_same_tree(&o1, data, &o2, data);
+        if (end != NULL)
+            *end = off1;
+    } else if (rc == -ELOOP) {
+        assert_int_equal(ur, MSGPACK_UNPACK_NOMEM_ERROR);
+        assert_int_equal(off1, 0);
+    } else {
+        assert_int_equal(rc, -EBADMSG);
+        assert_true(ur == MSGPACK_UNPACK_CONTINUE || ur == MSGPACK_UNPACK_PARSE_ERROR);
+        assert_int_equal(off1, 0);
+    }
+    msgpack_zone_destroy(&z2);
+    msgpack_zone_destroy(&z1);
+    return rc;
+}
+
+/* unpack_both on b, which must unpack whole, and on every prefix of it, which must not. */
+static void assert_agree_whole_and_cut(const struct bytes *b)
+{
+    size_t end = 0;
+
+    assert_int_equal(unpack_both(b->p, b->len, &end), 0);
+    assert_int_equal(end, b->len);
+    for (size_t k = 0; k < b->len; k++)
+        assert_int_equal(unpack_both(b->p, k, NULL), -EBADMSG);
+}
+
 /* ---- Decoder plumbing --------------------------------------------------------------------- */
 
 static void dec_init(struct wire_decoder *d, size_t max_message, unsigned max_depth)
@@ -518,6 +636,10 @@ static int next_checked(struct wire_decoder *d, struct wire_msg *m, struct wire_
 
     if (rc == 1) {
         assert_true(m->bytes > 0);
+        /* The tree behind m is the one msgpack-c makes of the same bytes, which are still in
+         * the buffer just behind the head. */
+        assert_true(d->have_unpacked && d->head >= m->bytes);
+        assert_as_msgpack_c(&d->obj, d->buf + d->head - m->bytes, m->bytes);
         switch (m->kind) {
         case WIRE_REQUEST:
         case WIRE_NOTIFY:
@@ -1736,6 +1858,459 @@ static void test_wire_mutated_valid_messages_never_crash(void **state)
 
 /* ---- Socket path (§1) --------------------------------------------------------------------- */
 
+/* ---- wire_unpack, the unpacker, against msgpack-c -------------------------------------------- */
+
+/* An unsigned integer in each width that holds it (msgpack-c's packer picks only the smallest). */
+static void put_uint_widths(struct bytes *b, uint64_t v)
+{
+    if (v <= 0x7f)
+        b_u8(b, (uint8_t)v);
+    if (v <= UINT8_MAX) {
+        b_u8(b, 0xcc);
+        b_be(b, v, 1);
+    }
+    if (v <= UINT16_MAX) {
+        b_u8(b, 0xcd);
+        b_be(b, v, 2);
+    }
+    if (v <= UINT32_MAX) {
+        b_u8(b, 0xce);
+        b_be(b, v, 4);
+    }
+    b_u8(b, 0xcf);
+    b_be(b, v, 8);
+}
+
+/* A signed integer in each signed width that holds it, and the fixints. */
+static void put_int_widths(struct bytes *b, int64_t v)
+{
+    if (v >= -32 && v <= 127)
+        b_u8(b, (uint8_t)v);
+    if (v >= INT8_MIN && v <= INT8_MAX) {
+        b_u8(b, 0xd0);
+        b_be(b, (uint64_t)v, 1);
+    }
+    if (v >= INT16_MIN && v <= INT16_MAX) {
+        b_u8(b, 0xd1);
+        b_be(b, (uint64_t)v, 2);
+    }
+    if (v >= INT32_MIN && v <= INT32_MAX) {
+        b_u8(b, 0xd2);
+        b_be(b, (uint64_t)v, 4);
+    }
+    b_u8(b, 0xd3);
+    b_be(b, (uint64_t)v, 8);
+}
+
+static void put_f32(struct bytes *b, uint32_t bits)
+{
+    b_u8(b, 0xca);
+    b_be(b, bits, 4);
+}
+
+static void put_f64(struct bytes *b, uint64_t bits)
+{
+    b_u8(b, 0xcb);
+    b_be(b, bits, 8);
+}
+
+/* str (0) or bin (1) of n pattern bytes, header w: 0 fix (str only), 1, 2 or 4 length bytes. */
+static void put_raw(struct bytes *b, int bin, unsigned w, size_t n)
+{
+    if (w == 0) {
+        b_u8(b, (uint8_t)(0xa0 | n));
+    } else {
+        static const uint8_t str_hdr[5] = {0, 0xd9, 0xda, 0, 0xdb};
+        static const uint8_t bin_hdr[5] = {0, 0xc4, 0xc5, 0, 0xc6};
+        b_u8(b, bin ? bin_hdr[w] : str_hdr[w]);
+        b_be(b, n, w);
+    }
+    b_pattern(b, n);
+}
+
+/* ext of n data bytes and type t, header w: 0 fixext (n of 1, 2, 4, 8, 16), 1, 2 or 4. */
+static void put_ext(struct bytes *b, unsigned w, int8_t t, size_t n)
+{
+    if (w == 0) {
+        b_u8(b, (uint8_t)(n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6 : n == 8 ? 0xd7 : 0xd8));
+    } else {
+        b_u8(b, w == 1 ? 0xc7 : w == 2 ? 0xc8 : 0xc9);
+        b_be(b, n, w);
+    }
+    b_u8(b, (uint8_t)t);
+    b_pattern(b, n);
+}
+
+/* Array (map when map) header of n elements (pairs), w: 0 fix, 2 or 4 count bytes. */
+static void put_container(struct bytes *b, int map, unsigned w, size_t n)
+{
+    if (w == 0)
+        b_u8(b, (uint8_t)((map ? 0x80 : 0x90) | n));
+    else {
+        b_u8(b, (uint8_t)(map ? (w == 2 ? 0xde : 0xdf) : (w == 2 ? 0xdc : 0xdd)));
+        b_be(b, n, w);
+    }
+}
+
+static const uint64_t edge_uints[] = {
+    0, 1, 127, 128, 255, 256, 65535, 65536, (1ull << 31) - 1, 1ull << 31, UINT32_MAX,
+    1ull << 32, (1ull << 63) - 1, 1ull << 63, UINT64_MAX,
+};
+static const int64_t edge_ints[] = {
+    0, 1, 127, -1, -31, -32, -33, -127, -128, -129, 128, 255, 32767, -32768, -32769, 65535,
+    INT32_MAX, INT32_MIN, (int64_t)INT32_MIN - 1, INT64_MAX, INT64_MIN, INT64_MIN + 1,
+};
+static const uint32_t edge_f32[] = {
+    0x00000000u, 0x80000000u, 0x3fc00000u /* 1.5 */, 0x7f7fffffu /* FLT_MAX */, 0x00000001u,
+    0x7f800000u /* inf */, 0xff800000u, 0x7fc00000u /* NaN */, 0xffc00001u, 0xc2f60000u,
+};
+static const uint64_t edge_f64[] = {
+    0, 1ull << 63, 0x3ff8000000000000ull, 0x7fefffffffffffffull, 1, 0x7ff0000000000000ull,
+    0xfff0000000000000ull, 0x7ff8000000000000ull, 0xfff8000000000001ull, 0xc05ec00000000000ull,
+};
+
+/* A random object into b: every type, every width of header, containers while depth > 0. */
+static void put_random(struct bytes *b, uint64_t *rng, unsigned depth)
+{
+    unsigned kind = (unsigned)rng_below(rng, depth > 0 ? 14 : 11);
+    uint64_t r = rng_next(rng);
+    size_t n;
+
+    switch (kind) {
+    case 0: { /* unsigned, some width */
+        uint64_t v = r % 3 == 0 ? edge_uints[rng_below(rng, ARRAY_LEN(edge_uints))]
+                                : rng_next(rng) >> (8 * rng_below(rng, 8));
+        struct bytes all = {0};
+        put_uint_widths(&all, v);
+        /* One of its encodings: the last is always the 8-byte one; pick any by its start. */
+        size_t starts[5], ns = 0;
+        for (size_t i = 0; i < all.len; i += all.p[i] <= 0x7f ? 1 : 1u + (1u << (all.p[i] & 3)))
+            starts[ns++] = i;
+        size_t k = rng_below(rng, ns);
+        size_t e = k + 1 < ns ? starts[k + 1] : all.len;
+        b_put(b, all.p + starts[k], e - starts[k]);
+        b_free(&all);
+        break;
+    }
+    case 1: { /* signed, some width */
+        int64_t v = r % 3 == 0 ? edge_ints[rng_below(rng, ARRAY_LEN(edge_ints))]
+                               : (int64_t)rng_next(rng) >> (8 * rng_below(rng, 8));
+        struct bytes all = {0};
+        put_int_widths(&all, v);
+        size_t starts[5], ns = 0;
+        for (size_t i = 0; i < all.len;
+             i += (all.p[i] <= 0x7f || all.p[i] >= 0xe0) ? 1 : 1u + (1u << (all.p[i] & 3)))
+            starts[ns++] = i;
+        size_t k = rng_below(rng, ns);
+        size_t e = k + 1 < ns ? starts[k + 1] : all.len;
+        b_put(b, all.p + starts[k], e - starts[k]);
+        b_free(&all);
+        break;
+    }
+    case 2:
+        b_u8(b, 0xc0);
+        break;
+    case 3:
+        b_u8(b, r & 1 ? 0xc3 : 0xc2);
+        break;
+    case 4:
+        put_f32(b, r & 1 ? edge_f32[rng_below(rng, ARRAY_LEN(edge_f32))] : (uint32_t)(r >> 32));
+        break;
+    case 5:
+        put_f64(b, r & 1 ? edge_f64[rng_below(rng, ARRAY_LEN(edge_f64))] : rng_next(rng));
+        break;
+    case 6:
+    case 7: { /* str, bin: mostly short, sometimes long */
+        int bin = kind == 7;
+        unsigned w = (unsigned)rng_below(rng, 4); /* 0 fix, 1, 2, 3 -> 4 */
+        if (w == 3)
+            w = 4;
+        if (bin && w == 0)
+            w = 1;
+        size_t cap = w == 0 ? 31 : w == 1 ? 255 : r % 16 == 0 ? 70000 : 300;
+        n = r % 4 == 0 ? 0 : rng_below(rng, cap + 1);
+        if (w == 1 && n > 255)
+            n = 255;
+        put_raw(b, bin, w, n);
+        break;
+    }
+    case 8:
+    case 9:
+    case 10: { /* ext */
+        static const size_t fixn[] = {1, 2, 4, 8, 16};
+        unsigned w = (unsigned)rng_below(rng, 4);
+        if (w == 3)
+            w = 4;
+        n = w == 0 ? fixn[rng_below(rng, 5)] : r % 4 == 0 ? 0 : rng_below(rng, w == 1 ? 256 : 600);
+        put_ext(b, w, (int8_t)(r >> 8), n);
+        break;
+    }
+    default: { /* 11, 12 array, 13 map */
+        int map = kind == 13;
+        unsigned w = (unsigned)rng_below(rng, 3);
+        w = w == 1 ? 2 : w == 2 ? 4 : 0;
+        n = r % 5 == 0 ? 0 : rng_below(rng, w == 0 ? 16 : 40);
+        put_container(b, map, w, n);
+        for (size_t i = 0; i < n * (map ? 2 : 1); i++)
+            put_random(b, rng, depth - 1);
+        break;
+    }
+    }
+}
+
+static void test_wire_unpack_agrees_with_msgpack_c_on_random_objects(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x756e7061636bull;
+
+    for (int i = 0; i < 3000; i++) {
+        struct bytes b = {0};
+        unsigned depth = (unsigned)rng_below(&rng, 6);
+        put_random(&b, &rng, depth);
+        size_t end = 0;
+        assert_int_equal(unpack_both(b.p, b.len, &end), 0);
+        assert_int_equal(end, b.len);
+        /* Cut short anywhere, both refuse; a few cuts of each, all of the small ones. */
+        if (b.len < 64) {
+            for (size_t k = 0; k < b.len; k++)
+                assert_int_equal(unpack_both(b.p, k, NULL), -EBADMSG);
+        } else {
+            for (int c = 0; c < 8; c++)
+                assert_int_equal(unpack_both(b.p, rng_below(&rng, b.len), NULL), -EBADMSG);
+        }
+        b_free(&b);
+    }
+}
+
+static void test_wire_unpack_agrees_with_msgpack_c_on_edge_values(void **state)
+{
+    (void)state;
+    struct bytes b = {0};
+
+    for (size_t i = 0; i < ARRAY_LEN(edge_uints); i++) {
+        struct bytes all = {0};
+        put_uint_widths(&all, edge_uints[i]);
+        /* All widths of one value as one array: every element must agree. */
+        b.len = 0;
+        put_container(&b, 0, 2, 5);
+        b_put(&b, all.p, all.len);
+        /* pad the array to 5 with nils where the value has fewer widths */
+        size_t widths = 0;
+        for (size_t j = 0; j < all.len; j += all.p[j] <= 0x7f ? 1 : 1u + (1u << (all.p[j] & 3)))
+            widths++;
+        b_fill(&b, 0xc0, 5 - widths);
+        assert_agree_whole_and_cut(&b);
+        b_free(&all);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(edge_ints); i++) {
+        struct bytes all = {0};
+        put_int_widths(&all, edge_ints[i]);
+        size_t widths = 0;
+        for (size_t j = 0; j < all.len;
+             j += (all.p[j] <= 0x7f || all.p[j] >= 0xe0) ? 1 : 1u + (1u << (all.p[j] & 3)))
+            widths++;
+        b.len = 0;
+        put_container(&b, 0, 0, widths);
+        b_put(&b, all.p, all.len);
+        assert_agree_whole_and_cut(&b);
+        /* A signed encoding of a non-negative value is a positive integer, as in msgpack-c. */
+        msgpack_zone z;
+        msgpack_object o;
+        size_t off = 0;
+        assert_true(msgpack_zone_init(&z, 256));
+        assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), 0);
+        for (uint32_t j = 0; j < o.via.array.size; j++) {
+            const msgpack_object *e = &o.via.array.ptr[j];
+            if (edge_ints[i] >= 0) {
+                assert_int_equal(e->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+                assert_true(e->via.u64 == (uint64_t)edge_ints[i]);
+            } else {
+                assert_int_equal(e->type, MSGPACK_OBJECT_NEGATIVE_INTEGER);
+                assert_true(e->via.i64 == edge_ints[i]);
+            }
+        }
+        msgpack_zone_destroy(&z);
+        b_free(&all);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(edge_f32); i++) {
+        b.len = 0;
+        put_f32(&b, edge_f32[i]);
+        assert_agree_whole_and_cut(&b);
+    }
+    for (size_t i = 0; i < ARRAY_LEN(edge_f64); i++) {
+        b.len = 0;
+        put_f64(&b, edge_f64[i]);
+        assert_agree_whole_and_cut(&b);
+    }
+    /* Floats keep their width: FLOAT32 holds the float's value as a double. */
+    {
+        msgpack_zone z;
+        msgpack_object o;
+        size_t off = 0;
+        b.len = 0;
+        put_f32(&b, 0x3fc00000u);
+        assert_true(msgpack_zone_init(&z, 256));
+        assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), 0);
+        assert_int_equal(o.type, MSGPACK_OBJECT_FLOAT32);
+        assert_true(o.via.f64 == 1.5);
+        msgpack_zone_destroy(&z);
+    }
+    /* Empty and long str, bin and ext in every header width. */
+    static const size_t lens[] = {0, 1, 31, 255, 256, 65535, 65536};
+    for (size_t i = 0; i < ARRAY_LEN(lens); i++) {
+        for (unsigned w = 0; w <= 4; w++) {
+            if (w == 3 || (w == 0 && lens[i] > 31) || (w == 1 && lens[i] > 255) ||
+                (w == 2 && lens[i] > 65535))
+                continue;
+            b.len = 0;
+            put_raw(&b, 0, w, lens[i]);
+            assert_int_equal(unpack_both(b.p, b.len, NULL), 0);
+            if (w > 0) {
+                b.len = 0;
+                put_raw(&b, 1, w, lens[i]);
+                assert_int_equal(unpack_both(b.p, b.len, NULL), 0);
+                b.len = 0;
+                put_ext(&b, w, -1, lens[i]);
+                assert_int_equal(unpack_both(b.p, b.len, NULL), 0);
+            }
+        }
+    }
+    static const size_t fixn[] = {1, 2, 4, 8, 16};
+    for (size_t i = 0; i < ARRAY_LEN(fixn); i++) {
+        b.len = 0;
+        put_ext(&b, 0, INT8_MIN, fixn[i]);
+        assert_agree_whole_and_cut(&b);
+    }
+    /* Empty containers in each width, and nested maps and arrays. */
+    for (int map = 0; map <= 1; map++) {
+        for (unsigned w = 0; w <= 4; w += 2) {
+            b.len = 0;
+            put_container(&b, map, w, 0);
+            assert_agree_whole_and_cut(&b);
+        }
+    }
+    /* {"a": [{"b": nil}, [], {}], "c": {"d": [1, -1, "e"]}} */
+    b.len = 0;
+    put_container(&b, 1, 2, 2);
+    b_fixstr(&b, "a");
+    put_container(&b, 0, 4, 3);
+    put_container(&b, 1, 0, 1);
+    b_fixstr(&b, "b");
+    b_u8(&b, 0xc0);
+    put_container(&b, 0, 2, 0);
+    put_container(&b, 1, 4, 0);
+    b_fixstr(&b, "c");
+    put_container(&b, 1, 0, 1);
+    b_fixstr(&b, "d");
+    put_container(&b, 0, 0, 3);
+    b_u8(&b, 0x01);
+    b_u8(&b, 0xff);
+    b_fixstr(&b, "e");
+    assert_agree_whole_and_cut(&b);
+    b_free(&b);
+}
+
+static void test_wire_unpack_depth_is_that_of_the_scanner_and_within_msgpack_c(void **state)
+{
+    (void)state;
+    msgpack_zone z;
+    msgpack_object o;
+    struct bytes b = {0};
+
+    assert_true(msgpack_zone_init(&z, 256));
+    for (unsigned levels = 1; levels <= WIRE_HARD_MAX_DEPTH + 1; levels++) {
+        for (int empty = 0; empty <= 1; empty++) {
+            /* levels nested containers, the innermost empty or holding one nil */
+            b.len = 0;
+            for (unsigned i = 0; i < levels; i++)
+                put_container(&b, 0, i % 3 == 2 ? 2 : 0, i + 1 == levels && empty ? 0 : 1);
+            if (!empty)
+                b_u8(&b, 0xc0);
+            int rc = unpack_both(b.p, b.len, NULL);
+            assert_int_equal(rc, levels <= WIRE_HARD_MAX_DEPTH ? 0 : -ELOOP);
+            /* A lower limit counts levels as the scanner does: an empty container is one. */
+            for (unsigned max = 1; max < WIRE_HARD_MAX_DEPTH; max++) {
+                size_t off = 0;
+                rc = wire_unpack((const char *)b.p, b.len, &off, &z, max, &o);
+                assert_int_equal(rc, levels <= max ? 0 : -ELOOP);
+                msgpack_zone_clear(&z);
+            }
+        }
+    }
+    msgpack_zone_destroy(&z);
+    b_free(&b);
+}
+
+static void test_wire_unpack_refuses_lying_counts_without_allocating_them(void **state)
+{
+    (void)state;
+    msgpack_zone z;
+    msgpack_object o;
+    size_t off;
+    static const uint8_t cases[][7] = {
+        {0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0}, /* array32 of 2^32-1, two elements */
+        {0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0, 0xc0}, /* map32 of 2^32-1, one pair */
+        {0xdc, 0xff, 0xff, 0xc0, 0xc0, 0xc0, 0xc0}, /* array16 of 65535 */
+        {0x84, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0}, /* fixmap of 4, three pairs */
+        {0xdb, 0xff, 0xff, 0xff, 0xff, 'a', 'b'},   /* str32 of 2^32-1 */
+        {0xc6, 0x00, 0x00, 0x00, 0x03, 'a', 'b'},   /* bin32 of 3, 2 there, +1 below */
+        {0xc9, 0xff, 0xff, 0xff, 0xff, 0x01, 'a'},  /* ext32 of 2^32-1 */
+        {0xc9, 0x00, 0x00, 0x00, 0x02, 0x01, 'a'},  /* ext32 of 2, 1 there */
+        {0xd8, 0x01, 'a', 'b', 'c', 'd', 'e'},      /* fixext16, 5 there */
+        {0xc1, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0}, /* the reserved byte */
+    };
+
+    assert_true(msgpack_zone_init(&z, 256));
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        size_t free_before = z.chunk_list.free;
+        off = 0;
+        assert_int_equal(wire_unpack((const char *)cases[i], sizeof(cases[i]), &off, &z, 8, &o),
+                         -EBADMSG);
+        assert_int_equal(off, 0);
+        /* Refused at the header: nothing was taken from the zone. */
+        assert_int_equal(z.chunk_list.free, free_before);
+    }
+    msgpack_zone_destroy(&z);
+}
+
+static void test_wire_unpack_takes_one_object_from_an_offset(void **state)
+{
+    (void)state;
+    msgpack_zone z;
+    msgpack_object o;
+    struct bytes b = {0};
+    size_t off = 0;
+
+    b_fixstr(&b, "one");
+    put_uint_widths(&b, 300); /* three objects: cd 01 2c, ce ..., cf ... */
+    assert_true(msgpack_zone_init(&z, 256));
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), 0);
+    assert_int_equal(off, 4);
+    assert_true(obj_str_eq(&o, "one"));
+    assert_true(o.via.str.ptr == (const char *)b.p + 1); /* referenced, not copied */
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), 0);
+    assert_int_equal(off, 7);
+    assert_int_equal(o.type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_true(o.via.u64 == 300);
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), 0);
+    assert_int_equal(off, 12);
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), 0);
+    assert_int_equal(off, b.len);
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), -EBADMSG);
+    assert_int_equal(off, b.len);
+    off = b.len + 1;
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, 1, &o), -EINVAL);
+    off = 0;
+    assert_int_equal(wire_unpack((const char *)b.p, b.len, &off, &z, WIRE_HARD_MAX_DEPTH + 1, &o),
+                     -EINVAL);
+    /* Bytes after the object are left for the caller, as msgpack-c's EXTRA_BYTES does. */
+    size_t end = 0;
+    assert_int_equal(unpack_both(b.p, b.len, &end), 0);
+    assert_int_equal(end, 4);
+    msgpack_zone_destroy(&z);
+    b_free(&b);
+}
+
 static void test_wire_socket_path_option_wins(void **state)
 {
     char out[108];
@@ -1838,6 +2413,11 @@ int main(void)
         cmocka_unit_test(test_wire_shape_errors_without_msgid_leave_nobody_to_answer),
         cmocka_unit_test(test_wire_random_garbage_never_crashes),
         cmocka_unit_test(test_wire_mutated_valid_messages_never_crash),
+        cmocka_unit_test(test_wire_unpack_agrees_with_msgpack_c_on_random_objects),
+        cmocka_unit_test(test_wire_unpack_agrees_with_msgpack_c_on_edge_values),
+        cmocka_unit_test(test_wire_unpack_depth_is_that_of_the_scanner_and_within_msgpack_c),
+        cmocka_unit_test(test_wire_unpack_refuses_lying_counts_without_allocating_them),
+        cmocka_unit_test(test_wire_unpack_takes_one_object_from_an_offset),
         cmocka_unit_test(test_wire_socket_path_option_wins),
         cmocka_unit_test(test_wire_socket_path_env_then_runtime_dir_then_default),
         cmocka_unit_test(test_wire_socket_path_empty_option_rejected_empty_env_skipped),

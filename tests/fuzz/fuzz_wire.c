@@ -13,7 +13,11 @@
  *   - a delivered message is at most max_message bytes, nests no deeper
  *     than max_depth, and msgpack-c alone unpacks exactly those bytes of the
  *     stream (at the position the decoder consumed them) into the same
- *     envelope and params;
+ *     tree as the decoder's own unpacker (wire_unpack);
+ *   - wire_unpack straight on the stream (no scanner before it) reads only
+ *     its bytes, succeeds exactly when the scanner accepts the first
+ *     message at the same depth limit, and then agrees with msgpack-c:
+ *     the same tree, end, and strings at the same places;
  *   - fed whole, the stream gives the same messages up to the first fault,
  *     and a fault at the same place;
  *   - a fault with a msgid is a size or shape fault; one that leaves the
@@ -107,6 +111,34 @@ static bool obj_equal(const msgpack_object *x, const msgpack_object *y)
     }
 }
 
+/* Strings, bins and exts of x (unpacked from xb) and y (from yb) point at the
+ * same offsets; the trees are already known equal. msgpack-c leaves an empty
+ * str or bin pointing anywhere, so those are skipped. */
+static bool same_places(const msgpack_object *x, const char *xb, const msgpack_object *y,
+                        const char *yb)
+{
+    switch (x->type) {
+    case MSGPACK_OBJECT_STR:
+    case MSGPACK_OBJECT_BIN:
+        return x->via.str.size == 0 || x->via.str.ptr - xb == y->via.str.ptr - yb;
+    case MSGPACK_OBJECT_EXT:
+        return x->via.ext.ptr - xb == y->via.ext.ptr - yb;
+    case MSGPACK_OBJECT_ARRAY:
+        for (uint32_t i = 0; i < x->via.array.size; i++)
+            if (!same_places(&x->via.array.ptr[i], xb, &y->via.array.ptr[i], yb))
+                return false;
+        return true;
+    case MSGPACK_OBJECT_MAP:
+        for (uint32_t i = 0; i < x->via.map.size; i++)
+            if (!same_places(&x->via.map.ptr[i].key, xb, &y->via.map.ptr[i].key, yb) ||
+                !same_places(&x->via.map.ptr[i].val, xb, &y->via.map.ptr[i].val, yb))
+                return false;
+        return true;
+    default:
+        return true;
+    }
+}
+
 /* Unpack bytes we produced ourselves (bounded) into *u; true on success. */
 static bool unpack_all(msgpack_unpacked *u, const char *p, size_t n)
 {
@@ -187,13 +219,16 @@ static void roundtrip_envelope(const struct wire_msg *m)
     msgpack_sbuffer_destroy(&sb);
 }
 
-/* msgpack-c alone, on exactly the bytes the decoder consumed for m. */
-static void check_against_msgpack(const struct wire_msg *m, const uint8_t *bytes)
+/* msgpack-c alone, on exactly the bytes the decoder consumed for m, which
+ * the decoder unpacked into tree. */
+static void check_against_msgpack(const struct wire_msg *m, const msgpack_object *tree,
+                                  const uint8_t *bytes)
 {
     msgpack_unpacked u;
     const msgpack_object *e;
 
     CHECK(unpack_all(&u, (const char *)bytes, m->bytes));
+    CHECK(obj_equal(&u.data, tree));
     CHECK(u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size >= 3);
     e = u.data.via.array.ptr;
     CHECK(e[0].type == MSGPACK_OBJECT_POSITIVE_INTEGER && e[0].via.u64 == m->kind);
@@ -221,7 +256,7 @@ static void check_message(const struct wire_decoder *d, const struct wire_msg *m
                           const uint8_t *at)
 {
     CHECK(m->bytes > 0 && m->bytes <= d->max_message);
-    check_against_msgpack(m, at);
+    check_against_msgpack(m, &d->obj, at);
     if (m->kind == WIRE_RESPONSE) {
         CHECK(m->error != NULL && m->result != NULL);
         /* The envelope is one level; what it holds nests below it. */
@@ -238,6 +273,48 @@ static void check_message(const struct wire_decoder *d, const struct wire_msg *m
         roundtrip_desc(nested_descs[i], m->params);
     if (m->kind == WIRE_REQUEST)
         roundtrip_envelope(m);
+}
+
+/* wire_unpack on the raw stream, and the scanner (a decoder fed the stream
+ * whole, its limits no obstacle) on the same bytes. */
+static void check_unpack(const uint8_t *data, size_t size)
+{
+    const unsigned depth = WIRE_HARD_MAX_DEPTH - 1; /* the deepest a decoder allows */
+    struct wire_decoder d;
+    struct wire_msg m;
+    struct wire_fault f;
+    msgpack_zone z, z2;
+    msgpack_object o, ref;
+    size_t off = 0, off2 = 0;
+    int rc, drc;
+    bool scanned;
+
+    if (size == 0)
+        return;
+    CHECK(msgpack_zone_init(&z, 1024));
+    rc = wire_unpack((const char *)data, size, &off, &z, depth, &o);
+    CHECK(rc == 0 || rc == -EBADMSG || rc == -ELOOP);
+    CHECK(wire_decoder_init(&d, size, depth) == 0);
+    CHECK(wire_decoder_feed(&d, data, size) == 0);
+    drc = wire_decoder_next(&d, &m, &f);
+    /* A shape fault comes only after the scanner and the unpacker accepted it. */
+    scanned = drc == 1 || (drc == -1 && f.code == -EPROTO);
+    CHECK((rc == 0) == scanned);
+    if (scanned) {
+        CHECK(size - wire_decoder_pending(&d) == off);
+        CHECK(obj_equal(&o, &d.obj));
+        /* Safe now: every count in the first object is backed by its bytes,
+         * and msgpack-c stops at its end. */
+        CHECK(msgpack_zone_init(&z2, 1024));
+        msgpack_unpack_return ur = msgpack_unpack((const char *)data, size, &off2, &z2, &ref);
+        CHECK(ur == (off == size ? MSGPACK_UNPACK_SUCCESS : MSGPACK_UNPACK_EXTRA_BYTES));
+        CHECK(off2 == off);
+        CHECK(obj_equal(&o, &ref));
+        CHECK(same_places(&o, (const char *)data, &ref, (const char *)data));
+        msgpack_zone_destroy(&z2);
+    }
+    wire_decoder_free(&d);
+    msgpack_zone_destroy(&z);
 }
 
 /* What one decoding produced, in order, to compare two ways of feeding. */
@@ -334,6 +411,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (chunk == 0)
         chunk = size ? size : 1;
 
+    check_unpack(data, size);
     n1 = decode_stream(data, size, max_message, max_depth, chunk, use_reserve, true, ev1);
     /* The same stream fed whole: the messages up to the first fault are the
      * same, and a fault comes at the same place (its kind may differ: fed
