@@ -74,6 +74,8 @@ struct wire_decoder {
     bool broken;          /* a fatal fault happened: the stream cannot be resynchronised */
     bool have_unpacked;   /* obj and zone hold the message last returned */
     bool zone_ready;      /* zone is initialised */
+    bool scan_only;       /* never try a whole message first (the fuzzer's
+                             comparison of the scanner with wire_unpack) */
     msgpack_zone zone;    /* the objects of one message; reused, not remade, per message */
     msgpack_object obj;
 };
