@@ -458,10 +458,10 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
 /* Append at most max bytes of str to buf (of len, NUL kept), from *at. */
 static void what_put(char *buf, size_t len, size_t *at, const char *str, size_t max)
 {
-    size_t n = 0;
+    size_t n = strlen(str);
 
-    while (n < max && str[n] != '\0')
-        n++;
+    if (n > max)
+        n = max;
 
     if (*at + n >= len)
         n = len - 1 - *at;
