@@ -355,14 +355,27 @@ static size_t field_keylen(const struct msg_field *f)
     return f->keylen ? f->keylen : strlen(f->key);
 }
 
-static const msgpack_object *map_find(const msgpack_object *map, const char *key, size_t klen)
+static bool key_is(const msgpack_object *k, const char *key, size_t klen)
 {
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+           memcmp(k->via.str.ptr, key, klen) == 0;
+}
 
+/* The value of key's first occurrence in map, or NULL. The peers write the
+ * fields in the descriptor's order, so *next, the entry after the last one
+ * found, is tried first; it is the first occurrence while every entry
+ * before it was found so (*in_order): none of them has this key. */
+static const msgpack_object *map_find(const msgpack_object *map, const char *key, size_t klen,
+                                      uint32_t *next, bool *in_order)
+{
+    if (*in_order && *next < map->via.map.size && key_is(&map->via.map.ptr[*next].key, key, klen))
+        return &map->via.map.ptr[(*next)++].val;
     for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object *k = &map->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
-            memcmp(k->via.str.ptr, key, klen) == 0)
+        if (key_is(&map->via.map.ptr[i].key, key, klen)) {
+            /* found out of order: entries before it may be unmatched */
+            *in_order = false;
             return &map->via.map.ptr[i].val;
+        }
     }
     return NULL;
 }
@@ -473,11 +486,13 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
     char *obj = out;
     int rc = 0;
     size_t i;
+    uint32_t next = 0;
+    bool in_order = true;
 
     memset(out, 0, d->size);
     for (i = 0; i < d->nfields; i++) {
         const struct msg_field *f = &d->fields[i];
-        const msgpack_object *v = map_find(map, f->key, field_keylen(f));
+        const msgpack_object *v = map_find(map, f->key, field_keylen(f), &next, &in_order);
         size_t old = path_key(p, f->key);
         bool optional = f->flags & (MSG_OPTIONAL | MSG_NULLABLE);
 

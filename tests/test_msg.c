@@ -1312,6 +1312,54 @@ static void test_msg_unknown_keys_are_ignored(void **state)
     pk_done(&p);
 }
 
+/* A key given twice: its first value counts, whether the fields come in the
+ * descriptor's order (the fast path) or not. */
+static void test_msg_first_of_a_repeated_key_counts(void **state)
+{
+    struct packed p;
+    msgpack_packer *pk;
+    (void)state;
+
+    /* In order, a repeat after the field it repeats. */
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 4);
+    kv_str(pk, "client", "first");
+    kv_u(pk, "proto", 1);
+    kv_str(pk, "client", "second");
+    kv_u(pk, "proto", 2);
+    struct msg_hello *h = decode_ok(&msg_hello_desc, pk_end(&p));
+    assert_true(msg_str_eq(h->client, "first"));
+    assert_int_equal(h->proto, 1);
+    free(h);
+    pk_done(&p);
+
+    /* The repeat first, then the descriptor's order: the first occurrence is
+     * the out-of-order one. */
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 4);
+    kv_u(pk, "proto", 3);
+    kv_str(pk, "client", "c");
+    kv_u(pk, "proto", 4);
+    kv_u(pk, "pid", 7);
+    h = decode_ok(&msg_hello_desc, pk_end(&p));
+    assert_true(msg_str_eq(h->client, "c"));
+    assert_int_equal(h->proto, 3);
+    free(h);
+    pk_done(&p);
+
+    /* An unknown key ahead of a repeat: still the first occurrence. */
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 4);
+    kv_str(pk, "client", "c");
+    kv_u(pk, "proto", 5);
+    kv_u(pk, "zzz", 0);
+    kv_u(pk, "proto", 6);
+    h = decode_ok(&msg_hello_desc, pk_end(&p));
+    assert_int_equal(h->proto, 5);
+    free(h);
+    pk_done(&p);
+}
+
 static void test_msg_integer_accepted_for_a_float_field(void **state)
 {
     struct packed p;
@@ -1713,6 +1761,7 @@ int main(void)
         cmocka_unit_test(test_msg_error_fits_a_small_buffer),
         cmocka_unit_test(test_msg_table_reads_as_the_list),
         cmocka_unit_test(test_msg_str_helpers),
+        cmocka_unit_test(test_msg_first_of_a_repeated_key_counts),
     };
 
     return cmocka_run_group_tests_name("msg", tests, NULL, NULL);
