@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -202,6 +203,9 @@ static void *spare(void *arg)
     return NULL;
 }
 
+/* Signals a thread raises itself by what it runs: never blocked in a worker. */
+static const int sync_signals[] = {SIGBUS, SIGSEGV, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT};
+
 int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads)
 {
     int rc;
@@ -232,14 +236,26 @@ int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads)
         uv_close((uv_handle_t *)&p->poll, NULL);
         goto err_efd;
     }
+    /* The threads start with every asynchronous signal blocked, so that the
+     * kernel hands SIGTERM and the rest to the loop thread, whose handlers
+     * answer them, never to a worker at a lower priority (or, under
+     * ThreadSanitizer, one that defers the handler). The faults a chunk can
+     * raise (SIGBUS on a shrunk segment: shm.c's guard) stay deliverable. */
+    sigset_t all, old;
+    sigfillset(&all);
+    for (size_t i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
+        sigdelset(&all, sync_signals[i]);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     for (p->nstarted = 0; p->nstarted <= nthreads; p->nstarted++) {
         rc = -pthread_create(&p->threads[p->nstarted], NULL,
                              p->nstarted < nthreads ? worker : spare, p);
         if (rc < 0) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
             pool_destroy(p);
             return rc;
         }
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_mutex_lock(&p->lock);
     while (p->nworkers_up + p->spare_up < p->nstarted)
         pthread_cond_wait(&p->started, &p->lock);

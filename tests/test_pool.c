@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -462,6 +464,55 @@ static void test_pool_set_priority_lowers_the_workers_only(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* The blocked-signal mask of thread tid, from /proc. */
+static unsigned long long blocked_of(pid_t tid)
+{
+    char path[64], line[256];
+    unsigned long long mask = 0;
+    bool found = false;
+
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/status", (long)tid);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL)
+        if (sscanf(line, "SigBlk: %llx", &mask) == 1)
+            found = true;
+    fclose(fp);
+    assert_true(found);
+    return mask;
+}
+
+#define SIGBIT(sig) (1ULL << ((sig) - 1))
+
+/* Signals go to the loop thread: every pool thread (the spare too) blocks
+ * SIGTERM, SIGINT and SIGHUP, and none blocks the SIGBUS of a shrunk
+ * segment; the caller's own mask is as it was. */
+static void test_pool_threads_leave_signals_to_the_loop_thread(void **state)
+{
+    uv_loop_t loop;
+    struct pool p;
+    sigset_t before, after;
+    (void)state;
+
+    assert_int_equal(pthread_sigmask(SIG_SETMASK, NULL, &before), 0);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pool_init(&p, &loop, 2), 0);
+    assert_int_equal(pthread_sigmask(SIG_SETMASK, NULL, &after), 0);
+    assert_int_equal(sigismember(&after, SIGTERM), sigismember(&before, SIGTERM));
+    assert_int_equal(sigismember(&after, SIGHUP), sigismember(&before, SIGHUP));
+    for (unsigned i = 0; i <= p.nthreads; i++) {
+        unsigned long long m = blocked_of(p.tids[i]);
+        assert_true(m & SIGBIT(SIGTERM));
+        assert_true(m & SIGBIT(SIGINT));
+        assert_true(m & SIGBIT(SIGHUP));
+        assert_false(m & SIGBIT(SIGBUS));
+        assert_false(m & SIGBIT(SIGSEGV));
+    }
+    pool_destroy(&p);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_pool_rejects_zero_threads(void **state)
 {
     uv_loop_t loop;
@@ -485,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_pool_new_job_starts_on_the_spare_while_every_worker_is_busy),
         cmocka_unit_test(test_pool_spare_stays_idle_while_a_worker_is_free),
         cmocka_unit_test(test_pool_set_priority_lowers_the_workers_only),
+        cmocka_unit_test(test_pool_threads_leave_signals_to_the_loop_thread),
         cmocka_unit_test(test_pool_rejects_zero_threads),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
