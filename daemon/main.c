@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -33,7 +34,8 @@ struct daemon {
     struct server srv;
     struct registry sessions;
     struct pool pool;
-    uv_signal_t sig_term, sig_int, sig_hup;
+    int sig_fd;               /* signalfd of SIGTERM, SIGINT and SIGHUP */
+    uv_poll_t sig_poll;       /* readable: one of them arrived */
     const char *notify_socket;
     uv_timer_t watchdog;      /* pings systemd while the workers make progress */
     bool watchdog_on;
@@ -81,13 +83,19 @@ static int start_watchdog(struct daemon *d)
     return uv_timer_start(&d->watchdog, on_watchdog, us / 2000, us / 2000);
 }
 
+static void close_sig_fd(uv_handle_t *h)
+{
+    struct daemon *d = h->data;
+
+    close(d->sig_fd);
+    d->sig_fd = -1;
+}
+
 static void close_signals(struct daemon *d)
 {
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, NULL);
-    uv_close((uv_handle_t *)&d->sig_term, NULL);
-    uv_close((uv_handle_t *)&d->sig_int, NULL);
-    uv_close((uv_handle_t *)&d->sig_hup, NULL);
+    uv_close((uv_handle_t *)&d->sig_poll, close_sig_fd);
 }
 
 static void log_stale(void *arg, const char *name)
@@ -133,9 +141,8 @@ static void on_ops_ended(struct registry *r)
     server_stop(&d->srv, on_stopped);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+static void on_signal(struct daemon *d, int signum)
 {
-    struct daemon *d = h->data;
 
     if (signum == SIGHUP) {
         if (log_reopen(&d->log) == 0)
@@ -205,13 +212,41 @@ static int fit_fd_limit(struct emad_opts *o, struct log *lg, char *err, size_t e
     return 0;
 }
 
-static int start_signal(struct daemon *d, uv_signal_t *h, int signum)
+/* Every signal the loop answers arrives through the signalfd, read on the
+ * loop thread like any other event: no handler runs asynchronously (under
+ * ThreadSanitizer, one that arrived between two calls waited for the next
+ * event, as long as the loop's longest timer). */
+static void on_signalfd(uv_poll_t *h, int status, int events)
 {
-    int rc = uv_signal_init(d->ctx.loop, h);
-    if (rc < 0)
+    struct daemon *d = h->data;
+    struct signalfd_siginfo si;
+
+    (void)status;
+    (void)events;
+    while (read(d->sig_fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+        on_signal(d, (int)si.ssi_signo);
+}
+
+/* Block the signals emad answers (the threads started later inherit the
+ * mask: every one of them then stays pending until the loop reads it) and
+ * watch them. 0 or a negative errno. */
+static int start_signals(struct daemon *d)
+{
+    sigset_t set;
+    int rc;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    if ((rc = pthread_sigmask(SIG_BLOCK, &set, NULL)) != 0)
+        return -rc;
+    if ((d->sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
+        return -errno;
+    if ((rc = uv_poll_init(d->ctx.loop, &d->sig_poll, d->sig_fd)) < 0)
         return rc;
-    h->data = d;
-    return uv_signal_start(h, on_signal, signum);
+    d->sig_poll.data = d;
+    return uv_poll_start(&d->sig_poll, UV_READABLE, on_signalfd);
 }
 
 int main(int argc, char **argv)
@@ -271,20 +306,10 @@ int main(int argc, char **argv)
     d.ctx.pool = &d.pool;
     registry_init(&d.sessions, &d.ctx);
 
-    /* A parent may have left these blocked (a sanitizer runtime's fork does);
-     * blocked, they would stay pending and emad would never stop. */
-    sigset_t handled;
-    sigemptyset(&handled);
-    sigaddset(&handled, SIGTERM);
-    sigaddset(&handled, SIGINT);
-    sigaddset(&handled, SIGHUP);
-    pthread_sigmask(SIG_UNBLOCK, &handled, NULL);
-    /* Handlers first: once the socket accepts, a supervisor may signal us at
+    /* Before the socket accepts: from then on a supervisor may signal us at
      * any moment, and the default actions would kill us without cleanup. */
-    if ((rc = start_signal(&d, &d.sig_term, SIGTERM)) < 0 ||
-        (rc = start_signal(&d, &d.sig_int, SIGINT)) < 0 ||
-        (rc = start_signal(&d, &d.sig_hup, SIGHUP)) < 0) {
-        log_error(&d.log, "cannot install signal handlers: %s", uv_strerror(rc));
+    if ((rc = start_signals(&d)) < 0) {
+        log_error(&d.log, "cannot watch SIGTERM, SIGINT and SIGHUP: %s", strerror(-rc));
         log_close(&d.log);
         return 1;
     }

@@ -236,11 +236,11 @@ int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads)
         uv_close((uv_handle_t *)&p->poll, NULL);
         goto err_efd;
     }
-    /* The threads start with every asynchronous signal blocked, so that the
-     * kernel hands SIGTERM and the rest to the loop thread, whose handlers
-     * answer them, never to a worker at a lower priority (or, under
-     * ThreadSanitizer, one that defers the handler). The faults a chunk can
-     * raise (SIGBUS on a shrunk segment: shm.c's guard) stay deliverable. */
+    /* The threads start with every asynchronous signal blocked: what a
+     * signal does is the loop thread's business (main.c reads SIGTERM,
+     * SIGINT and SIGHUP from a signalfd), never a worker's at a lower
+     * priority. The faults a chunk can raise (SIGBUS on a shrunk segment:
+     * shm.c's guard) stay deliverable. */
     sigset_t all, old;
     sigfillset(&all);
     for (size_t i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
