@@ -350,11 +350,6 @@ static void path_pop(struct path *p, size_t old)
     p->depth = old;
 }
 
-static size_t field_keylen(const struct msg_field *f)
-{
-    return f->keylen ? f->keylen : strlen(f->key);
-}
-
 static bool key_is(const msgpack_object *k, const char *key, size_t klen)
 {
     return k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
@@ -492,7 +487,7 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
     memset(out, 0, d->size);
     for (i = 0; i < d->nfields; i++) {
         const struct msg_field *f = &d->fields[i];
-        const msgpack_object *v = map_find(map, f->key, field_keylen(f), &next, &in_order);
+        const msgpack_object *v = map_find(map, f->key, f->keylen, &next, &in_order);
         size_t old = path_key(p, f->key);
         bool optional = f->flags & (MSG_OPTIONAL | MSG_NULLABLE);
 
@@ -719,9 +714,8 @@ void msg_encode(msgpack_packer *pk, const struct msg_desc *d, const void *obj)
                        *(const bool *)(o + f->has_offset);
         if (!present && (f->flags & MSG_OPTIONAL))
             continue;
-        size_t klen = field_keylen(f);
-        msgpack_pack_str(pk, klen);
-        msgpack_pack_str_body(pk, f->key, klen);
+        msgpack_pack_str(pk, f->keylen);
+        msgpack_pack_str_body(pk, f->key, f->keylen);
         if (present)
             encode_value(pk, f, o + f->offset, o);
         else

@@ -51,7 +51,7 @@ struct msg_field {
     size_t has_offset;          /* of the bool has_<member>, for optional fields */
     size_t count_offset;        /* of the size_t count, for arrays */
     const struct msg_desc *sub; /* for MSG_OBJ and MSG_ARRAY */
-    size_t keylen;              /* strlen(key), known at compile time (0: measure it) */
+    size_t keylen;              /* strlen(key), known at compile time */
 };
 
 struct msg_desc {

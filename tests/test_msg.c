@@ -644,6 +644,8 @@ static void test_msg_descriptor_tables_are_consistent(void **state)
         for (size_t f = 0; f < d->nfields; f++) {
             const struct msg_field *fl = &d->fields[f];
             assert_non_null(fl->key);
+            if (fl->keylen != strlen(fl->key))
+                fail_msg("%s.%s: keylen %zu", d->name, fl->key, fl->keylen);
             if (fl->offset + value_size(fl) > d->size)
                 fail_msg("%s.%s: value outside the struct", d->name, fl->key);
             if (field_optional(fl) && fl->has_offset + sizeof(bool) > d->size)
