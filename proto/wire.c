@@ -154,12 +154,35 @@ static unsigned header_len(uint8_t b)
     }
 }
 
+/* Big-endian integers, as msgpack writes them: by width, and by a width
+ * known only at run time (be). */
+static inline uint16_t load16(const uint8_t *p)
+{
+    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static inline uint32_t load32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return __builtin_bswap32(v);
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return __builtin_bswap64(v);
+}
+
 static uint64_t be(const uint8_t *p, unsigned n)
 {
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
+    switch (n) {
+    case 1: return p[0];
+    case 2: return load16(p);
+    case 4: return load32(p);
+    default: return load64(p);
+    }
 }
 
 /* One object finished: close every container it completes. Returns true when
@@ -195,20 +218,20 @@ static int scan_header(struct wire_scan *s, const uint8_t *h, unsigned max_depth
     } else {
         switch (b) {
         case 0xc4: case 0xd9: s->skip = h[1]; break;
-        case 0xc5: case 0xda: s->skip = be(h + 1, 2); break;
-        case 0xc6: case 0xdb: s->skip = be(h + 1, 4); break;
+        case 0xc5: case 0xda: s->skip = load16(h + 1); break;
+        case 0xc6: case 0xdb: s->skip = load32(h + 1); break;
         case 0xc7: s->skip = h[1]; break;
-        case 0xc8: s->skip = be(h + 1, 2); break;
-        case 0xc9: s->skip = be(h + 1, 4); break;
+        case 0xc8: s->skip = load16(h + 1); break;
+        case 0xc9: s->skip = load32(h + 1); break;
         case 0xd4: s->skip = 1; break;
         case 0xd5: s->skip = 2; break;
         case 0xd6: s->skip = 4; break;
         case 0xd7: s->skip = 8; break;
         case 0xd8: s->skip = 16; break;
-        case 0xdc: container = true; count = be(h + 1, 2); break;
-        case 0xdd: container = true; count = be(h + 1, 4); break;
-        case 0xde: container = true; count = 2 * be(h + 1, 2); break;
-        case 0xdf: container = true; count = 2 * be(h + 1, 4); break;
+        case 0xdc: container = true; count = load16(h + 1); break;
+        case 0xdd: container = true; count = load32(h + 1); break;
+        case 0xde: container = true; count = 2 * load16(h + 1); break;
+        case 0xdf: container = true; count = 2 * load32(h + 1); break;
         default: break; /* scalars: nil, bool, ints, floats */
         }
     }
@@ -294,25 +317,6 @@ static int scan_bytes(struct wire_scan *s, unsigned max_depth, const uint8_t *p,
 _Static_assert(sizeof(msgpack_object_kv) == 2 * sizeof(msgpack_object) &&
                    offsetof(msgpack_object_kv, val) == sizeof(msgpack_object),
                "msgpack_object_kv is not two msgpack_objects");
-
-static inline uint16_t load16(const uint8_t *p)
-{
-    return (uint16_t)((unsigned)p[0] << 8 | p[1]);
-}
-
-static inline uint32_t load32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof(v));
-    return __builtin_bswap32(v);
-}
-
-static inline uint64_t load64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof(v));
-    return __builtin_bswap64(v);
-}
 
 static inline void set_int(msgpack_object *o, int64_t v)
 {
@@ -513,7 +517,7 @@ static bool peek_request_msgid(const uint8_t *p, size_t n, uint32_t *msgid)
         i = 1;
     else if (n >= 5 && p[0] == 0xdc && p[1] == 0 && p[2] == 4)
         i = 3;
-    else if (n >= 7 && p[0] == 0xdd && be(p + 1, 4) == 4)
+    else if (n >= 7 && p[0] == 0xdd && load32(p + 1) == 4)
         i = 5;
     else
         return false;
