@@ -66,11 +66,6 @@ static void maybe_stopped(struct server *srv)
     uv_close((uv_handle_t *)&srv->flush_timer, finish_stop);
 }
 
-void server_check_stopped(struct server *srv)
-{
-    maybe_stopped(srv);
-}
-
 /* A request became an operation: at --max-queued-requests (or over
  * --max-pending with its memory) reading pauses, so that a peer pipelining
  * cheap requests behind a long update cannot grow emad's memory with a

@@ -116,7 +116,5 @@ void server_stop(struct server *srv, void (*on_stopped)(struct server *srv));
 
 /* Close c (its peer is told nothing more); why, if not NULL, is logged. */
 void conn_close(struct conn *c, const char *why);
-/* Tell the server that in-flight work ended (it may be waiting to stop). */
-void server_check_stopped(struct server *srv);
 
 #endif
