@@ -207,6 +207,24 @@ class Ordering(FakeDeviceCase):
         self.assertEqual(self.updates(), 6)
         self.assertTrue(equal(params(model), params(model_ref)))
 
+    def test_an_event_that_copies_nothing_does_not_wait_for_emad(self):
+        fake = FakeBackend()
+        model, ema = self.make(fake, update_interval="2ba")
+        opt = ema.attach_optimizer(QueuedSGD(model.parameters(), fake))
+        waited = []
+        real_wait = ema.wait
+        ema.wait = lambda: waited.append(len(ema._pending)) or real_wait()
+        for step in range(1, 7):
+            self.backward(model)
+            opt.step()
+            fake.run()
+            waited.clear()
+            ema.batch_end()
+            # once started, odd batches copy nothing: batch_end returns without waiting
+            self.assertEqual(waited != [], step == 1 or step % 2 == 0, step)
+        ema.wait()
+        self.assertEqual(self.updates(), 3)  # batches 2, 4 and 6
+
     def test_swap_back_waits_for_the_readers(self):
         fake = FakeBackend()
         model, ema = self.make(fake)
@@ -351,12 +369,33 @@ class CudaBackendErrors(unittest.TestCase):
         self.assertIsNone(b.unpin(4096))
         self.assertEqual(runtime.calls, 0)
 
+    def test_the_error_text_comes_from_the_runtime(self):
+        # torch's binding refuses a plain int where it takes its cudaError enum
+        class EnumOnly(StandInCudart):
+            def cudaGetErrorString(self, rc):
+                raise TypeError("incompatible function arguments")
+
+        class Runtime(StandInRuntime):
+            def cudaGetErrorString(self, rc):
+                return {712: b"part or all of the requested memory range is already "
+                        b"mapped"}.get(rc)
+
+        rt = EnumOnly(register_rc=712)
+        b = _device.CudaBackend(cudart=rt, runtime=Runtime(rt))
+        self.assertEqual(b.pin(4096, 8192), "cudaHostRegister: error 712 (part or all of the "
+                         "requested memory range is already mapped)")
+        # neither knows the text: the number alone
+        rt = EnumOnly(register_rc=999)
+        b = _device.CudaBackend(cudart=rt, runtime=StandInRuntime(rt))
+        self.assertEqual(b.pin(4096, 8192), "cudaHostRegister: error 999")
+
     def test_the_runtime_is_the_one_torch_loaded(self):
         lib = _device._loaded_cudart()
-        if torch.cuda.is_available():
+        if torch.version.cuda is None:
+            self.assertIsNone(lib)  # a CPU build of torch maps none
+        elif torch.cuda.is_available():
             self.assertIsNotNone(lib, "torch uses CUDA, but no libcudart is mapped")
-        else:
-            self.assertIsNone(lib)  # a CPU torch maps none
+            self.assertIn(b"no error", lib.cudaGetErrorString(0))
 
 
 if __name__ == "__main__":

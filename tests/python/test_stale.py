@@ -1,5 +1,5 @@
 """A parameter or module replaced after EMA() was made is not tracked stale
-in silence: the next update event and the next swap raise a USAGE error
+in silence: the next update event and the next swap (in or out) raise a USAGE error
 naming the tensor and saying what to do, in shm and mirror mode."""
 
 import torch
@@ -57,18 +57,30 @@ class StaleParameters(emadtest.EmadTestCase):
             seg = ema.session.segment
             lo, hi = seg.base, seg.base + seg.nbytes
             registered = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+            if when in ("swap_out", "eval_end", "swap_train"):
+                # the EMA weights are in when the model changes: the swap out is refused
+                # before it writes the training weights into a tensor nobody trains
+                (ema.eval_start if when == "eval_end" else ema.checkpoint)()
+                self.assertTrue(ema.active)
             change(model)
             with self.assertRaises(emaclient.Error) as cm:
                 if when == "update":
                     ema.batch_end(2)
-                else:
+                elif when == "swap":
                     ema.eval_start()
+                elif when == "swap_out":
+                    ema.batch_start()
+                elif when == "eval_end":
+                    ema.eval_end()
+                else:
+                    ema.swap("train")
             self.assertEqual(cm.exception.code, "USAGE")
             self.assertIn(name, cm.exception.message)
             self.assertIn("replaced after EMA() was made", cm.exception.message)
             self.assertIn("close() it and make a new one", cm.exception.message)
-            self.assertFalse(ema.active)
-            self.assertEqual(ema.state()["updates"], 1)  # nothing was sent
+            # nothing was sent: the weights in the model are where they were
+            self.assertEqual(ema.active, when not in ("update", "swap"))
+            self.assertEqual(ema.state()["updates"], 1)
         # close() gave the registered parameters their own memory and values back
         for n, (p, value) in registered.items():
             self.assertFalse(lo <= p.data_ptr() < hi, n)
@@ -77,7 +89,7 @@ class StaleParameters(emadtest.EmadTestCase):
     def test_replaced_tensors_are_refused(self):
         for mode in ("shm", "mirror"):
             for what, (change, name) in CHANGES.items():
-                for when in ("update", "swap"):
+                for when in ("update", "swap", "swap_out", "eval_end", "swap_train"):
                     with self.subTest(mode=mode, change=what, at=when):
                         self.check(mode, change, name, when)
 

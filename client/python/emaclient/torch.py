@@ -204,6 +204,18 @@ class _Entry:
             return self.param
         return self.module._buffers[self.attr]
 
+    def target(self):
+        """The tensor a pull copies into, or None for a buffer the module has
+        replaced by one of another shape, dtype or device (the user's new
+        tensor: there is nothing of the EMA's to put there)."""
+        if self.param is not None:
+            return self.param
+        t = self.module._buffers.get(self.attr)
+        if t is None or t.dtype != self.dtype or tuple(t.shape) != self.shape or \
+                t.device != self.device:
+            return None
+        return t
+
     def stale(self, model, modules):
         """Why the model no longer holds this entry's tensor where it was
         registered, or None. modules: {prefix: module} found so far."""
@@ -612,14 +624,15 @@ class EMA:
         events = []
         with torch.no_grad():
             for e in entries:
-                if e.backend is None:
-                    e.get().copy_(e.view)
+                if e.backend is None and e.target() is not None:
+                    e.target().copy_(e.view)
             for device, group in self._by_device(entries):
                 b = res.backend
                 s = self._side_stream(device)
                 self._after_writers(device, s)
                 for e in group:
-                    b.copy(s, e.get(), e.view, res.pinned is not None)
+                    if e.target() is not None:
+                        b.copy(s, e.target(), e.view, res.pinned is not None)
                 events.append(b.record(s))
         for ev in events:
             res.backend.synchronize(ev)
@@ -829,6 +842,7 @@ class EMA:
         are in (after checkpoint()), the training weights come back first."""
         self._clock(batch, epoch, duration, samples, tokens, seconds)
         if self._active:
+            self._check_model()  # before the swap out: the training weights go to the model's
             r = self._call("batch_start")
         else:
             # A no-op in emad: sent without waiting (it would wait behind the
@@ -851,19 +865,28 @@ class EMA:
         so far (default: measured from fit_start). Returns at once (the update
         overlaps the next forward/backward), or with wait=True once it is done,
         with its Result."""
-        self.wait()
         self._clock(self._batch + 1 if batch is None else batch, epoch, duration, samples, tokens,
                     seconds)
+        self._wait_before("batch_end")
         return self._update_event("batch_end", wait)
 
     def epoch_end(self, epoch=None, batch=None, duration=None, wait=False, samples=None,
                   tokens=None, seconds=None):
         """At the end of an epoch: `epoch` = epochs completed (default: one more
         than the last). The update event when update_interval is in "ep"."""
-        self.wait()
         self._clock(batch, self._epoch + 1 if epoch is None else epoch, duration, samples, tokens,
                     seconds)
+        self._wait_before("epoch_end")
         return self._update_event("epoch_end", wait)
+
+    def _wait_before(self, event):
+        """Before an update event: in shm mode, emad is done with the params
+        already (the optimizer hook waited); wait anyway, so that requests do
+        not pile up. In mirror mode, wait only when this event copies into the
+        host buffers emad may still be reading: an event between two updates
+        (update_interval "2ba" and more) leaves the host running ahead."""
+        if self.mode != "mirror" or self._may_read(event):
+            self.wait()
 
     def _update_event(self, event, wait):
         if event == "epoch_end":
@@ -935,10 +958,10 @@ class EMA:
 
     def eval_end(self):
         """Swap the training weights back."""
+        self._check_model()
         r = self._call("eval_end")
         if self._restore_training is not None:
             self._load_training(self._restore_training)
-        self._check_model()
         return r
 
     @contextlib.contextmanager
@@ -969,11 +992,9 @@ class EMA:
             self._before_swap_in()
         else:
             self.wait()
-        with self._talking():
-            r = self._note(self._session().swap(to))
-        if to == "train":
             self._check_model()
-        return r
+        with self._talking():
+            return self._note(self._session().swap(to))
 
     def _swap_back(self):
         self.wait()
@@ -1272,6 +1293,7 @@ class EMA:
         batch_start."""
         self.wait()
         if self._active:
+            self._check_model()
             self._swap_back()
         started = bool(state.get("ema_started", False))
         active = bool(state.get("ema_weights_active", False))
