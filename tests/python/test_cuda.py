@@ -30,12 +30,14 @@ class CudaErrors(unittest.TestCase):
             why = backend.pin(buf.data_ptr(), 4096)
             self.assertIsNotNone(why)
             self.assertIn("cudaHostRegister", why)
+            self.assertIn("already", why)  # the runtime's text, not only the number
             # the launch check of torch's next kernel finds no error left over
             self.assertEqual(torch.ones(4, device="cuda").add_(1).sum().item(), 8.0)
         finally:
             self.assertIsNone(backend.unpin(buf.data_ptr()))
         why = backend.unpin(buf.data_ptr())  # not registered any more
         self.assertIn("cudaHostUnregister", why)
+        self.assertIn("registered", why)
         self.assertEqual(torch.ones(4, device="cuda").add_(1).sum().item(), 8.0)
 
 
@@ -65,8 +67,11 @@ class CudaMirror(emadtest.EmadTestCase):
                     torch.cuda._sleep(50_000_000)  # the step lands late
                     opt.step()
                     opt.zero_grad()
-                torch.cuda.current_stream().wait_stream(s)  # the next backward after the step
                 ema.batch_end()
+                # Only now does the next backward wait for the step: had the copies been
+                # ordered against the current stream alone, they would have read the
+                # weights before the step on the side stream.
+                torch.cuda.current_stream().wait_stream(s)
                 if step == 0:
                     # batch_end did not wait for the GPU: the step is still queued
                     self.assertFalse((s if side_stream else

@@ -51,6 +51,8 @@ def _loaded_cudart():
                 lib = ctypes.CDLL(p)
                 lib.cudaGetLastError.restype = ctypes.c_int
                 lib.cudaGetLastError.argtypes = []
+                lib.cudaGetErrorString.restype = ctypes.c_char_p
+                lib.cudaGetErrorString.argtypes = [ctypes.c_int]
                 return lib
             except (OSError, AttributeError):
                 continue
@@ -103,10 +105,20 @@ class CudaBackend:
                 t.record_stream(stream)
 
     def _describe(self, rc):
-        try:
-            msg = self._rt().cudaGetErrorString(rc)
-        except Exception:
-            msg = None
+        # torch's binding of cudaGetErrorString takes its cudaError enum, not the plain int
+        # that cudaHostRegister returns: ask the loaded runtime first, the binding after.
+        if self._runtime is None:
+            self._runtime = _loaded_cudart() or False
+        msg = None
+        for src in (self._runtime, self._rt()):
+            try:
+                msg = src.cudaGetErrorString(rc)
+            except Exception:
+                continue
+            if isinstance(msg, bytes):
+                msg = msg.decode("utf-8", "replace")
+            if msg:
+                break
         return "error %d%s" % (rc, " (%s)" % msg if msg else "")
 
     def clear_error(self):
