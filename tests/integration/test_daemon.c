@@ -904,6 +904,32 @@ static void verify_units(const char *dir, const char *service, const char *socke
         fail_msg("systemd-analyze verify %s: rc %d: %s", service, rc, out);
 }
 
+/* The value of KEY= in a unit file, or -1 without one. */
+static long unit_number(const char *path, const char *key)
+{
+    char line[512];
+    long v = -1;
+    size_t n = strlen(key);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    while (fgets(line, sizeof(line), fp) != NULL)
+        if (strncmp(line, key, n) == 0 && line[n] == '=')
+            v = strtol(line + n + 1, NULL, 10);
+    fclose(fp);
+    return v;
+}
+
+/* Both services raise the descriptor limit (systemd's soft default, 1024, is below
+ * --max-connections and its room for files and shadows) and the system one keeps its
+ * state directory to itself. */
+static void test_systemd_units_raise_the_fd_limit(void **state)
+{
+    (void)state;
+    assert_true(unit_number("systemd/emad.service", "LimitNOFILE") >= 16384);
+    assert_true(unit_number("systemd/emad-user.service", "LimitNOFILE") >= 16384);
+    assert_int_equal(unit_number("systemd/emad.service", "StateDirectoryMode"), 700);
+}
+
 static void test_systemd_units_pass_verify(void **state)
 {
     char dir[] = "/tmp/emad-test-units-XXXXXX";
@@ -954,6 +980,7 @@ int main(void)
         cmocka_unit_test_teardown(test_notify_socket_gets_ready_and_stopping, kill_leftovers),
         cmocka_unit_test_teardown(test_socket_activation_serves_the_inherited_socket, kill_leftovers),
         cmocka_unit_test_teardown(test_systemd_units_pass_verify, kill_leftovers),
+        cmocka_unit_test(test_systemd_units_raise_the_fd_limit),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("daemon", tests, NULL, NULL);
