@@ -201,6 +201,36 @@ static void event_seq(uint32_t id, const char *session, const char *ev, uint64_t
     req(id, "event", &msg_event_desc, &e);
 }
 
+/* A register whose ema_start counts samples, tokens or seconds, and events carrying those
+ * counts (or lacking them: refused, naming the field). */
+static void reg_start(uint32_t id, const char *session, const char *ema_start)
+{
+    struct msg_register r;
+
+    memset(&r, 0, sizeof(r));
+    r.session = msg_str_c(session);
+    r.shm = msg_str_c(SEG);
+    r.tensors = tensors;
+    r.ntensors = 2;
+    r.has_config = true;
+    r.config.has_ema_start = true;
+    r.config.ema_start = msg_str_c(ema_start);
+    req(id, "register", &msg_register_desc, &r);
+}
+
+static void event_counts(uint32_t id, const char *session, uint64_t batch, int which,
+                         uint64_t count)
+{
+    struct msg_event e = {msg_str_c(session), msg_str_c("batch_end"), {.batch = batch}, false, 0};
+    e.time.has_samples = which == 0;
+    e.time.samples = count;
+    e.time.has_tokens = which == 1;
+    e.time.tokens = count;
+    e.time.has_seconds = which == 2;
+    e.time.seconds = count;
+    req(id, "event", &msg_event_desc, &e);
+}
+
 static void swap_seq(uint32_t id, const char *session, const char *to, uint64_t seq)
 {
     struct msg_swap s = {msg_str_c(session), msg_str_c(to), true, seq};
@@ -380,7 +410,10 @@ static void gen_wire(void)
         ss.config.has_half_life = true;
         ss.config.half_life = msg_str_c("10ba");
         ss.has_last_time = true;
-        ss.last_time = (struct msg_time){.batch = 3, .epoch = 1, .has_duration = true, .duration = 0.25};
+        ss.last_time = (struct msg_time){.batch = 3, .epoch = 1, .has_duration = true,
+                                         .duration = 0.25, .has_samples = true, .samples = 96,
+                                         .has_tokens = true, .tokens = 4096,
+                                         .has_seconds = true, .seconds = 12};
         ss.has_uid = true;
         ss.uid = 1000;
         ss.has_shadow_shm = true;
@@ -626,6 +659,22 @@ static void gen_dispatch(void)
     event_seq(14, "ext", "batch_end", 3, true, 5);
     status(15, NULL);
     save("dispatch", "extended_requests");
+
+    /* ema_start in samples, tokens and seconds: events with the count, without it (refused),
+     * with the count of another unit. */
+    begin();
+    hello(1);
+    reg_start(2, "sp", "64sp");
+    reg_start(3, "tok", "1e3tok");
+    reg_start(4, "sec", "1h30m");
+    event_counts(5, "sp", 1, 0, 32);
+    event_counts(6, "sp", 2, 0, 64); /* starts */
+    event_counts(7, "tok", 1, 3, 0); /* no count: refused */
+    event_counts(8, "tok", 2, 1, 5000);
+    event_counts(9, "sec", 1, 0, 10); /* samples where seconds are counted: refused */
+    event_counts(10, "sec", 2, 2, 5400);
+    status(11, NULL);
+    save("dispatch", "time_counts");
 
     /* The trainer rewrites fields of its segment's header that emad does not use for its
      * data (magic, version, sizes, swap_state, the generation) between requests. */
