@@ -45,7 +45,7 @@ DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c \
               client/status.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
-              client/json.c
+              client/emactl_top.c client/json.c
 PY_PACKAGE := client/python/emaclient/__init__.py client/python/emaclient/_lib.py \
               client/python/emaclient/torch.py
 TOY_SRC    := client/toy_trainer.c
@@ -54,7 +54,7 @@ ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 
 # Debian 12 packages the build, the tests and the demo need.
 DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
-                systemd util-linux procps clang libclang-rt-14-dev \
+                systemd util-linux procps clang libclang-rt-14-dev tmux \
                 python3 python3-torch python3-numpy python3-msgpack python3-matplotlib
 
 # Keep test objects: they are intermediate files of the pattern rules.

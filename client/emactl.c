@@ -36,7 +36,7 @@ static const struct ctl_cmd ctl_cmd_help = {
 
 static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_status, &ctl_cmd_list, &ctl_cmd_show, &ctl_cmd_save,
-    &ctl_cmd_drop,   &ctl_cmd_gc,   &ctl_cmd_help,
+    &ctl_cmd_drop,   &ctl_cmd_top,  &ctl_cmd_gc,   &ctl_cmd_help,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -67,6 +67,15 @@ static const struct ctl_option {
      "--prefix NAME",
      "gc: only objects whose name starts with\n"
      "/emad-NAME (NAME may also be given as /emad-NAME)"},
+    {{"interval", required_argument, NULL, 'i'},
+     CTL_OPT_INTERVAL,
+     "--interval SECONDS",
+     "top: seconds between frames, 0.1 to 3600\n"
+     "(default 1)"},
+    {{"iterations", required_argument, NULL, 'N'},
+     CTL_OPT_ITERATIONS,
+     "--iterations N",
+     "top: print N frames one after the other and exit"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -154,6 +163,7 @@ static void usage(FILE *fp)
           "  emactl show trainer-1 --json\n"
           "  emactl save trainer-1 before-lr-drop\n"
           "  emactl drop trainer-1\n"
+          "  emactl top\n"
           "  emactl gc --dry-run\n"
           "  emactl help show\n",
           fp);
@@ -191,7 +201,7 @@ struct parse_error {
 int main(int argc, char **argv)
 {
     struct option longopts[NOPTIONS + 3];
-    struct ctl ctl = {NULL, NULL, false, false, NULL};
+    struct ctl ctl = {NULL, NULL, false, false, NULL, NULL, NULL};
     struct parse_error perr = {""};
     unsigned given = 0;
     bool help = false;
@@ -223,6 +233,14 @@ int main(int argc, char **argv)
         case 'p':
             ctl.prefix = optarg;
             given |= CTL_OPT_PREFIX;
+            break;
+        case 'i':
+            ctl.interval = optarg;
+            given |= CTL_OPT_INTERVAL;
+            break;
+        case 'N':
+            ctl.iterations = optarg;
+            given |= CTL_OPT_ITERATIONS;
             break;
         case 'h':
             help = true;

@@ -24,10 +24,12 @@
 
 /* The options a command accepts (struct ctl_cmd.opts); main() refuses the
  * others, naming the commands that take them. --help is every command's. */
-#define CTL_OPT_SOCKET 0x1u  /* --socket PATH */
-#define CTL_OPT_JSON 0x2u    /* --json */
-#define CTL_OPT_DRY_RUN 0x4u /* --dry-run */
-#define CTL_OPT_PREFIX 0x8u  /* --prefix NAME */
+#define CTL_OPT_SOCKET 0x1u      /* --socket PATH */
+#define CTL_OPT_JSON 0x2u        /* --json */
+#define CTL_OPT_DRY_RUN 0x4u     /* --dry-run */
+#define CTL_OPT_PREFIX 0x8u      /* --prefix NAME */
+#define CTL_OPT_INTERVAL 0x10u   /* --interval SECONDS */
+#define CTL_OPT_ITERATIONS 0x20u /* --iterations N */
 
 /* One invocation: the command the user typed and the options given. */
 struct ctl {
@@ -36,6 +38,8 @@ struct ctl {
     bool json;                 /* --json */
     bool dry_run;              /* --dry-run */
     const char *prefix;        /* --prefix NAME, or NULL */
+    const char *interval;      /* --interval SECONDS, or NULL (checked by the command) */
+    const char *iterations;    /* --iterations N, or NULL (likewise) */
 };
 
 /* A command returns 0, CTL_EUSAGE after a usage error it reported (exit
@@ -58,8 +62,15 @@ struct ctl_cmd {
 };
 
 extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_save,
-    ctl_cmd_drop;                       /* emactl_session.c */
-extern const struct ctl_cmd ctl_cmd_gc; /* emactl_gc.c */
+    ctl_cmd_drop;                        /* emactl_session.c */
+extern const struct ctl_cmd ctl_cmd_gc;  /* emactl_gc.c */
+extern const struct ctl_cmd ctl_cmd_top; /* emactl_top.c */
+
+/* The exit status paragraph of the manuals of commands that talk to emad. */
+#define CTL_DAEMON_EXIT_STATUS                                                                     \
+    "Exit status: 0 on success; 1 when emad reports an error or cannot be reached\n"               \
+    "(emactl: CODE: COMMAND: message, CODE being the protocol's error code, e.g.\n"                \
+    "NOSESSION, PERM, STATE, IO, or CONNECT); 2 on a usage error.\n"
 
 /* ---- errors: "emactl: CODE: COMMAND: message" on stderr ---- */
 

@@ -10,11 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define DAEMON_EXIT_STATUS                                                                         \
-    "Exit status: 0 on success; 1 when emad reports an error or cannot be reached\n"               \
-    "(emactl: CODE: COMMAND: message, CODE being the protocol's error code, e.g.\n"                \
-    "NOSESSION, PERM, STATE, IO, or CONNECT); 2 on a usage error.\n"
-
 static emac_client *ctl_connect(const struct ctl *ctl)
 {
     struct emac_error err = {{0}, {0}};
@@ -175,7 +170,7 @@ const struct ctl_cmd ctl_cmd_status = {
             "\n"
             "JSON output: emad's whole reply, {\"server\": {...}, \"sessions\": [...]}, each\n"
             "session as 'emactl show --json' prints it.\n"
-            "\n" DAEMON_EXIT_STATUS "\n"
+            "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Examples:\n"
             "  emactl status\n"
             "  emactl status trainer-1 --json\n",
@@ -216,7 +211,7 @@ const struct ctl_cmd ctl_cmd_list = {
             "more, of one session.\n"
             "\n"
             "JSON output: the array of sessions, each as 'emactl show --json' prints it.\n"
-            "\n" DAEMON_EXIT_STATUS "\n"
+            "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Example:\n"
             "  emactl list\n",
     .min_args = 0,
@@ -347,7 +342,7 @@ const struct ctl_cmd ctl_cmd_show = {
             "\n"
             "JSON output: the session's state map as emad sent it, every field by its\n"
             "protocol name (owner_pid, params_bytes, last_update_seconds, ...).\n"
-            "\n" DAEMON_EXIT_STATUS "\n"
+            "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Examples:\n"
             "  emactl show trainer-1\n"
             "  emactl show trainer-1 --json\n",
@@ -406,7 +401,7 @@ const struct ctl_cmd ctl_cmd_save = {
             "the session's owner: see emac_load in emaclient.h.\n"
             "\n"
             "JSON output: {\"path\": PATH, \"bytes\": SIZE}.\n"
-            "\n" DAEMON_EXIT_STATUS "\n"
+            "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Example:\n"
             "  emactl save trainer-1 before-lr-drop\n",
     .min_args = 1,
@@ -446,7 +441,7 @@ const struct ctl_cmd ctl_cmd_drop = {
             "trainer is attached, emad answers STATE.\n"
             "\n"
             "JSON output: {}.\n"
-            "\n" DAEMON_EXIT_STATUS "\n"
+            "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Example:\n"
             "  emactl drop trainer-1\n",
     .min_args = 1,

@@ -13,6 +13,8 @@
 
 #include "emaclient.h"
 
+#include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,12 +25,13 @@
 #include <cmocka.h>
 
 /* emactl's commands, as its table lists them. */
-static const char *const commands[] = {"status", "list", "show", "save", "drop", "gc", "help"};
+static const char *const commands[] = {"status", "list", "show", "save",
+                                       "drop",   "top",  "gc",   "help"};
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 /* ---- what a test made, for the teardown ---- */
 
-static emac_segment *segs[2];
+static emac_segment *segs[3];
 static emac_client *client;
 
 static int teardown(void **state)
@@ -398,8 +401,8 @@ static void test_emactl_errors_name_the_command_typed(void **state)
     assert_int_equal(ctl(out, sizeof(out), "show", "x", "--dry-run", NULL), 2);
     expect_in(out, "emactl: USAGE: show: --dry-run applies to gc only\n");
     assert_int_equal(ctl(out, sizeof(out), "help", "--json", NULL), 2);
-    expect_in(out, "emactl: USAGE: help: --json applies to status, list, show, save, drop and gc "
-                   "only\n");
+    expect_in(out, "emactl: USAGE: help: --json applies to status, list, show, save, drop, top "
+                   "and gc only\n");
 }
 
 static void test_emactl_unknown_command_lists_the_commands(void **state)
@@ -409,14 +412,14 @@ static void test_emactl_unknown_command_lists_the_commands(void **state)
 
     assert_int_equal(ctl(out, sizeof(out), "frobnicate", NULL), 2);
     assert_string_equal(out, "emactl: USAGE: unknown command \"frobnicate\"; the commands are "
-                             "status, list, show, save, drop, gc and help\n"
+                             "status, list, show, save, drop, top, gc and help\n"
                              "Try 'emactl --help'.\n");
     /* Options parsed before the command is known do not hide it. */
     assert_int_equal(ctl(out, sizeof(out), "--json", "frobnicate", "--dry-run", NULL), 2);
     expect_in(out, "emactl: USAGE: unknown command \"frobnicate\"");
     assert_int_equal(ctl(out, sizeof(out), "help", "frobnicate", NULL), 2);
     expect_in(out, "emactl: USAGE: help: unknown command \"frobnicate\"; the commands are "
-                   "status, list, show, save, drop, gc and help\n");
+                   "status, list, show, save, drop, top, gc and help\n");
     /* No command: the overview, on stderr, and a usage exit. */
     assert_int_equal(ctl(out, sizeof(out), NULL), 2);
     expect_in(out, "Usage: emactl ");
@@ -452,6 +455,215 @@ static void test_emactl_every_command_has_a_manual(void **state)
     }
 }
 
+/* ---- top ---- */
+
+/* The number after "key": in line (a JSON object), or -1 for null; fails
+ * the test when the key is missing. */
+static double json_field(const char *line, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = strstr(line, pat);
+    if (p == NULL)
+        fail_msg("no %s in %s", key, line);
+    p += strlen(pat);
+    return strncmp(p, "null", 4) == 0 ? -1 : strtod(p, NULL);
+}
+
+/* The object of session in line (a frame of --json), cut at its end. */
+static void json_session(const char *line, const char *session, char *out, size_t len)
+{
+    char pat[160];
+    snprintf(pat, sizeof(pat), "{\"session\":\"%s\"", session);
+    const char *p = strstr(line, pat);
+    if (p == NULL)
+        fail_msg("no session %s in %s", session, line);
+    size_t n = strcspn(p, "}");
+    snprintf(out, len, "%.*s", (int)n, p);
+}
+
+/* Frames one after the other: the first without rates, the next with the
+ * updates done between them over the time between them, in text and JSON;
+ * the states as status has them. */
+static void test_emactl_top_prints_frames_with_rates(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_tensor_spec spec = {"big", "f32", 1 << 20, NULL, 0};
+    emac_session *s = NULL;
+    char out[16384], path[200], sess[512];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    two_sessions(&d);
+    assert_int_equal(ctl(out, sizeof(out), "--socket", d.sock, "top", "--iterations", "2",
+                         "--interval", "0.2", NULL),
+                     0);
+    expect_tidy_lines(out, 0);
+    const char *second = strstr(out + 1, "\n\nemactl top - ");
+    assert_non_null(second);
+    assert_int_equal(strncmp(out, "emactl top - ", 13), 0);
+    expect_in(out, " pid %ld, up ", (long)d.pid);
+    expect_in(out, "\nSESSION  ");
+    char cells[8][64];
+    assert_int_equal(row_cells(out, "swapped", cells, 8), 8);
+    assert_string_equal(cells[2], "-"); /* first frame: no rate yet */
+    assert_string_equal(cells[7], "ema-in");
+    assert_int_equal(row_cells(second, "swapped", cells, 8), 8);
+    assert_string_equal(cells[2], "0.0"); /* nothing happened in between */
+    assert_string_equal(cells[4], "4");   /* the batch of its last event */
+    assert_int_equal(row_cells(second, long_name, cells, 8), 8);
+    assert_string_equal(cells[7], "waiting");
+
+    /* Updates between two frames of --json. */
+    if (emac_segment_create(&spec, 1, &segs[2], &err) < 0 ||
+        emac_register(client, "big", segs[2], NULL, false, &s, &err) < 0)
+        fail_msg("%s: %s", err.code, err.message);
+    snprintf(path, sizeof(path), "%s/top.jsonl", d.dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    char *argv[] = {(char *)emactl_bin(), "--socket", d.sock,       "top", "--json",
+                    "--iterations",       "2",        "--interval", "1",   NULL};
+    pid_t pid = spawn(argv, NULL, fd, -1);
+    close(fd);
+    for (int i = 0; i < 500 && count_lines(path, "\"sessions\"") < 1; i++)
+        sleep_ms(10);
+    assert_int_equal(count_lines(path, "\"sessions\""), 1);
+    for (uint64_t batch = 1; batch <= 10; batch++)
+        event_at(s, "batch_end", batch);
+    assert_int_equal(wait_exit(pid), 0);
+    FILE *fp = fopen(path, "r");
+    char first[4096], next[4096];
+    assert_non_null(fgets(first, sizeof(first), fp));
+    assert_non_null(fgets(next, sizeof(next), fp));
+    fclose(fp);
+    json_session(first, "big", sess, sizeof(sess));
+    assert_true(json_field(sess, "updates_per_second") == -1);
+    assert_true(json_field(sess, "seconds") == -1);
+    double before = json_field(sess, "updates");
+    json_session(next, "big", sess, sizeof(sess));
+    double dt = json_field(sess, "seconds"), ups = json_field(sess, "updates_per_second");
+    assert_true(dt > 0);
+    assert_true(json_field(sess, "updates") - before == 10);
+    assert_true(fabs(ups * dt - 10) < 1e-6);
+    assert_true(fabs(json_field(sess, "mib_per_second") - ups * 4) < 1e-6 * ups);
+    assert_true(json_field(sess, "batch") == 10);
+    json_session(next, "swapped", sess, sizeof(sess));
+    expect_in(sess, "\"state\":\"ema-in\"");
+    emac_session_free(s);
+
+    /* Usage errors and an emad that cannot be reached. */
+    assert_int_equal(ctl(out, sizeof(out), "top", "--interval", "0", NULL), 2);
+    expect_in(out, "emactl: USAGE: top: --interval \"0\": expects seconds from 0.1 to 3600\n");
+    assert_int_equal(ctl(out, sizeof(out), "top", "--iterations", "-1", NULL), 2);
+    expect_in(out, "emactl: USAGE: top: --iterations \"-1\": expects a count of 1 or more\n");
+    daemon_stop(&d);
+    assert_int_equal(ctl(out, sizeof(out), "--socket", d.sock, "top", NULL), 1);
+    expect_in(out, "emactl: CONNECT: top: cannot connect to emad at %s", d.sock);
+}
+
+/* Run a tmux command on the test's own server (socket in dir); its status. */
+static int tmux(const char *dir, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int tmux(const char *dir, const char *fmt, ...)
+{
+    char cmd[2048], args[1536];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof(args), fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof(cmd), "tmux -S '%s/tmux.sock' %s", dir, args);
+    return system(cmd);
+}
+
+/* The pane's text (capture-pane) into out. */
+static void pane(const char *dir, char *out, size_t len)
+{
+    char path[200];
+    snprintf(path, sizeof(path), "%s/pane.txt", dir);
+    assert_int_equal(tmux(dir, "capture-pane -p -t top > '%s'", path), 0);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    size_t n = fread(out, 1, len - 1, fp);
+    out[n] = '\0';
+    fclose(fp);
+}
+
+/* Wait until the pane shows needle (up to 10 s); the pane in out. */
+static bool pane_shows(const char *dir, const char *needle, char *out, size_t len)
+{
+    for (int i = 0; i < 200; i++) {
+        pane(dir, out, len);
+        if (strstr(out, needle) != NULL)
+            return true;
+        sleep_ms(50);
+    }
+    return false;
+}
+
+/* The exit status top wrote into dir/top.exit once it ended (up to 10 s). */
+static int top_exit(const char *dir)
+{
+    char path[200], text[64] = "";
+    snprintf(path, sizeof(path), "%s/top.exit", dir);
+    for (int i = 0; i < 200; i++) {
+        FILE *fp = fopen(path, "r");
+        if (fp != NULL) {
+            bool got = fgets(text, sizeof(text), fp) != NULL;
+            fclose(fp);
+            if (got && strchr(text, '\n') != NULL)
+                return atoi(text);
+        }
+        sleep_ms(50);
+    }
+    fail_msg("top did not end");
+    return -1;
+}
+
+/* In a real terminal (tmux): top draws its frame, refreshes it, cuts its
+ * lines to the window's width, and q or Ctrl-C end it with status 0. */
+static void test_emactl_top_in_a_terminal(void **state)
+{
+    struct daemon d;
+    char out[16384], path[200];
+    (void)state;
+
+    if (system("command -v tmux >/dev/null") != 0)
+        skip(); /* make check installs it */
+    daemon_start(&d, NULL);
+    two_sessions(&d);
+    snprintf(path, sizeof(path), "%s/top.exit", d.dir);
+    const char *keys[] = {"q", "C-c"};
+    for (size_t k = 0; k < 2; k++) {
+        unlink(path);
+        assert_int_equal(tmux(d.dir,
+                              "new-session -d -s top -x 100 -y 12 "
+                              "\"'%s' --socket '%s' top --interval 0.2; echo \\$? > '%s'\"",
+                              emactl_bin(), d.sock, path),
+                         0);
+        if (!pane_shows(d.dir, "SESSION", out, sizeof(out)))
+            fail_msg("no frame on the screen: %s", out);
+        expect_in(out, "emactl top - ");
+        expect_in(out, "swapped");
+        expect_in(out, "ema-in");
+        expect_in(out, "waiting");
+        /* the next frame's rates */
+        if (!pane_shows(d.dir, "0.0", out, sizeof(out)))
+            fail_msg("the frame was not refreshed: %s", out);
+        if (k == 0) {
+            assert_int_equal(tmux(d.dir, "resize-window -t top -x 40"), 0);
+            sleep_ms(600);
+            pane(d.dir, out, sizeof(out));
+            expect_tidy_lines(out, 40);
+            expect_in(out, "emactl top - ");
+        }
+        assert_int_equal(tmux(d.dir, "send-keys -t top %s", keys[k]), 0);
+        assert_int_equal(top_exit(d.dir), 0);
+        tmux(d.dir, "kill-server 2>/dev/null");
+    }
+    daemon_stop(&d);
+}
+
 int main(void)
 {
 #define TEST(f) cmocka_unit_test_teardown(f, teardown)
@@ -461,6 +673,8 @@ int main(void)
         TEST(test_emactl_errors_name_the_command_typed),
         TEST(test_emactl_unknown_command_lists_the_commands),
         TEST(test_emactl_every_command_has_a_manual),
+        TEST(test_emactl_top_prints_frames_with_rates),
+        TEST(test_emactl_top_in_a_terminal),
     };
 #undef TEST
     return cmocka_run_group_tests_name("emactl", tests, NULL, NULL);
