@@ -25,6 +25,8 @@ USERUNITDIR  ?= $(PREFIX)/lib/systemd/user
 # pass PYTHONDIR=/usr/local/lib/python3.11/dist-packages.
 PYTHONDIR    ?= $(PREFIX)/lib/python3/dist-packages
 MANDIR       ?= $(PREFIX)/share/man
+# The user the system unit runs emad as; the Debian package makes and uses _emad.
+EMAD_USER    ?= root
 DESTDIR      ?=
 
 PKG_CONFIG ?= pkg-config
@@ -131,7 +133,7 @@ build/emaclient.pc: client/emaclient.pc.in
 # Always regenerated: BINDIR may differ from one make invocation to the next.
 build/systemd/%: systemd/% FORCE
 	@mkdir -p $(@D)
-	sed -e 's|@BINDIR@|$(BINDIR)|g' $< > $@
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@EMAD_USER@|$(EMAD_USER)|g' $< > $@
 
 UNITS := emad.service emad.socket
 USER_UNITS := emad-user.service emad-user.socket
@@ -287,6 +289,32 @@ uninstall:
 	    $(DESTDIR)$(USERUNITDIR)/emad.service $(DESTDIR)$(USERUNITDIR)/emad.socket \
 	    $(DESTDIR)$(MANDIR)/man8/emad.8 $(DESTDIR)$(MANDIR)/man1/emactl.1
 	rm -rf $(DESTDIR)$(PYTHONDIR)/emaclient
+
+# The Debian package (packaging in systemd/debian/): built with debhelper from
+# a copy of the tree in build/deb/emad-$(VERSION)/, so that the top level keeps
+# no debian/ directory and the build never touches the checkout's build/.
+# The copy holds the files git tracks, and those it would add (not ignored).
+DEB_VERSION = $(shell dpkg-parsechangelog -l systemd/debian/changelog -S Version)
+DEB_ARCH    = $(shell dpkg-architecture -q DEB_HOST_ARCH)
+DEB_FILE    = build/deb/emad_$(DEB_VERSION)_$(DEB_ARCH).deb
+.PHONY: deb
+deb:
+	@case "$(DEB_VERSION)" in $(VERSION)-*) ;; *) \
+	    echo "make deb: systemd/debian/changelog is at $(DEB_VERSION), the Makefile's" \
+	        "VERSION is $(VERSION): add a changelog entry (dch -v $(VERSION)-1)" >&2; exit 1;; esac
+	rm -rf build/deb
+	mkdir -p build/deb/emad-$(VERSION)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c \
+	        'for f; do [ ! -e "$$f" ] || cp --parents -t "$$0" "$$f" || exit 1; done' \
+	        build/deb/emad-$(VERSION); \
+	else \
+	    cp -R --parents -t build/deb/emad-$(VERSION) Makefile README.md client daemon \
+	        docs proto systemd tests; \
+	fi
+	cp -R systemd/debian build/deb/emad-$(VERSION)/debian
+	cd build/deb/emad-$(VERSION) && dpkg-buildpackage -us -uc -b -Jauto
+	@echo "make deb: $(DEB_FILE)"
 
 clean:
 	rm -rf build
