@@ -7,7 +7,10 @@
 #                   a small PyTorch CNN against it (build/toy_trainer without
 #                   PyTorch), show emactl status and show, stop emad
 #   make install    PREFIX=/usr/local DESTDIR= (binaries, library, header,
-#                   emaclient.pc, systemd units); make uninstall; make clean
+#                   emaclient.pc, systemd units, Python package, manual
+#                   pages); make uninstall; make clean
+#   make deb        the Debian package build/deb/emad_VERSION_ARCH.deb
+#                   (packaging in systemd/debian/, docs/running.md)
 
 VERSION      := 0.1.0
 SOVERSION    := 0
@@ -21,6 +24,9 @@ USERUNITDIR  ?= $(PREFIX)/lib/systemd/user
 # Debian's python3 reads /usr/lib/python3/dist-packages; for PREFIX=/usr/local
 # pass PYTHONDIR=/usr/local/lib/python3.11/dist-packages.
 PYTHONDIR    ?= $(PREFIX)/lib/python3/dist-packages
+MANDIR       ?= $(PREFIX)/share/man
+# The user the system unit runs emad as; the Debian package makes and uses _emad.
+EMAD_USER    ?= root
 DESTDIR      ?=
 
 PKG_CONFIG ?= pkg-config
@@ -46,16 +52,19 @@ CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c
               client/status.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
               client/emactl_top.c client/json.c
-PY_PACKAGE := client/python/emaclient/__init__.py client/python/emaclient/_lib.py \
-              client/python/emaclient/torch.py
+# Every module of the package: a list by hand left _device.py out.
+PY_PACKAGE := $(wildcard client/python/emaclient/*.py)
 TOY_SRC    := client/toy_trainer.c
 TEST_SRC   := $(wildcard tests/test_*.c)
 ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 
-# Debian 12 packages the build, the tests and the demo need.
+# Debian 12 packages the build, the tests and the demo need; groff-base, man-db
+# and bsdextrautils check the manual pages, debhelper, dpkg-dev and fakeroot
+# build the Debian package (make deb).
 DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
                 systemd util-linux procps clang libclang-rt-14-dev tmux \
-                python3 python3-torch python3-numpy python3-msgpack python3-matplotlib
+                python3 python3-torch python3-numpy python3-msgpack python3-matplotlib \
+                groff-base man-db bsdextrautils debhelper dpkg-dev fakeroot
 
 # Keep test objects: they are intermediate files of the pattern rules.
 .SECONDARY:
@@ -124,7 +133,7 @@ build/emaclient.pc: client/emaclient.pc.in
 # Always regenerated: BINDIR may differ from one make invocation to the next.
 build/systemd/%: systemd/% FORCE
 	@mkdir -p $(@D)
-	sed -e 's|@BINDIR@|$(BINDIR)|g' $< > $@
+	sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@EMAD_USER@|$(EMAD_USER)|g' $< > $@
 
 UNITS := emad.service emad.socket
 USER_UNITS := emad-user.service emad-user.socket
@@ -251,7 +260,8 @@ demo: deps
 
 install: all build/emaclient.pc $(addprefix build/systemd/,$(UNITS) $(USER_UNITS))
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
-	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(USERUNITDIR)
+	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(USERUNITDIR) \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 build/emad build/emactl $(DESTDIR)$(BINDIR)/
 	install -m 0644 build/libemaclient.a $(DESTDIR)$(LIBDIR)/
 	install -m 0755 build/libemaclient.so $(DESTDIR)$(LIBDIR)/libemaclient.so.$(VERSION)
@@ -266,6 +276,8 @@ install: all build/emaclient.pc $(addprefix build/systemd/,$(UNITS) $(USER_UNITS
 	install -m 0644 $(PY_PACKAGE) $(DESTDIR)$(PYTHONDIR)/emaclient/
 	ln -sf $(LIBDIR)/libemaclient.so.$(SOVERSION) \
 	    $(DESTDIR)$(PYTHONDIR)/emaclient/libemaclient.so.$(SOVERSION)
+	install -m 0644 docs/man/emad.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 docs/man/emactl.1 $(DESTDIR)$(MANDIR)/man1/
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/emad $(DESTDIR)$(BINDIR)/emactl \
@@ -274,8 +286,35 @@ uninstall:
 	    $(DESTDIR)$(LIBDIR)/libemaclient.so.$(VERSION) \
 	    $(DESTDIR)$(INCLUDEDIR)/emaclient.h $(DESTDIR)$(PKGCONFIGDIR)/emaclient.pc \
 	    $(DESTDIR)$(UNITDIR)/emad.service $(DESTDIR)$(UNITDIR)/emad.socket \
-	    $(DESTDIR)$(USERUNITDIR)/emad.service $(DESTDIR)$(USERUNITDIR)/emad.socket
+	    $(DESTDIR)$(USERUNITDIR)/emad.service $(DESTDIR)$(USERUNITDIR)/emad.socket \
+	    $(DESTDIR)$(MANDIR)/man8/emad.8 $(DESTDIR)$(MANDIR)/man1/emactl.1
 	rm -rf $(DESTDIR)$(PYTHONDIR)/emaclient
+
+# The Debian package (packaging in systemd/debian/): built with debhelper from
+# a copy of the tree in build/deb/emad-$(VERSION)/, so that the top level keeps
+# no debian/ directory and the build never touches the checkout's build/.
+# The copy holds the files git tracks, and those it would add (not ignored).
+DEB_VERSION = $(shell dpkg-parsechangelog -l systemd/debian/changelog -S Version)
+DEB_ARCH    = $(shell dpkg-architecture -q DEB_HOST_ARCH)
+DEB_FILE    = build/deb/emad_$(DEB_VERSION)_$(DEB_ARCH).deb
+.PHONY: deb
+deb:
+	@case "$(DEB_VERSION)" in $(VERSION)-*) ;; *) \
+	    echo "make deb: systemd/debian/changelog is at $(DEB_VERSION), the Makefile's" \
+	        "VERSION is $(VERSION): add a changelog entry (dch -v $(VERSION)-1)" >&2; exit 1;; esac
+	rm -rf build/deb
+	mkdir -p build/deb/emad-$(VERSION)
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c \
+	        'for f; do [ ! -e "$$f" ] || cp --parents -t "$$0" "$$f" || exit 1; done' \
+	        build/deb/emad-$(VERSION); \
+	else \
+	    cp -R --parents -t build/deb/emad-$(VERSION) Makefile README.md client daemon \
+	        docs proto systemd tests; \
+	fi
+	cp -R systemd/debian build/deb/emad-$(VERSION)/debian
+	cd build/deb/emad-$(VERSION) && dpkg-buildpackage -us -uc -b -Jauto
+	@echo "make deb: $(DEB_FILE)"
 
 clean:
 	rm -rf build

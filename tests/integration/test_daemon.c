@@ -880,7 +880,7 @@ static void test_socket_activation_serves_the_inherited_socket(void **state)
 }
 
 /* systemd-analyze verify accepts the units, with ExecStart pointing at the
- * binary under test. */
+ * binary under test and the system unit's user root (make install's default). */
 static void verify_units(const char *dir, const char *service, const char *socket, bool user)
 {
     char cmd[3 * PATH_MAX], out[8192], bin[PATH_MAX];
@@ -889,7 +889,8 @@ static void verify_units(const char *dir, const char *service, const char *socke
     assert_non_null(realpath(emad_bin(), bin));
     snprintf(cmd, sizeof(cmd),
              "set -e; cd '%s'; mkdir -p u; "
-             "sed 's|@BINDIR@/emad|%s|' '%s' > u/emad.service; cp '%s' u/emad.socket; "
+             "sed -e 's|@BINDIR@/emad|%s|' -e 's|@EMAD_USER@|root|g' '%s' > u/emad.service; "
+             "cp '%s' u/emad.socket; "
              "%s systemd-analyze %s verify --man=no u/emad.service u/emad.socket > out 2>&1",
              dir, bin, service, socket,
              user ? "XDG_RUNTIME_DIR=$(pwd)" : "", user ? "--user" : "");
