@@ -6,6 +6,7 @@
 #include "emad.h"
 #include "listen.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "opts.h"
 #include "pool.h"
@@ -34,6 +35,7 @@ struct daemon {
     struct server srv;
     struct registry sessions;
     struct pool pool;
+    struct metrics metrics;
     int sig_fd;               /* signalfd of SIGTERM, SIGINT and SIGHUP */
     uv_poll_t sig_poll;       /* readable: one of them arrived */
     const char *notify_socket;
@@ -304,6 +306,7 @@ int main(int argc, char **argv)
 
     d.ctx.sessions = &d.sessions;
     d.ctx.pool = &d.pool;
+    d.ctx.metrics = &d.metrics;
     registry_init(&d.sessions, &d.ctx);
 
     /* Before the socket accepts: from then on a supervisor may signal us at
