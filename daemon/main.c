@@ -4,6 +4,7 @@
  */
 #include "dispatch.h"
 #include "emad.h"
+#include "exporter.h"
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
@@ -36,6 +37,7 @@ struct daemon {
     struct registry sessions;
     struct pool pool;
     struct metrics metrics;
+    struct exporter exporter; /* --metrics, --metrics-textfile */
     int sig_fd;               /* signalfd of SIGTERM, SIGINT and SIGHUP */
     uv_poll_t sig_poll;       /* readable: one of them arrived */
     const char *notify_socket;
@@ -121,6 +123,7 @@ static void on_drained(struct registry *r)
     kept_dir(d, dir, sizeof(dir));
     if (dir[0] != '\0' && registry_save_all(&d->sessions, dir) < 0)
         log_error(&d->log, "some sessions could not be kept for the next start (see above)");
+    exporter_stop(&d->exporter);
     pool_destroy(&d->pool);
     registry_free(&d->sessions);
     log_info(&d->log, "stopped");
@@ -366,10 +369,15 @@ int main(int argc, char **argv)
     /* Whatever else dead emads of ours left in /dev/shm is no one's now. */
     if ((rc = shm_collect_stale_shadows(registry_owns_shadow, &d.sessions, log_stale, &d.log)) > 0)
         log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
+    if (exporter_start(&d.exporter, &d.ctx, err, sizeof(err)) < 0) {
+        log_error(&d.log, "%s", err);
+        goto err_pool;
+    }
     /* The transport hands requests up to dispatch, which calls the sessions. */
     const struct server_handlers up = {dispatch_request, dispatch_closed, &d.ctx};
     if ((rc = server_start(&d.srv, &d.ctx, &ls, &up)) < 0) {
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
+        exporter_stop(&d.exporter);
         goto err_pool;
     }
 
