@@ -331,8 +331,13 @@ int main(int argc, char **argv)
         log_close(&d.log);
         return 1;
     }
+    /* Whoever finds the socket listening finds the metrics served too. */
+    if (exporter_start(&d.exporter, &d.ctx, err, sizeof(err)) < 0) {
+        log_error(&d.log, "%s", err);
+        goto err_socket;
+    }
     /* The workers start only once the socket is ours: every failure above
-     * exits without threads to stop. */
+     * exits without workers to stop (err_socket stops the HTTP thread). */
     if ((rc = pool_init(&d.pool, d.ctx.loop, d.opts.workers)) < 0) {
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
@@ -369,15 +374,10 @@ int main(int argc, char **argv)
     /* Whatever else dead emads of ours left in /dev/shm is no one's now. */
     if ((rc = shm_collect_stale_shadows(registry_owns_shadow, &d.sessions, log_stale, &d.log)) > 0)
         log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
-    if (exporter_start(&d.exporter, &d.ctx, err, sizeof(err)) < 0) {
-        log_error(&d.log, "%s", err);
-        goto err_pool;
-    }
     /* The transport hands requests up to dispatch, which calls the sessions. */
     const struct server_handlers up = {dispatch_request, dispatch_closed, &d.ctx};
     if ((rc = server_start(&d.srv, &d.ctx, &ls, &up)) < 0) {
         log_error(&d.log, "cannot serve %s: %s", ls.path, uv_strerror(rc));
-        exporter_stop(&d.exporter);
         goto err_pool;
     }
 
@@ -411,6 +411,7 @@ int main(int argc, char **argv)
 err_pool:
     pool_destroy(&d.pool);
 err_socket:
+    exporter_stop(&d.exporter);
     listen_socket_unlink(&ls);
     log_close(&d.log);
     return 1;

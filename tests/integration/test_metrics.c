@@ -1,17 +1,26 @@
 /*
  * test_metrics.c - emad's metrics (docs/running.md "Metrics") as a client,
  * an operator and Prometheus read them: the metrics request counts what
- * was done and shows a peer other than root its own sessions only.
+ * was done and shows a peer other than root its own sessions only; the
+ * textfile is replaced whole; the HTTP endpoint answers on TCP and on a
+ * Unix socket; and a real Prometheus server scrapes it.
  */
 #include "emaclient.h"
 #include "harness.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <setjmp.h>
@@ -62,6 +71,136 @@ static emac_session *session_ok(emac_client *c, const char *name, emac_segment *
     assert_int_equal(emac_segment_create(&spec, 1, seg, &err), 0);
     if (emac_register(c, name, *seg, &cfg, false, &s, &err) < 0)
         fail_msg("register %s: %s: %s", name, err.code, err.message);
+    return s;
+}
+
+/* ---- a tiny HTTP client: one request, the connection closed after ---- */
+
+struct http_reply {
+    int status;      /* 0: no answer */
+    char head[2048]; /* the status line and headers */
+    char *body;      /* malloc'd, NUL-terminated */
+};
+
+/* A loopback port nothing listens on now (the kernel's pick). */
+static unsigned free_port(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* Send "METHOD target" to 127.0.0.1:port (unix_path NULL) or to the Unix
+ * socket unix_path; read the whole answer (up to WAIT_MS per read). false
+ * when nothing listens there. */
+static bool http(const char *unix_path, unsigned port, const char *method, const char *target,
+                 struct http_reply *r)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char req[1024];
+    size_t used = 0, cap = 1 << 16;
+    char *buf;
+    int fd;
+
+    memset(r, 0, sizeof(*r));
+    memset(&ss, 0, sizeof(ss));
+    if (unix_path != NULL) {
+        struct sockaddr_un *sa = (struct sockaddr_un *)&ss;
+        sa->sun_family = AF_UNIX;
+        snprintf(sa->sun_path, sizeof(sa->sun_path), "%s", unix_path);
+        len = sizeof(*sa);
+    } else {
+        struct sockaddr_in *sa = (struct sockaddr_in *)&ss;
+        sa->sin_family = AF_INET;
+        sa->sin_port = htons((uint16_t)port);
+        sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        len = sizeof(*sa);
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    if (connect(fd, (struct sockaddr *)&ss, len) < 0) {
+        close(fd);
+        return false;
+    }
+    snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+             method, target);
+    send_bytes(fd, req, strlen(req));
+    assert_non_null(buf = malloc(cap));
+    for (;;) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, WAIT_MS) <= 0)
+            fail_msg("HTTP %s %s: no answer within %d ms", method, target, WAIT_MS);
+        if (used + 4096 > cap)
+            assert_non_null(buf = realloc(buf, cap *= 2));
+        ssize_t n = read(fd, buf + used, cap - used - 1);
+        assert_true(n >= 0);
+        if (n == 0)
+            break;
+        used += (size_t)n;
+    }
+    close(fd);
+    buf[used] = '\0';
+    char *end = strstr(buf, "\r\n\r\n");
+    assert_non_null(end);
+    snprintf(r->head, sizeof(r->head), "%.*s", (int)(end - buf), buf);
+    assert_int_equal(sscanf(buf, "HTTP/1.%*d %d", &r->status), 1);
+    r->body = strdup(end + 4);
+    free(buf);
+    return true;
+}
+
+/* GET target until sample `series` of the page is want (an operation's
+ * count reaches the page within a second: no timing is asserted, only an
+ * outer bound). */
+static void http_wait_for(const char *unix_path, unsigned port, const char *series, double want)
+{
+    struct http_reply r;
+    double got = -1;
+
+    for (int waited = 0; waited < 3 * WAIT_MS; waited += 100) {
+        assert_true(http(unix_path, port, "GET", "/metrics", &r));
+        assert_int_equal(r.status, 200);
+        got = sample(r.body, series);
+        free(r.body);
+        if (got == want)
+            return;
+        sleep_ms(100);
+    }
+    fail_msg("%s stayed %g on the HTTP page, expected %g", series, got, want);
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *text;
+    size_t n;
+
+    if (f == NULL)
+        return NULL;
+    assert_non_null(text = malloc(1 << 20));
+    n = fread(text, 1, (1 << 20) - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+/* Register "m" and apply updates events (batch_end at 1..updates, half-life
+ * 1ba: each an update). */
+static emac_session *updated_session(emac_client *c, int updates)
+{
+    emac_session *s = session_ok(c, "m", &seg_left);
+    struct emac_result r = {0};
+
+    for (int b = 1; b <= updates; b++)
+        r = event_at(s, "batch_end", (uint64_t)b);
+    assert_int_equal(r.updates, (uint64_t)updates);
     return s;
 }
 
@@ -217,11 +356,235 @@ static void test_metrics_show_other_uids_their_own_sessions_only(void **state)
     daemon_stop(&d);
 }
 
+/* --metrics-textfile: written at start and every --metrics-interval, whole
+ * each time (renamed into place), mode 0644, no temporary file left. */
+static void test_metrics_textfile_is_replaced_whole(void **state)
+{
+    struct daemon d;
+    char path[200], opt[220];
+    struct stat st;
+    double got = -1;
+    (void)state;
+
+    make_dir(&d);
+    snprintf(path, sizeof(path), "%s/emad.prom", d.dir);
+    snprintf(opt, sizeof(opt), "--metrics-textfile=%s", path);
+    const char *const extra[] = {opt, "--metrics-interval", "1", NULL};
+    daemon_start_env(&d, extra, NULL);
+    char *text = read_file(path);
+    assert_non_null(text); /* the first write is at start */
+    assert_true(sample(text, "emad_updates_total") == 0);
+    free(text);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0644);
+
+    emac_client *c = client_connect(&d, "test_metrics");
+    emac_session *s = updated_session(c, 3);
+    /* Each read finds a whole exposition (its last family included), never
+     * a file cut short, until the interval's write shows the updates. */
+    for (int waited = 0; waited < 3 * WAIT_MS && got != 3; waited += 50) {
+        assert_non_null(text = read_file(path));
+        assert_true(strlen(text) > 0 && text[strlen(text) - 1] == '\n');
+        assert_non_null(strstr(text, "# TYPE emad_session_shadow_bytes gauge\n"));
+        got = sample(text, "emad_updates_total");
+        if (got != 3)
+            free(text);
+        sleep_ms(50);
+    }
+    if (got != 3)
+        fail_msg("emad_updates_total in %s stayed at %g, expected 3", path, got);
+    promtool_accepts(&d, text);
+    free(text);
+    DIR *dir = opendir(d.dir);
+    assert_non_null(dir);
+    for (struct dirent *e = readdir(dir); e != NULL; e = readdir(dir))
+        if (strstr(e->d_name, ".tmp") != NULL)
+            fail_msg("a temporary file is left beside the textfile: %s", e->d_name);
+    closedir(dir);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
+/* A textfile emad cannot write does not stop it: one warning, and the
+ * socket still serves. */
+static void test_metrics_textfile_unwritable_is_logged_once(void **state)
+{
+    struct daemon d;
+    (void)state;
+
+    const char *const extra[] = {"--metrics-textfile=/nonexistent-dir/emad.prom",
+                                 "--metrics-interval=1", NULL};
+    daemon_start(&d, extra);
+    emac_client *c = client_connect(&d, "test_metrics");
+    char *text = metrics_of(c);
+    free(text);
+    emac_disconnect(c);
+    assert_int_equal(count_lines(d.log, "--metrics-textfile /nonexistent-dir/emad.prom: cannot "
+                                        "write it: No such file or directory"),
+                     1);
+    daemon_stop(&d);
+}
+
+/* GET /metrics on a loopback port: the page, its content type, and the
+ * counts as they change; 404 elsewhere, 405 for other methods. */
+static void test_metrics_http_on_tcp(void **state)
+{
+    struct daemon d;
+    struct http_reply r;
+    char opt[64];
+    unsigned port = free_port();
+    (void)state;
+
+    snprintf(opt, sizeof(opt), "--metrics=127.0.0.1:%u", port);
+    const char *const extra[] = {opt, NULL};
+    daemon_start(&d, extra);
+    assert_true(http(NULL, port, "GET", "/metrics", &r));
+    assert_int_equal(r.status, 200);
+    if (strstr(r.head, "Content-Type: text/plain; version=0.0.4; charset=utf-8") == NULL)
+        fail_msg("wrong content type:\n%s", r.head);
+    assert_true(sample(r.body, "emad_updates_total") == 0);
+    promtool_accepts(&d, r.body);
+    free(r.body);
+    assert_true(http(NULL, port, "GET", "/", &r));
+    assert_int_equal(r.status, 404);
+    free(r.body);
+    assert_true(http(NULL, port, "GET", "/metricsx", &r));
+    assert_int_equal(r.status, 404);
+    free(r.body);
+    assert_true(http(NULL, port, "POST", "/metrics", &r));
+    assert_int_equal(r.status, 405);
+    assert_non_null(strstr(r.head, "Allow: GET, HEAD"));
+    free(r.body);
+
+    emac_client *c = client_connect(&d, "test_metrics");
+    emac_session *s = updated_session(c, 4);
+    char series[128];
+    snprintf(series, sizeof(series), "emad_session_last_update_batch{session=\"%u:m\"}",
+             (unsigned)geteuid());
+    http_wait_for(NULL, port, "emad_updates_total", 4);
+    http_wait_for(NULL, port, series, 4);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+    /* Stopped with emad: nothing listens there any more. */
+    assert_false(http(NULL, port, "GET", "/metrics", &r));
+}
+
+/* --metrics PATH: a Unix socket, 0600, removed at exit. */
+static void test_metrics_http_on_a_unix_socket(void **state)
+{
+    struct daemon d;
+    struct http_reply r;
+    char path[200], opt[220];
+    struct stat st;
+    (void)state;
+
+    make_dir(&d);
+    snprintf(path, sizeof(path), "%s/metrics.sock", d.dir);
+    snprintf(opt, sizeof(opt), "--metrics=%s", path);
+    const char *const extra[] = {opt, NULL};
+    daemon_start_env(&d, extra, NULL);
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_true(http(path, 0, "GET", "/metrics", &r));
+    assert_int_equal(r.status, 200);
+    assert_true(sample(r.body, "emad_updates_total") == 0);
+    free(r.body);
+    emac_client *c = client_connect(&d, "test_metrics");
+    emac_session *s = updated_session(c, 2);
+    http_wait_for(path, 0, "emad_updates_total", 2);
+    emac_session_free(s);
+    emac_disconnect(c);
+    kill(d.pid, SIGTERM);
+    check_daemon_stderr(&d, wait_exit(d.pid));
+    d.pid = 0;
+    assert_int_equal(lstat(path, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    remove_tree(d.dir);
+}
+
+/* The real thing: Debian's Prometheus server scrapes emad --metrics every
+ * second, and its query API returns the updates the test made. */
+static void test_metrics_prometheus_scrapes_emad(void **state)
+{
+    struct daemon d;
+    struct http_reply r;
+    char opt[64], conf[200], tsdb[200], listen[64], logpath[200], want[64], query[256];
+    unsigned port = free_port(), prom_port;
+    (void)state;
+
+    if (access("/usr/bin/prometheus", X_OK) != 0) {
+        print_message("prometheus not installed (apt-get install prometheus)\n");
+        skip();
+    }
+    snprintf(opt, sizeof(opt), "--metrics=127.0.0.1:%u", port);
+    const char *const extra[] = {opt, NULL};
+    daemon_start(&d, extra);
+    emac_client *c = client_connect(&d, "test_metrics");
+    emac_session *s = updated_session(c, 7);
+
+    snprintf(conf, sizeof(conf), "%s/prometheus.yml", d.dir);
+    FILE *f = fopen(conf, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: emad\n    static_configs:\n"
+            "      - targets: ['127.0.0.1:%u']\n",
+            port);
+    fclose(f);
+    snprintf(tsdb, sizeof(tsdb), "--storage.tsdb.path=%s/tsdb", d.dir);
+    do
+        prom_port = free_port();
+    while (prom_port == port);
+    snprintf(listen, sizeof(listen), "--web.listen-address=127.0.0.1:%u", prom_port);
+    char cfg_opt[240];
+    snprintf(cfg_opt, sizeof(cfg_opt), "--config.file=%s", conf);
+    snprintf(logpath, sizeof(logpath), "%s/prometheus.log", d.dir);
+    int log_fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    assert_true(log_fd >= 0);
+    char *argv[] = {"/usr/bin/prometheus", cfg_opt, tsdb, listen, NULL};
+    pid_t prom = spawn(argv, NULL, log_fd, log_fd);
+    close(log_fd);
+
+    /* Up to a minute: the server starts, scrapes, and the sample becomes
+     * queryable; on a loaded machine each step takes a while. */
+    snprintf(want, sizeof(want), "\"7\"]");
+    snprintf(query, sizeof(query), "/api/v1/query?query=emad_updates_total");
+    bool found = false;
+    char last[512] = "(no answer)";
+    for (int waited = 0; waited < 6 * WAIT_MS && !found; waited += 250) {
+        if (http(NULL, prom_port, "GET", query, &r)) {
+            snprintf(last, sizeof(last), "%.500s", r.body);
+            found = r.status == 200 && strstr(r.body, "\"job\":\"emad\"") != NULL &&
+                    strstr(r.body, want) != NULL;
+            free(r.body);
+        }
+        if (!found)
+            sleep_ms(250);
+    }
+    kill(prom, SIGTERM);
+    wait_exit(prom);
+    if (!found)
+        fail_msg("Prometheus never returned emad_updates_total 7; its last answer: %s (its log: "
+                 "%s)",
+                 last, logpath);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_metrics_count_what_was_done, teardown),
         cmocka_unit_test_teardown(test_metrics_show_other_uids_their_own_sessions_only, teardown),
+        cmocka_unit_test_teardown(test_metrics_textfile_is_replaced_whole, teardown),
+        cmocka_unit_test_teardown(test_metrics_textfile_unwritable_is_logged_once, teardown),
+        cmocka_unit_test_teardown(test_metrics_http_on_tcp, teardown),
+        cmocka_unit_test_teardown(test_metrics_http_on_a_unix_socket, teardown),
+        cmocka_unit_test_teardown(test_metrics_prometheus_scrapes_emad, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
