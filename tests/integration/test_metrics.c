@@ -156,24 +156,28 @@ static bool http(const char *unix_path, unsigned port, const char *method, const
     return true;
 }
 
-/* GET target until sample `series` of the page is want (an operation's
- * count reaches the page within a second: no timing is asserted, only an
- * outer bound). */
+/* GET /metrics until sample `series` of the page is want: emad starts
+ * serving just after its socket listens (until then: nothing listens, or
+ * 503), and an operation's count reaches the page within a second. No
+ * timing is asserted, only an outer bound. */
 static void http_wait_for(const char *unix_path, unsigned port, const char *series, double want)
 {
     struct http_reply r;
     double got = -1;
+    int status = 0;
 
-    for (int waited = 0; waited < 3 * WAIT_MS; waited += 100) {
-        assert_true(http(unix_path, port, "GET", "/metrics", &r));
-        assert_int_equal(r.status, 200);
-        got = sample(r.body, series);
-        free(r.body);
-        if (got == want)
-            return;
-        sleep_ms(100);
+    for (int waited = 0; waited < 3 * WAIT_MS; waited += 50) {
+        if (http(unix_path, port, "GET", "/metrics", &r)) {
+            status = r.status;
+            assert_true(status == 200 || status == 503);
+            got = status == 200 ? sample(r.body, series) : -1;
+            free(r.body);
+            if (got == want)
+                return;
+        }
+        sleep_ms(50);
     }
-    fail_msg("%s stayed %g on the HTTP page, expected %g", series, got, want);
+    fail_msg("%s stayed %g on the HTTP page (status %d), expected %g", series, got, status, want);
 }
 
 static char *read_file(const char *path)
@@ -371,8 +375,11 @@ static void test_metrics_textfile_is_replaced_whole(void **state)
     snprintf(opt, sizeof(opt), "--metrics-textfile=%s", path);
     const char *const extra[] = {opt, "--metrics-interval", "1", NULL};
     daemon_start_env(&d, extra, NULL);
-    char *text = read_file(path);
-    assert_non_null(text); /* the first write is at start */
+    /* The first write is at start, just after the socket listens. */
+    char *text = NULL;
+    for (int waited = 0; waited < WAIT_MS && (text = read_file(path)) == NULL; waited += 20)
+        sleep_ms(20);
+    assert_non_null(text);
     assert_true(sample(text, "emad_updates_total") == 0);
     free(text);
     assert_int_equal(stat(path, &st), 0);
@@ -439,6 +446,7 @@ static void test_metrics_http_on_tcp(void **state)
     snprintf(opt, sizeof(opt), "--metrics=127.0.0.1:%u", port);
     const char *const extra[] = {opt, NULL};
     daemon_start(&d, extra);
+    http_wait_for(NULL, port, "emad_updates_total", 0);
     assert_true(http(NULL, port, "GET", "/metrics", &r));
     assert_int_equal(r.status, 200);
     if (strstr(r.head, "Content-Type: text/plain; version=0.0.4; charset=utf-8") == NULL)
@@ -485,6 +493,7 @@ static void test_metrics_http_on_a_unix_socket(void **state)
     snprintf(opt, sizeof(opt), "--metrics=%s", path);
     const char *const extra[] = {opt, NULL};
     daemon_start_env(&d, extra, NULL);
+    http_wait_for(path, 0, "emad_updates_total", 0);
     assert_int_equal(lstat(path, &st), 0);
     assert_true(S_ISSOCK(st.st_mode));
     assert_int_equal(st.st_mode & 0777, 0600);
