@@ -473,10 +473,24 @@ static int cmd_metrics(struct ctl *ctl, int argc, char **argv)
     emac_disconnect(c);
     if (rc < 0)
         return ctl_remote_error(ctl, "metrics", &err);
-    /* The exposition escapes what others chose (session names) itself. */
-    fputs(text, stdout);
+    if (ctl->json) {
+        /* emad's reply as it was: {"text": ...}. */
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        size_t len = strlen(text);
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str_with_body(&pk, "text", 4);
+        msgpack_pack_str_with_body(&pk, text, len);
+        rc = ctl_print_json(ctl, sb.data, sb.size, NULL, -1);
+        msgpack_sbuffer_destroy(&sb);
+    } else {
+        /* The exposition escapes what others chose (session names) itself. */
+        fputs(text, stdout);
+    }
     free(text);
-    return 0;
+    return rc;
 }
 
 const struct ctl_cmd ctl_cmd_metrics = {
@@ -495,11 +509,13 @@ const struct ctl_cmd ctl_cmd_metrics = {
             "also served by emad --metrics and written by emad --metrics-textfile, where\n"
             "the operator chooses who may read them.\n"
             "\n"
+            "JSON output: {\"text\": \"...\"}, the same text as one string.\n"
+            "\n" DAEMON_EXIT_STATUS "\n"
             "Examples:\n"
             "  emactl metrics\n"
             "  emactl metrics | grep '^emad_updates_total'\n",
     .min_args = 0,
     .max_args = 0,
-    .opts = CTL_OPT_SOCKET,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
     .run = cmd_metrics,
 };

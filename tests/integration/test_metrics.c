@@ -300,6 +300,17 @@ static void test_metrics_count_what_was_done(void **state)
     assert_true(sample(text, "emad_resumes_total") == 1);
     assert_true(sample(text, "emad_registers_total") == 1);
     free(text);
+
+    /* emactl metrics prints the same text; with --json, inside {"text": ...}. */
+    char out[65536];
+    char *plain[] = {(char *)emactl_bin(), "--socket", d.sock, "metrics", NULL};
+    assert_int_equal(run_capture(plain, NULL, out, sizeof(out)), 0);
+    assert_true(sample(out, "emad_resumes_total") == 1);
+    assert_non_null(strstr(out, "# TYPE emad_errors_total counter\n"));
+    char *json[] = {(char *)emactl_bin(), "--socket", d.sock, "metrics", "--json", NULL};
+    assert_int_equal(run_capture(json, NULL, out, sizeof(out)), 0);
+    expect_in(out, "\"text\": \"# HELP emad_build_info ");
+    expect_in(out, "\\nemad_resumes_total 1\\n");
     emac_session_free(s);
     emac_disconnect(c);
     daemon_stop(&d);
