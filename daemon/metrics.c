@@ -121,27 +121,38 @@ static int text_reserve(struct metrics_text *t, size_t more)
     return 0;
 }
 
-int metrics_text_printf(struct metrics_text *t, const char *fmt, ...)
+static int text_vprintf(struct metrics_text *t, const char *fmt, va_list ap)
 {
-    va_list ap;
+    va_list again;
     int n;
 
     if (text_reserve(t, 256) < 0)
         return -ENOMEM;
-    va_start(ap, fmt);
+    va_copy(again, ap);
     n = vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
-    va_end(ap);
+    if (n >= 0 && (size_t)n >= t->cap - t->len) {
+        if (text_reserve(t, (size_t)n) < 0) {
+            va_end(again);
+            return -ENOMEM;
+        }
+        vsnprintf(t->data + t->len, t->cap - t->len, fmt, again);
+    }
+    va_end(again);
     if (n < 0)
         return -EINVAL;
-    if ((size_t)n >= t->cap - t->len) {
-        if (text_reserve(t, (size_t)n) < 0)
-            return -ENOMEM;
-        va_start(ap, fmt);
-        vsnprintf(t->data + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-    }
     t->len += (size_t)n;
     return 0;
+}
+
+int metrics_text_printf(struct metrics_text *t, const char *fmt, ...)
+{
+    va_list ap;
+    int rc;
+
+    va_start(ap, fmt);
+    rc = text_vprintf(t, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 int metrics_text_label(struct metrics_text *t, const char *value)
@@ -180,6 +191,8 @@ static void fmt_double(double v, char *buf, size_t len)
         snprintf(buf, len, "NaN");
     else if (isinf(v))
         snprintf(buf, len, v > 0 ? "+Inf" : "-Inf");
+    else if (fabs(v) < 9007199254740992.0 && v == (double)(long long)v)
+        snprintf(buf, len, "%lld", (long long)v); /* counts: most values, and the cheapest */
     else {
         /* The shortest of the two that reads back exactly: le="0.001", not
          * le="0.0010000000000000000208". */
@@ -199,15 +212,13 @@ static void put(struct out *o, const char *fmt, ...) __attribute__((format(print
 
 static void put(struct out *o, const char *fmt, ...)
 {
-    char buf[512];
     va_list ap;
 
     if (o->rc < 0)
         return;
     va_start(ap, fmt);
-    vsnprintf(buf, sizeof(buf), fmt, ap);
+    o->rc = text_vprintf(o->t, fmt, ap);
     va_end(ap);
-    o->rc = metrics_text_printf(o->t, "%s", buf);
 }
 
 static void head(struct out *o, const char *name, const char *type, const char *help)
