@@ -145,8 +145,9 @@ static int listen_on(struct httpd *h, const struct emad_opts *o, char *err, size
     }
     if ((h->fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
         return err_set(err, errlen, -errno, "--metrics %s: socket: %s%s", h->shown, strerror(errno),
-                       errno == EAFNOSUPPORT ? " (emad.service allows Unix sockets only: use a "
-                                               "path, or see docs/running.md \"Metrics\")"
+                       errno == EAFNOSUPPORT ? " (under emad.service, which allows Unix "
+                                               "sockets only, use a path or see docs/running.md "
+                                               "\"Metrics\")"
                                              : "");
     if (ss.ss_family != AF_UNIX)
         setsockopt(h->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
