@@ -57,8 +57,8 @@ struct ctl_cmd {
     int (*run)(struct ctl *ctl, int argc, char **argv);
 };
 
-extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_save,
-    ctl_cmd_drop, ctl_cmd_metrics;      /* emactl_session.c */
+extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_save, ctl_cmd_drop,
+    ctl_cmd_metrics;                    /* emactl_session.c */
 extern const struct ctl_cmd ctl_cmd_gc; /* emactl_gc.c */
 
 /* ---- errors: "emactl: CODE: COMMAND: message" on stderr ---- */

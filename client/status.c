@@ -156,8 +156,8 @@ int emac_metrics(emac_client *c, char **text, struct emac_error *err)
     if (c == NULL || text == NULL)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_metrics: NULL argument");
     *text = NULL;
-    rc = client_call(c, "metrics", &msg_empty_desc, &req, &msg_metrics_reply_desc, &rep, NULL,
-                     NULL, true, LOSS_RECONNECTS, "metrics", err);
+    rc = client_call(c, "metrics", &msg_empty_desc, &req, &msg_metrics_reply_desc, &rep, NULL, NULL,
+                     true, LOSS_RECONNECTS, "metrics", err);
     if (rc < 0)
         return rc;
     /* The reply's strings are views into the connection's buffer. */

@@ -44,8 +44,8 @@ struct method {
     unsigned flags;
 };
 
-static const char *const features[] = {"status", "sessions", "pipelining", "save", "load",
-                                      "metrics"};
+static const char *const features[] = {"status", "sessions", "pipelining",
+                                       "save",   "load",     "metrics"};
 
 static void handle_hello(struct emad *ctx, struct peer *p, uint32_t msgid,
                          const union request *r)
@@ -163,8 +163,7 @@ static void handle_drop(struct emad *ctx, struct peer *p, uint32_t msgid, const 
 /* The exposition of docs/running.md "Metrics": names of sessions are their
  * owners' data, so a peer other than root sees the per-session series of
  * its own uid's sessions only. */
-static void handle_metrics(struct emad *ctx, struct peer *p, uint32_t msgid,
-                           const union request *r)
+static void handle_metrics(struct emad *ctx, struct peer *p, uint32_t msgid, const union request *r)
 {
     struct metrics_text t = {0};
     struct msg_metrics_reply rep;

@@ -23,7 +23,7 @@ struct emad {
     struct server *srv;
     struct registry *sessions;
     struct pool *pool;
-    struct metrics *metrics;  /* counters (metrics.h); changed on the loop thread only */
+    struct metrics *metrics; /* counters (metrics.h); changed on the loop thread only */
     uint64_t started_ns; /* uv_hrtime() at start, for uptime */
 };
 

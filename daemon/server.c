@@ -4,7 +4,6 @@
 #include "server.h"
 #include "metrics.h"
 
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>

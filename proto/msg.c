@@ -259,11 +259,12 @@ const struct msg_desc msg_saved_state_desc =
     DESC("state file", struct msg_saved_state, saved_state_fields);
 
 const struct msg_desc *const msg_all_descs[] = {
-    &msg_hello_desc, &msg_hello_reply_desc, &msg_register_desc, &msg_register_reply_desc,
-    &msg_event_desc, &msg_action_desc, &msg_swap_desc, &msg_status_desc,
-    &msg_status_reply_desc, &msg_file_desc, &msg_file_reply_desc, &msg_close_desc,
-    &msg_drop_desc, &msg_error_desc, &msg_empty_desc, &msg_metrics_reply_desc,
-    &msg_saved_state_desc, NULL,
+    &msg_hello_desc,          &msg_hello_reply_desc, &msg_register_desc,
+    &msg_register_reply_desc, &msg_event_desc,       &msg_action_desc,
+    &msg_swap_desc,           &msg_status_desc,      &msg_status_reply_desc,
+    &msg_file_desc,           &msg_file_reply_desc,  &msg_close_desc,
+    &msg_drop_desc,           &msg_error_desc,       &msg_empty_desc,
+    &msg_metrics_reply_desc,  &msg_saved_state_desc, NULL,
 };
 
 struct msg_str msg_str_c(const char *s)

@@ -23,7 +23,7 @@
 #include <cmocka.h>
 
 /* emactl's commands, as its table lists them. */
-static const char *const commands[] = {"status", "list", "show", "save",
+static const char *const commands[] = {"status", "list", "show",    "save",
                                        "drop",   "gc",   "metrics", "help"};
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
