@@ -242,6 +242,22 @@ static void test_metrics_count_what_was_done(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
+    /* The hello reply lists the feature. */
+    int fd = try_connect(d.sock);
+    assert_true(fd >= 0);
+    send_hello(fd, 1, 1, "test_metrics");
+    char hello[4096];
+    size_t got = 0;
+    while (got < sizeof(hello) && memmem(hello, got, "\xa7metrics", 8) == NULL) {
+        struct pollfd p = {fd, POLLIN, 0};
+        assert_true(poll(&p, 1, WAIT_MS) == 1);
+        ssize_t n = read(fd, hello + got, sizeof(hello) - got);
+        assert_true(n > 0); /* the reply ends before the feature: it is missing */
+        got += (size_t)n;
+    }
+    assert_non_null(memmem(hello, got, "\xa7metrics", 8));
+    close(fd);
+
     emac_client *c = client_connect(&d, "test_metrics");
     char *text = metrics_of(c);
     assert_true(sample(text, "emad_updates_total") == 0);
