@@ -332,6 +332,65 @@ static void test_metrics_count_what_was_done(void **state)
     daemon_stop(&d);
 }
 
+/* Events sent while the workers are held (the test hook stalls the first
+ * update's chunk for 5 s: register is two chunks) show as queued
+ * operations and as the session's lag; once applied, they do not. */
+static void test_metrics_show_the_queue_and_the_lag(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_result r;
+    emac_ticket tickets[3];
+    char series[128];
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, NULL,
+                     (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=2", NULL});
+    emac_client *c = client_connect(&d, "trainer");
+    emac_client *watcher = client_connect(&d, "watcher");
+    emac_session *s = session_ok(c, "lagging", &seg_left);
+    for (uint64_t b = 1; b <= 3; b++) {
+        struct emac_time t = {b, 0, false, 0};
+        assert_int_equal(emac_event_send(s, "batch_end", &t, &tickets[b - 1], &err), 0);
+    }
+    /* Until emad has read the three (the watcher's connection may be read
+     * first), while the first stalls. */
+    snprintf(series, sizeof(series), "emad_session_lag_batches{session=\"%u:lagging\"}",
+             (unsigned)geteuid());
+    char *text = metrics_of(watcher);
+    for (int i = 0; i < 20 && sample(text, series) != 3; i++) {
+        free(text);
+        sleep_ms(50);
+        text = metrics_of(watcher);
+    }
+    if (sample(text, series) != 3)
+        fail_msg("lag %g, expected 3:\n%s", sample(text, series), text);
+    snprintf(series, sizeof(series), "emad_session_queued_operations{session=\"%u:lagging\"}",
+             (unsigned)geteuid());
+    assert_true(sample(text, series) == 3);
+    assert_true(sample(text, "emad_queued_operations") == 3);
+    assert_true(sample(text, "emad_updates_total") == 0);
+    free(text);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(emac_event_wait(s, tickets[i], &r, &err), 0);
+    text = metrics_of(watcher);
+    assert_true(sample(text, series) == 0);
+    assert_true(sample(text, "emad_queued_operations") == 0);
+    snprintf(series, sizeof(series), "emad_session_lag_batches{session=\"%u:lagging\"}",
+             (unsigned)geteuid());
+    assert_true(sample(text, series) == 0);
+    snprintf(series, sizeof(series), "emad_session_batch{session=\"%u:lagging\"}",
+             (unsigned)geteuid());
+    assert_true(sample(text, series) == 3);
+    assert_true(sample(text, "emad_updates_total") == (double)r.updates);
+    free(text);
+    emac_session_free(s);
+    emac_disconnect(watcher);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 /* As another uid (run_as_uid()): register "theirs", ask for the metrics:
  * its own session's series, none of root's. */
 static void other_uid_metrics(const void *sock, struct verdict *v)
@@ -616,6 +675,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_metrics_count_what_was_done, teardown),
         cmocka_unit_test_teardown(test_metrics_show_other_uids_their_own_sessions_only, teardown),
+        cmocka_unit_test_teardown(test_metrics_show_the_queue_and_the_lag, teardown),
         cmocka_unit_test_teardown(test_metrics_textfile_is_replaced_whole, teardown),
         cmocka_unit_test_teardown(test_metrics_textfile_unwritable_is_logged_once, teardown),
         cmocka_unit_test_teardown(test_metrics_http_on_tcp, teardown),
