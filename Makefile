@@ -34,6 +34,9 @@ AR         ?= ar
 # Evaluated lazily: `make check` installs the packages before using them.
 DEPS_CFLAGS   = $(shell $(PKG_CONFIG) --cflags libuv msgpack)
 DEPS_LIBS     = $(shell $(PKG_CONFIG) --libs libuv msgpack) -lm -lpthread
+# The daemon alone serves HTTP (--metrics): emad and what links libemad.a.
+HTTPD_CFLAGS  = $(shell $(PKG_CONFIG) --cflags libmicrohttpd)
+HTTPD_LIBS    = $(shell $(PKG_CONFIG) --libs libmicrohttpd)
 CMOCKA_CFLAGS = $(shell $(PKG_CONFIG) --cflags cmocka)
 CMOCKA_LIBS   = $(shell $(PKG_CONFIG) --libs cmocka)
 
@@ -61,10 +64,10 @@ ITEST_SRC  := $(wildcard tests/integration/test_*.c)
 # Debian 12 packages the build, the tests and the demo need; groff-base, man-db
 # and bsdextrautils check the manual pages, debhelper, dpkg-dev and fakeroot
 # build the Debian package (make deb).
-DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev \
+DEB_PACKAGES := gcc make pkg-config libuv1-dev libmsgpack-dev libcmocka-dev libmicrohttpd-dev \
                 systemd util-linux procps clang libclang-rt-14-dev tmux \
                 python3 python3-torch python3-numpy python3-msgpack python3-matplotlib \
-                groff-base man-db bsdextrautils debhelper dpkg-dev fakeroot
+                groff-base man-db bsdextrautils debhelper dpkg-dev fakeroot prometheus
 
 # Keep test objects: they are intermediate files of the pattern rules.
 .SECONDARY:
@@ -77,7 +80,7 @@ all: build/emad build/emactl build/toy_trainer build/libemaclient.a build/libema
 define VARIANT
 $(1)/%.o: %.c
 	@mkdir -p $$(@D)
-	$$(CC) $$(BASE_CFLAGS) $$(CFLAGS) $(3) $$(if $$(findstring tests/,$$<),$$(CMOCKA_CFLAGS)) -MMD -MP -c $$< -o $$@
+	$$(CC) $$(BASE_CFLAGS) $$(CFLAGS) $(3) $$(if $$(findstring tests/,$$<),$$(CMOCKA_CFLAGS)) $$(if $$(findstring daemon/httpd,$$<),$$(HTTPD_CFLAGS)) -MMD -MP -c $$< -o $$@
 
 $(2)/libproto.a: $(PROTO_SRC:%.c=$(1)/%.o)
 	@mkdir -p $$(@D)
@@ -92,7 +95,7 @@ $(2)/libemaclient.a: $(CLIENT_SRC:%.c=$(1)/%.o) $(PROTO_SRC:%.c=$(1)/%.o)
 	rm -f $$@ && $$(AR) rcs $$@ $$^
 
 $(2)/emad: $(1)/daemon/main.o $(2)/libemad.a $(2)/libproto.a
-	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(DEPS_LIBS)
+	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(DEPS_LIBS) $$(HTTPD_LIBS)
 
 $(2)/emactl: $(EMACTL_SRC:%.c=$(1)/%.o) $(2)/libemaclient.a
 	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(DEPS_LIBS)
@@ -104,7 +107,7 @@ $(2)/toy_trainer: $(TOY_SRC:%.c=$(1)/%.o) $(2)/libemaclient.a
 # test can never be linked by the unit-test rule (without the harness).
 $(TEST_SRC:%.c=$(2)/%): $(2)/tests/%: $(1)/tests/%.o $(2)/libemad.a $(2)/libemaclient.a $(2)/libproto.a
 	@mkdir -p $$(@D)
-	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS)
+	$$(CC) $$(CFLAGS) $(3) -o $$@ $$^ $$(CMOCKA_LIBS) $$(DEPS_LIBS) $$(HTTPD_LIBS)
 
 $(ITEST_SRC:%.c=$(2)/%): $(2)/tests/integration/%: $(1)/tests/integration/%.o $(1)/tests/integration/harness.o $(2)/libemaclient.a $(2)/libproto.a
 	@mkdir -p $$(@D)
@@ -172,7 +175,7 @@ build/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(PROTO_SRC) $(FUZZ_HDRS)
 
 build/fuzz/fuzz_dispatch: tests/fuzz/fuzz_dispatch.c $(PROTO_SRC) $(DAEMON_SRC) $(FUZZ_HDRS)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(HTTPD_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS) $(HTTPD_LIBS)
 
 build/fuzz/gen_corpus: tests/fuzz/gen_corpus.c proto/wire.c proto/msg.c
 	@mkdir -p $(@D)

@@ -430,6 +430,15 @@ void emac_status_free(struct emac_status *st);
  * print or forward it; valid until emac_status_free. */
 void emac_status_raw(const struct emac_status *st, const void **data, size_t *len);
 
+/* ---- Metrics ---- */
+
+/* Ask for emad's metrics, in the Prometheus text exposition format 0.0.4
+ * (docs/running.md "Metrics"). *text is malloc'd and NUL-terminated; the
+ * caller free()s it. A peer other than root gets the per-session series of
+ * its own uid's sessions only. An emad without the feature "metrics" (see
+ * the hello reply) answers NOMETHOD. */
+int emac_metrics(emac_client *c, char **text, struct emac_error *err);
+
 #ifdef __cplusplus
 }
 #endif

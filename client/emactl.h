@@ -62,7 +62,7 @@ struct ctl_cmd {
 };
 
 extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_save,
-    ctl_cmd_drop;                        /* emactl_session.c */
+    ctl_cmd_drop, ctl_cmd_metrics;       /* emactl_session.c */
 extern const struct ctl_cmd ctl_cmd_gc;  /* emactl_gc.c */
 extern const struct ctl_cmd ctl_cmd_top; /* emactl_top.c */
 

@@ -1,11 +1,12 @@
 /*
- * emactl_session.c - the commands that ask emad about its sessions or act
- * on one: status, list, show, save, drop.
+ * emactl_session.c - the commands that ask emad about itself and its
+ * sessions or act on one: status, list, show, save, drop, metrics.
  */
 #include "emactl.h"
 #include "version.h"
 
 #include <inttypes.h>
+#include <stdlib.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <string.h>
@@ -448,4 +449,68 @@ const struct ctl_cmd ctl_cmd_drop = {
     .max_args = 1,
     .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
     .run = cmd_drop,
+};
+
+/* ---- metrics ---- */
+
+static int cmd_metrics(struct ctl *ctl, int argc, char **argv)
+{
+    struct emac_error err = {{0}, {0}};
+    emac_client *c;
+    char *text = NULL;
+    int rc;
+
+    (void)argc;
+    (void)argv;
+    if ((c = ctl_connect(ctl)) == NULL)
+        return -ECONNREFUSED;
+    rc = emac_metrics(c, &text, &err);
+    emac_disconnect(c);
+    if (rc < 0)
+        return ctl_remote_error(ctl, "metrics", &err);
+    if (ctl->json) {
+        /* emad's reply as it was: {"text": ...}. */
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        size_t len = strlen(text);
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str_with_body(&pk, "text", 4);
+        msgpack_pack_str_with_body(&pk, text, len);
+        rc = ctl_print_json(ctl, sb.data, sb.size, NULL, -1);
+        msgpack_sbuffer_destroy(&sb);
+    } else {
+        /* The exposition escapes what others chose (session names) itself. */
+        fputs(text, stdout);
+    }
+    free(text);
+    return rc;
+}
+
+const struct ctl_cmd ctl_cmd_metrics = {
+    .name = "metrics",
+    .args = "",
+    .summary = "emad's metrics in the Prometheus text format",
+    .help = "Print emad's metrics in the Prometheus text exposition format 0.0.4: its\n"
+            "counters (updates, swaps, errors by code, state file operations), gauges\n"
+            "(sessions by state, connections, queued operations) and histograms\n"
+            "(update and state file durations), then one set of series per session,\n"
+            "labelled session=\"<uid>:<name>\". docs/running.md, section \"Metrics\",\n"
+            "describes every series.\n"
+            "\n"
+            "Session names are their owners' data: unless you are root, the per-session\n"
+            "series are those of your own sessions only. The series of every session are\n"
+            "also served by emad --metrics and written by emad --metrics-textfile, where\n"
+            "the operator chooses who may read them.\n"
+            "\n"
+            "JSON output: {\"text\": \"...\"}, the same text as one string.\n"
+            "\n" CTL_DAEMON_EXIT_STATUS "\n"
+            "Examples:\n"
+            "  emactl metrics\n"
+            "  emactl metrics | grep '^emad_updates_total'\n",
+    .min_args = 0,
+    .max_args = 0,
+    .opts = CTL_OPT_SOCKET | CTL_OPT_JSON,
+    .run = cmd_metrics,
 };

@@ -1,6 +1,6 @@
 /*
- * status.c - the daemon's status, and the copies of session states out of
- * replies (status and register give them alike).
+ * status.c - the daemon's status and metrics, and the copies of session
+ * states out of replies (status and register give them alike).
  */
 #include "emaclient_int.h"
 
@@ -143,4 +143,32 @@ void emac_status_raw(const struct emac_status *st, const void **data, size_t *le
     const struct status_box *b = (const struct status_box *)st;
     *data = b->raw;
     *len = b->raw_len;
+}
+
+/* ---- metrics ---- */
+
+int emac_metrics(emac_client *c, char **text, struct emac_error *err)
+{
+    struct msg_empty req = {0};
+    struct msg_metrics_reply rep;
+    int rc;
+
+    if (c == NULL || text == NULL)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_metrics: NULL argument");
+    *text = NULL;
+    rc = client_call(c, "metrics", &msg_empty_desc, &req, &msg_metrics_reply_desc, &rep, NULL, NULL,
+                     true, LOSS_RECONNECTS, "metrics", err);
+    if (rc < 0)
+        return rc;
+    /* The reply's strings are views into the connection's buffer. */
+    *text = malloc(rep.text.len + 1);
+    if (*text == NULL) {
+        msg_free(&msg_metrics_reply_desc, &rep);
+        return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
+    }
+    if (rep.text.len > 0)
+        memcpy(*text, rep.text.ptr, rep.text.len);
+    (*text)[rep.text.len] = '\0';
+    msg_free(&msg_metrics_reply_desc, &rep);
+    return 0;
 }

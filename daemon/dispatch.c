@@ -7,6 +7,7 @@
  */
 #include "dispatch.h"
 
+#include "metrics.h"
 #include "server.h"
 #include "session.h"
 #include "version.h"
@@ -26,6 +27,7 @@ union request {
     struct msg_file file;
     struct msg_close close;
     struct msg_drop drop;
+    struct msg_empty empty;
 };
 
 typedef void (*handler_fn)(struct emad *ctx, struct peer *p, uint32_t msgid,
@@ -42,7 +44,8 @@ struct method {
     unsigned flags;
 };
 
-static const char *const features[] = {"status", "sessions", "pipelining", "save", "load"};
+static const char *const features[] = {"status", "sessions", "pipelining",
+                                       "save",   "load",     "metrics"};
 
 static void handle_hello(struct emad *ctx, struct peer *p, uint32_t msgid,
                          const union request *r)
@@ -157,6 +160,25 @@ static void handle_drop(struct emad *ctx, struct peer *p, uint32_t msgid, const 
     session_drop(ctx->sessions, p, msgid, &r->drop);
 }
 
+/* The exposition of docs/running.md "Metrics": names of sessions are their
+ * owners' data, so a peer other than root sees the per-session series of
+ * its own uid's sessions only. */
+static void handle_metrics(struct emad *ctx, struct peer *p, uint32_t msgid, const union request *r)
+{
+    struct metrics_text t = {0};
+    struct msg_metrics_reply rep;
+
+    (void)r;
+    if (metrics_render_ctx(ctx, p->uid == 0, p->uid, &t) < 0) {
+        peer_fail(p, msgid, MSG_E_INTERNAL, "metrics: out of memory");
+    } else {
+        rep.text.ptr = t.data;
+        rep.text.len = t.len;
+        peer_reply(p, msgid, &msg_metrics_reply_desc, &rep);
+    }
+    metrics_text_free(&t);
+}
+
 static const struct method methods[] = {
     {"hello", &msg_hello_desc, handle_hello, METHOD_ANYTIME},
     {"status", &msg_status_desc, handle_status, 0},
@@ -167,6 +189,7 @@ static const struct method methods[] = {
     {"load", &msg_file_desc, handle_load, 0},
     {"close", &msg_close_desc, handle_close, 0},
     {"drop", &msg_drop_desc, handle_drop, 0},
+    {"metrics", &msg_empty_desc, handle_metrics, 0},
 };
 
 static const struct method *find_method(const char *name, size_t len)

@@ -14,6 +14,7 @@
 struct server;
 struct registry;
 struct pool;
+struct metrics;
 
 struct emad {
     uv_loop_t *loop;
@@ -22,6 +23,7 @@ struct emad {
     struct server *srv;
     struct registry *sessions;
     struct pool *pool;
+    struct metrics *metrics; /* counters (metrics.h); changed on the loop thread only */
     uint64_t started_ns; /* uv_hrtime() at start, for uptime */
 };
 

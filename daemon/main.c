@@ -4,8 +4,10 @@
  */
 #include "dispatch.h"
 #include "emad.h"
+#include "exporter.h"
 #include "listen.h"
 #include "log.h"
+#include "metrics.h"
 #include "notify.h"
 #include "opts.h"
 #include "pool.h"
@@ -34,6 +36,8 @@ struct daemon {
     struct server srv;
     struct registry sessions;
     struct pool pool;
+    struct metrics metrics;
+    struct exporter exporter; /* --metrics, --metrics-textfile */
     int sig_fd;               /* signalfd of SIGTERM, SIGINT and SIGHUP */
     uv_poll_t sig_poll;       /* readable: one of them arrived */
     const char *notify_socket;
@@ -119,6 +123,7 @@ static void on_drained(struct registry *r)
     kept_dir(d, dir, sizeof(dir));
     if (dir[0] != '\0' && registry_save_all(&d->sessions, dir) < 0)
         log_error(&d->log, "some sessions could not be kept for the next start (see above)");
+    exporter_stop(&d->exporter);
     pool_destroy(&d->pool);
     registry_free(&d->sessions);
     log_info(&d->log, "stopped");
@@ -304,6 +309,7 @@ int main(int argc, char **argv)
 
     d.ctx.sessions = &d.sessions;
     d.ctx.pool = &d.pool;
+    d.ctx.metrics = &d.metrics;
     registry_init(&d.sessions, &d.ctx);
 
     /* Before the socket accepts: from then on a supervisor may signal us at
@@ -325,8 +331,13 @@ int main(int argc, char **argv)
         log_close(&d.log);
         return 1;
     }
+    /* Whoever finds the socket listening finds the metrics served too. */
+    if (exporter_start(&d.exporter, &d.ctx, err, sizeof(err)) < 0) {
+        log_error(&d.log, "%s", err);
+        goto err_socket;
+    }
     /* The workers start only once the socket is ours: every failure above
-     * exits without threads to stop. */
+     * exits without workers to stop (err_socket stops the HTTP thread). */
     if ((rc = pool_init(&d.pool, d.ctx.loop, d.opts.workers)) < 0) {
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
@@ -400,6 +411,7 @@ int main(int argc, char **argv)
 err_pool:
     pool_destroy(&d.pool);
 err_socket:
+    exporter_stop(&d.exporter);
     listen_socket_unlink(&ls);
     log_close(&d.log);
     return 1;

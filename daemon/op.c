@@ -7,6 +7,7 @@
  * reply is sent from the pool's completion callback on the loop thread.
  * Nothing here touches tensor data.
  */
+#include "metrics.h"
 #include "session_impl.h"
 
 #include <errno.h>
@@ -194,6 +195,8 @@ static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t 
     op->job.done = op_done;
     op->job.arg = op;
     op->job.nchunks = nchunks;
+    if (op->t0 == 0)
+        op->t0 = uv_hrtime(); /* the first phase's start: what the metrics time */
     pool_submit(op->s->reg->ctx->pool, &op->job);
 }
 
@@ -460,6 +463,7 @@ static void run_attach(struct op *op)
                  "EMA weights no longer active", s->name);
     }
     shadow_sync(s);
+    metrics_register(s->reg->ctx->metrics, true);
     reply_register(op, a->compact);
     op_finish(op);
 }
@@ -608,6 +612,7 @@ static void op_done(struct pool_job *job)
         op_finish(op);
         return;
     }
+    metrics_op_done(s->reg->ctx->metrics, op);
     switch (op->phase) {
     case PH_TENSORS:
         if (op->kind == OP_INIT) {

@@ -7,6 +7,7 @@
 #include "version.h"
 #include "wire.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -40,6 +41,9 @@ enum {
     OPT_MAX_QUEUED_REQUESTS,
     OPT_MAX_CONNECTIONS_PER_UID,
     OPT_HELLO_TIMEOUT,
+    OPT_METRICS,
+    OPT_METRICS_TEXTFILE,
+    OPT_METRICS_INTERVAL,
 };
 
 static const struct option long_opts[] = {
@@ -68,6 +72,9 @@ static const struct option long_opts[] = {
     {"max-queued-requests", required_argument, NULL, OPT_MAX_QUEUED_REQUESTS},
     {"max-connections-per-uid", required_argument, NULL, OPT_MAX_CONNECTIONS_PER_UID},
     {"hello-timeout", required_argument, NULL, OPT_HELLO_TIMEOUT},
+    {"metrics", required_argument, NULL, OPT_METRICS},
+    {"metrics-textfile", required_argument, NULL, OPT_METRICS_TEXTFILE},
+    {"metrics-interval", required_argument, NULL, OPT_METRICS_INTERVAL},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -183,6 +190,25 @@ void opts_usage(FILE *fp, const char *argv0)
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
 "  --log-file PATH         append to PATH instead of stderr; SIGHUP reopens it\n"
 "\n"
+"Metrics (Prometheus text format; every session's series, labelled with its\n"
+"owner's uid and its name, so choose who can read them; 'emactl metrics'\n"
+"shows a user other than root only their own sessions):\n"
+"  --metrics ADDRESS       serve GET /metrics over HTTP on ADDRESS (default:\n"
+"                          off): HOST:PORT, HOST being a loopback address\n"
+"                          (localhost, 127.0.0.1 or another 127.x.y.z, or\n"
+"                          [::1]), which every local user can reach; or a path\n"
+"                          holding a '/', a Unix socket that emad creates with\n"
+"                          mode 0600 (owned by emad's user) and removes at exit.\n"
+"                          Other hosts are refused: put a proxy with access\n"
+"                          control in front to export further. The page is\n"
+"                          rendered once a second\n"
+"  --metrics-textfile PATH  write the metrics to PATH every --metrics-interval,\n"
+"                          for node_exporter's textfile collector (which reads\n"
+"                          *.prom files): a temporary file in the same\n"
+"                          directory, mode 0644, renamed over PATH\n"
+"  --metrics-interval SECONDS  seconds between two writes of the textfile, 1\n"
+"                          to 3600 (default 15)\n"
+"\n"
 "  -h, --help              show this help and exit\n"
 "  -V, --version           show the version and exit\n"
 "\n"
@@ -290,6 +316,58 @@ static bool valid_group_name(const char *s)
     return true;
 }
 
+/* --metrics: a Unix socket path (it holds a '/') or HOST:PORT on loopback.
+ * The endpoint serves every user's session names: the loopback rule keeps
+ * them on this machine. */
+static int parse_metrics_address(struct emad_opts *o, const char *s, char *err, size_t errlen)
+{
+    char host[64];
+    const char *colon = strrchr(s, ':');
+    unsigned char addr[16];
+    uint64_t port;
+
+    if (strchr(s, '/') != NULL) {
+        if (strlen(s) > WIRE_SOCKET_PATH_MAX)
+            return err_set(err, errlen, -EINVAL, "--metrics %s: a Unix socket path is at most %d "
+                           "bytes", s, WIRE_SOCKET_PATH_MAX);
+        snprintf(o->metrics_path, sizeof(o->metrics_path), "%s", s);
+        return 0;
+    }
+    if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(host))
+        return err_set(err, errlen, -EINVAL, "--metrics %s: expected HOST:PORT (e.g. "
+                       "127.0.0.1:9469) or the path of a Unix socket", s);
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    if (parse_uint("metrics", colon + 1, 1, 65535, &port, false, err, errlen) < 0)
+        return err_set(err, errlen, -EINVAL, "--metrics %s: the port must be a number from 1 to "
+                       "65535", s);
+    if (strcmp(host, "localhost") == 0) {
+        snprintf(o->metrics_host, sizeof(o->metrics_host), "127.0.0.1");
+    } else if (inet_pton(AF_INET, host, addr) == 1) {
+        if (addr[0] != 127)
+            goto not_loopback;
+        snprintf(o->metrics_host, sizeof(o->metrics_host), "%s", host);
+    } else if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+        host[strlen(host) - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, addr) != 1)
+            return err_set(err, errlen, -EINVAL, "--metrics %s: not an IPv6 address in brackets",
+                           s);
+        static const unsigned char loop6[16] = {[15] = 1};
+        if (memcmp(addr, loop6, 16) != 0)
+            goto not_loopback;
+        snprintf(o->metrics_host, sizeof(o->metrics_host), "%s", host + 1);
+    } else {
+        return err_set(err, errlen, -EINVAL, "--metrics %s: HOST must be localhost, an IPv4 "
+                       "address or an IPv6 address in brackets", s);
+    }
+    o->metrics_port = (unsigned)port;
+    return 0;
+not_loopback:
+    return err_set(err, errlen, -EINVAL, "--metrics %s: not a loopback address; the endpoint "
+                   "shows every user's sessions, so emad serves it on loopback (127.0.0.0/8, "
+                   "[::1]) or a Unix socket only", s);
+}
+
 int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env *env,
                char *err, size_t errlen)
 {
@@ -319,6 +397,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_queued_requests = 256;
     o->max_connections_per_uid = 64;
     o->hello_timeout_s = 10;
+    o->metrics_interval_s = OPTS_DEFAULT_METRICS_INTERVAL;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -473,6 +552,22 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             if ((rc = parse_uint("hello-timeout", optarg, 1, 3600, &v, false, err, errlen)) < 0)
                 return rc;
             o->hello_timeout_s = (unsigned)v;
+            break;
+        case OPT_METRICS:
+            o->metrics_path[0] = o->metrics_host[0] = '\0';
+            o->metrics_port = 0;
+            if ((rc = parse_metrics_address(o, optarg, err, errlen)) < 0)
+                return rc;
+            break;
+        case OPT_METRICS_TEXTFILE:
+            if (optarg[0] == '\0' || strlen(optarg) >= sizeof(o->metrics_textfile) - 32)
+                return err_set(err, errlen, -EINVAL, "--metrics-textfile: empty or too long path");
+            snprintf(o->metrics_textfile, sizeof(o->metrics_textfile), "%s", optarg);
+            break;
+        case OPT_METRICS_INTERVAL:
+            if ((rc = parse_uint("metrics-interval", optarg, 1, 3600, &v, false, err, errlen)) < 0)
+                return rc;
+            o->metrics_interval_s = (unsigned)v;
             break;
         case ':':
             return err_set(err, errlen, -EINVAL, "option %s needs an argument", argv[optind - 1]);

@@ -14,6 +14,8 @@
 
 /* --worker-nice: how far below emad's own priority the workers run. */
 #define OPTS_DEFAULT_WORKER_NICE 10
+/* --metrics-interval: seconds between two writes of --metrics-textfile. */
+#define OPTS_DEFAULT_METRICS_INTERVAL 15
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
@@ -56,6 +58,14 @@ struct emad_opts {
     unsigned max_queued_requests; /* operations queued or running per connection */
     unsigned max_connections_per_uid; /* root and emad's own uid are exempt */
     unsigned hello_timeout_s;   /* a connection without hello is closed after this */
+    /* Metrics outside the socket (docs/running.md "Metrics"). --metrics is
+     * either a Unix socket path (metrics_path) or a loopback address
+     * (metrics_host, numeric, and metrics_port); "" and 0 when off. */
+    char metrics_path[108];
+    char metrics_host[64];
+    unsigned metrics_port;
+    char metrics_textfile[PATH_MAX]; /* "" none */
+    unsigned metrics_interval_s;
 };
 
 enum opts_result { OPTS_RUN = 0, OPTS_HELP = 1, OPTS_VERSION = 2 };

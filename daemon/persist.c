@@ -4,6 +4,7 @@
  * that let a restarted emad take back the sessions of one that crashed,
  * and the start-up collection's question of whose a shadow is.
  */
+#include "metrics.h"
 #include "session_impl.h"
 
 #include "errbuf.h"
@@ -387,9 +388,12 @@ void journal_failed(struct session *s, const char *why)
 void journal_write(struct session *s)
 {
     char err[600];
+    int rc = journal_store(s, err, sizeof(err));
 
-    if (journal_store(s, err, sizeof(err)) < 0)
+    if (rc < 0)
         journal_failed(s, err);
+    if (s->reg->live_dir[0] != '\0')
+        metrics_file(s->reg->ctx->metrics, METRICS_FILE_JOURNAL, rc == 0, -1);
 }
 
 void journal_remove(struct session *s)

@@ -2,7 +2,7 @@
  * server.c - the connection layer of emad on libuv.
  */
 #include "server.h"
-
+#include "metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -608,6 +608,7 @@ static void conn_fail(struct peer *p, uint32_t msgid, const char *code, const ch
 
     log_debug(conn_log(c), "connection %llu: request %u: %s: %s", (unsigned long long)c->peer.id,
               msgid, code, log_escape(text, strlen(text), shown, sizeof(shown)));
+    metrics_error(c->srv->ctx->metrics, code);
     send_error(c, msgid, code, text);
 }
 

@@ -70,6 +70,8 @@ struct session {
     char shadow_name[64];
     struct shm_map shadow;
     double last_update_seconds;
+    double last_update_at;      /* unix time the last update completed (0: none yet) */
+    uint64_t last_update_batch; /* its batch */
     bool interrupted;          /* an update was cut short by a crash of emad */
     uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
                                   of the last ones are in the shadow header (recent) */

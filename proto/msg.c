@@ -222,6 +222,12 @@ const struct msg_desc msg_error_desc = DESC("error", struct msg_error, error_fie
 
 const struct msg_desc msg_empty_desc = {"empty", sizeof(struct msg_empty), NULL, 0};
 
+static const struct msg_field metrics_reply_fields[] = {
+    REQ(struct msg_metrics_reply, "text", MSG_STR, text),
+};
+const struct msg_desc msg_metrics_reply_desc =
+    DESC("metrics reply", struct msg_metrics_reply, metrics_reply_fields);
+
 static const struct msg_field saved_tensor_fields[] = {
     REQ(struct msg_saved_tensor, "name", MSG_STR, name),
     REQ(struct msg_saved_tensor, "dtype", MSG_STR, dtype),
@@ -253,10 +259,12 @@ const struct msg_desc msg_saved_state_desc =
     DESC("state file", struct msg_saved_state, saved_state_fields);
 
 const struct msg_desc *const msg_all_descs[] = {
-    &msg_hello_desc, &msg_hello_reply_desc, &msg_register_desc, &msg_register_reply_desc,
-    &msg_event_desc, &msg_action_desc, &msg_swap_desc, &msg_status_desc,
-    &msg_status_reply_desc, &msg_file_desc, &msg_file_reply_desc, &msg_close_desc,
-    &msg_drop_desc, &msg_error_desc, &msg_empty_desc, &msg_saved_state_desc, NULL,
+    &msg_hello_desc,          &msg_hello_reply_desc, &msg_register_desc,
+    &msg_register_reply_desc, &msg_event_desc,       &msg_action_desc,
+    &msg_swap_desc,           &msg_status_desc,      &msg_status_reply_desc,
+    &msg_file_desc,           &msg_file_reply_desc,  &msg_close_desc,
+    &msg_drop_desc,           &msg_error_desc,       &msg_empty_desc,
+    &msg_metrics_reply_desc,  &msg_saved_state_desc, NULL,
 };
 
 struct msg_str msg_str_c(const char *s)

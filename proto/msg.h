@@ -324,9 +324,14 @@ struct msg_saved_state {
     struct msg_table table;
 };
 
-/* An empty map, the result of close and drop. */
+/* An empty map, the result of close and drop (and the params of metrics). */
 struct msg_empty {
     char unused;
+};
+
+/* Extension: the result of metrics, the Prometheus text exposition. */
+struct msg_metrics_reply {
+    struct msg_str text;
 };
 
 extern const struct msg_desc msg_time_desc;
@@ -351,6 +356,7 @@ extern const struct msg_desc msg_close_desc;
 extern const struct msg_desc msg_drop_desc;
 extern const struct msg_desc msg_error_desc;
 extern const struct msg_desc msg_empty_desc;
+extern const struct msg_desc msg_metrics_reply_desc;
 extern const struct msg_desc msg_saved_tensor_desc;
 extern const struct msg_desc msg_saved_state_desc;
 

@@ -246,6 +246,7 @@ static void test_opts_usage_describes_every_option(void **state)
         "--worker-nice",     "--state-dir",       "--log-level",    "--log-file",    "--max-message",
         "--max-depth",       "--max-connections", "--max-sessions", "--max-tensors",
         "--max-pending",     "--max-pending-total", "--max-input-total", "--help",         "--version",     "EMAD_SOCKET",
+        "--metrics", "--metrics-textfile", "--metrics-interval",
         "XDG_RUNTIME_DIR",   "XDG_STATE_HOME", "/run/emad/emad.sock",
     };
     char *text = NULL;
@@ -470,6 +471,73 @@ static void test_opts_other_limits_have_bounds(void **state)
     parse_fails(&env, ARGS("--max-tensors", "0"), "--max-tensors", "out of range");
     parse_fails(&env, ARGS("--max-tensors", "4294967297"), "--max-tensors", "out of range");
     parse_fails(&env, ARGS("--max-tensors", "1M"), "--max-tensors", "1M");
+}
+
+/* --metrics serves every user's session names: loopback or a Unix socket only. */
+static void test_opts_metrics_address_is_loopback_or_a_path(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    char path[160];
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--state-dir", "/s"));
+    assert_string_equal(o.metrics_path, "");
+    assert_int_equal(o.metrics_port, 0);
+    assert_string_equal(o.metrics_textfile, "");
+    assert_int_equal(o.metrics_interval_s, OPTS_DEFAULT_METRICS_INTERVAL);
+    parse_ok(&o, &env, ARGS("--metrics", "127.0.0.1:9469"));
+    assert_string_equal(o.metrics_host, "127.0.0.1");
+    assert_int_equal(o.metrics_port, 9469);
+    assert_string_equal(o.metrics_path, "");
+    parse_ok(&o, &env, ARGS("--metrics", "localhost:1"));
+    assert_string_equal(o.metrics_host, "127.0.0.1");
+    assert_int_equal(o.metrics_port, 1);
+    parse_ok(&o, &env, ARGS("--metrics", "127.8.9.10:65535"));
+    assert_string_equal(o.metrics_host, "127.8.9.10");
+    parse_ok(&o, &env, ARGS("--metrics", "[::1]:9469"));
+    assert_string_equal(o.metrics_host, "::1");
+    /* The last one given counts: a path after an address turns the address off. */
+    parse_ok(&o, &env, ARGS("--metrics", "127.0.0.1:9469", "--metrics", "/run/emad/metrics.sock"));
+    assert_string_equal(o.metrics_path, "/run/emad/metrics.sock");
+    assert_int_equal(o.metrics_port, 0);
+    parse_ok(&o, &env, ARGS("--metrics", "./m.sock"));
+    assert_string_equal(o.metrics_path, "./m.sock");
+
+    parse_fails(&env, ARGS("--metrics", "0.0.0.0:9469"), "--metrics 0.0.0.0:9469",
+                "not a loopback address");
+    parse_fails(&env, ARGS("--metrics", "192.168.1.2:9469"), "192.168.1.2", "loopback");
+    parse_fails(&env, ARGS("--metrics", "[::]:9469"), "[::]:9469", "loopback");
+    parse_fails(&env, ARGS("--metrics", "example.com:9469"), "example.com", "HOST must be");
+    parse_fails(&env, ARGS("--metrics", "127.0.0.1"), "127.0.0.1", "HOST:PORT");
+    parse_fails(&env, ARGS("--metrics", ":9469"), ":9469", "HOST:PORT");
+    parse_fails(&env, ARGS("--metrics", "127.0.0.1:0"), "127.0.0.1:0", "1 to 65535");
+    parse_fails(&env, ARGS("--metrics", "127.0.0.1:65536"), "65536", "1 to 65535");
+    parse_fails(&env, ARGS("--metrics", "127.0.0.1:http"), "http", "1 to 65535");
+    parse_fails(&env, ARGS("--metrics", "[::1:9469"), "[::1", "HOST must be");
+    parse_fails(&env, ARGS("--metrics", "[zz]:9469"), "[zz]", "IPv6");
+    parse_fails(&env, ARGS("--metrics", repeat(path, 108, 'm', "/")), "--metrics",
+                "at most 107 bytes");
+}
+
+static void test_opts_metrics_textfile_and_interval(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    (void)state;
+
+    parse_ok(&o, &env,
+             ARGS("--metrics-textfile", "/var/lib/node_exporter/emad.prom", "--metrics-interval",
+                  "1"));
+    assert_string_equal(o.metrics_textfile, "/var/lib/node_exporter/emad.prom");
+    assert_int_equal(o.metrics_interval_s, 1);
+    parse_ok(&o, &env, ARGS("--metrics-interval", "3600"));
+    assert_int_equal(o.metrics_interval_s, 3600);
+    parse_fails(&env, ARGS("--metrics-interval", "0"), "--metrics-interval", "out of range");
+    parse_fails(&env, ARGS("--metrics-interval", "3601"), "--metrics-interval", "out of range");
+    parse_fails(&env, ARGS("--metrics-interval", "1.5"), "--metrics-interval", "1.5");
+    parse_fails(&env, ARGS("--metrics-interval", "-1"), "--metrics-interval", "-1");
+    parse_fails(&env, ARGS("--metrics-textfile", ""), "--metrics-textfile", "empty");
 }
 
 static void test_opts_allow_group_must_be_a_group_name(void **state)
@@ -797,6 +865,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_opts_defaults),
+        cmocka_unit_test(test_opts_metrics_address_is_loopback_or_a_path),
+        cmocka_unit_test(test_opts_metrics_textfile_and_interval),
         cmocka_unit_test(test_opts_default_socket_follows_the_protocol_order),
         cmocka_unit_test(test_opts_workers_default_to_online_cpus),
         cmocka_unit_test(test_opts_every_option_is_parsed),

@@ -36,6 +36,7 @@ struct bopts {
     uint64_t iters;                     /* --iters: round trips per measurement */
     uint64_t count;                     /* --count: tensors */
     uint64_t elems;                     /* --elems: elements per tensor, or a model size */
+    unsigned port;                      /* --port: emad's --metrics 127.0.0.1:PORT */
 };
 
 /* Subcommands (bench_update.c, bench_latency.c, bench_scale.c). */
@@ -49,6 +50,7 @@ int cmd_sessions(const struct bopts *o);
 int cmd_memory(const struct bopts *o);
 int cmd_register(const struct bopts *o);
 int cmd_hostile(const struct bopts *o);
+int cmd_metrics(const struct bopts *o); /* bench_metrics.c */
 
 static inline double now(void)
 {

@@ -28,13 +28,15 @@ static const struct {
     {"register", cmd_register, "register --count tensors of --elems, vs one tensor"},
     {"hostile", cmd_hostile, "round trips beside --count half-sent connections and a client "
                              "that never reads, vs emad idle"},
+    {"metrics", cmd_metrics, "no-op round trips while --port's /metrics is scraped 10 times "
+                             "a second, vs unscraped"},
 };
 
 static void usage(FILE *f)
 {
     fprintf(f, "Usage: emabench SUBCOMMAND --socket PATH [--workers N] [--dtypes f32,bf16]\n"
                "         [--sizes 1M,16M] [--counts 1,2,8] [--ks 0.5,1] [--budget ELEMS]\n"
-               "         [--seconds S] [--iters N] [--count N] [--elems N]\n"
+               "         [--seconds S] [--iters N] [--count N] [--elems N] [--port P]\n"
                "Talks to a running emad; prints one JSON record per line. Subcommands:\n");
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
         fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].help);
@@ -116,6 +118,8 @@ int main(int argc, char **argv)
             o.count = parse_elems(v);
         else if (strcmp(a, "--elems") == 0)
             o.elems = parse_elems(v);
+        else if (strcmp(a, "--port") == 0)
+            o.port = (unsigned)parse_elems(v);
         else {
             usage(stderr);
             return 2;

@@ -708,7 +708,7 @@ static void test_live_socket_and_regular_file_refuse_start(void **state)
 
 static void test_bad_command_lines_exit_2_with_a_message(void **state)
 {
-    char out[8192];
+    char out[16384]; /* --help is longer than 8 KiB */
     char longpath[200];
     (void)state;
 
@@ -723,12 +723,21 @@ static void test_bad_command_lines_exit_2_with_a_message(void **state)
     assert_int_equal(run_capture(badopt, NULL, out, sizeof(out)), 2);
     assert_non_null(strstr(out, "--workers"));
 
+    char *remote[] = {(char *)emad_bin(), "--metrics", "0.0.0.0:9469", NULL};
+    assert_int_equal(run_capture(remote, NULL, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--metrics 0.0.0.0:9469: not a loopback address"));
+    char *interval[] = {(char *)emad_bin(), "--metrics-interval", "0", NULL};
+    assert_int_equal(run_capture(interval, NULL, out, sizeof(out)), 2);
+    assert_non_null(strstr(out, "--metrics-interval 0: out of range (1 to 3600)"));
+
     char *help[] = {(char *)emad_bin(), "--help", NULL};
     assert_int_equal(run_capture(help, NULL, out, sizeof(out)), 0);
     assert_non_null(strstr(out, "--socket PATH"));
     assert_non_null(strstr(out, "NOTIFY_SOCKET"));
     assert_non_null(strstr(out, "--crash-exact"));
     assert_non_null(strstr(out, "one emad per directory"));
+    assert_non_null(strstr(out, "--metrics ADDRESS"));
+    assert_non_null(strstr(out, "--metrics-textfile PATH"));
 
     char *version[] = {(char *)emad_bin(), "--version", NULL};
     assert_int_equal(run_capture(version, NULL, out, sizeof(out)), 0);

@@ -25,8 +25,8 @@
 #include <cmocka.h>
 
 /* emactl's commands, as its table lists them. */
-static const char *const commands[] = {"status", "list", "show", "save",
-                                       "drop",   "top",  "gc",   "help"};
+static const char *const commands[] = {"status", "list", "show", "save",    "drop",
+                                       "top",    "gc",   "metrics", "help"};
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 /* ---- what a test made, for the teardown ---- */
@@ -401,8 +401,8 @@ static void test_emactl_errors_name_the_command_typed(void **state)
     assert_int_equal(ctl(out, sizeof(out), "show", "x", "--dry-run", NULL), 2);
     expect_in(out, "emactl: USAGE: show: --dry-run applies to gc only\n");
     assert_int_equal(ctl(out, sizeof(out), "help", "--json", NULL), 2);
-    expect_in(out, "emactl: USAGE: help: --json applies to status, list, show, save, drop, top "
-                   "and gc only\n");
+    expect_in(out, "emactl: USAGE: help: --json applies to status, list, show, save, drop, top, "
+                   "gc and metrics only\n");
 }
 
 static void test_emactl_unknown_command_lists_the_commands(void **state)
@@ -412,14 +412,14 @@ static void test_emactl_unknown_command_lists_the_commands(void **state)
 
     assert_int_equal(ctl(out, sizeof(out), "frobnicate", NULL), 2);
     assert_string_equal(out, "emactl: USAGE: unknown command \"frobnicate\"; the commands are "
-                             "status, list, show, save, drop, top, gc and help\n"
+                             "status, list, show, save, drop, top, gc, metrics and help\n"
                              "Try 'emactl --help'.\n");
     /* Options parsed before the command is known do not hide it. */
     assert_int_equal(ctl(out, sizeof(out), "--json", "frobnicate", "--dry-run", NULL), 2);
     expect_in(out, "emactl: USAGE: unknown command \"frobnicate\"");
     assert_int_equal(ctl(out, sizeof(out), "help", "frobnicate", NULL), 2);
     expect_in(out, "emactl: USAGE: help: unknown command \"frobnicate\"; the commands are "
-                   "status, list, show, save, drop, top, gc and help\n");
+                   "status, list, show, save, drop, top, gc, metrics and help\n");
     /* No command: the overview, on stderr, and a usage exit. */
     assert_int_equal(ctl(out, sizeof(out), NULL), 2);
     expect_in(out, "Usage: emactl ");

@@ -77,6 +77,30 @@ class ClientBasics(emadtest.EmadTestCase):
             else:
                 os.environ["EMAD_SOCKET"] = old
 
+    def test_metrics(self):
+        """Client.metrics(): the Prometheus text, counting the session's
+        updates; one label per session, with the owner's uid."""
+        d = self.daemon()
+        with emaclient.Client(d.sock, name="test") as c:
+            text = c.metrics()
+            self.assertIn("# TYPE emad_updates_total counter\n", text)
+            self.assertIn("\nemad_updates_total 0\n", text)
+            seg = emaclient.Segment([("w", "f32", 64)])
+            try:
+                s = c.register("m", seg, half_life="1ba")
+                for b in range(1, 4):
+                    s.event("batch_end", batch=b)
+                text = c.metrics()
+                self.assertIn("\nemad_updates_total 3\n", text)
+                self.assertIn('emad_session_last_update_batch{session="%d:m"} 3\n' % os.geteuid(),
+                              text)
+                s.close()
+            finally:
+                seg.destroy()
+        with self.assertRaises(emaclient.Error) as cm:
+            c.metrics()
+        self.assertEqual(cm.exception.code, "USAGE")
+
     def test_connect_error(self):
         d = self.daemon()
         with self.assertRaises(emaclient.Error) as cm:

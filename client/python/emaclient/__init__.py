@@ -43,6 +43,16 @@ SWAP_TRAIN = _lib.SWAP_TRAIN      #: the params hold the training weights
 SWAP_STASHED = _lib.SWAP_STASHED  #: the stash holds them, the params may be partly EMA
 SWAP_EMA = _lib.SWAP_EMA          #: the params hold the EMA weights, the stash the training ones
 
+# emac_metrics hands out text from libemaclient's malloc, which is the
+# process's C library's.
+_libc = ctypes.CDLL(None)
+_libc.free.argtypes = [ctypes.c_void_p]
+_libc.free.restype = None
+
+
+def _libc_free(p):
+    _libc.free(p)
+
 
 class Error(Exception):
     """A failure reported by emad or by libemaclient.
@@ -285,6 +295,18 @@ class Client:
         finally:
             lib.emac_status_free(st)
         return {"server": server, "sessions": sessions}
+
+    def metrics(self):
+        """emad's metrics in the Prometheus text exposition format (a str);
+        unless the caller is root, the per-session series are those of its
+        own sessions only (docs/running.md "Metrics")."""
+        text = ctypes.c_void_p()
+        err = _lib.EmacError()
+        _check(lib.emac_metrics(self._handle(), ctypes.byref(text), ctypes.byref(err)), err)
+        try:
+            return ctypes.string_at(text.value).decode("utf-8", "replace")
+        finally:
+            _libc_free(text)
 
     def session_state(self, session):
         """The current state of one session (a dict, as in status)."""

@@ -233,6 +233,7 @@ _PROTOTYPES = {
     "emac_status": (c_int, [client_p, c_char_p, POINTER(POINTER(EmacStatus)), err_p]),
     "emac_status_free": (None, [POINTER(EmacStatus)]),
     "emac_status_raw": (None, [POINTER(EmacStatus), POINTER(c_void_p), POINTER(c_size_t)]),
+    "emac_metrics": (c_int, [client_p, POINTER(c_void_p), err_p]),
 }
 
 # enum emac_action, in the header's order.
