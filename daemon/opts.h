@@ -34,6 +34,7 @@ struct emad_opts {
     unsigned workers;           /* worker threads */
     unsigned worker_nice;       /* nice levels the workers run below emad (0-19) */
     bool crash_exact;           /* log updates so that one cut short by a crash is redone exactly */
+    unsigned stall_factor;      /* a session is stalled after this many usual intervals (0 off) */
     char state_dir[PATH_MAX];   /* where save/load put files */
     enum log_level log_level;
     char log_file[PATH_MAX];    /* "" means stderr */
