@@ -236,6 +236,19 @@ static void test_nonfinite_params_are_skipped_and_reported(void **state)
     assert_true(file_contains(d.log, "3 non-finite param elements (NaN or Inf), the first in "
                                      "tensor \"h\""));
 
+    /* emactl show, in words and in JSON. */
+    char out[16384];
+    char *show[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "health", NULL};
+    char *json[] = {(char *)emactl_bin(), "--socket", d.sock, "--json", "show", "health", NULL};
+    assert_int_equal(run_capture(show, NULL, out, sizeof(out)), 0);
+    expect_in(out, "alarms           nonfinite\n");
+    expect_in(out, "non-finite       3 param elements in 1 updates; the last at update");
+    expect_in(out, "the first in tensor \"h\"");
+    assert_int_equal(run_capture(json, NULL, out, sizeof(out)), 0);
+    expect_in(out, "\"alarms\": [\n      \"nonfinite\"\n    ]");
+    expect_in(out, "\"nonfinite_total\": 3");
+    expect_in(out, "\"tensor\": \"h\"");
+
     /* Clean params again: the alarm goes, the record of the last one stays. */
     hp[3] = hp[4];
     hp[514] = hp[513];
