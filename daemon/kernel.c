@@ -702,13 +702,48 @@ AVX2_INLINE double avx2_sum_pd(__m256d v)
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
+/* One step of 8: the update, and the health lanes into *sq, *bad and *same. */
+AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, size_t i, __m256 vc,
+                                  bool from_param, float *restrict u, bool save, bool skip,
+                                  int kind, __m256 *sq, __m256i *bad, __m256i *same)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 vs = _mm256_loadu_ps(s + i);
+    __m256 vx = avx2_load_param(x, i, kind);
+    __m256 d = _mm256_sub_ps(vx, vs);
+    __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
+    __m256 df, r;
+    if (skip && !from_param) {
+        /* s + w * -0 is s bit for bit, -0 included: the masked d skips the element and
+         * drops out of the squares with one blend. */
+        df = _mm256_blendv_ps(d, _mm256_set1_ps(-0.0f), nf);
+        r = _mm256_fmadd_ps(vc, df, vs);
+    } else {
+        r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
+        if (skip)
+            r = _mm256_blendv_ps(r, vs, nf);
+        df = _mm256_andnot_ps(nf, d);
+    }
+    if (save)
+        _mm256_storeu_ps(u + i, vs);
+    _mm256_storeu_ps(s + i, r);
+    *sq = _mm256_fmadd_ps(df, df, *sq);
+    *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
+    *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                       _mm256_castps_si256(vs)));
+}
+
+/*
+ * Four steps a turn, each summing its squares into its own register: one chain of dependent
+ * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
+ * plain update on data in the cache, and slower than memory for 16-bit params.
+ */
 AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,
                                   float c, bool from_param, float *restrict u, bool save,
                                   bool skip, int kind, struct kernel_health *h)
 {
     const __m256 vc = _mm256_set1_ps(c);
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    const __m256 inf = _mm256_set1_ps(INFINITY);
     __m256d acc = _mm256_setzero_pd();
     __m256i same = _mm256_set1_epi32(-1);
     uint64_t bad_total = 0;
@@ -717,25 +752,20 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
     while (n - i >= 8) {
         size_t left = (n - i) & ~(size_t)7;
         size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
-        __m256 sq = _mm256_setzero_ps();
+        __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
         __m256i bad = _mm256_setzero_si256();
-        for (; i < end; i += 8) {
-            __m256 vs = _mm256_loadu_ps(s + i);
-            __m256 vx = avx2_load_param(x, i, kind);
-            __m256 d = _mm256_sub_ps(vx, vs);
-            __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
-            __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
-            if (save)
-                _mm256_storeu_ps(u + i, vs);
-            if (skip)
-                r = _mm256_blendv_ps(r, vs, nf);
-            _mm256_storeu_ps(s + i, r);
-            __m256 df = _mm256_andnot_ps(nf, d);
-            sq = _mm256_fmadd_ps(df, df, sq);
-            bad = _mm256_sub_epi32(bad, _mm256_castps_si256(nf));
-            same = _mm256_and_si256(same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
-                                                             _mm256_castps_si256(vs)));
+        for (; i + 32 <= end; i += 32) {
+            avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, &bad, &same);
+            avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, &bad,
+                             &same);
+            avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, &bad,
+                             &same);
+            avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, &bad,
+                             &same);
         }
+        for (; i < end; i += 8)
+            avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, &bad, &same);
+        __m256 sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
         bad_total += avx2_sum_u32(bad);
@@ -794,41 +824,53 @@ AVX2_TARGET static void avx2_update_f16_health(float *restrict s, const uint16_t
     avx2_health(s, x, n, w, u, skip, PARAM_F16, h);
 }
 
-/* f64: four lanes, and the squares in double from the start. */
+/* f64: four lanes, and the squares in double from the start; four chains, as for f32. */
+AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict x, size_t i,
+                                      __m256d vc, bool from_param, double *restrict u, bool save,
+                                      bool skip, __m256d *sq, __m256i *bad, __m256i *same)
+{
+    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
+    const __m256d inf = _mm256_set1_pd(INFINITY);
+    __m256d vs = _mm256_loadu_pd(s + i);
+    __m256d vx = _mm256_loadu_pd(x + i);
+    __m256d d = _mm256_sub_pd(vx, vs);
+    __m256d nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);
+    __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
+    if (save)
+        _mm256_storeu_pd(u + i, vs);
+    if (skip)
+        r = _mm256_blendv_pd(r, vs, nf);
+    _mm256_storeu_pd(s + i, r);
+    __m256d df = _mm256_andnot_pd(nf, d);
+    *sq = _mm256_fmadd_pd(df, df, *sq);
+    *bad = _mm256_sub_epi64(*bad, _mm256_castpd_si256(nf));
+    *same = _mm256_and_si256(*same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
+                                                       _mm256_castpd_si256(vs)));
+}
+
 AVX2_INLINE void avx2_health_f64_loop(double *restrict s, const double *restrict x, size_t n,
                                       double w, double c, bool from_param, double *restrict u,
                                       bool save, bool skip, struct kernel_health *h)
 {
     const __m256d vc = _mm256_set1_pd(c);
-    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
-    const __m256d inf = _mm256_set1_pd(INFINITY);
-    __m256d sq = _mm256_setzero_pd();
+    __m256d sq0 = _mm256_setzero_pd(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
     __m256i bad = _mm256_setzero_si256();
     __m256i same = _mm256_set1_epi64x(-1);
     size_t i = 0;
 
-    for (; i + 4 <= n; i += 4) {
-        __m256d vs = _mm256_loadu_pd(s + i);
-        __m256d vx = _mm256_loadu_pd(x + i);
-        __m256d d = _mm256_sub_pd(vx, vs);
-        __m256d nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);
-        __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
-        if (save)
-            _mm256_storeu_pd(u + i, vs);
-        if (skip)
-            r = _mm256_blendv_pd(r, vs, nf);
-        _mm256_storeu_pd(s + i, r);
-        __m256d df = _mm256_andnot_pd(nf, d);
-        sq = _mm256_fmadd_pd(df, df, sq);
-        bad = _mm256_sub_epi64(bad, _mm256_castpd_si256(nf));
-        same = _mm256_and_si256(same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
-                                                         _mm256_castpd_si256(vs)));
+    for (; i + 16 <= n; i += 16) {
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq0, &bad, &same);
+        avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq1, &bad, &same);
+        avx2_health_f64_step(s, x, i + 8, vc, from_param, u, save, skip, &sq2, &bad, &same);
+        avx2_health_f64_step(s, x, i + 12, vc, from_param, u, save, skip, &sq3, &bad, &same);
     }
+    for (; i + 4 <= n; i += 4)
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq0, &bad, &same);
     uint64_t b[4];
     _mm256_storeu_si256((__m256i *)b, bad);
     h->elems += i;
     h->nonfinite += b[0] + b[1] + b[2] + b[3];
-    h->sumsq += avx2_sum_pd(sq);
+    h->sumsq += avx2_sum_pd(_mm256_add_pd(_mm256_add_pd(sq0, sq1), _mm256_add_pd(sq2, sq3)));
     if (_mm256_movemask_epi8(same) != -1)
         h->changed = true;
     for (; i < n; i++)

@@ -191,6 +191,12 @@ static void fixture_make(struct fixture *f, enum dtype dt, size_t n, size_t off,
         if (bad) {
             put_nonfinite(dt, f->param, i, (unsigned)(r >> 32));
             f->nbad++;
+            if ((r >> 40) & 1) { /* -0 must keep its sign bit when skipped */
+                if (dt == DTYPE_F64)
+                    ((double *)f->shadow.data)[i] = -0.0;
+                else
+                    ((float *)f->shadow.data)[i] = -0.0f;
+            }
         } else {
             put_param(dt, f->param, i, ordinary(&rng));
         }
