@@ -705,7 +705,7 @@ AVX2_INLINE double avx2_sum_pd(__m256d v)
 /* One step of 8: the update, and the health lanes into *sq, *bad and *same. */
 AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, size_t i, __m256 vc,
                                   bool from_param, float *restrict u, bool save, bool skip,
-                                  int kind, __m256 *sq, __m256i *bad, __m256i *same)
+                                  int kind, __m256 *sq, __m256i *bad, __m256i *same, bool track)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
@@ -730,14 +730,39 @@ AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, siz
     _mm256_storeu_ps(s + i, r);
     *sq = _mm256_fmadd_ps(df, df, *sq);
     *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
-    *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
-                                                       _mm256_castps_si256(vs)));
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                           _mm256_castps_si256(vs)));
+}
+
+/* The steps of one block, [i, end): four a turn, then one at a time. */
+AVX2_INLINE size_t avx2_health_block(float *restrict s, const void *restrict x, size_t i,
+                                     size_t end, __m256 vc, bool from_param, float *restrict u,
+                                     bool save, bool skip, int kind, __m256 *sq, __m256i *bad,
+                                     __m256i *same, bool track)
+{
+    __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
+    for (; i + 32 <= end; i += 32) {
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
+        avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, bad, same,
+                         track);
+        avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, bad, same,
+                         track);
+        avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, bad, same,
+                         track);
+    }
+    for (; i < end; i += 8)
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
+    *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
+    return i;
 }
 
 /*
  * Four steps a turn, each summing its squares into its own register: one chain of dependent
  * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
- * plain update on data in the cache, and slower than memory for 16-bit params.
+ * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
+ * shadow changed is only tracked until a block finds that it did (in training, the first
+ * block): the blocks after it run without the compare.
  */
 AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,
                                   float c, bool from_param, float *restrict u, bool save,
@@ -746,26 +771,23 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
     const __m256 vc = _mm256_set1_ps(c);
     __m256d acc = _mm256_setzero_pd();
     __m256i same = _mm256_set1_epi32(-1);
+    bool changed = false;
     uint64_t bad_total = 0;
     size_t i = 0;
 
     while (n - i >= 8) {
         size_t left = (n - i) & ~(size_t)7;
         size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
-        __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
+        __m256 sq;
         __m256i bad = _mm256_setzero_si256();
-        for (; i + 32 <= end; i += 32) {
-            avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, &bad, &same);
-            avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, &bad,
-                             &same);
-            avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, &bad,
-                             &same);
-            avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, &bad,
-                             &same);
+        if (changed) {
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
+                                  &same, false);
+        } else {
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
+                                  &same, true);
+            changed = _mm256_movemask_epi8(same) != -1;
         }
-        for (; i < end; i += 8)
-            avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, &bad, &same);
-        __m256 sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
         bad_total += avx2_sum_u32(bad);
@@ -773,7 +795,7 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
     h->elems += i;
     h->nonfinite += bad_total;
     h->sumsq += avx2_sum_pd(acc);
-    if (_mm256_movemask_epi8(same) != -1)
+    if (changed)
         h->changed = true;
     for (; i < n; i++)
         health_1_f32(s + i, avx2_param_1(x, i, kind), w, save ? u + i : NULL, skip, h);
@@ -827,7 +849,8 @@ AVX2_TARGET static void avx2_update_f16_health(float *restrict s, const uint16_t
 /* f64: four lanes, and the squares in double from the start; four chains, as for f32. */
 AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict x, size_t i,
                                       __m256d vc, bool from_param, double *restrict u, bool save,
-                                      bool skip, __m256d *sq, __m256i *bad, __m256i *same)
+                                      bool skip, __m256d *sq, __m256i *bad, __m256i *same,
+                                      bool track)
 {
     const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
     const __m256d inf = _mm256_set1_pd(INFINITY);
@@ -844,8 +867,29 @@ AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict
     __m256d df = _mm256_andnot_pd(nf, d);
     *sq = _mm256_fmadd_pd(df, df, *sq);
     *bad = _mm256_sub_epi64(*bad, _mm256_castpd_si256(nf));
-    *same = _mm256_and_si256(*same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
-                                                       _mm256_castpd_si256(vs)));
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
+                                                           _mm256_castpd_si256(vs)));
+}
+
+/* [i, end) of an f64 tensor, four steps a turn, into sq[4]. */
+AVX2_INLINE size_t avx2_health_f64_block(double *restrict s, const double *restrict x, size_t i,
+                                         size_t end, __m256d vc, bool from_param,
+                                         double *restrict u, bool save, bool skip, __m256d *sq,
+                                         __m256i *bad, __m256i *same, bool track)
+{
+    for (; i + 16 <= end; i += 16) {
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
+        avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq[1], bad, same,
+                             track);
+        avx2_health_f64_step(s, x, i + 8, vc, from_param, u, save, skip, &sq[2], bad, same,
+                             track);
+        avx2_health_f64_step(s, x, i + 12, vc, from_param, u, save, skip, &sq[3], bad, same,
+                             track);
+    }
+    for (; i < end; i += 4)
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
+    return i;
 }
 
 AVX2_INLINE void avx2_health_f64_loop(double *restrict s, const double *restrict x, size_t n,
@@ -853,25 +897,33 @@ AVX2_INLINE void avx2_health_f64_loop(double *restrict s, const double *restrict
                                       bool save, bool skip, struct kernel_health *h)
 {
     const __m256d vc = _mm256_set1_pd(c);
-    __m256d sq0 = _mm256_setzero_pd(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
+    __m256d sq[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                     _mm256_setzero_pd()};
     __m256i bad = _mm256_setzero_si256();
     __m256i same = _mm256_set1_epi64x(-1);
+    bool changed = false;
     size_t i = 0;
 
-    for (; i + 16 <= n; i += 16) {
-        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq0, &bad, &same);
-        avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq1, &bad, &same);
-        avx2_health_f64_step(s, x, i + 8, vc, from_param, u, save, skip, &sq2, &bad, &same);
-        avx2_health_f64_step(s, x, i + 12, vc, from_param, u, save, skip, &sq3, &bad, &same);
+    /* Blocks only to stop comparing once a change is found, as for f32. */
+    while (n - i >= 4) {
+        size_t left = (n - i) & ~(size_t)3;
+        size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
+        if (changed) {
+            i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
+                                      &same, false);
+        } else {
+            i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
+                                      &same, true);
+            changed = _mm256_movemask_epi8(same) != -1;
+        }
     }
-    for (; i + 4 <= n; i += 4)
-        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq0, &bad, &same);
     uint64_t b[4];
     _mm256_storeu_si256((__m256i *)b, bad);
     h->elems += i;
     h->nonfinite += b[0] + b[1] + b[2] + b[3];
-    h->sumsq += avx2_sum_pd(_mm256_add_pd(_mm256_add_pd(sq0, sq1), _mm256_add_pd(sq2, sq3)));
-    if (_mm256_movemask_epi8(same) != -1)
+    h->sumsq += avx2_sum_pd(_mm256_add_pd(_mm256_add_pd(sq[0], sq[1]),
+                                          _mm256_add_pd(sq[2], sq[3])));
+    if (changed)
         h->changed = true;
     for (; i < n; i++)
         health_1_f64(s + i, x[i], w, save ? u + i : NULL, skip, h);

@@ -379,6 +379,32 @@ static void test_health_changed_is_false_for_updates_that_change_nothing(void **
                     buf_check_free(&sh);
                 }
             }
+    /* Past the first blocks (the vector loops stop comparing once a block found a change):
+     * one moved element far in, or none. */
+    for (size_t o = 0; o < nops; o++)
+        for (size_t d = 0; d < ARRAY_LEN(float_dts); d++)
+            for (size_t moved = 0; moved <= 4000; moved += 3001) {
+                size_t n = 5003, ssz = dtype_size(dtype_shadow(float_dts[d]));
+                struct buf sh = buf_new(n, ssz, 0);
+                void *pa = malloc(n * 8);
+                for (size_t i = 0; i < n; i++) {
+                    if (float_dts[d] == DTYPE_F64)
+                        ((double *)sh.data)[i] = 1.0;
+                    else
+                        ((float *)sh.data)[i] = 1.0f;
+                    put_param(float_dts[d], pa, i, i == moved && moved ? 60000.0 : 1.0078125);
+                }
+                struct kernel_health h = {0};
+                double sm = float_dts[d] == DTYPE_F64 ? 1.0 - ldexp(1.0, -50) : 1.0 - 1e-9;
+                assert_int_equal(kernel_update_health(ops[o], float_dts[d], sh.data, pa, n, sm,
+                                                      NULL, true, &h),
+                                 0);
+                if (h.changed != (moved != 0))
+                    fail_msg("%s %s: changed %d with element %zu moved", ops[o]->name,
+                             dtype_name(float_dts[d]), h.changed, moved);
+                free(pa);
+                buf_check_free(&sh);
+            }
 }
 
 /* Calls add up: two halves give the counts and the flag of one call, so per-chunk results can be
