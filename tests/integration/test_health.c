@@ -183,14 +183,13 @@ static bool has_alarm(const struct emac_health *h, const char *name)
 /* A trainer writes NaN and Inf into two tensors (in a vector, in the tail, at the start): the
  * reply and status name the first, the log too; those shadow elements keep their bits, every
  * other element is updated bit-exact; the next clean update clears the alarm. */
-static void test_nonfinite_params_are_skipped_and_reported(void **state)
+static void nonfinite_params_are_skipped_and_reported(const char *option)
 {
     struct daemon d;
     struct emac_status *st;
     const char *tensor = "x";
-    (void)state;
 
-    start(&d, NULL);
+    start(&d, option);
     emac_client *c = client_connect(&d, "test_health");
     emac_session *s = setup(c, "health", 0.5, NULL, true);
     event_at(s, "batch_end", 1); /* the start */
@@ -265,6 +264,19 @@ static void test_nonfinite_params_are_skipped_and_reported(void **state)
     emac_session_free(s);
     emac_disconnect(c);
     daemon_stop(&d);
+}
+
+static void test_nonfinite_params_are_skipped_and_reported(void **state)
+{
+    (void)state;
+    nonfinite_params_are_skipped_and_reported(NULL);
+}
+
+/* The same through the crash-exact path (the kernels save each old value as they go). */
+static void test_nonfinite_params_are_skipped_with_crash_exact(void **state)
+{
+    (void)state;
+    nonfinite_params_are_skipped_and_reported("--crash-exact");
 }
 
 /* on_nonfinite "apply": the NaN goes into the shadow, and the next update's distance is NaN:
@@ -396,6 +408,7 @@ int main(void)
 #define TEST(f) cmocka_unit_test_teardown(f, teardown)
     const struct CMUnitTest tests[] = {
         TEST(test_nonfinite_params_are_skipped_and_reported),
+        TEST(test_nonfinite_params_are_skipped_with_crash_exact),
         TEST(test_apply_policy_poisons_the_shadow),
         TEST(test_noop_updates_are_flagged),
         TEST(test_stalled_session_is_flagged_and_cleared),
