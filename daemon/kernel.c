@@ -705,22 +705,16 @@ AVX2_INLINE double avx2_sum_pd(__m256d v)
 /* One step of 8: the update, and the health lanes into *sq, *bad and *same. */
 AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, size_t i, __m256 vc,
                                   bool from_param, float *restrict u, bool save, bool skip,
-                                  int kind, __m256 *sq, __m256i *bad, __m256i *same, bool track,
-                                  bool clean)
+                                  int kind, __m256 *sq, __m256i *bad, __m256i *same, bool track)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
     __m256 vs = _mm256_loadu_ps(s + i);
     __m256 vx = avx2_load_param(x, i, kind);
     __m256 d = _mm256_sub_ps(vx, vs);
-    __m256 nf = _mm256_setzero_ps();
+    __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
     __m256 df, r;
-    if (!clean)
-        nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
-    if (clean) { /* every param of the block is finite: the plain update */
-        r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
-        df = d;
-    } else if (skip && !from_param) {
+    if (skip && !from_param) {
         /* s + w * -0 is s bit for bit, -0 included: the masked d skips the element and
          * drops out of the squares with one blend. */
         df = _mm256_blendv_ps(d, _mm256_set1_ps(-0.0f), nf);
@@ -735,8 +729,7 @@ AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, siz
         _mm256_storeu_ps(u + i, vs);
     _mm256_storeu_ps(s + i, r);
     *sq = _mm256_fmadd_ps(df, df, *sq);
-    if (!clean)
-        *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
+    *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
     if (track)
         *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
                                                            _mm256_castps_si256(vs)));
@@ -746,63 +739,22 @@ AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, siz
 AVX2_INLINE size_t avx2_health_block(float *restrict s, const void *restrict x, size_t i,
                                      size_t end, __m256 vc, bool from_param, float *restrict u,
                                      bool save, bool skip, int kind, __m256 *sq, __m256i *bad,
-                                     __m256i *same, bool track, bool clean)
+                                     __m256i *same, bool track)
 {
     __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
     for (; i + 32 <= end; i += 32) {
-        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track,
-                         clean);
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
         avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, bad, same,
-                         track, clean);
+                         track);
         avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, bad, same,
-                         track, clean);
+                         track);
         avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, bad, same,
-                         track, clean);
+                         track);
     }
     for (; i < end; i += 8)
-        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track,
-                         clean);
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
     *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
     return i;
-}
-
-/*
- * Whether every param of [i, end) (a multiple of 8 elements) is finite, read ahead of the
- * block's update (which then finds the params in L1): x * 0 is NaN exactly for a NaN or
- * infinite x, and a NaN stays in a sum, so f32 takes one FMA per 8 elements (four sums, to
- * hide its latency); 16-bit params compare their magnitudes with the largest finite one, 16
- * at a time. A block with none runs the plain update and the squares alone.
- */
-AVX2_INLINE bool avx2_block_finite(const void *x, size_t i, size_t end, int kind)
-{
-    if (kind == PARAM_F32) {
-        const float *p = x;
-        const __m256 zero = _mm256_setzero_ps();
-        __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-        for (; i + 32 <= end; i += 32) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), zero, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i + 8), zero, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i + 16), zero, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i + 24), zero, a3);
-        }
-        for (; i < end; i += 8)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), zero, a0);
-        __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-        return _mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)) == 0;
-    }
-    const uint16_t *h = x;
-    const __m256i absm = _mm256_set1_epi16(0x7fff);
-    const __m256i top = _mm256_set1_epi16(kind == PARAM_BF16 ? 0x7f7f : 0x7bff);
-    __m256i m = _mm256_setzero_si256();
-    for (; i + 16 <= end; i += 16)
-        m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(h + i)),
-                                                 absm));
-    if (i < end) {
-        __m128i t = _mm_and_si128(_mm_loadu_si128((const __m128i *)(h + i)),
-                                  _mm256_castsi256_si128(absm));
-        m = _mm256_max_epu16(m, _mm256_set_m128i(_mm_setzero_si128(), t));
-    }
-    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(m, top), top)) == -1;
 }
 
 /*
@@ -828,20 +780,14 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
         size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
         __m256 sq;
         __m256i bad = _mm256_setzero_si256();
-        bool clean = avx2_block_finite(x, i, end, kind);
-        if (changed && clean)
+        if (changed) {
             i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, false, true);
-        else if (changed)
+                                  &same, false);
+        } else {
             i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, false, false);
-        else if (clean)
-            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, true, true);
-        else
-            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, true, false);
-        changed = changed || _mm256_movemask_epi8(same) != -1;
+                                  &same, true);
+            changed = _mm256_movemask_epi8(same) != -1;
+        }
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
         bad_total += avx2_sum_u32(bad);
@@ -904,26 +850,23 @@ AVX2_TARGET static void avx2_update_f16_health(float *restrict s, const uint16_t
 AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict x, size_t i,
                                       __m256d vc, bool from_param, double *restrict u, bool save,
                                       bool skip, __m256d *sq, __m256i *bad, __m256i *same,
-                                      bool track, bool clean)
+                                      bool track)
 {
     const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
     const __m256d inf = _mm256_set1_pd(INFINITY);
     __m256d vs = _mm256_loadu_pd(s + i);
     __m256d vx = _mm256_loadu_pd(x + i);
     __m256d d = _mm256_sub_pd(vx, vs);
-    __m256d nf = _mm256_setzero_pd();
-    if (!clean)
-        nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);
+    __m256d nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);
     __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
     if (save)
         _mm256_storeu_pd(u + i, vs);
-    if (skip && !clean)
+    if (skip)
         r = _mm256_blendv_pd(r, vs, nf);
     _mm256_storeu_pd(s + i, r);
-    __m256d df = clean ? d : _mm256_andnot_pd(nf, d);
+    __m256d df = _mm256_andnot_pd(nf, d);
     *sq = _mm256_fmadd_pd(df, df, *sq);
-    if (!clean)
-        *bad = _mm256_sub_epi64(*bad, _mm256_castpd_si256(nf));
+    *bad = _mm256_sub_epi64(*bad, _mm256_castpd_si256(nf));
     if (track)
         *same = _mm256_and_si256(*same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
                                                            _mm256_castpd_si256(vs)));
@@ -933,39 +876,20 @@ AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict
 AVX2_INLINE size_t avx2_health_f64_block(double *restrict s, const double *restrict x, size_t i,
                                          size_t end, __m256d vc, bool from_param,
                                          double *restrict u, bool save, bool skip, __m256d *sq,
-                                         __m256i *bad, __m256i *same, bool track, bool clean)
+                                         __m256i *bad, __m256i *same, bool track)
 {
     for (; i + 16 <= end; i += 16) {
-        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track,
-                             clean);
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
         avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq[1], bad, same,
-                             track, clean);
+                             track);
         avx2_health_f64_step(s, x, i + 8, vc, from_param, u, save, skip, &sq[2], bad, same,
-                             track, clean);
+                             track);
         avx2_health_f64_step(s, x, i + 12, vc, from_param, u, save, skip, &sq[3], bad, same,
-                             track, clean);
+                             track);
     }
     for (; i < end; i += 4)
-        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track,
-                             clean);
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
     return i;
-}
-
-/* avx2_block_finite for f64: x * 0 summed, four sums. */
-AVX2_INLINE bool avx2_block_finite_f64(const double *x, size_t i, size_t end)
-{
-    const __m256d zero = _mm256_setzero_pd();
-    __m256d a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-    for (; i + 16 <= end; i += 16) {
-        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i), zero, a0);
-        a1 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i + 4), zero, a1);
-        a2 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i + 8), zero, a2);
-        a3 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i + 12), zero, a3);
-    }
-    for (; i < end; i += 4)
-        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(x + i), zero, a0);
-    __m256d a = _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3));
-    return _mm256_movemask_pd(_mm256_cmp_pd(a, a, _CMP_UNORD_Q)) == 0;
 }
 
 AVX2_INLINE void avx2_health_f64_loop(double *restrict s, const double *restrict x, size_t n,
@@ -980,25 +904,18 @@ AVX2_INLINE void avx2_health_f64_loop(double *restrict s, const double *restrict
     bool changed = false;
     size_t i = 0;
 
-    /* Blocks as for f32: finite ones run the plain update, and the compare stops once a
-     * change is found. */
+    /* Blocks only to stop comparing once a change is found, as for f32. */
     while (n - i >= 4) {
         size_t left = (n - i) & ~(size_t)3;
         size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
-        bool clean = avx2_block_finite_f64(x, i, end);
-        if (changed && clean)
+        if (changed) {
             i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
-                                      &same, false, true);
-        else if (changed)
+                                      &same, false);
+        } else {
             i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
-                                      &same, false, false);
-        else if (clean)
-            i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
-                                      &same, true, true);
-        else
-            i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
-                                      &same, true, false);
-        changed = changed || _mm256_movemask_epi8(same) != -1;
+                                      &same, true);
+            changed = _mm256_movemask_epi8(same) != -1;
+        }
     }
     uint64_t b[4];
     _mm256_storeu_si256((__m256i *)b, bad);
