@@ -246,7 +246,8 @@ void registry_health_tick(struct registry *r, uint64_t now_ns)
     double factor = (double)r->ctx->opts->stall_factor;
 
     for (struct session *s = r->head; s != NULL; s = s->next) {
-        if (!health_check_stall(&s->health, s->owner != NULL, now_ns, factor))
+        /* Working on a request is not stalling: a long update or save ends with a reply. */
+        if (s->busy || !health_check_stall(&s->health, s->owner != NULL, now_ns, factor))
             continue;
         log_warn(reg_log(r), "session %s: stalled: no update for %.1f s while its trainer "
                  "(pid %ld) is attached; its usual interval is %.3f s (--stall-factor %g)",

@@ -396,9 +396,9 @@ static void test_health_changed_is_false_for_updates_that_change_nothing(void **
                 }
                 struct kernel_health h = {0};
                 double sm = float_dts[d] == DTYPE_F64 ? 1.0 - ldexp(1.0, -50) : 1.0 - 1e-9;
-                assert_int_equal(kernel_update_health(ops[o], float_dts[d], sh.data, pa, n, sm,
-                                                      NULL, true, &h),
-                                 0);
+                assert_int_equal(
+                    kernel_update_health(ops[o], float_dts[d], sh.data, pa, n, sm, NULL, true, &h),
+                    0);
                 if (h.changed != (moved != 0))
                     fail_msg("%s %s: changed %d with element %zu moved", ops[o]->name,
                              dtype_name(float_dts[d]), h.changed, moved);
