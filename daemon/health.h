@@ -18,8 +18,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* --stall-factor's default: stalled after ten usual intervals without an update. */
-#define HEALTH_STALL_FACTOR_DEFAULT 10.0
 /* A session is never stalled before this many seconds without an update, however fast its
  * updates came: the check runs once a second, and a pause of a second is no news. */
 #define HEALTH_STALL_MIN_SECONDS 2.0

@@ -327,7 +327,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_queued_requests = 256;
     o->max_connections_per_uid = 64;
     o->hello_timeout_s = 10;
-    o->stall_factor = 10;
+    o->stall_factor = OPTS_DEFAULT_STALL_FACTOR;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;

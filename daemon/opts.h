@@ -14,6 +14,8 @@
 
 /* --worker-nice: how far below emad's own priority the workers run. */
 #define OPTS_DEFAULT_WORKER_NICE 10
+/* --stall-factor: a session is stalled after this many usual intervals without an update. */
+#define OPTS_DEFAULT_STALL_FACTOR 10
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
