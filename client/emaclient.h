@@ -235,6 +235,15 @@ struct emac_config {
     const char *ema_start;       /* "100ba", "1ep", "0.25dur"; default "0.0dur" */
 };
 
+/* register's health options (docs/protocol.md "register"), for emac_register_health; every
+ * field is optional (NULL / false: emad's default). */
+struct emac_health_config {
+    const char *on_nonfinite; /* "skip" (default): a NaN or Inf param element leaves its shadow
+                                 element as it was; "apply": it is averaged in like any other */
+    bool has_health;          /* send health */
+    bool health;              /* false: no health signals for this session */
+};
+
 /* One session, as status and register report it (docs/protocol.md "Methods"). */
 struct emac_session_info {
     const char *session;
@@ -283,6 +292,10 @@ struct emac_shadow {
 int emac_register(emac_client *c, const char *session, emac_segment *seg,
                   const struct emac_config *cfg, bool resume, emac_session **out,
                   struct emac_error *err);
+/* emac_register with health options (hcfg may be NULL: emad's defaults). */
+int emac_register_health(emac_client *c, const char *session, emac_segment *seg,
+                         const struct emac_config *cfg, const struct emac_health_config *hcfg,
+                         bool resume, emac_session **out, struct emac_error *err);
 /* Release the handle and unmap the shadow, without telling emad (use
  * emac_close for that; a session left unclosed stays in emad, detached).
  * NULL is allowed. */
@@ -401,6 +414,12 @@ int emac_load(emac_client *c, const char *session, const char *name, struct emac
 /* Remove a detached session and its shadow. */
 int emac_drop(emac_client *c, const char *session, struct emac_error *err);
 
+/* The NaN or Inf param elements the last update of s that was answered found (0: none or
+ * not an update), and in *tensor (may be NULL) the first tensor, in the segment's order, that
+ * had one (NULL when none); valid until the next event of s. On on_nonfinite "skip" their
+ * shadow elements were left as they were (docs/running.md "Health"). */
+uint64_t emac_session_nonfinite(const emac_session *s, const char **tensor);
+
 /* ---- Status ---- */
 
 struct emac_status {
@@ -421,11 +440,37 @@ struct emac_status {
     struct emac_session_info *session_list;
 };
 
+/* A session's health signals, as status reports them (docs/running.md "Health"). */
+struct emac_health {
+    bool enabled;                /* the session computes them (register's health) */
+    const char *on_nonfinite;    /* "skip" or "apply" */
+    uint64_t updates_checked;    /* updates they cover (since register or emad's start) */
+    uint64_t nonfinite_total;    /* NaN or Inf param elements seen */
+    uint64_t nonfinite_updates;  /* updates that saw any */
+    bool has_last_nonfinite;     /* the last update that saw any: */
+    uint64_t last_nonfinite_update;  /* its number */
+    uint64_t last_nonfinite_count;   /* its non-finite elements */
+    const char *last_nonfinite_tensor; /* the first tensor that had one (NULL if none) */
+    bool has_distance;           /* the last update's distance is known */
+    double distance;             /* RMS of (shadow - param) over its finite elements, before it;
+                                    NaN or Inf once the shadow holds such values */
+    uint64_t noop_updates;       /* updates that changed no shadow element */
+    bool last_update_noop;
+    bool has_interval;           /* the usual interval is known (after two updates) */
+    double interval;             /* seconds between updates (a moving average) */
+    bool stalled;                /* attached, and no update for --stall-factor intervals */
+    size_t nalarms;
+    const char *const *alarms;   /* "nonfinite", "poisoned", "noop", "stalled" */
+};
+
 /* Ask for the daemon's status; session (may be NULL) restricts the list to
  * one session (NOSESSION if there is none of that name). */
 int emac_status(emac_client *c, const char *session, struct emac_status **out,
                 struct emac_error *err);
 void emac_status_free(struct emac_status *st);
+/* The health signals of session_list[i]; NULL when i is out of range or emad did not report
+ * them (an older emad). Valid until emac_status_free. */
+const struct emac_health *emac_status_health(const struct emac_status *st, size_t i);
 /* The status result exactly as received (a msgpack map), for tools that
  * print or forward it; valid until emac_status_free. */
 void emac_status_raw(const struct emac_status *st, const void **data, size_t *len);

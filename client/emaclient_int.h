@@ -19,6 +19,7 @@
 
 #include "dtype.h"
 #include "msg.h"
+#include "names.h"
 #include "segment.h"
 #include "wire.h"
 
@@ -130,6 +131,8 @@ struct emac_session {
     struct emac_shadow *shadows;
     struct emac_session_info state; /* from the register reply */
     struct arena arena;
+    uint64_t nonfinite;      /* the last event reply's non-finite params (0: none) */
+    char nonfinite_tensor[NAMES_TENSOR_MAX + 1]; /* ... and the first tensor with one */
 };
 
 /* Whether a request may reconnect when the connection drops under it.

@@ -7,6 +7,7 @@
 
 #include <inttypes.h>
 #include <stdlib.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <string.h>
@@ -281,6 +282,55 @@ static void print_session_text(const struct emac_session_info *s)
     }
 }
 
+/* The health lines of show (docs/running.md "Health"); h NULL: an emad without them. */
+static void print_health_text(const struct emac_health *h)
+{
+    if (h == NULL) {
+        printf("health           - (this emad does not report it)\n");
+        return;
+    }
+    if (!h->enabled) {
+        printf("health           off (registered with health false)\n");
+        return;
+    }
+    printf("health           on, non-finite params: %s; %" PRIu64 " updates checked\n",
+           h->on_nonfinite != NULL && strcmp(h->on_nonfinite, "apply") == 0
+               ? "applied (on_nonfinite apply)"
+               : "skipped (on_nonfinite skip)",
+           h->updates_checked);
+    printf("alarms           ");
+    if (h->nalarms == 0)
+        printf("none");
+    for (size_t i = 0; i < h->nalarms; i++) {
+        printf("%s", i ? ", " : "");
+        ctl_put_clean(stdout, h->alarms[i]);
+    }
+    printf("\ndistance         ");
+    if (!h->has_distance)
+        printf("- (no update checked yet)\n");
+    else if (!isfinite(h->distance))
+        printf("%g: the shadow holds NaN or Inf values (poisoned)\n", h->distance);
+    else
+        printf("%.6g (RMS of shadow - params before the last update)\n", h->distance);
+    printf("non-finite       %" PRIu64 " param elements in %" PRIu64 " updates", h->nonfinite_total,
+           h->nonfinite_updates);
+    if (h->has_last_nonfinite) {
+        printf("; the last at update %" PRIu64 ": %" PRIu64 ", the first in tensor \"",
+               h->last_nonfinite_update, h->last_nonfinite_count);
+        ctl_put_clean(stdout, h->last_nonfinite_tensor);
+        printf("\"");
+    }
+    printf("\nno-op updates    %" PRIu64 " (the last one %s)\n", h->noop_updates,
+           h->last_update_noop ? "changed no shadow element" : "changed the shadow");
+    printf("interval         ");
+    if (h->has_interval)
+        printf("%.3f s between updates, usually", h->interval);
+    else
+        printf("- (fewer than two updates)");
+    printf("; %s\n", h->stalled ? "stalled: no update for far longer, trainer attached"
+                                : "not stalled");
+}
+
 static int cmd_show(struct ctl *ctl, int argc, char **argv)
 {
     struct emac_status *st = NULL;
@@ -301,6 +351,7 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
         rc = ctl_print_json(ctl, raw, len, "sessions", 0);
     } else {
         print_session_text(&st->session_list[0]);
+        print_health_text(emac_status_health(st, 0));
     }
     emac_status_free(st);
     emac_disconnect(c);
@@ -314,8 +365,9 @@ const struct ctl_cmd ctl_cmd_show = {
                "sizes, smoothing and half-life, update interval,\n"
                "start, started/active, updates, swaps, the requests\n"
                "applied (seq), the last event's time, the last\n"
-               "update's duration and speed, and whether a crash of\n"
-               "emad cut an update short (interrupted)",
+               "update's duration and speed, whether a crash of\n"
+               "emad cut an update short (interrupted), and the\n"
+               "health signals",
     .help = "Every field of the session SESSION, one per line:\n"
             "  session          its name\n"
             "  owner            the pid of the trainer attached to it, or 'detached'\n"
@@ -339,10 +391,25 @@ const struct ctl_cmd ctl_cmd_show = {
             "  last update      how long the last update took, in ms, and its speed: GB/s\n"
             "                   moved (params read, shadow read and written) and Gelem/s\n"
             "                   (4-byte shadow elements)\n"
+            "  health           'on' or 'off' (register's health), what is done with NaN\n"
+            "                   or Inf params (on_nonfinite), and the updates checked\n"
+            "  alarms           'none', or: nonfinite (the last update had NaN or Inf\n"
+            "                   params), poisoned (the shadow holds NaN or Inf), noop\n"
+            "                   (the last update changed nothing), stalled (no update for\n"
+            "                   --stall-factor usual intervals, trainer attached)\n"
+            "  distance         RMS of shadow - params before the last update, over the\n"
+            "                   finite params\n"
+            "  non-finite       NaN or Inf param elements seen, in how many updates, and\n"
+            "                   the last such update with its first tensor\n"
+            "  no-op updates    updates that changed no shadow element\n"
+            "  interval         the usual time between updates, and whether stalled\n"
+            "See 'Health' in docs/running.md for what each alarm means and what to do.\n"
             "The owner, sizes, updates, started and active are shown as in 'emactl list'.\n"
             "\n"
             "JSON output: the session's state map as emad sent it, every field by its\n"
-            "protocol name (owner_pid, params_bytes, last_update_seconds, ...).\n"
+            "protocol name (owner_pid, params_bytes, last_update_seconds, ...); the\n"
+            "health signals in its map \"health\" (a NaN or Inf distance prints as null:\n"
+            "the \"poisoned\" alarm tells it from one not known yet).\n"
             "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Examples:\n"
             "  emactl show trainer-1\n"

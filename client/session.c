@@ -161,8 +161,9 @@ void emac_session_free(emac_session *s)
 /* Send register for seg's tensors and wait for the reply (*rep: free it
  * with msg_free on success). */
 static int register_call(emac_client *c, const char *session, const emac_segment *seg,
-                         const struct emac_config *cfg, bool resume, bool existing,
-                         enum client_loss loss, struct msg_register_reply *rep,
+                         const struct emac_config *cfg, const struct emac_health_config *hcfg,
+                         bool resume, bool existing, enum client_loss loss,
+                         struct msg_register_reply *rep,
                          const char *what, struct emac_error *err)
 {
     struct msg_register req;
@@ -189,6 +190,13 @@ static int register_call(emac_client *c, const char *session, const emac_segment
         req.config.update_interval = msg_str_c(cfg->update_interval);
         req.config.has_ema_start = cfg->ema_start != NULL;
         req.config.ema_start = msg_str_c(cfg->ema_start);
+    }
+    if (hcfg != NULL) {
+        req.has_config = true;
+        req.config.has_on_nonfinite = hcfg->on_nonfinite != NULL;
+        req.config.on_nonfinite = msg_str_c(hcfg->on_nonfinite);
+        req.config.has_health = hcfg->has_health;
+        req.config.health = hcfg->health;
     }
     req.has_resume = resume;
     req.resume = resume;
@@ -231,6 +239,13 @@ int emac_register(emac_client *c, const char *session, emac_segment *seg,
                   const struct emac_config *cfg, bool resume, emac_session **out,
                   struct emac_error *err)
 {
+    return emac_register_health(c, session, seg, cfg, NULL, resume, out, err);
+}
+
+int emac_register_health(emac_client *c, const char *session, emac_segment *seg,
+                         const struct emac_config *cfg, const struct emac_health_config *hcfg,
+                         bool resume, emac_session **out, struct emac_error *err)
+{
     struct msg_register_reply rep;
     emac_session *s;
     char what[192];
@@ -247,7 +262,7 @@ int emac_register(emac_client *c, const char *session, emac_segment *seg,
     }
     s->seg = seg;
     s->next_seq = 1;
-    if ((rc = register_call(c, session, seg, cfg, resume, false, LOSS_RECONNECTS, &rep, what,
+    if ((rc = register_call(c, session, seg, cfg, hcfg, resume, false, LOSS_RECONNECTS, &rep, what,
                            err)) < 0) {
         emac_session_free(s);
         return rc;
@@ -289,7 +304,7 @@ static int session_resume(emac_client *c, emac_session *s, struct emac_error *er
     int rc, fd;
 
     snprintf(what, sizeof(what), "resume \"%.128s\" after a reconnect", s->name);
-    if ((rc = register_call(c, s->name, s->seg, NULL, true, true, LOSS_FAILS, &rep, what,
+    if ((rc = register_call(c, s->name, s->seg, NULL, NULL, true, true, LOSS_FAILS, &rep, what,
                             err)) < 0)
         return rc;
     if (rep.shadow_bytes != s->shadow_map_bytes || msg_str_copy(rep.shadow_shm, name,
@@ -449,10 +464,21 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
         out->updates = rep.updates;
         out->replayed = rep.has_replayed && rep.replayed;
         out->interrupted = rep.has_interrupted && rep.interrupted;
+        s->nonfinite = rep.has_nonfinite ? rep.nonfinite : 0;
+        if (msg_str_copy(rep.has_nonfinite_tensor ? rep.nonfinite_tensor : msg_str_c(""),
+                         s->nonfinite_tensor, sizeof(s->nonfinite_tensor)) < 0)
+            s->nonfinite_tensor[0] = '\0';
         return 0;
     }
     return client_set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: unknown action \"%.*s\"", what,
                    (int)(rep.action.len > 32 ? 32 : rep.action.len), rep.action.ptr);
+}
+
+uint64_t emac_session_nonfinite(const emac_session *s, const char **tensor)
+{
+    if (tensor != NULL)
+        *tensor = s != NULL && s->nonfinite > 0 ? s->nonfinite_tensor : NULL;
+    return s != NULL ? s->nonfinite : 0;
 }
 
 /* Append at most max bytes of str to buf (of len, NUL kept), from *at. */

@@ -14,7 +14,38 @@ struct status_box {
     char *raw;              /* the result map as received */
     size_t raw_len;
     struct arena arena;
+    struct emac_health *health; /* per session, beside session_list */
+    bool *has_health;           /* ... and whether emad sent it */
+    const char **alarms;        /* every session's alarms, back to back */
 };
+
+/* A session's health, its strings into the arena and its alarms from *next on. */
+static void copy_health(struct arena *a, struct emac_health *o, const struct msg_health *h,
+                        const char ***next)
+{
+    o->enabled = h->enabled;
+    o->on_nonfinite = client_arena_str(a, h->on_nonfinite);
+    o->updates_checked = h->updates_checked;
+    o->nonfinite_total = h->nonfinite_total;
+    o->nonfinite_updates = h->nonfinite_updates;
+    o->has_last_nonfinite = h->has_last_nonfinite;
+    o->last_nonfinite_update = h->last_nonfinite.update;
+    o->last_nonfinite_count = h->last_nonfinite.count;
+    o->last_nonfinite_tensor =
+        h->has_last_nonfinite ? client_arena_str(a, h->last_nonfinite.tensor) : NULL;
+    o->has_distance = h->has_distance;
+    o->distance = h->distance;
+    o->noop_updates = h->noop_updates;
+    o->last_update_noop = h->last_update_noop;
+    o->has_interval = h->has_interval;
+    o->interval = h->interval;
+    o->stalled = h->stalled;
+    o->nalarms = h->nalarms;
+    o->alarms = *next;
+    for (size_t i = 0; i < h->nalarms; i++)
+        (*next)[i] = client_arena_str(a, h->alarms[i]);
+    *next += h->nalarms;
+}
 
 /* ---- strings copied out of replies ---- */
 
@@ -100,7 +131,14 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     b->arena.buf = malloc(b->arena.cap);
     b->pub.session_list = rep.nsessions ? calloc(rep.nsessions, sizeof(*b->pub.session_list))
                                         : NULL;
-    if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL)) {
+    size_t nalarms = 0;
+    for (size_t i = 0; i < rep.nsessions; i++)
+        nalarms += rep.sessions[i].has_health ? rep.sessions[i].health.nalarms : 0;
+    b->health = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->health));
+    b->has_health = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_health));
+    b->alarms = calloc(nalarms ? nalarms : 1, sizeof(*b->alarms));
+    if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL) ||
+        b->health == NULL || b->has_health == NULL || b->alarms == NULL) {
         msg_free(&msg_status_reply_desc, &rep);
         emac_status_free(&b->pub);
         return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
@@ -119,8 +157,13 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     b->pub.socket = client_arena_str(&b->arena, rep.server.socket);
     b->pub.state_dir = client_arena_str(&b->arena, rep.server.state_dir);
     b->pub.nsessions = rep.nsessions;
-    for (size_t i = 0; i < rep.nsessions; i++)
+    const char **next = b->alarms;
+    for (size_t i = 0; i < rep.nsessions; i++) {
         client_copy_session(&b->arena, &b->pub.session_list[i], &rep.sessions[i]);
+        b->has_health[i] = rep.sessions[i].has_health;
+        if (b->has_health[i])
+            copy_health(&b->arena, &b->health[i], &rep.sessions[i].health, &next);
+    }
     msg_free(&msg_status_reply_desc, &rep);
     *out = &b->pub;
     return 0;
@@ -133,6 +176,9 @@ void emac_status_free(struct emac_status *st)
     if (b == NULL)
         return;
     free(b->pub.session_list);
+    free(b->health);
+    free(b->has_health);
+    free(b->alarms);
     free(b->arena.buf);
     free(b->raw);
     free(b);
@@ -171,4 +217,13 @@ int emac_metrics(emac_client *c, char **text, struct emac_error *err)
     (*text)[rep.text.len] = '\0';
     msg_free(&msg_metrics_reply_desc, &rep);
     return 0;
+}
+
+const struct emac_health *emac_status_health(const struct emac_status *st, size_t i)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (b == NULL || i >= b->pub.nsessions || !b->has_health[i])
+        return NULL;
+    return &b->health[i];
 }

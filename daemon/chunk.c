@@ -27,7 +27,25 @@ struct logged {
     struct redo_rec *rec;
     uint64_t from;
     bool init, update;
+    struct health_part *part; /* NULL: no health this update */
 };
+
+/* The update of one piece, with the health signals into part when it is not NULL. */
+static int update_piece(struct session *s, const struct tensor *t, size_t ti, void *sh,
+                        const void *pa, uint64_t n, void *old, struct health_part *part)
+{
+    const struct kernel_ops *k = s->reg->kops;
+
+    if (part == NULL)
+        return old != NULL ? kernel_update_save(k, t->dtype, sh, pa, n, s->cfg.smoothing, old)
+                           : kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+    uint64_t before = part->k.nonfinite;
+    int rc = kernel_update_health(k, t->dtype, sh, pa, n, s->cfg.smoothing, old,
+                                  s->health.skip_nonfinite, &part->k);
+    if (part->k.nonfinite != before && ti < part->first_nonfinite)
+        part->first_nonfinite = ti;
+    return rc;
+}
 
 static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start,
                         uint64_t n)
@@ -63,7 +81,7 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
         l->rec->undo_count = n;
         __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        rc = kernel_update_save(k, t->dtype, sh, pa, n, s->cfg.smoothing, l->rec->undo);
+        rc = update_piece(s, t, (size_t)(t - s->tensors), sh, pa, n, l->rec->undo, l->part);
     }
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
@@ -90,12 +108,15 @@ int chunk_tensors(void *arg, size_t index)
     enum ema_action action = op->kind == OP_EVENT ? op_event(op)->action : EMA_ACTION_START;
     bool init = action == EMA_ACTION_START || action == EMA_ACTION_START_UPDATE;
     bool update = action == EMA_ACTION_UPDATE || action == EMA_ACTION_START_UPDATE;
+    /* Each chunk its own part: no two workers write the same one. */
+    struct health_part *part = op->kind == OP_EVENT && op_event(op)->health && op->phase ==
+                               PH_TENSORS ? &s->health.parts[index] : NULL;
     struct shm_guard g;
     int rc = 0;
 
     shm_guard_enter2(&g, &s->seg, &s->shadow);
     if (op->kind == OP_EVENT && op_event(op)->logged && op->phase == PH_TENSORS) {
-        struct logged l = {op, redo_rec(s, index), 0, init, update};
+        struct logged l = {op, redo_rec(s, index), 0, init, update, part};
         l.from = l.rec->done_to;
         rc = redo_for_each_block(s, index, logged_block, &l);
         return guard_leave(s, &g, rc);
@@ -112,7 +133,7 @@ int chunk_tensors(void *arg, size_t index)
         if (init)
             rc = kernel_shadow_init(k, t->dtype, sh, pa, p->count);
         if (update && rc == 0)
-            rc = kernel_update(k, t->dtype, sh, pa, p->count, s->cfg.smoothing);
+            rc = update_piece(s, t, p->tensor, sh, pa, p->count, NULL, part);
     }
     return guard_leave(s, &g, rc);
 }

@@ -155,6 +155,90 @@ void kernel_ref_update_f64(double *restrict shadow, const double *restrict param
         shadow[i] = kernel_ref_lerp_f64(shadow[i], param[i], w);
 }
 
+/*
+ * One element of a health update, x already converted to f32: what every implementation does
+ * with the elements its vector loop leaves over, and the reference does with all of them.
+ * Finite means |x| < inf, which a NaN fails.
+ */
+static inline void health_1_f32(float *restrict s, float x, float w, float *restrict old,
+                                bool skip, struct kernel_health *h)
+{
+    float s0 = *s;
+
+    if (old != NULL)
+        *old = s0;
+    h->elems++;
+    if (!(fabsf(x) < INFINITY)) {
+        h->nonfinite++;
+        if (skip)
+            return;
+    } else {
+        double d = (double)x - (double)s0;
+        h->sumsq += d * d;
+    }
+    *s = kernel_ref_lerp_f32(s0, x, w);
+    if (f32_bits(*s) != f32_bits(s0))
+        h->changed = true;
+}
+
+static inline void health_1_f64(double *restrict s, double x, double w, double *restrict old,
+                                bool skip, struct kernel_health *h)
+{
+    double s0 = *s;
+    uint64_t a, b;
+
+    if (old != NULL)
+        *old = s0;
+    h->elems++;
+    if (!(fabs(x) < INFINITY)) {
+        h->nonfinite++;
+        if (skip)
+            return;
+    } else {
+        long double d = (long double)x - (long double)s0;
+        h->sumsq += (double)(d * d);
+    }
+    *s = kernel_ref_lerp_f64(s0, x, w);
+    memcpy(&a, s, sizeof a);
+    memcpy(&b, &s0, sizeof b);
+    if (a != b)
+        h->changed = true;
+}
+
+void kernel_ref_update_f32_health(float *restrict shadow, const float *restrict param, size_t n,
+                                  float w, float *restrict old, bool skip,
+                                  struct kernel_health *h)
+{
+    for (size_t i = 0; i < n; i++)
+        health_1_f32(shadow + i, param[i], w, old ? old + i : NULL, skip, h);
+}
+
+void kernel_ref_update_bf16_health(float *restrict shadow, const uint16_t *restrict param,
+                                   size_t n, float w, float *restrict old, bool skip,
+                                   struct kernel_health *h)
+{
+    for (size_t i = 0; i < n; i++)
+        health_1_f32(shadow + i, kernel_ref_bf16_to_f32(param[i]), w, old ? old + i : NULL, skip,
+                     h);
+}
+
+void kernel_ref_update_f16_health(float *restrict shadow, const uint16_t *restrict param,
+                                  size_t n, float w, float *restrict old, bool skip,
+                                  struct kernel_health *h)
+{
+    for (size_t i = 0; i < n; i++)
+        health_1_f32(shadow + i, kernel_ref_f16_to_f32(param[i]), w, old ? old + i : NULL, skip,
+                     h);
+}
+
+void kernel_ref_update_f64_health(double *restrict shadow, const double *restrict param,
+                                  size_t n, double w, double *restrict old, bool skip,
+                                  struct kernel_health *h)
+{
+    for (size_t i = 0; i < n; i++)
+        health_1_f64(shadow + i, param[i], w, old ? old + i : NULL, skip, h);
+}
+
 void kernel_ref_bf16_to_f32_n(float *restrict dst, const uint16_t *restrict src, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -185,6 +269,10 @@ static const struct kernel_ops ops_reference = {
     .update_bf16 = kernel_ref_update_bf16,
     .update_f16 = kernel_ref_update_f16,
     .update_f64 = kernel_ref_update_f64,
+    .update_f32_health = kernel_ref_update_f32_health,
+    .update_bf16_health = kernel_ref_update_bf16_health,
+    .update_f16_health = kernel_ref_update_f16_health,
+    .update_f64_health = kernel_ref_update_f64_health,
     .bf16_to_f32 = kernel_ref_bf16_to_f32_n,
     .f16_to_f32 = kernel_ref_f16_to_f32_n,
     .f32_to_bf16 = kernel_ref_f32_to_bf16_n,
@@ -342,12 +430,34 @@ static void portable_f32_to_f16(uint16_t *restrict dst, const float *restrict sr
         dst[i] = portable_f32_to_f16_1(src[i]);
 }
 
+/* The health updates of the portable table: the scalar loop of the reference with the fast
+ * conversions (a CPU without AVX2 is rare enough that this path is not tuned further). */
+static void portable_update_bf16_health(float *restrict s, const uint16_t *restrict x, size_t n,
+                                        float w, float *restrict old, bool skip,
+                                        struct kernel_health *h)
+{
+    for (size_t i = 0; i < n; i++)
+        health_1_f32(s + i, portable_bf16_to_f32_1(x[i]), w, old ? old + i : NULL, skip, h);
+}
+
+static void portable_update_f16_health(float *restrict s, const uint16_t *restrict x, size_t n,
+                                       float w, float *restrict old, bool skip,
+                                       struct kernel_health *h)
+{
+    for (size_t i = 0; i < n; i++)
+        health_1_f32(s + i, portable_f16_to_f32_1(x[i]), w, old ? old + i : NULL, skip, h);
+}
+
 static const struct kernel_ops ops_portable = {
     .name = "portable",
     .update_f32 = portable_update_f32,
     .update_bf16 = portable_update_bf16,
     .update_f16 = portable_update_f16,
     .update_f64 = portable_update_f64,
+    .update_f32_health = kernel_ref_update_f32_health,
+    .update_bf16_health = portable_update_bf16_health,
+    .update_f16_health = portable_update_f16_health,
+    .update_f64_health = kernel_ref_update_f64_health,
     .bf16_to_f32 = portable_bf16_to_f32,
     .f16_to_f32 = portable_f16_to_f32,
     .f32_to_bf16 = portable_f32_to_bf16,
@@ -544,6 +654,305 @@ AVX2_TARGET static void avx2_update_f64_save(double *restrict s, const double *r
         avx2_update_f64_loop(s, x, n, -(1.0 - w), true, u, true);
 }
 
+/*
+ * The health loops: the update loops above, and per lane whether the param is finite (|x| < inf,
+ * which a NaN fails), the blend that keeps the old shadow where it is not (skip), the square of
+ * d where it is, a count of the non-finite lanes, and whether a result differs in its bits from
+ * the shadow before. The squares add up in f32 over HEALTH_BLOCK elements, then in double: a
+ * short f32 sum keeps the error to a few parts in a million, and its conversion costs nothing
+ * next to the block's loads. The loop stays memory-bound: these are a handful of register
+ * operations per 32 bytes moved (docs/performance.md "Health").
+ */
+#define HEALTH_BLOCK 1024u /* elements, a multiple of 8 */
+
+enum { PARAM_F32, PARAM_BF16, PARAM_F16 };
+
+AVX2_INLINE __m256 avx2_load_param(const void *x, size_t i, int kind)
+{
+    if (kind == PARAM_F32)
+        return _mm256_loadu_ps((const float *)x + i);
+    if (kind == PARAM_BF16)
+        return avx2_load_bf16((const uint16_t *)x + i);
+    return avx2_load_f16((const uint16_t *)x + i);
+}
+
+AVX2_INLINE float avx2_param_1(const void *x, size_t i, int kind)
+{
+    if (kind == PARAM_F32)
+        return ((const float *)x)[i];
+    if (kind == PARAM_BF16)
+        return portable_bf16_to_f32_1(((const uint16_t *)x)[i]);
+    return avx2_f16_to_f32_1(((const uint16_t *)x)[i]);
+}
+
+AVX2_INLINE uint64_t avx2_sum_u32(__m256i v)
+{
+    uint32_t a[8];
+    uint64_t t = 0;
+    _mm256_storeu_si256((__m256i *)a, v);
+    for (int k = 0; k < 8; k++)
+        t += a[k];
+    return t;
+}
+
+AVX2_INLINE double avx2_sum_pd(__m256d v)
+{
+    double a[4];
+    _mm256_storeu_pd(a, v);
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+/* One step of 8: the update, and the health lanes into *sq, *bad and *same. */
+AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, size_t i, __m256 vc,
+                                  bool from_param, float *restrict u, bool save, bool skip,
+                                  int kind, __m256 *sq, __m256i *bad, __m256i *same, bool track)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 vs = _mm256_loadu_ps(s + i);
+    __m256 vx = avx2_load_param(x, i, kind);
+    __m256 d = _mm256_sub_ps(vx, vs);
+    __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
+    __m256 df, r;
+    if (skip && !from_param) {
+        /* s + w * -0 is s bit for bit, -0 included: the masked d skips the element and
+         * drops out of the squares with one blend. */
+        df = _mm256_blendv_ps(d, _mm256_set1_ps(-0.0f), nf);
+        r = _mm256_fmadd_ps(vc, df, vs);
+    } else {
+        r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
+        if (skip)
+            r = _mm256_blendv_ps(r, vs, nf);
+        df = _mm256_andnot_ps(nf, d);
+    }
+    if (save)
+        _mm256_storeu_ps(u + i, vs);
+    _mm256_storeu_ps(s + i, r);
+    *sq = _mm256_fmadd_ps(df, df, *sq);
+    *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                           _mm256_castps_si256(vs)));
+}
+
+/* The steps of one block, [i, end): four a turn, then one at a time. */
+AVX2_INLINE size_t avx2_health_block(float *restrict s, const void *restrict x, size_t i,
+                                     size_t end, __m256 vc, bool from_param, float *restrict u,
+                                     bool save, bool skip, int kind, __m256 *sq, __m256i *bad,
+                                     __m256i *same, bool track)
+{
+    __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
+    for (; i + 32 <= end; i += 32) {
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
+        avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, bad, same,
+                         track);
+        avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, bad, same,
+                         track);
+        avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, bad, same,
+                         track);
+    }
+    for (; i < end; i += 8)
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
+    *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
+    return i;
+}
+
+/*
+ * Four steps a turn, each summing its squares into its own register: one chain of dependent
+ * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
+ * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
+ * shadow changed is only tracked until a block finds that it did (in training, the first
+ * block): the blocks after it run without the compare.
+ */
+AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,
+                                  float c, bool from_param, float *restrict u, bool save,
+                                  bool skip, int kind, struct kernel_health *h)
+{
+    const __m256 vc = _mm256_set1_ps(c);
+    __m256d acc = _mm256_setzero_pd();
+    __m256i same = _mm256_set1_epi32(-1);
+    bool changed = false;
+    uint64_t bad_total = 0;
+    size_t i = 0;
+
+    while (n - i >= 8) {
+        size_t left = (n - i) & ~(size_t)7;
+        size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
+        __m256 sq;
+        __m256i bad = _mm256_setzero_si256();
+        if (changed) {
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
+                                  &same, false);
+        } else {
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
+                                  &same, true);
+            changed = _mm256_movemask_epi8(same) != -1;
+        }
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+        acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
+        bad_total += avx2_sum_u32(bad);
+    }
+    h->elems += i;
+    h->nonfinite += bad_total;
+    h->sumsq += avx2_sum_pd(acc);
+    if (changed)
+        h->changed = true;
+    for (; i < n; i++)
+        health_1_f32(s + i, avx2_param_1(x, i, kind), w, save ? u + i : NULL, skip, h);
+}
+
+/* The constants spelled out, so that each combination is its own loop without branches. */
+AVX2_INLINE void avx2_health_w(float *restrict s, const void *restrict x, size_t n, float w,
+                               float *restrict u, bool skip, int kind, struct kernel_health *h,
+                               bool from_param, float c)
+{
+    if (u != NULL && skip)
+        avx2_health_loop(s, x, n, w, c, from_param, u, true, true, kind, h);
+    else if (u != NULL)
+        avx2_health_loop(s, x, n, w, c, from_param, u, true, false, kind, h);
+    else if (skip)
+        avx2_health_loop(s, x, n, w, c, from_param, NULL, false, true, kind, h);
+    else
+        avx2_health_loop(s, x, n, w, c, from_param, NULL, false, false, kind, h);
+}
+
+AVX2_INLINE void avx2_health(float *restrict s, const void *restrict x, size_t n, float w,
+                             float *restrict u, bool skip, int kind, struct kernel_health *h)
+{
+    if (fabsf(w) < 0.5f)
+        avx2_health_w(s, x, n, w, u, skip, kind, h, false, w);
+    else
+        avx2_health_w(s, x, n, w, u, skip, kind, h, true, -(1.0f - w));
+}
+
+AVX2_TARGET static void avx2_update_f32_health(float *restrict s, const float *restrict x,
+                                               size_t n, float w, float *restrict u, bool skip,
+                                               struct kernel_health *h)
+{
+    avx2_health(s, x, n, w, u, skip, PARAM_F32, h);
+}
+
+AVX2_TARGET static void avx2_update_bf16_health(float *restrict s, const uint16_t *restrict x,
+                                                size_t n, float w, float *restrict u, bool skip,
+                                                struct kernel_health *h)
+{
+    avx2_health(s, x, n, w, u, skip, PARAM_BF16, h);
+}
+
+AVX2_TARGET static void avx2_update_f16_health(float *restrict s, const uint16_t *restrict x,
+                                               size_t n, float w, float *restrict u, bool skip,
+                                               struct kernel_health *h)
+{
+    avx2_health(s, x, n, w, u, skip, PARAM_F16, h);
+}
+
+/* f64: four lanes, and the squares in double from the start; four chains, as for f32. */
+AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict x, size_t i,
+                                      __m256d vc, bool from_param, double *restrict u, bool save,
+                                      bool skip, __m256d *sq, __m256i *bad, __m256i *same,
+                                      bool track)
+{
+    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
+    const __m256d inf = _mm256_set1_pd(INFINITY);
+    __m256d vs = _mm256_loadu_pd(s + i);
+    __m256d vx = _mm256_loadu_pd(x + i);
+    __m256d d = _mm256_sub_pd(vx, vs);
+    __m256d nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);
+    __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
+    if (save)
+        _mm256_storeu_pd(u + i, vs);
+    if (skip)
+        r = _mm256_blendv_pd(r, vs, nf);
+    _mm256_storeu_pd(s + i, r);
+    __m256d df = _mm256_andnot_pd(nf, d);
+    *sq = _mm256_fmadd_pd(df, df, *sq);
+    *bad = _mm256_sub_epi64(*bad, _mm256_castpd_si256(nf));
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
+                                                           _mm256_castpd_si256(vs)));
+}
+
+/* [i, end) of an f64 tensor, four steps a turn, into sq[4]. */
+AVX2_INLINE size_t avx2_health_f64_block(double *restrict s, const double *restrict x, size_t i,
+                                         size_t end, __m256d vc, bool from_param,
+                                         double *restrict u, bool save, bool skip, __m256d *sq,
+                                         __m256i *bad, __m256i *same, bool track)
+{
+    for (; i + 16 <= end; i += 16) {
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
+        avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq[1], bad, same,
+                             track);
+        avx2_health_f64_step(s, x, i + 8, vc, from_param, u, save, skip, &sq[2], bad, same,
+                             track);
+        avx2_health_f64_step(s, x, i + 12, vc, from_param, u, save, skip, &sq[3], bad, same,
+                             track);
+    }
+    for (; i < end; i += 4)
+        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
+    return i;
+}
+
+AVX2_INLINE void avx2_health_f64_loop(double *restrict s, const double *restrict x, size_t n,
+                                      double w, double c, bool from_param, double *restrict u,
+                                      bool save, bool skip, struct kernel_health *h)
+{
+    const __m256d vc = _mm256_set1_pd(c);
+    __m256d sq[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(),
+                     _mm256_setzero_pd()};
+    __m256i bad = _mm256_setzero_si256();
+    __m256i same = _mm256_set1_epi64x(-1);
+    bool changed = false;
+    size_t i = 0;
+
+    /* Blocks only to stop comparing once a change is found, as for f32. */
+    while (n - i >= 4) {
+        size_t left = (n - i) & ~(size_t)3;
+        size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
+        if (changed) {
+            i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
+                                      &same, false);
+        } else {
+            i = avx2_health_f64_block(s, x, i, end, vc, from_param, u, save, skip, sq, &bad,
+                                      &same, true);
+            changed = _mm256_movemask_epi8(same) != -1;
+        }
+    }
+    uint64_t b[4];
+    _mm256_storeu_si256((__m256i *)b, bad);
+    h->elems += i;
+    h->nonfinite += b[0] + b[1] + b[2] + b[3];
+    h->sumsq += avx2_sum_pd(_mm256_add_pd(_mm256_add_pd(sq[0], sq[1]),
+                                          _mm256_add_pd(sq[2], sq[3])));
+    if (changed)
+        h->changed = true;
+    for (; i < n; i++)
+        health_1_f64(s + i, x[i], w, save ? u + i : NULL, skip, h);
+}
+
+AVX2_INLINE void avx2_health_f64_w(double *restrict s, const double *restrict x, size_t n,
+                                   double w, double *restrict u, bool skip,
+                                   struct kernel_health *h, bool from_param, double c)
+{
+    if (u != NULL && skip)
+        avx2_health_f64_loop(s, x, n, w, c, from_param, u, true, true, h);
+    else if (u != NULL)
+        avx2_health_f64_loop(s, x, n, w, c, from_param, u, true, false, h);
+    else if (skip)
+        avx2_health_f64_loop(s, x, n, w, c, from_param, NULL, false, true, h);
+    else
+        avx2_health_f64_loop(s, x, n, w, c, from_param, NULL, false, false, h);
+}
+
+AVX2_TARGET static void avx2_update_f64_health(double *restrict s, const double *restrict x,
+                                               size_t n, double w, double *restrict u, bool skip,
+                                               struct kernel_health *h)
+{
+    if (fabs(w) < 0.5)
+        avx2_health_f64_w(s, x, n, w, u, skip, h, false, w);
+    else
+        avx2_health_f64_w(s, x, n, w, u, skip, h, true, -(1.0 - w));
+}
+
 AVX2_TARGET static void avx2_bf16_to_f32(float *restrict dst, const uint16_t *restrict src,
                                          size_t n)
 {
@@ -611,6 +1020,10 @@ static const struct kernel_ops ops_avx2 = {
     .update_bf16_save = avx2_update_bf16_save,
     .update_f16_save = avx2_update_f16_save,
     .update_f64_save = avx2_update_f64_save,
+    .update_f32_health = avx2_update_f32_health,
+    .update_bf16_health = avx2_update_bf16_health,
+    .update_f16_health = avx2_update_f16_health,
+    .update_f64_health = avx2_update_f64_health,
     .bf16_to_f32 = avx2_bf16_to_f32,
     .f16_to_f32 = avx2_f16_to_f32,
     .f32_to_bf16 = avx2_f32_to_bf16,
@@ -714,6 +1127,38 @@ int kernel_update_save(const struct kernel_ops *ops, enum dtype dt, void *shadow
         return kernel_update(ops, dt, shadow, param, n, smoothing);
     }
     return 0;
+}
+
+int kernel_update_health(const struct kernel_ops *ops, enum dtype dt, void *shadow,
+                         const void *param, size_t n, double smoothing, void *old,
+                         bool skip_nonfinite, struct kernel_health *h)
+{
+    int err = check_args(ops, dt, shadow, param, n);
+    if (err < 0)
+        return err;
+    if (h == NULL)
+        return -EINVAL;
+    const float w = kernel_weight_f32(smoothing);
+    switch (dt) {
+    case DTYPE_F32:
+        ops->update_f32_health(shadow, param, n, w, old, skip_nonfinite, h);
+        return 0;
+    case DTYPE_BF16:
+        ops->update_bf16_health(shadow, param, n, w, old, skip_nonfinite, h);
+        return 0;
+    case DTYPE_F16:
+        ops->update_f16_health(shadow, param, n, w, old, skip_nonfinite, h);
+        return 0;
+    case DTYPE_F64:
+        ops->update_f64_health(shadow, param, n, kernel_weight_f64(smoothing), old,
+                               skip_nonfinite, h);
+        return 0;
+    default:
+        if (old != NULL)
+            kernel_copy(old, shadow, n * dtype_size(dt));
+        kernel_copy(shadow, param, n * dtype_size(dt));
+        return 0;
+    }
 }
 
 int kernel_shadow_init(const struct kernel_ops *ops, enum dtype dt, void *shadow,

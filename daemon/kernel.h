@@ -32,6 +32,18 @@
 /* ---- Implementations ------------------------------------------------------------------- */
 
 /*
+ * What an update saw of its data, for the health signals (docs/running.md "Health"). The update
+ * reads every param and every shadow value anyway; the health variants of the kernels gather
+ * these in the same pass. Accumulated: each call adds to what the struct holds.
+ */
+struct kernel_health {
+    uint64_t elems;     /* floating-point elements the update went over */
+    uint64_t nonfinite; /* ... of which the param was NaN or infinite */
+    double sumsq;       /* sum of (shadow before - param)^2 over the finite params */
+    bool changed;       /* some shadow element's bits changed */
+};
+
+/*
  * One implementation of the kernels that depend on the instruction set. n counts elements.
  * Exact copies (f32 -> f32, f64 -> f64, integers) are memcpy and live outside the table.
  */
@@ -53,6 +65,23 @@ struct kernel_ops {
                             float w, float *restrict old);
     void (*update_f64_save)(double *restrict shadow, const double *restrict param, size_t n,
                             double w, double *restrict old);
+
+    /*
+     * The update with health (struct kernel_health): the same values stored as update_*, except
+     * that with skip a non-finite param leaves its shadow element exactly as it was. old, when
+     * not NULL, receives each shadow value before it changes, as update_*_save. The sum of
+     * squares is gathered in f32 over short blocks and added up in double: accurate to a few
+     * parts in a million, which is plenty for a distance.
+     */
+    void (*update_f32_health)(float *restrict shadow, const float *restrict param, size_t n,
+                              float w, float *restrict old, bool skip, struct kernel_health *h);
+    void (*update_bf16_health)(float *restrict shadow, const uint16_t *restrict param, size_t n,
+                               float w, float *restrict old, bool skip, struct kernel_health *h);
+    void (*update_f16_health)(float *restrict shadow, const uint16_t *restrict param, size_t n,
+                              float w, float *restrict old, bool skip, struct kernel_health *h);
+    void (*update_f64_health)(double *restrict shadow, const double *restrict param, size_t n,
+                              double w, double *restrict old, bool skip,
+                              struct kernel_health *h);
 
     /* Exact widening (shadow := params when the EMA starts). f16 NaNs come out quiet. */
     void (*bf16_to_f32)(float *restrict dst, const uint16_t *restrict src, size_t n);
@@ -102,6 +131,17 @@ int kernel_update(const struct kernel_ops *ops, enum dtype dt, void *shadow,
 int kernel_update_save(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                        const void *param, size_t n, double smoothing, void *old);
 
+/*
+ * kernel_update (old NULL) or kernel_update_save (old not NULL) that also adds what it saw to h.
+ * With skip_nonfinite, a param element that is NaN or infinite leaves its shadow element as it
+ * was (bit for bit); every other element gets exactly what kernel_update writes. Integer and
+ * bool tensors are copied and add nothing to h: they are not averaged, so they say nothing of
+ * the EMA's health. 0 or -EINVAL as kernel_update (h NULL too).
+ */
+int kernel_update_health(const struct kernel_ops *ops, enum dtype dt, void *shadow,
+                         const void *param, size_t n, double smoothing, void *old,
+                         bool skip_nonfinite, struct kernel_health *h);
+
 /* shadow := params, widened exactly (when the EMA starts). 0 or -EINVAL as above. */
 int kernel_shadow_init(const struct kernel_ops *ops, enum dtype dt, void *shadow,
                        const void *param, size_t n);
@@ -144,6 +184,19 @@ void kernel_ref_update_f16(float *restrict shadow, const uint16_t *restrict para
                            float w);
 void kernel_ref_update_f64(double *restrict shadow, const double *restrict param, size_t n,
                            double w);
+/* The health updates, one element at a time; the sum of squares in double. */
+void kernel_ref_update_f32_health(float *restrict shadow, const float *restrict param, size_t n,
+                                  float w, float *restrict old, bool skip,
+                                  struct kernel_health *h);
+void kernel_ref_update_bf16_health(float *restrict shadow, const uint16_t *restrict param,
+                                   size_t n, float w, float *restrict old, bool skip,
+                                   struct kernel_health *h);
+void kernel_ref_update_f16_health(float *restrict shadow, const uint16_t *restrict param,
+                                  size_t n, float w, float *restrict old, bool skip,
+                                  struct kernel_health *h);
+void kernel_ref_update_f64_health(double *restrict shadow, const double *restrict param,
+                                  size_t n, double w, double *restrict old, bool skip,
+                                  struct kernel_health *h);
 void kernel_ref_bf16_to_f32_n(float *restrict dst, const uint16_t *restrict src, size_t n);
 void kernel_ref_f16_to_f32_n(float *restrict dst, const uint16_t *restrict src, size_t n);
 void kernel_ref_f32_to_bf16_n(uint16_t *restrict dst, const float *restrict src, size_t n);

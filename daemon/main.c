@@ -42,6 +42,7 @@ struct daemon {
     uv_poll_t sig_poll;       /* readable: one of them arrived */
     const char *notify_socket;
     uv_timer_t watchdog;      /* pings systemd while the workers make progress */
+    uv_timer_t health_tick;   /* the sessions' stall check, once a second */
     bool watchdog_on;
     bool watchdog_withheld;   /* the last tick found the pool stuck */
     uint64_t watchdog_progress;
@@ -95,8 +96,16 @@ static void close_sig_fd(uv_handle_t *h)
     d->sig_fd = -1;
 }
 
+static void on_health_tick(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+
+    registry_health_tick(&d->sessions, uv_hrtime());
+}
+
 static void close_signals(struct daemon *d)
 {
+    uv_close((uv_handle_t *)&d->health_tick, NULL);
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, NULL);
     uv_close((uv_handle_t *)&d->sig_poll, close_sig_fd);
@@ -385,6 +394,9 @@ int main(int argc, char **argv)
              EMAD_VERSION, ls.path[0] ? ls.path : "(unnamed socket)",
              ls.inherited ? " (from systemd)" : "", (long)getpid(), d.opts.workers,
              d.opts.state_dir);
+    uv_timer_init(d.ctx.loop, &d.health_tick);
+    d.health_tick.data = &d;
+    uv_timer_start(&d.health_tick, on_health_tick, 1000, 1000);
     if ((rc = start_watchdog(&d)) < 0)
         log_warn(&d.log, "cannot start the watchdog timer: %s", uv_strerror(rc));
     /* Test-only hooks: stall one chunk (the first, or the one after

@@ -33,7 +33,31 @@ static void reply_action(struct op *op)
     a.updates = op->s->st.updates;
     a.has_interrupted = op->s->interrupted;
     a.interrupted = op->s->interrupted;
+    if (e->health && op->s->health.last_count > 0) {
+        a.has_nonfinite = true;
+        a.nonfinite = op->s->health.last_count;
+        a.has_nonfinite_tensor = true;
+        a.nonfinite_tensor = msg_str_c(op->s->tensors[op->s->health.last_nonfinite_tensor].name);
+    }
     peer_reply(op->peer, op->msgid, &msg_action_desc, &a);
+}
+
+/* The update is complete: its health signals, and a warning for non-finite params. */
+static void finish_health(struct op *op)
+{
+    struct session *s = op->s;
+    size_t first;
+    uint64_t n = health_finish(&s->health, s->st.updates, uv_hrtime(), &first);
+
+    if (n == 0 || first >= s->ntensors)
+        return;
+    const char *name = s->tensors[first].name;
+    char shown[LOG_ESCAPED_SIZE(128)];
+    log_warn(reg_log(s->reg), "session %s: update %" PRIu64 ": %" PRIu64 " non-finite param "
+             "elements (NaN or Inf), the first in tensor \"%s\"; %s", s->name, s->st.updates, n,
+             log_escape(name, strlen(name), shown, sizeof(shown)),
+             s->health.skip_nonfinite ? "their shadow elements were left as they were"
+                                      : "they were applied to the shadow (on_nonfinite apply)");
 }
 
 /* The answer to a request seq that was applied before: what it did then. */
@@ -382,6 +406,9 @@ static void run_event(struct op *op)
         } else {
             redo_cancel(s, "another event");
         }
+        /* Health on plain updates: a start has no shadow before it to compare with. */
+        e->health = e->action == EMA_ACTION_UPDATE && s->health.enabled &&
+                    health_prepare(&s->health, s->plan.nchunks) == 0;
         op->t0 = uv_hrtime();
         if (e->logged)
             redo_begin(s, e->resume_from, e->has_seq ? e->seq : 0, e->action, &e->clock);
@@ -625,6 +652,8 @@ static void op_done(struct pool_job *job)
         }
         s->last_update_seconds = (double)(uv_hrtime() - op->t0) / 1e9;
         commit(op);
+        if (op_event(op)->health)
+            finish_health(op);
         reply_action(op);
         break;
     case PH_STASH:

@@ -22,6 +22,7 @@ enum {
     OPT_WORKERS,
     OPT_WORKER_NICE,
     OPT_CRASH_EXACT,
+    OPT_STALL_FACTOR,
     OPT_STATE_DIR,
     OPT_LOG_LEVEL,
     OPT_LOG_FILE,
@@ -53,6 +54,7 @@ static const struct option long_opts[] = {
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"worker-nice", required_argument, NULL, OPT_WORKER_NICE},
     {"crash-exact", no_argument, NULL, OPT_CRASH_EXACT},
+    {"stall-factor", required_argument, NULL, OPT_STALL_FACTOR},
     {"state-dir", required_argument, NULL, OPT_STATE_DIR},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"log-file", required_argument, NULL, OPT_LOG_FILE},
@@ -126,6 +128,12 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          throughput. Without it, the update sent again is\n"
 "                          applied over the part written before the crash, and\n"
 "                          the session is marked interrupted\n"
+"  --stall-factor N        call a session stalled when its trainer is attached\n"
+"                          and has sent no update for N times its usual interval\n"
+"                          between updates (a moving average), and at least 2 s\n"
+"                          (default 10; 0 turns the check off). Checked once a\n"
+"                          second; shown in status and logged; the next update\n"
+"                          clears it\n"
 "  --state-dir DIR         where save and load keep session files, and emad the\n"
 "                          journals of running sessions (live/) and the sessions a\n"
 "                          stop keeps (sessions/); one emad per directory (a\n"
@@ -398,6 +406,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->max_connections_per_uid = 64;
     o->hello_timeout_s = 10;
     o->metrics_interval_s = OPTS_DEFAULT_METRICS_INTERVAL;
+    o->stall_factor = OPTS_DEFAULT_STALL_FACTOR;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -439,6 +448,14 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
             break;
         case OPT_CRASH_EXACT:
             o->crash_exact = true;
+            break;
+        case OPT_STALL_FACTOR:
+            if ((rc = parse_uint("stall-factor", optarg, 0, 1000000, &v, false, err, errlen)) < 0)
+                return rc;
+            if (v == 1)
+                return err_set(err, errlen, -EINVAL, "--stall-factor 1: a session would be "
+                               "stalled at its usual pace; give 2 or more, or 0 for no check");
+            o->stall_factor = (unsigned)v;
             break;
         case OPT_STATE_DIR:
             if (optarg[0] == '\0')

@@ -16,6 +16,8 @@
 #define OPTS_DEFAULT_WORKER_NICE 10
 /* --metrics-interval: seconds between two writes of --metrics-textfile. */
 #define OPTS_DEFAULT_METRICS_INTERVAL 15
+/* --stall-factor: a session is stalled after this many usual intervals without an update. */
+#define OPTS_DEFAULT_STALL_FACTOR 10
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
@@ -36,6 +38,7 @@ struct emad_opts {
     unsigned workers;           /* worker threads */
     unsigned worker_nice;       /* nice levels the workers run below emad (0-19) */
     bool crash_exact;           /* log updates so that one cut short by a crash is redone exactly */
+    unsigned stall_factor;      /* a session is stalled after this many usual intervals (0 off) */
     char state_dir[PATH_MAX];   /* where save/load put files */
     enum log_level log_level;
     char log_file[PATH_MAX];    /* "" means stderr */

@@ -73,6 +73,15 @@ int session_meta_encode(struct session *s, msgpack_sbuffer *sb)
     m.config.update_interval = msg_str_c(s->update_interval);
     m.config.has_ema_start = true;
     m.config.ema_start = msg_str_c(s->ema_start);
+    /* The health settings only when not the defaults: a file an older emad can read still. */
+    if (!s->health.skip_nonfinite) {
+        m.config.has_on_nonfinite = true;
+        m.config.on_nonfinite = msg_str_c("apply");
+    }
+    if (!s->health.enabled) {
+        m.config.has_health = true;
+        m.config.health = false;
+    }
     m.started = s->st.started;
     m.active = s->st.active;
     m.updates = s->st.updates;

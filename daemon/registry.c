@@ -172,6 +172,8 @@ bool session_visible(const struct session *s, uid_t uid)
     return uid == 0 || s->uid == uid;
 }
 
+static void session_fill_health(const struct session *s, bool *has, struct msg_health *h);
+
 void session_fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o)
 {
     memset(o, 0, sizeof(*o));
@@ -205,6 +207,53 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
     o->interrupted = s->interrupted;
     o->has_seq = true;
     o->seq = s->last_seq;
+    session_fill_health(s, &o->has_health, &o->health);
+}
+
+/* The health map of status (docs/protocol.md "status"). h's alarms point into h itself. */
+static void session_fill_health(const struct session *s, bool *has, struct msg_health *h)
+{
+    const struct health *hs = &s->health;
+    const char *alarms[HEALTH_ALARMS_MAX];
+
+    *has = true;
+    h->enabled = hs->enabled;
+    h->on_nonfinite = msg_str_c(hs->skip_nonfinite ? "skip" : "apply");
+    h->updates_checked = hs->checked_updates;
+    h->nonfinite_total = hs->nonfinite_total;
+    h->nonfinite_updates = hs->nonfinite_updates;
+    h->has_last_nonfinite = hs->has_last_nonfinite && hs->last_nonfinite_tensor < s->ntensors;
+    if (h->has_last_nonfinite) {
+        h->last_nonfinite.update = hs->last_nonfinite_update;
+        h->last_nonfinite.count = hs->last_nonfinite_count;
+        h->last_nonfinite.tensor = msg_str_c(s->tensors[hs->last_nonfinite_tensor].name);
+    }
+    h->has_distance = hs->has_distance;
+    h->distance = hs->distance;
+    h->noop_updates = hs->noop_updates;
+    h->last_update_noop = hs->last_noop;
+    h->has_interval = hs->interval > 0;
+    h->interval = hs->interval;
+    h->stalled = hs->stalled;
+    h->nalarms = health_alarms(hs, alarms);
+    for (size_t i = 0; i < h->nalarms; i++)
+        h->alarm_buf[i] = msg_str_c(alarms[i]);
+    h->alarms = h->alarm_buf;
+}
+
+void registry_health_tick(struct registry *r, uint64_t now_ns)
+{
+    double factor = (double)r->ctx->opts->stall_factor;
+
+    for (struct session *s = r->head; s != NULL; s = s->next) {
+        /* Working on a request is not stalling: a long update or save ends with a reply. */
+        if (s->busy || !health_check_stall(&s->health, s->owner != NULL, now_ns, factor))
+            continue;
+        log_warn(reg_log(r), "session %s: stalled: no update for %.1f s while its trainer "
+                 "(pid %ld) is attached; its usual interval is %.3f s (--stall-factor %g)",
+                 s->name, (double)(now_ns - s->health.last_update_ns) / 1e9,
+                 (long)s->owner_pid, s->health.interval, factor);
+    }
 }
 
 /* Whether status lists s for peer uid: every visible session, or the one

@@ -27,6 +27,7 @@ void session_free(struct session *s)
     free(s->tensors);
     plan_free(&s->plan);
     free(s->redo_from);
+    health_free(&s->health);
     free(s);
 }
 
@@ -56,6 +57,19 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
     }
     if (ema_config_init(&cfg, &in, err, errlen) < 0)
         return -EINVAL;
+    bool skip = true;
+    if (c != NULL && c->has_on_nonfinite) {
+        if (msg_str_eq(c->on_nonfinite, "apply")) {
+            skip = false;
+        } else if (!msg_str_eq(c->on_nonfinite, "skip")) {
+            snprintf(err, errlen, "config.on_nonfinite: \"%.*s\" is neither \"skip\" nor "
+                     "\"apply\"", (int)(c->on_nonfinite.len > 32 ? 32 : c->on_nonfinite.len),
+                     c->on_nonfinite.ptr);
+            return -EINVAL;
+        }
+    }
+    s->health.skip_nonfinite = skip;
+    s->health.enabled = c == NULL || !c->has_health || c->health;
     s->cfg = cfg;
     if (cfg.has_half_life)
         ema_time_format(&cfg.half_life, s->half_life, sizeof(s->half_life));

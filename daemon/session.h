@@ -149,6 +149,9 @@ int registry_adopt_all(struct registry *r);
 bool registry_owns_shadow(void *registry, const char *name);
 /* The peer's connection is gone: its sessions become detached. */
 void registry_peer_closed(struct registry *r, struct peer *p);
+/* The once-a-second health check of every session (stalls, docs/running.md "Health"); logs a
+ * session that has just stalled. now_ns is uv_hrtime(). */
+void registry_health_tick(struct registry *r, uint64_t now_ns);
 /* Call cb once no operation is queued or running (at shutdown). */
 void registry_drain(struct registry *r, void (*cb)(struct registry *r));
 

@@ -7,6 +7,7 @@
 #ifndef EMAD_SESSION_IMPL_H
 #define EMAD_SESSION_IMPL_H
 
+#include "health.h"
 #include "peer.h"
 #include "pool.h"
 #include "session.h"
@@ -72,6 +73,7 @@ struct session {
     double last_update_seconds;
     double last_update_at;      /* unix time the last update completed (0: none yet) */
     uint64_t last_update_batch; /* its batch */
+    struct health health;      /* what the updates saw (health.h); loop thread */
     bool interrupted;          /* an update was cut short by a crash of emad */
     uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
                                   of the last ones are in the shadow header (recent) */
@@ -134,6 +136,7 @@ struct op_event {
     enum ema_action action;
     const uint64_t *resume_from; /* sent again after a crash: per chunk, done already */
     bool logged;               /* tensor work in logged blocks (--crash-exact) */
+    bool health;               /* the update fills s->health.parts (health.h) */
     bool has_seq;              /* the client's request number */
     uint64_t seq;
 };

@@ -64,6 +64,8 @@ static const struct msg_field config_fields[] = {
     OPT(struct msg_config, "smoothing", MSG_F64, smoothing),
     OPT(struct msg_config, "update_interval", MSG_STR, update_interval),
     OPT(struct msg_config, "ema_start", MSG_STR, ema_start),
+    OPT(struct msg_config, "on_nonfinite", MSG_STR, on_nonfinite),
+    OPT(struct msg_config, "health", MSG_BOOL, health),
 };
 const struct msg_desc msg_config_desc = DESC("config", struct msg_config, config_fields);
 
@@ -95,6 +97,32 @@ static const struct msg_field shadow_tensor_fields[] = {
 const struct msg_desc msg_shadow_tensor_desc =
     DESC("shadow tensor", struct msg_shadow_tensor, shadow_tensor_fields);
 
+static const struct msg_field nonfinite_fields[] = {
+    REQ(struct msg_nonfinite, "update", MSG_U64, update),
+    REQ(struct msg_nonfinite, "count", MSG_U64, count),
+    REQ(struct msg_nonfinite, "tensor", MSG_STR, tensor),
+};
+const struct msg_desc msg_nonfinite_desc =
+    DESC("last nonfinite", struct msg_nonfinite, nonfinite_fields);
+
+#define HS struct msg_health
+static const struct msg_field health_fields[] = {
+    REQ(HS, "enabled", MSG_BOOL, enabled),
+    REQ(HS, "on_nonfinite", MSG_STR, on_nonfinite),
+    REQ(HS, "updates_checked", MSG_U64, updates_checked),
+    REQ(HS, "nonfinite_total", MSG_U64, nonfinite_total),
+    REQ(HS, "nonfinite_updates", MSG_U64, nonfinite_updates),
+    NUL_OBJ(HS, "last_nonfinite", last_nonfinite, msg_nonfinite_desc),
+    NUL(HS, "distance", MSG_F64, distance),
+    REQ(HS, "noop_updates", MSG_U64, noop_updates),
+    REQ(HS, "last_update_noop", MSG_BOOL, last_update_noop),
+    NUL(HS, "interval", MSG_F64, interval),
+    REQ(HS, "stalled", MSG_BOOL, stalled),
+    SARR(HS, "alarms", alarms),
+};
+#undef HS
+const struct msg_desc msg_health_desc = DESC("health", struct msg_health, health_fields);
+
 #define SS struct msg_session_state
 static const struct msg_field session_state_fields[] = {
     REQ(SS, "session", MSG_STR, session),
@@ -117,6 +145,7 @@ static const struct msg_field session_state_fields[] = {
     REQ(SS, "shadow_shm", MSG_STR, shadow_shm),
     OPT(SS, "interrupted", MSG_BOOL, interrupted),
     OPT(SS, "seq", MSG_U64, seq),
+    OPT_OBJ(SS, "health", health, msg_health_desc),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -148,6 +177,8 @@ static const struct msg_field action_fields[] = {
     REQ(struct msg_action, "updates", MSG_U64, updates),
     OPT(struct msg_action, "replayed", MSG_BOOL, replayed),
     OPT(struct msg_action, "interrupted", MSG_BOOL, interrupted),
+    OPT(struct msg_action, "nonfinite", MSG_U64, nonfinite),
+    OPT(struct msg_action, "nonfinite_tensor", MSG_STR, nonfinite_tensor),
 };
 const struct msg_desc msg_action_desc = DESC("action", struct msg_action, action_fields);
 

@@ -124,6 +124,10 @@ struct msg_config {
     struct msg_str update_interval;
     bool has_ema_start;
     struct msg_str ema_start;
+    bool has_on_nonfinite; /* extension: "skip" (default) or "apply" */
+    struct msg_str on_nonfinite;
+    bool has_health;       /* extension: false turns the health signals off */
+    bool health;
 };
 
 struct msg_register {
@@ -147,6 +151,34 @@ struct msg_shadow_tensor {
     struct msg_str name;
     uint64_t shadow_offset;
     struct msg_str shadow_dtype;
+};
+
+/* The last update that had non-finite params (status's health). */
+struct msg_nonfinite {
+    uint64_t update; /* its number */
+    uint64_t count;  /* non-finite param elements */
+    struct msg_str tensor; /* the first tensor (in register's order) that had one */
+};
+
+/* A session's health signals (status, extension; docs/protocol.md "status"). */
+struct msg_health {
+    bool enabled;
+    struct msg_str on_nonfinite;
+    uint64_t updates_checked;
+    uint64_t nonfinite_total;
+    uint64_t nonfinite_updates;
+    bool has_last_nonfinite; /* nil until an update has had one */
+    struct msg_nonfinite last_nonfinite;
+    bool has_distance;       /* nil before the first update checked */
+    double distance;
+    uint64_t noop_updates;
+    bool last_update_noop;
+    bool has_interval;       /* nil before two updates */
+    double interval;
+    bool stalled;
+    struct msg_str *alarms;
+    size_t nalarms;
+    struct msg_str alarm_buf[4]; /* not a field: room an encoder may point alarms at */
 };
 
 /* What status reports of one session (§6). */
@@ -176,6 +208,8 @@ struct msg_session_state {
     bool interrupted;
     bool has_seq;         /* extension: the highest request seq applied */
     uint64_t seq;
+    bool has_health;      /* extension: the health signals */
+    struct msg_health health;
 };
 
 struct msg_register_reply {
@@ -208,6 +242,10 @@ struct msg_action {
     bool replayed;
     bool has_interrupted; /* extension: the shadow holds part of an update cut short */
     bool interrupted;
+    bool has_nonfinite;   /* extension: the update's non-finite params, when it had any */
+    uint64_t nonfinite;
+    bool has_nonfinite_tensor; /* ... and the first tensor that had one */
+    struct msg_str nonfinite_tensor;
 };
 
 struct msg_swap {
@@ -342,6 +380,8 @@ extern const struct msg_desc msg_config_desc;
 extern const struct msg_desc msg_table_desc;
 extern const struct msg_desc msg_register_desc;
 extern const struct msg_desc msg_shadow_tensor_desc;
+extern const struct msg_desc msg_nonfinite_desc;
+extern const struct msg_desc msg_health_desc;
 extern const struct msg_desc msg_session_state_desc;
 extern const struct msg_desc msg_register_reply_desc;
 extern const struct msg_desc msg_event_desc;

@@ -32,7 +32,8 @@
 static const struct msg_desc *const nested_descs[] = {
     &msg_time_desc,          &msg_tensor_desc,        &msg_config_desc,
     &msg_shadow_tensor_desc, &msg_session_state_desc, &msg_server_info_desc,
-    &msg_saved_tensor_desc,  &msg_table_desc,
+    &msg_saved_tensor_desc,  &msg_table_desc,         &msg_health_desc,
+    &msg_nonfinite_desc,
 };
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
@@ -1150,13 +1151,21 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.shadow_shm = msg_str_c("/emad-shadow-1");
     st.has_interrupted = true; /* the optional fields: present, so every key is sent */
     st.has_seq = true;
+    st.has_health = true;
+    st.health.on_nonfinite = msg_str_c("skip");
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);
     assert_int_equal(map->via.map.size, msg_session_state_desc.nfields);
     assert_int_equal(find_kv(map, "owner_pid")->val.type, MSGPACK_OBJECT_NIL);
     assert_int_equal(find_kv(map, "half_life")->val.type, MSGPACK_OBJECT_NIL);
     assert_int_equal(find_kv(map, "last_time")->val.type, MSGPACK_OBJECT_NIL);
+    const msgpack_object *health = &find_kv(map, "health")->val;
+    assert_int_equal(health->type, MSGPACK_OBJECT_MAP);
+    assert_int_equal(find_kv(health, "distance")->val.type, MSGPACK_OBJECT_NIL);
+    assert_int_equal(find_kv(health, "last_nonfinite")->val.type, MSGPACK_OBJECT_NIL);
     got = decode_ok(&msg_session_state_desc, map);
+    assert_true(got->has_health);
+    assert_false(got->health.has_distance);
     assert_false(got->has_owner_pid);
     assert_int_equal(got->owner_pid, 0);
     assert_false(got->has_half_life);

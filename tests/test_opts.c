@@ -243,7 +243,7 @@ static void test_opts_usage_describes_every_option(void **state)
 {
     static const char *const names[] = {
         "--socket",          "--socket-mode",  "--allow-group", "--workers",
-        "--worker-nice",     "--state-dir",       "--log-level",    "--log-file",    "--max-message",
+        "--worker-nice",     "--stall-factor",    "--state-dir",       "--log-level",    "--log-file",    "--max-message",
         "--max-depth",       "--max-connections", "--max-sessions", "--max-tensors",
         "--max-pending",     "--max-pending-total", "--max-input-total", "--help",         "--version",     "EMAD_SOCKET",
         "--metrics", "--metrics-textfile", "--metrics-interval",
@@ -344,6 +344,23 @@ static void test_opts_worker_nice_stays_within_0_to_19(void **state)
     parse_fails(&env, ARGS("--worker-nice", "low"), "--worker-nice low", NULL);
     parse_fails(&env, ARGS("--worker-nice", ""), "--worker-nice", NULL);
     parse_fails(&env, ARGS("--worker-nice"), "--worker-nice", "needs an argument");
+}
+
+static void test_opts_stall_factor_is_0_or_2_and_up(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--workers", "1"));
+    assert_int_equal(o.stall_factor, OPTS_DEFAULT_STALL_FACTOR);
+    parse_ok(&o, &env, ARGS("--stall-factor", "0"));
+    assert_int_equal(o.stall_factor, 0);
+    parse_ok(&o, &env, ARGS("--stall-factor=2"));
+    assert_int_equal(o.stall_factor, 2);
+    parse_fails(&env, ARGS("--stall-factor", "1"), "--stall-factor 1", "2 or more");
+    parse_fails(&env, ARGS("--stall-factor", "1000001"), "--stall-factor 1000001", NULL);
+    parse_fails(&env, ARGS("--stall-factor", "often"), "--stall-factor often", NULL);
 }
 
 /* The size option opt, parsed into the size_t at offset in struct emad_opts, takes 4K to 1024G:
@@ -867,6 +884,7 @@ int main(void)
         cmocka_unit_test(test_opts_defaults),
         cmocka_unit_test(test_opts_metrics_address_is_loopback_or_a_path),
         cmocka_unit_test(test_opts_metrics_textfile_and_interval),
+        cmocka_unit_test(test_opts_stall_factor_is_0_or_2_and_up),
         cmocka_unit_test(test_opts_default_socket_follows_the_protocol_order),
         cmocka_unit_test(test_opts_workers_default_to_online_cpus),
         cmocka_unit_test(test_opts_every_option_is_parsed),

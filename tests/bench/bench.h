@@ -43,6 +43,7 @@ struct bopts {
 int cmd_update(const struct bopts *o);
 int cmd_small(const struct bopts *o);
 int cmd_swap(const struct bopts *o);
+int cmd_health(const struct bopts *o);
 int cmd_rtt(const struct bopts *o);
 int cmd_fairness(const struct bopts *o);
 int cmd_overlap(const struct bopts *o);
@@ -107,6 +108,11 @@ void bsess_open(struct bsess *b, const char *socket, const char *name, const cha
                 uint64_t ntensors, uint64_t numel);
 void bsess_open_specs(struct bsess *b, const char *socket, const char *name,
                       const struct emac_tensor_spec *specs, size_t n);
+/* The same with register's health option (bench health: on against off). */
+void bsess_open_health(struct bsess *b, const char *socket, const char *name, const char *dtype,
+                       uint64_t ntensors, uint64_t numel, bool health);
+void bsess_open_specs_health(struct bsess *b, const char *socket, const char *name,
+                             const struct emac_tensor_spec *specs, size_t n, bool health);
 void bsess_close(struct bsess *b);
 /* One blocking batch_end (the update); returns its seconds. */
 double bsess_update(struct bsess *b);

@@ -284,8 +284,15 @@ double plain_memcpy(uint64_t bytes, unsigned copies, unsigned threads, int round
 void bsess_open_specs(struct bsess *b, const char *socket, const char *name,
                       const struct emac_tensor_spec *specs, size_t n)
 {
+    bsess_open_specs_health(b, socket, name, specs, n, true);
+}
+
+void bsess_open_specs_health(struct bsess *b, const char *socket, const char *name,
+                             const struct emac_tensor_spec *specs, size_t n, bool health)
+{
     struct emac_error err;
     struct emac_config cfg = {.half_life = "100ba"};
+    struct emac_health_config hcfg = {NULL, true, health};
 
     memset(b, 0, sizeof(*b));
     b->batch = 1;
@@ -297,12 +304,18 @@ void bsess_open_specs(struct bsess *b, const char *socket, const char *name,
         const struct emac_tensor *t = emac_segment_tensor(b->seg, i);
         memset(t->data, 0x3c, t->bytes);
     }
-    if (emac_register(b->c, name, b->seg, &cfg, false, &b->s, &err) < 0)
+    if (emac_register_health(b->c, name, b->seg, &cfg, &hcfg, false, &b->s, &err) < 0)
         die_emac("register", &err);
 }
 
 void bsess_open(struct bsess *b, const char *socket, const char *name, const char *dtype,
                 uint64_t ntensors, uint64_t numel)
+{
+    bsess_open_health(b, socket, name, dtype, ntensors, numel, true);
+}
+
+void bsess_open_health(struct bsess *b, const char *socket, const char *name, const char *dtype,
+                       uint64_t ntensors, uint64_t numel, bool health)
 {
     struct emac_tensor_spec *specs = calloc(ntensors, sizeof(*specs));
     char *names = malloc(ntensors * 24);
@@ -312,7 +325,7 @@ void bsess_open(struct bsess *b, const char *socket, const char *name, const cha
         snprintf(names + i * 24, 24, "t%llu", (unsigned long long)i);
         specs[i] = (struct emac_tensor_spec){names + i * 24, dtype, numel, NULL, 0};
     }
-    bsess_open_specs(b, socket, name, specs, ntensors);
+    bsess_open_specs_health(b, socket, name, specs, ntensors, health);
     free(specs);
     free(names);
 }

@@ -20,6 +20,7 @@ static const struct {
     {"update", cmd_update, "update throughput per --dtypes and --sizes, vs a plain C loop"},
     {"small", cmd_small, "--count tensors of --elems elements vs one tensor of that size"},
     {"swap", cmd_swap, "swap in / swap out per --dtypes and --sizes, vs memcpy"},
+    {"health", cmd_health, "update with health signals vs without, per --dtypes and --sizes"},
     {"rtt", cmd_rtt, "no-op event round trip (--iters), vs a raw Unix-socket echo"},
     {"fairness", cmd_fairness, "small session (--elems) round trip while --sizes[0] updates"},
     {"overlap", cmd_overlap, "stall of batch_end after computing --ks times the update"},

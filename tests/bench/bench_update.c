@@ -7,6 +7,8 @@
  *   small    --count tensors of --elems elements against one tensor of the same total size.
  *   swap     swap in (eval_start) and swap out (eval_end) against a threaded memcpy of the
  *            same bytes (in: params -> stash and shadow -> params, two copies; out: one).
+ *   health   one session's update with the health signals (the default) against a session of
+ *            the same size registered with health false, rounds interleaved.
  */
 #include "bench.h"
 
@@ -73,6 +75,50 @@ int cmd_update(const struct bopts *o)
             rec_num("emad_gelem_s", e);
             rec_num("plain_gelem_s", p);
             rec_num("ratio", e / p);
+            rec_end();
+        }
+    }
+    return 0;
+}
+
+int cmd_health(const struct bopts *o)
+{
+    char buf[32];
+    for (size_t d = 0; d < o->ndtypes; d++) {
+        for (size_t k = 0; k < o->nsizes; k++) {
+            uint64_t n = o->sizes[k], reps = reps_for(o, n);
+            struct bsess on, off;
+            double e_on = 0, e_off = 0;
+            bsess_open_health(&on, o->socket, "bench-health-on", o->dtypes[d], 1, n, true);
+            bsess_open_health(&off, o->socket, "bench-health-off", o->dtypes[d], 1, n, false);
+            bsess_update(&on); /* start both EMAs: from here every batch_end is an update */
+            bsess_update(&off);
+            /* Interleaved rounds, the order swapped each time, so that both see the same
+             * machine and neither always runs first; the best of each after a warm-up. */
+            for (int round = 0; round < 9; round++) {
+                double a, b;
+                if (round % 2) {
+                    b = emad_round(&off, n, reps);
+                    a = emad_round(&on, n, reps);
+                } else {
+                    a = emad_round(&on, n, reps);
+                    b = emad_round(&off, n, reps);
+                }
+                if (round > 0 && a > e_on)
+                    e_on = a;
+                if (round > 0 && b > e_off)
+                    e_off = b;
+            }
+            bsess_close(&on);
+            bsess_close(&off);
+            rec_begin("health");
+            rec_str("dtype", o->dtypes[d]);
+            rec_int("elems", n);
+            rec_str("size", fmt_elems(n, buf, sizeof(buf)));
+            rec_int("workers", o->workers);
+            rec_num("on_gelem_s", e_on);
+            rec_num("off_gelem_s", e_off);
+            rec_num("cost", e_off / e_on - 1); /* extra time of an update with health */
             rec_end();
         }
     }

@@ -22,6 +22,7 @@ STRUCTS = {
     "emac_time_counts": _lib.EmacTimeCounts,
     "emac_result": _lib.EmacResult, "emac_file": _lib.EmacFile,
     "emac_status": _lib.EmacStatus,
+    "emac_health_config": _lib.EmacHealthConfig, "emac_health": _lib.EmacHealth,
 }
 
 

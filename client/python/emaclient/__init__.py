@@ -159,6 +159,28 @@ def _session_info(si):
     }
 
 
+def _health(h):
+    """A session's health signals (struct emac_health) as a dict: docs/running.md "Health"."""
+    last = None
+    if h.has_last_nonfinite:
+        last = {"update": int(h.last_nonfinite_update), "count": int(h.last_nonfinite_count),
+                "tensor": _s(h.last_nonfinite_tensor)}
+    return {
+        "enabled": bool(h.enabled),
+        "on_nonfinite": _s(h.on_nonfinite),
+        "updates_checked": int(h.updates_checked),
+        "nonfinite_total": int(h.nonfinite_total),
+        "nonfinite_updates": int(h.nonfinite_updates),
+        "last_nonfinite": last,
+        "distance": float(h.distance) if h.has_distance else None,
+        "noop_updates": int(h.noop_updates),
+        "last_update_noop": bool(h.last_update_noop),
+        "interval": float(h.interval) if h.has_interval else None,
+        "stalled": bool(h.stalled),
+        "alarms": [_s(h.alarms[i]) for i in range(h.nalarms)],
+    }
+
+
 def _time(batch, epoch, duration):
     t = _lib.EmacTime()
     t.batch = int(batch)
@@ -292,6 +314,9 @@ class Client:
                 "socket": _s(s.socket), "state_dir": _s(s.state_dir),
             }
             sessions = [_session_info(s.session_list[i]) for i in range(s.nsessions)]
+            for i, info in enumerate(sessions):
+                h = lib.emac_status_health(st, i)
+                info["health"] = _health(h.contents) if h else None
         finally:
             lib.emac_status_free(st)
         return {"server": server, "sessions": sessions}
@@ -313,10 +338,14 @@ class Client:
         return self.status(session)["sessions"][0]
 
     def register(self, session, segment, *, half_life=None, smoothing=None,
-                 update_interval=None, ema_start=None, resume=False):
+                 update_interval=None, ema_start=None, resume=False, on_nonfinite=None,
+                 health=None):
         """Register a session for the tensors of `segment` (a Segment); the
         config fields left None take emad's defaults. With resume, re-attach
-        to a detached session of that name with the same tensor table."""
+        to a detached session of that name with the same tensor table.
+        on_nonfinite: "skip" (emad's default: a NaN or Inf param element
+        leaves its shadow element as it was) or "apply"; health=False turns
+        the health signals off (docs/running.md "Health")."""
         cfg = _lib.EmacConfig()
         cfg.half_life = _b(half_life, "half_life")
         if smoothing is not None:
@@ -324,11 +353,17 @@ class Client:
             cfg.smoothing = float(smoothing)
         cfg.update_interval = _b(update_interval, "update_interval")
         cfg.ema_start = _b(ema_start, "ema_start")
+        hcfg = _lib.EmacHealthConfig()
+        hcfg.on_nonfinite = _b(on_nonfinite, "on_nonfinite")
+        if health is not None:
+            hcfg.has_health = True
+            hcfg.health = bool(health)
         handle = _lib.session_p()
         err = _lib.EmacError()
-        _check(lib.emac_register(self._handle(), _b(session, "session"), segment._handle(),
-                                 ctypes.byref(cfg), bool(resume), ctypes.byref(handle),
-                                 ctypes.byref(err)), err)
+        _check(lib.emac_register_health(self._handle(), _b(session, "session"),
+                                        segment._handle(), ctypes.byref(cfg),
+                                        ctypes.byref(hcfg), bool(resume), ctypes.byref(handle),
+                                        ctypes.byref(err)), err)
         return Session(self, segment, handle)
 
     def _file(self, fn, session, name):
@@ -618,6 +653,23 @@ class Session:
         _check(lib.emac_event_wait(self._handle(), ticket, ctypes.byref(out), ctypes.byref(err)),
                err)
         return _result(out)
+
+    def status(self):
+        """This session's current state, as Client.status reports it (a dict,
+        with its "health" signals)."""
+        return self.client.session_state(self.name)
+
+    def health(self):
+        """This session's health signals (a dict: docs/running.md "Health"),
+        or None from an emad that does not report them."""
+        return self.status().get("health")
+
+    def nonfinite(self):
+        """(count, tensor) of the last update answered: the NaN or Inf param
+        elements it found and the first tensor with one; (0, None) if none."""
+        tensor = ctypes.c_char_p()
+        n = lib.emac_session_nonfinite(self._handle(), ctypes.byref(tensor))
+        return int(n), _s(tensor.value) if n else None
 
     def swap(self, to):
         """Swap to "ema" (as eval_start) or "train" (as eval_end): a Result."""

@@ -72,6 +72,37 @@ class EmacConfig(ctypes.Structure):
     ]
 
 
+class EmacHealthConfig(ctypes.Structure):
+    _fields_ = [
+        ("on_nonfinite", c_char_p),
+        ("has_health", c_bool),
+        ("health", c_bool),
+    ]
+
+
+class EmacHealth(ctypes.Structure):
+    _fields_ = [
+        ("enabled", c_bool),
+        ("on_nonfinite", c_char_p),
+        ("updates_checked", c_uint64),
+        ("nonfinite_total", c_uint64),
+        ("nonfinite_updates", c_uint64),
+        ("has_last_nonfinite", c_bool),
+        ("last_nonfinite_update", c_uint64),
+        ("last_nonfinite_count", c_uint64),
+        ("last_nonfinite_tensor", c_char_p),
+        ("has_distance", c_bool),
+        ("distance", c_double),
+        ("noop_updates", c_uint64),
+        ("last_update_noop", c_bool),
+        ("has_interval", c_bool),
+        ("interval", c_double),
+        ("stalled", c_bool),
+        ("nalarms", c_size_t),
+        ("alarms", POINTER(c_char_p)),
+    ]
+
+
 class EmacSessionInfo(ctypes.Structure):
     _fields_ = [
         ("session", c_char_p),
@@ -208,6 +239,11 @@ _PROTOTYPES = {
     "emac_register": (
         c_int,
         [client_p, c_char_p, segment_p, POINTER(EmacConfig), c_bool, POINTER(session_p), err_p]),
+    "emac_register_health": (
+        c_int,
+        [client_p, c_char_p, segment_p, POINTER(EmacConfig), POINTER(EmacHealthConfig), c_bool,
+         POINTER(session_p), err_p]),
+    "emac_session_nonfinite": (c_uint64, [session_p, POINTER(c_char_p)]),
     "emac_session_free": (None, [session_p]),
     "emac_session_name": (c_char_p, [session_p]),
     "emac_session_segment": (segment_p, [session_p]),
@@ -234,6 +270,7 @@ _PROTOTYPES = {
     "emac_status_free": (None, [POINTER(EmacStatus)]),
     "emac_status_raw": (None, [POINTER(EmacStatus), POINTER(c_void_p), POINTER(c_size_t)]),
     "emac_metrics": (c_int, [client_p, POINTER(c_void_p), err_p]),
+    "emac_status_health": (POINTER(EmacHealth), [POINTER(EmacStatus), c_size_t]),
 }
 
 # enum emac_action, in the header's order.

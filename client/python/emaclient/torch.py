@@ -399,6 +399,10 @@ class EMA:
         grad when the EMA starts (by default they are left out, as Composer
         does: eval() shows their training weights). docs/composer.md lists
         every deliberate difference from Composer.
+    on_nonfinite: "skip" (emad's default) leaves the shadow element of a NaN
+        or Inf parameter element as it was, so that a bad step never poisons
+        the EMA; "apply" averages it in like any other. health=False turns
+        the health signals (health()) off. docs/running.md "Health".
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -408,7 +412,8 @@ class EMA:
     def __init__(self, model, *, half_life=_DEFAULT_HALF_LIFE, smoothing=None,
                  ema_start="0.0dur", update_interval=None, session=None, socket=None,
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
-                 streams=None, max_duration=None, include_frozen=False):
+                 streams=None, max_duration=None, include_frozen=False, on_nonfinite=None,
+                 health=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -431,7 +436,8 @@ class EMA:
         self.model = model
         self._config = {"half_life": None if half_life is None else str(half_life),
                         "smoothing": smoothing, "update_interval": update_interval,
-                        "ema_start": ema_start}
+                        "ema_start": ema_start, "on_nonfinite": on_nonfinite,
+                        "health": health}
         self._entries = self._collect(model)
         if not self._entries:
             raise ValueError("the model has no parameters or buffers")
@@ -534,7 +540,8 @@ class EMA:
         session = res.client.register(
             self.session_name, res.segment, half_life=c["half_life"],
             smoothing=c["smoothing"], update_interval=c["update_interval"],
-            ema_start=c["ema_start"], resume=resume)
+            ema_start=c["ema_start"], resume=resume, on_nonfinite=c["on_nonfinite"],
+            health=c["health"])
         _released_by_owner(session)
         res.session = session
         for e, sh in zip(self._entries, session.shadows):
@@ -1082,6 +1089,18 @@ class EMA:
         """emad's current state of the session (a dict, as in status)."""
         return self.client.session_state(self.session_name)
 
+    def health(self):
+        """The session's health signals, once the updates sent so far are done: a
+        dict with enabled, on_nonfinite, updates_checked, nonfinite_total,
+        nonfinite_updates, last_nonfinite ({update, count, tensor} or None),
+        distance (RMS of shadow - params before the last update, or None),
+        noop_updates, last_update_noop, interval (usual seconds between updates,
+        or None), stalled and alarms (a list of "nonfinite", "poisoned", "noop",
+        "stalled"). What each means and what to do: docs/running.md "Health".
+        None from an emad that does not report them."""
+        self.wait()
+        return self.state().get("health")
+
     def shadow_state_dict(self):
         """{name: tensor}: copies of the shadow exactly as emad keeps it (fp32 for
         f32/f16/bf16 tensors, fp64 for f64, the tensor's dtype for integers),
@@ -1465,7 +1484,8 @@ class EMA:
                 for info, w in zip(seg.tensors, want):
                     _view(info.address, info.nbytes, w.dtype, w.shape).copy_(w)
             reg = dict(half_life=c["half_life"], smoothing=c["smoothing"],
-                       update_interval=c["update_interval"], ema_start=c["ema_start"])
+                       update_interval=c["update_interval"], ema_start=c["ema_start"],
+                       on_nonfinite=c["on_nonfinite"], health=c["health"])
             try:
                 session = client.register(tmp, seg, **reg)
             except Error as err:

@@ -1,0 +1,119 @@
+/*
+ * health.c - a session's health signals, on the loop thread (see health.h).
+ */
+#include "health.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+int health_prepare(struct health *h, size_t nchunks)
+{
+    if (h->nparts != nchunks) {
+        struct health_part *p = calloc(nchunks ? nchunks : 1, sizeof(*p));
+        if (p == NULL)
+            return -ENOMEM;
+        free(h->parts);
+        h->parts = p;
+        h->nparts = nchunks;
+    }
+    for (size_t i = 0; i < nchunks; i++) {
+        memset(&h->parts[i].k, 0, sizeof(h->parts[i].k));
+        h->parts[i].first_nonfinite = SIZE_MAX;
+    }
+    return 0;
+}
+
+void health_free(struct health *h)
+{
+    free(h->parts);
+    h->parts = NULL;
+    h->nparts = 0;
+}
+
+/* The time since the last update feeds the usual interval, unless it was a stall: a pause is
+ * not how often the trainer updates, and counting it would hide the next one. */
+static void note_interval(struct health *h, uint64_t now_ns)
+{
+    if (h->last_update_ns != 0 && now_ns > h->last_update_ns && !h->stalled && !h->fresh_clock) {
+        double dt = (double)(now_ns - h->last_update_ns) / 1e9;
+        h->interval = h->interval == 0
+                          ? dt
+                          : (1 - HEALTH_INTERVAL_ALPHA) * h->interval + HEALTH_INTERVAL_ALPHA * dt;
+    }
+    h->last_update_ns = now_ns;
+    h->stalled = false;
+    h->fresh_clock = false;
+}
+
+uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_t *first)
+{
+    struct kernel_health t = {0};
+
+    *first = SIZE_MAX;
+    for (size_t i = 0; i < h->nparts; i++) {
+        const struct health_part *p = &h->parts[i];
+        t.elems += p->k.elems;
+        t.nonfinite += p->k.nonfinite;
+        t.sumsq += p->k.sumsq;
+        t.changed |= p->k.changed;
+        if (p->first_nonfinite < *first)
+            *first = p->first_nonfinite;
+    }
+    note_interval(h, now_ns);
+    h->checked_updates++;
+    h->last_count = t.nonfinite;
+    if (t.nonfinite > 0) {
+        h->nonfinite_total += t.nonfinite;
+        h->nonfinite_updates++;
+        h->has_last_nonfinite = true;
+        h->last_nonfinite_update = update;
+        h->last_nonfinite_count = t.nonfinite;
+        h->last_nonfinite_tensor = *first;
+    }
+    /* No float element at all (integer tensors only): nothing can be said. */
+    h->last_noop = t.elems > 0 && !t.changed;
+    if (h->last_noop)
+        h->noop_updates++;
+    h->has_distance = t.elems > t.nonfinite;
+    h->distance = h->has_distance ? sqrt(t.sumsq / (double)(t.elems - t.nonfinite)) : 0;
+    return t.nonfinite;
+}
+
+bool health_check_stall(struct health *h, bool attached, uint64_t now_ns, double factor)
+{
+    if (!attached && h->last_update_ns != 0) {
+        /* Detached: the clock starts again when a trainer attaches, which takes its time. */
+        h->last_update_ns = now_ns;
+        h->fresh_clock = true;
+    }
+    if (!attached || factor <= 0 || h->interval <= 0 || h->last_update_ns == 0) {
+        h->stalled = false;
+        return false;
+    }
+    if (h->stalled)
+        return false;
+    double limit = factor * h->interval;
+    if (limit < HEALTH_STALL_MIN_SECONDS)
+        limit = HEALTH_STALL_MIN_SECONDS;
+    if (now_ns <= h->last_update_ns || (double)(now_ns - h->last_update_ns) / 1e9 < limit)
+        return false;
+    h->stalled = true;
+    return true;
+}
+
+size_t health_alarms(const struct health *h, const char *out[HEALTH_ALARMS_MAX])
+{
+    size_t n = 0;
+
+    if (h->last_count > 0)
+        out[n++] = HEALTH_ALARM_NONFINITE;
+    if (h->has_distance && !isfinite(h->distance))
+        out[n++] = HEALTH_ALARM_POISONED;
+    if (h->last_noop)
+        out[n++] = HEALTH_ALARM_NOOP;
+    if (h->stalled)
+        out[n++] = HEALTH_ALARM_STALLED;
+    return n;
+}
