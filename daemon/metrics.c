@@ -331,6 +331,49 @@ static bool get_shadow_bytes(const struct metrics_session *s, double *v)
     return true;
 }
 
+/* The health series: only for a session that computes the signals. */
+static bool get_nonfinite_total(const struct metrics_session *s, double *v)
+{
+    *v = (double)s->nonfinite_total;
+    return s->health;
+}
+
+static bool get_nonfinite_updates(const struct metrics_session *s, double *v)
+{
+    *v = (double)s->nonfinite_updates;
+    return s->health;
+}
+
+static bool get_last_nonfinite(const struct metrics_session *s, double *v)
+{
+    *v = (double)s->last_nonfinite;
+    return s->health;
+}
+
+static bool get_noop_updates(const struct metrics_session *s, double *v)
+{
+    *v = (double)s->noop_updates;
+    return s->health;
+}
+
+static bool get_last_noop(const struct metrics_session *s, double *v)
+{
+    *v = s->last_noop ? 1 : 0;
+    return s->health;
+}
+
+static bool get_distance(const struct metrics_session *s, double *v)
+{
+    *v = s->distance;
+    return s->health && s->has_distance;
+}
+
+static bool get_stalled(const struct metrics_session *s, double *v)
+{
+    *v = s->stalled ? 1 : 0;
+    return s->health;
+}
+
 static const struct session_series session_series[] = {
     {"emad_session_last_update_timestamp_seconds", "gauge",
      "When the session's last EMA update completed (unix time); absent before its first update "
@@ -350,6 +393,28 @@ static const struct session_series session_series[] = {
      "Operations of the session waiting or running (events, swaps, saves, ...).", get_queued},
     {"emad_session_shadow_bytes", "gauge", "Bytes of the session's shadow (the EMA weights).",
      get_shadow_bytes},
+    {"emad_session_nonfinite_params_total", "counter",
+     "NaN or infinite param elements the session's updates found (health signals).",
+     get_nonfinite_total},
+    {"emad_session_nonfinite_updates_total", "counter",
+     "Updates of the session that found NaN or infinite param elements.", get_nonfinite_updates},
+    {"emad_session_last_update_nonfinite_params", "gauge",
+     "NaN or infinite param elements the session's last update found (the nonfinite alarm "
+     "while above 0).",
+     get_last_nonfinite},
+    {"emad_session_noop_updates_total", "counter",
+     "Updates of the session that changed no shadow element.", get_noop_updates},
+    {"emad_session_last_update_noop", "gauge",
+     "1 when the session's last update changed no shadow element (the noop alarm), else 0.",
+     get_last_noop},
+    {"emad_session_distance", "gauge",
+     "Root mean square of (shadow - param) over the finite elements at the session's last "
+     "update; NaN or +Inf when the shadow holds non-finite values (the poisoned alarm).",
+     get_distance},
+    {"emad_session_stalled", "gauge",
+     "1 when the session's trainer is attached and has sent no update for --stall-factor times "
+     "its usual interval (the stalled alarm), else 0.",
+     get_stalled},
 };
 
 static void render_sessions(struct out *o, const struct metrics_view *v, bool all, uid_t uid)

@@ -84,6 +84,16 @@ struct metrics_session {
     uint64_t lag_batches; /* newest batch queued minus last_batch (0 if none newer) */
     uint64_t queued;      /* operations waiting or running */
     uint64_t shadow_bytes;
+    /* The health signals (health.h), when the session computes them. */
+    bool health;
+    uint64_t nonfinite_total;   /* non-finite param elements seen */
+    uint64_t nonfinite_updates; /* updates that saw any */
+    uint64_t noop_updates;      /* updates that changed no shadow element */
+    uint64_t last_nonfinite;    /* those of the last update */
+    bool last_noop;             /* the last update changed nothing */
+    bool has_distance;
+    double distance; /* RMS of (shadow - param) at the last update; NaN/Inf: poisoned */
+    bool stalled;
 };
 
 /* What the daemon holds at render time. */

@@ -82,6 +82,16 @@ static void session_fill(const struct session *s, struct metrics_session *o)
     }
     o->lag_batches = newest > o->last_batch ? newest - o->last_batch : 0;
     o->shadow_bytes = s->shadow_bytes;
+    const struct health *h = &s->health;
+    o->health = h->enabled;
+    o->nonfinite_total = h->nonfinite_total;
+    o->nonfinite_updates = h->nonfinite_updates;
+    o->noop_updates = h->noop_updates;
+    o->last_nonfinite = h->last_count;
+    o->last_noop = h->last_noop;
+    o->has_distance = h->has_distance;
+    o->distance = h->distance;
+    o->stalled = h->stalled;
 }
 
 int metrics_view_fill(struct emad *ctx, struct metrics_view *v)

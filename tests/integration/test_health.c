@@ -180,6 +180,36 @@ static bool has_alarm(const struct emac_health *h, const char *name)
     return false;
 }
 
+/* The metrics text (the metrics request) holds the line "name{session="<uid>:session"} value". */
+static void expect_metric(emac_client *c, const char *name, const char *session, const char *value)
+{
+    struct emac_error err;
+    char *text = NULL;
+    char line[256];
+
+    OK(emac_metrics(c, &text, &err));
+    snprintf(line, sizeof(line), "\n%s{session=\"%u:%s\"} %s\n", name, (unsigned)getuid(),
+             session, value);
+    if (strstr(text, line) == NULL)
+        fail_msg("no line %s in the metrics:\n%s", line + 1, text);
+    free(text);
+}
+
+/* No series name for that session in the metrics text. */
+static void expect_no_metric(emac_client *c, const char *name, const char *session)
+{
+    struct emac_error err;
+    char *text = NULL;
+    char prefix[256];
+
+    OK(emac_metrics(c, &text, &err));
+    snprintf(prefix, sizeof(prefix), "\n%s{session=\"%u:%s\"}", name, (unsigned)getuid(),
+             session);
+    if (strstr(text, prefix) != NULL)
+        fail_msg("%s in the metrics:\n%s", prefix + 1, text);
+    free(text);
+}
+
 /* A trainer writes NaN and Inf into two tensors (in a vector, in the tail, at the start): the
  * reply and status name the first, the log too; those shadow elements keep their bits, every
  * other element is updated bit-exact; the next clean update clears the alarm. */
@@ -248,12 +278,21 @@ static void nonfinite_params_are_skipped_and_reported(const char *option)
     expect_in(out, "\"nonfinite_total\": 3");
     expect_in(out, "\"tensor\": \"h\"");
 
+    /* The metrics. */
+    expect_metric(c, "emad_session_nonfinite_params_total", "health", "3");
+    expect_metric(c, "emad_session_nonfinite_updates_total", "health", "1");
+    expect_metric(c, "emad_session_last_update_nonfinite_params", "health", "3");
+    expect_metric(c, "emad_session_last_update_noop", "health", "0");
+    expect_metric(c, "emad_session_stalled", "health", "0");
+
     /* Clean params again: the alarm goes, the record of the last one stays. */
     hp[3] = hp[4];
     hp[514] = hp[513];
     dp[0] = dp[1];
     event_at(s, "batch_end", 4);
     assert_int_equal(emac_session_nonfinite(s, NULL), 0);
+    expect_metric(c, "emad_session_last_update_nonfinite_params", "health", "0");
+    expect_metric(c, "emad_session_nonfinite_params_total", "health", "3");
     h = health_of(c, "health", &st);
     assert_int_equal(h->nalarms, 0);
     assert_true(h->has_last_nonfinite);
@@ -319,6 +358,7 @@ static void test_apply_policy_poisons_the_shadow(void **state)
     assert_true(has_alarm(h, "poisoned"));
     assert_false(has_alarm(h, "nonfinite"));
     emac_status_free(st);
+    expect_metric(c, "emad_session_distance", "health", "NaN");
     for (size_t t = 0; t < 3; t++)
         free(before[t]);
     emac_session_free(s);
@@ -349,6 +389,8 @@ static void test_noop_updates_are_flagged(void **state)
     assert_true(has_alarm(h, "noop"));
     assert_true(h->distance > 0);
     emac_status_free(st);
+    expect_metric(c, "emad_session_noop_updates_total", "health", "3");
+    expect_metric(c, "emad_session_last_update_noop", "health", "1");
     emac_session_free(s);
 
     s = setup(c, "off", 0.5, NULL, false);
@@ -360,6 +402,8 @@ static void test_noop_updates_are_flagged(void **state)
     assert_false(h->has_distance);
     assert_int_equal(h->nalarms, 0);
     emac_status_free(st);
+    expect_no_metric(c, "emad_session_distance", "off"); /* health false: no health series */
+    expect_no_metric(c, "emad_session_noop_updates_total", "off");
     emac_session_free(s);
     emac_disconnect(c);
     daemon_stop(&d);
@@ -393,7 +437,9 @@ static void test_stalled_session_is_flagged_and_cleared(void **state)
     }
     assert_true(stalled);
     assert_true(file_contains(d.log, "session health: stalled: no update for"));
+    expect_metric(c, "emad_session_stalled", "health", "1");
     event_at(s, "batch_end", 7);
+    expect_metric(c, "emad_session_stalled", "health", "0");
     h = health_of(c, "health", &st);
     assert_false(h->stalled);
     assert_false(has_alarm(h, "stalled"));
