@@ -14,6 +14,7 @@
 #include "version.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,8 +135,8 @@ static bool wait_keys(const struct top *t, double until)
 /* ---- one frame ---- */
 
 static const struct ctl_column top_cols[] = {
-    {"SESSION", false}, {"OWNER", false}, {"UPD/S", true},   {"MB/S", true},
-    {"BATCH", true},    {"LAST", true},   {"UPDATES", true}, {"STATE", false},
+    {"SESSION", false}, {"OWNER", false},  {"UPD/S", true},  {"MB/S", true}, {"BATCH", true},
+    {"LAST", true},     {"UPDATES", true}, {"STATE", false}, {"DIST", true}, {"ALARMS", false},
 };
 #define NTOP_COLS (sizeof(top_cols) / sizeof(top_cols[0]))
 
@@ -169,8 +170,22 @@ static void seen_keep(struct top *t, const struct emac_status *st, double now)
     t->seen_at = now;
 }
 
-static void session_row(const struct top *t, const struct emac_session_info *s, double now,
-                        char cells[NTOP_COLS][48])
+/* The health cells: the distance (3 significant digits) and the alarms, '-' without them. */
+static void health_cells(const struct emac_health *h, char *dist, char *alarms, size_t len)
+{
+    snprintf(dist, len, "-");
+    snprintf(alarms, len, "-");
+    if (h == NULL || !h->enabled)
+        return;
+    if (h->has_distance)
+        snprintf(dist, len, isnan(h->distance) ? "NaN" : "%.3g", h->distance);
+    size_t n = 0;
+    for (size_t i = 0; i < h->nalarms && n < len; i++)
+        n += (size_t)snprintf(alarms + n, len - n, "%s%s", i ? "," : "", h->alarms[i]);
+}
+
+static void session_row(const struct top *t, const struct emac_session_info *s,
+                        const struct emac_health *h, double now, char cells[NTOP_COLS][48])
 {
     const struct seen *prev = seen_find(t, s->session);
     double dt = now - t->seen_at;
@@ -202,6 +217,7 @@ static void session_row(const struct top *t, const struct emac_session_info *s, 
              : s->active ? "ema-in"
                          : "train",
              s->interrupted ? ",interrupted" : "", "");
+    health_cells(h, cells[8], cells[9], 48);
 }
 
 static void json_number(FILE *fp, const char *key, bool has, double v)
@@ -250,11 +266,18 @@ static char *render_json(struct top *t, const struct emac_status *st, double now
         else
             fputs(",\"batch\":null", fp);
         json_number(fp, "last_update_seconds", s->updates > 0, s->last_update_seconds);
-        fprintf(fp, ",\"updates\":%" PRIu64 ",\"state\":\"%s\",\"interrupted\":%s}", s->updates,
+        fprintf(fp, ",\"updates\":%" PRIu64 ",\"state\":\"%s\",\"interrupted\":%s", s->updates,
                 !s->started ? "waiting"
                 : s->active ? "ema-in"
                             : "train",
                 s->interrupted ? "true" : "false");
+        const struct emac_health *h = emac_status_health(st, i);
+        bool dist = h != NULL && h->enabled && h->has_distance && isfinite(h->distance);
+        json_number(fp, "distance", dist, dist ? h->distance : 0);
+        fputs(",\"alarms\":[", fp);
+        for (size_t k = 0; h != NULL && h->enabled && k < h->nalarms; k++)
+            fprintf(fp, "%s\"%s\"", k ? "," : "", h->alarms[k]);
+        fputs("]}", fp);
     }
     fputs("]}", fp);
     fclose(fp);
@@ -291,7 +314,7 @@ static char *render(struct top *t, const struct emac_status *st, const char *err
     for (size_t i = 0; i < st->nsessions; i++) {
         char cells[NTOP_COLS][48];
         const char *row[NTOP_COLS];
-        session_row(t, &st->session_list[i], now, cells);
+        session_row(t, &st->session_list[i], emac_status_health(st, i), now, cells);
         for (size_t k = 0; k < NTOP_COLS; k++)
             row[k] = cells[k];
         ctl_table_add(&tab, row);
@@ -312,9 +335,7 @@ static void show(const struct top *t, const char *text)
 
     if (!t->screen) {
         fputs(text, stdout);
-        fputc('\n', stdout);
-        if (!t->ctl->json) /* a blank line between frames */
-            fputc('\n', stdout);
+        fputc('\n', stdout); /* a JSON line's end, or the blank line after a frame's table */
         fflush(stdout);
         return;
     }
@@ -417,6 +438,10 @@ const struct ctl_cmd ctl_cmd_top = {
             "  STATE     'waiting' before the EMA starts, 'train' while the training\n"
             "            weights are in, 'ema-in' while the EMA weights are; ',interrupted'\n"
             "            when a crash of emad cut an update short\n"
+            "  DIST      the health signals' distance: the RMS of shadow - params at the\n"
+            "            last update ('NaN' once the shadow holds NaN or Inf values)\n"
+            "  ALARMS    the session's health alarms (nonfinite, poisoned, noop,\n"
+            "            stalled; see 'emactl show --help'), '-' when none\n"
             "Lines are cut to the terminal's width and height. When emad cannot be reached\n"
             "the first line says why and top tries again at the next frame.\n"
             "\n"
@@ -429,7 +454,8 @@ const struct ctl_cmd ctl_cmd_top = {
             "detached), \"seconds\" since the previous frame, \"updates_per_second\",\n"
             "\"mib_per_second\" (these three null in the first frame that shows the\n"
             "session), \"batch\", \"last_update_seconds\" (null before an\n"
-            "event or an update), \"updates\", \"state\", \"interrupted\"}]}.\n"
+            "event or an update), \"updates\", \"state\", \"interrupted\", \"distance\" (null\n"
+            "when not known or not finite), \"alarms\" (a list)}]}.\n"
             "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Examples:\n"
             "  emactl top\n"

@@ -25,7 +25,7 @@
 #include <cmocka.h>
 
 /* emactl's commands, as its table lists them. */
-static const char *const commands[] = {"status", "list", "show", "save",    "drop",
+static const char *const commands[] = {"status", "list", "show",    "save", "drop",
                                        "top",    "gc",   "metrics", "help"};
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -505,15 +505,18 @@ static void test_emactl_top_prints_frames_with_rates(void **state)
     assert_int_equal(strncmp(out, "emactl top - ", 13), 0);
     expect_in(out, " pid %ld, up ", (long)d.pid);
     expect_in(out, "\nSESSION  ");
-    char cells[8][64];
-    assert_int_equal(row_cells(out, "swapped", cells, 8), 8);
+    char cells[12][64];
+    assert_int_equal(row_cells(out, "swapped", cells, 12), 10);
     assert_string_equal(cells[2], "-"); /* first frame: no rate yet */
     assert_string_equal(cells[7], "ema-in");
-    assert_int_equal(row_cells(second, "swapped", cells, 8), 8);
+    assert_int_equal(row_cells(second, "swapped", cells, 12), 10);
     assert_string_equal(cells[2], "0.0"); /* nothing happened in between */
     assert_string_equal(cells[4], "4");   /* the batch of its last event */
-    assert_int_equal(row_cells(second, long_name, cells, 8), 8);
+    assert_true(strtod(cells[8], NULL) >= 0 && strcmp(cells[8], "-") != 0); /* a distance */
+    assert_string_equal(cells[9], "noop"); /* its params never moved: updates change nothing */
+    assert_int_equal(row_cells(second, long_name, cells, 12), 10);
     assert_string_equal(cells[7], "waiting");
+    assert_string_equal(cells[8], "-"); /* no update yet: no distance */
 
     /* Updates between two frames of --json. */
     if (emac_segment_create(&spec, 1, &segs[2], &err) < 0 ||
@@ -548,6 +551,8 @@ static void test_emactl_top_prints_frames_with_rates(void **state)
     assert_true(fabs(ups * dt - 10) < 1e-6);
     assert_true(fabs(json_field(sess, "mib_per_second") - ups * 4) < 1e-6 * ups);
     assert_true(json_field(sess, "batch") == 10);
+    assert_true(json_field(sess, "distance") >= 0);
+    expect_in(sess, "\"alarms\":[");
     json_session(next, "swapped", sess, sizeof(sess));
     expect_in(sess, "\"state\":\"ema-in\"");
     emac_session_free(s);

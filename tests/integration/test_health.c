@@ -188,8 +188,8 @@ static void expect_metric(emac_client *c, const char *name, const char *session,
     char line[256];
 
     OK(emac_metrics(c, &text, &err));
-    snprintf(line, sizeof(line), "\n%s{session=\"%u:%s\"} %s\n", name, (unsigned)getuid(),
-             session, value);
+    snprintf(line, sizeof(line), "\n%s{session=\"%u:%s\"} %s\n", name, (unsigned)getuid(), session,
+             value);
     if (strstr(text, line) == NULL)
         fail_msg("no line %s in the metrics:\n%s", line + 1, text);
     free(text);
@@ -203,8 +203,7 @@ static void expect_no_metric(emac_client *c, const char *name, const char *sessi
     char prefix[256];
 
     OK(emac_metrics(c, &text, &err));
-    snprintf(prefix, sizeof(prefix), "\n%s{session=\"%u:%s\"}", name, (unsigned)getuid(),
-             session);
+    snprintf(prefix, sizeof(prefix), "\n%s{session=\"%u:%s\"}", name, (unsigned)getuid(), session);
     if (strstr(text, prefix) != NULL)
         fail_msg("%s in the metrics:\n%s", prefix + 1, text);
     free(text);
@@ -277,6 +276,14 @@ static void nonfinite_params_are_skipped_and_reported(const char *option)
     expect_in(out, "\"alarms\": [\n      \"nonfinite\"\n    ]");
     expect_in(out, "\"nonfinite_total\": 3");
     expect_in(out, "\"tensor\": \"h\"");
+
+    /* emactl top's row: the alarm and the distance. */
+    char *top[] = {(char *)emactl_bin(), "--socket", d.sock, "top", NULL};
+    assert_int_equal(run_capture(top, NULL, out, sizeof(out)), 0);
+    const char *row = strstr(out, "\nhealth ");
+    assert_non_null(row);
+    size_t rowlen = strcspn(row + 1, "\n");
+    assert_true(rowlen > 10 && strncmp(row + rowlen - 9, " nonfinite", 10) == 0);
 
     /* The metrics. */
     expect_metric(c, "emad_session_nonfinite_params_total", "health", "3");
