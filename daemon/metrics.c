@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,150 +285,103 @@ static void hist(struct out *o, const char *name, const char *labels, const stru
 }
 
 /*
- * The per-session series: one row each. A row's get returns false when the
- * session has no value (no update yet), and its sample is left out. The
- * health series join here (a field of struct metrics_session, a row).
+ * The per-session series: one row each, naming the field of struct
+ * metrics_session it shows and the flag that says the session has a value
+ * (no update yet, no health signals): without it the sample is left out.
  */
+enum series_kind { SERIES_U64, SERIES_DOUBLE, SERIES_BOOL };
+
 struct session_series {
     const char *name;
     const char *type;
     const char *help;
-    bool (*get)(const struct metrics_session *s, double *v);
+    size_t field; /* offsetof(struct metrics_session, ...) */
+    enum series_kind kind;
+    ptrdiff_t when; /* offsetof a bool that must be true; -1: always */
 };
 
-static bool get_update_time(const struct metrics_session *s, double *v)
-{
-    *v = s->last_update_time;
-    return s->has_update;
-}
+#define SF(f, kind) offsetof(struct metrics_session, f), kind
+#define WHEN(f) (ptrdiff_t) offsetof(struct metrics_session, f)
 
-static bool get_update_batch(const struct metrics_session *s, double *v)
+static bool series_value(const struct session_series *r, const struct metrics_session *s, double *v)
 {
-    *v = (double)s->last_update_batch;
-    return s->has_update;
-}
+    const char *base = (const char *)s;
 
-static bool get_batch(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->last_batch;
-    return s->has_event;
-}
-
-static bool get_lag(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->lag_batches;
+    if (r->when >= 0 && !*(const bool *)(base + r->when))
+        return false;
+    switch (r->kind) {
+    case SERIES_U64:
+        *v = (double)*(const uint64_t *)(base + r->field);
+        break;
+    case SERIES_DOUBLE:
+        *v = *(const double *)(base + r->field);
+        break;
+    case SERIES_BOOL:
+        *v = *(const bool *)(base + r->field) ? 1 : 0;
+        break;
+    }
     return true;
-}
-
-static bool get_queued(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->queued;
-    return true;
-}
-
-static bool get_shadow_bytes(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->shadow_bytes;
-    return true;
-}
-
-/* The health series: only for a session that computes the signals. */
-static bool get_nonfinite_total(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->nonfinite_total;
-    return s->health;
-}
-
-static bool get_nonfinite_updates(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->nonfinite_updates;
-    return s->health;
-}
-
-static bool get_last_nonfinite(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->last_nonfinite;
-    return s->health;
-}
-
-static bool get_noop_updates(const struct metrics_session *s, double *v)
-{
-    *v = (double)s->noop_updates;
-    return s->health;
-}
-
-static bool get_last_noop(const struct metrics_session *s, double *v)
-{
-    *v = s->last_noop ? 1 : 0;
-    return s->health;
-}
-
-static bool get_distance(const struct metrics_session *s, double *v)
-{
-    *v = s->distance;
-    return s->health && s->has_distance;
-}
-
-static bool get_stalled(const struct metrics_session *s, double *v)
-{
-    *v = s->stalled ? 1 : 0;
-    return s->health;
 }
 
 static const struct session_series session_series[] = {
     {"emad_session_last_update_timestamp_seconds", "gauge",
      "When the session's last EMA update completed (unix time); absent before its first update "
      "since emad started.",
-     get_update_time},
+     SF(last_update_time, SERIES_DOUBLE), WHEN(has_update)},
     {"emad_session_last_update_batch", "gauge",
-     "The trainer's batch count of the session's last EMA update.", get_update_batch},
+     "The trainer's batch count of the session's last EMA update.",
+     SF(last_update_batch, SERIES_U64), WHEN(has_update)},
     {"emad_session_batch", "gauge",
      "The trainer's batch count of the last event applied to the session (an update or not).",
-     get_batch},
+     SF(last_batch, SERIES_U64), WHEN(has_event)},
     {"emad_session_lag_batches", "gauge",
      "Batches by which the session's shadow trails the events received: the newest batch among "
      "the events queued or running minus the batch of the last event applied (0 when none is "
      "newer).",
-     get_lag},
+     SF(lag_batches, SERIES_U64), -1},
     {"emad_session_queued_operations", "gauge",
-     "Operations of the session waiting or running (events, swaps, saves, ...).", get_queued},
+     "Operations of the session waiting or running (events, swaps, saves, ...).",
+     SF(queued, SERIES_U64), -1},
     {"emad_session_shadow_bytes", "gauge", "Bytes of the session's shadow (the EMA weights).",
-     get_shadow_bytes},
+     SF(shadow_bytes, SERIES_U64), -1},
+    /* The health signals: only for a session that computes them. */
     {"emad_session_nonfinite_params_total", "counter",
      "NaN or infinite param elements the session's updates found (health signals).",
-     get_nonfinite_total},
+     SF(nonfinite_total, SERIES_U64), WHEN(health)},
     {"emad_session_nonfinite_updates_total", "counter",
-     "Updates of the session that found NaN or infinite param elements.", get_nonfinite_updates},
+     "Updates of the session that found NaN or infinite param elements.",
+     SF(nonfinite_updates, SERIES_U64), WHEN(health)},
     {"emad_session_last_update_nonfinite_params", "gauge",
      "NaN or infinite param elements the session's last update found (the nonfinite alarm "
      "while above 0).",
-     get_last_nonfinite},
+     SF(last_nonfinite, SERIES_U64), WHEN(health)},
     {"emad_session_noop_updates_total", "counter",
-     "Updates of the session that changed no shadow element.", get_noop_updates},
+     "Updates of the session that changed no shadow element.", SF(noop_updates, SERIES_U64),
+     WHEN(health)},
     {"emad_session_last_update_noop", "gauge",
      "1 when the session's last update changed no shadow element (the noop alarm), else 0.",
-     get_last_noop},
+     SF(last_noop, SERIES_BOOL), WHEN(health)},
     {"emad_session_distance", "gauge",
      "Root mean square of (shadow - param) over the finite elements at the session's last "
      "update; NaN or +Inf when the shadow holds non-finite values (the poisoned alarm).",
-     get_distance},
+     SF(distance, SERIES_DOUBLE), WHEN(has_distance)},
     {"emad_session_stalled", "gauge",
      "1 when the session's trainer is attached and has sent no update for --stall-factor times "
      "its usual interval (the stalled alarm), else 0.",
-     get_stalled},
+     SF(stalled, SERIES_BOOL), WHEN(health)},
 };
 
 static void render_sessions(struct out *o, const struct metrics_view *v, bool all, uid_t uid)
 {
     char num[64];
-    double x;
+    double x = 0;
 
     for (size_t r = 0; r < sizeof(session_series) / sizeof(session_series[0]); r++) {
         const struct session_series *row = &session_series[r];
         head(o, row->name, row->type, row->help);
         for (size_t i = 0; i < v->nsessions; i++) {
             const struct metrics_session *s = &v->session_list[i];
-            if ((!all && s->uid != uid) || !row->get(s, &x))
+            if ((!all && s->uid != uid) || !series_value(row, s, &x))
                 continue;
             fmt_double(x, num, sizeof(num));
             sample_label(o, row->name, "session", s->label, num);

@@ -91,8 +91,8 @@ struct metrics_session {
     uint64_t noop_updates;      /* updates that changed no shadow element */
     uint64_t last_nonfinite;    /* those of the last update */
     bool last_noop;             /* the last update changed nothing */
-    bool has_distance;
-    double distance; /* RMS of (shadow - param) at the last update; NaN/Inf: poisoned */
+    bool has_distance;          /* health on, and an update had finite float elements */
+    double distance;            /* RMS of (shadow - param) at the last update; NaN/Inf: poisoned */
     bool stalled;
 };
 

@@ -89,7 +89,7 @@ static void session_fill(const struct session *s, struct metrics_session *o)
     o->noop_updates = h->noop_updates;
     o->last_nonfinite = h->last_count;
     o->last_noop = h->last_noop;
-    o->has_distance = h->has_distance;
+    o->has_distance = h->enabled && h->has_distance;
     o->distance = h->distance;
     o->stalled = h->stalled;
 }
