@@ -20,6 +20,7 @@
 #include "kernel.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -713,18 +714,12 @@ AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, siz
     __m256 vx = avx2_load_param(x, i, kind);
     __m256 d = _mm256_sub_ps(vx, vs);
     __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
-    __m256 df, r;
-    if (skip && !from_param) {
-        /* s + w * -0 is s bit for bit, -0 included: the masked d skips the element and
-         * drops out of the squares with one blend. */
-        df = _mm256_blendv_ps(d, _mm256_set1_ps(-0.0f), nf);
-        r = _mm256_fmadd_ps(vc, df, vs);
-    } else {
-        r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
-        if (skip)
-            r = _mm256_blendv_ps(r, vs, nf);
-        df = _mm256_andnot_ps(nf, d);
-    }
+    /* The old shadow blended back where the param is not finite: its bits stay, even a
+     * signalling NaN's (an FMA over it would quieten it). */
+    __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
+    if (skip)
+        r = _mm256_blendv_ps(r, vs, nf);
+    __m256 df = _mm256_andnot_ps(nf, d);
     if (save)
         _mm256_storeu_ps(u + i, vs);
     _mm256_storeu_ps(s + i, r);
@@ -758,6 +753,21 @@ AVX2_INLINE size_t avx2_health_block(float *restrict s, const void *restrict x, 
 }
 
 /*
+ * Whether s[from, to) holds only finite values. A block's f32 sum of squares is +Inf either
+ * because the shadow holds an infinity or a NaN (then the distance must say so: the "poisoned"
+ * alarm), or because finite values lie 1e19 and more apart, beyond what a float squares (then
+ * the block counts as the largest float: the distance says "huge", not "poisoned"; the scalar
+ * code squares in double and never overflows). Rare, so a second look at the block, in cache.
+ */
+AVX2_INLINE bool shadow_finite(const float *s, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        if (!(fabsf(s[i]) < INFINITY))
+            return false;
+    return true;
+}
+
+/*
  * Four steps a turn, each summing its squares into its own register: one chain of dependent
  * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
  * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
@@ -778,6 +788,7 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
     while (n - i >= 8) {
         size_t left = (n - i) & ~(size_t)7;
         size_t end = i + (left > HEALTH_BLOCK ? HEALTH_BLOCK : left);
+        size_t start = i;
         __m256 sq;
         __m256i bad = _mm256_setzero_si256();
         if (changed) {
@@ -788,6 +799,9 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
                                   &same, true);
             changed = _mm256_movemask_epi8(same) != -1;
         }
+        if (_mm256_movemask_ps(_mm256_cmp_ps(sq, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)) != 0 &&
+            shadow_finite(s, start, i))
+            sq = _mm256_min_ps(sq, _mm256_set1_ps(FLT_MAX)); /* no NaN lane here: +Inf only */
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
         acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
         bad_total += avx2_sum_u32(bad);

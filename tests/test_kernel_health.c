@@ -409,6 +409,70 @@ static void test_health_changed_is_false_for_updates_that_change_nothing(void **
 
 /* Calls add up: two halves give the counts and the flag of one call, so per-chunk results can be
  * summed. Integer tensors are copied and add nothing; bad arguments write nothing. */
+/* A shadow element holding a signalling NaN, under a non-finite param and skip, keeps its
+ * exact bits (an arithmetic path would quieten it), at every smoothing and every position of a
+ * vector; and a shadow that is finite but 1e20 away from finite params gives a huge, finite
+ * distance (an f32 square would overflow to +Inf, which means a poisoned shadow), while a shadow
+ * holding +Inf still gives +Inf. */
+static void test_health_skip_keeps_signalling_nans_and_huge_distances_stay_finite(void **state)
+{
+    const struct kernel_ops *ops[3];
+    size_t nimpl = impls(ops);
+    const uint32_t snan = 0x7f800001u, qnan = 0x7fc00000u;
+    const double smoothings[] = {0.999, 0.5, 0.1};
+    (void)state;
+
+    for (size_t k = 0; k < nimpl; k++) {
+        for (size_t m = 0; m < ARRAY_LEN(smoothings); m++) {
+            enum { N = 37 };
+            float sh[N], pa[N];
+            for (size_t i = 0; i < N; i++) {
+                sh[i] = (float)i;
+                pa[i] = (float)i + 1;
+            }
+            size_t at[] = {0, 5, 8, 31, 36};
+            for (size_t j = 0; j < ARRAY_LEN(at); j++) {
+                memcpy(&sh[at[j]], &snan, 4);
+                memcpy(&pa[at[j]], &qnan, 4);
+            }
+            struct kernel_health h = {0};
+            assert_int_equal(
+                kernel_update_health(ops[k], DTYPE_F32, sh, pa, N, smoothings[m], NULL, true, &h),
+                0);
+            for (size_t j = 0; j < ARRAY_LEN(at); j++) {
+                uint32_t bits;
+                memcpy(&bits, &sh[at[j]], 4);
+                if (bits != snan)
+                    fail_msg("impl %zu, smoothing %g, element %zu: %08x, not the signalling NaN", k,
+                             smoothings[m], at[j], bits);
+            }
+            assert_int_equal(h.nonfinite, ARRAY_LEN(at));
+        }
+
+        enum { M = 4096 + 3 };
+        float *sh = malloc(M * sizeof(float)), *pa = malloc(M * sizeof(float));
+        assert_non_null(sh);
+        assert_non_null(pa);
+        for (size_t i = 0; i < M; i++) {
+            sh[i] = 1e20f;
+            pa[i] = -1e20f;
+        }
+        struct kernel_health h = {0};
+        assert_int_equal(kernel_update_health(ops[k], DTYPE_F32, sh, pa, M, 0.9, NULL, true, &h),
+                         0);
+        assert_true(isfinite(h.sumsq) && h.sumsq > 1e38);
+        for (size_t i = 0; i < M; i++)
+            sh[i] = 1e20f;
+        sh[1000] = INFINITY;
+        memset(&h, 0, sizeof(h));
+        assert_int_equal(kernel_update_health(ops[k], DTYPE_F32, sh, pa, M, 0.9, NULL, true, &h),
+                         0);
+        assert_false(isfinite(h.sumsq)); /* the shadow holds a non-finite value: poisoned */
+        free(sh);
+        free(pa);
+    }
+}
+
 static void test_health_dispatch_accumulates_and_checks_arguments(void **state)
 {
     (void)state;
@@ -457,6 +521,7 @@ int main(void)
         cmocka_unit_test(test_health_nonfinite_params_are_counted_and_skipped),
         cmocka_unit_test(test_health_changed_is_false_for_updates_that_change_nothing),
         cmocka_unit_test(test_health_dispatch_accumulates_and_checks_arguments),
+        cmocka_unit_test(test_health_skip_keeps_signalling_nans_and_huge_distances_stay_finite),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
