@@ -35,10 +35,18 @@ static int update_piece(struct session *s, const struct tensor *t, size_t ti, vo
                         const void *pa, uint64_t n, void *old, struct health_part *part)
 {
     const struct kernel_ops *k = s->reg->kops;
+    struct health_part unused;
 
-    if (part == NULL)
+    if (part == NULL && !s->health.enabled)
         return old != NULL ? kernel_update_save(k, t->dtype, sh, pa, n, s->cfg.smoothing, old)
                            : kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+    if (part == NULL) {
+        /* Signals not gathered this time (a replay after a crash covers part of the update;
+         * no memory for the parts): the session's policy on non-finite params still holds. */
+        memset(&unused, 0, sizeof(unused));
+        unused.first_nonfinite = SIZE_MAX;
+        part = &unused;
+    }
     uint64_t before = part->k.nonfinite;
     int rc = kernel_update_health(k, t->dtype, sh, pa, n, s->cfg.smoothing, old,
                                   s->health.skip_nonfinite, &part->k);

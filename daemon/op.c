@@ -406,8 +406,11 @@ static void run_event(struct op *op)
         } else {
             redo_cancel(s, "another event");
         }
-        /* Health on plain updates: a start has no shadow before it to compare with. */
+        /* Health on plain updates: a start has no shadow before it to compare with, and a
+         * replay after a crash sees only what the cut-short run had not written (its signals
+         * would describe part of the model; chunk.c still applies the non-finite policy). */
         e->health = e->action == EMA_ACTION_UPDATE && s->health.enabled &&
+                    e->resume_from == NULL &&
                     health_prepare(&s->health, s->plan.nchunks) == 0;
         op->t0 = uv_hrtime();
         if (e->logged)

@@ -218,7 +218,8 @@ static void session_fill_health(const struct session *s, bool *has, struct msg_h
 
     *has = true;
     h->enabled = hs->enabled;
-    h->on_nonfinite = msg_str_c(hs->skip_nonfinite ? "skip" : "apply");
+    /* What is done, not what was asked: health false runs the plain kernels, which apply. */
+    h->on_nonfinite = msg_str_c(hs->enabled && hs->skip_nonfinite ? "skip" : "apply");
     h->updates_checked = hs->checked_updates;
     h->nonfinite_total = hs->nonfinite_total;
     h->nonfinite_updates = hs->nonfinite_updates;
