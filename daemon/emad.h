@@ -25,6 +25,8 @@ struct emad {
     struct pool *pool;
     struct metrics *metrics; /* counters (metrics.h); changed on the loop thread only */
     uint64_t started_ns; /* uv_hrtime() at start, for uptime */
+    double started_unix; /* the wall clock then (unix seconds), read once: the metrics'
+                            emad_start_time_seconds must not move between scrapes */
 };
 
 #endif

@@ -314,6 +314,9 @@ int main(int argc, char **argv)
     d.ctx.opts = &d.opts;
     d.ctx.log = &d.log;
     d.ctx.started_ns = uv_hrtime();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    d.ctx.started_unix = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
     d.notify_socket = getenv("NOTIFY_SOCKET");
 
     d.ctx.sessions = &d.sessions;

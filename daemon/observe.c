@@ -100,7 +100,7 @@ int metrics_view_fill(struct emad *ctx, struct metrics_view *v)
     size_t i = 0;
 
     memset(v, 0, sizeof(*v));
-    v->start_time = unix_now() - (double)(uv_hrtime() - ctx->started_ns) / 1e9;
+    v->start_time = ctx->started_unix;
     if (ctx->srv != NULL)
         v->connections = ctx->srv->nconns - ctx->srv->nclosing;
     if (r == NULL || r->count == 0)

@@ -264,6 +264,8 @@ static void test_metrics_count_what_was_done(void **state)
     assert_true(sample(text, "emad_errors_total{code=\"NOSESSION\"}") == 0);
     assert_true(sample(text, "emad_connections") == 1);
     assert_non_null(strstr(text, "emad_build_info{version=\""));
+    double started = sample(text, "emad_start_time_seconds");
+    assert_true(started > 1e9);
     free(text);
 
     emac_session *s = session_ok(c, "counted", &seg_left);
@@ -280,6 +282,8 @@ static void test_metrics_count_what_was_done(void **state)
     assert_string_equal(err.code, "STATE");
 
     text = metrics_of(c);
+    /* The same start time, to the bit, at every scrape: changes() would fire otherwise. */
+    assert_true(sample(text, "emad_start_time_seconds") == started);
     assert_true(sample(text, "emad_updates_total") == (double)r.updates);
     assert_true(sample(text, "emad_update_duration_seconds_count") == (double)r.updates);
     assert_true(sample(text, "emad_update_duration_seconds_bucket{le=\"+Inf\"}") ==
