@@ -178,7 +178,7 @@ static void health_cells(const struct emac_health *h, char *dist, char *alarms, 
     if (h == NULL || !h->enabled)
         return;
     if (h->has_distance)
-        snprintf(dist, len, isnan(h->distance) ? "NaN" : "%.3g", h->distance);
+        snprintf(dist, len, "%.3g", h->distance); /* "nan", "inf" */
     size_t n = 0;
     for (size_t i = 0; i < h->nalarms && n < len; i++)
         n += (size_t)snprintf(alarms + n, len - n, "%s%s", i ? "," : "", h->alarms[i]);
@@ -439,7 +439,8 @@ const struct ctl_cmd ctl_cmd_top = {
             "            weights are in, 'ema-in' while the EMA weights are; ',interrupted'\n"
             "            when a crash of emad cut an update short\n"
             "  DIST      the health signals' distance: the RMS of shadow - params at the\n"
-            "            last update ('NaN' once the shadow holds NaN or Inf values)\n"
+            "            last update ('nan' or 'inf' once the shadow holds such values:\n"
+            "            the poisoned alarm)\n"
             "  ALARMS    the session's health alarms (nonfinite, poisoned, noop,\n"
             "            stalled; see 'emactl show --help'), '-' when none\n"
             "Lines are cut to the terminal's width and height. When emad cannot be reached\n"
@@ -453,8 +454,8 @@ const struct ctl_cmd ctl_cmd_top = {
             "seconds, \"pid\": emad's, \"sessions\": [{\"session\", \"owner_pid\" (null while\n"
             "detached), \"seconds\" since the previous frame, \"updates_per_second\",\n"
             "\"mib_per_second\" (these three null in the first frame that shows the\n"
-            "session), \"batch\", \"last_update_seconds\" (null before an\n"
-            "event or an update), \"updates\", \"state\", \"interrupted\", \"distance\" (null\n"
+            "session), \"batch\" (null before an event), \"last_update_seconds\" (null\n"
+            "before an update), \"updates\", \"state\", \"interrupted\", \"distance\" (null\n"
             "when not known or not finite), \"alarms\" (a list)}]}.\n"
             "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Examples:\n"

@@ -21,7 +21,7 @@
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 /* Scrapers are few: a bound on the connections and on an idle one's life
  * keeps a misbehaving client from holding the thread's resources. */
-#define HTTPD_MAX_CONNECTIONS 32u
+#define HTTPD_MAX_CONNECTIONS HTTPD_CONNECTIONS
 #define HTTPD_IDLE_TIMEOUT_S 10u
 
 static enum MHD_Result answer(struct MHD_Connection *conn, unsigned status, const char *text,
@@ -194,7 +194,9 @@ int httpd_start(struct httpd *h, const struct emad_opts *o, char *err, size_t er
     for (size_t i = 0; i < sizeof(sync_signals) / sizeof(sync_signals[0]); i++)
         sigdelset(&all, sync_signals[i]);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    h->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC, 0, NULL, NULL,
+    /* AUTO: epoll or poll, never select(), which cannot watch a descriptor numbered 1024 or
+     * more (emad raises its limit past that to fit --max-connections). */
+    h->mhd = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC, 0, NULL, NULL,
                               on_request, h, MHD_OPTION_LISTEN_SOCKET, h->fd,
                               MHD_OPTION_CONNECTION_LIMIT, HTTPD_MAX_CONNECTIONS,
                               MHD_OPTION_CONNECTION_TIMEOUT, HTTPD_IDLE_TIMEOUT_S, MHD_OPTION_END);

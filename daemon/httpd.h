@@ -16,6 +16,11 @@
 
 struct MHD_Daemon;
 
+/* The scrapers served at once; with the listening socket and the thread's own descriptors,
+ * what --metrics adds to emad's descriptors beside its connections (main.c fd_reserve). */
+#define HTTPD_CONNECTIONS 32u
+#define HTTPD_DESCRIPTORS (HTTPD_CONNECTIONS + 4u)
+
 struct httpd {
     struct MHD_Daemon *mhd;
     int fd;               /* the listening socket (MHD closes it at stop) */

@@ -5,6 +5,7 @@
 #include "dispatch.h"
 #include "emad.h"
 #include "exporter.h"
+#include "httpd.h"
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
@@ -180,7 +181,8 @@ static void on_signal(struct daemon *d, int signum)
  * they are opened. */
 static rlim_t fd_reserve(const struct emad_opts *o)
 {
-    return 64 + 2 * (rlim_t)o->workers;
+    bool http = o->metrics_path[0] != '\0' || o->metrics_port != 0;
+    return 64 + 2 * (rlim_t)o->workers + (http ? HTTPD_DESCRIPTORS : 0);
 }
 
 /* Each connection holds a descriptor. systemd starts services with a soft
@@ -343,13 +345,8 @@ int main(int argc, char **argv)
         log_close(&d.log);
         return 1;
     }
-    /* Whoever finds the socket listening finds the metrics served too. */
-    if (exporter_start(&d.exporter, &d.ctx, err, sizeof(err)) < 0) {
-        log_error(&d.log, "%s", err);
-        goto err_socket;
-    }
     /* The workers start only once the socket is ours: every failure above
-     * exits without workers to stop (err_socket stops the HTTP thread). */
+     * exits without workers to stop. */
     if ((rc = pool_init(&d.pool, d.ctx.loop, d.opts.workers)) < 0) {
         log_error(&d.log, "cannot start %u worker threads: %s", d.opts.workers, strerror(-rc));
         goto err_socket;
@@ -386,6 +383,13 @@ int main(int argc, char **argv)
     /* Whatever else dead emads of ours left in /dev/shm is no one's now. */
     if ((rc = shm_collect_stale_shadows(registry_owns_shadow, &d.sessions, log_stale, &d.log)) > 0)
         log_info(&d.log, "removed %d stale shadows of emad processes that are gone", rc);
+    /* The metrics once the state directory is ours and its sessions are back: a second emad
+     * that cannot start does not overwrite the first one's textfile, and the first page
+     * holds the restored sessions. Served from before the first request is answered. */
+    if (exporter_start(&d.exporter, &d.ctx, err, sizeof(err)) < 0) {
+        log_error(&d.log, "%s", err);
+        goto err_pool;
+    }
     /* The transport hands requests up to dispatch, which calls the sessions. */
     const struct server_handlers up = {dispatch_request, dispatch_closed, &d.ctx};
     if ((rc = server_start(&d.srv, &d.ctx, &ls, &up)) < 0) {

@@ -416,7 +416,8 @@ int metrics_render(const struct metrics *m, const struct metrics_view *v, bool a
     head(&o, "emad_update_bytes_total", "counter", "Parameter bytes read by EMA updates.");
     sample_u(&o, "emad_update_bytes_total", m->update_bytes);
     head(&o, "emad_update_duration_seconds", "histogram",
-         "Time from an update's start on the workers to its completion.");
+         "Time from an update's hand-off to the workers (its wait in their queue included) to its "
+         "completion.");
     hist(&o, "emad_update_duration_seconds", "", &m->update_seconds);
     head(&o, "emad_swaps_total", "counter",
          "Swaps completed; direction in puts the EMA weights into the parameters, out puts "

@@ -198,9 +198,10 @@ void opts_usage(FILE *fp, const char *argv0)
 "  --log-level LEVEL       error, warn, info or debug (default info)\n"
 "  --log-file PATH         append to PATH instead of stderr; SIGHUP reopens it\n"
 "\n"
-"Metrics (Prometheus text format; every session's series, labelled with its\n"
-"owner's uid and its name, so choose who can read them; 'emactl metrics'\n"
-"shows a user other than root only their own sessions):\n"
+"Metrics (Prometheus text format; the endpoint and the textfile carry every\n"
+"session's series, labelled with its owner's uid and its name: whoever can\n"
+"reach the address or read the file sees them; 'emactl metrics' shows a user\n"
+"other than root only their own sessions):\n"
 "  --metrics ADDRESS       serve GET /metrics over HTTP on ADDRESS (default:\n"
 "                          off): HOST:PORT, HOST being a loopback address\n"
 "                          (localhost, 127.0.0.1 or another 127.x.y.z, or\n"
@@ -213,7 +214,9 @@ void opts_usage(FILE *fp, const char *argv0)
 "  --metrics-textfile PATH  write the metrics to PATH every --metrics-interval,\n"
 "                          for node_exporter's textfile collector (which reads\n"
 "                          *.prom files): a temporary file in the same\n"
-"                          directory, mode 0644, renamed over PATH\n"
+"                          directory, mode 0644 (readable by every user who\n"
+"                          can enter the directory: keep it in one only the\n"
+"                          exporter's user can), renamed over PATH\n"
 "  --metrics-interval SECONDS  seconds between two writes of the textfile, 1\n"
 "                          to 3600 (default 15)\n"
 "\n"
@@ -343,7 +346,8 @@ static int parse_metrics_address(struct emad_opts *o, const char *s, char *err, 
     }
     if (colon == NULL || colon == s || (size_t)(colon - s) >= sizeof(host))
         return err_set(err, errlen, -EINVAL, "--metrics %s: expected HOST:PORT (e.g. "
-                       "127.0.0.1:9469) or the path of a Unix socket", s);
+                       "127.0.0.1:9469) or the path of a Unix socket, which holds a '/' (e.g. "
+                       "./%s)", s, s);
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = '\0';
     if (parse_uint("metrics", colon + 1, 1, 65535, &port, false, err, errlen) < 0)
