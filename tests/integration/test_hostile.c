@@ -552,8 +552,7 @@ static bool child_start(struct child_trainer *t, const char *sock, const char *c
     memset(t, 0, sizeof(*t));
     CHILD_CHECK(v, emac_connect(sock, client, &t->c, &err) == 0, "connect: %s: %s", err.code,
                 err.message);
-    CHILD_CHECK(v, emac_segment_create(&spec, 1, &t->seg, &err) == 0, "segment: %s",
-                err.message);
+    CHILD_CHECK(v, emac_segment_create(&spec, 1, &t->seg, &err) == 0, "segment: %s", err.message);
     ((float *)emac_segment_tensor(t->seg, 0)->data)[3] = w3;
     CHILD_CHECK(v, emac_register(t->c, session, t->seg, cfg, false, &t->s, &err) == 0,
                 "register: %s: %s", err.code, err.message);
@@ -647,8 +646,7 @@ static void trainer_resizes_its_shadow(const void *sock, struct verdict *v)
                 "without ACLs the shadow should be the trainer's, 0400");
     CHILD_CHECK(v, chmod(path, 0600) == 0, "chmod of its own shadow: %s", strerror(errno));
     fd = open(path, O_RDWR | O_CLOEXEC);
-    CHILD_CHECK(v, fd >= 0 && ftruncate(fd, 4096) == 0, "resizing its shadow: %s",
-                strerror(errno));
+    CHILD_CHECK(v, fd >= 0 && ftruncate(fd, 4096) == 0, "resizing its shadow: %s", strerror(errno));
     t.batch = 2;
     CHILD_CHECK(v, emac_event(s, "batch_end", &t, &r, &err) != 0 && strcmp(err.code, "SHM") == 0,
                 "an update into a resized shadow should fail with SHM, got %s: %s", err.code,
@@ -790,12 +788,91 @@ static void test_session_names_are_per_uid(void **state)
     daemon_stop(&d);
 }
 
+/* As another uid: register "a" and "b", then "c" beyond --max-sessions-per-uid 2 (LIMIT,
+ * naming the uid and the option), and leave "a" and "b" detached. */
+static void trainer_fills_its_quota(const void *sock, struct verdict *v)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1024, NULL, 0};
+    emac_segment *seg[3] = {NULL, NULL, NULL};
+    emac_session *s[3] = {NULL, NULL, NULL};
+    const char *names[3] = {"a", "b", "c"};
+    struct emac_error err;
+    emac_client *c = NULL;
+    char uid[32];
+
+    snprintf(uid, sizeof(uid), "uid %ld holds 2 sessions", (long)getuid());
+    CHILD_CHECK(v, emac_connect(sock, "quota", &c, &err) == 0, "connect: %s", err.message);
+    for (int i = 0; i < 3; i++) {
+        CHILD_CHECK(v, emac_segment_create(&spec, 1, &seg[i], &err) == 0, "segment: %s",
+                    err.message);
+        int rc = emac_register(c, names[i], seg[i], NULL, false, &s[i], &err);
+        if (i < 2)
+            CHILD_CHECK(v, rc == 0, "register %s: %s: %s", names[i], err.code, err.message);
+        else
+            CHILD_CHECK(v,
+                        rc != 0 && strcmp(err.code, "LIMIT") == 0 &&
+                            strstr(err.message, uid) != NULL &&
+                            strstr(err.message, "--max-sessions-per-uid") != NULL,
+                        "register c: rc %d, %s: %s", rc, err.code, err.message);
+    }
+out:
+    for (int i = 0; i < 3; i++) {
+        emac_session_free(s[i]);
+        emac_segment_destroy(seg[i]);
+    }
+    emac_disconnect(c);
+}
+
+/* As a second uid: its own quota is whole while the first uid's is used up. */
+static void trainer_of_another_uid_registers(const void *sock, struct verdict *v)
+{
+    struct child_trainer tr;
+
+    child_start(&tr, sock, "second uid", "a", &one_ba, 1.0f, v);
+    child_end(&tr);
+}
+
+/* The per-uid session limit is per uid: one user at its limit neither blocks another user
+ * nor root. */
+static void test_one_uid_at_its_limit_leaves_the_others_theirs(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    char names[1024];
+    const char *extra[] = {
+        "--socket-mode", "0666", "--allow-group", "nogroup", "--max-sessions-per-uid", "2", NULL};
+    (void)state;
+
+    if (geteuid() != 0)
+        skip();
+    make_dir(&d);
+    assert_int_equal(chmod(d.dir, 0755), 0);
+    daemon_start_env(&d, extra, NULL);
+    run_as_uid(65534, 65534, trainer_fills_its_quota, d.sock);
+    run_as_uid(65533, 65534, trainer_of_another_uid_registers, d.sock);
+    emac_client *c = client_connect(&d, "test_hostile");
+    emac_session *s = session_ok(c, "roots", &segs[0]);
+    listed(c, NULL, names, sizeof(names));
+    assert_true(has_word(names, "65534:a") && has_word(names, "65534:b"));
+    assert_false(has_word(names, "65534:c"));
+    assert_true(has_word(names, "65533:a"));
+    assert_true(has_word(names, "roots"));
+    emac_session_free(s);
+    emac_disconnect(c); /* "roots" detached: root may drop it with the others */
+    c = client_connect(&d, "test_hostile");
+    const char *drop[] = {"65534:a", "65534:b", "65533:a", "roots"};
+    for (size_t i = 0; i < 4; i++)
+        if (emac_drop(c, drop[i], &err) != 0)
+            fail_msg("drop %s: %s: %s", drop[i], err.code, err.message);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_shrunk_segment_fails_only_its_session, teardown),
-        cmocka_unit_test_teardown(test_thousand_idle_connections_and_half_sent_messages,
-                                  teardown),
+        cmocka_unit_test_teardown(test_thousand_idle_connections_and_half_sent_messages, teardown),
         cmocka_unit_test_teardown(test_other_uid_cannot_see_or_touch_sessions, teardown),
         cmocka_unit_test_teardown(test_allow_group_admits_supplementary_members_only, teardown),
         cmocka_unit_test_teardown(test_rewritten_header_is_not_read_again, teardown),
@@ -807,6 +884,7 @@ int main(void)
         cmocka_unit_test_teardown(test_session_named_like_another_users_is_refused, teardown),
         cmocka_unit_test_teardown(test_without_acls_a_resized_shadow_fails_only_its_session,
                                   teardown),
+        cmocka_unit_test_teardown(test_one_uid_at_its_limit_leaves_the_others_theirs, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("hostile", tests, NULL, NULL);
