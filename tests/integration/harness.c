@@ -5,9 +5,12 @@
 #include "harness.h"
 
 #include "msg.h"
+#include "names.h"
 #include "wire.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <limits.h>
 #include <grp.h>
 #include <poll.h>
@@ -187,12 +190,34 @@ pid_t spawn(char *const argv[], char *const envs[], int out_fd, int err_fd)
     return pid;
 }
 
+/* Remove the shadow objects named after pid (an emad of the test, gone now): an emad killed
+ * by a failed test's teardown, or stopped with sessions kept, leaves them for a successor that
+ * the test will not start. */
+static void remove_shadows_of(pid_t pid)
+{
+    DIR *dir = opendir("/dev/shm");
+    struct dirent *e;
+    char name[300];
+
+    if (dir == NULL)
+        return;
+    while ((e = readdir(dir)) != NULL) {
+        if (names_shadow_pid(e->d_name) != (long)pid)
+            continue;
+        snprintf(name, sizeof(name), "/%s", e->d_name);
+        shm_unlink(name);
+    }
+    closedir(dir);
+}
+
 int kill_leftovers(void **state)
 {
     (void)state;
     for (size_t i = 0; i < nspawned; i++) {
         if (spawned[i] > 0 && kill(spawned[i], SIGKILL) == 0)
             waitpid(spawned[i], NULL, 0);
+        if (spawned[i] > 0)
+            remove_shadows_of(spawned[i]);
     }
     nspawned = 0;
     return 0;
