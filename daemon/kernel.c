@@ -768,11 +768,79 @@ AVX2_INLINE bool shadow_finite(const float *s, size_t from, size_t to)
 }
 
 /*
+ * Whether the params [i, end) of a block are all finite, from their exponent bits alone: the
+ * largest masked exponent equals the all-ones one exactly when some element is NaN or infinite.
+ * 16-bit params are tested sixteen to a register, so the test costs about one operation per
+ * eight elements and the block's bytes are in L1 for the update that follows.
+ */
+AVX2_INLINE bool avx2_params_finite(const void *x, size_t i, size_t end, int kind)
+{
+    if (kind == PARAM_F32) {
+        const __m256i e = _mm256_set1_epi32(0x7f800000);
+        const float *p = (const float *)x;
+        __m256i m = _mm256_setzero_si256();
+        for (; i < end; i += 8)
+            m = _mm256_max_epu32(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + i)), e));
+        return _mm256_movemask_epi8(_mm256_cmpeq_epi32(m, e)) == 0;
+    }
+    const __m256i e = _mm256_set1_epi16(kind == PARAM_BF16 ? 0x7f80 : 0x7c00);
+    const uint16_t *p = (const uint16_t *)x;
+    __m256i m = _mm256_setzero_si256();
+    for (; i + 16 <= end; i += 16)
+        m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + i)), e));
+    if (i < end) /* eight left: the upper half stays zero */
+        m = _mm256_max_epu16(m, _mm256_and_si256(_mm256_zextsi128_si256(_mm_loadu_si128(
+                                                     (const __m128i *)(p + i))),
+                                                 e));
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(m, e)) == 0;
+}
+
+/* One step of 8 when the block's params are known finite: the plain update and the square of d,
+ * nothing to mask or blend. */
+AVX2_INLINE void avx2_health_fast_step(float *restrict s, const void *restrict x, size_t i,
+                                       __m256 vc, bool from_param, float *restrict u, bool save,
+                                       int kind, __m256 *sq, __m256i *same, bool track)
+{
+    __m256 vs = _mm256_loadu_ps(s + i);
+    __m256 vx = avx2_load_param(x, i, kind);
+    __m256 d = _mm256_sub_ps(vx, vs);
+    __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
+    if (save)
+        _mm256_storeu_ps(u + i, vs);
+    _mm256_storeu_ps(s + i, r);
+    *sq = _mm256_fmadd_ps(d, d, *sq);
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                           _mm256_castps_si256(vs)));
+}
+
+AVX2_INLINE size_t avx2_health_fast_block(float *restrict s, const void *restrict x, size_t i,
+                                          size_t end, __m256 vc, bool from_param,
+                                          float *restrict u, bool save, int kind, __m256 *sq,
+                                          __m256i *same, bool track)
+{
+    __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
+    for (; i + 32 <= end; i += 32) {
+        avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
+        avx2_health_fast_step(s, x, i + 8, vc, from_param, u, save, kind, &sq1, same, track);
+        avx2_health_fast_step(s, x, i + 16, vc, from_param, u, save, kind, &sq2, same, track);
+        avx2_health_fast_step(s, x, i + 24, vc, from_param, u, save, kind, &sq3, same, track);
+    }
+    for (; i < end; i += 8)
+        avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
+    *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
+    return i;
+}
+
+/*
  * Four steps a turn, each summing its squares into its own register: one chain of dependent
  * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
  * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
  * shadow changed is only tracked until a block finds that it did (in training, the first
- * block): the blocks after it run without the compare.
+ * block): the blocks after it run without the compare. A block whose params are all finite
+ * (every block, in a healthy training) runs the fast steps: without the per-lane mask, blend
+ * and count the update is back to about its plain cost, which for 16-bit params is close to
+ * what memory delivers (docs/performance.md "Health").
  */
 AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,
                                   float c, bool from_param, float *restrict u, bool save,
@@ -791,14 +859,23 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
         size_t start = i;
         __m256 sq;
         __m256i bad = _mm256_setzero_si256();
-        if (changed) {
-            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, false);
-        } else {
+        bool track = !changed;
+        if (avx2_params_finite(x, i, end, kind)) {
+            if (track)
+                i = avx2_health_fast_block(s, x, i, end, vc, from_param, u, save, kind, &sq,
+                                           &same, true);
+            else
+                i = avx2_health_fast_block(s, x, i, end, vc, from_param, u, save, kind, &sq,
+                                           &same, false);
+        } else if (track) {
             i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
                                   &same, true);
-            changed = _mm256_movemask_epi8(same) != -1;
+        } else {
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
+                                  &same, false);
         }
+        if (track)
+            changed = _mm256_movemask_epi8(same) != -1;
         if (_mm256_movemask_ps(_mm256_cmp_ps(sq, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)) != 0 &&
             shadow_finite(s, start, i))
             sq = _mm256_min_ps(sq, _mm256_set1_ps(FLT_MAX)); /* no NaN lane here: +Inf only */

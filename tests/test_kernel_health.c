@@ -514,6 +514,49 @@ static void test_health_dispatch_accumulates_and_checks_arguments(void **state)
     assert_memory_equal(si, pi, sizeof(si));
 }
 
+/* One non-finite param alone in a block of 1032 elements (the vector loop's block: 1024, and one
+ * half register of eight more), at every place and of every kind: the block's finiteness test,
+ * which looks at sixteen 16-bit params to a register, finds it wherever it sits, and only that
+ * element is skipped and counted. */
+static void test_health_finds_a_lone_nonfinite_at_every_place(void **state)
+{
+    (void)state;
+    const struct kernel_ops *ops[3];
+    size_t nops = impls(ops);
+    const size_t n = 1032;
+
+    for (size_t o = 0; o < nops; o++)
+        for (size_t d = 0; d < ARRAY_LEN(float_dts); d++) {
+            struct fixture f;
+            fixture_make(&f, float_dts[d], n, 0, 0, false, 77 + d, ops[o], 0.9);
+            size_t ssz = dtype_size(dtype_shadow(f.dt)), psz = dtype_size(f.dt);
+            void *keep = malloc(n * psz), *start = malloc(n * ssz);
+            assert_non_null(keep);
+            assert_non_null(start);
+            memcpy(keep, f.param, n * psz);
+            memcpy(start, f.shadow.data, n * ssz);
+            for (size_t at = 0; at < n; at++) {
+                struct kernel_health h = {0};
+                memcpy(f.shadow.data, start, n * ssz);
+                put_nonfinite(f.dt, f.param, at, (unsigned)at);
+                assert_int_equal(kernel_update_health(ops[o], f.dt, f.shadow.data, f.param, n,
+                                                      0.9, NULL, true, &h),
+                                 0);
+                if (h.nonfinite != 1)
+                    fail_msg("%s %s: a non-finite param at %zu counted %llu times", ops[o]->name,
+                             dtype_name(f.dt), at, (unsigned long long)h.nonfinite);
+                for (size_t i = 0; i < n; i++)
+                    if (!shadow_bits_equal(f.dt, f.shadow.data, i == at ? f.before : f.plain, i))
+                        fail_msg("%s %s: non-finite at %zu, element %zu is wrong", ops[o]->name,
+                                 dtype_name(f.dt), at, i);
+                memcpy((char *)f.param + at * psz, (char *)keep + at * psz, psz);
+            }
+            free(keep);
+            free(start);
+            fixture_free(&f);
+        }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -522,6 +565,7 @@ int main(void)
         cmocka_unit_test(test_health_changed_is_false_for_updates_that_change_nothing),
         cmocka_unit_test(test_health_dispatch_accumulates_and_checks_arguments),
         cmocka_unit_test(test_health_skip_keeps_signalling_nans_and_huge_distances_stay_finite),
+        cmocka_unit_test(test_health_finds_a_lone_nonfinite_at_every_place),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
