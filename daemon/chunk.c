@@ -1,7 +1,8 @@
 /*
  * chunk.c - the data work of operations, one chunk at a time: this file
- * alone runs on the worker threads, and it alone reads or writes tensor
- * data (the params, the stash, the shadow). Each function takes its
+ * alone runs on the worker threads (and, for the events of sessions within
+ * --inline-max, on the loop thread: op.c runs_here), and it alone reads or
+ * writes tensor data (the params, the stash, the shadow). Each function takes its
  * operation and a chunk index (pool.h); results go into the operation, for
  * op.c to read on the loop thread once the job completes.
  */

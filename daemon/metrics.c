@@ -61,6 +61,12 @@ void metrics_update(struct metrics *m, uint64_t bytes, double seconds)
     metrics_hist_observe(&m->update_seconds, seconds);
 }
 
+void metrics_job(struct metrics *m, bool here)
+{
+    if (m != NULL)
+        m->jobs[here ? 1 : 0]++;
+}
+
 void metrics_swap(struct metrics *m, bool in, uint64_t bytes)
 {
     if (m == NULL)
@@ -426,6 +432,11 @@ int metrics_render(const struct metrics *m, const struct metrics_view *v, bool a
     sample_label_u(&o, "emad_swaps_total", "direction", "out", m->swaps_out);
     head(&o, "emad_swap_bytes_total", "counter", "Parameter bytes replaced by swaps.");
     sample_u(&o, "emad_swap_bytes_total", m->swap_bytes);
+    head(&o, "emad_event_jobs_total", "counter",
+         "Phases of updates and swaps by the thread that did their data work: the event loop's "
+         "(sessions within --inline-max) or the workers.");
+    sample_label_u(&o, "emad_event_jobs_total", "thread", "loop", m->jobs[1]);
+    sample_label_u(&o, "emad_event_jobs_total", "thread", "workers", m->jobs[0]);
     head(&o, "emad_registers_total", "counter", "New sessions registered (shadow initialised).");
     sample_u(&o, "emad_registers_total", m->registers);
     head(&o, "emad_resumes_total", "counter",

@@ -58,6 +58,7 @@ struct metrics {
     uint64_t errors[METRICS_NERRORS];    /* error responses, by code */
     uint64_t files[METRICS_FILE_OPS][2]; /* [op][0: ok, 1: error] */
     struct metrics_hist file_seconds[2]; /* save, load: the whole operation */
+    uint64_t jobs[2];                    /* events' data work: [0] on workers, [1] on the loop */
 };
 
 /* Sessions by state: the label values of emad_sessions. */
@@ -119,6 +120,8 @@ struct metrics_text {
 void metrics_hist_observe(struct metrics_hist *h, double seconds);
 void metrics_update(struct metrics *m, uint64_t bytes, double seconds);
 void metrics_swap(struct metrics *m, bool in, uint64_t bytes);
+/* One phase of an event's data work handed out: here, on the loop thread (--inline-max). */
+void metrics_job(struct metrics *m, bool here);
 void metrics_register(struct metrics *m, bool resume);
 /* An error response with code (one of metrics_error_codes; others count as INTERNAL). */
 void metrics_error(struct metrics *m, const char *code);

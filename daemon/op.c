@@ -212,6 +212,24 @@ static void session_start_next(struct session *s)
     op_run(s->q_head);
 }
 
+/*
+ * Whether the phase's work runs on the loop thread (--inline-max): the data work of an event
+ * (update, swap) of a small session, where a worker's wake-up and the loop's wake-up by the
+ * worker cost more than the work itself (docs/performance.md "The fixed cost of an update").
+ * Never the file phases (disk I/O) nor registration (run once), nor while the test hook that
+ * stalls a chunk is armed.
+ */
+static bool runs_here(const struct op *op, enum op_phase phase)
+{
+    const struct emad *ctx = op->s->reg->ctx;
+
+    if (op->kind != OP_EVENT || op->s->plan.elems > ctx->opts->inline_max)
+        return false;
+    if (phase != PH_TENSORS && phase != PH_STASH && phase != PH_CAST && phase != PH_RESTORE)
+        return false;
+    return !pool_stall_armed(ctx->pool);
+}
+
 static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t nchunks)
 {
     op->phase = phase;
@@ -221,7 +239,14 @@ static void submit(struct op *op, enum op_phase phase, pool_chunk_fn fn, size_t 
     op->job.nchunks = nchunks;
     if (op->t0 == 0)
         op->t0 = uv_hrtime(); /* the first phase's start: what the metrics time */
-    pool_submit(op->s->reg->ctx->pool, &op->job);
+    struct emad *ctx = op->s->reg->ctx;
+    bool here = runs_here(op, phase);
+    if (op->kind == OP_EVENT)
+        metrics_job(ctx->metrics, here);
+    if (here)
+        pool_run_here(ctx->pool, &op->job);
+    else
+        pool_submit(ctx->pool, &op->job);
 }
 
 /* The header of the trainer's segment, read or written on the loop thread

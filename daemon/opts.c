@@ -45,6 +45,7 @@ enum {
     OPT_METRICS,
     OPT_METRICS_TEXTFILE,
     OPT_METRICS_INTERVAL,
+    OPT_INLINE_MAX,
 };
 
 static const struct option long_opts[] = {
@@ -55,6 +56,7 @@ static const struct option long_opts[] = {
     {"worker-nice", required_argument, NULL, OPT_WORKER_NICE},
     {"crash-exact", no_argument, NULL, OPT_CRASH_EXACT},
     {"stall-factor", required_argument, NULL, OPT_STALL_FACTOR},
+    {"inline-max", required_argument, NULL, OPT_INLINE_MAX},
     {"state-dir", required_argument, NULL, OPT_STATE_DIR},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"log-file", required_argument, NULL, OPT_LOG_FILE},
@@ -120,6 +122,13 @@ void opts_usage(FILE *fp, const char *argv0)
 "                          emad's CPU share against other processes; started\n"
 "                          from the same session as CPU-bound programs, the\n"
 "                          workers get less CPU than they would at 0\n"
+"  --inline-max N          do the updates and swaps of a session of at most N\n"
+"                          elements (K, M, G suffixes) on the event loop's own\n"
+"                          thread instead of a worker's (default 1M; 0: always\n"
+"                          a worker). Waking a worker and being woken by it\n"
+"                          costs more than such a session's whole update; the\n"
+"                          other sessions' requests wait for it, a fraction of\n"
+"                          a millisecond\n"
 "  --crash-exact           write updates block by block, saving each block's old\n"
 "                          values as it goes, so that an update cut short by a\n"
 "                          crash of emad is applied exactly once when the\n"
@@ -411,6 +420,7 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
     o->hello_timeout_s = 10;
     o->metrics_interval_s = OPTS_DEFAULT_METRICS_INTERVAL;
     o->stall_factor = OPTS_DEFAULT_STALL_FACTOR;
+    o->inline_max = OPTS_DEFAULT_INLINE_MAX;
 
     optind = 0; /* full reset, so that tests may parse several times */
     opterr = 0;
@@ -460,6 +470,11 @@ int opts_parse(struct emad_opts *o, int argc, char **argv, const struct opts_env
                 return err_set(err, errlen, -EINVAL, "--stall-factor 1: a session would be "
                                "stalled at its usual pace; give 2 or more, or 0 for no check");
             o->stall_factor = (unsigned)v;
+            break;
+        case OPT_INLINE_MAX:
+            if ((rc = parse_uint("inline-max", optarg, 0, 1ull << 30, &v, true, err, errlen)) < 0)
+                return rc;
+            o->inline_max = v;
             break;
         case OPT_STATE_DIR:
             if (optarg[0] == '\0')

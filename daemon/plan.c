@@ -49,6 +49,7 @@ int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_
                 cap_p *= 2;
             }
             p->pieces[p->npieces++] = (struct piece){(uint32_t)i, start, count};
+            p->elems += count;
             start += count;
             /* Each tensor costs at least a little, so a million empty or tiny
              * tensors still spread over several chunks. */

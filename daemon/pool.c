@@ -371,6 +371,38 @@ void pool_submit(struct pool *p, struct pool_job *job)
         kick_loop(p);
 }
 
+void pool_run_here(struct pool *p, struct pool_job *job)
+{
+    bool kick;
+
+    job->next_chunk = job->nchunks;
+    job->finished = 0;
+    job->status = 0;
+    job->link = NULL;
+    p->in_flight++;
+    for (size_t i = 0; i < job->nchunks; i++) {
+        int rc = job->run(job->arg, i);
+        if (rc != 0 && job->status == 0)
+            job->status = rc;
+    }
+    pthread_mutex_lock(&p->lock);
+    p->chunks_done += job->nchunks;
+    job->finished = job->nchunks;
+    kick = push_done(p, job);
+    pthread_mutex_unlock(&p->lock);
+    /* The loop is awake: this only makes its next poll return at once. */
+    if (kick)
+        kick_loop(p);
+}
+
+bool pool_stall_armed(struct pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool armed = p->stall_ms > 0;
+    pthread_mutex_unlock(&p->lock);
+    return armed;
+}
+
 unsigned pool_in_flight(const struct pool *p)
 {
     return p->in_flight;

@@ -74,6 +74,13 @@ int pool_init(struct pool *p, uv_loop_t *loop, unsigned nthreads);
 int pool_set_priority(struct pool *p, int nice_offset);
 /* Queue a job (loop thread only). The job must stay alive until done. */
 void pool_submit(struct pool *p, struct pool_job *job);
+/* Run every chunk of job on the calling thread (the loop's), then queue it as done: its done
+ * callback runs on a later loop turn, as after pool_submit. For jobs smaller than the cost of a
+ * worker's wake-up and of the loop's wake-up by that worker. */
+void pool_run_here(struct pool *p, struct pool_job *job);
+/* Whether the test hook (pool_stall_next) is armed: a stalled chunk must run on a worker, or
+ * it would stall the loop. */
+bool pool_stall_armed(struct pool *p);
 /* Jobs submitted whose done callback has not run yet. */
 unsigned pool_in_flight(const struct pool *p);
 /* Chunks completed since start (any thread). */

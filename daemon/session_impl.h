@@ -42,6 +42,7 @@ struct plan {
     size_t npieces;
     size_t *first;             /* chunk c is pieces[first[c], first[c + 1]) */
     size_t nchunks;
+    uint64_t elems;            /* of every tensor, what --inline-max compares */
 };
 
 struct session {

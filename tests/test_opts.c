@@ -246,7 +246,7 @@ static void test_opts_usage_describes_every_option(void **state)
         "--worker-nice",     "--stall-factor",    "--state-dir",       "--log-level",    "--log-file",    "--max-message",
         "--max-depth",       "--max-connections", "--max-sessions", "--max-tensors",
         "--max-pending",     "--max-pending-total", "--max-input-total", "--help",         "--version",     "EMAD_SOCKET",
-        "--metrics", "--metrics-textfile", "--metrics-interval",
+        "--metrics", "--metrics-textfile", "--metrics-interval", "--inline-max",
         "XDG_RUNTIME_DIR",   "XDG_STATE_HOME", "/run/emad/emad.sock",
     };
     char *text = NULL;
@@ -361,6 +361,27 @@ static void test_opts_stall_factor_is_0_or_2_and_up(void **state)
     parse_fails(&env, ARGS("--stall-factor", "1"), "--stall-factor 1", "2 or more");
     parse_fails(&env, ARGS("--stall-factor", "1000001"), "--stall-factor 1000001", NULL);
     parse_fails(&env, ARGS("--stall-factor", "often"), "--stall-factor often", NULL);
+}
+
+/* --inline-max takes element counts with K, M, G suffixes, 0 (never on the loop) to 1G. */
+static void test_opts_inline_max_is_a_size_up_to_1g(void **state)
+{
+    struct opts_env env = user_env();
+    struct emad_opts o;
+    (void)state;
+
+    parse_ok(&o, &env, ARGS("--workers", "1"));
+    assert_int_equal(o.inline_max, OPTS_DEFAULT_INLINE_MAX);
+    assert_int_equal(o.inline_max, 1u << 20);
+    parse_ok(&o, &env, ARGS("--inline-max", "0"));
+    assert_int_equal(o.inline_max, 0);
+    parse_ok(&o, &env, ARGS("--inline-max=256K"));
+    assert_int_equal(o.inline_max, 256u << 10);
+    parse_ok(&o, &env, ARGS("--inline-max", "1G"));
+    assert_int_equal(o.inline_max, 1u << 30);
+    parse_fails(&env, ARGS("--inline-max", "2G"), "--inline-max 2G", "out of range");
+    parse_fails(&env, ARGS("--inline-max", "lots"), "--inline-max lots", "size");
+    parse_fails(&env, ARGS("--inline-max"), "--inline-max", "needs an argument");
 }
 
 /* The size option opt, parsed into the size_t at offset in struct emad_opts, takes 4K to 1024G:
@@ -885,6 +906,7 @@ int main(void)
         cmocka_unit_test(test_opts_metrics_address_is_loopback_or_a_path),
         cmocka_unit_test(test_opts_metrics_textfile_and_interval),
         cmocka_unit_test(test_opts_stall_factor_is_0_or_2_and_up),
+        cmocka_unit_test(test_opts_inline_max_is_a_size_up_to_1g),
         cmocka_unit_test(test_opts_default_socket_follows_the_protocol_order),
         cmocka_unit_test(test_opts_workers_default_to_online_cpus),
         cmocka_unit_test(test_opts_every_option_is_parsed),

@@ -345,6 +345,15 @@ void daemon_start_argv(struct daemon *d, const char *const prefix[], const char 
     argv[n++] = d->log;
     argv[n++] = "--log-level";
     argv[n++] = "debug";
+    /* EMAD_TEST_ARGS: options for every emad of the run (tests/run reruns some binaries with
+     * --inline-max 0, so that the workers' path meets the same assertions); words split at
+     * spaces, the test's own options after them. */
+    char test_args[256];
+    const char *env_args = getenv("EMAD_TEST_ARGS");
+    snprintf(test_args, sizeof(test_args), "%s", env_args ? env_args : "");
+    for (char *save = NULL, *w = strtok_r(test_args, " ", &save); w != NULL && n < 40;
+         w = strtok_r(NULL, " ", &save))
+        argv[n++] = w;
     for (size_t i = 0; extra && extra[i] && n < 47; i++)
         argv[n++] = extra[i];
     argv[n] = NULL;

@@ -74,6 +74,61 @@ static emac_session *session_ok(emac_client *c, const char *name, emac_segment *
     return s;
 }
 
+/* Train "where" on emad d for 6 batches (params changing each batch), swap the EMA in and copy
+ * the EMA weights to out (N floats); return the metrics text after it. */
+static char *train_and_read_ema(struct daemon *d, float *out)
+{
+    struct emac_error err;
+    struct emac_result r;
+    emac_segment *seg = NULL;
+    emac_client *c = client_connect(d, "where");
+    emac_session *s = session_ok(c, "where", &seg);
+    float *w = emac_segment_tensor(seg, 0)->data;
+
+    for (uint64_t b = 1; b <= 6; b++) {
+        for (size_t i = 0; i < N; i++)
+            w[i] = (float)(b * 0.37 + (double)i * 1e-3) * (i % 2 ? -1.0f : 1.0f);
+        r = event_at(s, "batch_end", b);
+    }
+    assert_int_equal(r.updates, 6);
+    assert_int_equal(emac_swap(s, "ema", &r, &err), 0);
+    memcpy(out, w, N * sizeof(float));
+    assert_true(out[1] != -(float)(6 * 0.37 + 1e-3)); /* the EMA, not the last weights */
+    assert_int_equal(emac_swap(s, "train", &r, &err), 0);
+    char *text = metrics_of(c);
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_segment_destroy(seg);
+    emac_disconnect(c);
+    return text;
+}
+
+/* The events' data work of a session within --inline-max (the default: 1M elements) runs on
+ * the loop thread, of one above it on the workers: the counters say where, and both give the
+ * same EMA weights, bit for bit. Six events and three swap phases (in: stash and cast; out:
+ * restore) in each. */
+static void test_metrics_count_where_event_work_ran(void **state)
+{
+    static float here[N], there[N];
+    struct daemon d;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    char *text = train_and_read_ema(&d, here);
+    assert_true(sample(text, "emad_event_jobs_total{thread=\"loop\"}") == 9);
+    assert_true(sample(text, "emad_event_jobs_total{thread=\"workers\"}") == 0);
+    free(text);
+    daemon_stop(&d);
+
+    daemon_start(&d, (const char *[]){"--inline-max", "0", NULL});
+    text = train_and_read_ema(&d, there);
+    assert_true(sample(text, "emad_event_jobs_total{thread=\"loop\"}") == 0);
+    assert_true(sample(text, "emad_event_jobs_total{thread=\"workers\"}") == 9);
+    free(text);
+    daemon_stop(&d);
+    assert_memory_equal(here, there, sizeof(here));
+}
+
 /* ---- a tiny HTTP client: one request, the connection closed after ---- */
 
 struct http_reply {
@@ -680,6 +735,7 @@ int main(void)
         cmocka_unit_test_teardown(test_metrics_count_what_was_done, teardown),
         cmocka_unit_test_teardown(test_metrics_show_other_uids_their_own_sessions_only, teardown),
         cmocka_unit_test_teardown(test_metrics_show_the_queue_and_the_lag, teardown),
+        cmocka_unit_test_teardown(test_metrics_count_where_event_work_ran, teardown),
         cmocka_unit_test_teardown(test_metrics_textfile_is_replaced_whole, teardown),
         cmocka_unit_test_teardown(test_metrics_textfile_unwritable_is_logged_once, teardown),
         cmocka_unit_test_teardown(test_metrics_http_on_tcp, teardown),

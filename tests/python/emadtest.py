@@ -76,7 +76,10 @@ class Daemon:
         try:
             self.proc = subprocess.Popen(
                 [EMAD_BIN, "--socket", self.sock, "--state-dir", self.state_dir,
-                 "--workers", "2", "--log-file", self.log, "--log-level", "info"],
+                 "--workers", "2", "--log-file", self.log, "--log-level", "info"]
+                # EMAD_TEST_ARGS: options for every emad of the run (tests/run reruns
+                # some tests with --inline-max 0, so the workers' path meets them too).
+                + os.environ.get("EMAD_TEST_ARGS", "").split(),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             self.pids.append(self.proc.pid)
         finally:
