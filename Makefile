@@ -193,9 +193,9 @@ fuzz-corpus: build/fuzz/gen_corpus
 # Benchmarks (tests/bench/run): no assertions, every figure beside a baseline measured in
 # the same run. -O3 so that the plain-loop baseline is as fast as the compiler can make it.
 BENCH_SRC := $(wildcard tests/bench/*.c)
-build/bench/emabench: $(BENCH_SRC) tests/bench/bench.h build/libemaclient.a
+build/bench/emabench: $(BENCH_SRC) tests/bench/bench.h build/libemaclient.a build/libemad.a build/libproto.a
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) -O3 -g -o $@ $(BENCH_SRC) build/libemaclient.a $(DEPS_LIBS)
+	$(CC) $(BASE_CFLAGS) -O3 -g -o $@ $(BENCH_SRC) build/libemaclient.a build/libemad.a build/libproto.a $(DEPS_LIBS)
 tests: build/bench/emabench
 
 bench: all build/bench/emabench

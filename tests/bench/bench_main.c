@@ -31,6 +31,7 @@ static const struct {
                              "that never reads, vs emad idle"},
     {"metrics", cmd_metrics, "no-op round trips while --port's /metrics is scraped 10 times "
                              "a second, vs unscraped"},
+    {"kprofiles", cmd_kprofiles, "in process: K = 1,2,4,8 profiles in one pass vs K passes"},
 };
 
 static void usage(FILE *f)
