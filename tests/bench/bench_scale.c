@@ -3,13 +3,13 @@
  *
  *   sessions  1, 2, 8, 32 sessions (one connection and one thread each) updating back to back
  *             for --seconds, the same total model size split among them: their aggregate
- *             throughput against one session's, measured just before and just after.
+ *             throughput against one session's, --reps windows of each in turn first.
  *   memory    emad's resident memory while it holds a session (after updates and a swap),
  *             against the shadow bytes it holds. The trainer's own segment, which emad maps
  *             and reads, is counted apart (smaps): it is the trainer's memory.
  *   register  registering --count tensors of --elems elements: time and emad's memory growth,
  *             against registering one tensor of the same total size; and the first update of
- *             each.
+ *             each; --reps repetitions, in turn first.
  */
 #include "bench.h"
 
@@ -84,28 +84,35 @@ int cmd_sessions(const struct bopts *o)
 {
     uint64_t total = o->sizes[0];
     char buf[32];
+    run_sessions(o, 1, total); /* warm-up */
     /* This machine's throughput drifts by tens of percent within seconds (shared memory
-     * bandwidth): each k sessions' window is bracketed by one-session windows, and the
-     * baseline is their mean. */
-    double before = run_sessions(o, 1, total);
+     * bandwidth): each repetition runs k sessions' window and one session's, in turn first.
+     * k = 1 compares one session with itself: its spread is the noise floor. */
     for (size_t c = 0; c < o->ncounts; c++) {
         uint64_t k = o->counts[c], n = total / k;
-        double agg = k == 1 ? before : run_sessions(o, k, n);
-        double after = k == 1 ? before : run_sessions(o, 1, total);
-        double one = (before + after) / 2;
+        struct ab s = {0};
+        for (unsigned r = 0; r < o->reps; r++) {
+            double agg, one;
+            if (ab_a_first(r)) {
+                agg = run_sessions(o, k, n);
+                one = run_sessions(o, 1, total);
+            } else {
+                one = run_sessions(o, 1, total);
+                agg = run_sessions(o, k, n);
+            }
+            ab_add(&s, agg, one, agg / one);
+        }
         rec_begin("sessions");
         rec_int("sessions", k);
         rec_int("elems_each", n);
         rec_int("elems", total);
         rec_str("size", fmt_elems(total, buf, sizeof(buf)));
         rec_int("workers", o->workers);
-        rec_num("aggregate_gelem_s", agg);
-        rec_num("one_session_gelem_s", one);
-        rec_num("one_session_before_gelem_s", before);
-        rec_num("one_session_after_gelem_s", after);
-        rec_num("ratio", agg / one);
+        rec_int("reps", s.n);
+        rec_num("aggregate_gelem_s", ab_med_a(&s));
+        rec_num("one_session_gelem_s", ab_med_b(&s));
+        rec_ab("ratio", &s);
         rec_end();
-        before = after;
     }
     return 0;
 }
@@ -222,31 +229,50 @@ int cmd_register(const struct bopts *o)
 {
     struct emac_error err;
     emac_client *probe;
-    struct reg_result many, one;
+    struct reg_result many, one, first_many = {0}, first_one = {0};
+    struct ab reg = {0}, upd = {0}, first = {0};
     uint64_t count = o->count, elems = o->elems;
 
     if (emac_connect(o->socket, "emabench-probe", &probe, &err) < 0)
         die_emac("connect", &err);
     long pid = emac_server_info(probe)->pid;
-    register_one(o, pid, "bench-one", 1, count * elems, &one);
-    register_one(o, pid, "bench-many", count, elems, &many);
+    /* Each repetition registers the many tensors and the one, in turn first. The memory
+     * figures are the first repetition's: emad's allocator keeps what a closed session
+     * freed, so later ones grow less. */
+    for (unsigned r = 0; r < o->reps; r++) {
+        if (ab_a_first(r)) {
+            register_one(o, pid, "bench-many", count, elems, &many);
+            register_one(o, pid, "bench-one", 1, count * elems, &one);
+        } else {
+            register_one(o, pid, "bench-one", 1, count * elems, &one);
+            register_one(o, pid, "bench-many", count, elems, &many);
+        }
+        if (r == 0) {
+            first_many = many;
+            first_one = one;
+        }
+        ab_add(&reg, many.register_s, one.register_s, many.register_s / one.register_s);
+        ab_add(&upd, many.update_s, one.update_s, many.update_s / one.update_s);
+        ab_add(&first, many.first_update_s, one.first_update_s, 0);
+    }
     emac_disconnect(probe);
     rec_begin("register");
     rec_int("tensors", count);
     rec_int("elems_each", elems);
     rec_int("elems", count * elems);
-    rec_num("register_s", many.register_s);
-    rec_num("one_tensor_register_s", one.register_s);
-    rec_num("ratio", many.register_s / one.register_s);
-    rec_int("rss_growth_bytes", many.rss_growth);
-    rec_int("one_tensor_rss_growth_bytes", one.rss_growth);
-    rec_int("shadow_bytes", many.shadow_bytes);
+    rec_int("reps", reg.n);
+    rec_num("register_s", ab_med_a(&reg));
+    rec_num("one_tensor_register_s", ab_med_b(&reg));
+    rec_ab("ratio", &reg);
+    rec_int("rss_growth_bytes", first_many.rss_growth);
+    rec_int("one_tensor_rss_growth_bytes", first_one.rss_growth);
+    rec_int("shadow_bytes", first_many.shadow_bytes);
     rec_num("bytes_per_tensor",
-            ((double)many.rss_growth - (double)one.rss_growth) / (double)count);
-    rec_num("first_update_s", many.first_update_s);
-    rec_num("update_s", many.update_s);
-    rec_num("one_tensor_update_s", one.update_s);
-    rec_num("ratio_update", many.update_s / one.update_s);
+            ((double)first_many.rss_growth - (double)first_one.rss_growth) / (double)count);
+    rec_num("first_update_s", ab_med_a(&first));
+    rec_num("update_s", ab_med_a(&upd));
+    rec_num("one_tensor_update_s", ab_med_b(&upd));
+    rec_ab("ratio_update", &upd);
     rec_end();
     return 0;
 }
