@@ -4,7 +4,8 @@
  *   rtt       a no-op event (batch_start with the EMA weights not swapped in: action "none")
  *             from the C client, p50/p99/p99.9, against a raw Unix-socket echo server and
  *             client written here, exchanging messages of the same sizes (msgpack-c computes
- *             them); the two alternate in blocks (--reps of them each) so that both see the same machine.
+ *             them); the two alternate in blocks (--reps of them each) so that both see the
+ *             same machine.
  *   fairness  a small session's update round trip (p50, p99) while a large session updates
  *             back to back on another connection, against the same with emad idle; and
  *             the large session's throughput meanwhile, against its throughput alone.
