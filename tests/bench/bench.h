@@ -37,6 +37,8 @@ struct bopts {
     uint64_t count;                     /* --count: tensors */
     uint64_t elems;                     /* --elems: elements per tensor, or a model size */
     unsigned port;                      /* --port: emad's --metrics 127.0.0.1:PORT */
+    unsigned reps;                      /* --reps: interleaved repetitions of A and B */
+    const char *placements;             /* --placements same,cross,unpinned (rtt) */
 };
 
 /* Subcommands (bench_update.c, bench_latency.c, bench_scale.c). */
@@ -78,6 +80,42 @@ void rec_end(void);
 /* q-quantile (0..1) of v[0..n) (sorts v in place). */
 double quantile(double *v, size_t n, double q);
 
+/* ---- interleaved comparisons ----
+ * A against its baseline B: --reps repetitions, each measuring A and B once, the order
+ * swapped every repetition (A B, B A, A B, ...) so that drift on a shared machine hits both
+ * alike and neither always runs first. Each repetition gives the ratio of its own pair; the
+ * record carries the median ratio and its spread as the min and max over the repetitions
+ * (with 5-9 repetitions the quartiles are the second and second-to-last values: the
+ * extremes say more), and the medians of A and B. */
+#define BENCH_MAX_REPS 64
+struct ab {
+    unsigned n;
+    double a[BENCH_MAX_REPS], b[BENCH_MAX_REPS], r[BENCH_MAX_REPS];
+};
+/* Whether repetition `rep` measures A first (even repetitions) or B first. */
+static inline int ab_a_first(unsigned rep)
+{
+    return rep % 2 == 0;
+}
+/* Add one repetition: A's and B's figures and the ratio the record reports for them (a / b,
+ * or another function of the pair: health reports off / on - 1). */
+void ab_add(struct ab *s, double a, double b, double ratio);
+double ab_med_a(const struct ab *s);
+double ab_med_b(const struct ab *s);
+double ab_med_r(const struct ab *s);
+/* KEY: the median ratio; KEY_median, KEY_min, KEY_max: it and its spread. */
+void rec_ab(const char *key, const struct ab *s);
+/* Median of v[0..n) (the mean of the two middle values when n is even; v is not changed). */
+double median(const double *v, size_t n);
+
+/* Wait until emad (pid) has settled after what ran before: its open descriptors back to at
+ * most `fds` (< 0: not checked; a previous benchmark's connections closed) and its threads
+ * using under 5 % of a CPU over 50 ms, for at most `max_s` seconds. Returns the seconds
+ * waited; a note goes to stderr when it gave up. */
+double bench_settle(long pid, long fds, double max_s);
+/* emad's open descriptors now (from /proc/PID/fd), or -1. */
+long proc_fds(long pid);
+
 /* ---- baselines ---- */
 /* Plain C loop: shadow := shadow + w * (param - shadow) over n elements of `dtype` params
  * (f32 shadow, f64 for f64), split over `threads` threads (created for each round, each
@@ -92,9 +130,16 @@ struct plain {
 void plain_init(struct plain *p, uint64_t n, const char *dtype, unsigned threads);
 double plain_round(struct plain *p, uint64_t reps);
 void plain_free(struct plain *p);
-/* Threaded memcpy: `copies` copies of `bytes` bytes each (distinct buffers), split over
- * `threads`; the best seconds of `rounds` rounds (one untimed warm-up first). */
-double plain_memcpy(uint64_t bytes, unsigned copies, unsigned threads, int rounds);
+/* Threaded memcpy: `copies` copies of `bytes` bytes each (distinct buffers, made and first
+ * touched by mcpy_init), split over `threads`; mcpy_round returns one round's seconds. */
+struct mcpy {
+    uint64_t bytes;
+    unsigned copies, threads;
+    char *dst[8], *src[8];
+};
+void mcpy_init(struct mcpy *m, uint64_t bytes, unsigned copies, unsigned threads);
+double mcpy_round(struct mcpy *m);
+void mcpy_free(struct mcpy *m);
 
 /* ---- sessions ---- */
 struct bsess {

@@ -4,6 +4,7 @@
  */
 #include "bench.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <pthread.h>
@@ -83,6 +84,132 @@ double quantile(double *v, size_t n, double q)
     qsort(v, n, sizeof(*v), cmp_double);
     size_t i = (size_t)(q * (double)(n - 1) + 0.5);
     return v[i < n ? i : n - 1];
+}
+
+double median(const double *v, size_t n)
+{
+    double tmp[BENCH_MAX_REPS];
+    if (n == 0)
+        return 0;
+    if (n > BENCH_MAX_REPS)
+        n = BENCH_MAX_REPS;
+    memcpy(tmp, v, n * sizeof(*v));
+    qsort(tmp, n, sizeof(*tmp), cmp_double);
+    return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2;
+}
+
+/* ---- interleaved comparisons ---- */
+
+void ab_add(struct ab *s, double a, double b, double ratio)
+{
+    if (s->n >= BENCH_MAX_REPS)
+        return;
+    s->a[s->n] = a;
+    s->b[s->n] = b;
+    s->r[s->n] = ratio;
+    s->n++;
+}
+
+double ab_med_a(const struct ab *s)
+{
+    return median(s->a, s->n);
+}
+
+double ab_med_b(const struct ab *s)
+{
+    return median(s->b, s->n);
+}
+
+double ab_med_r(const struct ab *s)
+{
+    return median(s->r, s->n);
+}
+
+void rec_ab(const char *key, const struct ab *s)
+{
+    char k[64];
+    double lo = s->n ? s->r[0] : 0, hi = lo;
+    for (unsigned i = 1; i < s->n; i++) {
+        if (s->r[i] < lo)
+            lo = s->r[i];
+        if (s->r[i] > hi)
+            hi = s->r[i];
+    }
+    rec_num(key, ab_med_r(s));
+    snprintf(k, sizeof(k), "%s_median", key);
+    rec_num(k, ab_med_r(s));
+    snprintf(k, sizeof(k), "%s_min", key);
+    rec_num(k, lo);
+    snprintf(k, sizeof(k), "%s_max", key);
+    rec_num(k, hi);
+}
+
+/* ---- settling ---- */
+
+long proc_fds(long pid)
+{
+    char path[64];
+    long n = 0;
+    struct dirent *e;
+    snprintf(path, sizeof(path), "/proc/%ld/fd", pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* CPU seconds of every thread of pid: the first field of each /proc/PID/task/TID/schedstat
+ * (nanoseconds on a CPU; /proc/PID/stat's ticks are too coarse for 50 ms windows). */
+static double proc_cpu_s(long pid)
+{
+    char path[64], file[128];
+    unsigned long long ns, total = 0;
+    struct dirent *e;
+    snprintf(path, sizeof(path), "/proc/%ld/task", pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(file, sizeof(file), "%s/%.32s/schedstat", path, e->d_name);
+        FILE *f = fopen(file, "r");
+        if (f == NULL)
+            continue; /* the thread ended meanwhile */
+        if (fscanf(f, "%llu", &ns) == 1)
+            total += ns;
+        fclose(f);
+    }
+    closedir(d);
+    return (double)total / 1e9;
+}
+
+double bench_settle(long pid, long fds, double max_s)
+{
+    double t0 = now();
+    int quiet = 0;
+    /* Two windows of 50 ms in a row with emad's threads on a CPU under 5 % of the time and
+     * its descriptors back: what the previous benchmark left (closing connections, sessions
+     * being torn down, a worker finishing a job) is done. */
+    while (now() - t0 < max_s) {
+        double c0 = proc_cpu_s(pid), w0 = now();
+        sleep_s(0.05);
+        double c1 = proc_cpu_s(pid), w1 = now();
+        long nfd = fds >= 0 ? proc_fds(pid) : -1;
+        if (c0 < 0 || c1 < 0)
+            return now() - t0; /* not a process we can watch: nothing to wait for */
+        quiet = c1 - c0 <= 0.05 * (w1 - w0) && nfd <= fds ? quiet + 1 : 0;
+        if (quiet >= 2)
+            return now() - t0;
+    }
+    fprintf(stderr, "bench: emad (pid %ld) still busy or holding %ld descriptors (want <= %ld) "
+                    "after %.1f s; measuring anyway\n",
+            pid, proc_fds(pid), fds, max_s);
+    return now() - t0;
 }
 
 /* ---- the plain update loop ----
@@ -239,44 +366,46 @@ static void *copy_thread(void *arg)
     return NULL;
 }
 
-double plain_memcpy(uint64_t bytes, unsigned copies, unsigned threads, int rounds)
+void mcpy_init(struct mcpy *m, uint64_t bytes, unsigned copies, unsigned threads)
 {
-    char *dst[8], *src[8];
+    memset(m, 0, sizeof(*m));
+    m->bytes = bytes;
+    m->copies = copies > 8 ? 8 : copies;
+    m->threads = threads > 64 ? 64 : threads;
+    for (unsigned k = 0; k < m->copies; k++) {
+        m->dst[k] = xalloc(bytes);
+        m->src[k] = xalloc(bytes);
+        memset(m->src[k], 0x3c, bytes);
+        memset(m->dst[k], 0, bytes);
+    }
+}
+
+double mcpy_round(struct mcpy *m)
+{
     pthread_t tid[64];
     struct copy_slice cs[64];
-    double best = 1e30;
+    double t0 = now();
+    for (unsigned t = 0; t < m->threads; t++) {
+        /* 64-byte aligned slices, as a worker pool would cut them */
+        size_t a = m->bytes * t / m->threads / 64 * 64;
+        size_t b = m->bytes * (t + 1) / m->threads / 64 * 64;
+        if (t + 1 == m->threads)
+            b = m->bytes;
+        cs[t] = (struct copy_slice){m->dst, m->src, m->copies, a, b};
+        pthread_create(&tid[t], NULL, copy_thread, &cs[t]);
+    }
+    for (unsigned t = 0; t < m->threads; t++)
+        pthread_join(tid[t], NULL);
+    return now() - t0;
+}
 
-    if (copies > 8)
-        copies = 8;
-    if (threads > 64)
-        threads = 64;
-    for (unsigned k = 0; k < copies; k++) {
-        dst[k] = xalloc(bytes);
-        src[k] = xalloc(bytes);
-        memset(src[k], 0x3c, bytes);
-        memset(dst[k], 0, bytes);
+void mcpy_free(struct mcpy *m)
+{
+    for (unsigned k = 0; k < m->copies; k++) {
+        free(m->dst[k]);
+        free(m->src[k]);
     }
-    for (int round = -1; round < rounds; round++) {
-        double t0 = now();
-        for (unsigned t = 0; t < threads; t++) {
-            /* 64-byte aligned slices, as a worker pool would cut them */
-            size_t a = bytes * t / threads / 64 * 64, b = bytes * (t + 1) / threads / 64 * 64;
-            if (t + 1 == threads)
-                b = bytes;
-            cs[t] = (struct copy_slice){dst, src, copies, a, b};
-            pthread_create(&tid[t], NULL, copy_thread, &cs[t]);
-        }
-        for (unsigned t = 0; t < threads; t++)
-            pthread_join(tid[t], NULL);
-        double el = now() - t0;
-        if (round >= 0 && el < best)
-            best = el;
-    }
-    for (unsigned k = 0; k < copies; k++) {
-        free(dst[k]);
-        free(src[k]);
-    }
-    return best;
+    memset(m, 0, sizeof(*m));
 }
 
 /* ---- sessions ---- */

@@ -6,7 +6,8 @@
  *            and one client that pipelines status requests and never reads
  *            its replies (emad stops reading it once --max-pending bytes of
  *            replies are queued); a small session's update round trip (p50,
- *            p99) before and while they are there.
+ *            p99) with emad otherwise idle and while they are there, --reps
+ *            repetitions in turn first (bench.h, "interleaved comparisons").
  */
 #include "bench.h"
 
@@ -75,6 +76,8 @@ int cmd_hostile(const struct bopts *o)
     uint64_t iters = o->iters < 20 ? 20 : o->iters, conns = o->count ? o->count : 1000;
     double *calm = calloc(iters, sizeof(double)), *held = calloc(iters, sizeof(double));
     int *fds = calloc(conns, sizeof(int));
+    struct ab p50 = {0}, p99 = {0};
+    size_t flooded = 0;
     struct rlimit rl;
     struct bsess b;
 
@@ -86,39 +89,56 @@ int cmd_hostile(const struct bopts *o)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     bsess_open(&b, o->socket, "bench-calm", "f32", 1, 4096);
+    long pid = emac_server_info(b.c)->pid;
+    long fds_calm = proc_fds(pid);
     for (int w = 0; w < 50; w++)
         bsess_update(&b);
-    for (uint64_t i = 0; i < iters; i++)
-        calm[i] = bsess_update(&b);
-
-    for (uint64_t i = 0; i < conns; i++) {
-        fds[i] = raw_connect(o->socket);
-        if (write(fds[i], hello_head, sizeof(hello_head)) != (ssize_t)sizeof(hello_head))
-            die("half-sent request: %s", strerror(errno));
+    /* Each repetition: the round trips with emad otherwise idle, and with the hostile peers
+     * there (connected, then closed), in turn first. Once they are closed, emad is given
+     * time to drop them (its descriptors back to the calm count, its threads idle) so that
+     * a calm block never measures the teardown of a held one. */
+    for (unsigned r = 0; r < o->reps; r++) {
+        for (int side = 0; side < 2; side++) {
+            if ((side == 0) != ab_a_first(r)) {
+                for (uint64_t i = 0; i < iters; i++)
+                    calm[i] = bsess_update(&b);
+                continue;
+            }
+            for (uint64_t i = 0; i < conns; i++) {
+                fds[i] = raw_connect(o->socket);
+                if (write(fds[i], hello_head, sizeof(hello_head)) !=
+                    (ssize_t)sizeof(hello_head))
+                    die("half-sent request: %s", strerror(errno));
+            }
+            int flooder = raw_connect(o->socket);
+            flooded = flood(flooder);
+            for (int w = 0; w < 50; w++)
+                bsess_update(&b);
+            for (uint64_t i = 0; i < iters; i++)
+                held[i] = bsess_update(&b);
+            close(flooder);
+            for (uint64_t i = 0; i < conns; i++)
+                close(fds[i]);
+            bench_settle(pid, fds_calm, 5);
+        }
+        double c50 = quantile(calm, iters, 0.5), c99 = quantile(calm, iters, 0.99);
+        double h50 = quantile(held, iters, 0.5), h99 = quantile(held, iters, 0.99);
+        ab_add(&p50, h50, c50, h50 / c50);
+        ab_add(&p99, h99, c99, h99 / c99);
     }
-    int flooder = raw_connect(o->socket);
-    size_t flooded = flood(flooder);
-    for (int w = 0; w < 50; w++)
-        bsess_update(&b);
-    for (uint64_t i = 0; i < iters; i++)
-        held[i] = bsess_update(&b);
     bsess_close(&b);
-    close(flooder);
-    for (uint64_t i = 0; i < conns; i++)
-        close(fds[i]);
 
-    double c50 = quantile(calm, iters, 0.5), c99 = quantile(calm, iters, 0.99);
-    double h50 = quantile(held, iters, 0.5), h99 = quantile(held, iters, 0.99);
     rec_begin("hostile");
     rec_int("idle_connections", conns);
     rec_int("flood_bytes", flooded);
     rec_int("iters", iters);
-    rec_num("calm_p50_us", c50 * 1e6);
-    rec_num("calm_p99_us", c99 * 1e6);
-    rec_num("held_p50_us", h50 * 1e6);
-    rec_num("held_p99_us", h99 * 1e6);
-    rec_num("ratio_p50", h50 / c50);
-    rec_num("ratio_p99", h99 / c99);
+    rec_int("reps", o->reps);
+    rec_num("calm_p50_us", ab_med_b(&p50) * 1e6);
+    rec_num("calm_p99_us", ab_med_b(&p99) * 1e6);
+    rec_num("held_p50_us", ab_med_a(&p50) * 1e6);
+    rec_num("held_p99_us", ab_med_a(&p99) * 1e6);
+    rec_ab("ratio_p50", &p50);
+    rec_ab("ratio_p99", &p99);
     rec_end();
     free(calm);
     free(held);

@@ -4,10 +4,14 @@
  *   rtt       a no-op event (batch_start with the EMA weights not swapped in: action "none")
  *             from the C client, p50/p99/p99.9, against a raw Unix-socket echo server and
  *             client written here, exchanging messages of the same sizes (msgpack-c computes
- *             them); the two alternate in blocks so that both see the same machine.
+ *             them); the two alternate in blocks (--reps of them each) so that both see the
+ *             same machine.
  *   fairness  a small session's update round trip (p50, p99) while a large session updates
  *             back to back on another connection, against the same with emad idle; and
  *             the large session's throughput meanwhile, against its throughput alone.
+ *
+ * Each comparison runs --reps repetitions, the order of its two sides swapped each time
+ * (bench.h, "interleaved comparisons").
  *   overlap   a trainer sends batch_end, "computes" (sleeps: no CPU used) k times the update
  *             time, then waits: the stall of that wait, against the blocking update time.
  */
@@ -159,30 +163,39 @@ static int echo_connect(const char *path)
  * and a forked echo server would otherwise sit where its parent does while emad's loop
  * thread sits wherever the scheduler put it. So, with two CPUs or more, emad's loop
  * thread and the echo server are pinned alike: both on the client's CPU ("same"), then
- * both on another ("cross"), and each is compared with its like. */
+ * both on another ("cross"), and each is compared with its like. "unpinned" (only on
+ * request, --placements) leaves all three to the scheduler: what made this figure swing
+ * between runs (docs/performance.md). */
 struct placement {
     const char *name;
     int client_cpu, server_cpu; /* < 0: not pinned */
 };
 
 struct rtt_result {
-    double emad[3], echo[3]; /* p50, p99, p99.9, seconds */
+    struct ab q[3]; /* p50, p99, p99.9 of each repetition, seconds: emad (A), echo (B) */
 };
 
 static void rtt_measure(const struct bopts *o, struct bsess *b, const struct placement *pl,
-                        size_t req, size_t rep, uint64_t iters, struct rtt_result *res)
+                        const cpu_set_t *mine, const cpu_set_t *emads, size_t req, size_t rep,
+                        uint64_t iters, struct rtt_result *res)
 {
-    uint64_t blocks = 10, per = iters / blocks, ne = 0, nr = 0;
-    double *te = calloc(iters, sizeof(double)), *tr = calloc(iters, sizeof(double));
+    uint64_t per = iters / o->reps < 20 ? 20 : iters / o->reps;
+    double *te = calloc(per, sizeof(double)), *tr = calloc(per, sizeof(double));
     char path[128], in[4096], out[4096];
     long emad_pid = emac_server_info(b->c)->pid;
+    const double qs[3] = {0.5, 0.99, 0.999};
 
     if (te == NULL || tr == NULL)
         die("out of memory");
+    memset(res, 0, sizeof(*res));
     if (pl->client_cpu >= 0 && (pin(0, pl->client_cpu, NULL) < 0 ||
                                 pin((pid_t)emad_pid, pl->server_cpu, NULL) < 0))
         die("rtt: cannot pin to CPUs %d and %d: %s", pl->client_cpu, pl->server_cpu,
             strerror(errno));
+    if (pl->client_cpu < 0) { /* unpinned: both as they were at the start */
+        pin(0, -1, mine);
+        pin((pid_t)emad_pid, -1, emads);
+    }
     snprintf(path, sizeof(path), "%s-echo", o->socket);
     pid_t pid = echo_server(path, req, rep, pl->server_cpu);
     int fd = echo_connect(path);
@@ -192,24 +205,28 @@ static void rtt_measure(const struct bopts *o, struct bsess *b, const struct pla
         if (write_full(fd, out, req) < 0 || read_full(fd, in, rep) < 0)
             die("echo: %s", strerror(errno));
     }
-    for (uint64_t blk = 0; blk < blocks; blk++) {
-        for (uint64_t i = 0; i < per; i++)
-            te[ne++] = bsess_event(b, "batch_start");
-        for (uint64_t i = 0; i < per; i++) {
-            double t0 = now();
-            if (write_full(fd, out, req) < 0 || read_full(fd, in, rep) < 0)
-                die("echo: %s", strerror(errno));
-            tr[nr++] = now() - t0;
+    for (unsigned r = 0; r < o->reps; r++) {
+        for (int side = 0; side < 2; side++) {
+            if ((side == 0) == ab_a_first(r)) {
+                for (uint64_t i = 0; i < per; i++)
+                    te[i] = bsess_event(b, "batch_start");
+            } else {
+                for (uint64_t i = 0; i < per; i++) {
+                    double t0 = now();
+                    if (write_full(fd, out, req) < 0 || read_full(fd, in, rep) < 0)
+                        die("echo: %s", strerror(errno));
+                    tr[i] = now() - t0;
+                }
+            }
+        }
+        for (int q = 0; q < 3; q++) {
+            double e = quantile(te, per, qs[q]), x = quantile(tr, per, qs[q]);
+            ab_add(&res->q[q], e, x, e / x);
         }
     }
     close(fd);
     waitpid(pid, NULL, 0);
     unlink(path);
-    const double qs[3] = {0.5, 0.99, 0.999};
-    for (int q = 0; q < 3; q++) {
-        res->emad[q] = quantile(te, ne, qs[q]);
-        res->echo[q] = quantile(tr, nr, qs[q]);
-    }
     free(te);
     free(tr);
 }
@@ -220,59 +237,71 @@ int cmd_rtt(const struct bopts *o)
     const char *names[3] = {"p50", "p99", "p99_9"};
     size_t req, rep;
     uint64_t iters = o->iters < 100 ? 100 : o->iters;
-    struct placement pls[2] = {{"unpinned", -1, -1}, {NULL, -1, -1}};
-    struct rtt_result res[2];
+    struct placement pls[3];
+    struct rtt_result res[3];
     cpu_set_t mine, emads;
-    size_t npl = 1;
+    size_t npl = 0;
     struct bsess b;
+    char list[64] = "";
 
     message_sizes(session, &req, &rep);
     bsess_open(&b, o->socket, session, "f32", 1, 16);
     long emad_pid = emac_server_info(b.c)->pid;
+    /* What ran before (another benchmark's sessions going away) is not this one's figure. */
+    bench_settle(emad_pid, -1, 3);
     /* Two CPUs the bench may use, and leave to emad's loop thread as they were. */
+    int cpus[2], ncpu = 0;
     if (sched_getaffinity(0, sizeof(mine), &mine) == 0 &&
         sched_getaffinity((pid_t)emad_pid, sizeof(emads), &emads) == 0 && CPU_COUNT(&mine) >= 2 &&
         pin((pid_t)emad_pid, -1, &emads) == 0) {
-        int cpus[2], n = 0;
-        for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
+        for (int c = 0; c < CPU_SETSIZE && ncpu < 2; c++)
             if (CPU_ISSET(c, &mine))
-                cpus[n++] = c;
-        pls[0] = (struct placement){"same", cpus[0], cpus[0]};
-        pls[1] = (struct placement){"cross", cpus[0], cpus[1]};
-        npl = 2;
+                cpus[ncpu++] = c;
     }
-    for (size_t i = 0; i < npl; i++)
-        rtt_measure(o, &b, &pls[i], req, rep, iters, &res[i]);
-    if (npl == 2) {
+    const char *want = o->placements ? o->placements : ncpu == 2 ? "same,cross" : "unpinned";
+    if (strstr(want, "same") && ncpu == 2)
+        pls[npl++] = (struct placement){"same", cpus[0], cpus[0]};
+    if (strstr(want, "cross") && ncpu == 2)
+        pls[npl++] = (struct placement){"cross", cpus[0], cpus[1]};
+    if (strstr(want, "unpinned") || npl == 0)
+        pls[npl++] = (struct placement){"unpinned", -1, -1};
+    for (size_t i = 0; i < npl; i++) {
+        rtt_measure(o, &b, &pls[i], &mine, &emads, req, rep, iters, &res[i]);
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? "," : "",
+                 pls[i].name);
+    }
+    if (ncpu == 2) {
         pin(0, -1, &mine);
         pin((pid_t)emad_pid, -1, &emads);
     }
     bsess_close(&b);
-    /* The goal holds in every placement: the worse ratio is the one reported. */
+    /* The goal holds in every placement: the worse median ratio is the one reported. Each
+     * figure is the median over the repetitions of that repetition's quantile. */
     rec_begin("rtt");
     rec_int("iters", iters);
+    rec_int("reps", o->reps);
     rec_int("request_bytes", req);
     rec_int("reply_bytes", rep);
-    rec_str("placements", npl == 2 ? "same,cross" : "unpinned");
+    rec_str("placements", list);
     for (int q = 0; q < 3; q++) {
         char k[48];
         size_t worst = 0;
         for (size_t i = 0; i < npl; i++) {
-            if (res[i].emad[q] / res[i].echo[q] > res[worst].emad[q] / res[worst].echo[q])
+            if (ab_med_r(&res[i].q[q]) > ab_med_r(&res[worst].q[q]))
                 worst = i;
             snprintf(k, sizeof(k), "%s_emad_%s_us", pls[i].name, names[q]);
-            rec_num(k, res[i].emad[q] * 1e6);
+            rec_num(k, ab_med_a(&res[i].q[q]) * 1e6);
             snprintf(k, sizeof(k), "%s_echo_%s_us", pls[i].name, names[q]);
-            rec_num(k, res[i].echo[q] * 1e6);
+            rec_num(k, ab_med_b(&res[i].q[q]) * 1e6);
             snprintf(k, sizeof(k), "%s_ratio_%s", pls[i].name, names[q]);
-            rec_num(k, res[i].emad[q] / res[i].echo[q]);
+            rec_ab(k, &res[i].q[q]);
         }
         snprintf(k, sizeof(k), "emad_%s_us", names[q]);
-        rec_num(k, res[worst].emad[q] * 1e6);
+        rec_num(k, ab_med_a(&res[worst].q[q]) * 1e6);
         snprintf(k, sizeof(k), "echo_%s_us", names[q]);
-        rec_num(k, res[worst].echo[q] * 1e6);
+        rec_num(k, ab_med_b(&res[worst].q[q]) * 1e6);
         snprintf(k, sizeof(k), "ratio_%s", names[q]);
-        rec_num(k, res[worst].emad[q] / res[worst].echo[q]);
+        rec_ab(k, &res[worst].q[q]);
         snprintf(k, sizeof(k), "worst_%s", names[q]);
         rec_str(k, pls[worst].name);
     }
@@ -282,14 +311,15 @@ int cmd_rtt(const struct bopts *o)
 
 /* ---- fairness ---- */
 
+enum { LARGE_PAUSE, LARGE_RUN, LARGE_STOP };
+
 struct large_arg {
     const char *socket;
     uint64_t n;
-    atomic_int stop, warm, go;
-    double alone_seconds;   /* updates with emad otherwise idle */
-    uint64_t alone_updates;
-    double seconds;         /* updates while the small session runs */
-    uint64_t updates;
+    atomic_int cmd;     /* what the large session does now */
+    atomic_int ready;   /* its session is open and its EMA started */
+    atomic_int busy;    /* an update of it is in flight */
+    atomic_ullong updates;
 };
 
 static void *large_thread(void *arg)
@@ -298,26 +328,45 @@ static void *large_thread(void *arg)
     struct bsess b;
     bsess_open(&b, a->socket, "bench-large", "f32", 1, a->n);
     bsess_update(&b); /* start the EMA */
-    /* Alone first: the chunk time the bound allows is that of emad's workers
-     * sharing the machine only with each other, not the (longer) one they
-     * get while the small session's round trips take CPU time too. */
-    double t0 = now();
-    do {
+    bsess_update(&b);
+    atomic_store(&a->ready, 1);
+    for (;;) {
+        int cmd = atomic_load(&a->cmd);
+        if (cmd == LARGE_STOP)
+            break;
+        if (cmd == LARGE_PAUSE) {
+            sleep_s(0.0001);
+            continue;
+        }
+        atomic_store(&a->busy, 1);
         bsess_update(&b);
-        a->alone_updates++;
-    } while (a->alone_updates < 5 || now() - t0 < 0.3);
-    a->alone_seconds = now() - t0;
-    atomic_store(&a->warm, 1);
-    while (!atomic_load(&a->go))
-        sleep_s(0.0001);
-    t0 = now();
-    while (!atomic_load(&a->stop)) {
-        bsess_update(&b);
-        a->updates++;
+        atomic_fetch_add(&a->updates, 1);
+        atomic_store(&a->busy, 0);
     }
-    a->seconds = now() - t0;
     bsess_close(&b);
     return NULL;
+}
+
+/* Pause the large session and wait for its update in flight to return. */
+static void large_pause(struct large_arg *a)
+{
+    atomic_store(&a->cmd, LARGE_PAUSE);
+    while (atomic_load(&a->busy))
+        sleep_s(0.0001);
+}
+
+/* Let the large session update alone for >= 5 updates and >= 0.1 s; its Gelem/s. */
+static double large_alone(struct large_arg *a)
+{
+    unsigned long long u0 = atomic_load(&a->updates);
+    double t0 = now();
+    atomic_store(&a->cmd, LARGE_RUN);
+    while (atomic_load(&a->updates) < u0 + 5 || now() - t0 < 0.1)
+        sleep_s(0.001);
+    double el = now() - t0;
+    unsigned long long u1 = atomic_load(&a->updates);
+    large_pause(a);
+    return (double)a->n * (double)(u1 - u0) / el / 1e9;
 }
 
 static void small_round_trips(struct bsess *b, double *v, uint64_t n)
@@ -332,7 +381,9 @@ int cmd_fairness(const struct bopts *o)
     double *idle = calloc(iters < 50 ? 50 : iters, sizeof(double));
     double *busy = calloc(iters, sizeof(double));
     struct bsess b;
-    struct large_arg la = {.socket = o->socket, .n = o->sizes[0]};
+    struct large_arg la = {.socket = o->socket, .n = o->sizes[0], .cmd = LARGE_PAUSE};
+    struct ab p50 = {0}, p99 = {0}, share = {0}, bound = {0}, chunk = {0};
+    unsigned long long busy_updates = 0;
     pthread_t tid;
     char buf[32];
 
@@ -340,42 +391,70 @@ int cmd_fairness(const struct bopts *o)
         die("out of memory");
     bsess_open(&b, o->socket, "bench-small", "f32", 1, small_n);
     small_round_trips(&b, idle, 50); /* warm-up */
-    small_round_trips(&b, idle, iters);
     pthread_create(&tid, NULL, large_thread, &la);
-    while (!atomic_load(&la.warm))
+    while (!atomic_load(&la.ready))
         sleep_s(0.001);
-    atomic_store(&la.go, 1);
-    small_round_trips(&b, busy, iters);
-    atomic_store(&la.stop, 1);
+    large_alone(&la); /* warm-up */
+    /* Each repetition: the baseline (the small session's round trips with emad idle, then
+     * the large session alone) and the small session's round trips while the large one
+     * updates back to back, in turn first. The bound on p99 takes the repetition's own chunk
+     * time: one chunk (2^20 elements, emad's CHUNK_ELEMS) on one worker at the large
+     * session's rate alone, i.e. with emad's workers sharing the machine only with each
+     * other. */
+    for (unsigned r = 0; r < o->reps; r++) {
+        double alone = 0, rate = 0;
+        for (int side = 0; side < 2; side++) {
+            if ((side == 0) == ab_a_first(r)) {
+                unsigned long long u0 = atomic_load(&la.updates);
+                atomic_store(&la.cmd, LARGE_RUN);
+                while (atomic_load(&la.updates) == u0) /* it is in its stride */
+                    sleep_s(0.0001);
+                u0 = atomic_load(&la.updates);
+                double t0 = now();
+                small_round_trips(&b, busy, iters);
+                double el = now() - t0;
+                unsigned long long u1 = atomic_load(&la.updates);
+                large_pause(&la);
+                busy_updates += u1 - u0;
+                rate = (double)la.n * (double)(u1 - u0) / el / 1e9;
+            } else {
+                small_round_trips(&b, idle, iters);
+                alone = large_alone(&la);
+            }
+        }
+        double i50 = quantile(idle, iters, 0.5), i99 = quantile(idle, iters, 0.99);
+        double b50 = quantile(busy, iters, 0.5), b99 = quantile(busy, iters, 0.99);
+        double chunk_s = (double)(1u << 20) * o->workers / (alone * 1e9);
+        ab_add(&p50, b50, i50, b50 / i50);
+        ab_add(&p99, b99, i99, b99 / i99);
+        ab_add(&share, rate, alone, rate / alone);
+        ab_add(&bound, b99, 2 * i99 + chunk_s, b99 / (2 * i99 + chunk_s));
+        ab_add(&chunk, chunk_s, chunk_s, 1);
+    }
+    atomic_store(&la.cmd, LARGE_STOP);
     pthread_join(tid, NULL);
     bsess_close(&b);
 
-    double large_rate = (double)la.n * (double)la.updates / la.seconds / 1e9;
-    double alone_rate = (double)la.n * (double)la.alone_updates / la.alone_seconds / 1e9;
-    /* one chunk (2^20 elements, emad's CHUNK_ELEMS) on one worker, at the rate of the large
-     * session alone */
-    double chunk_s = (double)(1u << 20) * o->workers / (alone_rate * 1e9);
-    double i50 = quantile(idle, iters, 0.5), i99 = quantile(idle, iters, 0.99);
-    double b50 = quantile(busy, iters, 0.5), b99 = quantile(busy, iters, 0.99);
     rec_begin("fairness");
     rec_int("small_elems", small_n);
     rec_int("large_elems", la.n);
     rec_str("large_size", fmt_elems(la.n, buf, sizeof(buf)));
     rec_int("workers", o->workers);
     rec_int("iters", iters);
-    rec_num("large_gelem_s", large_rate);
-    rec_int("large_updates", la.updates);
-    rec_num("large_alone_gelem_s", alone_rate);
-    rec_num("large_share", large_rate / alone_rate);
-    rec_num("idle_p50_us", i50 * 1e6);
-    rec_num("idle_p99_us", i99 * 1e6);
-    rec_num("busy_p50_us", b50 * 1e6);
-    rec_num("busy_p99_us", b99 * 1e6);
-    rec_num("ratio_p50", b50 / i50);
-    rec_num("ratio_p99", b99 / i99);
-    rec_num("chunk_us", chunk_s * 1e6);
-    rec_num("bound_p99_us", (2 * i99 + chunk_s) * 1e6);
-    rec_num("ratio_to_bound", b99 / (2 * i99 + chunk_s));
+    rec_int("reps", o->reps);
+    rec_num("large_gelem_s", ab_med_a(&share));
+    rec_int("large_updates", busy_updates);
+    rec_num("large_alone_gelem_s", ab_med_b(&share));
+    rec_ab("large_share", &share);
+    rec_num("idle_p50_us", ab_med_b(&p50) * 1e6);
+    rec_num("idle_p99_us", ab_med_b(&p99) * 1e6);
+    rec_num("busy_p50_us", ab_med_a(&p50) * 1e6);
+    rec_num("busy_p99_us", ab_med_a(&p99) * 1e6);
+    rec_ab("ratio_p50", &p50);
+    rec_ab("ratio_p99", &p99);
+    rec_num("chunk_us", ab_med_a(&chunk) * 1e6);
+    rec_num("bound_p99_us", ab_med_b(&bound) * 1e6);
+    rec_ab("ratio_to_bound", &bound);
     rec_end();
     free(idle);
     free(busy);
@@ -387,7 +466,7 @@ int cmd_fairness(const struct bopts *o)
 int cmd_overlap(const struct bopts *o)
 {
     uint64_t n = o->sizes[0], iters = o->iters < 5 ? 5 : o->iters;
-    double t[15], *stall = calloc(iters, sizeof(double));
+    double t[5], *stall = calloc(iters, sizeof(double));
     struct bsess b;
     char buf[32];
 
@@ -396,31 +475,42 @@ int cmd_overlap(const struct bopts *o)
     bsess_open(&b, o->socket, "bench-overlap", "f32", 1, n);
     for (int i = 0; i < 3; i++)
         bsess_update(&b);
-    for (int i = 0; i < 15; i++)
-        t[i] = bsess_update(&b);
-    double T = quantile(t, 15, 0.5);
     for (size_t ki = 0; ki < o->nks; ki++) {
-        double k = o->ks[ki], sum = 0;
-        for (uint64_t i = 0; i < iters; i++) {
-            emac_ticket tk = bsess_send(&b, "batch_end");
-            sleep_s(k * T);
-            double t0 = now();
-            bsess_wait(&b, tk);
-            stall[i] = now() - t0;
-            sum += stall[i];
+        double k = o->ks[ki];
+        struct ab of_update = {0}, of_step = {0}, p50 = {0};
+        /* Each repetition measures the blocking update (the baseline, median of 5) and then
+         * --iters stalls with k times that time of "compute". */
+        for (unsigned r = 0; r < o->reps; r++) {
+            double sum = 0;
+            for (int i = 0; i < 5; i++)
+                t[i] = bsess_update(&b);
+            double T = quantile(t, 5, 0.5);
+            for (uint64_t i = 0; i < iters; i++) {
+                emac_ticket tk = bsess_send(&b, "batch_end");
+                sleep_s(k * T);
+                double t0 = now();
+                bsess_wait(&b, tk);
+                stall[i] = now() - t0;
+                sum += stall[i];
+            }
+            double mean = sum / (double)iters;
+            ab_add(&of_update, mean, T, mean / T);
+            ab_add(&of_step, mean, k * T + mean, mean / (k * T + mean));
+            ab_add(&p50, quantile(stall, iters, 0.5), T, 0);
         }
-        double med = quantile(stall, iters, 0.5), mean = sum / (double)iters;
+        double T = ab_med_b(&of_update);
         rec_begin("overlap");
         rec_int("elems", n);
         rec_str("size", fmt_elems(n, buf, sizeof(buf)));
         rec_int("workers", o->workers);
+        rec_int("reps", o->reps);
         rec_num("k", k);
         rec_num("update_ms", T * 1e3);
         rec_num("compute_ms", k * T * 1e3);
-        rec_num("stall_p50_ms", med * 1e3);
-        rec_num("stall_mean_ms", mean * 1e3);
-        rec_num("stall_of_update", mean / T);       /* against the blocking update */
-        rec_num("stall_of_step", mean / (k * T + mean)); /* share of the trainer's step */
+        rec_num("stall_p50_ms", ab_med_a(&p50) * 1e3);
+        rec_num("stall_mean_ms", ab_med_a(&of_update) * 1e3);
+        rec_ab("stall_of_update", &of_update); /* against the blocking update */
+        rec_ab("stall_of_step", &of_step);     /* share of the trainer's step */
         rec_end();
     }
     bsess_close(&b);

@@ -39,6 +39,8 @@ static void usage(FILE *f)
     fprintf(f, "Usage: emabench SUBCOMMAND --socket PATH [--workers N] [--dtypes f32,bf16]\n"
                "         [--sizes 1M,16M] [--counts 1,2,8] [--ks 0.5,1] [--budget ELEMS]\n"
                "         [--seconds S] [--iters N] [--count N] [--elems N] [--port P]\n"
+               "         [--reps N] (interleaved repetitions of each comparison, default 7)\n"
+               "         [--placements same,cross,unpinned] (rtt; default same,cross)\n"
                "Talks to a running emad; prints one JSON record per line. Subcommands:\n");
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
         fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].help);
@@ -73,7 +75,7 @@ static size_t split(char *s, char **out)
 int main(int argc, char **argv)
 {
     struct bopts o = {.workers = 1, .budget = 1u << 26, .seconds = 1, .iters = 1000,
-                      .count = 100000, .elems = 320};
+                      .count = 100000, .elems = 320, .reps = 7};
     char *list[BENCH_MAX_LIST];
 
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -122,6 +124,10 @@ int main(int argc, char **argv)
             o.elems = parse_elems(v);
         else if (strcmp(a, "--port") == 0)
             o.port = (unsigned)parse_elems(v);
+        else if (strcmp(a, "--reps") == 0)
+            o.reps = (unsigned)parse_elems(v);
+        else if (strcmp(a, "--placements") == 0)
+            o.placements = v;
         else {
             usage(stderr);
             return 2;
@@ -131,6 +137,9 @@ int main(int argc, char **argv)
         die("--socket is required");
     if (o.workers == 0)
         o.workers = 1;
+    if (o.reps < 1 || o.reps > BENCH_MAX_REPS)
+        die("--reps %u: want 1 to %d (5 or more for a median and a spread worth reading)",
+            o.reps, BENCH_MAX_REPS);
     signal(SIGPIPE, SIG_IGN);
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
         if (strcmp(argv[1], cmds[i].name) == 0)

@@ -4,9 +4,10 @@
  * second, against the same round trips unscraped, same run, interleaved in
  * blocks so that drift on the machine hits both alike.
  *
- *   metrics  --port P (emad --metrics 127.0.0.1:P): 10 blocks of --seconds
- *            unscraped, each followed by one scraped; p50 and p99 of each
- *            side, their ratios, and the scrapes made.
+ *   metrics  --port P (emad --metrics 127.0.0.1:P): --reps pairs of blocks of
+ *            --seconds, unscraped and scraped, in turn first; p50 and p99 of
+ *            each block, the median of their ratios and their spread, and the
+ *            scrapes made.
  */
 #include "bench.h"
 
@@ -83,12 +84,13 @@ static void round_trips(struct bsess *b, double seconds, double **v, uint64_t *n
 
 int cmd_metrics(const struct bopts *o)
 {
-    /* Blocks of --seconds each, scraped and not in turn: a scrape every
+    /* --reps blocks of --seconds each side, scraped and not, in turn first: a scrape every
      * 100 ms lands in every scraped block. */
     double block = o->seconds < 0.01 ? 0.01 : o->seconds;
-    uint64_t blocks = 10, nc = 0, ns = 0, cc = 0, cs = 0;
+    uint64_t nc = 0, ns = 0, cc = 0, cs = 0, tc = 0, ts = 0;
     double *calm = NULL, *scraped = NULL;
     struct scraper s = {.port = o->port};
+    struct ab p50 = {0}, p99 = {0};
     struct bsess b;
     pthread_t t;
 
@@ -100,30 +102,40 @@ int cmd_metrics(const struct bopts *o)
         die("pthread_create failed");
     for (int w = 0; w < 200; w++)
         bsess_event(&b, "batch_start");
-    for (uint64_t blk = 0; blk < blocks; blk++) {
-        atomic_store(&s.on, false);
-        round_trips(&b, block, &calm, &nc, &cc);
-        atomic_store(&s.on, true);
-        round_trips(&b, block, &scraped, &ns, &cs);
+    for (unsigned r = 0; r < o->reps; r++) {
+        nc = ns = 0;
+        for (int side = 0; side < 2; side++) {
+            int scraping = (side == 0) == ab_a_first(r);
+            atomic_store(&s.on, scraping);
+            if (scraping)
+                round_trips(&b, block, &scraped, &ns, &cs);
+            else
+                round_trips(&b, block, &calm, &nc, &cc);
+        }
+        tc += nc;
+        ts += ns;
+        double c50 = quantile(calm, nc, 0.5), c99 = quantile(calm, nc, 0.99);
+        double s50 = quantile(scraped, ns, 0.5), s99 = quantile(scraped, ns, 0.99);
+        ab_add(&p50, s50, c50, s50 / c50);
+        ab_add(&p99, s99, c99, s99 / c99);
     }
     atomic_store(&s.quit, true);
     pthread_join(t, NULL);
     bsess_close(&b);
 
-    double c50 = quantile(calm, nc, 0.5), c99 = quantile(calm, nc, 0.99);
-    double s50 = quantile(scraped, ns, 0.5), s99 = quantile(scraped, ns, 0.99);
     rec_begin("metrics");
-    rec_int("calm_round_trips", nc);
-    rec_int("scraped_round_trips", ns);
-    rec_num("seconds", 2 * (double)blocks * block);
+    rec_int("calm_round_trips", tc);
+    rec_int("scraped_round_trips", ts);
+    rec_num("seconds", 2 * (double)o->reps * block);
+    rec_int("reps", o->reps);
     rec_int("scrapes", s.scrapes);
     rec_int("page_bytes", s.bytes);
-    rec_num("calm_p50_us", c50 * 1e6);
-    rec_num("calm_p99_us", c99 * 1e6);
-    rec_num("scraped_p50_us", s50 * 1e6);
-    rec_num("scraped_p99_us", s99 * 1e6);
-    rec_num("ratio_p50", s50 / c50);
-    rec_num("ratio_p99", s99 / c99);
+    rec_num("calm_p50_us", ab_med_b(&p50) * 1e6);
+    rec_num("calm_p99_us", ab_med_b(&p99) * 1e6);
+    rec_num("scraped_p50_us", ab_med_a(&p50) * 1e6);
+    rec_num("scraped_p99_us", ab_med_a(&p99) * 1e6);
+    rec_ab("ratio_p50", &p50);
+    rec_ab("ratio_p99", &p99);
     rec_end();
     free(calm);
     free(scraped);

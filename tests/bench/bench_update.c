@@ -8,7 +8,10 @@
  *   swap     swap in (eval_start) and swap out (eval_end) against a threaded memcpy of the
  *            same bytes (in: params -> stash and shadow -> params, two copies; out: one).
  *   health   one session's update with the health signals (the default) against a session of
- *            the same size registered with health false, rounds interleaved.
+ *            the same size registered with health false.
+ *
+ * Every comparison runs --reps interleaved repetitions after one warm-up of each side
+ * (bench.h, "interleaved comparisons").
  */
 #include "bench.h"
 
@@ -21,22 +24,6 @@ static double emad_round(struct bsess *b, uint64_t n, uint64_t reps)
     for (uint64_t r = 0; r < reps; r++)
         bsess_update(b);
     return (double)n * (double)reps / (now() - t0) / 1e9;
-}
-
-/* Timed rounds of `reps` blocking updates; the best Gelem/s of rounds 1.. (round 0 warms up:
- * first touch of the stash-free shadow, the workers' first wake-up). */
-static double emad_rate(struct bsess *b, uint64_t n, uint64_t reps, int rounds)
-{
-    double best = 0;
-    for (int round = 0; round <= rounds; round++) {
-        double t0 = now();
-        for (uint64_t r = 0; r < reps; r++)
-            bsess_update(b);
-        double rate = (double)n * (double)reps / (now() - t0) / 1e9;
-        if (round > 0 && rate > best)
-            best = rate;
-    }
-    return best;
 }
 
 static uint64_t reps_for(const struct bopts *o, uint64_t n)
@@ -53,17 +40,21 @@ int cmd_update(const struct bopts *o)
             uint64_t n = o->sizes[k], reps = reps_for(o, n);
             struct bsess b;
             struct plain pl;
-            double e = 0, p = 0;
+            struct ab s = {0};
             bsess_open(&b, o->socket, "bench-update", o->dtypes[d], 1, n);
             plain_init(&pl, n, o->dtypes[d], o->workers);
-            /* Alternate emad's rounds and the baseline's, so that both see the same machine
-             * (it may be shared); the best round of each after one warm-up round each. */
-            for (int round = 0; round < 4; round++) {
-                double er = emad_round(&b, n, reps), pr = plain_round(&pl, reps);
-                if (round > 0 && er > e)
-                    e = er;
-                if (round > 0 && pr > p)
-                    p = pr;
+            emad_round(&b, n, reps); /* warm-up: first touch, the workers' first wake-up */
+            plain_round(&pl, reps);
+            for (unsigned r = 0; r < o->reps; r++) {
+                double e, p;
+                if (ab_a_first(r)) {
+                    e = emad_round(&b, n, reps);
+                    p = plain_round(&pl, reps);
+                } else {
+                    p = plain_round(&pl, reps);
+                    e = emad_round(&b, n, reps);
+                }
+                ab_add(&s, e, p, e / p);
             }
             bsess_close(&b);
             plain_free(&pl);
@@ -72,9 +63,10 @@ int cmd_update(const struct bopts *o)
             rec_int("elems", n);
             rec_str("size", fmt_elems(n, buf, sizeof(buf)));
             rec_int("workers", o->workers);
-            rec_num("emad_gelem_s", e);
-            rec_num("plain_gelem_s", p);
-            rec_num("ratio", e / p);
+            rec_int("reps", s.n);
+            rec_num("emad_gelem_s", ab_med_a(&s));
+            rec_num("plain_gelem_s", ab_med_b(&s));
+            rec_ab("ratio", &s);
             rec_end();
         }
     }
@@ -88,26 +80,23 @@ int cmd_health(const struct bopts *o)
         for (size_t k = 0; k < o->nsizes; k++) {
             uint64_t n = o->sizes[k], reps = reps_for(o, n);
             struct bsess on, off;
-            double e_on = 0, e_off = 0;
+            struct ab s = {0};
             bsess_open_health(&on, o->socket, "bench-health-on", o->dtypes[d], 1, n, true);
             bsess_open_health(&off, o->socket, "bench-health-off", o->dtypes[d], 1, n, false);
             bsess_update(&on); /* start both EMAs: from here every batch_end is an update */
             bsess_update(&off);
-            /* Interleaved rounds, the order swapped each time, so that both see the same
-             * machine and neither always runs first; the best of each after a warm-up. */
-            for (int round = 0; round < 9; round++) {
+            emad_round(&on, n, reps); /* warm-up */
+            emad_round(&off, n, reps);
+            for (unsigned r = 0; r < o->reps; r++) {
                 double a, b;
-                if (round % 2) {
-                    b = emad_round(&off, n, reps);
+                if (ab_a_first(r)) {
                     a = emad_round(&on, n, reps);
+                    b = emad_round(&off, n, reps);
                 } else {
-                    a = emad_round(&on, n, reps);
                     b = emad_round(&off, n, reps);
+                    a = emad_round(&on, n, reps);
                 }
-                if (round > 0 && a > e_on)
-                    e_on = a;
-                if (round > 0 && b > e_off)
-                    e_off = b;
+                ab_add(&s, a, b, b / a - 1); /* the extra time of an update with health */
             }
             bsess_close(&on);
             bsess_close(&off);
@@ -116,9 +105,10 @@ int cmd_health(const struct bopts *o)
             rec_int("elems", n);
             rec_str("size", fmt_elems(n, buf, sizeof(buf)));
             rec_int("workers", o->workers);
-            rec_num("on_gelem_s", e_on);
-            rec_num("off_gelem_s", e_off);
-            rec_num("cost", e_off / e_on - 1); /* extra time of an update with health */
+            rec_int("reps", s.n);
+            rec_num("on_gelem_s", ab_med_a(&s));
+            rec_num("off_gelem_s", ab_med_b(&s));
+            rec_ab("cost", &s);
             rec_end();
         }
     }
@@ -130,20 +120,25 @@ int cmd_small(const struct bopts *o)
     uint64_t count = o->count, elems = o->elems, total = count * elems;
     uint64_t reps = reps_for(o, total);
     struct bsess small, big;
+    struct ab s = {0};
     double t0 = now();
     bsess_open(&small, o->socket, "bench-small", "f32", count, elems);
     double reg_small = now() - t0;
     t0 = now();
     bsess_open(&big, o->socket, "bench-big", "f32", 1, total);
     double reg_big = now() - t0;
-    /* Alternate the two, so that both see the same machine. */
-    double best_small = 0, best_big = 0;
-    for (int round = 0; round < 3; round++) {
-        double s = emad_rate(&small, total, reps, 1), g = emad_rate(&big, total, reps, 1);
-        if (s > best_small)
-            best_small = s;
-        if (g > best_big)
-            best_big = g;
+    emad_round(&small, total, reps); /* warm-up */
+    emad_round(&big, total, reps);
+    for (unsigned r = 0; r < o->reps; r++) {
+        double a, b;
+        if (ab_a_first(r)) {
+            a = emad_round(&small, total, reps);
+            b = emad_round(&big, total, reps);
+        } else {
+            b = emad_round(&big, total, reps);
+            a = emad_round(&small, total, reps);
+        }
+        ab_add(&s, a, b, a / b);
     }
     bsess_close(&small);
     bsess_close(&big);
@@ -152,9 +147,10 @@ int cmd_small(const struct bopts *o)
     rec_int("elems_each", elems);
     rec_int("elems", total);
     rec_int("workers", o->workers);
-    rec_num("small_gelem_s", best_small);
-    rec_num("big_gelem_s", best_big);
-    rec_num("ratio", best_small / best_big);
+    rec_int("reps", s.n);
+    rec_num("small_gelem_s", ab_med_a(&s));
+    rec_num("big_gelem_s", ab_med_b(&s));
+    rec_ab("ratio", &s);
     rec_num("register_small_s", reg_small);
     rec_num("register_big_s", reg_big);
     rec_end();
@@ -167,35 +163,48 @@ int cmd_swap(const struct bopts *o)
     for (size_t d = 0; d < o->ndtypes; d++) {
         for (size_t k = 0; k < o->nsizes; k++) {
             uint64_t n = o->sizes[k], bytes = n * bench_dtype_size(o->dtypes[d]);
-            int rounds = bytes >= (256u << 20) ? 3 : 5;
             struct bsess b;
-            double best_in = 1e30, best_out = 1e30;
+            struct mcpy m_in, m_out;
+            struct ab s_in = {0}, s_out = {0};
             bsess_open(&b, o->socket, "bench-swap", o->dtypes[d], 1, n);
             bsess_update(&b); /* start the EMA: there is something to swap in */
-            for (int r = 0; r <= rounds; r++) {
-                double tin = bsess_event(&b, "eval_start");
-                double tout = bsess_event(&b, "eval_end");
-                if (r == 0) /* warm-up: the stash's first touch */
-                    continue;
-                if (tin < best_in)
-                    best_in = tin;
-                if (tout < best_out)
-                    best_out = tout;
+            mcpy_init(&m_in, bytes, 2, o->workers);
+            mcpy_init(&m_out, bytes, 1, o->workers);
+            bsess_event(&b, "eval_start"); /* warm-up: the stash's first touch */
+            bsess_event(&b, "eval_end");
+            mcpy_round(&m_in);
+            mcpy_round(&m_out);
+            for (unsigned r = 0; r < o->reps; r++) {
+                double tin, tout, min, mout;
+                if (ab_a_first(r)) {
+                    tin = bsess_event(&b, "eval_start");
+                    tout = bsess_event(&b, "eval_end");
+                    min = mcpy_round(&m_in);
+                    mout = mcpy_round(&m_out);
+                } else {
+                    min = mcpy_round(&m_in);
+                    mout = mcpy_round(&m_out);
+                    tin = bsess_event(&b, "eval_start");
+                    tout = bsess_event(&b, "eval_end");
+                }
+                ab_add(&s_in, tin, min, tin / min);
+                ab_add(&s_out, tout, mout, tout / mout);
             }
             bsess_close(&b);
-            double m_in = plain_memcpy(bytes, 2, o->workers, rounds);
-            double m_out = plain_memcpy(bytes, 1, o->workers, rounds);
+            mcpy_free(&m_in);
+            mcpy_free(&m_out);
             rec_begin("swap");
             rec_str("dtype", o->dtypes[d]);
             rec_int("elems", n);
             rec_str("size", fmt_elems(n, buf, sizeof(buf)));
             rec_int("workers", o->workers);
-            rec_num("swap_in_s", best_in);
-            rec_num("memcpy_in_s", m_in);
-            rec_num("ratio_in", best_in / m_in);
-            rec_num("swap_out_s", best_out);
-            rec_num("memcpy_out_s", m_out);
-            rec_num("ratio_out", best_out / m_out);
+            rec_int("reps", s_in.n);
+            rec_num("swap_in_s", ab_med_a(&s_in));
+            rec_num("memcpy_in_s", ab_med_b(&s_in));
+            rec_ab("ratio_in", &s_in);
+            rec_num("swap_out_s", ab_med_a(&s_out));
+            rec_num("memcpy_out_s", ab_med_b(&s_out));
+            rec_ab("ratio_out", &s_out);
             rec_end();
         }
     }
