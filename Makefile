@@ -126,7 +126,7 @@ $(eval $(call VARIANT,build/tsan-obj,build/tsan,$(TSAN_FLAGS)))
 build/libemaclient.so: $(CLIENT_SRC:%.c=build/obj/%.o) $(PROTO_SRC:%.c=build/obj/%.o) client/emaclient.map
 	$(CC) -shared -Wl,-soname,libemaclient.so.$(SOVERSION) \
 	    -Wl,--version-script=client/emaclient.map -Wl,--no-undefined \
-	    -o $@ $(filter %.o,$^) $(shell $(PKG_CONFIG) --libs msgpack)
+	    -o $@ $(filter %.o,$^) $(shell $(PKG_CONFIG) --libs msgpack) -lm
 
 build/emaclient.pc: client/emaclient.pc.in
 	@mkdir -p $(@D)
