@@ -101,6 +101,15 @@ int durable_open(struct durable *d, int dirfd, const char *path, mode_t mode, ch
         durable_free(d);
         return err_set(err, errlen, -ENOMEM, "%s: out of memory", path);
     }
+    /* rename() would replace a device node or an empty directory as readily as a file: a
+     * mistyped path (/dev/sda) must fail, not vanish. A link is replaced, never followed. */
+    struct stat st;
+    if (fstatat(d->dfd, d->name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode) &&
+        !S_ISLNK(st.st_mode)) {
+        durable_free(d);
+        return err_set(err, errlen, -EEXIST, "%s exists and is not a regular file: not replaced",
+                       path);
+    }
     rc = open_temp(d, mode);
     if (rc < 0) {
         free(d->tmp); /* never created: nothing to unlink */

@@ -26,6 +26,7 @@ struct durable {
  * Create the temp file for path (relative to dirfd, or AT_FDCWD; its directory must exist)
  * with mode (e.g. 0600 or 0644, before the umask is not applied: fchmod sets it exactly).
  * The target's last component is never followed if it is a link: rename replaces the link.
+ * An existing target that is neither a regular file nor a link is refused (-EEXIST).
  * 0 or -errno, with a message naming the path.
  */
 int durable_open(struct durable *d, int dirfd, const char *path, mode_t mode, char *err,

@@ -380,6 +380,15 @@ static void test_a_full_disk_fails_the_write_and_leaves_the_old_file(void **stat
     fclose(f);
     assert_string_equal(back, "old");
     /* A directory that does not exist. */
+    /* A target that is no regular file is not replaced (rename would). */
+    path_in(path, sizeof(path), "fifo");
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(durable_open(&d, AT_FDCWD, path, 0600, err, sizeof(err)), -EEXIST);
+    assert_non_null(strstr(err, "not a regular file"));
+    assert_int_equal(hidden_entries(), 0);
+    struct stat st;
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
     path_in(path, sizeof(path), "no/such/dir/x.safetensors");
     assert_int_equal(durable_open(&d, AT_FDCWD, path, 0600, err, sizeof(err)), -ENOENT);
     assert_non_null(strstr(err, "cannot open its directory"));
