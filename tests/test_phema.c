@@ -15,7 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "durable.h"
+#include "emaclient.h"
 #include "phema.h"
+#include "safetensors.h"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 static void test_gamma_and_sigma_rel_round_trip_and_match_edm2(void **state)
 {
@@ -330,6 +336,109 @@ static void test_bad_arguments_are_named(void **state)
                      -EINVAL);
 }
 
+/* Snapshot files of two power profiles (sigma_rel 0.05, 0.10) over a made-up trajectory,
+ * every 50 batches to 300; a tensor of 100000 elements spans two chunks of the streaming. */
+#define SNAP_N 100000
+static void write_snapshot(const char *path, double sigma, uint64_t batch, const float *v)
+{
+    struct st_tensor t[] = {{.name = "w", .dtype = DTYPE_F32, .rank = 2, .shape = {1000, 100}}};
+    char b[32], s[32], err[256];
+    struct st_meta m[] = {{"batch", b}, {"sigma_rel", s}};
+    struct st_writer w;
+    struct durable d;
+
+    snprintf(b, sizeof(b), "%llu", (unsigned long long)batch);
+    snprintf(s, sizeof(s), "%.17g", sigma);
+    assert_int_equal(durable_open(&d, AT_FDCWD, path, 0600, err, sizeof(err)), 0);
+    assert_int_equal(st_writer_begin(&w, d.fd, t, 1, m, 2, err, sizeof(err)), 0);
+    assert_int_equal(st_writer_write(&w, v, SNAP_N * 4, err, sizeof(err)), 0);
+    assert_int_equal(durable_commit(&d, err, sizeof(err)), 0);
+}
+
+static void test_a_stored_profile_file_comes_back_from_posthoc_files(void **state)
+{
+    char dir[] = "/tmp/test_phema.XXXXXX", paths[12][96], out[96];
+    const char *pp[12];
+    float *shadow[2], *back;
+    double g[2];
+    size_t n = 0;
+    struct st_file f;
+    struct emac_error err;
+    (void)state;
+
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(phema_gamma(0.05, &g[0]), 0);
+    assert_int_equal(phema_gamma(0.10, &g[1]), 0);
+    shadow[0] = calloc(SNAP_N, sizeof(float));
+    shadow[1] = calloc(SNAP_N, sizeof(float));
+    back = calloc(SNAP_N, sizeof(float));
+    for (uint64_t b = 1; b <= 300; b++) {
+        for (int p = 0; p < 2; p++) {
+            double beta;
+            assert_int_equal(phema_beta(g[p], b, 1, &beta), 0);
+            for (size_t i = 0; i < SNAP_N; i++) {
+                double theta = sin(0.001 * (double)(i + 1) * (double)b) + 0.01 * (double)b;
+                shadow[p][i] = (float)(beta * shadow[p][i] + (1 - beta) * theta);
+            }
+            if (b % 50 == 0) {
+                snprintf(paths[n], sizeof(paths[n]), "%s/p%d-%03llu.safetensors", dir, p,
+                         (unsigned long long)b);
+                write_snapshot(paths[n], p ? 0.10 : 0.05, b, shadow[p]);
+                pp[n] = paths[n];
+                n++;
+            }
+        }
+    }
+    snprintf(out, sizeof(out), "%s/out.safetensors", dir);
+    /* sigma_rel 0.10 at batch 150: the snapshot p1-150 itself. */
+    assert_int_equal(emac_posthoc_files(pp, n, 0.10, 150, out, NULL, &err), 0);
+    char msg[256];
+    assert_int_equal(st_open(&f, out, msg, sizeof(msg)), 0);
+    assert_string_equal(st_meta_get(&f.h, "batch"), "150");
+    assert_string_equal(st_meta_get(&f.h, "snapshot_batches"), "[50, 50, 100, 100, 150, 150]");
+    const struct st_tensor *t = st_find(&f.h, "w");
+    assert_non_null(t);
+    assert_int_equal(t->rank, 2);
+    assert_int_equal(t->shape[0], 1000);
+    assert_int_equal(st_read(&f, t, 0, back, SNAP_N * 4, msg, sizeof(msg)), 0);
+    st_close(&f);
+    struct st_file snap;
+    float *want = calloc(SNAP_N, sizeof(float));
+    assert_int_equal(st_open(&snap, paths[5], msg, sizeof(msg)), 0);
+    assert_int_equal(st_read(&snap, &snap.h.tensors[0], 0, want, SNAP_N * 4, msg, sizeof(msg)),
+                     0);
+    st_close(&snap);
+    double worst = 0;
+    for (size_t i = 0; i < SNAP_N; i++)
+        worst = fmax(worst, fabs((double)back[i] - want[i]) / (fabs(want[i]) + 1e-3));
+    /* The coefficients are e_k to about 1e-9: a few f32 roundings at most. */
+    assert_true(worst < 1e-6);
+    print_message("own snapshot back: worst relative difference %.3g\n", worst);
+    /* bf16 output of the same: the snapshot rounded to bf16 (one step off at most, where the
+     * sum lies within 1e-9 of a tie). */
+    assert_int_equal(emac_posthoc_files(pp, n, 0.10, 150, out, "bf16", &err), 0);
+    assert_int_equal(st_open(&f, out, msg, sizeof(msg)), 0);
+    assert_int_equal(f.h.tensors[0].dtype, DTYPE_BF16);
+    uint16_t *h = (uint16_t *)back;
+    assert_int_equal(st_read(&f, &f.h.tensors[0], 0, h, SNAP_N * 2, msg, sizeof(msg)), 0);
+    st_close(&f);
+    for (size_t i = 0; i < SNAP_N; i++) {
+        uint32_t u;
+        memcpy(&u, &want[i], 4);
+        int r = (int)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        assert_true(abs((int)h[i] - r) <= 1);
+    }
+    /* batch 0: at the latest snapshot (300), every snapshot used; f16 output. */
+    assert_int_equal(emac_posthoc_files(pp, n, 0.07, 0, out, "f16", &err), 0);
+    free(shadow[0]);
+    free(shadow[1]);
+    free(back);
+    free(want);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,6 +449,7 @@ int main(void)
         cmocka_unit_test(test_a_stored_profile_gives_back_its_own_snapshot),
         cmocka_unit_test(test_dependent_snapshots_are_dropped),
         cmocka_unit_test(test_bad_arguments_are_named),
+        cmocka_unit_test(test_a_stored_profile_file_comes_back_from_posthoc_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
