@@ -145,8 +145,9 @@ static int check_same_tensors(const struct snap *ref, const struct snap *s,
         const struct st_tensor *r = &ref->f.h.tensors[k];
         const struct st_tensor *t = st_find(&s->f.h, r->name);
         if (t == NULL)
-            return client_set_err(err, -EINVAL, EMAC_E_BADFILE, "%s has no tensor \"%.200s\" (%s has)",
-                                  s->path, r->name, ref->path);
+            return client_set_err(err, -EINVAL, EMAC_E_BADFILE,
+                                  "%s has no tensor \"%.200s\" (%s has)", s->path, r->name,
+                                  ref->path);
         if (!same_shape(r, t))
             return client_set_err(err, -EINVAL, EMAC_E_BADFILE,
                                   "tensor \"%.200s\" has another shape in %s than in %s",
