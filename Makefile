@@ -51,7 +51,7 @@ TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
 
 PROTO_SRC  := $(wildcard proto/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
-CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c \
+CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c client/posthoc.c \
               client/status.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
               client/emactl_top.c client/json.c
@@ -126,7 +126,7 @@ $(eval $(call VARIANT,build/tsan-obj,build/tsan,$(TSAN_FLAGS)))
 build/libemaclient.so: $(CLIENT_SRC:%.c=build/obj/%.o) $(PROTO_SRC:%.c=build/obj/%.o) client/emaclient.map
 	$(CC) -shared -Wl,-soname,libemaclient.so.$(SOVERSION) \
 	    -Wl,--version-script=client/emaclient.map -Wl,--no-undefined \
-	    -o $@ $(filter %.o,$^) $(shell $(PKG_CONFIG) --libs msgpack)
+	    -o $@ $(filter %.o,$^) $(shell $(PKG_CONFIG) --libs msgpack) -lm
 
 build/emaclient.pc: client/emaclient.pc.in
 	@mkdir -p $(@D)
@@ -165,7 +165,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS   := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer -g -O1
-FUZZERS      := build/fuzz/fuzz_wire build/fuzz/fuzz_dispatch
+FUZZERS      := build/fuzz/fuzz_wire build/fuzz/fuzz_dispatch build/fuzz/fuzz_safetensors
 FUZZ_HDRS     = $(wildcard proto/*.h daemon/*.h)
 tests: $(FUZZERS)
 
@@ -176,6 +176,11 @@ build/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(PROTO_SRC) $(FUZZ_HDRS)
 build/fuzz/fuzz_dispatch: tests/fuzz/fuzz_dispatch.c $(PROTO_SRC) $(DAEMON_SRC) $(FUZZ_HDRS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(BASE_CFLAGS) $(HTTPD_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS) $(HTTPD_LIBS)
+
+build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c proto/safetensors.c proto/durable.c \
+                             proto/names.c proto/dtype.c proto/errbuf.c $(FUZZ_HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
 
 build/fuzz/gen_corpus: tests/fuzz/gen_corpus.c proto/wire.c proto/msg.c
 	@mkdir -p $(@D)

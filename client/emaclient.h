@@ -87,6 +87,8 @@ extern "C" {
 #define EMAC_E_BADREPLY "BADREPLY"         /* emad's reply did not follow the contract */
 #define EMAC_E_USAGE "USAGE"               /* the caller passed invalid arguments */
 #define EMAC_E_SYSTEM "SYSTEM"             /* a system call failed (shm_open, mmap, ...) */
+#define EMAC_E_BADFILE "BADFILE"           /* a file is no valid safetensors file, or lacks what
+                                              post-hoc EMA needs (emac_posthoc_files) */
 
 /* Limits the library checks before anything is sent (docs/protocol.md "Limits"). */
 #define EMAC_TENSOR_NAME_MAX 1024 /* bytes of UTF-8 */
@@ -483,6 +485,41 @@ void emac_status_raw(const struct emac_status *st, const void **data, size_t *le
  * its own uid's sessions only. An emad without the feature "metrics" (see
  * the hello reply) answers NOMETHOD. */
 int emac_metrics(emac_client *c, char **text, struct emac_error *err);
+
+/* ---- Post-hoc EMA (docs/posthoc.md) ----
+ *
+ * EDM2's power-function EMA profiles (Karras et al. 2023, sec. 3): a profile of width
+ * sigma_rel (0 < sigma_rel < 12^-1/2 = 0.28867...) has exponent gamma; from snapshots of such
+ * profiles taken during training, the EMA of any other width at any batch up to the last
+ * snapshot is reconstructed as a linear combination. No connection to emad is needed. */
+
+/* gamma of sigma_rel; -EINVAL outside (0, 12^-1/2). */
+int emac_phema_gamma(double sigma_rel, double *gamma);
+/* sigma_rel of gamma; -EINVAL unless gamma is finite and > 0. */
+int emac_phema_sigma_rel(double gamma, double *sigma_rel);
+
+/*
+ * The coefficients coef[0..n) that reconstruct the profile (target_gamma at target_batch) from
+ * profiles (gamma[i] at batch[i]) by least squares, normalised to sum 1 (EDM2's
+ * solve_posthoc_coefficients). Snapshots that repeat others up to rounding get coefficient 0
+ * (docs/posthoc.md "Ill-conditioning"). USAGE for invalid numbers or a target the snapshots
+ * cannot represent.
+ */
+int emac_phema_coefficients(size_t n, const double *gamma, const double *batch,
+                            double target_gamma, double target_batch, double *coef,
+                            struct emac_error *err);
+
+/*
+ * Reconstruct the EMA of width sigma_rel at batch `batch` (0: the latest snapshot's) from the
+ * safetensors snapshot files paths[0..n) (metadata "batch", and "gamma" or "sigma_rel"; same
+ * tensor names and shapes; f32, bf16, f16 or f64), using those taken at batch <= batch, and
+ * write it to out_path as safetensors of out_dtype ("f32" (NULL), "bf16" or "f16"), durably
+ * (temp file, fsync, rename; mode 0644). Memory: one chunk of output and of input at a time.
+ * Errors: USAGE (arguments), BADFILE (a snapshot is malformed or does not match the others),
+ * SYSTEM (open, read, write: e.g. -ENOSPC; the old out_path, if any, stays).
+ */
+int emac_posthoc_files(const char *const *paths, size_t n, double sigma_rel, uint64_t batch,
+                       const char *out_path, const char *out_dtype, struct emac_error *err);
 
 #ifdef __cplusplus
 }
