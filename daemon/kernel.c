@@ -767,44 +767,8 @@ AVX2_INLINE bool shadow_finite(const float *s, size_t from, size_t to)
     return true;
 }
 
-/*
- * Whether the 16-bit params [i, end) of a block are all finite, from their exponent bits alone:
- * the largest masked exponent equals the all-ones one exactly when some element is NaN or
- * infinite. Sixteen params to a register and two registers a turn (one chain of dependent
- * maxima would cost a cycle per sixteen), so the test costs about half an operation per eight
- * elements, and the block's bytes are in L1 for the update that follows. f32 params gain
- * nothing from it (eight to a register, the mask and blend cost no more): they keep the masked
- * steps.
- */
-AVX2_INLINE bool avx2_h16_finite(const uint16_t *p, size_t i, size_t end, uint16_t exp)
-{
-    const __m256i e = _mm256_set1_epi16((short)exp);
-    __m256i m0 = _mm256_setzero_si256(), m1 = m0;
-    for (; i + 32 <= end; i += 32) {
-        m0 = _mm256_max_epu16(m0, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + i)),
-                                                   e));
-        m1 = _mm256_max_epu16(
-            m1, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + i + 16)), e));
-    }
-    for (; i + 16 <= end; i += 16)
-        m0 = _mm256_max_epu16(m0, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(p + i)),
-                                                   e));
-    if (i < end) /* eight left: the upper half stays zero */
-        m1 = _mm256_max_epu16(
-            m1, _mm256_and_si256(_mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(p + i))),
-                                 e));
-    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(m0, m1), e)) == 0;
-}
-
-AVX2_INLINE bool avx2_params_finite(const void *x, size_t i, size_t end, int kind)
-{
-    if (kind == PARAM_F32)
-        return false; /* the masked steps: see above */
-    return avx2_h16_finite((const uint16_t *)x, i, end, kind == PARAM_BF16 ? 0x7f80 : 0x7c00);
-}
-
-/* One step of 8 when the block's params are known finite: the plain update and the square of d,
- * nothing to mask or blend. */
+/* One step of 8 when its params are known finite: the plain update and the square of d, nothing
+ * to mask or blend. */
 AVX2_INLINE void avx2_health_fast_step(float *restrict s, const void *restrict x, size_t i,
                                        __m256 vc, bool from_param, float *restrict u, bool save,
                                        int kind, __m256 *sq, __m256i *same, bool track)
@@ -822,22 +786,62 @@ AVX2_INLINE void avx2_health_fast_step(float *restrict s, const void *restrict x
                                                            _mm256_castps_si256(vs)));
 }
 
-AVX2_INLINE size_t avx2_health_fast_block(float *restrict s, const void *restrict x, size_t i,
-                                          size_t end, __m256 vc, bool from_param,
-                                          float *restrict u, bool save, int kind, __m256 *sq,
-                                          __m256i *same, bool track)
+/*
+ * [i, end) of a block of 16-bit params, 32 elements a turn: their exponent bits tested first
+ * (the largest masked exponent is the all-ones one exactly when one of them is NaN or
+ * infinite), then the fast steps when all are finite (every turn, in a healthy training), the
+ * masked ones otherwise. The test costs about one operation per eight elements, on bytes the
+ * steps then read from L1; testing a whole block first instead would read the params and the
+ * shadow one after the other rather than together, and cost a fifth of the update's time on
+ * shared memory. f32 params gain nothing from it (eight to a register, the test would cost what
+ * the mask and blend do): they keep the masked steps.
+ */
+AVX2_INLINE size_t avx2_health_h16_block(float *restrict s, const uint16_t *restrict x, size_t i,
+                                         size_t end, __m256 vc, bool from_param,
+                                         float *restrict u, bool save, bool skip, int kind,
+                                         __m256 *sq, __m256i *bad, __m256i *same, bool track)
 {
+    const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
     __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
     for (; i + 32 <= end; i += 32) {
-        avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
-        avx2_health_fast_step(s, x, i + 8, vc, from_param, u, save, kind, &sq1, same, track);
-        avx2_health_fast_step(s, x, i + 16, vc, from_param, u, save, kind, &sq2, same, track);
-        avx2_health_fast_step(s, x, i + 24, vc, from_param, u, save, kind, &sq3, same, track);
+        __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), e);
+        __m256i b = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 16)), e);
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(a, b), e)) == 0) {
+            avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
+            avx2_health_fast_step(s, x, i + 8, vc, from_param, u, save, kind, &sq1, same,
+                                  track);
+            avx2_health_fast_step(s, x, i + 16, vc, from_param, u, save, kind, &sq2, same,
+                                  track);
+            avx2_health_fast_step(s, x, i + 24, vc, from_param, u, save, kind, &sq3, same,
+                                  track);
+        } else {
+            avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same,
+                             track);
+            avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, bad, same,
+                             track);
+            avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, bad, same,
+                             track);
+            avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, bad, same,
+                             track);
+        }
     }
     for (; i < end; i += 8)
-        avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
+        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
     *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
     return i;
+}
+
+/* One block: 16-bit params tested 32 at a time (above), f32 params masked throughout. */
+AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict x, size_t i,
+                                         size_t end, __m256 vc, bool from_param,
+                                         float *restrict u, bool save, bool skip, int kind,
+                                         __m256 *sq, __m256i *bad, __m256i *same, bool track)
+{
+    if (kind == PARAM_F32)
+        return avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, sq, bad,
+                                 same, track);
+    return avx2_health_h16_block(s, (const uint16_t *)x, i, end, vc, from_param, u, save, skip,
+                                 kind, sq, bad, same, track);
 }
 
 /*
@@ -845,10 +849,10 @@ AVX2_INLINE size_t avx2_health_fast_block(float *restrict s, const void *restric
  * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
  * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
  * shadow changed is only tracked until a block finds that it did (in training, the first
- * block): the blocks after it run without the compare. A block whose params are all finite
- * (every block, in a healthy training) runs the fast steps: without the per-lane mask, blend
- * and count the update is back to about its plain cost, which for 16-bit params is close to
- * what memory delivers (docs/performance.md "Health").
+ * block): the blocks after it run without the compare. 16-bit params that are finite (all of
+ * them, in a healthy training) take the fast steps: without the per-lane mask, blend and count
+ * the update is back to about its plain cost, which for them is close to what memory delivers
+ * (docs/performance.md "Health").
  */
 AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,
                                   float c, bool from_param, float *restrict u, bool save,
@@ -868,20 +872,12 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
         __m256 sq;
         __m256i bad = _mm256_setzero_si256();
         bool track = !changed;
-        if (avx2_params_finite(x, i, end, kind)) {
-            if (track)
-                i = avx2_health_fast_block(s, x, i, end, vc, from_param, u, save, kind, &sq,
-                                           &same, true);
-            else
-                i = avx2_health_fast_block(s, x, i, end, vc, from_param, u, save, kind, &sq,
-                                           &same, false);
-        } else if (track) {
-            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, true);
-        } else {
-            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq, &bad,
-                                  &same, false);
-        }
+        if (track)
+            i = avx2_health_any_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq,
+                                      &bad, &same, true);
+        else
+            i = avx2_health_any_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq,
+                                      &bad, &same, false);
         if (track)
             changed = _mm256_movemask_epi8(same) != -1;
         if (_mm256_movemask_ps(_mm256_cmp_ps(sq, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)) != 0 &&

@@ -160,6 +160,11 @@ void bsess_open_health(struct bsess *b, const char *socket, const char *name, co
 void bsess_open_specs_health(struct bsess *b, const char *socket, const char *name,
                              const struct emac_tensor_spec *specs, size_t n, bool health);
 void bsess_close(struct bsess *b);
+/* Fill every tensor of the session with `byte` bytes: after the EMA has started from the 0x3c
+ * fill, params that differ from the shadow make every update move it, as in training (an
+ * update whose shadow already equals its params changes nothing, which is not what a
+ * benchmark of updates should time). */
+void bsess_fill(struct bsess *b, int byte);
 /* One blocking batch_end (the update); returns its seconds. */
 double bsess_update(struct bsess *b);
 /* Send / wait halves. */

@@ -459,6 +459,14 @@ void bsess_open_health(struct bsess *b, const char *socket, const char *name, co
     free(names);
 }
 
+void bsess_fill(struct bsess *b, int byte)
+{
+    for (size_t i = 0; i < emac_segment_ntensors(b->seg); i++) {
+        const struct emac_tensor *t = emac_segment_tensor(b->seg, i);
+        memset(t->data, byte, t->bytes);
+    }
+}
+
 void bsess_close(struct bsess *b)
 {
     struct emac_error err;

@@ -43,6 +43,8 @@ int cmd_update(const struct bopts *o)
             struct ab s = {0};
             bsess_open(&b, o->socket, "bench-update", o->dtypes[d], 1, n);
             plain_init(&pl, n, o->dtypes[d], o->workers);
+            bsess_update(&b); /* the start */
+            bsess_fill(&b, 0x3e);
             emad_round(&b, n, reps); /* warm-up: first touch, the workers' first wake-up */
             plain_round(&pl, reps);
             for (unsigned r = 0; r < o->reps; r++) {
@@ -85,6 +87,8 @@ int cmd_health(const struct bopts *o)
             bsess_open_health(&off, o->socket, "bench-health-off", o->dtypes[d], 1, n, false);
             bsess_update(&on); /* start both EMAs: from here every batch_end is an update */
             bsess_update(&off);
+            bsess_fill(&on, 0x3e);
+            bsess_fill(&off, 0x3e);
             emad_round(&on, n, reps); /* warm-up */
             emad_round(&off, n, reps);
             for (unsigned r = 0; r < o->reps; r++) {
