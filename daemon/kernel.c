@@ -730,27 +730,6 @@ AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, siz
                                                            _mm256_castps_si256(vs)));
 }
 
-/* The steps of one block, [i, end): four a turn, then one at a time. */
-AVX2_INLINE size_t avx2_health_block(float *restrict s, const void *restrict x, size_t i,
-                                     size_t end, __m256 vc, bool from_param, float *restrict u,
-                                     bool save, bool skip, int kind, __m256 *sq, __m256i *bad,
-                                     __m256i *same, bool track)
-{
-    __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
-    for (; i + 32 <= end; i += 32) {
-        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
-        avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, bad, same,
-                         track);
-        avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, bad, same,
-                         track);
-        avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, bad, same,
-                         track);
-    }
-    for (; i < end; i += 8)
-        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
-    *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
-    return i;
-}
 
 /*
  * Whether s[from, to) holds only finite values. A block's f32 sum of squares is +Inf either
@@ -787,26 +766,43 @@ AVX2_INLINE void avx2_health_fast_step(float *restrict s, const void *restrict x
 }
 
 /*
- * [i, end) of a block of 16-bit params, 32 elements a turn: their exponent bits tested first
- * (the largest masked exponent is the all-ones one exactly when one of them is NaN or
- * infinite), then the fast steps when all are finite (every turn, in a healthy training), the
- * masked ones otherwise. The test costs about one operation per eight elements, on bytes the
- * steps then read from L1; testing a whole block first instead would read the params and the
- * shadow one after the other rather than together, and cost a fifth of the update's time on
- * shared memory. f32 params gain nothing from it (eight to a register, the test would cost what
- * the mask and blend do): they keep the masked steps.
+ * Whether the 32 params at x[i] are all finite, from their exponent bits alone: the largest
+ * masked exponent is the all-ones one exactly when one of them is NaN or infinite. About one
+ * operation per eight 16-bit params, two per eight f32 ones.
  */
-AVX2_INLINE size_t avx2_health_h16_block(float *restrict s, const uint16_t *restrict x, size_t i,
+AVX2_INLINE bool avx2_finite_32(const void *x, size_t i, int kind)
+{
+    if (kind == PARAM_F32) {
+        const __m256i e = _mm256_set1_epi32(0x7f800000);
+        const __m256i *p = (const __m256i *)((const float *)x + i);
+        __m256i a = _mm256_max_epu32(_mm256_and_si256(_mm256_loadu_si256(p), e),
+                                     _mm256_and_si256(_mm256_loadu_si256(p + 1), e));
+        __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_loadu_si256(p + 2), e),
+                                     _mm256_and_si256(_mm256_loadu_si256(p + 3), e));
+        return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(a, b), e)) == 0;
+    }
+    const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
+    const __m256i *p = (const __m256i *)((const uint16_t *)x + i);
+    __m256i a = _mm256_and_si256(_mm256_loadu_si256(p), e);
+    __m256i b = _mm256_and_si256(_mm256_loadu_si256(p + 1), e);
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(a, b), e)) == 0;
+}
+
+/*
+ * [i, end) of a block, 32 elements a turn: the turn's params tested first (above), then the fast
+ * steps when all are finite (every turn, in a healthy training), the masked ones otherwise. The
+ * test reads bytes the steps then read from L1; testing a whole block ahead instead would read
+ * the params and the shadow one after the other rather than together, and cost a fifth of the
+ * update's time on shared memory.
+ */
+AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict x, size_t i,
                                          size_t end, __m256 vc, bool from_param,
                                          float *restrict u, bool save, bool skip, int kind,
                                          __m256 *sq, __m256i *bad, __m256i *same, bool track)
 {
-    const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
     __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
     for (; i + 32 <= end; i += 32) {
-        __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), e);
-        __m256i b = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 16)), e);
-        if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(a, b), e)) == 0) {
+        if (avx2_finite_32(x, i, kind)) {
             avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
             avx2_health_fast_step(s, x, i + 8, vc, from_param, u, save, kind, &sq1, same,
                                   track);
@@ -831,27 +827,14 @@ AVX2_INLINE size_t avx2_health_h16_block(float *restrict s, const uint16_t *rest
     return i;
 }
 
-/* One block: 16-bit params tested 32 at a time (above), f32 params masked throughout. */
-AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict x, size_t i,
-                                         size_t end, __m256 vc, bool from_param,
-                                         float *restrict u, bool save, bool skip, int kind,
-                                         __m256 *sq, __m256i *bad, __m256i *same, bool track)
-{
-    if (kind == PARAM_F32)
-        return avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, sq, bad,
-                                 same, track);
-    return avx2_health_h16_block(s, (const uint16_t *)x, i, end, vc, from_param, u, save, skip,
-                                 kind, sq, bad, same, track);
-}
-
 /*
  * Four steps a turn, each summing its squares into its own register: one chain of dependent
  * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
  * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
  * shadow changed is only tracked until a block finds that it did (in training, the first
- * block): the blocks after it run without the compare. 16-bit params that are finite (all of
- * them, in a healthy training) take the fast steps: without the per-lane mask, blend and count
- * the update is back to about its plain cost, which for them is close to what memory delivers
+ * block): the blocks after it run without the compare. Params that are finite (all of them, in
+ * a healthy training) take the fast steps: without the per-lane mask, blend and count the update
+ * is back to about its plain cost, which for 16-bit params is close to what memory delivers
  * (docs/performance.md "Health").
  */
 AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,

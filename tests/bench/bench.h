@@ -55,6 +55,7 @@ int cmd_register(const struct bopts *o);
 int cmd_hostile(const struct bopts *o);
 int cmd_metrics(const struct bopts *o); /* bench_metrics.c */
 int cmd_kprofiles(const struct bopts *o); /* bench_profiles.c: in process, no emad */
+int cmd_khealth(const struct bopts *o);   /* bench_khealth.c: in process, no emad */
 
 static inline double now(void)
 {

@@ -32,6 +32,7 @@ static const struct {
     {"metrics", cmd_metrics, "no-op round trips while --port's /metrics is scraped 10 times "
                              "a second, vs unscraped"},
     {"kprofiles", cmd_kprofiles, "in process: K = 1,2,4,8 profiles in one pass vs K passes"},
+    {"khealth", cmd_khealth, "in process: the update kernel with health signals vs without"},
 };
 
 static void usage(FILE *f)
