@@ -950,13 +950,56 @@ AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict
                                                            _mm256_castpd_si256(vs)));
 }
 
-/* [i, end) of an f64 tensor, four steps a turn, into sq[4]. */
+/* One step of 4 of an f64 tensor whose params are known finite: no mask, no blend, no count. */
+AVX2_INLINE void avx2_health_f64_fast_step(double *restrict s, const double *restrict x, size_t i,
+                                           __m256d vc, bool from_param, double *restrict u,
+                                           bool save, __m256d *sq, __m256i *same, bool track)
+{
+    __m256d vs = _mm256_loadu_pd(s + i);
+    __m256d vx = _mm256_loadu_pd(x + i);
+    __m256d d = _mm256_sub_pd(vx, vs);
+    __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
+    if (save)
+        _mm256_storeu_pd(u + i, vs);
+    _mm256_storeu_pd(s + i, r);
+    *sq = _mm256_fmadd_pd(d, d, *sq);
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi64(_mm256_castpd_si256(r),
+                                                           _mm256_castpd_si256(vs)));
+}
+
+/* Whether the 16 f64 params at x[i] are all finite, from their exponent bits (as for f32). */
+AVX2_INLINE bool avx2_finite_16_f64(const double *x, size_t i)
+{
+    const __m256i e = _mm256_set1_epi64x(0x7ff0000000000000ll);
+    const __m256i *p = (const __m256i *)(x + i);
+    __m256i a = _mm256_or_si256(
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p), e), e),
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p + 1), e), e));
+    __m256i b = _mm256_or_si256(
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p + 2), e), e),
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p + 3), e), e));
+    return _mm256_movemask_epi8(_mm256_or_si256(a, b)) == 0;
+}
+
+/* [i, end) of an f64 tensor, 16 elements a turn into sq[4]: tested, then the fast steps or the
+ * masked ones, as for f32. */
 AVX2_INLINE size_t avx2_health_f64_block(double *restrict s, const double *restrict x, size_t i,
                                          size_t end, __m256d vc, bool from_param,
                                          double *restrict u, bool save, bool skip, __m256d *sq,
                                          __m256i *bad, __m256i *same, bool track)
 {
     for (; i + 16 <= end; i += 16) {
+        if (avx2_finite_16_f64(x, i)) {
+            avx2_health_f64_fast_step(s, x, i, vc, from_param, u, save, &sq[0], same, track);
+            avx2_health_f64_fast_step(s, x, i + 4, vc, from_param, u, save, &sq[1], same,
+                                      track);
+            avx2_health_f64_fast_step(s, x, i + 8, vc, from_param, u, save, &sq[2], same,
+                                      track);
+            avx2_health_f64_fast_step(s, x, i + 12, vc, from_param, u, save, &sq[3], same,
+                                      track);
+            continue;
+        }
         avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
         avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq[1], bad, same,
                              track);
