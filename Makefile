@@ -55,7 +55,7 @@ CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c
               client/shards.c \
               client/status.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
-              client/emactl_top.c client/json.c
+              client/emactl_top.c client/json.c client/emactl_ckpt.c
 # Every module of the package: a list by hand left _device.py out.
 PY_PACKAGE := $(wildcard client/python/emaclient/*.py)
 TOY_SRC    := client/toy_trainer.c

@@ -37,6 +37,7 @@ static const struct ctl_cmd ctl_cmd_help = {
 static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_status, &ctl_cmd_list, &ctl_cmd_show,    &ctl_cmd_save, &ctl_cmd_drop,
     &ctl_cmd_top,    &ctl_cmd_gc,   &ctl_cmd_metrics, &ctl_cmd_help,
+    &ctl_cmd_consolidate,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -76,6 +77,15 @@ static const struct ctl_option {
      CTL_OPT_ITERATIONS,
      "--iterations N",
      "top: print N frames one after the other and exit"},
+    {{"out", required_argument, NULL, 'o'},
+     CTL_OPT_OUT,
+     "--out FILE",
+     "consolidate: the safetensors file to write"},
+    {{"dtype", required_argument, NULL, 'd'},
+     CTL_OPT_DTYPE,
+     "--dtype DTYPE",
+     "consolidate: f32, bf16 or f16 for the float\n"
+     "tensors (default: each tensor's own)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -165,6 +175,7 @@ static void usage(FILE *fp)
           "  emactl drop trainer-1\n"
           "  emactl top\n"
           "  emactl gc --dry-run\n"
+          "  emactl consolidate ckpt/emad-checkpoint.json --out ema.safetensors\n"
           "  emactl help show\n",
           fp);
 }
@@ -201,7 +212,7 @@ struct parse_error {
 int main(int argc, char **argv)
 {
     struct option longopts[NOPTIONS + 3];
-    struct ctl ctl = {NULL, NULL, false, false, NULL, NULL, NULL};
+    struct ctl ctl = {NULL, NULL, false, false, NULL, NULL, NULL, NULL, NULL};
     struct parse_error perr = {""};
     unsigned given = 0;
     bool help = false;
@@ -241,6 +252,14 @@ int main(int argc, char **argv)
         case 'N':
             ctl.iterations = optarg;
             given |= CTL_OPT_ITERATIONS;
+            break;
+        case 'o':
+            ctl.out = optarg;
+            given |= CTL_OPT_OUT;
+            break;
+        case 'd':
+            ctl.dtype = optarg;
+            given |= CTL_OPT_DTYPE;
             break;
         case 'h':
             help = true;

@@ -30,6 +30,8 @@
 #define CTL_OPT_PREFIX 0x8u      /* --prefix NAME */
 #define CTL_OPT_INTERVAL 0x10u   /* --interval SECONDS */
 #define CTL_OPT_ITERATIONS 0x20u /* --iterations N */
+#define CTL_OPT_OUT 0x40u        /* --out FILE */
+#define CTL_OPT_DTYPE 0x80u      /* --dtype DTYPE */
 
 /* One invocation: the command the user typed and the options given. */
 struct ctl {
@@ -40,6 +42,8 @@ struct ctl {
     const char *prefix;        /* --prefix NAME, or NULL */
     const char *interval;      /* --interval SECONDS, or NULL (checked by the command) */
     const char *iterations;    /* --iterations N, or NULL (likewise) */
+    const char *out;           /* --out FILE, or NULL */
+    const char *dtype;         /* --dtype DTYPE, or NULL */
 };
 
 /* A command returns 0, CTL_EUSAGE after a usage error it reported (exit
@@ -65,6 +69,7 @@ extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_
     ctl_cmd_drop, ctl_cmd_metrics;       /* emactl_session.c */
 extern const struct ctl_cmd ctl_cmd_gc;  /* emactl_gc.c */
 extern const struct ctl_cmd ctl_cmd_top; /* emactl_top.c */
+extern const struct ctl_cmd ctl_cmd_consolidate; /* emactl_ckpt.c */
 
 /* The exit status paragraph of the manuals of commands that talk to emad. */
 #define CTL_DAEMON_EXIT_STATUS                                                                     \
