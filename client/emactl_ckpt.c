@@ -6,6 +6,7 @@
 #include "emactl.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static int cmd_consolidate(struct ctl *ctl, int argc, char **argv)
 {
@@ -37,7 +38,10 @@ static int cmd_consolidate(struct ctl *ctl, int argc, char **argv)
     }
     if (rc < 0) {
         ctl_error(ctl, err.code, "%s", err.message);
-        return rc == -EINVAL && err.code[0] == 'U' ? CTL_EUSAGE : rc;
+        /* CTL_EUSAGE is -EINVAL: a malformed file (also -EINVAL) must exit 1, not 2. */
+        if (strcmp(err.code, EMAC_E_USAGE) == 0)
+            return CTL_EUSAGE;
+        return rc == CTL_EUSAGE ? -EBADMSG : rc;
     }
     return 0;
 }
