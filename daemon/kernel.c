@@ -18,36 +18,16 @@
  * is what makes the results bit-identical to PyTorch's.
  */
 #include "kernel.h"
+#include "kernel_impl.h"
 
 #include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define KERNEL_X86 1
+#if KERNEL_X86
 #include <cpuid.h>
-#include <immintrin.h>
-#else
-#define KERNEL_X86 0
 #endif
-
-/* ---- Bit helpers ------------------------------------------------------------------------ */
-
-/* memcpy is the defined way to reinterpret bits; compilers turn it into a register move. */
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* ---- Scalar references ------------------------------------------------------------------ */
 
@@ -316,10 +296,6 @@ static void portable_update_f64(double *restrict s, const double *restrict x, si
     }
 }
 
-static inline float portable_bf16_to_f32_1(uint16_t h)
-{
-    return f32_from_bits((uint32_t)h << 16);
-}
 
 static inline uint16_t portable_f32_to_bf16_1(float f)
 {
@@ -474,8 +450,6 @@ const struct kernel_ops *kernel_ops_portable(void)
 
 #if KERNEL_X86
 
-#define AVX2_TARGET __attribute__((target("avx,avx2,fma,f16c")))
-#define AVX2_INLINE AVX2_TARGET __attribute__((always_inline)) static inline
 
 /*
  * CPUID.1:ECX has FMA, AVX, F16C and OSXSAVE; XGETBV says whether the OS saves the YMM
@@ -499,22 +473,6 @@ static bool cpu_has_avx2_fma_f16c(void)
     return (b & bit_AVX2) != 0;
 }
 
-/* Eight bf16 or f16 values, exactly as f32. */
-AVX2_INLINE __m256 avx2_load_bf16(const uint16_t *p)
-{
-    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
-
-AVX2_INLINE __m256 avx2_load_f16(const uint16_t *p)
-{
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-AVX2_INLINE float avx2_f16_to_f32_1(uint16_t h)
-{
-    return _cvtsh_ss(h);
-}
 
 /*
  * The update loops. from_param is a constant after inlining, so each caller gets two loops with
@@ -666,25 +624,6 @@ AVX2_TARGET static void avx2_update_f64_save(double *restrict s, const double *r
  */
 #define HEALTH_BLOCK 1024u /* elements, a multiple of 8 */
 
-enum { PARAM_F32, PARAM_BF16, PARAM_F16 };
-
-AVX2_INLINE __m256 avx2_load_param(const void *x, size_t i, int kind)
-{
-    if (kind == PARAM_F32)
-        return _mm256_loadu_ps((const float *)x + i);
-    if (kind == PARAM_BF16)
-        return avx2_load_bf16((const uint16_t *)x + i);
-    return avx2_load_f16((const uint16_t *)x + i);
-}
-
-AVX2_INLINE float avx2_param_1(const void *x, size_t i, int kind)
-{
-    if (kind == PARAM_F32)
-        return ((const float *)x)[i];
-    if (kind == PARAM_BF16)
-        return portable_bf16_to_f32_1(((const uint16_t *)x)[i]);
-    return avx2_f16_to_f32_1(((const uint16_t *)x)[i]);
-}
 
 AVX2_INLINE uint64_t avx2_sum_u32(__m256i v)
 {

@@ -13,41 +13,20 @@
  * is taken per profile: the avx2 loop computes fma(c, x - s, base) with base = x or s chosen by
  * a per-profile blend mask, which picks one operand exactly, so the sums are the single kernel's.
  *
- * A few small helpers (bit casts, bf16/f16 widening, the CPU check) repeat kernel.c's static ones
- * so that this file merges beside kernel.c's edits; they are to be shared later.
+ * The helpers both files use (bit casts, widening, the AVX2 loads) are kernel_impl.h's; the
+ * portable path's per-profile loops are kernel.c's portable table's.
  */
 #include "kernel_multi.h"
+#include "kernel_impl.h"
 
 #include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define MULTI_X86 1
-#include <immintrin.h>
-#else
-#define MULTI_X86 0
-#endif
 
 /* Params per block of the portable path and of the avx2 health sums: 4 KiB of f32, in L1. */
 #define MULTI_BLOCK 1024u
-
-/* ---- Small helpers (as kernel.c's) ------------------------------------------------------- */
-
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline uint64_t f64_bits(double f)
-{
-    uint64_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
 
 /* ---- Reference --------------------------------------------------------------------------- */
 
@@ -179,38 +158,13 @@ const struct kernel_multi_ops *kernel_multi_ops_reference(void)
 
 /* ---- Portable ---------------------------------------------------------------------------- */
 
-/* One profile over a block, the w test hoisted out of the loop (as kernel.c's portable loop). */
-static void portable_lerp_f32(float *restrict s, const float *restrict x, size_t n, float w)
-{
-    if (fabsf(w) < 0.5f) {
-        for (size_t i = 0; i < n; i++)
-            s[i] = fmaf(w, x[i] - s[i], s[i]);
-    } else {
-        const float c = -(1.0f - w);
-        for (size_t i = 0; i < n; i++)
-            s[i] = fmaf(c, x[i] - s[i], x[i]);
-    }
-}
-
-static void portable_lerp_f64(double *restrict s, const double *restrict x, size_t n, double w)
-{
-    if (fabs(w) < 0.5) {
-        for (size_t i = 0; i < n; i++)
-            s[i] = fma(w, x[i] - s[i], s[i]);
-    } else {
-        const double c = -(1.0 - w);
-        for (size_t i = 0; i < n; i++)
-            s[i] = fma(c, x[i] - s[i], x[i]);
-    }
-}
-
 static void portable_update_f32(float *const *s, unsigned k, const float *x, size_t n,
                                 const float *w)
 {
     for (size_t i = 0; i < n; i += MULTI_BLOCK) {
         size_t len = n - i < MULTI_BLOCK ? n - i : MULTI_BLOCK;
         for (unsigned p = 0; p < k; p++)
-            portable_lerp_f32(s[p] + i, x + i, len, w[p]);
+            kernel_ops_portable()->update_f32(s[p] + i, x + i, len, w[p]);
     }
 }
 
@@ -228,7 +182,7 @@ static void portable_update_h16(float *const *s, unsigned k, const uint16_t *x, 
         else
             conv->bf16_to_f32(buf, x + i, len);
         for (unsigned p = 0; p < k; p++)
-            portable_lerp_f32(s[p] + i, buf, len, w[p]);
+            kernel_ops_portable()->update_f32(s[p] + i, buf, len, w[p]);
     }
 }
 
@@ -250,7 +204,7 @@ static void portable_update_f64(double *const *s, unsigned k, const double *x, s
     for (size_t i = 0; i < n; i += MULTI_BLOCK) {
         size_t len = n - i < MULTI_BLOCK ? n - i : MULTI_BLOCK;
         for (unsigned p = 0; p < k; p++)
-            portable_lerp_f64(s[p] + i, x + i, len, w[p]);
+            kernel_ops_portable()->update_f64(s[p] + i, x + i, len, w[p]);
     }
 }
 
@@ -308,32 +262,7 @@ const struct kernel_multi_ops *kernel_multi_ops_portable(void)
 
 /* ---- AVX2 + FMA + F16C ------------------------------------------------------------------- */
 
-#if MULTI_X86
-
-#define AVX2_TARGET __attribute__((target("avx,avx2,fma,f16c")))
-#define AVX2_INLINE AVX2_TARGET __attribute__((always_inline)) static inline
-
-enum { PARAM_F32, PARAM_BF16, PARAM_F16 };
-
-AVX2_INLINE __m256 avx2_load_param(const void *x, size_t i, int kind)
-{
-    if (kind == PARAM_F32)
-        return _mm256_loadu_ps((const float *)x + i);
-    if (kind == PARAM_BF16) {
-        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)x + i)));
-}
-
-AVX2_INLINE float avx2_param_1(const void *x, size_t i, int kind)
-{
-    if (kind == PARAM_F32)
-        return ((const float *)x)[i];
-    if (kind == PARAM_BF16)
-        return kernel_ref_bf16_to_f32(((const uint16_t *)x)[i]);
-    return _cvtsh_ss(((const uint16_t *)x)[i]);
-}
+#if KERNEL_X86
 
 /*
  * Per profile: c = w and base = s when |w| < 0.5, else c = -(1 - w) and base = x (all-ones mask):
