@@ -643,14 +643,13 @@ AVX2_INLINE double avx2_sum_pd(__m256d v)
 }
 
 /* One step of 8: the update, and the health lanes into *sq, *bad and *same. */
-AVX2_INLINE void avx2_health_step(float *restrict s, const void *restrict x, size_t i, __m256 vc,
+AVX2_INLINE void avx2_health_step(float *restrict s, __m256 vx, size_t i, __m256 vc,
                                   bool from_param, float *restrict u, bool save, bool skip,
-                                  int kind, __m256 *sq, __m256i *bad, __m256i *same, bool track)
+                                  __m256 *sq, __m256i *bad, __m256i *same, bool track)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
     __m256 vs = _mm256_loadu_ps(s + i);
-    __m256 vx = avx2_load_param(x, i, kind);
     __m256 d = _mm256_sub_ps(vx, vs);
     __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
     /* The old shadow blended back where the param is not finite: its bits stay, even a
@@ -687,12 +686,11 @@ AVX2_INLINE bool shadow_finite(const float *s, size_t from, size_t to)
 
 /* One step of 8 when its params are known finite: the plain update and the square of d, nothing
  * to mask or blend. */
-AVX2_INLINE void avx2_health_fast_step(float *restrict s, const void *restrict x, size_t i,
-                                       __m256 vc, bool from_param, float *restrict u, bool save,
-                                       int kind, __m256 *sq, __m256i *same, bool track)
+AVX2_INLINE void avx2_health_fast_step(float *restrict s, __m256 vx, size_t i, __m256 vc,
+                                       bool from_param, float *restrict u, bool save, __m256 *sq,
+                                       __m256i *same, bool track)
 {
     __m256 vs = _mm256_loadu_ps(s + i);
-    __m256 vx = avx2_load_param(x, i, kind);
     __m256 d = _mm256_sub_ps(vx, vs);
     __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
     if (save)
@@ -705,34 +703,51 @@ AVX2_INLINE void avx2_health_fast_step(float *restrict s, const void *restrict x
 }
 
 /*
- * Whether the 32 params at x[i] are all finite, from their exponent bits alone: the largest
- * masked exponent is the all-ones one exactly when one of them is NaN or infinite. About one
- * operation per eight 16-bit params, two per eight f32 ones.
+ * The 32 params at x[i], read once into v[0..3] as f32, and whether all are finite, from their
+ * exponent bits alone: the largest masked exponent is the all-ones one exactly when one of them
+ * is NaN or infinite. About one operation per eight 16-bit params (sixteen to a register), two
+ * per eight f32 ones. One read serves the test and the update: params a trainer rewrote between
+ * two reads could otherwise pass the test and not the update.
  */
-AVX2_INLINE bool avx2_finite_32(const void *x, size_t i, int kind)
+AVX2_INLINE __m256 avx2_widen_h16(__m128i q, int kind)
+{
+    if (kind == PARAM_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(q), 16));
+    return _mm256_cvtph_ps(q);
+}
+
+AVX2_INLINE bool avx2_load_32(const void *x, size_t i, int kind, __m256 *v0, __m256 *v1,
+                              __m256 *v2, __m256 *v3)
 {
     if (kind == PARAM_F32) {
         const __m256i e = _mm256_set1_epi32(0x7f800000);
-        const __m256i *p = (const __m256i *)((const float *)x + i);
-        __m256i a = _mm256_max_epu32(_mm256_and_si256(_mm256_loadu_si256(p), e),
-                                     _mm256_and_si256(_mm256_loadu_si256(p + 1), e));
-        __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_loadu_si256(p + 2), e),
-                                     _mm256_and_si256(_mm256_loadu_si256(p + 3), e));
+        const float *p = (const float *)x + i;
+        *v0 = _mm256_loadu_ps(p);
+        *v1 = _mm256_loadu_ps(p + 8);
+        *v2 = _mm256_loadu_ps(p + 16);
+        *v3 = _mm256_loadu_ps(p + 24);
+        __m256i a = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(*v0), e),
+                                     _mm256_and_si256(_mm256_castps_si256(*v1), e));
+        __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(*v2), e),
+                                     _mm256_and_si256(_mm256_castps_si256(*v3), e));
         return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(a, b), e)) == 0;
     }
     const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
     const __m256i *p = (const __m256i *)((const uint16_t *)x + i);
-    __m256i a = _mm256_and_si256(_mm256_loadu_si256(p), e);
-    __m256i b = _mm256_and_si256(_mm256_loadu_si256(p + 1), e);
-    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(a, b), e)) == 0;
+    __m256i h0 = _mm256_loadu_si256(p), h1 = _mm256_loadu_si256(p + 1);
+    *v0 = avx2_widen_h16(_mm256_castsi256_si128(h0), kind);
+    *v1 = avx2_widen_h16(_mm256_extracti128_si256(h0, 1), kind);
+    *v2 = avx2_widen_h16(_mm256_castsi256_si128(h1), kind);
+    *v3 = avx2_widen_h16(_mm256_extracti128_si256(h1, 1), kind);
+    __m256i m = _mm256_max_epu16(_mm256_and_si256(h0, e), _mm256_and_si256(h1, e));
+    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(m, e)) == 0;
 }
 
 /*
- * [i, end) of a block, 32 elements a turn: the turn's params tested first (above), then the fast
- * steps when all are finite (every turn, in a healthy training), the masked ones otherwise. The
- * test reads bytes the steps then read from L1; testing a whole block ahead instead would read
- * the params and the shadow one after the other rather than together, and cost a fifth of the
- * update's time on shared memory.
+ * [i, end) of a block, 32 elements a turn: the turn's params read and tested (above), then the
+ * fast steps when all are finite (every turn, in a healthy training), the masked ones otherwise.
+ * Testing a whole block ahead instead would read the params and the shadow one after the other
+ * rather than together, and cost a fifth of the update's time on shared memory.
  */
 AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict x, size_t i,
                                          size_t end, __m256 vc, bool from_param,
@@ -740,28 +755,26 @@ AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict
                                          __m256 *sq, __m256i *bad, __m256i *same, bool track)
 {
     __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
+    __m256 v0, v1, v2, v3;
     for (; i + 32 <= end; i += 32) {
-        if (avx2_finite_32(x, i, kind)) {
-            avx2_health_fast_step(s, x, i, vc, from_param, u, save, kind, &sq0, same, track);
-            avx2_health_fast_step(s, x, i + 8, vc, from_param, u, save, kind, &sq1, same,
-                                  track);
-            avx2_health_fast_step(s, x, i + 16, vc, from_param, u, save, kind, &sq2, same,
-                                  track);
-            avx2_health_fast_step(s, x, i + 24, vc, from_param, u, save, kind, &sq3, same,
-                                  track);
+        if (avx2_load_32(x, i, kind, &v0, &v1, &v2, &v3)) {
+            avx2_health_fast_step(s, v0, i, vc, from_param, u, save, &sq0, same, track);
+            avx2_health_fast_step(s, v1, i + 8, vc, from_param, u, save, &sq1, same, track);
+            avx2_health_fast_step(s, v2, i + 16, vc, from_param, u, save, &sq2, same, track);
+            avx2_health_fast_step(s, v3, i + 24, vc, from_param, u, save, &sq3, same, track);
         } else {
-            avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same,
+            avx2_health_step(s, v0, i, vc, from_param, u, save, skip, &sq0, bad, same, track);
+            avx2_health_step(s, v1, i + 8, vc, from_param, u, save, skip, &sq1, bad, same,
                              track);
-            avx2_health_step(s, x, i + 8, vc, from_param, u, save, skip, kind, &sq1, bad, same,
+            avx2_health_step(s, v2, i + 16, vc, from_param, u, save, skip, &sq2, bad, same,
                              track);
-            avx2_health_step(s, x, i + 16, vc, from_param, u, save, skip, kind, &sq2, bad, same,
-                             track);
-            avx2_health_step(s, x, i + 24, vc, from_param, u, save, skip, kind, &sq3, bad, same,
+            avx2_health_step(s, v3, i + 24, vc, from_param, u, save, skip, &sq3, bad, same,
                              track);
         }
     }
     for (; i < end; i += 8)
-        avx2_health_step(s, x, i, vc, from_param, u, save, skip, kind, &sq0, bad, same, track);
+        avx2_health_step(s, avx2_load_param(x, i, kind), i, vc, from_param, u, save, skip, &sq0,
+                         bad, same, track);
     *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
     return i;
 }
@@ -864,7 +877,7 @@ AVX2_TARGET static void avx2_update_f16_health(float *restrict s, const uint16_t
 }
 
 /* f64: four lanes, and the squares in double from the start; four chains, as for f32. */
-AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict x, size_t i,
+AVX2_INLINE void avx2_health_f64_step(double *restrict s, __m256d vx, size_t i,
                                       __m256d vc, bool from_param, double *restrict u, bool save,
                                       bool skip, __m256d *sq, __m256i *bad, __m256i *same,
                                       bool track)
@@ -872,7 +885,6 @@ AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict
     const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
     const __m256d inf = _mm256_set1_pd(INFINITY);
     __m256d vs = _mm256_loadu_pd(s + i);
-    __m256d vx = _mm256_loadu_pd(x + i);
     __m256d d = _mm256_sub_pd(vx, vs);
     __m256d nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);
     __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
@@ -890,12 +902,11 @@ AVX2_INLINE void avx2_health_f64_step(double *restrict s, const double *restrict
 }
 
 /* One step of 4 of an f64 tensor whose params are known finite: no mask, no blend, no count. */
-AVX2_INLINE void avx2_health_f64_fast_step(double *restrict s, const double *restrict x, size_t i,
-                                           __m256d vc, bool from_param, double *restrict u,
-                                           bool save, __m256d *sq, __m256i *same, bool track)
+AVX2_INLINE void avx2_health_f64_fast_step(double *restrict s, __m256d vx, size_t i, __m256d vc,
+                                           bool from_param, double *restrict u, bool save,
+                                           __m256d *sq, __m256i *same, bool track)
 {
     __m256d vs = _mm256_loadu_pd(s + i);
-    __m256d vx = _mm256_loadu_pd(x + i);
     __m256d d = _mm256_sub_pd(vx, vs);
     __m256d r = _mm256_fmadd_pd(vc, d, from_param ? vx : vs);
     if (save)
@@ -907,48 +918,55 @@ AVX2_INLINE void avx2_health_f64_fast_step(double *restrict s, const double *res
                                                            _mm256_castpd_si256(vs)));
 }
 
-/* Whether the 16 f64 params at x[i] are all finite, from their exponent bits (as for f32). */
-AVX2_INLINE bool avx2_finite_16_f64(const double *x, size_t i)
+/* The 16 f64 params at x[i], read once, and whether all are finite (as avx2_load_32). */
+AVX2_INLINE bool avx2_load_16_f64(const double *x, size_t i, __m256d *v0, __m256d *v1,
+                                  __m256d *v2, __m256d *v3)
 {
     const __m256i e = _mm256_set1_epi64x(0x7ff0000000000000ll);
-    const __m256i *p = (const __m256i *)(x + i);
+    *v0 = _mm256_loadu_pd(x + i);
+    *v1 = _mm256_loadu_pd(x + i + 4);
+    *v2 = _mm256_loadu_pd(x + i + 8);
+    *v3 = _mm256_loadu_pd(x + i + 12);
     __m256i a = _mm256_or_si256(
-        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p), e), e),
-        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p + 1), e), e));
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_castpd_si256(*v0), e), e),
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_castpd_si256(*v1), e), e));
     __m256i b = _mm256_or_si256(
-        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p + 2), e), e),
-        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p + 3), e), e));
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_castpd_si256(*v2), e), e),
+        _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_castpd_si256(*v3), e), e));
     return _mm256_movemask_epi8(_mm256_or_si256(a, b)) == 0;
 }
 
-/* [i, end) of an f64 tensor, 16 elements a turn into sq[4]: tested, then the fast steps or the
- * masked ones, as for f32. */
+/* [i, end) of an f64 tensor, 16 elements a turn into sq[4]: read and tested, then the fast steps
+ * or the masked ones, as for f32. */
 AVX2_INLINE size_t avx2_health_f64_block(double *restrict s, const double *restrict x, size_t i,
                                          size_t end, __m256d vc, bool from_param,
                                          double *restrict u, bool save, bool skip, __m256d *sq,
                                          __m256i *bad, __m256i *same, bool track)
 {
+    __m256d v0, v1, v2, v3;
     for (; i + 16 <= end; i += 16) {
-        if (avx2_finite_16_f64(x, i)) {
-            avx2_health_f64_fast_step(s, x, i, vc, from_param, u, save, &sq[0], same, track);
-            avx2_health_f64_fast_step(s, x, i + 4, vc, from_param, u, save, &sq[1], same,
+        if (avx2_load_16_f64(x, i, &v0, &v1, &v2, &v3)) {
+            avx2_health_f64_fast_step(s, v0, i, vc, from_param, u, save, &sq[0], same, track);
+            avx2_health_f64_fast_step(s, v1, i + 4, vc, from_param, u, save, &sq[1], same,
                                       track);
-            avx2_health_f64_fast_step(s, x, i + 8, vc, from_param, u, save, &sq[2], same,
+            avx2_health_f64_fast_step(s, v2, i + 8, vc, from_param, u, save, &sq[2], same,
                                       track);
-            avx2_health_f64_fast_step(s, x, i + 12, vc, from_param, u, save, &sq[3], same,
+            avx2_health_f64_fast_step(s, v3, i + 12, vc, from_param, u, save, &sq[3], same,
                                       track);
-            continue;
+        } else {
+            avx2_health_f64_step(s, v0, i, vc, from_param, u, save, skip, &sq[0], bad, same,
+                                 track);
+            avx2_health_f64_step(s, v1, i + 4, vc, from_param, u, save, skip, &sq[1], bad, same,
+                                 track);
+            avx2_health_f64_step(s, v2, i + 8, vc, from_param, u, save, skip, &sq[2], bad, same,
+                                 track);
+            avx2_health_f64_step(s, v3, i + 12, vc, from_param, u, save, skip, &sq[3], bad,
+                                 same, track);
         }
-        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
-        avx2_health_f64_step(s, x, i + 4, vc, from_param, u, save, skip, &sq[1], bad, same,
-                             track);
-        avx2_health_f64_step(s, x, i + 8, vc, from_param, u, save, skip, &sq[2], bad, same,
-                             track);
-        avx2_health_f64_step(s, x, i + 12, vc, from_param, u, save, skip, &sq[3], bad, same,
-                             track);
     }
     for (; i < end; i += 4)
-        avx2_health_f64_step(s, x, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
+        avx2_health_f64_step(s, _mm256_loadu_pd(x + i), i, vc, from_param, u, save, skip, &sq[0],
+                             bad, same, track);
     return i;
 }
 
