@@ -39,7 +39,13 @@
 struct kernel_health {
     uint64_t elems;     /* floating-point elements the update went over */
     uint64_t nonfinite; /* ... of which the param was NaN or infinite */
-    double sumsq;       /* sum of (shadow before - param)^2 over the finite params */
+    double sumsq;       /* sum of (shadow before - param)^2 over the finite params; the
+                         * vector kernels sum a block's squares in f32 and report +Inf for a
+                         * block whose squares overflow a float when the block's shadow is
+                         * non-finite after the update (an update that overflowed, or one that
+                         * applied a non-finite param): the reference, in double, may still
+                         * give a finite sum there. Either way the shadow is poisoned, and the
+                         * distance says so. */
     bool changed;       /* some shadow element's bits changed */
 };
 

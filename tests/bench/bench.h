@@ -164,7 +164,8 @@ void bsess_close(struct bsess *b);
 /* Fill every tensor of the session with `byte` bytes: after the EMA has started from the 0x3c
  * fill, params that differ from the shadow make every update move it, as in training (an
  * update whose shadow already equals its params changes nothing, which is not what a
- * benchmark of updates should time). */
+ * benchmark of updates should time). A shadow reaches constant params within a few thousand
+ * updates, so the benchmarks change the fill before each round. */
 void bsess_fill(struct bsess *b, int byte);
 /* One blocking batch_end (the update); returns its seconds. */
 double bsess_update(struct bsess *b);
