@@ -4,7 +4,8 @@
  * changed nothing) and whether its trainer stopped sending them (stalled).
  *
  * The update kernels gather the data (kernel_update_health), one struct health_part per chunk,
- * each written by the worker that runs the chunk. Everything else here runs on the loop thread:
+ * each written by the thread that runs the chunk (a worker, or the loop for a session within
+ * --inline-max). Everything else here runs on the loop thread:
  * the parts are summed once the pool reports the job complete (its lock orders the workers'
  * writes before), and struct health is read there by status and by anything else that reports
  * on sessions (a metrics renderer). No I/O, no logging: the caller says what happened.

@@ -99,7 +99,8 @@ static void test_shrunk_segment_fails_only_its_session(void **state)
     emac_session *victim, *other;
     start_victim_and_other(&d, &c, &victim, &other);
 
-    /* The params are gone past the header: the update faults in a worker. */
+    /* The params are gone past the header: the update faults (on the loop thread for this small
+     * session; tests/run reruns this file with --inline-max 0, where it faults in a worker). */
     shrink(segs[0], 4096);
     assert_int_equal(event(victim, "batch_end", 2, &err), -EREMOTEIO);
     assert_string_equal(err.code, "SHM");

@@ -77,8 +77,9 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [EMAD_BIN, "--socket", self.sock, "--state-dir", self.state_dir,
                  "--workers", "2", "--log-file", self.log, "--log-level", "info"]
-                # EMAD_TEST_ARGS: options for every emad of the run (tests/run reruns
-                # some tests with --inline-max 0, so the workers' path meets them too).
+                # EMAD_TEST_ARGS: options for every emad a test starts, as the C
+                # harness takes them (e.g. --inline-max 0 to keep every update on the
+                # workers when rerunning a test by hand).
                 + os.environ.get("EMAD_TEST_ARGS", "").split(),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             self.pids.append(self.proc.pid)
