@@ -146,7 +146,7 @@ static void event(uint32_t id, const char *session, const char *ev, uint64_t bat
 
 static void swap(uint32_t id, const char *session, const char *to)
 {
-    struct msg_swap s = {msg_str_c(session), msg_str_c(to), false, 0};
+    struct msg_swap s = {.session = msg_str_c(session), .to = msg_str_c(to)};
     req(id, "swap", &msg_swap_desc, &s);
 }
 
@@ -233,7 +233,8 @@ static void event_counts(uint32_t id, const char *session, uint64_t batch, int w
 
 static void swap_seq(uint32_t id, const char *session, const char *to, uint64_t seq)
 {
-    struct msg_swap s = {msg_str_c(session), msg_str_c(to), true, seq};
+    struct msg_swap s = {.session = msg_str_c(session), .to = msg_str_c(to), .has_seq = true,
+                         .seq = seq};
     req(id, "swap", &msg_swap_desc, &s);
 }
 
