@@ -476,6 +476,28 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     }
     status_of(&c, "multi", made, &sn);
     expect_shadows(&sn, &r);
+
+    /* A clean stop keeps the session in a state file; the next emad restores every profile. */
+    conn_close(&c);
+    assert_int_equal(kill(d.pid, SIGTERM), 0);
+    assert_int_equal(wait_exit(d.pid), 0);
+    check_daemon_stderr(&d, -1);
+    daemon_start_env(&d, (const char *const[]){"--workers", "2", NULL}, NULL);
+    conn_open(&c, &d);
+    register_profiles(&c, "multi", made, prof, NP, NULL, true);
+    status_of(&c, "multi", made, &saved_sn);
+    expect_shadows(&saved_sn, &r);
+    for (size_t p = 0; p < NP; p++) {
+        assert_int_equal(saved_sn.updates[p], sn.updates[p]);
+        assert_int_equal(saved_sn.last_batch[p], sn.last_batch[p]);
+    }
+    for (uint64_t b = 16; b <= 18; b++) {
+        set_params(made, b);
+        batch_end(&c, "multi", b);
+        ref_batch_end(&r, made, b);
+    }
+    status_of(&c, "multi", made, &sn);
+    expect_shadows(&sn, &r);
     struct msg_close cl = {msg_str_c("multi"), false, false};
     call_ok(&c, "close", &msg_close_desc, &cl);
     conn_close(&c);
