@@ -282,6 +282,29 @@ static void print_session_text(const struct emac_session_info *s)
     }
 }
 
+/* The profiles of a session registered with them (docs/protocol.md "Profiles"), one line each;
+ * nothing for a session without. */
+static void print_profiles_text(const struct emac_status *st)
+{
+    const struct emac_profile_info *p;
+    size_t n = emac_status_profiles(st, 0, &p);
+
+    for (size_t i = 0; i < n; i++) {
+        printf("%-17s", i == 0 ? "profiles" : "");
+        ctl_put_clean(stdout, p[i].name);
+        printf(" (");
+        ctl_put_clean(stdout, p[i].schedule);
+        printf("%s): %" PRIu64 " updates", p[i].eval ? ", eval" : "", p[i].updates);
+        if (p[i].has_last_batch)
+            printf(", last at batch %" PRIu64, p[i].last_batch);
+        if (p[i].has_last_decay)
+            printf(" with decay %.10g", p[i].last_decay);
+        if (!p[i].started)
+            printf(", not started");
+        printf("\n");
+    }
+}
+
 /* The health lines of show (docs/running.md "Health"); h NULL: an emad without them. */
 static void print_health_text(const struct emac_health *h)
 {
@@ -352,6 +375,7 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
     } else {
         print_session_text(&st->session_list[0]);
         print_health_text(emac_status_health(st, 0));
+        print_profiles_text(st);
     }
     emac_status_free(st);
     emac_disconnect(c);

@@ -672,6 +672,70 @@ static void test_crash_exact_refuses_several_profiles(void **state)
     daemon_stop(&d);
 }
 
+/* The C API: emac_register_profiles, each profile's shadow through emac_session_profile_data,
+ * emac_swap_profile; and emactl show's profile lines. */
+static void test_c_api_and_emactl_show(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct emac_result res;
+    emac_session *s = NULL;
+    static struct ref r;
+    const struct emac_profile_info *pi;
+    (void)state;
+
+    struct emac_profile prof[NP];
+    memset(prof, 0, sizeof(prof));
+    prof[0] = (struct emac_profile){.name = "fast", .has_smoothing = true, .smoothing = 0.75,
+                                    .update_interval = "2ba", .ema_start = "3ba"};
+    prof[1] = (struct emac_profile){.name = "warm", .has_decay = true, .decay = 0.999,
+                                    .has_min_decay = true, .min_decay = 0.1,
+                                    .has_update_after_step = true, .update_after_step = 2,
+                                    .has_inv_gamma = true, .inv_gamma = 1.0, .has_power = true,
+                                    .power = 0.75};
+    prof[2] = (struct emac_profile){.name = "p", .schedule = "power", .has_gamma = true,
+                                    .gamma = 6.94, .update_interval = "3ba"};
+    daemon_start(&d, NULL);
+    assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
+    set_params(made, 0);
+    emac_client *c = client_connect(&d, "test_profiles");
+    if (emac_register_profiles(c, "capi", made, prof, NP, "warm", NULL, false, &s, &err) < 0)
+        fail_msg("register: %s: %s", err.code, err.message);
+    ref_register(&r, made);
+    assert_int_equal(emac_session_profiles(s, &pi), NP);
+    assert_string_equal(pi[1].name, "warm");
+    assert_true(pi[1].eval);
+    assert_string_equal(pi[2].schedule, "power");
+    for (uint64_t b = 1; b <= 7; b++) {
+        set_params(made, b);
+        event_at(s, "batch_end", b);
+        ref_batch_end(&r, made, b);
+    }
+    for (size_t p = 0; p < NP; p++)
+        for (size_t t = 0; t < NT; t++) {
+            const void *data = emac_session_profile_data(s, p, t);
+            assert_non_null(data);
+            assert_memory_equal(data, r.shadow[p][t], specs[t].numel * 4);
+        }
+    assert_null(emac_session_profile_data(s, NP, 0));
+    assert_int_equal(emac_swap_profile(s, "p", &res, &err), 0);
+    expect_params_hold(made, &r, 2);
+    assert_int_equal(emac_swap(s, "train", &res, &err), 0);
+    assert_true(emac_swap_profile(s, "nope", &res, &err) < 0);
+    assert_string_equal(err.code, "BADARG");
+
+    char out[8192];
+    char *argv[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "capi", NULL};
+    assert_int_equal(run_capture(argv, NULL, out, sizeof(out)), 0);
+    expect_in(out, "profiles         fast (composer): 2 updates, last at batch 6 with decay 0.75");
+    expect_in(out, "warm (warmup, eval): 7 updates, last at batch 7");
+    expect_in(out, "p (power): 2 updates, last at batch 6");
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -679,6 +743,7 @@ int main(void)
         cmocka_unit_test_teardown(test_eval_profile_chooses_what_eval_start_swaps_in, teardown),
         cmocka_unit_test_teardown(test_bad_profiles_are_refused, teardown),
         cmocka_unit_test_teardown(test_crash_exact_refuses_several_profiles, teardown),
+        cmocka_unit_test_teardown(test_c_api_and_emactl_show, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("profiles", tests, NULL, NULL);
