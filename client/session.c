@@ -343,7 +343,8 @@ const void *emac_session_profile_data(const emac_session *s, size_t p, size_t i)
         return NULL;
     uint64_t extra = p == 0 ? 0 : p < s->nprofiles ? s->profiles[p].shadow_offset : UINT64_MAX;
     const struct emac_shadow *sh = &s->shadows[i];
-    if (extra == UINT64_MAX || sh->offset + extra + sh->numel * sh->elem_size > s->shadow_map_bytes)
+    if (extra == UINT64_MAX ||
+        sh->offset + extra + sh->numel * sh->elem_size > s->shadow_map_bytes)
         return NULL;
     return (const char *)s->shadow_base + sh->offset + extra;
 }
