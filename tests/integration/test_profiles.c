@@ -736,6 +736,46 @@ static void test_c_api_and_emactl_show(void **state)
     daemon_stop(&d);
 }
 
+/* --crash-exact covers a session of one profile: its updates go through the redo records with
+ * the profile's own decays, and match the reference bit for bit. */
+static void test_crash_exact_updates_one_warmup_profile_exactly(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct msg_profile prof[NP];
+    struct conn c;
+    struct seen sn;
+    static struct ref r;
+    (void)state;
+
+    daemon_start(&d, (const char *const[]){"--crash-exact", NULL});
+    assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
+    set_params(made, 0);
+    conn_open(&c, &d);
+    pack_profiles(prof);
+    register_profiles(&c, "exact", made, &prof[1], 1, NULL, false);
+    ref_register(&r, made);
+    for (uint64_t b = 1; b <= 6; b++) {
+        set_params(made, b);
+        batch_end(&c, "exact", b);
+        ref_batch_end(&r, made, b);
+    }
+    status_of(&c, "exact", made, &sn);
+    assert_int_equal(sn.nprofiles, 1);
+    assert_int_equal(sn.updates[0], 6);
+    /* The one profile's shadow is where the warm-up reference is. */
+    int fd = shm_open(sn.shadow_shm, O_RDONLY, 0);
+    assert_true(fd >= 0);
+    void *m = mmap(NULL, sn.shadow_bytes, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    assert_true(m != MAP_FAILED);
+    for (size_t t = 0; t < NT; t++)
+        assert_memory_equal((const char *)m + sn.offset[t], r.shadow[1][t], specs[t].numel * 4);
+    munmap(m, sn.shadow_bytes);
+    conn_close(&c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -744,6 +784,8 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_profiles_are_refused, teardown),
         cmocka_unit_test_teardown(test_crash_exact_refuses_several_profiles, teardown),
         cmocka_unit_test_teardown(test_c_api_and_emactl_show, teardown),
+        cmocka_unit_test_teardown(test_crash_exact_updates_one_warmup_profile_exactly,
+                                  teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("profiles", tests, NULL, NULL);
