@@ -349,7 +349,7 @@ static void gen_wire(void)
         sr.sessions = &rr.state;
         sr.nsessions = 1;
         wrapped(22, &msg_status_reply_desc, &sr);
-        struct msg_action a = {{"update", 6}, false, true, 3, false, false, false, false};
+        struct msg_action a = {.action = {"update", 6}, .started = true, .updates = 3};
         wrapped(23, &msg_action_desc, &a);
         struct msg_file_reply fr = {{"/var/lib/emad/x.ema", 19}, 4096};
         wrapped(24, &msg_file_reply_desc, &fr);
@@ -379,7 +379,9 @@ static void gen_wire(void)
         wrapped(85, &msg_error_desc, &e);
         struct msg_empty em = {0};
         wrapped(86, &msg_empty_desc, &em);
-        struct msg_action a = {{"update", 6}, false, true, 3, true, true, true, true};
+        struct msg_action a = {.action = {"update", 6}, .started = true, .updates = 3,
+                               .has_replayed = true, .replayed = true,
+                               .has_interrupted = true, .interrupted = true};
         wrapped(87, &msg_action_desc, &a);
         uint64_t offs[] = {0, 1024};
         struct msg_register_reply rr;
