@@ -78,10 +78,19 @@ class Profiles(emadtest.EmadTestCase):
                                 "profile %s, %s differs" % (name, k))
 
     def test_three_profiles_bit_exact_swap_eval_and_state_dict(self):
+        self.three_profiles("shm")
+
+    def test_three_profiles_in_mirror_mode(self):
+        """Mirror mode copies the params out at every update event: each profile has its
+        own interval, and any may read them."""
+        self.three_profiles("mirror")
+
+    def three_profiles(self, mode):
         d = self.daemon()
         model = make_model()
         with EMA(model, socket=d.sock, session="prof", profiles=PROFILES,
-                 eval_profile="warm") as ema:
+                 eval_profile="warm", mode=mode) as ema:
+            self.assertEqual(ema.mode, mode)
             self.assertEqual(ema.profiles, ["fast", "warm", "p"])
             ref = Reference(model)
             for b in range(1, 8):
