@@ -344,6 +344,7 @@ struct emac_profile_info {
     bool has_last_decay;
     double last_decay;        /* the decay of its last update */
     uint64_t shadow_offset;   /* its shadow lies this many bytes after the first profile's */
+    struct emac_profile config; /* its settings, emad's defaults filled in */
 };
 
 /* emac_register with profiles (n of them, in order) and the profile eval_start and checkpoint

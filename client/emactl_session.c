@@ -282,6 +282,34 @@ static void print_session_text(const struct emac_session_info *s)
     }
 }
 
+/* A profile's settings, " key value" each, as emad reports them. */
+static void print_settings(const struct emac_profile *c)
+{
+    const char *strs[][2] = {{"half_life", c->half_life},
+                             {"update_interval", c->update_interval},
+                             {"ema_start", c->ema_start}};
+    const struct {
+        const char *key;
+        bool has;
+        double v;
+    } nums[] = {{"smoothing", c->has_smoothing, c->smoothing}, {"decay", c->has_decay, c->decay},
+                {"min_decay", c->has_min_decay, c->min_decay},
+                {"inv_gamma", c->has_inv_gamma, c->inv_gamma}, {"power", c->has_power, c->power},
+                {"sigma_rel", c->has_sigma_rel, c->sigma_rel}, {"gamma", c->has_gamma, c->gamma}};
+
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+        if (strs[i][1] == NULL)
+            continue;
+        printf(" %s ", strs[i][0]);
+        ctl_put_clean(stdout, strs[i][1]);
+    }
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
+        if (nums[i].has)
+            printf(" %s %.10g", nums[i].key, nums[i].v);
+    if (c->has_update_after_step)
+        printf(" update_after_step %" PRIu64, c->update_after_step);
+}
+
 /* The profiles of a session registered with them (docs/protocol.md "Profiles"), one line each;
  * nothing for a session without. */
 static void print_profiles_text(const struct emac_status *st)
@@ -294,7 +322,9 @@ static void print_profiles_text(const struct emac_status *st)
         ctl_put_clean(stdout, p[i].name);
         printf(" (");
         ctl_put_clean(stdout, p[i].schedule);
-        printf("%s): %" PRIu64 " updates", p[i].eval ? ", eval" : "", p[i].updates);
+        printf("%s):", p[i].eval ? ", eval" : "");
+        print_settings(&p[i].config);
+        printf("; %" PRIu64 " updates", p[i].updates);
         if (p[i].has_last_batch)
             printf(", last at batch %" PRIu64, p[i].last_batch);
         if (p[i].has_last_decay)

@@ -70,9 +70,40 @@ size_t client_session_strings(const struct msg_session_state *s)
 {
     size_t n = s->session.len + s->half_life.len + s->update_interval.len + s->ema_start.len +
                s->shm.len + s->shadow_shm.len + 6;
-    for (size_t i = 0; s->has_profiles && i < s->nprofiles; i++)
-        n += s->profiles[i].name.len + s->profiles[i].schedule.len + 2;
+    for (size_t i = 0; s->has_profiles && i < s->nprofiles; i++) {
+        const struct msg_profile *c = &s->profiles[i].config;
+        n += s->profiles[i].name.len + s->profiles[i].schedule.len + c->schedule.len +
+             c->half_life.len + c->ema_start.len + c->update_interval.len + 6;
+    }
     return n;
+}
+
+/* A profile's settings from a reply (strings into a). */
+static void copy_settings(struct arena *a, struct emac_profile *o, const struct msg_profile *c,
+                          const char *name)
+{
+    memset(o, 0, sizeof(*o));
+    o->name = name;
+    o->schedule = c->has_schedule ? client_arena_str(a, c->schedule) : NULL;
+    o->half_life = c->has_half_life ? client_arena_str(a, c->half_life) : NULL;
+    o->has_smoothing = c->has_smoothing;
+    o->smoothing = c->smoothing;
+    o->ema_start = c->has_ema_start ? client_arena_str(a, c->ema_start) : NULL;
+    o->update_interval = c->has_update_interval ? client_arena_str(a, c->update_interval) : NULL;
+    o->has_decay = c->has_decay;
+    o->decay = c->decay;
+    o->has_min_decay = c->has_min_decay;
+    o->min_decay = c->min_decay;
+    o->has_update_after_step = c->has_update_after_step;
+    o->update_after_step = c->update_after_step;
+    o->has_inv_gamma = c->has_inv_gamma;
+    o->inv_gamma = c->inv_gamma;
+    o->has_power = c->has_power;
+    o->power = c->power;
+    o->has_sigma_rel = c->has_sigma_rel;
+    o->sigma_rel = c->sigma_rel;
+    o->has_gamma = c->has_gamma;
+    o->gamma = c->gamma;
 }
 
 int client_copy_profiles(struct arena *a, const struct msg_session_state *s,
@@ -98,6 +129,7 @@ int client_copy_profiles(struct arena *a, const struct msg_session_state *s,
         o->has_last_decay = p->has_last_decay;
         o->last_decay = p->last_decay;
         o->shadow_offset = p->shadow_offset;
+        copy_settings(a, &o->config, &p->config, o->name);
     }
     *n = s->nprofiles;
     return 0;

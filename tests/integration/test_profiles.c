@@ -727,9 +727,22 @@ static void test_c_api_and_emactl_show(void **state)
     char out[8192];
     char *argv[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "capi", NULL};
     assert_int_equal(run_capture(argv, NULL, out, sizeof(out)), 0);
-    expect_in(out, "profiles         fast (composer): 2 updates, last at batch 6 with decay 0.75");
-    expect_in(out, "warm (warmup, eval): 7 updates, last at batch 7");
-    expect_in(out, "p (power): 2 updates, last at batch 6");
+    expect_in(out, "profiles         fast (composer): update_interval 2ba ema_start 3ba "
+              "smoothing 0.75; 2 updates, last at batch 6 with decay 0.75");
+    expect_in(out, "warm (warmup, eval): update_interval 1ba decay 0.999 min_decay 0.1 "
+              "inv_gamma 1 power 0.75 update_after_step 2; 7 updates, last at batch 7");
+    expect_in(out, "p (power): update_interval 3ba gamma 6.94; 2 updates, last at batch 6");
+    /* The C API has the settings too, defaults filled in. */
+    const struct emac_profile_info *now;
+    struct emac_status *st = NULL;
+    assert_int_equal(emac_status(c, "capi", &st, &err), 0);
+    assert_int_equal(emac_status_profiles(st, 0, &now), NP);
+    assert_string_equal(now[1].config.schedule, "warmup");
+    assert_true(now[1].config.has_inv_gamma && now[1].config.inv_gamma == 1.0);
+    assert_true(now[2].config.has_gamma && now[2].config.gamma == 6.94);
+    assert_int_equal(now[2].updates, 2);
+    assert_true(now[2].has_last_decay);
+    emac_status_free(st);
     assert_int_equal(emac_close(s, false, &err), 0);
     emac_session_free(s);
     emac_disconnect(c);

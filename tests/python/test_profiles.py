@@ -101,6 +101,9 @@ class Profiles(emadtest.EmadTestCase):
             st = ema.state()
             self.assertEqual([p["updates"] for p in st["profiles"]], [2, 7, 2])
             self.assertEqual([p["eval"] for p in st["profiles"]], [False, True, False])
+            self.assertEqual(st["profiles"][2]["config"],
+                             {"schedule": "power", "update_interval": "3ba", "gamma": 6.94})
+            self.assertEqual(st["profiles"][1]["config"]["update_after_step"], 2)
 
             training = {k: v.detach().clone() for k, v in model.state_dict().items()}
             for name in PROFILES:

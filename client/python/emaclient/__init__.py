@@ -129,12 +129,22 @@ def _result(r):
                   bool(r.interrupted))
 
 
+def _profile_settings(c):
+    out = {k: _s(getattr(c, k)) for k in ("schedule", "half_life", "ema_start", "update_interval")
+           if getattr(c, k) is not None}
+    out.update((k, float(getattr(c, k))) for k in _PROFILE_NUM if getattr(c, "has_" + k))
+    if c.has_update_after_step:
+        out["update_after_step"] = int(c.update_after_step)
+    return out
+
+
 def _profile_infos(n, arr):
     return [{"name": _s(arr[i].name), "schedule": _s(arr[i].schedule), "eval": bool(arr[i].eval),
              "started": bool(arr[i].started), "updates": int(arr[i].updates),
              "last_batch": int(arr[i].last_batch) if arr[i].has_last_batch else None,
              "last_decay": float(arr[i].last_decay) if arr[i].has_last_decay else None,
-             "shadow_offset": int(arr[i].shadow_offset)} for i in range(n)]
+             "shadow_offset": int(arr[i].shadow_offset),
+             "config": _profile_settings(arr[i].config)} for i in range(n)]
 
 
 # The settings a profile may carry (docs/protocol.md "Profiles"), and how each is sent.

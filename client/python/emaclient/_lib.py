@@ -118,6 +118,7 @@ class EmacProfileInfo(ctypes.Structure):
         ("has_last_decay", c_bool),
         ("last_decay", c_double),
         ("shadow_offset", c_uint64),
+        ("config", EmacProfile),
     ]
 
 
