@@ -298,6 +298,68 @@ int emac_register(emac_client *c, const char *session, emac_segment *seg,
 int emac_register_health(emac_client *c, const char *session, emac_segment *seg,
                          const struct emac_config *cfg, const struct emac_health_config *hcfg,
                          bool resume, emac_session **out, struct emac_error *err);
+/*
+ * EMA profiles (docs/protocol.md "Profiles"): a session may hold 1 to EMAC_PROFILES_MAX named
+ * EMAs of its tensors, each with its own schedule and shadow. A field left NULL / false is
+ * emad's default; schedule NULL lets emad infer it from the fields given.
+ */
+#define EMAC_PROFILES_MAX 8
+
+struct emac_profile {
+    const char *name;            /* 1..32 of [A-Za-z0-9_.-] */
+    const char *schedule;        /* "composer", "warmup", "power", or NULL */
+    /* composer: as struct emac_config */
+    const char *half_life;
+    bool has_smoothing;
+    double smoothing;
+    const char *ema_start;
+    const char *update_interval; /* any schedule; warmup and power: "Nba" */
+    /* warmup (timm's ModelEmaV3) */
+    bool has_decay;
+    double decay;
+    bool has_min_decay;
+    double min_decay;
+    bool has_update_after_step;
+    uint64_t update_after_step;
+    bool has_inv_gamma;
+    double inv_gamma;
+    bool has_power;
+    double power;
+    /* power (EDM2): sigma_rel or gamma */
+    bool has_sigma_rel;
+    double sigma_rel;
+    bool has_gamma;
+    double gamma;
+};
+
+/* One profile as status and register report it. */
+struct emac_profile_info {
+    const char *name;
+    const char *schedule;     /* "composer", "warmup" or "power" */
+    bool eval;                /* the session's eval_profile */
+    bool started;
+    uint64_t updates;
+    bool has_last_batch;
+    uint64_t last_batch;      /* the batch of its last update */
+    bool has_last_decay;
+    double last_decay;        /* the decay of its last update */
+    uint64_t shadow_offset;   /* its shadow lies this many bytes after the first profile's */
+    struct emac_profile config; /* its settings, emad's defaults filled in */
+};
+
+/* emac_register with profiles (n of them, in order) and the profile eval_start and checkpoint
+ * swap in (NULL: the first); hcfg as emac_register_health. */
+int emac_register_profiles(emac_client *c, const char *session, emac_segment *seg,
+                           const struct emac_profile *profiles, size_t n,
+                           const char *eval_profile, const struct emac_health_config *hcfg,
+                           bool resume, emac_session **out, struct emac_error *err);
+/* The session's profiles as the register reply gave them (*out: n of them, valid as long as
+ * the handle); 0 for a session registered without profiles. */
+size_t emac_session_profiles(const emac_session *s, const struct emac_profile_info **out);
+/* Profile p's shadow of tensor i (read-only, as emac_session_shadow(s, i)->data for p = 0);
+ * NULL when out of range. */
+const void *emac_session_profile_data(const emac_session *s, size_t p, size_t i);
+
 /* Release the handle and unmap the shadow, without telling emad (use
  * emac_close for that; a session left unclosed stays in emad, detached).
  * NULL is allowed. */
@@ -392,6 +454,10 @@ int emac_event_send_counts(emac_session *s, const char *event, const struct emac
 
 /* Swap on request: to "ema" (as eval_start) or "train" (as eval_end). */
 int emac_swap(emac_session *s, const char *to, struct emac_result *out, struct emac_error *err);
+/* Swap profile's EMA weights in (docs/protocol.md "Profiles"); "ema" names the one profile of a
+ * session registered without profiles. */
+int emac_swap_profile(emac_session *s, const char *profile, struct emac_result *out,
+                      struct emac_error *err);
 
 /* End the session: emad frees its shadow, or with keep leaves it detached
  * for a later emac_register(..., resume = true). Owner only. The handle
@@ -473,6 +539,9 @@ void emac_status_free(struct emac_status *st);
 /* The health signals of session_list[i]; NULL when i is out of range or emad did not report
  * them (an older emad). Valid until emac_status_free. */
 const struct emac_health *emac_status_health(const struct emac_status *st, size_t i);
+/* Session i's profiles (*out: valid until emac_status_free); 0 without profiles. */
+size_t emac_status_profiles(const struct emac_status *st, size_t i,
+                            const struct emac_profile_info **out);
 /* The status result exactly as received (a msgpack map), for tools that
  * print or forward it; valid until emac_status_free. */
 void emac_status_raw(const struct emac_status *st, const void **data, size_t *len);

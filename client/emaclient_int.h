@@ -130,6 +130,8 @@ struct emac_session {
     size_t shadow_map_bytes;
     struct emac_shadow *shadows;
     struct emac_session_info state; /* from the register reply */
+    struct emac_profile_info *profiles; /* ... and its profiles (nprofiles) */
+    size_t nprofiles;
     struct arena arena;
     uint64_t nonfinite;      /* the last event reply's non-finite params (0: none) */
     char nonfinite_tensor[NAMES_TENSOR_MAX + 1]; /* ... and the first tensor with one */
@@ -202,6 +204,9 @@ int client_restore_mapping(void *base, uint64_t bytes, char *why, size_t whylen)
 const char *client_arena_str(struct arena *a, struct msg_str s);
 /* Bytes client_copy_session needs in an arena. */
 size_t client_session_strings(const struct msg_session_state *s);
+/* A session state's profiles: *out calloc'd (NULL when none), strings into a. 0 or -ENOMEM. */
+int client_copy_profiles(struct arena *a, const struct msg_session_state *s,
+                         struct emac_profile_info **out, size_t *n);
 void client_copy_session(struct arena *a, struct emac_session_info *o,
                          const struct msg_session_state *s);
 

@@ -282,6 +282,59 @@ static void print_session_text(const struct emac_session_info *s)
     }
 }
 
+/* A profile's settings, " key value" each, as emad reports them. */
+static void print_settings(const struct emac_profile *c)
+{
+    const char *strs[][2] = {{"half_life", c->half_life},
+                             {"update_interval", c->update_interval},
+                             {"ema_start", c->ema_start}};
+    const struct {
+        const char *key;
+        bool has;
+        double v;
+    } nums[] = {{"smoothing", c->has_smoothing, c->smoothing}, {"decay", c->has_decay, c->decay},
+                {"min_decay", c->has_min_decay, c->min_decay},
+                {"inv_gamma", c->has_inv_gamma, c->inv_gamma}, {"power", c->has_power, c->power},
+                {"sigma_rel", c->has_sigma_rel, c->sigma_rel}, {"gamma", c->has_gamma, c->gamma}};
+
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+        if (strs[i][1] == NULL)
+            continue;
+        printf(" %s ", strs[i][0]);
+        ctl_put_clean(stdout, strs[i][1]);
+    }
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
+        if (nums[i].has)
+            printf(" %s %.10g", nums[i].key, nums[i].v);
+    if (c->has_update_after_step)
+        printf(" update_after_step %" PRIu64, c->update_after_step);
+}
+
+/* The profiles of a session registered with them (docs/protocol.md "Profiles"), one line each;
+ * nothing for a session without. */
+static void print_profiles_text(const struct emac_status *st)
+{
+    const struct emac_profile_info *p;
+    size_t n = emac_status_profiles(st, 0, &p);
+
+    for (size_t i = 0; i < n; i++) {
+        printf("%-17s", i == 0 ? "profiles" : "");
+        ctl_put_clean(stdout, p[i].name);
+        printf(" (");
+        ctl_put_clean(stdout, p[i].schedule);
+        printf("%s):", p[i].eval ? ", eval" : "");
+        print_settings(&p[i].config);
+        printf("; %" PRIu64 " updates", p[i].updates);
+        if (p[i].has_last_batch)
+            printf(", last at batch %" PRIu64, p[i].last_batch);
+        if (p[i].has_last_decay)
+            printf(" with decay %.10g", p[i].last_decay);
+        if (!p[i].started)
+            printf(", not started");
+        printf("\n");
+    }
+}
+
 /* The health lines of show (docs/running.md "Health"); h NULL: an emad without them. */
 static void print_health_text(const struct emac_health *h)
 {
@@ -352,6 +405,7 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
     } else {
         print_session_text(&st->session_list[0]);
         print_health_text(emac_status_health(st, 0));
+        print_profiles_text(st);
     }
     emac_status_free(st);
     emac_disconnect(c);

@@ -153,6 +153,7 @@ void emac_session_free(emac_session *s)
     if (s->shadow_base != NULL)
         munmap(s->shadow_base, s->shadow_map_bytes);
     free(s->shadows);
+    free(s->profiles);
     free(s->arena.buf);
     free(s->name);
     free(s);
@@ -160,12 +161,58 @@ void emac_session_free(emac_session *s)
 
 /* Send register for seg's tensors and wait for the reply (*rep: free it
  * with msg_free on success). */
+/* The profiles of struct emac_profile, as config.profiles sends them (views, into out). */
+static void profiles_msg(const struct emac_profile *in, size_t n, struct msg_profile *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct emac_profile *p = &in[i];
+        struct msg_profile *o = &out[i];
+        memset(o, 0, sizeof(*o));
+        o->name = msg_str_c(p->name);
+        o->has_schedule = p->schedule != NULL;
+        o->schedule = msg_str_c(p->schedule);
+        o->has_half_life = p->half_life != NULL;
+        o->half_life = msg_str_c(p->half_life);
+        o->has_smoothing = p->has_smoothing;
+        o->smoothing = p->smoothing;
+        o->has_update_interval = p->update_interval != NULL;
+        o->update_interval = msg_str_c(p->update_interval);
+        o->has_ema_start = p->ema_start != NULL;
+        o->ema_start = msg_str_c(p->ema_start);
+        o->has_decay = p->has_decay;
+        o->decay = p->decay;
+        o->has_min_decay = p->has_min_decay;
+        o->min_decay = p->min_decay;
+        o->has_update_after_step = p->has_update_after_step;
+        o->update_after_step = p->update_after_step;
+        o->has_inv_gamma = p->has_inv_gamma;
+        o->inv_gamma = p->inv_gamma;
+        o->has_power = p->has_power;
+        o->power = p->power;
+        o->has_sigma_rel = p->has_sigma_rel;
+        o->sigma_rel = p->sigma_rel;
+        o->has_gamma = p->has_gamma;
+        o->gamma = p->gamma;
+    }
+}
+
+/* What register sends beyond the table: the config's parts, any of them NULL. */
+struct reg_config {
+    const struct emac_config *cfg;
+    const struct emac_health_config *hcfg;
+    const struct emac_profile *profiles;
+    size_t nprofiles;
+    const char *eval_profile;
+};
+
 static int register_call(emac_client *c, const char *session, const emac_segment *seg,
-                         const struct emac_config *cfg, const struct emac_health_config *hcfg,
-                         bool resume, bool existing, enum client_loss loss,
-                         struct msg_register_reply *rep,
+                         const struct reg_config *rc_in, bool resume, bool existing,
+                         enum client_loss loss, struct msg_register_reply *rep,
                          const char *what, struct emac_error *err)
 {
+    const struct emac_config *cfg = rc_in != NULL ? rc_in->cfg : NULL;
+    const struct emac_health_config *hcfg = rc_in != NULL ? rc_in->hcfg : NULL;
+    struct msg_profile prof[EMAC_PROFILES_MAX];
     struct msg_register req;
     int rc;
 
@@ -197,6 +244,15 @@ static int register_call(emac_client *c, const char *session, const emac_segment
         req.config.on_nonfinite = msg_str_c(hcfg->on_nonfinite);
         req.config.has_health = hcfg->has_health;
         req.config.health = hcfg->health;
+    }
+    if (rc_in != NULL && rc_in->profiles != NULL) {
+        req.has_config = true;
+        profiles_msg(rc_in->profiles, rc_in->nprofiles, prof);
+        req.config.has_profiles = true;
+        req.config.profiles = prof;
+        req.config.nprofiles = rc_in->nprofiles;
+        req.config.has_eval_profile = rc_in->eval_profile != NULL;
+        req.config.eval_profile = msg_str_c(rc_in->eval_profile);
     }
     req.has_resume = resume;
     req.resume = resume;
@@ -230,6 +286,9 @@ static int session_take_state(emac_session *s, const struct msg_register_reply *
     free(s->arena.buf);
     s->arena = a;
     client_copy_session(&s->arena, &s->state, &rep->state);
+    free(s->profiles);
+    if (client_copy_profiles(&s->arena, &rep->state, &s->profiles, &s->nprofiles) < 0)
+        return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
     if (s->state.seq >= s->next_seq)
         s->next_seq = s->state.seq + 1;
     return 0;
@@ -242,9 +301,57 @@ int emac_register(emac_client *c, const char *session, emac_segment *seg,
     return emac_register_health(c, session, seg, cfg, NULL, resume, out, err);
 }
 
+static int register_with(emac_client *c, const char *session, emac_segment *seg,
+                         const struct reg_config *rcfg, bool resume, emac_session **out,
+                         struct emac_error *err);
+
 int emac_register_health(emac_client *c, const char *session, emac_segment *seg,
                          const struct emac_config *cfg, const struct emac_health_config *hcfg,
                          bool resume, emac_session **out, struct emac_error *err)
+{
+    struct reg_config rcfg = {cfg, hcfg, NULL, 0, NULL};
+    return register_with(c, session, seg, &rcfg, resume, out, err);
+}
+
+int emac_register_profiles(emac_client *c, const char *session, emac_segment *seg,
+                           const struct emac_profile *profiles, size_t n,
+                           const char *eval_profile, const struct emac_health_config *hcfg,
+                           bool resume, emac_session **out, struct emac_error *err)
+{
+    struct reg_config rcfg = {NULL, hcfg, profiles, n, eval_profile};
+
+    if (profiles == NULL || n == 0 || n > EMAC_PROFILES_MAX)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_register_profiles: 1 to %d "
+                              "profiles", EMAC_PROFILES_MAX);
+    for (size_t i = 0; i < n; i++)
+        if (profiles[i].name == NULL)
+            return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_register_profiles: "
+                                  "profile %zu has no name", i);
+    return register_with(c, session, seg, &rcfg, resume, out, err);
+}
+
+size_t emac_session_profiles(const emac_session *s, const struct emac_profile_info **out)
+{
+    if (out != NULL)
+        *out = s != NULL ? s->profiles : NULL;
+    return s != NULL ? s->nprofiles : 0;
+}
+
+const void *emac_session_profile_data(const emac_session *s, size_t p, size_t i)
+{
+    if (s == NULL || i >= s->seg->n || s->shadow_base == NULL)
+        return NULL;
+    uint64_t extra = p == 0 ? 0 : p < s->nprofiles ? s->profiles[p].shadow_offset : UINT64_MAX;
+    const struct emac_shadow *sh = &s->shadows[i];
+    if (extra == UINT64_MAX ||
+        sh->offset + extra + sh->numel * sh->elem_size > s->shadow_map_bytes)
+        return NULL;
+    return (const char *)s->shadow_base + sh->offset + extra;
+}
+
+static int register_with(emac_client *c, const char *session, emac_segment *seg,
+                         const struct reg_config *rcfg, bool resume, emac_session **out,
+                         struct emac_error *err)
 {
     struct msg_register_reply rep;
     emac_session *s;
@@ -262,7 +369,7 @@ int emac_register_health(emac_client *c, const char *session, emac_segment *seg,
     }
     s->seg = seg;
     s->next_seq = 1;
-    if ((rc = register_call(c, session, seg, cfg, hcfg, resume, false, LOSS_RECONNECTS, &rep, what,
+    if ((rc = register_call(c, session, seg, rcfg, resume, false, LOSS_RECONNECTS, &rep, what,
                            err)) < 0) {
         emac_session_free(s);
         return rc;
@@ -304,7 +411,7 @@ static int session_resume(emac_client *c, emac_session *s, struct emac_error *er
     int rc, fd;
 
     snprintf(what, sizeof(what), "resume \"%.128s\" after a reconnect", s->name);
-    if ((rc = register_call(c, s->name, s->seg, NULL, NULL, true, true, LOSS_FAILS, &rep, what,
+    if ((rc = register_call(c, s->name, s->seg, NULL, true, true, LOSS_FAILS, &rep, what,
                             err)) < 0)
         return rc;
     if (rep.shadow_bytes != s->shadow_map_bytes || msg_str_copy(rep.shadow_shm, name,
@@ -619,7 +726,24 @@ int emac_event_counts(emac_session *s, const char *event, const struct emac_time
     return wait_action(s, id, what, out, err);
 }
 
+static int swap_call(emac_session *s, const char *to, const char *profile,
+                     struct emac_result *out, struct emac_error *err);
+
 int emac_swap(emac_session *s, const char *to, struct emac_result *out, struct emac_error *err)
+{
+    return swap_call(s, to, NULL, out, err);
+}
+
+int emac_swap_profile(emac_session *s, const char *profile, struct emac_result *out,
+                      struct emac_error *err)
+{
+    if (profile == NULL)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_swap_profile: NULL profile");
+    return swap_call(s, "ema", profile, out, err);
+}
+
+static int swap_call(emac_session *s, const char *to, const char *profile,
+                     struct emac_result *out, struct emac_error *err)
 {
     struct msg_swap req;
     char what[200];
@@ -634,6 +758,8 @@ int emac_swap(emac_session *s, const char *to, struct emac_result *out, struct e
     memset(&req, 0, sizeof(req));
     req.session = msg_str_c(s->name);
     req.to = msg_str_c(to);
+    req.has_profile = profile != NULL;
+    req.profile = msg_str_c(profile);
     req.has_seq = true;
     req.seq = s->next_seq++;
     if ((rc = client_send(s->c, "swap", &msg_swap_desc, &req, s, true, LOSS_RECONNECTS, what, &id,

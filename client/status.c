@@ -17,6 +17,8 @@ struct status_box {
     struct emac_health *health; /* per session, beside session_list */
     bool *has_health;           /* ... and whether emad sent it */
     const char **alarms;        /* every session's alarms, back to back */
+    struct emac_profile_info **profiles; /* per session (NULL: none) */
+    size_t *nprofiles;
 };
 
 /* A session's health, its strings into the arena and its alarms from *next on. */
@@ -66,8 +68,71 @@ const char *client_arena_str(struct arena *a, struct msg_str s)
 
 size_t client_session_strings(const struct msg_session_state *s)
 {
-    return s->session.len + s->half_life.len + s->update_interval.len + s->ema_start.len +
-           s->shm.len + s->shadow_shm.len + 6;
+    size_t n = s->session.len + s->half_life.len + s->update_interval.len + s->ema_start.len +
+               s->shm.len + s->shadow_shm.len + 6;
+    for (size_t i = 0; s->has_profiles && i < s->nprofiles; i++) {
+        const struct msg_profile *c = &s->profiles[i].config;
+        n += s->profiles[i].name.len + s->profiles[i].schedule.len + c->schedule.len +
+             c->half_life.len + c->ema_start.len + c->update_interval.len + 6;
+    }
+    return n;
+}
+
+/* A profile's settings from a reply (strings into a). */
+static void copy_settings(struct arena *a, struct emac_profile *o, const struct msg_profile *c,
+                          const char *name)
+{
+    memset(o, 0, sizeof(*o));
+    o->name = name;
+    o->schedule = c->has_schedule ? client_arena_str(a, c->schedule) : NULL;
+    o->half_life = c->has_half_life ? client_arena_str(a, c->half_life) : NULL;
+    o->has_smoothing = c->has_smoothing;
+    o->smoothing = c->smoothing;
+    o->ema_start = c->has_ema_start ? client_arena_str(a, c->ema_start) : NULL;
+    o->update_interval = c->has_update_interval ? client_arena_str(a, c->update_interval) : NULL;
+    o->has_decay = c->has_decay;
+    o->decay = c->decay;
+    o->has_min_decay = c->has_min_decay;
+    o->min_decay = c->min_decay;
+    o->has_update_after_step = c->has_update_after_step;
+    o->update_after_step = c->update_after_step;
+    o->has_inv_gamma = c->has_inv_gamma;
+    o->inv_gamma = c->inv_gamma;
+    o->has_power = c->has_power;
+    o->power = c->power;
+    o->has_sigma_rel = c->has_sigma_rel;
+    o->sigma_rel = c->sigma_rel;
+    o->has_gamma = c->has_gamma;
+    o->gamma = c->gamma;
+}
+
+int client_copy_profiles(struct arena *a, const struct msg_session_state *s,
+                         struct emac_profile_info **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!s->has_profiles || s->nprofiles == 0)
+        return 0;
+    if ((*out = calloc(s->nprofiles, sizeof(**out))) == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->nprofiles; i++) {
+        const struct msg_profile_state *p = &s->profiles[i];
+        struct emac_profile_info *o = &(*out)[i];
+        o->name = client_arena_str(a, p->name);
+        o->schedule = client_arena_str(a, p->schedule);
+        o->eval = s->has_eval_profile && p->name.len == s->eval_profile.len &&
+                  memcmp(p->name.ptr, s->eval_profile.ptr, p->name.len) == 0;
+        o->started = p->started;
+        o->updates = p->updates;
+        o->has_last_batch = p->has_last_batch;
+        o->last_batch = p->last_batch;
+        o->has_last_decay = p->has_last_decay;
+        o->last_decay = p->last_decay;
+        o->shadow_offset = p->shadow_offset;
+        copy_settings(a, &o->config, &p->config, o->name);
+    }
+    *n = s->nprofiles;
+    return 0;
 }
 
 void client_copy_session(struct arena *a, struct emac_session_info *o,
@@ -137,8 +202,11 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     b->health = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->health));
     b->has_health = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_health));
     b->alarms = calloc(nalarms ? nalarms : 1, sizeof(*b->alarms));
+    b->profiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->profiles));
+    b->nprofiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->nprofiles));
     if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL) ||
-        b->health == NULL || b->has_health == NULL || b->alarms == NULL) {
+        b->health == NULL || b->has_health == NULL || b->alarms == NULL ||
+        b->profiles == NULL || b->nprofiles == NULL) {
         msg_free(&msg_status_reply_desc, &rep);
         emac_status_free(&b->pub);
         return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
@@ -163,6 +231,12 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
         b->has_health[i] = rep.sessions[i].has_health;
         if (b->has_health[i])
             copy_health(&b->arena, &b->health[i], &rep.sessions[i].health, &next);
+        if (client_copy_profiles(&b->arena, &rep.sessions[i], &b->profiles[i],
+                                 &b->nprofiles[i]) < 0) {
+            msg_free(&msg_status_reply_desc, &rep);
+            emac_status_free(&b->pub);
+            return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
+        }
     }
     msg_free(&msg_status_reply_desc, &rep);
     *out = &b->pub;
@@ -175,6 +249,10 @@ void emac_status_free(struct emac_status *st)
 
     if (b == NULL)
         return;
+    for (size_t i = 0; b->profiles != NULL && i < b->pub.nsessions; i++)
+        free(b->profiles[i]);
+    free(b->profiles);
+    free(b->nprofiles);
     free(b->pub.session_list);
     free(b->health);
     free(b->has_health);
@@ -182,6 +260,19 @@ void emac_status_free(struct emac_status *st)
     free(b->arena.buf);
     free(b->raw);
     free(b);
+}
+
+size_t emac_status_profiles(const struct emac_status *st, size_t i,
+                            const struct emac_profile_info **out)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (out != NULL)
+        *out = NULL;
+    if (b == NULL || out == NULL || i >= b->pub.nsessions)
+        return 0;
+    *out = b->profiles[i];
+    return b->nprofiles[i];
 }
 
 void emac_status_raw(const struct emac_status *st, const void **data, size_t *len)

@@ -29,18 +29,20 @@ struct logged {
     uint64_t from;
     bool init, update;
     struct health_part *part; /* NULL: no health this update */
+    double smoothing;
 };
 
 /* The update of one piece, with the health signals into part when it is not NULL. */
 static int update_piece(struct session *s, const struct tensor *t, size_t ti, void *sh,
-                        const void *pa, uint64_t n, void *old, struct health_part *part)
+                        const void *pa, uint64_t n, double smoothing, void *old,
+                        struct health_part *part)
 {
     const struct kernel_ops *k = s->reg->kops;
     struct health_part unused;
 
     if (part == NULL && !s->health.enabled)
-        return old != NULL ? kernel_update_save(k, t->dtype, sh, pa, n, s->cfg.smoothing, old)
-                           : kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+        return old != NULL ? kernel_update_save(k, t->dtype, sh, pa, n, smoothing, old)
+                           : kernel_update(k, t->dtype, sh, pa, n, smoothing);
     if (part == NULL) {
         /* Signals not gathered this time (a replay after a crash covers part of the update;
          * no memory for the parts): the session's policy on non-finite params still holds. */
@@ -49,10 +51,52 @@ static int update_piece(struct session *s, const struct tensor *t, size_t ti, vo
         part = &unused;
     }
     uint64_t before = part->k.nonfinite;
-    int rc = kernel_update_health(k, t->dtype, sh, pa, n, s->cfg.smoothing, old,
+    int rc = kernel_update_health(k, t->dtype, sh, pa, n, smoothing, old,
                                   s->health.skip_nonfinite, &part->k);
     if (part->k.nonfinite != before && ti < part->first_nonfinite)
         part->first_nonfinite = ti;
+    return rc;
+}
+
+/* With profiles: the piece's starts, then every due profile in one pass over the params
+ * (kernel_multi.h), the health signals of the one the event picked into part. */
+static int profiles_piece(struct session *s, const struct op_event *e, const struct tensor *t,
+                          size_t ti, uint64_t start, uint64_t n, struct health_part *part)
+{
+    const struct kernel_multi_ops *mops = s->reg->mops;
+    void *pa = param_ptr(s, t, start);
+    void *sh[PROFILE_MAX];
+    double decay[PROFILE_MAX];
+    unsigned k = 0, hk = 0;
+    int rc = 0;
+
+    for (unsigned p = 0; p < s->nprof && rc == 0; p++) {
+        if (e->plan.init & (1u << p))
+            rc = kernel_shadow_init(s->reg->kops, t->dtype, shadow_ptr_p(s, t, start, p), pa, n);
+        if (e->plan.due & (1u << p)) {
+            if (p == e->health_prof)
+                hk = k;
+            sh[k] = shadow_ptr_p(s, t, start, p);
+            decay[k++] = e->plan.decay[p];
+        }
+    }
+    if (rc != 0 || k == 0)
+        return rc;
+    if (part == NULL && !s->health.enabled)
+        return kernel_multi_update(mops, t->dtype, sh, k, pa, n, decay);
+    /* Without parts (no memory for them) the policy on non-finite params still holds. */
+    struct kernel_health h[PROFILE_MAX];
+    memset(h, 0, sizeof(h));
+    rc = kernel_multi_update_health(mops, t->dtype, sh, k, pa, n, decay, NULL,
+                                    s->health.skip_nonfinite, h);
+    if (part != NULL) {
+        part->k.elems += h[hk].elems;
+        part->k.nonfinite += h[hk].nonfinite;
+        part->k.sumsq += h[hk].sumsq;
+        part->k.changed |= h[hk].changed;
+        if (h[hk].nonfinite > 0 && ti < part->first_nonfinite)
+            part->first_nonfinite = ti;
+    }
     return rc;
 }
 
@@ -77,7 +121,7 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
         rc = kernel_shadow_init(k, t->dtype, sh, pa, n);
         if (l->update && rc == 0)
-            rc = kernel_update(k, t->dtype, sh, pa, n, s->cfg.smoothing);
+            rc = kernel_update(k, t->dtype, sh, pa, n, l->smoothing);
     } else {
         /* The update: each old value goes to undo as the kernel reads it,
          * just before it writes the new one (one pass over the shadow). The
@@ -90,7 +134,9 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
         l->rec->undo_count = n;
         __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
         __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        rc = update_piece(s, t, (size_t)(t - s->tensors), sh, pa, n, l->rec->undo, l->part);
+        if (l->update)
+            rc = update_piece(s, t, (size_t)(t - s->tensors), sh, pa, n, l->smoothing,
+                              l->rec->undo, l->part);
     }
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
@@ -123,9 +169,19 @@ int chunk_tensors(void *arg, size_t index)
     struct shm_guard g;
     int rc = 0;
 
+    /* An update of a session with profiles: profile.c's plan says what each does. */
+    const struct op_event *e = op->kind == OP_EVENT ? op_event(op) : NULL;
+    bool profiled = e != NULL && s->nprof > 0 && op->phase == PH_TENSORS;
+
     shm_guard_enter2(&g, &s->seg, &s->shadow);
-    if (op->kind == OP_EVENT && op_event(op)->logged && op->phase == PH_TENSORS) {
-        struct logged l = {op, redo_rec(s, index), 0, init, update, part};
+    if (e != NULL && e->logged && op->phase == PH_TENSORS) {
+        /* One shadow only (op.c logs no session of several profiles). */
+        struct logged l = {op, redo_rec(s, index), 0, init, update, part, s->cfg.smoothing};
+        if (profiled) {
+            l.init = (e->plan.init & 1u) != 0;
+            l.update = (e->plan.due & 1u) != 0;
+            l.smoothing = e->plan.decay[0];
+        }
         l.from = l.rec->done_to;
         rc = redo_for_each_block(s, index, logged_block, &l);
         return guard_leave(s, &g, rc);
@@ -133,16 +189,22 @@ int chunk_tensors(void *arg, size_t index)
     for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1] && rc == 0; i++) {
         const struct piece *p = &s->plan.pieces[i];
         const struct tensor *t = &s->tensors[p->tensor];
-        void *sh = shadow_ptr(s, t, p->start);
         void *pa = param_ptr(s, t, p->start);
         if (op->phase == PH_CAST) {
-            rc = kernel_swap_in(k, t->dtype, pa, sh, p->count);
+            rc = kernel_swap_in(k, t->dtype, pa, shadow_ptr_p(s, t, p->start, e->prof),
+                                p->count);
             continue;
         }
-        if (init)
-            rc = kernel_shadow_init(k, t->dtype, sh, pa, p->count);
+        if (profiled) {
+            rc = profiles_piece(s, e, t, p->tensor, p->start, p->count, part);
+            continue;
+        }
+        /* Register's initialisation fills every profile's shadow. */
+        for (unsigned sp = 0; init && sp < session_shadows(s) && rc == 0; sp++)
+            rc = kernel_shadow_init(k, t->dtype, shadow_ptr_p(s, t, p->start, sp), pa, p->count);
         if (update && rc == 0)
-            rc = update_piece(s, t, p->tensor, sh, pa, p->count, NULL, part);
+            rc = update_piece(s, t, p->tensor, shadow_ptr(s, t, p->start), pa, p->count,
+                              s->cfg.smoothing, NULL, part);
     }
     return guard_leave(s, &g, rc);
 }

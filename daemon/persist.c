@@ -62,17 +62,35 @@ int session_meta_encode(struct session *s, msgpack_sbuffer *sb)
     for (size_t i = 0; i < s->ntensors; i++)
         msg_table_set(&m.table, i, s->tensors[i].name, dtype_name(s->tensors[i].dtype),
                       s->tensors[i].offset, s->tensors[i].numel);
-    if (s->cfg.has_half_life) {
+    struct msg_profile pc[PROFILE_MAX];
+    struct msg_profile_state ps[PROFILE_MAX];
+    if (s->nprof > 0) {
+        /* Each profile's settings (the top-level ones are absent with profiles), and state. */
+        for (unsigned i = 0; i < s->nprof; i++) {
+            profile_settings(&s->prof[i], &pc[i]);
+            profile_state(&s->prof[i], (uint64_t)i * s->area_bytes, &ps[i]);
+        }
+        m.config.has_profiles = true;
+        m.config.profiles = pc;
+        m.config.nprofiles = s->nprof;
+        m.config.has_eval_profile = true;
+        m.config.eval_profile = msg_str_c(s->prof[s->eval].name);
+        m.has_profiles = true;
+        m.profiles = ps;
+        m.nprofiles = s->nprof;
+    } else if (s->cfg.has_half_life) {
         m.config.has_half_life = true;
         m.config.half_life = msg_str_c(s->half_life);
     } else {
         m.config.has_smoothing = true;
         m.config.smoothing = s->cfg.smoothing;
     }
-    m.config.has_update_interval = true;
-    m.config.update_interval = msg_str_c(s->update_interval);
-    m.config.has_ema_start = true;
-    m.config.ema_start = msg_str_c(s->ema_start);
+    if (s->nprof == 0) {
+        m.config.has_update_interval = true;
+        m.config.update_interval = msg_str_c(s->update_interval);
+        m.config.has_ema_start = true;
+        m.config.ema_start = msg_str_c(s->ema_start);
+    }
     /* The health settings only when not the defaults: a file an older emad can read still. */
     if (!s->health.skip_nonfinite) {
         m.config.has_on_nonfinite = true;
@@ -460,6 +478,35 @@ static void adopt_rename(struct registry *r, struct session *s)
     journal_write(s);
 }
 
+/* The profiles' counters from the shadow's header page (the journal has their settings): each
+ * record whose place and name are the profile's. */
+static void adopt_profiles(struct session *s)
+{
+    struct shadow_profiles sp;
+    struct shm_guard g;
+
+    if (s->nprof == 0)
+        return;
+    shadow_enter(s, &g);
+    memcpy(&sp, (const char *)s->shadow.base + SHADOW_PROFILES_AT, sizeof(sp));
+    shadow_leave(s, &g);
+    if (memcmp(sp.magic, SHADOW_PROFILES_MAGIC, 8) != 0 || sp.count != s->nprof)
+        return;
+    s->st.started = false;
+    for (unsigned i = 0; i < s->nprof; i++) {
+        struct profile *p = &s->prof[i];
+        const struct shadow_profile_rec *r = &sp.p[i];
+        if (strnlen(r->name, sizeof(r->name)) == sizeof(r->name) || strcmp(r->name, p->name) != 0)
+            continue;
+        p->updates = r->updates;
+        p->last_batch = r->last_batch;
+        p->has_last_decay = r->has_last_decay != 0;
+        p->last_decay = r->last_decay;
+        p->started = p->kind != PROFILE_COMPOSER || r->started != 0;
+        s->st.started |= p->started;
+    }
+}
+
 /* Take back one journaled session whose shadow object is still there.
  * 0, 1 when the session is already back (restored), or -errno. */
 static int adopt_one(struct registry *r, const char *file, char *err, size_t errlen)
@@ -524,6 +571,7 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     bool cut = h->seq_begun != h->seq_done;
     s->interrupted = h->interrupted || cut;
     s->last_seq = h->last_seq;
+    adopt_profiles(s);
     /* An event cut short: exact once sent again, if the records tell. The
      * flag stays until then (it clears if this crash alone set it). */
     if ((cut && h->redo_of == h->seq_begun) || (h->redo_pending & 1u)) {

@@ -18,6 +18,11 @@ void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start
     return (char *)s->shadow.base + t->shadow_offset + start * dtype_size(t->shadow_dtype);
 }
 
+void *shadow_ptr_p(const struct session *s, const struct tensor *t, uint64_t start, unsigned p)
+{
+    return (char *)shadow_ptr(s, t, start) + (uint64_t)p * s->area_bytes;
+}
+
 /* The tensors' part of the shadow object (what save and load move). */
 void *shadow_data(const struct session *s)
 {
@@ -87,6 +92,23 @@ void shadow_sync(struct session *s)
     h->interrupted = s->interrupted;
     h->last_seq = s->last_seq;
     h->redo_pending = s->redo_pending ? 1u | (s->redo_clears ? 2u : 0u) : 0u;
+    if (s->nprof > 0) {
+        struct shadow_profiles *sp =
+            (struct shadow_profiles *)((char *)s->shadow.base + SHADOW_PROFILES_AT);
+        memcpy(sp->magic, SHADOW_PROFILES_MAGIC, 8);
+        sp->count = s->nprof;
+        for (unsigned i = 0; i < s->nprof; i++) {
+            const struct profile *p = &s->prof[i];
+            struct shadow_profile_rec *r = &sp->p[i];
+            memset(r->name, 0, sizeof(r->name));
+            memcpy(r->name, p->name, strlen(p->name));
+            r->updates = p->updates;
+            r->last_batch = p->last_batch;
+            r->last_decay = p->last_decay;
+            r->started = p->started;
+            r->has_last_decay = p->has_last_decay;
+        }
+    }
     __atomic_store_n(&h->seq_done, __atomic_load_n(&h->seq_begun, __ATOMIC_ACQUIRE),
                      __ATOMIC_RELEASE);
     shadow_leave(s, &g);

@@ -14,6 +14,7 @@ int registry_init(struct registry *r, struct emad *ctx)
     memset(r, 0, sizeof(*r));
     r->ctx = ctx;
     r->kops = kernel_ops_best();
+    r->mops = kernel_multi_ops_best();
     r->home = 1469598103934665603ull; /* FNV-1a of the state directory */
     for (const char *p = ctx->opts->state_dir; *p != '\0'; p++)
         r->home = (r->home ^ (unsigned char)*p) * 1099511628211ull;
@@ -208,6 +209,15 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
     o->has_seq = true;
     o->seq = s->last_seq;
     session_fill_health(s, &o->has_health, &o->health);
+    if (s->nprof > 0) {
+        o->has_profiles = true;
+        o->profiles = o->profile_buf;
+        o->nprofiles = s->nprof;
+        for (unsigned i = 0; i < s->nprof; i++)
+            profile_state(&s->prof[i], (uint64_t)i * s->area_bytes, &o->profile_buf[i]);
+        o->has_eval_profile = true;
+        o->eval_profile = msg_str_c(s->prof[s->eval].name);
+    }
 }
 
 /* The health map of status (docs/protocol.md "status"). h's alarms point into h itself. */

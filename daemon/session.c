@@ -55,6 +55,46 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
             in.ema_start_len = c->ema_start.len;
         }
     }
+    struct profile prof[PROFILE_MAX];
+    unsigned nprof = 0, eval = 0;
+    if (c != NULL && c->has_profiles) {
+        /* Each profile carries its own schedule: top-level settings beside them would be
+         * silently ignored. */
+        const char *top = c->has_half_life ? "half_life" : c->has_smoothing ? "smoothing"
+                          : c->has_update_interval ? "update_interval"
+                          : c->has_ema_start ? "ema_start" : NULL;
+        if (top != NULL) {
+            snprintf(err, errlen, "config.%s: given together with config.profiles; put it in "
+                     "a profile", top);
+            return -EINVAL;
+        }
+        if (profile_config(prof, c->profiles, c->nprofiles, c->has_eval_profile,
+                           c->eval_profile, &eval, err, errlen) < 0)
+            return -EINVAL;
+        nprof = (unsigned)c->nprofiles;
+        /* What status shows at the top level: a composer profile's settings, the eval
+         * profile's first. */
+        int shown = prof[eval].kind == PROFILE_COMPOSER ? (int)eval : -1;
+        for (unsigned i = 0; i < nprof && shown < 0; i++)
+            if (prof[i].kind == PROFILE_COMPOSER)
+                shown = (int)i;
+        if (shown >= 0) {
+            const struct profile *sp = &prof[shown];
+            in.half_life = sp->cfg.has_half_life ? sp->half_life : NULL;
+            in.half_life_len = sp->cfg.has_half_life ? strlen(sp->half_life) : 0;
+            in.has_smoothing = !sp->cfg.has_half_life;
+            in.smoothing = sp->cfg.smoothing;
+            in.update_interval = sp->update_interval;
+            in.update_interval_len = strlen(sp->update_interval);
+            in.ema_start = sp->ema_start;
+            in.ema_start_len = strlen(sp->ema_start);
+        }
+    } else if (c != NULL && c->has_eval_profile && !msg_str_eq(c->eval_profile,
+                                                                PROFILE_DEFAULT_NAME)) {
+        snprintf(err, errlen, "config.eval_profile: without config.profiles the session's one "
+                 "profile is \"" PROFILE_DEFAULT_NAME "\"");
+        return -EINVAL;
+    }
     if (ema_config_init(&cfg, &in, err, errlen) < 0)
         return -EINVAL;
     bool skip = true;
@@ -71,6 +111,9 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
     s->health.skip_nonfinite = skip;
     s->health.enabled = c == NULL || !c->has_health || c->health;
     s->cfg = cfg;
+    memcpy(s->prof, prof, nprof * sizeof(prof[0]));
+    s->nprof = nprof;
+    s->eval = eval;
     if (cfg.has_half_life)
         ema_time_format(&cfg.half_life, s->half_life, sizeof(s->half_life));
     else
@@ -86,6 +129,18 @@ void session_apply_saved(struct session *s, const struct msg_saved_state *m)
 
     /* A config this emad refuses leaves the session's as it was. */
     (void)session_config_set(s, &m->config, why, sizeof(why));
+    /* Each profile's state, where the file's profiles are the session's (by place and name). */
+    for (size_t i = 0; i < m->nprofiles && i < s->nprof; i++) {
+        const struct msg_profile_state *ps = &m->profiles[i];
+        struct profile *p = &s->prof[i];
+        if (!msg_str_eq(ps->name, p->name))
+            continue;
+        p->started = ps->started;
+        p->updates = ps->updates;
+        p->last_batch = ps->has_last_batch ? ps->last_batch : 0;
+        p->has_last_decay = ps->has_last_decay;
+        p->last_decay = ps->last_decay;
+    }
     s->st.started = m->started;
     /* Loading never swaps: the params keep the training weights. */
     s->st.active = false;
@@ -160,6 +215,18 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
             __builtin_add_overflow(at, mt->numel * esize, &at)) {
             snprintf(err, errlen, "register: tensors[%zu].numel: %" PRIu64 " is too large", i,
                      mt->numel);
+            return -EINVAL;
+        }
+    }
+    /* With several profiles, their shadows lie back to back, each laid out as the first (a
+     * single profile's object is exactly what it was before profiles existed). */
+    s->area_bytes = at - SHADOW_HEADER_BYTES;
+    if (s->nprof > 1) {
+        s->area_bytes = (s->area_bytes + SEG_TENSOR_ALIGN - 1) & ~(uint64_t)(SEG_TENSOR_ALIGN - 1);
+        if (__builtin_mul_overflow(s->area_bytes, (uint64_t)s->nprof, &at) ||
+            __builtin_add_overflow(at, (uint64_t)SHADOW_HEADER_BYTES, &at)) {
+            snprintf(err, errlen, "register: %u profiles of %" PRIu64 " shadow bytes are too "
+                     "many bytes", s->nprof, s->area_bytes);
             return -EINVAL;
         }
     }
@@ -336,6 +403,13 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
         peer_fail(c, msgid, MSG_E_BADARG, "register: %s", err);
         goto err_free;
     }
+    /* The redo records of --crash-exact hold one shadow's old values (docs/guarantees.md). */
+    if (opts->crash_exact && s->nprof > 1) {
+        peer_fail(c, msgid, MSG_E_BADARG, "register: config.profiles: %u profiles, but this "
+                  "emad runs with --crash-exact, which covers sessions of one profile only",
+                  s->nprof);
+        goto err_free;
+    }
     rc = session_build_tensors(s, req, opts->max_tensors, err, sizeof(err));
     if (rc < 0) {
         peer_fail(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
@@ -384,6 +458,8 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
     }
     registry_share_note(r, share);
     ema_state_init(&s->st);
+    for (unsigned i = 0; i < s->nprof; i++)
+        s->st.started |= s->prof[i].started; /* warm-up and power: from the start */
     registry_insert(r, s);
     log_info(reg_log(r), "session %s: registered by pid %ld: %zu tensors, %" PRIu64
              " param bytes, shadow %s (%" PRIu64 " bytes)", s->name, (long)c->pid, s->ntensors,
@@ -461,6 +537,13 @@ void session_event(struct registry *r, struct peer *c, uint32_t msgid,
         peer_fail(c, msgid, MSG_E_BADARG, "event: %s", err);
         return;
     }
+    for (unsigned i = 0; i < s->nprof; i++) {
+        if (s->prof[i].kind == PROFILE_COMPOSER &&
+            ema_clock_check_start(&s->prof[i].cfg, ev, &clock, err, sizeof(err)) < 0) {
+            peer_fail(c, msgid, MSG_E_BADARG, "event: profile %s: %s", s->prof[i].name, err);
+            return;
+        }
+    }
     if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
         return;
     struct op_event *e = op_event(op);
@@ -486,11 +569,28 @@ void session_swap(struct registry *r, struct peer *c, uint32_t msgid, const stru
         peer_fail(c, msgid, MSG_E_BADARG, "swap: seq: request numbers start at 1");
         return;
     }
+    if (req->has_profile && ev != EMA_EVENT_SWAP_EMA) {
+        peer_fail(c, msgid, MSG_E_BADARG, "swap: profile: only with to \"ema\"");
+        return;
+    }
     if ((s = registry_lookup(r, c, msgid, "swap", req->session, true)) == NULL)
         return;
+    unsigned prof = s->eval;
+    if (req->has_profile) {
+        int at = s->nprof > 0 ? profile_find(s->prof, s->nprof, req->profile)
+                              : msg_str_eq(req->profile, PROFILE_DEFAULT_NAME) ? 0 : -1;
+        if (at < 0) {
+            peer_fail(c, msgid, MSG_E_BADARG, "swap: profile: session %s has no profile "
+                      "\"%.*s\"", s->name, (int)(req->profile.len > 40 ? 40 : req->profile.len),
+                      req->profile.ptr);
+            return;
+        }
+        prof = (unsigned)at;
+    }
     if ((op = op_new(s, OP_EVENT, c, msgid)) == NULL)
         return;
     struct op_event *e = op_event(op);
+    e->prof = prof;
     e->ev = ev;
     e->has_seq = req->has_seq;
     e->seq = req->seq;

@@ -23,6 +23,7 @@
 #include "ema.h"
 #include "emad.h"
 #include "kernel.h"
+#include "kernel_multi.h"
 #include "msg.h"
 #include "names.h"
 #include "shm.h"
@@ -40,7 +41,11 @@ struct session;
  * The shadow object starts with a header page that emad keeps current after
  * every operation: a restarted emad (even after SIGKILL) finds in it the
  * session's counters, and whether an operation on the shadow was cut short.
- * The tensors' shadows follow, at the offsets register reports.
+ * The tensors' shadows follow, at the offsets register reports. A session registered with
+ * several profiles (config.profiles, profile.h) holds one shadow per profile, back to back:
+ * profile p's tensors lie p * area_bytes after those offsets, area_bytes being one shadow's
+ * bytes rounded up to SEG_TENSOR_ALIGN (status reports each profile's shadow_offset). With one
+ * profile the object is laid out exactly as it was before profiles existed.
  */
 #define SHADOW_HEADER_BYTES 4096u
 
@@ -91,6 +96,32 @@ struct shadow_header {
 };
 
 /*
+ * A session with profiles keeps each profile's counters in the header page too, after struct
+ * shadow_header (a session without profiles leaves these bytes zero, as they always were).
+ */
+#define SHADOW_PROFILES_AT 2048u
+#define SHADOW_PROFILES_MAGIC "EMAPROF1"
+
+struct shadow_profile_rec {
+    char name[40];           /* NUL-terminated */
+    uint64_t updates;
+    uint64_t last_batch;
+    double last_decay;
+    uint32_t started;
+    uint32_t has_last_decay;
+};
+
+struct shadow_profiles {
+    char magic[8];           /* SHADOW_PROFILES_MAGIC */
+    uint64_t count;
+    struct shadow_profile_rec p[8];
+};
+
+_Static_assert(sizeof(struct shadow_header) <= SHADOW_PROFILES_AT, "header overlaps profiles");
+_Static_assert(SHADOW_PROFILES_AT + sizeof(struct shadow_profiles) <= SHADOW_HEADER_BYTES,
+               "profile records past the header page");
+
+/*
  * Crash-exact updates. The shadow object ends with one record per chunk of
  * the plan. An event's tensor work goes block by block: the chunk's record
  * says which block is being written (undo_at), the kernel stores each old
@@ -120,6 +151,7 @@ struct registry {
     struct session *head;
     unsigned count;
     const struct kernel_ops *kops;
+    const struct kernel_multi_ops *mops; /* the updates of sessions with profiles */
     void (*drained)(struct registry *r); /* called once no operation is left */
     char live_dir[PATH_MAX];             /* journals of running sessions ("" none) */
     uint64_t home;                       /* a hash of the state directory's path */

@@ -10,6 +10,7 @@
 #include "health.h"
 #include "peer.h"
 #include "pool.h"
+#include "profile.h"
 #include "session.h"
 
 #include <limits.h>
@@ -62,8 +63,15 @@ struct session {
     uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
     uint64_t shadow_bytes;
     struct plan plan;          /* the tensors in chunks, for updates and casts */
-    struct ema_config cfg;
-    struct ema_state st;
+    struct ema_config cfg;     /* with profiles: the eval profile's if composer, else the
+                                  first composer one's, else the defaults (status shows it) */
+    struct ema_state st;       /* with profiles: updates counts the events that updated any
+                                  profile, started is any profile's */
+    struct profile prof[PROFILE_MAX]; /* registered with config.profiles: nprof of them */
+    unsigned nprof;            /* 0: without profiles (its one profile "ema" is cfg and st) */
+    unsigned eval;             /* the profile eval_start and checkpoint swap in */
+    uint64_t area_bytes;       /* one profile's shadow (profile p's tensors lie p * area_bytes
+                                  after the offsets register reports) */
     char half_life[EMA_TIME_STRLEN];
     char update_interval[EMA_TIME_STRLEN];
     char ema_start[EMA_TIME_STRLEN];
@@ -140,6 +148,9 @@ struct op_event {
     bool health;               /* the update fills s->health.parts (health.h) */
     bool has_seq;              /* the client's request number */
     uint64_t seq;
+    struct profile_plan plan;  /* with profiles: what the update does to each */
+    unsigned prof;             /* the profile a swap in casts (0 without profiles) */
+    unsigned health_prof;      /* with profiles: the profile whose update health describes */
 };
 
 struct op_init {
@@ -264,8 +275,15 @@ int chunk_journal(void *op, size_t index);
 /* ---- record.c ---- */
 
 struct shadow_header *shadow_hdr(const struct session *s);
-/* Where element start of tensor t's shadow is. */
+/* Where element start of tensor t's shadow is (profile 0's, or the only one). */
 void *shadow_ptr(const struct session *s, const struct tensor *t, uint64_t start);
+/* ... and in profile p's shadow. */
+void *shadow_ptr_p(const struct session *s, const struct tensor *t, uint64_t start, unsigned p);
+/* How many shadows the object holds: one per profile. */
+static inline unsigned session_shadows(const struct session *s)
+{
+    return s->nprof > 1 ? s->nprof : 1;
+}
 /* The tensors' part of the shadow object (what save and load move). */
 void *shadow_data(const struct session *s);
 uint64_t shadow_data_bytes(const struct session *s);

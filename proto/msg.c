@@ -21,7 +21,15 @@
     {k, MSG_U64_ARRAY, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), NULL, \
      sizeof(k) - 1}
 #define UARR(st, k, m) {k, MSG_U64_ARRAY, 0, offsetof(st, m), 0, offsetof(st, n##m), NULL, sizeof(k) - 1}
-#define DESC(name, st, fields) {name, sizeof(st), fields, sizeof(fields) / sizeof(fields[0])}
+#define OPT_NAMED(st, k, m, sub) \
+    {k, MSG_NAMED, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), &sub, \
+     sizeof(k) - 1}
+#define OPT_ARR(st, k, m, sub) \
+    {k, MSG_ARRAY, MSG_OPTIONAL, offsetof(st, m), offsetof(st, has_##m), offsetof(st, n##m), &sub, \
+     sizeof(k) - 1}
+#define DESC(name, st, fields) {name, sizeof(st), fields, sizeof(fields) / sizeof(fields[0]), false}
+#define STRICT_DESC(name, st, fields) \
+    {name, sizeof(st), fields, sizeof(fields) / sizeof(fields[0]), true}
 
 static const struct msg_field time_fields[] = {
     REQ(struct msg_time, "batch", MSG_U64, batch),
@@ -59,6 +67,40 @@ static const struct msg_field tensor_fields[] = {
 };
 const struct msg_desc msg_tensor_desc = DESC("tensor", struct msg_tensor, tensor_fields);
 
+#define PF struct msg_profile
+static const struct msg_field profile_fields[] = {
+    OPT(PF, "schedule", MSG_STR, schedule),
+    OPT(PF, "half_life", MSG_STR, half_life),
+    OPT(PF, "smoothing", MSG_F64, smoothing),
+    OPT(PF, "update_interval", MSG_STR, update_interval),
+    OPT(PF, "ema_start", MSG_STR, ema_start),
+    OPT(PF, "decay", MSG_F64, decay),
+    OPT(PF, "min_decay", MSG_F64, min_decay),
+    OPT(PF, "update_after_step", MSG_U64, update_after_step),
+    OPT(PF, "inv_gamma", MSG_F64, inv_gamma),
+    OPT(PF, "power", MSG_F64, power),
+    OPT(PF, "sigma_rel", MSG_F64, sigma_rel),
+    OPT(PF, "gamma", MSG_F64, gamma),
+};
+#undef PF
+/* Strict: a misspelt setting must not leave a profile on a default the user did not mean. */
+const struct msg_desc msg_profile_desc = STRICT_DESC("profile", struct msg_profile, profile_fields);
+
+#define PS struct msg_profile_state
+static const struct msg_field profile_state_fields[] = {
+    REQ(PS, "name", MSG_STR, name),
+    REQ(PS, "schedule", MSG_STR, schedule),
+    OBJ(PS, "config", config, msg_profile_desc),
+    REQ(PS, "started", MSG_BOOL, started),
+    REQ(PS, "updates", MSG_U64, updates),
+    NUL(PS, "last_batch", MSG_U64, last_batch),
+    NUL(PS, "last_decay", MSG_F64, last_decay),
+    REQ(PS, "shadow_offset", MSG_U64, shadow_offset),
+};
+#undef PS
+const struct msg_desc msg_profile_state_desc =
+    DESC("profile state", struct msg_profile_state, profile_state_fields);
+
 static const struct msg_field config_fields[] = {
     OPT(struct msg_config, "half_life", MSG_STR, half_life),
     OPT(struct msg_config, "smoothing", MSG_F64, smoothing),
@@ -66,6 +108,8 @@ static const struct msg_field config_fields[] = {
     OPT(struct msg_config, "ema_start", MSG_STR, ema_start),
     OPT(struct msg_config, "on_nonfinite", MSG_STR, on_nonfinite),
     OPT(struct msg_config, "health", MSG_BOOL, health),
+    OPT_NAMED(struct msg_config, "profiles", profiles, msg_profile_desc),
+    OPT(struct msg_config, "eval_profile", MSG_STR, eval_profile),
 };
 const struct msg_desc msg_config_desc = DESC("config", struct msg_config, config_fields);
 
@@ -146,6 +190,8 @@ static const struct msg_field session_state_fields[] = {
     OPT(SS, "interrupted", MSG_BOOL, interrupted),
     OPT(SS, "seq", MSG_U64, seq),
     OPT_OBJ(SS, "health", health, msg_health_desc),
+    OPT_ARR(SS, "profiles", profiles, msg_profile_state_desc),
+    OPT(SS, "eval_profile", MSG_STR, eval_profile),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -186,6 +232,7 @@ static const struct msg_field swap_fields[] = {
     REQ(struct msg_swap, "session", MSG_STR, session),
     REQ(struct msg_swap, "to", MSG_STR, to),
     OPT(struct msg_swap, "seq", MSG_U64, seq),
+    OPT(struct msg_swap, "profile", MSG_STR, profile),
 };
 const struct msg_desc msg_swap_desc = DESC("swap", struct msg_swap, swap_fields);
 
@@ -251,7 +298,7 @@ static const struct msg_field error_fields[] = {
 };
 const struct msg_desc msg_error_desc = DESC("error", struct msg_error, error_fields);
 
-const struct msg_desc msg_empty_desc = {"empty", sizeof(struct msg_empty), NULL, 0};
+const struct msg_desc msg_empty_desc = {"empty", sizeof(struct msg_empty), NULL, 0, false};
 
 static const struct msg_field metrics_reply_fields[] = {
     REQ(struct msg_metrics_reply, "text", MSG_STR, text),
@@ -284,6 +331,7 @@ static const struct msg_field saved_state_fields[] = {
     OPT(SV, "shadow_shm", MSG_STR, shadow_shm),
     OPT(SV, "seq", MSG_U64, seq),
     OPT_OBJ(SV, "table", table, msg_table_desc),
+    OPT_ARR(SV, "profiles", profiles, msg_profile_state_desc),
 };
 #undef SV
 const struct msg_desc msg_saved_state_desc =
@@ -332,7 +380,7 @@ int msg_str_copy(struct msg_str s, char *out, size_t outlen)
 struct path {
     struct {
         const char *key; /* NULL: an array index */
-        size_t index;
+        size_t index;    /* with a key: its length */
     } el[PATH_DEPTH];
     size_t depth; /* may exceed PATH_DEPTH: the deeper levels are not shown */
 };
@@ -344,7 +392,8 @@ static void path_render(const struct path *p, char *buf, size_t len)
     buf[0] = '\0';
     for (size_t i = 0; i < p->depth && i < PATH_DEPTH && used < len; i++) {
         int n = p->el[i].key != NULL
-                    ? snprintf(buf + used, len - used, i ? ".%s" : "%s", p->el[i].key)
+                    ? snprintf(buf + used, len - used, i ? ".%.*s" : "%.*s",
+                               (int)(p->el[i].index > 64 ? 64 : p->el[i].index), p->el[i].key)
                     : snprintf(buf + used, len - used, "[%zu]", p->el[i].index);
         if (n < 0)
             break;
@@ -368,10 +417,12 @@ static int fail(char *err, size_t errlen, const struct path *p, const char *fmt,
     return -EINVAL;
 }
 
-static size_t path_key(struct path *p, const char *key)
+static size_t path_key(struct path *p, const char *key, size_t len)
 {
-    if (p->depth < PATH_DEPTH)
+    if (p->depth < PATH_DEPTH) {
         p->el[p->depth].key = key;
+        p->el[p->depth].index = len;
+    }
     return p->depth++;
 }
 
@@ -467,6 +518,44 @@ static int decode_value(const struct msg_field *f, const msgpack_object *o, char
         if (o->type != MSGPACK_OBJECT_MAP)
             return fail(err, errlen, p, "expected a map");
         return decode_map(f->sub, o, slot, p, err, errlen);
+    case MSG_NAMED: {
+        size_t elem = f->sub->size;
+        uint32_t n;
+        char *arr;
+        if (o->type != MSGPACK_OBJECT_MAP)
+            return fail(err, errlen, p, "expected a map of names to maps");
+        n = o->via.map.size;
+        arr = n ? calloc(n, elem) : NULL;
+        if (n && arr == NULL)
+            return -ENOMEM;
+        *(void **)slot = arr;
+        *(size_t *)(obj + f->count_offset) = n;
+        for (uint32_t i = 0; i < n; i++) {
+            const msgpack_object *k = &o->via.map.ptr[i].key;
+            const msgpack_object *e = &o->via.map.ptr[i].val;
+            int rc;
+            if (k->type != MSGPACK_OBJECT_STR) {
+                size_t old = path_index(p, i);
+                rc = fail(err, errlen, p, "expected a string key");
+                path_pop(p, old);
+            } else {
+                size_t old = path_key(p, k->via.str.ptr, k->via.str.size);
+                rc = e->type == MSGPACK_OBJECT_MAP
+                         ? decode_map(f->sub, e, arr + i * elem, p, err, errlen)
+                         : fail(err, errlen, p, "expected a map");
+                path_pop(p, old);
+                /* The key is the element's name (its first member). */
+                if (rc == 0)
+                    *(struct msg_str *)(arr + i * elem) =
+                        (struct msg_str){k->via.str.ptr, k->via.str.size};
+            }
+            if (rc < 0) {
+                msg_free(&(struct msg_desc){"", 0, f, 1, false}, obj);
+                return rc;
+            }
+        }
+        return 0;
+    }
     case MSG_ARRAY:
     case MSG_STR_ARRAY:
     case MSG_U64_ARRAY: {
@@ -504,7 +593,7 @@ static int decode_value(const struct msg_field *f, const msgpack_object *o, char
             path_pop(p, old);
             if (rc < 0) {
                 /* Elements decoded so far own arrays of their own. */
-                msg_free(&(struct msg_desc){"", 0, f, 1}, obj);
+                msg_free(&(struct msg_desc){"", 0, f, 1, false}, obj);
                 return rc;
             }
         }
@@ -512,6 +601,37 @@ static int decode_value(const struct msg_field *f, const msgpack_object *o, char
     }
     }
     return fail(err, errlen, p, "unknown field type");
+}
+
+/* A strict map's keys must all be fields of d: the error names the first that is not, and the
+ * fields there are. */
+static int check_keys(const struct msg_desc *d, const msgpack_object *map, struct path *p,
+                      char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        bool known = false;
+        for (size_t j = 0; j < d->nfields && !known; j++)
+            known = key_is(k, d->fields[j].key, d->fields[j].keylen);
+        if (known)
+            continue;
+        char list[400];
+        size_t at = 0;
+        list[0] = '\0';
+        for (size_t j = 0; j < d->nfields && at < sizeof(list); j++) {
+            int n = snprintf(list + at, sizeof(list) - at, "%s%s", j ? ", " : "",
+                             d->fields[j].key);
+            if (n < 0)
+                break;
+            at += (size_t)n;
+        }
+        size_t old = k->type == MSGPACK_OBJECT_STR ? path_key(p, k->via.str.ptr, k->via.str.size)
+                                                   : path_index(p, i);
+        int rc = fail(err, errlen, p, "not a field of a %s (%s)", d->name, list);
+        path_pop(p, old);
+        return rc;
+    }
+    return 0;
 }
 
 static int decode_map(const struct msg_desc *d, const msgpack_object *map, void *out,
@@ -527,7 +647,7 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
     for (i = 0; i < d->nfields; i++) {
         const struct msg_field *f = &d->fields[i];
         const msgpack_object *v = map_find(map, f->key, f->keylen, &next, &in_order);
-        size_t old = path_key(p, f->key);
+        size_t old = path_key(p, f->key, f->keylen);
         bool optional = f->flags & (MSG_OPTIONAL | MSG_NULLABLE);
 
         if (v == NULL || (optional && v->type == MSGPACK_OBJECT_NIL)) {
@@ -542,9 +662,11 @@ static int decode_map(const struct msg_desc *d, const msgpack_object *map, void 
         if (rc < 0)
             break;
     }
+    if (rc == 0 && d->strict)
+        rc = check_keys(d, map, p, err, errlen);
     if (rc < 0) {
         /* Free what the fields before the failing one allocated. */
-        struct msg_desc partial = {d->name, d->size, d->fields, i};
+        struct msg_desc partial = {d->name, d->size, d->fields, i, false};
         msg_free(&partial, out);
         memset(out, 0, d->size);
     }
@@ -668,6 +790,7 @@ void msg_free(const struct msg_desc *d, void *obj)
         case MSG_OBJ:
             msg_free(f->sub, o + f->offset);
             break;
+        case MSG_NAMED:
         case MSG_ARRAY:
             for (size_t k = 0; *slot && k < *(size_t *)(o + f->count_offset); k++)
                 msg_free(f->sub, (char *)*slot + k * f->sub->size);
@@ -714,6 +837,18 @@ static void encode_value(msgpack_packer *pk, const struct msg_field *f, const ch
     case MSG_OBJ:
         msg_encode(pk, f->sub, slot);
         break;
+    case MSG_NAMED: {
+        size_t n = *(const size_t *)(obj + f->count_offset);
+        const char *arr = *(char *const *)slot;
+        msgpack_pack_map(pk, n);
+        for (size_t i = 0; i < n; i++) {
+            const struct msg_str *name = (const struct msg_str *)(arr + i * f->sub->size);
+            msgpack_pack_str(pk, name->len);
+            msgpack_pack_str_body(pk, name->ptr, name->len);
+            msg_encode(pk, f->sub, arr + i * f->sub->size);
+        }
+        break;
+    }
     case MSG_ARRAY:
     case MSG_STR_ARRAY:
     case MSG_U64_ARRAY: {

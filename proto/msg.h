@@ -36,6 +36,9 @@ enum msg_type {
     MSG_ARRAY,     /* pointer to an array of structs described by sub, plus a size_t count */
     MSG_STR_ARRAY, /* struct msg_str *, plus a size_t count */
     MSG_U64_ARRAY, /* uint64_t *, plus a size_t count */
+    MSG_NAMED,     /* a map of string keys to structs described by sub: an array of those
+                      structs (each starting with struct msg_str name, the key, which sub does
+                      not list), in the map's order, plus a size_t count */
 };
 
 #define MSG_OPTIONAL 0x1 /* may be absent: has_<member> tells */
@@ -59,6 +62,7 @@ struct msg_desc {
     size_t size;      /* sizeof the struct */
     const struct msg_field *fields;
     size_t nfields;
+    bool strict; /* a key the fields do not name is an error (else it is ignored) */
 };
 
 /* §4: the trainer's clock. */
@@ -115,6 +119,51 @@ struct msg_table {
     size_t nnumels;
 };
 
+/* Extension: one EMA profile of a session (docs/protocol.md "Profiles"): a value of
+ * config.profiles, and in status and state files its settings. Every field is optional; which
+ * ones a profile may carry depends on its schedule. */
+struct msg_profile {
+    struct msg_str name; /* its key in config.profiles (not a field) */
+    bool has_schedule;   /* "composer", "warmup" or "power"; inferred from the fields if absent */
+    struct msg_str schedule;
+    bool has_half_life; /* composer */
+    struct msg_str half_life;
+    bool has_smoothing;
+    double smoothing;
+    bool has_update_interval; /* every schedule; warmup and power: in batches */
+    struct msg_str update_interval;
+    bool has_ema_start;
+    struct msg_str ema_start;
+    bool has_decay; /* warmup */
+    double decay;
+    bool has_min_decay;
+    double min_decay;
+    bool has_update_after_step;
+    uint64_t update_after_step;
+    bool has_inv_gamma;
+    double inv_gamma;
+    bool has_power;
+    double power;
+    bool has_sigma_rel; /* power: sigma_rel or gamma */
+    double sigma_rel;
+    bool has_gamma;
+    double gamma;
+};
+
+/* Extension: what status and state files say of one profile. */
+struct msg_profile_state {
+    struct msg_str name;
+    struct msg_str schedule;
+    struct msg_profile config; /* its settings, defaults filled in */
+    bool started;              /* its shadow was initialised (composer: at ema_start) */
+    uint64_t updates;
+    bool has_last_batch; /* nil before its first update */
+    uint64_t last_batch;
+    bool has_last_decay; /* nil before its first update */
+    double last_decay;
+    uint64_t shadow_offset; /* bytes to add to each tensor's shadow_offset for this profile */
+};
+
 struct msg_config {
     bool has_half_life;
     struct msg_str half_life;
@@ -128,6 +177,12 @@ struct msg_config {
     struct msg_str on_nonfinite;
     bool has_health;       /* extension: false turns the health signals off */
     bool health;
+    bool has_profiles;     /* extension: 1 to 8 named profiles (the top-level schedule fields
+                              then stay absent) */
+    struct msg_profile *profiles;
+    size_t nprofiles;
+    bool has_eval_profile; /* extension: the profile eval_start and checkpoint swap in */
+    struct msg_str eval_profile;
 };
 
 struct msg_register {
@@ -210,6 +265,13 @@ struct msg_session_state {
     uint64_t seq;
     bool has_health;      /* extension: the health signals */
     struct msg_health health;
+    bool has_profiles;    /* extension: sessions registered with profiles */
+    struct msg_profile_state *profiles;
+    size_t nprofiles;
+    bool has_eval_profile;
+    struct msg_str eval_profile;
+    struct msg_profile_state profile_buf[8]; /* not a field: room an encoder may point
+                                                profiles at */
 };
 
 struct msg_register_reply {
@@ -253,6 +315,8 @@ struct msg_swap {
     struct msg_str to; /* "ema" | "train" */
     bool has_seq;      /* extension, as in event */
     uint64_t seq;
+    bool has_profile;  /* extension: with to "ema", the profile to swap in */
+    struct msg_str profile;
 };
 
 struct msg_status {
@@ -360,6 +424,9 @@ struct msg_saved_state {
     uint64_t seq;
     bool has_table; /* the tensors in columns (tensors then empty), as register's */
     struct msg_table table;
+    bool has_profiles; /* each profile's state, in config.profiles' order */
+    struct msg_profile_state *profiles;
+    size_t nprofiles;
 };
 
 /* An empty map, the result of close and drop (and the params of metrics). */
@@ -376,6 +443,8 @@ extern const struct msg_desc msg_time_desc;
 extern const struct msg_desc msg_hello_desc;
 extern const struct msg_desc msg_hello_reply_desc;
 extern const struct msg_desc msg_tensor_desc;
+extern const struct msg_desc msg_profile_desc;
+extern const struct msg_desc msg_profile_state_desc;
 extern const struct msg_desc msg_config_desc;
 extern const struct msg_desc msg_table_desc;
 extern const struct msg_desc msg_register_desc;

@@ -33,7 +33,7 @@ static const struct msg_desc *const nested_descs[] = {
     &msg_time_desc,          &msg_tensor_desc,        &msg_config_desc,
     &msg_shadow_tensor_desc, &msg_session_state_desc, &msg_server_info_desc,
     &msg_saved_tensor_desc,  &msg_table_desc,         &msg_health_desc,
-    &msg_nonfinite_desc,
+    &msg_nonfinite_desc,     &msg_profile_desc,       &msg_profile_state_desc,
 };
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
@@ -240,6 +240,18 @@ static void fill(const struct msg_desc *d, void *obj, uint64_t *rng, struct pool
         case MSG_BOOL: *(bool *)slot = rng_below(rng, 2) != 0; break;
         case MSG_STR: *(struct msg_str *)slot = random_str(rng, pl); break;
         case MSG_OBJ: fill(f->sub, slot, rng, pl, full); break;
+        case MSG_NAMED: {
+            char *arr;
+            n = full ? 1 + rng_below(rng, 3) : rng_below(rng, 6);
+            arr = n == 0 && rng_below(rng, 2) ? NULL : pool_alloc(pl, n * f->sub->size);
+            for (size_t k = 0; k < n; k++) {
+                fill(f->sub, arr + k * f->sub->size, rng, pl, full);
+                *(struct msg_str *)(arr + k * f->sub->size) = random_str(rng, pl);
+            }
+            *(char **)slot = arr;
+            *field_count(f, o) = n;
+            break;
+        }
         case MSG_ARRAY:
         case MSG_STR_ARRAY:
         case MSG_U64_ARRAY: {
@@ -341,6 +353,20 @@ static void check_encoded(const struct msg_desc *d, const void *obj, const msgpa
             break;
         case MSG_STR: check_encoded_str(p, v, *(const struct msg_str *)slot); break;
         case MSG_OBJ: check_encoded(f->sub, slot, v, p); break;
+        case MSG_NAMED: {
+            size_t n = *field_count(f, (void *)o);
+            const char *arr = *(char *const *)slot;
+            if (v->type != MSGPACK_OBJECT_MAP || v->via.map.size != n)
+                fail_msg("%s: not sent as a map of %zu", p, n);
+            for (size_t k = 0; k < n; k++) {
+                char pk[280];
+                snprintf(pk, sizeof(pk), "%s[%zu]", p, k);
+                check_encoded_str(pk, &v->via.map.ptr[k].key,
+                                  *(const struct msg_str *)(arr + k * f->sub->size));
+                check_encoded(f->sub, arr + k * f->sub->size, &v->via.map.ptr[k].val, pk);
+            }
+            break;
+        }
         case MSG_ARRAY:
         case MSG_STR_ARRAY:
         case MSG_U64_ARRAY: {
@@ -425,6 +451,20 @@ static void compare(const struct msg_desc *d, const void *want, const void *got,
             compare_str(p, *(const struct msg_str *)ws, *(const struct msg_str *)gs, sb);
             break;
         case MSG_OBJ: compare(f->sub, ws, gs, p, sb); break;
+        case MSG_NAMED: {
+            size_t n = *field_count(f, (void *)w), sz = f->sub->size;
+            const char *wa = *(char *const *)ws, *ga = *(char *const *)gs;
+            if (*field_count(f, (void *)g) != n)
+                fail_msg("%s: %zu entries decoded as %zu", p, n, *field_count(f, (void *)g));
+            for (size_t k = 0; k < n; k++) {
+                char pk[280];
+                snprintf(pk, sizeof(pk), "%s[%zu]", p, k);
+                compare_str(pk, *(const struct msg_str *)(wa + k * sz),
+                            *(const struct msg_str *)(ga + k * sz), sb);
+                compare(f->sub, wa + k * sz, ga + k * sz, pk, sb);
+            }
+            break;
+        }
         case MSG_ARRAY:
         case MSG_STR_ARRAY:
         case MSG_U64_ARRAY: {
@@ -458,7 +498,8 @@ static void check_freed(const struct msg_desc *d, const void *obj)
         const struct msg_field *f = &d->fields[i];
         if (f->type == MSG_OBJ)
             check_freed(f->sub, o + f->offset);
-        if (f->type == MSG_ARRAY || f->type == MSG_STR_ARRAY || f->type == MSG_U64_ARRAY) {
+        if (f->type == MSG_ARRAY || f->type == MSG_STR_ARRAY || f->type == MSG_U64_ARRAY ||
+            f->type == MSG_NAMED) {
             assert_null(*(void *const *)(o + f->offset));
             assert_int_equal(*field_count(f, (void *)o), 0);
         }
@@ -651,10 +692,11 @@ static void test_msg_descriptor_tables_are_consistent(void **state)
                 fail_msg("%s.%s: value outside the struct", d->name, fl->key);
             if (field_optional(fl) && fl->has_offset + sizeof(bool) > d->size)
                 fail_msg("%s.%s: has_ flag outside the struct", d->name, fl->key);
-            if ((fl->type == MSG_OBJ || fl->type == MSG_ARRAY) && fl->sub == NULL)
+            if ((fl->type == MSG_OBJ || fl->type == MSG_ARRAY || fl->type == MSG_NAMED) &&
+                fl->sub == NULL)
                 fail_msg("%s.%s: no sub-descriptor", d->name, fl->key);
             if ((fl->type == MSG_ARRAY || fl->type == MSG_STR_ARRAY ||
-                 fl->type == MSG_U64_ARRAY) &&
+                 fl->type == MSG_U64_ARRAY || fl->type == MSG_NAMED) &&
                 fl->count_offset + sizeof(size_t) > d->size)
                 fail_msg("%s.%s: count outside the struct", d->name, fl->key);
             for (size_t g = 0; g < f; g++)
@@ -801,6 +843,16 @@ static void collect_sites(const struct msg_desc *d, msgpack_object *map, const c
             continue;
         if (f->type == MSG_OBJ)
             collect_sites(f->sub, &kv->val, p, out);
+        if (f->type == MSG_NAMED) {
+            for (uint32_t e = 0; e < kv->val.via.map.size; e++) {
+                char pe[208];
+                msgpack_object_kv *ekv = &kv->val.via.map.ptr[e];
+                snprintf(pe, sizeof(pe), "%s.%.*s", p, (int)ekv->key.via.str.size,
+                         ekv->key.via.str.ptr);
+                site_add(out, pe, f, true, NULL, &ekv->val);
+                collect_sites(f->sub, &ekv->val, pe, out);
+            }
+        }
         if (f->type == MSG_ARRAY || f->type == MSG_STR_ARRAY || f->type == MSG_U64_ARRAY) {
             for (uint32_t e = 0; e < kv->val.via.array.size; e++) {
                 char pe[208];
@@ -824,7 +876,7 @@ static msgpack_object wrong_value(const struct site *s, bool nil_variant, const 
 
     memset(&o, 0, sizeof(o));
     if (s->element)
-        t = t == MSG_ARRAY ? MSG_OBJ : t == MSG_STR_ARRAY ? MSG_STR : MSG_U64;
+        t = t == MSG_ARRAY || t == MSG_NAMED ? MSG_OBJ : t == MSG_STR_ARRAY ? MSG_STR : MSG_U64;
     switch (t) {
     case MSG_U64:
         *expect = "expected a non-negative integer";
@@ -855,6 +907,10 @@ static msgpack_object wrong_value(const struct site *s, bool nil_variant, const 
         break;
     case MSG_OBJ:
         *expect = "expected a map";
+        o.type = MSGPACK_OBJECT_ARRAY;
+        break;
+    case MSG_NAMED:
+        *expect = "expected a map of names to maps";
         o.type = MSGPACK_OBJECT_ARRAY;
         break;
     default:
@@ -1153,6 +1209,9 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.has_seq = true;
     st.has_health = true;
     st.health.on_nonfinite = msg_str_c("skip");
+    st.has_profiles = true; /* an empty list */
+    st.has_eval_profile = true;
+    st.eval_profile = msg_str_c("ema");
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);
     assert_int_equal(map->via.map.size, msg_session_state_desc.nfields);
@@ -1750,6 +1809,67 @@ static void test_msg_str_helpers(void **state)
     assert_int_equal(msg_str_copy((struct msg_str){"abc\0", 4}, out, sizeof(out)), -EINVAL);
 }
 
+/* config.profiles: a map of names to profiles, decoded in the map's order (the first profile is
+ * the default eval_profile); a key a profile does not know is an error naming it. */
+static void test_msg_profiles_keep_order_and_refuse_unknown_fields(void **state)
+{
+    struct packed p;
+    msgpack_packer *pk;
+    (void)state;
+
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 2);
+    k(pk, "profiles");
+    msgpack_pack_map(pk, 3);
+    k(pk, "zeta");
+    msgpack_pack_map(pk, 1);
+    kv_str(pk, "half_life", "100ba");
+    k(pk, "alpha");
+    msgpack_pack_map(pk, 2);
+    kv_str(pk, "schedule", "warmup");
+    kv_u(pk, "update_after_step", 3);
+    k(pk, "mid");
+    msgpack_pack_map(pk, 0);
+    kv_str(pk, "eval_profile", "alpha");
+    struct msg_config *c = decode_ok(&msg_config_desc, pk_end(&p));
+    assert_true(c->has_profiles);
+    assert_int_equal(c->nprofiles, 3);
+    assert_true(msg_str_eq(c->profiles[0].name, "zeta"));
+    assert_true(msg_str_eq(c->profiles[0].half_life, "100ba"));
+    assert_true(msg_str_eq(c->profiles[1].name, "alpha"));
+    assert_true(c->profiles[1].has_update_after_step);
+    assert_int_equal(c->profiles[1].update_after_step, 3);
+    assert_true(msg_str_eq(c->profiles[2].name, "mid"));
+    assert_false(c->profiles[2].has_schedule);
+    assert_true(msg_str_eq(c->eval_profile, "alpha"));
+    msg_free(&msg_config_desc, c);
+    free(c);
+    pk_done(&p);
+
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 1);
+    k(pk, "profiles");
+    msgpack_pack_map(pk, 1);
+    k(pk, "fast");
+    msgpack_pack_map(pk, 2);
+    kv_str(pk, "half_life", "100ba");
+    kv_u(pk, "halflife", 7);
+    expect_decode_error(&msg_config_desc, pk_end(&p),
+                        "profiles.fast.halflife: not a field of a profile (schedule, half_life, "
+                        "smoothing, update_interval, ema_start, decay, min_decay, "
+                        "update_after_step, inv_gamma, power, sigma_rel, gamma)");
+    pk_done(&p);
+
+    pk = pk_begin(&p);
+    msgpack_pack_map(pk, 1);
+    k(pk, "profiles");
+    msgpack_pack_map(pk, 1);
+    msgpack_pack_uint8(pk, 1);
+    msgpack_pack_map(pk, 0);
+    expect_decode_error(&msg_config_desc, pk_end(&p), "profiles[0]: expected a string key");
+    pk_done(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1772,6 +1892,7 @@ int main(void)
         cmocka_unit_test(test_msg_error_fits_a_small_buffer),
         cmocka_unit_test(test_msg_table_reads_as_the_list),
         cmocka_unit_test(test_msg_str_helpers),
+        cmocka_unit_test(test_msg_profiles_keep_order_and_refuse_unknown_fields),
         cmocka_unit_test(test_msg_first_of_a_repeated_key_counts),
     };
 

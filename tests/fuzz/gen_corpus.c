@@ -138,6 +138,40 @@ static void reg_smoothing(uint32_t id, const char *session, double smoothing)
     req(id, "register", &msg_register_desc, &r);
 }
 
+/* Three profiles, one of each schedule (docs/protocol.md "Profiles"). */
+static void reg_profiles(uint32_t id, const char *session)
+{
+    struct msg_register r;
+    struct msg_profile p[3];
+
+    memset(&r, 0, sizeof(r));
+    memset(p, 0, sizeof(p));
+    p[0].name = msg_str_c("fast");
+    p[0].has_half_life = true;
+    p[0].half_life = msg_str_c("4ba");
+    p[1].name = msg_str_c("warm");
+    p[1].has_decay = true;
+    p[1].decay = 0.999;
+    p[1].has_update_after_step = true;
+    p[1].update_after_step = 1;
+    p[2].name = msg_str_c("p05");
+    p[2].has_schedule = true;
+    p[2].schedule = msg_str_c("power");
+    p[2].has_sigma_rel = true;
+    p[2].sigma_rel = 0.05;
+    r.session = msg_str_c(session);
+    r.shm = msg_str_c(SEG);
+    r.tensors = tensors;
+    r.ntensors = 2;
+    r.has_config = true;
+    r.config.has_profiles = true;
+    r.config.profiles = p;
+    r.config.nprofiles = 3;
+    r.config.has_eval_profile = true;
+    r.config.eval_profile = msg_str_c("warm");
+    req(id, "register", &msg_register_desc, &r);
+}
+
 static void event(uint32_t id, const char *session, const char *ev, uint64_t batch, uint64_t epoch)
 {
     struct msg_event e = {msg_str_c(session), msg_str_c(ev), {.batch = batch, .epoch = epoch, .has_duration = true, .duration = 0.5}, true, batch + 1};
@@ -146,7 +180,7 @@ static void event(uint32_t id, const char *session, const char *ev, uint64_t bat
 
 static void swap(uint32_t id, const char *session, const char *to)
 {
-    struct msg_swap s = {msg_str_c(session), msg_str_c(to), false, 0};
+    struct msg_swap s = {.session = msg_str_c(session), .to = msg_str_c(to)};
     req(id, "swap", &msg_swap_desc, &s);
 }
 
@@ -233,7 +267,8 @@ static void event_counts(uint32_t id, const char *session, uint64_t batch, int w
 
 static void swap_seq(uint32_t id, const char *session, const char *to, uint64_t seq)
 {
-    struct msg_swap s = {msg_str_c(session), msg_str_c(to), true, seq};
+    struct msg_swap s = {.session = msg_str_c(session), .to = msg_str_c(to), .has_seq = true,
+                         .seq = seq};
     req(id, "swap", &msg_swap_desc, &s);
 }
 
@@ -348,7 +383,7 @@ static void gen_wire(void)
         sr.sessions = &rr.state;
         sr.nsessions = 1;
         wrapped(22, &msg_status_reply_desc, &sr);
-        struct msg_action a = {{"update", 6}, false, true, 3, false, false, false, false};
+        struct msg_action a = {.action = {"update", 6}, .started = true, .updates = 3};
         wrapped(23, &msg_action_desc, &a);
         struct msg_file_reply fr = {{"/var/lib/emad/x.ema", 19}, 4096};
         wrapped(24, &msg_file_reply_desc, &fr);
@@ -378,7 +413,9 @@ static void gen_wire(void)
         wrapped(85, &msg_error_desc, &e);
         struct msg_empty em = {0};
         wrapped(86, &msg_empty_desc, &em);
-        struct msg_action a = {{"update", 6}, false, true, 3, true, true, true, true};
+        struct msg_action a = {.action = {"update", 6}, .started = true, .updates = 3,
+                               .has_replayed = true, .replayed = true,
+                               .has_interrupted = true, .interrupted = true};
         wrapped(87, &msg_action_desc, &a);
         uint64_t offs[] = {0, 1024};
         struct msg_register_reply rr;
@@ -545,6 +582,24 @@ static void gen_dispatch(void)
     close_(10, "run-2", false);
     status(11, NULL);
     save("dispatch", "swap_save_load_close");
+
+    begin();
+    hello(1);
+    reg_profiles(2, "prof");
+    event(3, "prof", "batch_end", 1, 0);
+    event(4, "prof", "batch_end", 2, 0);
+    {
+        struct msg_swap sw = {.session = msg_str_c("prof"), .to = msg_str_c("ema"),
+                              .has_profile = true, .profile = msg_str_c("p05")};
+        req(5, "swap", &msg_swap_desc, &sw);
+    }
+    swap(6, "prof", "train");
+    event(7, "prof", "eval_start", 2, 0);
+    event(8, "prof", "eval_end", 2, 0);
+    file(9, "save", "prof", "snap");
+    file(10, "load", "prof", "snap");
+    status(11, "prof");
+    save("dispatch", "profiles");
 
     begin();
     hello(1);

@@ -1652,7 +1652,7 @@ static void test_NOSESSION_and_EXISTS(void **state)
                           .time = {.batch = 1}};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "NOSESSION", "nope", "event");
-    struct msg_swap sw = {msg_str_c("nope"), msg_str_c("ema"), false, 0};
+    struct msg_swap sw = {.session = msg_str_c("nope"), .to = msg_str_c("ema")};
     raw_request(&raw, "swap", &msg_swap_desc, &sw, &rep);
     expect_reply(&rep, "NOSESSION", "nope", "swap");
     struct msg_close cl = {msg_str_c("nope"), false, false};
@@ -1693,7 +1693,7 @@ static void test_PERM_for_requests_from_another_connection(void **state)
                           .time = {.batch = 1}};
     raw_request(&raw, "event", &msg_event_desc, &e, &rep);
     expect_reply(&rep, "PERM", "owned", "event from another connection");
-    struct msg_swap sw = {msg_str_c("owned"), msg_str_c("ema"), false, 0};
+    struct msg_swap sw = {.session = msg_str_c("owned"), .to = msg_str_c("ema")};
     raw_request(&raw, "swap", &msg_swap_desc, &sw, &rep);
     expect_reply(&rep, "PERM", "owned", "swap from another connection");
     struct msg_close cl = {msg_str_c("owned"), true, true};

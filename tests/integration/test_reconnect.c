@@ -943,7 +943,8 @@ static void test_seq_sent_again_is_answered_not_applied(void **state)
     assert_string_equal(code, "STATE");
 
     /* A swap sent again runs again, against the state as it is. */
-    struct msg_swap sw = {msg_str_c("numbered"), msg_str_c("ema"), true, 20};
+    struct msg_swap sw = {.session = msg_str_c("numbered"), .to = msg_str_c("ema"),
+                          .has_seq = true, .seq = 20};
     raw_send(&r, "swap", &msg_swap_desc, &sw);
     raw_read(&r, code, &msg_action_desc, &a);
     assert_string_equal(code, "");

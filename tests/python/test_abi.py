@@ -23,6 +23,7 @@ STRUCTS = {
     "emac_result": _lib.EmacResult, "emac_file": _lib.EmacFile,
     "emac_status": _lib.EmacStatus,
     "emac_health_config": _lib.EmacHealthConfig, "emac_health": _lib.EmacHealth,
+    "emac_profile": _lib.EmacProfile, "emac_profile_info": _lib.EmacProfileInfo,
 }
 
 

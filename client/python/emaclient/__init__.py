@@ -129,6 +129,50 @@ def _result(r):
                   bool(r.interrupted))
 
 
+def _profile_settings(c):
+    out = {k: _s(getattr(c, k)) for k in ("schedule", "half_life", "ema_start", "update_interval")
+           if getattr(c, k) is not None}
+    out.update((k, float(getattr(c, k))) for k in _PROFILE_NUM if getattr(c, "has_" + k))
+    if c.has_update_after_step:
+        out["update_after_step"] = int(c.update_after_step)
+    return out
+
+
+def _profile_infos(n, arr):
+    return [{"name": _s(arr[i].name), "schedule": _s(arr[i].schedule), "eval": bool(arr[i].eval),
+             "started": bool(arr[i].started), "updates": int(arr[i].updates),
+             "last_batch": int(arr[i].last_batch) if arr[i].has_last_batch else None,
+             "last_decay": float(arr[i].last_decay) if arr[i].has_last_decay else None,
+             "shadow_offset": int(arr[i].shadow_offset),
+             "config": _profile_settings(arr[i].config)} for i in range(n)]
+
+
+# The settings a profile may carry (docs/protocol.md "Profiles"), and how each is sent.
+_PROFILE_STR = ("schedule", "half_life", "ema_start", "update_interval")
+_PROFILE_NUM = ("smoothing", "decay", "min_decay", "inv_gamma", "power", "sigma_rel", "gamma")
+
+
+def _profile_struct(name, settings):
+    """A struct emac_profile from a name and a dict of settings."""
+    p = _lib.EmacProfile()
+    p.name = _b(name, "profile name")
+    for k, v in settings.items():
+        if v is None:
+            continue
+        if k in _PROFILE_STR:
+            setattr(p, k, _b(str(v), k))
+        elif k in _PROFILE_NUM:
+            setattr(p, k, float(v))
+            setattr(p, "has_" + k, True)
+        elif k == "update_after_step":
+            p.update_after_step = int(v)
+            p.has_update_after_step = True
+        else:
+            raise ValueError("profile %r: %r is not a setting of a profile (%s)" % (
+                name, k, ", ".join(_PROFILE_STR + _PROFILE_NUM + ("update_after_step",))))
+    return p
+
+
 def _session_info(si):
     last = None
     if si.has_last_time:
@@ -317,6 +361,10 @@ class Client:
             for i, info in enumerate(sessions):
                 h = lib.emac_status_health(st, i)
                 info["health"] = _health(h.contents) if h else None
+                arr = ctypes.POINTER(_lib.EmacProfileInfo)()
+                n = lib.emac_status_profiles(st, i, ctypes.byref(arr))
+                if n:
+                    info["profiles"] = _profile_infos(n, arr)
         finally:
             lib.emac_status_free(st)
         return {"server": server, "sessions": sessions}
@@ -339,13 +387,37 @@ class Client:
 
     def register(self, session, segment, *, half_life=None, smoothing=None,
                  update_interval=None, ema_start=None, resume=False, on_nonfinite=None,
-                 health=None):
+                 health=None, profiles=None, eval_profile=None):
         """Register a session for the tensors of `segment` (a Segment); the
         config fields left None take emad's defaults. With resume, re-attach
         to a detached session of that name with the same tensor table.
         on_nonfinite: "skip" (emad's default: a NaN or Inf param element
         leaves its shadow element as it was) or "apply"; health=False turns
-        the health signals off (docs/running.md "Health")."""
+        the health signals off (docs/running.md "Health").
+        profiles: {name: {setting: value}} (docs/protocol.md "Profiles"; in
+        order, at most 8), instead of half_life, smoothing, update_interval
+        and ema_start; eval_profile: the one eval_start swaps in (default:
+        the first)."""
+        if profiles is not None:
+            if any(v is not None for v in (half_life, smoothing, update_interval, ema_start)):
+                raise ValueError("register: give profiles or half_life/smoothing/"
+                                 "update_interval/ema_start, not both")
+            items = list(profiles.items())
+            arr = (_lib.EmacProfile * max(1, len(items)))()
+            for i, (name, settings) in enumerate(items):
+                arr[i] = _profile_struct(name, dict(settings))
+            hcfg = _lib.EmacHealthConfig()
+            hcfg.on_nonfinite = _b(on_nonfinite, "on_nonfinite")
+            if health is not None:
+                hcfg.has_health = True
+                hcfg.health = bool(health)
+            handle = _lib.session_p()
+            err = _lib.EmacError()
+            _check(lib.emac_register_profiles(
+                self._handle(), _b(session, "session"), segment._handle(), arr, len(items),
+                _b(eval_profile, "eval_profile"), ctypes.byref(hcfg), bool(resume),
+                ctypes.byref(handle), ctypes.byref(err)), err)
+            return Session(self, segment, handle)
         cfg = _lib.EmacConfig()
         cfg.half_life = _b(half_life, "half_life")
         if smoothing is not None:
@@ -591,6 +663,26 @@ class Session:
             self.shadows.append(ShadowInfo(_s(sh.name), _s(sh.dtype), int(sh.elem_size),
                                            int(sh.numel), int(sh.offset),
                                            sh.data if sh.numel else None))
+        arr = ctypes.POINTER(_lib.EmacProfileInfo)()
+        n = lib.emac_session_profiles(handle, ctypes.byref(arr))
+        # [] for a session registered without profiles (its one profile is "ema")
+        self.profiles = _profile_infos(n, arr)
+
+    def profile_address(self, profile, i):
+        """The address of tensor i's shadow in the profile (its index or name;
+        read-only memory), or None for an empty tensor. Profile 0 (or "ema"
+        without profiles) is shadows[i].address."""
+        if not isinstance(profile, int):
+            names = [p["name"] for p in self.profiles] or ["ema"]
+            if profile not in names:
+                raise KeyError("session %s has no profile %r" % (self.name, profile))
+            profile = names.index(profile)
+        if self.shadows[i].numel == 0:
+            return None
+        addr = lib.emac_session_profile_data(self._handle(), profile, i)
+        if not addr:
+            raise IndexError("session %s: no profile %d" % (self.name, profile))
+        return addr
 
     def _handle(self):
         if self.freed:
@@ -671,10 +763,17 @@ class Session:
         n = lib.emac_session_nonfinite(self._handle(), ctypes.byref(tensor))
         return int(n), _s(tensor.value) if n else None
 
-    def swap(self, to):
-        """Swap to "ema" (as eval_start) or "train" (as eval_end): a Result."""
+    def swap(self, to, profile=None):
+        """Swap to "ema" (as eval_start) or "train" (as eval_end): a Result.
+        profile: with "ema", the profile to swap in (default: the eval one)."""
         out = _lib.EmacResult()
         err = _lib.EmacError()
+        if profile is not None:
+            if to != "ema":
+                raise ValueError("swap: profile= goes with to='ema' only")
+            _check(lib.emac_swap_profile(self._handle(), _b(profile, "profile"),
+                                         ctypes.byref(out), ctypes.byref(err)), err)
+            return _result(out)
         _check(lib.emac_swap(self._handle(), _b(to, "to"), ctypes.byref(out), ctypes.byref(err)),
                err)
         return _result(out)

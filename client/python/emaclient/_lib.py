@@ -80,6 +80,48 @@ class EmacHealthConfig(ctypes.Structure):
     ]
 
 
+class EmacProfile(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("schedule", c_char_p),
+        ("half_life", c_char_p),
+        ("has_smoothing", c_bool),
+        ("smoothing", c_double),
+        ("ema_start", c_char_p),
+        ("update_interval", c_char_p),
+        ("has_decay", c_bool),
+        ("decay", c_double),
+        ("has_min_decay", c_bool),
+        ("min_decay", c_double),
+        ("has_update_after_step", c_bool),
+        ("update_after_step", c_uint64),
+        ("has_inv_gamma", c_bool),
+        ("inv_gamma", c_double),
+        ("has_power", c_bool),
+        ("power", c_double),
+        ("has_sigma_rel", c_bool),
+        ("sigma_rel", c_double),
+        ("has_gamma", c_bool),
+        ("gamma", c_double),
+    ]
+
+
+class EmacProfileInfo(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("schedule", c_char_p),
+        ("eval", c_bool),
+        ("started", c_bool),
+        ("updates", c_uint64),
+        ("has_last_batch", c_bool),
+        ("last_batch", c_uint64),
+        ("has_last_decay", c_bool),
+        ("last_decay", c_double),
+        ("shadow_offset", c_uint64),
+        ("config", EmacProfile),
+    ]
+
+
 class EmacHealth(ctypes.Structure):
     _fields_ = [
         ("enabled", c_bool),
@@ -271,6 +313,15 @@ _PROTOTYPES = {
     "emac_status_raw": (None, [POINTER(EmacStatus), POINTER(c_void_p), POINTER(c_size_t)]),
     "emac_metrics": (c_int, [client_p, POINTER(c_void_p), err_p]),
     "emac_status_health": (POINTER(EmacHealth), [POINTER(EmacStatus), c_size_t]),
+    "emac_register_profiles": (
+        c_int,
+        [client_p, c_char_p, segment_p, POINTER(EmacProfile), c_size_t, c_char_p,
+         POINTER(EmacHealthConfig), c_bool, POINTER(session_p), err_p]),
+    "emac_session_profiles": (c_size_t, [session_p, POINTER(POINTER(EmacProfileInfo))]),
+    "emac_session_profile_data": (c_void_p, [session_p, c_size_t, c_size_t]),
+    "emac_swap_profile": (c_int, [session_p, c_char_p, POINTER(EmacResult), err_p]),
+    "emac_status_profiles": (
+        c_size_t, [POINTER(EmacStatus), c_size_t, POINTER(POINTER(EmacProfileInfo))]),
 }
 
 # enum emac_action, in the header's order.

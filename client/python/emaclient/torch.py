@@ -403,6 +403,13 @@ class EMA:
         or Inf parameter element as it was, so that a bad step never poisons
         the EMA; "apply" averages it in like any other. health=False turns
         the health signals (health()) off. docs/running.md "Health".
+    profiles: several EMAs of the model at once, {name: settings} in order
+        (at most 8; docs/protocol.md "Profiles"), instead of half_life,
+        smoothing, update_interval and ema_start: Composer's ({"half_life":
+        "100ba"}), timm's warm-up ({"decay": 0.9999, "inv_gamma": 1, "power":
+        0.75}) or EDM2's power function ({"sigma_rel": 0.05}). eval_profile:
+        the one eval() and checkpoint() swap in (default: the first);
+        swap("ema", profile=NAME) and eval(profile=NAME) take any.
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -413,7 +420,7 @@ class EMA:
                  ema_start="0.0dur", update_interval=None, session=None, socket=None,
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
                  streams=None, max_duration=None, include_frozen=False, on_nonfinite=None,
-                 health=None):
+                 health=None, profiles=None, eval_profile=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -424,6 +431,23 @@ class EMA:
         elif streams != "device":
             streams = tuple(streams) if isinstance(streams, (list, tuple)) else (streams,)
         self._streams = streams
+        self._profiles = None
+        self._profile_shadows = {}
+        if profiles is not None:
+            if (smoothing is not None or update_interval is not None or ema_start != "0.0dur"
+                    or not isinstance(half_life, _DefaultHalfLife)):
+                raise ValueError("give profiles= or half_life/smoothing/update_interval/"
+                                 "ema_start, not both: each profile carries its own")
+            if not isinstance(profiles, dict) or not profiles:
+                raise ValueError("profiles must be a non-empty dict {name: settings}")
+            self._profiles = {str(k): dict(v) for k, v in profiles.items()}
+            if eval_profile is not None and eval_profile not in self._profiles:
+                raise ValueError("eval_profile %r names none of the profiles" % (eval_profile,))
+            half_life = None
+            smoothing = 0.0  # not sent: the profiles are
+        elif eval_profile is not None and eval_profile != "ema":
+            raise ValueError("eval_profile needs profiles=")
+        self._eval_profile = eval_profile
         if smoothing is not None:
             if half_life is not None and not isinstance(half_life, _DefaultHalfLife):
                 raise ValueError("Only one of half_life or smoothing can be specified")
@@ -438,6 +462,9 @@ class EMA:
                         "smoothing": smoothing, "update_interval": update_interval,
                         "ema_start": ema_start, "on_nonfinite": on_nonfinite,
                         "health": health}
+        if self._profiles is not None:
+            self._config.update(half_life=None, smoothing=None, ema_start=None,
+                                profiles=self._profiles, eval_profile=eval_profile)
         self._entries = self._collect(model)
         if not self._entries:
             raise ValueError("the model has no parameters or buffers")
@@ -541,12 +568,18 @@ class EMA:
             self.session_name, res.segment, half_life=c["half_life"],
             smoothing=c["smoothing"], update_interval=c["update_interval"],
             ema_start=c["ema_start"], resume=resume, on_nonfinite=c["on_nonfinite"],
-            health=c["health"])
+            health=c["health"], profiles=c.get("profiles"), eval_profile=c.get("eval_profile"))
         _released_by_owner(session)
         res.session = session
         for e, sh in zip(self._entries, session.shadows):
             nbytes = sh.numel * sh.elem_size
             e.shadow = _view(sh.address, nbytes, _TORCH[sh.dtype], e.shape)
+        # Each profile's shadow, {name: [view per entry]} (profile 0's are e.shadow).
+        self._profile_shadows = {}
+        for p, info in enumerate(session.profiles):
+            self._profile_shadows[info["name"]] = [
+                _view(session.profile_address(p, i), sh.numel * sh.elem_size, _TORCH[sh.dtype],
+                      e.shape) for i, (e, sh) in enumerate(zip(self._entries, session.shadows))]
         st = session.state
         self._interval, self._unit = _parse_time(st["update_interval"])
         self._started = st["started"]
@@ -689,8 +722,8 @@ class EMA:
         """Whether emad may read the params for this event (docs/protocol.md "EMA semantics"):
         only the update event of the interval's unit, and once started only
         when the time is a multiple of the interval."""
-        if event not in ("batch_end", "epoch_end"):
-            return True
+        if event not in ("batch_end", "epoch_end") or self._profiles is not None:
+            return True  # (profiles: each has its own interval, any may read)
         if (event == "batch_end") != (self._unit == "ba"):
             return False
         if self._started:
@@ -955,12 +988,16 @@ class EMA:
             self._push(self._res.mirrored)
 
     def eval_start(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
-                   seconds=None):
+                   seconds=None, profile=None):
         """Swap the EMA weights in (once the EMA has started). The clock
         arguments, optional everywhere but in batch_end/epoch_end, update the
-        time the next events carry."""
+        time the next events carry. profile: that profile's (default: the
+        eval profile)."""
         self._clock(batch, epoch, duration, samples, tokens, seconds)
         self._before_swap_in()
+        if profile is not None:
+            with self._talking():
+                return self._note(self._session().swap("ema", profile=profile))
         return self._call("eval_start")
 
     def eval_end(self):
@@ -973,11 +1010,12 @@ class EMA:
 
     @contextlib.contextmanager
     def eval(self, batch=None, epoch=None, duration=None, samples=None, tokens=None,
-             seconds=None):
+             seconds=None, profile=None):
         """with ema.eval(): the model holds the EMA weights inside the block
         (eval_start / eval_end), once the EMA has started; its training
-        weights come back bit for bit after. (It does not call model.eval().)"""
-        self.eval_start(batch, epoch, duration, samples, tokens, seconds)
+        weights come back bit for bit after. (It does not call model.eval().)
+        profile: that profile's EMA weights (default: the eval profile)."""
+        self.eval_start(batch, epoch, duration, samples, tokens, seconds, profile=profile)
         try:
             yield self
         finally:
@@ -991,17 +1029,20 @@ class EMA:
         self._before_swap_in()
         return self._call("checkpoint")
 
-    def swap(self, to):
-        """Swap to "ema" or "train" on request (as eval_start / eval_end)."""
+    def swap(self, to, profile=None):
+        """Swap to "ema" or "train" on request (as eval_start / eval_end).
+        profile: with "ema", the profile to swap in (default: the eval one)."""
         if to not in ("ema", "train"):
             raise ValueError("swap: to must be 'ema' or 'train', not %r" % (to,))
+        if profile is not None and to != "ema":
+            raise ValueError("swap: profile= goes with 'ema' only")
         if to == "ema":
             self._before_swap_in()
         else:
             self.wait()
             self._check_model()
         with self._talking():
-            return self._note(self._session().swap(to))
+            return self._note(self._session().swap(to, profile=profile))
 
     def _swap_back(self):
         self.wait()
@@ -1101,22 +1142,36 @@ class EMA:
         self.wait()
         return self.state().get("health")
 
-    def shadow_state_dict(self):
+    def shadow_state_dict(self, profile=None):
         """{name: tensor}: copies of the shadow exactly as emad keeps it (fp32 for
         f32/f16/bf16 tensors, fp64 for f64, the tensor's dtype for integers),
-        on the CPU."""
+        on the CPU. profile: that profile's (default: the first)."""
         self.wait()
         self._session()
-        return {e.name: e.shadow.clone() for e in self._entries}
+        return {e.name: t.clone() for e, t in zip(self._entries, self._shadows_of(profile))}
 
-    def ema_state_dict(self):
+    @property
+    def profiles(self):
+        """The profiles' names, in order (["ema"] without profiles=)."""
+        return list(self._profile_shadows) or ["ema"]
+
+    def _shadows_of(self, profile):
+        if profile is None or (not self._profile_shadows and profile == "ema"):
+            return [e.shadow for e in self._entries]
+        if profile not in self._profile_shadows:
+            raise KeyError("the EMA has no profile %r (it has %s)" % (
+                profile, ", ".join(self.profiles)))
+        return self._profile_shadows[profile]
+
+    def ema_state_dict(self, profile=None):
         """{name: tensor}: the EMA weights in the model's dtypes (read from the
         shadow, rounded to nearest even as a swap-in does), on the model's
-        devices."""
+        devices. profile: that profile's (default: the first)."""
         self.wait()
         self._session()
-        out = {e.name: e.shadow.to(device=e.device, dtype=e.dtype, copy=True)
-               for e in self._entries if e.name not in self._excluded}
+        out = {e.name: t.to(device=e.device, dtype=e.dtype, copy=True)
+               for e, t in zip(self._entries, self._shadows_of(profile))
+               if e.name not in self._excluded}
         if self._excluded:
             # left out of the EMA (frozen at its start): what eval() shows for them
             training = self.training_state_dict()
@@ -1174,6 +1229,8 @@ class EMA:
     # ---- checkpoints ----
 
     def _config_reported(self, st):
+        if self._profiles is not None:
+            return {"profiles": self._profiles, "eval_profile": self._eval_profile}
         return {k: st[k] for k in ("half_life", "smoothing", "update_interval", "ema_start")}
 
     def state_dict(self, save_in_emad=True, layout="current"):
@@ -1210,6 +1267,14 @@ class EMA:
             "excluded": sorted(self._excluded),
             "state_file": None,
         }
+        if self._profiles is not None:
+            # Every profile's exact shadow and counters (the first's is ema_model's too).
+            meta["profiles"] = {
+                p["name"]: {"shadow": {e.name: t.clone() for e, t in
+                                       zip(self._entries, self._profile_shadows[p["name"]])},
+                            "started": p["started"], "updates": p["updates"],
+                            "last_batch": p["last_batch"], "last_decay": p["last_decay"]}
+                for p in st.get("profiles", [])}
         if save_in_emad:
             try:
                 self._res.client.save(self.session_name, self._state_file)
@@ -1345,6 +1410,13 @@ class EMA:
                 counts[name] = v
         self._clock(None, None, None, **counts)
         if not (meta.get("state_file") and self._load_from_emad(meta, ema)):
+            if self._profiles is not None or meta.get("profiles"):
+                raise ValueError("load_state_dict: an EMA of several profiles resumes from the "
+                                 "state file emad saved with the checkpoint (state_dict("
+                                 "save_in_emad=True)), with the same profiles: %s" % (
+                                     "the checkpoint names none" if not meta.get("state_file")
+                                     else "emad could not load %r or it does not match" %
+                                     meta.get("state_file")))
             self._reseed(ema, meta, started)
         self._excluded = frozenset(excluded) if self._started else frozenset()
 
@@ -1360,6 +1432,13 @@ class EMA:
         if (st["started"] != meta.get("started") or st["updates"] != meta.get("updates") or
                 st["last_time"] != meta.get("last_time")):
             return False
+        for name, saved in (meta.get("profiles") or {}).items():
+            if name not in self._profile_shadows:
+                return False
+            for e, t in zip(self._entries, self._profile_shadows[name]):
+                want = (saved.get("shadow") or {}).get(e.name)
+                if want is None or not _bits_equal(t, want.detach().to("cpu").reshape(e.shape)):
+                    return False
         shadows = meta.get("shadow") or {}
         for e in self._entries:
             want = shadows.get(e.name)
