@@ -167,6 +167,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS   := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer -g -O1
 FUZZERS      := build/fuzz/fuzz_wire build/fuzz/fuzz_dispatch build/fuzz/fuzz_safetensors
+FUZZERS      += build/fuzz/fuzz_jtree
 FUZZ_HDRS     = $(wildcard proto/*.h daemon/*.h)
 tests: $(FUZZERS)
 
@@ -180,6 +181,11 @@ build/fuzz/fuzz_dispatch: tests/fuzz/fuzz_dispatch.c $(PROTO_SRC) $(DAEMON_SRC) 
 
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c proto/safetensors.c proto/durable.c \
                              proto/names.c proto/dtype.c proto/errbuf.c $(FUZZ_HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
+
+build/fuzz/fuzz_jtree: tests/fuzz/fuzz_jtree.c proto/jtree.c proto/names.c proto/errbuf.c \
+                       $(FUZZ_HDRS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
 
