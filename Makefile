@@ -282,7 +282,7 @@ install: all build/emaclient.pc $(addprefix build/systemd/,$(UNITS) $(USER_UNITS
 	install -m 0755 build/libemaclient.so $(DESTDIR)$(LIBDIR)/libemaclient.so.$(VERSION)
 	ln -sf libemaclient.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libemaclient.so.$(SOVERSION)
 	ln -sf libemaclient.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libemaclient.so
-	install -m 0644 client/emaclient.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 client/emaclient.h client/emacheckpoint.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0644 build/emaclient.pc $(DESTDIR)$(PKGCONFIGDIR)/
 	install -m 0644 build/systemd/emad.service build/systemd/emad.socket $(DESTDIR)$(UNITDIR)/
 	install -m 0644 build/systemd/emad-user.service $(DESTDIR)$(USERUNITDIR)/emad.service
@@ -299,7 +299,8 @@ uninstall:
 	    $(DESTDIR)$(LIBDIR)/libemaclient.a $(DESTDIR)$(LIBDIR)/libemaclient.so \
 	    $(DESTDIR)$(LIBDIR)/libemaclient.so.$(SOVERSION) \
 	    $(DESTDIR)$(LIBDIR)/libemaclient.so.$(VERSION) \
-	    $(DESTDIR)$(INCLUDEDIR)/emaclient.h $(DESTDIR)$(PKGCONFIGDIR)/emaclient.pc \
+	    $(DESTDIR)$(INCLUDEDIR)/emaclient.h $(DESTDIR)$(INCLUDEDIR)/emacheckpoint.h \
+	    $(DESTDIR)$(PKGCONFIGDIR)/emaclient.pc \
 	    $(DESTDIR)$(UNITDIR)/emad.service $(DESTDIR)$(UNITDIR)/emad.socket \
 	    $(DESTDIR)$(USERUNITDIR)/emad.service $(DESTDIR)$(USERUNITDIR)/emad.socket \
 	    $(DESTDIR)$(MANDIR)/man8/emad.8 $(DESTDIR)$(MANDIR)/man1/emactl.1
