@@ -52,7 +52,7 @@ TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer
 PROTO_SRC  := $(wildcard proto/*.c)
 DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c client/posthoc.c \
-              client/shards.c \
+              client/shards.c client/shards_write.c client/shards_open.c client/shards_read.c \
               client/status.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
               client/emactl_top.c client/json.c client/emactl_ckpt.c
@@ -167,6 +167,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS   := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                 -fno-omit-frame-pointer -g -O1
 FUZZERS      := build/fuzz/fuzz_wire build/fuzz/fuzz_dispatch build/fuzz/fuzz_safetensors
+FUZZERS      += build/fuzz/fuzz_jtree
 FUZZ_HDRS     = $(wildcard proto/*.h daemon/*.h)
 tests: $(FUZZERS)
 
@@ -180,6 +181,11 @@ build/fuzz/fuzz_dispatch: tests/fuzz/fuzz_dispatch.c $(PROTO_SRC) $(DAEMON_SRC) 
 
 build/fuzz/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c proto/safetensors.c proto/durable.c \
                              proto/names.c proto/dtype.c proto/errbuf.c $(FUZZ_HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
+
+build/fuzz/fuzz_jtree: tests/fuzz/fuzz_jtree.c proto/jtree.c proto/names.c proto/errbuf.c \
+                       $(FUZZ_HDRS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
 
@@ -276,7 +282,7 @@ install: all build/emaclient.pc $(addprefix build/systemd/,$(UNITS) $(USER_UNITS
 	install -m 0755 build/libemaclient.so $(DESTDIR)$(LIBDIR)/libemaclient.so.$(VERSION)
 	ln -sf libemaclient.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libemaclient.so.$(SOVERSION)
 	ln -sf libemaclient.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libemaclient.so
-	install -m 0644 client/emaclient.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 client/emaclient.h client/emacheckpoint.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0644 build/emaclient.pc $(DESTDIR)$(PKGCONFIGDIR)/
 	install -m 0644 build/systemd/emad.service build/systemd/emad.socket $(DESTDIR)$(UNITDIR)/
 	install -m 0644 build/systemd/emad-user.service $(DESTDIR)$(USERUNITDIR)/emad.service
@@ -293,7 +299,8 @@ uninstall:
 	    $(DESTDIR)$(LIBDIR)/libemaclient.a $(DESTDIR)$(LIBDIR)/libemaclient.so \
 	    $(DESTDIR)$(LIBDIR)/libemaclient.so.$(SOVERSION) \
 	    $(DESTDIR)$(LIBDIR)/libemaclient.so.$(VERSION) \
-	    $(DESTDIR)$(INCLUDEDIR)/emaclient.h $(DESTDIR)$(PKGCONFIGDIR)/emaclient.pc \
+	    $(DESTDIR)$(INCLUDEDIR)/emaclient.h $(DESTDIR)$(INCLUDEDIR)/emacheckpoint.h \
+	    $(DESTDIR)$(PKGCONFIGDIR)/emaclient.pc \
 	    $(DESTDIR)$(UNITDIR)/emad.service $(DESTDIR)$(UNITDIR)/emad.socket \
 	    $(DESTDIR)$(USERUNITDIR)/emad.service $(DESTDIR)$(USERUNITDIR)/emad.socket \
 	    $(DESTDIR)$(MANDIR)/man8/emad.8 $(DESTDIR)$(MANDIR)/man1/emactl.1

@@ -1,5 +1,5 @@
 /*
- * shards.h - what client/shards.c (group checkpoints, emacheckpoint.h) shows its tests and
+ * shards.h - what client/shards*.c (group checkpoints, emacheckpoint.h) show its tests and
  * emactl beyond the public API: its limits, and consolidation with a buffer of a chosen size
  * so that a test can prove that memory stays bounded.
  */

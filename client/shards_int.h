@@ -1,0 +1,102 @@
+/*
+ * shards_int.h - what the files of group checkpoints share (docs/scaleout.md "Group
+ * checkpoints"), beside the public emacheckpoint.h and the tests' shards.h:
+ *
+ *   shards.c        the checkpoint in memory: chunks checked alone, grouped into tensors whose
+ *                   slices must tile their global shape
+ *   shards_write.c  shard files and the manifest written durably
+ *   shards_open.c   a manifest parsed strictly, every shard file checked against it
+ *   shards_read.c   blocks of a tensor read, whole tensors consolidated, through fixed buffers
+ */
+#ifndef EMAD_SHARDS_INT_H
+#define EMAD_SHARDS_INT_H
+
+#include "emacheckpoint.h"
+#include "emaclient_int.h"
+#include "shards.h"
+
+#include "jtree.h"
+#include "safetensors.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define NDIM EMAC_CKPT_NDIM_MAX
+#define FORMAT_NAME "emad-checkpoint"
+
+/* One tensor's slice in one shard file (a chunk, in PyTorch's words). */
+struct chunk {
+    size_t shard;
+    const char *name;
+    enum dtype dt;
+    unsigned ndim;
+    uint64_t gshape[NDIM], off[NDIM], shape[NDIM];
+    const struct st_tensor *st; /* in the open shard file */
+};
+
+struct shard {
+    const char *file;          /* as the manifest names it */
+    struct st_file f;
+    bool open;
+    uint64_t batch;            /* from its metadata */
+};
+
+/* A tensor of the checkpoint: its distinct chunks (replicas counted once). */
+struct tensor {
+    const char *name;
+    enum dtype dt;
+    unsigned ndim;
+    uint64_t gshape[NDIM];
+    size_t first;              /* the lowest chunk index: the order of first appearance */
+    size_t *chunks;
+    size_t nchunks;
+};
+
+struct emac_checkpoint {
+    const char *path;          /* the manifest's, for messages */
+    char *pathbuf;
+    int dirfd;
+    char *text;
+    struct jt_doc doc;
+    struct emac_ckpt_group group;
+    const char *config;        /* the raw JSON text of the config object */
+    size_t config_len;
+    struct shard *shards;
+    size_t nshards;
+    struct chunk *chunks;
+    size_t nchunks, cap;
+    struct tensor *tensors;    /* in order of first appearance */
+    size_t ntensors;
+    size_t *by_name;           /* tensor indices sorted by name */
+    size_t *chunk_idx;         /* the storage of every tensor's chunks */
+};
+
+#define DIMS 200 /* bytes of a shards_dims() buffer */
+
+/* A new, empty checkpoint named by path (copied), or NULL when out of memory. */
+struct emac_checkpoint *shards_ck_new(const char *path);
+/* Close its files and free it all. */
+void shards_ck_free(struct emac_checkpoint *ck);
+
+/* A file name a manifest may list: relative, inside the manifest's directory; else false and
+ * *why the reason, in words. */
+bool shards_path_ok(const char *p, const char **why);
+/* The elements of a block of that shape (the caller knows that it does not overflow). */
+uint64_t shards_volume(const uint64_t *shape, unsigned ndim);
+/* "[4, 6]" into buf (DIMS bytes), for messages; returns buf. */
+const char *shards_dims(char *buf, size_t len, const uint64_t *v, unsigned n);
+/* The wire dtype name as an argument of the API (USAGE when unknown); what names the caller. */
+int shards_dtype_arg(const char *name, enum dtype *out, const char *what,
+                     struct emac_error *err);
+
+/* Append a chunk of shard index shard after checking it alone: bounds, sizes. where names it
+ * in messages (BADFILE). */
+int shards_chunk_add(struct emac_checkpoint *ck, size_t shard, const char *name,
+                     enum dtype dt, unsigned ndim, const uint64_t *g, const uint64_t *o,
+                     const uint64_t *s, const char *where, struct emac_error *err);
+/* Group ck's chunks into tensors (ck->tensors, ck->by_name) and check that each one's distinct
+ * slices tile its global shape (BADFILE). */
+int shards_index_tensors(struct emac_checkpoint *ck, struct emac_error *err);
+
+#endif
