@@ -213,19 +213,43 @@ static void session_start_next(struct session *s)
 }
 
 /*
+ * The bytes an event's phase reads and writes, at most: an update reads the params and reads and
+ * writes every profile's shadow (and saves it once more with --crash-exact), a cast reads a
+ * shadow and writes the params, the stash copies move the params area both ways. The params
+ * area is the trainer's to size (the tensors need only fit in it), so the copies count it, not
+ * the tensors. UINT64_MAX for the phases that never run on the loop.
+ */
+static uint64_t phase_bytes(const struct session *s, enum op_phase phase)
+{
+    const struct plan *p = &s->plan;
+    uint64_t k = s->nprof > 0 ? s->nprof : 1;
+
+    switch (phase) {
+    case PH_TENSORS:
+        return p->param_bytes + (2 + (s->reg->ctx->opts->crash_exact ? 1 : 0)) * k *
+                                    p->shadow_bytes;
+    case PH_CAST:
+        return p->param_bytes + p->shadow_bytes;
+    case PH_STASH:
+    case PH_RESTORE:
+        return s->geo.params_bytes > UINT64_MAX / 2 ? UINT64_MAX : 2 * s->geo.params_bytes;
+    default:
+        return UINT64_MAX;
+    }
+}
+
+/*
  * Whether the phase's work runs on the loop thread (--inline-max): the data work of an event
- * (update, swap) of a small session, where a worker's wake-up and the loop's wake-up by the
- * worker cost more than the work itself (docs/performance.md "The fixed cost of an update").
- * Never the file phases (disk I/O) nor registration (run once), nor while the test hook that
- * stalls a chunk is armed.
+ * (update, swap) that moves so few bytes that a worker's wake-up and the loop's wake-up by the
+ * worker would cost more than the work itself (docs/performance.md "The fixed cost of an
+ * update"). Never the file phases (disk I/O) nor registration (run once), nor while the test
+ * hook that stalls a chunk is armed.
  */
 static bool runs_here(const struct op *op, enum op_phase phase)
 {
     const struct emad *ctx = op->s->reg->ctx;
 
-    if (op->kind != OP_EVENT || op->s->plan.elems > ctx->opts->inline_max)
-        return false;
-    if (phase != PH_TENSORS && phase != PH_STASH && phase != PH_CAST && phase != PH_RESTORE)
+    if (op->kind != OP_EVENT || phase_bytes(op->s, phase) > ctx->opts->inline_max)
         return false;
     return !pool_stall_armed(ctx->pool);
 }

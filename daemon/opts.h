@@ -18,9 +18,9 @@
 #define OPTS_DEFAULT_METRICS_INTERVAL 15
 /* --stall-factor: a session is stalled after this many usual intervals without an update. */
 #define OPTS_DEFAULT_STALL_FACTOR 10
-/* --inline-max: sessions of at most this many elements have their updates and swaps done on the
- * event loop's thread (docs/performance.md "The fixed cost of an update"). */
-#define OPTS_DEFAULT_INLINE_MAX (1u << 20)
+/* --inline-max: updates and swaps moving at most this many bytes are done on the event loop's
+ * thread (docs/performance.md "The fixed cost of an update"): an update of 1M f32 elements. */
+#define OPTS_DEFAULT_INLINE_MAX (12u << 20)
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
@@ -42,7 +42,7 @@ struct emad_opts {
     unsigned worker_nice;       /* nice levels the workers run below emad (0-19) */
     bool crash_exact;           /* log updates so that one cut short by a crash is redone exactly */
     unsigned stall_factor;      /* a session is stalled after this many usual intervals (0 off) */
-    uint64_t inline_max;        /* elements up to which the loop thread does the work (0 never) */
+    uint64_t inline_max;        /* bytes moved up to which the loop thread does the work (0 never) */
     char state_dir[PATH_MAX];   /* where save/load put files */
     enum log_level log_level;
     char log_file[PATH_MAX];    /* "" means stderr */

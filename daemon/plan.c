@@ -49,7 +49,8 @@ int plan_build(struct plan *p, const struct tensor *t, size_t n, uint64_t chunk_
                 cap_p *= 2;
             }
             p->pieces[p->npieces++] = (struct piece){(uint32_t)i, start, count};
-            p->elems += count;
+            p->param_bytes += count * dtype_size(t[i].dtype);
+            p->shadow_bytes += count * dtype_size(t[i].shadow_dtype);
             start += count;
             /* Each tensor costs at least a little, so a million empty or tiny
              * tensors still spread over several chunks. */

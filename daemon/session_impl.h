@@ -43,7 +43,8 @@ struct plan {
     size_t npieces;
     size_t *first;             /* chunk c is pieces[first[c], first[c + 1]) */
     size_t nchunks;
-    uint64_t elems;            /* of every tensor, what --inline-max compares */
+    uint64_t param_bytes;      /* of every tensor's params, and of one profile's shadow of */
+    uint64_t shadow_bytes;     /* them: the traffic --inline-max weighs (op.c phase_bytes) */
 };
 
 struct session {

@@ -363,7 +363,7 @@ static void test_opts_stall_factor_is_0_or_2_and_up(void **state)
     parse_fails(&env, ARGS("--stall-factor", "often"), "--stall-factor often", NULL);
 }
 
-/* --inline-max takes element counts with K, M, G suffixes, 0 (never on the loop) to 1G. */
+/* --inline-max takes byte counts with K, M, G suffixes, 0 (never on the loop) to 1G. */
 static void test_opts_inline_max_is_a_size_up_to_1g(void **state)
 {
     struct opts_env env = user_env();
@@ -372,7 +372,7 @@ static void test_opts_inline_max_is_a_size_up_to_1g(void **state)
 
     parse_ok(&o, &env, ARGS("--workers", "1"));
     assert_int_equal(o.inline_max, OPTS_DEFAULT_INLINE_MAX);
-    assert_int_equal(o.inline_max, 1u << 20);
+    assert_int_equal(o.inline_max, 12u << 20);
     parse_ok(&o, &env, ARGS("--inline-max", "0"));
     assert_int_equal(o.inline_max, 0);
     parse_ok(&o, &env, ARGS("--inline-max=256K"));

@@ -6,6 +6,7 @@
  * Unix socket; and a real Prometheus server scrapes it.
  */
 #include "emaclient.h"
+#include "segment.h"
 #include "harness.h"
 
 #include <arpa/inet.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -103,10 +105,10 @@ static char *train_and_read_ema(struct daemon *d, float *out)
     return text;
 }
 
-/* The events' data work of a session within --inline-max (the default: 1M elements) runs on
- * the loop thread, of one above it on the workers: the counters say where, and both give the
- * same EMA weights, bit for bit. Six events and three swap phases (in: stash and cast; out:
- * restore) in each. */
+/* The events' data work of a small session runs on the loop thread (within --inline-max, 12M
+ * bytes moved by default), with --inline-max 0 on the workers: the counters say where, and both
+ * give the same EMA weights, bit for bit. Six events and three swap phases (in: stash and cast;
+ * out: restore) in each. */
 static void test_metrics_count_where_event_work_ran(void **state)
 {
     static float here[N], there[N];
@@ -127,6 +129,88 @@ static void test_metrics_count_where_event_work_ran(void **state)
     free(text);
     daemon_stop(&d);
     assert_memory_equal(here, there, sizeof(here));
+}
+
+static double jobs(emac_client *c, const char *thread)
+{
+    char series[64];
+    snprintf(series, sizeof(series), "emad_event_jobs_total{thread=\"%s\"}", thread);
+    char *text = metrics_of(c);
+    double v = sample(text, series);
+    free(text);
+    return v;
+}
+
+/* --inline-max weighs the bytes a phase moves, not the session's elements: with 8 profiles an
+ * update of N f32 elements moves 4N + 2 x 8 x 4N bytes and goes to the workers under a limit
+ * that its swaps (8N bytes each phase) fit in; and a trainer that declares a params area far
+ * larger than its tensors (the stash copies move the whole area) gets its swaps done on the
+ * workers, so that it cannot hold the loop, and every other client, for the time of a copy of
+ * its choosing. */
+static void test_metrics_inline_max_weighs_the_bytes_moved(void **state)
+{
+    static const char *const limit[] = {"--inline-max", "64K", NULL};
+    struct emac_profile prof[8];
+    struct emac_tensor_spec spec = {"w", "f32", N, NULL, 0};
+    struct emac_error err;
+    struct emac_result r;
+    struct daemon d;
+    emac_session *s = NULL;
+    char names[8][4];
+    (void)state;
+
+    daemon_start(&d, (const char *const *)limit);
+    emac_client *c = client_connect(&d, "weigh");
+    memset(prof, 0, sizeof(prof));
+    for (int p = 0; p < 8; p++) {
+        snprintf(names[p], sizeof(names[p]), "p%d", p);
+        prof[p].name = names[p];
+        prof[p].half_life = "1ba";
+    }
+    assert_int_equal(emac_segment_create(&spec, 1, &seg_left, &err), 0);
+    if (emac_register_profiles(c, "weigh", seg_left, prof, 8, NULL, NULL, false, &s, &err) < 0)
+        fail_msg("register: %s: %s", err.code, err.message);
+    for (uint64_t b = 1; b <= 3; b++)
+        r = event_at(s, "batch_end", b);
+    assert_true(jobs(c, "workers") == 3); /* 16K + 2 x 8 x 16K > 64K */
+    assert_true(jobs(c, "loop") == 0);
+    assert_int_equal(emac_swap(s, "ema", &r, &err), 0);
+    assert_int_equal(emac_swap(s, "train", &r, &err), 0);
+    assert_true(jobs(c, "loop") == 3); /* stash 2 x 16K, cast 16K + 16K, restore 2 x 16K */
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+
+    /* One float in a params area of 32 MiB: its updates on the loop, its swaps on the workers. */
+    struct emac_tensor_spec one = {"w", "f32", 1, NULL, 0};
+    emac_segment *seg = NULL;
+    assert_int_equal(emac_segment_create(&one, 1, &seg, &err), 0);
+    struct seg_header *h = emac_segment_base(seg);
+    uint64_t area = 32u << 20;
+    int fd = shm_open(emac_segment_name(seg), O_RDWR, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)(h->params_offset + 2 * area)), 0);
+    close(fd);
+    h->params_bytes = area;
+    h->stash_offset = h->params_offset + area;
+    h->segment_bytes = h->params_offset + 2 * area;
+    if (emac_register(c, "wide", seg, &(struct emac_config){"1ba", false, 0, NULL, NULL}, false,
+                      &s, &err) < 0)
+        fail_msg("register: %s: %s", err.code, err.message);
+    double loop0 = jobs(c, "loop"), workers0 = jobs(c, "workers");
+    r = event_at(s, "batch_end", 1);
+    r = event_at(s, "batch_end", 2);
+    assert_true(jobs(c, "loop") == loop0 + 2);
+    assert_int_equal(emac_swap(s, "ema", &r, &err), 0);
+    assert_int_equal(emac_swap(s, "train", &r, &err), 0);
+    assert_true(jobs(c, "workers") == workers0 + 2); /* stash and restore: 64 MiB each */
+    assert_true(jobs(c, "loop") == loop0 + 3);       /* the cast: 8 bytes */
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_segment_destroy(seg);
+    emac_disconnect(c);
+    daemon_stop(&d);
 }
 
 /* ---- a tiny HTTP client: one request, the connection closed after ---- */
@@ -736,6 +820,7 @@ int main(void)
         cmocka_unit_test_teardown(test_metrics_show_other_uids_their_own_sessions_only, teardown),
         cmocka_unit_test_teardown(test_metrics_show_the_queue_and_the_lag, teardown),
         cmocka_unit_test_teardown(test_metrics_count_where_event_work_ran, teardown),
+        cmocka_unit_test_teardown(test_metrics_inline_max_weighs_the_bytes_moved, teardown),
         cmocka_unit_test_teardown(test_metrics_textfile_is_replaced_whole, teardown),
         cmocka_unit_test_teardown(test_metrics_textfile_unwritable_is_logged_once, teardown),
         cmocka_unit_test_teardown(test_metrics_http_on_tcp, teardown),
