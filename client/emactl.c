@@ -3,7 +3,8 @@
  *
  * This file is the command table and what every command shares: options,
  * arguments, help. The commands live in emactl_session.c (those that ask
- * emad) and emactl_gc.c (gc, which does not).
+ * emad), emactl_gc.c (gc) and emactl_ckpt.c (consolidate), which do not, and
+ * emactl_top.c.
  */
 #include "emactl.h"
 #include "version.h"
@@ -35,9 +36,9 @@ static const struct ctl_cmd ctl_cmd_help = {
 };
 
 static const struct ctl_cmd *const commands[] = {
-    &ctl_cmd_status, &ctl_cmd_list, &ctl_cmd_show,    &ctl_cmd_save, &ctl_cmd_drop,
-    &ctl_cmd_top,    &ctl_cmd_gc,   &ctl_cmd_metrics, &ctl_cmd_help,
-    &ctl_cmd_consolidate,
+    &ctl_cmd_status, &ctl_cmd_list,    &ctl_cmd_show,        &ctl_cmd_save, &ctl_cmd_drop,
+    &ctl_cmd_top,    &ctl_cmd_gc,      &ctl_cmd_metrics,     &ctl_cmd_consolidate,
+    &ctl_cmd_help,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
