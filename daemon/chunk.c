@@ -262,41 +262,6 @@ static int chunk_save(void *arg, size_t index)
     return 0;
 }
 
-/* Check that a state file's tensor table matches the session's: the same names and numel, and
- * the same shadow dtype, which is all the shadow's layout depends on (session_build_tensors).
- * The param dtypes may differ: an f32 session's shadow loads into an f16 or bf16 one, which is
- * how a trainer resumes the exact fp32 shadow of a low-precision model from its own checkpoint
- * without ever writing a shadow itself (docs/protocol.md "load"). */
-static int check_loaded_table(const struct session *s, const struct msg_saved_state *m, char *err,
-                              size_t errlen)
-{
-    if (m->ntensors != s->ntensors) {
-        snprintf(err, errlen, "the file has %zu tensors, the session %zu", m->ntensors,
-                 s->ntensors);
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < s->ntensors; i++) {
-        const struct tensor *t = &s->tensors[i];
-        enum dtype dt;
-        if (!msg_str_eq(m->tensors[i].name, t->name) ||
-            dtype_from_name(m->tensors[i].dtype.ptr, m->tensors[i].dtype.len, &dt) < 0 ||
-            dtype_shadow(dt) != t->shadow_dtype || m->tensors[i].numel != t->numel) {
-            snprintf(err, errlen, "tensor %zu differs: the file has \"%.*s\" %.*s x %" PRIu64
-                     ", the session \"%s\" %s x %" PRIu64, i, (int)m->tensors[i].name.len,
-                     m->tensors[i].name.ptr, (int)m->tensors[i].dtype.len,
-                     m->tensors[i].dtype.ptr, m->tensors[i].numel, t->name,
-                     dtype_name(t->dtype), t->numel);
-            return -EINVAL;
-        }
-    }
-    if (m->shadow_bytes != s->shadow_bytes) {
-        snprintf(err, errlen, "the file's shadow is %" PRIu64 " bytes, the session's %" PRIu64,
-                 m->shadow_bytes, s->shadow_bytes);
-        return -EINVAL;
-    }
-    return 0;
-}
-
 static int chunk_load(void *arg, size_t index)
 {
     struct op_file *op = arg;
@@ -343,7 +308,7 @@ static int chunk_load(void *arg, size_t index)
         goto out;
     }
     /* The table first: it names the tensor that differs, where a size does not. */
-    int bad = check_loaded_table(s, &op->loaded, why, sizeof(why));
+    int bad = session_check_saved(s, &op->loaded, why, sizeof(why));
     if (bad == 0 && f.data_len != shadow_data_bytes(s)) {
         snprintf(why, sizeof(why), "its data is %" PRIu64 " bytes, the shadow %" PRIu64,
                  f.data_len, shadow_data_bytes(s));

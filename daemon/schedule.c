@@ -55,9 +55,11 @@ int schedule_power_init(struct schedule *out, double gamma, uint64_t update_inte
 
     if (out == NULL)
         return err_set(err, errlen, -EINVAL, "power: missing");
-    /* gamma = 0 is the plain running mean; below it the weights would grow into the past. */
-    if (!(gamma >= 0.0 && gamma < INFINITY))
-        return err_set(err, errlen, -EINVAL, "power.gamma: %g is not a finite number >= 0",
+    /* gamma = 0 would be the plain running mean, but EDM2's profiles (proto/phema.h: sigma_rel,
+     * the post-hoc solver) are defined for gamma > 0 only; below 0 the weights would grow into
+     * the past. */
+    if (!(gamma > 0.0 && gamma < INFINITY))
+        return err_set(err, errlen, -EINVAL, "power.gamma: %g is not a finite number > 0",
                        gamma);
     if (update_interval == 0)
         return err_set(err, errlen, -EINVAL,

@@ -123,12 +123,57 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
     return 0;
 }
 
+/* Check that a state file's tensor table matches the session's: the same names and numel, and
+ * the same shadow dtype, which is all the shadow's layout depends on (session_build_tensors).
+ * The param dtypes may differ: an f32 session's shadow loads into an f16 or bf16 one, which is
+ * how a trainer resumes the exact fp32 shadow of a low-precision model from its own checkpoint
+ * without ever writing a shadow itself (docs/protocol.md "load"). */
+int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
+                        size_t errlen)
+{
+    if (m->ntensors != s->ntensors) {
+        snprintf(err, errlen, "the file has %zu tensors, the session %zu", m->ntensors,
+                 s->ntensors);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < s->ntensors; i++) {
+        const struct tensor *t = &s->tensors[i];
+        enum dtype dt;
+        if (!msg_str_eq(m->tensors[i].name, t->name) ||
+            dtype_from_name(m->tensors[i].dtype.ptr, m->tensors[i].dtype.len, &dt) < 0 ||
+            dtype_shadow(dt) != t->shadow_dtype || m->tensors[i].numel != t->numel) {
+            snprintf(err, errlen, "tensor %zu differs: the file has \"%.*s\" %.*s x %" PRIu64
+                     ", the session \"%s\" %s x %" PRIu64, i, (int)m->tensors[i].name.len,
+                     m->tensors[i].name.ptr, (int)m->tensors[i].dtype.len,
+                     m->tensors[i].dtype.ptr, m->tensors[i].numel, t->name,
+                     dtype_name(t->dtype), t->numel);
+            return -EINVAL;
+        }
+    }
+    if (m->shadow_bytes != s->shadow_bytes) {
+        snprintf(err, errlen, "the file's shadow is %" PRIu64 " bytes, the session's %" PRIu64,
+                 m->shadow_bytes, s->shadow_bytes);
+        return -EINVAL;
+    }
+    /* The profiles the file's config names become the session's (session_apply_saved): their
+     * number must be the shadows the session's object holds, whatever the file says of its
+     * size. */
+    if (saved_shadows(m) != session_shadows(s)) {
+        snprintf(err, errlen, "the file holds %zu EMA profiles, the session %u", saved_shadows(m),
+                 session_shadows(s));
+        return -EINVAL;
+    }
+    return 0;
+}
+
 void session_apply_saved(struct session *s, const struct msg_saved_state *m)
 {
     char why[256];
 
-    /* A config this emad refuses leaves the session's as it was. */
-    (void)session_config_set(s, &m->config, why, sizeof(why));
+    /* A config this emad refuses leaves the session's as it was, and so does one with another
+     * number of profiles than the shadows the object holds (session_check_saved refused it). */
+    if (saved_shadows(m) == session_shadows(s))
+        (void)session_config_set(s, &m->config, why, sizeof(why));
     /* Each profile's state, where the file's profiles are the session's (by place and name). */
     for (size_t i = 0; i < m->nprofiles && i < s->nprof; i++) {
         const struct msg_profile_state *ps = &m->profiles[i];

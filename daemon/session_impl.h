@@ -253,6 +253,10 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
 int session_build_tensors(struct session *s, const struct msg_register *req,
                           uint64_t max_tensors, char *err, size_t errlen);
 /* A state file's config and counters into s (a load, a restart). */
+/* Whether a state file's tensors, shadow size and number of profiles are the session's, which
+ * load requires (0, or -EINVAL with the difference in err). */
+int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
+                        size_t errlen);
 void session_apply_saved(struct session *s, const struct msg_saved_state *m);
 
 /* ---- op.c ---- */
@@ -284,6 +288,12 @@ void *shadow_ptr_p(const struct session *s, const struct tensor *t, uint64_t sta
 static inline unsigned session_shadows(const struct session *s)
 {
     return s->nprof > 1 ? s->nprof : 1;
+}
+
+/* The shadows a state file's config describes, counted as session_shadows counts them. */
+static inline size_t saved_shadows(const struct msg_saved_state *m)
+{
+    return m->config.has_profiles && m->config.nprofiles > 1 ? m->config.nprofiles : 1;
 }
 /* The tensors' part of the shadow object (what save and load move). */
 void *shadow_data(const struct session *s);

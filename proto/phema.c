@@ -30,6 +30,9 @@ int phema_gamma(double sigma_rel, double *gamma)
             break;
         g = next;
     }
+    /* A sigma_rel so small that sigma_rel^-2 overflows has no gamma a double holds. */
+    if (!(g < INFINITY))
+        return -EINVAL;
     *gamma = g;
     return 0;
 }

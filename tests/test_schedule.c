@@ -179,7 +179,7 @@ static void test_power_first_update_copies_and_hand_values(void **state)
 static void test_power_ema_weighs_params_as_the_power_function(void **state)
 {
     (void)state;
-    const double gammas[] = {0.0, 1.0, 2.0, 6.94, 16.97};
+    const double gammas[] = {0.05, 1.0, 2.0, 6.94, 16.97};
     for (size_t g = 0; g < sizeof(gammas) / sizeof(gammas[0]); g++) {
         for (int irregular = 0; irregular < 2; irregular++) {
             struct schedule p;
@@ -236,6 +236,8 @@ static void test_init_refuses_bad_parameters_with_a_message(void **state)
     assert_int_equal(schedule_power_init(&s, -0.5, 1, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "power.gamma"));
     assert_int_equal(schedule_power_init(&s, NAN, 1, err, sizeof(err)), -EINVAL);
+    assert_int_equal(schedule_power_init(&s, 0.0, 1, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "> 0"));
     assert_int_equal(schedule_power_init(&s, 7, 0, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "power.update_interval"));
     assert_memory_equal(&s, &before, sizeof(s));

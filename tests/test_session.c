@@ -5,6 +5,7 @@
  */
 #include "session_impl.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -92,12 +93,61 @@ static void test_plan_spreads_many_tiny_tensors(void **state)
     free(t);
 }
 
+/* A state file loads into a session only if its tensors, its shadow's size and its number of
+ * profiles are the session's: a file whose config names more profiles than the shadows the
+ * session's object holds, its shadow size rewritten to match, would otherwise make the next
+ * update write past the mapping. */
+static void test_saved_state_must_hold_the_sessions_profiles(void **state)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    struct tensor t = {.name = "w", .dtype = DTYPE_F32, .shadow_dtype = DTYPE_F32, .numel = 16};
+    struct msg_saved_tensor mt = {{"w", 1}, {"f32", 3}, 16, false, 0};
+    struct msg_profile prof[8];
+    struct msg_saved_state m;
+    char err[256];
+    (void)state;
+
+    assert_non_null(s);
+    s->tensors = &t;
+    s->ntensors = 1;
+    s->shadow_bytes = 3 * 4096;
+    s->nprof = 3;
+    memset(&m, 0, sizeof(m));
+    memset(prof, 0, sizeof(prof));
+    m.tensors = &mt;
+    m.ntensors = 1;
+    m.shadow_bytes = s->shadow_bytes;
+    m.config.has_profiles = true;
+    m.config.profiles = prof;
+    m.config.nprofiles = 3;
+    assert_int_equal(session_check_saved(s, &m, err, sizeof(err)), 0);
+    m.config.nprofiles = 8;
+    assert_int_equal(session_check_saved(s, &m, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "the file holds 8 EMA profiles, the session 3"));
+    /* Without profiles, a file is one shadow: it loads into a session of one profile only. */
+    m.config.has_profiles = false;
+    m.config.nprofiles = 0;
+    assert_int_equal(session_check_saved(s, &m, err, sizeof(err)), -EINVAL);
+    s->nprof = 0;
+    assert_int_equal(session_check_saved(s, &m, err, sizeof(err)), 0);
+    /* And the other checks still hold: the shadow's size, the tensors. */
+    m.shadow_bytes = 4096;
+    assert_int_equal(session_check_saved(s, &m, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "the file's shadow is 4096 bytes"));
+    m.shadow_bytes = s->shadow_bytes;
+    mt.numel = 15;
+    assert_int_equal(session_check_saved(s, &m, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "tensor 0 differs"));
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_covers_every_element_once),
         cmocka_unit_test(test_plan_splits_a_large_tensor_over_many_chunks),
         cmocka_unit_test(test_plan_spreads_many_tiny_tensors),
+        cmocka_unit_test(test_saved_state_must_hold_the_sessions_profiles),
     };
     return cmocka_run_group_tests_name("session", tests, NULL, NULL);
 }
