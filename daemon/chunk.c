@@ -8,6 +8,7 @@
  */
 #include "session_impl.h"
 
+#include "half.h"
 #include "store.h"
 
 #include <errno.h>
@@ -347,4 +348,48 @@ int chunk_journal(void *arg, size_t index)
     (void)index;
     op->rc = journal_store(op->op.s, op->err, sizeof(op->err));
     return 0;
+}
+
+/* One piece of a shadow into a snapshot buffer, converted to its dtype (snapshot.h). The buffer
+ * is packed, so an element may lie at any alignment: memcpy per element. */
+static void snap_piece(void *dst, const void *src, enum dtype from, enum dtype to, uint64_t n)
+{
+    const float *f = src;
+    unsigned char *d = dst;
+
+    if (from == DTYPE_F32 && to == DTYPE_BF16) {
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h = half_f32_to_bf16(f[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+    } else if (from == DTYPE_F32 && to == DTYPE_F16) {
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h = half_f32_to_f16(f[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+    } else {
+        memcpy(dst, src, n * dtype_size(from));
+    }
+}
+
+int chunk_snapshot(void *arg, size_t index)
+{
+    static const struct shm_map none = {NULL, 0};
+    struct op *op = arg;
+    struct session *s = op->s;
+    struct snap_job *j = op->kind == OP_EVENT ? op_event(op)->snap : op_snapshot(op)->job;
+    struct shm_guard g;
+
+    shm_guard_enter2(&g, &none, &s->shadow);
+    for (size_t i = s->plan.first[index]; i < s->plan.first[index + 1]; i++) {
+        const struct piece *p = &s->plan.pieces[i];
+        const struct tensor *t = &s->tensors[p->tensor];
+        enum dtype to = j->tensors[p->tensor].dtype;
+        for (unsigned k = 0; k < j->nprof; k++) {
+            char *dst = j->prof[k].buf + j->off[p->tensor] + p->start * dtype_size(to);
+            snap_piece(dst, shadow_ptr_p(s, t, p->start, j->prof[k].index), t->shadow_dtype, to,
+                       p->count);
+        }
+    }
+    return guard_leave(s, &g, 0);
 }

@@ -28,6 +28,7 @@ union request {
     struct msg_close close;
     struct msg_drop drop;
     struct msg_empty empty;
+    struct msg_snapshot snapshot;
 };
 
 typedef void (*handler_fn)(struct emad *ctx, struct peer *p, uint32_t msgid,
@@ -45,7 +46,7 @@ struct method {
 };
 
 static const char *const features[] = {"status", "sessions", "pipelining",
-                                       "save",   "load",     "metrics"};
+                                       "save",   "load",     "metrics", "snapshots"};
 
 static void handle_hello(struct emad *ctx, struct peer *p, uint32_t msgid,
                          const union request *r)
@@ -160,6 +161,18 @@ static void handle_drop(struct emad *ctx, struct peer *p, uint32_t msgid, const 
     session_drop(ctx->sessions, p, msgid, &r->drop);
 }
 
+static void handle_snapshot(struct emad *ctx, struct peer *p, uint32_t msgid,
+                            const union request *r)
+{
+    session_snapshot(ctx->sessions, p, msgid, &r->snapshot);
+}
+
+static void handle_snapshots(struct emad *ctx, struct peer *p, uint32_t msgid,
+                             const union request *r)
+{
+    session_snapshots(ctx->sessions, p, msgid, &r->snapshot);
+}
+
 /* The exposition of docs/running.md "Metrics": names of sessions are their
  * owners' data, so a peer other than root sees the per-session series of
  * its own uid's sessions only. */
@@ -190,6 +203,8 @@ static const struct method methods[] = {
     {"close", &msg_close_desc, handle_close, 0},
     {"drop", &msg_drop_desc, handle_drop, 0},
     {"metrics", &msg_empty_desc, handle_metrics, 0},
+    {"snapshot", &msg_snapshot_desc, handle_snapshot, 0},
+    {"snapshots", &msg_snapshot_desc, handle_snapshots, 0},
 };
 
 static const struct method *find_method(const char *name, size_t len)

@@ -57,6 +57,7 @@ void metrics_op_done(struct metrics *m, struct op *op)
         metrics_file(m, METRICS_FILE_JOURNAL, op_file(op)->rc == 0, -1);
         return;
     case PH_STASH:
+    case PH_SNAPCOPY:
     case PH_NONE:
         return;
     }

@@ -39,6 +39,13 @@ static void reply_action(struct op *op)
         a.has_nonfinite_tensor = true;
         a.nonfinite_tensor = msg_str_c(op->s->tensors[op->s->health.last_nonfinite_tensor].name);
     }
+    /* A snapshot written after an earlier event failed: said once, on the next reply (the
+     * event itself succeeded; status keeps the count and the message). */
+    if (op->s->snap_error_new) {
+        a.has_snapshot_error = true;
+        a.snapshot_error = msg_str_c(op->s->snap_error);
+        op->s->snap_error_new = false;
+    }
     peer_reply(op->peer, op->msgid, &msg_action_desc, &a);
 }
 
@@ -131,6 +138,8 @@ static size_t op_size(enum op_kind kind)
     case OP_CLOSE:
     case OP_DROP:
         return sizeof(struct op_close);
+    case OP_SNAPSHOT:
+        return sizeof(struct op_snapshot);
     }
     return sizeof(struct op);
 }
@@ -166,6 +175,10 @@ void op_free(struct op *op)
     }
     if (op->kind == OP_ATTACH)
         shm_unmap(&op_attach(op)->new_seg);
+    if (op->kind == OP_EVENT)
+        snap_job_free(op_event(op)->snap);
+    if (op->kind == OP_SNAPSHOT)
+        snap_job_free(op_snapshot(op)->job);
     peer_release(op->peer, op_size(op->kind));
     free(op);
 }
@@ -183,7 +196,7 @@ void op_enqueue(struct op *op)
         session_start_next(s);
 }
 
-static void op_finish(struct op *op)
+void op_finish(struct op *op)
 {
     struct session *s = op->s;
     struct registry *r = s->reg;
@@ -197,7 +210,8 @@ static void op_finish(struct op *op)
     if (s->q_head != NULL) {
         session_start_next(s);
     } else if (s->removed) {
-        session_free(s);
+        if (s->snap_pending == 0) /* else the last snapshot write's callback frees it */
+            session_free(s);
     } else if (s->owner == NULL) {
         shm_unmap(&s->seg);
     }
@@ -648,6 +662,18 @@ static void op_run(struct op *op)
     case OP_DROP:
         run_close(op, true);
         return;
+    case OP_SNAPSHOT: {
+        char err[512];
+        int rc = snap_job_new(s, &op_snapshot(op)->job, err, sizeof(err));
+        if (rc < 0) {
+            peer_fail(op->peer, op->msgid, rc == -ENOENT ? MSG_E_STATE : MSG_E_INTERNAL, "%s",
+                      err);
+            op_finish(op);
+            return;
+        }
+        submit(op, PH_SNAPCOPY, chunk_snapshot, s->plan.nchunks);
+        return;
+    }
     }
 }
 
@@ -692,6 +718,119 @@ static bool finish_file(struct op *op)
     return false;
 }
 
+/* A snapshot could not be made or written: logged, counted, and for one taken after an event
+ * said on the session's next event reply (snapshot.h). */
+static void snap_failed(struct session *s, const char *why, bool tell_next)
+{
+    s->snap_failures++;
+    snprintf(s->snap_error, sizeof(s->snap_error), "%s", why);
+    s->snap_error_new = s->snap_error_new || tell_next;
+    log_warn(reg_log(s->reg), "session %s: %s", s->name, why);
+}
+
+/* snapshot's reply: the files it wrote. */
+static void reply_snapshot(struct op *op, const struct snap_job *j)
+{
+    struct msg_snapshot_entry e[PROFILE_MAX];
+    static char paths[PROFILE_MAX][PATH_MAX + 128]; /* loop thread only */
+    struct msg_snapshots_reply rep = {e, j->nprof};
+
+    for (unsigned p = 0; p < j->nprof; p++) {
+        snprintf(paths[p], sizeof(paths[p]), "%s/%s", j->dpath, j->prof[p].file);
+        e[p] = (struct msg_snapshot_entry){msg_str_c(paths[p]), msg_str_c(j->prof[p].name),
+                                           j->prof[p].batch, msg_str_c(dtype_name(j->cfg.dtype)),
+                                           j->prof[p].bytes};
+    }
+    peer_reply(op->peer, op->msgid, &msg_snapshots_reply_desc, &rep);
+}
+
+static void snap_written(struct snap_job *j);
+
+/*
+ * Start j's write, or let it wait for the one in flight: a session writes one snapshot at a
+ * time, so that its files appear, and are retained, in batch order. One waits at most: a disk
+ * slower than snapshot_every then skips snapshots (each skip counted and reported as a failure)
+ * rather than holding ever more copies of the shadows in memory.
+ */
+static void snap_launch(struct snap_job *j)
+{
+    struct session *s = j->s;
+
+    if (s->snap_pending == 0) {
+        snap_start(j, snap_written);
+        return;
+    }
+    if (s->snap_waiting == NULL) {
+        s->snap_waiting = j;
+        return;
+    }
+    char why[300];
+    snprintf(why, sizeof(why), "snapshot of session %s at batch %" PRIu64 " skipped: the "
+             "previous ones are still being written (the disk is slower than snapshot_every)",
+             s->name, j->prof[0].batch);
+    if (j->op != NULL) {
+        peer_fail(j->op->peer, j->op->msgid, MSG_E_IO, "%s", why);
+        op_finish(j->op); /* frees j */
+        return;
+    }
+    snap_failed(s, why, true);
+    snap_job_free(j);
+}
+
+/* A snapshot's files are written, or failed (loop thread, snap_start's callback). */
+static void snap_written(struct snap_job *j)
+{
+    struct session *s = j->s;
+    struct registry *r = s->reg;
+    struct op *op = j->op;
+
+    if (s->snap_waiting != NULL) {
+        struct snap_job *next = s->snap_waiting;
+        s->snap_waiting = NULL;
+        snap_start(next, snap_written);
+    }
+
+    if (j->rc < 0)
+        snap_failed(s, j->err, op == NULL);
+    else
+        log_debug(reg_log(r), "session %s: snapshot of %u power profiles at batch %" PRIu64
+                  " written", s->name, j->nprof, j->prof[0].batch);
+    if (op != NULL) {
+        /* The request waited for the files: IO names the file and the cause. */
+        if (j->rc < 0)
+            peer_fail(op->peer, op->msgid, MSG_E_IO, "%s", j->err);
+        else
+            reply_snapshot(op, j);
+        op_finish(op); /* frees j with the op */
+        return;
+    }
+    snap_job_free(j);
+    if (s->removed && s->q_head == NULL && s->snap_pending == 0)
+        session_free(s);
+    registry_check_drained(r);
+}
+
+/* After an update at a batch of snapshot_every: the copy of the power profiles' shadows, before
+ * the reply. true when it was submitted (the op goes on). */
+static bool snapshot_after(struct op *op)
+{
+    struct op_event *e = op_event(op);
+    struct session *s = op->s;
+    char err[512];
+
+    if (e->ev != EMA_EVENT_BATCH_END || !e->has_clock || !snap_due(&s->snap, e->clock.batch))
+        return false;
+    int rc = snap_job_new(s, &e->snap, err, sizeof(err));
+    if (rc == -ENOENT) /* no power profile has a shadow yet */
+        return false;
+    if (rc < 0) {
+        snap_failed(s, err, true);
+        return false;
+    }
+    submit(op, PH_SNAPCOPY, chunk_snapshot, s->plan.nchunks);
+    return true;
+}
+
 static void op_done(struct pool_job *job)
 {
     struct op *op = job->arg;
@@ -701,6 +840,18 @@ static void op_done(struct pool_job *job)
      * did, so nothing reads it any more (not even its redo records). */
     if (job->status == -EFAULT && shadow_is_broken(s)) {
         shadow_failed(op);
+        return;
+    }
+    if (job->status != 0 && op->phase == PH_SNAPCOPY) {
+        char why[300];
+        snprintf(why, sizeof(why), "snapshot of session %s: copying the shadows failed: %s",
+                 s->name, strerror(-job->status));
+        snap_failed(s, why, op->kind == OP_EVENT);
+        if (op->kind == OP_EVENT)
+            reply_action(op);
+        else
+            peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "%s", why);
+        op_finish(op);
         return;
     }
     if (job->status != 0 && op->kind == OP_EVENT && op_event(op)->logged &&
@@ -732,7 +883,8 @@ static void op_done(struct pool_job *job)
         op_finish(op);
         return;
     }
-    metrics_op_done(s->reg->ctx->metrics, op);
+    if (op->phase != PH_SNAPCOPY)
+        metrics_op_done(s->reg->ctx->metrics, op);
     switch (op->phase) {
     case PH_TENSORS:
         if (op->kind == OP_INIT) {
@@ -747,7 +899,20 @@ static void op_done(struct pool_job *job)
         commit(op);
         if (op_event(op)->health)
             finish_health(op);
+        if (snapshot_after(op))
+            return;
         reply_action(op);
+        break;
+    case PH_SNAPCOPY:
+        if (op->kind == OP_SNAPSHOT) {
+            /* The reply waits for the files; the session's next operations wait for it. */
+            op_snapshot(op)->job->op = op;
+            snap_launch(op_snapshot(op)->job);
+            return;
+        }
+        reply_action(op);
+        snap_launch(op_event(op)->snap);
+        op_event(op)->snap = NULL;
         break;
     case PH_STASH:
         /* The stash is complete: from here a crash leaves a restorable copy. */

@@ -100,6 +100,21 @@ int session_meta_encode(struct session *s, msgpack_sbuffer *sb)
         m.config.has_health = true;
         m.config.health = false;
     }
+    /* Snapshot settings likewise only when set: a restart keeps taking them. */
+    char every[32];
+    if (s->snap.every > 0) {
+        snprintf(every, sizeof(every), "%lluba", (unsigned long long)s->snap.every);
+        m.config.has_snapshot_every = true;
+        m.config.snapshot_every = msg_str_c(every);
+    }
+    if (s->snap.dtype != DTYPE_F32) {
+        m.config.has_snapshot_dtype = true;
+        m.config.snapshot_dtype = msg_str_c(dtype_name(s->snap.dtype));
+    }
+    if (s->snap.keep > 0) {
+        m.config.has_snapshot_keep = true;
+        m.config.snapshot_keep = s->snap.keep;
+    }
     m.started = s->st.started;
     m.active = s->st.active;
     m.updates = s->st.updates;

@@ -124,7 +124,7 @@ void registry_free(struct registry *r)
 
 void registry_check_drained(struct registry *r)
 {
-    if (r->drained != NULL && pool_in_flight(r->ctx->pool) == 0) {
+    if (r->drained != NULL && pool_in_flight(r->ctx->pool) == 0 && r->snap_in_flight == 0) {
         bool idle = true;
         for (struct session *s = r->head; s != NULL && idle; s = s->next)
             idle = s->q_head == NULL;
@@ -192,6 +192,10 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
     o->half_life = msg_str_c(s->half_life);
     o->update_interval = msg_str_c(s->update_interval);
     o->ema_start = msg_str_c(s->ema_start);
+    o->has_snapshot_failures = s->snap.every > 0 || s->snap_failures > 0;
+    o->snapshot_failures = s->snap_failures;
+    o->has_snapshot_error = s->snap_error[0] != '\0';
+    o->snapshot_error = msg_str_c(s->snap_error);
     o->started = s->st.started;
     o->active = s->st.active;
     o->updates = s->st.updates;

@@ -97,6 +97,12 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
     }
     if (ema_config_init(&cfg, &in, err, errlen) < 0)
         return -EINVAL;
+    bool has_power = false;
+    for (unsigned i = 0; i < nprof; i++)
+        has_power = has_power || prof[i].kind == PROFILE_POWER;
+    struct snap_config snap;
+    if (snap_config_set(&snap, c, has_power, err, errlen) < 0)
+        return -EINVAL;
     bool skip = true;
     if (c != NULL && c->has_on_nonfinite) {
         if (msg_str_eq(c->on_nonfinite, "apply")) {
@@ -111,6 +117,7 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
     s->health.skip_nonfinite = skip;
     s->health.enabled = c == NULL || !c->has_health || c->health;
     s->cfg = cfg;
+    s->snap = snap;
     memcpy(s->prof, prof, nprof * sizeof(prof[0]));
     s->nprof = nprof;
     s->eval = eval;
@@ -725,4 +732,50 @@ void session_drop(struct registry *r, struct peer *c, uint32_t msgid, const stru
         return;
     s->closing = true;
     op_enqueue(op);
+}
+
+void session_snapshot(struct registry *r, struct peer *c, uint32_t msgid,
+                      const struct msg_snapshot *req)
+{
+    struct session *s;
+    struct op *op;
+
+    if ((s = registry_lookup(r, c, msgid, "snapshot", req->session, false)) == NULL)
+        return;
+    if ((op = op_new(s, OP_SNAPSHOT, c, msgid)) == NULL)
+        return;
+    op_enqueue(op);
+}
+
+/* The files are listed from the directory, not the session: they outlive it (post-hoc EMA is
+ * computed after training), so a closed session's snapshots are listed too. */
+void session_snapshots(struct registry *r, struct peer *c, uint32_t msgid,
+                       const struct msg_snapshot *req)
+{
+    char name[NAMES_SESSION_MAX + 1], err[512];
+    struct msg_snapshots_reply rep = {NULL, 0};
+    struct session *s = NULL;
+    uid_t uid = c->uid;
+    char *pool = NULL;
+
+    /* root names another user's session as status shows it ("<uid>:<name>"). */
+    if (registry_resolve(r, c->uid, req->session.ptr, req->session.len, &s) == 0 && s != NULL &&
+        session_visible(s, c->uid)) {
+        uid = s->uid;
+        snprintf(name, sizeof(name), "%s", s->name);
+    } else if (names_session_valid(req->session.ptr, req->session.len)) {
+        memcpy(name, req->session.ptr, req->session.len);
+        name[req->session.len] = '\0';
+    } else {
+        peer_fail(c, msgid, MSG_E_BADARG, "snapshots: session: not a valid session name");
+        return;
+    }
+    int rc = snap_list(r->ctx->opts->state_dir, uid, name, &rep.snapshots, &rep.nsnapshots,
+                       &pool, err, sizeof(err));
+    if (rc < 0)
+        peer_fail(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_IO, "snapshots: %s", err);
+    else
+        peer_reply(c, msgid, &msg_snapshots_reply_desc, &rep);
+    free(rep.snapshots);
+    free(pool);
 }

@@ -156,6 +156,7 @@ struct registry {
     char live_dir[PATH_MAX];             /* journals of running sessions ("" none) */
     uint64_t home;                       /* a hash of the state directory's path */
     bool share_warned;                   /* the no-ACL fallback was logged once */
+    unsigned snap_in_flight;             /* snapshot writes not yet done (snapshot.h) */
 };
 
 int registry_init(struct registry *r, struct emad *ctx);
@@ -198,6 +199,11 @@ void session_load(struct registry *r, struct peer *p, uint32_t msgid, const stru
 void session_close(struct registry *r, struct peer *p, uint32_t msgid,
                    const struct msg_close *req);
 void session_drop(struct registry *r, struct peer *p, uint32_t msgid, const struct msg_drop *req);
+/* snapshot (after the queued events) and snapshots (the files of the peer's session). */
+void session_snapshot(struct registry *r, struct peer *p, uint32_t msgid,
+                      const struct msg_snapshot *req);
+void session_snapshots(struct registry *r, struct peer *p, uint32_t msgid,
+                       const struct msg_snapshot *req);
 /* The state of every session visible to peer uid (all for root), or of the
  * one named by req (-ENOENT if none). Names are per uid: a peer names its
  * own sessions; root names its own, else the only one of that name (all of

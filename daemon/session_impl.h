@@ -12,6 +12,7 @@
 #include "pool.h"
 #include "profile.h"
 #include "session.h"
+#include "snapshot.h"
 
 #include <limits.h>
 #include <msgpack.h>
@@ -102,6 +103,13 @@ struct session {
                                   as good as gone to resume, drop and load */
     bool shadow_broken;        /* the shadow faulted (resized under emad): the session fails;
                                   set by any thread (atomic) */
+    struct snap_config snap;   /* snapshots of the power profiles (snapshot.h) */
+    unsigned snap_pending;     /* snapshot writes in flight: the session is freed after them */
+    struct snap_job *snap_waiting; /* the next write, started when the one in flight is done
+                                  (one at a time: retention sees files in batch order) */
+    uint64_t snap_failures;    /* snapshots that failed to write */
+    char snap_error[1024];     /* the last failure's message ("" none) */
+    bool snap_error_new;       /* ... not yet reported on an event reply */
 };
 
 /* ---- operations: one struct per kind, each starting with struct op ---- */
@@ -114,6 +122,7 @@ enum op_kind {
     OP_LOAD,    /* struct op_file */
     OP_CLOSE,   /* struct op_close */
     OP_DROP,    /* struct op_close */
+    OP_SNAPSHOT,/* snapshot on request (struct op_snapshot) */
 };
 
 enum op_phase {
@@ -124,6 +133,7 @@ enum op_phase {
     PH_RESTORE, /* swap out: stash -> params */
     PH_FILE,    /* save / load: one chunk */
     PH_JOURNAL, /* load, then: the journal (its fsyncs off the loop thread) */
+    PH_SNAPCOPY,/* an update's snapshot, or snapshot: the power profiles' shadows copied */
 };
 
 /* What every operation has: its place in the FIFO and who gets the reply. */
@@ -152,6 +162,12 @@ struct op_event {
     struct profile_plan plan;  /* with profiles: what the update does to each */
     unsigned prof;             /* the profile a swap in casts (0 without profiles) */
     unsigned health_prof;      /* with profiles: the profile whose update health describes */
+    struct snap_job *snap;     /* the snapshot after this update (PH_SNAPCOPY), or NULL */
+};
+
+struct op_snapshot {
+    struct op op;
+    struct snap_job *job;
 };
 
 struct op_init {
@@ -213,6 +229,11 @@ static inline struct op_file *op_file(struct op *op)
     return (struct op_file *)op;
 }
 
+static inline struct op_snapshot *op_snapshot(struct op *op)
+{
+    return (struct op_snapshot *)op;
+}
+
 static inline struct log *reg_log(const struct registry *r)
 {
     return r->ctx->log;
@@ -267,6 +288,8 @@ struct op *op_new(struct session *s, enum op_kind kind, struct peer *p, uint32_t
 void op_free(struct op *op);
 /* Append op to its session's FIFO (it runs when it reaches the head). */
 void op_enqueue(struct op *op);
+/* The head op is done: the next one runs. */
+void op_finish(struct op *op);
 void reply_register(struct op *op, bool compact);
 
 /* ---- chunk.c: worker threads only ---- */
@@ -276,6 +299,8 @@ int chunk_init(void *op, size_t index);
 int chunk_copy(void *op, size_t index);
 int chunk_file(void *op, size_t index);
 int chunk_journal(void *op, size_t index);
+/* The power profiles' shadows into the op's snapshot job (PH_SNAPCOPY). */
+int chunk_snapshot(void *op, size_t index);
 
 /* ---- record.c ---- */
 

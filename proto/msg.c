@@ -110,6 +110,9 @@ static const struct msg_field config_fields[] = {
     OPT(struct msg_config, "health", MSG_BOOL, health),
     OPT_NAMED(struct msg_config, "profiles", profiles, msg_profile_desc),
     OPT(struct msg_config, "eval_profile", MSG_STR, eval_profile),
+    OPT(struct msg_config, "snapshot_every", MSG_STR, snapshot_every),
+    OPT(struct msg_config, "snapshot_dtype", MSG_STR, snapshot_dtype),
+    OPT(struct msg_config, "snapshot_keep", MSG_U64, snapshot_keep),
 };
 const struct msg_desc msg_config_desc = DESC("config", struct msg_config, config_fields);
 
@@ -192,6 +195,8 @@ static const struct msg_field session_state_fields[] = {
     OPT_OBJ(SS, "health", health, msg_health_desc),
     OPT_ARR(SS, "profiles", profiles, msg_profile_state_desc),
     OPT(SS, "eval_profile", MSG_STR, eval_profile),
+    OPT(SS, "snapshot_failures", MSG_U64, snapshot_failures),
+    OPT(SS, "snapshot_error", MSG_STR, snapshot_error),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -225,6 +230,7 @@ static const struct msg_field action_fields[] = {
     OPT(struct msg_action, "interrupted", MSG_BOOL, interrupted),
     OPT(struct msg_action, "nonfinite", MSG_U64, nonfinite),
     OPT(struct msg_action, "nonfinite_tensor", MSG_STR, nonfinite_tensor),
+    OPT(struct msg_action, "snapshot_error", MSG_STR, snapshot_error),
 };
 const struct msg_desc msg_action_desc = DESC("action", struct msg_action, action_fields);
 
@@ -337,13 +343,35 @@ static const struct msg_field saved_state_fields[] = {
 const struct msg_desc msg_saved_state_desc =
     DESC("state file", struct msg_saved_state, saved_state_fields);
 
+static const struct msg_field snapshot_fields[] = {
+    REQ(struct msg_snapshot, "session", MSG_STR, session),
+};
+const struct msg_desc msg_snapshot_desc = DESC("snapshot", struct msg_snapshot, snapshot_fields);
+
+#define SE struct msg_snapshot_entry
+static const struct msg_field snapshot_entry_fields[] = {
+    REQ(SE, "file", MSG_STR, file),       REQ(SE, "profile", MSG_STR, profile),
+    REQ(SE, "batch", MSG_U64, batch),     REQ(SE, "dtype", MSG_STR, dtype),
+    REQ(SE, "bytes", MSG_U64, bytes),
+};
+#undef SE
+const struct msg_desc msg_snapshot_entry_desc =
+    DESC("snapshot entry", struct msg_snapshot_entry, snapshot_entry_fields);
+
+static const struct msg_field snapshots_reply_fields[] = {
+    ARR(struct msg_snapshots_reply, "snapshots", snapshots, msg_snapshot_entry_desc),
+};
+const struct msg_desc msg_snapshots_reply_desc =
+    DESC("snapshots reply", struct msg_snapshots_reply, snapshots_reply_fields);
+
 const struct msg_desc *const msg_all_descs[] = {
     &msg_hello_desc,          &msg_hello_reply_desc, &msg_register_desc,
     &msg_register_reply_desc, &msg_event_desc,       &msg_action_desc,
     &msg_swap_desc,           &msg_status_desc,      &msg_status_reply_desc,
     &msg_file_desc,           &msg_file_reply_desc,  &msg_close_desc,
     &msg_drop_desc,           &msg_error_desc,       &msg_empty_desc,
-    &msg_metrics_reply_desc,  &msg_saved_state_desc, NULL,
+    &msg_metrics_reply_desc,  &msg_saved_state_desc, &msg_snapshot_desc,
+    &msg_snapshots_reply_desc, NULL,
 };
 
 struct msg_str msg_str_c(const char *s)

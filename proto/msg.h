@@ -183,6 +183,12 @@ struct msg_config {
     size_t nprofiles;
     bool has_eval_profile; /* extension: the profile eval_start and checkpoint swap in */
     struct msg_str eval_profile;
+    bool has_snapshot_every; /* extension: snapshots of the power profiles every "Nba" */
+    struct msg_str snapshot_every;
+    bool has_snapshot_dtype; /* extension: "f32" (default), "bf16" or "f16" */
+    struct msg_str snapshot_dtype;
+    bool has_snapshot_keep;  /* extension: snapshots kept per profile; 0 (default): all */
+    uint64_t snapshot_keep;
 };
 
 struct msg_register {
@@ -272,6 +278,10 @@ struct msg_session_state {
     struct msg_str eval_profile;
     struct msg_profile_state profile_buf[8]; /* not a field: room an encoder may point
                                                 profiles at */
+    bool has_snapshot_failures; /* extension: snapshots of the session that failed to write */
+    uint64_t snapshot_failures;
+    bool has_snapshot_error;    /* ... and the last one's message */
+    struct msg_str snapshot_error;
 };
 
 struct msg_register_reply {
@@ -308,6 +318,8 @@ struct msg_action {
     uint64_t nonfinite;
     bool has_nonfinite_tensor; /* ... and the first tensor that had one */
     struct msg_str nonfinite_tensor;
+    bool has_snapshot_error; /* extension: a snapshot written since the last reply failed */
+    struct msg_str snapshot_error;
 };
 
 struct msg_swap {
@@ -366,6 +378,27 @@ struct msg_close {
 
 struct msg_drop {
     struct msg_str session;
+};
+
+/* Extension: snapshot and snapshots (docs/protocol.md "Snapshots"). */
+struct msg_snapshot {
+    struct msg_str session;
+};
+
+/* One snapshot file. */
+struct msg_snapshot_entry {
+    struct msg_str file;    /* its path */
+    struct msg_str profile;
+    uint64_t batch;
+    struct msg_str dtype;   /* "f32", "bf16" or "f16" */
+    uint64_t bytes;
+};
+
+/* The result of snapshots (every file, by profile then batch) and of snapshot (the files it
+ * wrote). */
+struct msg_snapshots_reply {
+    struct msg_snapshot_entry *snapshots;
+    size_t nsnapshots;
 };
 
 /* The error map of a response (§7). */
@@ -468,6 +501,9 @@ extern const struct msg_desc msg_empty_desc;
 extern const struct msg_desc msg_metrics_reply_desc;
 extern const struct msg_desc msg_saved_tensor_desc;
 extern const struct msg_desc msg_saved_state_desc;
+extern const struct msg_desc msg_snapshot_desc;
+extern const struct msg_desc msg_snapshot_entry_desc;
+extern const struct msg_desc msg_snapshots_reply_desc;
 
 /* Every top-level message, for tests and tools; NULL-terminated. */
 extern const struct msg_desc *const msg_all_descs[];

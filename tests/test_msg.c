@@ -34,6 +34,7 @@ static const struct msg_desc *const nested_descs[] = {
     &msg_shadow_tensor_desc, &msg_session_state_desc, &msg_server_info_desc,
     &msg_saved_tensor_desc,  &msg_table_desc,         &msg_health_desc,
     &msg_nonfinite_desc,     &msg_profile_desc,       &msg_profile_state_desc,
+    &msg_snapshot_entry_desc,
 };
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
@@ -671,8 +672,9 @@ static void test_msg_descriptor_tables_are_consistent(void **state)
     for (size_t i = 0; msg_all_descs[i] != NULL; i++)
         all[n++] = msg_all_descs[i];
     /* hello, register, event, swap, status, save/load, close, drop, their replies, error,
-     * the empty result, metrics' reply, and the state file's metadata: seventeen messages. */
-    assert_int_equal(n, 17);
+     * the empty result, metrics' reply, the state file's metadata, and snapshot/snapshots and
+     * their reply: nineteen messages. */
+    assert_int_equal(n, 19);
     for (size_t i = 0; i < ARRAY_LEN(nested_descs); i++)
         all[n++] = nested_descs[i];
 
@@ -1212,6 +1214,9 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.has_profiles = true; /* an empty list */
     st.has_eval_profile = true;
     st.eval_profile = msg_str_c("ema");
+    st.has_snapshot_failures = true;
+    st.has_snapshot_error = true;
+    st.snapshot_error = msg_str_c("");
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);
     assert_int_equal(map->via.map.size, msg_session_state_desc.nfields);

@@ -1,0 +1,195 @@
+/*
+ * snapshot.c - snapshot settings and jobs, on the loop thread (snapshot.h): what a snapshot
+ * holds, and the hand-off of its write to libuv's pool and back. The files themselves are
+ * snapshot_file.c's; the copy of the shadows, chunk.c's.
+ */
+#include "snapshot.h"
+
+#include "phema.h"
+#include "session_impl.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int snap_config_set(struct snap_config *out, const struct msg_config *c, bool has_power,
+                    char *err, size_t errlen)
+{
+    struct snap_config cfg = {0, DTYPE_F32, 0};
+
+    if (c != NULL && c->has_snapshot_every) {
+        struct ema_time t;
+        char why[200];
+        if (ema_time_parse(c->snapshot_every.ptr, c->snapshot_every.len, false, &t, why,
+                           sizeof(why)) < 0 || t.unit != EMA_UNIT_BA || t.value == 0) {
+            snprintf(err, errlen, "config.snapshot_every: \"%.*s\" is not a number of batches "
+                     "(\"100ba\")", (int)(c->snapshot_every.len > 32 ? 32 : c->snapshot_every.len),
+                     c->snapshot_every.ptr);
+            return -EINVAL;
+        }
+        if (!has_power) {
+            snprintf(err, errlen, "config.snapshot_every: only power profiles (sigma_rel or "
+                     "gamma) are snapshotted, and the session has none");
+            return -EINVAL;
+        }
+        cfg.every = t.value;
+    }
+    if (c != NULL && c->has_snapshot_dtype) {
+        if (msg_str_eq(c->snapshot_dtype, "f32"))
+            cfg.dtype = DTYPE_F32;
+        else if (msg_str_eq(c->snapshot_dtype, "bf16"))
+            cfg.dtype = DTYPE_BF16;
+        else if (msg_str_eq(c->snapshot_dtype, "f16"))
+            cfg.dtype = DTYPE_F16;
+        else {
+            snprintf(err, errlen, "config.snapshot_dtype: \"%.*s\" is not \"f32\", \"bf16\" or "
+                     "\"f16\"", (int)(c->snapshot_dtype.len > 32 ? 32 : c->snapshot_dtype.len),
+                     c->snapshot_dtype.ptr);
+            return -EINVAL;
+        }
+    }
+    if (c != NULL && c->has_snapshot_keep)
+        cfg.keep = c->snapshot_keep;
+    *out = cfg;
+    return 0;
+}
+
+bool snap_due(const struct snap_config *c, uint64_t batch)
+{
+    return c->every > 0 && batch > 0 && batch % c->every == 0;
+}
+
+void snap_job_free(struct snap_job *j)
+{
+    if (j == NULL)
+        return;
+    for (unsigned p = 0; p < j->nprof; p++)
+        free(j->prof[p].buf);
+    free(j->tensors);
+    free(j->off);
+    free(j->names);
+    free(j);
+}
+
+/* The tensor table of the files: the session's names, flat, in the snapshot dtype where the
+ * shadow is f32 (the shadow's own dtype otherwise: f64, integers). */
+static int job_tensors(struct snap_job *j, const struct session *s)
+{
+    size_t pool = 0;
+
+    for (size_t i = 0; i < s->ntensors; i++)
+        pool += strlen(s->tensors[i].name) + 1;
+    j->tensors = calloc(s->ntensors ? s->ntensors : 1, sizeof(*j->tensors));
+    j->off = calloc(s->ntensors ? s->ntensors : 1, sizeof(*j->off));
+    j->names = malloc(pool ? pool : 1);
+    if (j->tensors == NULL || j->off == NULL || j->names == NULL)
+        return -ENOMEM;
+    char *w = j->names;
+    uint64_t off = 0;
+    for (size_t i = 0; i < s->ntensors; i++) {
+        const struct tensor *t = &s->tensors[i];
+        size_t len = strlen(t->name) + 1;
+        memcpy(w, t->name, len);
+        struct st_tensor *o = &j->tensors[i];
+        o->name = w;
+        w += len;
+        o->dtype = t->shadow_dtype == DTYPE_F32 ? j->cfg.dtype : t->shadow_dtype;
+        o->rank = 1;
+        o->shape[0] = t->numel;
+        j->off[i] = off;
+        off += t->numel * dtype_size(o->dtype);
+    }
+    j->ntensors = s->ntensors;
+    j->data_bytes = off;
+    return 0;
+}
+
+int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t errlen)
+{
+    struct snap_job *j = calloc(1, sizeof(*j));
+    int rc = -ENOMEM;
+
+    if (j == NULL)
+        goto err_mem;
+    j->s = s;
+    j->uid = s->uid;
+    j->cfg = s->snap;
+    j->epoch = s->st.has_last_time ? s->st.last_time.epoch : 0;
+    snprintf(j->state_dir, sizeof(j->state_dir), "%s", s->reg->ctx->opts->state_dir);
+    snprintf(j->session, sizeof(j->session), "%s", s->name);
+    if (store_default_name(s->name, strlen(s->name), j->dirname, sizeof(j->dirname)) < 0) {
+        snprintf(err, errlen, "snapshot: session %s: its name does not map to a directory "
+                 "name of at most %d characters", s->name, STORE_NAME_MAX);
+        rc = -ENAMETOOLONG;
+        goto err;
+    }
+    if (job_tensors(j, s) < 0)
+        goto err_mem;
+    for (unsigned p = 0; p < s->nprof; p++) {
+        const struct profile *pr = &s->prof[p];
+        if (pr->kind != PROFILE_POWER || pr->last_batch == 0)
+            continue;
+        struct snap_prof *sp = &j->prof[j->nprof++];
+        sp->index = p;
+        snprintf(sp->name, sizeof(sp->name), "%s", pr->name);
+        sp->gamma = pr->sched.u.power.gamma;
+        sp->has_sigma_rel = pr->has_sigma_rel || phema_sigma_rel(sp->gamma, &sp->sigma_rel) == 0;
+        if (pr->has_sigma_rel)
+            sp->sigma_rel = pr->sigma_rel;
+        sp->batch = pr->last_batch;
+        snprintf(sp->file, sizeof(sp->file), "%s-%llu.%s" SNAP_SUFFIX, pr->name,
+                 (unsigned long long)sp->batch, dtype_name(j->cfg.dtype));
+        if ((sp->buf = malloc(j->data_bytes ? j->data_bytes : 1)) == NULL)
+            goto err_mem;
+    }
+    if (j->nprof == 0) {
+        snprintf(err, errlen, "snapshot: session %s has no power profile that has updated yet",
+                 s->name);
+        rc = -ENOENT;
+        goto err;
+    }
+    *out = j;
+    return 0;
+err_mem:
+    snprintf(err, errlen, "snapshot: session %s: out of memory for the copy of its power "
+             "profiles", s->name);
+err:
+    snap_job_free(j);
+    return rc;
+}
+
+static void snap_work(uv_work_t *w)
+{
+    struct snap_job *j = w->data;
+
+    j->rc = snap_write(j);
+}
+
+static void snap_after(uv_work_t *w, int status)
+{
+    struct snap_job *j = w->data;
+    struct session *s = j->s;
+    struct registry *r = s->reg;
+
+    (void)status; /* never cancelled */
+    s->snap_pending--;
+    r->snap_in_flight--;
+    j->done(j);
+}
+
+void snap_start(struct snap_job *j, void (*done)(struct snap_job *j))
+{
+    struct session *s = j->s;
+    int rc;
+
+    j->done = done;
+    j->work.data = j;
+    s->snap_pending++;
+    s->reg->snap_in_flight++;
+    if ((rc = uv_queue_work(s->reg->ctx->loop, &j->work, snap_work, snap_after)) < 0) {
+        /* Only for invalid arguments: run it here rather than lose it. */
+        j->rc = snap_write(j);
+        snap_after(&j->work, rc);
+    }
+}
