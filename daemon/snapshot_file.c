@@ -234,11 +234,7 @@ static int write_one(struct snap_job *j, struct snap_prof *sp, int dfd, const ch
     meta[nm++] = (struct st_meta){"dtype", dtype_name(j->cfg.dtype)};
     meta[nm++] = (struct st_meta){"format", "pt"};
     char why[400];
-    /* "./name": durable.h then opens its own descriptor of the directory (given a bare name it
-     * would take dfd over and close it). */
-    char rel[sizeof(sp->file) + 2];
-    snprintf(rel, sizeof(rel), "./%s", sp->file);
-    if ((rc = durable_open(&d, dfd, rel, 0600, why, sizeof(why))) < 0)
+    if ((rc = durable_open(&d, dfd, sp->file, 0600, why, sizeof(why))) < 0)
         goto err;
     if ((rc = st_writer_begin(&w, d.fd, j->tensors, j->ntensors, meta, nm, why,
                               sizeof(why))) < 0 ||

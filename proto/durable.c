@@ -79,7 +79,11 @@ int durable_open(struct durable *d, int dirfd, const char *path, mode_t mode, ch
         return err_set(err, errlen, -EISDIR, "%s: the path names a directory, not a file",
                        path);
     if (slash == NULL) {
-        d->dfd = dirfd;
+        /* Its own descriptor of the caller's directory: the caller keeps dirfd. */
+        d->dfd = dirfd == AT_FDCWD ? AT_FDCWD : fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+        if (d->dfd == -1)
+            return err_set(err, errlen, -errno, "%s: cannot use its directory: %s", path,
+                           strerror(errno));
         d->name = strdup(path);
     } else {
         /* "/x" lives in "/", "a/x" in "a". */

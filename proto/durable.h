@@ -23,7 +23,8 @@ struct durable {
 };
 
 /*
- * Create the temp file for path (relative to dirfd, or AT_FDCWD; its directory must exist)
+ * Create the temp file for path (relative to dirfd, or AT_FDCWD; its directory must exist; the
+ * caller keeps dirfd, which d never closes)
  * with mode (e.g. 0600 or 0644, before the umask is not applied: fchmod sets it exactly).
  * The target's last component is never followed if it is a link: rename replaces the link.
  * An existing target that is neither a regular file nor a link is refused (-EEXIST).

@@ -395,6 +395,32 @@ static void test_a_full_disk_fails_the_write_and_leaves_the_old_file(void **stat
     assert_non_null(strstr(err, "cannot open its directory"));
 }
 
+/* A bare name is relative to the caller's directory descriptor, which the caller keeps: commit
+ * and abort close only the descriptor durable opened for itself. */
+static void test_a_bare_name_leaves_the_callers_directory_open(void **state)
+{
+    struct durable d;
+    char err[256];
+    (void)state;
+
+    int dfd = open(tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(durable_open(&d, dfd, "bare.bin", 0600, err, sizeof(err)), 0);
+        assert_int_equal(durable_write_all(d.fd, "abc", 3), 0);
+        if (round == 0)
+            assert_int_equal(durable_commit(&d, err, sizeof(err)), 0);
+        else
+            durable_abort(&d);
+        assert_int_equal(fcntl(dfd, F_GETFD), FD_CLOEXEC); /* still open, still ours */
+    }
+    struct stat st;
+    assert_int_equal(fstatat(dfd, "bare.bin", &st, 0), 0);
+    assert_int_equal(st.st_size, 3);
+    assert_int_equal(hidden_entries(), 0);
+    close(dfd);
+}
+
 /* ---- 16-bit floats --------------------------------------------------------------------------- */
 
 static uint32_t bits(float f)
@@ -465,6 +491,7 @@ int main(void)
         cmocka_unit_test(test_valid_headers_from_other_writers_are_accepted),
         cmocka_unit_test(test_files_too_short_or_with_an_impossible_length_are_refused),
         cmocka_unit_test(test_a_full_disk_fails_the_write_and_leaves_the_old_file),
+        cmocka_unit_test(test_a_bare_name_leaves_the_callers_directory_open),
         cmocka_unit_test(test_half_conversions_match_the_kernels_references),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
