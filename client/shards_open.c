@@ -206,6 +206,7 @@ static int read_manifest(struct emac_checkpoint *ck, struct emac_error *err)
         got += (size_t)r;
     }
     close(fd);
+    ck->text[len] = '\0'; /* what is read as a string ends at the text's end at the latest */
     rc = jt_parse(ck->text, len, SHARDS_NODES_MAX, SHARDS_DEPTH_MAX, &ck->doc, msg, sizeof(msg));
     if (rc < 0)
         return client_set_err(err, rc, rc == -ENOMEM ? EMAC_E_SYSTEM : EMAC_E_BADFILE,

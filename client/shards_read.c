@@ -357,7 +357,12 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
     win = malloc(buf_bytes);
     r.stage = malloc(buf_bytes);
     r.stage_len = buf_bytes;
-    config = strndup(ck->config, ck->config_len);
+    /* The config is a slice of the manifest's text, not a C string: copy it by its length. */
+    config = malloc(ck->config_len + 1);
+    if (config != NULL) {
+        memcpy(config, ck->config, ck->config_len);
+        config[ck->config_len] = '\0';
+    }
     if (table == NULL || win == NULL || r.stage == NULL || config == NULL) {
         rc = client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
         goto out;
