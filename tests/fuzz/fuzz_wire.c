@@ -58,7 +58,7 @@ static const struct msg_desc *const nested_descs[] = {
 };
 
 /* Largest struct of msg.h, rounded up; checked at run time against d->size. */
-#define MAX_STRUCT 1024
+#define MAX_STRUCT 4096
 
 static unsigned obj_depth(const msgpack_object *o)
 {
