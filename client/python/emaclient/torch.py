@@ -1343,13 +1343,15 @@ class EMA:
             "updates": st["updates"],
             "last_time": st["last_time"],
             "counts": dict(zip(("samples", "tokens", "seconds"), self._now()[3:])),
-            "shadow": {e.name: e.shadow.clone() for e in self._entries
+            # ema_model's exact fp32 shadow: the eval profile's, as ema_model is.
+            "shadow": {e.name: t.clone() for e, t in
+                       zip(self._entries, self._shadows_of(self._eval_profile))
                        if e.dtype in _LOW_PRECISION},
             "excluded": sorted(self._excluded),
             "state_file": None,
         }
         if self._profiles is not None:
-            # Every profile's exact shadow and counters (the first's is ema_model's too).
+            # Every profile's exact shadow and counters (the eval profile's is ema_model's).
             meta["profiles"] = {
                 p["name"]: {"shadow": {e.name: t.clone() for e, t in
                                        zip(self._entries, self._profile_shadows[p["name"]])},
@@ -1361,9 +1363,17 @@ class EMA:
                 self._res.client.save(self.session_name, self._state_file)
                 meta["state_file"] = self._state_file
             except Error as err:
-                warnings.warn("emad could not save the session's state (%s); the checkpoint "
-                              "still resumes exactly from its own contents" % err)
-        ema = self.ema_state_dict()
+                if self._profiles is not None:
+                    # load_state_dict resumes an EMA of several profiles from emad's state
+                    # file only: it refuses to rebuild them from the checkpoint's contents.
+                    warnings.warn("emad could not save the session's state (%s); this "
+                                  "checkpoint of an EMA with profiles cannot be resumed "
+                                  "(load_state_dict will refuse it): its ema_model still holds "
+                                  "the eval profile's weights" % err)
+                else:
+                    warnings.warn("emad could not save the session's state (%s); the "
+                                  "checkpoint still resumes exactly from its own contents" % err)
+        ema = self.ema_state_dict(profile=self._eval_profile)
         training = self.training_state_dict()
         out = {"ema_weights_active": bool(self._active), "ema_started": bool(st["started"]),
                "emad": meta}
@@ -1520,6 +1530,13 @@ class EMA:
                 want = (saved.get("shadow") or {}).get(e.name)
                 if want is None or not _bits_equal(t, want.detach().to("cpu").reshape(e.shape)):
                     return False
+        if meta.get("profiles"):
+            # Every profile was compared bit for bit above; ema_model is the eval profile's
+            # weights, or the training ones when taken swapped in (checkpoint()): nothing to
+            # compare with the first profile's shadow.
+            self._started = st["started"]
+            self._updates = st["updates"]
+            return True
         shadows = meta.get("shadow") or {}
         for e in self._entries:
             want = shadows.get(e.name)
