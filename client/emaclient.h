@@ -360,6 +360,20 @@ size_t emac_session_profiles(const emac_session *s, const struct emac_profile_in
  * NULL when out of range. */
 const void *emac_session_profile_data(const emac_session *s, size_t p, size_t i);
 
+/* register's snapshot options (docs/protocol.md "Snapshots"); need a power profile. */
+struct emac_snapshot_config {
+    const char *every; /* "Nba": after the update of every N-th batch; NULL: only on request */
+    const char *dtype; /* "f32" (NULL), "bf16" or "f16" */
+    uint64_t keep;     /* files kept per profile, the newest; 0: all */
+};
+
+/* emac_register_profiles with snapshots of the power profiles (snap may be NULL). */
+int emac_register_snapshots(emac_client *c, const char *session, emac_segment *seg,
+                            const struct emac_profile *profiles, size_t n,
+                            const char *eval_profile, const struct emac_health_config *hcfg,
+                            const struct emac_snapshot_config *snap, bool resume,
+                            emac_session **out, struct emac_error *err);
+
 /* Release the handle and unmap the shadow, without telling emad (use
  * emac_close for that; a session left unclosed stays in emad, detached).
  * NULL is allowed. */
@@ -554,6 +568,31 @@ void emac_status_raw(const struct emac_status *st, const void **data, size_t *le
  * its own uid's sessions only. An emad without the feature "metrics" (see
  * the hello reply) answers NOMETHOD. */
 int emac_metrics(emac_client *c, char **text, struct emac_error *err);
+
+/* ---- Snapshots (docs/protocol.md "Snapshots") ---- */
+
+/* One snapshot file of a session: one power profile's shadow at one batch. */
+struct emac_snapshot {
+    const char *file;    /* its path (emad's state directory) */
+    const char *profile;
+    uint64_t batch;      /* the batch of the profile's last update, which the file holds */
+    const char *dtype;   /* "f32", "bf16" or "f16" */
+    uint64_t bytes;      /* the file's size */
+};
+
+/* Snapshot every power profile of s now (after the events sent before) and wait for the
+ * files: *list (n of them) the files written; free it with emac_snapshots_free. STATE when no
+ * power profile has updated yet, IO when a file cannot be written. */
+int emac_snapshot(emac_session *s, struct emac_snapshot **list, size_t *n,
+                  struct emac_error *err);
+/* emac_snapshot of any session of the caller's by name (for tools). */
+int emac_snapshot_session(emac_client *c, const char *session, struct emac_snapshot **list,
+                          size_t *n, struct emac_error *err);
+/* Every snapshot file of the session of that name, running or closed, by profile then batch
+ * (none: *list NULL, *n 0). Free *list with emac_snapshots_free. */
+int emac_snapshots(emac_client *c, const char *session, struct emac_snapshot **list, size_t *n,
+                   struct emac_error *err);
+void emac_snapshots_free(struct emac_snapshot *list); /* NULL is allowed */
 
 /* ---- Post-hoc EMA (docs/posthoc.md) ----
  *

@@ -70,6 +70,10 @@ extern const struct ctl_cmd ctl_cmd_status, ctl_cmd_list, ctl_cmd_show, ctl_cmd_
 extern const struct ctl_cmd ctl_cmd_gc;  /* emactl_gc.c */
 extern const struct ctl_cmd ctl_cmd_top; /* emactl_top.c */
 extern const struct ctl_cmd ctl_cmd_consolidate; /* emactl_ckpt.c */
+extern const struct ctl_cmd ctl_cmd_snapshots, ctl_cmd_snapshot; /* emactl_snap.c */
+
+/* A connection to emad (ctl->socket), or NULL after reporting why (emactl_session.c). */
+emac_client *ctl_connect(const struct ctl *ctl);
 
 /* The exit status paragraph of the manuals of commands that talk to emad. */
 #define CTL_DAEMON_EXIT_STATUS                                                                     \

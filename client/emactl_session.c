@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static emac_client *ctl_connect(const struct ctl *ctl)
+emac_client *ctl_connect(const struct ctl *ctl)
 {
     struct emac_error err = {{0}, {0}};
     emac_client *c = NULL;

@@ -203,6 +203,7 @@ struct reg_config {
     const struct emac_profile *profiles;
     size_t nprofiles;
     const char *eval_profile;
+    const struct emac_snapshot_config *snap;
 };
 
 static int register_call(emac_client *c, const char *session, const emac_segment *seg,
@@ -253,6 +254,16 @@ static int register_call(emac_client *c, const char *session, const emac_segment
         req.config.nprofiles = rc_in->nprofiles;
         req.config.has_eval_profile = rc_in->eval_profile != NULL;
         req.config.eval_profile = msg_str_c(rc_in->eval_profile);
+    }
+    if (rc_in != NULL && rc_in->snap != NULL) {
+        const struct emac_snapshot_config *sn = rc_in->snap;
+        req.has_config = true;
+        req.config.has_snapshot_every = sn->every != NULL;
+        req.config.snapshot_every = msg_str_c(sn->every);
+        req.config.has_snapshot_dtype = sn->dtype != NULL;
+        req.config.snapshot_dtype = msg_str_c(sn->dtype);
+        req.config.has_snapshot_keep = sn->keep > 0;
+        req.config.snapshot_keep = sn->keep;
     }
     req.has_resume = resume;
     req.resume = resume;
@@ -309,7 +320,7 @@ int emac_register_health(emac_client *c, const char *session, emac_segment *seg,
                          const struct emac_config *cfg, const struct emac_health_config *hcfg,
                          bool resume, emac_session **out, struct emac_error *err)
 {
-    struct reg_config rcfg = {cfg, hcfg, NULL, 0, NULL};
+    struct reg_config rcfg = {cfg, hcfg, NULL, 0, NULL, NULL};
     return register_with(c, session, seg, &rcfg, resume, out, err);
 }
 
@@ -318,7 +329,17 @@ int emac_register_profiles(emac_client *c, const char *session, emac_segment *se
                            const char *eval_profile, const struct emac_health_config *hcfg,
                            bool resume, emac_session **out, struct emac_error *err)
 {
-    struct reg_config rcfg = {NULL, hcfg, profiles, n, eval_profile};
+    return emac_register_snapshots(c, session, seg, profiles, n, eval_profile, hcfg, NULL, resume,
+                                   out, err);
+}
+
+int emac_register_snapshots(emac_client *c, const char *session, emac_segment *seg,
+                            const struct emac_profile *profiles, size_t n,
+                            const char *eval_profile, const struct emac_health_config *hcfg,
+                            const struct emac_snapshot_config *snap, bool resume,
+                            emac_session **out, struct emac_error *err)
+{
+    struct reg_config rcfg = {NULL, hcfg, profiles, n, eval_profile, snap};
 
     if (profiles == NULL || n == 0 || n > EMAC_PROFILES_MAX)
         return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_register_profiles: 1 to %d "

@@ -143,6 +143,43 @@ class Profiles(emadtest.EmadTestCase):
                 ref.batch_end(model, b)
             self.check(ema, ref)
 
+    def test_checkpoint_with_a_later_eval_profile_swapped_in_resumes(self):
+        """checkpoint() swaps in the eval profile ("warm", the second): state_dict's ema_model
+        then holds the training weights, and a new EMA resumes every profile bit for bit."""
+        d = self.daemon()
+        model = make_model()
+        with EMA(model, socket=d.sock, session="ckpt", profiles=PROFILES,
+                 eval_profile="warm") as ema:
+            ref = Reference(model)
+            for b in range(1, 8):
+                step(model, b)
+                ema.batch_end(batch=b, wait=True)
+                ref.batch_end(model, b)
+            # Outside a swap, ema_model is the eval profile's weights, not the first's.
+            idle = ema.state_dict(save_in_emad=False)["ema_model"]["named_parameters_dict"]
+            want = ref.shadow["warm"]["0.weight"]
+            self.assertTrue(torch.equal(bits(idle["0.weight"]), bits(want)))
+            training = {k: v.detach().clone() for k, v in model.named_parameters()}
+            ema.checkpoint(batch=7)
+            self.assertTrue(ema.active)
+            state = ema.state_dict()
+            held = state["ema_model"]["named_parameters_dict"]
+            for k, v in training.items():
+                self.assertTrue(torch.equal(bits(held[k]), bits(v)), k)
+            saved = {n: ema.shadow_state_dict(profile=n) for n in PROFILES}
+            ema.close(keep=False)
+        model2 = make_model()
+        with EMA(model2, socket=d.sock, session="ckpt", profiles=PROFILES,
+                 eval_profile="warm") as ema2:
+            ema2.load_state_dict(state)
+            for n in PROFILES:
+                got = ema2.shadow_state_dict(profile=n)
+                for k, v in saved[n].items():
+                    self.assertTrue(torch.equal(bits(got[k]), bits(v)), (n, k))
+            # The model has its training weights back (the checkpoint was taken swapped in).
+            for k, p in model2.named_parameters():
+                self.assertTrue(torch.equal(bits(p.detach()), bits(training[k])), k)
+
     def test_single_profile_state_dict_is_unchanged(self):
         d = self.daemon()
         model = torch.nn.Linear(3, 2)

@@ -387,7 +387,8 @@ class Client:
 
     def register(self, session, segment, *, half_life=None, smoothing=None,
                  update_interval=None, ema_start=None, resume=False, on_nonfinite=None,
-                 health=None, profiles=None, eval_profile=None):
+                 health=None, profiles=None, eval_profile=None, snapshot_every=None,
+                 snapshot_dtype=None, snapshot_keep=None):
         """Register a session for the tensors of `segment` (a Segment); the
         config fields left None take emad's defaults. With resume, re-attach
         to a detached session of that name with the same tensor table.
@@ -397,7 +398,22 @@ class Client:
         profiles: {name: {setting: value}} (docs/protocol.md "Profiles"; in
         order, at most 8), instead of half_life, smoothing, update_interval
         and ema_start; eval_profile: the one eval_start swaps in (default:
-        the first)."""
+        the first). snapshot_every ("Nba"), snapshot_dtype ("f32", "bf16",
+        "f16") and snapshot_keep (files kept per profile, 0: all): snapshots
+        of the power profiles for post-hoc EMA (docs/protocol.md
+        "Snapshots"); they need profiles=."""
+        snap = None
+        if any(v is not None for v in (snapshot_every, snapshot_dtype, snapshot_keep)):
+            if profiles is None:
+                raise ValueError("register: snapshot_every/snapshot_dtype/snapshot_keep need "
+                                 "profiles= with a power profile")
+            snap = _lib.EmacSnapshotConfig()
+            snap.every = _b(snapshot_every, "snapshot_every")
+            snap.dtype = _b(snapshot_dtype, "snapshot_dtype")
+            keep = 0 if snapshot_keep is None else int(snapshot_keep)
+            if keep < 0:
+                raise ValueError("register: snapshot_keep must be >= 0, not %d" % keep)
+            snap.keep = keep
         if profiles is not None:
             if any(v is not None for v in (half_life, smoothing, update_interval, ema_start)):
                 raise ValueError("register: give profiles or half_life/smoothing/"
@@ -413,9 +429,10 @@ class Client:
                 hcfg.health = bool(health)
             handle = _lib.session_p()
             err = _lib.EmacError()
-            _check(lib.emac_register_profiles(
+            _check(lib.emac_register_snapshots(
                 self._handle(), _b(session, "session"), segment._handle(), arr, len(items),
-                _b(eval_profile, "eval_profile"), ctypes.byref(hcfg), bool(resume),
+                _b(eval_profile, "eval_profile"), ctypes.byref(hcfg),
+                ctypes.byref(snap) if snap is not None else None, bool(resume),
                 ctypes.byref(handle), ctypes.byref(err)), err)
             return Session(self, segment, handle)
         cfg = _lib.EmacConfig()
@@ -458,6 +475,43 @@ class Client:
         """Remove a detached session and its shadow."""
         err = _lib.EmacError()
         _check(lib.emac_drop(self._handle(), _b(session, "session"), ctypes.byref(err)), err)
+
+    def snapshots(self, session):
+        """Every snapshot file of the session of that name (running or closed),
+        by profile then batch: [{"file", "profile", "batch", "dtype", "bytes"}]."""
+        return _snapshot_list(lib.emac_snapshots, self._handle(), _b(session, "session"))
+
+    def snapshot(self, session):
+        """Have emad snapshot every power profile of the session now (after the
+        events queued before): the files written, as snapshots() lists them."""
+        return _snapshot_list(lib.emac_snapshot_session, self._handle(),
+                              _b(session, "session"))
+
+
+def _snapshot_list(fn, *args):
+    arr = ctypes.POINTER(_lib.EmacSnapshot)()
+    n = ctypes.c_size_t()
+    err = _lib.EmacError()
+    _check(fn(*args, ctypes.byref(arr), ctypes.byref(n), ctypes.byref(err)), err)
+    try:
+        return [{"file": _s(arr[i].file), "profile": _s(arr[i].profile),
+                 "batch": int(arr[i].batch), "dtype": _s(arr[i].dtype),
+                 "bytes": int(arr[i].bytes)} for i in range(n.value)]
+    finally:
+        lib.emac_snapshots_free(arr)
+
+
+def posthoc_files(paths, sigma_rel, out_path, batch=None, dtype=None):
+    """Reconstruct the power EMA of width sigma_rel at `batch` (None: the
+    latest snapshot's) from the snapshot files `paths` into the safetensors
+    file out_path, in dtype ("f32" (None), "bf16" or "f16"): emac_posthoc_files
+    (docs/posthoc.md)."""
+    paths = [os.fsencode(p) for p in paths]
+    arr = (ctypes.c_char_p * max(1, len(paths)))(*paths)
+    err = _lib.EmacError()
+    _check(lib.emac_posthoc_files(arr, len(paths), float(sigma_rel),
+                                  0 if batch is None else int(batch), os.fsencode(out_path),
+                                  _b(dtype, "dtype"), ctypes.byref(err)), err)
 
 
 # ---- Segment ----
@@ -777,6 +831,11 @@ class Session:
         _check(lib.emac_swap(self._handle(), _b(to, "to"), ctypes.byref(out), ctypes.byref(err)),
                err)
         return _result(out)
+
+    def snapshot(self):
+        """Have emad snapshot every power profile of this session now, after
+        the events sent before: the files written (as Client.snapshots)."""
+        return _snapshot_list(lib.emac_snapshot, self._handle())
 
     def close(self, keep=False):
         """End the session in emad (its shadow freed), or with keep leave it

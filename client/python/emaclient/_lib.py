@@ -229,6 +229,20 @@ class EmacFile(ctypes.Structure):
     _fields_ = [("path", ctypes.c_char * 4096), ("bytes", c_uint64)]
 
 
+class EmacSnapshotConfig(ctypes.Structure):
+    _fields_ = [("every", c_char_p), ("dtype", c_char_p), ("keep", c_uint64)]
+
+
+class EmacSnapshot(ctypes.Structure):
+    _fields_ = [
+        ("file", c_char_p),
+        ("profile", c_char_p),
+        ("batch", c_uint64),
+        ("dtype", c_char_p),
+        ("bytes", c_uint64),
+    ]
+
+
 class EmacStatus(ctypes.Structure):
     _fields_ = [
         ("server", c_char_p),
@@ -322,6 +336,21 @@ _PROTOTYPES = {
     "emac_swap_profile": (c_int, [session_p, c_char_p, POINTER(EmacResult), err_p]),
     "emac_status_profiles": (
         c_size_t, [POINTER(EmacStatus), c_size_t, POINTER(POINTER(EmacProfileInfo))]),
+    "emac_register_snapshots": (
+        c_int,
+        [client_p, c_char_p, segment_p, POINTER(EmacProfile), c_size_t, c_char_p,
+         POINTER(EmacHealthConfig), POINTER(EmacSnapshotConfig), c_bool, POINTER(session_p),
+         err_p]),
+    "emac_snapshot": (
+        c_int, [session_p, POINTER(POINTER(EmacSnapshot)), POINTER(c_size_t), err_p]),
+    "emac_snapshot_session": (
+        c_int, [client_p, c_char_p, POINTER(POINTER(EmacSnapshot)), POINTER(c_size_t), err_p]),
+    "emac_snapshots": (
+        c_int, [client_p, c_char_p, POINTER(POINTER(EmacSnapshot)), POINTER(c_size_t), err_p]),
+    "emac_snapshots_free": (None, [POINTER(EmacSnapshot)]),
+    "emac_posthoc_files": (
+        c_int, [POINTER(c_char_p), c_size_t, ctypes.c_double, c_uint64, c_char_p, c_char_p,
+                err_p]),
 }
 
 # enum emac_action, in the header's order.

@@ -55,6 +55,7 @@ import itertools
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -63,7 +64,7 @@ import weakref
 
 import torch
 
-from . import Client, Error, Segment, _device, _released_by_owner
+from . import Client, Error, Segment, _device, _released_by_owner, _safetensors, posthoc_files
 
 __all__ = ["EMA", "DTYPES"]
 
@@ -410,6 +411,11 @@ class EMA:
         0.75}) or EDM2's power function ({"sigma_rel": 0.05}). eval_profile:
         the one eval() and checkpoint() swap in (default: the first);
         swap("ema", profile=NAME) and eval(profile=NAME) take any.
+    snapshot_every ("Nba"), snapshot_dtype ("f32", "bf16", "f16"),
+        snapshot_keep (files kept per profile; 0: all): emad writes the
+        power profiles' shadows to files (docs/protocol.md "Snapshots"), from
+        which posthoc() reconstructs the EMA of any width; they need
+        profiles= with a power profile. snapshot() takes one on request.
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -420,7 +426,8 @@ class EMA:
                  ema_start="0.0dur", update_interval=None, session=None, socket=None,
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
                  streams=None, max_duration=None, include_frozen=False, on_nonfinite=None,
-                 health=None, profiles=None, eval_profile=None):
+                 health=None, profiles=None, eval_profile=None, snapshot_every=None,
+                 snapshot_dtype=None, snapshot_keep=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -461,7 +468,8 @@ class EMA:
         self._config = {"half_life": None if half_life is None else str(half_life),
                         "smoothing": smoothing, "update_interval": update_interval,
                         "ema_start": ema_start, "on_nonfinite": on_nonfinite,
-                        "health": health}
+                        "health": health, "snapshot_every": snapshot_every,
+                        "snapshot_dtype": snapshot_dtype, "snapshot_keep": snapshot_keep}
         if self._profiles is not None:
             self._config.update(half_life=None, smoothing=None, ema_start=None,
                                 profiles=self._profiles, eval_profile=eval_profile)
@@ -568,7 +576,9 @@ class EMA:
             self.session_name, res.segment, half_life=c["half_life"],
             smoothing=c["smoothing"], update_interval=c["update_interval"],
             ema_start=c["ema_start"], resume=resume, on_nonfinite=c["on_nonfinite"],
-            health=c["health"], profiles=c.get("profiles"), eval_profile=c.get("eval_profile"))
+            health=c["health"], profiles=c.get("profiles"), eval_profile=c.get("eval_profile"),
+            snapshot_every=c["snapshot_every"], snapshot_dtype=c["snapshot_dtype"],
+            snapshot_keep=c["snapshot_keep"])
         _released_by_owner(session)
         res.session = session
         for e, sh in zip(self._entries, session.shadows):
@@ -1163,6 +1173,77 @@ class EMA:
                 profile, ", ".join(self.profiles)))
         return self._profile_shadows[profile]
 
+    # ---- snapshots, post-hoc EMA, export ----
+
+    def snapshot(self):
+        """Have emad snapshot every power profile now, after the events sent
+        before: the files written, [{"file", "profile", "batch", "dtype",
+        "bytes"}]."""
+        self.wait()
+        return self._session().snapshot()
+
+    def snapshots(self):
+        """Every snapshot file of this session's name, by profile then batch:
+        [{"file", "profile", "batch", "dtype", "bytes"}]. The files outlive the
+        session, so a session of the same name closed earlier lists its own
+        too."""
+        self.wait()
+        return self._res.client.snapshots(self.session_name)
+
+    def posthoc(self, sigma_rel, batch=None):
+        """The EMA of width sigma_rel at `batch` (None: the last snapshot's),
+        reconstructed from the snapshots of the power profiles
+        (docs/posthoc.md): {name: float32 tensor with the model's shapes, on the
+        CPU}, ready for model.load_state_dict. Uses the snapshots at or before
+        batch; sigma_rel in (0, 12^-1/2)."""
+        files = [f["file"] for f in self.snapshots()]
+        if not files:
+            raise Error("STATE", "posthoc: session %r has no snapshot files (register with "
+                        "snapshot_every=, or call snapshot())" % (self.session_name,))
+        with tempfile.TemporaryDirectory(prefix="emaclient-posthoc-") as tmp:
+            out = os.path.join(tmp, "posthoc.safetensors")
+            posthoc_files(files, sigma_rel, out, batch=batch, dtype="f32")
+            tensors, _ = _safetensors.read(out)
+        result = {}
+        for e in self._entries:
+            t = tensors.get(e.name)
+            if t is None:
+                raise Error("BADFILE", "posthoc: the snapshots lack tensor %r" % (e.name,))
+            if t.numel() != e.view.numel():
+                raise Error("BADFILE", "posthoc: tensor %r has %d elements in the snapshots, "
+                            "%d in the model" % (e.name, t.numel(), e.view.numel()))
+            result[e.name] = t.reshape(e.shape)
+        return result
+
+    def export(self, path, profile=None, dtype=None):
+        """Write the EMA weights of profile (default: the eval profile, which
+        eval() swaps in) to path as safetensors, with the model's state_dict
+        names and shapes: in dtype ("f32", "bf16", "f16" or a torch dtype;
+        rounded to nearest even from the shadow) for the floating tensors, the
+        shadow's own dtype when None. Written after the events in flight,
+        durably (temp file, fsync, rename)."""
+        if isinstance(dtype, str):
+            if dtype not in ("f32", "bf16", "f16"):
+                raise ValueError("export: dtype must be 'f32', 'bf16' or 'f16', not %r" % dtype)
+            dtype = _TORCH[dtype]
+        elif dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError("export: dtype must be float32, bfloat16 or float16, not %s" % dtype)
+        self.wait()
+        self._session()
+        if profile is None:
+            profile = self._eval_profile
+        shadows = self._shadows_of(profile)
+        training = self.training_state_dict() if self._excluded else {}
+        out = {}
+        for e, sh in zip(self._entries, shadows):
+            t = training[e.name] if e.name in self._excluded else sh
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            out[e.name] = t.detach().to("cpu").reshape(e.shape)
+        _safetensors.write(path, out, {"format": "pt", "session": self.session_name,
+                                       "profile": profile or self.profiles[0],
+                                       "batch": str(self._batch)})
+
     def ema_state_dict(self, profile=None):
         """{name: tensor}: the EMA weights in the model's dtypes (read from the
         shadow, rounded to nearest even as a swap-in does), on the model's
@@ -1262,13 +1343,15 @@ class EMA:
             "updates": st["updates"],
             "last_time": st["last_time"],
             "counts": dict(zip(("samples", "tokens", "seconds"), self._now()[3:])),
-            "shadow": {e.name: e.shadow.clone() for e in self._entries
+            # ema_model's exact fp32 shadow: the eval profile's, as ema_model is.
+            "shadow": {e.name: t.clone() for e, t in
+                       zip(self._entries, self._shadows_of(self._eval_profile))
                        if e.dtype in _LOW_PRECISION},
             "excluded": sorted(self._excluded),
             "state_file": None,
         }
         if self._profiles is not None:
-            # Every profile's exact shadow and counters (the first's is ema_model's too).
+            # Every profile's exact shadow and counters (the eval profile's is ema_model's).
             meta["profiles"] = {
                 p["name"]: {"shadow": {e.name: t.clone() for e, t in
                                        zip(self._entries, self._profile_shadows[p["name"]])},
@@ -1280,9 +1363,17 @@ class EMA:
                 self._res.client.save(self.session_name, self._state_file)
                 meta["state_file"] = self._state_file
             except Error as err:
-                warnings.warn("emad could not save the session's state (%s); the checkpoint "
-                              "still resumes exactly from its own contents" % err)
-        ema = self.ema_state_dict()
+                if self._profiles is not None:
+                    # load_state_dict resumes an EMA of several profiles from emad's state
+                    # file only: it refuses to rebuild them from the checkpoint's contents.
+                    warnings.warn("emad could not save the session's state (%s); this "
+                                  "checkpoint of an EMA with profiles cannot be resumed "
+                                  "(load_state_dict will refuse it): its ema_model still holds "
+                                  "the eval profile's weights" % err)
+                else:
+                    warnings.warn("emad could not save the session's state (%s); the "
+                                  "checkpoint still resumes exactly from its own contents" % err)
+        ema = self.ema_state_dict(profile=self._eval_profile)
         training = self.training_state_dict()
         out = {"ema_weights_active": bool(self._active), "ema_started": bool(st["started"]),
                "emad": meta}
@@ -1439,6 +1530,13 @@ class EMA:
                 want = (saved.get("shadow") or {}).get(e.name)
                 if want is None or not _bits_equal(t, want.detach().to("cpu").reshape(e.shape)):
                     return False
+        if meta.get("profiles"):
+            # Every profile was compared bit for bit above; ema_model is the eval profile's
+            # weights, or the training ones when taken swapped in (checkpoint()): nothing to
+            # compare with the first profile's shadow.
+            self._started = st["started"]
+            self._updates = st["updates"]
+            return True
         shadows = meta.get("shadow") or {}
         for e in self._entries:
             want = shadows.get(e.name)
