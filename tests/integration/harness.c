@@ -616,3 +616,63 @@ void shim_preload(char preload[SHIM_PRELOAD_MAX], char asan[SHIM_ASAN_MAX])
     snprintf(asan, SHIM_ASAN_MAX, "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
              opts != NULL ? opts : "", opts != NULL && opts[0] != '\0' ? ":" : "");
 }
+
+/* ---- raw protocol calls ---- */
+
+void rpc_open(struct rpc *c, const struct daemon *d, const char *client)
+{
+    memset(c, 0, sizeof(*c));
+    wire_decoder_init(&c->dec, 1u << 24, 8);
+    c->fd = hello_connect(d->sock, client, &c->dec);
+    c->next = 2;
+}
+
+void rpc_close(struct rpc *c)
+{
+    close(c->fd);
+    wire_decoder_free(&c->dec);
+}
+
+const msgpack_object *rpc_call(struct rpc *c, const char *method, const struct msg_desc *d,
+                               const void *req)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    uint32_t id = c->next++;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    wire_pack_request_head(&pk, id, method);
+    msg_encode(&pk, d, req);
+    send_bytes(c->fd, sb.data, sb.size);
+    msgpack_sbuffer_destroy(&sb);
+    c->code[0] = c->message[0] = '\0';
+    for (;;) {
+        struct wire_msg m;
+        struct wire_fault f;
+        int rc = wire_decoder_next(&c->dec, &m, &f);
+        assert_true(rc >= 0);
+        if (rc > 0) {
+            assert_int_equal(m.kind, WIRE_RESPONSE);
+            assert_int_equal(m.msgid, id);
+            if (m.error->type == MSGPACK_OBJECT_MAP) {
+                struct msg_error e;
+                char why[128];
+                assert_int_equal(msg_decode(&msg_error_desc, m.error, &e, why, sizeof(why)), 0);
+                snprintf(c->code, sizeof(c->code), "%.*s", (int)e.code.len, e.code.ptr);
+                snprintf(c->message, sizeof(c->message), "%.*s", (int)e.message.len,
+                         e.message.ptr);
+                return NULL;
+            }
+            return m.result;
+        }
+        struct pollfd p = {c->fd, POLLIN, 0};
+        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+        size_t room;
+        char *buf = wire_decoder_reserve(&c->dec, 65536, &room);
+        assert_non_null(buf);
+        ssize_t n = recv(c->fd, buf, room, 0);
+        assert_true(n > 0);
+        wire_decoder_commit(&c->dec, (size_t)n);
+    }
+}

@@ -25,7 +25,8 @@
  *                   wait_listening, check_daemon_stderr, daemon_stop,
  *                   daemon_stop_unlinked
  *   raw protocol    try_connect, send_bytes, pack_hello, send_hello,
- *                   hello_connect, register_msg, struct reply,
+ *                   hello_connect, register_msg, struct rpc (rpc_open, rpc_call),
+ *                   struct reply,
  *                   read_reply_dec, read_reply
  *   libemaclient    seg_left, teardown_seg_left, client_connect, event_at,
  *                   daemon_kill
@@ -257,6 +258,21 @@ int hello_connect(const char *sock, const char *client, struct wire_decoder *dec
  * as libemaclient describes them, into t (room for n); nothing optional set. */
 void register_msg(struct msg_register *reg, struct msg_tensor *t, size_t n, const char *session,
                   emac_segment *seg);
+
+/* A raw protocol connection that says hello as client, then calls one method at a time. */
+struct rpc {
+    int fd;
+    struct wire_decoder dec;
+    uint32_t next;
+    char code[32];
+    char message[1024];
+};
+void rpc_open(struct rpc *c, const struct daemon *d, const char *client);
+void rpc_close(struct rpc *c);
+/* Send method with req (described by d); wait for its response. Returns the result object (valid
+ * until the next call), or NULL with c->code and c->message set. */
+const msgpack_object *rpc_call(struct rpc *c, const char *method, const struct msg_desc *d,
+                               const void *req);
 
 /* ---- libemaclient ---- */
 

@@ -36,85 +36,17 @@ static const struct emac_tensor_spec specs[] = {
 
 /* ---- the raw protocol ---- */
 
-struct conn {
-    int fd;
-    struct wire_decoder dec;
-    uint32_t next;
-    char code[32];
-    char message[512];
-};
-
-static void conn_open(struct conn *c, const struct daemon *d)
+static void call_ok(struct rpc *c, const char *method, const struct msg_desc *d, const void *req)
 {
-    memset(c, 0, sizeof(*c));
-    wire_decoder_init(&c->dec, 1u << 24, 8);
-    c->fd = hello_connect(d->sock, "test_profiles", &c->dec);
-    c->next = 2;
-}
-
-static void conn_close(struct conn *c)
-{
-    close(c->fd);
-    wire_decoder_free(&c->dec);
-}
-
-/* Send method with req (described by d); wait for its response. Returns the result object (valid
- * until the next call), or NULL with c->code and c->message set. */
-static const msgpack_object *call(struct conn *c, const char *method, const struct msg_desc *d,
-                                  const void *req)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint32_t id = c->next++;
-
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, id, method);
-    msg_encode(&pk, d, req);
-    send_bytes(c->fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-    c->code[0] = c->message[0] = '\0';
-    for (;;) {
-        struct wire_msg m;
-        struct wire_fault f;
-        int rc = wire_decoder_next(&c->dec, &m, &f);
-        assert_true(rc >= 0);
-        if (rc > 0) {
-            assert_int_equal(m.kind, WIRE_RESPONSE);
-            assert_int_equal(m.msgid, id);
-            if (m.error->type == MSGPACK_OBJECT_MAP) {
-                struct msg_error e;
-                char why[128];
-                assert_int_equal(msg_decode(&msg_error_desc, m.error, &e, why, sizeof(why)), 0);
-                snprintf(c->code, sizeof(c->code), "%.*s", (int)e.code.len, e.code.ptr);
-                snprintf(c->message, sizeof(c->message), "%.*s", (int)e.message.len,
-                         e.message.ptr);
-                return NULL;
-            }
-            return m.result;
-        }
-        struct pollfd p = {c->fd, POLLIN, 0};
-        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
-        size_t room;
-        char *buf = wire_decoder_reserve(&c->dec, 65536, &room);
-        assert_non_null(buf);
-        ssize_t n = recv(c->fd, buf, room, 0);
-        assert_true(n > 0);
-        wire_decoder_commit(&c->dec, (size_t)n);
-    }
-}
-
-static void call_ok(struct conn *c, const char *method, const struct msg_desc *d, const void *req)
-{
-    if (call(c, method, d, req) == NULL)
+    if (rpc_call(c, method, d, req) == NULL)
         fail_msg("%s: %s: %s", method, c->code, c->message);
 }
 
 /* A call that must fail with code, its message containing want. */
-static void call_fails(struct conn *c, const char *method, const struct msg_desc *d,
+static void call_fails(struct rpc *c, const char *method, const struct msg_desc *d,
                        const void *req, const char *code, const char *want)
 {
-    if (call(c, method, d, req) != NULL)
+    if (rpc_call(c, method, d, req) != NULL)
         fail_msg("%s succeeded; expected %s (%s)", method, code, want);
     if (strcmp(c->code, code) != 0 || strstr(c->message, want) == NULL)
         fail_msg("%s: %s: %s; expected %s with \"%s\"", method, c->code, c->message, code, want);
@@ -134,13 +66,13 @@ struct seen {
 };
 
 /* The session's status: its shadow, its tensors' offsets and its profiles. */
-static void status_of(struct conn *c, const char *name, emac_segment *seg, struct seen *out)
+static void status_of(struct rpc *c, const char *name, emac_segment *seg, struct seen *out)
 {
     struct msg_status req = {true, msg_str_c(name)};
     struct msg_status_reply rep;
     char why[256];
 
-    const msgpack_object *res = call(c, "status", &msg_status_desc, &req);
+    const msgpack_object *res = rpc_call(c, "status", &msg_status_desc, &req);
     if (res == NULL)
         fail_msg("status: %s: %s", c->code, c->message);
     if (msg_decode(&msg_status_reply_desc, res, &rep, why, sizeof(why)) < 0)
@@ -337,20 +269,20 @@ static void expect_params_hold(const emac_segment *seg, const struct ref *r, siz
                      bf16_rne(r->shadow[p][1][i]));
 }
 
-static void batch_end(struct conn *c, const char *name, uint64_t b)
+static void batch_end(struct rpc *c, const char *name, uint64_t b)
 {
     struct msg_event ev = {msg_str_c(name), msg_str_c("batch_end"), {.batch = b}, false, 0};
     call_ok(c, "event", &msg_event_desc, &ev);
 }
 
-static void swap(struct conn *c, const char *name, const char *to, const char *profile)
+static void swap(struct rpc *c, const char *name, const char *to, const char *profile)
 {
     struct msg_swap sw = {msg_str_c(name), msg_str_c(to), false, 0, profile != NULL,
                           msg_str_c(profile)};
     call_ok(c, "swap", &msg_swap_desc, &sw);
 }
 
-static void register_profiles(struct conn *c, const char *name, emac_segment *seg,
+static void register_profiles(struct rpc *c, const char *name, emac_segment *seg,
                               struct msg_profile *p, size_t np, const char *eval, bool resume)
 {
     struct msg_register reg;
@@ -385,7 +317,7 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     struct daemon d;
     struct emac_error err;
     struct msg_profile prof[NP];
-    struct conn c;
+    struct rpc c;
     struct seen sn, saved_sn;
     static struct ref r, saved;
     (void)state;
@@ -393,7 +325,7 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     daemon_start(&d, (const char *const[]){"--workers", "2", NULL});
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
     pack_profiles(prof);
     register_profiles(&c, "multi", made, prof, NP, NULL, false);
     ref_register(&r, made);
@@ -458,10 +390,10 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     expect_shadows(&sn, &r);
 
     /* SIGKILL and restart: the journal brings the profiles back, the header their counters. */
-    conn_close(&c);
+    rpc_close(&c);
     daemon_kill(&d);
     daemon_start_env(&d, (const char *const[]){"--workers", "2", NULL}, NULL);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
     register_profiles(&c, "multi", made, prof, NP, NULL, true);
     status_of(&c, "multi", made, &saved_sn);
     expect_shadows(&saved_sn, &r);
@@ -478,12 +410,12 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     expect_shadows(&sn, &r);
 
     /* A clean stop keeps the session in a state file; the next emad restores every profile. */
-    conn_close(&c);
+    rpc_close(&c);
     assert_int_equal(kill(d.pid, SIGTERM), 0);
     assert_int_equal(wait_exit(d.pid), 0);
     check_daemon_stderr(&d, -1);
     daemon_start_env(&d, (const char *const[]){"--workers", "2", NULL}, NULL);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
     register_profiles(&c, "multi", made, prof, NP, NULL, true);
     status_of(&c, "multi", made, &saved_sn);
     expect_shadows(&saved_sn, &r);
@@ -500,7 +432,7 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     expect_shadows(&sn, &r);
     struct msg_close cl = {msg_str_c("multi"), false, false};
     call_ok(&c, "close", &msg_close_desc, &cl);
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
@@ -509,7 +441,7 @@ static void test_eval_profile_chooses_what_eval_start_swaps_in(void **state)
     struct daemon d;
     struct emac_error err;
     struct msg_profile prof[NP];
-    struct conn c;
+    struct rpc c;
     struct seen sn;
     static struct ref r;
     (void)state;
@@ -517,7 +449,7 @@ static void test_eval_profile_chooses_what_eval_start_swaps_in(void **state)
     daemon_start(&d, NULL);
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
     pack_profiles(prof);
     register_profiles(&c, "evalp", made, prof, NP, "p", false);
     ref_register(&r, made);
@@ -526,7 +458,7 @@ static void test_eval_profile_chooses_what_eval_start_swaps_in(void **state)
     /* "fast" starts at batch 3: before, it cannot be swapped in (the swap does nothing). */
     struct msg_swap early = {msg_str_c("evalp"), msg_str_c("ema"), false, 0, true,
                              msg_str_c("fast")};
-    const msgpack_object *res = call(&c, "swap", &msg_swap_desc, &early);
+    const msgpack_object *res = rpc_call(&c, "swap", &msg_swap_desc, &early);
     assert_non_null(res);
     struct msg_action a;
     char why[128];
@@ -542,12 +474,12 @@ static void test_eval_profile_chooses_what_eval_start_swaps_in(void **state)
     call_ok(&c, "event", &msg_event_desc, &ev);
     expect_params_hold(made, &r, 2);
     swap(&c, "evalp", "train", NULL);
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
 /* A register that must be refused with BADARG naming the problem. */
-static void expect_refused(struct conn *c, emac_segment *seg, struct msg_profile *p, size_t np,
+static void expect_refused(struct rpc *c, emac_segment *seg, struct msg_profile *p, size_t np,
                            const char *eval, const char *want)
 {
     struct msg_register reg;
@@ -568,13 +500,13 @@ static void test_bad_profiles_are_refused(void **state)
     struct daemon d;
     struct emac_error err;
     struct msg_profile p[9];
-    struct conn c;
+    struct rpc c;
     static const char *const many[9] = {"a", "b", "c", "d", "e", "f", "g", "h", "i"};
     (void)state;
 
     daemon_start(&d, NULL);
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
 
     memset(p, 0, sizeof(p));
     for (size_t i = 0; i < 9; i++)
@@ -650,7 +582,7 @@ static void test_bad_profiles_are_refused(void **state)
     expect_refused(&c, made, p, 1, "q", "config.eval_profile: \"q\" names none of the profiles");
     p[0].name = msg_str_c("no spaces");
     expect_refused(&c, made, p, 1, NULL, "a profile name is 1 to 32 characters");
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
@@ -660,15 +592,15 @@ static void test_crash_exact_refuses_several_profiles(void **state)
     struct daemon d;
     struct emac_error err;
     struct msg_profile p[NP];
-    struct conn c;
+    struct rpc c;
     (void)state;
 
     daemon_start(&d, (const char *const[]){"--crash-exact", NULL});
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
     pack_profiles(p);
     expect_refused(&c, made, p, NP, NULL, "--crash-exact");
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
@@ -756,7 +688,7 @@ static void test_crash_exact_updates_one_warmup_profile_exactly(void **state)
     struct daemon d;
     struct emac_error err;
     struct msg_profile prof[NP];
-    struct conn c;
+    struct rpc c;
     struct seen sn;
     static struct ref r;
     (void)state;
@@ -764,7 +696,7 @@ static void test_crash_exact_updates_one_warmup_profile_exactly(void **state)
     daemon_start(&d, (const char *const[]){"--crash-exact", NULL});
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_profiles");
     pack_profiles(prof);
     register_profiles(&c, "exact", made, &prof[1], 1, NULL, false);
     ref_register(&r, made);
@@ -785,7 +717,7 @@ static void test_crash_exact_updates_one_warmup_profile_exactly(void **state)
     for (size_t t = 0; t < NT; t++)
         assert_memory_equal((const char *)m + sn.offset[t], r.shadow[1][t], specs[t].numel * 4);
     munmap(m, sn.shadow_bytes);
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 

@@ -41,78 +41,10 @@ static const char *const pnames[NP] = {"p05", "p10"};
 
 /* ---- the raw protocol ---- */
 
-struct conn {
-    int fd;
-    struct wire_decoder dec;
-    uint32_t next;
-    char code[32];
-    char message[1024];
-};
-
-static void conn_open(struct conn *c, const struct daemon *d)
-{
-    memset(c, 0, sizeof(*c));
-    wire_decoder_init(&c->dec, 1u << 24, 8);
-    c->fd = hello_connect(d->sock, "test_snapshots", &c->dec);
-    c->next = 2;
-}
-
-static void conn_close(struct conn *c)
-{
-    close(c->fd);
-    wire_decoder_free(&c->dec);
-}
-
-/* Send method with req; the result object (valid until the next call), or NULL with c->code
- * and c->message. */
-static const msgpack_object *call(struct conn *c, const char *method, const struct msg_desc *d,
-                                  const void *req)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-    uint32_t id = c->next++;
-
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, id, method);
-    msg_encode(&pk, d, req);
-    send_bytes(c->fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-    c->code[0] = c->message[0] = '\0';
-    for (;;) {
-        struct wire_msg m;
-        struct wire_fault f;
-        int rc = wire_decoder_next(&c->dec, &m, &f);
-        assert_true(rc >= 0);
-        if (rc > 0) {
-            assert_int_equal(m.kind, WIRE_RESPONSE);
-            assert_int_equal(m.msgid, id);
-            if (m.error->type == MSGPACK_OBJECT_MAP) {
-                struct msg_error e;
-                char why[128];
-                assert_int_equal(msg_decode(&msg_error_desc, m.error, &e, why, sizeof(why)), 0);
-                snprintf(c->code, sizeof(c->code), "%.*s", (int)e.code.len, e.code.ptr);
-                snprintf(c->message, sizeof(c->message), "%.*s", (int)e.message.len,
-                         e.message.ptr);
-                return NULL;
-            }
-            return m.result;
-        }
-        struct pollfd p = {c->fd, POLLIN, 0};
-        assert_int_equal(poll(&p, 1, WAIT_MS), 1);
-        size_t room;
-        char *buf = wire_decoder_reserve(&c->dec, 65536, &room);
-        assert_non_null(buf);
-        ssize_t n = recv(c->fd, buf, room, 0);
-        assert_true(n > 0);
-        wire_decoder_commit(&c->dec, (size_t)n);
-    }
-}
-
-static const msgpack_object *call_ok(struct conn *c, const char *method,
+static const msgpack_object *call_ok(struct rpc *c, const char *method,
                                      const struct msg_desc *d, const void *req)
 {
-    const msgpack_object *o = call(c, method, d, req);
+    const msgpack_object *o = rpc_call(c, method, d, req);
     if (o == NULL)
         fail_msg("%s: %s: %s", method, c->code, c->message);
     return o;
@@ -147,7 +79,7 @@ struct snapcfg {
     bool power;        /* false: one composer profile only */
 };
 
-static void register_snap(struct conn *c, const char *name, emac_segment *seg,
+static void register_snap(struct rpc *c, const char *name, emac_segment *seg,
                           const struct snapcfg *sc)
 {
     struct msg_register reg;
@@ -180,7 +112,7 @@ static void register_snap(struct conn *c, const char *name, emac_segment *seg,
 }
 
 /* batch_end at b; the reply's snapshot_error into err (may be NULL; "" when none). */
-static void batch_end(struct conn *c, const char *name, emac_segment *seg, uint64_t b, char *err,
+static void batch_end(struct rpc *c, const char *name, emac_segment *seg, uint64_t b, char *err,
                       size_t errlen)
 {
     struct msg_event ev = {msg_str_c(name), msg_str_c("batch_end"), {.batch = b}, false, 0};
@@ -205,7 +137,7 @@ struct seen {
     char error[1024];
 };
 
-static void status_of(struct conn *c, const char *name, struct seen *out)
+static void status_of(struct rpc *c, const char *name, struct seen *out)
 {
     struct msg_status req = {true, msg_str_c(name)};
     struct msg_status_reply rep;
@@ -257,7 +189,7 @@ static void copy_entries(const msgpack_object *o, struct listed *out)
     msg_free(&msg_snapshots_reply_desc, &rep);
 }
 
-static void list(struct conn *c, const char *name, struct listed *out)
+static void list(struct rpc *c, const char *name, struct listed *out)
 {
     struct msg_snapshot req = {msg_str_c(name)};
     copy_entries(call_ok(c, "snapshots", &msg_snapshot_desc, &req), out);
@@ -272,7 +204,7 @@ static bool has(const struct listed *l, const char *profile, uint64_t batch)
 }
 
 /* Poll the listing until every profile has a file at batch (the writes are asynchronous). */
-static void wait_listed(struct conn *c, const char *name, uint64_t batch, struct listed *out)
+static void wait_listed(struct rpc *c, const char *name, uint64_t batch, struct listed *out)
 {
     for (int ms = 0; ms < WAIT_MS; ms += 10) {
         list(c, name, out);
@@ -357,7 +289,7 @@ static void test_snapshots_at_their_batches_equal_the_shadow_and_keep_the_newest
 {
     struct daemon d;
     struct emac_error err;
-    struct conn c;
+    struct rpc c;
     struct seen sn;
     struct listed l;
     const struct snapcfg sc = {"2ba", NULL, 2, true};
@@ -366,7 +298,7 @@ static void test_snapshots_at_their_batches_equal_the_shadow_and_keep_the_newest
     daemon_start(&d, (const char *const[]){"--workers", "2", NULL});
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_snapshots");
     register_snap(&c, "snap/a", made, &sc);
     for (uint64_t b = 1; b <= 3; b++)
         batch_end(&c, "snap/a", made, b, NULL, 0);
@@ -401,7 +333,7 @@ static void test_snapshots_at_their_batches_equal_the_shadow_and_keep_the_newest
             expect_file_is_shadow(l.file[i], &sn, strcmp(l.profile[i], "p05") == 0 ? 0 : 1, 6,
                                   "f32", "snap/a");
     }
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
@@ -409,7 +341,7 @@ static void test_snapshot_on_request_in_bf16_and_refusals(void **state)
 {
     struct daemon d;
     struct emac_error err;
-    struct conn c;
+    struct rpc c;
     struct seen sn;
     struct listed l;
     const struct snapcfg sc = {NULL, "bf16", 0, true};
@@ -418,7 +350,7 @@ static void test_snapshot_on_request_in_bf16_and_refusals(void **state)
     daemon_start(&d, (const char *const[]){"--workers", "2", NULL});
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_snapshots");
     /* Only power profiles are snapshotted: snapshot_every without one is refused. */
     const struct snapcfg composer = {"2ba", NULL, 0, false};
     struct msg_register reg;
@@ -426,7 +358,7 @@ static void test_snapshot_on_request_in_bf16_and_refusals(void **state)
     register_snap(&c, "snap/b", made, &sc);
     struct msg_snapshot req = {msg_str_c("snap/b")};
     /* Before any update there is nothing to snapshot. */
-    assert_null(call(&c, "snapshot", &msg_snapshot_desc, &req));
+    assert_null(rpc_call(&c, "snapshot", &msg_snapshot_desc, &req));
     assert_string_equal(c.code, "STATE");
     for (uint64_t b = 1; b <= 3; b++)
         batch_end(&c, "snap/b", made, b, NULL, 0);
@@ -444,11 +376,11 @@ static void test_snapshot_on_request_in_bf16_and_refusals(void **state)
     struct listed l2;
     list(&c, "snap/b", &l2);
     assert_int_equal(l2.n, 2);
-    conn_close(&c);
+    rpc_close(&c);
     emac_segment_destroy(made);
     made = NULL;
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_snapshots");
     {
         struct msg_profile p[1];
         memset(p, 0, sizeof(p));
@@ -462,11 +394,11 @@ static void test_snapshot_on_request_in_bf16_and_refusals(void **state)
         reg.config.nprofiles = 1;
         reg.config.has_snapshot_every = true;
         reg.config.snapshot_every = msg_str_c(composer.every);
-        assert_null(call(&c, "register", &msg_register_desc, &reg));
+        assert_null(rpc_call(&c, "register", &msg_register_desc, &reg));
         assert_string_equal(c.code, "BADARG");
         assert_non_null(strstr(c.message, "snapshot_every"));
     }
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
@@ -499,7 +431,7 @@ static void test_snapshot_io_error_keeps_older_ones_and_is_reported(void **state
 {
     struct daemon d;
     struct emac_error err;
-    struct conn c;
+    struct rpc c;
     struct seen sn;
     struct listed l;
     struct shim_env e;
@@ -513,7 +445,7 @@ static void test_snapshot_io_error_keeps_older_ones_and_is_reported(void **state
                      shim_env(&e, "/.p05-4.f32", NULL));
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_snapshots");
     register_snap(&c, "snap/e", made, &sc);
     for (uint64_t b = 1; b <= 2; b++)
         batch_end(&c, "snap/e", made, b, why, sizeof(why));
@@ -543,7 +475,7 @@ static void test_snapshot_io_error_keeps_older_ones_and_is_reported(void **state
     assert_false(has(&l, "p05", 4));  /* no partial file */
     assert_true(has(&l, "p10", 4));   /* the other profile's was written */
     assert_true(file_contains(d.log, "p05-4"));
-    conn_close(&c);
+    rpc_close(&c);
     daemon_stop(&d);
 }
 
@@ -551,7 +483,7 @@ static void test_stalled_snapshot_write_does_not_stall_the_next_update(void **st
 {
     struct daemon d;
     struct emac_error err;
-    struct conn c;
+    struct rpc c;
     struct listed l;
     struct shim_env e;
     char marker[PATH_MAX];
@@ -564,7 +496,7 @@ static void test_stalled_snapshot_write_does_not_stall_the_next_update(void **st
                      shim_env(&e, "/.p05-2.f32", marker));
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
     set_params(made, 0);
-    conn_open(&c, &d);
+    rpc_open(&c, &d, "test_snapshots");
     register_snap(&c, "snap/s", made, &sc);
     batch_end(&c, "snap/s", made, 1, NULL, 0);
     batch_end(&c, "snap/s", made, 2, NULL, 0);
@@ -576,7 +508,7 @@ static void test_stalled_snapshot_write_does_not_stall_the_next_update(void **st
         ms += 10;
     }
     assert_true(ms < WAIT_MS);
-    /* Updates go on (each answered within the poll bound of call()); batch 4's snapshot waits
+    /* Updates go on (each answered within the poll bound of rpc_call()); batch 4's snapshot waits
      * behind the stalled one (one write at a time per session), batch 6's is skipped, and the
      * next reply says so. */
     char why[1024];
@@ -589,7 +521,7 @@ static void test_stalled_snapshot_write_does_not_stall_the_next_update(void **st
     list(&c, "snap/s", &l);
     assert_false(has(&l, "p05", 2));
     assert_false(has(&l, "p05", 4));
-    conn_close(&c);
+    rpc_close(&c);
     /* The stalled thread never returns: no clean stop can wait for it. */
     daemon_kill(&d);
 }
