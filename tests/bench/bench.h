@@ -87,8 +87,11 @@ double quantile(double *v, size_t n, double q);
  * alike and neither always runs first. Each repetition gives the ratio of its own pair; the
  * record carries the median ratio and its spread as the min and max over the repetitions
  * (with 5-9 repetitions the quartiles are the second and second-to-last values: the
- * extremes say more), and the medians of A and B. */
-#define BENCH_MAX_REPS 64
+ * extremes say more), and the medians of A and B. From 20 repetitions up it also carries a 95 %
+ * confidence interval of the median ratio: a figure whose spread is wide (memory bandwidth on
+ * a shared virtual machine moves by +-30 % from one pass to the next) is still pinned down to
+ * a fraction of a percent by a thousand repetitions of a short pass. */
+#define BENCH_MAX_REPS 2001
 struct ab {
     unsigned n;
     double a[BENCH_MAX_REPS], b[BENCH_MAX_REPS], r[BENCH_MAX_REPS];
@@ -104,7 +107,8 @@ void ab_add(struct ab *s, double a, double b, double ratio);
 double ab_med_a(const struct ab *s);
 double ab_med_b(const struct ab *s);
 double ab_med_r(const struct ab *s);
-/* KEY: the median ratio; KEY_median, KEY_min, KEY_max: it and its spread. */
+/* KEY: the median ratio; KEY_median, KEY_min, KEY_max: it and its spread; KEY_ci_lo,
+ * KEY_ci_hi (20 repetitions or more): the 95 % confidence interval of the median. */
 void rec_ab(const char *key, const struct ab *s);
 /* Median of v[0..n) (the mean of the two middle values when n is even; v is not changed). */
 double median(const double *v, size_t n);

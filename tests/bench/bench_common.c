@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
@@ -86,16 +87,42 @@ double quantile(double *v, size_t n, double q)
     return v[i < n ? i : n - 1];
 }
 
+/* v[0..n) sorted into tmp, n capped at BENCH_MAX_REPS; returns n. */
+static size_t sorted_copy(const double *v, size_t n, double *tmp)
+{
+    if (n > BENCH_MAX_REPS)
+        n = BENCH_MAX_REPS;
+    memcpy(tmp, v, n * sizeof(*v));
+    qsort(tmp, n, sizeof(*tmp), cmp_double);
+    return n;
+}
+
 double median(const double *v, size_t n)
 {
     double tmp[BENCH_MAX_REPS];
     if (n == 0)
         return 0;
-    if (n > BENCH_MAX_REPS)
-        n = BENCH_MAX_REPS;
-    memcpy(tmp, v, n * sizeof(*v));
-    qsort(tmp, n, sizeof(*tmp), cmp_double);
+    n = sorted_copy(v, n, tmp);
     return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2;
+}
+
+/*
+ * The distribution-free 95 % interval of a median: the j-th and k-th smallest of n values,
+ * with j and k at n/2 -+ 1.96 sqrt(n)/2 (the normal approximation of the binomial count of
+ * values below the true median; good from about 20 values).
+ */
+static void median_ci(const double *v, size_t n, double *lo, double *hi)
+{
+    double tmp[BENCH_MAX_REPS];
+    n = sorted_copy(v, n, tmp);
+    double half = 0.98 * sqrt((double)n);
+    long j = (long)floor((double)n / 2 - half), k = (long)ceil((double)n / 2 + half);
+    if (j < 0)
+        j = 0;
+    if (k > (long)n - 1)
+        k = (long)n - 1;
+    *lo = tmp[j];
+    *hi = tmp[k];
 }
 
 /* ---- interleaved comparisons ---- */
@@ -142,6 +169,13 @@ void rec_ab(const char *key, const struct ab *s)
     rec_num(k, lo);
     snprintf(k, sizeof(k), "%s_max", key);
     rec_num(k, hi);
+    if (s->n >= 20) {
+        median_ci(s->r, s->n, &lo, &hi);
+        snprintf(k, sizeof(k), "%s_ci_lo", key);
+        rec_num(k, lo);
+        snprintf(k, sizeof(k), "%s_ci_hi", key);
+        rec_num(k, hi);
+    }
 }
 
 /* ---- settling ---- */

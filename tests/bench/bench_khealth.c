@@ -8,7 +8,9 @@
  * each update their slice in chunks of 1M elements, as emad's workers take them. Repetitions
  * interleaved (struct ab), one untimed pass of each first. The params differ from the shadow, so
  * every pass changes it, as in training. Reported: the cost, the median over the repetitions of
- * (health time / plain time - 1), with its spread.
+ * (health time / plain time - 1), with its spread, in wall time and in the threads' CPU time. The
+ * CPU time leaves out the time a thread waited for a core, which on a shared machine is most of
+ * the spread; what memory contention costs stays in both.
  */
 #include "bench.h"
 #include "kernel.h"
@@ -27,13 +29,22 @@ struct kh_run {
     void *x, *s;
     bool health;
     uint64_t from, to;
+    double cpu; /* seconds this thread ran the pass */
 };
+
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static void *kh_work(void *arg)
 {
     struct kh_run *r = arg;
     size_t xs = dtype_size(r->dt), ss = dtype_size(dtype_shadow(r->dt));
     struct kernel_health h = {0};
+    double c0 = thread_cpu();
 
     for (uint64_t i = r->from; i < r->to; i += KH_CHUNK) {
         uint64_t n = r->to - i < KH_CHUNK ? r->to - i : KH_CHUNK;
@@ -44,10 +55,13 @@ static void *kh_work(void *arg)
         if (rc < 0)
             die("khealth: the kernel failed");
     }
+    r->cpu = thread_cpu() - c0;
     return NULL;
 }
 
-static double kh_pass(const struct kh_run *base, uint64_t n, unsigned threads, bool health)
+/* The pass's wall time; *cpu gets the sum of its threads' CPU times. */
+static double kh_pass(const struct kh_run *base, uint64_t n, unsigned threads, bool health,
+                      double *cpu)
 {
     struct kh_run runs[64];
     pthread_t tid[64];
@@ -68,7 +82,11 @@ static double kh_pass(const struct kh_run *base, uint64_t n, unsigned threads, b
     if (threads > 1)
         for (unsigned t = 0; t < threads; t++)
             pthread_join(tid[t], NULL);
-    return now() - t0;
+    double wall = now() - t0;
+    *cpu = 0;
+    for (unsigned t = 0; t < threads; t++)
+        *cpu += runs[t].cpu;
+    return wall;
 }
 
 static void *shared_bytes(size_t bytes, int fill)
@@ -96,21 +114,23 @@ int cmd_khealth(const struct bopts *o)
         for (size_t z = 0; z < o->nsizes; z++) {
             uint64_t n = o->sizes[z];
             struct kh_run r = {.ops = kernel_ops_best(), .dt = dt};
-            struct ab s = {0};
+            struct ab s = {0}, c = {0};
+            double ca, cb;
             r.x = shared_bytes(n * xs, 0x3e);
             r.s = shared_bytes(n * ss, 0x3c);
-            kh_pass(&r, n, o->workers, true); /* warm-up: page tables, caches */
-            kh_pass(&r, n, o->workers, false);
+            kh_pass(&r, n, o->workers, true, &ca); /* warm-up: page tables, caches */
+            kh_pass(&r, n, o->workers, false, &cb);
             for (unsigned i = 0; i < o->reps; i++) {
                 double a, b;
                 if (ab_a_first(i)) {
-                    a = kh_pass(&r, n, o->workers, true);
-                    b = kh_pass(&r, n, o->workers, false);
+                    a = kh_pass(&r, n, o->workers, true, &ca);
+                    b = kh_pass(&r, n, o->workers, false, &cb);
                 } else {
-                    b = kh_pass(&r, n, o->workers, false);
-                    a = kh_pass(&r, n, o->workers, true);
+                    b = kh_pass(&r, n, o->workers, false, &cb);
+                    a = kh_pass(&r, n, o->workers, true, &ca);
                 }
                 ab_add(&s, (double)n / a / 1e9, (double)n / b / 1e9, a / b - 1);
+                ab_add(&c, (double)n / ca / 1e9, (double)n / cb / 1e9, ca / cb - 1);
             }
             munmap(r.x, n * xs);
             munmap(r.s, n * ss);
@@ -124,6 +144,7 @@ int cmd_khealth(const struct bopts *o)
             rec_num("on_gelem_s", ab_med_a(&s));
             rec_num("off_gelem_s", ab_med_b(&s));
             rec_ab("cost", &s);
+            rec_ab("cpu_cost", &c);
             rec_end();
         }
     }
