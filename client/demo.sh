@@ -7,6 +7,10 @@
 # emad's socket, state directory and log live in one temporary directory,
 # removed at the end however the demo ends: the demo leaves no state file
 # behind, and dropping the session removes its shadow from /dev/shm.
+# With PyTorch and matplotlib, a post-hoc EMA part follows: one run with power profiles
+# snapshotted, the EMA of 8 widths rebuilt and evaluated, the plot written to
+# $DEMO_PLOT (default BUILD_DIR/posthoc-sigma.png; docs/posthoc-sigma.png is one);
+# $DEMO_POSTHOC_ARGS adds options of posthoc_sigma.py (the tests make the run small).
 # Without PyTorch for $PYTHON (default /usr/bin/python3) the C toy trainer
 # (build/toy_trainer) takes its place. Usage: client/demo.sh BUILD_DIR
 set -euo pipefail
@@ -59,6 +63,18 @@ echo "== emactl show $session"
 echo
 echo "== emactl drop $session (its shadow leaves /dev/shm)"
 "$build/emactl" --socket "$sock" drop "$session"
+
+if "$python" -c 'import torch, matplotlib' 2>/dev/null; then
+    echo
+    echo "== post-hoc EMA: one run with two power profiles (sigma_rel 0.05, 0.10) snapshotted"
+    echo "   every 20 batches and a constant-decay one; then the EMA of 8 widths rebuilt from"
+    echo "   the snapshots, each evaluated (plot: ${DEMO_PLOT:-build/posthoc-sigma.png})"
+    EMACLIENT_LIB=$(cd "$build" && pwd)/libemaclient.so PYTHONPATH="$here/python${PYTHONPATH:+:$PYTHONPATH}" \
+        "$python" "$here/python/examples/posthoc_sigma.py" --socket "$sock" \
+        --out "${DEMO_PLOT:-$build/posthoc-sigma.png}" ${DEMO_POSTHOC_ARGS:-}
+    echo "== emactl posthoc: the same from the command line, sigma_rel 0.08, into a file"
+    "$build/emactl" --socket "$sock" posthoc demo-posthoc --sigma-rel 0.08 --out "$dir/ema-0.08.safetensors"
+fi
 
 echo
 echo "== stopping emad (SIGTERM)"

@@ -629,6 +629,20 @@ int emac_phema_coefficients(size_t n, const double *gamma, const double *batch,
 int emac_posthoc_files(const char *const *paths, size_t n, double sigma_rel, uint64_t batch,
                        const char *out_path, const char *out_dtype, struct emac_error *err);
 
+/* ---- Export (docs/posthoc.md "Export") ---- */
+
+/*
+ * Write the EMA weights of session's profile (NULL: its eval profile) to out_path as safetensors
+ * with the session's tensor names, floats in dtype ("f32" (NULL), "bf16" or "f16"; rounded to
+ * nearest even from the f32 shadow). The copy is consistent (one batch, never part of an
+ * update: emad takes it between two operations of the session, after those queued before);
+ * *batch (may be NULL) is its profile's last update batch. out_path is written by this process,
+ * durably (temp file, fsync, rename over any old file; mode 0644). Errors: emad's (NOSESSION,
+ * BADARG for an unknown profile), USAGE, SYSTEM (out_path), BADFILE.
+ */
+int emac_export(emac_client *c, const char *session, const char *profile, const char *dtype,
+                const char *out_path, uint64_t *batch, struct emac_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -39,6 +39,7 @@ static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_status, &ctl_cmd_list,    &ctl_cmd_show,        &ctl_cmd_save, &ctl_cmd_drop,
     &ctl_cmd_top,    &ctl_cmd_gc,      &ctl_cmd_metrics,     &ctl_cmd_consolidate,
     &ctl_cmd_snapshots, &ctl_cmd_snapshot,
+    &ctl_cmd_posthoc, &ctl_cmd_export,
     &ctl_cmd_help,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -82,12 +83,28 @@ static const struct ctl_option {
     {{"out", required_argument, NULL, 'o'},
      CTL_OPT_OUT,
      "--out FILE",
-     "consolidate: the safetensors file to write"},
+     "consolidate, posthoc, export: the safetensors\n"
+     "file to write"},
     {{"dtype", required_argument, NULL, 'd'},
      CTL_OPT_DTYPE,
      "--dtype DTYPE",
-     "consolidate: f32, bf16 or f16 for the float\n"
-     "tensors (default: each tensor's own)"},
+     "consolidate, posthoc, export: f32, bf16 or f16\n"
+     "for the float tensors (default: consolidate,\n"
+     "each tensor's own; posthoc, export: f32)"},
+    {{"sigma-rel", required_argument, NULL, 'r'},
+     CTL_OPT_SIGMA_REL,
+     "--sigma-rel X",
+     "posthoc: the EMA width to reconstruct, in\n"
+     "(0, 0.28867)"},
+    {{"batch", required_argument, NULL, 'b'},
+     CTL_OPT_BATCH,
+     "--batch B",
+     "posthoc: the batch to reconstruct at (default:\n"
+     "the latest snapshot's)"},
+    {{"profile", required_argument, NULL, 'P'},
+     CTL_OPT_PROFILE,
+     "--profile NAME",
+     "export: the profile (default: the eval profile)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -178,6 +195,7 @@ static void usage(FILE *fp)
           "  emactl top\n"
           "  emactl gc --dry-run\n"
           "  emactl consolidate ckpt/emad-checkpoint.json --out ema.safetensors\n"
+          "  emactl posthoc trainer-1 --sigma-rel 0.08 --out ema-0.08.safetensors\n"
           "  emactl help show\n",
           fp);
 }
@@ -214,7 +232,7 @@ struct parse_error {
 int main(int argc, char **argv)
 {
     struct option longopts[NOPTIONS + 3];
-    struct ctl ctl = {NULL, NULL, false, false, NULL, NULL, NULL, NULL, NULL};
+    struct ctl ctl = {NULL, NULL, false, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     struct parse_error perr = {""};
     unsigned given = 0;
     bool help = false;
@@ -262,6 +280,18 @@ int main(int argc, char **argv)
         case 'd':
             ctl.dtype = optarg;
             given |= CTL_OPT_DTYPE;
+            break;
+        case 'r':
+            ctl.sigma_rel = optarg;
+            given |= CTL_OPT_SIGMA_REL;
+            break;
+        case 'b':
+            ctl.batch = optarg;
+            given |= CTL_OPT_BATCH;
+            break;
+        case 'P':
+            ctl.profile = optarg;
+            given |= CTL_OPT_PROFILE;
             break;
         case 'h':
             help = true;

@@ -32,6 +32,9 @@
 #define CTL_OPT_ITERATIONS 0x20u /* --iterations N */
 #define CTL_OPT_OUT 0x40u        /* --out FILE */
 #define CTL_OPT_DTYPE 0x80u      /* --dtype DTYPE */
+#define CTL_OPT_SIGMA_REL 0x100u /* --sigma-rel X */
+#define CTL_OPT_BATCH 0x200u     /* --batch B */
+#define CTL_OPT_PROFILE 0x400u   /* --profile NAME */
 
 /* One invocation: the command the user typed and the options given. */
 struct ctl {
@@ -44,6 +47,9 @@ struct ctl {
     const char *iterations;    /* --iterations N, or NULL (likewise) */
     const char *out;           /* --out FILE, or NULL */
     const char *dtype;         /* --dtype DTYPE, or NULL */
+    const char *sigma_rel;     /* --sigma-rel X, or NULL (checked by the command) */
+    const char *batch;         /* --batch B, or NULL (likewise) */
+    const char *profile;       /* --profile NAME, or NULL */
 };
 
 /* A command returns 0, CTL_EUSAGE after a usage error it reported (exit
@@ -71,6 +77,7 @@ extern const struct ctl_cmd ctl_cmd_gc;  /* emactl_gc.c */
 extern const struct ctl_cmd ctl_cmd_top; /* emactl_top.c */
 extern const struct ctl_cmd ctl_cmd_consolidate; /* emactl_ckpt.c */
 extern const struct ctl_cmd ctl_cmd_snapshots, ctl_cmd_snapshot; /* emactl_snap.c */
+extern const struct ctl_cmd ctl_cmd_posthoc, ctl_cmd_export;       /* emactl_posthoc.c */
 
 /* A connection to emad (ctl->socket), or NULL after reporting why (emactl_session.c). */
 emac_client *ctl_connect(const struct ctl *ctl);

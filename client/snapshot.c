@@ -46,7 +46,7 @@ static int snapshots_copy(const struct msg_snapshots_reply *rep, struct emac_sna
 static int snapshot_call(emac_client *c, const char *method, const char *session, bool replay,
                          struct emac_snapshot **list, size_t *n, struct emac_error *err)
 {
-    struct msg_snapshot req;
+    struct msg_snapshot req = {.has_export = false};
     struct msg_snapshots_reply rep;
     char what[200];
     int rc;

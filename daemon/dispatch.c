@@ -45,8 +45,8 @@ struct method {
     unsigned flags;
 };
 
-static const char *const features[] = {"status", "sessions", "pipelining",
-                                       "save",   "load",     "metrics", "snapshots"};
+static const char *const features[] = {"status", "sessions", "pipelining", "save",
+                                       "load",   "metrics",  "snapshots",  "export"};
 
 static void handle_hello(struct emad *ctx, struct peer *p, uint32_t msgid,
                          const union request *r)

@@ -664,10 +664,15 @@ static void op_run(struct op *op)
         return;
     case OP_SNAPSHOT: {
         char err[512];
-        int rc = snap_job_new(s, &op_snapshot(op)->job, err, sizeof(err));
+        struct op_snapshot *o = op_snapshot(op);
+        int rc = o->export ? snap_job_export(s, o->profile, o->dtype, &o->job, err, sizeof(err))
+                           : snap_job_new(s, &o->job, err, sizeof(err));
         if (rc < 0) {
-            peer_fail(op->peer, op->msgid, rc == -ENOENT ? MSG_E_STATE : MSG_E_INTERNAL, "%s",
-                      err);
+            peer_fail(op->peer, op->msgid,
+                      rc == -ENOENT   ? MSG_E_STATE
+                      : rc == -ESRCH  ? MSG_E_BADARG
+                                      : MSG_E_INTERNAL,
+                      "%s", err);
             op_finish(op);
             return;
         }

@@ -740,10 +740,36 @@ void session_snapshot(struct registry *r, struct peer *c, uint32_t msgid,
     struct session *s;
     struct op *op;
 
+    enum dtype dt = DTYPE_F32;
+
+    /* export and dtype (an extension of snapshot) are checked before the session is looked up:
+     * a malformed request is BADARG whatever the session. */
+    if (req->has_export && !profile_name_valid(req->export.ptr, req->export.len)) {
+        peer_fail(c, msgid, MSG_E_BADARG, "snapshot: export: not a profile name");
+        return;
+    }
+    if (req->has_dtype && !req->has_export) {
+        peer_fail(c, msgid, MSG_E_BADARG, "snapshot: dtype: only with export (the snapshots "
+                  "of the power profiles are in the session's snapshot_dtype)");
+        return;
+    }
+    if (req->has_dtype && (dtype_from_name(req->dtype.ptr, req->dtype.len, &dt) < 0 ||
+                           (dt != DTYPE_F32 && dt != DTYPE_BF16 && dt != DTYPE_F16))) {
+        peer_fail(c, msgid, MSG_E_BADARG, "snapshot: dtype: \"%.*s\" is not \"f32\", \"bf16\" "
+                  "or \"f16\"", (int)(req->dtype.len > 32 ? 32 : req->dtype.len), req->dtype.ptr);
+        return;
+    }
     if ((s = registry_lookup(r, c, msgid, "snapshot", req->session, false)) == NULL)
         return;
     if ((op = op_new(s, OP_SNAPSHOT, c, msgid)) == NULL)
         return;
+    if (req->has_export) {
+        struct op_snapshot *o = op_snapshot(op);
+        o->export = true;
+        memcpy(o->profile, req->export.ptr, req->export.len);
+        o->profile[req->export.len] = '\0';
+        o->dtype = dt;
+    }
     op_enqueue(op);
 }
 

@@ -168,6 +168,9 @@ struct op_event {
 struct op_snapshot {
     struct op op;
     struct snap_job *job;
+    bool export;                             /* export one profile (snap_job_export) */
+    char profile[PROFILE_NAME_MAX + 1];      /* with export: which */
+    enum dtype dtype;                        /* with export */
 };
 
 struct op_init {

@@ -105,7 +105,9 @@ static int job_tensors(struct snap_job *j, const struct session *s)
     return 0;
 }
 
-int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t errlen)
+/* A job of s's without profiles yet, its snapshot settings cfg. */
+static int job_new(struct session *s, const struct snap_config *cfg, struct snap_job **out,
+                   char *err, size_t errlen)
 {
     struct snap_job *j = calloc(1, sizeof(*j));
     int rc = -ENOMEM;
@@ -114,7 +116,7 @@ int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t err
         goto err_mem;
     j->s = s;
     j->uid = s->uid;
-    j->cfg = s->snap;
+    j->cfg = *cfg;
     j->epoch = s->st.has_last_time ? s->st.last_time.epoch : 0;
     snprintf(j->state_dir, sizeof(j->state_dir), "%s", s->reg->ctx->opts->state_dir);
     snprintf(j->session, sizeof(j->session), "%s", s->name);
@@ -126,6 +128,24 @@ int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t err
     }
     if (job_tensors(j, s) < 0)
         goto err_mem;
+    *out = j;
+    return 0;
+err_mem:
+    snprintf(err, errlen, "snapshot: session %s: out of memory for the copy of its shadows",
+             s->name);
+err:
+    snap_job_free(j);
+    return rc;
+}
+
+int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t errlen)
+{
+    struct snap_job *j;
+    int rc;
+
+    if ((rc = job_new(s, &s->snap, &j, err, errlen)) < 0)
+        return rc;
+    rc = -ENOMEM;
     for (unsigned p = 0; p < s->nprof; p++) {
         const struct profile *pr = &s->prof[p];
         if (pr->kind != PROFILE_POWER || pr->last_batch == 0)
@@ -157,6 +177,54 @@ err_mem:
 err:
     snap_job_free(j);
     return rc;
+}
+
+/*
+ * An export is a snapshot of one profile of any schedule, in the dtype asked for, under a name
+ * that snap_name_parse refuses ("<profile>.export.<dtype>.safetensors": no "-<batch>" before
+ * the dtype), so that snapshots does not list it, post-hoc EMA never reads it and the retention
+ * never deletes it; the next export of that profile and dtype replaces it (at most 3 files a
+ * profile). The client copies it to the file it names (docs/protocol.md "snapshot").
+ */
+int snap_job_export(struct session *s, const char *profile, enum dtype dtype,
+                    struct snap_job **out, char *err, size_t errlen)
+{
+    struct snap_config cfg = {0, dtype, 0};
+    const struct profile *pr = NULL;
+    struct snap_job *j;
+    unsigned p;
+    int rc;
+
+    for (p = 0; p < s->nprof && pr == NULL; p++)
+        if (strcmp(s->prof[p].name, profile) == 0)
+            pr = &s->prof[p];
+    if (pr == NULL) {
+        snprintf(err, errlen, "snapshot: export: session %s has no profile \"%s\"", s->name,
+                 profile);
+        return -ESRCH;
+    }
+    if ((rc = job_new(s, &cfg, &j, err, errlen)) < 0)
+        return rc;
+    struct snap_prof *sp = &j->prof[j->nprof++];
+    sp->index = p - 1;
+    snprintf(sp->name, sizeof(sp->name), "%s", pr->name);
+    if (pr->kind == PROFILE_POWER) {
+        sp->gamma = pr->sched.u.power.gamma;
+        sp->has_sigma_rel = pr->has_sigma_rel || phema_sigma_rel(sp->gamma, &sp->sigma_rel) == 0;
+        if (pr->has_sigma_rel)
+            sp->sigma_rel = pr->sigma_rel;
+    }
+    sp->batch = pr->last_batch;
+    snprintf(sp->file, sizeof(sp->file), "%s.export.%s" SNAP_SUFFIX, pr->name,
+             dtype_name(dtype));
+    if ((sp->buf = malloc(j->data_bytes ? j->data_bytes : 1)) == NULL) {
+        snprintf(err, errlen, "snapshot: export: session %s: out of memory for the copy of "
+                 "profile %s", s->name, pr->name);
+        snap_job_free(j);
+        return -ENOMEM;
+    }
+    *out = j;
+    return 0;
 }
 
 static void snap_work(uv_work_t *w)

@@ -105,6 +105,12 @@ struct snap_job {
  * message when there is none, -ENOMEM.
  */
 int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t errlen);
+/*
+ * A job exporting s's profile of that name (any schedule) in dtype, replacing the previous export
+ * of that profile and dtype. -ESRCH with a message when s has no such profile, -ENOMEM.
+ */
+int snap_job_export(struct session *s, const char *profile, enum dtype dtype,
+                    struct snap_job **out, char *err, size_t errlen);
 void snap_job_free(struct snap_job *j);
 
 /*

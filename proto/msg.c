@@ -345,6 +345,8 @@ const struct msg_desc msg_saved_state_desc =
 
 static const struct msg_field snapshot_fields[] = {
     REQ(struct msg_snapshot, "session", MSG_STR, session),
+    OPT(struct msg_snapshot, "export", MSG_STR, export),
+    OPT(struct msg_snapshot, "dtype", MSG_STR, dtype),
 };
 const struct msg_desc msg_snapshot_desc = DESC("snapshot", struct msg_snapshot, snapshot_fields);
 

@@ -383,6 +383,11 @@ struct msg_drop {
 /* Extension: snapshot and snapshots (docs/protocol.md "Snapshots"). */
 struct msg_snapshot {
     struct msg_str session;
+    bool has_export;       /* snapshot: export that profile (any schedule) alone; snapshots
+                              ignores it */
+    struct msg_str export;
+    bool has_dtype;        /* snapshot only, with export: "f32" (default), "bf16" or "f16" */
+    struct msg_str dtype;
 };
 
 /* One snapshot file. */

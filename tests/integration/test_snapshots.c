@@ -191,7 +191,7 @@ static void copy_entries(const msgpack_object *o, struct listed *out)
 
 static void list(struct rpc *c, const char *name, struct listed *out)
 {
-    struct msg_snapshot req = {msg_str_c(name)};
+    struct msg_snapshot req = {.session = msg_str_c(name)};
     copy_entries(call_ok(c, "snapshots", &msg_snapshot_desc, &req), out);
 }
 
@@ -356,7 +356,7 @@ static void test_snapshot_on_request_in_bf16_and_refusals(void **state)
     struct msg_register reg;
     struct msg_tensor t[NT];
     register_snap(&c, "snap/b", made, &sc);
-    struct msg_snapshot req = {msg_str_c("snap/b")};
+    struct msg_snapshot req = {.session = msg_str_c("snap/b")};
     /* Before any update there is nothing to snapshot. */
     assert_null(rpc_call(&c, "snapshot", &msg_snapshot_desc, &req));
     assert_string_equal(c.code, "STATE");

@@ -81,7 +81,9 @@ class QuickStart(emadtest.EmadTestCase):
                                   os.path.join(emadtest.ROOT, "build", "toy_trainer"))):
                 os.symlink(os.path.abspath(target), os.path.join(build, name))
             r = subprocess.run([os.path.join(emadtest.ROOT, "client", "demo.sh"), build],
-                               env=dict(os.environ, PYTHON=emadtest.PYTHON),
+                               env=dict(os.environ, PYTHON=emadtest.PYTHON,
+                                        DEMO_POSTHOC_ARGS="--steps 40 --every 10 --sigmas 2 "
+                                                          "--val 200"),
                                capture_output=True, text=True, timeout=600)
         out = r.stdout
         self.assertEqual(r.returncode, 0, out + r.stderr)
