@@ -332,6 +332,16 @@ struct emac_profile {
     double gamma;
 };
 
+/* One profile's own health signals, as status reports them (docs/protocol.md "Health"): the
+ * distance and no-op of its shadow; the non-finite params and the stall are the session's. */
+struct emac_profile_health {
+    uint64_t updates_checked;  /* its updates they cover */
+    bool has_distance;         /* its last update's distance is known */
+    double distance;           /* RMS of (its shadow - param) before it; NaN/Inf: poisoned */
+    uint64_t noop_updates;     /* its updates that changed none of its shadow */
+    bool last_update_noop;
+};
+
 /* One profile as status and register report it. */
 struct emac_profile_info {
     const char *name;
@@ -345,6 +355,8 @@ struct emac_profile_info {
     double last_decay;        /* the decay of its last update */
     uint64_t shadow_offset;   /* its shadow lies this many bytes after the first profile's */
     struct emac_profile config; /* its settings, emad's defaults filled in */
+    bool has_health;            /* status of a session with health on (emac_status_profiles) */
+    struct emac_profile_health health;
 };
 
 /* emac_register with profiles (n of them, in order) and the profile eval_start and checkpoint

@@ -332,6 +332,20 @@ static void print_profiles_text(const struct emac_status *st)
         if (!p[i].started)
             printf(", not started");
         printf("\n");
+        if (!p[i].has_health)
+            continue;
+        /* Its own health: the distance and no-op of its shadow (the session's lines above say
+         * the rest). */
+        printf("%-17s  health: %" PRIu64 " updates checked, distance ", "",
+               p[i].health.updates_checked);
+        if (!p[i].health.has_distance)
+            printf("-");
+        else if (!isfinite(p[i].health.distance))
+            printf("%g (poisoned)", p[i].health.distance);
+        else
+            printf("%.6g", p[i].health.distance);
+        printf(", %" PRIu64 " no-op updates%s\n", p[i].health.noop_updates,
+               p[i].health.last_update_noop ? " (the last one: noop)" : "");
     }
 }
 

@@ -59,8 +59,11 @@ static int update_piece(struct session *s, const struct tensor *t, size_t ti, vo
     return rc;
 }
 
+_Static_assert(HEALTH_PROFILES == PROFILE_MAX, "a health signal per profile");
+
 /* With profiles: the piece's starts, then every due profile in one pass over the params
- * (kernel_multi.h), the health signals of the one the event picked into part. */
+ * (kernel_multi.h), each updating profile's health signals into part->prof, and the one the
+ * event picked also into part->k (the session's own fields). */
 static int profiles_piece(struct session *s, const struct op_event *e, const struct tensor *t,
                           size_t ti, uint64_t start, uint64_t n, struct health_part *part)
 {
@@ -68,15 +71,15 @@ static int profiles_piece(struct session *s, const struct op_event *e, const str
     void *pa = param_ptr(s, t, start);
     void *sh[PROFILE_MAX];
     double decay[PROFILE_MAX];
-    unsigned k = 0, hk = 0;
+    unsigned who[PROFILE_MAX];
+    unsigned k = 0;
     int rc = 0;
 
     for (unsigned p = 0; p < s->nprof && rc == 0; p++) {
         if (e->plan.init & (1u << p))
             rc = kernel_shadow_init(s->reg->kops, t->dtype, shadow_ptr_p(s, t, start, p), pa, n);
         if (e->plan.due & (1u << p)) {
-            if (p == e->health_prof)
-                hk = k;
+            who[k] = p;
             sh[k] = shadow_ptr_p(s, t, start, p);
             decay[k++] = e->plan.decay[p];
         }
@@ -85,17 +88,31 @@ static int profiles_piece(struct session *s, const struct op_event *e, const str
         return rc;
     if (part == NULL && !s->health.enabled)
         return kernel_multi_update(mops, t->dtype, sh, k, pa, n, decay);
-    /* Without parts (no memory for them) the policy on non-finite params still holds. */
+    /* Without parts (no memory for them; only profiles that start at this event) the policy on
+     * non-finite params still holds, for every shadow the pass writes. */
     struct kernel_health h[PROFILE_MAX];
     memset(h, 0, sizeof(h));
     rc = kernel_multi_update_health(mops, t->dtype, sh, k, pa, n, decay, NULL,
                                     s->health.skip_nonfinite, h);
-    if (part != NULL) {
-        part->k.elems += h[hk].elems;
-        part->k.nonfinite += h[hk].nonfinite;
-        part->k.sumsq += h[hk].sumsq;
-        part->k.changed |= h[hk].changed;
-        if (h[hk].nonfinite > 0 && ti < part->first_nonfinite)
+    if (part == NULL)
+        return rc;
+    for (unsigned j = 0; j < k; j++) {
+        unsigned p = who[j];
+        /* A profile that started at this event had no shadow before it to compare with. */
+        if (e->plan.init & (1u << p))
+            continue;
+        struct kernel_health *o = &part->prof[p];
+        o->elems += h[j].elems;
+        o->nonfinite += h[j].nonfinite;
+        o->sumsq += h[j].sumsq;
+        o->changed |= h[j].changed;
+        if (p != e->health_prof)
+            continue;
+        part->k.elems += h[j].elems;
+        part->k.nonfinite += h[j].nonfinite;
+        part->k.sumsq += h[j].sumsq;
+        part->k.changed |= h[j].changed;
+        if (h[j].nonfinite > 0 && ti < part->first_nonfinite)
             part->first_nonfinite = ti;
     }
     return rc;

@@ -54,6 +54,9 @@ static void finish_health(struct op *op)
 {
     struct session *s = op->s;
     size_t first;
+
+    if (s->nprof > 0)
+        health_finish_profiles(&s->health, op_event(op)->plan.due & ~op_event(op)->plan.init);
     uint64_t n = health_finish(&s->health, s->st.updates, uv_hrtime(), &first);
 
     if (n == 0 || first >= s->ntensors)

@@ -150,6 +150,18 @@ struct msg_profile {
     double gamma;
 };
 
+/* Extension: one profile's own health signals (status only; docs/protocol.md "Health"). */
+struct msg_profile_health {
+    uint64_t updates_checked;
+    bool has_distance; /* nil before its first update checked */
+    double distance;
+    uint64_t noop_updates;
+    bool last_update_noop;
+    struct msg_str *alarms;
+    size_t nalarms;
+    struct msg_str alarm_buf[2]; /* not a field: room an encoder may point alarms at */
+};
+
 /* Extension: what status and state files say of one profile. */
 struct msg_profile_state {
     struct msg_str name;
@@ -162,6 +174,8 @@ struct msg_profile_state {
     bool has_last_decay; /* nil before its first update */
     double last_decay;
     uint64_t shadow_offset; /* bytes to add to each tensor's shadow_offset for this profile */
+    bool has_health;        /* status of a session with health on: its own signals */
+    struct msg_profile_health health;
 };
 
 struct msg_config {
@@ -478,6 +492,7 @@ extern const struct msg_desc msg_hello_reply_desc;
 extern const struct msg_desc msg_tensor_desc;
 extern const struct msg_desc msg_profile_desc;
 extern const struct msg_desc msg_profile_state_desc;
+extern const struct msg_desc msg_profile_health_desc;
 extern const struct msg_desc msg_config_desc;
 extern const struct msg_desc msg_table_desc;
 extern const struct msg_desc msg_register_desc;

@@ -849,8 +849,9 @@ static void collect_sites(const struct msg_desc *d, msgpack_object *map, const c
             for (uint32_t e = 0; e < kv->val.via.map.size; e++) {
                 char pe[208];
                 msgpack_object_kv *ekv = &kv->val.via.map.ptr[e];
-                snprintf(pe, sizeof(pe), "%s.%.*s", p, (int)ekv->key.via.str.size,
-                         ekv->key.via.str.ptr);
+                /* The decoder shows at most 64 bytes of a key. */
+                uint32_t kl = ekv->key.via.str.size > 64 ? 64 : ekv->key.via.str.size;
+                snprintf(pe, sizeof(pe), "%s.%.*s", p, (int)kl, ekv->key.via.str.ptr);
                 site_add(out, pe, f, true, NULL, &ekv->val);
                 collect_sites(f->sub, &ekv->val, pe, out);
             }

@@ -180,6 +180,37 @@ class Profiles(emadtest.EmadTestCase):
             for k, p in model2.named_parameters():
                 self.assertTrue(torch.equal(bits(p.detach()), bits(training[k])), k)
 
+    def test_health_of_every_profile(self):
+        """ema.health(profile=NAME): each profile's own distance (RMS of its shadow minus the
+        params before its last update), counted over its own updates."""
+        d = self.daemon()
+        model = make_model()
+        with EMA(model, socket=d.sock, session="hp", profiles=PROFILES) as ema:
+            ref = Reference(model)
+            want = {}
+            for b in range(1, 8):
+                step(model, b)
+                before = {n: {k: v.clone() for k, v in s.items()} for n, s in ref.shadow.items()}
+                ema.batch_end(batch=b, wait=True)
+                ref.batch_end(model, b)
+                for name, due in (("fast", b >= 4 and b % 2 == 0), ("warm", True),
+                                  ("p", b % 3 == 0)):
+                    if due:
+                        sq = sum(float(((before[name][k].double() - p.detach().double()) ** 2)
+                                       .sum()) for k, p in model.named_parameters())
+                        n = sum(p.numel() for p in model.parameters())
+                        want[name] = (sq / n) ** 0.5
+            checked = {"fast": 2, "warm": 7, "p": 2}
+            for name in PROFILES:
+                h = ema.health(profile=name)
+                self.assertEqual(h["updates_checked"], checked[name], name)
+                self.assertAlmostEqual(h["distance"], want[name], delta=1e-5 * want[name])
+                self.assertEqual(h["alarms"], [])
+                self.assertFalse(h["last_update_noop"])
+            self.assertIn("nonfinite_total", ema.health())
+            with self.assertRaises(KeyError):
+                ema.health(profile="nope")
+
     def test_single_profile_state_dict_is_unchanged(self):
         d = self.daemon()
         model = torch.nn.Linear(3, 2)

@@ -21,6 +21,7 @@ the GIL while they wait.
 """
 
 import ctypes
+import math
 import os
 import sys
 import weakref
@@ -144,7 +145,22 @@ def _profile_infos(n, arr):
              "last_batch": int(arr[i].last_batch) if arr[i].has_last_batch else None,
              "last_decay": float(arr[i].last_decay) if arr[i].has_last_decay else None,
              "shadow_offset": int(arr[i].shadow_offset),
-             "config": _profile_settings(arr[i].config)} for i in range(n)]
+             "config": _profile_settings(arr[i].config),
+             "health": _profile_health(arr[i].health) if arr[i].has_health else None}
+            for i in range(n)]
+
+
+def _profile_health(h):
+    """A profile's own health (docs/protocol.md "Health"); its alarms as status lists them."""
+    distance = float(h.distance) if h.has_distance else None
+    alarms = []
+    if distance is not None and not math.isfinite(distance):
+        alarms.append("poisoned")
+    if h.last_update_noop:
+        alarms.append("noop")
+    return {"updates_checked": int(h.updates_checked), "distance": distance,
+            "noop_updates": int(h.noop_updates), "last_update_noop": bool(h.last_update_noop),
+            "alarms": alarms}
 
 
 # The settings a profile may carry (docs/protocol.md "Profiles"), and how each is sent.

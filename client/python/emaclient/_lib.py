@@ -106,6 +106,16 @@ class EmacProfile(ctypes.Structure):
     ]
 
 
+class EmacProfileHealth(ctypes.Structure):
+    _fields_ = [
+        ("updates_checked", c_uint64),
+        ("has_distance", c_bool),
+        ("distance", c_double),
+        ("noop_updates", c_uint64),
+        ("last_update_noop", c_bool),
+    ]
+
+
 class EmacProfileInfo(ctypes.Structure):
     _fields_ = [
         ("name", c_char_p),
@@ -119,6 +129,8 @@ class EmacProfileInfo(ctypes.Structure):
         ("last_decay", c_double),
         ("shadow_offset", c_uint64),
         ("config", EmacProfile),
+        ("has_health", c_bool),
+        ("health", EmacProfileHealth),
     ]
 
 

@@ -1140,7 +1140,7 @@ class EMA:
         """emad's current state of the session (a dict, as in status)."""
         return self.client.session_state(self.session_name)
 
-    def health(self):
+    def health(self, profile=None):
         """The session's health signals, once the updates sent so far are done: a
         dict with enabled, on_nonfinite, updates_checked, nonfinite_total,
         nonfinite_updates, last_nonfinite ({update, count, tensor} or None),
@@ -1148,9 +1148,19 @@ class EMA:
         noop_updates, last_update_noop, interval (usual seconds between updates,
         or None), stalled and alarms (a list of "nonfinite", "poisoned", "noop",
         "stalled"). What each means and what to do: docs/running.md "Health".
+        With profiles, profile=NAME gives that profile's own signals instead:
+        updates_checked, distance, noop_updates, last_update_noop and alarms
+        ("poisoned", "noop") of its shadow (docs/protocol.md "Health").
         None from an emad that does not report them."""
         self.wait()
-        return self.state().get("health")
+        state = self.state()
+        if profile is None:
+            return state.get("health")
+        for p in state.get("profiles") or []:
+            if p.get("name") == profile:
+                return p.get("health")
+        raise KeyError("the EMA has no profile %r (it has %s)" % (
+            profile, ", ".join(self.profiles)))
 
     def shadow_state_dict(self, profile=None):
         """{name: tensor}: copies of the shadow exactly as emad keeps it (fp32 for
