@@ -161,6 +161,35 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
     return rc;
 }
 
+/* A block of a session of K > 1 profiles under --crash-exact: every shadow the event writes
+ * (its starts and its due profiles) copied whole into undo, then marked, then written in the
+ * one pass. Copying first, rather than as the kernel reads (logged_block), keeps the K-profile
+ * kernel as it is; the copies come from the cache the pass then reads (the block is small). */
+static int logged_profiles_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start,
+                                 uint64_t n)
+{
+    struct logged *l = arg;
+    struct session *s = l->op->s;
+    const struct op_event *e = op_event(l->op);
+    uint32_t mask = e->plan.init | e->plan.due;
+    size_t esz = dtype_size(t->shadow_dtype);
+    int rc;
+
+    if (pos + n <= l->from) /* written for good before a crash */
+        return 0;
+    for (unsigned p = 0; p < s->nprof; p++)
+        if (mask & (1u << p))
+            memcpy(l->rec->undo + p * n * esz, shadow_ptr_p(s, t, start, p), n * esz);
+    l->rec->undo_count = n;
+    l->rec->undo_profiles = mask;
+    __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    rc = profiles_piece(s, e, t, (size_t)(t - s->tensors), start, n, l->part);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
+    return rc;
+}
+
 /* Leave a guard entered on (segment, shadow): -EFAULT if either faulted,
  * and a faulted shadow marks the session broken. Else rc. */
 static int guard_leave(struct session *s, struct shm_guard *g, int rc)
@@ -193,14 +222,17 @@ int chunk_tensors(void *arg, size_t index)
 
     shm_guard_enter2(&g, &s->seg, &s->shadow);
     if (e != NULL && e->logged && op->phase == PH_TENSORS) {
-        /* One shadow only (op.c logs no session of several profiles). */
         struct logged l = {op, redo_rec(s, index), 0, init, update, part, s->cfg.smoothing};
+        l.from = l.rec->done_to;
+        if (profiled && s->nprof > 1) {
+            rc = redo_for_each_block(s, index, logged_profiles_block, &l);
+            return guard_leave(s, &g, rc);
+        }
         if (profiled) {
             l.init = (e->plan.init & 1u) != 0;
             l.update = (e->plan.due & 1u) != 0;
             l.smoothing = e->plan.decay[0];
         }
-        l.from = l.rec->done_to;
         rc = redo_for_each_block(s, index, logged_block, &l);
         return guard_leave(s, &g, rc);
     }

@@ -495,9 +495,8 @@ static void run_event(struct op *op)
     case EMA_ACTION_START:
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
-        /* Several profiles are not covered by the redo records (refused at register; a
-         * session kept from an emad without --crash-exact updates as there). */
-        e->logged = s->reg->ctx->opts->crash_exact && s->nprof <= 1;
+        /* Every session, of one profile or several (record.c's blocks, chunk.c). */
+        e->logged = s->reg->ctx->opts->crash_exact;
         struct shadow_header h;
         struct shm_guard g;
         shadow_enter(s, &g);

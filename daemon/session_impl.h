@@ -336,6 +336,7 @@ void redo_begin(struct session *s, const uint64_t *resume_from, uint64_t pending
                 enum ema_action action, const struct ema_clock *clock);
 int redo_recover(struct session *s);
 void redo_cancel(struct session *s, const char *why);
+uint64_t redo_block_elems(const struct session *s);
 int redo_for_each_block(const struct session *s, size_t c,
                         int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
                                   uint64_t start, uint64_t n),
