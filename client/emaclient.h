@@ -505,6 +505,23 @@ int emac_save(emac_client *c, const char *session, const char *name, struct emac
 /* Replace the session's shadow and state from such a file. */
 int emac_load(emac_client *c, const char *session, const char *name, struct emac_file *out,
               struct emac_error *err);
+/* The state a profile takes with emac_load_profile (as emac_profile_info reports it). */
+struct emac_profile_state {
+    bool started;
+    uint64_t updates;
+    bool has_last_batch;
+    uint64_t last_batch;
+    bool has_last_decay;
+    double last_decay;
+};
+/* Replace the shadow of one profile of the session alone with the shadow of a file of one
+ * (saved from a session of one profile and the same tensors), and, with state not NULL, give
+ * that profile this state; the other profiles, the config and the session's counters stay
+ * (docs/protocol.md "load"). How a client resumes a session of several profiles from its own
+ * checkpoint. */
+int emac_load_profile(emac_client *c, const char *session, const char *name, const char *profile,
+                      const struct emac_profile_state *state, struct emac_file *out,
+                      struct emac_error *err);
 /* Remove a detached session and its shadow. */
 int emac_drop(emac_client *c, const char *session, struct emac_error *err);
 

@@ -357,6 +357,14 @@ static int chunk_load(void *arg, size_t index)
                  "yours: it is not loaded", op->path);
         goto out;
     }
+    if (op->one_profile) {
+        if (loadprof_copy(s, op, f.data, f.data_len, why, sizeof(why)) < 0) {
+            op->rc = -EINVAL;
+            snprintf(op->err, sizeof(op->err), "load: %.150s does not match a profile of "
+                     "session %s: %.180s", op->path, s->name, why);
+        }
+        goto out;
+    }
     /* The table first: it names the tensor that differs, where a size does not. */
     int bad = session_check_saved(s, &op->loaded, why, sizeof(why));
     if (bad == 0 && f.data_len != shadow_data_bytes(s)) {

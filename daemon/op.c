@@ -710,7 +710,10 @@ static bool finish_file(struct op *op)
         return false;
     }
     if (op->kind == OP_LOAD) {
-        session_apply_saved(op->s, &f->loaded);
+        if (f->one_profile)
+            loadprof_apply(op->s, f);
+        else
+            session_apply_saved(op->s, &f->loaded);
         op->s->interrupted = false; /* the shadow is the file's now */
         shadow_sync(op->s);
         submit(op, PH_JOURNAL, chunk_journal, 1);

@@ -660,6 +660,14 @@ static void queue_file(struct registry *r, struct peer *c, uint32_t msgid,
     }
     if ((op = op_new(s, load ? OP_LOAD : OP_SAVE, c, msgid)) == NULL)
         return;
+    char why[160];
+    if ((!load && (req->has_profile || req->has_profile_state)) ||
+        (load && loadprof_args(s, req, op_file(op), why, sizeof(why)) < 0)) {
+        peer_fail(c, msgid, MSG_E_BADARG, "%s: %s", method,
+                  load ? why : "profile: only load takes one");
+        op_free(op);
+        return;
+    }
     if (req->has_name) {
         if (!store_name_valid(req->name.ptr, req->name.len)) {
             peer_fail(c, msgid, MSG_E_BADARG, "%s: name: must be 1 to 128 characters of "

@@ -287,9 +287,22 @@ static const struct msg_field status_reply_fields[] = {
 const struct msg_desc msg_status_reply_desc =
     DESC("status reply", struct msg_status_reply, status_reply_fields);
 
+#define PSET struct msg_profile_set
+static const struct msg_field profile_set_fields[] = {
+    REQ(PSET, "started", MSG_BOOL, started),
+    REQ(PSET, "updates", MSG_U64, updates),
+    NUL(PSET, "last_batch", MSG_U64, last_batch),
+    NUL(PSET, "last_decay", MSG_F64, last_decay),
+};
+#undef PSET
+const struct msg_desc msg_profile_set_desc =
+    DESC("load profile state", struct msg_profile_set, profile_set_fields);
+
 static const struct msg_field file_fields[] = {
     REQ(struct msg_file, "session", MSG_STR, session),
     OPT(struct msg_file, "name", MSG_STR, name),
+    OPT(struct msg_file, "profile", MSG_STR, profile),
+    OPT_OBJ(struct msg_file, "profile_state", profile_state, msg_profile_set_desc),
 };
 const struct msg_desc msg_file_desc = DESC("save/load", struct msg_file, file_fields);
 

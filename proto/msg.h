@@ -373,10 +373,24 @@ struct msg_status_reply {
 };
 
 /* save and load */
+/* Extension (load with profile): the state that profile takes (docs/protocol.md "load"). */
+struct msg_profile_set {
+    bool started;
+    uint64_t updates;
+    bool has_last_batch; /* nil: no update yet */
+    uint64_t last_batch;
+    bool has_last_decay; /* nil: no update yet */
+    double last_decay;
+};
+
 struct msg_file {
     struct msg_str session;
     bool has_name;
     struct msg_str name;
+    bool has_profile;       /* extension, load only: replace this profile's shadow alone */
+    struct msg_str profile;
+    bool has_profile_state; /* ... and give it this state */
+    struct msg_profile_set profile_state;
 };
 
 struct msg_file_reply {
@@ -493,6 +507,7 @@ extern const struct msg_desc msg_tensor_desc;
 extern const struct msg_desc msg_profile_desc;
 extern const struct msg_desc msg_profile_state_desc;
 extern const struct msg_desc msg_profile_health_desc;
+extern const struct msg_desc msg_profile_set_desc;
 extern const struct msg_desc msg_config_desc;
 extern const struct msg_desc msg_table_desc;
 extern const struct msg_desc msg_register_desc;

@@ -34,7 +34,7 @@ static const struct msg_desc *const nested_descs[] = {
     &msg_shadow_tensor_desc, &msg_session_state_desc, &msg_server_info_desc,
     &msg_saved_tensor_desc,  &msg_table_desc,         &msg_health_desc,
     &msg_nonfinite_desc,     &msg_profile_desc,       &msg_profile_state_desc,
-    &msg_snapshot_entry_desc,
+    &msg_snapshot_entry_desc, &msg_profile_health_desc, &msg_profile_set_desc,
 };
 
 /* ---- Helpers ----------------------------------------------------------------------------- */
@@ -665,7 +665,7 @@ static void *decode_ok(const struct msg_desc *d, const msgpack_object *map)
 
 static void test_msg_descriptor_tables_are_consistent(void **state)
 {
-    const struct msg_desc *all[32];
+    const struct msg_desc *all[48];
     size_t n = 0;
     (void)state;
 
@@ -932,7 +932,7 @@ static msgpack_object wrong_value(const struct site *s, bool nil_variant, const 
  * leak nothing. */
 static void test_msg_every_field_error_names_its_path(void **state)
 {
-    const struct msg_desc *all[32];
+    const struct msg_desc *all[48];
     size_t n = 0;
     uint64_t rng = 0x6d736704;
     unsigned checked = 0;

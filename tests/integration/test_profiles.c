@@ -362,7 +362,8 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     call_fails(&c, "swap", &msg_swap_desc, &bad, "BADARG", "no profile \"nope\"");
 
     /* save, two more batches, load: every profile back as saved. */
-    struct msg_file f = {msg_str_c("multi"), true, msg_str_c("multi-profiles")};
+    struct msg_file f = {.session = msg_str_c("multi"), .has_name = true,
+        .name = msg_str_c("multi-profiles")};
     call_ok(&c, "save", &msg_file_desc, &f);
     saved = r;
     saved_sn = sn;
@@ -943,6 +944,96 @@ static void test_every_profile_has_health_signals(void **state)
     daemon_stop(&d);
 }
 
+/* load with profile (docs/protocol.md "load"): a file of one shadow, saved from a plain f32
+ * session whose params are the values wanted, becomes one profile's shadow with the state the
+ * request gives; the others stay. Misuse is refused clearly. */
+static void test_load_of_one_profile_from_a_single_shadow_file(void **state)
+{
+    static const struct emac_tensor_spec f32_specs[] = {
+        {"w", "f32", 1031, NULL, 0},
+        {"h", "f32", 515, NULL, 0},
+    };
+    struct daemon d;
+    struct emac_error err;
+    struct msg_profile p[NP];
+    struct rpc c;
+    struct seen sn;
+    static struct ref r;
+    emac_segment *tmp = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
+    set_params(made, 0);
+    rpc_open(&c, &d, "test_profiles");
+    pack_profiles(p);
+    register_profiles(&c, "lp", made, p, NP, NULL, false);
+    ref_register(&r, made);
+    for (uint64_t b = 1; b <= 4; b++) {
+        set_params(made, b);
+        batch_end(&c, "lp", b);
+        ref_batch_end(&r, made, b);
+    }
+
+    /* The values for profile "p": a plain f32 session of the same names, saved. */
+    assert_int_equal(emac_segment_create(f32_specs, NT, &tmp, &err), 0);
+    for (size_t t = 0; t < NT; t++) {
+        float *x = emac_segment_tensor(tmp, t)->data;
+        for (uint64_t i = 0; i < f32_specs[t].numel; i++) {
+            x[i] = (float)i * 0.25f - 3.0f + (float)t;
+            r.shadow[2][t][i] = x[i];
+        }
+    }
+    struct msg_register reg;
+    struct msg_tensor mt[NT];
+    register_msg(&reg, mt, NT, "lp-tmp", tmp);
+    call_ok(&c, "register", &msg_register_desc, &reg);
+    struct msg_file f = {.session = msg_str_c("lp-tmp"), .has_name = true,
+        .name = msg_str_c("lp-one")};
+    call_ok(&c, "save", &msg_file_desc, &f);
+
+    /* Misuse. */
+    f.session = msg_str_c("lp");
+    f.has_profile = true;
+    f.profile = msg_str_c("p");
+    call_fails(&c, "save", &msg_file_desc, &f, "BADARG", "profile: only load takes one");
+    f.profile = msg_str_c("nope");
+    call_fails(&c, "load", &msg_file_desc, &f, "BADARG", "no profile \"nope\"");
+    f.has_profile = false;
+    f.has_profile_state = true;
+    call_fails(&c, "load", &msg_file_desc, &f, "BADARG", "profile_state: only with profile");
+    struct msg_file all = {.session = msg_str_c("lp"), .has_name = true,
+        .name = msg_str_c("lp-all")};
+    call_ok(&c, "save", &msg_file_desc, &all);
+    all.has_profile = true;
+    all.profile = msg_str_c("p");
+    call_fails(&c, "load", &msg_file_desc, &all, "STATE", "holds 3 EMA profiles");
+
+    /* The load: p's shadow and state, the others untouched. */
+    f.has_profile = true;
+    f.profile = msg_str_c("p");
+    f.profile_state = (struct msg_profile_set){true, 41, true, 3, true, 0.5};
+    call_ok(&c, "load", &msg_file_desc, &f);
+    status_of(&c, "lp", made, &sn);
+    expect_shadows(&sn, &r);
+    assert_int_equal(sn.updates[2], 41);
+    assert_int_equal(sn.last_batch[2], 3);
+    assert_int_equal(sn.updates[1], 4);
+    /* Its schedule goes on from that state: the next power update at batch 6, D = 3. */
+    r.last_power = 3;
+    for (uint64_t b = 5; b <= 6; b++) {
+        set_params(made, b);
+        batch_end(&c, "lp", b);
+        ref_batch_end(&r, made, b);
+    }
+    status_of(&c, "lp", made, &sn);
+    expect_shadows(&sn, &r);
+    assert_int_equal(sn.updates[2], 42);
+    emac_segment_destroy(tmp);
+    rpc_close(&c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -954,6 +1045,8 @@ int main(void)
         cmocka_unit_test_teardown(test_crash_exact_updates_one_warmup_profile_exactly,
                                   teardown),
         cmocka_unit_test_teardown(test_every_profile_has_health_signals, teardown),
+        cmocka_unit_test_teardown(test_load_of_one_profile_from_a_single_shadow_file,
+                                  teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("profiles", tests, NULL, NULL);

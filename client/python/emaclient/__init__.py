@@ -487,6 +487,30 @@ class Client:
         """Replace the session's shadow and state from such a file."""
         return self._file(lib.emac_load, session, name)
 
+    def load_profile(self, session, name, profile, state=None):
+        """Replace one profile's shadow alone with that of the file `name` (saved
+        from a session of one profile and the same tensors); state, a dict with
+        started, updates, last_batch (or None) and last_decay (or None), is what
+        the profile takes (docs/protocol.md "load")."""
+        st = None
+        if state is not None:
+            st = _lib.EmacProfileState()
+            st.started = bool(state["started"])
+            st.updates = int(state["updates"])
+            if state.get("last_batch") is not None:
+                st.has_last_batch = True
+                st.last_batch = int(state["last_batch"])
+            if state.get("last_decay") is not None:
+                st.has_last_decay = True
+                st.last_decay = float(state["last_decay"])
+        out = _lib.EmacFile()
+        err = _lib.EmacError()
+        _check(lib.emac_load_profile(self._handle(), _b(session, "session"), _b(name, "name"),
+                                     _b(profile, "profile"),
+                                     ctypes.byref(st) if st is not None else None,
+                                     ctypes.byref(out), ctypes.byref(err)), err)
+        return {"path": _s(out.path), "bytes": int(out.bytes)}
+
     def drop(self, session):
         """Remove a detached session and its shadow."""
         err = _lib.EmacError()
