@@ -471,6 +471,8 @@ const struct ctl_cmd ctl_cmd_show = {
             "                   the last such update with its first tensor\n"
             "  no-op updates    updates that changed no shadow element\n"
             "  interval         the usual time between updates, and whether stalled\n"
+            "  profiles         with profiles: each one's settings and counters, and under\n"
+            "                   it its own health (updates checked, distance, no-op updates)\n"
             "See 'Health' in docs/running.md for what each alarm means and what to do.\n"
             "The owner, sizes, updates, started and active are shown as in 'emactl list'.\n"
             "\n"

@@ -341,6 +341,10 @@ void redo_begin(struct session *s, const uint64_t *resume_from, uint64_t pending
 int redo_recover(struct session *s);
 void redo_cancel(struct session *s, const char *why);
 uint64_t redo_block_elems(const struct session *s);
+int redo_for_each_block(const struct session *s, size_t c,
+                        int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
+                                  uint64_t start, uint64_t n),
+                        void *arg);
 
 /* loadprof.c: load of one profile's shadow (docs/protocol.md "load", profile). */
 int loadprof_args(const struct session *s, const struct msg_file *req, struct op_file *f,
@@ -348,10 +352,6 @@ int loadprof_args(const struct session *s, const struct msg_file *req, struct op
 int loadprof_copy(struct session *s, const struct op_file *f, const void *data,
                   uint64_t data_len, char *err, size_t errlen);
 void loadprof_apply(struct session *s, const struct op_file *f);
-int redo_for_each_block(const struct session *s, size_t c,
-                        int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
-                                  uint64_t start, uint64_t n),
-                        void *arg);
 
 /* ---- persist.c ---- */
 
