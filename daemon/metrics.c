@@ -399,19 +399,21 @@ static void render_sessions(struct out *o, const struct metrics_view *v, bool al
  * session, so the label stays bounded). */
 static void render_profiles(struct out *o, const struct metrics_view *v, bool all, uid_t uid)
 {
-    static const char *const names[3] = {"emad_session_profile_noop_updates_total",
-                                         "emad_session_profile_last_update_noop",
-                                         "emad_session_profile_distance"};
-    static const char *const types[3] = {"counter", "gauge", "gauge"};
-    static const char *const helps[3] = {
-        "Updates of the profile that changed none of its shadow (sessions with profiles).",
-        "1 when the profile's last update changed none of its shadow, else 0.",
-        "Root mean square of (the profile's shadow - param) over the finite elements at its last "
-        "update; NaN or +Inf when its shadow holds non-finite values."};
+    static const struct {
+        const char *name, *type, *help;
+    } rows[3] = {
+        {"emad_session_profile_noop_updates_total", "counter",
+         "Updates of the profile that changed none of its shadow (sessions with profiles)."},
+        {"emad_session_profile_last_update_noop", "gauge",
+         "1 when the profile's last update changed none of its shadow, else 0."},
+        {"emad_session_profile_distance", "gauge",
+         "Root mean square of (the profile's shadow - param) over the finite elements at its "
+         "last update; NaN or +Inf when its shadow holds non-finite values."},
+    };
     char num[64];
 
     for (int r = 0; r < 3; r++) {
-        head(o, names[r], types[r], helps[r]);
+        head(o, rows[r].name, rows[r].type, rows[r].help);
         for (size_t i = 0; i < v->nsessions; i++) {
             const struct metrics_session *s = &v->session_list[i];
             if (!all && s->uid != uid)
@@ -426,7 +428,7 @@ static void render_profiles(struct out *o, const struct metrics_view *v, bool al
                     snprintf(num, sizeof(num), "%d", mp->last_noop ? 1 : 0);
                 else
                     fmt_double(mp->distance, num, sizeof(num));
-                put(o, "%s{session=\"", names[r]);
+                put(o, "%s{session=\"", rows[r].name);
                 if (o->rc == 0)
                     o->rc = metrics_text_label(o->t, s->label);
                 put(o, "\",profile=\"");
