@@ -332,6 +332,16 @@ struct emac_profile {
     double gamma;
 };
 
+/* One profile's own health signals, as status reports them (docs/protocol.md "Health"): the
+ * distance and no-op of its shadow; the non-finite params and the stall are the session's. */
+struct emac_profile_health {
+    uint64_t updates_checked;  /* its updates they cover */
+    bool has_distance;         /* its last update's distance is known */
+    double distance;           /* RMS of (its shadow - param) before it; NaN/Inf: poisoned */
+    uint64_t noop_updates;     /* its updates that changed none of its shadow */
+    bool last_update_noop;
+};
+
 /* One profile as status and register report it. */
 struct emac_profile_info {
     const char *name;
@@ -345,6 +355,8 @@ struct emac_profile_info {
     double last_decay;        /* the decay of its last update */
     uint64_t shadow_offset;   /* its shadow lies this many bytes after the first profile's */
     struct emac_profile config; /* its settings, emad's defaults filled in */
+    bool has_health;            /* status of a session with health on (emac_status_profiles) */
+    struct emac_profile_health health;
 };
 
 /* emac_register with profiles (n of them, in order) and the profile eval_start and checkpoint
@@ -493,6 +505,23 @@ int emac_save(emac_client *c, const char *session, const char *name, struct emac
 /* Replace the session's shadow and state from such a file. */
 int emac_load(emac_client *c, const char *session, const char *name, struct emac_file *out,
               struct emac_error *err);
+/* The state a profile takes with emac_load_profile (as emac_profile_info reports it). */
+struct emac_profile_state {
+    bool started;
+    uint64_t updates;
+    bool has_last_batch;
+    uint64_t last_batch;
+    bool has_last_decay;
+    double last_decay;
+};
+/* Replace the shadow of one profile of the session alone with the shadow of a file of one
+ * (saved from a session of one profile and the same tensors), and, with state not NULL, give
+ * that profile this state; the other profiles, the config and the session's counters stay
+ * (docs/protocol.md "load"). How a client resumes a session of several profiles from its own
+ * checkpoint. */
+int emac_load_profile(emac_client *c, const char *session, const char *name, const char *profile,
+                      const struct emac_profile_state *state, struct emac_file *out,
+                      struct emac_error *err);
 /* Remove a detached session and its shadow. */
 int emac_drop(emac_client *c, const char *session, struct emac_error *err);
 

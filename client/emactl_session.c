@@ -332,6 +332,20 @@ static void print_profiles_text(const struct emac_status *st)
         if (!p[i].started)
             printf(", not started");
         printf("\n");
+        if (!p[i].has_health)
+            continue;
+        /* Its own health: the distance and no-op of its shadow (the session's lines above say
+         * the rest). */
+        printf("%-17s  health: %" PRIu64 " updates checked, distance ", "",
+               p[i].health.updates_checked);
+        if (!p[i].health.has_distance)
+            printf("-");
+        else if (!isfinite(p[i].health.distance))
+            printf("%g (poisoned)", p[i].health.distance);
+        else
+            printf("%.6g", p[i].health.distance);
+        printf(", %" PRIu64 " no-op updates%s\n", p[i].health.noop_updates,
+               p[i].health.last_update_noop ? " (the last one: noop)" : "");
     }
 }
 
@@ -457,6 +471,8 @@ const struct ctl_cmd ctl_cmd_show = {
             "                   the last such update with its first tensor\n"
             "  no-op updates    updates that changed no shadow element\n"
             "  interval         the usual time between updates, and whether stalled\n"
+            "  profiles         with profiles: each one's settings and counters, and under\n"
+            "                   it its own health (updates checked, distance, no-op updates)\n"
             "See 'Health' in docs/running.md for what each alarm means and what to do.\n"
             "The owner, sizes, updates, started and active are shown as in 'emactl list'.\n"
             "\n"

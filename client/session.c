@@ -813,8 +813,10 @@ int emac_close(emac_session *s, bool keep, struct emac_error *err)
 
 /* ---- any session, by name ---- */
 
-static int file_call(emac_client *c, const char *method, const char *session, const char *name,
-                     struct emac_file *out, struct emac_error *err)
+static int file_call_profile(emac_client *c, const char *method, const char *session,
+                             const char *name, const char *profile,
+                             const struct emac_profile_state *state, struct emac_file *out,
+                             struct emac_error *err)
 {
     struct msg_file req;
     struct msg_file_reply rep;
@@ -828,6 +830,17 @@ static int file_call(emac_client *c, const char *method, const char *session, co
     req.session = msg_str_c(session);
     req.has_name = name != NULL;
     req.name = msg_str_c(name);
+    req.has_profile = profile != NULL;
+    req.profile = msg_str_c(profile);
+    if (state != NULL) {
+        req.has_profile_state = true;
+        req.profile_state.started = state->started;
+        req.profile_state.updates = state->updates;
+        req.profile_state.has_last_batch = state->has_last_batch;
+        req.profile_state.last_batch = state->last_batch;
+        req.profile_state.has_last_decay = state->has_last_decay;
+        req.profile_state.last_decay = state->last_decay;
+    }
     rc = client_call(c, method, &msg_file_desc, &req, &msg_file_reply_desc, &rep, NULL, NULL, false,
                      LOSS_RECONNECTS, what, err);
     if (rc < 0)
@@ -836,6 +849,21 @@ static int file_call(emac_client *c, const char *method, const char *session, co
         return client_set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: path in the reply is too long", what);
     out->bytes = rep.bytes;
     return 0;
+}
+
+static int file_call(emac_client *c, const char *method, const char *session, const char *name,
+                     struct emac_file *out, struct emac_error *err)
+{
+    return file_call_profile(c, method, session, name, NULL, NULL, out, err);
+}
+
+int emac_load_profile(emac_client *c, const char *session, const char *name, const char *profile,
+                      const struct emac_profile_state *state, struct emac_file *out,
+                      struct emac_error *err)
+{
+    if (profile == NULL)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_load_profile: NULL profile");
+    return file_call_profile(c, "load", session, name, profile, state, out, err);
 }
 
 int emac_save(emac_client *c, const char *session, const char *name, struct emac_file *out,

@@ -130,6 +130,12 @@ int client_copy_profiles(struct arena *a, const struct msg_session_state *s,
         o->last_decay = p->last_decay;
         o->shadow_offset = p->shadow_offset;
         copy_settings(a, &o->config, &p->config, o->name);
+        o->has_health = p->has_health;
+        o->health.updates_checked = p->health.updates_checked;
+        o->health.has_distance = p->health.has_distance;
+        o->health.distance = p->health.distance;
+        o->health.noop_updates = p->health.noop_updates;
+        o->health.last_update_noop = p->health.last_update_noop;
     }
     *n = s->nprofiles;
     return 0;

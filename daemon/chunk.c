@@ -59,8 +59,11 @@ static int update_piece(struct session *s, const struct tensor *t, size_t ti, vo
     return rc;
 }
 
+_Static_assert(HEALTH_PROFILES == PROFILE_MAX, "a health signal per profile");
+
 /* With profiles: the piece's starts, then every due profile in one pass over the params
- * (kernel_multi.h), the health signals of the one the event picked into part. */
+ * (kernel_multi.h), each updating profile's health signals into part->prof, and the one the
+ * event picked also into part->k (the session's own fields). */
 static int profiles_piece(struct session *s, const struct op_event *e, const struct tensor *t,
                           size_t ti, uint64_t start, uint64_t n, struct health_part *part)
 {
@@ -68,15 +71,15 @@ static int profiles_piece(struct session *s, const struct op_event *e, const str
     void *pa = param_ptr(s, t, start);
     void *sh[PROFILE_MAX];
     double decay[PROFILE_MAX];
-    unsigned k = 0, hk = 0;
+    unsigned who[PROFILE_MAX];
+    unsigned k = 0;
     int rc = 0;
 
     for (unsigned p = 0; p < s->nprof && rc == 0; p++) {
         if (e->plan.init & (1u << p))
             rc = kernel_shadow_init(s->reg->kops, t->dtype, shadow_ptr_p(s, t, start, p), pa, n);
         if (e->plan.due & (1u << p)) {
-            if (p == e->health_prof)
-                hk = k;
+            who[k] = p;
             sh[k] = shadow_ptr_p(s, t, start, p);
             decay[k++] = e->plan.decay[p];
         }
@@ -85,17 +88,31 @@ static int profiles_piece(struct session *s, const struct op_event *e, const str
         return rc;
     if (part == NULL && !s->health.enabled)
         return kernel_multi_update(mops, t->dtype, sh, k, pa, n, decay);
-    /* Without parts (no memory for them) the policy on non-finite params still holds. */
+    /* Without parts (no memory for them; only profiles that start at this event) the policy on
+     * non-finite params still holds, for every shadow the pass writes. */
     struct kernel_health h[PROFILE_MAX];
     memset(h, 0, sizeof(h));
     rc = kernel_multi_update_health(mops, t->dtype, sh, k, pa, n, decay, NULL,
                                     s->health.skip_nonfinite, h);
-    if (part != NULL) {
-        part->k.elems += h[hk].elems;
-        part->k.nonfinite += h[hk].nonfinite;
-        part->k.sumsq += h[hk].sumsq;
-        part->k.changed |= h[hk].changed;
-        if (h[hk].nonfinite > 0 && ti < part->first_nonfinite)
+    if (part == NULL)
+        return rc;
+    for (unsigned j = 0; j < k; j++) {
+        unsigned p = who[j];
+        /* A profile that started at this event had no shadow before it to compare with. */
+        if (e->plan.init & (1u << p))
+            continue;
+        struct kernel_health *o = &part->prof[p];
+        o->elems += h[j].elems;
+        o->nonfinite += h[j].nonfinite;
+        o->sumsq += h[j].sumsq;
+        o->changed |= h[j].changed;
+        if (p != e->health_prof)
+            continue;
+        part->k.elems += h[j].elems;
+        part->k.nonfinite += h[j].nonfinite;
+        part->k.sumsq += h[j].sumsq;
+        part->k.changed |= h[j].changed;
+        if (h[j].nonfinite > 0 && ti < part->first_nonfinite)
             part->first_nonfinite = ti;
     }
     return rc;
@@ -144,6 +161,35 @@ static int logged_block(void *arg, uint64_t pos, const struct tensor *t, uint64_
     return rc;
 }
 
+/* A block of a session of K > 1 profiles under --crash-exact: every shadow the event writes
+ * (its starts and its due profiles) copied whole into undo, then marked, then written in the
+ * one pass. Copying first, rather than as the kernel reads (logged_block), keeps the K-profile
+ * kernel as it is; the copies come from the cache the pass then reads (the block is small). */
+static int logged_profiles_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t start,
+                                 uint64_t n)
+{
+    struct logged *l = arg;
+    struct session *s = l->op->s;
+    const struct op_event *e = op_event(l->op);
+    uint32_t mask = e->plan.init | e->plan.due;
+    size_t esz = dtype_size(t->shadow_dtype);
+    int rc;
+
+    if (pos + n <= l->from) /* written for good before a crash */
+        return 0;
+    for (unsigned p = 0; p < s->nprof; p++)
+        if (mask & (1u << p))
+            memcpy(l->rec->undo + p * n * esz, shadow_ptr_p(s, t, start, p), n * esz);
+    l->rec->undo_count = n;
+    l->rec->undo_profiles = mask;
+    __atomic_store_n(&l->rec->undo_at, pos, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    rc = profiles_piece(s, e, t, (size_t)(t - s->tensors), start, n, l->part);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&l->rec->done_to, pos + n, __ATOMIC_RELEASE);
+    return rc;
+}
+
 /* Leave a guard entered on (segment, shadow): -EFAULT if either faulted,
  * and a faulted shadow marks the session broken. Else rc. */
 static int guard_leave(struct session *s, struct shm_guard *g, int rc)
@@ -176,14 +222,17 @@ int chunk_tensors(void *arg, size_t index)
 
     shm_guard_enter2(&g, &s->seg, &s->shadow);
     if (e != NULL && e->logged && op->phase == PH_TENSORS) {
-        /* One shadow only (op.c logs no session of several profiles). */
         struct logged l = {op, redo_rec(s, index), 0, init, update, part, s->cfg.smoothing};
+        l.from = l.rec->done_to;
+        if (profiled && s->nprof > 1) {
+            rc = redo_for_each_block(s, index, logged_profiles_block, &l);
+            return guard_leave(s, &g, rc);
+        }
         if (profiled) {
             l.init = (e->plan.init & 1u) != 0;
             l.update = (e->plan.due & 1u) != 0;
             l.smoothing = e->plan.decay[0];
         }
-        l.from = l.rec->done_to;
         rc = redo_for_each_block(s, index, logged_block, &l);
         return guard_leave(s, &g, rc);
     }
@@ -306,6 +355,14 @@ static int chunk_load(void *arg, size_t index)
         op->rc = -EPERM;
         snprintf(op->err, sizeof(op->err), "load: %.400s was not saved from a session of "
                  "yours: it is not loaded", op->path);
+        goto out;
+    }
+    if (op->one_profile) {
+        if (loadprof_copy(s, op, f.data, f.data_len, why, sizeof(why)) < 0) {
+            op->rc = -EINVAL;
+            snprintf(op->err, sizeof(op->err), "load: %.150s does not match a profile of "
+                     "session %s: %.180s", op->path, s->name, why);
+        }
         goto out;
     }
     /* The table first: it names the tensor that differs, where a size does not. */

@@ -19,7 +19,7 @@ int health_prepare(struct health *h, size_t nchunks)
         h->nparts = nchunks;
     }
     for (size_t i = 0; i < nchunks; i++) {
-        memset(&h->parts[i].k, 0, sizeof(h->parts[i].k));
+        memset(&h->parts[i], 0, sizeof(h->parts[i]));
         h->parts[i].first_nonfinite = SIZE_MAX;
     }
     return 0;
@@ -81,6 +81,35 @@ uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_
     return t.nonfinite;
 }
 
+/* The distance and no-op of one shadow's update from its summed parts (as health_finish). */
+static void finish_one(struct health_profile *o, const struct kernel_health *t)
+{
+    o->checked_updates++;
+    o->last_noop = t->elems > 0 && !t->changed;
+    if (o->last_noop)
+        o->noop_updates++;
+    o->has_distance = t->elems > t->nonfinite;
+    o->distance = o->has_distance ? sqrt(t->sumsq / (double)(t->elems - t->nonfinite)) : 0;
+}
+
+void health_finish_profiles(struct health *h, uint32_t mask)
+{
+    for (unsigned p = 0; p < HEALTH_PROFILES; p++) {
+        if (!(mask & (1u << p)))
+            continue;
+        struct kernel_health t = {0};
+        for (size_t i = 0; i < h->nparts; i++) {
+            const struct kernel_health *k = &h->parts[i].prof[p];
+            t.elems += k->elems;
+            t.nonfinite += k->nonfinite;
+            t.sumsq += k->sumsq;
+            t.changed |= k->changed;
+        }
+        finish_one(&h->prof[p], &t);
+        h->prof_seen |= 1u << p;
+    }
+}
+
 bool health_check_stall(struct health *h, bool attached, uint64_t now_ns, double factor)
 {
     if (!attached && h->last_update_ns != 0) {
@@ -103,17 +132,62 @@ bool health_check_stall(struct health *h, bool attached, uint64_t now_ns, double
     return true;
 }
 
+static bool poisoned(bool has, double d)
+{
+    return has && !isfinite(d);
+}
+
 size_t health_alarms(const struct health *h, const char *out[HEALTH_ALARMS_MAX])
 {
+    bool poison = poisoned(h->has_distance, h->distance), noop = h->last_noop;
     size_t n = 0;
 
+    /* A poisoned or idle profile is the session's alarm too, whichever one its own fields
+     * describe: one look at the session must show it. */
+    for (unsigned p = 0; p < HEALTH_PROFILES; p++) {
+        if (!(h->prof_seen & (1u << p)))
+            continue;
+        poison |= poisoned(h->prof[p].has_distance, h->prof[p].distance);
+        noop |= h->prof[p].last_noop;
+    }
     if (h->last_count > 0)
         out[n++] = HEALTH_ALARM_NONFINITE;
-    if (h->has_distance && !isfinite(h->distance))
+    if (poison)
         out[n++] = HEALTH_ALARM_POISONED;
-    if (h->last_noop)
+    if (noop)
         out[n++] = HEALTH_ALARM_NOOP;
     if (h->stalled)
         out[n++] = HEALTH_ALARM_STALLED;
     return n;
+}
+
+size_t health_profile_alarms(const struct health *h, unsigned p, const char *out[2])
+{
+    size_t n = 0;
+
+    if (p >= HEALTH_PROFILES || !(h->prof_seen & (1u << p)))
+        return 0;
+    if (poisoned(h->prof[p].has_distance, h->prof[p].distance))
+        out[n++] = HEALTH_ALARM_POISONED;
+    if (h->prof[p].last_noop)
+        out[n++] = HEALTH_ALARM_NOOP;
+    return n;
+}
+
+void health_profile_state(const struct health *h, unsigned p, struct msg_profile_health *o)
+{
+    const char *alarms[2];
+
+    memset(o, 0, sizeof(*o));
+    if (p >= HEALTH_PROFILES)
+        return;
+    o->updates_checked = h->prof[p].checked_updates;
+    o->has_distance = h->prof[p].has_distance;
+    o->distance = h->prof[p].distance;
+    o->noop_updates = h->prof[p].noop_updates;
+    o->last_update_noop = h->prof[p].last_noop;
+    o->nalarms = health_profile_alarms(h, p, alarms);
+    for (size_t i = 0; i < o->nalarms; i++)
+        o->alarm_buf[i] = msg_str_c(alarms[i]);
+    o->alarms = o->alarm_buf;
 }

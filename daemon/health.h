@@ -14,6 +14,7 @@
 #define EMAD_HEALTH_H
 
 #include "kernel.h"
+#include "msg.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,10 +33,26 @@
 #define HEALTH_ALARM_STALLED "stalled"
 #define HEALTH_ALARMS_MAX 4
 
+/* The most profiles a session holds (PROFILE_MAX, profile.h; checked there). */
+#define HEALTH_PROFILES 8
+
 /* One chunk's share of one update. */
 struct health_part {
     struct kernel_health k;
     size_t first_nonfinite; /* lowest tensor index with a non-finite param; SIZE_MAX: none */
+    /* With profiles: each updating profile's share (k is then the session's health profile's,
+     * copied from one of these). */
+    struct kernel_health prof[HEALTH_PROFILES];
+};
+
+/* With profiles: what a profile's own updates saw of its shadow (docs/protocol.md "Health").
+ * The non-finite count and the stall are the params' and the trainer's, one for the session. */
+struct health_profile {
+    uint64_t checked_updates; /* its updates these signals cover */
+    uint64_t noop_updates;    /* its updates that changed none of its shadow */
+    bool last_noop;
+    bool has_distance;        /* as struct health's, for this profile's shadow */
+    double distance;
 };
 
 struct health {
@@ -72,6 +89,11 @@ struct health {
     bool stalled;
     bool fresh_clock; /* last_update_ns restarted at a detach: the next update's
                          interval is not a real one */
+
+    /* With profiles, each profile's (index as the session's profiles); bit p of prof_seen:
+     * profile p has had an update checked. */
+    struct health_profile prof[HEALTH_PROFILES];
+    uint32_t prof_seen;
 };
 
 /* Make room for nchunks parts and clear them, before an update's chunks run. 0 or -ENOMEM
@@ -87,9 +109,18 @@ uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_
 /* The once-a-second check: whether an attached session has gone factor usual intervals (and at
  * least HEALTH_STALL_MIN_SECONDS) without an update. factor 0 turns the check off. true when
  * the session has just become stalled (for the caller to log). */
+/* With profiles, before health_finish: the profiles in mask (bit p: profile p) updated from a
+ * shadow they had before (not started at this update); sums their parts into h->prof. */
+void health_finish_profiles(struct health *h, uint32_t mask);
+
 bool health_check_stall(struct health *h, bool attached, uint64_t now_ns, double factor);
 
-/* The current alarms, in a fixed order; returns how many (<= HEALTH_ALARMS_MAX). */
+/* The current alarms, in a fixed order; returns how many (<= HEALTH_ALARMS_MAX). With profiles
+ * "poisoned" and "noop" hold when they hold for any profile. */
 size_t health_alarms(const struct health *h, const char *out[HEALTH_ALARMS_MAX]);
+/* Profile p's: "poisoned" and "noop" (its own shadow), at most 2. */
+size_t health_profile_alarms(const struct health *h, unsigned p, const char *out[2]);
+/* Profile p's signals as status reports them (o's alarms point into o itself). */
+void health_profile_state(const struct health *h, unsigned p, struct msg_profile_health *o);
 
 #endif

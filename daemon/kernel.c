@@ -703,47 +703,6 @@ AVX2_INLINE void avx2_health_fast_step(float *restrict s, __m256 vx, size_t i, _
 }
 
 /*
- * The 32 params at x[i], read once into v[0..3] as f32, and whether all are finite, from their
- * exponent bits alone: the largest masked exponent is the all-ones one exactly when one of them
- * is NaN or infinite. About one operation per eight 16-bit params (sixteen to a register), two
- * per eight f32 ones. One read serves the test and the update: params a trainer rewrote between
- * two reads could otherwise pass the test and not the update.
- */
-AVX2_INLINE __m256 avx2_widen_h16(__m128i q, int kind)
-{
-    if (kind == PARAM_BF16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(q), 16));
-    return _mm256_cvtph_ps(q);
-}
-
-AVX2_INLINE bool avx2_load_32(const void *x, size_t i, int kind, __m256 *v0, __m256 *v1,
-                              __m256 *v2, __m256 *v3)
-{
-    if (kind == PARAM_F32) {
-        const __m256i e = _mm256_set1_epi32(0x7f800000);
-        const float *p = (const float *)x + i;
-        *v0 = _mm256_loadu_ps(p);
-        *v1 = _mm256_loadu_ps(p + 8);
-        *v2 = _mm256_loadu_ps(p + 16);
-        *v3 = _mm256_loadu_ps(p + 24);
-        __m256i a = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(*v0), e),
-                                     _mm256_and_si256(_mm256_castps_si256(*v1), e));
-        __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(*v2), e),
-                                     _mm256_and_si256(_mm256_castps_si256(*v3), e));
-        return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(a, b), e)) == 0;
-    }
-    const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
-    const __m256i *p = (const __m256i *)((const uint16_t *)x + i);
-    __m256i h0 = _mm256_loadu_si256(p), h1 = _mm256_loadu_si256(p + 1);
-    *v0 = avx2_widen_h16(_mm256_castsi256_si128(h0), kind);
-    *v1 = avx2_widen_h16(_mm256_extracti128_si256(h0, 1), kind);
-    *v2 = avx2_widen_h16(_mm256_castsi256_si128(h1), kind);
-    *v3 = avx2_widen_h16(_mm256_extracti128_si256(h1, 1), kind);
-    __m256i m = _mm256_max_epu16(_mm256_and_si256(h0, e), _mm256_and_si256(h1, e));
-    return _mm256_movemask_epi8(_mm256_cmpeq_epi16(m, e)) == 0;
-}
-
-/*
  * Params 8*half .. 8*half+7 of the sixteen 16-bit params in h, as f32. bf16 widens in the
  * register: the qwords reordered 0 2 1 3, each 128-bit lane then holds params 0-3 and 8-11 (lane
  * 0) and 4-7 and 12-15 (lane 1), so interleaving zeros below the low or the high words of both

@@ -7,7 +7,9 @@
  *              come from memory once.
  * - avx2:      eight params a step (four doubles), loaded once, then every profile's shadow
  *              lerped, stored, and the next profile's; K is a constant in each compiled loop (one
- *              per K), so its per-profile constants stay in registers where they fit.
+ *              per K), so its per-profile constants stay in registers where they fit. With
+ *              the health signals, 32 f32 params a turn tested from their exponent bits as
+ *              kernel.c's health loop does, then every profile over the whole turn.
  *
  * The arithmetic per profile is kernel.c's to the bit. The branch of PyTorch's lerp on |w| < 0.5
  * is taken per profile: the avx2 loop computes fma(c, x - s, base) with base = x or s chosen by
@@ -410,22 +412,88 @@ AVX2_INLINE uint64_t avx2_hsum_u32(__m256i v)
 }
 
 /*
- * The health pass: the param's finiteness tested once per lane for all profiles (nf), then per
- * profile kernel.c's health step: the blend that keeps the old shadow where nf (skip), the
- * square of d where the param is finite into that profile's f32 block sum, and whether any bits
- * changed. A block's f32 sum that reached +Inf with a finite shadow counts as FLT_MAX, as in
- * kernel.c: "huge", not "poisoned".
+ * A turn of 32 finite params v[0..3] at i (the turn's test said so) for every profile: kernel.c's
+ * fast step per profile, without the per-lane mask, blend and count. Profile by profile over the
+ * whole turn, so that only that profile's constants and sum are live beside the params (eight
+ * profiles' sums and constants at once would not fit in the sixteen registers). Whether a
+ * shadow changed is compared only while `track` (some profile has not been seen to change).
+ */
+AVX2_INLINE void avx2_multi_fast_turn(float *const *s, const unsigned K, const __m256 *v,
+                                      size_t i, const __m256 *vc, const __m256 *vm, __m256 *sq,
+                                      __m256i *same, bool track)
+{
+#pragma GCC unroll 8
+    for (unsigned p = 0; p < K; p++) {
+        __m256 acc = sq[p];
+        __m256i eq = same[p];
+        const __m256 c = vc[p], m = vm[p];
+        float *sp = s[p] + i;
+#pragma GCC unroll 4
+        for (unsigned j = 0; j < 4; j++) {
+            __m256 vs = _mm256_loadu_ps(sp + 8 * j);
+            __m256 d = _mm256_sub_ps(v[j], vs);
+            __m256 r = _mm256_fmadd_ps(c, d, _mm256_blendv_ps(vs, v[j], m));
+            _mm256_storeu_ps(sp + 8 * j, r);
+            acc = _mm256_fmadd_ps(d, d, acc);
+            if (track)
+                eq = _mm256_and_si256(eq, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                             _mm256_castps_si256(vs)));
+        }
+        sq[p] = acc;
+        same[p] = eq;
+    }
+}
+
+/*
+ * The same where some lane of vx may be NaN or infinite: its finiteness tested once per lane
+ * for all profiles (nf, counted into bad), then per profile the blend that keeps the old shadow
+ * where nf (skip) and the square of d only where the param is finite.
+ */
+AVX2_INLINE void avx2_multi_step(float *const *s, const unsigned K, __m256 vx, size_t i,
+                                 const __m256 *vc, const __m256 *vm, const bool skip, __m256 *sq,
+                                 __m256i *bad, __m256i *same)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
+
+    *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
+#pragma GCC unroll 8
+    for (unsigned p = 0; p < K; p++) {
+        __m256 vs = _mm256_loadu_ps(s[p] + i);
+        __m256 d = _mm256_sub_ps(vx, vs);
+        __m256 r = _mm256_fmadd_ps(vc[p], d, _mm256_blendv_ps(vs, vx, vm[p]));
+        if (skip)
+            r = _mm256_blendv_ps(r, vs, nf);
+        _mm256_storeu_ps(s[p] + i, r);
+        __m256 df = _mm256_andnot_ps(nf, d);
+        sq[p] = _mm256_fmadd_ps(df, df, sq[p]);
+        same[p] = _mm256_and_si256(same[p], _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                               _mm256_castps_si256(vs)));
+    }
+}
+
+/*
+ * The health pass, each param read once for all profiles. As kernel.c's: 32 params a turn, read
+ * and tested together from their exponent bits (avx2_load_32), then the fast steps when all are
+ * finite (every turn, in a healthy training) and the masked ones otherwise; whether each shadow
+ * changed is tracked only until every profile's has (the first block, in training). With K
+ * profiles the per-lane test, blend and count of every step would cost more than the memory
+ * traffic they ride on from K = 4 up (docs/performance.md "K profiles in one pass"). A block's
+ * f32 sum that reached +Inf with a finite shadow counts as FLT_MAX, as in kernel.c: "huge", not
+ * "poisoned".
  */
 AVX2_INLINE void avx2_multi_health_loop(float *const *sp, const unsigned K, const void *x,
                                         size_t n, const float *w, const bool skip, int kind,
                                         struct kernel_health *h)
 {
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
     float *s[KERNEL_MULTI_MAX];
     __m256 vc[KERNEL_MULTI_MAX], vm[KERNEL_MULTI_MAX];
     __m256i same[KERNEL_MULTI_MAX];
     double acc[KERNEL_MULTI_MAX];
+    const uint32_t all = (1u << K) - 1;
+    uint32_t changed = 0;
     uint64_t bad_total = 0;
     size_t i = 0;
 
@@ -439,34 +507,30 @@ AVX2_INLINE void avx2_multi_health_loop(float *const *sp, const unsigned K, cons
         size_t left = (n - i) & ~(size_t)7;
         size_t end = i + (left > MULTI_BLOCK ? MULTI_BLOCK : left);
         size_t start = i;
+        const bool track = changed != all;
         __m256 sq[KERNEL_MULTI_MAX];
         __m256i bad = _mm256_setzero_si256();
+        __m256 v[4];
         for (unsigned p = 0; p < K; p++)
             sq[p] = _mm256_setzero_ps();
-        for (; i < end; i += 8) {
-            __m256 vx = avx2_load_param(x, i, kind);
-            __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
-            bad = _mm256_sub_epi32(bad, _mm256_castps_si256(nf));
-#pragma GCC unroll 8
-            for (unsigned p = 0; p < K; p++) {
-                __m256 vs = _mm256_loadu_ps(s[p] + i);
-                __m256 d = _mm256_sub_ps(vx, vs);
-                __m256 r = _mm256_fmadd_ps(vc[p], d, _mm256_blendv_ps(vs, vx, vm[p]));
-                if (skip)
-                    r = _mm256_blendv_ps(r, vs, nf);
-                _mm256_storeu_ps(s[p] + i, r);
-                __m256 df = _mm256_andnot_ps(nf, d);
-                sq[p] = _mm256_fmadd_ps(df, df, sq[p]);
-                same[p] = _mm256_and_si256(same[p], _mm256_cmpeq_epi32(_mm256_castps_si256(r),
-                                                                       _mm256_castps_si256(vs)));
+        for (; i + 32 <= end; i += 32) {
+            if (avx2_load_32(x, i, kind, &v[0], &v[1], &v[2], &v[3])) {
+                avx2_multi_fast_turn(s, K, v, i, vc, vm, sq, same, track);
+            } else {
+                for (unsigned j = 0; j < 4; j++)
+                    avx2_multi_step(s, K, v[j], i + 8 * j, vc, vm, skip, sq, &bad, same);
             }
         }
+        for (; i < end; i += 8)
+            avx2_multi_step(s, K, avx2_load_param(x, i, kind), i, vc, vm, skip, sq, &bad, same);
         for (unsigned p = 0; p < K; p++) {
             __m256 v = sq[p];
             if (_mm256_movemask_ps(_mm256_cmp_ps(v, inf, _CMP_EQ_OQ)) != 0 &&
                 block_finite(s[p], start, i))
                 v = _mm256_min_ps(v, _mm256_set1_ps(FLT_MAX));
             acc[p] += avx2_hsum_ps(v);
+            if (_mm256_movemask_epi8(same[p]) != -1)
+                changed |= 1u << p;
         }
         bad_total += avx2_hsum_u32(bad);
     }
@@ -474,7 +538,7 @@ AVX2_INLINE void avx2_multi_health_loop(float *const *sp, const unsigned K, cons
         h[p].elems += i;
         h[p].nonfinite += bad_total;
         h[p].sumsq += acc[p];
-        if (_mm256_movemask_epi8(same[p]) != -1)
+        if (changed & (1u << p))
             h[p].changed = true;
     }
     for (; i < n; i++)

@@ -395,6 +395,51 @@ static void render_sessions(struct out *o, const struct metrics_view *v, bool al
     }
 }
 
+/* Each profile's own health signals, labelled by session and profile (at most 8 profiles a
+ * session, so the label stays bounded). */
+static void render_profiles(struct out *o, const struct metrics_view *v, bool all, uid_t uid)
+{
+    static const struct {
+        const char *name, *type, *help;
+    } rows[3] = {
+        {"emad_session_profile_noop_updates_total", "counter",
+         "Updates of the profile that changed none of its shadow (sessions with profiles)."},
+        {"emad_session_profile_last_update_noop", "gauge",
+         "1 when the profile's last update changed none of its shadow, else 0."},
+        {"emad_session_profile_distance", "gauge",
+         "Root mean square of (the profile's shadow - param) over the finite elements at its "
+         "last update; NaN or +Inf when its shadow holds non-finite values."},
+    };
+    char num[64];
+
+    for (int r = 0; r < 3; r++) {
+        head(o, rows[r].name, rows[r].type, rows[r].help);
+        for (size_t i = 0; i < v->nsessions; i++) {
+            const struct metrics_session *s = &v->session_list[i];
+            if (!all && s->uid != uid)
+                continue;
+            for (unsigned p = 0; p < s->nprof; p++) {
+                const struct metrics_profile *mp = &s->prof[p];
+                if (r == 2 && !mp->has_distance)
+                    continue;
+                if (r == 0)
+                    snprintf(num, sizeof(num), "%" PRIu64, mp->noop_updates);
+                else if (r == 1)
+                    snprintf(num, sizeof(num), "%d", mp->last_noop ? 1 : 0);
+                else
+                    fmt_double(mp->distance, num, sizeof(num));
+                put(o, "%s{session=\"", rows[r].name);
+                if (o->rc == 0)
+                    o->rc = metrics_text_label(o->t, s->label);
+                put(o, "\",profile=\"");
+                if (o->rc == 0)
+                    o->rc = metrics_text_label(o->t, mp->name);
+                put(o, "\"} %s\n", num);
+            }
+        }
+    }
+}
+
 int metrics_render(const struct metrics *m, const struct metrics_view *v, bool all, uid_t uid,
                    struct metrics_text *t)
 {
@@ -459,5 +504,6 @@ int metrics_render(const struct metrics *m, const struct metrics_view *v, bool a
         hist(&o, "emad_state_file_duration_seconds", labels, &m->file_seconds[i]);
     }
     render_sessions(&o, v, all, uid);
+    render_profiles(&o, v, all, uid);
     return o.rc;
 }

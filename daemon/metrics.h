@@ -95,6 +95,15 @@ struct metrics_session {
     bool has_distance;          /* health on, and an update had finite float elements */
     double distance;            /* RMS of (shadow - param) at the last update; NaN/Inf: poisoned */
     bool stalled;
+    /* With profiles (and health): each profile's own signals, nprof of them (at most 8). */
+    unsigned nprof;
+    struct metrics_profile {
+        char name[33];           /* the profile's name (PROFILE_NAME_MAX) */
+        uint64_t noop_updates;   /* its updates that changed none of its shadow */
+        bool last_noop;
+        bool has_distance;
+        double distance;
+    } prof[8];
 };
 
 /* What the daemon holds at render time. */

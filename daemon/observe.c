@@ -93,6 +93,14 @@ static void session_fill(const struct session *s, struct metrics_session *o)
     o->has_distance = h->enabled && h->has_distance;
     o->distance = h->distance;
     o->stalled = h->stalled;
+    for (unsigned p = 0; h->enabled && p < s->nprof && p < 8; p++) {
+        struct metrics_profile *mp = &o->prof[o->nprof++];
+        snprintf(mp->name, sizeof(mp->name), "%s", s->prof[p].name);
+        mp->noop_updates = h->prof[p].noop_updates;
+        mp->last_noop = h->prof[p].last_noop;
+        mp->has_distance = h->prof[p].has_distance;
+        mp->distance = h->prof[p].distance;
+    }
 }
 
 int metrics_view_fill(struct emad *ctx, struct metrics_view *v)

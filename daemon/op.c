@@ -54,6 +54,9 @@ static void finish_health(struct op *op)
 {
     struct session *s = op->s;
     size_t first;
+
+    if (s->nprof > 0)
+        health_finish_profiles(&s->health, op_event(op)->plan.due & ~op_event(op)->plan.init);
     uint64_t n = health_finish(&s->health, s->st.updates, uv_hrtime(), &first);
 
     if (n == 0 || first >= s->ntensors)
@@ -492,9 +495,8 @@ static void run_event(struct op *op)
     case EMA_ACTION_START:
     case EMA_ACTION_UPDATE:
     case EMA_ACTION_START_UPDATE:
-        /* Several profiles are not covered by the redo records (refused at register; a
-         * session kept from an emad without --crash-exact updates as there). */
-        e->logged = s->reg->ctx->opts->crash_exact && s->nprof <= 1;
+        /* Every session, of one profile or several (record.c's blocks, chunk.c). */
+        e->logged = s->reg->ctx->opts->crash_exact;
         struct shadow_header h;
         struct shm_guard g;
         shadow_enter(s, &g);
@@ -713,7 +715,10 @@ static bool finish_file(struct op *op)
         return false;
     }
     if (op->kind == OP_LOAD) {
-        session_apply_saved(op->s, &f->loaded);
+        if (f->one_profile)
+            loadprof_apply(op->s, f);
+        else
+            session_apply_saved(op->s, &f->loaded);
         op->s->interrupted = false; /* the shadow is the file's now */
         shadow_sync(op->s);
         submit(op, PH_JOURNAL, chunk_journal, 1);

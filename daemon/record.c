@@ -146,21 +146,28 @@ void redo_begin(struct session *s, const uint64_t *resume_from, uint64_t pending
     shadow_begin(s);
 }
 
+/* The elements of a block: K > 1 profiles share the undo of one. */
+uint64_t redo_block_elems(const struct session *s)
+{
+    return s->nprof > 1 ? REDO_BLOCK_ELEMS / s->nprof : REDO_BLOCK_ELEMS;
+}
+
 /* Call fn for each block of chunk c, in order, with its position in the
  * chunk (elements), its tensor and its first element; stop at a non-zero
  * return and pass it on. The blocks are the same on every run: the plan
- * and REDO_BLOCK_ELEMS fix them. */
+ * and redo_block_elems fix them. */
 int redo_for_each_block(const struct session *s, size_t c,
                    int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
                              uint64_t start, uint64_t n),
                    void *arg)
 {
+    const uint64_t block = redo_block_elems(s);
     uint64_t pos = 0;
 
     for (size_t i = s->plan.first[c]; i < s->plan.first[c + 1]; i++) {
         const struct piece *p = &s->plan.pieces[i];
-        for (uint64_t off = 0; off < p->count; off += REDO_BLOCK_ELEMS) {
-            uint64_t n = p->count - off < REDO_BLOCK_ELEMS ? p->count - off : REDO_BLOCK_ELEMS;
+        for (uint64_t off = 0; off < p->count; off += block) {
+            uint64_t n = p->count - off < block ? p->count - off : block;
             int rc = fn(arg, pos, &s->tensors[p->tensor], p->start + off, n);
             if (rc != 0)
                 return rc;
@@ -192,6 +199,15 @@ static int undo_block(void *arg, uint64_t pos, const struct tensor *t, uint64_t 
         return 0;
     if (rec->undo_count != n)
         return -EINVAL;
+    if (s->nprof > 1) {
+        /* Whole blocks, copied before the first write (chunk.c): every saved value goes back. */
+        if (rec->undo_profiles == 0 || (rec->undo_profiles >> s->nprof) != 0)
+            return -EINVAL;
+        for (unsigned p = 0; p < s->nprof; p++)
+            if (rec->undo_profiles & (1u << p))
+                memcpy(shadow_ptr_p(s, t, start, p), rec->undo + p * n * esz, n * esz);
+        return 1;
+    }
     memset(unset, UNDO_UNSET, sizeof(unset));
     sh = shadow_ptr(s, t, start);
     for (uint64_t i = 0; i < n; i++)

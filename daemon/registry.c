@@ -217,8 +217,11 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
         o->has_profiles = true;
         o->profiles = o->profile_buf;
         o->nprofiles = s->nprof;
-        for (unsigned i = 0; i < s->nprof; i++)
+        for (unsigned i = 0; i < s->nprof; i++) {
             profile_state(&s->prof[i], (uint64_t)i * s->area_bytes, &o->profile_buf[i]);
+            o->profile_buf[i].has_health = s->health.enabled;
+            health_profile_state(&s->health, i, &o->profile_buf[i].health);
+        }
         o->has_eval_profile = true;
         o->eval_profile = msg_str_c(s->prof[s->eval].name);
     }

@@ -455,13 +455,6 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
         peer_fail(c, msgid, MSG_E_BADARG, "register: %s", err);
         goto err_free;
     }
-    /* The redo records of --crash-exact hold one shadow's old values (docs/guarantees.md). */
-    if (opts->crash_exact && s->nprof > 1) {
-        peer_fail(c, msgid, MSG_E_BADARG, "register: config.profiles: %u profiles, but this "
-                  "emad runs with --crash-exact, which covers sessions of one profile only",
-                  s->nprof);
-        goto err_free;
-    }
     rc = session_build_tensors(s, req, opts->max_tensors, err, sizeof(err));
     if (rc < 0) {
         peer_fail(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
@@ -667,6 +660,14 @@ static void queue_file(struct registry *r, struct peer *c, uint32_t msgid,
     }
     if ((op = op_new(s, load ? OP_LOAD : OP_SAVE, c, msgid)) == NULL)
         return;
+    char why[160];
+    if ((!load && (req->has_profile || req->has_profile_state)) ||
+        (load && loadprof_args(s, req, op_file(op), why, sizeof(why)) < 0)) {
+        peer_fail(c, msgid, MSG_E_BADARG, "%s: %s", method,
+                  load ? why : "profile: only load takes one");
+        op_free(op);
+        return;
+    }
     if (req->has_name) {
         if (!store_name_valid(req->name.ptr, req->name.len)) {
             peer_fail(c, msgid, MSG_E_BADARG, "%s: name: must be 1 to 128 characters of "

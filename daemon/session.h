@@ -131,6 +131,10 @@ _Static_assert(SHADOW_PROFILES_AT + sizeof(struct shadow_profiles) <= SHADOW_HEA
  * which elements the cut-short event wrote (those of a block caught halfway
  * are put back from undo), and the event sent again writes the others
  * only: applied once, as if nothing had happened.
+ *
+ * A session of K > 1 profiles writes blocks of REDO_BLOCK_ELEMS / K elements (redo_block_elems)
+ * and, before writing one, copies the block of every shadow it writes (undo_profiles says which)
+ * into undo, profile p's at p * n elements: the K shadows fit where one was.
  */
 #define REDO_BLOCK_ELEMS 2048u
 #define REDO_NONE UINT64_MAX
@@ -142,7 +146,8 @@ struct redo_rec {
     uint64_t done_to;    /* elements of the chunk (plan order) written for good */
     uint64_t undo_at;    /* the block whose old values undo holds, REDO_NONE: none */
     uint64_t undo_count; /* elements in undo */
-    uint64_t pad[4];
+    uint64_t undo_profiles; /* K > 1 profiles: bit p, undo holds profile p's block */
+    uint64_t pad[3];
     unsigned char undo[REDO_BLOCK_ELEMS * 8];
 };
 

@@ -204,6 +204,10 @@ struct op_file {
     struct msg_saved_state loaded; /* load: decoded metadata */
     msgpack_unpacked unpacked;     /* load: what loaded points into */
     bool has_loaded;
+    bool one_profile;              /* load of one profile's shadow (loadprof.c): */
+    unsigned prof;                 /* ... its index */
+    bool has_set;                  /* ... and the state it takes */
+    struct msg_profile_set set;
 };
 
 /* The kind's struct: op is its first member. */
@@ -339,10 +343,18 @@ void redo_begin(struct session *s, const uint64_t *resume_from, uint64_t pending
                 enum ema_action action, const struct ema_clock *clock);
 int redo_recover(struct session *s);
 void redo_cancel(struct session *s, const char *why);
+uint64_t redo_block_elems(const struct session *s);
 int redo_for_each_block(const struct session *s, size_t c,
                         int (*fn)(void *arg, uint64_t pos, const struct tensor *t,
                                   uint64_t start, uint64_t n),
                         void *arg);
+
+/* loadprof.c: load of one profile's shadow (docs/protocol.md "load", profile). */
+int loadprof_args(const struct session *s, const struct msg_file *req, struct op_file *f,
+                  char *err, size_t errlen);
+int loadprof_copy(struct session *s, const struct op_file *f, const void *data,
+                  uint64_t data_len, char *err, size_t errlen);
+void loadprof_apply(struct session *s, const struct op_file *f);
 
 /* ---- persist.c ---- */
 

@@ -86,6 +86,18 @@ static const struct msg_field profile_fields[] = {
 /* Strict: a misspelt setting must not leave a profile on a default the user did not mean. */
 const struct msg_desc msg_profile_desc = STRICT_DESC("profile", struct msg_profile, profile_fields);
 
+#define PH struct msg_profile_health
+static const struct msg_field profile_health_fields[] = {
+    REQ(PH, "updates_checked", MSG_U64, updates_checked),
+    NUL(PH, "distance", MSG_F64, distance),
+    REQ(PH, "noop_updates", MSG_U64, noop_updates),
+    REQ(PH, "last_update_noop", MSG_BOOL, last_update_noop),
+    SARR(PH, "alarms", alarms),
+};
+#undef PH
+const struct msg_desc msg_profile_health_desc =
+    DESC("profile health", struct msg_profile_health, profile_health_fields);
+
 #define PS struct msg_profile_state
 static const struct msg_field profile_state_fields[] = {
     REQ(PS, "name", MSG_STR, name),
@@ -96,6 +108,7 @@ static const struct msg_field profile_state_fields[] = {
     NUL(PS, "last_batch", MSG_U64, last_batch),
     NUL(PS, "last_decay", MSG_F64, last_decay),
     REQ(PS, "shadow_offset", MSG_U64, shadow_offset),
+    OPT_OBJ(PS, "health", health, msg_profile_health_desc),
 };
 #undef PS
 const struct msg_desc msg_profile_state_desc =
@@ -274,9 +287,22 @@ static const struct msg_field status_reply_fields[] = {
 const struct msg_desc msg_status_reply_desc =
     DESC("status reply", struct msg_status_reply, status_reply_fields);
 
+#define PSET struct msg_profile_set
+static const struct msg_field profile_set_fields[] = {
+    REQ(PSET, "started", MSG_BOOL, started),
+    REQ(PSET, "updates", MSG_U64, updates),
+    NUL(PSET, "last_batch", MSG_U64, last_batch),
+    NUL(PSET, "last_decay", MSG_F64, last_decay),
+};
+#undef PSET
+const struct msg_desc msg_profile_set_desc =
+    DESC("load profile state", struct msg_profile_set, profile_set_fields);
+
 static const struct msg_field file_fields[] = {
     REQ(struct msg_file, "session", MSG_STR, session),
     OPT(struct msg_file, "name", MSG_STR, name),
+    OPT(struct msg_file, "profile", MSG_STR, profile),
+    OPT_OBJ(struct msg_file, "profile_state", profile_state, msg_profile_set_desc),
 };
 const struct msg_desc msg_file_desc = DESC("save/load", struct msg_file, file_fields);
 

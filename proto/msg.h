@@ -150,6 +150,18 @@ struct msg_profile {
     double gamma;
 };
 
+/* Extension: one profile's own health signals (status only; docs/protocol.md "Health"). */
+struct msg_profile_health {
+    uint64_t updates_checked;
+    bool has_distance; /* nil before its first update checked */
+    double distance;
+    uint64_t noop_updates;
+    bool last_update_noop;
+    struct msg_str *alarms;
+    size_t nalarms;
+    struct msg_str alarm_buf[2]; /* not a field: room an encoder may point alarms at */
+};
+
 /* Extension: what status and state files say of one profile. */
 struct msg_profile_state {
     struct msg_str name;
@@ -162,6 +174,8 @@ struct msg_profile_state {
     bool has_last_decay; /* nil before its first update */
     double last_decay;
     uint64_t shadow_offset; /* bytes to add to each tensor's shadow_offset for this profile */
+    bool has_health;        /* status of a session with health on: its own signals */
+    struct msg_profile_health health;
 };
 
 struct msg_config {
@@ -359,10 +373,24 @@ struct msg_status_reply {
 };
 
 /* save and load */
+/* Extension (load with profile): the state that profile takes (docs/protocol.md "load"). */
+struct msg_profile_set {
+    bool started;
+    uint64_t updates;
+    bool has_last_batch; /* nil: no update yet */
+    uint64_t last_batch;
+    bool has_last_decay; /* nil: no update yet */
+    double last_decay;
+};
+
 struct msg_file {
     struct msg_str session;
     bool has_name;
     struct msg_str name;
+    bool has_profile;       /* extension, load only: replace this profile's shadow alone */
+    struct msg_str profile;
+    bool has_profile_state; /* ... and give it this state */
+    struct msg_profile_set profile_state;
 };
 
 struct msg_file_reply {
@@ -483,6 +511,8 @@ extern const struct msg_desc msg_hello_reply_desc;
 extern const struct msg_desc msg_tensor_desc;
 extern const struct msg_desc msg_profile_desc;
 extern const struct msg_desc msg_profile_state_desc;
+extern const struct msg_desc msg_profile_health_desc;
+extern const struct msg_desc msg_profile_set_desc;
 extern const struct msg_desc msg_config_desc;
 extern const struct msg_desc msg_table_desc;
 extern const struct msg_desc msg_register_desc;

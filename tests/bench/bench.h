@@ -56,6 +56,8 @@ int cmd_hostile(const struct bopts *o);
 int cmd_metrics(const struct bopts *o); /* bench_metrics.c */
 int cmd_kprofiles(const struct bopts *o); /* bench_profiles.c: in process, no emad */
 int cmd_khealth(const struct bopts *o);   /* bench_khealth.c: in process, no emad */
+int cmd_kprof(const struct bopts *o);     /* bench_emad_profiles.c: K profiles through emad */
+int cmd_snapwrite(const struct bopts *o); /* bench_emad_profiles.c: updates beside a snapshot */
 
 static inline double now(void)
 {

@@ -33,6 +33,9 @@ static const struct {
                              "a second, vs unscraped"},
     {"kprofiles", cmd_kprofiles, "in process: K = 1,2,4,8 profiles in one pass vs K passes"},
     {"khealth", cmd_khealth, "in process: the update kernel with health signals vs without"},
+    {"kprof", cmd_kprof, "K = 1,2,4,8 profiles in one session vs K sessions of one profile"},
+    {"snapwrite", cmd_snapwrite, "update round trip while a --sizes[0] snapshot is written, "
+                                 "vs idle"},
 };
 
 static void usage(FILE *f)

@@ -11,6 +11,8 @@
  * f32): 1.0 means the one pass runs exactly at the memory speed of a single pass, which the goal
  * wants <= 1.05 from 16M elements up. With --workers N > 1 the same again with the range split
  * over N threads (created for each timed pass; a few tens of microseconds against milliseconds).
+ * Each figure twice: the plain kernels, then the health variants (skip on) on both sides, as
+ * emad runs them by default (record field "health").
  */
 #include "bench.h"
 #include "kernel.h"
@@ -30,6 +32,7 @@ struct kp_run {
     double sm[KERNEL_MULTI_MAX];
     unsigned k;
     bool multi;        /* one K-profile pass, else K single passes */
+    bool health;       /* the health variants (skip on), as emad runs by default */
     uint64_t from, to; /* the slice this thread updates */
 };
 
@@ -43,12 +46,19 @@ static void *kp_work(void *arg)
     for (unsigned p = 0; p < r->k; p++)
         sp[p] = (char *)r->s[p] + r->from * ss;
     const void *x = (const char *)r->x + r->from * xs;
-    if (r->multi) {
+    struct kernel_health h[KERNEL_MULTI_MAX];
+    memset(h, 0, sizeof(h));
+    if (r->multi && r->health) {
+        if (kernel_multi_update_health(r->mops, r->dt, sp, r->k, x, n, r->sm, NULL, true, h) < 0)
+            die("kernel_multi_update_health failed");
+    } else if (r->multi) {
         if (kernel_multi_update(r->mops, r->dt, sp, r->k, x, n, r->sm) < 0)
             die("kernel_multi_update failed");
     } else {
         for (unsigned p = 0; p < r->k; p++)
-            if (kernel_update(r->ops, r->dt, sp[p], x, n, r->sm[p]) < 0)
+            if ((r->health ? kernel_update_health(r->ops, r->dt, sp[p], x, n, r->sm[p], NULL,
+                                                  true, &h[p])
+                           : kernel_update(r->ops, r->dt, sp[p], x, n, r->sm[p])) < 0)
                 die("kernel_update failed");
     }
     return NULL;
@@ -80,12 +90,12 @@ static double kp_pass(const struct kp_run *base, uint64_t n, unsigned threads, b
 }
 
 static void kp_measure(enum dtype dt, const char *dtname, uint64_t n, unsigned k,
-                       unsigned threads, void *x, void *const *s)
+                       unsigned threads, bool health, void *x, void *const *s)
 {
     static const double smoothings[KERNEL_MULTI_MAX] = {0.999, 0.9999, 0.99, 0.5,
                                                         0.3, 0.9, 0.0,    0.99999};
     struct kp_run r = {.ops = kernel_ops_best(), .mops = kernel_multi_ops_best(), .dt = dt,
-                       .x = x, .k = k};
+                       .x = x, .k = k, .health = health};
     double a[KP_REPS], b[KP_REPS], ratio[KP_REPS], goal[KP_REPS];
     double xs = (double)dtype_size(dt), ss = (double)dtype_size(dtype_shadow(dt));
     double bytes_k = xs + 2 * ss * k, bytes_1 = xs + 2 * ss;
@@ -110,6 +120,7 @@ static void kp_measure(enum dtype dt, const char *dtname, uint64_t n, unsigned k
     rec_int("elems", n);
     rec_int("k", k);
     rec_int("threads", threads);
+    rec_int("health", health);
     rec_int("reps", KP_REPS);
     rec_str("impl", r.mops->name);
     rec_num("multi_s", a_med);
@@ -124,9 +135,10 @@ static void kp_measure(enum dtype dt, const char *dtname, uint64_t n, unsigned k
     rec_num("goal_max", goal[KP_REPS - 1]);
     rec_end();
     fprintf(stderr,
-            "kprofiles %s %s K=%u threads=%u: multi %.1f ms, %u singles %.1f ms, ratio %.3f "
+            "kprofiles %s %s K=%u threads=%u%s: multi %.1f ms, %u singles %.1f ms, ratio %.3f "
             "[%.3f, %.3f], goal %.3f [%.3f, %.3f] (<= 1.05 wanted)\n",
-            dtname, fmt_elems(n, buf, sizeof(buf)), k, threads, a_med * 1e3, k, b_med * 1e3,
+            dtname, fmt_elems(n, buf, sizeof(buf)), k, threads, health ? " health" : "",
+            a_med * 1e3, k, b_med * 1e3,
             r_med, ratio[0], ratio[KP_REPS - 1], g_med, goal[0], goal[KP_REPS - 1]);
 }
 
@@ -159,9 +171,11 @@ int cmd_kprofiles(const struct bopts *o)
                 memset(s[p], 0x3d + p, n * ss);
             }
             for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
-                kp_measure(dt, o->dtypes[d], n, ks[i], 1, x, s);
-                if (o->workers > 1)
-                    kp_measure(dt, o->dtypes[d], n, ks[i], o->workers, x, s);
+                for (int health = 0; health < 2; health++) {
+                    kp_measure(dt, o->dtypes[d], n, ks[i], 1, health, x, s);
+                    if (o->workers > 1)
+                        kp_measure(dt, o->dtypes[d], n, ks[i], o->workers, health, x, s);
+                }
             }
             free(x);
             for (unsigned p = 0; p < KERNEL_MULTI_MAX; p++)

@@ -186,7 +186,8 @@ static void swap(uint32_t id, const char *session, const char *to)
 
 static void file(uint32_t id, const char *method, const char *session, const char *name)
 {
-    struct msg_file f = {msg_str_c(session), name != NULL, msg_str_c(name)};
+    struct msg_file f = {.session = msg_str_c(session), .has_name = name != NULL,
+        .name = msg_str_c(name)};
     req(id, method, &msg_file_desc, &f);
 }
 

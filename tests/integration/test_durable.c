@@ -478,7 +478,8 @@ static int raw_connect(const char *sock, struct wire_decoder *dec)
 
 static void raw_send_save(int fd, uint32_t msgid, const char *session, const char *name)
 {
-    struct msg_file req = {msg_str_c(session), true, msg_str_c(name)};
+    struct msg_file req = {.session = msg_str_c(session), .has_name = true,
+        .name = msg_str_c(name)};
     msgpack_sbuffer sb;
     msgpack_packer pk;
 

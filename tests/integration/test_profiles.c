@@ -362,7 +362,8 @@ static void test_profiles_update_swap_save_load_and_restart(void **state)
     call_fails(&c, "swap", &msg_swap_desc, &bad, "BADARG", "no profile \"nope\"");
 
     /* save, two more batches, load: every profile back as saved. */
-    struct msg_file f = {msg_str_c("multi"), true, msg_str_c("multi-profiles")};
+    struct msg_file f = {.session = msg_str_c("multi"), .has_name = true,
+        .name = msg_str_c("multi-profiles")};
     call_ok(&c, "save", &msg_file_desc, &f);
     saved = r;
     saved_sn = sn;
@@ -586,20 +587,56 @@ static void test_bad_profiles_are_refused(void **state)
     daemon_stop(&d);
 }
 
-/* --crash-exact keeps one shadow's old values per block: several profiles are refused. */
-static void test_crash_exact_refuses_several_profiles(void **state)
+/* --crash-exact with several profiles: every update goes through the redo records (blocks of
+ * REDO_BLOCK_ELEMS / 3 elements, each profile's old values in the record) and matches the
+ * reference bit for bit; a SIGKILL in an update brings the session back with every profile's
+ * counters of the last update that completed, flagged interrupted once the cut-short update is
+ * not sent again (test_reconnect has the one sent again, redone exactly). */
+static void test_crash_exact_updates_several_profiles_exactly(void **state)
 {
     struct daemon d;
     struct emac_error err;
     struct msg_profile p[NP];
     struct rpc c;
+    struct seen sn, after;
+    static struct ref r;
     (void)state;
 
-    daemon_start(&d, (const char *const[]){"--crash-exact", NULL});
+    make_dir(&d);
+    const char *const exact[] = {"--crash-exact", NULL};
+    /* Jobs: register's journal and initialisation, batches 1 to 10; batch 11 stalls. */
+    daemon_start_env(&d, exact, (char *[]){"EMAD_TEST_STALL_MS=5000", "EMAD_TEST_STALL_AFTER=12",
+                                            NULL});
     assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
+    set_params(made, 0);
     rpc_open(&c, &d, "test_profiles");
     pack_profiles(p);
-    expect_refused(&c, made, p, NP, NULL, "--crash-exact");
+    register_profiles(&c, "exact3", made, p, NP, NULL, false);
+    ref_register(&r, made);
+    for (uint64_t b = 1; b <= 10; b++) {
+        set_params(made, b);
+        batch_end(&c, "exact3", b);
+        ref_batch_end(&r, made, b);
+    }
+    status_of(&c, "exact3", made, &sn);
+    expect_shadows(&sn, &r);
+
+    /* Batch 11 held back by the test hook, emad killed in it. */
+    set_params(made, 11);
+    struct msg_event ev = {msg_str_c("exact3"), msg_str_c("batch_end"), {.batch = 11}, false, 0};
+    rpc_send(&c, "event", &msg_event_desc, &ev);
+    sleep_ms(300);
+    rpc_close(&c);
+    daemon_kill(&d);
+    daemon_start_env(&d, exact, NULL);
+    rpc_open(&c, &d, "test_profiles");
+    register_profiles(&c, "exact3", made, p, NP, NULL, true);
+    status_of(&c, "exact3", made, &after);
+    for (size_t i = 0; i < NP; i++) {
+        assert_int_equal(after.updates[i], sn.updates[i]);
+        assert_int_equal(after.last_batch[i], sn.last_batch[i]);
+    }
+    assert_true(file_contains(d.log, "cut short by the crash"));
     rpc_close(&c);
     daemon_stop(&d);
 }
@@ -664,6 +701,9 @@ static void test_c_api_and_emactl_show(void **state)
     expect_in(out, "warm (warmup, eval): update_interval 1ba decay 0.999 min_decay 0.1 "
               "inv_gamma 1 power 0.75 update_after_step 2; 7 updates, last at batch 7");
     expect_in(out, "p (power): update_interval 3ba gamma 6.94; 2 updates, last at batch 6");
+    /* Each profile's own health line: fast updated at 4 and 6 from a shadow it had. */
+    expect_in(out, "last at batch 6 with decay 0.75\n                   health: 2 updates "
+              "checked, distance ");
     /* The C API has the settings too, defaults filled in. */
     const struct emac_profile_info *now;
     struct emac_status *st = NULL;
@@ -674,6 +714,10 @@ static void test_c_api_and_emactl_show(void **state)
     assert_true(now[2].config.has_gamma && now[2].config.gamma == 6.94);
     assert_int_equal(now[2].updates, 2);
     assert_true(now[2].has_last_decay);
+    assert_true(now[2].has_health);
+    assert_int_equal(now[2].health.updates_checked, 2);
+    assert_true(now[2].health.has_distance && isfinite(now[2].health.distance));
+    assert_int_equal(now[1].health.updates_checked, 7);
     emac_status_free(st);
     assert_int_equal(emac_close(s, false, &err), 0);
     emac_session_free(s);
@@ -721,15 +765,287 @@ static void test_crash_exact_updates_one_warmup_profile_exactly(void **state)
     daemon_stop(&d);
 }
 
+
+/* The RMS of (shadow before - param) over the finite elements, as health's distance. */
+static double ref_distance(const struct ref *before, size_t p, const emac_segment *seg)
+{
+    double sum = 0;
+    uint64_t n = 0;
+    for (size_t t = 0; t < NT; t++)
+        for (uint64_t i = 0; i < specs[t].numel; i++) {
+            float x = param_at(seg, t, i);
+            if (!isfinite(x))
+                continue;
+            double d = (double)before->shadow[p][t][i] - (double)x;
+            sum += d * d;
+            n++;
+        }
+    return sqrt(sum / (double)n);
+}
+
+/* ref_batch_end with on_nonfinite skip: every profile keeps its element where the param is
+ * NaN (the element of w given). */
+static void ref_batch_end_skip(struct ref *r, const emac_segment *seg, uint64_t b, uint64_t nan_at)
+{
+    float keep[NP];
+    for (size_t p = 0; p < NP; p++)
+        keep[p] = r->shadow[p][0][nan_at];
+    ref_batch_end(r, seg, b);
+    for (size_t p = 0; p < NP; p++)
+        r->shadow[p][0][nan_at] = keep[p];
+}
+
+struct prof_health {
+    bool has;
+    uint64_t checked, noops;
+    bool last_noop, has_distance;
+    double distance;
+    size_t nalarms;
+    char alarm0[16];
+};
+
+static void health_of(struct rpc *c, const char *name, struct prof_health out[NP],
+                      uint64_t *nonfinite_total, char *session_alarms, size_t len)
+{
+    struct msg_status req = {true, msg_str_c(name)};
+    struct msg_status_reply rep;
+    char why[256];
+
+    const msgpack_object *res = rpc_call(c, "status", &msg_status_desc, &req);
+    if (res == NULL)
+        fail_msg("status: %s: %s", c->code, c->message);
+    if (msg_decode(&msg_status_reply_desc, res, &rep, why, sizeof(why)) < 0)
+        fail_msg("status reply: %s", why);
+    const struct msg_session_state *s = &rep.sessions[0];
+    assert_int_equal(s->nprofiles, NP);
+    assert_true(s->has_health);
+    *nonfinite_total = s->health.nonfinite_total;
+    session_alarms[0] = '\0';
+    for (size_t i = 0; i < s->health.nalarms; i++)
+        snprintf(session_alarms + strlen(session_alarms), len - strlen(session_alarms), "%.*s,",
+                 (int)s->health.alarms[i].len, s->health.alarms[i].ptr);
+    for (size_t p = 0; p < NP; p++) {
+        const struct msg_profile_state *ps = &s->profiles[p];
+        memset(&out[p], 0, sizeof(out[p]));
+        out[p].has = ps->has_health;
+        out[p].checked = ps->health.updates_checked;
+        out[p].noops = ps->health.noop_updates;
+        out[p].last_noop = ps->health.last_update_noop;
+        out[p].has_distance = ps->health.has_distance;
+        out[p].distance = ps->health.distance;
+        out[p].nalarms = ps->health.nalarms;
+        if (ps->health.nalarms > 0)
+            msg_str_copy(ps->health.alarms[0], out[p].alarm0, sizeof(out[p].alarm0));
+    }
+    msg_free(&msg_status_reply_desc, &rep);
+}
+
+static void expect_close(double got, double want)
+{
+    if (!(fabs(got - want) <= 1e-5 * fabs(want) + 1e-12))
+        fail_msg("distance %.17g, expected %.17g", got, want);
+}
+
+static void test_every_profile_has_health_signals(void **state)
+{
+    struct daemon d;
+    struct emac_error err;
+    struct msg_profile prof[NP];
+    struct rpc c;
+    struct seen sn;
+    struct prof_health ph[NP];
+    static struct ref r, before;
+    double dist[NP] = {0};
+    uint64_t nonfinite;
+    char alarms[128];
+    (void)state;
+
+    daemon_start(&d, (const char *const[]){"--workers", "2", NULL});
+    assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
+    set_params(made, 0);
+    rpc_open(&c, &d, "test_profiles");
+    pack_profiles(prof);
+    register_profiles(&c, "health", made, prof, NP, NULL, false);
+    ref_register(&r, made);
+
+    /* Batch 1, then batch 2 with the same params: warm (decay 0 until batch 3) copies params
+     * its shadow already holds, and is the only profile due: a no-op, for warm alone. */
+    set_params(made, 1);
+    batch_end(&c, "health", 1);
+    ref_batch_end(&r, made, 1);
+    batch_end(&c, "health", 2);
+    ref_batch_end(&r, made, 2);
+    health_of(&c, "health", ph, &nonfinite, alarms, sizeof(alarms));
+    assert_true(ph[0].has && ph[1].has && ph[2].has);
+    assert_int_equal(ph[0].checked, 0); /* fast has not started */
+    assert_false(ph[0].has_distance);
+    assert_int_equal(ph[1].checked, 2);
+    assert_true(ph[1].last_noop);
+    assert_int_equal(ph[1].noops, 1);
+    assert_int_equal(ph[1].nalarms, 1);
+    assert_string_equal(ph[1].alarm0, "noop");
+    assert_int_equal(ph[2].checked, 0); /* p first updates at 3 */
+    assert_non_null(strstr(alarms, "noop,"));
+
+    /* Batches 3 to 9, a NaN in w at 7 (only warm is due) and at 9 (warm and p are due, fast,
+     * the eval profile, is not): every due profile keeps its element, whichever is due. */
+    for (uint64_t b = 3; b <= 9; b++) {
+        set_params(made, b);
+        before = r;
+        uint64_t nan_at = b == 7 ? 5 : b == 9 ? 7 : UINT64_MAX;
+        if (nan_at != UINT64_MAX) {
+            ((float *)emac_segment_tensor(made, 0)->data)[nan_at] = NAN;
+            ref_batch_end_skip(&r, made, b, nan_at);
+        } else {
+            ref_batch_end(&r, made, b);
+        }
+        batch_end(&c, "health", b);
+        /* Each profile's distance at its last update with a shadow before it. */
+        if (b >= 4 && b % 2 == 0)
+            dist[0] = ref_distance(&before, 0, made);
+        dist[1] = ref_distance(&before, 1, made);
+        if (b % 3 == 0)
+            dist[2] = ref_distance(&before, 2, made);
+    }
+    status_of(&c, "health", made, &sn);
+    expect_shadows(&sn, &r);
+    health_of(&c, "health", ph, &nonfinite, alarms, sizeof(alarms));
+    assert_int_equal(nonfinite, 2);
+    assert_int_equal(ph[0].checked, 3); /* 4, 6, 8 (3 started it) */
+    assert_int_equal(ph[1].checked, 9);
+    assert_int_equal(ph[2].checked, 3); /* 3, 6, 9 */
+    for (size_t p = 0; p < NP; p++) {
+        assert_true(ph[p].has_distance);
+        expect_close(ph[p].distance, dist[p]);
+        assert_false(ph[p].last_noop);
+        assert_int_equal(ph[p].nalarms, 0);
+    }
+    assert_int_equal(ph[1].noops, 1);
+    assert_non_null(strstr(alarms, "nonfinite,"));
+    assert_null(strstr(alarms, "noop"));
+
+    /* The metrics carry each profile's distance, labelled by session and profile. */
+    char *text = NULL, want[128];
+    emac_client *cl = NULL;
+    assert_int_equal(emac_connect(d.sock, "test_profiles", &cl, &err), 0);
+    assert_int_equal(emac_metrics(cl, &text, &err), 0);
+    for (size_t p = 0; p < NP; p++) {
+        snprintf(want, sizeof(want), "emad_session_profile_distance{session=\"%u:health\","
+                 "profile=\"%s\"} ", (unsigned)getuid(), names[p]);
+        if (strstr(text, want) == NULL)
+            fail_msg("no \"%s\" in the metrics:\n%s", want, text);
+    }
+    snprintf(want, sizeof(want), "emad_session_profile_noop_updates_total{session=\"%u:health\","
+             "profile=\"warm\"} 1\n", (unsigned)getuid());
+    assert_non_null(strstr(text, want));
+    free(text);
+    emac_disconnect(cl);
+    rpc_close(&c);
+    daemon_stop(&d);
+}
+
+/* load with profile (docs/protocol.md "load"): a file of one shadow, saved from a plain f32
+ * session whose params are the values wanted, becomes one profile's shadow with the state the
+ * request gives; the others stay. Misuse is refused clearly. */
+static void test_load_of_one_profile_from_a_single_shadow_file(void **state)
+{
+    static const struct emac_tensor_spec f32_specs[] = {
+        {"w", "f32", 1031, NULL, 0},
+        {"h", "f32", 515, NULL, 0},
+    };
+    struct daemon d;
+    struct emac_error err;
+    struct msg_profile p[NP];
+    struct rpc c;
+    struct seen sn;
+    static struct ref r;
+    emac_segment *tmp = NULL;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    assert_int_equal(emac_segment_create(specs, NT, &made, &err), 0);
+    set_params(made, 0);
+    rpc_open(&c, &d, "test_profiles");
+    pack_profiles(p);
+    register_profiles(&c, "lp", made, p, NP, NULL, false);
+    ref_register(&r, made);
+    for (uint64_t b = 1; b <= 4; b++) {
+        set_params(made, b);
+        batch_end(&c, "lp", b);
+        ref_batch_end(&r, made, b);
+    }
+
+    /* The values for profile "p": a plain f32 session of the same names, saved. */
+    assert_int_equal(emac_segment_create(f32_specs, NT, &tmp, &err), 0);
+    for (size_t t = 0; t < NT; t++) {
+        float *x = emac_segment_tensor(tmp, t)->data;
+        for (uint64_t i = 0; i < f32_specs[t].numel; i++) {
+            x[i] = (float)i * 0.25f - 3.0f + (float)t;
+            r.shadow[2][t][i] = x[i];
+        }
+    }
+    struct msg_register reg;
+    struct msg_tensor mt[NT];
+    register_msg(&reg, mt, NT, "lp-tmp", tmp);
+    call_ok(&c, "register", &msg_register_desc, &reg);
+    struct msg_file f = {.session = msg_str_c("lp-tmp"), .has_name = true,
+        .name = msg_str_c("lp-one")};
+    call_ok(&c, "save", &msg_file_desc, &f);
+
+    /* Misuse. */
+    f.session = msg_str_c("lp");
+    f.has_profile = true;
+    f.profile = msg_str_c("p");
+    call_fails(&c, "save", &msg_file_desc, &f, "BADARG", "profile: only load takes one");
+    f.profile = msg_str_c("nope");
+    call_fails(&c, "load", &msg_file_desc, &f, "BADARG", "no profile \"nope\"");
+    f.has_profile = false;
+    f.has_profile_state = true;
+    call_fails(&c, "load", &msg_file_desc, &f, "BADARG", "profile_state: only with profile");
+    struct msg_file all = {.session = msg_str_c("lp"), .has_name = true,
+        .name = msg_str_c("lp-all")};
+    call_ok(&c, "save", &msg_file_desc, &all);
+    all.has_profile = true;
+    all.profile = msg_str_c("p");
+    call_fails(&c, "load", &msg_file_desc, &all, "STATE", "holds 3 EMA profiles");
+
+    /* The load: p's shadow and state, the others untouched. */
+    f.has_profile = true;
+    f.profile = msg_str_c("p");
+    f.profile_state = (struct msg_profile_set){true, 41, true, 3, true, 0.5};
+    call_ok(&c, "load", &msg_file_desc, &f);
+    status_of(&c, "lp", made, &sn);
+    expect_shadows(&sn, &r);
+    assert_int_equal(sn.updates[2], 41);
+    assert_int_equal(sn.last_batch[2], 3);
+    assert_int_equal(sn.updates[1], 4);
+    /* Its schedule goes on from that state: the next power update at batch 6, D = 3. */
+    r.last_power = 3;
+    for (uint64_t b = 5; b <= 6; b++) {
+        set_params(made, b);
+        batch_end(&c, "lp", b);
+        ref_batch_end(&r, made, b);
+    }
+    status_of(&c, "lp", made, &sn);
+    expect_shadows(&sn, &r);
+    assert_int_equal(sn.updates[2], 42);
+    emac_segment_destroy(tmp);
+    rpc_close(&c);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_profiles_update_swap_save_load_and_restart, teardown),
         cmocka_unit_test_teardown(test_eval_profile_chooses_what_eval_start_swaps_in, teardown),
         cmocka_unit_test_teardown(test_bad_profiles_are_refused, teardown),
-        cmocka_unit_test_teardown(test_crash_exact_refuses_several_profiles, teardown),
+        cmocka_unit_test_teardown(test_crash_exact_updates_several_profiles_exactly, teardown),
         cmocka_unit_test_teardown(test_c_api_and_emactl_show, teardown),
         cmocka_unit_test_teardown(test_crash_exact_updates_one_warmup_profile_exactly,
+                                  teardown),
+        cmocka_unit_test_teardown(test_every_profile_has_health_signals, teardown),
+        cmocka_unit_test_teardown(test_load_of_one_profile_from_a_single_shadow_file,
                                   teardown),
     };
     signal(SIGPIPE, SIG_IGN);

@@ -383,6 +383,173 @@ static void test_update_cut_short_is_redone_with_notice_by_default(void **state)
     free(got);
 }
 
+/* ---- an update of three profiles cut short (--crash-exact) ---- */
+
+#define KP 3
+
+/* A composer profile that starts at batch 3 (its update every 2 batches), a timm warm-up and an
+ * EDM2 power profile every 3 batches: batch 3 starts one profile and updates two. */
+static void three_profiles(struct emac_profile prof[KP])
+{
+    memset(prof, 0, KP * sizeof(*prof));
+    prof[0] = (struct emac_profile){.name = "fast", .has_smoothing = true, .smoothing = 0.75,
+                                    .update_interval = "2ba", .ema_start = "3ba"};
+    prof[1] = (struct emac_profile){.name = "warm", .has_decay = true, .decay = 0.999,
+                                    .has_min_decay = true, .min_decay = 0.1,
+                                    .has_inv_gamma = true, .inv_gamma = 1.0, .has_power = true,
+                                    .power = 0.75};
+    prof[2] = (struct emac_profile){.name = "p", .schedule = "power", .has_gamma = true,
+                                    .gamma = 6.94, .update_interval = "3ba"};
+}
+
+/* As a crash would leave a block of the held chunk of a K-profile session: the record marks it
+ * begun with every written profile's old block in undo, the first half of each written. */
+static void tamper_profiles_block(const emac_session *s, size_t *chunk)
+{
+    const struct emac_session_info *si = emac_session_state(s);
+    const struct emac_profile_info *pi;
+    uint64_t redo_off = (si->shadow_bytes + 63) & ~(uint64_t)63;
+    int fd = shm_open(si->shadow_shm, O_RDWR, 0);
+    assert_true(fd >= 0);
+    size_t len = redo_off + 4 * sizeof(struct redo_rec);
+    char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    assert_true(base != MAP_FAILED);
+    const struct shadow_header *h = (const void *)base;
+    struct redo_rec *rec = (void *)(base + redo_off);
+    assert_int_equal(emac_session_profiles(s, &pi), KP);
+
+    assert_true(h->seq_begun != h->seq_done); /* cut short */
+    *chunk = 4;
+    for (size_t c = 0; c < 4; c++) {
+        assert_int_equal(rec[c].seq, h->redo_of);
+        if (rec[c].done_to < (c < 3 ? (1u << 20) : N)) {
+            assert_int_equal(*chunk, 4); /* one chunk only: the one held back */
+            *chunk = c;
+        }
+    }
+    assert_true(*chunk < 4);
+    struct redo_rec *r = &rec[*chunk];
+    const size_t n = REDO_BLOCK_ELEMS / KP, esz = 4; /* f32 shadows, the f16 tensor's too */
+    const uint64_t at = *chunk < 3 ? emac_session_shadow(s, 0)->offset + ((uint64_t)*chunk << 22)
+                                   : emac_session_shadow(s, 1)->offset;
+    for (size_t p = 0; p < KP; p++) {
+        char *block = base + at + pi[p].shadow_offset + r->done_to * esz;
+        memcpy(r->undo + p * n * esz, block, n * esz);
+        memset(block, 0x5a, n / 2 * esz);
+    }
+    r->undo_count = n;
+    r->undo_profiles = (1u << KP) - 1;
+    r->undo_at = r->done_to;
+    munmap(base, len);
+}
+
+/* Batches 1-3 of three profiles, batch 3 held back at chunk run `stall` and emad SIGKILLed when
+ * crash (then started again, the block caught halfway when tamper), batches 4-6 after. Returns
+ * every profile's shadows, end to end. */
+static void *cut_short_profiles(bool crash, const char *stall, bool tamper, size_t *bytes)
+{
+    const char *const flags[] = {"--crash-exact", NULL};
+    struct emac_profile prof[KP];
+    struct daemon d;
+    struct emac_error err;
+    struct emac_status *st = NULL;
+    struct emac_result last;
+    emac_session *s = NULL;
+    emac_ticket tk;
+
+    make_dir(&d);
+    three_profiles(prof);
+    daemon_start_env(&d, flags, crash ? (char *[]){"EMAD_TEST_STALL_MS=5000", (char *)stall,
+                                                   NULL}
+                                      : NULL);
+    emac_client *c = client_connect(&d, "test_reconnect");
+    assert_int_equal(emac_segment_create(big_specs, 2, &seg_left, &err), 0);
+    big_params(seg_left, 0);
+    if (emac_register_profiles(c, "cutk", seg_left, prof, KP, NULL, NULL, false, &s, &err) < 0)
+        fail_msg("register: %s: %s", err.code, err.message);
+    big_params(seg_left, 1);
+    event_at(s, "batch_end", 1);
+    big_params(seg_left, 2);
+    event_at(s, "batch_end", 2);
+    big_params(seg_left, 3);
+    struct emac_time t = {.batch = 3};
+    assert_int_equal(emac_event_send(s, "batch_end", &t, &tk, &err), 0);
+    if (crash) {
+        sleep_ms(500); /* let emad take it up (the stall lasts 5 s) */
+        daemon_kill(&d);
+        size_t chunk;
+        if (tamper)
+            tamper_profiles_block(s, &chunk);
+        daemon_start_env(&d, flags, NULL);
+        assert_int_equal(emac_status(c, "cutk", &st, &err), 0); /* reconnects */
+        assert_true(st->session_list[0].interrupted);
+        emac_status_free(st);
+    }
+    if (emac_event_wait(s, tk, &last, &err) < 0)
+        fail_msg("wait: %s: %s", err.code, err.message);
+    assert_false(last.interrupted);
+    for (int b = 4; b <= 6; b++) {
+        big_params(seg_left, b);
+        event_at(s, "batch_end", (uint64_t)b);
+    }
+    assert_int_equal(emac_status(c, "cutk", &st, &err), 0);
+    assert_false(st->session_list[0].interrupted);
+    const struct emac_profile_info *pi;
+    assert_int_equal(emac_status_profiles(st, 0, &pi), KP);
+    assert_int_equal(pi[0].updates, 2); /* 4, 6 (started at 3) */
+    assert_int_equal(pi[1].updates, 6);
+    assert_int_equal(pi[2].updates, 2); /* 3, 6 */
+    emac_status_free(st);
+    assert_int_equal(emac_reconnects(c), crash ? 1 : 0);
+    *bytes = KP * ((size_t)BIG + N) * sizeof(float);
+    float *out = malloc(*bytes), *at = out;
+    assert_non_null(out);
+    for (size_t p = 0; p < KP; p++) {
+        memcpy(at, emac_session_profile_data(s, p, 0), BIG * sizeof(float));
+        at += BIG;
+        memcpy(at, emac_session_profile_data(s, p, 1), N * sizeof(float));
+        at += N;
+    }
+    assert_int_equal(emac_close(s, false, &err), 0);
+    emac_session_free(s);
+    emac_disconnect(c);
+    emac_segment_destroy(seg_left);
+    seg_left = NULL;
+    daemon_stop(&d);
+    return out;
+}
+
+/*
+ * --crash-exact with three profiles of mixed schedules: emad SIGKILLed in the update of batch
+ * 3 (which starts one profile and updates two) before its first chunk, with a block of its
+ * second chunk caught halfway, and before its last (the f16 tensor): every profile ends bit for
+ * bit as without the crash, through three more batches.
+ */
+static void test_update_of_three_profiles_cut_short_is_redone_exactly(void **state)
+{
+    static const struct {
+        const char *after;
+        bool tamper;
+    } cuts[] = {
+        {"EMAD_TEST_STALL_AFTER=13", false}, /* batch 3's first chunk */
+        {"EMAD_TEST_STALL_AFTER=14", true},  /* its second, a block caught halfway */
+        {"EMAD_TEST_STALL_AFTER=16", true},  /* its last, the f16 tensor */
+    };
+    size_t n, m;
+    (void)state;
+
+    void *want = cut_short_profiles(false, NULL, false, &n);
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        void *got = cut_short_profiles(true, cuts[i].after, cuts[i].tamper, &m);
+        assert_int_equal(n, m);
+        if (memcmp(want, got, n) != 0)
+            fail_msg("cut at %s: the shadows differ from a run without the crash", cuts[i].after);
+        free(got);
+    }
+    free(want);
+}
+
 /*
  * emad dies with the EMA weights in the params: the library puts the
  * training weights back, reconnects, and eval_end (sent after the crash)
@@ -1097,6 +1264,8 @@ int main(void)
         cmocka_unit_test_teardown(test_table_and_compact_reply_match_the_list, teardown_seg_left),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_exactly, teardown_seg_left),
         cmocka_unit_test_teardown(test_update_cut_short_is_redone_with_notice_by_default,
+                                  teardown_seg_left),
+        cmocka_unit_test_teardown(test_update_of_three_profiles_cut_short_is_redone_exactly,
                                   teardown_seg_left),
         cmocka_unit_test_teardown(test_swapped_in_at_the_crash_comes_back_training,
                                   teardown_seg_left),

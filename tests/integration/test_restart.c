@@ -593,7 +593,8 @@ static void test_close_and_drop_reply_after_the_shadow_is_gone(void **state)
         struct msg_close keep = {msg_str_c("gone"), true, true};
         struct msg_close plain = {msg_str_c("gone"), false, false};
         struct msg_drop dr = {msg_str_c("gone")};
-        struct msg_file sv = {msg_str_c("gone"), true, msg_str_c("after")};
+        struct msg_file sv = {.session = msg_str_c("gone"), .has_name = true,
+            .name = msg_str_c("after")};
         const char *m_close[] = {"register", "close", "save"};
         const char *m_drop[] = {"register", "close", "drop", "save"};
         const struct msg_desc *d_close[] = {&msg_register_desc, &msg_close_desc, &msg_file_desc};

@@ -24,6 +24,8 @@ STRUCTS = {
     "emac_status": _lib.EmacStatus,
     "emac_health_config": _lib.EmacHealthConfig, "emac_health": _lib.EmacHealth,
     "emac_profile": _lib.EmacProfile, "emac_profile_info": _lib.EmacProfileInfo,
+    "emac_profile_health": _lib.EmacProfileHealth,
+    "emac_profile_state": _lib.EmacProfileState,
 }
 
 

@@ -180,6 +180,75 @@ class Profiles(emadtest.EmadTestCase):
             for k, p in model2.named_parameters():
                 self.assertTrue(torch.equal(bits(p.detach()), bits(training[k])), k)
 
+    def test_checkpoint_resumes_without_emads_state_file(self):
+        """A checkpoint of three profiles (composer, warm-up, power) resumes from its own
+        contents on a new emad whose state directory was wiped (another machine): every
+        profile's shadow, counters and schedule state bit for bit, then training goes on
+        exactly as without the interruption."""
+        import shutil
+        d = self.daemon()
+        model = make_model()
+        ref = Reference(model)
+        with EMA(model, socket=d.sock, session="wiped", profiles=PROFILES,
+                 eval_profile="warm") as ema:
+            for b in range(1, 8):
+                step(model, b)
+                ema.batch_end(batch=b, wait=True)
+                ref.batch_end(model, b)
+            state = ema.state_dict()
+            before = {p["name"]: p for p in ema.state()["profiles"]}
+            weights = {k: v.clone() for k, v in model.state_dict().items()}
+        d.kill()
+        shutil.rmtree(d.state_dir)
+        d.start()
+        model2 = make_model()
+        model2.load_state_dict(weights)
+        with EMA(model2, socket=d.sock, session="wiped", profiles=PROFILES,
+                 eval_profile="warm") as ema2:
+            ema2.load_state_dict(state)
+            self.check(ema2, ref)
+            now = {p["name"]: p for p in ema2.state()["profiles"]}
+            for name in PROFILES:
+                for k in ("started", "updates", "last_batch", "last_decay"):
+                    self.assertEqual(now[name][k], before[name][k], (name, k))
+            for b in range(8, 14):
+                step(model2, b)
+                ema2.batch_end(batch=b, wait=True)
+                ref.batch_end(model2, b)
+                self.check(ema2, ref)
+            self.assertEqual([p["updates"] for p in ema2.state()["profiles"]], [5, 13, 4])
+
+    def test_health_of_every_profile(self):
+        """ema.health(profile=NAME): each profile's own distance (RMS of its shadow minus the
+        params before its last update), counted over its own updates."""
+        d = self.daemon()
+        model = make_model()
+        with EMA(model, socket=d.sock, session="hp", profiles=PROFILES) as ema:
+            ref = Reference(model)
+            want = {}
+            for b in range(1, 8):
+                step(model, b)
+                before = {n: {k: v.clone() for k, v in s.items()} for n, s in ref.shadow.items()}
+                ema.batch_end(batch=b, wait=True)
+                ref.batch_end(model, b)
+                for name, due in (("fast", b >= 4 and b % 2 == 0), ("warm", True),
+                                  ("p", b % 3 == 0)):
+                    if due:
+                        sq = sum(float(((before[name][k].double() - p.detach().double()) ** 2)
+                                       .sum()) for k, p in model.named_parameters())
+                        n = sum(p.numel() for p in model.parameters())
+                        want[name] = (sq / n) ** 0.5
+            checked = {"fast": 2, "warm": 7, "p": 2}
+            for name in PROFILES:
+                h = ema.health(profile=name)
+                self.assertEqual(h["updates_checked"], checked[name], name)
+                self.assertAlmostEqual(h["distance"], want[name], delta=1e-5 * want[name])
+                self.assertEqual(h["alarms"], [])
+                self.assertFalse(h["last_update_noop"])
+            self.assertIn("nonfinite_total", ema.health())
+            with self.assertRaises(KeyError):
+                ema.health(profile="nope")
+
     def test_single_profile_state_dict_is_unchanged(self):
         d = self.daemon()
         model = torch.nn.Linear(3, 2)

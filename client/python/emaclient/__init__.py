@@ -21,6 +21,7 @@ the GIL while they wait.
 """
 
 import ctypes
+import math
 import os
 import sys
 import weakref
@@ -144,7 +145,22 @@ def _profile_infos(n, arr):
              "last_batch": int(arr[i].last_batch) if arr[i].has_last_batch else None,
              "last_decay": float(arr[i].last_decay) if arr[i].has_last_decay else None,
              "shadow_offset": int(arr[i].shadow_offset),
-             "config": _profile_settings(arr[i].config)} for i in range(n)]
+             "config": _profile_settings(arr[i].config),
+             "health": _profile_health(arr[i].health) if arr[i].has_health else None}
+            for i in range(n)]
+
+
+def _profile_health(h):
+    """A profile's own health (docs/protocol.md "Health"); its alarms as status lists them."""
+    distance = float(h.distance) if h.has_distance else None
+    alarms = []
+    if distance is not None and not math.isfinite(distance):
+        alarms.append("poisoned")
+    if h.last_update_noop:
+        alarms.append("noop")
+    return {"updates_checked": int(h.updates_checked), "distance": distance,
+            "noop_updates": int(h.noop_updates), "last_update_noop": bool(h.last_update_noop),
+            "alarms": alarms}
 
 
 # The settings a profile may carry (docs/protocol.md "Profiles"), and how each is sent.
@@ -470,6 +486,30 @@ class Client:
     def load(self, session, name=None):
         """Replace the session's shadow and state from such a file."""
         return self._file(lib.emac_load, session, name)
+
+    def load_profile(self, session, name, profile, state=None):
+        """Replace one profile's shadow alone with that of the file `name` (saved
+        from a session of one profile and the same tensors); state, a dict with
+        started, updates, last_batch (or None) and last_decay (or None), is what
+        the profile takes (docs/protocol.md "load")."""
+        st = None
+        if state is not None:
+            st = _lib.EmacProfileState()
+            st.started = bool(state["started"])
+            st.updates = int(state["updates"])
+            if state.get("last_batch") is not None:
+                st.has_last_batch = True
+                st.last_batch = int(state["last_batch"])
+            if state.get("last_decay") is not None:
+                st.has_last_decay = True
+                st.last_decay = float(state["last_decay"])
+        out = _lib.EmacFile()
+        err = _lib.EmacError()
+        _check(lib.emac_load_profile(self._handle(), _b(session, "session"), _b(name, "name"),
+                                     _b(profile, "profile"),
+                                     ctypes.byref(st) if st is not None else None,
+                                     ctypes.byref(out), ctypes.byref(err)), err)
+        return {"path": _s(out.path), "bytes": int(out.bytes)}
 
     def drop(self, session):
         """Remove a detached session and its shadow."""

@@ -106,6 +106,27 @@ class EmacProfile(ctypes.Structure):
     ]
 
 
+class EmacProfileHealth(ctypes.Structure):
+    _fields_ = [
+        ("updates_checked", c_uint64),
+        ("has_distance", c_bool),
+        ("distance", c_double),
+        ("noop_updates", c_uint64),
+        ("last_update_noop", c_bool),
+    ]
+
+
+class EmacProfileState(ctypes.Structure):
+    _fields_ = [
+        ("started", c_bool),
+        ("updates", c_uint64),
+        ("has_last_batch", c_bool),
+        ("last_batch", c_uint64),
+        ("has_last_decay", c_bool),
+        ("last_decay", c_double),
+    ]
+
+
 class EmacProfileInfo(ctypes.Structure):
     _fields_ = [
         ("name", c_char_p),
@@ -119,6 +140,8 @@ class EmacProfileInfo(ctypes.Structure):
         ("last_decay", c_double),
         ("shadow_offset", c_uint64),
         ("config", EmacProfile),
+        ("has_health", c_bool),
+        ("health", EmacProfileHealth),
     ]
 
 
@@ -321,6 +344,8 @@ _PROTOTYPES = {
     "emac_close": (c_int, [session_p, c_bool, err_p]),
     "emac_save": (c_int, [client_p, c_char_p, c_char_p, POINTER(EmacFile), err_p]),
     "emac_load": (c_int, [client_p, c_char_p, c_char_p, POINTER(EmacFile), err_p]),
+    "emac_load_profile": (c_int, [client_p, c_char_p, c_char_p, c_char_p,
+                                  POINTER(EmacProfileState), POINTER(EmacFile), err_p]),
     "emac_drop": (c_int, [client_p, c_char_p, err_p]),
     "emac_status": (c_int, [client_p, c_char_p, POINTER(POINTER(EmacStatus)), err_p]),
     "emac_status_free": (None, [POINTER(EmacStatus)]),

@@ -1140,7 +1140,7 @@ class EMA:
         """emad's current state of the session (a dict, as in status)."""
         return self.client.session_state(self.session_name)
 
-    def health(self):
+    def health(self, profile=None):
         """The session's health signals, once the updates sent so far are done: a
         dict with enabled, on_nonfinite, updates_checked, nonfinite_total,
         nonfinite_updates, last_nonfinite ({update, count, tensor} or None),
@@ -1148,9 +1148,19 @@ class EMA:
         noop_updates, last_update_noop, interval (usual seconds between updates,
         or None), stalled and alarms (a list of "nonfinite", "poisoned", "noop",
         "stalled"). What each means and what to do: docs/running.md "Health".
+        With profiles, profile=NAME gives that profile's own signals instead:
+        updates_checked, distance, noop_updates, last_update_noop and alarms
+        ("poisoned", "noop") of its shadow (docs/protocol.md "Health").
         None from an emad that does not report them."""
         self.wait()
-        return self.state().get("health")
+        state = self.state()
+        if profile is None:
+            return state.get("health")
+        for p in state.get("profiles") or []:
+            if p.get("name") == profile:
+                return p.get("health")
+        raise KeyError("the EMA has no profile %r (it has %s)" % (
+            profile, ", ".join(self.profiles)))
 
     def shadow_state_dict(self, profile=None):
         """{name: tensor}: copies of the shadow exactly as emad keeps it (fp32 for
@@ -1502,13 +1512,9 @@ class EMA:
         self._clock(None, None, None, **counts)
         if not (meta.get("state_file") and self._load_from_emad(meta, ema)):
             if self._profiles is not None or meta.get("profiles"):
-                raise ValueError("load_state_dict: an EMA of several profiles resumes from the "
-                                 "state file emad saved with the checkpoint (state_dict("
-                                 "save_in_emad=True)), with the same profiles: %s" % (
-                                     "the checkpoint names none" if not meta.get("state_file")
-                                     else "emad could not load %r or it does not match" %
-                                     meta.get("state_file")))
-            self._reseed(ema, meta, started)
+                self._reseed_profiles(meta)
+            else:
+                self._reseed(ema, meta, started)
         self._excluded = frozenset(excluded) if self._started else frozenset()
 
     def _load_from_emad(self, meta, ema_model):
@@ -1625,6 +1631,74 @@ class EMA:
             with torch.no_grad():
                 for e, t in zip(self._entries, training):
                     e.view.copy_(t)
+
+    def _reseed_profiles(self, meta):
+        """Every profile back from the checkpoint alone (emad's state file gone): for each,
+        a temporary session of one shadow whose params hold the profile's exact shadow
+        (register copies them into its shadow, bit for bit), saved to _reseed_file() and
+        loaded into that profile alone with the checkpoint's counters and schedule state
+        (docs/protocol.md "load", profile). The session's config must be the checkpoint's."""
+        saved = meta.get("profiles") or {}
+        st = self.state()
+        if self._profiles is None or not saved:
+            raise ValueError("load_state_dict: %s" % (
+                "the checkpoint holds profiles, this EMA has none" if saved
+                else "this EMA has profiles, the checkpoint none"))
+        if sorted(saved) != sorted(self._profile_shadows) or \
+                meta.get("config") != self._config_reported(st):
+            raise ValueError("load_state_dict: the checkpoint's profiles (%s) or their settings "
+                             "are not this EMA's (%s)" % (", ".join(sorted(saved)),
+                                                          ", ".join(self.profiles)))
+        client = self._res.client
+        tmp = _reseed_name(self.session_name)
+        file = _reseed_file(self.session_name)
+        self._session()
+        for name in self.profiles:
+            p = saved[name]
+            want = []
+            for e, t in zip(self._entries, self._profile_shadows[name]):
+                w = (p.get("shadow") or {}).get(e.name)
+                if w is None:
+                    raise ValueError("load_state_dict: the checkpoint lacks profile %r's "
+                                     "shadow of %s" % (name, e.name))
+                want.append(w.detach().to(device="cpu", dtype=t.dtype).reshape(e.shape))
+            seg = session = None
+            try:
+                seg = Segment([(e.name, DTYPES[w.dtype], e.shape)
+                               for e, w in zip(self._entries, want)])
+                with torch.no_grad():
+                    for info, w in zip(seg.tensors, want):
+                        _view(info.address, info.nbytes, w.dtype, w.shape).copy_(w)
+                try:
+                    session = client.register(tmp, seg)
+                except Error as err:
+                    if err.code != "EXISTS":
+                        raise
+                    client.drop(tmp)  # left detached by a resume that did not finish
+                    session = client.register(tmp, seg)
+                client.save(tmp, file)
+                session.close()
+                session.free()
+                session = None
+                client.load_profile(self.session_name, file, name, {
+                    "started": p["started"], "updates": p["updates"],
+                    "last_batch": p.get("last_batch"), "last_decay": p.get("last_decay")})
+            finally:
+                if session is not None:
+                    try:
+                        session.close()
+                    except Error:
+                        pass
+                    session.free()
+                if seg is not None:
+                    seg.destroy()
+            if not all(_bits_equal(t, w) for t, w in zip(self._profile_shadows[name], want)):
+                raise ValueError("load_state_dict: profile %r's shadow emad loaded is not the "
+                                 "checkpoint's" % name)
+        st = self.state()
+        self._started = st["started"]
+        self._active = False
+        self._updates = meta.get("updates", st["updates"])
 
     def _reseed_exact(self, ema_model, exact):
         """The exact shadow of f16/bf16 tensors from the checkpoint's fp32 copy.
