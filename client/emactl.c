@@ -39,6 +39,7 @@ static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_status, &ctl_cmd_list,    &ctl_cmd_show,        &ctl_cmd_save, &ctl_cmd_drop,
     &ctl_cmd_top,    &ctl_cmd_gc,      &ctl_cmd_metrics,     &ctl_cmd_consolidate,
     &ctl_cmd_snapshots, &ctl_cmd_snapshot,
+    &ctl_cmd_job,
     &ctl_cmd_help,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -222,6 +222,7 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
         o->has_eval_profile = true;
         o->eval_profile = msg_str_c(s->prof[s->eval].name);
     }
+    session_fill_group(s, &o->has_group, &o->group);
 }
 
 /* The health map of status (docs/protocol.md "status"). h's alarms point into h itself. */
@@ -304,11 +305,28 @@ int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
     *out = calloc(count, sizeof(**out));
     if (*out == NULL)
         return -ENOMEM;
-    for (struct session *s = r->head; s != NULL; s = s->next)
-        if (shown(s, uid, req, one, all_named))
-            session_fill_state(s, uid, &(*out)[i++]);
+    bool tables = req->has_tensors && req->tensors;
+    for (struct session *s = r->head; s != NULL; s = s->next) {
+        if (!shown(s, uid, req, one, all_named))
+            continue;
+        session_fill_state(s, uid, &(*out)[i]);
+        if (tables && session_fill_table(s, &(*out)[i]) < 0) {
+            registry_states_free(*out, i + 1);
+            *out = NULL;
+            return -ENOMEM;
+        }
+        i++;
+    }
     *n = count;
     return 0;
+}
+
+void registry_states_free(struct msg_session_state *st, size_t n)
+{
+    for (size_t i = 0; st != NULL && i < n; i++)
+        if (st[i].has_table)
+            msg_table_release(&st[i].table);
+    free(st);
 }
 
 /* Find a session the peer may use; replies and returns NULL otherwise. */

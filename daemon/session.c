@@ -25,6 +25,7 @@ void session_free(struct session *s)
     }
     free(s->names);
     free(s->tensors);
+    free(s->dims);
     plan_free(&s->plan);
     free(s->redo_from);
     health_free(&s->health);
@@ -240,17 +241,6 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
                      (int)(mt->dtype.len > 16 ? 16 : mt->dtype.len), mt->dtype.ptr);
             return -EINVAL;
         }
-        if (mt->has_shape) {
-            uint64_t prod = 1;
-            for (size_t k = 0; k < mt->nshape; k++)
-                if (__builtin_mul_overflow(prod, mt->shape[k], &prod))
-                    prod = UINT64_MAX;
-            if (prod != mt->numel) {
-                snprintf(err, errlen, "register: tensors[%zu].shape: its product is not numel "
-                         "(%" PRIu64 ")", i, mt->numel);
-                return -EINVAL;
-            }
-        }
         memcpy(at_name, mt->name.ptr, mt->name.len);
         at_name[mt->name.len] = '\0';
         t->name = at_name;
@@ -283,7 +273,7 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
         }
     }
     s->shadow_bytes = at;
-    return 0;
+    return session_shapes_build(s, req, err, errlen);
 }
 
 /* Check the tensors against the mapped segment (SHM errors). */
@@ -362,6 +352,20 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
                     "register: resume: the tensor table differs from session %s's (names, "
                     "dtypes, numel and offsets must be identical, in order)", old->name);
         return;
+    }
+    if (!session_shapes_match(old, fresh)) {
+        peer_fail(c, msgid, MSG_E_BADARG,
+                    "register: resume: the shapes or slices differ from session %s's (a rank "
+                    "resumed with another world size registers a new session)", old->name);
+        return;
+    }
+    /* The job's ranks may be placed anew (a restarted job): the group sent is the one now. */
+    if (fresh->has_group) {
+        old->has_group = true;
+        memcpy(old->group_job, fresh->group_job, sizeof(old->group_job));
+        old->group_rank = fresh->group_rank;
+        old->group_world = fresh->group_world;
+        old->group_replicas = fresh->group_replicas;
     }
     op = op_new(old, OP_ATTACH, c, msgid);
     if (op == NULL)
@@ -462,6 +466,7 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
                   s->nprof);
         goto err_free;
     }
+    session_group_set(s, req->has_group ? &req->group : NULL);
     rc = session_build_tensors(s, req, opts->max_tensors, err, sizeof(err));
     if (rc < 0) {
         peer_fail(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL

@@ -30,6 +30,8 @@ struct tensor {
     uint64_t numel;
     uint64_t offset;           /* in the params area */
     uint64_t shadow_offset;    /* in the shadow object */
+    uint64_t dims_at;          /* its shape in the session's dims (shard.c) */
+    uint32_t ndim;             /* dimensions of its shape (a flat tensor: 1, [numel]) */
 };
 
 /* A chunk is a run of pieces: parts of tensors processed by one worker. */
@@ -60,6 +62,13 @@ struct session {
     struct tensor *tensors;
     size_t ntensors;
     char *names;               /* every tensor's name, back to back (one allocation) */
+    uint64_t *dims;            /* per tensor at dims_at: its shape, then for a sliced session
+                                  its global shape and offsets (shard.c) */
+    bool shaped;               /* registered with shapes (else every tensor is flat) */
+    bool sliced;               /* some tensor is a slice of a larger one */
+    bool has_group;            /* registered with a group (docs/protocol.md "Shard sessions") */
+    char group_job[NAMES_SESSION_MAX + 1];
+    uint64_t group_rank, group_world, group_replicas;
     struct seg_geometry geo;   /* the segment's, as checked when it was mapped: never read
                                   again from its header, which the trainer can rewrite */
     uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
@@ -279,6 +288,29 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
 int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
                         size_t errlen);
 void session_apply_saved(struct session *s, const struct msg_saved_state *m);
+
+/* ---- shard.c ---- */
+
+/* The shapes and slices of register's tensors (either form) into s->dims, after s->tensors are
+ * built: 0, -EINVAL (BADARG, with err) or -ENOMEM. */
+int session_shapes_build(struct session *s, const struct msg_register *req, char *err,
+                         size_t errlen);
+/* A checked group into s (NULL: none). */
+void session_group_set(struct session *s, const struct msg_group *g);
+/* Whether a resume's shapes and slices agree with the session's (true when either has none). */
+bool session_shapes_match(const struct session *a, const struct session *b);
+/* Tensor i's shape (*ndim dimensions), and in a sliced session its global shape (NULL in
+ * another) with *offsets: a tensor registered without a slice is its own global tensor. Point
+ * into s->dims. */
+const uint64_t *session_tensor_shape(const struct session *s, size_t i, size_t *ndim);
+const uint64_t *session_tensor_slice(const struct session *s, size_t i, const uint64_t **offsets);
+/* The shape columns of a state file's table (none for a session registered without shapes),
+ * after msg_table_init; msg_table_release frees them. 0 or -ENOMEM. */
+int session_table_dims(const struct session *s, struct msg_table *t);
+/* status: the group, and (status with tensors) the table with shapes, which
+ * registry_states_free releases. */
+void session_fill_group(const struct session *s, bool *has, struct msg_group *g);
+int session_fill_table(const struct session *s, struct msg_session_state *o);
 
 /* ---- op.c ---- */
 
