@@ -568,8 +568,8 @@ struct emac_group {
     const char *job;   /* 1..128 of [A-Za-z0-9._:/-] */
     uint64_t rank;     /* below world */
     uint64_t world;    /* 1..2^20 ranks */
-    uint64_t replicas; /* ranks of this node holding the same slices; 0 or 1: none (reserved:
-                          docs/protocol.md "Replicas") */
+    uint64_t replicas; /* ranks of this node holding the same weights, sharing one session
+                          and shadow (docs/protocol.md "Replicas"); 0 or 1: none */
 };
 
 /* Declare tensor i of seg a slice of a larger tensor: its spec's shape (which it must have,
@@ -581,6 +581,9 @@ int emac_segment_set_slice(emac_segment *seg, size_t i, const uint64_t *global_s
 /* Send group (copied; NULL clears it) with every later register of seg. USAGE for a bad one. */
 int emac_segment_set_group(emac_segment *seg, const struct emac_group *g,
                            struct emac_error *err);
+/* Whether the last event or swap reply of s said that a replica's sampled params differ from
+ * the leader's at the same batch (docs/protocol.md "Replicas"; status keeps the count). */
+bool emac_session_diverged(const emac_session *s);
 /* Session i's group as status reports it; NULL when i is out of range or it has none. Valid
  * until emac_status_free. */
 const struct emac_group *emac_status_group(const struct emac_status *st, size_t i);

@@ -138,6 +138,7 @@ struct emac_session {
     size_t nprofiles;
     struct arena arena;
     uint64_t nonfinite;      /* the last event reply's non-finite params (0: none) */
+    bool diverged;           /* the last event reply's replica check found a difference */
     char nonfinite_tensor[NAMES_TENSOR_MAX + 1]; /* ... and the first tensor with one */
 };
 

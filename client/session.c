@@ -636,6 +636,7 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
         out->replayed = rep.has_replayed && rep.replayed;
         out->interrupted = rep.has_interrupted && rep.interrupted;
         s->nonfinite = rep.has_nonfinite ? rep.nonfinite : 0;
+        s->diverged = rep.has_diverged && rep.diverged;
         if (msg_str_copy(rep.has_nonfinite_tensor ? rep.nonfinite_tensor : msg_str_c(""),
                          s->nonfinite_tensor, sizeof(s->nonfinite_tensor)) < 0)
             s->nonfinite_tensor[0] = '\0';
@@ -643,6 +644,11 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
     }
     return client_set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: unknown action \"%.*s\"", what,
                    (int)(rep.action.len > 32 ? 32 : rep.action.len), rep.action.ptr);
+}
+
+bool emac_session_diverged(const emac_session *s)
+{
+    return s != NULL && s->diverged;
 }
 
 uint64_t emac_session_nonfinite(const emac_session *s, const char **tensor)

@@ -145,9 +145,19 @@ void registry_drain(struct registry *r, void (*cb)(struct registry *r))
 void registry_peer_closed(struct registry *r, struct peer *c)
 {
     for (struct session *s = r->head; s != NULL; s = s->next) {
+        struct replica *rep = replica_of(s, c);
+        if (rep != NULL)
+            replica_gone(s, rep);
         if (s->owner != c)
             continue;
         s->owner = NULL;
+        /* Replicas go on: the first still attached leads (now, or after the running op). */
+        if (replica_count(s) > 0) {
+            log_info(reg_log(r), "session %s: leader (pid %ld) disconnected; its replicas go on",
+                     s->name, (long)s->owner_pid);
+            replica_settle(s);
+            continue;
+        }
         log_info(reg_log(r), "session %s: owner (pid %ld) disconnected; detached, shadow kept",
                  s->name, (long)s->owner_pid);
         /* The trainer's segment is no longer ours to read once nothing runs. */
@@ -223,6 +233,13 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
         o->eval_profile = msg_str_c(s->prof[s->eval].name);
     }
     session_fill_group(s, &o->has_group, &o->group);
+    if (s->group_replicas > 1) {
+        o->has_replicas_attached = o->has_diverged = true;
+        o->replicas_attached = replica_count(s);
+        o->diverged = s->diverged;
+        o->has_last_divergence = s->divergence[0] != '\0';
+        o->last_divergence = msg_str_c(s->divergence);
+    }
 }
 
 /* The health map of status (docs/protocol.md "status"). h's alarms point into h itself. */
@@ -346,7 +363,7 @@ struct session *registry_lookup(struct registry *r, struct peer *c, uint32_t msg
                     name.ptr);
         return NULL;
     }
-    if (owner_only && s->owner != c) {
+    if (owner_only && s->owner != c && replica_of(s, c) == NULL) {
         if (s->owner == NULL)
             peer_fail(c, msgid, MSG_E_PERM,
                         "%s: session %s is detached; register with resume to own it", method,

@@ -26,6 +26,7 @@ void session_free(struct session *s)
     free(s->names);
     free(s->tensors);
     free(s->dims);
+    replica_free_all(s);
     plan_free(&s->plan);
     free(s->redo_from);
     health_free(&s->health);
@@ -319,7 +320,7 @@ static int check_segment(const struct session *s, const struct shm_map *seg,
     return 0;
 }
 
-static bool same_table(const struct session *a, const struct session *b)
+bool session_same_table(const struct session *a, const struct session *b)
 {
     if (a->ntensors != b->ntensors)
         return false;
@@ -347,7 +348,7 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
                     old->name, (long)old->owner_pid);
         return;
     }
-    if (!same_table(old, fresh)) {
+    if (!session_same_table(old, fresh)) {
         peer_fail(c, msgid, MSG_E_BADARG,
                     "register: resume: the tensor table differs from session %s's (names, "
                     "dtypes, numel and offsets must be identical, in order)", old->name);
@@ -365,7 +366,9 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
         memcpy(old->group_job, fresh->group_job, sizeof(old->group_job));
         old->group_rank = fresh->group_rank;
         old->group_world = fresh->group_world;
-        old->group_replicas = fresh->group_replicas;
+        /* The replica slots are sized by it: it changes only while none was allocated. */
+        if (old->rep == NULL)
+            old->group_replicas = fresh->group_replicas;
     }
     op = op_new(old, OP_ATTACH, c, msgid);
     if (op == NULL)
@@ -423,7 +426,9 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
                     "answered", old->name);
         return;
     }
-    if (old != NULL && !(req->has_resume && req->resume)) {
+    /* Another rank holding the same weights joins the session as a replica (replica.c). */
+    bool join = old != NULL && session_visible(old, c->uid) && replica_joins(old, c, req);
+    if (old != NULL && !join && !(req->has_resume && req->resume)) {
         peer_fail(c, msgid, MSG_E_EXISTS, "register: session %s exists (pass resume to "
                     "re-attach to it)", old->name);
         return;
@@ -487,6 +492,10 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
     rc = check_segment(s, &seg, &s->geo, err, sizeof(err));
     if (rc < 0) {
         peer_fail(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
+        goto err_unmap;
+    }
+    if (join) {
+        replica_join(r, c, msgid, old, s, &seg, req->has_compact && req->compact);
         goto err_unmap;
     }
     if (old != NULL) {
@@ -607,7 +616,10 @@ void session_event(struct registry *r, struct peer *c, uint32_t msgid,
     e->ev = ev;
     e->has_clock = true;
     e->clock = clock;
-    e->has_seq = req->has_seq;
+    /* A replica's requests are not numbered in the session's record, which is the leader's:
+     * they change no counter a replay could apply twice. */
+    op->rep = replica_of(s, c);
+    e->has_seq = req->has_seq && op->rep == NULL;
     e->seq = req->seq;
     op_enqueue(op);
 }
@@ -649,7 +661,8 @@ void session_swap(struct registry *r, struct peer *c, uint32_t msgid, const stru
     struct op_event *e = op_event(op);
     e->prof = prof;
     e->ev = ev;
-    e->has_seq = req->has_seq;
+    op->rep = replica_of(s, c);
+    e->has_seq = req->has_seq && op->rep == NULL;
     e->seq = req->seq;
     op_enqueue(op);
 }
@@ -707,6 +720,15 @@ void session_close(struct registry *r, struct peer *c, uint32_t msgid, const str
 
     if ((s = registry_lookup(r, c, msgid, "close", req->session, true)) == NULL)
         return;
+    /* A replica's close, with keep or not, detaches that replica only: the shadow is the
+     * others' too. */
+    struct replica *rep = replica_of(s, c);
+    if (rep != NULL) {
+        struct msg_empty empty = {0};
+        replica_gone(s, rep);
+        peer_reply(c, msgid, &msg_empty_desc, &empty);
+        return;
+    }
     if ((op = op_new(s, OP_CLOSE, c, msgid)) == NULL)
         return;
     op_close(op)->keep = req->has_keep && req->keep;

@@ -216,6 +216,9 @@ static const struct msg_field session_state_fields[] = {
     OPT(SS, "snapshot_error", MSG_STR, snapshot_error),
     OPT_OBJ(SS, "group", group, msg_group_desc),
     OPT_OBJ(SS, "table", table, msg_table_desc),
+    OPT(SS, "replicas_attached", MSG_U64, replicas_attached),
+    OPT(SS, "diverged", MSG_U64, diverged),
+    OPT(SS, "last_divergence", MSG_STR, last_divergence),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -250,6 +253,7 @@ static const struct msg_field action_fields[] = {
     OPT(struct msg_action, "nonfinite", MSG_U64, nonfinite),
     OPT(struct msg_action, "nonfinite_tensor", MSG_STR, nonfinite_tensor),
     OPT(struct msg_action, "snapshot_error", MSG_STR, snapshot_error),
+    OPT(struct msg_action, "diverged", MSG_BOOL, diverged),
 };
 const struct msg_desc msg_action_desc = DESC("action", struct msg_action, action_fields);
 

@@ -325,6 +325,12 @@ struct msg_session_state {
     struct msg_group group;
     bool has_table;             /* extension: status with tensors: the table with shapes */
     struct msg_table table;
+    bool has_replicas_attached; /* extension: a session of replicas: how many are attached */
+    uint64_t replicas_attached;
+    bool has_diverged;          /* ... the checks that found a replica's params differing */
+    uint64_t diverged;
+    bool has_last_divergence;   /* ... and the last one, in words */
+    struct msg_str last_divergence;
 };
 
 struct msg_register_reply {
@@ -363,6 +369,8 @@ struct msg_action {
     struct msg_str nonfinite_tensor;
     bool has_snapshot_error; /* extension: a snapshot written since the last reply failed */
     struct msg_str snapshot_error;
+    bool has_diverged; /* extension: this event found a replica's sampled params differing */
+    bool diverged;
 };
 
 struct msg_swap {

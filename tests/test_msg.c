@@ -1223,6 +1223,10 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.group.job = msg_str_c("job");
     st.group.world = 1;
     st.has_table = true; /* empty columns */
+    st.has_replicas_attached = true;
+    st.has_diverged = true;
+    st.has_last_divergence = true;
+    st.last_divergence = msg_str_c("");
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);
     assert_int_equal(map->via.map.size, msg_session_state_desc.nfields);

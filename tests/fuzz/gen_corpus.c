@@ -255,6 +255,25 @@ static void reg_shard(uint32_t id, const char *session, int bad)
     req(id, "register", &msg_register_desc, &r);
 }
 
+/* A replica of session "rep" (docs/protocol.md "Replicas"): two of job-r's ranks. */
+static void reg_replica(uint32_t id, uint64_t rank, bool resume)
+{
+    struct msg_register r;
+
+    memset(&r, 0, sizeof(r));
+    r.session = msg_str_c("rep");
+    r.shm = msg_str_c(SEG);
+    r.has_table = true;
+    r.table = (struct msg_table){.names = table_names, .nnames = 2, .dtypes = table_dtypes,
+                                 .ndtypes = 2, .offsets = table_offsets, .noffsets = 2,
+                                 .numels = table_numels, .nnumels = 2};
+    r.has_group = true;
+    r.group = (struct msg_group){msg_str_c("job-r"), rank, 2, true, 2};
+    r.has_resume = resume;
+    r.resume = resume;
+    req(id, "register", &msg_register_desc, &r);
+}
+
 static void status_tensors(uint32_t id)
 {
     struct msg_status s = {false, msg_str_c(NULL), true, true};
@@ -784,6 +803,33 @@ static void gen_dispatch(void)
     reg_shard(18, "shard", 5); /* a resume whose shapes differ */
     status_tensors(19);
     save("dispatch", "shard_sessions");
+
+    /* Replicas: a leader, a replica joining, each one's events and swaps, the replica's close,
+     * a third that finds no seat, the leader gone, the replica leading. */
+    begin();
+    hello(1);
+    reg_replica(2, 0, false);
+    event_seq(3, "rep", "batch_end", 1, true, 1);
+    sep('n');
+    hello(4);
+    reg_replica(5, 1, false);
+    event_seq(6, "rep", "batch_end", 1, true, 1);
+    event_seq(7, "rep", "eval_start", 1, false, 0);
+    event_seq(8, "rep", "eval_end", 1, false, 0);
+    status(9, "rep");
+    sep('n');
+    hello(10);
+    reg_replica(11, 1, true);
+    sep('n');
+    hello(12);
+    reg_replica(13, 1, true); /* every seat taken: EXISTS */
+    close_(14, "rep", true);
+    sep('c');
+    hello(15);
+    reg_replica(16, 0, true);
+    event_seq(17, "rep", "batch_end", 2, true, 2);
+    status(18, "rep");
+    save("dispatch", "replicas");
 
     /* ema_start in samples, tokens and seconds: events with the count, without it (refused),
      * with the count of another unit. */

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -381,6 +382,176 @@ static void test_bad_shard_fields_refused(void **state)
     daemon_stop(&d);
 }
 
+/* ---- replicas (docs/scaleout.md "Replicas") ---- */
+
+/* One f32 tensor of 1000 elements, ranks of job "ddp" (world 2) holding the same weights. */
+static emac_session *register_replica(emac_client *c, size_t slot, const char *name,
+                                      uint64_t rank, uint64_t replicas)
+{
+    struct emac_tensor_spec spec = {"w", "f32", 1000, NULL, 0};
+    struct emac_config cfg = {.half_life = "2ba"};
+    struct emac_group g = {"ddp", rank, 2, replicas};
+    struct emac_error err;
+    emac_session *s = NULL;
+
+    if (made[slot] == NULL)
+        assert_int_equal(emac_segment_create(&spec, 1, &made[slot], &err), 0);
+    assert_int_equal(emac_segment_set_group(made[slot], &g, &err), 0);
+    if (emac_register(c, name, made[slot], &cfg, false, &s, &err) < 0)
+        fail_msg("register %s rank %llu: %s: %s", name, (unsigned long long)rank, err.code,
+                 err.message);
+    return s;
+}
+
+static void set_params(size_t slot, uint64_t batch, float shift)
+{
+    float *w = emac_segment_tensor(made[slot], 0)->data;
+    for (int i = 0; i < 1000; i++)
+        w[i] = (float)i * 0.5f + (float)batch + shift;
+}
+
+/* The status map of one session, over the raw protocol. */
+static const msgpack_object *session_status(struct rpc *r, const char *name)
+{
+    struct msg_status req = {true, msg_str_c(name), false, false};
+    const msgpack_object *res = rpc_call(r, "status", &msg_status_desc, &req);
+    if (res == NULL)
+        fail_msg("status %s: %s: %s", name, r->code, r->message);
+    return &map_get(res, "sessions")->via.array.ptr[0];
+}
+
+static void test_replicas_share_one_shadow(void **state)
+{
+    struct emac_error err;
+    struct daemon d;
+    struct rpc r;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
+    emac_client *cs = client_connect(&d, "solo");
+    emac_session *s0 = register_replica(c0, 0, "ddp", 0, 2);
+    emac_session *s1 = register_replica(c1, 1, "ddp", 1, 2);
+    /* The same model alone, fed the leader's params: what the shared shadow must hold. */
+    emac_session *solo = register_replica(cs, 2, "solo", 0, 1);
+    /* A third rank of a 2-replica session finds every seat taken. */
+    emac_client *c2 = client_connect(&d, "rank2");
+    emac_session *s2 = NULL;
+    struct emac_tensor_spec spec = {"w", "f32", 1000, NULL, 0};
+    struct emac_group g = {"ddp", 1, 2, 2};
+    assert_int_equal(emac_segment_create(&spec, 1, &made[3], &err), 0);
+    assert_int_equal(emac_segment_set_group(made[3], &g, &err), 0);
+    assert_true(emac_register(c2, "ddp", made[3], NULL, false, &s2, &err) < 0);
+    assert_string_equal(err.code, "EXISTS");
+    emac_disconnect(c2);
+
+    /* One shadow: the replica maps the leader's, and the session's shadow is one model's. */
+    rpc_open(&r, &d, "test_shard");
+    const msgpack_object *st = session_status(&r, "ddp");
+    assert_int_equal(map_get(st, "replicas_attached")->via.u64, 2);
+    uint64_t shared = map_get(st, "shadow_bytes")->via.u64;
+    st = session_status(&r, "solo");
+    assert_int_equal(map_get(st, "shadow_bytes")->via.u64, shared);
+    const struct emac_shadow *sh0 = emac_session_shadow(s0, 0), *sh1 = emac_session_shadow(s1, 0);
+    const struct emac_shadow *shs = emac_session_shadow(solo, 0);
+    struct msg_status all = {false, msg_str_c(NULL), false, false};
+    const msgpack_object *res = rpc_call(&r, "status", &msg_status_desc, &all);
+    assert_non_null(res);
+    assert_int_equal(map_get(res, "sessions")->via.array.size, 2); /* ddp and solo */
+
+    /* Both ranks step; the leader's batch_end updates, the replica's does not. */
+    for (uint64_t b = 1; b <= 3; b++) {
+        set_params(0, b, 0);
+        set_params(1, b, 0);
+        set_params(2, b, 0);
+        struct emac_result a = event_at(s0, "batch_end", b);
+        assert_int_equal(a.updates, b);
+        struct emac_result z = event_at(s1, "batch_end", b);
+        assert_int_equal(z.action, EMAC_ACTION_NONE);
+        assert_int_equal(z.updates, b);
+        event_at(solo, "batch_end", b);
+    }
+    assert_memory_equal(sh0->data, shs->data, 4000);
+    assert_memory_equal(sh1->data, shs->data, 4000);
+
+    /* The replica's eval swaps the EMA weights into its own params only; its training weights
+     * come back bit for bit. */
+    float train1[1000], train0[1000];
+    memcpy(train1, emac_segment_tensor(made[1], 0)->data, sizeof(train1));
+    memcpy(train0, emac_segment_tensor(made[0], 0)->data, sizeof(train0));
+    struct emac_result in = event_at(s1, "eval_start", 3);
+    assert_int_equal(in.action, EMAC_ACTION_SWAP_IN);
+    assert_true(in.active);
+    assert_memory_equal(emac_segment_tensor(made[1], 0)->data, shs->data, 4000);
+    assert_memory_equal(emac_segment_tensor(made[0], 0)->data, train0, 4000);
+    st = session_status(&r, "ddp");
+    assert_false(map_get(st, "active")->via.boolean); /* the leader's params: training */
+    /* The leader's eval in the meantime, and its way back. */
+    assert_int_equal(event_at(s0, "eval_start", 3).action, EMAC_ACTION_SWAP_IN);
+    assert_memory_equal(emac_segment_tensor(made[0], 0)->data, shs->data, 4000);
+    assert_int_equal(event_at(s0, "eval_end", 3).action, EMAC_ACTION_SWAP_OUT);
+    assert_memory_equal(emac_segment_tensor(made[0], 0)->data, train0, 4000);
+    struct emac_result out = event_at(s1, "eval_end", 3);
+    assert_int_equal(out.action, EMAC_ACTION_SWAP_OUT);
+    assert_false(out.active);
+    assert_memory_equal(emac_segment_tensor(made[1], 0)->data, train1, 4000);
+
+    /* A replica whose params differ from the leader's at the same batch is caught. */
+    set_params(0, 4, 0);
+    set_params(1, 4, 0.25f);
+    set_params(2, 4, 0);
+    event_at(s0, "batch_end", 4);
+    event_at(solo, "batch_end", 4);
+    assert_false(emac_session_diverged(s1));
+    event_at(s1, "batch_end", 4);
+    assert_true(emac_session_diverged(s1));
+    st = session_status(&r, "ddp");
+    assert_int_equal(map_get(st, "diverged")->via.u64, 1);
+    const msgpack_object *why = map_get(st, "last_divergence");
+    char text[256];
+    snprintf(text, sizeof(text), "%.*s", (int)why->via.str.size, why->via.str.ptr);
+    expect_in(text, "batch 4: replica rank 1 (pid %ld) holds other params than the leader",
+              (long)getpid());
+    assert_memory_equal(sh0->data, shs->data, 4000); /* the leader's params made the update */
+
+    /* The leader dies: the replica goes on, and leads (its batch_end updates now). */
+    emac_session_free(s0);
+    emac_disconnect(c0);
+    for (int tries = 0;; tries++) {
+        st = session_status(&r, "ddp");
+        if (map_get(st, "replicas_attached")->via.u64 == 1)
+            break;
+        if (tries == 1000)
+            fail_msg("the leader's disconnect was not seen");
+        sleep_ms(10);
+    }
+    assert_true(map_get(st, "attached")->via.boolean);
+    set_params(1, 5, 0);
+    set_params(2, 5, 0);
+    struct emac_result led = event_at(s1, "batch_end", 5);
+    assert_int_equal(led.action, EMAC_ACTION_UPDATE);
+    assert_int_equal(led.updates, 5);
+    event_at(solo, "batch_end", 5);
+    assert_memory_equal(sh1->data, shs->data, 4000);
+
+    /* The last replica gone: detached, as any session. */
+    emac_session_free(s1);
+    emac_disconnect(c1);
+    for (int tries = 0;; tries++) {
+        st = session_status(&r, "ddp");
+        if (!map_get(st, "attached")->via.boolean)
+            break;
+        if (tries == 1000)
+            fail_msg("the last replica's disconnect was not seen");
+        sleep_ms(10);
+    }
+    assert_int_equal(map_get(st, "replicas_attached")->via.u64, 0);
+    rpc_close(&r);
+    emac_session_free(solo);
+    emac_disconnect(cs);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -388,6 +559,7 @@ int main(void)
         cmocka_unit_test_teardown(test_shapes_slices_and_group_kept, teardown),
         cmocka_unit_test_teardown(test_emactl_groups_a_job, teardown),
         cmocka_unit_test_teardown(test_bad_shard_fields_refused, teardown),
+        cmocka_unit_test_teardown(test_replicas_share_one_shadow, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
