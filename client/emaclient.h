@@ -584,6 +584,11 @@ int emac_segment_set_group(emac_segment *seg, const struct emac_group *g,
 /* Whether the last event or swap reply of s said that a replica's sampled params differ from
  * the leader's at the same batch (docs/protocol.md "Replicas"; status keeps the count). */
 bool emac_session_diverged(const emac_session *s);
+/* Session i's replicas as status reports them: true for a session of replicas, with how many
+ * are attached (the leader included) and how many checks found one diverging (either pointer
+ * may be NULL); false without replicas or when i is out of range. */
+bool emac_status_replicas(const struct emac_status *st, size_t i, uint64_t *attached,
+                          uint64_t *diverged);
 /* Session i's group as status reports it; NULL when i is out of range or it has none. Valid
  * until emac_status_free. */
 const struct emac_group *emac_status_group(const struct emac_status *st, size_t i);

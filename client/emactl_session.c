@@ -417,11 +417,15 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
         print_session_text(&st->session_list[0]);
         const struct emac_group *g = emac_status_group(st, 0);
         if (g != NULL) {
-            printf("  group            job ");
+            printf("group            job ");
             ctl_put_clean(stdout, g->job);
             printf(", rank %" PRIu64 " of %" PRIu64 ", %" PRIu64 " replica%s\n", g->rank,
                    g->world, g->replicas, g->replicas == 1 ? "" : "s");
         }
+        uint64_t attached, diverged;
+        if (emac_status_replicas(st, 0, &attached, &diverged))
+            printf("replicas         %" PRIu64 " attached (the leader included); %" PRIu64
+                   " divergence%s found\n", attached, diverged, diverged == 1 ? "" : "s");
         print_health_text(emac_status_health(st, 0));
         print_profiles_text(st);
     }
@@ -475,6 +479,9 @@ const struct ctl_cmd ctl_cmd_show = {
             "                   the last such update with its first tensor\n"
             "  no-op updates    updates that changed no shadow element\n"
             "  interval         the usual time between updates, and whether stalled\n"
+            "  group            a shard session's job, rank, world size and replicas\n"
+            "  replicas         with replicas: how many are attached, and the divergences\n"
+            "                   found (docs/scaleout.md \"Replicas\")\n"
             "See 'Health' in docs/running.md for what each alarm means and what to do.\n"
             "The owner, sizes, updates, started and active are shown as in 'emactl list'.\n"
             "\n"

@@ -21,6 +21,8 @@ struct status_box {
     size_t *nprofiles;
     struct emac_group *groups;  /* per session, beside session_list */
     bool *has_group;
+    uint64_t (*replicas)[2];    /* per session: attached, diverged (has_group's sessions) */
+    bool *has_replicas;
 };
 
 /* A session's health, its strings into the arena and its alarms from *next on. */
@@ -208,8 +210,11 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     b->nprofiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->nprofiles));
     b->groups = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->groups));
     b->has_group = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_group));
+    b->replicas = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->replicas));
+    b->has_replicas = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_replicas));
     if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL) ||
-        b->groups == NULL || b->has_group == NULL ||
+        b->groups == NULL || b->has_group == NULL || b->replicas == NULL ||
+        b->has_replicas == NULL ||
         b->health == NULL || b->has_health == NULL || b->alarms == NULL ||
         b->profiles == NULL || b->nprofiles == NULL) {
         msg_free(&msg_status_reply_desc, &rep);
@@ -241,6 +246,10 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
             b->groups[i] = (struct emac_group){client_arena_str(&b->arena, g->job), g->rank,
                                                g->world, g->has_replicas ? g->replicas : 1};
         }
+        if ((b->has_replicas[i] = rep.sessions[i].has_replicas_attached)) {
+            b->replicas[i][0] = rep.sessions[i].replicas_attached;
+            b->replicas[i][1] = rep.sessions[i].has_diverged ? rep.sessions[i].diverged : 0;
+        }
         if (client_copy_profiles(&b->arena, &rep.sessions[i], &b->profiles[i],
                                  &b->nprofiles[i]) < 0) {
             msg_free(&msg_status_reply_desc, &rep);
@@ -265,6 +274,8 @@ void emac_status_free(struct emac_status *st)
     free(b->nprofiles);
     free(b->groups);
     free(b->has_group);
+    free(b->replicas);
+    free(b->has_replicas);
     free(b->pub.session_list);
     free(b->health);
     free(b->has_health);
@@ -320,6 +331,20 @@ int emac_metrics(emac_client *c, char **text, struct emac_error *err)
     (*text)[rep.text.len] = '\0';
     msg_free(&msg_metrics_reply_desc, &rep);
     return 0;
+}
+
+bool emac_status_replicas(const struct emac_status *st, size_t i, uint64_t *attached,
+                          uint64_t *diverged)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (b == NULL || i >= b->pub.nsessions || !b->has_replicas[i])
+        return false;
+    if (attached != NULL)
+        *attached = b->replicas[i][0];
+    if (diverged != NULL)
+        *diverged = b->replicas[i][1];
+    return true;
 }
 
 const struct emac_group *emac_status_group(const struct emac_status *st, size_t i)

@@ -225,7 +225,7 @@ static void test_shapes_slices_and_group_kept(void **state)
     char out[8192];
     char *show[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "llama-r1", NULL};
     assert_int_equal(run_capture(show, NULL, out, sizeof(out)), 0);
-    expect_in(out, "group            job llama, rank 1 of 2, 1 replica\n");
+    expect_in(out, "\ngroup            job llama, rank 1 of 2, 1 replica\n");
 
     /* A clean stop keeps it in a state file; the next emad brings shapes and group back. */
     emac_session_free(s);
@@ -513,6 +513,10 @@ static void test_replicas_share_one_shadow(void **state)
     expect_in(text, "batch 4: replica rank 1 (pid %ld) holds other params than the leader",
               (long)getpid());
     assert_memory_equal(sh0->data, shs->data, 4000); /* the leader's params made the update */
+    char shown[8192];
+    char *show[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "ddp", NULL};
+    assert_int_equal(run_capture(show, NULL, shown, sizeof(shown)), 0);
+    expect_in(shown, "\nreplicas         2 attached (the leader included); 1 divergence found\n");
 
     /* The leader dies: the replica goes on, and leads (its batch_end updates now). */
     emac_session_free(s0);
