@@ -20,12 +20,12 @@
 #include <stdarg.h>
 #include <cmocka.h>
 
-static emac_segment *made[4];
+static emac_segment *made[6];
 
 static int teardown(void **state)
 {
     kill_leftovers(state);
-    for (size_t i = 0; i < 4; i++) {
+    for (size_t i = 0; i < 6; i++) {
         emac_segment_destroy(made[i]);
         made[i] = NULL;
     }
@@ -556,6 +556,43 @@ static void test_replicas_share_one_shadow(void **state)
     daemon_stop(&d);
 }
 
+/* A replica's close detaches that replica alone: the session and the leader go on. */
+static void test_replica_close_detaches_it_alone(void **state)
+{
+    struct emac_error err;
+    struct daemon d;
+    struct rpc r;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
+    emac_session *s0 = register_replica(c0, 4, "ddp", 0, 2);
+    emac_session *s1 = register_replica(c1, 5, "ddp", 1, 2);
+    set_params(4, 1, 0);
+    set_params(5, 1, 0);
+    event_at(s0, "batch_end", 1);
+    event_at(s1, "batch_end", 1);
+    assert_int_equal(emac_close(s1, false, &err), 0);
+    emac_session_free(s1);
+    rpc_open(&r, &d, "test_shard");
+    const msgpack_object *st = session_status(&r, "ddp");
+    assert_int_equal(map_get(st, "replicas_attached")->via.u64, 1);
+    assert_int_equal(map_get(st, "diverged")->via.u64, 0);
+    assert_true(map_get(st, "attached")->via.boolean);
+    set_params(4, 2, 0);
+    assert_int_equal(event_at(s0, "batch_end", 2).updates, 2);
+    /* Its seat is free again: a rank joins anew. */
+    s1 = register_replica(c1, 5, "ddp", 1, 2);
+    st = session_status(&r, "ddp");
+    assert_int_equal(map_get(st, "replicas_attached")->via.u64, 2);
+    rpc_close(&r);
+    emac_session_free(s1);
+    emac_session_free(s0);
+    emac_disconnect(c1);
+    emac_disconnect(c0);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -564,6 +601,7 @@ int main(void)
         cmocka_unit_test_teardown(test_emactl_groups_a_job, teardown),
         cmocka_unit_test_teardown(test_bad_shard_fields_refused, teardown),
         cmocka_unit_test_teardown(test_replicas_share_one_shadow, teardown),
+        cmocka_unit_test_teardown(test_replica_close_detaches_it_alone, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
