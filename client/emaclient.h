@@ -589,6 +589,9 @@ bool emac_session_diverged(const emac_session *s);
  * may be NULL); false without replicas or when i is out of range. */
 bool emac_status_replicas(const struct emac_status *st, size_t i, uint64_t *attached,
                           uint64_t *diverged);
+/* Session i's replicas' group ranks, the leader's first (*ranks valid until
+ * emac_status_free); 0 without replicas. */
+size_t emac_status_replica_ranks(const struct emac_status *st, size_t i, const uint64_t **ranks);
 /* Session i's group as status reports it; NULL when i is out of range or it has none. Valid
  * until emac_status_free. */
 const struct emac_group *emac_status_group(const struct emac_status *st, size_t i);

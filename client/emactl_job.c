@@ -16,6 +16,7 @@ struct job_view {
     const char *job;
     uint64_t world;     /* the largest world a session of it names */
     size_t sessions;    /* sessions in it */
+    size_t ranks;       /* ranks they hold (a session of replicas holds several) */
     size_t attached;
     uint64_t min_batch, max_batch; /* of the sessions that have seen an event */
     bool any_batch;
@@ -25,6 +26,33 @@ struct job_view {
 static uint64_t batch_of(const struct emac_session_info *s)
 {
     return s->has_last_time ? s->last_batch : 0;
+}
+
+/* Whether session i holds rank r of its job: its own rank, or one of its replicas'. */
+static bool holds_rank(const struct emac_status *st, size_t i, uint64_t r)
+{
+    const struct emac_group *g = emac_status_group(st, i);
+    const uint64_t *ranks;
+    size_t n = emac_status_replica_ranks(st, i, &ranks);
+
+    if (n == 0)
+        return g != NULL && g->rank == r;
+    for (size_t k = 0; k < n; k++)
+        if (ranks[k] == r)
+            return true;
+    return false;
+}
+
+/* The ranks session i holds: its replicas' when it has some attached, else its own. */
+static size_t ranks_of(const struct emac_status *st, size_t i, const uint64_t **ranks)
+{
+    const struct emac_group *g = emac_status_group(st, i);
+    size_t n = emac_status_replica_ranks(st, i, ranks);
+
+    if (n > 0)
+        return n;
+    *ranks = &g->rank;
+    return 1;
 }
 
 static void job_view(const struct emac_status *st, const char *job, struct job_view *v)
@@ -41,6 +69,8 @@ static void job_view(const struct emac_status *st, const char *job, struct job_v
         if (g->world > v->world)
             v->world = g->world;
         v->sessions++;
+        const uint64_t *ranks;
+        v->ranks += ranks_of(st, i, &ranks);
         v->attached += s->attached;
         uint64_t b = batch_of(s);
         if (!v->any_batch || b < v->min_batch)
@@ -63,7 +93,7 @@ static void missing_ranks(const struct emac_status *st, const struct job_view *v
         bool found = false;
         for (size_t i = 0; i < st->nsessions && !found; i++) {
             const struct emac_group *g = emac_status_group(st, i);
-            found = g != NULL && g->rank == r && strcmp(g->job, v->job) == 0;
+            found = g != NULL && strcmp(g->job, v->job) == 0 && holds_rank(st, i, r);
         }
         if (found)
             continue;
@@ -89,11 +119,16 @@ static void lagging_ranks(const struct emac_status *st, const struct job_view *v
         if (g == NULL || strcmp(g->job, v->job) != 0 ||
             batch_of(&st->session_list[i]) >= v->max_batch)
             continue;
-        if (at + 24 >= len) {
-            snprintf(buf + at, len - at, "...");
-            return;
+        const uint64_t *ranks;
+        size_t n = ranks_of(st, i, &ranks);
+        for (size_t k = 0; k < n; k++) {
+            if (at + 24 >= len) {
+                snprintf(buf + at, len - at, "...");
+                return;
+            }
+            at += (size_t)snprintf(buf + at, len - at, "%s%" PRIu64, shown++ ? "," : "",
+                                   ranks[k]);
         }
-        at += (size_t)snprintf(buf + at, len - at, "%s%" PRIu64, shown++ ? "," : "", g->rank);
     }
     if (shown == 0)
         snprintf(buf, len, "-");
@@ -128,7 +163,7 @@ int ctl_print_jobs(const struct ctl *ctl, const struct emac_status *st)
         char world[24], ranks[48], attached[24], lo[24], hi[24], missing[128], lag[128];
         job_view(st, g->job, &v);
         snprintf(world, sizeof(world), "%" PRIu64 "%s", v.world, v.world_differs ? "?" : "");
-        snprintf(ranks, sizeof(ranks), "%zu/%" PRIu64, v.sessions, v.world);
+        snprintf(ranks, sizeof(ranks), "%zu/%" PRIu64, v.ranks, v.world);
         snprintf(attached, sizeof(attached), "%zu", v.attached);
         snprintf(lo, sizeof(lo), "%" PRIu64, v.min_batch);
         snprintf(hi, sizeof(hi), "%" PRIu64, v.max_batch);
@@ -172,9 +207,9 @@ static int print_job(const struct ctl *ctl, const struct emac_status *st, const 
     lagging_ranks(st, &v, lag, sizeof(lag));
     printf("job ");
     ctl_put_clean(stdout, job);
-    printf(": world %" PRIu64 "%s, %zu of its ranks present (%zu attached), batches %" PRIu64
-           " to %" PRIu64 "\n  missing  %s\n  lagging  %s\n\n", v.world,
-           v.world_differs ? " (its sessions disagree)" : "", v.sessions, v.attached,
+    printf(": world %" PRIu64 "%s, %zu of its ranks present in %zu sessions (%zu attached), "
+           "batches %" PRIu64 " to %" PRIu64 "\n  missing  %s\n  lagging  %s\n\n", v.world,
+           v.world_differs ? " (its sessions disagree)" : "", v.ranks, v.sessions, v.attached,
            v.min_batch, v.max_batch, missing, lag);
     ctl_table_init(&t, rank_cols, NRANK_COLS);
     /* By rank: a job has few enough ranks per node for a quadratic walk. */
@@ -182,7 +217,7 @@ static int print_job(const struct ctl *ctl, const struct emac_status *st, const 
         for (size_t i = 0; i < st->nsessions && rc == 0; i++) {
             const struct emac_group *g = emac_status_group(st, i);
             const struct emac_session_info *s = &st->session_list[i];
-            if (g == NULL || g->rank != r || strcmp(g->job, job) != 0)
+            if (g == NULL || strcmp(g->job, job) != 0 || !holds_rank(st, i, r))
                 continue;
             char rank[24], owner[24], batch[24], updates[24], replicas[24];
             snprintf(rank, sizeof(rank), "%" PRIu64, r);

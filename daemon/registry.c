@@ -239,6 +239,13 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
         o->diverged = s->diverged;
         o->has_last_divergence = s->divergence[0] != '\0';
         o->last_divergence = msg_str_c(s->divergence);
+        o->has_replica_ranks = true;
+        o->replica_ranks = o->replica_rank_buf;
+        if (s->owner != NULL)
+            o->replica_rank_buf[o->nreplica_ranks++] = s->group_rank;
+        for (uint64_t i = 0; s->rep != NULL && i + 1 < s->group_replicas; i++)
+            if (s->rep[i].owner != NULL && o->nreplica_ranks < MSG_REPLICAS_MAX)
+                o->replica_rank_buf[o->nreplica_ranks++] = s->rep[i].rank;
     }
 }
 

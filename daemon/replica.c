@@ -153,6 +153,7 @@ void replica_settle(struct session *s)
         s->params_bytes = s->geo.params_bytes;
         s->owner = rep->owner;
         s->owner_pid = rep->pid;
+        s->group_rank = rep->rank;
         s->st.active = rep->active;
         s->has_lead_mark = false;
         memset(rep, 0, sizeof(*rep));

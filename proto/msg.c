@@ -219,6 +219,7 @@ static const struct msg_field session_state_fields[] = {
     OPT(SS, "replicas_attached", MSG_U64, replicas_attached),
     OPT(SS, "diverged", MSG_U64, diverged),
     OPT(SS, "last_divergence", MSG_STR, last_divergence),
+    OPT_UARR(SS, "replica_ranks", replica_ranks),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =

@@ -331,6 +331,11 @@ struct msg_session_state {
     uint64_t diverged;
     bool has_last_divergence;   /* ... and the last one, in words */
     struct msg_str last_divergence;
+    bool has_replica_ranks;     /* ... and the group ranks attached, the leader's first */
+    uint64_t *replica_ranks;
+    size_t nreplica_ranks;
+    uint64_t replica_rank_buf[MSG_REPLICAS_MAX]; /* not a field: room an encoder may point
+                                                    replica_ranks at */
 };
 
 struct msg_register_reply {

@@ -1226,6 +1226,7 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.has_replicas_attached = true;
     st.has_diverged = true;
     st.has_last_divergence = true;
+    st.has_replica_ranks = true; /* an empty list */
     st.last_divergence = msg_str_c("");
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);

@@ -293,7 +293,8 @@ static void test_emactl_groups_a_job(void **state)
 
     char *job[] = {(char *)emactl_bin(), "--socket", d.sock, "job", "job-a", NULL};
     assert_int_equal(run_capture(job, NULL, out, sizeof(out)), 0);
-    expect_in(out, "job job-a: world 4, 3 of its ranks present (3 attached), batches 3 to 5\n");
+    expect_in(out, "job job-a: world 4, 3 of its ranks present in 3 sessions (3 attached), "
+                   "batches 3 to 5\n");
     expect_in(out, "  missing  2\n  lagging  1\n");
     expect_in(out, "   1  job-a.r1  ");
     expect_in(out, "      3        3         1  lagging\n");
@@ -384,13 +385,13 @@ static void test_bad_shard_fields_refused(void **state)
 
 /* ---- replicas (docs/scaleout.md "Replicas") ---- */
 
-/* One f32 tensor of 1000 elements, ranks of job "ddp" (world 2) holding the same weights. */
+/* One f32 tensor of 1000 elements, ranks of a job of world 2 holding the same weights. */
 static emac_session *register_replica(emac_client *c, size_t slot, const char *name,
                                       uint64_t rank, uint64_t replicas)
 {
     struct emac_tensor_spec spec = {"w", "f32", 1000, NULL, 0};
     struct emac_config cfg = {.half_life = "2ba"};
-    struct emac_group g = {"ddp", rank, 2, replicas};
+    struct emac_group g = {name, rank, 2, replicas}; /* the job is named as the session */
     struct emac_error err;
     emac_session *s = NULL;
 
@@ -517,6 +518,14 @@ static void test_replicas_share_one_shadow(void **state)
     char *show[] = {(char *)emactl_bin(), "--socket", d.sock, "show", "ddp", NULL};
     assert_int_equal(run_capture(show, NULL, shown, sizeof(shown)), 0);
     expect_in(shown, "\nreplicas         2 attached (the leader included); 1 divergence found\n");
+
+    /* emactl job counts both ranks present, in one session. */
+    char *jobcmd[] = {(char *)emactl_bin(), "--socket", d.sock, "job", "ddp", NULL};
+    assert_int_equal(run_capture(jobcmd, NULL, shown, sizeof(shown)), 0);
+    expect_in(shown, "job ddp: world 2, 2 of its ranks present in 1 sessions (1 attached)");
+    expect_in(shown, "  missing  -\n");
+    expect_in(shown, "   0  ddp  ");
+    expect_in(shown, "   1  ddp  ");
 
     /* The leader dies: the replica goes on, and leads (its batch_end updates now). */
     emac_session_free(s0);
