@@ -56,7 +56,7 @@ CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c
               client/status.c client/snapshot.c client/export.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
               client/emactl_top.c client/json.c client/emactl_ckpt.c \
-              client/emactl_snap.c client/emactl_posthoc.c
+              client/emactl_snap.c client/emactl_posthoc.c client/emactl_job.c
 # Every module of the package: a list by hand left _device.py out.
 PY_PACKAGE := $(wildcard client/python/emaclient/*.py)
 TOY_SRC    := client/toy_trainer.c
@@ -190,7 +190,7 @@ build/fuzz/fuzz_jtree: tests/fuzz/fuzz_jtree.c proto/jtree.c proto/names.c proto
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^)
 
-build/fuzz/gen_corpus: tests/fuzz/gen_corpus.c proto/wire.c proto/msg.c
+build/fuzz/gen_corpus: tests/fuzz/gen_corpus.c proto/wire.c proto/msg.c proto/names.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) -o $@ $(filter %.c,$^) $(DEPS_LIBS)
 

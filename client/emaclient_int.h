@@ -105,6 +105,7 @@ struct seg_tensor {
     enum dtype dt;
     uint64_t *shape; /* NULL when the spec had none */
     size_t ndim;
+    uint64_t *slice; /* emac_segment_set_slice: global_shape then offsets, ndim each; or NULL */
 };
 
 struct emac_segment {
@@ -114,6 +115,9 @@ struct emac_segment {
     size_t n;
     struct emac_tensor *tensors; /* public view, in spec order */
     struct seg_tensor *meta;     /* what register sends besides */
+    bool has_group;              /* emac_segment_set_group: sent with register */
+    char group_job[129];
+    uint64_t group_rank, group_world, group_replicas;
 };
 
 struct emac_session {
@@ -134,6 +138,7 @@ struct emac_session {
     size_t nprofiles;
     struct arena arena;
     uint64_t nonfinite;      /* the last event reply's non-finite params (0: none) */
+    bool diverged;           /* the last event reply's replica check found a difference */
     char nonfinite_tensor[NAMES_TENSOR_MAX + 1]; /* ... and the first tensor with one */
 };
 

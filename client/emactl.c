@@ -40,6 +40,7 @@ static const struct ctl_cmd *const commands[] = {
     &ctl_cmd_top,    &ctl_cmd_gc,      &ctl_cmd_metrics,     &ctl_cmd_consolidate,
     &ctl_cmd_snapshots, &ctl_cmd_snapshot,
     &ctl_cmd_posthoc, &ctl_cmd_export,
+    &ctl_cmd_job,
     &ctl_cmd_help,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -78,6 +78,9 @@ extern const struct ctl_cmd ctl_cmd_top; /* emactl_top.c */
 extern const struct ctl_cmd ctl_cmd_consolidate; /* emactl_ckpt.c */
 extern const struct ctl_cmd ctl_cmd_snapshots, ctl_cmd_snapshot; /* emactl_snap.c */
 extern const struct ctl_cmd ctl_cmd_posthoc, ctl_cmd_export;       /* emactl_posthoc.c */
+extern const struct ctl_cmd ctl_cmd_job; /* emactl_job.c */
+/* After list's sessions: one row per job of the shard sessions, if any (emactl_job.c). */
+int ctl_print_jobs(const struct ctl *ctl, const struct emac_status *st);
 
 /* A connection to emad (ctl->socket), or NULL after reporting why (emactl_session.c). */
 emac_client *ctl_connect(const struct ctl *ctl);

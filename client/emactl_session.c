@@ -184,11 +184,18 @@ const struct ctl_cmd ctl_cmd_status = {
 
 /* ---- list ---- */
 
+/* The sessions, then a row per job of shard sessions (emactl_job.c). */
+static int print_list(const struct ctl *ctl, const struct emac_status *st)
+{
+    int rc = print_sessions_table(ctl, st);
+    return rc == 0 ? ctl_print_jobs(ctl, st) : rc;
+}
+
 static int cmd_list(struct ctl *ctl, int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    return show_status(ctl, NULL, "sessions", print_sessions_table);
+    return show_status(ctl, NULL, "sessions", print_list);
 }
 
 const struct ctl_cmd ctl_cmd_list = {
@@ -211,6 +218,10 @@ const struct ctl_cmd ctl_cmd_list = {
             "  ACTIVE   'yes' while the EMA weights are swapped into the params, else 'no'\n"
             "'emactl status' prints the same rows; 'emactl show' the same fields, and\n"
             "more, of one session.\n"
+            "Then, when sessions belong to distributed jobs (register's group), one row\n"
+            "per job: JOB, WORLD (its size), RANKS (sessions here / world), ATTACHED,\n"
+            "MIN BATCH and MAX BATCH (of the ranks' last events), MISSING (ranks without\n"
+            "a session here) and LAGGING (ranks below MAX BATCH); see 'emactl job'.\n"
             "\n"
             "JSON output: the array of sessions, each as 'emactl show --json' prints it.\n"
             "\n" CTL_DAEMON_EXIT_STATUS "\n"
@@ -418,6 +429,17 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
         rc = ctl_print_json(ctl, raw, len, "sessions", 0);
     } else {
         print_session_text(&st->session_list[0]);
+        const struct emac_group *g = emac_status_group(st, 0);
+        if (g != NULL) {
+            printf("group            job ");
+            ctl_put_clean(stdout, g->job);
+            printf(", rank %" PRIu64 " of %" PRIu64 ", %" PRIu64 " replica%s\n", g->rank,
+                   g->world, g->replicas, g->replicas == 1 ? "" : "s");
+        }
+        uint64_t attached, diverged;
+        if (emac_status_replicas(st, 0, &attached, &diverged))
+            printf("replicas         %" PRIu64 " attached (the leader included); %" PRIu64
+                   " divergence%s found\n", attached, diverged, diverged == 1 ? "" : "s");
         print_health_text(emac_status_health(st, 0));
         print_profiles_text(st);
     }
@@ -473,6 +495,9 @@ const struct ctl_cmd ctl_cmd_show = {
             "  interval         the usual time between updates, and whether stalled\n"
             "  profiles         with profiles: each one's settings and counters, and under\n"
             "                   it its own health (updates checked, distance, no-op updates)\n"
+            "  group            a shard session's job, rank, world size and replicas\n"
+            "  replicas         with replicas: how many are attached, and the divergences\n"
+            "                   found (docs/scaleout.md \"Replicas\")\n"
             "See 'Health' in docs/running.md for what each alarm means and what to do.\n"
             "The owner, sizes, updates, started and active are shown as in 'emactl list'.\n"
             "\n"

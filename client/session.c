@@ -206,6 +206,42 @@ struct reg_config {
     const struct emac_snapshot_config *snap;
 };
 
+/* The shape columns (docs/protocol.md "Shard sessions") when any tensor has a shape: a tensor
+ * without one is sent flat, [numel]; the slice columns when any has a slice, a tensor without
+ * one being its own global tensor. 0 or -ENOMEM. */
+static int table_dims(struct msg_table *t, const emac_segment *seg)
+{
+    size_t total = 0;
+    bool shaped = false, sliced = false;
+    int rc;
+
+    for (size_t i = 0; i < seg->n; i++) {
+        shaped |= seg->meta[i].shape != NULL;
+        sliced |= seg->meta[i].slice != NULL;
+        total += seg->meta[i].shape != NULL ? seg->meta[i].ndim : 1;
+    }
+    if (!shaped)
+        return 0;
+    if ((rc = msg_table_init_dims(t, total, sliced)) < 0)
+        return rc;
+    size_t at = 0;
+    for (size_t i = 0; i < seg->n; i++) {
+        const struct seg_tensor *m = &seg->meta[i];
+        size_t k = m->shape != NULL ? m->ndim : 1;
+        t->ndims[i] = k;
+        for (size_t d = 0; d < k; d++) {
+            uint64_t dim = m->shape != NULL ? m->shape[d] : seg->tensors[i].numel;
+            t->shapes[at + d] = dim;
+            if (sliced) {
+                t->global_shapes[at + d] = m->slice != NULL ? m->slice[d] : dim;
+                t->slice_offsets[at + d] = m->slice != NULL ? m->slice[k + d] : 0;
+            }
+        }
+        at += k;
+    }
+    return 0;
+}
+
 static int register_call(emac_client *c, const char *session, const emac_segment *seg,
                          const struct reg_config *rc_in, bool resume, bool existing,
                          enum client_loss loss, struct msg_register_reply *rep,
@@ -228,6 +264,13 @@ static int register_call(emac_client *c, const char *session, const emac_segment
     for (size_t i = 0; i < seg->n; i++)
         msg_table_set(&req.table, i, seg->tensors[i].name, seg->tensors[i].dtype,
                       seg->tensors[i].offset, seg->tensors[i].numel);
+    if ((rc = table_dims(&req.table, seg)) < 0) {
+        msg_table_release(&req.table);
+        return client_set_err(err, rc, EMAC_E_SYSTEM, "%s: out of memory", what);
+    }
+    req.has_group = seg->has_group;
+    req.group = (struct msg_group){msg_str_c(seg->group_job), seg->group_rank, seg->group_world,
+                                   seg->group_replicas > 1, seg->group_replicas};
     if (cfg != NULL) {
         req.has_config = true;
         req.config.has_half_life = cfg->half_life != NULL;
@@ -593,6 +636,7 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
         out->replayed = rep.has_replayed && rep.replayed;
         out->interrupted = rep.has_interrupted && rep.interrupted;
         s->nonfinite = rep.has_nonfinite ? rep.nonfinite : 0;
+        s->diverged = rep.has_diverged && rep.diverged;
         if (msg_str_copy(rep.has_nonfinite_tensor ? rep.nonfinite_tensor : msg_str_c(""),
                          s->nonfinite_tensor, sizeof(s->nonfinite_tensor)) < 0)
             s->nonfinite_tensor[0] = '\0';
@@ -600,6 +644,11 @@ static int wait_action(emac_session *s, uint32_t id, const char *what, struct em
     }
     return client_set_err(err, -EPROTO, EMAC_E_BADREPLY, "%s: unknown action \"%.*s\"", what,
                    (int)(rep.action.len > 32 ? 32 : rep.action.len), rep.action.ptr);
+}
+
+bool emac_session_diverged(const emac_session *s)
+{
+    return s != NULL && s->diverged;
 }
 
 uint64_t emac_session_nonfinite(const emac_session *s, const char **tensor)

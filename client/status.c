@@ -19,6 +19,12 @@ struct status_box {
     const char **alarms;        /* every session's alarms, back to back */
     struct emac_profile_info **profiles; /* per session (NULL: none) */
     size_t *nprofiles;
+    struct emac_group *groups;  /* per session, beside session_list */
+    bool *has_group;
+    uint64_t (*replicas)[2];    /* per session: attached, diverged (has_group's sessions) */
+    bool *has_replicas;
+    uint64_t **replica_ranks;   /* per session: the ranks attached (malloc'd), or NULL */
+    size_t *nreplica_ranks;
 };
 
 /* A session's health, its strings into the arena and its alarms from *next on. */
@@ -210,7 +216,15 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     b->alarms = calloc(nalarms ? nalarms : 1, sizeof(*b->alarms));
     b->profiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->profiles));
     b->nprofiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->nprofiles));
+    b->groups = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->groups));
+    b->has_group = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_group));
+    b->replicas = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->replicas));
+    b->has_replicas = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_replicas));
+    b->replica_ranks = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->replica_ranks));
+    b->nreplica_ranks = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->nreplica_ranks));
     if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL) ||
+        b->groups == NULL || b->has_group == NULL || b->replicas == NULL ||
+        b->has_replicas == NULL || b->replica_ranks == NULL || b->nreplica_ranks == NULL ||
         b->health == NULL || b->has_health == NULL || b->alarms == NULL ||
         b->profiles == NULL || b->nprofiles == NULL) {
         msg_free(&msg_status_reply_desc, &rep);
@@ -237,6 +251,20 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
         b->has_health[i] = rep.sessions[i].has_health;
         if (b->has_health[i])
             copy_health(&b->arena, &b->health[i], &rep.sessions[i].health, &next);
+        if ((b->has_group[i] = rep.sessions[i].has_group)) {
+            const struct msg_group *g = &rep.sessions[i].group;
+            b->groups[i] = (struct emac_group){client_arena_str(&b->arena, g->job), g->rank,
+                                               g->world, g->has_replicas ? g->replicas : 1};
+        }
+        if ((b->has_replicas[i] = rep.sessions[i].has_replicas_attached)) {
+            b->replicas[i][0] = rep.sessions[i].replicas_attached;
+            b->replicas[i][1] = rep.sessions[i].has_diverged ? rep.sessions[i].diverged : 0;
+        }
+        size_t nr = rep.sessions[i].has_replica_ranks ? rep.sessions[i].nreplica_ranks : 0;
+        if (nr > 0 && (b->replica_ranks[i] = malloc(nr * sizeof(uint64_t))) != NULL) {
+            memcpy(b->replica_ranks[i], rep.sessions[i].replica_ranks, nr * sizeof(uint64_t));
+            b->nreplica_ranks[i] = nr;
+        }
         if (client_copy_profiles(&b->arena, &rep.sessions[i], &b->profiles[i],
                                  &b->nprofiles[i]) < 0) {
             msg_free(&msg_status_reply_desc, &rep);
@@ -259,6 +287,14 @@ void emac_status_free(struct emac_status *st)
         free(b->profiles[i]);
     free(b->profiles);
     free(b->nprofiles);
+    free(b->groups);
+    free(b->has_group);
+    free(b->replicas);
+    free(b->has_replicas);
+    for (size_t i = 0; b->replica_ranks != NULL && i < b->pub.nsessions; i++)
+        free(b->replica_ranks[i]);
+    free(b->replica_ranks);
+    free(b->nreplica_ranks);
     free(b->pub.session_list);
     free(b->health);
     free(b->has_health);
@@ -314,6 +350,41 @@ int emac_metrics(emac_client *c, char **text, struct emac_error *err)
     (*text)[rep.text.len] = '\0';
     msg_free(&msg_metrics_reply_desc, &rep);
     return 0;
+}
+
+bool emac_status_replicas(const struct emac_status *st, size_t i, uint64_t *attached,
+                          uint64_t *diverged)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (b == NULL || i >= b->pub.nsessions || !b->has_replicas[i])
+        return false;
+    if (attached != NULL)
+        *attached = b->replicas[i][0];
+    if (diverged != NULL)
+        *diverged = b->replicas[i][1];
+    return true;
+}
+
+size_t emac_status_replica_ranks(const struct emac_status *st, size_t i, const uint64_t **ranks)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (ranks != NULL)
+        *ranks = NULL;
+    if (b == NULL || ranks == NULL || i >= b->pub.nsessions)
+        return 0;
+    *ranks = b->replica_ranks[i];
+    return b->nreplica_ranks[i];
+}
+
+const struct emac_group *emac_status_group(const struct emac_status *st, size_t i)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (b == NULL || i >= b->pub.nsessions || !b->has_group[i])
+        return NULL;
+    return &b->groups[i];
 }
 
 const struct emac_health *emac_status_health(const struct emac_status *st, size_t i)

@@ -113,7 +113,7 @@ static void handle_status(struct emad *ctx, struct peer *p, uint32_t msgid,
     rep.server.socket = msg_str_c(ctx->srv->ls.path);
     rep.server.state_dir = msg_str_c(ctx->opts->state_dir);
     peer_reply(p, msgid, &msg_status_reply_desc, &rep);
-    free(rep.sessions);
+    registry_states_free(rep.sessions, rep.nsessions);
 }
 
 /* The register table's cross-field rules (row or column form) go beyond

@@ -39,6 +39,10 @@ static void reply_action(struct op *op)
         a.has_nonfinite_tensor = true;
         a.nonfinite_tensor = msg_str_c(op->s->tensors[op->s->health.last_nonfinite_tensor].name);
     }
+    if (e->diverged) {
+        a.has_diverged = true;
+        a.diverged = true;
+    }
     /* A snapshot written after an earlier event failed: said once, on the next reply (the
      * event itself succeeded; status keeps the count and the message). */
     if (op->s->snap_error_new) {
@@ -204,12 +208,15 @@ void op_finish(struct op *op)
     struct session *s = op->s;
     struct registry *r = s->reg;
 
-
+    /* A replica's operation gives the leader's segment back (replica.c). */
+    if (s->rep_in != NULL)
+        replica_exchange(s, s->rep_in);
     s->q_head = op->next;
     if (s->q_head == NULL)
         s->q_tail = NULL;
     s->busy = false;
     op_free(op);
+    replica_settle(s);
     if (s->q_head != NULL) {
         session_start_next(s);
     } else if (s->removed) {
@@ -326,7 +333,11 @@ static void segment_broken(struct op *op)
                 "session is detached: register again with resume and a valid segment",
                 s->name, s->shm_name);
     shm_unmap(&s->seg);
-    s->owner = NULL;
+    /* A replica's segment (exchanged in) fails that replica alone. */
+    if (s->rep_in != NULL)
+        s->rep_in->owner = NULL;
+    else
+        s->owner = NULL;
     shadow_sync(s);
     op_finish(op);
 }
@@ -364,6 +375,16 @@ static void commit(struct op *op)
     struct op_event *e = op_event(op);
     struct session *s = op->s;
 
+    /* A replica's swap changes its own active flag (exchanged in) and the swap count only: the
+     * clock, the record and the shadow header are the leader's. */
+    if (op->rep != NULL) {
+        ema_commit(&s->st, e->action, NULL);
+        return;
+    }
+    if (s->rep != NULL && e->ev == EMA_EVENT_BATCH_END && e->has_clock &&
+        (e->action == EMA_ACTION_UPDATE || e->action == EMA_ACTION_START_UPDATE ||
+         e->action == EMA_ACTION_START))
+        e->diverged = replica_mark_leader(s, e->clock.batch);
     if (s->nprof > 0 && (e->ev == EMA_EVENT_BATCH_END || e->ev == EMA_EVENT_EPOCH_END))
         profile_commit(s->prof, s->nprof, &e->plan, e->has_clock ? &e->clock : NULL, &s->st);
     else
@@ -481,6 +502,17 @@ static void run_event(struct op *op)
 
     if (replayed(op))
         return;
+    /* A replica updates nothing: its batch_end checks its params against the leader's. */
+    if (op->rep != NULL && e->ev != EMA_EVENT_EVAL_START && e->ev != EMA_EVENT_EVAL_END &&
+        e->ev != EMA_EVENT_CHECKPOINT && e->ev != EMA_EVENT_SWAP_EMA &&
+        e->ev != EMA_EVENT_SWAP_TRAIN) {
+        if (e->ev == EMA_EVENT_BATCH_END && e->has_clock)
+            e->diverged = replica_mark(s, op->rep, e->clock.batch);
+        e->action = EMA_ACTION_NONE;
+        reply_action(op);
+        op_finish(op);
+        return;
+    }
     if (decide(op) < 0) {
         peer_fail(op->peer, op->msgid, MSG_E_INTERNAL, "event: the state machine refused it");
         op_finish(op);
@@ -622,6 +654,20 @@ static void op_run(struct op *op)
         run_attach(op);
         return;
     case OP_EVENT:
+        /* Queued by a replica that leads now (replica_settle): the leader's event. */
+        if (op->rep != NULL && op->rep->owner != op->peer && s->owner == op->peer)
+            op->rep = NULL;
+        /* A replica's event runs on its own segment; one whose replica (or, with replicas,
+         * whose leader) is gone since it was queued has no segment of its sender's to run on. */
+        if ((op->rep != NULL && op->rep->owner != op->peer) ||
+            (op->rep == NULL && s->rep != NULL && s->owner != op->peer)) {
+            peer_fail(op->peer, op->msgid, MSG_E_STATE, "session %s: this connection no "
+                      "longer holds a segment of it", s->name);
+            op_finish(op);
+            return;
+        }
+        if (op->rep != NULL)
+            replica_exchange(s, op->rep);
         if (s->seg.base == NULL) {
             peer_fail(op->peer, op->msgid, MSG_E_STATE,
                         "session %s is detached: register with resume first", s->name);

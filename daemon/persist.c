@@ -62,6 +62,11 @@ int session_meta_encode(struct session *s, msgpack_sbuffer *sb)
     for (size_t i = 0; i < s->ntensors; i++)
         msg_table_set(&m.table, i, s->tensors[i].name, dtype_name(s->tensors[i].dtype),
                       s->tensors[i].offset, s->tensors[i].numel);
+    if ((rc = session_table_dims(s, &m.table)) < 0) {
+        msg_table_release(&m.table);
+        return rc;
+    }
+    session_fill_group(s, &m.has_group, &m.group);
     struct msg_profile pc[PROFILE_MAX];
     struct msg_profile_state ps[PROFILE_MAX];
     if (s->nprof > 0) {
@@ -253,17 +258,27 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
         return -ENOMEM;
     }
     for (size_t i = 0; i < m->ntensors; i++)
-        t[i] = (struct msg_tensor){m->tensors[i].name, m->tensors[i].dtype, m->tensors[i].offset,
-                                   m->tensors[i].numel, false, NULL, 0};
+        t[i] = (struct msg_tensor){.name = m->tensors[i].name, .dtype = m->tensors[i].dtype,
+                                   .offset = m->tensors[i].offset,
+                                   .numel = m->tensors[i].numel};
     memset(&req, 0, sizeof(req));
     req.session = m->session;
     req.tensors = t;
     req.ntensors = m->ntensors;
+    /* The columns as register sends them: with the shapes and slices of a shard session. */
+    if (m->has_table && m->table.has_ndims) {
+        req.has_table = true;
+        req.table = m->table;
+        req.ntensors = 0;
+    }
     s->reg = r;
     memcpy(s->name, m->session.ptr, m->session.len);
     s->uid = (uid_t)m->uid;
     snprintf(s->qualified, sizeof(s->qualified), "%lu:%s", (unsigned long)s->uid, s->name);
     s->last_seq = m->has_seq ? m->seq : 0;
+    /* emad's own file, but checked like any: a group out of its rules is none. */
+    if (m->has_group && msg_group_check(&m->group, why, sizeof(why)) == 0)
+        session_group_set(s, &m->group);
     if (session_config_set(s, &m->config, why, sizeof(why)) < 0 ||
         session_build_tensors(s, &req, UINT64_MAX, why, sizeof(why)) < 0 ||
         s->shadow_bytes != m->shadow_bytes)

@@ -145,9 +145,19 @@ void registry_drain(struct registry *r, void (*cb)(struct registry *r))
 void registry_peer_closed(struct registry *r, struct peer *c)
 {
     for (struct session *s = r->head; s != NULL; s = s->next) {
+        struct replica *rep = replica_of(s, c);
+        if (rep != NULL)
+            replica_gone(s, rep);
         if (s->owner != c)
             continue;
         s->owner = NULL;
+        /* Replicas go on: the first still attached leads (now, or after the running op). */
+        if (replica_count(s) > 0) {
+            log_info(reg_log(r), "session %s: leader (pid %ld) disconnected; its replicas go on",
+                     s->name, (long)s->owner_pid);
+            replica_settle(s);
+            continue;
+        }
         log_info(reg_log(r), "session %s: owner (pid %ld) disconnected; detached, shadow kept",
                  s->name, (long)s->owner_pid);
         /* The trainer's segment is no longer ours to read once nothing runs. */
@@ -224,6 +234,21 @@ void session_fill_state(const struct session *s, uid_t viewer, struct msg_sessio
         }
         o->has_eval_profile = true;
         o->eval_profile = msg_str_c(s->prof[s->eval].name);
+    }
+    session_fill_group(s, &o->has_group, &o->group);
+    if (s->group_replicas > 1) {
+        o->has_replicas_attached = o->has_diverged = true;
+        o->replicas_attached = replica_count(s);
+        o->diverged = s->diverged;
+        o->has_last_divergence = s->divergence[0] != '\0';
+        o->last_divergence = msg_str_c(s->divergence);
+        o->has_replica_ranks = true;
+        o->replica_ranks = o->replica_rank_buf;
+        if (s->owner != NULL)
+            o->replica_rank_buf[o->nreplica_ranks++] = s->group_rank;
+        for (uint64_t i = 0; s->rep != NULL && i + 1 < s->group_replicas; i++)
+            if (s->rep[i].owner != NULL && o->nreplica_ranks < MSG_REPLICAS_MAX)
+                o->replica_rank_buf[o->nreplica_ranks++] = s->rep[i].rank;
     }
 }
 
@@ -307,11 +332,28 @@ int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
     *out = calloc(count, sizeof(**out));
     if (*out == NULL)
         return -ENOMEM;
-    for (struct session *s = r->head; s != NULL; s = s->next)
-        if (shown(s, uid, req, one, all_named))
-            session_fill_state(s, uid, &(*out)[i++]);
+    bool tables = req->has_tensors && req->tensors;
+    for (struct session *s = r->head; s != NULL; s = s->next) {
+        if (!shown(s, uid, req, one, all_named))
+            continue;
+        session_fill_state(s, uid, &(*out)[i]);
+        if (tables && session_fill_table(s, &(*out)[i]) < 0) {
+            registry_states_free(*out, i + 1);
+            *out = NULL;
+            return -ENOMEM;
+        }
+        i++;
+    }
     *n = count;
     return 0;
+}
+
+void registry_states_free(struct msg_session_state *st, size_t n)
+{
+    for (size_t i = 0; st != NULL && i < n; i++)
+        if (st[i].has_table)
+            msg_table_release(&st[i].table);
+    free(st);
 }
 
 /* Find a session the peer may use; replies and returns NULL otherwise. */
@@ -331,7 +373,7 @@ struct session *registry_lookup(struct registry *r, struct peer *c, uint32_t msg
                     name.ptr);
         return NULL;
     }
-    if (owner_only && s->owner != c) {
+    if (owner_only && s->owner != c && replica_of(s, c) == NULL) {
         if (s->owner == NULL)
             peer_fail(c, msgid, MSG_E_PERM,
                         "%s: session %s is detached; register with resume to own it", method,

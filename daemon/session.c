@@ -25,6 +25,8 @@ void session_free(struct session *s)
     }
     free(s->names);
     free(s->tensors);
+    free(s->dims);
+    replica_free_all(s);
     plan_free(&s->plan);
     free(s->redo_from);
     health_free(&s->health);
@@ -240,17 +242,6 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
                      (int)(mt->dtype.len > 16 ? 16 : mt->dtype.len), mt->dtype.ptr);
             return -EINVAL;
         }
-        if (mt->has_shape) {
-            uint64_t prod = 1;
-            for (size_t k = 0; k < mt->nshape; k++)
-                if (__builtin_mul_overflow(prod, mt->shape[k], &prod))
-                    prod = UINT64_MAX;
-            if (prod != mt->numel) {
-                snprintf(err, errlen, "register: tensors[%zu].shape: its product is not numel "
-                         "(%" PRIu64 ")", i, mt->numel);
-                return -EINVAL;
-            }
-        }
         memcpy(at_name, mt->name.ptr, mt->name.len);
         at_name[mt->name.len] = '\0';
         t->name = at_name;
@@ -283,7 +274,7 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
         }
     }
     s->shadow_bytes = at;
-    return 0;
+    return session_shapes_build(s, req, err, errlen);
 }
 
 /* Check the tensors against the mapped segment (SHM errors). */
@@ -329,7 +320,7 @@ static int check_segment(const struct session *s, const struct shm_map *seg,
     return 0;
 }
 
-static bool same_table(const struct session *a, const struct session *b)
+bool session_same_table(const struct session *a, const struct session *b)
 {
     if (a->ntensors != b->ntensors)
         return false;
@@ -357,11 +348,27 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
                     old->name, (long)old->owner_pid);
         return;
     }
-    if (!same_table(old, fresh)) {
+    if (!session_same_table(old, fresh)) {
         peer_fail(c, msgid, MSG_E_BADARG,
                     "register: resume: the tensor table differs from session %s's (names, "
                     "dtypes, numel and offsets must be identical, in order)", old->name);
         return;
+    }
+    if (!session_shapes_match(old, fresh)) {
+        peer_fail(c, msgid, MSG_E_BADARG,
+                    "register: resume: the shapes or slices differ from session %s's (a rank "
+                    "resumed with another world size registers a new session)", old->name);
+        return;
+    }
+    /* The job's ranks may be placed anew (a restarted job): the group sent is the one now. */
+    if (fresh->has_group) {
+        old->has_group = true;
+        memcpy(old->group_job, fresh->group_job, sizeof(old->group_job));
+        old->group_rank = fresh->group_rank;
+        old->group_world = fresh->group_world;
+        /* The replica slots are sized by it: it changes only while none was allocated. */
+        if (old->rep == NULL)
+            old->group_replicas = fresh->group_replicas;
     }
     op = op_new(old, OP_ATTACH, c, msgid);
     if (op == NULL)
@@ -419,7 +426,9 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
                     "answered", old->name);
         return;
     }
-    if (old != NULL && !(req->has_resume && req->resume)) {
+    /* Another rank holding the same weights joins the session as a replica (replica.c). */
+    bool join = old != NULL && session_visible(old, c->uid) && replica_joins(old, c, req);
+    if (old != NULL && !join && !(req->has_resume && req->resume)) {
         peer_fail(c, msgid, MSG_E_EXISTS, "register: session %s exists (pass resume to "
                     "re-attach to it)", old->name);
         return;
@@ -455,6 +464,7 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
         peer_fail(c, msgid, MSG_E_BADARG, "register: %s", err);
         goto err_free;
     }
+    session_group_set(s, req->has_group ? &req->group : NULL);
     rc = session_build_tensors(s, req, opts->max_tensors, err, sizeof(err));
     if (rc < 0) {
         peer_fail(c, msgid, rc == -E2BIG ? MSG_E_LIMIT : rc == -ENOMEM ? MSG_E_INTERNAL
@@ -475,6 +485,10 @@ void session_register(struct registry *r, struct peer *c, uint32_t msgid,
     rc = check_segment(s, &seg, &s->geo, err, sizeof(err));
     if (rc < 0) {
         peer_fail(c, msgid, rc == -ENOMEM ? MSG_E_INTERNAL : MSG_E_SHM, "%s", err);
+        goto err_unmap;
+    }
+    if (join) {
+        replica_join(r, c, msgid, old, s, &seg, req->has_compact && req->compact);
         goto err_unmap;
     }
     if (old != NULL) {
@@ -595,7 +609,10 @@ void session_event(struct registry *r, struct peer *c, uint32_t msgid,
     e->ev = ev;
     e->has_clock = true;
     e->clock = clock;
-    e->has_seq = req->has_seq;
+    /* A replica's requests are not numbered in the session's record, which is the leader's:
+     * they change no counter a replay could apply twice. */
+    op->rep = replica_of(s, c);
+    e->has_seq = req->has_seq && op->rep == NULL;
     e->seq = req->seq;
     op_enqueue(op);
 }
@@ -637,7 +654,8 @@ void session_swap(struct registry *r, struct peer *c, uint32_t msgid, const stru
     struct op_event *e = op_event(op);
     e->prof = prof;
     e->ev = ev;
-    e->has_seq = req->has_seq;
+    op->rep = replica_of(s, c);
+    e->has_seq = req->has_seq && op->rep == NULL;
     e->seq = req->seq;
     op_enqueue(op);
 }
@@ -703,6 +721,15 @@ void session_close(struct registry *r, struct peer *c, uint32_t msgid, const str
 
     if ((s = registry_lookup(r, c, msgid, "close", req->session, true)) == NULL)
         return;
+    /* A replica's close, with keep or not, detaches that replica only: the shadow is the
+     * others' too. */
+    struct replica *rep = replica_of(s, c);
+    if (rep != NULL) {
+        struct msg_empty empty = {0};
+        replica_gone(s, rep);
+        peer_reply(c, msgid, &msg_empty_desc, &empty);
+        return;
+    }
     if ((op = op_new(s, OP_CLOSE, c, msgid)) == NULL)
         return;
     op_close(op)->keep = req->has_keep && req->keep;

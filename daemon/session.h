@@ -217,5 +217,7 @@ void session_snapshots(struct registry *r, struct peer *p, uint32_t msgid,
  * point into the sessions and stay valid until the loop runs again. */
 int registry_states(struct registry *r, uid_t uid, const struct msg_status *req,
                     struct msg_session_state **out, size_t *n);
+/* Free what registry_states made (with tensors: each session's table). */
+void registry_states_free(struct msg_session_state *st, size_t n);
 
 #endif

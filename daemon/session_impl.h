@@ -30,6 +30,8 @@ struct tensor {
     uint64_t numel;
     uint64_t offset;           /* in the params area */
     uint64_t shadow_offset;    /* in the shadow object */
+    uint64_t dims_at;          /* its shape in the session's dims (shard.c) */
+    uint32_t ndim;             /* dimensions of its shape (a flat tensor: 1, [numel]) */
 };
 
 /* A chunk is a run of pieces: parts of tensors processed by one worker. */
@@ -48,6 +50,20 @@ struct plan {
     uint64_t shadow_bytes;     /* them: the traffic --inline-max weighs (op.c phase_bytes) */
 };
 
+/* Another rank of the node holding the same slices as the session's owner (the leader), sharing
+ * its shadow (replica.c, docs/scaleout.md "Replicas"). */
+struct replica {
+    struct peer *owner;        /* its connection; NULL: the slot is free */
+    pid_t pid;
+    uint64_t rank;             /* the group rank it registered with */
+    char shm_name[256];        /* its segment */
+    struct shm_map seg;
+    struct seg_geometry geo;
+    bool active;               /* the EMA weights are in its params */
+    bool has_mark;             /* its last batch_end's sample of its params: */
+    uint64_t mark_batch, mark_hash;
+};
+
 struct session {
     struct session *next;      /* in the registry */
     struct registry *reg;
@@ -60,6 +76,20 @@ struct session {
     struct tensor *tensors;
     size_t ntensors;
     char *names;               /* every tensor's name, back to back (one allocation) */
+    uint64_t *dims;            /* per tensor at dims_at: its shape, then for a sliced session
+                                  its global shape and offsets (shard.c) */
+    bool shaped;               /* registered with shapes (else every tensor is flat) */
+    bool sliced;               /* some tensor is a slice of a larger one */
+    bool has_group;            /* registered with a group (docs/protocol.md "Shard sessions") */
+    char group_job[NAMES_SESSION_MAX + 1];
+    uint64_t group_rank, group_world, group_replicas;
+    struct replica *rep;       /* group_replicas - 1 slots for the other replicas, or NULL */
+    struct replica *rep_in;    /* the replica whose segment the running op has exchanged into
+                                  seg, geo, shm_name and st.active (replica.c), or NULL */
+    bool has_lead_mark;        /* the leader's sample of its params at its last update: */
+    uint64_t lead_batch, lead_hash;
+    uint64_t diverged;         /* checks that found a replica differing from the leader */
+    char divergence[256];      /* the last one, in words ("" none) */
     struct seg_geometry geo;   /* the segment's, as checked when it was mapped: never read
                                   again from its header, which the trainer can rewrite */
     uint64_t params_bytes;     /* geo.params_bytes (what status shows while detached too) */
@@ -146,6 +176,7 @@ struct op {
     uint32_t msgid;
     struct pool_job job;
     uint64_t t0;               /* uv_hrtime when the data work began */
+    struct replica *rep;       /* a replica's event: runs on its segment (replica.c) */
 };
 
 struct op_event {
@@ -163,6 +194,7 @@ struct op_event {
     unsigned prof;             /* the profile a swap in casts (0 without profiles) */
     unsigned health_prof;      /* with profiles: the profile whose update health describes */
     struct snap_job *snap;     /* the snapshot after this update (PH_SNAPCOPY), or NULL */
+    bool diverged;             /* a replica check of this event found a difference */
 };
 
 struct op_snapshot {
@@ -269,6 +301,7 @@ void registry_check_drained(struct registry *r);
 void registry_share_note(struct registry *r, enum shm_share share);
 bool session_visible(const struct session *s, uid_t uid);
 void session_fill_state(const struct session *s, uid_t viewer, struct msg_session_state *o);
+bool session_same_table(const struct session *a, const struct session *b);
 
 /* ---- session.c ---- */
 
@@ -286,6 +319,58 @@ int session_build_tensors(struct session *s, const struct msg_register *req,
 int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
                         size_t errlen);
 void session_apply_saved(struct session *s, const struct msg_saved_state *m);
+
+/* ---- shard.c ---- */
+
+/* The shapes and slices of register's tensors (either form) into s->dims, after s->tensors are
+ * built: 0, -EINVAL (BADARG, with err) or -ENOMEM. */
+int session_shapes_build(struct session *s, const struct msg_register *req, char *err,
+                         size_t errlen);
+/* A checked group into s (NULL: none). */
+void session_group_set(struct session *s, const struct msg_group *g);
+/* Whether a resume's shapes and slices agree with the session's (true when either has none). */
+bool session_shapes_match(const struct session *a, const struct session *b);
+/* Tensor i's shape (*ndim dimensions), and in a sliced session its global shape (NULL in
+ * another) with *offsets: a tensor registered without a slice is its own global tensor. Point
+ * into s->dims. */
+const uint64_t *session_tensor_shape(const struct session *s, size_t i, size_t *ndim);
+const uint64_t *session_tensor_slice(const struct session *s, size_t i, const uint64_t **offsets);
+/* The shape columns of a state file's table (none for a session registered without shapes),
+ * after msg_table_init; msg_table_release frees them. 0 or -ENOMEM. */
+int session_table_dims(const struct session *s, struct msg_table *t);
+/* status: the group, and (status with tensors) the table with shapes, which
+ * registry_states_free releases. */
+void session_fill_group(const struct session *s, bool *has, struct msg_group *g);
+int session_fill_table(const struct session *s, struct msg_session_state *o);
+
+/* ---- replica.c ---- */
+
+/* Whether register from c for old joins it as a replica (group.replicas above 1 on both, old
+ * attached to another connection). */
+bool replica_joins(const struct session *old, const struct peer *c,
+                   const struct msg_register *req);
+/* Join: old takes fresh's segment (*seg, taken) for c, and c is answered. */
+void replica_join(struct registry *r, struct peer *c, uint32_t msgid, struct session *old,
+                  struct session *fresh, struct shm_map *seg, bool compact);
+/* c's replica slot in s, or NULL. */
+struct replica *replica_of(const struct session *s, const struct peer *c);
+/* Exchange the replica's segment and active flag with the session's (op.c, around a replica's
+ * operation): called once to enter, once to leave. */
+void replica_exchange(struct session *s, struct replica *rep);
+/* A replica's connection is gone or it closed: its slot is freed (its segment once no
+ * operation uses it). */
+void replica_gone(struct session *s, struct replica *rep);
+/* After an operation, or once the leader is gone: a free leader seat is taken by the first
+ * replica still attached; slots of gone replicas are cleaned. */
+void replica_settle(struct session *s);
+/* The leader's update at batch is done: sample its params; a replica's batch_end: sample its
+ * own (exchanged in). Either compares with the other side at the same batch; true when they
+ * differ (counted, logged, kept in s->divergence). */
+bool replica_mark_leader(struct session *s, uint64_t batch);
+bool replica_mark(struct session *s, struct replica *rep, uint64_t batch);
+/* Live replicas, the leader included (0 without replicas). */
+unsigned replica_count(const struct session *s);
+void replica_free_all(struct session *s);
 
 /* ---- op.c ---- */
 

@@ -9,6 +9,7 @@
 #include "session_impl.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,10 +70,75 @@ void snap_job_free(struct snap_job *j)
     free(j->tensors);
     free(j->off);
     free(j->names);
+    free(j->shard_meta);
+    free(j->shard_pool);
     free(j);
 }
 
-/* The tensor table of the files: the session's names, flat, in the snapshot dtype where the
+/* "[8,6]" into out (room for ST_RANK_MAX numbers); returns the characters written. */
+static size_t dims_json(char *out, const uint64_t *d, size_t n)
+{
+    size_t at = 0;
+
+    out[at++] = '[';
+    for (size_t k = 0; k < n; k++)
+        at += (size_t)sprintf(out + at, "%s%" PRIu64, k ? "," : "", d[k]);
+    out[at++] = ']';
+    out[at] = '\0';
+    return at;
+}
+
+/* A shard session's metadata for its snapshot files, as a group checkpoint's shard file says
+ * where it belongs (docs/scaleout.md "The shard files"): the group, and each slice. */
+static int job_shard_meta(struct snap_job *j, const struct session *s)
+{
+    size_t n = s->has_group ? 3 : 0, pool = 3 * 24 + sizeof(s->group_job);
+    /* A value: {"global_shape":[...],"offsets":[...]}, two lists of at most ST_RANK_MAX
+     * numbers of at most 20 digits and a comma. */
+    const size_t value_max = 40 + 2 * (ST_RANK_MAX * 21 + 2);
+
+    for (size_t i = 0; i < s->ntensors; i++)
+        if (s->sliced) {
+            n++;
+            pool += 7 + strlen(s->tensors[i].name) + value_max;
+        }
+    if (n == 0)
+        return 0;
+    j->shard_meta = calloc(n, sizeof(*j->shard_meta));
+    j->shard_pool = malloc(pool);
+    if (j->shard_meta == NULL || j->shard_pool == NULL)
+        return -ENOMEM;
+    char *w = j->shard_pool;
+    size_t m = 0;
+    if (s->has_group) {
+        j->shard_meta[m++] = (struct st_meta){"job", w};
+        w += sprintf(w, "%s", s->group_job) + 1;
+        j->shard_meta[m++] = (struct st_meta){"rank", w};
+        w += sprintf(w, "%" PRIu64, s->group_rank) + 1;
+        j->shard_meta[m++] = (struct st_meta){"world_size", w};
+        w += sprintf(w, "%" PRIu64, s->group_world) + 1;
+    }
+    for (size_t i = 0; i < s->ntensors; i++) {
+        const uint64_t *offs, *g = session_tensor_slice(s, i, &offs);
+        size_t nd;
+        if (g == NULL)
+            continue;
+        (void)session_tensor_shape(s, i, &nd);
+        j->shard_meta[m].key = w;
+        w += sprintf(w, "slice.%s", s->tensors[i].name) + 1;
+        j->shard_meta[m++].value = w;
+        w += sprintf(w, "{\"global_shape\":");
+        w += dims_json(w, g, nd);
+        w += sprintf(w, ",\"offsets\":");
+        w += dims_json(w, offs, nd);
+        w += sprintf(w, "}") + 1;
+    }
+    j->nshard_meta = m;
+    return 0;
+}
+
+/* The tensor table of the files: the session's names and shapes (a tensor registered without
+ * one flat, [numel]), in the snapshot dtype where the
  * shadow is f32 (the shadow's own dtype otherwise: f64, integers). */
 static int job_tensors(struct snap_job *j, const struct session *s)
 {
@@ -95,14 +161,16 @@ static int job_tensors(struct snap_job *j, const struct session *s)
         o->name = w;
         w += len;
         o->dtype = t->shadow_dtype == DTYPE_F32 ? j->cfg.dtype : t->shadow_dtype;
-        o->rank = 1;
-        o->shape[0] = t->numel;
+        size_t nd;
+        const uint64_t *shape = session_tensor_shape(s, i, &nd);
+        o->rank = (unsigned)nd;
+        memcpy(o->shape, shape, nd * sizeof(*shape));
         j->off[i] = off;
         off += t->numel * dtype_size(o->dtype);
     }
     j->ntensors = s->ntensors;
     j->data_bytes = off;
-    return 0;
+    return job_shard_meta(j, s);
 }
 
 /* A job of s's without profiles yet, its snapshot settings cfg. */

@@ -92,6 +92,10 @@ struct snap_job {
     struct st_tensor *tensors;   /* names point into names */
     uint64_t *off;               /* each tensor's byte offset in a buffer */
     char *names;
+    struct st_meta *shard_meta;  /* a shard session's metadata (job, rank, world_size,
+                                    slice.NAME: docs/scaleout.md "The shard files") */
+    size_t nshard_meta;
+    char *shard_pool;            /* its strings */
     uint64_t data_bytes;         /* of one profile's buffer */
     unsigned nprof;
     struct snap_prof prof[PROFILE_MAX];

@@ -213,13 +213,19 @@ static void retain(int dfd, const char *profile, uint64_t keep)
 static int write_one(struct snap_job *j, struct snap_prof *sp, int dfd, const char *dpath)
 {
     char gamma[40], sigma[40], batch[24], epoch[24];
-    struct st_meta meta[8];
+    struct st_meta *meta = calloc(8 + j->nshard_meta, sizeof(*meta));
     size_t nm = 0;
     struct durable d;
     struct st_writer w;
     struct stat st;
+    char why[400];
     int rc;
 
+    if (meta == NULL) {
+        snprintf(why, sizeof(why), "out of memory");
+        rc = -ENOMEM;
+        goto err;
+    }
     snprintf(gamma, sizeof(gamma), "%.17g", sp->gamma);
     snprintf(sigma, sizeof(sigma), "%.17g", sp->sigma_rel);
     snprintf(batch, sizeof(batch), "%" PRIu64, sp->batch);
@@ -233,7 +239,8 @@ static int write_one(struct snap_job *j, struct snap_prof *sp, int dfd, const ch
     meta[nm++] = (struct st_meta){"epoch", epoch};
     meta[nm++] = (struct st_meta){"dtype", dtype_name(j->cfg.dtype)};
     meta[nm++] = (struct st_meta){"format", "pt"};
-    char why[400];
+    memcpy(meta + nm, j->shard_meta, j->nshard_meta * sizeof(*meta));
+    nm += j->nshard_meta;
     if ((rc = durable_open(&d, dfd, sp->file, 0600, why, sizeof(why))) < 0)
         goto err;
     if ((rc = st_writer_begin(&w, d.fd, j->tensors, j->ntensors, meta, nm, why,
@@ -247,8 +254,10 @@ static int write_one(struct snap_job *j, struct snap_prof *sp, int dfd, const ch
     sp->bytes = fstat(d.fd, &st) == 0 ? (uint64_t)st.st_size : 0;
     if ((rc = durable_commit(&d, why, sizeof(why))) < 0)
         goto err;
+    free(meta);
     return 0;
 err:
+    free(meta);
     snprintf(j->err, sizeof(j->err), "snapshot of session %.128s, profile %s, batch %" PRIu64
              " (%s): %.400s; the previous snapshots are kept", j->session, sp->name, sp->batch,
              sp->file, why);

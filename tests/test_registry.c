@@ -174,7 +174,7 @@ static void settle(struct fixture *F)
 
 static void do_register(struct fixture *F, uint32_t msgid)
 {
-    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, PARAMS_BYTES / 4, false, NULL, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, PARAMS_BYTES / 4, false, NULL, 0, false, NULL, 0, false, NULL, 0};
     struct msg_register req = {.session = msg_str_c("run"), .shm = msg_str_c(F->seg_name),
                                .tensors = &t, .ntensors = 1};
 
@@ -261,7 +261,7 @@ static void test_closed_peer_detaches_and_close_removes(void **state)
     assert_int_equal(F->trainer.nanswers, 2);
     assert_string_equal(F->trainer.answers[1].code, MSG_E_PERM);
     /* Another connection of the same uid resumes it, then closes it. */
-    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, PARAMS_BYTES / 4, false, NULL, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, PARAMS_BYTES / 4, false, NULL, 0, false, NULL, 0, false, NULL, 0};
     struct msg_register req = {.session = msg_str_c("run"), .shm = msg_str_c(F->seg_name),
                                .tensors = &t, .ntensors = 1, .has_resume = true,
                                .resume = true};

@@ -85,18 +85,18 @@ static void hello(uint32_t id)
 
 static void status(uint32_t id, const char *session)
 {
-    struct msg_status s = {session != NULL, msg_str_c(session)};
+    struct msg_status s = {session != NULL, msg_str_c(session), false, false};
     req(id, "status", &msg_status_desc, &s);
 }
 
 /* Tensors that fit the 4 KiB params area of fuzz_dispatch's segment. */
 static uint64_t shape_w[] = {16, 16};
 static struct msg_tensor tensors[] = {
-    {{"w", 1}, {"f32", 3}, 0, 256, true, shape_w, 2},
-    {{"b", 1}, {"bf16", 4}, 1024, 64, false, NULL, 0},
-    {{"h", 1}, {"f16", 3}, 1152, 32, false, NULL, 0},
-    {{"d", 1}, {"f64", 3}, 1280, 16, false, NULL, 0},
-    {{"steps", 5}, {"i64", 3}, 1408, 1, false, NULL, 0},
+    {{"w", 1}, {"f32", 3}, 0, 256, true, shape_w, 2, false, NULL, 0, false, NULL, 0},
+    {{"b", 1}, {"bf16", 4}, 1024, 64, false, NULL, 0, false, NULL, 0, false, NULL, 0},
+    {{"h", 1}, {"f16", 3}, 1152, 32, false, NULL, 0, false, NULL, 0, false, NULL, 0},
+    {{"d", 1}, {"f64", 3}, 1280, 16, false, NULL, 0, false, NULL, 0, false, NULL, 0},
+    {{"steps", 5}, {"i64", 3}, 1408, 1, false, NULL, 0, false, NULL, 0, false, NULL, 0},
 };
 
 static void reg(uint32_t id, const char *session, const char *shm, size_t ntensors,
@@ -210,6 +210,77 @@ static struct msg_str table_dtypes[] = {{"f32", 3}, {"bf16", 4}};
 static uint64_t table_offsets[] = {0, 1024};
 static uint64_t table_numels[] = {256, 64};
 
+/* A shard session (docs/protocol.md "Shard sessions"): the table with shapes and slices, and a
+ * group; bad is 0 for a valid one, else which field to spoil. */
+static uint64_t shard_ndims[] = {2, 1};
+static uint64_t shard_shapes[] = {16, 16, 64};
+static uint64_t shard_global[] = {32, 16, 128};
+static uint64_t shard_offsets[] = {16, 0, 64};
+
+static void reg_shard(uint32_t id, const char *session, int bad)
+{
+    struct msg_register r;
+    uint64_t ndims[2], shapes[3], global[3], offs[3];
+
+    memcpy(ndims, shard_ndims, sizeof(ndims));
+    memcpy(shapes, shard_shapes, sizeof(shapes));
+    memcpy(global, shard_global, sizeof(global));
+    memcpy(offs, shard_offsets, sizeof(offs));
+    memset(&r, 0, sizeof(r));
+    r.session = msg_str_c(session);
+    r.shm = msg_str_c(SEG);
+    r.has_table = true;
+    r.table = (struct msg_table){.names = table_names, .nnames = 2, .dtypes = table_dtypes,
+                                 .ndtypes = 2, .offsets = table_offsets, .noffsets = 2,
+                                 .numels = table_numels, .nnumels = 2,
+                                 .has_ndims = true, .ndims = ndims, .nndims = 2,
+                                 .has_shapes = true, .shapes = shapes, .nshapes = 3,
+                                 .has_global_shapes = true, .global_shapes = global,
+                                 .nglobal_shapes = 3, .has_slice_offsets = true,
+                                 .slice_offsets = offs, .nslice_offsets = 3};
+    r.has_group = true;
+    r.group = (struct msg_group){msg_str_c("job-1"), 1, 2, true, 1};
+    switch (bad) {
+    case 1: offs[2] = 65; break;                 /* past the global shape */
+    case 2: offs[0] = UINT64_MAX; break;         /* an end that overflows */
+    case 3: ndims[0] = 9; break;                 /* too many dimensions */
+    case 4: r.table.nshapes = 2; break;          /* a column too short */
+    case 5: shapes[0] = 15; break;               /* not numel */
+    case 6: r.group.rank = 2; break;             /* not below world */
+    case 7: r.group.world = 0; break;
+    case 8: r.group.replicas = 65; break;
+    case 9: r.group.job = msg_str_c("no spaces"); break;
+    case 10: r.table.has_slice_offsets = false; break; /* global shapes alone */
+    default: break;
+    }
+    req(id, "register", &msg_register_desc, &r);
+}
+
+/* A replica of session "rep" (docs/protocol.md "Replicas"): two of job-r's ranks. */
+static void reg_replica(uint32_t id, uint64_t rank, bool resume)
+{
+    struct msg_register r;
+
+    memset(&r, 0, sizeof(r));
+    r.session = msg_str_c("rep");
+    r.shm = msg_str_c(SEG);
+    r.has_table = true;
+    r.table = (struct msg_table){.names = table_names, .nnames = 2, .dtypes = table_dtypes,
+                                 .ndtypes = 2, .offsets = table_offsets, .noffsets = 2,
+                                 .numels = table_numels, .nnumels = 2};
+    r.has_group = true;
+    r.group = (struct msg_group){msg_str_c("job-r"), rank, 2, true, 2};
+    r.has_resume = resume;
+    r.resume = resume;
+    req(id, "register", &msg_register_desc, &r);
+}
+
+static void status_tensors(uint32_t id)
+{
+    struct msg_status s = {false, msg_str_c(NULL), true, true};
+    req(id, "status", &msg_status_desc, &s);
+}
+
 static void reg_table(uint32_t id, const char *session, bool compact, bool resume, bool existing)
 {
     struct msg_register r;
@@ -218,8 +289,9 @@ static void reg_table(uint32_t id, const char *session, bool compact, bool resum
     r.session = msg_str_c(session);
     r.shm = msg_str_c(SEG);
     r.has_table = true;
-    r.table = (struct msg_table){table_names, 2, table_dtypes, 2, table_offsets, 2,
-                                 table_numels, 2};
+    r.table = (struct msg_table){.names = table_names, .nnames = 2, .dtypes = table_dtypes,
+                                 .ndtypes = 2, .offsets = table_offsets, .noffsets = 2,
+                                 .numels = table_numels, .nnumels = 2};
     r.has_compact = compact;
     r.compact = compact;
     r.has_resume = resume;
@@ -462,8 +534,9 @@ static void gen_wire(void)
         ss.tensors = NULL;
         ss.ntensors = 0;
         ss.has_table = true;
-        ss.table = (struct msg_table){table_names, 2, table_dtypes, 2, table_offsets, 2,
-                                      table_numels, 2};
+        ss.table = (struct msg_table){.names = table_names, .nnames = 2, .dtypes = table_dtypes,
+                                 .ndtypes = 2, .offsets = table_offsets, .noffsets = 2,
+                                      .numels = table_numels, .nnumels = 2};
         wrapped(90, &msg_saved_state_desc, &ss);
     }
     save("wire", "extended_messages");
@@ -715,6 +788,49 @@ static void gen_dispatch(void)
     event_seq(14, "ext", "batch_end", 3, true, 5);
     status(15, NULL);
     save("dispatch", "extended_requests");
+
+    /* Shard sessions: every spoiled field refused, then a valid one, resumed, shown. */
+    begin();
+    hello(1);
+    for (int bad = 1; bad <= 10; bad++)
+        reg_shard((uint32_t)(1 + bad), "shard", bad);
+    reg_shard(12, "shard", 0);
+    event_seq(13, "shard", "batch_end", 1, true, 1);
+    status_tensors(14);
+    close_(15, "shard", true);
+    sep('n');
+    hello(16);
+    reg_shard(17, "shard", 0);
+    reg_shard(18, "shard", 5); /* a resume whose shapes differ */
+    status_tensors(19);
+    save("dispatch", "shard_sessions");
+
+    /* Replicas: a leader, a replica joining, each one's events and swaps, the replica's close,
+     * a third that finds no seat, the leader gone, the replica leading. */
+    begin();
+    hello(1);
+    reg_replica(2, 0, false);
+    event_seq(3, "rep", "batch_end", 1, true, 1);
+    sep('n');
+    hello(4);
+    reg_replica(5, 1, false);
+    event_seq(6, "rep", "batch_end", 1, true, 1);
+    event_seq(7, "rep", "eval_start", 1, false, 0);
+    event_seq(8, "rep", "eval_end", 1, false, 0);
+    status(9, "rep");
+    sep('n');
+    hello(10);
+    reg_replica(11, 1, true);
+    sep('n');
+    hello(12);
+    reg_replica(13, 1, true); /* every seat taken: EXISTS */
+    close_(14, "rep", true);
+    sep('c');
+    hello(15);
+    reg_replica(16, 0, true);
+    event_seq(17, "rep", "batch_end", 2, true, 2);
+    status(18, "rep");
+    save("dispatch", "replicas");
 
     /* ema_start in samples, tokens and seconds: events with the count, without it (refused),
      * with the count of another unit. */

@@ -549,8 +549,8 @@ void register_msg(struct msg_register *reg, struct msg_tensor *t, size_t n, cons
     reg->shm = msg_str_c(emac_segment_name(seg));
     for (size_t i = 0; i < n; i++) {
         const struct emac_tensor *et = emac_segment_tensor(seg, i);
-        t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
+        t[i] = (struct msg_tensor){.name = msg_str_c(et->name), .dtype = msg_str_c(et->dtype),
+                                   .offset = et->offset, .numel = et->numel};
     }
     reg->tensors = t;
     reg->ntensors = n;

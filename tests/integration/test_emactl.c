@@ -402,7 +402,7 @@ static void test_emactl_errors_name_the_command_typed(void **state)
     expect_in(out, "emactl: USAGE: show: --dry-run applies to gc only\n");
     assert_int_equal(ctl(out, sizeof(out), "help", "--json", NULL), 2);
     expect_in(out, "emactl: USAGE: help: --json applies to status, list, show, save, drop, top, "
-                   "gc, metrics, consolidate, snapshots, snapshot, posthoc and export only\n");
+                   "gc, metrics, consolidate, snapshots, snapshot, posthoc, export and job only\n");
 }
 
 static void test_emactl_unknown_command_lists_the_commands(void **state)
@@ -413,7 +413,7 @@ static void test_emactl_unknown_command_lists_the_commands(void **state)
     assert_int_equal(ctl(out, sizeof(out), "frobnicate", NULL), 2);
     assert_string_equal(out, "emactl: USAGE: unknown command \"frobnicate\"; the commands are "
                              "status, list, show, save, drop, top, gc, metrics, consolidate, "
-                             "snapshots, snapshot, posthoc, export and help\nTry 'emactl "
+                             "snapshots, snapshot, posthoc, export, job and help\nTry 'emactl "
                              "--help'.\n");
     /* Options parsed before the command is known do not hide it. */
     assert_int_equal(ctl(out, sizeof(out), "--json", "frobnicate", "--dry-run", NULL), 2);
@@ -421,7 +421,7 @@ static void test_emactl_unknown_command_lists_the_commands(void **state)
     assert_int_equal(ctl(out, sizeof(out), "help", "frobnicate", NULL), 2);
     expect_in(out, "emactl: USAGE: help: unknown command \"frobnicate\"; the commands are "
                    "status, list, show, save, drop, top, gc, metrics, consolidate, snapshots, "
-                   "snapshot, posthoc, export and help\n");
+                   "snapshot, posthoc, export, job and help\n");
     /* No command: the overview, on stderr, and a usage exit. */
     assert_int_equal(ctl(out, sizeof(out), NULL), 2);
     expect_in(out, "Usage: emactl ");

@@ -428,7 +428,7 @@ static void raw_segment(const char *name, uint64_t n)
 static void raw_register(int fd, struct wire_decoder *dec, uint32_t msgid, const char *session,
                          const char *shm, uint64_t n, struct reply *r)
 {
-    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, n, false, NULL, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, n, false, NULL, 0, false, NULL, 0, false, NULL, 0};
     struct msg_register reg;
     msgpack_sbuffer sb;
     msgpack_packer pk;

@@ -68,7 +68,7 @@ struct seen {
 /* The session's status: its shadow, its tensors' offsets and its profiles. */
 static void status_of(struct rpc *c, const char *name, emac_segment *seg, struct seen *out)
 {
-    struct msg_status req = {true, msg_str_c(name)};
+    struct msg_status req = {true, msg_str_c(name), false, false};
     struct msg_status_reply rep;
     char why[256];
 

@@ -1212,7 +1212,7 @@ static void test_table_and_compact_reply_match_the_list(void **state)
         const struct emac_tensor *et = emac_segment_tensor(seg_left, 1 - i);
         msg_table_set(&table, i, et->name, et->dtype, et->offset, et->numel);
         t[i] = (struct msg_tensor){msg_str_c(et->name), msg_str_c(et->dtype), et->offset,
-                                   et->numel, false, NULL, 0};
+                                   et->numel, false, NULL, 0, false, NULL, 0, false, NULL, 0};
     }
     memset(&reg, 0, sizeof(reg));
     reg.session = msg_str_c("columns");

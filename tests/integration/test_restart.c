@@ -490,7 +490,7 @@ static void test_pipelined_close_keep_then_drop(void **state)
     daemon_start(&d, NULL);
     assert_int_equal(emac_segment_create(specs, 3, &seg_left, &err), 0);
     struct msg_hello hello = {1, msg_str_c("pipeline test"), false, 0};
-    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, N, false, NULL, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, N, false, NULL, 0, false, NULL, 0, false, NULL, 0};
     struct msg_register reg;
     memset(&reg, 0, sizeof(reg));
     reg.session = msg_str_c("piped");
@@ -880,7 +880,7 @@ static void test_watchdog_pings_only_while_workers_progress(void **state)
     msgpack_sbuffer sb;
     msgpack_packer pk;
     struct msg_hello hello = {1, msg_str_c("watchdog test"), false, 0};
-    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, N, false, NULL, 0};
+    struct msg_tensor t = {msg_str_c("w"), msg_str_c("f32"), 0, N, false, NULL, 0, false, NULL, 0, false, NULL, 0};
     struct msg_register reg;
     memset(&reg, 0, sizeof(reg));
     reg.session = msg_str_c("stalled");

@@ -139,7 +139,7 @@ struct seen {
 
 static void status_of(struct rpc *c, const char *name, struct seen *out)
 {
-    struct msg_status req = {true, msg_str_c(name)};
+    struct msg_status req = {true, msg_str_c(name), false, false};
     struct msg_status_reply rep;
     char why[256];
 
