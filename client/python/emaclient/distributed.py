@@ -289,8 +289,12 @@ class _Comm:
             return
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        ranks = None if group is None else dist.get_process_group_ranks(group) \
-            if hasattr(dist, "get_process_group_ranks") else None
+        ranks = None
+        if group is not None:
+            if hasattr(dist, "get_process_group_ranks"):
+                ranks = dist.get_process_group_ranks(group)
+            else:  # torch 1.13
+                ranks = sorted(dist.distributed_c10d._pg_group_ranks[group])
         self.pg = dist.new_group(ranks=ranks, backend="gloo",
                                  timeout=datetime.timedelta(seconds=self.timeout))
 

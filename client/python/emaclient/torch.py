@@ -424,6 +424,14 @@ class EMA:
         which posthoc() reconstructs the EMA of any width; they need
         profiles= with a power profile. snapshot() takes one on request.
 
+    shard:   under torch.distributed, where each local tensor sits in the
+        full one: {name: (global_shape, offsets)} (PyTorch distributed
+        checkpoint's chunk), "auto" (read from DTensor parameters), or None
+        (every tensor whole: unsharded, or DDP replicas). A
+        DistributedDataParallel model is unwrapped (the names are its
+        module's). group_checkpoint() and load_group_checkpoint() write and
+        resume the EMA of the whole job (docs/scaleout.md "Python").
+
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
     block raised, so that emad keeps the shadow for a resume).
