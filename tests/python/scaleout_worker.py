@@ -195,6 +195,13 @@ def run_ddp(rank, world, port, plan, out):
         result["eval_digest"] = digest(inside)
         result["training_digest"] = digest(training)
         result["manifest"] = ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
+        # Rank 1 one batch ahead: every rank refuses, nothing is written.
+        if rank == 1:
+            ema.batch_end(batch=plan["steps"] + 1)
+        try:
+            ema.group_checkpoint(plan["checkpoint"] + "-odd", job="ddp", timeout=30)
+        except Exception as e:
+            result["odd"] = [getattr(e, "code", None), str(e)]
         ema.close()
         dist.destroy_process_group()
         result["ok"] = True

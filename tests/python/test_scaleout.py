@@ -9,7 +9,10 @@ their own sockets and state directories are two "nodes".
 - Resharding 4 -> 2 and then 2 -> 4, each resuming from the last group checkpoint: the
   consolidated EMA equals the uninterrupted single-process one bit for bit.
 - DDP, 2 ranks on one node: eval() shows the EMA weights on both ranks (the same on both), the
-  training weights come back bit for bit; the group checkpoint writes the replicas once.
+  training weights come back bit for bit; the group checkpoint writes the replicas once; ranks at
+  different batches are refused on every rank, nothing written.
+- One process without torch.distributed (a world of one): a checkpoint read back by block; a
+  directory that holds a checkpoint is not written over.
 - A rank SIGKILLed during a group checkpoint (after writing its shard file): rank 0's error
   names it, no manifest exists; a job resumed from the previous checkpoint completes, bit-exact.
 - Shard files that disagree with the manifest on the batch are refused with a clear error.
@@ -204,6 +207,33 @@ class ScaleOut(emadtest.EmadTestCase):
         self.assertEqual([(s["file"], s["ranks"]) for s in m["shards"]],
                          [("rank-00000.safetensors", [0, 1])])
         self.assertFalse(os.path.exists(os.path.join(self.ckpt("ddp"), "rank-00001.safetensors")))
+        for r in (r0, r1):
+            self.assertEqual(r["odd"][0], "STATE", r)
+            self.assertIn("rank 0 at batch 5 epoch 0, rank 1 at batch 6 epoch 0", r["odd"][1])
+        self.assertEqual(os.listdir(self.ckpt("ddp") + "-odd"), [])
+
+    def test_single_process_checkpoint_and_an_existing_manifest_refused(self):
+        """Without torch.distributed, a world of one; a directory holding a
+        checkpoint is not written over."""
+        full = W.make_full()
+        ema = EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, session="one")
+        try:
+            for step in range(3):
+                ema.wait()
+                W.full_step(full, step)
+                ema.batch_end(batch=step + 1)
+            want = ema.shadow_state_dict()
+            manifest = ema.group_checkpoint(self.ckpt("one"), job="one")
+            with self.assertRaises(Error) as cm:
+                ema.group_checkpoint(self.ckpt("one"), job="one")
+        finally:
+            ema.close()
+        self.assertEqual(cm.exception.code, "USAGE")
+        self.assertIn("a checkpoint is there already", str(cm.exception))
+        with edist.Checkpoint(manifest) as ck:
+            self.assertEqual((ck.job, ck.batch, ck.world_size), ("one", 3, 1))
+            self.assertTrue(emadtest.bits_equal(ck.read("w1", (2, 0), (3, 6)), want["w1"][2:5]))
+        self.assert_equal_bits(consolidated(manifest), want, "one process")
 
     def test_shards_at_another_batch_are_refused(self):
         job = Job(self, W.run, 2, self.plan(2, steps=3, checkpoints={"3": self.ckpt("b3")}))
