@@ -560,6 +560,31 @@ size_t emac_status_profiles(const struct emac_status *st, size_t i,
  * print or forward it; valid until emac_status_free. */
 void emac_status_raw(const struct emac_status *st, const void **data, size_t *len);
 
+/* ---- Shard sessions (docs/protocol.md "Shard sessions", docs/scaleout.md) ---- */
+
+/* The job a shard session belongs to: sent with register by every register function that
+ * uses the segment (emac_segment_set_group). */
+struct emac_group {
+    const char *job;   /* 1..128 of [A-Za-z0-9._:/-] */
+    uint64_t rank;     /* below world */
+    uint64_t world;    /* 1..2^20 ranks */
+    uint64_t replicas; /* ranks of this node holding the same slices; 0 or 1: none (reserved:
+                          docs/protocol.md "Replicas") */
+};
+
+/* Declare tensor i of seg a slice of a larger tensor: its spec's shape (which it must have,
+ * of ndim dimensions) lies at offsets in global_shape (docs/protocol.md "Shard sessions").
+ * Checked here (USAGE naming the problem) and by emad; sent with every later register of
+ * seg. global_shape NULL clears it. */
+int emac_segment_set_slice(emac_segment *seg, size_t i, const uint64_t *global_shape,
+                           const uint64_t *offsets, size_t ndim, struct emac_error *err);
+/* Send group (copied; NULL clears it) with every later register of seg. USAGE for a bad one. */
+int emac_segment_set_group(emac_segment *seg, const struct emac_group *g,
+                           struct emac_error *err);
+/* Session i's group as status reports it; NULL when i is out of range or it has none. Valid
+ * until emac_status_free. */
+const struct emac_group *emac_status_group(const struct emac_status *st, size_t i);
+
 /* ---- Metrics ---- */
 
 /* Ask for emad's metrics, in the Prometheus text exposition format 0.0.4

@@ -105,6 +105,7 @@ struct seg_tensor {
     enum dtype dt;
     uint64_t *shape; /* NULL when the spec had none */
     size_t ndim;
+    uint64_t *slice; /* emac_segment_set_slice: global_shape then offsets, ndim each; or NULL */
 };
 
 struct emac_segment {
@@ -114,6 +115,9 @@ struct emac_segment {
     size_t n;
     struct emac_tensor *tensors; /* public view, in spec order */
     struct seg_tensor *meta;     /* what register sends besides */
+    bool has_group;              /* emac_segment_set_group: sent with register */
+    char group_job[129];
+    uint64_t group_rank, group_world, group_replicas;
 };
 
 struct emac_session {

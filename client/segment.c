@@ -75,7 +75,7 @@ static void segment_free(emac_segment *seg)
     for (size_t i = 0; seg->tensors != NULL && i < seg->n; i++)
         free((char *)seg->tensors[i].name);
     for (size_t i = 0; seg->meta != NULL && i < seg->n; i++)
-        free(seg->meta[i].shape);
+        free(seg->meta[i].shape), free(seg->meta[i].slice);
     free(seg->tensors);
     free(seg->meta);
     free(seg);
@@ -421,5 +421,67 @@ int emac_segment_recover(const char *name, bool *restored, struct emac_error *er
     munmap(base, bytes);
     if (restored != NULL)
         *restored = done;
+    return 0;
+}
+
+/* ---- shard metadata sent with register (docs/protocol.md "Shard sessions") ---- */
+
+int emac_segment_set_slice(emac_segment *seg, size_t i, const uint64_t *global_shape,
+                           const uint64_t *offsets, size_t ndim, struct emac_error *err)
+{
+    const char *what = "emac_segment_set_slice";
+    char why[256];
+
+    if (seg == NULL || i >= seg->n)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "%s: no tensor %zu", what, i);
+    struct seg_tensor *m = &seg->meta[i];
+    if (global_shape == NULL) {
+        free(m->slice);
+        m->slice = NULL;
+        return 0;
+    }
+    if (offsets == NULL || m->shape == NULL || ndim != m->ndim)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "%s: tensor \"%s\": give offsets, and "
+                              "as many dimensions (%zu) as its spec's shape, which it needs "
+                              "(%zu)", what, seg->tensors[i].name, ndim, m->ndim);
+    struct msg_tensor t = {.numel = seg->tensors[i].numel, .has_shape = true, .shape = m->shape,
+                           .nshape = m->ndim, .has_global_shape = true,
+                           .global_shape = (uint64_t *)global_shape, .nglobal_shape = ndim,
+                           .has_offsets = true, .offsets = (uint64_t *)offsets, .noffsets = ndim};
+    if (msg_tensor_check_shape(&t, i, why, sizeof(why)) < 0)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "%s: tensor \"%s\": %s", what,
+                              seg->tensors[i].name, why);
+    uint64_t *s = malloc((ndim ? 2 * ndim : 1) * sizeof(*s));
+    if (s == NULL)
+        return client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "%s: out of memory", what);
+    if (ndim) {
+        memcpy(s, global_shape, ndim * sizeof(*s));
+        memcpy(s + ndim, offsets, ndim * sizeof(*s));
+    }
+    free(m->slice);
+    m->slice = s;
+    return 0;
+}
+
+int emac_segment_set_group(emac_segment *seg, const struct emac_group *g,
+                           struct emac_error *err)
+{
+    char why[256];
+
+    if (seg == NULL)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_segment_set_group: seg is NULL");
+    if (g == NULL) {
+        seg->has_group = false;
+        return 0;
+    }
+    struct msg_group m = {msg_str_c(g->job), g->rank, g->world, g->replicas > 1, g->replicas};
+    if (g->job == NULL || msg_group_check(&m, why, sizeof(why)) < 0)
+        return client_set_err(err, -EINVAL, EMAC_E_USAGE, "emac_segment_set_group: %s",
+                              g->job == NULL ? "job is NULL" : why);
+    snprintf(seg->group_job, sizeof(seg->group_job), "%s", g->job);
+    seg->group_rank = g->rank;
+    seg->group_world = g->world;
+    seg->group_replicas = g->replicas > 1 ? g->replicas : 1;
+    seg->has_group = true;
     return 0;
 }

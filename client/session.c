@@ -206,6 +206,42 @@ struct reg_config {
     const struct emac_snapshot_config *snap;
 };
 
+/* The shape columns (docs/protocol.md "Shard sessions") when any tensor has a shape: a tensor
+ * without one is sent flat, [numel]; the slice columns when any has a slice, a tensor without
+ * one being its own global tensor. 0 or -ENOMEM. */
+static int table_dims(struct msg_table *t, const emac_segment *seg)
+{
+    size_t total = 0;
+    bool shaped = false, sliced = false;
+    int rc;
+
+    for (size_t i = 0; i < seg->n; i++) {
+        shaped |= seg->meta[i].shape != NULL;
+        sliced |= seg->meta[i].slice != NULL;
+        total += seg->meta[i].shape != NULL ? seg->meta[i].ndim : 1;
+    }
+    if (!shaped)
+        return 0;
+    if ((rc = msg_table_init_dims(t, total, sliced)) < 0)
+        return rc;
+    size_t at = 0;
+    for (size_t i = 0; i < seg->n; i++) {
+        const struct seg_tensor *m = &seg->meta[i];
+        size_t k = m->shape != NULL ? m->ndim : 1;
+        t->ndims[i] = k;
+        for (size_t d = 0; d < k; d++) {
+            uint64_t dim = m->shape != NULL ? m->shape[d] : seg->tensors[i].numel;
+            t->shapes[at + d] = dim;
+            if (sliced) {
+                t->global_shapes[at + d] = m->slice != NULL ? m->slice[d] : dim;
+                t->slice_offsets[at + d] = m->slice != NULL ? m->slice[k + d] : 0;
+            }
+        }
+        at += k;
+    }
+    return 0;
+}
+
 static int register_call(emac_client *c, const char *session, const emac_segment *seg,
                          const struct reg_config *rc_in, bool resume, bool existing,
                          enum client_loss loss, struct msg_register_reply *rep,
@@ -228,6 +264,13 @@ static int register_call(emac_client *c, const char *session, const emac_segment
     for (size_t i = 0; i < seg->n; i++)
         msg_table_set(&req.table, i, seg->tensors[i].name, seg->tensors[i].dtype,
                       seg->tensors[i].offset, seg->tensors[i].numel);
+    if ((rc = table_dims(&req.table, seg)) < 0) {
+        msg_table_release(&req.table);
+        return client_set_err(err, rc, EMAC_E_SYSTEM, "%s: out of memory", what);
+    }
+    req.has_group = seg->has_group;
+    req.group = (struct msg_group){msg_str_c(seg->group_job), seg->group_rank, seg->group_world,
+                                   seg->group_replicas > 1, seg->group_replicas};
     if (cfg != NULL) {
         req.has_config = true;
         req.config.has_half_life = cfg->half_life != NULL;

@@ -19,6 +19,8 @@ struct status_box {
     const char **alarms;        /* every session's alarms, back to back */
     struct emac_profile_info **profiles; /* per session (NULL: none) */
     size_t *nprofiles;
+    struct emac_group *groups;  /* per session, beside session_list */
+    bool *has_group;
 };
 
 /* A session's health, its strings into the arena and its alarms from *next on. */
@@ -204,7 +206,10 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
     b->alarms = calloc(nalarms ? nalarms : 1, sizeof(*b->alarms));
     b->profiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->profiles));
     b->nprofiles = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->nprofiles));
+    b->groups = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->groups));
+    b->has_group = calloc(rep.nsessions ? rep.nsessions : 1, sizeof(*b->has_group));
     if (b->arena.buf == NULL || (rep.nsessions && b->pub.session_list == NULL) ||
+        b->groups == NULL || b->has_group == NULL ||
         b->health == NULL || b->has_health == NULL || b->alarms == NULL ||
         b->profiles == NULL || b->nprofiles == NULL) {
         msg_free(&msg_status_reply_desc, &rep);
@@ -231,6 +236,11 @@ int emac_status(emac_client *c, const char *session, struct emac_status **out,
         b->has_health[i] = rep.sessions[i].has_health;
         if (b->has_health[i])
             copy_health(&b->arena, &b->health[i], &rep.sessions[i].health, &next);
+        if ((b->has_group[i] = rep.sessions[i].has_group)) {
+            const struct msg_group *g = &rep.sessions[i].group;
+            b->groups[i] = (struct emac_group){client_arena_str(&b->arena, g->job), g->rank,
+                                               g->world, g->has_replicas ? g->replicas : 1};
+        }
         if (client_copy_profiles(&b->arena, &rep.sessions[i], &b->profiles[i],
                                  &b->nprofiles[i]) < 0) {
             msg_free(&msg_status_reply_desc, &rep);
@@ -253,6 +263,8 @@ void emac_status_free(struct emac_status *st)
         free(b->profiles[i]);
     free(b->profiles);
     free(b->nprofiles);
+    free(b->groups);
+    free(b->has_group);
     free(b->pub.session_list);
     free(b->health);
     free(b->has_health);
@@ -308,6 +320,15 @@ int emac_metrics(emac_client *c, char **text, struct emac_error *err)
     (*text)[rep.text.len] = '\0';
     msg_free(&msg_metrics_reply_desc, &rep);
     return 0;
+}
+
+const struct emac_group *emac_status_group(const struct emac_status *st, size_t i)
+{
+    const struct status_box *b = (const struct status_box *)st;
+
+    if (b == NULL || i >= b->pub.nsessions || !b->has_group[i])
+        return NULL;
+    return &b->groups[i];
 }
 
 const struct emac_health *emac_status_health(const struct emac_status *st, size_t i)

@@ -253,12 +253,21 @@ static int session_from_kept(struct registry *r, const struct msg_saved_state *m
         return -ENOMEM;
     }
     for (size_t i = 0; i < m->ntensors; i++)
-        t[i] = (struct msg_tensor){m->tensors[i].name, m->tensors[i].dtype, m->tensors[i].offset,
-                                   m->tensors[i].numel, false, NULL, 0};
+        t[i] = (struct msg_tensor){.name = m->tensors[i].name, .dtype = m->tensors[i].dtype,
+                                   .offset = m->tensors[i].offset,
+                                   .numel = m->tensors[i].numel};
     memset(&req, 0, sizeof(req));
     req.session = m->session;
     req.tensors = t;
     req.ntensors = m->ntensors;
+    /* The columns as register sends them: with the shapes and slices of a shard session. */
+    if (m->has_table && m->table.has_ndims) {
+        req.has_table = true;
+        req.table = m->table;
+        req.ntensors = 0;
+    }
+    req.has_group = m->has_group;
+    req.group = m->group;
     s->reg = r;
     memcpy(s->name, m->session.ptr, m->session.len);
     s->uid = (uid_t)m->uid;

@@ -2,8 +2,10 @@
  * msg.c - table-driven encoder and decoder for the contract's messages.
  */
 #include "msg.h"
+#include "names.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +66,8 @@ static const struct msg_field tensor_fields[] = {
     REQ(struct msg_tensor, "offset", MSG_U64, offset),
     REQ(struct msg_tensor, "numel", MSG_U64, numel),
     OPT_UARR(struct msg_tensor, "shape", shape),
+    OPT_UARR(struct msg_tensor, "global_shape", global_shape),
+    OPT_UARR(struct msg_tensor, "offsets", offsets),
 };
 const struct msg_desc msg_tensor_desc = DESC("tensor", struct msg_tensor, tensor_fields);
 
@@ -121,8 +125,20 @@ static const struct msg_field table_fields[] = {
     SARR(struct msg_table, "dtypes", dtypes),
     UARR(struct msg_table, "offsets", offsets),
     UARR(struct msg_table, "numels", numels),
+    OPT_UARR(struct msg_table, "ndims", ndims),
+    OPT_UARR(struct msg_table, "shapes", shapes),
+    OPT_UARR(struct msg_table, "global_shapes", global_shapes),
+    OPT_UARR(struct msg_table, "slice_offsets", slice_offsets),
 };
 const struct msg_desc msg_table_desc = DESC("tensor table", struct msg_table, table_fields);
+
+static const struct msg_field group_fields[] = {
+    REQ(struct msg_group, "job", MSG_STR, job),
+    REQ(struct msg_group, "rank", MSG_U64, rank),
+    REQ(struct msg_group, "world", MSG_U64, world),
+    OPT(struct msg_group, "replicas", MSG_U64, replicas),
+};
+const struct msg_desc msg_group_desc = DESC("group", struct msg_group, group_fields);
 
 static const struct msg_field register_fields[] = {
     REQ(struct msg_register, "session", MSG_STR, session),
@@ -133,6 +149,7 @@ static const struct msg_field register_fields[] = {
     OPT(struct msg_register, "existing", MSG_BOOL, existing),
     OPT(struct msg_register, "compact", MSG_BOOL, compact),
     OPT_OBJ(struct msg_register, "table", table, msg_table_desc),
+    OPT_OBJ(struct msg_register, "group", group, msg_group_desc),
 };
 const struct msg_desc msg_register_desc = DESC("register", struct msg_register, register_fields);
 
@@ -197,6 +214,8 @@ static const struct msg_field session_state_fields[] = {
     OPT(SS, "eval_profile", MSG_STR, eval_profile),
     OPT(SS, "snapshot_failures", MSG_U64, snapshot_failures),
     OPT(SS, "snapshot_error", MSG_STR, snapshot_error),
+    OPT_OBJ(SS, "group", group, msg_group_desc),
+    OPT_OBJ(SS, "table", table, msg_table_desc),
 };
 #undef SS
 const struct msg_desc msg_session_state_desc =
@@ -244,6 +263,7 @@ const struct msg_desc msg_swap_desc = DESC("swap", struct msg_swap, swap_fields)
 
 static const struct msg_field status_fields[] = {
     OPT(struct msg_status, "session", MSG_STR, session),
+    OPT(struct msg_status, "tensors", MSG_BOOL, tensors),
 };
 const struct msg_desc msg_status_desc = DESC("status", struct msg_status, status_fields);
 
@@ -338,6 +358,7 @@ static const struct msg_field saved_state_fields[] = {
     OPT(SV, "seq", MSG_U64, seq),
     OPT_OBJ(SV, "table", table, msg_table_desc),
     OPT_ARR(SV, "profiles", profiles, msg_profile_state_desc),
+    OPT_OBJ(SV, "group", group, msg_group_desc),
 };
 #undef SV
 const struct msg_desc msg_saved_state_desc =
@@ -726,12 +747,37 @@ void msg_table_set(struct msg_table *t, size_t i, const char *name, const char *
     t->numels[i] = numel;
 }
 
+int msg_table_init_dims(struct msg_table *t, size_t total, bool slices)
+{
+    size_t n = t->nnames, cells = total ? total : 1;
+
+    t->ndims = malloc((n ? n : 1) * sizeof(*t->ndims));
+    t->shapes = malloc(cells * sizeof(*t->shapes));
+    if (slices) {
+        t->global_shapes = malloc(cells * sizeof(*t->global_shapes));
+        t->slice_offsets = malloc(cells * sizeof(*t->slice_offsets));
+    }
+    if (t->ndims == NULL || t->shapes == NULL ||
+        (slices && (t->global_shapes == NULL || t->slice_offsets == NULL)))
+        return -ENOMEM;
+    t->has_ndims = t->has_shapes = true;
+    t->nndims = n;
+    t->nshapes = total;
+    t->has_global_shapes = t->has_slice_offsets = slices;
+    t->nglobal_shapes = t->nslice_offsets = slices ? total : 0;
+    return 0;
+}
+
 void msg_table_release(struct msg_table *t)
 {
     free(t->names);
     free(t->dtypes);
     free(t->offsets);
     free(t->numels);
+    free(t->ndims);
+    free(t->shapes);
+    free(t->global_shapes);
+    free(t->slice_offsets);
     memset(t, 0, sizeof(*t));
 }
 
@@ -747,6 +793,131 @@ static int table_check(const struct msg_table *t, size_t listed, char *err, size
     if (t->ndtypes != n || t->noffsets != n || t->nnumels != n) {
         snprintf(err, errlen, "table: names, dtypes, offsets and numels must be as long as "
                  "each other (%zu, %zu, %zu, %zu)", n, t->ndtypes, t->noffsets, t->nnumels);
+        return -EINVAL;
+    }
+    if (!t->has_ndims) {
+        if (t->has_shapes || t->has_global_shapes || t->has_slice_offsets) {
+            snprintf(err, errlen, "table: shapes, global_shapes and slice_offsets need ndims");
+            return -EINVAL;
+        }
+        return 0;
+    }
+    if (t->nndims != n) {
+        snprintf(err, errlen, "table: ndims has %zu entries for %zu tensors", t->nndims, n);
+        return -EINVAL;
+    }
+    /* Each entry is at most MSG_DIMS_MAX, so the sum cannot overflow. */
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t->ndims[i] > MSG_DIMS_MAX) {
+            snprintf(err, errlen, "table: ndims[%zu]: %" PRIu64 " dimensions, at most %d", i,
+                     t->ndims[i], MSG_DIMS_MAX);
+            return -EINVAL;
+        }
+        total += t->ndims[i];
+    }
+    if (!t->has_shapes || t->nshapes != total) {
+        snprintf(err, errlen, "table: shapes must hold the sum of ndims (%zu) entries, not %zu",
+                 total, t->has_shapes ? t->nshapes : 0);
+        return -EINVAL;
+    }
+    if (t->has_global_shapes != t->has_slice_offsets) {
+        snprintf(err, errlen, "table: global_shapes and slice_offsets come together");
+        return -EINVAL;
+    }
+    if (t->has_global_shapes && (t->nglobal_shapes != total || t->nslice_offsets != total)) {
+        snprintf(err, errlen, "table: global_shapes and slice_offsets must hold the sum of "
+                 "ndims (%zu) entries, not %zu and %zu", total, t->nglobal_shapes,
+                 t->nslice_offsets);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+struct msg_tensor msg_register_tensor_at(const struct msg_register *r, size_t i, size_t *dim)
+{
+    const struct msg_table *t = &r->table;
+    struct msg_tensor o = msg_register_tensor(r, i);
+
+    if (!r->has_table || !t->has_ndims)
+        return o;
+    size_t k = (size_t)t->ndims[i], at = *dim;
+    *dim = at + k;
+    o.has_shape = true;
+    o.shape = t->shapes + at;
+    o.nshape = k;
+    if (t->has_global_shapes) {
+        o.has_global_shape = o.has_offsets = true;
+        o.global_shape = t->global_shapes + at;
+        o.offsets = t->slice_offsets + at;
+        o.nglobal_shape = o.noffsets = k;
+    }
+    return o;
+}
+
+int msg_tensor_check_shape(const struct msg_tensor *t, size_t i, char *err, size_t errlen)
+{
+    if (t->has_shape) {
+        uint64_t prod = 1;
+        if (t->nshape > MSG_DIMS_MAX) {
+            snprintf(err, errlen, "tensors[%zu].shape: %zu dimensions, at most %d", i, t->nshape,
+                     MSG_DIMS_MAX);
+            return -EINVAL;
+        }
+        for (size_t k = 0; k < t->nshape; k++)
+            if (__builtin_mul_overflow(prod, t->shape[k], &prod))
+                prod = UINT64_MAX;
+        if (prod != t->numel) {
+            snprintf(err, errlen, "tensors[%zu].shape: its product is not numel (%" PRIu64 ")",
+                     i, t->numel);
+            return -EINVAL;
+        }
+    }
+    if (!t->has_global_shape && !t->has_offsets)
+        return 0;
+    if (t->has_global_shape != t->has_offsets || !t->has_shape) {
+        snprintf(err, errlen, "tensors[%zu]: global_shape and offsets come together, with shape",
+                 i);
+        return -EINVAL;
+    }
+    if (t->nglobal_shape != t->nshape || t->noffsets != t->nshape) {
+        snprintf(err, errlen, "tensors[%zu]: global_shape (%zu) and offsets (%zu) must have as "
+                 "many dimensions as shape (%zu)", i, t->nglobal_shape, t->noffsets, t->nshape);
+        return -EINVAL;
+    }
+    for (size_t k = 0; k < t->nshape; k++) {
+        uint64_t end;
+        if (__builtin_add_overflow(t->offsets[k], t->shape[k], &end) ||
+            end > t->global_shape[k]) {
+            snprintf(err, errlen, "tensors[%zu]: dimension %zu: offsets %" PRIu64 " + shape %"
+                     PRIu64 " pass global_shape %" PRIu64, i, k, t->offsets[k], t->shape[k],
+                     t->global_shape[k]);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+int msg_group_check(const struct msg_group *g, char *err, size_t errlen)
+{
+    if (!names_session_valid(g->job.ptr, g->job.len)) {
+        snprintf(err, errlen, "group.job: must be 1 to %d characters of [A-Za-z0-9._:/-]",
+                 NAMES_SESSION_MAX);
+        return -EINVAL;
+    }
+    if (g->world == 0 || g->world > MSG_WORLD_MAX) {
+        snprintf(err, errlen, "group.world: %" PRIu64 " is not in 1..%u", g->world,
+                 MSG_WORLD_MAX);
+        return -EINVAL;
+    }
+    if (g->rank >= g->world) {
+        snprintf(err, errlen, "group.rank: %" PRIu64 " is not below world (%" PRIu64 ")",
+                 g->rank, g->world);
+        return -EINVAL;
+    }
+    if (g->has_replicas && (g->replicas == 0 || g->replicas > MSG_REPLICAS_MAX)) {
+        snprintf(err, errlen, "group.replicas: %" PRIu64 " is not in 1..%d", g->replicas,
+                 MSG_REPLICAS_MAX);
         return -EINVAL;
     }
     return 0;
@@ -774,7 +945,11 @@ int msg_saved_state_expand(struct msg_saved_state *m, char *err, size_t errlen)
 
 int msg_register_check(const struct msg_register *r, char *err, size_t errlen)
 {
-    return r->has_table ? table_check(&r->table, r->ntensors, err, errlen) : 0;
+    int rc = r->has_table ? table_check(&r->table, r->ntensors, err, errlen) : 0;
+
+    if (rc == 0 && r->has_group)
+        rc = msg_group_check(&r->group, err, errlen);
+    return rc;
 }
 
 size_t msg_register_count(const struct msg_register *r)
@@ -788,8 +963,8 @@ struct msg_tensor msg_register_tensor(const struct msg_register *r, size_t i)
 
     if (!r->has_table)
         return r->tensors[i];
-    return (struct msg_tensor){t->names[i], t->dtypes[i], t->offsets[i], t->numels[i], false,
-                               NULL, 0};
+    return (struct msg_tensor){.name = t->names[i], .dtype = t->dtypes[i],
+                               .offset = t->offsets[i], .numel = t->numels[i]};
 }
 
 int msg_decode(const struct msg_desc *d, const msgpack_object *map, void *out, char *err,

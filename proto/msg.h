@@ -104,6 +104,29 @@ struct msg_tensor {
     bool has_shape;
     uint64_t *shape;
     size_t nshape;
+    /* Extension (docs/protocol.md "Shard sessions"): where this local slice sits in the full
+     * tensor. Both or neither, with shape, of its number of dimensions. */
+    bool has_global_shape;
+    uint64_t *global_shape;
+    size_t nglobal_shape;
+    bool has_offsets;
+    uint64_t *offsets;
+    size_t noffsets;
+};
+
+/* The most dimensions a tensor's shape may have (as safetensors' and group checkpoints'). */
+#define MSG_DIMS_MAX 8
+/* The most ranks a group may name, and replicas of one session. */
+#define MSG_WORLD_MAX (1u << 20)
+#define MSG_REPLICAS_MAX 64
+
+/* Extension: the job a shard session belongs to (docs/protocol.md "Shard sessions"). */
+struct msg_group {
+    struct msg_str job;
+    uint64_t rank;
+    uint64_t world;
+    bool has_replicas; /* ranks of this node holding the same slices (default 1) */
+    uint64_t replicas;
 };
 
 /* Extension: the tensor table of register in columns, without a map and
@@ -117,6 +140,20 @@ struct msg_table {
     size_t noffsets;
     uint64_t *numels;
     size_t nnumels;
+    /* Extension: the shapes, back to back (docs/protocol.md "Shard sessions"). With ndims,
+     * every tensor has a shape; global_shapes and slice_offsets come together. */
+    bool has_ndims;
+    uint64_t *ndims;
+    size_t nndims;
+    bool has_shapes;
+    uint64_t *shapes;
+    size_t nshapes;
+    bool has_global_shapes;
+    uint64_t *global_shapes;
+    size_t nglobal_shapes;
+    bool has_slice_offsets;
+    uint64_t *slice_offsets;
+    size_t nslice_offsets;
 };
 
 /* Extension: one EMA profile of a session (docs/protocol.md "Profiles"): a value of
@@ -206,6 +243,8 @@ struct msg_register {
     bool compact;
     bool has_table;    /* extension: the tensors in columns (tensors then empty) */
     struct msg_table table;
+    bool has_group;    /* extension: a shard session's job */
+    struct msg_group group;
 };
 
 struct msg_shadow_tensor {
@@ -282,6 +321,10 @@ struct msg_session_state {
     uint64_t snapshot_failures;
     bool has_snapshot_error;    /* ... and the last one's message */
     struct msg_str snapshot_error;
+    bool has_group;             /* extension: registered with a group */
+    struct msg_group group;
+    bool has_table;             /* extension: status with tensors: the table with shapes */
+    struct msg_table table;
 };
 
 struct msg_register_reply {
@@ -334,6 +377,8 @@ struct msg_swap {
 struct msg_status {
     bool has_session;
     struct msg_str session;
+    bool has_tensors; /* extension: add each session's table, with shapes */
+    bool tensors;
 };
 
 struct msg_server_info {
@@ -460,6 +505,8 @@ struct msg_saved_state {
     bool has_profiles; /* each profile's state, in config.profiles' order */
     struct msg_profile_state *profiles;
     size_t nprofiles;
+    bool has_group; /* a shard session's job */
+    struct msg_group group;
 };
 
 /* An empty map, the result of close and drop (and the params of metrics). */
@@ -480,6 +527,7 @@ extern const struct msg_desc msg_profile_desc;
 extern const struct msg_desc msg_profile_state_desc;
 extern const struct msg_desc msg_config_desc;
 extern const struct msg_desc msg_table_desc;
+extern const struct msg_desc msg_group_desc;
 extern const struct msg_desc msg_register_desc;
 extern const struct msg_desc msg_shadow_tensor_desc;
 extern const struct msg_desc msg_nonfinite_desc;
@@ -518,6 +566,20 @@ extern const struct msg_desc *const msg_all_descs[];
 int msg_register_check(const struct msg_register *r, char *err, size_t errlen);
 size_t msg_register_count(const struct msg_register *r);
 struct msg_tensor msg_register_tensor(const struct msg_register *r, size_t i);
+/* Tensor i with its shape and slice from either form; *dim is where tensor i's dimensions
+ * start in the table's shape columns: 0 for i = 0, then what the call before left (call in
+ * order). Only after msg_register_check. */
+struct msg_tensor msg_register_tensor_at(const struct msg_register *r, size_t i, size_t *dim);
+/* A tensor's shape and slice against the rules of docs/protocol.md "Shard sessions"
+ * (at most MSG_DIMS_MAX dimensions, product numel, global_shape and offsets together, of
+ * shape's rank, the slice inside the global shape): 0 or -EINVAL, err naming "tensors[i]". */
+int msg_tensor_check_shape(const struct msg_tensor *t, size_t i, char *err, size_t errlen);
+/* A group against its rules (job a session-like name, 0 <= rank < world <= MSG_WORLD_MAX,
+ * 1 <= replicas <= MSG_REPLICAS_MAX): 0 or -EINVAL with err naming "group.<field>". */
+int msg_group_check(const struct msg_group *g, char *err, size_t errlen);
+/* The shape columns for total dimensions in all (slices: global_shapes and slice_offsets
+ * too), after msg_table_init; msg_table_release frees them. 0 or -ENOMEM. */
+int msg_table_init_dims(struct msg_table *t, size_t total, bool slices);
 /* Columns for n rows (msg_table_set fills them); msg_table_release frees
  * the columns, not the strings they point to. 0 or -ENOMEM. */
 int msg_table_init(struct msg_table *t, size_t n);

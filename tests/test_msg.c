@@ -849,7 +849,9 @@ static void collect_sites(const struct msg_desc *d, msgpack_object *map, const c
             for (uint32_t e = 0; e < kv->val.via.map.size; e++) {
                 char pe[208];
                 msgpack_object_kv *ekv = &kv->val.via.map.ptr[e];
-                snprintf(pe, sizeof(pe), "%s.%.*s", p, (int)ekv->key.via.str.size,
+                /* The decoder shows at most 64 bytes of a key. */
+                snprintf(pe, sizeof(pe), "%s.%.*s", p,
+                         (int)(ekv->key.via.str.size > 64 ? 64 : ekv->key.via.str.size),
                          ekv->key.via.str.ptr);
                 site_add(out, pe, f, true, NULL, &ekv->val);
                 collect_sites(f->sub, &ekv->val, pe, out);
@@ -1217,6 +1219,10 @@ static void test_msg_nullable_fields_encode_nil_and_decode_absent(void **state)
     st.has_snapshot_failures = true;
     st.has_snapshot_error = true;
     st.snapshot_error = msg_str_c("");
+    st.has_group = true;
+    st.group.job = msg_str_c("job");
+    st.group.world = 1;
+    st.has_table = true; /* empty columns */
 
     const msgpack_object *map = encode(&msg_session_state_desc, &st, &sb, &up);
     assert_int_equal(map->via.map.size, msg_session_state_desc.nfields);
@@ -1711,14 +1717,16 @@ static void test_msg_table_reads_as_the_list(void **state)
     struct msg_str names[] = {{"w", 1}, {"b", 1}, {"e", 1}};
     struct msg_str dtypes[] = {{"f32", 3}, {"bf16", 4}, {"i8", 2}};
     uint64_t offsets[] = {0, 64, 128}, numels[] = {16, 8, 0};
-    struct msg_table table = {names, 3, dtypes, 3, offsets, 3, numels, 3};
+    struct msg_table table = {.names = names, .nnames = 3, .dtypes = dtypes, .ndtypes = 3,
+                             .offsets = offsets, .noffsets = 3, .numels = numels, .nnumels = 3};
     char err[256];
     (void)state;
 
     /* The same tensors as a list of maps. */
     struct msg_tensor listed[3];
     for (size_t i = 0; i < 3; i++)
-        listed[i] = (struct msg_tensor){names[i], dtypes[i], offsets[i], numels[i], false, NULL, 0};
+        listed[i] = (struct msg_tensor){.name = names[i], .dtype = dtypes[i], .offset = offsets[i],
+                                        .numel = numels[i]};
     struct msg_register r, l;
     memset(&r, 0, sizeof(r));
     r.has_table = true;
@@ -1761,7 +1769,7 @@ static void test_msg_table_reads_as_the_list(void **state)
     assert_int_equal(msg_saved_state_expand(&m, err, sizeof(err)), 0);
     assert_null(m.tensors);
 
-    struct msg_tensor one = {{"x", 1}, {"f32", 3}, 0, 1, false, NULL, 0};
+    struct msg_tensor one = {.name = {"x", 1}, .dtype = {"f32", 3}, .offset = 0, .numel = 1};
     memset(&r, 0, sizeof(r));
     r.tensors = &one;
     r.ntensors = 1;
@@ -1875,6 +1883,122 @@ static void test_msg_profiles_keep_order_and_refuse_unknown_fields(void **state)
     pk_done(&p);
 }
 
+/* Shard metadata (docs/protocol.md "Shard sessions"): the shape columns of a table read as each
+ * tensor's shape and slice; every bound is checked, naming the field. */
+static void test_msg_shard_shapes_and_group(void **state)
+{
+    struct msg_str names[] = {{"w", 1}, {"b", 1}, {"s", 1}};
+    struct msg_str dtypes[] = {{"f32", 3}, {"f32", 3}, {"i64", 3}};
+    uint64_t offsets[] = {0, 64, 128}, numels[] = {12, 3, 1};
+    uint64_t ndims[] = {2, 1, 0}, shapes[] = {4, 3, 3}, gshapes[] = {8, 3, 6};
+    uint64_t soffs[] = {4, 0, 3};
+    struct msg_table table = {.names = names, .nnames = 3, .dtypes = dtypes, .ndtypes = 3,
+                              .offsets = offsets, .noffsets = 3, .numels = numels, .nnumels = 3,
+                              .has_ndims = true, .ndims = ndims, .nndims = 3,
+                              .has_shapes = true, .shapes = shapes, .nshapes = 3,
+                              .has_global_shapes = true, .global_shapes = gshapes,
+                              .nglobal_shapes = 3, .has_slice_offsets = true,
+                              .slice_offsets = soffs, .nslice_offsets = 3};
+    struct msg_register r;
+    char err[256];
+    size_t dim = 0;
+    (void)state;
+
+    memset(&r, 0, sizeof(r));
+    r.has_table = true;
+    r.table = table;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), 0);
+    struct msg_tensor t0 = msg_register_tensor_at(&r, 0, &dim);
+    assert_true(t0.has_shape && t0.nshape == 2 && t0.shape[0] == 4 && t0.shape[1] == 3);
+    assert_true(t0.has_global_shape && t0.global_shape[0] == 8 && t0.offsets[0] == 4);
+    assert_int_equal(msg_tensor_check_shape(&t0, 0, err, sizeof(err)), 0);
+    struct msg_tensor t1 = msg_register_tensor_at(&r, 1, &dim);
+    assert_true(t1.nshape == 1 && t1.shape[0] == 3 && t1.global_shape[0] == 6);
+    assert_int_equal(t1.offsets[0], 3);
+    assert_int_equal(msg_tensor_check_shape(&t1, 1, err, sizeof(err)), 0);
+    struct msg_tensor t2 = msg_register_tensor_at(&r, 2, &dim);
+    assert_true(t2.has_shape && t2.nshape == 0);
+    assert_int_equal(msg_tensor_check_shape(&t2, 2, err, sizeof(err)), 0);
+    assert_int_equal(dim, 3);
+
+    /* A slice past the global shape, and one whose end overflows. */
+    soffs[2] = 4;
+    dim = 0;
+    (void)msg_register_tensor_at(&r, 0, &dim);
+    t1 = msg_register_tensor_at(&r, 1, &dim);
+    assert_int_equal(msg_tensor_check_shape(&t1, 1, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "tensors[1]: dimension 0: offsets 4 + shape 3 pass global_shape 6");
+    soffs[2] = UINT64_MAX;
+    assert_int_equal(msg_tensor_check_shape(&t1, 1, err, sizeof(err)), -EINVAL);
+    soffs[2] = 3;
+    /* A shape that is not numel. */
+    shapes[0] = 5;
+    assert_int_equal(msg_tensor_check_shape(&t0, 0, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "tensors[0].shape: its product is not numel (12)");
+    shapes[0] = 4;
+    /* Ranks that disagree; a slice without its other half or without a shape. */
+    struct msg_tensor bad = t0;
+    bad.nglobal_shape = 1;
+    assert_int_equal(msg_tensor_check_shape(&bad, 0, err, sizeof(err)), -EINVAL);
+    bad = t0;
+    bad.has_offsets = false;
+    assert_int_equal(msg_tensor_check_shape(&bad, 0, err, sizeof(err)), -EINVAL);
+    bad = t0;
+    bad.has_shape = false;
+    assert_int_equal(msg_tensor_check_shape(&bad, 0, err, sizeof(err)), -EINVAL);
+    bad = t0;
+    bad.nshape = MSG_DIMS_MAX + 1;
+    assert_int_equal(msg_tensor_check_shape(&bad, 0, err, sizeof(err)), -EINVAL);
+
+    /* Column lengths. */
+    r.table.nshapes = 2;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.table = table;
+    r.table.nslice_offsets = 2;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.table = table;
+    r.table.has_slice_offsets = false;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.table = table;
+    r.table.nndims = 2;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.table = table;
+    ndims[2] = MSG_DIMS_MAX + 1;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "table: ndims[2]: 9 dimensions, at most 8");
+    ndims[2] = UINT64_MAX; /* no overflow of the sum */
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    ndims[2] = 0;
+    r.table.has_ndims = false;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.table = table;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), 0);
+
+    /* The group. */
+    r.has_group = true;
+    r.group = (struct msg_group){msg_str_c("llama/run-1"), 3, 4, true, 2};
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), 0);
+    r.group.rank = 4;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "group.rank: 4 is not below world (4)");
+    r.group.rank = 0;
+    r.group.world = 0;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.group.world = MSG_WORLD_MAX + 1ull;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.group.world = 4;
+    r.group.replicas = 0;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.group.replicas = MSG_REPLICAS_MAX + 1;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.group.has_replicas = false;
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), 0);
+    r.group.job = msg_str_c("bad job");
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+    r.group.job = msg_str_c("");
+    assert_int_equal(msg_register_check(&r, err, sizeof(err)), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1898,6 +2022,7 @@ int main(void)
         cmocka_unit_test(test_msg_table_reads_as_the_list),
         cmocka_unit_test(test_msg_str_helpers),
         cmocka_unit_test(test_msg_profiles_keep_order_and_refuse_unknown_fields),
+        cmocka_unit_test(test_msg_shard_shapes_and_group),
         cmocka_unit_test(test_msg_first_of_a_repeated_key_counts),
     };
 
