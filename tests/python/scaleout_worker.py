@@ -102,7 +102,7 @@ def run(rank, world, port, plan, out):
             full_step(full, step)  # the training weights a trainer's own checkpoint restores
         local, spec = local_model(full, rank, world)
         ema = EMA(local, half_life=HALF_LIFE, socket=plan["socket"][rank],
-                  session="%s.rank%d" % (plan["job"], rank), shard=spec)
+                  session="%s.rank%d" % (plan["job"], rank), shard=spec, job=plan["job"])
         with open(os.path.join(out, "segment-%d" % rank), "w") as f:
             f.write(ema._res.segment.name)
         if plan.get("resume"):

@@ -26,6 +26,7 @@ STRUCTS = {
     "emac_profile": _lib.EmacProfile, "emac_profile_info": _lib.EmacProfileInfo,
     "emac_ckpt_group": _lib.EmacCkptGroup, "emac_ckpt_slice": _lib.EmacCkptSlice,
     "emac_ckpt_shard": _lib.EmacCkptShard,
+    "emac_group": _lib.EmacGroup,
 }
 
 

@@ -290,6 +290,11 @@ class EmacCkptShard(ctypes.Structure):
     ]
 
 
+class EmacGroup(ctypes.Structure):
+    _fields_ = [("job", c_char_p), ("rank", c_uint64), ("world", c_uint64),
+                ("replicas", c_uint64)]
+
+
 # Opaque handles.
 client_p = c_void_p
 segment_p = c_void_p
@@ -391,6 +396,10 @@ _PROTOTYPES = {
         c_int, [c_void_p, c_char_p, c_uint, POINTER(c_uint64), POINTER(c_uint64), c_void_p,
                 c_size_t, c_char_p, err_p]),
     "emac_checkpoint_close": (None, [c_void_p]),
+    # shard sessions (emaclient.h "Shard sessions")
+    "emac_segment_set_slice": (
+        c_int, [segment_p, c_size_t, POINTER(c_uint64), POINTER(c_uint64), c_size_t, err_p]),
+    "emac_segment_set_group": (c_int, [segment_p, POINTER(EmacGroup), err_p]),
 }
 
 # enum emac_action, in the header's order.

@@ -142,6 +142,30 @@ def resolve_shards(model, entries, shard):
     return out
 
 
+def declare(segment, entries, shards, job=None):
+    """Have the segment's register tell emad where each sliced tensor sits
+    and, with job under torch.distributed, the rank's group (docs/protocol.md
+    "Shard sessions"): emad keeps them with the session and shows a job's ranks
+    together. The EMA itself needs neither."""
+    for i, e in enumerate(entries):
+        g, o = shards[e.name]
+        if tuple(g) == tuple(e.shape):
+            continue  # whole
+        err = _lib.EmacError()
+        _check(lib.emac_segment_set_slice(segment._handle(), i, _u64s(g), _u64s(o), len(g),
+                                          ctypes.byref(err)), err)
+    if job is None:
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    g = _lib.EmacGroup(_b(job, "job"), rank, world, 0)
+    err = _lib.EmacError()
+    _check(lib.emac_segment_set_group(segment._handle(), ctypes.byref(g), ctypes.byref(err)), err)
+
+
 # ---- the C functions (client/emacheckpoint.h) ----
 
 def _u64s(xs):

@@ -431,6 +431,9 @@ class EMA:
         DistributedDataParallel model is unwrapped (the names are its
         module's). group_checkpoint() and load_group_checkpoint() write and
         resume the EMA of the whole job (docs/scaleout.md "Python").
+    job: the torch.distributed job's name, sent to emad with the rank and
+        world size (docs/protocol.md "Shard sessions": `emactl` shows a job's
+        ranks together); the slices of shard= are sent in any case.
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -442,7 +445,7 @@ class EMA:
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
                  streams=None, max_duration=None, include_frozen=False, on_nonfinite=None,
                  health=None, profiles=None, eval_profile=None, snapshot_every=None,
-                 snapshot_dtype=None, snapshot_keep=None, shard=None):
+                 snapshot_dtype=None, snapshot_keep=None, shard=None, job=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -538,6 +541,7 @@ class EMA:
             _released_by_owner(res.client)
             res.segment = Segment([(e.name, DTYPES[e.dtype], e.shape) for e in self._entries])
             _released_by_owner(res.segment)
+            _distributed.declare(res.segment, self._entries, self._shard, job)
             for e, info in zip(self._entries, res.segment.tensors):
                 e.info = info
                 e.view = _view(info.address, info.nbytes, e.dtype, e.shape)
