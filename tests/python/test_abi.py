@@ -26,6 +26,9 @@ STRUCTS = {
     "emac_profile": _lib.EmacProfile, "emac_profile_info": _lib.EmacProfileInfo,
     "emac_profile_health": _lib.EmacProfileHealth,
     "emac_profile_state": _lib.EmacProfileState,
+    "emac_ckpt_group": _lib.EmacCkptGroup, "emac_ckpt_slice": _lib.EmacCkptSlice,
+    "emac_ckpt_shard": _lib.EmacCkptShard,
+    "emac_group": _lib.EmacGroup,
 }
 
 
@@ -38,6 +41,7 @@ class Abi(unittest.TestCase):
         self.assertTrue(cc, "no C compiler to check the ctypes layouts against emaclient.h: "
                         "install gcc (make deps) or set CC")
         lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "emaclient.h"',
+                 '#include "emacheckpoint.h"',
                  "int main(void) {"]
         expect = []
         for name, cls in STRUCTS.items():
@@ -63,8 +67,10 @@ class Abi(unittest.TestCase):
     def test_every_function_is_exported(self):
         for name in _lib._PROTOTYPES:
             self.assertTrue(hasattr(_lib.lib, name), name)
-        with open(os.path.join(emadtest.ROOT, "client", "emaclient.h")) as f:
-            header = f.read()
+        header = ""
+        for h in ("emaclient.h", "emacheckpoint.h"):  # the public headers
+            with open(os.path.join(emadtest.ROOT, "client", h)) as f:
+                header += f.read()
         for name in _lib._PROTOTYPES:
             self.assertIn(name + "(", header)
 

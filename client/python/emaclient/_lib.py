@@ -286,6 +286,38 @@ class EmacStatus(ctypes.Structure):
     ]
 
 
+class EmacCkptGroup(ctypes.Structure):
+    _fields_ = [("job", c_char_p), ("batch", c_uint64), ("epoch", c_uint64),
+                ("world_size", c_uint32)]
+
+
+class EmacCkptSlice(ctypes.Structure):
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_char_p),
+        ("ndim", c_uint),
+        ("global_shape", POINTER(c_uint64)),
+        ("offsets", POINTER(c_uint64)),
+        ("shape", POINTER(c_uint64)),
+        ("data", c_void_p),
+    ]
+
+
+class EmacCkptShard(ctypes.Structure):
+    _fields_ = [
+        ("file", c_char_p),
+        ("ranks", POINTER(c_uint32)),
+        ("nranks", c_size_t),
+        ("slices", POINTER(EmacCkptSlice)),
+        ("nslices", c_size_t),
+    ]
+
+
+class EmacGroup(ctypes.Structure):
+    _fields_ = [("job", c_char_p), ("rank", c_uint64), ("world", c_uint64),
+                ("replicas", c_uint64)]
+
+
 # Opaque handles.
 client_p = c_void_p
 segment_p = c_void_p
@@ -376,6 +408,23 @@ _PROTOTYPES = {
     "emac_posthoc_files": (
         c_int, [POINTER(c_char_p), c_size_t, ctypes.c_double, c_uint64, c_char_p, c_char_p,
                 err_p]),
+    # group checkpoints (client/emacheckpoint.h)
+    "emac_checkpoint_write_shard": (
+        c_int, [c_char_p, POINTER(EmacCkptGroup), POINTER(EmacCkptShard), err_p]),
+    "emac_checkpoint_write_manifest": (
+        c_int, [c_char_p, POINTER(EmacCkptGroup), c_char_p, POINTER(EmacCkptShard), c_size_t,
+                err_p]),
+    "emac_checkpoint_consolidate": (c_int, [c_char_p, c_char_p, c_char_p, err_p]),
+    "emac_checkpoint_open": (c_int, [c_char_p, POINTER(c_void_p), err_p]),
+    "emac_checkpoint_group": (POINTER(EmacCkptGroup), [c_void_p]),
+    "emac_checkpoint_read": (
+        c_int, [c_void_p, c_char_p, c_uint, POINTER(c_uint64), POINTER(c_uint64), c_void_p,
+                c_size_t, c_char_p, err_p]),
+    "emac_checkpoint_close": (None, [c_void_p]),
+    # shard sessions (emaclient.h "Shard sessions")
+    "emac_segment_set_slice": (
+        c_int, [segment_p, c_size_t, POINTER(c_uint64), POINTER(c_uint64), c_size_t, err_p]),
+    "emac_segment_set_group": (c_int, [segment_p, POINTER(EmacGroup), err_p]),
 }
 
 # enum emac_action, in the header's order.

@@ -65,6 +65,7 @@ import weakref
 import torch
 
 from . import Client, Error, Segment, _device, _released_by_owner, _safetensors, posthoc_files
+from . import distributed as _distributed
 
 __all__ = ["EMA", "DTYPES"]
 
@@ -182,7 +183,7 @@ class _Entry:
     """One parameter or buffer: where it lives in the model and the segment."""
 
     __slots__ = ("name", "prefix", "module", "attr", "param", "dtype", "shape", "device", "view",
-                 "shadow", "info", "backend")
+                 "shadow", "info", "backend", "dtensor")
 
     def __init__(self, name, prefix, module, attr, tensor, is_param):
         self.name = name
@@ -192,6 +193,11 @@ class _Entry:
         # Parameters are kept as objects (the optimizer holds the same ones);
         # buffers are looked up each time, since a module may rebind them.
         self.param = tensor if is_param else None
+        # A DTensor (FSDP2, tensor parallel): the EMA is of the local tensor it
+        # holds (docs/scaleout.md "Python"), copied as in mirror mode.
+        self.dtensor = _distributed.is_dtensor(tensor)
+        if self.dtensor:
+            tensor = tensor._local_tensor
         self.dtype = tensor.dtype
         self.shape = tuple(tensor.shape)
         self.device = tensor.device
@@ -201,17 +207,18 @@ class _Entry:
         self.backend = None   # the device's Backend in mirror mode (None: plain copies)
 
     def get(self):
-        if self.param is not None:
-            return self.param
-        return self.module._buffers[self.attr]
+        t = self.param if self.param is not None else self.module._buffers[self.attr]
+        return t._local_tensor if self.dtensor else t
 
     def target(self):
         """The tensor a pull copies into, or None for a buffer the module has
         replaced by one of another shape, dtype or device (the user's new
         tensor: there is nothing of the EMA's to put there)."""
         if self.param is not None:
-            return self.param
+            return self.param._local_tensor if self.dtensor else self.param
         t = self.module._buffers.get(self.attr)
+        if t is not None and self.dtensor:
+            t = t._local_tensor
         if t is None or t.dtype != self.dtype or tuple(t.shape) != self.shape or \
                 t.device != self.device:
             return None
@@ -417,6 +424,17 @@ class EMA:
         which posthoc() reconstructs the EMA of any width; they need
         profiles= with a power profile. snapshot() takes one on request.
 
+    shard:   under torch.distributed, where each local tensor sits in the
+        full one: {name: (global_shape, offsets)} (PyTorch distributed
+        checkpoint's chunk), "auto" (read from DTensor parameters), or None
+        (every tensor whole: unsharded, or DDP replicas). A
+        DistributedDataParallel model is unwrapped (the names are its
+        module's). group_checkpoint() and load_group_checkpoint() write and
+        resume the EMA of the whole job (docs/scaleout.md "Python").
+    job: the torch.distributed job's name, sent to emad with the rank and
+        world size (docs/protocol.md "Shard sessions": `emactl` shows a job's
+        ranks together); the slices of shard= are sent in any case.
+
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
     block raised, so that emad keeps the shadow for a resume).
@@ -427,7 +445,7 @@ class EMA:
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
                  streams=None, max_duration=None, include_frozen=False, on_nonfinite=None,
                  health=None, profiles=None, eval_profile=None, snapshot_every=None,
-                 snapshot_dtype=None, snapshot_keep=None):
+                 snapshot_dtype=None, snapshot_keep=None, shard=None, job=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -464,6 +482,7 @@ class EMA:
         self._max_duration = _parse_max_duration(max_duration)
         self._start_need = _start_need(ema_start)
         self._include_frozen = bool(include_frozen)
+        model = _distributed.unwrap(model)  # DDP: the EMA of the module it wraps
         self.model = model
         self._config = {"half_life": None if half_life is None else str(half_life),
                         "smoothing": smoothing, "update_interval": update_interval,
@@ -476,12 +495,14 @@ class EMA:
         self._entries = self._collect(model)
         if not self._entries:
             raise ValueError("the model has no parameters or buffers")
-        on_cpu = all(e.device.type == "cpu" for e in self._entries)
+        # Where each local tensor sits in the full one (docs/scaleout.md "Python").
+        self._shard = _distributed.resolve_shards(model, self._entries, shard)
+        on_cpu = all(e.device.type == "cpu" and not e.dtensor for e in self._entries)
         if mode == "auto":
             mode = "shm" if on_cpu else "mirror"
         elif mode == "shm" and not on_cpu:
-            raise ValueError("mode='shm' needs every tensor on the CPU (found %s); use "
-                             "mode='mirror'" % sorted({str(e.device) for e in self._entries}))
+            raise ValueError("mode='shm' needs every tensor on the CPU and no DTensor (found %s);"
+                             " use mode='mirror'" % sorted({str(e.device) for e in self._entries}))
         self.mode = mode
         self.session_name = session if session is not None else _default_session()
         self._state_file = _file_name(self.session_name)
@@ -520,6 +541,7 @@ class EMA:
             _released_by_owner(res.client)
             res.segment = Segment([(e.name, DTYPES[e.dtype], e.shape) for e in self._entries])
             _released_by_owner(res.segment)
+            _distributed.declare(res.segment, self._entries, self._shard, job)
             for e, info in zip(self._entries, res.segment.tensors):
                 e.info = info
                 e.view = _view(info.address, info.nbytes, e.dtype, e.shape)
@@ -1402,6 +1424,21 @@ class EMA:
                                    if e.param is None},
         }
         return out
+
+    def group_checkpoint(self, directory, job="emaclient", timeout=600.0, group=None):
+        """Write the EMA's group checkpoint into directory (docs/scaleout.md
+        "Python"): collective, every rank of group (torch.distributed; default
+        the whole job) calls it at the same batch; each writes its slices,
+        then, after a barrier (timeout seconds, an Error naming the ranks
+        missing), rank 0 writes the manifest last. Returns the manifest's path."""
+        return _distributed.group_checkpoint(self, directory, job=job, timeout=timeout,
+                                             group=group)
+
+    def load_group_checkpoint(self, path, strict=True):
+        """Resume from a group checkpoint (its manifest or directory), reading
+        this rank's slices (shard=) whatever the world size it was written
+        with; the shadow comes back bit for bit. Returns its batch."""
+        return _distributed.load_group_checkpoint(self, path, strict=strict)
 
     def _load_training(self, weights):
         with torch.no_grad():

@@ -1,0 +1,511 @@
+"""emaclient.distributed - the EMA of a model trained with torch.distributed.
+
+docs/scaleout.md ("Python") is the user's guide; this module holds what
+emaclient.torch.EMA calls for it:
+
+  shard metadata   where each local tensor sits in the full one (global shape
+                   and offsets, PyTorch distributed checkpoint's chunk): given
+                   explicitly (EMA(model, shard={name: (global_shape,
+                   offsets)})) or read from DTensor parameters (shard="auto").
+  group checkpoint every rank writes its slices of the EMA (one file per
+                   distinct shard), a barrier, then rank 0 writes the manifest
+                   last: docs/scaleout.md "Group checkpoints" is the format,
+                   client/emacheckpoint.h the C functions that write and read
+                   it.
+  resume           each rank reads its own slice, whatever the world size the
+                   checkpoint was written with, and resumes the EMA bit for bit
+                   through EMA.load_state_dict.
+
+EMA is elementwise, so the EMA of a slice is the slice of the EMA of the whole:
+no communication happens per step; the ranks meet only at a checkpoint, through
+a gloo process group of their own (so that the timeout is this module's and the
+exchange works whatever the training backend).
+"""
+
+import ctypes
+import datetime
+import json
+import os
+import re
+
+import torch
+
+from . import Error, _b, _check, _lib
+from ._lib import lib
+
+__all__ = ["MANIFEST", "Checkpoint", "consolidate", "unwrap", "dtensor_shards"]
+
+#: the manifest's name in a group checkpoint's directory
+MANIFEST = "emad-checkpoint.json"
+_FORMAT = 1  # of the "emaclient" entry of the manifest's config
+
+_ST_OF_WIRE = {"f32": "F32", "bf16": "BF16", "f16": "F16", "f64": "F64", "i64": "I64",
+               "i32": "I32", "i16": "I16", "i8": "I8", "u8": "U8", "bool": "BOOL"}
+_WIRE_OF_ST = {v: k for k, v in _ST_OF_WIRE.items()}
+
+
+# ---- models ----
+
+def unwrap(model):
+    """The module a DistributedDataParallel (or DataParallel) wraps; model itself
+    otherwise. The EMA's names are then the inner module's state_dict names."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _dtensor_types():
+    types = []
+    for mod in ("torch.distributed.tensor", "torch.distributed._tensor"):
+        try:
+            m = __import__(mod, fromlist=["DTensor"])
+        except Exception:  # absent, or unimportable (torch 1.13 under Python 3.11)
+            continue
+        if hasattr(m, "DTensor"):
+            types.append(m.DTensor)
+    return tuple(types)
+
+
+def is_dtensor(t):
+    types = _dtensor_types()
+    return bool(types) and isinstance(t, types)
+
+
+def local_tensor(t):
+    """A DTensor's local tensor (the storage this rank holds); t otherwise."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def _dtensor_slice(name, t):
+    try:
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    except ImportError:
+        try:
+            from torch.distributed._tensor._utils import compute_local_shape_and_global_offset
+        except ImportError:
+            raise TypeError("%s: this torch (%s) has DTensors but not "
+                            "compute_local_shape_and_global_offset; pass shard= explicitly" %
+                            (name, torch.__version__)) from None
+    shape, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    return tuple(int(d) for d in t.shape), tuple(int(o) for o in offsets)
+
+
+def dtensor_shards(model):
+    """{name: (global_shape, offsets)} of the model's DTensor parameters and
+    buffers (FSDP2's fully_shard, tensor parallel): what shard="auto" uses.
+    Empty where torch has no DTensor (torch 1.13)."""
+    out = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if is_dtensor(t):
+            out[name] = _dtensor_slice(name, t)
+    return out
+
+
+def resolve_shards(model, entries, shard):
+    """{name: (global_shape, offsets)} for every entry: shard's, DTensors' (with
+    "auto"), the whole tensor (replicated) for the others. ValueError on a
+    slice that names no tensor or does not fit its global shape."""
+    if shard is None or shard == "auto":
+        given = dtensor_shards(model) if shard == "auto" else {}
+    elif isinstance(shard, dict):
+        given = {}
+        for name, spec in shard.items():
+            if isinstance(spec, dict):
+                spec = (spec.get("global_shape"), spec.get("offsets"))
+            try:
+                g, o = spec
+                given[name] = (tuple(int(d) for d in g), tuple(int(d) for d in o))
+            except (TypeError, ValueError):
+                raise ValueError("shard[%r] must be (global_shape, offsets) or {\"global_shape\","
+                                 " \"offsets\"}, not %r" % (name, spec)) from None
+    else:
+        raise ValueError("shard must be None, 'auto' or {name: (global_shape, offsets)}, not %r"
+                         % (shard,))
+    names = {e.name for e in entries}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError("shard names tensors the model does not have: %s" % ", ".join(unknown))
+    out = {}
+    for e in entries:
+        g, o = given.get(e.name, (e.shape, (0,) * len(e.shape)))
+        if len(g) != len(e.shape) or len(o) != len(e.shape):
+            raise ValueError("shard[%r]: global shape %s and offsets %s must have as many "
+                             "dimensions as the local tensor %s" % (e.name, g, o, e.shape))
+        if len(g) > 8:
+            raise ValueError("shard[%r]: at most 8 dimensions" % e.name)
+        for d, (gd, od, ld) in enumerate(zip(g, o, e.shape)):
+            if od < 0 or od + ld > gd:
+                raise ValueError("shard[%r]: dimension %d: the local slice [%d, %d) is not "
+                                 "inside the global size %d" % (e.name, d, od, od + ld, gd))
+        out[e.name] = (g, o)
+    return out
+
+
+def declare(segment, entries, shards, job=None):
+    """Have the segment's register tell emad where each sliced tensor sits
+    and, with job under torch.distributed, the rank's group (docs/protocol.md
+    "Shard sessions"): emad keeps them with the session and shows a job's ranks
+    together. The EMA itself needs neither."""
+    for i, e in enumerate(entries):
+        g, o = shards[e.name]
+        if tuple(g) == tuple(e.shape):
+            continue  # whole
+        err = _lib.EmacError()
+        _check(lib.emac_segment_set_slice(segment._handle(), i, _u64s(g), _u64s(o), len(g),
+                                          ctypes.byref(err)), err)
+    if job is None:
+        return
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    g = _lib.EmacGroup(_b(job, "job"), rank, world, 0)
+    err = _lib.EmacError()
+    _check(lib.emac_segment_set_group(segment._handle(), ctypes.byref(g), ctypes.byref(err)), err)
+
+
+# ---- the C functions (client/emacheckpoint.h) ----
+
+def _u64s(xs):
+    return (ctypes.c_uint64 * max(1, len(xs)))(*[int(x) for x in xs])
+
+
+def _group(job, batch, epoch, world_size):
+    return _lib.EmacCkptGroup(_b(job, "job"), int(batch), int(epoch), int(world_size))
+
+
+def _shard_struct(file, ranks, slices, keep):
+    """slices: [(name, wire dtype, global_shape, offsets, shape, tensor or None)]."""
+    arr = (_lib.EmacCkptSlice * max(1, len(slices)))()
+    for i, (name, dtype, g, o, shape, t) in enumerate(slices):
+        bufs = [_b(name, "name"), _b(dtype, "dtype"), _u64s(g), _u64s(o), _u64s(shape)]
+        keep += bufs
+        arr[i] = _lib.EmacCkptSlice(bufs[0], bufs[1], len(g), bufs[2], bufs[3], bufs[4],
+                                    None if t is None else t.data_ptr())
+    rk = (ctypes.c_uint32 * max(1, len(ranks)))(*ranks)
+    fb = _b(file, "file")
+    keep += [arr, rk, fb]
+    return _lib.EmacCkptShard(fb, rk, len(ranks), arr, len(slices))
+
+
+def write_shard(path, job, batch, epoch, world_size, ranks, slices):
+    """One shard file (emac_checkpoint_write_shard). slices: [(name, wire
+    dtype, global_shape, offsets, shape, contiguous CPU tensor)]."""
+    keep = []
+    for s in slices:
+        t = s[5]
+        if t.device.type != "cpu" or not t.is_contiguous():
+            raise ValueError("write_shard: %s must be a contiguous CPU tensor" % s[0])
+    shard = _shard_struct(os.path.basename(path), ranks, slices, keep)
+    g = _group(job, batch, epoch, world_size)
+    err = _lib.EmacError()
+    _check(lib.emac_checkpoint_write_shard(os.fsencode(path), ctypes.byref(g),
+                                           ctypes.byref(shard), ctypes.byref(err)), err)
+
+
+def write_manifest(path, job, batch, epoch, world_size, config, shards):
+    """The manifest (emac_checkpoint_write_manifest): shards [(file, ranks,
+    slices without data)]; config a JSON-able dict."""
+    keep = []
+    arr = (_lib.EmacCkptShard * max(1, len(shards)))()
+    for i, (file, ranks, slices) in enumerate(shards):
+        arr[i] = _shard_struct(file, ranks, [s[:5] + (None,) for s in slices], keep)
+    g = _group(job, batch, epoch, world_size)
+    err = _lib.EmacError()
+    _check(lib.emac_checkpoint_write_manifest(
+        os.fsencode(path), ctypes.byref(g), json.dumps(config).encode(), arr, len(shards),
+        ctypes.byref(err)), err)
+
+
+def consolidate(manifest, out, dtype=None):
+    """The full tensors of a group checkpoint into one safetensors file
+    (emac_checkpoint_consolidate; `emactl consolidate`). manifest: its path or
+    the checkpoint's directory; dtype None (bytes copied), "f32", "bf16" or
+    "f16"."""
+    err = _lib.EmacError()
+    _check(lib.emac_checkpoint_consolidate(os.fsencode(_manifest_path(manifest)),
+                                           os.fsencode(out), _b(dtype, "dtype"),
+                                           ctypes.byref(err)), err)
+
+
+def _manifest_path(path):
+    return os.path.join(path, MANIFEST) if os.path.isdir(path) else path
+
+
+class Checkpoint:
+    """A group checkpoint opened for reading (emac_checkpoint_open: the whole
+    checkpoint is validated first, docs/scaleout.md "What a reader checks").
+    path: the manifest or its directory."""
+
+    def __init__(self, path):
+        self.path = _manifest_path(path)
+        h = ctypes.c_void_p()
+        err = _lib.EmacError()
+        _check(lib.emac_checkpoint_open(os.fsencode(self.path), ctypes.byref(h),
+                                        ctypes.byref(err)), err)
+        self._h = h
+        try:
+            g = lib.emac_checkpoint_group(h).contents
+            self.job = g.job.decode("utf-8", "replace")
+            self.batch, self.epoch, self.world_size = int(g.batch), int(g.epoch), int(g.world_size)
+            # Validated by the C reader above; read again here for what the C API
+            # does not return (the config, each tensor's dtype and global shape).
+            with open(self.path, "rb") as f:
+                m = json.loads(f.read().decode("utf-8"))
+            self.config = m.get("config") or {}
+            self.tensors = {}
+            for shard in m["shards"]:
+                for t in shard["tensors"]:
+                    self.tensors.setdefault(t["name"], (_WIRE_OF_ST[t["dtype"]],
+                                                        tuple(t["global_shape"])))
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, name, offsets, shape, dtype=None):
+        """The block [offsets, offsets + shape) of tensor name, as a new CPU
+        tensor of torch dtype `dtype` (None: the checkpoint's; a float tensor
+        may be read as another float dtype, rounded to nearest even)."""
+        from .torch import DTYPES, _TORCH
+        if name not in self.tensors:
+            raise Error("BADFILE", "%s: the checkpoint has no tensor %r" % (self.path, name))
+        wire = self.tensors[name][0] if dtype is None else DTYPES[dtype]
+        out = torch.empty(tuple(shape), dtype=_TORCH[wire])
+        err = _lib.EmacError()
+        _check(lib.emac_checkpoint_read(
+            self._h, _b(name, "name"), len(shape), _u64s(offsets), _u64s(shape),
+            out.data_ptr() if out.numel() else None, out.numel() * out.element_size(),
+            None if dtype is None else wire.encode(), ctypes.byref(err)), err)
+        return out
+
+    def close(self):
+        if self._h:
+            lib.emac_checkpoint_close(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_h", None):
+            self.close()
+
+
+# ---- group checkpoints of an EMA ----
+
+class _Comm:
+    """The ranks' meeting points at a checkpoint: a gloo group of their own
+    (made once per EMA, collectively, at its first group checkpoint), with the
+    checkpoint's timeout. A single process without torch.distributed is a
+    world of one."""
+
+    def __init__(self, group, timeout):
+        import torch.distributed as dist
+        self.dist = dist if dist.is_available() and dist.is_initialized() else None
+        self.timeout = float(timeout)
+        if self.dist is None:
+            self.rank, self.world, self.pg = 0, 1, None
+            return
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        ranks = None
+        if group is not None:
+            if hasattr(dist, "get_process_group_ranks"):
+                ranks = dist.get_process_group_ranks(group)
+            else:  # torch 1.13
+                ranks = sorted(dist.distributed_c10d._pg_group_ranks[group])
+        self.pg = dist.new_group(ranks=ranks, backend="gloo",
+                                 timeout=datetime.timedelta(seconds=self.timeout))
+
+    def gather(self, obj, what):
+        """Every rank's obj, by rank."""
+        if self.dist is None:
+            return [obj]
+        out = [None] * self.world
+        try:
+            self.dist.all_gather_object(out, obj, group=self.pg)
+        except RuntimeError as e:
+            raise Error("TIMEOUT", "group checkpoint: rank %d: %s failed: a rank is gone or did "
+                        "not arrive within %g s (%s)" % (self.rank, what, self.timeout,
+                                                           _first_line(e))) from None
+        return out
+
+    def barrier(self, what):
+        """A barrier that, on rank 0, names the ranks that did not reach it."""
+        if self.dist is None:
+            return
+        try:
+            self.dist.monitored_barrier(group=self.pg,
+                                        timeout=datetime.timedelta(seconds=self.timeout),
+                                        wait_all_ranks=True)
+        except RuntimeError as e:
+            msg = str(e)
+            m = re.search(r"Ranks? ([0-9, ]+) failed to pass monitoredBarrier", msg)
+            if self.rank == 0 and m:
+                who = "ranks %s" % m.group(1).strip() if "," in m.group(1) else \
+                    "rank %s" % m.group(1).strip()
+                why = "%s did not reach the barrier %s within %g s (dead or stuck)" % (
+                    who, what, self.timeout)
+            else:
+                why = "the barrier %s failed on rank %d: a rank is gone or did not arrive " \
+                    "within %g s (%s)" % (what, self.rank, self.timeout, _first_line(e))
+            raise Error("TIMEOUT", "group checkpoint: " + why) from None
+
+    def broadcast(self, obj, what):
+        """Rank 0's obj on every rank."""
+        if self.dist is None:
+            return obj
+        box = [obj]
+        try:
+            self.dist.broadcast_object_list(box, src=self._global(0), group=self.pg)
+        except RuntimeError as e:
+            raise Error("TIMEOUT", "group checkpoint: rank %d: %s failed: rank 0 is gone or did "
+                        "not answer within %g s (%s)" % (self.rank, what, self.timeout,
+                                                          _first_line(e))) from None
+        return box[0]
+
+    def _global(self, r):
+        if hasattr(self.dist, "get_global_rank"):
+            return self.dist.get_global_rank(self.pg, r)
+        return self.dist.distributed_c10d._get_global_rank(self.pg, r)
+
+
+def _first_line(e):
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def _layout(ema):
+    """[(name, wire dtype of the shadow, global_shape, offsets, shape, shadow)]."""
+    from .torch import DTYPES
+    out = []
+    for e, sh in zip(ema._entries, ema._shadows_of(ema._eval_profile)):
+        g, o = ema._shard[e.name]
+        out.append((e.name, DTYPES[sh.dtype], list(g), list(o), list(e.shape),
+                    sh.reshape(e.shape)))
+    return out
+
+
+def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None):
+    """Write the EMA's group checkpoint into `directory` (docs/scaleout.md):
+    collective, every rank of `group` (default: the whole job) calls it at the
+    same batch. Returns the manifest's path once it exists, on every rank."""
+    if ema._profiles is not None:
+        raise Error("USAGE", "group_checkpoint: an EMA with profiles= is not supported yet "
+                    "(docs/scaleout.md \"Python\"); use state_dict() per rank")
+    if ema._closed:
+        raise Error("USAGE", "group_checkpoint: the EMA is closed")
+    comm = getattr(ema, "_group_comm", None)
+    if comm is None or comm.timeout != float(timeout):
+        comm = ema._group_comm = _Comm(group, timeout)
+    directory = os.path.abspath(directory)
+    manifest = os.path.join(directory, MANIFEST)
+    ema.wait()
+    st = ema.state()
+    batch, epoch = ema._batch, ema._epoch
+    layout = _layout(ema)
+    problem = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if os.path.lexists(manifest):
+            problem = "%s exists: a checkpoint is there already (use one directory per " \
+                "checkpoint)" % manifest
+    except OSError as e:
+        problem = "cannot make %s: %s" % (directory, e)
+    mine = {"rank": comm.rank, "batch": batch, "epoch": epoch, "problem": problem,
+            "layout": [s[:5] for s in layout]}
+    infos = comm.gather(mine, "exchanging the shard layouts")
+    bad = ["rank %d: %s" % (i["rank"], i["problem"]) for i in infos if i["problem"]]
+    if bad:
+        raise Error("USAGE", "group checkpoint in %s: %s" % (directory, "; ".join(bad)))
+    if len({(i["batch"], i["epoch"]) for i in infos}) > 1:
+        raise Error("STATE", "group checkpoint in %s: the ranks are at different times (%s): "
+                    "call it at the same batch on every rank; nothing was written" % (
+                        directory, ", ".join("rank %d at batch %d epoch %d" % (
+                            i["rank"], i["batch"], i["epoch"]) for i in infos)))
+    # Replicas (the same slices on several ranks: DDP, HSDP) are written once, by
+    # the lowest rank holding them, and the file lists them all.
+    holders = {}
+    for i in infos:
+        holders.setdefault(json.dumps(i["layout"]), []).append(i["rank"])
+    shards = [("rank-%05d.safetensors" % ranks[0], ranks, infos[ranks[0]]["layout"])
+              for ranks in holders.values()]
+    ranks = holders[json.dumps(mine["layout"])]
+    status = None
+    if comm.rank == ranks[0]:
+        try:
+            _write_shard_file(os.path.join(directory, "rank-%05d.safetensors" % comm.rank),
+                              job, batch, epoch, comm.world, ranks, layout)
+        except (Error, OSError, ValueError) as e:
+            status = "rank %d could not write its shard file: %s" % (comm.rank, e)
+    comm.barrier("after writing the shard files (in %s); no manifest was written" % directory)
+    statuses = comm.gather(status, "collecting the writers' results")
+    result = None
+    if comm.rank == 0:
+        failed = [s for s in statuses if s]
+        if failed:
+            result = "; ".join(failed)
+        else:
+            config = {"ema": ema._config_reported(st),
+                      "emaclient": {"format": _FORMAT, "started": st["started"],
+                                    "updates": st["updates"], "last_time": st["last_time"],
+                                    "counts": dict(zip(("samples", "tokens", "seconds"),
+                                                       ema._now()[3:]))}}
+            try:
+                write_manifest(manifest, job, batch, epoch, comm.world, config, shards)
+            except Error as e:
+                result = "rank 0 could not write the manifest: %s" % e
+    result = comm.broadcast(result, "waiting for rank 0's manifest")
+    if result is not None:
+        raise Error("STATE", "group checkpoint in %s at batch %d: %s; no manifest was written"
+                    % (directory, batch, result))
+    return manifest
+
+
+def _write_shard_file(path, job, batch, epoch, world, ranks, layout):
+    """(A function of its own so that a test can stop a rank right here.)"""
+    write_shard(path, job, batch, epoch, world, ranks,
+                [s[:5] + (s[5].contiguous(),) for s in layout])
+
+
+def load_group_checkpoint(ema, path, strict=True):
+    """Resume the EMA from a group checkpoint (path: the manifest or its
+    directory), reading this rank's slices whatever the world size it was
+    written with. strict: every tensor of the EMA must be in it."""
+    from .torch import _LOW_PRECISION
+    with Checkpoint(path) as ck:
+        cfg = ck.config.get("emaclient") or {}
+        if cfg.get("format") != _FORMAT:
+            raise Error("BADFILE", "%s: not a checkpoint emaclient wrote (config.emaclient."
+                        "format %r)" % (ck.path, cfg.get("format")))
+        params, buffers, shadow, missing = {}, {}, {}, []
+        for e in ema._entries:
+            if e.name not in ck.tensors:
+                missing.append(e.name)
+                continue
+            g, o = ema._shard[e.name]
+            if ck.tensors[e.name][1] != tuple(g):
+                raise Error("BADFILE", "%s: tensor %r has global shape %s there, %s in this "
+                            "model" % (ck.path, e.name, list(ck.tensors[e.name][1]), list(g)))
+            t = ck.read(e.name, o, e.shape, dtype=e.shadow.dtype)
+            if e.dtype in _LOW_PRECISION:
+                shadow[e.name] = t
+                t = t.to(e.dtype)
+            (params if e.param is not None else buffers)[e.name] = t
+        if missing and strict:
+            raise Error("BADFILE", "%s: the checkpoint lacks %s" % (ck.path, ", ".join(missing)))
+        meta = {"format": 1, "session": ema.session_name,
+                "config": (ck.config.get("ema") or {}), "started": bool(cfg.get("started")),
+                "updates": cfg.get("updates"), "last_time": cfg.get("last_time"),
+                "counts": cfg.get("counts") or {}, "shadow": shadow, "excluded": [],
+                "state_file": None}
+        state = {"ema_weights_active": False, "ema_started": bool(cfg.get("started")),
+                 "emad": meta,
+                 "ema_model": {"named_parameters_dict": params, "named_buffers_dict": buffers}}
+        ema.load_state_dict(state, strict=False)
+        return ck.batch

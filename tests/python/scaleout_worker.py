@@ -1,0 +1,219 @@
+"""The ranks of tests/python/test_scaleout.py: one process per rank of a
+torch.distributed (gloo, localhost) job, started with torch.multiprocessing's
+spawn context.
+
+The "full" model is trained identically in every rank (the same data, one
+thread, the same ops) and in the single-process reference; each rank then
+copies its row slice of every full tensor into its local model, so that the
+sharded and the full training hold identical parameters at every step. The
+EMA of the local model (shard= the slices' metadata) must then be, slice for
+slice, the EMA of the full model.
+"""
+
+import json
+import os
+import signal
+import sys
+import traceback
+
+import torch
+import torch.nn as nn
+
+HALF_LIFE = "4ba"
+LR = 0.05
+
+
+def make_full():
+    """A small MLP and a bf16 table, from a fixed seed."""
+    g = torch.Generator().manual_seed(14)
+    m = nn.Module()
+    m.w1 = nn.Parameter(torch.randn(8, 6, generator=g))
+    m.b1 = nn.Parameter(torch.randn(8, generator=g))
+    m.w2 = nn.Parameter(torch.randn(4, 8, generator=g))
+    m.b2 = nn.Parameter(torch.randn(4, generator=g))
+    m.emb = nn.Parameter(torch.randn(8, 3, generator=g).to(torch.bfloat16))
+    m.register_buffer("seen", torch.zeros(4, dtype=torch.int64))
+    return m
+
+
+def full_step(m, step):
+    """One SGD step of the full model on batch `step` (in place: the tensors
+    stay where the EMA put them)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(5, 6, generator=g)
+    y = torch.randn(5, 4, generator=g)
+    h = torch.tanh(x @ m.w1.t() + m.b1 + m.emb.float().sum(1))
+    loss = ((h @ m.w2.t() + m.b2 - y) ** 2).mean() + 0.01 * (m.emb.float() ** 2).sum()
+    for p in m.parameters():
+        p.grad = None
+    loss.backward()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.sub_(LR * p.grad)
+        m.seen.add_(step % 3)
+
+
+def rows(n, rank, world):
+    each = n // world
+    return rank * each, each
+
+
+def local_model(full, rank, world):
+    """The rank's row slices of every tensor of full, as a module of its own,
+    and their shard metadata {name: (global_shape, offsets)}."""
+    m = nn.Module()
+    spec = {}
+    for name, t in list(full.named_parameters()) + list(full.named_buffers()):
+        off, n = rows(t.shape[0], rank, world)
+        block = t.detach()[off:off + n].clone()
+        if isinstance(t, nn.Parameter):
+            setattr(m, name, nn.Parameter(block))
+        else:
+            m.register_buffer(name, block)
+        spec[name] = (tuple(t.shape), (off,) + (0,) * (t.dim() - 1))
+    return m, spec
+
+
+def copy_slices(local, full, spec):
+    with torch.no_grad():
+        for name, t in list(local.named_parameters()) + list(local.named_buffers()):
+            off = spec[name][1][0]
+            t.copy_(getattr(full, name).detach()[off:off + t.shape[0]])
+
+
+def run(rank, world, port, plan, out):
+    """plan: {"socket": [socket per rank], "job", "start", "steps", "checkpoints":
+    {batch: dir}, "resume": dir or None, "kill": {"rank", "batch"} or None,
+    "timeout"}. Writes out/rank-N.json: {"ok": ..., "error": ...}."""
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    import datetime
+    import torch.distributed as dist
+    from emaclient import distributed as edist
+    from emaclient.torch import EMA
+    result = {"ok": False}
+    ema = None
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=60))
+        full = make_full()
+        for step in range(plan["start"]):
+            full_step(full, step)  # the training weights a trainer's own checkpoint restores
+        local, spec = local_model(full, rank, world)
+        ema = EMA(local, half_life=HALF_LIFE, socket=plan["socket"][rank],
+                  session="%s.rank%d" % (plan["job"], rank), shard=spec, job=plan["job"])
+        with open(os.path.join(out, "segment-%d" % rank), "w") as f:
+            f.write(ema._res.segment.name)
+        if plan.get("resume"):
+            result["resumed_at"] = ema.load_group_checkpoint(plan["resume"])
+        kill = plan.get("kill")
+        for step in range(plan["start"], plan["start"] + plan["steps"]):
+            ema.wait()
+            full_step(full, step)
+            copy_slices(local, full, spec)
+            ema.batch_end(batch=step + 1)
+            d = plan["checkpoints"].get(str(step + 1))
+            if d:
+                if kill and kill["rank"] == rank and kill["batch"] == step + 1:
+                    real = edist._write_shard_file
+
+                    def die(*a, **k):
+                        real(*a, **k)  # its file is there; the barrier never sees it
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    edist._write_shard_file = die
+                result.setdefault("manifests", []).append(
+                    ema.group_checkpoint(d, job=plan["job"], timeout=plan.get("timeout", 30)))
+        ema.close()
+        dist.destroy_process_group()
+        result["ok"] = True
+    except BaseException as e:  # reported to the test, which asserts on it
+        result["error"] = "%s: %s" % (type(e).__name__, e)
+        result["code"] = getattr(e, "code", None)
+        result["trace"] = traceback.format_exc()
+        if ema is not None:
+            try:
+                ema.close()
+            except Exception:
+                pass
+    with open(os.path.join(out, "rank-%d.json" % rank), "w") as f:
+        json.dump(result, f)
+    sys.stdout.flush()
+    os._exit(0)  # no atexit work: a peer may be gone, leaving gloo's teardown to hang
+
+
+def digest(sd):
+    import hashlib
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        h.update(name.encode())
+        h.update(sd[name].detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_ddp(rank, world, port, plan, out):
+    """DDP: every rank holds the whole model; EMA(ddp_model) averages the
+    module it wraps. Reports digests of what the model holds in and after
+    eval(), and whether they are the EMA and the training weights bit for bit."""
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    import datetime
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from emaclient.torch import EMA
+    result = {"ok": False}
+    ema = None
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=60))
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+        ddp = DDP(model)
+        opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+        ema = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
+                  session="ddp.rank%d" % rank)
+        with open(os.path.join(out, "segment-%d" % rank), "w") as f:
+            f.write(ema._res.segment.name)
+        ema.attach_optimizer(opt)
+        for step in range(plan["steps"]):
+            g = torch.Generator().manual_seed(1000 + step * world + rank)  # each rank its data
+            x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
+            opt.zero_grad()
+            ((ddp(x) - y) ** 2).mean().backward()
+            opt.step()
+            ema.batch_end(batch=step + 1)
+        training = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        ema_w = ema.ema_state_dict()
+        result["names"] = sorted(ema_w)
+        with ema.eval():
+            inside = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        after = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        result["eval_is_ema"] = digest(inside) == digest(ema_w)
+        result["eval_differs_from_training"] = digest(inside) != digest(training)
+        result["training_back"] = digest(after) == digest(training)
+        result["eval_digest"] = digest(inside)
+        result["training_digest"] = digest(training)
+        result["manifest"] = ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
+        # Rank 1 one batch ahead: every rank refuses, nothing is written.
+        if rank == 1:
+            ema.batch_end(batch=plan["steps"] + 1)
+        try:
+            ema.group_checkpoint(plan["checkpoint"] + "-odd", job="ddp", timeout=30)
+        except Exception as e:
+            result["odd"] = [getattr(e, "code", None), str(e)]
+        ema.close()
+        dist.destroy_process_group()
+        result["ok"] = True
+    except BaseException as e:
+        result["error"] = "%s: %s" % (type(e).__name__, e)
+        result["trace"] = traceback.format_exc()
+        if ema is not None:
+            try:
+                ema.close()
+            except Exception:
+                pass
+    with open(os.path.join(out, "rank-%d.json" % rank), "w") as f:
+        json.dump(result, f)
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,262 @@
+"""emaclient.torch under torch.distributed (docs/scaleout.md "Python"): sharded EMAs, group
+checkpoints, resharding, DDP, a rank killed during a checkpoint. Each rank is a process
+(torch.multiprocessing spawn, gloo on localhost: scaleout_worker.py); two emad instances on
+their own sockets and state directories are two "nodes".
+
+- 4 ranks on 2 nodes, each holding a row slice of every tensor (f32, bf16, an i64 buffer),
+  trained as the full model is (the full step, sliced): the consolidated group checkpoint equals
+  bit for bit the shadow of a single-process EMA of the full model, at two checkpoints.
+- Resharding 4 -> 2 and then 2 -> 4, each resuming from the last group checkpoint: the
+  consolidated EMA equals the uninterrupted single-process one bit for bit.
+- DDP, 2 ranks on one node: eval() shows the EMA weights on both ranks (the same on both), the
+  training weights come back bit for bit; the group checkpoint writes the replicas once; ranks at
+  different batches are refused on every rank, nothing written.
+- One process without torch.distributed (a world of one): a checkpoint read back by block; a
+  directory that holds a checkpoint is not written over.
+- A rank SIGKILLed during a group checkpoint (after writing its shard file): rank 0's error
+  names it, no manifest exists; a job resumed from the previous checkpoint completes, bit-exact.
+- Shard files that disagree with the manifest on the batch are refused with a clear error.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import unittest
+
+import emadtest
+import scaleout_worker as W
+
+import torch
+import torch.multiprocessing as mp
+
+from emaclient import Error, _safetensors
+from emaclient import distributed as edist
+from emaclient.torch import EMA
+
+SPAWN_TIMEOUT = 120
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reference(sock, batches):
+    """The single-process EMA of the full model: {batch: shadow_state_dict()}."""
+    full = W.make_full()
+    ema = EMA(full, half_life=W.HALF_LIFE, socket=sock, session="reference")
+    out = {}
+    try:
+        for step in range(max(batches)):
+            ema.wait()
+            W.full_step(full, step)
+            ema.batch_end(batch=step + 1)
+            if step + 1 in batches:
+                out[step + 1] = ema.shadow_state_dict()
+    finally:
+        ema.close()
+    return out
+
+
+class Job:
+    """One torch.distributed job of `world` spawned ranks."""
+
+    def __init__(self, test, target, world, plan):
+        self.out = tempfile.mkdtemp(prefix="emad-scaleout-")
+        test.addCleanup(shutil.rmtree, self.out, True)
+        ctx = mp.get_context("spawn")
+        port = free_port()
+        self.procs = [ctx.Process(target=target, args=(r, world, port, plan, self.out))
+                      for r in range(world)]
+        for p in self.procs:
+            p.start()
+        self.results = []
+        try:
+            for p in self.procs:
+                p.join(SPAWN_TIMEOUT)
+        finally:
+            for p in self.procs:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        for r in range(world):
+            seg = os.path.join(self.out, "segment-%d" % r)
+            if os.path.exists(seg):
+                with open(seg) as f:
+                    name = f.read().strip()
+                test.leftovers.extra_segments.add(name)
+                if self.procs[r].exitcode != 0:
+                    # killed: a crashed trainer's segment is the administrator's to remove
+                    try:
+                        os.unlink("/dev/shm/" + name.lstrip("/"))
+                    except OSError:
+                        pass
+            path = os.path.join(self.out, "rank-%d.json" % r)
+            if os.path.exists(path):
+                with open(path) as f:
+                    self.results.append(json.load(f))
+            else:
+                self.results.append({"ok": False, "exitcode": self.procs[r].exitcode})
+
+    def check_ok(self, test):
+        for r, res in enumerate(self.results):
+            test.assertTrue(res.get("ok"), "rank %d: %s" % (r, res.get("trace") or res))
+
+
+def consolidated(manifest):
+    out = manifest + ".full.safetensors"
+    p = subprocess.run([emadtest.EMACTL_BIN, "consolidate", manifest, "--out", out],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise AssertionError("emactl consolidate: %s" % p.stderr)
+    tensors, _ = _safetensors.read(out)
+    return tensors
+
+
+class ScaleOut(emadtest.EmadTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = tempfile.mkdtemp(prefix="emad-scaleout-ckpt-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.node_a = self.daemon()
+        self.node_b = self.daemon()
+
+    def plan(self, world, **kw):
+        nodes = [self.node_a.sock, self.node_b.sock]
+        plan = {"socket": [nodes[r * 2 // world] if world > 2 else nodes[0]
+                           for r in range(world)],
+                "job": "mlp", "start": 0, "steps": 0, "checkpoints": {}, "resume": None,
+                "kill": None}
+        plan.update(kw)
+        return plan
+
+    def ckpt(self, name):
+        return os.path.join(self.tmp, name)
+
+    def assert_equal_bits(self, got, want, where):
+        self.assertEqual(sorted(got), sorted(want), where)
+        for name in want:
+            self.assertTrue(emadtest.bits_equal(got[name], want[name]),
+                            "%s: %s differs: %s vs %s" % (where, name, got[name], want[name]))
+
+    def test_sharded_ema_consolidates_and_reshards_bit_exact(self):
+        ref = reference(self.node_a.sock, {6, 9, 12, 15})
+        # 4 ranks on 2 nodes, checkpoints at 6 and 9.
+        job = Job(self, W.run, 4, self.plan(4, steps=9, checkpoints={
+            "6": self.ckpt("w4-6"), "9": self.ckpt("w4-9")}))
+        job.check_ok(self)
+        with open(os.path.join(self.ckpt("w4-9"), edist.MANIFEST)) as f:
+            m = json.load(f)
+        self.assertEqual((m["batch"], m["world_size"], len(m["shards"])), (9, 4, 4))
+        self.assert_equal_bits(consolidated(job.results[0]["manifests"][0]), ref[6], "4 ranks, 6")
+        self.assert_equal_bits(consolidated(job.results[0]["manifests"][1]), ref[9], "4 ranks, 9")
+        # 4 -> 2: resume from batch 6, train to 12.
+        job = Job(self, W.run, 2, self.plan(2, start=6, steps=6, resume=self.ckpt("w4-6"),
+                                            checkpoints={"12": self.ckpt("w2-12")}))
+        job.check_ok(self)
+        self.assertEqual([r["resumed_at"] for r in job.results], [6, 6])
+        self.assert_equal_bits(consolidated(job.results[0]["manifests"][0]), ref[12], "4 -> 2")
+        # 2 -> 4: resume from batch 12, train to 15.
+        job = Job(self, W.run, 4, self.plan(4, start=12, steps=3, resume=self.ckpt("w2-12"),
+                                            checkpoints={"15": self.ckpt("w4-15")}))
+        job.check_ok(self)
+        self.assert_equal_bits(consolidated(job.results[0]["manifests"][0]), ref[15], "2 -> 4")
+
+    def test_rank_killed_during_checkpoint_leaves_no_manifest_and_resume_completes(self):
+        ref = reference(self.node_a.sock, {8})
+        job = Job(self, W.run, 2, self.plan(2, steps=6, timeout=10, kill={"rank": 1, "batch": 6},
+                                            checkpoints={"3": self.ckpt("k3"),
+                                                         "6": self.ckpt("k6")}))
+        self.assertEqual(job.procs[1].exitcode, -9)
+        r0 = job.results[0]
+        self.assertFalse(r0["ok"])
+        self.assertEqual(r0["code"], "TIMEOUT", r0)
+        self.assertIn("rank 1", r0["error"])
+        self.assertIn("no manifest was written", r0["error"])
+        self.assertTrue(os.path.exists(os.path.join(self.ckpt("k6"), "rank-00001.safetensors")))
+        self.assertFalse(os.path.exists(os.path.join(self.ckpt("k6"), edist.MANIFEST)))
+        with self.assertRaises(Error) as cm:
+            edist.Checkpoint(self.ckpt("k6"))
+        self.assertEqual(cm.exception.code, "SYSTEM")
+        # The killed rank's session is left detached in emad, as any crashed trainer's.
+        with emadtest.emaclient.Client(self.node_a.sock) as c:
+            c.drop("mlp.rank1")
+        job = Job(self, W.run, 2, self.plan(2, start=3, steps=5, resume=self.ckpt("k3"),
+                                            checkpoints={"8": self.ckpt("k8")}))
+        job.check_ok(self)
+        self.assert_equal_bits(consolidated(job.results[0]["manifests"][0]), ref[8], "resumed")
+
+    def test_ddp_eval_shows_the_ema_and_gives_training_weights_back(self):
+        job = Job(self, W.run_ddp, 2, self.plan(2, steps=5, checkpoint=self.ckpt("ddp")))
+        job.check_ok(self)
+        r0, r1 = job.results
+        for r in (r0, r1):
+            self.assertTrue(r["eval_is_ema"], r)
+            self.assertTrue(r["eval_differs_from_training"], r)
+            self.assertTrue(r["training_back"], r)
+            self.assertEqual(r["names"], ["0.bias", "0.weight", "2.bias", "2.weight"])
+        self.assertEqual(r0["eval_digest"], r1["eval_digest"])
+        self.assertEqual(r0["training_digest"], r1["training_digest"])
+        with open(r0["manifest"]) as f:
+            m = json.load(f)
+        self.assertEqual([(s["file"], s["ranks"]) for s in m["shards"]],
+                         [("rank-00000.safetensors", [0, 1])])
+        self.assertFalse(os.path.exists(os.path.join(self.ckpt("ddp"), "rank-00001.safetensors")))
+        for r in (r0, r1):
+            self.assertEqual(r["odd"][0], "STATE", r)
+            self.assertIn("rank 0 at batch 5 epoch 0, rank 1 at batch 6 epoch 0", r["odd"][1])
+        self.assertEqual(os.listdir(self.ckpt("ddp") + "-odd"), [])
+
+    def test_single_process_checkpoint_and_an_existing_manifest_refused(self):
+        """Without torch.distributed, a world of one; a directory holding a
+        checkpoint is not written over."""
+        full = W.make_full()
+        ema = EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, session="one")
+        try:
+            for step in range(3):
+                ema.wait()
+                W.full_step(full, step)
+                ema.batch_end(batch=step + 1)
+            want = ema.shadow_state_dict()
+            manifest = ema.group_checkpoint(self.ckpt("one"), job="one")
+            with self.assertRaises(Error) as cm:
+                ema.group_checkpoint(self.ckpt("one"), job="one")
+        finally:
+            ema.close()
+        self.assertEqual(cm.exception.code, "USAGE")
+        self.assertIn("a checkpoint is there already", str(cm.exception))
+        with edist.Checkpoint(manifest) as ck:
+            self.assertEqual((ck.job, ck.batch, ck.world_size), ("one", 3, 1))
+            self.assertTrue(emadtest.bits_equal(ck.read("w1", (2, 0), (3, 6)), want["w1"][2:5]))
+        self.assert_equal_bits(consolidated(manifest), want, "one process")
+
+    def test_shards_at_another_batch_are_refused(self):
+        job = Job(self, W.run, 2, self.plan(2, steps=3, checkpoints={"3": self.ckpt("b3")}))
+        job.check_ok(self)
+        # Rewrite rank 1's file as the same slices at batch 2 (a file of another checkpoint).
+        path = os.path.join(self.ckpt("b3"), "rank-00001.safetensors")
+        tensors, _ = _safetensors.read(path)
+        with open(os.path.join(self.ckpt("b3"), edist.MANIFEST)) as f:
+            m = json.load(f)
+        slices = [(t["name"], edist._WIRE_OF_ST[t["dtype"]], t["global_shape"], t["offsets"],
+                   t["shape"], tensors[t["name"]].contiguous()) for t in m["shards"][1]["tensors"]]
+        edist.write_shard(path, "mlp", 2, 0, 2, [1], slices)
+        local, spec = W.local_model(W.make_full(), 1, 2)
+        ema = EMA(local, half_life=W.HALF_LIFE, socket=self.node_a.sock, session="odd", shard=spec)
+        try:
+            with self.assertRaises(Error) as cm:
+                ema.load_group_checkpoint(self.ckpt("b3"))
+        finally:
+            ema.close()
+        self.assertEqual(cm.exception.code, "BADFILE")
+        self.assertIn('"rank-00001.safetensors" at batch 2', str(cm.exception))
+        self.assertIn("batch 3", str(cm.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
