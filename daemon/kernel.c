@@ -703,78 +703,6 @@ AVX2_INLINE void avx2_health_fast_step(float *restrict s, __m256 vx, size_t i, _
 }
 
 /*
- * Params 8*half .. 8*half+7 of the sixteen 16-bit params in h, as f32. bf16 widens in the
- * register: the qwords reordered 0 2 1 3, each 128-bit lane then holds params 0-3 and 8-11 (lane
- * 0) and 4-7 and 12-15 (lane 1), so interleaving zeros below the low or the high words of both
- * lanes gives 0-7 or 8-15 in order: three operations for sixteen params, where widening each
- * half on its own takes five. f16 converts each 128-bit half.
- */
-AVX2_INLINE __m256 avx2_widen_half(__m256i h, int half, int kind)
-{
-    if (kind == PARAM_BF16) {
-        __m256i q = _mm256_permute4x64_epi64(h, 0xd8);
-        __m256i z = _mm256_setzero_si256();
-        return _mm256_castsi256_ps(half ? _mm256_unpackhi_epi16(z, q)
-                                        : _mm256_unpacklo_epi16(z, q));
-    }
-    return _mm256_cvtph_ps(half ? _mm256_extracti128_si256(h, 1) : _mm256_castsi256_si128(h));
-}
-
-/* One step of a 64-param turn on the 16-bit params in register h (half 0 or 1). */
-#define H16_STEP(STEP, h, half, k, acc)                                                           \
-    STEP(s, avx2_widen_half(h, half, kind), i + 8 * (k), vc, from_param, u, save, acc)
-
-/*
- * 16-bit params, 64 a turn: the four registers of the turn read once and tested together (one
- * compare, mask and branch per 64), then widened one step at a time, so that only the raw
- * registers stay live across the test. What the turn saves over two 32-param turns is most of
- * what the health signals cost on 16-bit params in memory (docs/performance.md "Health").
- */
-AVX2_INLINE size_t avx2_health_h16_turns(float *restrict s, const uint16_t *restrict x, size_t i,
-                                         size_t end, __m256 vc, bool from_param,
-                                         float *restrict u, bool save, bool skip, int kind,
-                                         __m256 *sq0, __m256 *sq1, __m256 *sq2, __m256 *sq3,
-                                         __m256i *bad, __m256i *same, bool track)
-{
-    const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
-    for (; i + 64 <= end; i += 64) {
-        const __m256i *p = (const __m256i *)(x + i);
-        __m256i h0 = _mm256_loadu_si256(p), h1 = _mm256_loadu_si256(p + 1);
-        __m256i h2 = _mm256_loadu_si256(p + 2), h3 = _mm256_loadu_si256(p + 3);
-        __m256i m = _mm256_max_epu16(
-            _mm256_max_epu16(_mm256_and_si256(h0, e), _mm256_and_si256(h1, e)),
-            _mm256_max_epu16(_mm256_and_si256(h2, e), _mm256_and_si256(h3, e)));
-        if (_mm256_movemask_epi8(_mm256_cmpeq_epi16(m, e)) == 0) {
-#define FAST(s_, vx, at, vc_, fp, u_, sv, acc)                                                      \
-    avx2_health_fast_step(s_, vx, at, vc_, fp, u_, sv, acc, same, track)
-            H16_STEP(FAST, h0, 0, 0, sq0);
-            H16_STEP(FAST, h0, 1, 1, sq1);
-            H16_STEP(FAST, h1, 0, 2, sq2);
-            H16_STEP(FAST, h1, 1, 3, sq3);
-            H16_STEP(FAST, h2, 0, 4, sq0);
-            H16_STEP(FAST, h2, 1, 5, sq1);
-            H16_STEP(FAST, h3, 0, 6, sq2);
-            H16_STEP(FAST, h3, 1, 7, sq3);
-#undef FAST
-        } else {
-#define SLOW(s_, vx, at, vc_, fp, u_, sv, acc)                                                      \
-    avx2_health_step(s_, vx, at, vc_, fp, u_, sv, skip, acc, bad, same, track)
-            H16_STEP(SLOW, h0, 0, 0, sq0);
-            H16_STEP(SLOW, h0, 1, 1, sq1);
-            H16_STEP(SLOW, h1, 0, 2, sq2);
-            H16_STEP(SLOW, h1, 1, 3, sq3);
-            H16_STEP(SLOW, h2, 0, 4, sq0);
-            H16_STEP(SLOW, h2, 1, 5, sq1);
-            H16_STEP(SLOW, h3, 0, 6, sq2);
-            H16_STEP(SLOW, h3, 1, 7, sq3);
-#undef SLOW
-        }
-    }
-    return i;
-}
-#undef H16_STEP
-
-/*
  * [i, end) of a block, 32 elements a turn: the turn's params read and tested (above), then the
  * fast steps when all are finite (every turn, in a healthy training), the masked ones otherwise.
  * Testing a whole block ahead instead would read the params and the shadow one after the other
@@ -787,9 +715,6 @@ AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict
 {
     __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
     __m256 v0, v1, v2, v3;
-    if (kind != PARAM_F32)
-        i = avx2_health_h16_turns(s, (const uint16_t *)x, i, end, vc, from_param, u, save, skip,
-                                  kind, &sq0, &sq1, &sq2, &sq3, bad, same, track);
     for (; i + 32 <= end; i += 32) {
         if (avx2_load_32(x, i, kind, &v0, &v1, &v2, &v3)) {
             avx2_health_fast_step(s, v0, i, vc, from_param, u, save, &sq0, same, track);
