@@ -807,7 +807,7 @@ struct prof_health {
 static void health_of(struct rpc *c, const char *name, struct prof_health out[NP],
                       uint64_t *nonfinite_total, char *session_alarms, size_t len)
 {
-    struct msg_status req = {true, msg_str_c(name)};
+    struct msg_status req = {.has_session = true, .session = msg_str_c(name)};
     struct msg_status_reply rep;
     char why[256];
 
