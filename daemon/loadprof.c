@@ -47,21 +47,9 @@ static int check_one(const struct session *s, const struct msg_saved_state *m,
                  "file of one", saved_shadows(m));
         return -EINVAL;
     }
-    if (m->ntensors != s->ntensors) {
-        snprintf(err, errlen, "the file has %zu tensors, the session %zu", m->ntensors,
-                 s->ntensors);
-        return -EINVAL;
-    }
-    for (size_t i = 0; i < s->ntensors; i++) {
-        const struct tensor *t = &s->tensors[i];
-        enum dtype dt;
-        if (!msg_str_eq(m->tensors[i].name, t->name) ||
-            dtype_from_name(m->tensors[i].dtype.ptr, m->tensors[i].dtype.len, &dt) < 0 ||
-            dtype_shadow(dt) != t->shadow_dtype || m->tensors[i].numel != t->numel) {
-            snprintf(err, errlen, "tensor %zu (\"%s\") differs from the file's", i, t->name);
-            return -EINVAL;
-        }
-    }
+    int rc = session_check_table(s, m, err, errlen);
+    if (rc < 0)
+        return rc;
     /* Laid out alike, the one shadow's data is the area before its rounding up to the
      * alignment of the profiles' areas. */
     if (data_len > s->area_bytes || data_len + SEG_TENSOR_ALIGN <= s->area_bytes ||

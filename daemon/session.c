@@ -137,7 +137,7 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
  * The param dtypes may differ: an f32 session's shadow loads into an f16 or bf16 one, which is
  * how a trainer resumes the exact fp32 shadow of a low-precision model from its own checkpoint
  * without ever writing a shadow itself (docs/protocol.md "load"). */
-int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
+int session_check_table(const struct session *s, const struct msg_saved_state *m, char *err,
                         size_t errlen)
 {
     if (m->ntensors != s->ntensors) {
@@ -159,6 +159,15 @@ int session_check_saved(const struct session *s, const struct msg_saved_state *m
             return -EINVAL;
         }
     }
+    return 0;
+}
+
+int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
+                        size_t errlen)
+{
+    int rc = session_check_table(s, m, err, errlen);
+    if (rc < 0)
+        return rc;
     if (m->shadow_bytes != s->shadow_bytes) {
         snprintf(err, errlen, "the file's shadow is %" PRIu64 " bytes, the session's %" PRIu64,
                  m->shadow_bytes, s->shadow_bytes);

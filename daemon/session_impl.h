@@ -314,6 +314,10 @@ int session_config_set(struct session *s, const struct msg_config *c, char *err,
 int session_build_tensors(struct session *s, const struct msg_register *req,
                           uint64_t max_tensors, char *err, size_t errlen);
 /* A state file's config and counters into s (a load, a restart). */
+/* Whether a state file's tensor table is the session's: the same names and numel in order, and
+ * the same shadow dtypes (0, or -EINVAL with the first difference in err). */
+int session_check_table(const struct session *s, const struct msg_saved_state *m, char *err,
+                        size_t errlen);
 /* Whether a state file's tensors, shadow size and number of profiles are the session's, which
  * load requires (0, or -EINVAL with the difference in err). */
 int session_check_saved(const struct session *s, const struct msg_saved_state *m, char *err,
