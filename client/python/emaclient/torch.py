@@ -104,6 +104,47 @@ def _file_name(session):
     return (name + ".torch")[-128:].lstrip(".") or "ema.torch"
 
 
+@contextlib.contextmanager
+def _temp_session(client, name, specs, values, **config):
+    """A temporary session `name` whose params are `values` (tensors laid out as
+    specs, a Segment's [(name, dtype, shape)]), registered with config: one a
+    resume that did not finish left detached is dropped first. Closed and its
+    segment destroyed on the way out; a failing close is raised only when
+    nothing else was."""
+    seg = Segment(specs)
+    session = None
+    try:
+        with torch.no_grad():
+            for info, w in zip(seg.tensors, values):
+                _view(info.address, info.nbytes, w.dtype, w.shape).copy_(w)
+        try:
+            session = client.register(name, seg, **config)
+        except Error as err:
+            if err.code != "EXISTS":
+                raise
+            client.drop(name)
+            session = client.register(name, seg, **config)
+        yield session
+    except BaseException:
+        if session is not None:
+            try:
+                session.close()
+            except Error:
+                pass
+            session.free()
+            session = None
+        raise
+    finally:
+        try:
+            if session is not None:
+                try:
+                    session.close()
+                finally:
+                    session.free()
+        finally:
+            seg.destroy()
+
+
 def _reseed_name(session):
     """The temporary session through which _reseed builds an exact shadow: one
     name per session, so that a retry replaces what a failed one left, and
@@ -1699,36 +1740,12 @@ class EMA:
                     raise ValueError("load_state_dict: the checkpoint lacks profile %r's "
                                      "shadow of %s" % (name, e.name))
                 want.append(w.detach().to(device="cpu", dtype=t.dtype).reshape(e.shape))
-            seg = session = None
-            try:
-                seg = Segment([(e.name, DTYPES[w.dtype], e.shape)
-                               for e, w in zip(self._entries, want)])
-                with torch.no_grad():
-                    for info, w in zip(seg.tensors, want):
-                        _view(info.address, info.nbytes, w.dtype, w.shape).copy_(w)
-                try:
-                    session = client.register(tmp, seg)
-                except Error as err:
-                    if err.code != "EXISTS":
-                        raise
-                    client.drop(tmp)  # left detached by a resume that did not finish
-                    session = client.register(tmp, seg)
+            specs = [(e.name, DTYPES[w.dtype], e.shape) for e, w in zip(self._entries, want)]
+            with _temp_session(client, tmp, specs, want):
                 client.save(tmp, file)
-                session.close()
-                session.free()
-                session = None
-                client.load_profile(self.session_name, file, name, {
-                    "started": p["started"], "updates": p["updates"],
-                    "last_batch": p.get("last_batch"), "last_decay": p.get("last_decay")})
-            finally:
-                if session is not None:
-                    try:
-                        session.close()
-                    except Error:
-                        pass
-                    session.free()
-                if seg is not None:
-                    seg.destroy()
+            client.load_profile(self.session_name, file, name, {
+                "started": p["started"], "updates": p["updates"],
+                "last_batch": p.get("last_batch"), "last_decay": p.get("last_decay")})
             if not all(_bits_equal(t, w) for t, w in zip(self._profile_shadows[name], want)):
                 raise ValueError("load_state_dict: profile %r's shadow emad loaded is not the "
                                  "checkpoint's" % name)
@@ -1765,45 +1782,21 @@ class EMA:
                 src = ema_model[e.name] if e.name in ema_model else e.view
                 want.append(src.detach().to(device="cpu", dtype=e.dtype).reshape(e.shape))
         c = self._config
-        seg = session = None
+        reg = dict(half_life=c["half_life"], smoothing=c["smoothing"],
+                   update_interval=c["update_interval"], ema_start=c["ema_start"],
+                   on_nonfinite=c["on_nonfinite"], health=c["health"])
         try:
-            seg = Segment(specs)
-            with torch.no_grad():
-                for info, w in zip(seg.tensors, want):
-                    _view(info.address, info.nbytes, w.dtype, w.shape).copy_(w)
-            reg = dict(half_life=c["half_life"], smoothing=c["smoothing"],
-                       update_interval=c["update_interval"], ema_start=c["ema_start"],
-                       on_nonfinite=c["on_nonfinite"], health=c["health"])
-            try:
-                session = client.register(tmp, seg, **reg)
-            except Error as err:
-                if err.code != "EXISTS":
-                    raise
-                # left detached by a resume that did not finish
-                client.drop(tmp)
-                session = client.register(tmp, seg, **reg)
-            r = self._mark_started(session)
-            if r is None or not r.started:
-                return False
-            client.save(tmp, _reseed_file(self.session_name))
-            session.close()
-            session.free()
-            session = None
+            with _temp_session(client, tmp, specs, want, **reg) as session:
+                r = self._mark_started(session)
+                if r is None or not r.started:
+                    return False
+                client.save(tmp, _reseed_file(self.session_name))
             self._session()
             client.load(self.session_name, _reseed_file(self.session_name))
         except Error as err:
             warnings.warn("emad could not rebuild the exact fp32 shadow of the f16/bf16 "
                           "tensors (%s)" % err)
             return False
-        finally:
-            if session is not None:
-                try:
-                    session.close()
-                except Error:
-                    pass
-                session.free()
-            if seg is not None:
-                seg.destroy()
         st = self.state()
         # (a start widens f16/bf16 params exactly: the shadow of one without an exact copy
         # holds its rounded EMA weight widened)
