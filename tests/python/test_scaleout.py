@@ -273,6 +273,27 @@ class ScaleOut(emadtest.EmadTestCase):
             self.assertTrue(emadtest.bits_equal(ck.read("w1", (2, 0), (3, 6)), want["w1"][2:5]))
         self.assert_equal_bits(consolidated(manifest), want, "one process")
 
+    def test_replicas_refuse_a_resume_and_need_a_job(self):
+        """A resume with replicas= is refused (it would rewrite the shadow every
+        replica shares); replicas= without job= is a ValueError."""
+        full = W.make_full()
+        with self.assertRaises(ValueError):
+            EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, replicas=2)
+        ema = EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, job="solo", replicas=2)
+        try:
+            self.assertEqual(ema.session_name, "solo")
+            st = ema.state()
+            self.assertEqual(st["replicas"]["attached"], 1, st)
+            sd = ema.state_dict()
+            with self.assertRaises(Error) as cm:
+                ema.load_state_dict(sd)
+        finally:
+            ema.close()
+        self.assertEqual(cm.exception.code, "USAGE")
+        self.assertIn("replicas=", str(cm.exception))
+        with emadtest.emaclient.Client(self.node_a.sock) as c:
+            self.assertEqual(c.status()["sessions"], [])  # the last replica's close dropped it
+
     def test_shards_at_another_batch_are_refused(self):
         job = Job(self, W.run, 2, self.plan(2, steps=3, checkpoints={"3": self.ckpt("b3")}))
         job.check_ok(self)

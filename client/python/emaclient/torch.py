@@ -1577,6 +1577,11 @@ class EMA:
         checkpoint was taken with the EMA weights in (checkpoint()), the
         training weights are put back in the model now and again at the next
         batch_start."""
+        if self._replicas > 1:
+            # Resuming re-registers or reloads the one shadow every replica shares,
+            # under the others' feet (docs/scaleout.md "Python").
+            raise Error("USAGE", "load_state_dict/load_group_checkpoint: not supported with "
+                        "replicas= yet; resume without replicas= (a session per rank)")
         self.wait()
         if self._active:
             self._check_model()
