@@ -152,9 +152,12 @@ def digest(sd):
 
 
 def run_ddp(rank, world, port, plan, out):
-    """DDP: every rank holds the whole model; EMA(ddp_model) averages the
-    module it wraps. Reports digests of what the model holds in and after
-    eval(), and whether they are the EMA and the training weights bit for bit."""
+    """DDP: every rank holds the whole model; EMA(ddp_model, job=,
+    replicas=world) averages the module it wraps, the ranks sharing one
+    session and shadow. Reports digests of what the model holds in and after
+    eval(), whether they are the EMA and the training weights bit for bit, what
+    emad's status says of the session, and (out/ddp-weights-N.pt) the training
+    weights after each step, from which the test makes a single-process EMA."""
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -171,18 +174,21 @@ def run_ddp(rank, world, port, plan, out):
         model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
         ddp = DDP(model)
         opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-        ema = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
-                  session="ddp.rank%d" % rank)
+        ema = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank], job="ddp",
+                  replicas=world)
         with open(os.path.join(out, "segment-%d" % rank), "w") as f:
             f.write(ema._res.segment.name)
         ema.attach_optimizer(opt)
+        weights = []
         for step in range(plan["steps"]):
             g = torch.Generator().manual_seed(1000 + step * world + rank)  # each rank its data
             x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
             opt.zero_grad()
             ((ddp(x) - y) ** 2).mean().backward()
             opt.step()
+            weights.append({n: t.detach().clone() for n, t in model.state_dict().items()})
             ema.batch_end(batch=step + 1)
+        torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
         training = {n: t.detach().clone() for n, t in model.state_dict().items()}
         ema_w = ema.ema_state_dict()
         result["names"] = sorted(ema_w)
@@ -194,6 +200,11 @@ def run_ddp(rank, world, port, plan, out):
         result["training_back"] = digest(after) == digest(training)
         result["eval_digest"] = digest(inside)
         result["training_digest"] = digest(training)
+        result["ema_digest"] = digest(ema_w)
+        st = ema.state()
+        result["status"] = {k: st[k] for k in ("session", "shadow_shm", "shadow_bytes",
+                                                "params_bytes", "replicas", "group", "updates")}
+        dist.barrier()  # both have read the status before either changes it
         result["manifest"] = ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
         # Rank 1 one batch ahead: every rank refuses, nothing is written.
         if rank == 1:

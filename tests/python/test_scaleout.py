@@ -8,8 +8,10 @@ their own sockets and state directories are two "nodes".
   bit for bit the shadow of a single-process EMA of the full model, at two checkpoints.
 - Resharding 4 -> 2 and then 2 -> 4, each resuming from the last group checkpoint: the
   consolidated EMA equals the uninterrupted single-process one bit for bit.
-- DDP, 2 ranks on one node: eval() shows the EMA weights on both ranks (the same on both), the
-  training weights come back bit for bit; the group checkpoint writes the replicas once; ranks at
+- DDP, 2 ranks on one node, replicas of one session (replicas=2): emad holds one shadow for both
+  (status: 2 replicas attached, one session, one shadow); eval() shows on both ranks the EMA
+  weights, equal bit for bit to a single-process EMA of the same training weights; the training
+  weights come back bit for bit; the group checkpoint writes the replicas once; ranks at
   different batches are refused on every rank, nothing written.
 - One process without torch.distributed (a world of one): a checkpoint read back by block; a
   directory that holds a checkpoint is not written over.
@@ -191,7 +193,7 @@ class ScaleOut(emadtest.EmadTestCase):
         job.check_ok(self)
         self.assert_equal_bits(consolidated(job.results[0]["manifests"][0]), ref[8], "resumed")
 
-    def test_ddp_eval_shows_the_ema_and_gives_training_weights_back(self):
+    def test_ddp_replicas_share_one_shadow_and_eval_shows_the_ema(self):
         job = Job(self, W.run_ddp, 2, self.plan(2, steps=5, checkpoint=self.ckpt("ddp")))
         job.check_ok(self)
         r0, r1 = job.results
@@ -202,6 +204,42 @@ class ScaleOut(emadtest.EmadTestCase):
             self.assertEqual(r["names"], ["0.bias", "0.weight", "2.bias", "2.weight"])
         self.assertEqual(r0["eval_digest"], r1["eval_digest"])
         self.assertEqual(r0["training_digest"], r1["training_digest"])
+        # One session, one shadow: both ranks see the same session and shadow, with both
+        # replicas attached, and the shadow is one model's (not two).
+        s0, s1 = r0["status"], r1["status"]
+        self.assertEqual(s0["session"], "ddp")
+        self.assertEqual((s0["session"], s0["shadow_shm"], s0["shadow_bytes"]),
+                         (s1["session"], s1["shadow_shm"], s1["shadow_bytes"]))
+        for st in (s0, s1):
+            self.assertEqual(st["replicas"]["attached"], 2, st)
+            self.assertEqual(sorted(st["replicas"]["ranks"]), [0, 1], st)
+            self.assertEqual(st["replicas"]["diverged"], 0, st)
+            self.assertEqual(st["group"]["replicas"], 2, st)
+            self.assertEqual(st["updates"], 5, st)
+        # The EMA both ranks evaluated is, bit for bit, a single-process EMA of the
+        # same training weights (rank 0's, which are rank 1's: the digests above).
+        weights = torch.load(os.path.join(job.out, "ddp-weights-0.pt"))
+        self.assertEqual([W.digest(w) for w in weights],
+                         [W.digest(w) for w in torch.load(os.path.join(job.out,
+                                                                       "ddp-weights-1.pt"))])
+        torch.manual_seed(3)  # the ranks' initial model
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                    torch.nn.Linear(8, 4))
+        ema = EMA(model, half_life=W.HALF_LIFE, socket=self.node_a.sock, session="ddp.ref")
+        try:
+            for step, w in enumerate(weights):
+                ema.wait()
+                with torch.no_grad():
+                    for n, t in model.state_dict().items():
+                        t.copy_(w[n])
+                ema.batch_end(batch=step + 1)
+            want = W.digest(ema.ema_state_dict())
+            one_model = ema.state()["shadow_bytes"]
+        finally:
+            ema.close()
+        self.assertEqual(r0["eval_digest"], want)
+        self.assertEqual(r0["ema_digest"], want)
+        self.assertEqual(s0["shadow_bytes"], one_model)  # one model's shadow, not two
         with open(r0["manifest"]) as f:
             m = json.load(f)
         self.assertEqual([(s["file"], s["ranks"]) for s in m["shards"]],
@@ -234,6 +272,27 @@ class ScaleOut(emadtest.EmadTestCase):
             self.assertEqual((ck.job, ck.batch, ck.world_size), ("one", 3, 1))
             self.assertTrue(emadtest.bits_equal(ck.read("w1", (2, 0), (3, 6)), want["w1"][2:5]))
         self.assert_equal_bits(consolidated(manifest), want, "one process")
+
+    def test_replicas_refuse_a_resume_and_need_a_job(self):
+        """A resume with replicas= is refused (it would rewrite the shadow every
+        replica shares); replicas= without job= is a ValueError."""
+        full = W.make_full()
+        with self.assertRaises(ValueError):
+            EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, replicas=2)
+        ema = EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, job="solo", replicas=2)
+        try:
+            self.assertEqual(ema.session_name, "solo")
+            st = ema.state()
+            self.assertEqual(st["replicas"]["attached"], 1, st)
+            sd = ema.state_dict()
+            with self.assertRaises(Error) as cm:
+                ema.load_state_dict(sd)
+        finally:
+            ema.close()
+        self.assertEqual(cm.exception.code, "USAGE")
+        self.assertIn("replicas=", str(cm.exception))
+        with emadtest.emaclient.Client(self.node_a.sock) as c:
+            self.assertEqual(c.status()["sessions"], [])  # the last replica's close dropped it
 
     def test_shards_at_another_batch_are_refused(self):
         job = Job(self, W.run, 2, self.plan(2, steps=3, checkpoints={"3": self.ckpt("b3")}))

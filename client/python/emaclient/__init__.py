@@ -219,6 +219,23 @@ def _session_info(si):
     }
 
 
+def _group_info(st, i, info):
+    """Session i's group ("group": {job, rank, world, replicas}) and, for a
+    session of replicas (docs/protocol.md "Replicas"), "replicas": {attached,
+    diverged, ranks (the leader's first)}; None when it has none."""
+    g = lib.emac_status_group(st, i)
+    info["group"] = None if not g else {
+        "job": _s(g.contents.job), "rank": int(g.contents.rank),
+        "world": int(g.contents.world), "replicas": int(g.contents.replicas)}
+    attached, diverged = ctypes.c_uint64(), ctypes.c_uint64()
+    info["replicas"] = None
+    if lib.emac_status_replicas(st, i, ctypes.byref(attached), ctypes.byref(diverged)):
+        ranks = ctypes.POINTER(ctypes.c_uint64)()
+        n = lib.emac_status_replica_ranks(st, i, ctypes.byref(ranks))
+        info["replicas"] = {"attached": int(attached.value), "diverged": int(diverged.value),
+                            "ranks": [int(ranks[k]) for k in range(n)]}
+
+
 def _health(h):
     """A session's health signals (struct emac_health) as a dict: docs/running.md "Health"."""
     last = None
@@ -381,6 +398,7 @@ class Client:
                 n = lib.emac_status_profiles(st, i, ctypes.byref(arr))
                 if n:
                     info["profiles"] = _profile_infos(n, arr)
+                _group_info(st, i, info)
         finally:
             lib.emac_status_free(st)
         return {"server": server, "sessions": sessions}
@@ -856,6 +874,12 @@ class Session:
         tensor = ctypes.c_char_p()
         n = lib.emac_session_nonfinite(self._handle(), ctypes.byref(tensor))
         return int(n), _s(tensor.value) if n else None
+
+    def diverged(self):
+        """Whether the last event or swap reply said that a replica's sampled
+        params differ from the leader's at the same batch (docs/protocol.md
+        "Replicas"); False for a session without replicas."""
+        return bool(lib.emac_session_diverged(self._handle()))
 
     def swap(self, to, profile=None):
         """Swap to "ema" (as eval_start) or "train" (as eval_end): a Result.

@@ -425,6 +425,13 @@ _PROTOTYPES = {
     "emac_segment_set_slice": (
         c_int, [segment_p, c_size_t, POINTER(c_uint64), POINTER(c_uint64), c_size_t, err_p]),
     "emac_segment_set_group": (c_int, [segment_p, POINTER(EmacGroup), err_p]),
+    # replicas (emaclient.h, docs/protocol.md "Replicas")
+    "emac_session_diverged": (c_bool, [session_p]),
+    "emac_status_replicas": (
+        c_bool, [POINTER(EmacStatus), c_size_t, POINTER(c_uint64), POINTER(c_uint64)]),
+    "emac_status_replica_ranks": (
+        c_size_t, [POINTER(EmacStatus), c_size_t, POINTER(POINTER(c_uint64))]),
+    "emac_status_group": (POINTER(EmacGroup), [POINTER(EmacStatus), c_size_t]),
 }
 
 # enum emac_action, in the header's order.

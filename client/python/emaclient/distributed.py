@@ -142,11 +142,13 @@ def resolve_shards(model, entries, shard):
     return out
 
 
-def declare(segment, entries, shards, job=None):
+def declare(segment, entries, shards, job=None, replicas=0):
     """Have the segment's register tell emad where each sliced tensor sits
     and, with job under torch.distributed, the rank's group (docs/protocol.md
     "Shard sessions"): emad keeps them with the session and shows a job's ranks
-    together. The EMA itself needs neither."""
+    together. The EMA itself needs neither. replicas > 1: this rank is one of
+    that many on this node holding the same weights, sharing one session
+    (docs/protocol.md "Replicas")."""
     for i, e in enumerate(entries):
         g, o = shards[e.name]
         if tuple(g) == tuple(e.shape):
@@ -161,7 +163,7 @@ def declare(segment, entries, shards, job=None):
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
         rank, world = 0, 1
-    g = _lib.EmacGroup(_b(job, "job"), rank, world, 0)
+    g = _lib.EmacGroup(_b(job, "job"), rank, world, int(replicas or 0))
     err = _lib.EmacError()
     _check(lib.emac_segment_set_group(segment._handle(), ctypes.byref(g), ctypes.byref(err)), err)
 
@@ -406,7 +408,6 @@ def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None)
     directory = os.path.abspath(directory)
     manifest = os.path.join(directory, MANIFEST)
     ema.wait()
-    st = ema.state()
     batch, epoch = ema._batch, ema._epoch
     layout = _layout(ema)
     problem = None
@@ -428,6 +429,10 @@ def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None)
                     "call it at the same batch on every rank; nothing was written" % (
                         directory, ", ".join("rank %d at batch %d epoch %d" % (
                             i["rank"], i["batch"], i["epoch"]) for i in infos)))
+    # A replica's shadow moves with its leader's events: wait for the leader's at
+    # this batch (every rank is at it now, the leader too: it sent it).
+    ema._await_leader()
+    st = ema.state()
     # Replicas (the same slices on several ranks: DDP, HSDP) are written once, by
     # the lowest rank holding them, and the file lists them all.
     holders = {}

@@ -90,6 +90,20 @@ class _DefaultHalfLife(str):
 _DEFAULT_HALF_LIFE = _DefaultHalfLife("1000ba")
 
 
+#: seconds a replica waits for the leader's event at its batch (_await_leader)
+REPLICA_WAIT = 120.0
+
+
+def _replica_count(replicas, job):
+    if replicas is None:
+        return 0
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        raise ValueError("replicas must be a number of ranks (>= 1), not %r" % (replicas,))
+    if replicas > 1 and job is None:
+        raise ValueError("replicas= needs job=: the replicas are declared with the group")
+    return replicas
+
+
 def _default_session():
     base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     base = re.sub(r"[^A-Za-z0-9._:/-]", "_", base)[:80] or "python"
@@ -475,6 +489,13 @@ class EMA:
     job: the torch.distributed job's name, sent to emad with the rank and
         world size (docs/protocol.md "Shard sessions": `emactl` shows a job's
         ranks together); the slices of shard= are sent in any case.
+    replicas: with job=, the number R of ranks on this node holding the same
+        weights (DDP: the node's ranks, e.g. torchrun's LOCAL_WORLD_SIZE).
+        They register as replicas of one session (docs/scaleout.md
+        "Replicas"): emad keeps one shadow for the R of them, updated from
+        the first one's batch_end; each one's eval() swaps the EMA into its
+        own model. Every replica must give the same session= (default: the
+        job's name) and the same R. None or 1: a session of its own.
 
     Errors from emad or the library raise emaclient.Error (with `code`).
     Usable as a context manager: close() on exit (with keep=True when the
@@ -486,7 +507,8 @@ class EMA:
                  mode="auto", resume=False, reconnect=None, reconnect_timeout=None,
                  streams=None, max_duration=None, include_frozen=False, on_nonfinite=None,
                  health=None, profiles=None, eval_profile=None, snapshot_every=None,
-                 snapshot_dtype=None, snapshot_keep=None, shard=None, job=None):
+                 snapshot_dtype=None, snapshot_keep=None, shard=None, job=None,
+                 replicas=None):
         if mode not in ("auto", "shm", "mirror"):
             raise ValueError("mode must be 'auto', 'shm' or 'mirror', not %r" % (mode,))
         if streams is None:
@@ -545,6 +567,12 @@ class EMA:
             raise ValueError("mode='shm' needs every tensor on the CPU and no DTensor (found %s);"
                              " use mode='mirror'" % sorted({str(e.device) for e in self._entries}))
         self.mode = mode
+        self._replicas = _replica_count(replicas, job)
+        if session is None and self._replicas > 1:
+            if shard is not None:
+                raise ValueError("replicas= with shard=: give session=, the same on the "
+                                 "replicas of one shard and another for each shard")
+            session = job  # every replica must name the same session
         self.session_name = session if session is not None else _default_session()
         self._state_file = _file_name(self.session_name)
         self._pending = []          # (event, ticket) sent and not yet claimed
@@ -582,7 +610,7 @@ class EMA:
             _released_by_owner(res.client)
             res.segment = Segment([(e.name, DTYPES[e.dtype], e.shape) for e in self._entries])
             _released_by_owner(res.segment)
-            _distributed.declare(res.segment, self._entries, self._shard, job)
+            _distributed.declare(res.segment, self._entries, self._shard, job, self._replicas)
             for e, info in zip(self._entries, res.segment.tensors):
                 e.info = info
                 e.view = _view(info.address, info.nbytes, e.dtype, e.shape)
@@ -1056,6 +1084,7 @@ class EMA:
     def _before_swap_in(self):
         self._warn_unstarted()
         self.wait()
+        self._await_leader()
         self._check_model()
         if not self._active:
             self._push(self._res.mirrored)
@@ -1203,6 +1232,39 @@ class EMA:
         """emad's current state of the session (a dict, as in status)."""
         return self.client.session_state(self.session_name)
 
+    def _await_leader(self, timeout=REPLICA_WAIT):
+        """A replica's wait() covers its own events only, and they update
+        nothing: the shadow moves with the leader's batch_end (docs/protocol.md
+        "Replicas"). Before reading the shadow or swapping it in, wait until
+        the leader's last event is at this replica's time at least, so that
+        every rank sees the EMA of the same batch; after `timeout` seconds
+        (a leader at another time for good), TIMEOUT."""
+        if self._replicas <= 1 or self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            st = self.state()
+            last = st["last_time"]
+            if last is not None and last["batch"] >= self._batch and \
+                    last["epoch"] >= self._epoch:
+                break
+            if last is None and self._batch == 0 and self._epoch == 0:
+                break
+            if time.monotonic() > deadline:
+                raise Error("TIMEOUT", "replica of session %s at batch %d epoch %d: the leader's "
+                            "last event is %s after %.0f s: the replicas must report the same "
+                            "batches (docs/scaleout.md \"Replicas\")" % (
+                                self.session_name, self._batch, self._epoch,
+                                "none" if last is None else "batch %d epoch %d" % (
+                                    last["batch"], last["epoch"]), timeout))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        if st["started"] and not self._started and self._start_frozen is not None:
+            self._excluded = self._start_frozen  # as _note
+        self._started = st["started"]
+        self._updates = st["updates"]
+
     def health(self, profile=None):
         """The session's health signals, once the updates sent so far are done: a
         dict with enabled, on_nonfinite, updates_checked, nonfinite_total,
@@ -1230,6 +1292,7 @@ class EMA:
         f32/f16/bf16 tensors, fp64 for f64, the tensor's dtype for integers),
         on the CPU. profile: that profile's (default: the first)."""
         self.wait()
+        self._await_leader()
         self._session()
         return {e.name: t.clone() for e, t in zip(self._entries, self._shadows_of(profile))}
 
@@ -1322,6 +1385,7 @@ class EMA:
         shadow, rounded to nearest even as a swap-in does), on the model's
         devices. profile: that profile's (default: the first)."""
         self.wait()
+        self._await_leader()
         self._session()
         out = {e.name: t.to(device=e.device, dtype=e.dtype, copy=True)
                for e, t in zip(self._entries, self._shadows_of(profile))
@@ -1554,6 +1618,11 @@ class EMA:
         checkpoint was taken with the EMA weights in (checkpoint()), the
         training weights are put back in the model now and again at the next
         batch_start."""
+        if self._replicas > 1:
+            # Resuming re-registers or reloads the one shadow every replica shares,
+            # under the others' feet (docs/scaleout.md "Python").
+            raise Error("USAGE", "load_state_dict/load_group_checkpoint: not supported with "
+                        "replicas= yet; resume without replicas= (a session per rank)")
         self.wait()
         if self._active:
             self._check_model()
@@ -1829,7 +1898,10 @@ class EMA:
                             self._swap_back()
                     finally:
                         self._pending = []
-                        s.close(keep)
+                        if self._replicas > 1 and not keep:
+                            self._close_replica(s)
+                        else:
+                            s.close(keep)
                 except Error as err:
                     # emad is gone: nothing to close there (the training
                     # weights are back, see _talking and _release)
@@ -1838,6 +1910,21 @@ class EMA:
         finally:
             self._closed = True
             self._finalizer()
+
+    def _close_replica(self, s):
+        """A leader's close without keep would end the session for every
+        replica, some maybe still training (docs/protocol.md "Replicas"): each
+        replica detaches alone (keep), and whichever then finds the session
+        detached (no replica left) drops it. Two finding it so at once: the
+        second's drop is NOSESSION, which is the outcome wanted."""
+        s.close(True)
+        try:
+            st = self.state()
+            if not st["attached"]:
+                self._res.client.drop(self.session_name)
+        except Error as err:
+            if err.code != "NOSESSION":
+                raise
 
     def __enter__(self):
         return self
