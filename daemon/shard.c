@@ -118,8 +118,10 @@ static int fill_dims(const struct session *s, struct msg_table *t)
         return rc;
     for (size_t i = 0; i < s->ntensors; i++) {
         const struct tensor *x = &s->tensors[i];
-        const uint64_t *d = s->dims + x->dims_at;
         t->ndims[i] = x->ndim;
+        if (x->ndim == 0) /* a scalar: no dims, and s->dims may be NULL */
+            continue;
+        const uint64_t *d = s->dims + x->dims_at;
         memcpy(t->shapes + at, d, x->ndim * sizeof(*d));
         if (s->sliced) {
             memcpy(t->global_shapes + at, d + x->ndim, x->ndim * sizeof(*d));

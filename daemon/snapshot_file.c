@@ -239,7 +239,8 @@ static int write_one(struct snap_job *j, struct snap_prof *sp, int dfd, const ch
     meta[nm++] = (struct st_meta){"epoch", epoch};
     meta[nm++] = (struct st_meta){"dtype", dtype_name(j->cfg.dtype)};
     meta[nm++] = (struct st_meta){"format", "pt"};
-    memcpy(meta + nm, j->shard_meta, j->nshard_meta * sizeof(*meta));
+    if (j->nshard_meta > 0) /* shard_meta is NULL for a session without slices */
+        memcpy(meta + nm, j->shard_meta, j->nshard_meta * sizeof(*meta));
     nm += j->nshard_meta;
     if ((rc = durable_open(&d, dfd, sp->file, 0600, why, sizeof(why))) < 0)
         goto err;
