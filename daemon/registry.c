@@ -145,8 +145,8 @@ void registry_drain(struct registry *r, void (*cb)(struct registry *r))
 void registry_peer_closed(struct registry *r, struct peer *c)
 {
     for (struct session *s = r->head; s != NULL; s = s->next) {
-        struct replica *rep = replica_of(s, c);
-        if (rep != NULL)
+        struct replica *rep;
+        while ((rep = replica_of(s, c)) != NULL)
             replica_gone(s, rep);
         if (s->owner != c)
             continue;

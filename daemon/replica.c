@@ -26,7 +26,10 @@
 bool replica_joins(const struct session *old, const struct peer *c,
                    const struct msg_register *req)
 {
-    return old->group_replicas > 1 && old->owner != NULL && old->owner != c && !old->closing &&
+    /* A connection takes one seat: a second register of it would hold a seat its close never
+     * frees (registry_peer_closed). */
+    return old->group_replicas > 1 && old->owner != NULL && old->owner != c &&
+           replica_of(old, c) == NULL && !old->closing &&
            req->has_group && req->group.has_replicas &&
            req->group.replicas == old->group_replicas;
 }
