@@ -57,9 +57,6 @@ static const struct msg_desc *const nested_descs[] = {
     &msg_saved_tensor_desc,  NULL,
 };
 
-/* Largest struct of msg.h, rounded up; checked at run time against d->size. */
-#define MAX_STRUCT 4096
-
 static unsigned obj_depth(const msgpack_object *o)
 {
     unsigned deepest = 0, d;
@@ -155,18 +152,21 @@ static bool unpack_all(msgpack_unpacked *u, const char *p, size_t n)
 /* Decode params with d; on success the encoding must be a fixed point. */
 static void roundtrip_desc(const struct msg_desc *d, const msgpack_object *params)
 {
-    _Alignas(16) unsigned char a[MAX_STRUCT], b[MAX_STRUCT];
+    /* Sized by the descriptor: a fixed bound broke each time a message grew a field. */
+    void *a = calloc(1, d->size), *b = calloc(1, d->size);
     char err[256];
     msgpack_sbuffer s1, s2;
     msgpack_packer pk;
     msgpack_unpacked u;
     int rc;
 
-    CHECK(d->size <= MAX_STRUCT);
+    CHECK(a != NULL && b != NULL);
     rc = msg_decode(d, params, a, err, sizeof(err));
     if (rc < 0) {
         CHECK(rc == -EINVAL || rc == -ENOMEM);
         CHECK(memchr(err, '\0', sizeof(err)) != NULL);
+        free(a);
+        free(b);
         return;
     }
     msgpack_sbuffer_init(&s1);
@@ -186,6 +186,8 @@ static void roundtrip_desc(const struct msg_desc *d, const msgpack_object *param
     msgpack_sbuffer_destroy(&s2);
     msgpack_sbuffer_destroy(&s1);
     msg_free(d, a);
+    free(a);
+    free(b);
 }
 
 /* The request re-framed by our own encoder decodes to the same thing. */
