@@ -633,21 +633,7 @@ void rpc_close(struct rpc *c)
     wire_decoder_free(&c->dec);
 }
 
-void rpc_send(struct rpc *c, const char *method, const struct msg_desc *d, const void *req)
-{
-    msgpack_sbuffer sb;
-    msgpack_packer pk;
-
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    wire_pack_request_head(&pk, c->next++, method);
-    msg_encode(&pk, d, req);
-    send_bytes(c->fd, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-}
-
-const msgpack_object *rpc_call(struct rpc *c, const char *method, const struct msg_desc *d,
-                               const void *req)
+uint32_t rpc_send(struct rpc *c, const char *method, const struct msg_desc *d, const void *req)
 {
     msgpack_sbuffer sb;
     msgpack_packer pk;
@@ -659,6 +645,14 @@ const msgpack_object *rpc_call(struct rpc *c, const char *method, const struct m
     msg_encode(&pk, d, req);
     send_bytes(c->fd, sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
+    return id;
+}
+
+const msgpack_object *rpc_call(struct rpc *c, const char *method, const struct msg_desc *d,
+                               const void *req)
+{
+    uint32_t id = rpc_send(c, method, d, req);
+
     c->code[0] = c->message[0] = '\0';
     for (;;) {
         struct wire_msg m;

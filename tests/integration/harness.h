@@ -274,8 +274,8 @@ void rpc_close(struct rpc *c);
 const msgpack_object *rpc_call(struct rpc *c, const char *method, const struct msg_desc *d,
                                const void *req);
 /* Send method with req and return at once: its response is not read (a test that kills emad
- * while the request is in flight, then closes c). */
-void rpc_send(struct rpc *c, const char *method, const struct msg_desc *d, const void *req);
+ * while the request is in flight, then closes c); returns its msgid. */
+uint32_t rpc_send(struct rpc *c, const char *method, const struct msg_desc *d, const void *req);
 
 /* ---- libemaclient ---- */
 
