@@ -81,65 +81,78 @@ def copy_slices(local, full, spec):
             t.copy_(getattr(full, name).detach()[off:off + t.shape[0]])
 
 
-def run(rank, world, port, plan, out):
-    """plan: {"socket": [socket per rank], "job", "start", "steps", "checkpoints":
-    {batch: dir}, "resume": dir or None, "kill": {"rank", "batch"} or None,
-    "timeout"}. Writes out/rank-N.json: {"ok": ..., "error": ...}."""
+def _rank_main(rank, world, port, out, body):
+    """One rank's process: joins the gloo group, runs body(result, held) (which
+    puts its EMA in held["ema"] as soon as it has one, for the close), and
+    writes out/rank-N.json: result with "ok", or "error", "code" and "trace"."""
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     import datetime
     import torch.distributed as dist
-    from emaclient import distributed as edist
-    from emaclient.torch import EMA
     result = {"ok": False}
-    ema = None
+    held = {}
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=60))
-        full = make_full()
-        for step in range(plan["start"]):
-            full_step(full, step)  # the training weights a trainer's own checkpoint restores
-        local, spec = local_model(full, rank, world)
-        ema = EMA(local, half_life=HALF_LIFE, socket=plan["socket"][rank],
-                  session="%s.rank%d" % (plan["job"], rank), shard=spec, job=plan["job"])
-        with open(os.path.join(out, "segment-%d" % rank), "w") as f:
-            f.write(ema._res.segment.name)
-        if plan.get("resume"):
-            result["resumed_at"] = ema.load_group_checkpoint(plan["resume"])
-        kill = plan.get("kill")
-        for step in range(plan["start"], plan["start"] + plan["steps"]):
-            ema.wait()
-            full_step(full, step)
-            copy_slices(local, full, spec)
-            ema.batch_end(batch=step + 1)
-            d = plan["checkpoints"].get(str(step + 1))
-            if d:
-                if kill and kill["rank"] == rank and kill["batch"] == step + 1:
-                    real = edist._write_shard_file
-
-                    def die(*a, **k):
-                        real(*a, **k)  # its file is there; the barrier never sees it
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    edist._write_shard_file = die
-                result.setdefault("manifests", []).append(
-                    ema.group_checkpoint(d, job=plan["job"], timeout=plan.get("timeout", 30)))
-        ema.close()
+        body(result, held)
+        held.pop("ema").close()
         dist.destroy_process_group()
         result["ok"] = True
     except BaseException as e:  # reported to the test, which asserts on it
         result["error"] = "%s: %s" % (type(e).__name__, e)
         result["code"] = getattr(e, "code", None)
         result["trace"] = traceback.format_exc()
-        if ema is not None:
+        if held.get("ema") is not None:
             try:
-                ema.close()
+                held["ema"].close()
             except Exception:
                 pass
     with open(os.path.join(out, "rank-%d.json" % rank), "w") as f:
         json.dump(result, f)
     sys.stdout.flush()
     os._exit(0)  # no atexit work: a peer may be gone, leaving gloo's teardown to hang
+
+
+def run(rank, world, port, plan, out):
+    """plan: {"socket": [socket per rank], "job", "start", "steps", "checkpoints":
+    {batch: dir}, "resume": dir or None, "kill": {"rank", "batch"} or None,
+    "timeout"}. Writes out/rank-N.json: {"ok": ..., "error": ...}."""
+    _rank_main(rank, world, port, out,
+               lambda result, held: _sharded(rank, world, plan, out, result, held))
+
+
+def _sharded(rank, world, plan, out, result, held):
+    from emaclient import distributed as edist
+    from emaclient.torch import EMA
+    full = make_full()
+    for step in range(plan["start"]):
+        full_step(full, step)  # the training weights a trainer's own checkpoint restores
+    local, spec = local_model(full, rank, world)
+    ema = held["ema"] = EMA(local, half_life=HALF_LIFE, socket=plan["socket"][rank],
+                            session="%s.rank%d" % (plan["job"], rank), shard=spec,
+                            job=plan["job"])
+    with open(os.path.join(out, "segment-%d" % rank), "w") as f:
+        f.write(ema._res.segment.name)
+    if plan.get("resume"):
+        result["resumed_at"] = ema.load_group_checkpoint(plan["resume"])
+    kill = plan.get("kill")
+    for step in range(plan["start"], plan["start"] + plan["steps"]):
+        ema.wait()
+        full_step(full, step)
+        copy_slices(local, full, spec)
+        ema.batch_end(batch=step + 1)
+        d = plan["checkpoints"].get(str(step + 1))
+        if d:
+            if kill and kill["rank"] == rank and kill["batch"] == step + 1:
+                real = edist._write_shard_file
+
+                def die(*a, **k):
+                    real(*a, **k)  # its file is there; the barrier never sees it
+                    os.kill(os.getpid(), signal.SIGKILL)
+                edist._write_shard_file = die
+            result.setdefault("manifests", []).append(
+                ema.group_checkpoint(d, job=plan["job"], timeout=plan.get("timeout", 30)))
 
 
 def digest(sd):
@@ -158,73 +171,54 @@ def run_ddp(rank, world, port, plan, out):
     eval(), whether they are the EMA and the training weights bit for bit, what
     emad's status says of the session, and (out/ddp-weights-N.pt) the training
     weights after each step, from which the test makes a single-process EMA."""
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    import datetime
+    _rank_main(rank, world, port, out,
+               lambda result, held: _ddp(rank, world, plan, out, result, held))
+
+
+def _ddp(rank, world, plan, out, result, held):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from emaclient.torch import EMA
-    result = {"ok": False}
-    ema = None
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    ema = held["ema"] = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
+                            job="ddp", replicas=world)
+    with open(os.path.join(out, "segment-%d" % rank), "w") as f:
+        f.write(ema._res.segment.name)
+    ema.attach_optimizer(opt)
+    weights = []
+    for step in range(plan["steps"]):
+        g = torch.Generator().manual_seed(1000 + step * world + rank)  # each rank its data
+        x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
+        opt.zero_grad()
+        ((ddp(x) - y) ** 2).mean().backward()
+        opt.step()
+        weights.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        ema.batch_end(batch=step + 1)
+    torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
+    training = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    ema_w = ema.ema_state_dict()
+    result["names"] = sorted(ema_w)
+    with ema.eval():
+        inside = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    after = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    result["eval_is_ema"] = digest(inside) == digest(ema_w)
+    result["eval_differs_from_training"] = digest(inside) != digest(training)
+    result["training_back"] = digest(after) == digest(training)
+    result["eval_digest"] = digest(inside)
+    result["training_digest"] = digest(training)
+    result["ema_digest"] = digest(ema_w)
+    st = ema.state()
+    result["status"] = {k: st[k] for k in ("session", "shadow_shm", "shadow_bytes",
+                                            "params_bytes", "replicas", "group", "updates")}
+    dist.barrier()  # both have read the status before either changes it
+    result["manifest"] = ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
+    # Rank 1 one batch ahead: every rank refuses, nothing is written.
+    if rank == 1:
+        ema.batch_end(batch=plan["steps"] + 1)
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=60))
-        torch.manual_seed(3)
-        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
-        ddp = DDP(model)
-        opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-        ema = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank], job="ddp",
-                  replicas=world)
-        with open(os.path.join(out, "segment-%d" % rank), "w") as f:
-            f.write(ema._res.segment.name)
-        ema.attach_optimizer(opt)
-        weights = []
-        for step in range(plan["steps"]):
-            g = torch.Generator().manual_seed(1000 + step * world + rank)  # each rank its data
-            x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
-            opt.zero_grad()
-            ((ddp(x) - y) ** 2).mean().backward()
-            opt.step()
-            weights.append({n: t.detach().clone() for n, t in model.state_dict().items()})
-            ema.batch_end(batch=step + 1)
-        torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
-        training = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        ema_w = ema.ema_state_dict()
-        result["names"] = sorted(ema_w)
-        with ema.eval():
-            inside = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        after = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        result["eval_is_ema"] = digest(inside) == digest(ema_w)
-        result["eval_differs_from_training"] = digest(inside) != digest(training)
-        result["training_back"] = digest(after) == digest(training)
-        result["eval_digest"] = digest(inside)
-        result["training_digest"] = digest(training)
-        result["ema_digest"] = digest(ema_w)
-        st = ema.state()
-        result["status"] = {k: st[k] for k in ("session", "shadow_shm", "shadow_bytes",
-                                                "params_bytes", "replicas", "group", "updates")}
-        dist.barrier()  # both have read the status before either changes it
-        result["manifest"] = ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
-        # Rank 1 one batch ahead: every rank refuses, nothing is written.
-        if rank == 1:
-            ema.batch_end(batch=plan["steps"] + 1)
-        try:
-            ema.group_checkpoint(plan["checkpoint"] + "-odd", job="ddp", timeout=30)
-        except Exception as e:
-            result["odd"] = [getattr(e, "code", None), str(e)]
-        ema.close()
-        dist.destroy_process_group()
-        result["ok"] = True
-    except BaseException as e:
-        result["error"] = "%s: %s" % (type(e).__name__, e)
-        result["trace"] = traceback.format_exc()
-        if ema is not None:
-            try:
-                ema.close()
-            except Exception:
-                pass
-    with open(os.path.join(out, "rank-%d.json" % rank), "w") as f:
-        json.dump(result, f)
-    sys.stdout.flush()
-    os._exit(0)
+        ema.group_checkpoint(plan["checkpoint"] + "-odd", job="ddp", timeout=30)
+    except Exception as e:
+        result["odd"] = [getattr(e, "code", None), str(e)]
