@@ -790,8 +790,7 @@ void session_snapshot(struct registry *r, struct peer *c, uint32_t msgid,
                   "of the power profiles are in the session's snapshot_dtype)");
         return;
     }
-    if (req->has_dtype && (dtype_from_name(req->dtype.ptr, req->dtype.len, &dt) < 0 ||
-                           (dt != DTYPE_F32 && dt != DTYPE_BF16 && dt != DTYPE_F16))) {
+    if (req->has_dtype && snap_dtype_parse(req->dtype, &dt) < 0) {
         peer_fail(c, msgid, MSG_E_BADARG, "snapshot: dtype: \"%.*s\" is not \"f32\", \"bf16\" "
                   "or \"f16\"", (int)(req->dtype.len > 32 ? 32 : req->dtype.len), req->dtype.ptr);
         return;

@@ -14,6 +14,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+int snap_dtype_parse(struct msg_str name, enum dtype *out)
+{
+    if (msg_str_eq(name, "f32"))
+        *out = DTYPE_F32;
+    else if (msg_str_eq(name, "bf16"))
+        *out = DTYPE_BF16;
+    else if (msg_str_eq(name, "f16"))
+        *out = DTYPE_F16;
+    else
+        return -EINVAL;
+    return 0;
+}
+
 int snap_config_set(struct snap_config *out, const struct msg_config *c, bool has_power,
                     char *err, size_t errlen)
 {
@@ -37,13 +50,7 @@ int snap_config_set(struct snap_config *out, const struct msg_config *c, bool ha
         cfg.every = t.value;
     }
     if (c != NULL && c->has_snapshot_dtype) {
-        if (msg_str_eq(c->snapshot_dtype, "f32"))
-            cfg.dtype = DTYPE_F32;
-        else if (msg_str_eq(c->snapshot_dtype, "bf16"))
-            cfg.dtype = DTYPE_BF16;
-        else if (msg_str_eq(c->snapshot_dtype, "f16"))
-            cfg.dtype = DTYPE_F16;
-        else {
+        if (snap_dtype_parse(c->snapshot_dtype, &cfg.dtype) < 0) {
             snprintf(err, errlen, "config.snapshot_dtype: \"%.*s\" is not \"f32\", \"bf16\" or "
                      "\"f16\"", (int)(c->snapshot_dtype.len > 32 ? 32 : c->snapshot_dtype.len),
                      c->snapshot_dtype.ptr);
@@ -206,6 +213,25 @@ err:
     return rc;
 }
 
+/* The next profile of j: profile p of s, its name, width and batch (the file and the copy's
+ * buffer are the caller's). */
+static struct snap_prof *job_add_prof(struct snap_job *j, const struct session *s, unsigned p)
+{
+    const struct profile *pr = &s->prof[p];
+    struct snap_prof *sp = &j->prof[j->nprof++];
+
+    sp->index = p;
+    snprintf(sp->name, sizeof(sp->name), "%s", pr->name);
+    if (pr->kind == PROFILE_POWER) {
+        sp->gamma = pr->sched.u.power.gamma;
+        sp->has_sigma_rel = pr->has_sigma_rel || phema_sigma_rel(sp->gamma, &sp->sigma_rel) == 0;
+        if (pr->has_sigma_rel)
+            sp->sigma_rel = pr->sigma_rel;
+    }
+    sp->batch = pr->last_batch;
+    return sp;
+}
+
 int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t errlen)
 {
     struct snap_job *j;
@@ -218,14 +244,7 @@ int snap_job_new(struct session *s, struct snap_job **out, char *err, size_t err
         const struct profile *pr = &s->prof[p];
         if (pr->kind != PROFILE_POWER || pr->last_batch == 0)
             continue;
-        struct snap_prof *sp = &j->prof[j->nprof++];
-        sp->index = p;
-        snprintf(sp->name, sizeof(sp->name), "%s", pr->name);
-        sp->gamma = pr->sched.u.power.gamma;
-        sp->has_sigma_rel = pr->has_sigma_rel || phema_sigma_rel(sp->gamma, &sp->sigma_rel) == 0;
-        if (pr->has_sigma_rel)
-            sp->sigma_rel = pr->sigma_rel;
-        sp->batch = pr->last_batch;
+        struct snap_prof *sp = job_add_prof(j, s, p);
         snprintf(sp->file, sizeof(sp->file), "%s-%llu.%s" SNAP_SUFFIX, pr->name,
                  (unsigned long long)sp->batch, dtype_name(j->cfg.dtype));
         if ((sp->buf = malloc(j->data_bytes ? j->data_bytes : 1)) == NULL)
@@ -258,31 +277,18 @@ int snap_job_export(struct session *s, const char *profile, enum dtype dtype,
                     struct snap_job **out, char *err, size_t errlen)
 {
     struct snap_config cfg = {0, dtype, 0};
-    const struct profile *pr = NULL;
     struct snap_job *j;
-    unsigned p;
-    int rc;
+    int rc, p = profile_find(s->prof, s->nprof, msg_str_c(profile));
 
-    for (p = 0; p < s->nprof && pr == NULL; p++)
-        if (strcmp(s->prof[p].name, profile) == 0)
-            pr = &s->prof[p];
-    if (pr == NULL) {
+    if (p < 0) {
         snprintf(err, errlen, "snapshot: export: session %s has no profile \"%s\"", s->name,
                  profile);
         return -ESRCH;
     }
     if ((rc = job_new(s, &cfg, &j, err, errlen)) < 0)
         return rc;
-    struct snap_prof *sp = &j->prof[j->nprof++];
-    sp->index = p - 1;
-    snprintf(sp->name, sizeof(sp->name), "%s", pr->name);
-    if (pr->kind == PROFILE_POWER) {
-        sp->gamma = pr->sched.u.power.gamma;
-        sp->has_sigma_rel = pr->has_sigma_rel || phema_sigma_rel(sp->gamma, &sp->sigma_rel) == 0;
-        if (pr->has_sigma_rel)
-            sp->sigma_rel = pr->sigma_rel;
-    }
-    sp->batch = pr->last_batch;
+    const struct profile *pr = &s->prof[p];
+    struct snap_prof *sp = job_add_prof(j, s, (unsigned)p);
     snprintf(sp->file, sizeof(sp->file), "%s.export.%s" SNAP_SUFFIX, pr->name,
              dtype_name(dtype));
     if ((sp->buf = malloc(j->data_bytes ? j->data_bytes : 1)) == NULL) {

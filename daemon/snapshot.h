@@ -53,6 +53,8 @@ struct snap_config {
     uint64_t keep;   /* files kept per profile; 0: all */
 };
 
+/* The dtype a snapshot or an export is written in: "f32", "bf16" or "f16" (0), or -EINVAL. */
+int snap_dtype_parse(struct msg_str name, enum dtype *out);
 /*
  * The snapshot settings of config c (NULL: the defaults) into out. has_power: the session has a
  * power profile (snapshot_every is refused without one: nothing would be snapshotted). -EINVAL
