@@ -101,17 +101,10 @@ static int profiles_piece(struct session *s, const struct op_event *e, const str
         /* A profile that started at this event had no shadow before it to compare with. */
         if (e->plan.init & (1u << p))
             continue;
-        struct kernel_health *o = &part->prof[p];
-        o->elems += h[j].elems;
-        o->nonfinite += h[j].nonfinite;
-        o->sumsq += h[j].sumsq;
-        o->changed |= h[j].changed;
+        kernel_health_add(&part->prof[p], &h[j]);
         if (p != e->health_prof)
             continue;
-        part->k.elems += h[j].elems;
-        part->k.nonfinite += h[j].nonfinite;
-        part->k.sumsq += h[j].sumsq;
-        part->k.changed |= h[j].changed;
+        kernel_health_add(&part->k, &h[j]);
         if (h[j].nonfinite > 0 && ti < part->first_nonfinite)
             part->first_nonfinite = ti;
     }

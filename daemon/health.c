@@ -54,10 +54,7 @@ uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_
     *first = SIZE_MAX;
     for (size_t i = 0; i < h->nparts; i++) {
         const struct health_part *p = &h->parts[i];
-        t.elems += p->k.elems;
-        t.nonfinite += p->k.nonfinite;
-        t.sumsq += p->k.sumsq;
-        t.changed |= p->k.changed;
+        kernel_health_add(&t, &p->k);
         if (p->first_nonfinite < *first)
             *first = p->first_nonfinite;
     }
@@ -98,13 +95,8 @@ void health_finish_profiles(struct health *h, uint32_t mask)
         if (!(mask & (1u << p)))
             continue;
         struct kernel_health t = {0};
-        for (size_t i = 0; i < h->nparts; i++) {
-            const struct kernel_health *k = &h->parts[i].prof[p];
-            t.elems += k->elems;
-            t.nonfinite += k->nonfinite;
-            t.sumsq += k->sumsq;
-            t.changed |= k->changed;
-        }
+        for (size_t i = 0; i < h->nparts; i++)
+            kernel_health_add(&t, &h->parts[i].prof[p]);
         finish_one(&h->prof[p], &t);
         h->prof_seen |= 1u << p;
     }

@@ -49,6 +49,15 @@ struct kernel_health {
     bool changed;       /* some shadow element's bits changed */
 };
 
+/* Add the signals of one part of an update (a chunk, a tensor) into its total. */
+static inline void kernel_health_add(struct kernel_health *to, const struct kernel_health *from)
+{
+    to->elems += from->elems;
+    to->nonfinite += from->nonfinite;
+    to->sumsq += from->sumsq;
+    to->changed |= from->changed;
+}
+
 /*
  * One implementation of the kernels that depend on the instruction set. n counts elements.
  * Exact copies (f32 -> f32, f64 -> f64, integers) are memcpy and live outside the table.
