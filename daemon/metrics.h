@@ -69,6 +69,10 @@ enum metrics_session_state {
     METRICS_SESSION_STATES,
 };
 
+/* A session's profiles and their names' length, as profile.h has them (observe.c checks). */
+#define METRICS_PROFILES 8
+#define METRICS_PROFILE_NAME 32
+
 /*
  * One session's gauges. The per-session series are the rows of one table
  * in metrics.c (session_series): a new series is a field here, a row
@@ -95,15 +99,15 @@ struct metrics_session {
     bool has_distance;          /* health on, and an update had finite float elements */
     double distance;            /* RMS of (shadow - param) at the last update; NaN/Inf: poisoned */
     bool stalled;
-    /* With profiles (and health): each profile's own signals, nprof of them (at most 8). */
+    /* With profiles (and health): each profile's own signals, nprof of them. */
     unsigned nprof;
     struct metrics_profile {
-        char name[33];           /* the profile's name (PROFILE_NAME_MAX) */
+        char name[METRICS_PROFILE_NAME + 1];
         uint64_t noop_updates;   /* its updates that changed none of its shadow */
         bool last_noop;
         bool has_distance;
         double distance;
-    } prof[8];
+    } prof[METRICS_PROFILES];
 };
 
 /* What the daemon holds at render time. */

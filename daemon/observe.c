@@ -93,7 +93,9 @@ static void session_fill(const struct session *s, struct metrics_session *o)
     o->has_distance = h->enabled && h->has_distance;
     o->distance = h->distance;
     o->stalled = h->stalled;
-    for (unsigned p = 0; h->enabled && p < s->nprof && p < 8; p++) {
+    _Static_assert(METRICS_PROFILES == PROFILE_MAX && METRICS_PROFILE_NAME == PROFILE_NAME_MAX,
+                   "metrics.h's profile bounds are profile.h's");
+    for (unsigned p = 0; h->enabled && p < s->nprof; p++) {
         struct metrics_profile *mp = &o->prof[o->nprof++];
         snprintf(mp->name, sizeof(mp->name), "%s", s->prof[p].name);
         mp->noop_updates = h->prof[p].noop_updates;
