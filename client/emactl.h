@@ -79,6 +79,12 @@ extern const struct ctl_cmd ctl_cmd_consolidate; /* emactl_ckpt.c */
 extern const struct ctl_cmd ctl_cmd_snapshots, ctl_cmd_snapshot; /* emactl_snap.c */
 extern const struct ctl_cmd ctl_cmd_posthoc, ctl_cmd_export;       /* emactl_posthoc.c */
 extern const struct ctl_cmd ctl_cmd_job; /* emactl_job.c */
+/* Fetch the status (of one session when session is not NULL) on a new connection; the caller
+ * frees both. 0, or a negative errno reported (emactl_session.c). */
+int ctl_get_status(const struct ctl *ctl, const char *session, emac_client **c,
+                   struct emac_status **st);
+/* A session's owner as every command shows it: the trainer's pid, or "detached". */
+void ctl_owner_text(const struct emac_session_info *s, char *buf, size_t len);
 /* After list's sessions: one row per job of the shard sessions, if any (emactl_job.c). */
 int ctl_print_jobs(const struct ctl *ctl, const struct emac_status *st);
 

@@ -221,10 +221,7 @@ static int print_job(const struct ctl *ctl, const struct emac_status *st, const 
                 continue;
             char rank[24], owner[24], batch[24], updates[24], replicas[24];
             snprintf(rank, sizeof(rank), "%" PRIu64, r);
-            if (s->attached)
-                snprintf(owner, sizeof(owner), "%ld", s->owner_pid);
-            else
-                snprintf(owner, sizeof(owner), "detached");
+            ctl_owner_text(s, owner, sizeof(owner));
             snprintf(batch, sizeof(batch), "%" PRIu64, batch_of(s));
             snprintf(updates, sizeof(updates), "%" PRIu64, s->updates);
             snprintf(replicas, sizeof(replicas), "%" PRIu64, g->replicas);
@@ -244,18 +241,13 @@ static int print_job(const struct ctl *ctl, const struct emac_status *st, const 
 
 static int cmd_job(struct ctl *ctl, int argc, char **argv)
 {
-    struct emac_error err = {{0}, {0}};
     struct emac_status *st = NULL;
     emac_client *c;
     int rc;
 
     (void)argc;
-    if ((c = ctl_connect(ctl)) == NULL)
-        return -ECONNREFUSED;
-    if (emac_status(c, NULL, &st, &err) < 0) {
-        emac_disconnect(c);
-        return ctl_remote_error(ctl, "status", &err);
-    }
+    if ((rc = ctl_get_status(ctl, NULL, &c, &st)) < 0)
+        return rc;
     if (ctl->json) {
         /* The sessions of the job, each as 'emactl show --json' prints it: one per line. */
         const void *raw;

@@ -24,9 +24,7 @@ emac_client *ctl_connect(const struct ctl *ctl)
     return c;
 }
 
-/* Fetch the status (of one session when session is not NULL) on a new
- * connection; the caller frees both. 0, or a negative errno reported. */
-static int get_status(const struct ctl *ctl, const char *session, emac_client **c,
+int ctl_get_status(const struct ctl *ctl, const char *session, emac_client **c,
                       struct emac_status **st)
 {
     struct emac_error err = {{0}, {0}};
@@ -48,9 +46,7 @@ static const struct ctl_column session_cols[] = {
 };
 #define NSESSION_COLS (sizeof(session_cols) / sizeof(session_cols[0]))
 
-/* A session's owner as every command shows it: the trainer's pid, or
- * "detached". */
-static void owner_text(const struct emac_session_info *s, char *buf, size_t len)
+void ctl_owner_text(const struct emac_session_info *s, char *buf, size_t len)
 {
     if (s->attached)
         snprintf(buf, len, "%ld", s->owner_pid);
@@ -67,7 +63,7 @@ static int print_sessions_table(const struct ctl *ctl, const struct emac_status 
     for (size_t i = 0; i < st->nsessions && rc == 0; i++) {
         const struct emac_session_info *s = &st->session_list[i];
         char owner[24], tensors[24], params[32], shadow[32], updates[24];
-        owner_text(s, owner, sizeof(owner));
+        ctl_owner_text(s, owner, sizeof(owner));
         snprintf(tensors, sizeof(tensors), "%" PRIu64, s->tensors);
         ctl_mib(s->params_bytes, params, sizeof(params));
         ctl_mib(s->shadow_bytes, shadow, sizeof(shadow));
@@ -137,7 +133,7 @@ static int show_status(struct ctl *ctl, const char *session, const char *json_ke
     emac_client *c = NULL;
     int rc;
 
-    if ((rc = get_status(ctl, session, &c, &st)) < 0)
+    if ((rc = ctl_get_status(ctl, session, &c, &st)) < 0)
         return rc;
     if (ctl->json) {
         const void *raw;
@@ -241,7 +237,7 @@ static void print_session_text(const struct emac_session_info *s)
 
     printf("session          ");
     ctl_put_clean(stdout, s->session);
-    owner_text(s, owner, sizeof(owner));
+    ctl_owner_text(s, owner, sizeof(owner));
     printf("\nowner            %s %s\n", owner,
            s->attached ? "(the pid of the trainer attached to it)"
                        : "(waiting for register with resume, or drop)");
@@ -416,7 +412,7 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
     int rc;
 
     (void)argc;
-    if ((rc = get_status(ctl, argv[0], &c, &st)) < 0)
+    if ((rc = ctl_get_status(ctl, argv[0], &c, &st)) < 0)
         return rc;
     if (st->nsessions != 1) {
         ctl_error(ctl, "BADREPLY", "emad's status of \"%s\" lists %zu sessions", argv[0],
