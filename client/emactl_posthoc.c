@@ -176,7 +176,7 @@ static int cmd_export(struct ctl *ctl, int argc, char **argv)
 
 const struct ctl_cmd ctl_cmd_posthoc = {
     .name = "posthoc",
-    .args = "SESSION --sigma-rel X --out FILE [--batch B] [--dtype DTYPE]",
+    .args = "SESSION --sigma-rel X --out FILE [--batch B] [--dtype D]",
     .summary = "reconstruct the EMA of width X from the session's\n"
                "snapshots (post-hoc EMA) into a safetensors file",
     .help =
@@ -186,14 +186,14 @@ const struct ctl_cmd ctl_cmd_posthoc = {
         "at or before B, combined by least squares (docs/posthoc.md). The session may\n"
         "be running or closed. emactl reads the files and writes FILE itself, as you:\n"
         "safetensors with the session's tensor names (and the shapes the snapshots\n"
-        "carry), floats in DTYPE (default f32, rounded to nearest even), metadata\n"
-        "sigma_rel, gamma, batch and the snapshots used. FILE is written through a\n"
-        "temp file, fsynced and renamed: an existing FILE is replaced once the new\n"
-        "one is whole, never before. Memory: one chunk of output and of one snapshot\n"
-        "at a time.\n"
+        "carry), floats in D (f32, bf16 or f16, rounded to nearest even; default f32),\n"
+        "metadata sigma_rel, gamma, batch and the snapshots used. FILE is written\n"
+        "through a temp file, fsynced and renamed: an existing FILE is replaced once\n"
+        "the new one is whole, never before. Memory: one chunk of output and of one\n"
+        "snapshot at a time.\n"
         "\n"
-        "Output: one line naming the session, sigma_rel, batch and file. JSON output:\n"
-        "{sigma_rel, batch, snapshots (files listed), dtype}.\n"
+        "Output: one line naming the session, sigma_rel, batch and file.\n"
+        "JSON output: {sigma_rel, batch, snapshots (files listed), dtype}.\n"
         "\n"
         "Exit status: 0 on success; 1 when emad reports an error or cannot be reached,\n"
         "when the session has no snapshot files (STATE), when a snapshot is malformed\n"
@@ -232,8 +232,8 @@ const struct ctl_cmd ctl_cmd_export = {
         "FILE is written through a temp file, fsynced and renamed over an old FILE.\n"
         "The session must be running (attached or detached).\n"
         "\n"
-        "Output: one line naming the profile, session, batch and file. JSON output:\n"
-        "{batch, dtype}.\n"
+        "Output: one line naming the profile, session, batch and file.\n"
+        "JSON output: {batch, dtype}.\n"
         "\n" CTL_DAEMON_EXIT_STATUS "\n"
         "Example:\n"
         "  emactl export trainer-1 --profile fast --dtype bf16 --out ema.safetensors\n",

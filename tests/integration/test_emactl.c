@@ -25,8 +25,9 @@
 #include <cmocka.h>
 
 /* emactl's commands, as its table lists them. */
-static const char *const commands[] = {"status", "list", "show",    "save", "drop",
-                                       "top",    "gc",   "metrics", "help"};
+static const char *const commands[] = {
+    "status",    "list",    "show",     "save",    "drop",   "top", "gc", "metrics",
+    "consolidate", "snapshots", "snapshot", "posthoc", "export", "job", "help"};
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 /* ---- what a test made, for the teardown ---- */
