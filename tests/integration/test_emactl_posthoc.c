@@ -335,6 +335,14 @@ static void expect_export_is_shadow(const struct trainer *tr, const char *f, siz
         assert_int_equal(x->dtype, want);
         assert_true(st_numel(x, &numel));
         assert_int_equal(numel, specs[t].numel);
+        /* The shape registered, or flat for a tensor registered without one. */
+        if (specs[t].ndim > 0) {
+            assert_int_equal(x->rank, specs[t].ndim);
+            for (size_t k = 0; k < specs[t].ndim; k++)
+                assert_int_equal(x->shape[k], specs[t].shape[k]);
+        } else {
+            assert_int_equal(x->rank, 1);
+        }
         size_t es = dtype_size(want);
         unsigned char *buf = malloc(numel * es + 1);
         assert_non_null(buf);
