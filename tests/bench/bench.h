@@ -109,6 +109,8 @@ void ab_add(struct ab *s, double a, double b, double ratio);
 double ab_med_a(const struct ab *s);
 double ab_med_b(const struct ab *s);
 double ab_med_r(const struct ab *s);
+/* The smallest and the largest ratio of the repetitions. */
+void ab_range(const struct ab *s, double *lo, double *hi);
 /* KEY: the median ratio; KEY_median, KEY_min, KEY_max: it and its spread; KEY_ci_lo,
  * KEY_ci_hi (20 repetitions or more): the 95 % confidence interval of the median. */
 void rec_ab(const char *key, const struct ab *s);

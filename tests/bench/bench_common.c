@@ -152,16 +152,23 @@ double ab_med_r(const struct ab *s)
     return median(s->r, s->n);
 }
 
+void ab_range(const struct ab *s, double *lo, double *hi)
+{
+    *lo = *hi = s->n ? s->r[0] : 0;
+    for (unsigned i = 1; i < s->n; i++) {
+        if (s->r[i] < *lo)
+            *lo = s->r[i];
+        if (s->r[i] > *hi)
+            *hi = s->r[i];
+    }
+}
+
 void rec_ab(const char *key, const struct ab *s)
 {
     char k[64];
-    double lo = s->n ? s->r[0] : 0, hi = lo;
-    for (unsigned i = 1; i < s->n; i++) {
-        if (s->r[i] < lo)
-            lo = s->r[i];
-        if (s->r[i] > hi)
-            hi = s->r[i];
-    }
+    double lo, hi;
+
+    ab_range(s, &lo, &hi);
     rec_num(key, ab_med_r(s));
     snprintf(k, sizeof(k), "%s_median", key);
     rec_num(k, ab_med_r(s));

@@ -118,15 +118,10 @@ static void kprof_measure(const struct bopts *o, const char *dtype, uint64_t n, 
     bsess_close(&one);
     for (unsigned p = 0; p < k; p++)
         bsess_close(&singles[p]);
-    double goal[BENCH_MAX_REPS];
+    /* The goal figure of each repetition, as the ratio of its own pair. */
+    struct ab g = {0};
     for (unsigned i = 0; i < s.n; i++)
-        goal[i] = s.a[i] / (s.b[i] / k * bytes_k / bytes_1);
-    double g_med = median(goal, s.n);
-    double g_min = goal[0], g_max = goal[0];
-    for (unsigned i = 1; i < s.n; i++) {
-        g_min = goal[i] < g_min ? goal[i] : g_min;
-        g_max = goal[i] > g_max ? goal[i] : g_max;
-    }
+        ab_add(&g, s.a[i], s.b[i], s.a[i] / (s.b[i] / k * bytes_k / bytes_1));
     rec_begin("kprof");
     rec_str("dtype", dtype);
     rec_int("elems", n);
@@ -137,13 +132,13 @@ static void kprof_measure(const struct bopts *o, const char *dtype, uint64_t n, 
     rec_num("one_session_s", ab_med_a(&s));
     rec_num("k_sessions_s", ab_med_b(&s));
     rec_ab("ratio", &s);
-    rec_num("goal_median", g_med);
-    rec_num("goal_min", g_min);
-    rec_num("goal_max", g_max);
+    rec_ab("goal", &g);
     rec_end();
+    double g_min, g_max;
+    ab_range(&g, &g_min, &g_max);
     fprintf(stderr, "kprof %s %s K=%u: one session %.1f ms, %u sessions %.1f ms, goal %.3f "
             "[%.3f, %.3f] (<= 1.05 wanted)\n", dtype, fmt_elems(n, buf, sizeof(buf)), k,
-            ab_med_a(&s) * 1e3, k, ab_med_b(&s) * 1e3, g_med, g_min, g_max);
+            ab_med_a(&s) * 1e3, k, ab_med_b(&s) * 1e3, ab_med_r(&g), g_min, g_max);
 }
 
 int cmd_kprof(const struct bopts *o)
@@ -199,7 +194,7 @@ static unsigned snap_round(struct bsess *u, struct bsess *p, bool snap, unsigned
         pthread_join(th, NULL);
         *snap_s = t.seconds;
     }
-    *rtt = median(v, n);
+    *rtt = quantile(v, n, 0.5); /* all n: median() stops at BENCH_MAX_REPS */
     return n;
 }
 
