@@ -30,7 +30,7 @@ import re
 
 import torch
 
-from . import Error, _b, _check, _lib
+from . import Error, _b, _check, _lib, _safetensors
 from ._lib import lib
 
 __all__ = ["MANIFEST", "Checkpoint", "consolidate", "unwrap", "dtensor_shards"]
@@ -39,9 +39,9 @@ __all__ = ["MANIFEST", "Checkpoint", "consolidate", "unwrap", "dtensor_shards"]
 MANIFEST = "emad-checkpoint.json"
 _FORMAT = 1  # of the "emaclient" entry of the manifest's config
 
-_ST_OF_WIRE = {"f32": "F32", "bf16": "BF16", "f16": "F16", "f64": "F64", "i64": "I64",
-               "i32": "I32", "i16": "I16", "i8": "I8", "u8": "U8", "bool": "BOOL"}
-_WIRE_OF_ST = {v: k for k, v in _ST_OF_WIRE.items()}
+# The protocol's dtype names are safetensors' in lower case (docs/protocol.md "register").
+_WIRE_OF_ST = {st: st.lower() for st in _safetensors._NAMES.values()}
+_ST_OF_WIRE = {v: k for k, v in _WIRE_OF_ST.items()}
 
 
 # ---- models ----
@@ -70,11 +70,6 @@ def _dtensor_types():
 def is_dtensor(t):
     types = _dtensor_types()
     return bool(types) and isinstance(t, types)
-
-
-def local_tensor(t):
-    """A DTensor's local tensor (the storage this rank holds); t otherwise."""
-    return t.to_local() if is_dtensor(t) else t
 
 
 def _dtensor_slice(name, t):

@@ -127,6 +127,7 @@ def _temp_session(client, name, specs, values, **config):
     nothing else was."""
     seg = Segment(specs)
     session = None
+    done = False
     try:
         with torch.no_grad():
             for info, w in zip(seg.tensors, values):
@@ -139,20 +140,15 @@ def _temp_session(client, name, specs, values, **config):
             client.drop(name)
             session = client.register(name, seg, **config)
         yield session
-    except BaseException:
-        if session is not None:
-            try:
-                session.close()
-            except Error:
-                pass
-            session.free()
-            session = None
-        raise
+        done = True
     finally:
         try:
             if session is not None:
                 try:
                     session.close()
+                except Error:
+                    if done:
+                        raise
                 finally:
                     session.free()
         finally:
@@ -1232,16 +1228,17 @@ class EMA:
         """emad's current state of the session (a dict, as in status)."""
         return self.client.session_state(self.session_name)
 
-    def _await_leader(self, timeout=REPLICA_WAIT):
+    def _await_leader(self, timeout=None):
         """A replica's wait() covers its own events only, and they update
         nothing: the shadow moves with the leader's batch_end (docs/protocol.md
         "Replicas"). Before reading the shadow or swapping it in, wait until
         the leader's last event is at this replica's time at least, so that
         every rank sees the EMA of the same batch; after `timeout` seconds
-        (a leader at another time for good), TIMEOUT."""
+        (default REPLICA_WAIT, read at the call) -- a leader at another time for
+        good -- TIMEOUT."""
         if self._replicas <= 1 or self._closed:
             return
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (REPLICA_WAIT if timeout is None else timeout)
         delay = 0.0005
         while True:
             st = self.state()
