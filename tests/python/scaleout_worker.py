@@ -155,6 +155,11 @@ def _sharded(rank, world, plan, out, result, held):
                 ema.group_checkpoint(d, job=plan["job"], timeout=plan.get("timeout", 30)))
 
 
+def state_of(model):
+    """{name: clone} of the model's state_dict."""
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
 def digest(sd):
     import hashlib
     h = hashlib.sha256()
@@ -195,15 +200,15 @@ def _ddp(rank, world, plan, out, result, held):
         opt.zero_grad()
         ((ddp(x) - y) ** 2).mean().backward()
         opt.step()
-        weights.append({n: t.detach().clone() for n, t in model.state_dict().items()})
+        weights.append(state_of(model))
         ema.batch_end(batch=step + 1)
     torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
-    training = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    training = state_of(model)
     ema_w = ema.ema_state_dict()
     result["names"] = sorted(ema_w)
     with ema.eval():
-        inside = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    after = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        inside = state_of(model)
+    after = state_of(model)
     result["eval_is_ema"] = digest(inside) == digest(ema_w)
     result["eval_differs_from_training"] = digest(inside) != digest(training)
     result["training_back"] = digest(after) == digest(training)

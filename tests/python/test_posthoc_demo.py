@@ -8,12 +8,12 @@ a safetensors file of the model's tensors."""
 import json
 import os
 import re
-import struct
 import subprocess
 import tempfile
 import unittest
 
 import emadtest
+from emaclient import _safetensors
 
 SCRIPT = os.path.join(emadtest.ROOT, "client", "python", "examples", "posthoc_sigma.py")
 
@@ -56,11 +56,9 @@ class PosthocDemo(emadtest.EmadTestCase):
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             self.assertEqual(json.loads(r.stdout)["batch"], 40)
-            with open(out, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            self.assertEqual(header["__metadata__"]["sigma_rel"], "0.080000000000000002")
-            self.assertIn("conv1.weight", header)
+            tensors, meta = _safetensors.read(out)
+            self.assertEqual(meta["sigma_rel"], "0.080000000000000002")
+            self.assertIn("conv1.weight", tensors)
 
 
 if __name__ == "__main__":

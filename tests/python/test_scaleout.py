@@ -141,10 +141,8 @@ class ScaleOut(emadtest.EmadTestCase):
         return os.path.join(self.tmp, name)
 
     def assert_equal_bits(self, got, want, where):
-        self.assertEqual(sorted(got), sorted(want), where)
-        for name in want:
-            self.assertTrue(emadtest.bits_equal(got[name], want[name]),
-                            "%s: %s differs: %s vs %s" % (where, name, got[name], want[name]))
+        diff = emadtest.first_difference(got, want)
+        self.assertIsNone(diff, "%s: %s" % (where, diff))
 
     def test_sharded_ema_consolidates_and_reshards_bit_exact(self):
         ref = reference(self.node_a.sock, {6, 9, 12, 15})
