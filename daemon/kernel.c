@@ -704,37 +704,108 @@ AVX2_INLINE void avx2_health_fast_step(float *restrict s, __m256 vx, size_t i, _
 
 /*
  * [i, end) of a block, 32 elements a turn: the turn's params read and tested (above), then the
- * fast steps when all are finite (every turn, in a healthy training), the masked ones otherwise.
- * Testing a whole block ahead instead would read the params and the shadow one after the other
- * rather than together, and cost a fifth of the update's time on shared memory.
+ * fast steps when all are finite, the masked ones otherwise. The path of a block in which the
+ * kept steps below found a non-finite difference.
  */
 AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict x, size_t i,
                                          size_t end, __m256 vc, bool from_param,
                                          float *restrict u, bool save, bool skip, int kind,
-                                         __m256 *sq, __m256i *bad, __m256i *same, bool track)
+                                         __m256 sq[4], __m256i *bad, __m256i *same, bool track)
 {
-    __m256 sq0 = _mm256_setzero_ps(), sq1 = sq0, sq2 = sq0, sq3 = sq0;
     __m256 v0, v1, v2, v3;
     for (; i + 32 <= end; i += 32) {
         if (avx2_load_32(x, i, kind, &v0, &v1, &v2, &v3)) {
-            avx2_health_fast_step(s, v0, i, vc, from_param, u, save, &sq0, same, track);
-            avx2_health_fast_step(s, v1, i + 8, vc, from_param, u, save, &sq1, same, track);
-            avx2_health_fast_step(s, v2, i + 16, vc, from_param, u, save, &sq2, same, track);
-            avx2_health_fast_step(s, v3, i + 24, vc, from_param, u, save, &sq3, same, track);
+            avx2_health_fast_step(s, v0, i, vc, from_param, u, save, &sq[0], same, track);
+            avx2_health_fast_step(s, v1, i + 8, vc, from_param, u, save, &sq[1], same, track);
+            avx2_health_fast_step(s, v2, i + 16, vc, from_param, u, save, &sq[2], same, track);
+            avx2_health_fast_step(s, v3, i + 24, vc, from_param, u, save, &sq[3], same, track);
         } else {
-            avx2_health_step(s, v0, i, vc, from_param, u, save, skip, &sq0, bad, same, track);
-            avx2_health_step(s, v1, i + 8, vc, from_param, u, save, skip, &sq1, bad, same,
+            avx2_health_step(s, v0, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
+            avx2_health_step(s, v1, i + 8, vc, from_param, u, save, skip, &sq[1], bad, same,
                              track);
-            avx2_health_step(s, v2, i + 16, vc, from_param, u, save, skip, &sq2, bad, same,
+            avx2_health_step(s, v2, i + 16, vc, from_param, u, save, skip, &sq[2], bad, same,
                              track);
-            avx2_health_step(s, v3, i + 24, vc, from_param, u, save, skip, &sq3, bad, same,
+            avx2_health_step(s, v3, i + 24, vc, from_param, u, save, skip, &sq[3], bad, same,
                              track);
         }
     }
+    return i;
+}
+
+/* A fast step that first keeps the shadow's 8 values at kept[0..8), in L1. */
+AVX2_INLINE void avx2_health_kept_step(float *restrict s, const void *restrict x, size_t i,
+                                       __m256 vc, bool from_param, float *restrict u, bool save,
+                                       int kind, float *restrict kept, __m256 *sq, __m256i *same,
+                                       bool track)
+{
+    __m256 vs = _mm256_loadu_ps(s + i);
+    __m256 vx = avx2_load_param(x, i, kind);
+    /* One read of the params for d and the result: a trainer that wrote a NaN between two
+     * reads would otherwise reach the shadow with a finite d. */
+    __asm__("" : "+x"(vx));
+    __m256 d = _mm256_sub_ps(vx, vs);
+    __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
+    _mm256_storeu_ps(kept, vs);
+    if (save)
+        _mm256_storeu_ps(u + i, vs);
+    _mm256_storeu_ps(s + i, r);
+    *sq = _mm256_fmadd_ps(d, d, *sq);
+    if (track)
+        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
+                                                           _mm256_castps_si256(vs)));
+}
+
+/*
+ * The whole turns of [i, end) on the premise that every param is finite: the plain update and
+ * the square of d, with nothing tested. A param that is not finite makes its d, and so its
+ * square's sum, NaN or infinite: the caller looks at the sums once, at the block's end, puts
+ * the kept shadow back and goes over the block again the careful way.
+ */
+AVX2_INLINE size_t avx2_health_kept_block(float *restrict s, const void *restrict x, size_t i,
+                                          size_t end, __m256 vc, bool from_param,
+                                          float *restrict u, bool save, int kind,
+                                          float *restrict kept, __m256 sq[4], __m256i *same,
+                                          bool track)
+{
+    for (; i + 32 <= end; i += 32, kept += 32) {
+        avx2_health_kept_step(s, x, i, vc, from_param, u, save, kind, kept, &sq[0], same, track);
+        avx2_health_kept_step(s, x, i + 8, vc, from_param, u, save, kind, kept + 8, &sq[1],
+                              same, track);
+        avx2_health_kept_step(s, x, i + 16, vc, from_param, u, save, kind, kept + 16, &sq[2],
+                              same, track);
+        avx2_health_kept_step(s, x, i + 24, vc, from_param, u, save, kind, kept + 24, &sq[3],
+                              same, track);
+    }
+    return i;
+}
+
+/* [i, end) of a block, the kept steps first and the careful ones where they found a NaN or an
+ * infinity; *sq gets the block's squares. */
+AVX2_INLINE size_t avx2_health_block(float *restrict s, const void *restrict x, size_t i,
+                                     size_t end, __m256 vc, bool from_param, float *restrict u,
+                                     bool save, bool skip, int kind, float *restrict kept,
+                                     __m256 *sq, __m256i *bad, __m256i *same, bool track)
+{
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    __m256 q[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    __m256i tried = *same;
+    size_t start = i;
+    i = avx2_health_kept_block(s, x, i, end, vc, from_param, u, save, kind, kept, q, &tried,
+                               track);
+    __m256 t = _mm256_add_ps(_mm256_add_ps(q[0], q[1]), _mm256_add_ps(q[2], q[3]));
+    if (_mm256_movemask_ps(_mm256_cmp_ps(t, inf, _CMP_NLT_UQ)) == 0) {
+        *same = tried;
+    } else {
+        memcpy(s + start, kept, (i - start) * sizeof(float));
+        q[0] = q[1] = q[2] = q[3] = _mm256_setzero_ps();
+        i = avx2_health_any_block(s, x, start, end, vc, from_param, u, save, skip, kind, q, bad,
+                                  same, track);
+    }
     for (; i < end; i += 8)
-        avx2_health_step(s, avx2_load_param(x, i, kind), i, vc, from_param, u, save, skip, &sq0,
+        avx2_health_step(s, avx2_load_param(x, i, kind), i, vc, from_param, u, save, skip, &q[0],
                          bad, same, track);
-    *sq = _mm256_add_ps(_mm256_add_ps(sq0, sq1), _mm256_add_ps(sq2, sq3));
+    *sq = _mm256_add_ps(_mm256_add_ps(q[0], q[1]), _mm256_add_ps(q[2], q[3]));
     return i;
 }
 
@@ -743,10 +814,11 @@ AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict
  * FMAs (4 cycles each) would hold the loop to a step every 4 cycles, half the speed of the
  * plain update on data in the cache, and slower than memory for 16-bit params. Whether the
  * shadow changed is only tracked until a block finds that it did (in training, the first
- * block): the blocks after it run without the compare. Params that are finite (all of them, in
- * a healthy training) take the fast steps: without the per-lane mask, blend and count the update
- * is back to about its plain cost, which for 16-bit params is close to what memory delivers
- * (docs/performance.md "Health").
+ * block): the blocks after it run without the compare. A block first goes the kept way: the
+ * plain update and the square, with no test at all, each shadow value kept in a 4 KiB buffer
+ * that stays in L1; a NaN or an infinity shows in the block's sum of squares, and only then is
+ * the block put back and gone over with the test per turn and the masks. A store to L1 per
+ * step costs less than the test did (docs/performance.md "Health").
  */
 AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, size_t n, float w,
                                   float c, bool from_param, float *restrict u, bool save,
@@ -757,6 +829,7 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
     __m256i same = _mm256_set1_epi32(-1);
     bool changed = false;
     uint64_t bad_total = 0;
+    float kept[HEALTH_BLOCK];
     size_t i = 0;
 
     while (n - i >= 8) {
@@ -767,11 +840,11 @@ AVX2_INLINE void avx2_health_loop(float *restrict s, const void *restrict x, siz
         __m256i bad = _mm256_setzero_si256();
         bool track = !changed;
         if (track)
-            i = avx2_health_any_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq,
-                                      &bad, &same, true);
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, kept, &sq,
+                                  &bad, &same, true);
         else
-            i = avx2_health_any_block(s, x, i, end, vc, from_param, u, save, skip, kind, &sq,
-                                      &bad, &same, false);
+            i = avx2_health_block(s, x, i, end, vc, from_param, u, save, skip, kind, kept, &sq,
+                                  &bad, &same, false);
         if (track)
             changed = _mm256_movemask_epi8(same) != -1;
         if (_mm256_movemask_ps(_mm256_cmp_ps(sq, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ)) != 0 &&

@@ -112,6 +112,9 @@ AVX2_INLINE bool avx2_load_32(const void *x, size_t i, int kind, __m256 *v0, __m
         *v1 = _mm256_loadu_ps(p + 8);
         *v2 = _mm256_loadu_ps(p + 16);
         *v3 = _mm256_loadu_ps(p + 24);
+        /* Registers from here on: the compiler may not read the params again for the test or
+         * the steps, and find other values there. */
+        __asm__("" : "+x"(*v0), "+x"(*v1), "+x"(*v2), "+x"(*v3));
         __m256i a = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(*v0), e),
                                      _mm256_and_si256(_mm256_castps_si256(*v1), e));
         __m256i b = _mm256_max_epu32(_mm256_and_si256(_mm256_castps_si256(*v2), e),
@@ -121,6 +124,7 @@ AVX2_INLINE bool avx2_load_32(const void *x, size_t i, int kind, __m256 *v0, __m
     const __m256i e = _mm256_set1_epi16((short)(kind == PARAM_BF16 ? 0x7f80 : 0x7c00));
     const __m256i *p = (const __m256i *)((const uint16_t *)x + i);
     __m256i h0 = _mm256_loadu_si256(p), h1 = _mm256_loadu_si256(p + 1);
+    __asm__("" : "+x"(h0), "+x"(h1));
     *v0 = avx2_widen_h16(_mm256_castsi256_si128(h0), kind);
     *v1 = avx2_widen_h16(_mm256_extracti128_si256(h0, 1), kind);
     *v2 = avx2_widen_h16(_mm256_castsi256_si128(h1), kind);
