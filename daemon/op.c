@@ -500,12 +500,12 @@ static void run_event(struct op *op)
     struct session *s = op->s;
     uint32_t state;
 
-    if (replayed(op))
+    if (replayed(op)) /* never a replica's: its seq is not kept (session.c) */
         return;
-    /* A replica updates nothing: its batch_end checks its params against the leader's. */
-    if (op->rep != NULL && e->ev != EMA_EVENT_EVAL_START && e->ev != EMA_EVENT_EVAL_END &&
-        e->ev != EMA_EVENT_CHECKPOINT && e->ev != EMA_EVENT_SWAP_EMA &&
-        e->ev != EMA_EVENT_SWAP_TRAIN) {
+    /* A replica updates nothing: its batch_end checks its params against the leader's. Every
+     * other event goes through the state machine on the replica's own active flag (exchanged
+     * in), so that the batch_start after a checkpoint swaps its training weights back. */
+    if (op->rep != NULL && (e->ev == EMA_EVENT_BATCH_END || e->ev == EMA_EVENT_EPOCH_END)) {
         if (e->ev == EMA_EVENT_BATCH_END && e->has_clock)
             e->diverged = replica_mark(s, op->rep, e->clock.batch);
         e->action = EMA_ACTION_NONE;

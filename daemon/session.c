@@ -357,6 +357,13 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
                     old->name, (long)old->owner_pid);
         return;
     }
+    /* One seat per connection (replica.c): a replica's close would free one and keep the
+     * other. */
+    if (replica_of(old, c) != NULL) {
+        peer_fail(c, msgid, MSG_E_EXISTS, "register: this connection holds a replica of "
+                    "session %s already; a connection takes one seat", old->name);
+        return;
+    }
     if (!session_same_table(old, fresh)) {
         peer_fail(c, msgid, MSG_E_BADARG,
                     "register: resume: the tensor table differs from session %s's (names, "

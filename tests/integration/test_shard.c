@@ -22,6 +22,10 @@
 
 static emac_segment *made[6];
 
+/* The chunks before the second batch_end of a two-replica session of one small tensor: the
+ * leader's register (its journal and one) and its first batch_end (one). */
+#define STALL_AFTER_ONE_EVENT "EMAD_TEST_STALL_AFTER=3"
+
 static int teardown(void **state)
 {
     kill_leftovers(state);
@@ -602,6 +606,108 @@ static void test_replica_close_detaches_it_alone(void **state)
     daemon_stop(&d);
 }
 
+/*
+ * A replica's events outside the update: its checkpoint swaps the EMA weights into its own
+ * params, and its next batch_start swaps its training weights back, bit for bit (the state
+ * machine runs on the replica's own active flag).
+ */
+static void test_replica_checkpoint_swaps_back(void **state)
+{
+    struct daemon d;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
+    emac_session *s0 = register_replica(c0, 4, "ddp", 0, 2);
+    emac_session *s1 = register_replica(c1, 5, "ddp", 1, 2);
+    const struct emac_shadow *sh = emac_session_shadow(s1, 0);
+    for (uint64_t b = 1; b <= 3; b++) {
+        set_params(4, b, 0);
+        set_params(5, b, 0);
+        event_at(s0, "batch_start", b);
+        event_at(s1, "batch_start", b);
+        assert_int_equal(event_at(s0, "batch_end", b).updates, b);
+        assert_int_equal(event_at(s1, "batch_end", b).action, EMAC_ACTION_NONE);
+    }
+    assert_false(emac_session_diverged(s1));
+
+    float train[1000];
+    memcpy(train, emac_segment_tensor(made[5], 0)->data, sizeof(train));
+    struct emac_result in = event_at(s1, "checkpoint", 3);
+    assert_int_equal(in.action, EMAC_ACTION_SWAP_IN);
+    assert_memory_equal(emac_segment_tensor(made[5], 0)->data, sh->data, 4000);
+    struct emac_result out = event_at(s1, "batch_start", 4);
+    assert_int_equal(out.action, EMAC_ACTION_SWAP_OUT);
+    assert_false(out.active);
+    assert_memory_equal(emac_segment_tensor(made[5], 0)->data, train, 4000);
+    /* The leader's own state is untouched by the replica's swaps. */
+    assert_int_equal(event_at(s0, "batch_start", 4).action, EMAC_ACTION_NONE);
+    emac_session_free(s1);
+    emac_session_free(s0);
+    emac_disconnect(c1);
+    emac_disconnect(c0);
+    daemon_stop(&d);
+}
+
+/*
+ * The leader gone while an update of its runs (held back by the test hook): until that update
+ * ends, no rank leads. A replica's connection that asks then to resume the session as its owner
+ * is refused: a connection takes one seat, and its close frees one. The replica leads once the
+ * update is done.
+ */
+static void test_replica_cannot_take_a_second_seat(void **state)
+{
+    struct emac_error err;
+    struct emac_result res;
+    struct daemon d;
+    struct rpc r;
+    emac_ticket tk;
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=3000", STALL_AFTER_ONE_EVENT,
+                                          NULL});
+    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
+    emac_session *s0 = register_replica(c0, 4, "ddp", 0, 2);
+    emac_session *s1 = register_replica(c1, 5, "ddp", 1, 2);
+    set_params(4, 1, 0);
+    set_params(5, 1, 0);
+    event_at(s0, "batch_end", 1);
+    struct emac_time t = {.batch = 2};
+    assert_int_equal(emac_event_send(s0, "batch_end", &t, &tk, &err), 0);
+    sleep_ms(300); /* emad takes it up; it is held back for 3 s */
+    emac_disconnect(c0);
+    rpc_open(&r, &d, "test_shard");
+    for (int tries = 0;; tries++) {
+        const msgpack_object *st = session_status(&r, "ddp");
+        if (map_get(st, "replicas_attached")->via.u64 == 1)
+            break;
+        if (tries == 200)
+            fail_msg("the leader's disconnect was not seen");
+        sleep_ms(10);
+    }
+    emac_session *again = NULL;
+    assert_true(emac_register(c1, "ddp", made[5], NULL, true, &again, &err) < 0);
+    assert_string_equal(err.code, "EXISTS");
+    expect_in(err.message, "this connection holds a replica of session ddp already");
+    /* Once the update is done the replica leads: its batch_end updates. */
+    set_params(5, 3, 0);
+    for (int tries = 0;; tries++) {
+        if (emac_event(s1, "batch_end", &(struct emac_time){.batch = 3}, &res, &err) < 0)
+            fail_msg("batch_end: %s: %s", err.code, err.message);
+        if (res.action == EMAC_ACTION_UPDATE)
+            break;
+        if (tries == 100)
+            fail_msg("the replica never came to lead");
+        sleep_ms(50);
+    }
+    rpc_close(&r);
+    emac_session_free(s1);
+    emac_session_free(s0);
+    emac_disconnect(c1);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -611,6 +717,8 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_shard_fields_refused, teardown),
         cmocka_unit_test_teardown(test_replicas_share_one_shadow, teardown),
         cmocka_unit_test_teardown(test_replica_close_detaches_it_alone, teardown),
+        cmocka_unit_test_teardown(test_replica_checkpoint_swaps_back, teardown),
+        cmocka_unit_test_teardown(test_replica_cannot_take_a_second_seat, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
