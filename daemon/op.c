@@ -761,11 +761,18 @@ static bool finish_file(struct op *op)
         return false;
     }
     if (op->kind == OP_LOAD) {
-        if (f->one_profile)
-            loadprof_apply(op->s, f);
-        else
-            session_apply_saved(op->s, &f->loaded);
-        op->s->interrupted = false; /* the shadow is the file's now */
+        struct session *s = op->s;
+        if (f->one_profile) {
+            /* One profile's shadow is the file's now; the others may still hold what the
+             * interrupted update left. */
+            loadprof_apply(s, f);
+            s->reloaded |= 1u << f->prof;
+            if (s->reloaded == (s->nprof > 0 ? (1u << s->nprof) - 1 : 1u))
+                s->interrupted = false;
+        } else {
+            session_apply_saved(s, &f->loaded);
+            s->interrupted = false; /* the shadow is the file's now */
+        }
         shadow_sync(op->s);
         submit(op, PH_JOURNAL, chunk_journal, 1);
         return true;
@@ -924,6 +931,7 @@ static void op_done(struct pool_job *job)
         else
             redo_cancel(s, "the event failed");
         s->interrupted = true;
+        s->reloaded = 0;
         shadow_sync(s);
     }
     if (job->status == -EFAULT) {

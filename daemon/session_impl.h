@@ -116,6 +116,8 @@ struct session {
     uint64_t last_update_batch; /* its batch */
     struct health health;      /* what the updates saw (health.h); loop thread */
     bool interrupted;          /* an update was cut short by a crash of emad */
+    uint32_t reloaded;         /* profiles loaded one by one (loadprof.c) since interrupted was
+                                  set: all of them clear it */
     uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
                                   of the last ones are in the shadow header (recent) */
     uint64_t redo_off;         /* the redo records, in the shadow object */
