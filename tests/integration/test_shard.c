@@ -708,6 +708,60 @@ static void test_replica_cannot_take_a_second_seat(void **state)
     daemon_stop(&d);
 }
 
+/*
+ * emad SIGKILLed under two replicas: each rank's client reconnects on its next call, the first
+ * resumes the session (and leads), the second joins it again as a replica; the shared shadow
+ * goes on bit for bit as a single rank's session through the same crash.
+ */
+static void test_replicas_come_back_after_a_crash(void **state)
+{
+    struct daemon d;
+    struct rpc r;
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, NULL, NULL);
+    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
+    emac_client *cs = client_connect(&d, "solo");
+    emac_session *s0 = register_replica(c0, 0, "ddp", 0, 2);
+    emac_session *s1 = register_replica(c1, 1, "ddp", 1, 2);
+    emac_session *solo = register_replica(cs, 2, "solo", 0, 1);
+    for (uint64_t b = 1; b <= 4; b++) {
+        if (b == 3) {
+            daemon_kill(&d);
+            daemon_start_env(&d, NULL, NULL);
+        }
+        for (size_t k = 0; k < 3; k++)
+            set_params(k, b, 0);
+        assert_int_equal(event_at(s0, "batch_end", b).updates, b);
+        assert_int_equal(event_at(s1, "batch_end", b).action, EMAC_ACTION_NONE);
+        assert_false(emac_session_diverged(s1));
+        event_at(solo, "batch_end", b);
+    }
+    assert_int_equal(emac_reconnects(c0), 1);
+    assert_int_equal(emac_reconnects(c1), 1);
+    rpc_open(&r, &d, "test_shard");
+    const msgpack_object *st = session_status(&r, "ddp");
+    assert_int_equal(map_get(st, "replicas_attached")->via.u64, 2);
+    assert_int_equal(map_get(st, "updates")->via.u64, 4);
+    rpc_close(&r);
+    const struct emac_shadow *sh0 = emac_session_shadow(s0, 0), *sh1 = emac_session_shadow(s1, 0);
+    const struct emac_shadow *shs = emac_session_shadow(solo, 0);
+    assert_memory_equal(sh0->data, shs->data, 4000);
+    assert_memory_equal(sh1->data, shs->data, 4000);
+    /* The replica's eval after the crash still swaps into its own params. */
+    assert_int_equal(event_at(s1, "eval_start", 4).action, EMAC_ACTION_SWAP_IN);
+    assert_memory_equal(emac_segment_tensor(made[1], 0)->data, shs->data, 4000);
+    assert_int_equal(event_at(s1, "eval_end", 4).action, EMAC_ACTION_SWAP_OUT);
+    emac_session_free(s1);
+    emac_session_free(s0);
+    emac_session_free(solo);
+    emac_disconnect(c1);
+    emac_disconnect(c0);
+    emac_disconnect(cs);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +773,7 @@ int main(void)
         cmocka_unit_test_teardown(test_replica_close_detaches_it_alone, teardown),
         cmocka_unit_test_teardown(test_replica_checkpoint_swaps_back, teardown),
         cmocka_unit_test_teardown(test_replica_cannot_take_a_second_seat, teardown),
+        cmocka_unit_test_teardown(test_replicas_come_back_after_a_crash, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
