@@ -259,6 +259,17 @@ class Profiles(emadtest.EmadTestCase):
             self.assertNotIn("profiles", ema.state())
             ema.swap("ema", profile="ema")
             ema.swap("train")
+            # profile="ema" names the one profile there is: the session's own signals. (The
+            # first update started the EMA: nothing to compare before it.)
+            ema.batch_end(wait=True)
+            whole, own = ema.health(), ema.health(profile="ema")
+            self.assertEqual(sorted(own), ["alarms", "distance", "last_update_noop",
+                                           "noop_updates", "updates_checked"])
+            for k in ("updates_checked", "distance", "noop_updates", "last_update_noop"):
+                self.assertEqual(own[k], whole[k], k)
+            self.assertEqual(own["updates_checked"], 1)
+            with self.assertRaises(KeyError):
+                ema.health(profile="fast")
 
     def test_bad_profiles_are_refused(self):
         d = self.daemon()

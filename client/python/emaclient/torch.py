@@ -1272,7 +1272,8 @@ class EMA:
         "stalled"). What each means and what to do: docs/running.md "Health".
         With profiles, profile=NAME gives that profile's own signals instead:
         updates_checked, distance, noop_updates, last_update_noop and alarms
-        ("poisoned", "noop") of its shadow (docs/protocol.md "Health").
+        ("poisoned", "noop") of its shadow (docs/protocol.md "Health"); without
+        profiles, profile="ema" gives those fields of the session's signals.
         None from an emad that does not report them."""
         self.wait()
         state = self.state()
@@ -1281,6 +1282,12 @@ class EMA:
         for p in state.get("profiles") or []:
             if p.get("name") == profile:
                 return p.get("health")
+        h = state.get("health")
+        if not state.get("profiles") and profile == "ema" and h is not None:
+            # One profile: the session's signals are its own; the same fields as a profile's.
+            return {k: h.get(k) for k in ("updates_checked", "distance", "noop_updates",
+                                          "last_update_noop")} | {
+                "alarms": [a for a in h.get("alarms") or [] if a in ("poisoned", "noop")]}
         raise KeyError("the EMA has no profile %r (it has %s)" % (
             profile, ", ".join(self.profiles)))
 
