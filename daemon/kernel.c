@@ -685,14 +685,17 @@ AVX2_INLINE bool shadow_finite(const float *s, size_t from, size_t to)
 }
 
 /* One step of 8 when its params are known finite: the plain update and the square of d, nothing
- * to mask or blend. */
+ * to mask or blend. With keep, the shadow's 8 values go first to kept[0..8), in L1. */
 AVX2_INLINE void avx2_health_fast_step(float *restrict s, __m256 vx, size_t i, __m256 vc,
-                                       bool from_param, float *restrict u, bool save, __m256 *sq,
+                                       bool from_param, float *restrict u, bool save,
+                                       float *restrict kept, bool keep, __m256 *sq,
                                        __m256i *same, bool track)
 {
     __m256 vs = _mm256_loadu_ps(s + i);
     __m256 d = _mm256_sub_ps(vx, vs);
     __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
+    if (keep)
+        _mm256_storeu_ps(kept, vs);
     if (save)
         _mm256_storeu_ps(u + i, vs);
     _mm256_storeu_ps(s + i, r);
@@ -715,10 +718,14 @@ AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict
     __m256 v0, v1, v2, v3;
     for (; i + 32 <= end; i += 32) {
         if (avx2_load_32(x, i, kind, &v0, &v1, &v2, &v3)) {
-            avx2_health_fast_step(s, v0, i, vc, from_param, u, save, &sq[0], same, track);
-            avx2_health_fast_step(s, v1, i + 8, vc, from_param, u, save, &sq[1], same, track);
-            avx2_health_fast_step(s, v2, i + 16, vc, from_param, u, save, &sq[2], same, track);
-            avx2_health_fast_step(s, v3, i + 24, vc, from_param, u, save, &sq[3], same, track);
+            avx2_health_fast_step(s, v0, i, vc, from_param, u, save, NULL, false, &sq[0], same,
+                                  track);
+            avx2_health_fast_step(s, v1, i + 8, vc, from_param, u, save, NULL, false, &sq[1],
+                                  same, track);
+            avx2_health_fast_step(s, v2, i + 16, vc, from_param, u, save, NULL, false, &sq[2],
+                                  same, track);
+            avx2_health_fast_step(s, v3, i + 24, vc, from_param, u, save, NULL, false, &sq[3],
+                                  same, track);
         } else {
             avx2_health_step(s, v0, i, vc, from_param, u, save, skip, &sq[0], bad, same, track);
             avx2_health_step(s, v1, i + 8, vc, from_param, u, save, skip, &sq[1], bad, same,
@@ -732,27 +739,17 @@ AVX2_INLINE size_t avx2_health_any_block(float *restrict s, const void *restrict
     return i;
 }
 
-/* A fast step that first keeps the shadow's 8 values at kept[0..8), in L1. */
+/* A fast step that keeps the shadow's values first, its params read once: a trainer that wrote
+ * a NaN between two reads would otherwise reach the shadow with a finite d (the empty asm keeps
+ * the compiler from reading them again for the result). */
 AVX2_INLINE void avx2_health_kept_step(float *restrict s, const void *restrict x, size_t i,
                                        __m256 vc, bool from_param, float *restrict u, bool save,
                                        int kind, float *restrict kept, __m256 *sq, __m256i *same,
                                        bool track)
 {
-    __m256 vs = _mm256_loadu_ps(s + i);
     __m256 vx = avx2_load_param(x, i, kind);
-    /* One read of the params for d and the result: a trainer that wrote a NaN between two
-     * reads would otherwise reach the shadow with a finite d. */
     __asm__("" : "+x"(vx));
-    __m256 d = _mm256_sub_ps(vx, vs);
-    __m256 r = _mm256_fmadd_ps(vc, d, from_param ? vx : vs);
-    _mm256_storeu_ps(kept, vs);
-    if (save)
-        _mm256_storeu_ps(u + i, vs);
-    _mm256_storeu_ps(s + i, r);
-    *sq = _mm256_fmadd_ps(d, d, *sq);
-    if (track)
-        *same = _mm256_and_si256(*same, _mm256_cmpeq_epi32(_mm256_castps_si256(r),
-                                                           _mm256_castps_si256(vs)));
+    avx2_health_fast_step(s, vx, i, vc, from_param, u, save, kept, true, sq, same, track);
 }
 
 /*

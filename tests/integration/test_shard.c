@@ -569,6 +569,40 @@ static void test_replicas_share_one_shadow(void **state)
     daemon_stop(&d);
 }
 
+/* Ranks 0 and 1 of a job "ddp" of world 2, replicas of one session (their segments made[4] and
+ * made[5]), each on its own connection; rank 0 leads. */
+struct ddp_pair {
+    emac_client *c[2];
+    emac_session *s[2];
+};
+
+static void pair_open(struct ddp_pair *p, struct daemon *d)
+{
+    p->c[0] = client_connect(d, "rank0");
+    p->c[1] = client_connect(d, "rank1");
+    p->s[0] = register_replica(p->c[0], 4, "ddp", 0, 2);
+    p->s[1] = register_replica(p->c[1], 5, "ddp", 1, 2);
+}
+
+/* Both ranks' params at batch b, and their batch_end: the leader's, its b-th update, then the
+ * replica's, which updates nothing. */
+static void pair_step(struct ddp_pair *p, uint64_t b)
+{
+    set_params(4, b, 0);
+    set_params(5, b, 0);
+    assert_int_equal(event_at(p->s[0], "batch_end", b).updates, b);
+    assert_int_equal(event_at(p->s[1], "batch_end", b).action, EMAC_ACTION_NONE);
+}
+
+static void pair_close(struct ddp_pair *p)
+{
+    for (int k = 1; k >= 0; k--) {
+        emac_session_free(p->s[k]);
+        if (p->c[k] != NULL)
+            emac_disconnect(p->c[k]);
+    }
+}
+
 /* A replica's close detaches that replica alone: the session and the leader go on. */
 static void test_replica_close_detaches_it_alone(void **state)
 {
@@ -578,31 +612,24 @@ static void test_replica_close_detaches_it_alone(void **state)
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
-    emac_session *s0 = register_replica(c0, 4, "ddp", 0, 2);
-    emac_session *s1 = register_replica(c1, 5, "ddp", 1, 2);
-    set_params(4, 1, 0);
-    set_params(5, 1, 0);
-    event_at(s0, "batch_end", 1);
-    event_at(s1, "batch_end", 1);
-    assert_int_equal(emac_close(s1, false, &err), 0);
-    emac_session_free(s1);
+    struct ddp_pair p;
+    pair_open(&p, &d);
+    pair_step(&p, 1);
+    assert_int_equal(emac_close(p.s[1], false, &err), 0);
+    emac_session_free(p.s[1]);
     rpc_open(&r, &d, "test_shard");
     const msgpack_object *st = session_status(&r, "ddp");
     assert_int_equal(map_get(st, "replicas_attached")->via.u64, 1);
     assert_int_equal(map_get(st, "diverged")->via.u64, 0);
     assert_true(map_get(st, "attached")->via.boolean);
     set_params(4, 2, 0);
-    assert_int_equal(event_at(s0, "batch_end", 2).updates, 2);
+    assert_int_equal(event_at(p.s[0], "batch_end", 2).updates, 2);
     /* Its seat is free again: a rank joins anew. */
-    s1 = register_replica(c1, 5, "ddp", 1, 2);
+    p.s[1] = register_replica(p.c[1], 5, "ddp", 1, 2);
     st = session_status(&r, "ddp");
     assert_int_equal(map_get(st, "replicas_attached")->via.u64, 2);
     rpc_close(&r);
-    emac_session_free(s1);
-    emac_session_free(s0);
-    emac_disconnect(c1);
-    emac_disconnect(c0);
+    pair_close(&p);
     daemon_stop(&d);
 }
 
@@ -614,38 +641,31 @@ static void test_replica_close_detaches_it_alone(void **state)
 static void test_replica_checkpoint_swaps_back(void **state)
 {
     struct daemon d;
+    struct ddp_pair p;
     (void)state;
 
     daemon_start(&d, NULL);
-    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
-    emac_session *s0 = register_replica(c0, 4, "ddp", 0, 2);
-    emac_session *s1 = register_replica(c1, 5, "ddp", 1, 2);
-    const struct emac_shadow *sh = emac_session_shadow(s1, 0);
+    pair_open(&p, &d);
+    const struct emac_shadow *sh = emac_session_shadow(p.s[1], 0);
     for (uint64_t b = 1; b <= 3; b++) {
-        set_params(4, b, 0);
-        set_params(5, b, 0);
-        event_at(s0, "batch_start", b);
-        event_at(s1, "batch_start", b);
-        assert_int_equal(event_at(s0, "batch_end", b).updates, b);
-        assert_int_equal(event_at(s1, "batch_end", b).action, EMAC_ACTION_NONE);
+        event_at(p.s[0], "batch_start", b);
+        event_at(p.s[1], "batch_start", b);
+        pair_step(&p, b);
     }
-    assert_false(emac_session_diverged(s1));
+    assert_false(emac_session_diverged(p.s[1]));
 
     float train[1000];
     memcpy(train, emac_segment_tensor(made[5], 0)->data, sizeof(train));
-    struct emac_result in = event_at(s1, "checkpoint", 3);
+    struct emac_result in = event_at(p.s[1], "checkpoint", 3);
     assert_int_equal(in.action, EMAC_ACTION_SWAP_IN);
     assert_memory_equal(emac_segment_tensor(made[5], 0)->data, sh->data, 4000);
-    struct emac_result out = event_at(s1, "batch_start", 4);
+    struct emac_result out = event_at(p.s[1], "batch_start", 4);
     assert_int_equal(out.action, EMAC_ACTION_SWAP_OUT);
     assert_false(out.active);
     assert_memory_equal(emac_segment_tensor(made[5], 0)->data, train, 4000);
     /* The leader's own state is untouched by the replica's swaps. */
-    assert_int_equal(event_at(s0, "batch_start", 4).action, EMAC_ACTION_NONE);
-    emac_session_free(s1);
-    emac_session_free(s0);
-    emac_disconnect(c1);
-    emac_disconnect(c0);
+    assert_int_equal(event_at(p.s[0], "batch_start", 4).action, EMAC_ACTION_NONE);
+    pair_close(&p);
     daemon_stop(&d);
 }
 
@@ -667,16 +687,16 @@ static void test_replica_cannot_take_a_second_seat(void **state)
     make_dir(&d);
     daemon_start_env(&d, NULL, (char *[]){"EMAD_TEST_STALL_MS=3000", STALL_AFTER_ONE_EVENT,
                                           NULL});
-    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
-    emac_session *s0 = register_replica(c0, 4, "ddp", 0, 2);
-    emac_session *s1 = register_replica(c1, 5, "ddp", 1, 2);
+    struct ddp_pair p;
+    pair_open(&p, &d);
     set_params(4, 1, 0);
     set_params(5, 1, 0);
-    event_at(s0, "batch_end", 1);
+    event_at(p.s[0], "batch_end", 1);
     struct emac_time t = {.batch = 2};
-    assert_int_equal(emac_event_send(s0, "batch_end", &t, &tk, &err), 0);
+    assert_int_equal(emac_event_send(p.s[0], "batch_end", &t, &tk, &err), 0);
     sleep_ms(300); /* emad takes it up; it is held back for 3 s */
-    emac_disconnect(c0);
+    emac_disconnect(p.c[0]);
+    p.c[0] = NULL;
     rpc_open(&r, &d, "test_shard");
     for (int tries = 0;; tries++) {
         const msgpack_object *st = session_status(&r, "ddp");
@@ -687,13 +707,13 @@ static void test_replica_cannot_take_a_second_seat(void **state)
         sleep_ms(10);
     }
     emac_session *again = NULL;
-    assert_true(emac_register(c1, "ddp", made[5], NULL, true, &again, &err) < 0);
+    assert_true(emac_register(p.c[1], "ddp", made[5], NULL, true, &again, &err) < 0);
     assert_string_equal(err.code, "EXISTS");
     expect_in(err.message, "this connection holds a replica of session ddp already");
     /* Once the update is done the replica leads: its batch_end updates. */
     set_params(5, 3, 0);
     for (int tries = 0;; tries++) {
-        if (emac_event(s1, "batch_end", &(struct emac_time){.batch = 3}, &res, &err) < 0)
+        if (emac_event(p.s[1], "batch_end", &(struct emac_time){.batch = 3}, &res, &err) < 0)
             fail_msg("batch_end: %s: %s", err.code, err.message);
         if (res.action == EMAC_ACTION_UPDATE)
             break;
@@ -702,9 +722,7 @@ static void test_replica_cannot_take_a_second_seat(void **state)
         sleep_ms(50);
     }
     rpc_close(&r);
-    emac_session_free(s1);
-    emac_session_free(s0);
-    emac_disconnect(c1);
+    pair_close(&p);
     daemon_stop(&d);
 }
 
