@@ -47,6 +47,18 @@ static void note_interval(struct health *h, uint64_t now_ns)
     h->fresh_clock = false;
 }
 
+/* The distance and no-op of one shadow's update from its summed parts. No float element at all
+ * (integer tensors only): nothing can be said. */
+static void finish_one(struct health_profile *o, const struct kernel_health *t)
+{
+    o->checked_updates++;
+    o->last_noop = t->elems > 0 && !t->changed;
+    if (o->last_noop)
+        o->noop_updates++;
+    o->has_distance = t->elems > t->nonfinite;
+    o->distance = o->has_distance ? sqrt(t->sumsq / (double)(t->elems - t->nonfinite)) : 0;
+}
+
 uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_t *first)
 {
     struct kernel_health t = {0};
@@ -59,7 +71,7 @@ uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_
             *first = p->first_nonfinite;
     }
     note_interval(h, now_ns);
-    h->checked_updates++;
+    finish_one(&h->own, &t);
     h->last_count = t.nonfinite;
     if (t.nonfinite > 0) {
         h->nonfinite_total += t.nonfinite;
@@ -69,24 +81,7 @@ uint64_t health_finish(struct health *h, uint64_t update, uint64_t now_ns, size_
         h->last_nonfinite_count = t.nonfinite;
         h->last_nonfinite_tensor = *first;
     }
-    /* No float element at all (integer tensors only): nothing can be said. */
-    h->last_noop = t.elems > 0 && !t.changed;
-    if (h->last_noop)
-        h->noop_updates++;
-    h->has_distance = t.elems > t.nonfinite;
-    h->distance = h->has_distance ? sqrt(t.sumsq / (double)(t.elems - t.nonfinite)) : 0;
     return t.nonfinite;
-}
-
-/* The distance and no-op of one shadow's update from its summed parts (as health_finish). */
-static void finish_one(struct health_profile *o, const struct kernel_health *t)
-{
-    o->checked_updates++;
-    o->last_noop = t->elems > 0 && !t->changed;
-    if (o->last_noop)
-        o->noop_updates++;
-    o->has_distance = t->elems > t->nonfinite;
-    o->distance = o->has_distance ? sqrt(t->sumsq / (double)(t->elems - t->nonfinite)) : 0;
 }
 
 void health_finish_profiles(struct health *h, uint32_t mask)
@@ -131,7 +126,7 @@ static bool poisoned(bool has, double d)
 
 size_t health_alarms(const struct health *h, const char *out[HEALTH_ALARMS_MAX])
 {
-    bool poison = poisoned(h->has_distance, h->distance), noop = h->last_noop;
+    bool poison = poisoned(h->own.has_distance, h->own.distance), noop = h->own.last_noop;
     size_t n = 0;
 
     /* A poisoned or idle profile is the session's alarm too, whichever one its own fields

@@ -45,14 +45,15 @@ struct health_part {
     struct kernel_health prof[HEALTH_PROFILES];
 };
 
-/* With profiles: what a profile's own updates saw of its shadow (docs/protocol.md "Health").
- * The non-finite count and the stall are the params' and the trainer's, one for the session. */
+/* What a shadow's updates saw of it: the session's (struct health's own) and, with profiles,
+ * each profile's of its own shadow (docs/protocol.md "Health"). The non-finite count and the
+ * stall are the params' and the trainer's, one for the session. */
 struct health_profile {
     uint64_t checked_updates; /* its updates these signals cover */
     uint64_t noop_updates;    /* its updates that changed none of its shadow */
     bool last_noop;
-    bool has_distance;        /* as struct health's, for this profile's shadow */
-    double distance;
+    bool has_distance;        /* an update had finite float elements */
+    double distance;          /* RMS of (shadow before - param) over them */
 };
 
 struct health {
@@ -65,10 +66,8 @@ struct health {
     size_t nparts;
 
     /* Since the session was registered (or restored: none of this is saved). */
-    uint64_t checked_updates;   /* updates these signals cover */
     uint64_t nonfinite_total;   /* non-finite param elements seen */
     uint64_t nonfinite_updates; /* updates that saw any */
-    uint64_t noop_updates;      /* updates that changed no shadow element */
 
     /* The last update with non-finite params. */
     bool has_last_nonfinite;
@@ -76,12 +75,11 @@ struct health {
     uint64_t last_nonfinite_count;
     size_t last_nonfinite_tensor; /* the lowest tensor index that had one */
 
-    /* The last update. */
-    uint64_t last_count; /* its non-finite params (0: none) */
-    bool last_noop;
-    bool has_distance; /* false before the first update, or when it had no finite
-                          float element */
-    double distance;   /* RMS of (shadow before - param) over the finite elements */
+    /* The updates it covers, and the last one's no-op and distance (RMS of (shadow before -
+     * param) over the finite elements; none before the first update, or when it had no finite
+     * float element): of the whole session, as each profile's of its own shadow. */
+    struct health_profile own;
+    uint64_t last_count; /* the last update's non-finite params (0: none) */
 
     /* Stalls. */
     uint64_t last_update_ns; /* uv_hrtime() of the last update; 0: none yet */

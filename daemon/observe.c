@@ -87,11 +87,11 @@ static void session_fill(const struct session *s, struct metrics_session *o)
     o->health = h->enabled;
     o->nonfinite_total = h->nonfinite_total;
     o->nonfinite_updates = h->nonfinite_updates;
-    o->noop_updates = h->noop_updates;
+    o->noop_updates = h->own.noop_updates;
     o->last_nonfinite = h->last_count;
-    o->last_noop = h->last_noop;
-    o->has_distance = h->enabled && h->has_distance;
-    o->distance = h->distance;
+    o->last_noop = h->own.last_noop;
+    o->has_distance = h->enabled && h->own.has_distance;
+    o->distance = h->own.distance;
     o->stalled = h->stalled;
     _Static_assert(METRICS_PROFILES == PROFILE_MAX && METRICS_PROFILE_NAME == PROFILE_NAME_MAX,
                    "metrics.h's profile bounds are profile.h's");

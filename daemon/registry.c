@@ -262,7 +262,7 @@ static void session_fill_health(const struct session *s, bool *has, struct msg_h
     h->enabled = hs->enabled;
     /* What is done, not what was asked: health false runs the plain kernels, which apply. */
     h->on_nonfinite = msg_str_c(hs->enabled && hs->skip_nonfinite ? "skip" : "apply");
-    h->updates_checked = hs->checked_updates;
+    h->updates_checked = hs->own.checked_updates;
     h->nonfinite_total = hs->nonfinite_total;
     h->nonfinite_updates = hs->nonfinite_updates;
     h->has_last_nonfinite = hs->has_last_nonfinite && hs->last_nonfinite_tensor < s->ntensors;
@@ -271,10 +271,10 @@ static void session_fill_health(const struct session *s, bool *has, struct msg_h
         h->last_nonfinite.count = hs->last_nonfinite_count;
         h->last_nonfinite.tensor = msg_str_c(s->tensors[hs->last_nonfinite_tensor].name);
     }
-    h->has_distance = hs->has_distance;
-    h->distance = hs->distance;
-    h->noop_updates = hs->noop_updates;
-    h->last_update_noop = hs->last_noop;
+    h->has_distance = hs->own.has_distance;
+    h->distance = hs->own.distance;
+    h->noop_updates = hs->own.noop_updates;
+    h->last_update_noop = hs->own.last_noop;
     h->has_interval = hs->interval > 0;
     h->interval = hs->interval;
     h->stalled = hs->stalled;

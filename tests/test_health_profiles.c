@@ -69,7 +69,7 @@ static void test_each_profile_sums_its_own_parts(void **state)
 
     /* The session's own fields are profile 0's (the one the event picked); its alarms still
      * show profile 2's no-op. */
-    assert_false(h.last_noop);
+    assert_false(h.own.last_noop);
     size_t n = health_alarms(&h, a);
     assert_true(has_alarm(a, n, HEALTH_ALARM_NOOP));
     assert_true(has_alarm(a, n, HEALTH_ALARM_NONFINITE));
@@ -92,7 +92,7 @@ static void test_each_profile_sums_its_own_parts(void **state)
     assert_true(isinf(h.prof[1].distance));
     assert_false(h.prof[2].last_noop);
     assert_int_equal(h.prof[2].noop_updates, 1);
-    assert_true(h.has_distance && isfinite(h.distance));
+    assert_true(h.own.has_distance && isfinite(h.own.distance));
     n = health_alarms(&h, a);
     assert_int_equal(n, 1);
     assert_string_equal(a[0], HEALTH_ALARM_POISONED);
@@ -124,7 +124,7 @@ static void test_single_profile_session_is_unchanged(void **state)
     assert_int_equal(health_finish(&h, 1, 1000, &first), 0);
     assert_int_equal(health_alarms(&h, a), 0);
     assert_int_equal(h.prof_seen, 0);
-    assert_true(fabs(h.distance - 1.0) < 1e-12);
+    assert_true(fabs(h.own.distance - 1.0) < 1e-12);
     health_free(&h);
 }
 
