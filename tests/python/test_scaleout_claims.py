@@ -9,6 +9,10 @@ made once for the class; each test reads it, or a copy it edits.
   i64 buffer; dtype="f32" (the shadows' dtype) changes nothing; another dtype is USAGE. The
   metadata carries the job, batch, epoch, world size and config. `emactl consolidate` on the
   same manifest writes the same bytes, with and without --dtype.
+- load_group_checkpoint(strict=True) refuses (BADFILE, naming them) a checkpoint that lacks a
+  tensor of the model or holds one the model lacks, and loads nothing; strict=False warns,
+  naming them, loads the others bit for bit, and the EMA of a tensor the checkpoint lacks
+  restarts from the current weights and goes on averaging.
 - Shard files at another batch: consolidate() and Checkpoint() refuse them (BADFILE naming the
   file and both batches) and write nothing (load_group_checkpoint and emactl are tested in
   test_scaleout.py and test_consolidate.py). A directory without a manifest is no checkpoint:
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import unittest
+import warnings
 
 import emadtest
 import scaleout_worker as W
@@ -167,7 +172,7 @@ class ScaleOutClaims(emadtest.EmadTestCase):
             self.assertIn('"%s"' % bad, str(cm.exception))
             self.assertFalse(os.path.exists(out))
 
-    # ---- helpers ----
+    # ---- load_group_checkpoint(strict=) ----
 
     def rank1(self, sock, session, edit):
         """Rank 1's local model (the slices of a 2-rank job at batch STEPS), edited, and its EMA."""
@@ -178,6 +183,89 @@ class ScaleOutClaims(emadtest.EmadTestCase):
         edit(local, spec)
         return local, EMA(local, half_life=W.HALF_LIFE, socket=sock, session=session,
                           shard=spec)
+
+    def shard_file_of_rank1(self):
+        tensors, _ = _safetensors.read(os.path.join(self.ckpt, "rank-00001.safetensors"))
+        return tensors
+
+    def test_strict_refuses_a_tensor_missing_from_the_checkpoint(self):
+        d = self.daemon()
+
+        def add(local, spec):
+            local.extra = torch.nn.Parameter(torch.ones(3))
+        local, ema = self.rank1(d.sock, "extra", add)
+        try:
+            with self.assertRaises(Error) as cm:
+                ema.load_group_checkpoint(self.ckpt)  # strict by default
+            self.assertEqual(cm.exception.code, "BADFILE")
+            self.assertIn("lacks extra", str(cm.exception))
+            self.assertFalse(ema.state()["started"])  # nothing was loaded
+        finally:
+            ema.close()
+        local, ema = self.rank1(d.sock, "extra2", add)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.assertEqual(ema.load_group_checkpoint(self.ckpt, strict=False), STEPS)
+            said = [str(w.message) for w in caught]
+            self.assertTrue(any("extra" in s for s in said), said)
+            st = ema.state()
+            self.assertTrue(st["started"])
+            shadow = ema.shadow_state_dict()
+            ref = self.shard_file_of_rank1()
+            for name, t in ref.items():
+                self.assertTrue(emadtest.bits_equal(shadow[name], t), name)
+            # The tensor the checkpoint lacks restarts from the current weights...
+            self.assertTrue(emadtest.bits_equal(ema.ema_state_dict()["extra"], torch.ones(3)))
+            # ...and is averaged from then on (not left out of the EMA).
+            ema.wait()
+            with torch.no_grad():
+                local.extra.fill_(2.0)
+            ema.batch_end(batch=STEPS + 1)
+            smoothing = json.loads(_safetensors.read(self.consolidated())[1]["emad_config"])[
+                "ema"]["smoothing"]
+            expect = torch.ones(3).lerp_(torch.full((3,), 2.0), 1 - smoothing)
+            got = ema.ema_state_dict()["extra"]
+            self.assertTrue(emadtest.bits_equal(got, expect), "%s vs %s" % (got, expect))
+            with ema.eval():
+                self.assertTrue(emadtest.bits_equal(local.extra.detach(), expect))
+        finally:
+            ema.close()
+
+    def consolidated(self):
+        out = os.path.join(self.dir, "c.safetensors")
+        if not os.path.exists(out):
+            edist.consolidate(self.ckpt, out)
+        return out
+
+    def test_strict_refuses_a_tensor_the_model_lacks(self):
+        d = self.daemon()
+
+        def drop(local, spec):
+            del local.b2
+            del spec["b2"]
+        local, ema = self.rank1(d.sock, "lacks", drop)
+        try:
+            with self.assertRaises(Error) as cm:
+                ema.load_group_checkpoint(self.ckpt, strict=True)
+            self.assertEqual(cm.exception.code, "BADFILE")
+            self.assertIn("b2", str(cm.exception))
+            self.assertFalse(ema.state()["started"])
+        finally:
+            ema.close()
+        local, ema = self.rank1(d.sock, "lacks2", drop)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.assertEqual(ema.load_group_checkpoint(self.ckpt, strict=False), STEPS)
+            said = [str(w.message) for w in caught]
+            self.assertTrue(any("b2" in s for s in said), said)
+            shadow = ema.shadow_state_dict()
+            ref = self.shard_file_of_rank1()
+            del ref["b2"]
+            self.assertIsNone(emadtest.first_difference(shadow, ref))
+        finally:
+            ema.close()
 
     # ---- checkpoints refused ----
 
