@@ -476,17 +476,26 @@ def _write_shard_file(path, job, batch, epoch, world, ranks, layout):
 def load_group_checkpoint(ema, path, strict=True):
     """Resume the EMA from a group checkpoint (path: the manifest or its
     directory), reading this rank's slices whatever the world size it was
-    written with. strict: every tensor of the EMA must be in it."""
+    written with. strict: the checkpoint's tensors must be the EMA's, no more
+    and no fewer (BADFILE naming them, nothing loaded); else a warning names
+    them, the checkpoint's extra tensors are not read and the EMA of the
+    tensors it lacks restarts from the current weights (as load_state_dict's)."""
     from .torch import _LOW_PRECISION
     with Checkpoint(path) as ck:
         cfg = ck.config.get("emaclient") or {}
         if cfg.get("format") != _FORMAT:
             raise Error("BADFILE", "%s: not a checkpoint emaclient wrote (config.emaclient."
                         "format %r)" % (ck.path, cfg.get("format")))
-        params, buffers, shadow, missing = {}, {}, {}, []
+        missing = [e.name for e in ema._entries if e.name not in ck.tensors]
+        unexpected = sorted(set(ck.tensors) - {e.name for e in ema._entries})
+        if (missing or unexpected) and strict:
+            raise Error("BADFILE", "%s: %s (strict=False loads the others)" % (ck.path, "; ".join(
+                x for x in ("the checkpoint lacks %s" % ", ".join(missing) if missing else "",
+                            "the model has no %s" % ", ".join(unexpected) if unexpected else "")
+                if x)))
+        params, buffers, shadow = {}, {}, {}
         for e in ema._entries:
             if e.name not in ck.tensors:
-                missing.append(e.name)
                 continue
             g, o = ema._shard[e.name]
             if ck.tensors[e.name][1] != tuple(g):
@@ -497,15 +506,20 @@ def load_group_checkpoint(ema, path, strict=True):
                 shadow[e.name] = t
                 t = t.to(e.dtype)
             (params if e.param is not None else buffers)[e.name] = t
-        if missing and strict:
-            raise Error("BADFILE", "%s: the checkpoint lacks %s" % (ck.path, ", ".join(missing)))
         meta = {"format": 1, "session": ema.session_name,
                 "config": (ck.config.get("ema") or {}), "started": bool(cfg.get("started")),
                 "updates": cfg.get("updates"), "last_time": cfg.get("last_time"),
                 "counts": cfg.get("counts") or {}, "shadow": shadow, "excluded": [],
                 "state_file": None}
+        # The flat layout, not Composer's {named_parameters_dict, ...}: there a parameter
+        # absent is one Composer left out of the EMA (frozen), and would stay out of it. Here
+        # it is missing: load_state_dict warns, naming it, and its EMA restarts from the
+        # current weights. The extra names get empty placeholders so that the same warning
+        # names them too; they are not read.
+        flat = dict(params)
+        flat.update(buffers)
+        flat.update((n, torch.empty(0)) for n in unexpected)
         state = {"ema_weights_active": False, "ema_started": bool(cfg.get("started")),
-                 "emad": meta,
-                 "ema_model": {"named_parameters_dict": params, "named_buffers_dict": buffers}}
+                 "emad": meta, "ema_model": flat}
         ema.load_state_dict(state, strict=False)
         return ck.batch

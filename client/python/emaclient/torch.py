@@ -1546,7 +1546,10 @@ class EMA:
     def load_group_checkpoint(self, path, strict=True):
         """Resume from a group checkpoint (its manifest or directory), reading
         this rank's slices (shard=) whatever the world size it was written
-        with; the shadow comes back bit for bit. Returns its batch."""
+        with; the shadow comes back bit for bit. Returns its batch. strict:
+        the checkpoint's tensors must be the EMA's (else BADFILE); False: a
+        warning, and the EMA of a tensor it lacks restarts from the current
+        weights."""
         return _distributed.load_group_checkpoint(self, path, strict=strict)
 
     def _load_training(self, weights):
