@@ -1,18 +1,20 @@
 /*
  * test_export_claims.c - what the manual says of emactl export, posthoc and job that no other
  * test checked (docs/posthoc.md "From the command line", docs/protocol.md "snapshot",
- * "Snapshots", "close"): emad as a subprocess, trainers through
+ * "Snapshots", "close", `emactl job --help`): emad as a subprocess, trainers through
  * libemaclient.
  *
  *   - an export keeps f64 and integer tensors as the shadow holds them, whatever --dtype;
  *   - a detached session (disconnected, or closed with keep) exports the shadow it had;
  *   - an export taken while the trainer updates is one batch's shadow, never a mix;
- *   - post-hoc EMA reads the snapshot files of a session detached or closed.
+ *   - post-hoc EMA reads the snapshot files of a session detached or closed;
+ *   - `emactl job JOB --json` prints each session of the job on a line of its own.
  */
 #include "harness.h"
 
 #include "emaclient.h"
 #include "half.h"
+#include "jtree.h"
 #include "safetensors.h"
 
 #include <errno.h>
@@ -703,6 +705,139 @@ static void test_posthoc_reads_the_snapshots_of_a_detached_or_closed_session(voi
     daemon_stop(&d);
 }
 
+/* ---- 5. emactl job --json ---- */
+
+/* The JSON object text[0..len) parsed into doc; fails unless it is one object. */
+static void parse_object(const char *text, size_t len, struct jt_doc *doc)
+{
+    char why[256];
+
+    if (jt_parse(text, len, 1u << 16, 32, doc, why, sizeof(why)) < 0)
+        fail_msg("not JSON: %s: %.*s", why, (int)len, text);
+    if (doc->nodes[0].type != JT_OBJECT)
+        fail_msg("not a JSON object: %.*s", (int)len, text);
+}
+
+static uint64_t get_u64(const struct jt_doc *doc, const struct jt_node *o, const char *key)
+{
+    const struct jt_node *v = jt_get(doc, o, key);
+    uint64_t x;
+
+    if (v == NULL || !jt_u64(doc, v, &x))
+        fail_msg("no whole number \"%s\"", key);
+    return x;
+}
+
+static const char *get_str(const struct jt_doc *doc, const struct jt_node *o, const char *key)
+{
+    const struct jt_node *v = jt_get(doc, o, key);
+
+    if (v == NULL || v->type != JT_STRING)
+        fail_msg("no string \"%s\"", key);
+    return jt_str(doc, v);
+}
+
+/* Whether objects a (of da) and b (of db) have the same keys. */
+static void expect_same_keys(const struct jt_doc *da, const struct jt_doc *db)
+{
+    const struct jt_node *ra = &da->nodes[0], *rb = &db->nodes[0];
+
+    assert_int_equal(ra->count, rb->count);
+    for (const struct jt_node *k = jt_first(da, ra); k != NULL; k = jt_next(da, jt_next(da, k)))
+        if (jt_get(db, rb, jt_str(da, k)) == NULL)
+            fail_msg("key \"%s\" of emactl job --json is not in emactl show --json",
+                     jt_str(da, k));
+}
+
+static void test_job_json_prints_each_session_of_the_job_on_a_line(void **state)
+{
+    static const struct emac_tensor_spec one[] = {{"w", "f32", 64, NULL, 0}};
+    static const char *const names[4] = {"jb/r0", "jb/r1", "other/r0", "plain"};
+    static const char *const jobs[4] = {"jb", "jb", "other", NULL};
+    static const uint64_t ranks[4] = {0, 1, 0, 0};
+    struct daemon d;
+    struct emac_error err;
+    emac_segment *seg[4];
+    emac_session *s[4];
+    char out[65536], show[65536];
+    (void)state;
+
+    daemon_start(&d, NULL);
+    emac_client *c = client_connect(&d, "test_export_claims");
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(emac_segment_create(one, 1, &seg[i], &err), 0);
+        if (i == 0)
+            seg_left = seg[0];
+        if (jobs[i] != NULL) {
+            struct emac_group g = {jobs[i], ranks[i], 3, 0};
+            if (emac_segment_set_group(seg[i], &g, &err) < 0)
+                fail_msg("group: %s: %s", err.code, err.message);
+        }
+        s[i] = register_plain(c, names[i], seg[i], 0.9);
+        /* Rank 1 a batch behind rank 0. */
+        for (uint64_t b = 1; b <= (i == 1 ? 2u : 3u); b++)
+            event_at(s[i], "batch_end", b);
+    }
+
+    int rc = emactl(&d, out, sizeof(out), (const char *const[]){"job", "jb", "--json", NULL});
+    if (rc != 0)
+        fail_msg("emactl job --json: %d: %s", rc, out);
+    /* One session per line: two lines, each a whole JSON object (in no promised order). */
+    size_t lines = 0;
+    bool seen[2] = {false, false};
+    for (char *line = out, *nl; *line != '\0'; line = nl + 1, lines++) {
+        nl = strchr(line, '\n');
+        if (nl == NULL)
+            fail_msg("output does not end with a newline: %s", out);
+        if (lines >= 2)
+            fail_msg("more than two lines for the two sessions of job jb:\n%s", out);
+        struct jt_doc doc, sdoc;
+        parse_object(line, (size_t)(nl - line), &doc);
+        const struct jt_node *root = &doc.nodes[0];
+        const char *name = get_str(&doc, root, "session");
+        size_t r = strcmp(name, names[0]) == 0 ? 0 : strcmp(name, names[1]) == 0 ? 1 : 2;
+        if (r == 2 || seen[r])
+            fail_msg("line %zu: session %s is not a session of job jb not listed before:\n%s",
+                     lines + 1, name, out);
+        seen[r] = true;
+        const struct jt_node *g = jt_get(&doc, root, "group");
+        assert_non_null(g);
+        assert_int_equal(g->type, JT_OBJECT);
+        assert_string_equal(get_str(&doc, g, "job"), "jb");
+        assert_int_equal(get_u64(&doc, g, "rank"), ranks[r]);
+        assert_int_equal(get_u64(&doc, g, "world"), 3);
+        assert_int_equal(get_u64(&doc, root, "tensors"), 1);
+        assert_int_equal(get_u64(&doc, root, "updates"), r == 1 ? 2 : 3);
+        const struct jt_node *att = jt_get(&doc, root, "attached");
+        assert_non_null(att);
+        assert_int_equal(att->type, JT_TRUE);
+        /* The fields emactl show --json prints for that session. */
+        rc = emactl(&d, show, sizeof(show),
+                    (const char *const[]){"show", names[r], "--json", NULL});
+        assert_int_equal(rc, 0);
+        parse_object(show, strlen(show), &sdoc);
+        expect_same_keys(&doc, &sdoc);
+        jt_free(&sdoc);
+        jt_free(&doc);
+    }
+    if (lines != 2)
+        fail_msg("%zu lines for the two sessions of job jb:\n%s", lines, out);
+
+    rc = emactl(&d, out, sizeof(out), (const char *const[]){"job", "nosuch", "--json", NULL});
+    assert_int_equal(rc, 1);
+    expect_in(out, "emactl: NOSESSION: job: no session of job \"nosuch\"");
+
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(emac_close(s[i], false, &err), 0);
+        emac_session_free(s[i]);
+    }
+    emac_disconnect(c);
+    for (int i = 0; i < 4; i++)
+        emac_segment_destroy(seg[i]);
+    seg_left = NULL;
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -714,6 +849,8 @@ int main(void)
                                   teardown_seg_left),
         cmocka_unit_test_teardown(
             test_posthoc_reads_the_snapshots_of_a_detached_or_closed_session, teardown_seg_left),
+        cmocka_unit_test_teardown(test_job_json_prints_each_session_of_the_job_on_a_line,
+                                  teardown_seg_left),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
