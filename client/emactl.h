@@ -127,6 +127,9 @@ void ctl_mib(uint64_t bytes, char *buf, size_t len);
  * under key. 0, or -EBADMSG after reporting that it cannot be decoded. */
 int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const char *key,
                    long index);
+/* ctl_print_json on one line: for output of one JSON document per line. */
+int ctl_print_json_line(const struct ctl *ctl, const void *data, size_t len, const char *key,
+                        long index);
 
 /* ---- tables: aligned columns, two spaces apart, no trailing spaces ---- */
 

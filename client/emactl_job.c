@@ -249,7 +249,8 @@ static int cmd_job(struct ctl *ctl, int argc, char **argv)
     if ((rc = ctl_get_status(ctl, NULL, &c, &st)) < 0)
         return rc;
     if (ctl->json) {
-        /* The sessions of the job, each as 'emactl show --json' prints it: one per line. */
+        /* The sessions of the job, each as 'emactl show --json' prints it but on one line of its
+         * own (JSON lines, for scripts). */
         const void *raw;
         size_t len;
         bool any = false;
@@ -260,7 +261,7 @@ static int cmd_job(struct ctl *ctl, int argc, char **argv)
             if (g == NULL || strcmp(g->job, argv[0]) != 0)
                 continue;
             any = true;
-            rc = ctl_print_json(ctl, raw, len, "sessions", (long)i);
+            rc = ctl_print_json_line(ctl, raw, len, "sessions", (long)i);
         }
         if (rc == 0 && !any) {
             ctl_error(ctl, "NOSESSION", "no session of job \"%s\" that you may see", argv[0]);
@@ -297,8 +298,8 @@ const struct ctl_cmd ctl_cmd_job = {
             "this node's ranks, and the others as missing. 'emactl list' prints one\n"
             "summary row per job after the sessions.\n"
             "\n"
-            "JSON output: each session of the job as 'emactl show --json' prints it,\n"
-            "one per line. NOSESSION when no session belongs to JOB.\n"
+            "JSON output: each session of the job with the fields 'emactl show --json'\n"
+            "prints, one JSON object per line. NOSESSION when no session belongs to JOB.\n"
             "\n" CTL_DAEMON_EXIT_STATUS "\n"
             "Example:\n"
             "  emactl job llama-70b\n",

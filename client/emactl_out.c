@@ -88,7 +88,8 @@ static const msgpack_object *map_get(const msgpack_object *o, const char *key)
     return NULL;
 }
 
-int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const char *key, long index)
+static int print_json(const struct ctl *ctl, const void *data, size_t len, const char *key,
+                      long index, int indent)
 {
     msgpack_unpacked u;
     const msgpack_object *o = NULL;
@@ -107,11 +108,22 @@ int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const ch
         ctl_error(ctl, "BADREPLY", "cannot decode emad's reply");
         rc = -EBADMSG;
     } else {
-        json_print(stdout, o, 0);
+        json_print(stdout, o, indent);
         fputc('\n', stdout);
     }
     msgpack_unpacked_destroy(&u);
     return rc;
+}
+
+int ctl_print_json(const struct ctl *ctl, const void *data, size_t len, const char *key, long index)
+{
+    return print_json(ctl, data, len, key, index, 0);
+}
+
+int ctl_print_json_line(const struct ctl *ctl, const void *data, size_t len, const char *key,
+                        long index)
+{
+    return print_json(ctl, data, len, key, index, -1);
 }
 
 /* ---- tables ---- */

@@ -279,21 +279,33 @@ int snap_job_export(struct session *s, const char *profile, enum dtype dtype,
     struct snap_config cfg = {0, dtype, 0};
     struct snap_job *j;
     int rc, p = profile_find(s->prof, s->nprof, msg_str_c(profile));
+    /* A session registered without profiles has one, "ema" (docs/protocol.md "Profiles"),
+     * which s->prof does not hold: its shadow is shadow 0 and its state the session's. */
+    bool plain = s->nprof == 0 && strcmp(profile, PROFILE_DEFAULT_NAME) == 0;
 
-    if (p < 0) {
+    if (p < 0 && !plain) {
         snprintf(err, errlen, "snapshot: export: session %s has no profile \"%s\"", s->name,
                  profile);
         return -ESRCH;
     }
     if ((rc = job_new(s, &cfg, &j, err, errlen)) < 0)
         return rc;
-    const struct profile *pr = &s->prof[p];
-    struct snap_prof *sp = job_add_prof(j, s, (unsigned)p);
-    snprintf(sp->file, sizeof(sp->file), "%s.export.%s" SNAP_SUFFIX, pr->name,
+    struct snap_prof *sp;
+    if (plain) {
+        sp = &j->prof[j->nprof++];
+        sp->index = 0;
+        snprintf(sp->name, sizeof(sp->name), "%s", PROFILE_DEFAULT_NAME);
+        /* Such a session keeps no batch of its last update: its last event's is the batch
+         * its shadow stands at (an event that did not update left it as it was). */
+        sp->batch = s->st.started && s->st.has_last_time ? s->st.last_time.batch : 0;
+    } else {
+        sp = job_add_prof(j, s, (unsigned)p);
+    }
+    snprintf(sp->file, sizeof(sp->file), "%s.export.%s" SNAP_SUFFIX, sp->name,
              dtype_name(dtype));
     if ((sp->buf = malloc(j->data_bytes ? j->data_bytes : 1)) == NULL) {
         snprintf(err, errlen, "snapshot: export: session %s: out of memory for the copy of "
-                 "profile %s", s->name, pr->name);
+                 "profile %s", s->name, sp->name);
         snap_job_free(j);
         return -ENOMEM;
     }
