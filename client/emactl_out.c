@@ -12,10 +12,17 @@
 
 static void verror(const struct ctl *ctl, const char *code, const char *fmt, va_list ap)
 {
+    char msg[4096];
+
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     fprintf(stderr, "emactl: %s: ", code);
-    if (ctl != NULL && ctl->cmd != NULL)
-        fprintf(stderr, "%s: ", ctl->cmd->name);
-    vfprintf(stderr, fmt, ap);
+    /* The command's name, unless the message (the library's, or emad's) names it already. */
+    if (ctl != NULL && ctl->cmd != NULL) {
+        size_t n = strlen(ctl->cmd->name);
+        if (!(strncmp(msg, ctl->cmd->name, n) == 0 && msg[n] == ':' && msg[n + 1] == ' '))
+            fprintf(stderr, "%s: ", ctl->cmd->name);
+    }
+    fputs(msg, stderr);
     fputc('\n', stderr);
 }
 
