@@ -111,6 +111,8 @@ double ab_med_b(const struct ab *s);
 double ab_med_r(const struct ab *s);
 /* The smallest and the largest ratio of the repetitions. */
 void ab_range(const struct ab *s, double *lo, double *hi);
+/* The distribution-free 95 % interval of the median of v[0..n) (n of 20 or more). */
+void median_ci(const double *v, size_t n, double *lo, double *hi);
 /* KEY: the median ratio; KEY_median, KEY_min, KEY_max: it and its spread; KEY_ci_lo,
  * KEY_ci_hi (20 repetitions or more): the 95 % confidence interval of the median. */
 void rec_ab(const char *key, const struct ab *s);

@@ -111,7 +111,7 @@ double median(const double *v, size_t n)
  * with j and k at n/2 -+ 1.96 sqrt(n)/2 (the normal approximation of the binomial count of
  * values below the true median; good from about 20 values).
  */
-static void median_ci(const double *v, size_t n, double *lo, double *hi)
+void median_ci(const double *v, size_t n, double *lo, double *hi)
 {
     double tmp[BENCH_MAX_REPS];
     n = sorted_copy(v, n, tmp);
