@@ -227,3 +227,66 @@ def _ddp(rank, world, plan, out, result, held):
         ema.group_checkpoint(plan["checkpoint"] + "-odd", job="ddp", timeout=30)
     except Exception as e:
         result["odd"] = [getattr(e, "code", None), str(e)]
+
+
+def run_ddp_resume(rank, world, port, plan, out):
+    """DDP replicas that stop and resume: plan["steps"] steps with one
+    EMA(ddp, replicas=world), its state_dict() on every rank, the EMA closed
+    (the last replica's close drops the session), then a new EMA with
+    replicas=world that every rank load_state_dict()s (plan["keep_file"]:
+    whether emad's state file is kept for it, else the shadow comes back
+    from the checkpoint alone) and plan["more"] steps after. Reports the
+    digests of the resumed EMA on each rank, what status says of the session,
+    and out/ddp-weights-N.pt (every step's training weights)."""
+    _rank_main(rank, world, port, out,
+               lambda result, held: _ddp_resume(rank, world, plan, out, result, held))
+
+
+def _ddp_resume(rank, world, plan, out, result, held):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from emaclient.torch import EMA
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+    ddp = DDP(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    weights = []
+
+    def train(ema, first, count):
+        ema.attach_optimizer(opt)
+        for step in range(first, first + count):
+            g = torch.Generator().manual_seed(1000 + step * world + rank)
+            x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
+            opt.zero_grad()
+            ((ddp(x) - y) ** 2).mean().backward()
+            opt.step()
+            weights.append(state_of(model))
+            ema.batch_end(batch=step + 1)
+
+    def new_ema():
+        ema = held["ema"] = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
+                                job="ddp", replicas=world)
+        with open(os.path.join(out, "segment-%d" % rank), "w") as f:
+            f.write(ema._res.segment.name)
+        return ema
+
+    ema = new_ema()
+    train(ema, 0, plan["steps"])
+    sd = ema.state_dict(save_in_emad=plan["keep_file"])
+    result["before"] = digest(ema.ema_state_dict())
+    dist.barrier()  # both have their state_dict before the session goes
+    held.pop("ema").close()
+    dist.barrier()  # the last close has dropped the session
+    ema = new_ema()
+    ema.load_state_dict(sd)
+    result["loaded"] = digest(ema.ema_state_dict())
+    train(ema, plan["steps"], plan["more"])
+    torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
+    ema_w = ema.ema_state_dict()
+    with ema.eval():
+        inside = state_of(model)
+    result["ema_digest"] = digest(ema_w)
+    result["eval_is_ema"] = digest(inside) == digest(ema_w)
+    st = ema.state()
+    result["status"] = {k: st[k] for k in ("session", "shadow_shm", "replicas", "started")}
+    dist.barrier()  # both have read the status before either closes

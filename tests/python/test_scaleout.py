@@ -220,21 +220,7 @@ class ScaleOut(emadtest.EmadTestCase):
         self.assertEqual([W.digest(w) for w in weights],
                          [W.digest(w) for w in torch.load(os.path.join(job.out,
                                                                        "ddp-weights-1.pt"))])
-        torch.manual_seed(3)  # the ranks' initial model
-        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
-                                    torch.nn.Linear(8, 4))
-        ema = EMA(model, half_life=W.HALF_LIFE, socket=self.node_a.sock, session="ddp.ref")
-        try:
-            for step, w in enumerate(weights):
-                ema.wait()
-                with torch.no_grad():
-                    for n, t in model.state_dict().items():
-                        t.copy_(w[n])
-                ema.batch_end(batch=step + 1)
-            want = W.digest(ema.ema_state_dict())
-            one_model = ema.state()["shadow_bytes"]
-        finally:
-            ema.close()
+        want, one_model = self.reference_ema(weights, "ddp.ref")
         self.assertEqual(r0["eval_digest"], want)
         self.assertEqual(r0["ema_digest"], want)
         self.assertEqual(s0["shadow_bytes"], one_model)  # one model's shadow, not two
@@ -247,6 +233,48 @@ class ScaleOut(emadtest.EmadTestCase):
             self.assertEqual(r["odd"][0], "STATE", r)
             self.assertIn("rank 0 at batch 5 epoch 0, rank 1 at batch 6 epoch 0", r["odd"][1])
         self.assertEqual(os.listdir(self.ckpt("ddp") + "-odd"), [])
+
+    def reference_ema(self, weights, session):
+        """A single-process EMA of the DDP model fed `weights`: the digest of
+        its EMA weights, and its shadow's bytes."""
+        torch.manual_seed(3)  # the ranks' initial model
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                    torch.nn.Linear(8, 4))
+        ema = EMA(model, half_life=W.HALF_LIFE, socket=self.node_a.sock, session=session)
+        try:
+            for step, w in enumerate(weights):
+                ema.wait()
+                with torch.no_grad():
+                    for n, t in model.state_dict().items():
+                        t.copy_(w[n])
+                ema.batch_end(batch=step + 1)
+            return W.digest(ema.ema_state_dict()), ema.state()["shadow_bytes"]
+        finally:
+            ema.close()
+
+    def test_ddp_replicas_resume_from_a_checkpoint_bit_exact(self):
+        """Every replica load_state_dict()s the same checkpoint: the leader
+        alone loads the one shadow (from emad's state file, or from the
+        checkpoint alone), and the EMA goes on, on both ranks, bit for bit as
+        one that never stopped."""
+        for keep in (True, False):
+            with self.subTest(keep_file=keep):
+                job = Job(self, W.run_ddp_resume, 2,
+                          self.plan(2, steps=3, more=2, keep_file=keep))
+                job.check_ok(self)
+                r0, r1 = job.results
+                weights = torch.load(os.path.join(job.out, "ddp-weights-0.pt"))
+                self.assertEqual(len(weights), 5)
+                want = self.reference_ema(weights, "ddp.ref.%d" % keep)[0]
+                want_before = self.reference_ema(weights[:3], "ddp.ref3.%d" % keep)[0]
+                for r in (r0, r1):
+                    self.assertEqual(r["before"], want_before, r)
+                    self.assertEqual(r["loaded"], want_before, r)
+                    self.assertEqual(r["ema_digest"], want, r)
+                    self.assertTrue(r["eval_is_ema"], r)
+                    self.assertTrue(r["status"]["started"], r)
+                    self.assertEqual(r["status"]["replicas"]["attached"], 2, r)
+                self.assertEqual(r0["status"]["shadow_shm"], r1["status"]["shadow_shm"])
 
     def test_single_process_checkpoint_and_an_existing_manifest_refused(self):
         """Without torch.distributed, a world of one; a directory holding a
@@ -271,9 +299,9 @@ class ScaleOut(emadtest.EmadTestCase):
             self.assertTrue(emadtest.bits_equal(ck.read("w1", (2, 0), (3, 6)), want["w1"][2:5]))
         self.assert_equal_bits(consolidated(manifest), want, "one process")
 
-    def test_replicas_refuse_a_resume_and_need_a_job(self):
-        """A resume with replicas= is refused (it would rewrite the shadow every
-        replica shares); replicas= without job= is a ValueError."""
+    def test_replicas_need_a_job_and_torch_distributed_to_resume(self):
+        """replicas= without job= is a ValueError; a resume with replicas=
+        outside torch.distributed is refused (the replicas load together)."""
         full = W.make_full()
         with self.assertRaises(ValueError):
             EMA(full, half_life=W.HALF_LIFE, socket=self.node_a.sock, replicas=2)
@@ -288,7 +316,7 @@ class ScaleOut(emadtest.EmadTestCase):
         finally:
             ema.close()
         self.assertEqual(cm.exception.code, "USAGE")
-        self.assertIn("replicas=", str(cm.exception))
+        self.assertIn("torch.distributed must be initialized", str(cm.exception))
         with emadtest.emaclient.Client(self.node_a.sock) as c:
             self.assertEqual(c.status()["sessions"], [])  # the last replica's close dropped it
 

@@ -1624,12 +1624,14 @@ class EMA:
         restarts from the rounded EMA weights, and a warning says so. If the
         checkpoint was taken with the EMA weights in (checkpoint()), the
         training weights are put back in the model now and again at the next
-        batch_start."""
-        if self._replicas > 1:
-            # Resuming re-registers or reloads the one shadow every replica shares,
-            # under the others' feet (docs/scaleout.md "Python").
-            raise Error("USAGE", "load_state_dict/load_group_checkpoint: not supported with "
-                        "replicas= yet; resume without replicas= (a session per rank)")
+        batch_start.
+
+        With replicas=, every replica calls it, with the same checkpoint (a
+        collective: the ranks agree through torch.distributed that the load
+        went through): the leader alone loads the shadow they share, through
+        emad's load, never by registering the session anew; each replica puts
+        its own training weights and clock back (docs/scaleout.md "Python")."""
+        leads = self._replicas <= 1 or self._leads()
         self.wait()
         if self._active:
             self._check_model()
@@ -1664,12 +1666,61 @@ class EMA:
             if counts.get(name) is None:
                 counts[name] = v
         self._clock(None, None, None, **counts)
-        if not (meta.get("state_file") and self._load_from_emad(meta, ema)):
+        if self._replicas > 1:
+            self._load_shared(meta, ema, started, leads)
+        elif not (meta.get("state_file") and self._load_from_emad(meta, ema)):
             if self._profiles is not None or meta.get("profiles"):
                 self._reseed_profiles(meta)
             else:
                 self._reseed(ema, meta, started)
         self._excluded = frozenset(excluded) if self._started else frozenset()
+
+    def _leads(self):
+        """Whether this replica is the session's leader (the first rank emad
+        lists), whose segment updates the shadow the replicas share."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()):
+            raise Error("USAGE", "load_state_dict with replicas=: torch.distributed must be "
+                        "initialized (every replica loads the checkpoint together)")
+        ranks = (self.state().get("replicas") or {}).get("ranks") or []
+        return not ranks or ranks[0] == dist.get_rank()
+
+    def _load_shared(self, meta, ema_model, started, leads):
+        """The shadow the replicas share, from the checkpoint, by the leader
+        alone: from emad's state file, or through a temporary session and
+        emad's load (_reseed_profiles, _reseed_exact), never by registering
+        the session anew, which would take the other replicas' seats. Then
+        every replica learns, through an all-reduce, whether it went through,
+        and takes the session's started flag and update count."""
+        import torch.distributed as dist
+        ok, why = True, None
+        if leads:
+            try:
+                if meta.get("state_file") and self._load_from_emad(meta, ema_model):
+                    pass
+                elif self._profiles is not None or meta.get("profiles"):
+                    self._reseed_profiles(meta)
+                elif started:
+                    if not self._reseed_exact(ema_model, self._exact_shadows(meta)):
+                        raise Error("STATE", "load_state_dict: emad could not load the "
+                                    "checkpoint's shadow into session %s" % self.session_name)
+                elif self.state()["started"]:
+                    raise Error("USAGE", "load_state_dict: the checkpoint's EMA has not "
+                                "started, session %s's has: resume into a new session" %
+                                self.session_name)
+            except Exception as err:  # told to every replica before it is raised here
+                ok, why = False, err
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if why is not None:
+            raise why
+        if int(flag.item()) == 0:
+            raise Error("STATE", "load_state_dict: the leader of session %s could not load "
+                        "the checkpoint (its error says why)" % self.session_name)
+        st = self.state()
+        self._started = st["started"]
+        self._updates = st["updates"]
+        self._active = False
 
     def _load_from_emad(self, meta, ema_model):
         st = self.state()
