@@ -272,13 +272,19 @@ def _ddp_resume(rank, world, plan, out, result, held):
 
     ema = new_ema()
     train(ema, 0, plan["steps"])
-    sd = ema.state_dict(save_in_emad=plan["keep_file"])
+    if plan["via"] == "group":
+        ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
+    else:
+        sd = ema.state_dict(save_in_emad=plan["via"] == "state_file")
     result["before"] = digest(ema.ema_state_dict())
     dist.barrier()  # both have their state_dict before the session goes
     held.pop("ema").close()
     dist.barrier()  # the last close has dropped the session
     ema = new_ema()
-    ema.load_state_dict(sd)
+    if plan["via"] == "group":
+        ema.load_group_checkpoint(plan["checkpoint"])
+    else:
+        ema.load_state_dict(sd)
     result["loaded"] = digest(ema.ema_state_dict())
     train(ema, plan["steps"], plan["more"])
     torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))

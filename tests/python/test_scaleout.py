@@ -253,20 +253,21 @@ class ScaleOut(emadtest.EmadTestCase):
             ema.close()
 
     def test_ddp_replicas_resume_from_a_checkpoint_bit_exact(self):
-        """Every replica load_state_dict()s the same checkpoint: the leader
-        alone loads the one shadow (from emad's state file, or from the
-        checkpoint alone), and the EMA goes on, on both ranks, bit for bit as
-        one that never stopped."""
-        for keep in (True, False):
-            with self.subTest(keep_file=keep):
+        """Every replica resumes from the same checkpoint: the leader alone
+        loads the one shadow (from emad's state file, from the state dict
+        alone, or from a group checkpoint), and the EMA goes on, on both ranks,
+        bit for bit as one that never stopped."""
+        for via in ("state_file", "checkpoint", "group"):
+            with self.subTest(via=via):
                 job = Job(self, W.run_ddp_resume, 2,
-                          self.plan(2, steps=3, more=2, keep_file=keep))
+                          self.plan(2, steps=3, more=2, via=via,
+                                    checkpoint=self.ckpt("ddp-resume")))
                 job.check_ok(self)
                 r0, r1 = job.results
                 weights = torch.load(os.path.join(job.out, "ddp-weights-0.pt"))
                 self.assertEqual(len(weights), 5)
-                want = self.reference_ema(weights, "ddp.ref.%d" % keep)[0]
-                want_before = self.reference_ema(weights[:3], "ddp.ref3.%d" % keep)[0]
+                want = self.reference_ema(weights, "ddp.ref." + via)[0]
+                want_before = self.reference_ema(weights[:3], "ddp.ref3." + via)[0]
                 for r in (r0, r1):
                     self.assertEqual(r["before"], want_before, r)
                     self.assertEqual(r["loaded"], want_before, r)
