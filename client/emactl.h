@@ -112,6 +112,10 @@ int ctl_usage_error(const struct ctl *ctl, const char *fmt, ...)
  * method ("status" when emactl show asked), which is replaced by the
  * command the user typed. Returns -EREMOTEIO. */
 int ctl_remote_error(const struct ctl *ctl, const char *method, const struct emac_error *e);
+/* An error of libemaclient's own work (no request to emad): printed; code USAGE (a value the
+ * library refuses) gives CTL_EUSAGE (exit 2), any other rc (a CTL_EUSAGE rc, -EINVAL as well,
+ * becomes -EBADMSG: a malformed file exits 1, not 2). */
+int ctl_library_error(const struct ctl *ctl, const struct emac_error *err, int rc);
 
 /* ---- output ---- */
 

@@ -36,13 +36,8 @@ static int cmd_consolidate(struct ctl *ctl, int argc, char **argv)
         }
         emac_checkpoint_close(ck);
     }
-    if (rc < 0) {
-        ctl_error(ctl, err.code, "%s", err.message);
-        /* CTL_EUSAGE is -EINVAL: a malformed file (also -EINVAL) must exit 1, not 2. */
-        if (strcmp(err.code, EMAC_E_USAGE) == 0)
-            return CTL_EUSAGE;
-        return rc == CTL_EUSAGE ? -EBADMSG : rc;
-    }
+    if (rc < 0)
+        return ctl_library_error(ctl, &err, rc);
     return 0;
 }
 

@@ -63,6 +63,14 @@ int ctl_remote_error(const struct ctl *ctl, const char *method, const struct ema
     return -EREMOTEIO;
 }
 
+int ctl_library_error(const struct ctl *ctl, const struct emac_error *err, int rc)
+{
+    ctl_error(ctl, err->code, "%s", err->message);
+    if (strcmp(err->code, EMAC_E_USAGE) == 0)
+        return CTL_EUSAGE;
+    return rc == CTL_EUSAGE ? -EBADMSG : rc;
+}
+
 void ctl_put_clean(FILE *fp, const char *s)
 {
     for (; *s; s++) {

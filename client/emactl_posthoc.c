@@ -13,15 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A library error: code USAGE (a number the library refuses) exits 2, any other 1. */
-static int library_error(const struct ctl *ctl, const struct emac_error *err, int rc)
-{
-    ctl_error(ctl, err->code, "%s", err->message);
-    if (strcmp(err->code, EMAC_E_USAGE) == 0)
-        return CTL_EUSAGE;
-    return rc == CTL_EUSAGE ? -EBADMSG : rc;
-}
-
 static int check_dtype(const struct ctl *ctl)
 {
     if (ctl->dtype != NULL && strcmp(ctl->dtype, "f32") != 0 && strcmp(ctl->dtype, "bf16") != 0 &&
@@ -108,7 +99,7 @@ static int cmd_posthoc(struct ctl *ctl, int argc, char **argv)
         paths[i] = l[i].file;
     rc = emac_posthoc_files(paths, n, sigma_rel, batch, ctl->out, ctl->dtype, &err);
     if (rc < 0) {
-        rc = library_error(ctl, &err, rc);
+        rc = ctl_library_error(ctl, &err, rc);
         goto out;
     }
     if (batch == 0)
@@ -151,7 +142,7 @@ static int cmd_export(struct ctl *ctl, int argc, char **argv)
         /* emad's errors name the request ("snapshot"): say export, as the user typed. */
         if (strcmp(err.code, EMAC_E_SYSTEM) == 0 || strcmp(err.code, EMAC_E_BADFILE) == 0 ||
             strcmp(err.code, EMAC_E_USAGE) == 0)
-            return library_error(ctl, &err, rc);
+            return ctl_library_error(ctl, &err, rc);
         return ctl_remote_error(ctl, "snapshot", &err);
     }
     if (ctl->json) {
