@@ -28,6 +28,14 @@ static uint64_t batch_of(const struct emac_session_info *s)
     return s->has_last_time ? s->last_batch : 0;
 }
 
+/* Whether session i belongs to job. */
+static bool of_job(const struct emac_status *st, size_t i, const char *job)
+{
+    const struct emac_group *g = emac_status_group(st, i);
+
+    return g != NULL && strcmp(g->job, job) == 0;
+}
+
 /* Whether session i holds rank r of its job: its own rank, or one of its replicas'. */
 static bool holds_rank(const struct emac_status *st, size_t i, uint64_t r)
 {
@@ -62,7 +70,7 @@ static void job_view(const struct emac_status *st, const char *job, struct job_v
     for (size_t i = 0; i < st->nsessions; i++) {
         const struct emac_group *g = emac_status_group(st, i);
         const struct emac_session_info *s = &st->session_list[i];
-        if (g == NULL || strcmp(g->job, job) != 0)
+        if (!of_job(st, i, job))
             continue;
         if (v->sessions > 0 && g->world != v->world)
             v->world_differs = true;
@@ -91,10 +99,8 @@ static void missing_ranks(const struct emac_status *st, const struct job_view *v
     buf[0] = '\0';
     for (uint64_t r = 0; r < v->world; r++) {
         bool found = false;
-        for (size_t i = 0; i < st->nsessions && !found; i++) {
-            const struct emac_group *g = emac_status_group(st, i);
-            found = g != NULL && strcmp(g->job, v->job) == 0 && holds_rank(st, i, r);
-        }
+        for (size_t i = 0; i < st->nsessions && !found; i++)
+            found = of_job(st, i, v->job) && holds_rank(st, i, r);
         if (found)
             continue;
         if (at + 24 >= len) {
@@ -115,9 +121,7 @@ static void lagging_ranks(const struct emac_status *st, const struct job_view *v
 
     buf[0] = '\0';
     for (size_t i = 0; i < st->nsessions; i++) {
-        const struct emac_group *g = emac_status_group(st, i);
-        if (g == NULL || strcmp(g->job, v->job) != 0 ||
-            batch_of(&st->session_list[i]) >= v->max_batch)
+        if (!of_job(st, i, v->job) || batch_of(&st->session_list[i]) >= v->max_batch)
             continue;
         const uint64_t *ranks;
         size_t n = ranks_of(st, i, &ranks);
@@ -153,10 +157,8 @@ int ctl_print_jobs(const struct ctl *ctl, const struct emac_status *st)
         if (g == NULL)
             continue;
         /* Each job once, at its first session. */
-        for (size_t k = 0; k < i && !seen; k++) {
-            const struct emac_group *h = emac_status_group(st, k);
-            seen = h != NULL && strcmp(h->job, g->job) == 0;
-        }
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = of_job(st, k, g->job);
         if (seen)
             continue;
         struct job_view v;
@@ -215,16 +217,15 @@ static int print_job(const struct ctl *ctl, const struct emac_status *st, const 
     /* By rank: a job has few enough ranks per node for a quadratic walk. */
     for (uint64_t r = 0; r < v.world && rc == 0; r++) {
         for (size_t i = 0; i < st->nsessions && rc == 0; i++) {
-            const struct emac_group *g = emac_status_group(st, i);
             const struct emac_session_info *s = &st->session_list[i];
-            if (g == NULL || strcmp(g->job, job) != 0 || !holds_rank(st, i, r))
+            if (!of_job(st, i, job) || !holds_rank(st, i, r))
                 continue;
             char rank[24], owner[24], batch[24], updates[24], replicas[24];
             snprintf(rank, sizeof(rank), "%" PRIu64, r);
             ctl_owner_text(s, owner, sizeof(owner));
             snprintf(batch, sizeof(batch), "%" PRIu64, batch_of(s));
             snprintf(updates, sizeof(updates), "%" PRIu64, s->updates);
-            snprintf(replicas, sizeof(replicas), "%" PRIu64, g->replicas);
+            snprintf(replicas, sizeof(replicas), "%" PRIu64, emac_status_group(st, i)->replicas);
             const char *state = batch_of(s) < v.max_batch ? "lagging" : "ok";
             const char *row[NRANK_COLS] = {rank, s->session, owner, batch, updates, replicas,
                                            state};
@@ -257,8 +258,7 @@ static int cmd_job(struct ctl *ctl, int argc, char **argv)
         emac_status_raw(st, &raw, &len);
         rc = 0;
         for (size_t i = 0; i < st->nsessions && rc == 0; i++) {
-            const struct emac_group *g = emac_status_group(st, i);
-            if (g == NULL || strcmp(g->job, argv[0]) != 0)
+            if (!of_job(st, i, argv[0]))
                 continue;
             any = true;
             rc = ctl_print_json_line(ctl, raw, len, "sessions", (long)i);
