@@ -558,7 +558,10 @@ static void run_event(struct op *op)
         submit(op, PH_TENSORS, chunk_tensors, s->plan.nchunks);
         return;
     case EMA_ACTION_SWAP_IN:
-        redo_cancel(s, "a swap");
+        /* A replica's swap leaves the leader's pending replay alone: the shadow it reads is not
+         * the one a replay would change. */
+        if (op->rep == NULL)
+            redo_cancel(s, "a swap");
         if (seg_state_get(s, &state) < 0) {
             segment_broken(op);
             return;

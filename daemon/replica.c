@@ -135,6 +135,16 @@ void replica_gone(struct session *s, struct replica *rep)
         shm_unmap(&rep->seg);
 }
 
+void replica_forget_seqs(struct session *s)
+{
+    struct shm_guard g;
+
+    s->last_seq = 0;
+    shadow_enter(s, &g);
+    memset(shadow_hdr(s)->recent, 0, sizeof(shadow_hdr(s)->recent));
+    shadow_leave(s, &g);
+}
+
 void replica_settle(struct session *s)
 {
     if (s->rep == NULL || s->rep_in != NULL)
@@ -159,6 +169,7 @@ void replica_settle(struct session *s)
         s->group_rank = rep->rank;
         s->st.active = rep->active;
         s->has_lead_mark = false;
+        replica_forget_seqs(s);
         memset(rep, 0, sizeof(*rep));
         log_info(reg_log(s->reg), "session %s: the leader is gone; replica pid %ld leads now",
                  s->name, (long)s->owner_pid);

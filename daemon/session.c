@@ -376,6 +376,11 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
                     "resumed with another world size registers a new session)", old->name);
         return;
     }
+    /* A replica resuming a session another rank led (emad restarted, and it reconnected
+     * first): its request numbers are not the ones recorded. */
+    if (old->has_group && old->group_replicas > 1 && fresh->has_group &&
+        fresh->group_rank != old->group_rank)
+        replica_forget_seqs(old);
     /* The job's ranks may be placed anew (a restarted job): the group sent is the one now. */
     if (fresh->has_group) {
         old->has_group = true;

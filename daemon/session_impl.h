@@ -369,6 +369,10 @@ void replica_gone(struct session *s, struct replica *rep);
 /* After an operation, or once the leader is gone: a free leader seat is taken by the first
  * replica still attached; slots of gone replicas are cleaned. */
 void replica_settle(struct session *s);
+/* Another rank leads now (a replica took the seat, or resumed the session after a restart):
+ * the records of request numbers are the old leader's, and would answer the new one's requests
+ * as replays of requests it never sent. They are dropped, in the shadow's header too. */
+void replica_forget_seqs(struct session *s);
 /* The leader's update at batch is done: sample its params; a replica's batch_end: sample its
  * own (exchanged in). Either compares with the other side at the same batch; true when they
  * differ (counted, logged, kept in s->divergence). */

@@ -295,9 +295,12 @@ int snap_job_export(struct session *s, const char *profile, enum dtype dtype,
         sp = &j->prof[j->nprof++];
         sp->index = 0;
         snprintf(sp->name, sizeof(sp->name), "%s", PROFILE_DEFAULT_NAME);
-        /* Such a session keeps no batch of its last update: its last event's is the batch
-         * its shadow stands at (an event that did not update left it as it was). */
-        sp->batch = s->st.started && s->st.has_last_time ? s->st.last_time.batch : 0;
+        /* Such a session knows the batch of its last update since emad started (observe.c);
+         * before that (a restart), its last event's batch is the best it has: at an update
+         * interval above one, perhaps a little past the update. */
+        sp->batch = s->last_update_at > 0                          ? s->last_update_batch
+                    : s->st.started && s->st.has_last_time ? s->st.last_time.batch
+                                                           : 0;
     } else {
         sp = job_add_prof(j, s, (unsigned)p);
     }

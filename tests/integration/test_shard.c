@@ -780,6 +780,49 @@ static void test_replicas_come_back_after_a_crash(void **state)
     daemon_stop(&d);
 }
 
+/*
+ * The leader gone, the replica leads: its request numbers are its own, not the old leader's.
+ * The leader sent two events more than the replica, so the replica's next number is one the
+ * old leader's records hold (an update at another batch): the replica's batch_end must be
+ * applied, not answered from that record.
+ */
+static void test_new_leader_is_not_answered_from_the_old_leaders_records(void **state)
+{
+    struct daemon d;
+    struct ddp_pair p;
+    struct rpc r;
+    (void)state;
+
+    daemon_start(&d, NULL);
+    pair_open(&p, &d);
+    event_at(p.s[0], "fit_start", 0);
+    event_at(p.s[0], "batch_start", 1);
+    for (uint64_t b = 1; b <= 3; b++)
+        pair_step(&p, b);
+    emac_session_free(p.s[0]);
+    emac_disconnect(p.c[0]);
+    p.c[0] = NULL;
+    p.s[0] = NULL;
+    rpc_open(&r, &d, "test_shard");
+    for (int tries = 0;; tries++) {
+        const msgpack_object *st = session_status(&r, "ddp");
+        if (map_get(st, "replicas_attached")->via.u64 == 1)
+            break;
+        if (tries == 1000)
+            fail_msg("the leader's disconnect was not seen");
+        sleep_ms(10);
+    }
+    rpc_close(&r);
+    set_params(5, 4, 0);
+    struct emac_result led = event_at(p.s[1], "batch_end", 4);
+    assert_int_equal(led.action, EMAC_ACTION_UPDATE);
+    assert_int_equal(led.updates, 4);
+    set_params(5, 5, 0);
+    assert_int_equal(event_at(p.s[1], "batch_end", 5).updates, 5);
+    pair_close(&p);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -792,6 +835,8 @@ int main(void)
         cmocka_unit_test_teardown(test_replica_checkpoint_swaps_back, teardown),
         cmocka_unit_test_teardown(test_replica_cannot_take_a_second_seat, teardown),
         cmocka_unit_test_teardown(test_replicas_come_back_after_a_crash, teardown),
+        cmocka_unit_test_teardown(test_new_leader_is_not_answered_from_the_old_leaders_records,
+                                  teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
