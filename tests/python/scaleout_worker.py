@@ -263,14 +263,14 @@ def _ddp_resume(rank, world, plan, out, result, held):
             weights.append(state_of(model))
             ema.batch_end(batch=step + 1)
 
-    def new_ema():
+    def new_ema(session):
         ema = held["ema"] = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
-                                job="ddp", replicas=world)
+                                job="ddp", replicas=world, session=session)
         with open(os.path.join(out, "segment-%d" % rank), "w") as f:
             f.write(ema._res.segment.name)
         return ema
 
-    ema = new_ema()
+    ema = new_ema("ddp")
     train(ema, 0, plan["steps"])
     if plan["via"] == "group":
         ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
@@ -279,10 +279,17 @@ def _ddp_resume(rank, world, plan, out, result, held):
     result["before"] = digest(ema.ema_state_dict())
     dist.barrier()  # both have their state_dict before the session goes
     held.pop("ema").close()
-    dist.barrier()  # the last close has dropped the session
-    ema = new_ema()
+    # Another session: the last replica's close drops "ddp" once the other has detached,
+    # which a register of the same name could race.
+    ema = new_ema("ddp-resumed")
     if plan["via"] == "group":
         ema.load_group_checkpoint(plan["checkpoint"])
+    elif plan["via"] == "bad" and rank == 1:
+        # this rank alone fails (a tensor of another shape), the leader loads
+        params = sd["ema_model"]["named_parameters_dict"]  # Composer's layout
+        result["dropped"] = sorted(params)[0]
+        params[result["dropped"]] = torch.zeros(1)
+        ema.load_state_dict(sd)
     else:
         ema.load_state_dict(sd)
     result["loaded"] = digest(ema.ema_state_dict())

@@ -277,6 +277,20 @@ class ScaleOut(emadtest.EmadTestCase):
                     self.assertEqual(r["status"]["replicas"]["attached"], 2, r)
                 self.assertEqual(r0["status"]["shadow_shm"], r1["status"]["shadow_shm"])
 
+    def test_ddp_replica_failing_alone_fails_every_rank_without_a_hang(self):
+        """A resume that fails on one replica (its state dict holds a tensor of
+        another shape) raises there, and on the other ranks a STATE error naming
+        it: no rank waits for it at the meeting point."""
+        job = Job(self, W.run_ddp_resume, 2, self.plan(2, steps=2, more=1, via="bad",
+                                                        checkpoint=self.ckpt("ddp-bad")))
+        r0, r1 = job.results
+        self.assertFalse(r1["ok"], r1)
+        self.assertIn("ValueError", r1["error"], r1)
+        self.assertIn(r1["dropped"], r1["error"], r1)
+        self.assertFalse(r0["ok"], r0)
+        self.assertEqual(r0["code"], "STATE", r0)
+        self.assertIn("rank 1 of session ddp-resumed could not load", r0["error"], r0)
+
     def test_single_process_checkpoint_and_an_existing_manifest_refused(self):
         """Without torch.distributed, a world of one; a directory holding a
         checkpoint is not written over."""

@@ -296,15 +296,17 @@ class Checkpoint:
 # ---- group checkpoints of an EMA ----
 
 class _Comm:
-    """The ranks' meeting points at a checkpoint: a gloo group of their own
-    (made once per EMA, collectively, at its first group checkpoint), with the
-    checkpoint's timeout. A single process without torch.distributed is a
-    world of one."""
+    """The ranks' meeting points at a checkpoint (or a resume of replicas): a
+    gloo group of their own (made collectively: once per EMA at its first group
+    checkpoint; at each load_state_dict of replicas), with a timeout, whatever
+    backend the job's own group uses (NCCL cannot reduce host tensors). A
+    single process without torch.distributed is a world of one."""
 
-    def __init__(self, group, timeout):
+    def __init__(self, group, timeout, purpose="group checkpoint"):
         import torch.distributed as dist
         self.dist = dist if dist.is_available() and dist.is_initialized() else None
         self.timeout = float(timeout)
+        self.purpose = purpose  # what the errors name
         if self.dist is None:
             self.rank, self.world, self.pg = 0, 1, None
             return
@@ -327,9 +329,7 @@ class _Comm:
         try:
             self.dist.all_gather_object(out, obj, group=self.pg)
         except RuntimeError as e:
-            raise Error("TIMEOUT", "group checkpoint: rank %d: %s failed: a rank is gone or did "
-                        "not arrive within %g s (%s)" % (self.rank, what, self.timeout,
-                                                           _first_line(e))) from None
+            raise self._failed(what, "a rank is gone or did not arrive", e) from None
         return out
 
     def barrier(self, what):
@@ -351,7 +351,7 @@ class _Comm:
             else:
                 why = "the barrier %s failed on rank %d: a rank is gone or did not arrive " \
                     "within %g s (%s)" % (what, self.rank, self.timeout, _first_line(e))
-            raise Error("TIMEOUT", "group checkpoint: " + why) from None
+            raise Error("TIMEOUT", "%s: %s" % (self.purpose, why)) from None
 
     def broadcast(self, obj, what):
         """Rank 0's obj on every rank."""
@@ -361,10 +361,12 @@ class _Comm:
         try:
             self.dist.broadcast_object_list(box, src=self._global(0), group=self.pg)
         except RuntimeError as e:
-            raise Error("TIMEOUT", "group checkpoint: rank %d: %s failed: rank 0 is gone or did "
-                        "not answer within %g s (%s)" % (self.rank, what, self.timeout,
-                                                          _first_line(e))) from None
+            raise self._failed(what, "rank 0 is gone or did not answer", e) from None
         return box[0]
+
+    def _failed(self, what, why, e):
+        return Error("TIMEOUT", "%s: rank %d: %s failed: %s within %g s (%s)" % (
+            self.purpose, self.rank, what, why, self.timeout, _first_line(e)))
 
     def _global(self, r):
         if hasattr(self.dist, "get_global_rank"):

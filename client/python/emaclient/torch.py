@@ -1631,7 +1631,34 @@ class EMA:
         went through): the leader alone loads the shadow they share, through
         emad's load, never by registering the session anew; each replica puts
         its own training weights and clock back (docs/scaleout.md "Python")."""
-        leads = self._replicas <= 1 or self._leads()
+        args = (state, strict, batch, epoch, duration, samples, tokens, seconds)
+        if self._replicas <= 1:
+            return self._load_state(None, *args)
+        # Every replica reaches the meeting point, whatever fails before it: a rank raising
+        # alone would leave the others waiting there.
+        comm = _distributed._Comm(None, REPLICA_WAIT, "load_state_dict")
+        err = None
+        try:
+            self._load_state(self._leads(comm), *args)
+        except Exception as e:
+            err = e
+        oks = comm.gather(err is None, "load_state_dict")
+        if err is not None:
+            raise err
+        if not all(oks):
+            raise Error("STATE", "load_state_dict: rank %s of session %s could not load the "
+                        "checkpoint (its error says why)" % (
+                            ", ".join(str(r) for r, ok in enumerate(oks) if not ok),
+                            self.session_name))
+        st = self.state()
+        self._started = st["started"]
+        self._updates = st["updates"]
+        self._active = False
+
+    def _load_state(self, leads, state, strict, batch, epoch, duration, samples, tokens,
+                    seconds):
+        """load_state_dict's work on this rank; leads: None without replicas,
+        else whether this replica loads the shared shadow."""
         self.wait()
         if self._active:
             self._check_model()
@@ -1666,8 +1693,9 @@ class EMA:
             if counts.get(name) is None:
                 counts[name] = v
         self._clock(None, None, None, **counts)
-        if self._replicas > 1:
-            self._load_shared(meta, ema, started, leads)
+        if leads is not None:
+            if leads:
+                self._load_shared(meta, ema, started)
         elif not (meta.get("state_file") and self._load_from_emad(meta, ema)):
             if self._profiles is not None or meta.get("profiles"):
                 self._reseed_profiles(meta)
@@ -1675,52 +1703,35 @@ class EMA:
                 self._reseed(ema, meta, started)
         self._excluded = frozenset(excluded) if self._started else frozenset()
 
-    def _leads(self):
+    def _leads(self, comm):
         """Whether this replica is the session's leader (the first rank emad
         lists), whose segment updates the shadow the replicas share."""
-        import torch.distributed as dist
-        if not (dist.is_available() and dist.is_initialized()):
+        if comm.dist is None:
             raise Error("USAGE", "load_state_dict with replicas=: torch.distributed must be "
                         "initialized (every replica loads the checkpoint together)")
         ranks = (self.state().get("replicas") or {}).get("ranks") or []
-        return not ranks or ranks[0] == dist.get_rank()
+        if not ranks:
+            raise Error("STATE", "load_state_dict: emad lists no replica of session %s" %
+                        self.session_name)
+        return ranks[0] == comm.dist.get_rank()
 
-    def _load_shared(self, meta, ema_model, started, leads):
+    def _load_shared(self, meta, ema_model, started):
         """The shadow the replicas share, from the checkpoint, by the leader
         alone: from emad's state file, or through a temporary session and
         emad's load (_reseed_profiles, _reseed_exact), never by registering
-        the session anew, which would take the other replicas' seats. Then
-        every replica learns, through an all-reduce, whether it went through,
-        and takes the session's started flag and update count."""
-        import torch.distributed as dist
-        ok, why = True, None
-        if leads:
-            try:
-                if meta.get("state_file") and self._load_from_emad(meta, ema_model):
-                    pass
-                elif self._profiles is not None or meta.get("profiles"):
-                    self._reseed_profiles(meta)
-                elif started:
-                    if not self._reseed_exact(ema_model, self._exact_shadows(meta)):
-                        raise Error("STATE", "load_state_dict: emad could not load the "
-                                    "checkpoint's shadow into session %s" % self.session_name)
-                elif self.state()["started"]:
-                    raise Error("USAGE", "load_state_dict: the checkpoint's EMA has not "
-                                "started, session %s's has: resume into a new session" %
-                                self.session_name)
-            except Exception as err:  # told to every replica before it is raised here
-                ok, why = False, err
-        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        if why is not None:
-            raise why
-        if int(flag.item()) == 0:
-            raise Error("STATE", "load_state_dict: the leader of session %s could not load "
-                        "the checkpoint (its error says why)" % self.session_name)
-        st = self.state()
-        self._started = st["started"]
-        self._updates = st["updates"]
-        self._active = False
+        the session anew, which would take the other replicas' seats."""
+        self._push(self._res.mirrored)  # the tensors the checkpoint lacks start from these
+        if meta.get("state_file") and self._load_from_emad(meta, ema_model):
+            return
+        if self._profiles is not None or meta.get("profiles"):
+            self._reseed_profiles(meta)
+        elif started:
+            if not self._reseed_exact(ema_model, self._exact_shadows(meta)):
+                raise Error("STATE", "load_state_dict: emad could not load the checkpoint's "
+                            "shadow into session %s" % self.session_name)
+        elif self.state()["started"]:
+            raise Error("USAGE", "load_state_dict: the checkpoint's EMA has not started, "
+                        "session %s's has: resume into a new session" % self.session_name)
 
     def _load_from_emad(self, meta, ema_model):
         st = self.state()
