@@ -649,6 +649,7 @@ AVX2_INLINE void avx2_health_step(float *restrict s, __m256 vx, size_t i, __m256
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
+    __asm__("" : "+x"(vx)); /* the test, d and the result from one read of the params */
     __m256 vs = _mm256_loadu_ps(s + i);
     __m256 d = _mm256_sub_ps(vx, vs);
     __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
@@ -913,6 +914,7 @@ AVX2_INLINE void avx2_health_f64_step(double *restrict s, __m256d vx, size_t i,
 {
     const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffll));
     const __m256d inf = _mm256_set1_pd(INFINITY);
+    __asm__("" : "+x"(vx)); /* as avx2_health_step */
     __m256d vs = _mm256_loadu_pd(s + i);
     __m256d d = _mm256_sub_pd(vx, vs);
     __m256d nf = _mm256_cmp_pd(_mm256_and_pd(vx, absmask), inf, _CMP_NLT_UQ);

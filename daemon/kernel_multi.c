@@ -455,6 +455,7 @@ AVX2_INLINE void avx2_multi_step(float *const *s, const unsigned K, __m256 vx, s
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 inf = _mm256_set1_ps(INFINITY);
+    __asm__("" : "+x"(vx)); /* the test and every profile's step from one read of the params */
     __m256 nf = _mm256_cmp_ps(_mm256_and_ps(vx, absmask), inf, _CMP_NLT_UQ);
 
     *bad = _mm256_sub_epi32(*bad, _mm256_castps_si256(nf));
