@@ -5,7 +5,6 @@ parameters frozen at the start, get_ema_model / get_training_model, a model
 moved after EMA(), and the table of deliberate differences."""
 
 import os
-import re
 import unittest
 import warnings
 

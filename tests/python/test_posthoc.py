@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 import emadtest
-from emadtest import bits
 
 import emaclient
 from emaclient.torch import EMA

@@ -5,6 +5,7 @@ per sigma_rel and one for the constant-decay profile, and writes a PNG. Also ema
 the files the run left (they outlive the session), which must load as a PNG's numbers do not:
 a safetensors file of the model's tensors."""
 
+import importlib.util
 import json
 import os
 import re
@@ -21,9 +22,7 @@ SCRIPT = os.path.join(emadtest.ROOT, "client", "python", "examples", "posthoc_si
 class PosthocDemo(emadtest.EmadTestCase):
 
     def test_tiny_run_prints_accuracies_for_every_sigma_and_writes_a_png(self):
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("matplotlib") is None:
             self.skipTest("no matplotlib (python3-matplotlib)")
         d = self.daemon()
         with tempfile.TemporaryDirectory(prefix="emad-pytest-phdemo-") as tmp:
