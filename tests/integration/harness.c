@@ -90,6 +90,34 @@ void remove_tree(const char *dir)
     assert_int_equal(system(cmd), 0);
 }
 
+void *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+
+    if (f == NULL)
+        fail_msg("%s: %s", path, strerror(errno));
+    assert_int_equal(fstat(fileno(f), &st), 0);
+    char *buf = malloc((size_t)st.st_size + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)st.st_size, f), (size_t)st.st_size);
+    fclose(f);
+    buf[st.st_size] = '\0';
+    *len = (size_t)st.st_size;
+    return buf;
+}
+
+void expect_same_files(const char *a, const char *b)
+{
+    size_t la, lb;
+    void *x = slurp(a, &la), *y = slurp(b, &lb);
+
+    if (la != lb || memcmp(x, y, la) != 0)
+        fail_msg("%s (%zu bytes) and %s (%zu bytes) differ", a, la, b, lb);
+    free(x);
+    free(y);
+}
+
 bool file_contains(const char *path, const char *needle)
 {
     char buf[65536];

@@ -15,8 +15,8 @@
  * Contents
  *   paths           emad_bin, emactl_bin, copy_emactl
  *   time            WAIT_MS, sleep_ms
- *   files           make_dir, remove_tree, file_contains, for_each_line,
- *                   count_lines, proc_value
+ *   files           make_dir, remove_tree, file_contains, slurp,
+ *                   expect_same_files, for_each_line, count_lines, proc_value
  *   processes       spawn, kill_leftovers, wait_exit, run_capture, expect_in,
  *                   expect_no_sanitizer_report
  *   another uid     struct verdict, CHILD_CHECK, run_as_uid
@@ -88,6 +88,13 @@ void remove_tree(const char *dir);
 /* Whether the first 64 KiB of the file at path contain needle (false if the
  * file cannot be opened). */
 bool file_contains(const char *path, const char *needle);
+
+/* The whole file at path, malloc'ed (one byte more, 0), its size in *len; fails the test if it
+ * cannot be read. */
+void *slurp(const char *path, size_t *len);
+
+/* Fails the test unless the files at a and b hold the same bytes. */
+void expect_same_files(const char *a, const char *b);
 
 /* Call fn(line, arg) for every line of the file at path (a line longer than
  * 1023 bytes comes in pieces); false if the file cannot be opened. */

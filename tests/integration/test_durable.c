@@ -101,32 +101,21 @@ static char *const *shim_env(struct shim_env *e, const struct daemon *d, const c
 
 /* ---- files ---- */
 
-/* The whole file at dir/name, malloc'ed; fails the test if it cannot be read. */
-static unsigned char *slurp(const char *dir, const char *name, size_t *len)
+/* The whole file at dir/name (harness.h slurp). */
+static unsigned char *slurp_in(const char *dir, const char *name, size_t *len)
 {
     char path[PATH_MAX];
-    struct stat st;
-    unsigned char *buf;
-    FILE *fp;
 
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    fp = fopen(path, "rb");
-    if (fp == NULL)
-        fail_msg("%s: %s", path, strerror(errno));
-    assert_int_equal(fstat(fileno(fp), &st), 0);
-    buf = malloc(st.st_size > 0 ? (size_t)st.st_size : 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)st.st_size, fp), (size_t)st.st_size);
-    fclose(fp);
-    *len = (size_t)st.st_size;
-    return buf;
+    if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path))
+        fail_msg("%s/%s: path too long", dir, name);
+    return slurp(path, len);
 }
 
 /* Fail unless dir/name holds exactly the len bytes at want. */
 static void expect_file(const char *dir, const char *name, const unsigned char *want, size_t len)
 {
     size_t got_len;
-    unsigned char *got = slurp(dir, name, &got_len);
+    unsigned char *got = slurp_in(dir, name, &got_len);
 
     if (got_len != len)
         fail_msg("%s/%s: %zu bytes, %zu before", dir, name, got_len, len);
@@ -271,7 +260,7 @@ static void save_fails_with_eio(unsigned long long after, const char *step)
     emac_session *s = register_ok(c, "durable", false);
     batch_end(s, 1, 1);
     save_ok(c, "durable", "snap", &f);
-    unsigned char *saved = slurp(dir, "snap.emastate", &saved_len);
+    unsigned char *saved = slurp_in(dir, "snap.emastate", &saved_len);
     assert_int_equal(saved_len, f.bytes);
     void *shadow = shadow_copy(s, &shadow_len);
 
@@ -333,7 +322,7 @@ static char **log_lines(const char *path, char **text, size_t *n)
 
     assert_non_null(lines);
     snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
-    *text = (char *)slurp(dir, slash + 1, &len);
+    *text = (char *)slurp_in(dir, slash + 1, &len);
     *text = realloc(*text, len + 1);
     assert_non_null(*text);
     (*text)[len] = '\0';
@@ -537,7 +526,7 @@ static void test_sigkill_mid_save_keeps_the_previous_file_loadable(void **state)
     emac_session *s = register_ok(c, "big", false);
     batch_end(s, 1, 1);
     save_ok(c, "big", "big", &f);
-    unsigned char *saved = slurp(dir, "big.emastate", &saved_len);
+    unsigned char *saved = slurp_in(dir, "big.emastate", &saved_len);
     assert_true(saved_len > (size_t)N * 4);
     void *shadow = shadow_copy(s, &shadow_len);
 

@@ -161,33 +161,6 @@ static int emactl(const struct trainer *tr, char *out, size_t outlen, const char
     return run_capture(argv, NULL, out, outlen);
 }
 
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    struct stat st;
-
-    if (f == NULL)
-        fail_msg("%s: %s", path, strerror(errno));
-    assert_int_equal(fstat(fileno(f), &st), 0);
-    void *buf = malloc((size_t)st.st_size + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)st.st_size, f), (size_t)st.st_size);
-    fclose(f);
-    *len = (size_t)st.st_size;
-    return buf;
-}
-
-static void expect_same_bytes(const char *a, const char *b)
-{
-    size_t la, lb;
-    void *x = slurp(a, &la), *y = slurp(b, &lb);
-
-    if (la != lb || memcmp(x, y, la) != 0)
-        fail_msg("%s (%zu bytes) and %s (%zu bytes) differ", a, la, b, lb);
-    free(x);
-    free(y);
-}
-
 /* A tensor of a safetensors file as floats (f32, bf16 or f16). */
 static float *read_floats(const struct st_file *f, const char *name, uint64_t *numel)
 {
@@ -240,7 +213,7 @@ static void test_posthoc_equals_the_library_and_gives_back_a_stored_profile(void
         fail_msg("emactl posthoc: %d: %s", rc, out);
     expect_in(out, "sigma_rel 0.07 at batch 8");
     assert_int_equal(emac_posthoc_files(paths, n, 0.07, 0, b, NULL, &err), 0);
-    expect_same_bytes(a, b);
+    expect_same_files(a, b);
     rc = emactl(&tr, out, sizeof(out),
                 (const char *const[]){"posthoc", "ph/s", "--sigma-rel", "0.12", "--batch", "6",
                                       "--dtype", "bf16", "--out", a, "--json", NULL});
@@ -248,7 +221,7 @@ static void test_posthoc_equals_the_library_and_gives_back_a_stored_profile(void
         fail_msg("emactl posthoc: %d: %s", rc, out);
     expect_in(out, "\"batch\": 6");
     assert_int_equal(emac_posthoc_files(paths, n, 0.12, 6, b, "bf16", &err), 0);
-    expect_same_bytes(a, b);
+    expect_same_files(a, b);
 
     /* p05's own sigma_rel at its batch-4 snapshot: that snapshot, to within rounding. */
     rc = emactl(&tr, out, sizeof(out),

@@ -48,33 +48,6 @@ static int emactl(const struct daemon *d, char *out, size_t outlen, const char *
     return run_capture(argv, NULL, out, outlen);
 }
 
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    struct stat st;
-
-    if (f == NULL)
-        fail_msg("%s: %s", path, strerror(errno));
-    assert_int_equal(fstat(fileno(f), &st), 0);
-    void *buf = malloc((size_t)st.st_size + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)st.st_size, f), (size_t)st.st_size);
-    fclose(f);
-    *len = (size_t)st.st_size;
-    return buf;
-}
-
-static void expect_same_bytes(const char *a, const char *b)
-{
-    size_t la, lb;
-    void *x = slurp(a, &la), *y = slurp(b, &lb);
-
-    if (la != lb || memcmp(x, y, la) != 0)
-        fail_msg("%s (%zu bytes) and %s (%zu bytes) differ", a, la, b, lb);
-    free(x);
-    free(y);
-}
-
 /* Tensor name of the file f, its dtype checked against want, its bytes (malloc'd). */
 static void *read_tensor(const struct st_file *f, const char *name, enum dtype want,
                          uint64_t *numel)
@@ -680,9 +653,9 @@ static void test_posthoc_reads_the_snapshots_of_a_detached_or_closed_session(voi
     emac_session_free(s);
     wait_detached(&d, name);
     posthoc(&d, name, NULL, x);
-    expect_same_bytes(a, x);
+    expect_same_files(a, x);
     posthoc(&d, name, "4", x);
-    expect_same_bytes(a4, x);
+    expect_same_files(a4, x);
 
     /* Gone (dropped; a close without keep ends it alike): the files outlive the session. */
     int rc = emactl(&d, out, sizeof(out), (const char *const[]){"drop", name, NULL});
@@ -695,9 +668,9 @@ static void test_posthoc_reads_the_snapshots_of_a_detached_or_closed_session(voi
     assert_int_equal(n, 6);
     emac_snapshots_free(l);
     posthoc(&d, name, NULL, x);
-    expect_same_bytes(a, x);
+    expect_same_files(a, x);
     posthoc(&d, name, "4", x);
-    expect_same_bytes(a4, x);
+    expect_same_files(a4, x);
 
     emac_disconnect(c);
     emac_segment_destroy(seg);

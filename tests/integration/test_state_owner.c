@@ -282,27 +282,6 @@ static void test_world_writable_state_dir_is_refused_at_start(void **state)
     daemon_stop(&d);
 }
 
-/* The whole file at path, malloc'ed, its size in *len; fails the test if it cannot be read. */
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf;
-    long n;
-
-    if (f == NULL)
-        fail_msg("cannot open %s", path);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    n = ftell(f);
-    assert_true(n > 0);
-    assert_int_equal(fseek(f, 0, SEEK_SET), 0);
-    buf = malloc((size_t)n);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
-
 /* Entries of dir other than "." and "..". */
 static int entries(const char *dir)
 {
