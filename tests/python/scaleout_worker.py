@@ -180,29 +180,53 @@ def run_ddp(rank, world, port, plan, out):
                lambda result, held: _ddp(rank, world, plan, out, result, held))
 
 
+class _DDPRank:
+    """One rank of the DDP tests: the model (the same initial weights on
+    every rank), its DDP wrapper and optimizer, the training weights after
+    each step, and the EMAs it makes (its segment's name in
+    out/segment-N, for the test's clean-up)."""
+
+    def __init__(self, rank, world, plan, out, held):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        torch.manual_seed(3)
+        self.rank, self.world, self.plan, self.out, self.held = rank, world, plan, out, held
+        self.model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
+        self.ddp = DDP(self.model)
+        self.opt = torch.optim.SGD(self.ddp.parameters(), lr=LR)
+        self.weights = []
+
+    def ema(self, session=None):
+        from emaclient.torch import EMA
+        ema = self.held["ema"] = EMA(self.ddp, half_life=HALF_LIFE,
+                                     socket=self.plan["socket"][self.rank], job="ddp",
+                                     replicas=self.world, session=session)
+        with open(os.path.join(self.out, "segment-%d" % self.rank), "w") as f:
+            f.write(ema._res.segment.name)
+        ema.attach_optimizer(self.opt)
+        return ema
+
+    def train(self, ema, first, count):
+        """Steps first .. first + count - 1, each rank its own data."""
+        for step in range(first, first + count):
+            g = torch.Generator().manual_seed(1000 + step * self.world + self.rank)
+            x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
+            self.opt.zero_grad()
+            ((self.ddp(x) - y) ** 2).mean().backward()
+            self.opt.step()
+            self.weights.append(state_of(self.model))
+            ema.batch_end(batch=step + 1)
+
+    def save_weights(self):
+        torch.save(self.weights, os.path.join(self.out, "ddp-weights-%d.pt" % self.rank))
+
+
 def _ddp(rank, world, plan, out, result, held):
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    from emaclient.torch import EMA
-    torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
-    ddp = DDP(model)
-    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-    ema = held["ema"] = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
-                            job="ddp", replicas=world)
-    with open(os.path.join(out, "segment-%d" % rank), "w") as f:
-        f.write(ema._res.segment.name)
-    ema.attach_optimizer(opt)
-    weights = []
-    for step in range(plan["steps"]):
-        g = torch.Generator().manual_seed(1000 + step * world + rank)  # each rank its data
-        x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
-        opt.zero_grad()
-        ((ddp(x) - y) ** 2).mean().backward()
-        opt.step()
-        weights.append(state_of(model))
-        ema.batch_end(batch=step + 1)
-    torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
+    r = _DDPRank(rank, world, plan, out, held)
+    model = r.model
+    ema = r.ema()
+    r.train(ema, 0, plan["steps"])
+    r.save_weights()
     training = state_of(model)
     ema_w = ema.ema_state_dict()
     result["names"] = sorted(ema_w)
@@ -244,34 +268,9 @@ def run_ddp_resume(rank, world, port, plan, out):
 
 def _ddp_resume(rank, world, plan, out, result, held):
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    from emaclient.torch import EMA
-    torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4))
-    ddp = DDP(model)
-    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-    weights = []
-
-    def train(ema, first, count):
-        ema.attach_optimizer(opt)
-        for step in range(first, first + count):
-            g = torch.Generator().manual_seed(1000 + step * world + rank)
-            x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
-            opt.zero_grad()
-            ((ddp(x) - y) ** 2).mean().backward()
-            opt.step()
-            weights.append(state_of(model))
-            ema.batch_end(batch=step + 1)
-
-    def new_ema(session):
-        ema = held["ema"] = EMA(ddp, half_life=HALF_LIFE, socket=plan["socket"][rank],
-                                job="ddp", replicas=world, session=session)
-        with open(os.path.join(out, "segment-%d" % rank), "w") as f:
-            f.write(ema._res.segment.name)
-        return ema
-
-    ema = new_ema("ddp")
-    train(ema, 0, plan["steps"])
+    r = _DDPRank(rank, world, plan, out, held)
+    ema = r.ema("ddp")
+    r.train(ema, 0, plan["steps"])
     if plan["via"] == "group":
         ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
     else:
@@ -281,7 +280,7 @@ def _ddp_resume(rank, world, plan, out, result, held):
     held.pop("ema").close()
     # Another session: the last replica's close drops "ddp" once the other has detached,
     # which a register of the same name could race.
-    ema = new_ema("ddp-resumed")
+    ema = r.ema("ddp-resumed")
     if plan["via"] == "group":
         ema.load_group_checkpoint(plan["checkpoint"])
     elif plan["via"] == "bad" and rank == 1:
@@ -293,11 +292,11 @@ def _ddp_resume(rank, world, plan, out, result, held):
     else:
         ema.load_state_dict(sd)
     result["loaded"] = digest(ema.ema_state_dict())
-    train(ema, plan["steps"], plan["more"])
-    torch.save(weights, os.path.join(out, "ddp-weights-%d.pt" % rank))
+    r.train(ema, plan["steps"], plan["more"])
+    r.save_weights()
     ema_w = ema.ema_state_dict()
     with ema.eval():
-        inside = state_of(model)
+        inside = state_of(r.model)
     result["ema_digest"] = digest(ema_w)
     result["eval_is_ema"] = digest(inside) == digest(ema_w)
     st = ema.state()
