@@ -269,7 +269,8 @@ def run_ddp_resume(rank, world, port, plan, out):
 def _ddp_resume(rank, world, plan, out, result, held):
     import torch.distributed as dist
     r = _DDPRank(rank, world, plan, out, held)
-    ema = r.ema("ddp")
+    name = "ddp-" + plan["via"]  # each job its own sessions on the test's emad
+    ema = r.ema(name)
     r.train(ema, 0, plan["steps"])
     if plan["via"] == "group":
         ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
@@ -278,9 +279,9 @@ def _ddp_resume(rank, world, plan, out, result, held):
     result["before"] = digest(ema.ema_state_dict())
     dist.barrier()  # both have their state_dict before the session goes
     held.pop("ema").close()
-    # Another session: the last replica's close drops "ddp" once the other has detached,
-    # which a register of the same name could race.
-    ema = r.ema("ddp-resumed")
+    # Another session: the last replica's close drops the first once the other has
+    # detached, which a register of the same name could race.
+    ema = r.ema(name + "-resumed")
     if plan["via"] == "group":
         ema.load_group_checkpoint(plan["checkpoint"])
     elif plan["via"] == "bad" and rank == 1:

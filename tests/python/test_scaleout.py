@@ -289,7 +289,7 @@ class ScaleOut(emadtest.EmadTestCase):
         self.assertIn(r1["dropped"], r1["error"], r1)
         self.assertFalse(r0["ok"], r0)
         self.assertEqual(r0["code"], "STATE", r0)
-        self.assertIn("rank 1 of session ddp-resumed could not load", r0["error"], r0)
+        self.assertIn("rank 1 of session ddp-bad-resumed could not load", r0["error"], r0)
 
     def test_single_process_checkpoint_and_an_existing_manifest_refused(self):
         """Without torch.distributed, a world of one; a directory holding a
