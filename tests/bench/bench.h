@@ -71,6 +71,11 @@ void sleep_s(double s);
 /* Print "bench: CONTEXT: CODE: message" and exit 1. */
 _Noreturn void die_emac(const char *context, const struct emac_error *err);
 _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A trainer segment (emac_segment_create; dies on failure) that die(), die_emac() and a fatal
+ * signal (after bench_segment_cleanup_install) unlink; bench_segment_destroy ends it. */
+emac_segment *bench_segment_create(const struct emac_tensor_spec *specs, size_t n);
+void bench_segment_destroy(emac_segment *seg);
+void bench_segment_cleanup_install(void);
 
 /* ---- JSON records: rec_begin("update"); rec_str(...); rec_num(...); rec_end(); ---- */
 void rec_begin(const char *bench);

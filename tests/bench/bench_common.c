@@ -9,8 +9,10 @@
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 void sleep_s(double s)
@@ -22,9 +24,67 @@ void sleep_s(double s)
         ;
 }
 
+/*
+ * The trainer segments this process made and has not destroyed, by name: a benchmark that dies
+ * (die, die_emac) or is interrupted (SIGINT, SIGTERM, SIGHUP) unlinks them, so that no
+ * /dev/shm/emad-* object outlives it. The process's only mutable state besides the record
+ * writer's; unlink is async-signal-safe, so the handler may walk it.
+ */
+#define BENCH_MAX_SEGMENTS 64
+static char live_segments[BENCH_MAX_SEGMENTS][64];
+
+static void unlink_live_segments(void)
+{
+    for (size_t i = 0; i < BENCH_MAX_SEGMENTS; i++)
+        if (live_segments[i][0] != '\0')
+            shm_unlink(live_segments[i]);
+}
+
+static void on_fatal_signal(int sig)
+{
+    unlink_live_segments();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void bench_segment_cleanup_install(void)
+{
+    signal(SIGINT, on_fatal_signal);
+    signal(SIGTERM, on_fatal_signal);
+    signal(SIGHUP, on_fatal_signal);
+}
+
+emac_segment *bench_segment_create(const struct emac_tensor_spec *specs, size_t n)
+{
+    struct emac_error err;
+    emac_segment *seg;
+
+    if (emac_segment_create(specs, n, &seg, &err) < 0)
+        die_emac("segment_create", &err);
+    for (size_t i = 0; i < BENCH_MAX_SEGMENTS; i++) {
+        if (live_segments[i][0] == '\0') {
+            snprintf(live_segments[i], sizeof(live_segments[i]), "%s", emac_segment_name(seg));
+            return seg;
+        }
+    }
+    emac_segment_destroy(seg);
+    die("more than %d segments at once", BENCH_MAX_SEGMENTS);
+}
+
+void bench_segment_destroy(emac_segment *seg)
+{
+    if (seg == NULL)
+        return;
+    for (size_t i = 0; i < BENCH_MAX_SEGMENTS; i++)
+        if (strcmp(live_segments[i], emac_segment_name(seg)) == 0)
+            live_segments[i][0] = '\0';
+    emac_segment_destroy(seg);
+}
+
 _Noreturn void die_emac(const char *context, const struct emac_error *err)
 {
     fprintf(stderr, "bench: %s: %s: %s\n", context, err->code, err->message);
+    unlink_live_segments();
     exit(1);
 }
 
@@ -36,6 +96,7 @@ _Noreturn void die(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
+    unlink_live_segments();
     exit(1);
 }
 
@@ -468,8 +529,7 @@ void bsess_open_specs_health(struct bsess *b, const char *socket, const char *na
     b->batch = 1;
     if (emac_connect(socket, "emabench", &b->c, &err) < 0)
         die_emac("connect", &err);
-    if (emac_segment_create(specs, n, &b->seg, &err) < 0)
-        die_emac("segment_create", &err);
+    b->seg = bench_segment_create(specs, n);
     for (size_t i = 0; i < n; i++) {
         const struct emac_tensor *t = emac_segment_tensor(b->seg, i);
         memset(t->data, 0x3c, t->bytes);
@@ -514,7 +574,7 @@ void bsess_close(struct bsess *b)
     if (emac_close(b->s, false, &err) < 0)
         die_emac("close", &err);
     emac_session_free(b->s);
-    emac_segment_destroy(b->seg);
+    bench_segment_destroy(b->seg);
     emac_disconnect(b->c);
     memset(b, 0, sizeof(*b));
 }

@@ -48,8 +48,7 @@ static void open_profiles(struct bsess *b, const char *socket, const char *name,
     b->batch = 1;
     if (emac_connect(socket, "emabench", &b->c, &err) < 0)
         die_emac("connect", &err);
-    if (emac_segment_create(&spec, 1, &b->seg, &err) < 0)
-        die_emac("segment_create", &err);
+    b->seg = bench_segment_create(&spec, 1);
     memset(emac_segment_tensor(b->seg, 0)->data, 0x3c, emac_segment_tensor(b->seg, 0)->bytes);
     if (emac_register_profiles(b->c, name, b->seg, prof, k, NULL, NULL, false, &b->s, &err) < 0)
         die_emac("register", &err);
@@ -263,8 +262,7 @@ int cmd_snapwrite(const struct bopts *o)
     p.batch = 1;
     if (emac_connect(o->socket, "emabench", &p.c, &err) < 0)
         die_emac("connect", &err);
-    if (emac_segment_create(&spec, 1, &p.seg, &err) < 0)
-        die_emac("segment_create", &err);
+    p.seg = bench_segment_create(&spec, 1);
     if (emac_register_snapshots(p.c, "bench-snap-written", p.seg, &prof, 1, NULL, NULL, &snap,
                                 false, &p.s, &err) < 0)
         die_emac("register", &err);

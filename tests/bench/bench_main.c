@@ -82,6 +82,8 @@ int main(int argc, char **argv)
                       .count = 100000, .elems = 320, .reps = 7};
     char *list[BENCH_MAX_LIST];
 
+    bench_segment_cleanup_install();
+
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -219,8 +219,7 @@ static void reg_side_open(struct reg_side *rs, const struct bopts *o, uint64_t n
     }
     if (emac_connect(o->socket, "emabench", &rs->c, &err) < 0)
         die_emac("connect", &err);
-    if (emac_segment_create(specs, ntensors, &rs->seg, &err) < 0)
-        die_emac("segment_create", &err);
+    rs->seg = bench_segment_create(specs, ntensors);
     for (uint64_t i = 0; i < ntensors; i++) {
         const struct emac_tensor *t = emac_segment_tensor(rs->seg, i);
         memset(t->data, 0x3c, t->bytes);
@@ -231,7 +230,7 @@ static void reg_side_open(struct reg_side *rs, const struct bopts *o, uint64_t n
 
 static void reg_side_close(struct reg_side *rs)
 {
-    emac_segment_destroy(rs->seg);
+    bench_segment_destroy(rs->seg);
     emac_disconnect(rs->c);
 }
 
