@@ -618,6 +618,27 @@ struct emac_result event_at(emac_session *s, const char *event, uint64_t batch)
     return r;
 }
 
+void wait_snapshot_files(emac_client *c, const char *session, uint64_t b, size_t want)
+{
+    struct emac_snapshot *l;
+    struct emac_error err;
+    size_t n, at = 0;
+
+    for (int ms = 0; ms < WAIT_MS && at < want; ms += 10) {
+        if (emac_snapshots(c, session, &l, &n, &err) < 0)
+            fail_msg("snapshots: %s: %s", err.code, err.message);
+        at = 0;
+        for (size_t i = 0; i < n; i++)
+            at += l[i].batch == b;
+        emac_snapshots_free(l);
+        if (at < want)
+            sleep_ms(10);
+    }
+    if (at < want)
+        fail_msg("no %zu snapshot files of batch %llu after %d ms", want, (unsigned long long)b,
+                 WAIT_MS);
+}
+
 void daemon_kill(struct daemon *d)
 {
     assert_int_equal(kill(d->pid, SIGKILL), 0);

@@ -29,6 +29,7 @@
  *                   struct reply,
  *                   read_reply_dec, read_reply
  *   libemaclient    seg_left, teardown_seg_left, client_connect, event_at,
+ *                   wait_snapshot_files,
  *                   daemon_kill
  */
 #ifndef EMAD_TESTS_INTEGRATION_HARNESS_H
@@ -300,6 +301,10 @@ emac_client *client_connect(const struct daemon *d, const char *name);
 /* Send event at the given batch (epoch 0) and wait for it; fails the test
  * if the library or emad says no. */
 struct emac_result event_at(emac_session *s, const char *event, uint64_t batch);
+
+/* Wait (up to WAIT_MS) until session's snapshot list holds `want` files of batch b (snapshots
+ * are written after the event's reply); fails the test otherwise. */
+void wait_snapshot_files(emac_client *c, const char *session, uint64_t b, size_t want);
 
 /* SIGKILL d's emad and reap it (a crash, not a stop). */
 void daemon_kill(struct daemon *d);

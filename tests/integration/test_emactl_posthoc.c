@@ -59,27 +59,6 @@ static void set_params(emac_segment *seg, uint64_t b)
     }
 }
 
-/* Wait until both power profiles' files of batch b are listed. */
-static void wait_snapshot(struct trainer *tr, uint64_t b)
-{
-    struct emac_snapshot *l;
-    struct emac_error err;
-    size_t n, at = 0;
-
-    for (int ms = 0; ms < WAIT_MS && at < 2; ms += 10) {
-        if (emac_snapshots(tr->c, "ph/s", &l, &n, &err) < 0)
-            fail_msg("snapshots: %s: %s", err.code, err.message);
-        at = 0;
-        for (size_t i = 0; i < n; i++)
-            at += l[i].batch == b;
-        emac_snapshots_free(l);
-        if (at < 2)
-            sleep_ms(10);
-    }
-    if (at < 2)
-        fail_msg("no snapshot files of batch %llu after %d ms", (unsigned long long)b, WAIT_MS);
-}
-
 /* A session "ph/s" of the three profiles, eval profile "fast", batches 1..last done. */
 static void trainer_start(struct trainer *tr, uint64_t last, bool snapshots)
 {
@@ -114,7 +93,7 @@ static void trainer_start(struct trainer *tr, uint64_t last, bool snapshots)
         /* A session writes one snapshot at a time and skips one that would wait behind two:
          * each batch's files before the next batch, so that every one is written. */
         if (snapshots && b % 2 == 0)
-            wait_snapshot(tr, b);
+            wait_snapshot_files(tr->c, "ph/s", b, 2); /* both power profiles' */
     }
 }
 

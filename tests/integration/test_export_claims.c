@@ -537,27 +537,6 @@ static void set_ph(emac_segment *seg, uint64_t b)
         ((int32_t *)k->data)[i] = (int32_t)(b * 100 + i);
 }
 
-/* Wait until both power profiles' files of batch b are listed. */
-static void wait_snapshot(emac_client *c, const char *session, uint64_t b)
-{
-    struct emac_snapshot *l;
-    struct emac_error err;
-    size_t n, at = 0;
-
-    for (int ms = 0; ms < WAIT_MS && at < 2; ms += 10) {
-        if (emac_snapshots(c, session, &l, &n, &err) < 0)
-            fail_msg("snapshots: %s: %s", err.code, err.message);
-        at = 0;
-        for (size_t i = 0; i < n; i++)
-            at += l[i].batch == b;
-        emac_snapshots_free(l);
-        if (at < 2)
-            sleep_ms(10);
-    }
-    if (at < 2)
-        fail_msg("no snapshot files of batch %llu after %d ms", (unsigned long long)b, WAIT_MS);
-}
-
 /* emactl posthoc of session at width 0.07 (batch: NULL for the latest) into path. */
 static void posthoc(const struct daemon *d, const char *session, const char *batch,
                     const char *path)
@@ -623,7 +602,7 @@ static void test_posthoc_reads_the_snapshots_of_a_detached_or_closed_session(voi
         set_ph(seg, b);
         event_at(s, "batch_end", b);
         if (b % 2 == 0)
-            wait_snapshot(c, name, b);
+            wait_snapshot_files(c, name, b, 2); /* both power profiles' */
     }
     snprintf(a, sizeof(a), "%s/running.safetensors", d.dir);
     snprintf(a4, sizeof(a4), "%s/running4.safetensors", d.dir);
