@@ -10,16 +10,21 @@ EMA of the local model (shard= the slices' metadata) must then be, slice for
 slice, the EMA of the full model.
 """
 
+import faulthandler
 import json
 import os
 import signal
 import sys
+import time
 import traceback
 
 import torch
 import torch.nn as nn
 
 HALF_LIFE = "4ba"
+#: seconds after which a rank still running writes every thread's stack to
+#: out/stack-N.txt (the test kills it at 120 s: the stack says where it hung)
+HANG_REPORT = 100
 LR = 0.05
 
 
@@ -86,6 +91,8 @@ def _rank_main(rank, world, port, out, body):
     puts its EMA in held["ema"] as soon as it has one, for the close), and
     writes out/rank-N.json: result with "ok", or "error", "code" and "trace"."""
     torch.set_num_threads(1)
+    hang = open(os.path.join(out, "stack-%d.txt" % rank), "w")
+    faulthandler.dump_traceback_later(HANG_REPORT, file=hang)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     import datetime
@@ -205,8 +212,11 @@ class _DDPRank:
         ema.attach_optimizer(self.opt)
         return ema
 
-    def train(self, ema, first, count):
-        """Steps first .. first + count - 1, each rank its own data."""
+    def train(self, ema, first, count, leader_lags=False):
+        """Steps first .. first + count - 1, each rank its own data. With
+        leader_lags, the session's leader sends the last batch_end a second
+        late: the other replicas' calls after theirs must wait for its update."""
+        leader = ema.state()["replicas"]["ranks"][0]
         for step in range(first, first + count):
             g = torch.Generator().manual_seed(1000 + step * self.world + self.rank)
             x, y = torch.randn(5, 6, generator=g), torch.randn(5, 4, generator=g)
@@ -214,6 +224,8 @@ class _DDPRank:
             ((self.ddp(x) - y) ** 2).mean().backward()
             self.opt.step()
             self.weights.append(state_of(self.model))
+            if leader_lags and step == first + count - 1 and self.rank == leader:
+                time.sleep(1.0)
             ema.batch_end(batch=step + 1)
 
     def save_weights(self):
@@ -271,11 +283,12 @@ def _ddp_resume(rank, world, plan, out, result, held):
     r = _DDPRank(rank, world, plan, out, held)
     name = "ddp-" + plan["via"]  # each job its own sessions on the test's emad
     ema = r.ema(name)
-    r.train(ema, 0, plan["steps"])
+    r.train(ema, 0, plan["steps"], leader_lags=True)
     if plan["via"] == "group":
         ema.group_checkpoint(plan["checkpoint"], job="ddp", timeout=30)
     else:
         sd = ema.state_dict(save_in_emad=plan["via"] == "state_file")
+        result["checkpoint_time"] = [sd["emad"]["last_time"]["batch"], sd["emad"]["updates"]]
     result["before"] = digest(ema.ema_state_dict())
     dist.barrier()  # both have their state_dict before the session goes
     held.pop("ema").close()

@@ -103,6 +103,10 @@ class Job:
                     self.results.append(json.load(f))
             else:
                 self.results.append({"ok": False, "exitcode": self.procs[r].exitcode})
+            stack = os.path.join(self.out, "stack-%d.txt" % r)
+            if os.path.exists(stack) and os.path.getsize(stack) > 0:
+                with open(stack) as f:  # the rank hung: where it was
+                    self.results[-1]["stack"] = f.read()
 
     def check_ok(self, test):
         for r, res in enumerate(self.results):
@@ -256,7 +260,9 @@ class ScaleOut(emadtest.EmadTestCase):
         """Every replica resumes from the same checkpoint: the leader alone
         loads the one shadow (from emad's state file, from the state dict
         alone, or from a group checkpoint), and the EMA goes on, on both ranks,
-        bit for bit as one that never stopped."""
+        bit for bit as one that never stopped. The leader sends its last
+        batch_end before the checkpoint late: a replica's checkpoint is still
+        of that batch (it once read the batch before, and its resume hung)."""
         for via in ("state_file", "checkpoint", "group"):
             with self.subTest(via=via):
                 job = Job(self, W.run_ddp_resume, 2,
@@ -269,6 +275,10 @@ class ScaleOut(emadtest.EmadTestCase):
                 want = self.reference_ema(weights, "ddp.ref." + via)[0]
                 want_before = self.reference_ema(weights[:3], "ddp.ref3." + via)[0]
                 for r in (r0, r1):
+                    if via != "group":
+                        # the leader's last update a second late: every replica's state_dict
+                        # waited for it
+                        self.assertEqual(r["checkpoint_time"], [3, 3], r)
                     self.assertEqual(r["before"], want_before, r)
                     self.assertEqual(r["loaded"], want_before, r)
                     self.assertEqual(r["ema_digest"], want, r)

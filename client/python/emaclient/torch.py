@@ -1079,8 +1079,7 @@ class EMA:
 
     def _before_swap_in(self):
         self._warn_unstarted()
-        self.wait()
-        self._await_leader()
+        self._caught_up()
         self._check_model()
         if not self._active:
             self._push(self._res.mirrored)
@@ -1228,6 +1227,14 @@ class EMA:
         """emad's current state of the session (a dict, as in status)."""
         return self.client.session_state(self.session_name)
 
+    def _caught_up(self):
+        """Before reading the shadow or emad's state of the session: this
+        rank's events done and, for a replica, the leader's at this rank's
+        time too (_await_leader), so that every replica reads the same
+        batch's EMA (its state_dict, export, snapshot, health)."""
+        self.wait()
+        self._await_leader()
+
     def _await_leader(self, timeout=None):
         """A replica's wait() covers its own events only, and they update
         nothing: the shadow moves with the leader's batch_end (docs/protocol.md
@@ -1238,7 +1245,9 @@ class EMA:
         good -- TIMEOUT."""
         if self._replicas <= 1 or self._closed:
             return
-        deadline = time.monotonic() + (REPLICA_WAIT if timeout is None else timeout)
+        if timeout is None:
+            timeout = REPLICA_WAIT
+        deadline = time.monotonic() + timeout
         delay = 0.0005
         while True:
             st = self.state()
@@ -1275,7 +1284,7 @@ class EMA:
         ("poisoned", "noop") of its shadow (docs/protocol.md "Health"); without
         profiles, profile="ema" gives those fields of the session's signals.
         None from an emad that does not report them."""
-        self.wait()
+        self._caught_up()
         state = self.state()
         if profile is None:
             return state.get("health")
@@ -1295,8 +1304,7 @@ class EMA:
         """{name: tensor}: copies of the shadow exactly as emad keeps it (fp32 for
         f32/f16/bf16 tensors, fp64 for f64, the tensor's dtype for integers),
         on the CPU. profile: that profile's (default: the first)."""
-        self.wait()
-        self._await_leader()
+        self._caught_up()
         self._session()
         return {e.name: t.clone() for e, t in zip(self._entries, self._shadows_of(profile))}
 
@@ -1319,7 +1327,7 @@ class EMA:
         """Have emad snapshot every power profile now, after the events sent
         before: the files written, [{"file", "profile", "batch", "dtype",
         "bytes"}]."""
-        self.wait()
+        self._caught_up()
         return self._session().snapshot()
 
     def snapshots(self):
@@ -1368,7 +1376,7 @@ class EMA:
             dtype = _TORCH[dtype]
         elif dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError("export: dtype must be float32, bfloat16 or float16, not %s" % dtype)
-        self.wait()
+        self._caught_up()
         self._session()
         if profile is None:
             profile = self._eval_profile
@@ -1388,8 +1396,7 @@ class EMA:
         """{name: tensor}: the EMA weights in the model's dtypes (read from the
         shadow, rounded to nearest even as a swap-in does), on the model's
         devices. profile: that profile's (default: the first)."""
-        self.wait()
-        self._await_leader()
+        self._caught_up()
         self._session()
         out = {e.name: t.to(device=e.device, dtype=e.dtype, copy=True)
                for e, t in zip(self._entries, self._shadows_of(profile))
@@ -1473,7 +1480,7 @@ class EMA:
         it)."""
         if layout not in ("current", "legacy"):
             raise ValueError("layout must be 'current' or 'legacy', not %r" % (layout,))
-        self.wait()
+        self._caught_up()
         self._warn_unstarted()
         st = self.state()
         meta = {
