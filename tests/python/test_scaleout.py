@@ -25,7 +25,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 import unittest
 
 import emadtest
@@ -344,6 +346,40 @@ class ScaleOut(emadtest.EmadTestCase):
         self.assertIn("torch.distributed must be initialized", str(cm.exception))
         with emadtest.emaclient.Client(self.node_a.sock) as c:
             self.assertEqual(c.status()["sessions"], [])  # the last replica's close dropped it
+
+    def test_a_replica_whose_leader_stays_behind_times_out_naming_both_batches(self):
+        """A replica that reads the EMA at a batch the leader never reports
+        waits REPLICA_WAIT seconds, then raises TIMEOUT naming its batch and
+        the leader's last event."""
+        ema_torch = sys.modules[EMA.__module__]
+        models = [W.make_full(), W.make_full()]  # the same weights: replicas
+        leader = EMA(models[0], half_life=W.HALF_LIFE, socket=self.node_a.sock, job="lag",
+                     replicas=2)
+        try:
+            replica = EMA(models[1], half_life=W.HALF_LIFE, socket=self.node_a.sock,
+                          job="lag", replicas=2)
+            try:
+                self.assertEqual(replica.state()["replicas"]["attached"], 2)
+                leader.batch_end(batch=1)
+                replica.batch_end(batch=1)
+                replica.ema_state_dict()  # the leader is there: no wait
+                replica.batch_end(batch=2)  # the leader never sends batch 2
+                saved, ema_torch.REPLICA_WAIT = ema_torch.REPLICA_WAIT, 0.5
+                try:
+                    t0 = time.monotonic()
+                    with self.assertRaises(Error) as cm:
+                        replica.ema_state_dict()
+                    waited = time.monotonic() - t0
+                finally:
+                    ema_torch.REPLICA_WAIT = saved
+                self.assertEqual(cm.exception.code, "TIMEOUT")
+                self.assertGreaterEqual(waited, 0.5)
+                self.assertIn("replica of session lag at batch 2 epoch 0: the leader's last "
+                              "event is batch 1 epoch 0 after 0.5 s", str(cm.exception))
+            finally:
+                replica.close()
+        finally:
+            leader.close()
 
     def test_shards_at_another_batch_are_refused(self):
         job = Job(self, W.run, 2, self.plan(2, steps=3, checkpoints={"3": self.ckpt("b3")}))

@@ -1259,7 +1259,7 @@ class EMA:
                 break
             if time.monotonic() > deadline:
                 raise Error("TIMEOUT", "replica of session %s at batch %d epoch %d: the leader's "
-                            "last event is %s after %.0f s: the replicas must report the same "
+                            "last event is %s after %g s: the replicas must report the same "
                             "batches (docs/scaleout.md \"Replicas\")" % (
                                 self.session_name, self._batch, self._epoch,
                                 "none" if last is None else "batch %d epoch %d" % (
