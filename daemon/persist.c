@@ -601,6 +601,9 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     bool cut = h->seq_begun != h->seq_done;
     s->interrupted = h->interrupted || cut;
     s->last_seq = h->last_seq;
+    s->has_last_end = h->has_last_end != 0;
+    s->last_end_batch = h->last_end_batch;
+    s->last_end_epoch = h->last_end_epoch;
     adopt_profiles(s);
     /* An event cut short: exact once sent again, if the records tell. The
      * flag stays until then (it clears if this crash alone set it). */

@@ -236,6 +236,27 @@ bool replica_mark_leader(struct session *s, uint64_t batch)
     return found;
 }
 
+void replica_note_end(struct session *s, const struct ema_clock *clock)
+{
+    s->has_last_end = true;
+    s->last_end_batch = clock->batch;
+    s->last_end_epoch = clock->epoch;
+}
+
+/*
+ * A replica's requests are not numbered (its events change nothing), so the record of request
+ * numbers cannot tell that a batch_end a replica had in flight when emad crashed, sent again
+ * once that replica has come to lead, was applied already, from the old leader's segment. Its
+ * time can: the replicas report the same batches (docs/scaleout.md "Replicas"), so an end of
+ * batch or epoch no later than the last one the leaders sent is that one again.
+ */
+bool replica_is_replay(const struct session *s, enum ema_event ev, const struct ema_clock *clock)
+{
+    return s->group_replicas > 1 && s->has_last_end &&
+           (ev == EMA_EVENT_BATCH_END || ev == EMA_EVENT_EPOCH_END) &&
+           clock->batch <= s->last_end_batch && clock->epoch <= s->last_end_epoch;
+}
+
 bool replica_mark(struct session *s, struct replica *rep, uint64_t batch)
 {
     /* rep's segment is the session's now (exchanged in). */

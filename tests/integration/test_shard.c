@@ -823,6 +823,58 @@ static void test_new_leader_is_not_answered_from_the_old_leaders_records(void **
     daemon_stop(&d);
 }
 
+/*
+ * A replica's requests are not numbered: a batch_end it had in flight when emad crashed, sent
+ * again after the restart once it has come to lead, would be applied a second time. Its time
+ * tells it was applied (from the old leader's segment, before the crash): it changes nothing,
+ * and the next batch updates as ever, the shadow bit for bit a single rank's.
+ */
+static void test_new_leader_does_not_apply_a_batch_again(void **state)
+{
+    struct daemon d;
+    (void)state;
+
+    make_dir(&d);
+    daemon_start_env(&d, NULL, NULL);
+    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
+    emac_client *cs = client_connect(&d, "solo");
+    emac_session *s0 = register_replica(c0, 0, "ddp", 0, 2);
+    emac_session *s1 = register_replica(c1, 1, "ddp", 1, 2);
+    emac_session *solo = register_replica(cs, 2, "solo", 0, 1);
+    for (uint64_t b = 1; b <= 4; b++) {
+        for (size_t k = 0; k < 3; k++)
+            set_params(k, b, 0);
+        if (b == 4) {
+            /* Rank 1 calls first after the restart: it resumes the session and leads. */
+            struct emac_result again = event_at(s1, "batch_end", 3);
+            assert_int_equal(again.action, EMAC_ACTION_NONE);
+            assert_int_equal(again.updates, 3);
+            assert_int_equal(event_at(s1, "batch_end", 4).updates, 4);
+            assert_int_equal(event_at(s0, "batch_end", 4).action, EMAC_ACTION_NONE);
+        } else {
+            assert_int_equal(event_at(s0, "batch_end", b).updates, b);
+            assert_int_equal(event_at(s1, "batch_end", b).action, EMAC_ACTION_NONE);
+        }
+        event_at(solo, "batch_end", b);
+        if (b == 3) {
+            daemon_kill(&d);
+            daemon_start_env(&d, NULL, NULL);
+        }
+    }
+    assert_int_equal(emac_reconnects(c1), 1);
+    assert_memory_equal(emac_session_shadow(s1, 0)->data, emac_session_shadow(solo, 0)->data,
+                        4000);
+    assert_memory_equal(emac_session_shadow(s0, 0)->data, emac_session_shadow(solo, 0)->data,
+                        4000);
+    emac_session_free(s1);
+    emac_session_free(s0);
+    emac_session_free(solo);
+    emac_disconnect(c1);
+    emac_disconnect(c0);
+    emac_disconnect(cs);
+    daemon_stop(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -837,6 +889,7 @@ int main(void)
         cmocka_unit_test_teardown(test_replicas_come_back_after_a_crash, teardown),
         cmocka_unit_test_teardown(test_new_leader_is_not_answered_from_the_old_leaders_records,
                                   teardown),
+        cmocka_unit_test_teardown(test_new_leader_does_not_apply_a_batch_again, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
