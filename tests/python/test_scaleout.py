@@ -347,39 +347,84 @@ class ScaleOut(emadtest.EmadTestCase):
         with emadtest.emaclient.Client(self.node_a.sock) as c:
             self.assertEqual(c.status()["sessions"], [])  # the last replica's close dropped it
 
+    def replica_pair(self, job):
+        """Two replicas of session `job` in this process, the first leading:
+        ([two models with the same weights], leader, replica); closed at the
+        test's end (a second close does nothing)."""
+        models = [W.make_full(), W.make_full()]
+        emas = []
+        for m in models:
+            emas.append(EMA(m, half_life=W.HALF_LIFE, socket=self.node_a.sock, job=job,
+                            replicas=2))
+            self.addCleanup(emas[-1].close)
+        self.assertEqual(emas[1].state()["replicas"]["ranks"], [0, 0])
+        return models, emas[0], emas[1]
+
     def test_a_replica_whose_leader_stays_behind_times_out_naming_both_batches(self):
         """A replica that reads the EMA at a batch the leader never reports
         waits REPLICA_WAIT seconds, then raises TIMEOUT naming its batch and
         the leader's last event."""
         ema_torch = sys.modules[EMA.__module__]
-        models = [W.make_full(), W.make_full()]  # the same weights: replicas
-        leader = EMA(models[0], half_life=W.HALF_LIFE, socket=self.node_a.sock, job="lag",
-                     replicas=2)
+        _, leader, replica = self.replica_pair("lag")
+        leader.batch_end(batch=1)
+        replica.batch_end(batch=1)
+        replica.ema_state_dict()  # the leader is there: no wait
+        replica.batch_end(batch=2)  # the leader never sends batch 2
+        saved, ema_torch.REPLICA_WAIT = ema_torch.REPLICA_WAIT, 0.5
         try:
-            replica = EMA(models[1], half_life=W.HALF_LIFE, socket=self.node_a.sock,
-                          job="lag", replicas=2)
-            try:
-                self.assertEqual(replica.state()["replicas"]["attached"], 2)
-                leader.batch_end(batch=1)
-                replica.batch_end(batch=1)
-                replica.ema_state_dict()  # the leader is there: no wait
-                replica.batch_end(batch=2)  # the leader never sends batch 2
-                saved, ema_torch.REPLICA_WAIT = ema_torch.REPLICA_WAIT, 0.5
-                try:
-                    t0 = time.monotonic()
-                    with self.assertRaises(Error) as cm:
-                        replica.ema_state_dict()
-                    waited = time.monotonic() - t0
-                finally:
-                    ema_torch.REPLICA_WAIT = saved
-                self.assertEqual(cm.exception.code, "TIMEOUT")
-                self.assertGreaterEqual(waited, 0.5)
-                self.assertIn("replica of session lag at batch 2 epoch 0: the leader's last "
-                              "event is batch 1 epoch 0 after 0.5 s", str(cm.exception))
-            finally:
-                replica.close()
+            t0 = time.monotonic()
+            with self.assertRaises(Error) as cm:
+                replica.ema_state_dict()
+            waited = time.monotonic() - t0
         finally:
-            leader.close()
+            ema_torch.REPLICA_WAIT = saved
+        self.assertEqual(cm.exception.code, "TIMEOUT")
+        self.assertGreaterEqual(waited, 0.5)
+        self.assertIn("replica of session lag at batch 2 epoch 0: the leader's last "
+                      "event is batch 1 epoch 0 after 0.5 s", str(cm.exception))
+
+    def test_a_replica_holding_other_weights_is_reported_diverged(self):
+        """The replicas must hold the same weights: one that does not (here it
+        missed a step) is caught at the batch both report, in the reply and
+        in the session's state."""
+        models, leader, replica = self.replica_pair("drift")
+        leader.batch_end(batch=1, wait=True)
+        replica.batch_end(batch=1, wait=True)
+        self.assertFalse(replica.session.diverged())
+        with torch.no_grad():
+            for m in models:
+                for p in m.parameters():
+                    p.add_(0.25)
+            for p in models[1].parameters():
+                p.add_(1.0)  # the replica's step differs
+        leader.batch_end(batch=2, wait=True)
+        replica.batch_end(batch=2, wait=True)
+        self.assertTrue(replica.session.diverged())
+        st = replica.state()
+        self.assertEqual(st["replicas"]["diverged"], 1, st)
+
+    def test_the_leader_closing_first_leaves_the_replica_leading(self):
+        """The leader's close detaches it alone: the replica leads, its own
+        batch_end updates the shadow, and its close, the last, drops the
+        session."""
+        models, leader, replica = self.replica_pair("first")
+        for b in (1, 2):
+            leader.batch_end(batch=b)
+            replica.batch_end(batch=b)
+        before = replica.ema_state_dict()
+        leader.close()
+        st = replica.state()
+        self.assertTrue(st["attached"], st)
+        self.assertEqual(st["replicas"]["attached"], 1, st)
+        with torch.no_grad():
+            for p in models[1].parameters():
+                p.add_(0.5)
+        self.assertEqual(replica.batch_end(batch=3, wait=True).updates, 3)
+        after = replica.ema_state_dict()
+        self.assertTrue(any(not torch.equal(before[n], after[n]) for n in before))
+        replica.close()
+        with emadtest.emaclient.Client(self.node_a.sock) as c:
+            self.assertNotIn("first", [x["session"] for x in c.status()["sessions"]])
 
     def test_shards_at_another_batch_are_refused(self):
         job = Job(self, W.run, 2, self.plan(2, steps=3, checkpoints={"3": self.ckpt("b3")}))
