@@ -726,6 +726,46 @@ static void test_replica_cannot_take_a_second_seat(void **state)
     daemon_stop(&d);
 }
 
+/* Two replicas of "ddp" (made[0], made[1]) and a single rank's session "solo" (made[2]) of the
+ * same weights, each on its own connection, in an emad with a state directory of its own: the
+ * crash tests' cast. s[2] is the solo session. */
+struct ddp_trio {
+    emac_client *c[3];
+    emac_session *s[3];
+};
+
+static void trio_open(struct ddp_trio *t, struct daemon *d)
+{
+    static const char *const who[] = {"rank0", "rank1", "solo"};
+
+    make_dir(d);
+    daemon_start_env(d, NULL, NULL);
+    for (size_t k = 0; k < 3; k++)
+        t->c[k] = client_connect(d, who[k]);
+    t->s[0] = register_replica(t->c[0], 0, "ddp", 0, 2);
+    t->s[1] = register_replica(t->c[1], 1, "ddp", 1, 2);
+    t->s[2] = register_replica(t->c[2], 2, "solo", 0, 1);
+}
+
+/* Both replicas' shadow, bit for bit the solo session's. */
+static void trio_expect_solo(struct ddp_trio *t)
+{
+    for (size_t k = 0; k < 2; k++)
+        assert_memory_equal(emac_session_shadow(t->s[k], 0)->data,
+                            emac_session_shadow(t->s[2], 0)->data, 4000);
+}
+
+static void trio_close(struct ddp_trio *t, struct daemon *d)
+{
+    for (int k = 1; k >= 0; k--)
+        emac_session_free(t->s[k]);
+    emac_session_free(t->s[2]);
+    for (int k = 1; k >= 0; k--)
+        emac_disconnect(t->c[k]);
+    emac_disconnect(t->c[2]);
+    daemon_stop(d);
+}
+
 /*
  * emad SIGKILLed under two replicas: each rank's client reconnects on its next call, the first
  * resumes the session (and leads), the second joins it again as a replica; the shared shadow
@@ -734,16 +774,11 @@ static void test_replica_cannot_take_a_second_seat(void **state)
 static void test_replicas_come_back_after_a_crash(void **state)
 {
     struct daemon d;
+    struct ddp_trio t;
     struct rpc r;
     (void)state;
 
-    make_dir(&d);
-    daemon_start_env(&d, NULL, NULL);
-    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
-    emac_client *cs = client_connect(&d, "solo");
-    emac_session *s0 = register_replica(c0, 0, "ddp", 0, 2);
-    emac_session *s1 = register_replica(c1, 1, "ddp", 1, 2);
-    emac_session *solo = register_replica(cs, 2, "solo", 0, 1);
+    trio_open(&t, &d);
     for (uint64_t b = 1; b <= 4; b++) {
         if (b == 3) {
             daemon_kill(&d);
@@ -751,33 +786,25 @@ static void test_replicas_come_back_after_a_crash(void **state)
         }
         for (size_t k = 0; k < 3; k++)
             set_params(k, b, 0);
-        assert_int_equal(event_at(s0, "batch_end", b).updates, b);
-        assert_int_equal(event_at(s1, "batch_end", b).action, EMAC_ACTION_NONE);
-        assert_false(emac_session_diverged(s1));
-        event_at(solo, "batch_end", b);
+        assert_int_equal(event_at(t.s[0], "batch_end", b).updates, b);
+        assert_int_equal(event_at(t.s[1], "batch_end", b).action, EMAC_ACTION_NONE);
+        assert_false(emac_session_diverged(t.s[1]));
+        event_at(t.s[2], "batch_end", b);
     }
-    assert_int_equal(emac_reconnects(c0), 1);
-    assert_int_equal(emac_reconnects(c1), 1);
+    assert_int_equal(emac_reconnects(t.c[0]), 1);
+    assert_int_equal(emac_reconnects(t.c[1]), 1);
     rpc_open(&r, &d, "test_shard");
     const msgpack_object *st = session_status(&r, "ddp");
     assert_int_equal(map_get(st, "replicas_attached")->via.u64, 2);
     assert_int_equal(map_get(st, "updates")->via.u64, 4);
     rpc_close(&r);
-    const struct emac_shadow *sh0 = emac_session_shadow(s0, 0), *sh1 = emac_session_shadow(s1, 0);
-    const struct emac_shadow *shs = emac_session_shadow(solo, 0);
-    assert_memory_equal(sh0->data, shs->data, 4000);
-    assert_memory_equal(sh1->data, shs->data, 4000);
+    trio_expect_solo(&t);
     /* The replica's eval after the crash still swaps into its own params. */
-    assert_int_equal(event_at(s1, "eval_start", 4).action, EMAC_ACTION_SWAP_IN);
-    assert_memory_equal(emac_segment_tensor(made[1], 0)->data, shs->data, 4000);
-    assert_int_equal(event_at(s1, "eval_end", 4).action, EMAC_ACTION_SWAP_OUT);
-    emac_session_free(s1);
-    emac_session_free(s0);
-    emac_session_free(solo);
-    emac_disconnect(c1);
-    emac_disconnect(c0);
-    emac_disconnect(cs);
-    daemon_stop(&d);
+    assert_int_equal(event_at(t.s[1], "eval_start", 4).action, EMAC_ACTION_SWAP_IN);
+    assert_memory_equal(emac_segment_tensor(made[1], 0)->data,
+                        emac_session_shadow(t.s[2], 0)->data, 4000);
+    assert_int_equal(event_at(t.s[1], "eval_end", 4).action, EMAC_ACTION_SWAP_OUT);
+    trio_close(&t, &d);
 }
 
 /*
@@ -832,47 +859,33 @@ static void test_new_leader_is_not_answered_from_the_old_leaders_records(void **
 static void test_new_leader_does_not_apply_a_batch_again(void **state)
 {
     struct daemon d;
+    struct ddp_trio t;
     (void)state;
 
-    make_dir(&d);
-    daemon_start_env(&d, NULL, NULL);
-    emac_client *c0 = client_connect(&d, "rank0"), *c1 = client_connect(&d, "rank1");
-    emac_client *cs = client_connect(&d, "solo");
-    emac_session *s0 = register_replica(c0, 0, "ddp", 0, 2);
-    emac_session *s1 = register_replica(c1, 1, "ddp", 1, 2);
-    emac_session *solo = register_replica(cs, 2, "solo", 0, 1);
+    trio_open(&t, &d);
     for (uint64_t b = 1; b <= 4; b++) {
         for (size_t k = 0; k < 3; k++)
             set_params(k, b, 0);
         if (b == 4) {
             /* Rank 1 calls first after the restart: it resumes the session and leads. */
-            struct emac_result again = event_at(s1, "batch_end", 3);
+            struct emac_result again = event_at(t.s[1], "batch_end", 3);
             assert_int_equal(again.action, EMAC_ACTION_NONE);
             assert_int_equal(again.updates, 3);
-            assert_int_equal(event_at(s1, "batch_end", 4).updates, 4);
-            assert_int_equal(event_at(s0, "batch_end", 4).action, EMAC_ACTION_NONE);
+            assert_int_equal(event_at(t.s[1], "batch_end", 4).updates, 4);
+            assert_int_equal(event_at(t.s[0], "batch_end", 4).action, EMAC_ACTION_NONE);
         } else {
-            assert_int_equal(event_at(s0, "batch_end", b).updates, b);
-            assert_int_equal(event_at(s1, "batch_end", b).action, EMAC_ACTION_NONE);
+            assert_int_equal(event_at(t.s[0], "batch_end", b).updates, b);
+            assert_int_equal(event_at(t.s[1], "batch_end", b).action, EMAC_ACTION_NONE);
         }
-        event_at(solo, "batch_end", b);
+        event_at(t.s[2], "batch_end", b);
         if (b == 3) {
             daemon_kill(&d);
             daemon_start_env(&d, NULL, NULL);
         }
     }
-    assert_int_equal(emac_reconnects(c1), 1);
-    assert_memory_equal(emac_session_shadow(s1, 0)->data, emac_session_shadow(solo, 0)->data,
-                        4000);
-    assert_memory_equal(emac_session_shadow(s0, 0)->data, emac_session_shadow(solo, 0)->data,
-                        4000);
-    emac_session_free(s1);
-    emac_session_free(s0);
-    emac_session_free(solo);
-    emac_disconnect(c1);
-    emac_disconnect(c0);
-    emac_disconnect(cs);
-    daemon_stop(&d);
+    assert_int_equal(emac_reconnects(t.c[1]), 1);
+    trio_expect_solo(&t);
+    trio_close(&t, &d);
 }
 
 int main(void)
