@@ -13,7 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#define PROFILES_MAX 8      /* a session's most (docs/protocol.md "Profiles") */
+#define PROFILES_MAX 8 /* a session's most (docs/protocol.md "Profiles") */
 #define PROFILE_NAME_MAX 32
 
 #define BAD(...) client_set_err(err, -EINVAL, EMAC_E_BADFILE, __VA_ARGS__)
@@ -55,7 +55,8 @@ static int read_profiles(const struct emac_checkpoint *ck, const char **names, u
         const struct jt_node *nm = jt_get(doc, p, "name");
         if (nm == NULL || nm->type != JT_STRING || !name_ok(jt_str(doc, nm)))
             return BAD("%s: config.emaclient.profiles[%u] has no \"name\" of 1 to %d characters "
-                       "of [A-Za-z0-9_.-]", ck->path, *n, PROFILE_NAME_MAX);
+                       "of [A-Za-z0-9_.-]",
+                       ck->path, *n, PROFILE_NAME_MAX);
         names[(*n)++] = jt_str(doc, nm);
     }
     for (unsigned i = 0; ev != NULL && ev->type == JT_STRING && i < *n; i++)
@@ -63,7 +64,8 @@ static int read_profiles(const struct emac_checkpoint *ck, const char **names, u
             *eval = names[i];
     if (*eval == NULL)
         return BAD("%s: config.emaclient.eval_profile does not name one of "
-                   "config.emaclient.profiles", ck->path);
+                   "config.emaclient.profiles",
+                   ck->path);
     return 0;
 }
 
@@ -82,7 +84,8 @@ int shards_profile_pick(const struct emac_checkpoint *ck, const char *profile,
         if (profile != NULL)
             return client_set_err(err, -ENOENT, EMAC_E_USAGE,
                                   "consolidate: %s holds an EMA without profiles: no profile "
-                                  "\"%.40s\" (leave the profile out)", ck->path, profile);
+                                  "\"%.40s\" (leave the profile out)",
+                                  ck->path, profile);
         return 0;
     }
     out->profiles = true;
@@ -97,12 +100,12 @@ int shards_profile_pick(const struct emac_checkpoint *ck, const char *profile,
                          names[i]);
             return 0;
         }
-        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "",
-                 names[i]);
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s", i ? ", " : "", names[i]);
     }
     return client_set_err(err, -ENOENT, EMAC_E_USAGE,
                           "consolidate: %s has no profile \"%.40s\"; its profiles: %s (the eval "
-                          "profile: %s)", ck->path, profile, list, eval);
+                          "profile: %s)",
+                          ck->path, profile, list, eval);
 }
 
 const char *shards_pick_name(const struct shards_pick *pick, const char *tensor)

@@ -77,8 +77,9 @@ static void write_profiles(const char *dir, const char *config, const char *eval
         sl[r][3] = (struct emac_ckpt_slice){bn, "f32", 0, none, none, none, &ob};
         snprintf(file[r], sizeof(file[r]), "rank-%05d.safetensors", r);
         sh[r] = (struct emac_ckpt_shard){file[r], &ranks[r], 1, sl[r], r == 0 ? 4 : 2};
-        assert_int_equal(emac_checkpoint_write_shard(path_in(p, sizeof(p), dir, file[r]), &grp,
-                                                     &sh[r], &err), 0);
+        assert_int_equal(
+            emac_checkpoint_write_shard(path_in(p, sizeof(p), dir, file[r]), &grp, &sh[r], &err),
+            0);
     }
     int rc = emac_checkpoint_write_manifest(path_in(p, sizeof(p), dir, EMAC_CKPT_MANIFEST), &grp,
                                             config, sh, 2, &err);
@@ -92,8 +93,7 @@ static int consolidate(const char *dir, const char *profile, const char *out,
 {
     char m[512], o[512];
     return emac_checkpoint_consolidate_profile(path_in(m, sizeof(m), dir, EMAC_CKPT_MANIFEST),
-                                               path_in(o, sizeof(o), "", out), NULL, profile,
-                                               err);
+                                               path_in(o, sizeof(o), "", out), NULL, profile, err);
 }
 
 /* out holds exactly w and b with the values of sign (1: "fast"'s, -1: "p10"'s), and its
@@ -126,8 +126,10 @@ static void test_consolidate_picks_each_profile_under_the_plain_names(void **sta
     struct emac_error err;
     (void)state;
 
-    write_profiles("evalfast", "{\"emaclient\": {\"profiles\": [" PROFILES "], "
-                               "\"eval_profile\": \"fast\"}}", "fast");
+    write_profiles("evalfast",
+                   "{\"emaclient\": {\"profiles\": [" PROFILES "], "
+                   "\"eval_profile\": \"fast\"}}",
+                   "fast");
     assert_int_equal(consolidate("evalfast", NULL, "d.st", &err), 0);
     check_out("d.st", 1, "fast");
     assert_int_equal(consolidate("evalfast", "fast", "f.st", &err), 0);
@@ -135,8 +137,10 @@ static void test_consolidate_picks_each_profile_under_the_plain_names(void **sta
     assert_int_equal(consolidate("evalfast", "p10", "p.st", &err), 0);
     check_out("p.st", -1, "p10");
     /* The eval profile second: its tensors are the plain ones, fast's prefixed. */
-    write_profiles("evalp10", "{\"emaclient\": {\"profiles\": [" PROFILES "], "
-                              "\"eval_profile\": \"p10\"}}", "p10");
+    write_profiles("evalp10",
+                   "{\"emaclient\": {\"profiles\": [" PROFILES "], "
+                   "\"eval_profile\": \"p10\"}}",
+                   "p10");
     assert_int_equal(consolidate("evalp10", NULL, "d2.st", &err), 0);
     check_out("d2.st", -1, "p10");
     assert_int_equal(consolidate("evalp10", "fast", "f2.st", &err), 0);
@@ -149,8 +153,10 @@ static void test_an_unknown_profile_is_refused_naming_those_there(void **state)
     char p[512];
     (void)state;
 
-    write_profiles("unknown", "{\"emaclient\": {\"profiles\": [" PROFILES "], "
-                              "\"eval_profile\": \"fast\"}}", "fast");
+    write_profiles("unknown",
+                   "{\"emaclient\": {\"profiles\": [" PROFILES "], "
+                   "\"eval_profile\": \"fast\"}}",
+                   "fast");
     assert_int_equal(consolidate("unknown", "slow", "u.st", &err), -ENOENT);
     assert_string_equal(err.code, EMAC_E_USAGE);
     assert_non_null(strstr(err.message, "no profile \"slow\"; its profiles: fast, p10 (the eval "
@@ -166,10 +172,9 @@ static void test_without_profiles_every_tensor_as_ever_and_a_profile_refused(voi
 
     /* The same names, but no profiles in the config: nothing is picked or renamed. */
     write_profiles("plain", "{\"ema\": {\"half_life\": \"4ba\"}}", "fast");
-    assert_int_equal(emac_checkpoint_consolidate(path_in(m, sizeof(m), "plain",
-                                                         EMAC_CKPT_MANIFEST),
-                                                 path_in(o, sizeof(o), "", "plain.st"), NULL,
-                                                 &err), 0);
+    assert_int_equal(emac_checkpoint_consolidate(path_in(m, sizeof(m), "plain", EMAC_CKPT_MANIFEST),
+                                                 path_in(o, sizeof(o), "", "plain.st"), NULL, &err),
+                     0);
     struct st_file f;
     char msg[512];
     assert_int_equal(st_open(&f, o, msg, sizeof(msg)), 0);
