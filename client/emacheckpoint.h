@@ -31,6 +31,9 @@ extern "C" {
 #define EMAC_CKPT_MANIFEST "emad-checkpoint.json" /* the manifest's usual name */
 #define EMAC_CKPT_VERSION 1                        /* the format version written */
 #define EMAC_CKPT_NDIM_MAX 8                       /* dimensions of a tensor */
+/* An EMA with profiles: profile P's tensors, but the eval profile's, are named this, P, "/",
+ * then the state_dict name (docs/scaleout.md "Profiles in a group checkpoint"). */
+#define EMAC_CKPT_PROFILE_PREFIX ".profile/"
 
 /* The group a checkpoint belongs to. */
 struct emac_ckpt_group {
@@ -87,6 +90,16 @@ int emac_checkpoint_write_manifest(const char *path, const struct emac_ckpt_grou
  */
 int emac_checkpoint_consolidate(const char *manifest_path, const char *out_path,
                                 const char *out_dtype, struct emac_error *err);
+
+/*
+ * The same for a checkpoint of an EMA with profiles: only profile's tensors, under the plain
+ * state_dict names (profile NULL: the eval profile; on a checkpoint without profiles, every
+ * tensor, as emac_checkpoint_consolidate). A profile the checkpoint lacks: USAGE, naming those
+ * it has.
+ */
+int emac_checkpoint_consolidate_profile(const char *manifest_path, const char *out_path,
+                                        const char *out_dtype, const char *profile,
+                                        struct emac_error *err);
 
 /*
  * Validate the checkpoint of manifest_path and read the block [offsets[d], offsets[d] +

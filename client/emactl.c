@@ -105,7 +105,8 @@ static const struct ctl_option {
     {{"profile", required_argument, NULL, 'P'},
      CTL_OPT_PROFILE,
      "--profile NAME",
-     "export: the profile (default: the eval profile)"},
+     "export, consolidate: the profile (default: the eval\n"
+     "profile)"},
 };
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
 

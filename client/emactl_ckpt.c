@@ -22,13 +22,19 @@ static int cmd_consolidate(struct ctl *ctl, int argc, char **argv)
     rc = emac_checkpoint_open(argv[0], &ck, &err);
     if (rc == 0) {
         const struct emac_ckpt_group *g = emac_checkpoint_group(ck);
-        rc = emac_checkpoint_consolidate(argv[0], ctl->out, ctl->dtype, &err);
+        rc = emac_checkpoint_consolidate_profile(argv[0], ctl->out, ctl->dtype, ctl->profile,
+                                                 &err);
         if (rc == 0 && !ctl->json) {
             printf("consolidated job ");
             ctl_put_clean(stdout, g->job);
             printf(" at batch %llu (world size %u) into ", (unsigned long long)g->batch,
                    g->world_size);
             ctl_put_clean(stdout, ctl->out);
+            if (ctl->profile != NULL) {
+                printf(" (profile ");
+                ctl_put_clean(stdout, ctl->profile);
+                printf(")");
+            }
             printf("\n");
         } else if (rc == 0) {
             printf("{\"batch\": %llu, \"world_size\": %u}\n", (unsigned long long)g->batch,
@@ -43,7 +49,7 @@ static int cmd_consolidate(struct ctl *ctl, int argc, char **argv)
 
 const struct ctl_cmd ctl_cmd_consolidate = {
     .name = "consolidate",
-    .args = "MANIFEST --out FILE [--dtype DTYPE]",
+    .args = "MANIFEST --out FILE [--dtype DTYPE] [--profile NAME]",
     .summary = "assemble the full tensors of a group checkpoint\n"
                "(its manifest, emad-checkpoint.json) into one\n"
                "safetensors file; emad need not run",
@@ -60,6 +66,11 @@ const struct ctl_cmd ctl_cmd_consolidate = {
         "--dtype converts the float tensors (round to nearest even); without it\n"
         "every byte is copied as the shards hold it.\n"
         "\n"
+        "A checkpoint of an EMA with profiles holds every profile's tensors: FILE gets\n"
+        "one profile's, with the plain state_dict names: --profile NAME's, by default\n"
+        "the eval profile's (what a reader that knows nothing of profiles reads). A\n"
+        "name the checkpoint lacks is a usage error listing the profiles it has.\n"
+        "\n"
         "Output: one line naming the job, batch and world size.\n"
         "JSON output: {batch, world_size}.\n"
         "\n"
@@ -68,9 +79,11 @@ const struct ctl_cmd ctl_cmd_consolidate = {
         "(SYSTEM); 2 on a usage error.\n"
         "\n"
         "Example:\n"
-        "  emactl consolidate /ckpt/step-1200/emad-checkpoint.json --out ema.safetensors\n",
+        "  emactl consolidate /ckpt/step-1200/emad-checkpoint.json --out ema.safetensors\n"
+        "  emactl consolidate /ckpt/step-1200/emad-checkpoint.json --profile p10 \\\n"
+        "      --out ema-p10.safetensors\n",
     .min_args = 1,
     .max_args = 1,
-    .opts = CTL_OPT_JSON | CTL_OPT_OUT | CTL_OPT_DTYPE,
+    .opts = CTL_OPT_JSON | CTL_OPT_OUT | CTL_OPT_DTYPE | CTL_OPT_PROFILE,
     .run = cmd_consolidate,
 };

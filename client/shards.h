@@ -24,8 +24,10 @@ struct shards_stats {
     uint64_t reads;     /* preads of shard data */
 };
 
-/* emac_checkpoint_consolidate with buffers of buf_bytes each (at least 8); st may be NULL. */
+/* emac_checkpoint_consolidate_profile with buffers of buf_bytes each (at least 8); st may be
+ * NULL. */
 int shards_consolidate(const char *manifest_path, const char *out_path, const char *out_dtype,
-                       size_t buf_bytes, struct shards_stats *st, struct emac_error *err);
+                       const char *profile, size_t buf_bytes, struct shards_stats *st,
+                       struct emac_error *err);
 
 #endif

@@ -7,6 +7,7 @@
  *   shards_write.c  shard files and the manifest written durably
  *   shards_open.c   a manifest parsed strictly, every shard file checked against it
  *   shards_read.c   blocks of a tensor read, whole tensors consolidated, through fixed buffers
+ *   shards_prof.c   the profiles of an EMA with several: which tensors are one profile's
  */
 #ifndef EMAD_SHARDS_INT_H
 #define EMAD_SHARDS_INT_H
@@ -98,5 +99,20 @@ int shards_chunk_add(struct emac_checkpoint *ck, size_t shard, const char *name,
 /* Group ck's chunks into tensors (ck->tensors, ck->by_name) and check that each one's distinct
  * slices tile its global shape (BADFILE). */
 int shards_index_tensors(struct emac_checkpoint *ck, struct emac_error *err);
+
+/* The tensors of one profile of a checkpoint (shards_prof.c). */
+struct shards_pick {
+    bool profiles;    /* the checkpoint is of an EMA with profiles */
+    const char *name; /* the profile picked (in ck's manifest), or NULL without profiles */
+    char prefix[64];  /* its tensors' name prefix; "" for the eval profile (the plain names) */
+};
+
+/* The tensors of profile (NULL: the eval profile) of ck: BADFILE where the manifest's profiles
+ * are malformed, USAGE (naming the profiles there) where it has no such profile. */
+int shards_profile_pick(const struct emac_checkpoint *ck, const char *profile,
+                        struct shards_pick *out, struct emac_error *err);
+/* The state_dict name of checkpoint tensor `tensor` if it is the picked profile's (a pointer
+ * into tensor), else NULL. */
+const char *shards_pick_name(const struct shards_pick *pick, const char *tensor);
 
 #endif

@@ -324,11 +324,15 @@ done:
 }
 
 int shards_consolidate(const char *manifest_path, const char *out_path, const char *out_dtype,
-                       size_t buf_bytes, struct shards_stats *st, struct emac_error *err)
+                       const char *profile, size_t buf_bytes, struct shards_stats *st,
+                       struct emac_error *err)
 {
     emac_checkpoint *ck = NULL;
     struct reader r = {.st = st, .err = err};
     struct st_tensor *table = NULL;
+    const struct tensor **picked = NULL;
+    struct shards_pick pick;
+    size_t n = 0;
     unsigned char *win = NULL;
     enum dtype odt = DTYPE_COUNT;
     char *config = NULL, msg[512], batch[32], epoch[32], world[32];
@@ -353,7 +357,11 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
     if (rc < 0)
         return rc;
     r.ck = ck;
+    rc = shards_profile_pick(ck, profile, &pick, err);
+    if (rc < 0)
+        goto out;
     table = calloc(ck->ntensors + 1, sizeof(*table));
+    picked = calloc(ck->ntensors + 1, sizeof(*picked));
     win = malloc(buf_bytes);
     r.stage = malloc(buf_bytes);
     r.stage_len = buf_bytes;
@@ -363,7 +371,7 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
         memcpy(config, ck->config, ck->config_len);
         config[ck->config_len] = '\0';
     }
-    if (table == NULL || win == NULL || r.stage == NULL || config == NULL) {
+    if (table == NULL || picked == NULL || win == NULL || r.stage == NULL || config == NULL) {
         rc = client_set_err(err, -ENOMEM, EMAC_E_SYSTEM, "out of memory");
         goto out;
     }
@@ -371,10 +379,19 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
         st->buf_bytes = 2 * buf_bytes;
     for (size_t i = 0; i < ck->ntensors; i++) {
         const struct tensor *t = &ck->tensors[i];
-        table[i] = (struct st_tensor){.name = t->name, .rank = t->ndim, .dtype = t->dt};
+        const char *name = shards_pick_name(&pick, t->name);
+        if (name == NULL)
+            continue; /* another profile's */
+        picked[n] = t;
+        table[n] = (struct st_tensor){.name = name, .rank = t->ndim, .dtype = t->dt};
         if (odt != DTYPE_COUNT && dtype_is_float(t->dt))
-            table[i].dtype = odt;
-        memcpy(table[i].shape, t->gshape, sizeof(t->gshape));
+            table[n].dtype = odt;
+        memcpy(table[n++].shape, t->gshape, sizeof(t->gshape));
+    }
+    if (n == 0 && pick.profiles) {
+        rc = client_set_err(err, -EINVAL, EMAC_E_BADFILE, "consolidate: %s holds no tensor of profile \"%s\"", ck->path,
+                      pick.name);
+        goto out;
     }
     snprintf(batch, sizeof(batch), "%" PRIu64, ck->group.batch);
     snprintf(epoch, sizeof(epoch), "%" PRIu64, ck->group.epoch);
@@ -382,19 +399,20 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
     const struct st_meta meta[] = {
         {"format", "pt"},         {"job", ck->group.job}, {"batch", batch},
         {"epoch", epoch},         {"world_size", world},  {"emad_config", config},
-        {"consolidated", "emad"},
+        {"consolidated", "emad"}, {"profile", pick.name},
     };
+    /* The profile's entry only for a checkpoint of profiles: without, the output is as ever. */
+    size_t nmeta = sizeof(meta) / sizeof(meta[0]) - (pick.profiles ? 0 : 1);
     rc = durable_open(&d, AT_FDCWD, out_path, 0644, msg, sizeof(msg));
     if (rc < 0) {
         client_set_err(err, rc, EMAC_E_SYSTEM, "%s", msg);
         goto out;
     }
-    rc = st_writer_begin(&w, d.fd, table, ck->ntensors, meta, sizeof(meta) / sizeof(meta[0]),
-                         msg, sizeof(msg));
+    rc = st_writer_begin(&w, d.fd, table, n, meta, nmeta, msg, sizeof(msg));
     if (rc < 0)
         client_set_err(err, rc, EMAC_E_BADFILE, "%s: %s", out_path, msg);
-    for (size_t i = 0; rc == 0 && i < ck->ntensors; i++)
-        rc = consolidate_tensor(&r, &ck->tensors[i], table[i].dtype, win,
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = consolidate_tensor(&r, picked[i], table[i].dtype, win,
                                 buf_bytes / dtype_size(table[i].dtype), &w);
     if (rc == 0) {
         rc = st_writer_finish(&w, msg, sizeof(msg));
@@ -410,6 +428,7 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
         client_set_err(err, rc, EMAC_E_SYSTEM, "%s", msg);
 out:
     free(table);
+    free(picked);
     free(win);
     free(r.stage);
     free(config);
@@ -420,5 +439,14 @@ out:
 int emac_checkpoint_consolidate(const char *manifest_path, const char *out_path,
                                 const char *out_dtype, struct emac_error *err)
 {
-    return shards_consolidate(manifest_path, out_path, out_dtype, SHARDS_BUF_DEFAULT, NULL, err);
+    return shards_consolidate(manifest_path, out_path, out_dtype, NULL, SHARDS_BUF_DEFAULT, NULL,
+                              err);
+}
+
+int emac_checkpoint_consolidate_profile(const char *manifest_path, const char *out_path,
+                                        const char *out_dtype, const char *profile,
+                                        struct emac_error *err)
+{
+    return shards_consolidate(manifest_path, out_path, out_dtype, profile, SHARDS_BUF_DEFAULT,
+                              NULL, err);
 }

@@ -227,7 +227,7 @@ static void test_consolidate_four_ranks_bit_exact_through_a_small_buffer(void **
     path_in(m, sizeof(m), "w4", EMAC_CKPT_MANIFEST);
     path_in(out, sizeof(out), "", "w4.safetensors");
     /* 24 bytes: six f32 elements, fewer than one row of layer.w (10): windows inside a row. */
-    int rc = shards_consolidate(m, out, NULL, 24, &st, &err);
+    int rc = shards_consolidate(m, out, NULL, NULL, 24, &st, &err);
     if (rc != 0)
         fail_msg("%s", err.message);
     assert_int_equal(st.buf_bytes, 48);
@@ -249,7 +249,7 @@ static void test_consolidate_two_ranks_to_bf16(void **state)
     path_in(m, sizeof(m), "w2", EMAC_CKPT_MANIFEST);
     path_in(out, sizeof(out), "", "w2.safetensors");
     /* 64 bytes: whole rows of conv.k's last dimension, not of its first. */
-    assert_int_equal(shards_consolidate(m, out, "bf16", 64, &st, &err), 0);
+    assert_int_equal(shards_consolidate(m, out, "bf16", NULL, 64, &st, &err), 0);
     assert_int_equal(st.buf_bytes, 128);
     check_consolidated(out, "bf16");
 }

@@ -124,7 +124,8 @@ def _rank_main(rank, world, port, out, body):
 def run(rank, world, port, plan, out):
     """plan: {"socket": [socket per rank], "job", "start", "steps", "checkpoints":
     {batch: dir}, "resume": dir or None, "kill": {"rank", "batch"} or None,
-    "timeout"}. Writes out/rank-N.json: {"ok": ..., "error": ...}."""
+    "timeout", "profiles": EMA(profiles=) or absent, "eval_profile"}. Writes
+    out/rank-N.json: {"ok": ..., "error": ...}."""
     _rank_main(rank, world, port, out,
                lambda result, held: _sharded(rank, world, plan, out, result, held))
 
@@ -136,9 +137,12 @@ def _sharded(rank, world, plan, out, result, held):
     for step in range(plan["start"]):
         full_step(full, step)  # the training weights a trainer's own checkpoint restores
     local, spec = local_model(full, rank, world)
-    ema = held["ema"] = EMA(local, half_life=HALF_LIFE, socket=plan["socket"][rank],
+    schedule = {"half_life": HALF_LIFE}
+    if plan.get("profiles"):
+        schedule = {"profiles": plan["profiles"], "eval_profile": plan.get("eval_profile")}
+    ema = held["ema"] = EMA(local, socket=plan["socket"][rank],
                             session="%s.rank%d" % (plan["job"], rank), shard=spec,
-                            job=plan["job"])
+                            job=plan["job"], **schedule)
     with open(os.path.join(out, "segment-%d" % rank), "w") as f:
         f.write(ema._res.segment.name)
     if plan.get("resume"):

@@ -8,6 +8,11 @@ their own sockets and state directories are two "nodes".
   bit for bit the shadow of a single-process EMA of the full model, at two checkpoints.
 - Resharding 4 -> 2 and then 2 -> 4, each resuming from the last group checkpoint: the
   consolidated EMA equals the uninterrupted single-process one bit for bit.
+- An EMA of two profiles on 2 ranks: the group checkpoint holds both (the eval profile's
+  under the plain names); `emactl consolidate --profile` gives each, bit for bit a
+  single-process EMA's; resumed on 1 rank, every profile goes on bit for bit. A checkpoint
+  with profiles into an EMA without them or with others, and the reverse: BADFILE, nothing
+  loaded.
 - DDP, 2 ranks on one node, replicas of one session (replicas=2): emad holds one shadow for both
   (status: 2 replicas attached, one session, one shadow); eval() shows on both ranks the EMA
   weights, equal bit for bit to a single-process EMA of the same training weights; the training
@@ -49,10 +54,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def reference(sock, batches):
-    """The single-process EMA of the full model: {batch: shadow_state_dict()}."""
+def reference(sock, batches, profiles=None, eval_profile=None):
+    """The single-process EMA of the full model: {batch: shadow_state_dict()};
+    with profiles, {batch: {profile: shadow_state_dict(profile=)}}."""
     full = W.make_full()
-    ema = EMA(full, half_life=W.HALF_LIFE, socket=sock, session="reference")
+    schedule = {"half_life": W.HALF_LIFE} if profiles is None else \
+        {"profiles": profiles, "eval_profile": eval_profile}
+    ema = EMA(full, socket=sock, session="reference", **schedule)
     out = {}
     try:
         for step in range(max(batches)):
@@ -60,7 +68,8 @@ def reference(sock, batches):
             W.full_step(full, step)
             ema.batch_end(batch=step + 1)
             if step + 1 in batches:
-                out[step + 1] = ema.shadow_state_dict()
+                out[step + 1] = ema.shadow_state_dict() if profiles is None else \
+                    {p: ema.shadow_state_dict(profile=p) for p in profiles}
     finally:
         ema.close()
     return out
@@ -115,9 +124,10 @@ class Job:
             test.assertTrue(res.get("ok"), "rank %d: %s" % (r, res.get("trace") or res))
 
 
-def consolidated(manifest):
-    out = manifest + ".full.safetensors"
-    p = subprocess.run([emadtest.EMACTL_BIN, "consolidate", manifest, "--out", out],
+def consolidated(manifest, profile=None):
+    out = manifest + ".%s.safetensors" % (profile or "full")
+    p = subprocess.run([emadtest.EMACTL_BIN, "consolidate", manifest, "--out", out] +
+                       (["--profile", profile] if profile else []),
                        capture_output=True, text=True)
     if p.returncode != 0:
         raise AssertionError("emactl consolidate: %s" % p.stderr)
@@ -172,6 +182,95 @@ class ScaleOut(emadtest.EmadTestCase):
                                             checkpoints={"15": self.ckpt("w4-15")}))
         job.check_ok(self)
         self.assert_equal_bits(consolidated(job.results[0]["manifests"][0]), ref[15], "2 -> 4")
+
+    PROFILES = {"fast": {"half_life": "2ba"}, "p10": {"sigma_rel": 0.10}}
+
+    def test_sharded_ema_with_profiles_checkpoints_every_profile_and_resumes_bit_exact(self):
+        """2 ranks, two profiles, the eval profile the second: the group
+        checkpoint holds both; consolidated per profile (the eval profile by
+        default) they are a single-process EMA's bit for bit; a resume on one
+        rank (2 -> 1) goes on bit for bit as the EMA that never stopped."""
+        prof = {"profiles": self.PROFILES, "eval_profile": "p10"}
+        ref = reference(self.node_a.sock, {4, 7}, **prof)
+        job = Job(self, W.run, 2, self.plan(2, steps=4, checkpoints={"4": self.ckpt("p4")},
+                                            **prof))
+        job.check_ok(self)
+        manifest = job.results[0]["manifests"][0]
+        with open(manifest) as f:
+            m = json.load(f)
+        cfg = m["config"]["emaclient"]
+        self.assertEqual(cfg["eval_profile"], "p10")
+        self.assertEqual([p["name"] for p in cfg["profiles"]], ["fast", "p10"])
+        self.assertEqual(m["config"]["ema"], {"profiles": self.PROFILES, "eval_profile": "p10"})
+        names = {t["name"] for t in m["shards"][0]["tensors"]}
+        self.assertIn("w1", names)
+        self.assertIn(".profile/fast/w1", names)
+        self.assertNotIn(".profile/p10/w1", names)  # the eval profile's are the plain names
+        self.assert_equal_bits(consolidated(manifest), ref[4]["p10"], "default: eval profile")
+        for p in self.PROFILES:
+            self.assert_equal_bits(consolidated(manifest, p), ref[4][p], "profile " + p)
+        self.assertFalse(emadtest.first_difference(ref[4]["fast"], ref[4]["p10"]) is None)
+        out = os.path.join(self.tmp, "fast.py.safetensors")
+        edist.consolidate(manifest, out, profile="fast")
+        self.assert_equal_bits(_safetensors.read(out)[0], ref[4]["fast"], "consolidate()")
+        p = subprocess.run([emadtest.EMACTL_BIN, "consolidate", manifest, "--out", out,
+                            "--profile", "slow"], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 2, p.stderr)
+        self.assertIn('no profile "slow"; its profiles: fast, p10 (the eval profile: p10)',
+                      p.stderr)
+        # 2 -> 1: resume from batch 4, train to 7.
+        job = Job(self, W.run, 1, self.plan(1, start=4, steps=3, resume=self.ckpt("p4"),
+                                            job="mlp1", checkpoints={"7": self.ckpt("p7")},
+                                            **prof))
+        job.check_ok(self)
+        self.assertEqual(job.results[0]["resumed_at"], 4)
+        manifest = job.results[0]["manifests"][0]
+        for p in self.PROFILES:
+            self.assert_equal_bits(consolidated(manifest, p), ref[7][p], "resumed, " + p)
+        self.check_profile_mismatches_load_nothing(self.ckpt("p4"))
+
+    def check_profile_mismatches_load_nothing(self, ckpt):
+        """A checkpoint with profiles into an EMA without, or with other
+        profiles, and one without into an EMA with: BADFILE, nothing loaded."""
+        local, spec = W.local_model(W.make_full(), 0, 2)
+        plain = self.ckpt("plain")
+        one = EMA(W.make_full(), half_life=W.HALF_LIFE, socket=self.node_a.sock, session="one")
+        try:
+            one.batch_end(batch=1)
+            one.group_checkpoint(plain, job="one")
+        finally:
+            one.close()
+        cases = [
+            (dict(half_life=W.HALF_LIFE), ckpt,
+             "the checkpoint is of an EMA with profiles (fast, p10), this EMA has none"),
+            (dict(profiles={"fast": {"half_life": "2ba"}, "p20": {"sigma_rel": 0.2}}), ckpt,
+             "the checkpoint's profiles (fast, p10, settings"),
+            (dict(profiles=self.PROFILES), ckpt,  # the eval profile: "fast" (the first)
+             "the checkpoint's profiles (fast, p10, settings"),
+            (dict(profiles=self.PROFILES, eval_profile="p10"), plain,
+             "this EMA has profiles (fast, p10), the checkpoint none"),
+        ]
+        for i, (schedule, path, msg) in enumerate(cases):
+            with self.subTest(case=i):
+                m = local if path == ckpt else W.make_full()
+                ema = EMA(m, socket=self.node_a.sock, session="mismatch%d" % i,
+                          shard=spec if path == ckpt else None, **schedule)
+                try:
+                    ema.batch_end(batch=1)
+                    before = {p: ema.shadow_state_dict(profile=p) for p in ema.profiles}
+                    st = ema.state()
+                    with self.assertRaises(Error) as cm:
+                        ema.load_group_checkpoint(path)
+                    self.assertEqual(cm.exception.code, "BADFILE")
+                    self.assertIn(msg, str(cm.exception))
+                    self.assertIn("nothing was loaded", str(cm.exception))
+                    for p in ema.profiles:
+                        self.assert_equal_bits(ema.shadow_state_dict(profile=p), before[p], p)
+                    after = ema.state()
+                    self.assertEqual((after["updates"], after["last_time"]),
+                                     (st["updates"], st["last_time"]))
+                finally:
+                    ema.close()
 
     def test_rank_killed_during_checkpoint_leaves_no_manifest_and_resume_completes(self):
         ref = reference(self.node_a.sock, {8})

@@ -415,6 +415,8 @@ _PROTOTYPES = {
         c_int, [c_char_p, POINTER(EmacCkptGroup), c_char_p, POINTER(EmacCkptShard), c_size_t,
                 err_p]),
     "emac_checkpoint_consolidate": (c_int, [c_char_p, c_char_p, c_char_p, err_p]),
+    "emac_checkpoint_consolidate_profile": (
+        c_int, [c_char_p, c_char_p, c_char_p, c_char_p, err_p]),
     "emac_checkpoint_open": (c_int, [c_char_p, POINTER(c_void_p), err_p]),
     "emac_checkpoint_group": (POINTER(EmacCkptGroup), [c_void_p]),
     "emac_checkpoint_read": (

@@ -8,7 +8,8 @@ emaclient.torch.EMA calls for it:
                    explicitly (EMA(model, shard={name: (global_shape,
                    offsets)})) or read from DTensor parameters (shard="auto").
   group checkpoint every rank writes its slices of the EMA (one file per
-                   distinct shard), a barrier, then rank 0 writes the manifest
+                   distinct shard; every profile's of an EMA with profiles=),
+                   a barrier, then rank 0 writes the manifest
                    last: docs/scaleout.md "Group checkpoints" is the format,
                    client/emacheckpoint.h the C functions that write and read
                    it.
@@ -38,6 +39,11 @@ __all__ = ["MANIFEST", "Checkpoint", "consolidate", "unwrap", "dtensor_shards"]
 #: the manifest's name in a group checkpoint's directory
 MANIFEST = "emad-checkpoint.json"
 _FORMAT = 1  # of the "emaclient" entry of the manifest's config
+#: an EMA with profiles: the tensors of profile P (but the eval profile's, which
+#: have the plain names) are named PROFILE_PREFIX + P + "/" + the state_dict name
+#: (docs/scaleout.md "Profiles in a group checkpoint"; no state_dict name starts
+#: with ".")
+PROFILE_PREFIX = ".profile/"
 
 # The protocol's dtype names are safetensors' in lower case (docs/protocol.md "register").
 _WIRE_OF_ST = {st: st.lower() for st in _safetensors._NAMES.values()}
@@ -216,15 +222,17 @@ def write_manifest(path, job, batch, epoch, world_size, config, shards):
         ctypes.byref(err)), err)
 
 
-def consolidate(manifest, out, dtype=None):
+def consolidate(manifest, out, dtype=None, profile=None):
     """The full tensors of a group checkpoint into one safetensors file
-    (emac_checkpoint_consolidate; `emactl consolidate`). manifest: its path or
-    the checkpoint's directory; dtype None (bytes copied), "f32", "bf16" or
-    "f16"."""
+    (emac_checkpoint_consolidate_profile; `emactl consolidate`). manifest: its
+    path or the checkpoint's directory; dtype None (bytes copied), "f32",
+    "bf16" or "f16"; profile: of a checkpoint of an EMA with profiles, the
+    profile whose tensors to write, under the plain names (None: the eval
+    profile; one it lacks: USAGE, naming those it has)."""
     err = _lib.EmacError()
-    _check(lib.emac_checkpoint_consolidate(os.fsencode(_manifest_path(manifest)),
-                                           os.fsencode(out), _b(dtype, "dtype"),
-                                           ctypes.byref(err)), err)
+    _check(lib.emac_checkpoint_consolidate_profile(
+        os.fsencode(_manifest_path(manifest)), os.fsencode(out), _b(dtype, "dtype"),
+        _b(profile, "profile"), ctypes.byref(err)), err)
 
 
 def _manifest_path(path):
@@ -379,14 +387,25 @@ def _first_line(e):
     return s[0] if s else type(e).__name__
 
 
+def _eval_profile(ema):
+    return ema._eval_profile or ema.profiles[0]
+
+
+def _profile_name(profile, name):
+    return PROFILE_PREFIX + profile + "/" + name
+
+
 def _layout(ema):
-    """[(name, wire dtype of the shadow, global_shape, offsets, shape, shadow)]."""
+    """[(name, wire dtype of the shadow, global_shape, offsets, shape, shadow)]:
+    the eval profile's under the plain names, then each other profile's."""
     from .torch import DTYPES
     out = []
-    for e, sh in zip(ema._entries, ema._shadows_of(ema._eval_profile)):
-        g, o = ema._shard[e.name]
-        out.append((e.name, DTYPES[sh.dtype], list(g), list(o), list(e.shape),
-                    sh.reshape(e.shape)))
+    ev = _eval_profile(ema)
+    for p in [ev] + [p for p in ema.profiles if p != ev]:
+        for e, sh in zip(ema._entries, ema._shadows_of(p)):
+            g, o = ema._shard[e.name]
+            out.append((e.name if p == ev else _profile_name(p, e.name), DTYPES[sh.dtype],
+                        list(g), list(o), list(e.shape), sh.reshape(e.shape)))
     return out
 
 
@@ -394,9 +413,6 @@ def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None)
     """Write the EMA's group checkpoint into `directory` (docs/scaleout.md):
     collective, every rank of `group` (default: the whole job) calls it at the
     same batch. Returns the manifest's path once it exists, on every rank."""
-    if ema._profiles is not None:
-        raise Error("USAGE", "group_checkpoint: an EMA with profiles= is not supported yet "
-                    "(docs/scaleout.md \"Python\"); use state_dict() per rank")
     if ema._closed:
         raise Error("USAGE", "group_checkpoint: the EMA is closed")
     comm = getattr(ema, "_group_comm", None)
@@ -458,6 +474,12 @@ def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None)
                                     "updates": st["updates"], "last_time": st["last_time"],
                                     "counts": dict(zip(("samples", "tokens", "seconds"),
                                                        ema._now()[3:]))}}
+            if ema._profiles is not None:
+                # Rank 0's counters: every rank's profiles see the same events.
+                config["emaclient"]["eval_profile"] = _eval_profile(ema)
+                config["emaclient"]["profiles"] = [
+                    {k: p[k] for k in ("name", "started", "updates", "last_batch",
+                                       "last_decay")} for p in st.get("profiles", [])]
             try:
                 write_manifest(manifest, job, batch, epoch, comm.world, config, shards)
             except Error as e:
@@ -481,38 +503,51 @@ def load_group_checkpoint(ema, path, strict=True):
     written with. strict: the checkpoint's tensors must be the EMA's, no more
     and no fewer (BADFILE naming them, nothing loaded); else a warning names
     them, the checkpoint's extra tensors are not read and the EMA of the
-    tensors it lacks restarts from the current weights (as load_state_dict's)."""
+    tensors it lacks restarts from the current weights (as load_state_dict's).
+    An EMA with profiles gets every profile back with its counters; the
+    checkpoint's profiles and their settings must be the EMA's (else
+    BADFILE, nothing loaded)."""
     from .torch import _LOW_PRECISION
     with Checkpoint(path) as ck:
         cfg = ck.config.get("emaclient") or {}
         if cfg.get("format") != _FORMAT:
             raise Error("BADFILE", "%s: not a checkpoint emaclient wrote (config.emaclient."
                         "format %r)" % (ck.path, cfg.get("format")))
-        missing = [e.name for e in ema._entries if e.name not in ck.tensors]
-        unexpected = sorted(set(ck.tensors) - {e.name for e in ema._entries})
+        others = _check_profiles(ema, ck, cfg)
+        # Every name the checkpoint should hold: the eval profile's plain, the others'
+        # prefixed (none without profiles).
+        wanted = {e.name: e for e in ema._entries}
+        for p in others or []:
+            wanted.update((_profile_name(p, e.name), e) for e in ema._entries)
+        missing = [n for n in wanted if n not in ck.tensors]
+        unexpected = sorted(set(ck.tensors) - set(wanted))
         if (missing or unexpected) and strict:
             raise Error("BADFILE", "%s: %s (strict=False loads the others)" % (ck.path, "; ".join(
                 x for x in ("the checkpoint lacks %s" % ", ".join(missing) if missing else "",
                             "the model has no %s" % ", ".join(unexpected) if unexpected else "")
                 if x)))
+        for n, e in wanted.items():
+            g = tuple(ema._shard[e.name][0])
+            if n in ck.tensors and ck.tensors[n][1] != g:
+                raise Error("BADFILE", "%s: tensor %r has global shape %s there, %s in this "
+                            "model" % (ck.path, n, list(ck.tensors[n][1]), list(g)))
         params, buffers, shadow = {}, {}, {}
         for e in ema._entries:
             if e.name not in ck.tensors:
                 continue
-            g, o = ema._shard[e.name]
-            if ck.tensors[e.name][1] != tuple(g):
-                raise Error("BADFILE", "%s: tensor %r has global shape %s there, %s in this "
-                            "model" % (ck.path, e.name, list(ck.tensors[e.name][1]), list(g)))
-            t = ck.read(e.name, o, e.shape, dtype=e.shadow.dtype)
-            if e.dtype in _LOW_PRECISION:
-                shadow[e.name] = t
-                t = t.to(e.dtype)
-            (params if e.param is not None else buffers)[e.name] = t
+            t = ck.read(e.name, ema._shard[e.name][1], e.shape, dtype=e.shadow.dtype)
+            shadow[e.name] = t
+            (params if e.param is not None else buffers)[e.name] = \
+                t.to(e.dtype) if e.dtype in _LOW_PRECISION else t
         meta = {"format": 1, "session": ema.session_name,
                 "config": (ck.config.get("ema") or {}), "started": bool(cfg.get("started")),
                 "updates": cfg.get("updates"), "last_time": cfg.get("last_time"),
-                "counts": cfg.get("counts") or {}, "shadow": shadow, "excluded": [],
-                "state_file": None}
+                "counts": cfg.get("counts") or {},
+                "shadow": {n: t for n, t in shadow.items()
+                           if wanted[n].dtype in _LOW_PRECISION},
+                "excluded": [], "state_file": None}
+        if others is not None:
+            meta["profiles"] = _profiles_meta(ema, ck, cfg, shadow, others)
         # The flat layout, not Composer's {named_parameters_dict, ...}: there a parameter
         # absent is one Composer left out of the EMA (frozen), and would stay out of it. Here
         # it is missing: load_state_dict warns, naming it, and its EMA restarts from the
@@ -525,3 +560,53 @@ def load_group_checkpoint(ema, path, strict=True):
                  "emad": meta, "ema_model": flat}
         ema.load_state_dict(state, strict=False)
         return ck.batch
+
+
+def _check_profiles(ema, ck, cfg):
+    """The names of the checkpoint's profiles other than the eval one (None
+    without profiles), once they are the EMA's with the same settings: else
+    BADFILE, before anything is loaded."""
+    saved = cfg.get("profiles")
+    if saved is None and ema._profiles is None:
+        return None
+    if saved is None or ema._profiles is None:
+        raise Error("BADFILE", "%s: %s; nothing was loaded" % (ck.path, (
+            "the checkpoint is of an EMA with profiles (%s), this EMA has none" % ", ".join(
+                str(p.get("name")) for p in saved if isinstance(p, dict))
+            if saved is not None else
+            "this EMA has profiles (%s), the checkpoint none" % ", ".join(ema.profiles))))
+    names = [p.get("name") for p in saved if isinstance(p, dict)] \
+        if isinstance(saved, list) else []
+    if names != ema.profiles or ck.config.get("ema") != ema._config_reported(ema.state()):
+        raise Error("BADFILE", "%s: the checkpoint's profiles (%s, settings %s) are not this "
+                    "EMA's (%s, settings %s); nothing was loaded" % (
+                        ck.path, ", ".join(str(n) for n in names),
+                        json.dumps(ck.config.get("ema")), ", ".join(ema.profiles),
+                        json.dumps(ema._config_reported(ema.state()))))
+    ev = cfg.get("eval_profile")
+    if ev != _eval_profile(ema):
+        raise Error("BADFILE", "%s: config.emaclient.eval_profile %r is not this EMA's eval "
+                    "profile %r; nothing was loaded" % (ck.path, ev, _eval_profile(ema)))
+    return [n for n in names if n != ev]
+
+
+def _profiles_meta(ema, ck, cfg, eval_shadow, others):
+    """state_dict()'s meta["profiles"] from the checkpoint: each profile's
+    slices of this rank (the eval profile's already read: eval_shadow) and its
+    counters. A tensor the checkpoint lacks (strict=False) restarts from the
+    current weights in that profile."""
+    out = {}
+    for p in cfg["profiles"]:
+        name = p["name"]
+        sh = {}
+        for e in ema._entries:
+            n = e.name if name not in others else _profile_name(name, e.name)
+            if n not in ck.tensors:
+                sh[e.name] = e.get().detach().to("cpu")
+            elif name not in others:
+                sh[e.name] = eval_shadow[e.name]
+            else:
+                sh[e.name] = ck.read(n, ema._shard[e.name][1], e.shape, dtype=e.shadow.dtype)
+        out[name] = {"shadow": sh, "started": p.get("started"), "updates": p.get("updates"),
+                     "last_batch": p.get("last_batch"), "last_decay": p.get("last_decay")}
+    return out
