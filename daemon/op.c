@@ -385,9 +385,8 @@ static void commit(struct op *op)
         (e->action == EMA_ACTION_UPDATE || e->action == EMA_ACTION_START_UPDATE ||
          e->action == EMA_ACTION_START))
         e->diverged = replica_mark_leader(s, e->clock.batch);
-    if (s->group_replicas > 1 && e->has_clock &&
-        (e->ev == EMA_EVENT_BATCH_END || e->ev == EMA_EVENT_EPOCH_END))
-        replica_note_end(s, &e->clock);
+    if (s->group_replicas > 1 && e->has_clock)
+        replica_note_end(s, e->ev, &e->clock);
     if (s->nprof > 0 && (e->ev == EMA_EVENT_BATCH_END || e->ev == EMA_EVENT_EPOCH_END))
         profile_commit(s->prof, s->nprof, &e->plan, e->has_clock ? &e->clock : NULL, &s->st);
     else
@@ -518,10 +517,9 @@ static void run_event(struct op *op)
     }
     if (e->has_clock && replica_is_replay(s, e->ev, &e->clock)) {
         log_info(reg_log(s->reg), "session %s: %s at batch %" PRIu64 " epoch %" PRIu64 " from "
-                 "the leader (pid %ld) is not after the last one (batch %" PRIu64 " epoch %"
-                 PRIu64 "): sent again, not applied twice", s->name, ema_event_name(e->ev),
-                 e->clock.batch, e->clock.epoch, (long)s->owner_pid, s->last_end_batch,
-                 s->last_end_epoch);
+                 "the new leader (pid %ld) is not after the last one applied: sent again, "
+                 "not applied twice", s->name, ema_event_name(e->ev), e->clock.batch,
+                 e->clock.epoch, (long)s->owner_pid);
         e->action = EMA_ACTION_NONE;
         reply_action(op);
         op_finish(op);
@@ -779,9 +777,6 @@ static bool finish_file(struct op *op)
     }
     if (op->kind == OP_LOAD) {
         struct session *s = op->s;
-        /* The trainers go on from the file's time, which may be before the last end the
-         * leaders sent: what they send next is new, no replay (replica_is_replay). */
-        s->has_last_end = false;
         if (f->one_profile) {
             /* One profile's shadow is the file's now; the others may still hold what the
              * interrupted update left. */
@@ -792,6 +787,9 @@ static bool finish_file(struct op *op)
         } else {
             session_apply_saved(s, &f->loaded);
             s->interrupted = false; /* the shadow is the file's now */
+            /* The trainers go on from the file's time, which may be before the last end
+             * applied: what they send next is new, no replay (replica_is_replay). */
+            s->has_end = 0;
         }
         shadow_sync(op->s);
         submit(op, PH_JOURNAL, chunk_journal, 1);

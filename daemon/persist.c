@@ -306,6 +306,7 @@ static void restore_records(struct session *s, const void *data)
     memcpy(&kh, data, sizeof(kh));
     if (memcmp(kh.magic, SHADOW_MAGIC, 8) != 0)
         return;
+    replica_end_times_in(s, &kh); /* a graceful restart keeps them too */
     for (size_t i = 0; i < SEQ_RECORDS; i++) {
         const struct seq_record *rec = &kh.recent[i];
         if (rec->seq != 0 && rec->seq <= s->last_seq && rec->seq % SEQ_RECORDS == i &&
@@ -601,9 +602,7 @@ static int adopt_one(struct registry *r, const char *file, char *err, size_t err
     bool cut = h->seq_begun != h->seq_done;
     s->interrupted = h->interrupted || cut;
     s->last_seq = h->last_seq;
-    s->has_last_end = h->has_last_end != 0;
-    s->last_end_batch = h->last_end_batch;
-    s->last_end_epoch = h->last_end_epoch;
+    replica_end_times_in(s, h);
     adopt_profiles(s);
     /* An event cut short: exact once sent again, if the records tell. The
      * flag stays until then (it clears if this crash alone set it). */

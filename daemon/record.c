@@ -91,9 +91,7 @@ void shadow_sync(struct session *s)
     h->last_duration = s->st.last_time.duration;
     h->interrupted = s->interrupted;
     h->last_seq = s->last_seq;
-    h->has_last_end = s->has_last_end;
-    h->last_end_batch = s->last_end_batch;
-    h->last_end_epoch = s->last_end_epoch;
+    replica_end_times_out(s, h);
     h->redo_pending = s->redo_pending ? 1u | (s->redo_clears ? 2u : 0u) : 0u;
     if (s->nprof > 0) {
         struct shadow_profiles *sp =

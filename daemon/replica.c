@@ -140,6 +140,7 @@ void replica_forget_seqs(struct session *s)
     struct shm_guard g;
 
     s->last_seq = 0;
+    s->end_guard = true;
     shadow_enter(s, &g);
     memset(shadow_hdr(s)->recent, 0, sizeof(shadow_hdr(s)->recent));
     shadow_leave(s, &g);
@@ -236,25 +237,54 @@ bool replica_mark_leader(struct session *s, uint64_t batch)
     return found;
 }
 
-void replica_note_end(struct session *s, const struct ema_clock *clock)
+/* Which of the end times an event is: 0 batch_end, 1 epoch_end, -1 neither. */
+static int end_kind(enum ema_event ev)
 {
-    s->has_last_end = true;
-    s->last_end_batch = clock->batch;
-    s->last_end_epoch = clock->epoch;
+    return ev == EMA_EVENT_BATCH_END ? 0 : ev == EMA_EVENT_EPOCH_END ? 1 : -1;
+}
+
+void replica_note_end(struct session *s, enum ema_event ev, const struct ema_clock *clock)
+{
+    int k = end_kind(ev);
+
+    if (k < 0)
+        return;
+    s->has_end |= 1u << k;
+    s->end_batch[k] = clock->batch;
+    s->end_epoch[k] = clock->epoch;
+    s->end_guard = false;
 }
 
 /*
- * A replica's requests are not numbered (its events change nothing), so the record of request
+ * A replica's requests are not numbered (its events change nothing), so the records of request
  * numbers cannot tell that a batch_end a replica had in flight when emad crashed, sent again
  * once that replica has come to lead, was applied already, from the old leader's segment. Its
- * time can: the replicas report the same batches (docs/scaleout.md "Replicas"), so an end of
- * batch or epoch no later than the last one the leaders sent is that one again.
+ * time can: the replicas report the same batches (docs/scaleout.md "Replicas"), so, from a
+ * change of leader (replica_forget_seqs) until the new leader's first end event applied, an
+ * end of batch (of epoch) no later than the last one applied is that one again. Each kind has
+ * its own time: a trainer may end a batch and an epoch at the same time.
  */
 bool replica_is_replay(const struct session *s, enum ema_event ev, const struct ema_clock *clock)
 {
-    return s->group_replicas > 1 && s->has_last_end &&
-           (ev == EMA_EVENT_BATCH_END || ev == EMA_EVENT_EPOCH_END) &&
-           clock->batch <= s->last_end_batch && clock->epoch <= s->last_end_epoch;
+    int k = end_kind(ev);
+
+    return k >= 0 && s->end_guard && s->group_replicas > 1 && (s->has_end & (1u << k)) &&
+           clock->batch <= s->end_batch[k] && clock->epoch <= s->end_epoch[k];
+}
+
+void replica_end_times_out(const struct session *s, struct shadow_header *h)
+{
+    h->has_end = s->has_end;
+    memcpy(h->end_batch, s->end_batch, sizeof(h->end_batch));
+    memcpy(h->end_epoch, s->end_epoch, sizeof(h->end_epoch));
+}
+
+/* From a header emad wrote, or one its trainer could (no ACLs): values are only compared. */
+void replica_end_times_in(struct session *s, const struct shadow_header *h)
+{
+    s->has_end = h->has_end & 3u;
+    memcpy(s->end_batch, h->end_batch, sizeof(s->end_batch));
+    memcpy(s->end_epoch, h->end_epoch, sizeof(s->end_epoch));
 }
 
 bool replica_mark(struct session *s, struct replica *rep, uint64_t batch)

@@ -381,6 +381,10 @@ static void resume(struct registry *r, struct peer *c, uint32_t msgid, struct se
     if (old->has_group && old->group_replicas > 1 && fresh->has_group &&
         fresh->group_rank != old->group_rank)
         replica_forget_seqs(old);
+    /* Whichever rank resumes, what it sends first may be what it had sent as a replica,
+     * unnumbered (a stop may have made it the leader before emad went down). */
+    if (old->group_replicas > 1)
+        old->end_guard = true;
     /* The job's ranks may be placed anew (a restarted job): the group sent is the one now. */
     if (fresh->has_group) {
         old->has_group = true;

@@ -93,12 +93,13 @@ struct shadow_header {
     uint64_t redo_nchunks;  /* records that follow the shadow */
     uint64_t pending_batch; /* its time: a replay must carry the same */
     uint64_t pending_epoch;
-    /* A session of replicas: the time of the leader's last batch_end or epoch_end (zero in a
-     * header an older emad wrote: then nothing is taken for a replay, as before). */
-    uint32_t has_last_end;
+    /* A session of replicas: the time of the leaders' last batch_end ([0]) and epoch_end ([1])
+     * applied, bit k of has_end set when [k] is (zero in a header an older emad wrote: then
+     * nothing is taken for a replay, as before). */
+    uint32_t has_end;
     uint32_t pad_end;
-    uint64_t last_end_batch;
-    uint64_t last_end_epoch;
+    uint64_t end_batch[2];
+    uint64_t end_epoch[2];
 };
 
 /*

@@ -120,9 +120,10 @@ struct session {
                                   set: all of them clear it */
     uint64_t last_seq;         /* the highest request seq applied (0: none); the outcomes
                                   of the last ones are in the shadow header (recent) */
-    bool has_last_end;         /* replicas: the leader's last batch_end/epoch_end time, */
-    uint64_t last_end_batch;   /* ... which a replica that comes to lead may send again */
-    uint64_t last_end_epoch;   /* (replica_is_replay); in the shadow header too */
+    uint32_t has_end;          /* replicas: the time of the leaders' last batch_end ([0]) and */
+    uint64_t end_batch[2];     /* epoch_end ([1]) applied, bit k set when [k] is; in the */
+    uint64_t end_epoch[2];     /* shadow header too. A replica that comes to lead may send */
+    bool end_guard;            /* them again: until its first end event applied (replica.c) */
     uint64_t redo_off;         /* the redo records, in the shadow object */
     uint64_t redo_bytes;       /* the object's bytes past shadow_bytes */
     bool redo_pending;         /* an event cut short by a crash awaits its replay: */
@@ -380,8 +381,10 @@ void replica_forget_seqs(struct session *s);
  * own (exchanged in). Either compares with the other side at the same batch; true when they
  * differ (counted, logged, kept in s->divergence). */
 bool replica_mark_leader(struct session *s, uint64_t batch);
-void replica_note_end(struct session *s, const struct ema_clock *clock);
+void replica_note_end(struct session *s, enum ema_event ev, const struct ema_clock *clock);
 bool replica_is_replay(const struct session *s, enum ema_event ev, const struct ema_clock *clock);
+void replica_end_times_out(const struct session *s, struct shadow_header *h);
+void replica_end_times_in(struct session *s, const struct shadow_header *h);
 bool replica_mark(struct session *s, struct replica *rep, uint64_t batch);
 /* Live replicas, the leader included (0 without replicas). */
 unsigned replica_count(const struct session *s);

@@ -390,11 +390,11 @@ static void test_bad_shard_fields_refused(void **state)
 /* ---- replicas (docs/scaleout.md "Replicas") ---- */
 
 /* One f32 tensor of 1000 elements, ranks of a job of world 2 holding the same weights. */
-static emac_session *register_replica(emac_client *c, size_t slot, const char *name,
-                                      uint64_t rank, uint64_t replicas)
+static emac_session *register_replica_cfg(emac_client *c, size_t slot, const char *name,
+                                          uint64_t rank, uint64_t replicas,
+                                          const struct emac_config *cfg)
 {
     struct emac_tensor_spec spec = {"w", "f32", 1000, NULL, 0};
-    struct emac_config cfg = {.half_life = "2ba"};
     struct emac_group g = {name, rank, 2, replicas}; /* the job is named as the session */
     struct emac_error err;
     emac_session *s = NULL;
@@ -402,10 +402,18 @@ static emac_session *register_replica(emac_client *c, size_t slot, const char *n
     if (made[slot] == NULL)
         assert_int_equal(emac_segment_create(&spec, 1, &made[slot], &err), 0);
     assert_int_equal(emac_segment_set_group(made[slot], &g, &err), 0);
-    if (emac_register(c, name, made[slot], &cfg, false, &s, &err) < 0)
+    if (emac_register(c, name, made[slot], cfg, false, &s, &err) < 0)
         fail_msg("register %s rank %llu: %s: %s", name, (unsigned long long)rank, err.code,
                  err.message);
     return s;
+}
+
+static emac_session *register_replica(emac_client *c, size_t slot, const char *name,
+                                      uint64_t rank, uint64_t replicas)
+{
+    const struct emac_config cfg = {.half_life = "2ba"};
+
+    return register_replica_cfg(c, slot, name, rank, replicas, &cfg);
 }
 
 static void set_params(size_t slot, uint64_t batch, float shift)
@@ -734,7 +742,7 @@ struct ddp_trio {
     emac_session *s[3];
 };
 
-static void trio_open(struct ddp_trio *t, struct daemon *d)
+static void trio_open_cfg(struct ddp_trio *t, struct daemon *d, const struct emac_config *cfg)
 {
     static const char *const who[] = {"rank0", "rank1", "solo"};
 
@@ -742,9 +750,29 @@ static void trio_open(struct ddp_trio *t, struct daemon *d)
     daemon_start_env(d, NULL, NULL);
     for (size_t k = 0; k < 3; k++)
         t->c[k] = client_connect(d, who[k]);
-    t->s[0] = register_replica(t->c[0], 0, "ddp", 0, 2);
-    t->s[1] = register_replica(t->c[1], 1, "ddp", 1, 2);
-    t->s[2] = register_replica(t->c[2], 2, "solo", 0, 1);
+    t->s[0] = register_replica_cfg(t->c[0], 0, "ddp", 0, 2, cfg);
+    t->s[1] = register_replica_cfg(t->c[1], 1, "ddp", 1, 2, cfg);
+    t->s[2] = register_replica_cfg(t->c[2], 2, "solo", 0, 1, cfg);
+}
+
+static void trio_open(struct ddp_trio *t, struct daemon *d)
+{
+    const struct emac_config cfg = {.half_life = "2ba"};
+
+    trio_open_cfg(t, d, &cfg);
+}
+
+/* emad gone and back with its sessions: SIGKILLed, or stopped with SIGTERM (which saves them
+ * to state files). */
+static void trio_restart(struct daemon *d, bool graceful)
+{
+    if (graceful) {
+        assert_int_equal(kill(d->pid, SIGTERM), 0);
+        assert_int_equal(wait_exit(d->pid), 0);
+    } else {
+        daemon_kill(d);
+    }
+    daemon_start_env(d, NULL, NULL);
 }
 
 /* Both replicas' shadow, bit for bit the solo session's. */
@@ -851,16 +879,15 @@ static void test_new_leader_is_not_answered_from_the_old_leaders_records(void **
 }
 
 /*
- * A replica's requests are not numbered: a batch_end it had in flight when emad crashed, sent
- * again after the restart once it has come to lead, would be applied a second time. Its time
- * tells it was applied (from the old leader's segment, before the crash): it changes nothing,
- * and the next batch updates as ever, the shadow bit for bit a single rank's.
+ * A replica's requests are not numbered: a batch_end it had in flight when emad crashed (or
+ * stopped), sent again after the restart once it has come to lead, would be applied a second
+ * time. Its time tells it was applied (from the old leader's segment, before the crash): it
+ * changes nothing, and the next batch updates as ever, the shadow bit for bit a single rank's.
  */
-static void test_new_leader_does_not_apply_a_batch_again(void **state)
+static void new_leader_resends_a_batch(bool graceful)
 {
     struct daemon d;
     struct ddp_trio t;
-    (void)state;
 
     trio_open(&t, &d);
     for (uint64_t b = 1; b <= 4; b++) {
@@ -878,12 +905,77 @@ static void test_new_leader_does_not_apply_a_batch_again(void **state)
             assert_int_equal(event_at(t.s[1], "batch_end", b).action, EMAC_ACTION_NONE);
         }
         event_at(t.s[2], "batch_end", b);
-        if (b == 3) {
-            daemon_kill(&d);
-            daemon_start_env(&d, NULL, NULL);
-        }
+        if (b == 3)
+            trio_restart(&d, graceful);
     }
     assert_int_equal(emac_reconnects(t.c[1]), 1);
+    trio_expect_solo(&t);
+    trio_close(&t, &d);
+}
+
+static void test_new_leader_does_not_apply_a_batch_again(void **state)
+{
+    (void)state;
+    new_leader_resends_a_batch(false);
+}
+
+static void test_new_leader_after_a_stop_does_not_apply_a_batch_again(void **state)
+{
+    (void)state;
+    new_leader_resends_a_batch(true);
+}
+
+static struct emac_result event_ep(emac_session *s, const char *event, uint64_t batch,
+                                   uint64_t epoch)
+{
+    struct emac_error err;
+    struct emac_result r;
+    struct emac_time t = {batch, epoch, false, 0};
+
+    if (emac_event(s, event, &t, &r, &err) < 0)
+        fail_msg("%s at batch %llu epoch %llu: %s: %s", event, (unsigned long long)batch,
+                 (unsigned long long)epoch, err.code, err.message);
+    return r;
+}
+
+/*
+ * An EMA updated at each epoch_end, from a trainer that ends an epoch at the clock of its last
+ * batch_end (as toy_trainer does): every epoch updates, and after a crash the new leader's
+ * epoch_end sent again is known by the epochs' own time, not the batches'.
+ */
+static void test_epoch_updates_of_replicas_at_their_batch_clock(void **state)
+{
+    const struct emac_config cfg = {.half_life = "2ep"};
+    struct daemon d;
+    struct ddp_trio t;
+    uint64_t epoch = 0;
+    (void)state;
+
+    trio_open_cfg(&t, &d, &cfg);
+    for (uint64_t b = 1; b <= 6; b++) {
+        bool ends = b % 2 == 0;
+        emac_session *lead = b <= 4 ? t.s[0] : t.s[1], *other = b <= 4 ? t.s[1] : t.s[0];
+        for (size_t k = 0; k < 3; k++)
+            set_params(k, b, 0);
+        epoch += ends;
+        if (b == 5) {
+            /* Rank 1 calls first after the restart and sends the last epoch_end again. */
+            struct emac_result again = event_ep(t.s[1], "epoch_end", 4, 2);
+            assert_int_equal(again.action, EMAC_ACTION_NONE);
+            assert_int_equal(again.updates, 2);
+        }
+        event_ep(lead, "batch_end", b, epoch);
+        event_ep(other, "batch_end", b, epoch);
+        event_ep(t.s[2], "batch_end", b, epoch);
+        if (ends) {
+            struct emac_result r = event_ep(lead, "epoch_end", b, epoch);
+            assert_int_equal(r.updates, epoch);
+            assert_int_equal(event_ep(other, "epoch_end", b, epoch).action, EMAC_ACTION_NONE);
+            assert_int_equal(event_ep(t.s[2], "epoch_end", b, epoch).updates, epoch);
+        }
+        if (b == 4)
+            trio_restart(&d, false);
+    }
     trio_expect_solo(&t);
     trio_close(&t, &d);
 }
@@ -903,6 +995,9 @@ int main(void)
         cmocka_unit_test_teardown(test_new_leader_is_not_answered_from_the_old_leaders_records,
                                   teardown),
         cmocka_unit_test_teardown(test_new_leader_does_not_apply_a_batch_again, teardown),
+        cmocka_unit_test_teardown(test_new_leader_after_a_stop_does_not_apply_a_batch_again,
+                                  teardown),
+        cmocka_unit_test_teardown(test_epoch_updates_of_replicas_at_their_batch_clock, teardown),
     };
     signal(SIGPIPE, SIG_IGN);
     return cmocka_run_group_tests_name("shard", tests, NULL, NULL);
