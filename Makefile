@@ -55,6 +55,7 @@ CLIENT_SRC := client/conn.c client/reconnect.c client/segment.c client/session.c
               client/shards.c client/shards_write.c client/shards_open.c client/shards_read.c \
               client/status.c client/snapshot.c client/export.c
 CLIENT_SRC += client/shards_prof.c
+CLIENT_SRC += client/shards_shape.c
 EMACTL_SRC := client/emactl.c client/emactl_session.c client/emactl_gc.c client/emactl_out.c \
               client/emactl_top.c client/json.c client/emactl_ckpt.c \
               client/emactl_snap.c client/emactl_posthoc.c client/emactl_job.c

@@ -8,6 +8,7 @@
  *   shards_open.c   a manifest parsed strictly, every shard file checked against it
  *   shards_read.c   blocks of a tensor read, whole tensors consolidated, through fixed buffers
  *   shards_prof.c   the profiles of an EMA with several: which tensors are one profile's
+ *   shards_shape.c  the real shapes of flattened tensors (FSDP1 flat parameters)
  */
 #ifndef EMAD_SHARDS_INT_H
 #define EMAD_SHARDS_INT_H
@@ -114,5 +115,11 @@ int shards_profile_pick(const struct emac_checkpoint *ck, const char *profile,
 /* The state_dict name of checkpoint tensor `tensor` if it is the picked profile's (a pointer
  * into tensor), else NULL. */
 const char *shards_pick_name(const struct shards_pick *pick, const char *tensor);
+
+/* The shape consolidate writes tensor t (named name in the output) with (shards_shape.c): the
+ * one config.emaclient.shapes gives it (a flattened parameter's real shape), else its global
+ * shape. BADFILE where that entry is malformed or its elements are not the tensor's. */
+int shards_shape_pick(const struct emac_checkpoint *ck, const char *name, const struct tensor *t,
+                      unsigned *ndim, uint64_t *shape, struct emac_error *err);
 
 #endif

@@ -383,10 +383,14 @@ int shards_consolidate(const char *manifest_path, const char *out_path, const ch
         if (name == NULL)
             continue; /* another profile's */
         picked[n] = t;
-        table[n] = (struct st_tensor){.name = name, .rank = t->ndim, .dtype = t->dt};
+        table[n] = (struct st_tensor){.name = name, .dtype = t->dt};
         if (odt != DTYPE_COUNT && dtype_is_float(t->dt))
             table[n].dtype = odt;
-        memcpy(table[n++].shape, t->gshape, sizeof(t->gshape));
+        /* Read as its global shape (1-D for a flattened parameter), written with its own. */
+        rc = shards_shape_pick(ck, name, t, &table[n].rank, table[n].shape, err);
+        if (rc < 0)
+            goto out;
+        n++;
     }
     if (n == 0 && pick.profiles) {
         rc = client_set_err(err, -EINVAL, EMAC_E_BADFILE, "consolidate: %s holds no tensor of profile \"%s\"", ck->path,

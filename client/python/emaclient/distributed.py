@@ -6,7 +6,8 @@ emaclient.torch.EMA calls for it:
   shard metadata   where each local tensor sits in the full one (global shape
                    and offsets, PyTorch distributed checkpoint's chunk): given
                    explicitly (EMA(model, shard={name: (global_shape,
-                   offsets)})) or read from DTensor parameters (shard="auto").
+                   offsets)})) or read from DTensor parameters or FSDP1 flat
+                   parameters (shard="auto").
   group checkpoint every rank writes its slices of the EMA (one file per
                    distinct shard; every profile's of an EMA with profiles=),
                    a barrier, then rank 0 writes the manifest
@@ -23,6 +24,7 @@ a gloo process group of their own (so that the timeout is this module's and the
 exchange works whatever the training backend).
 """
 
+import collections
 import ctypes
 import datetime
 import json
@@ -34,7 +36,7 @@ import torch
 from . import Error, _b, _check, _lib, _safetensors
 from ._lib import lib
 
-__all__ = ["MANIFEST", "Checkpoint", "consolidate", "unwrap", "dtensor_shards"]
+__all__ = ["MANIFEST", "Checkpoint", "consolidate", "unwrap", "dtensor_shards", "flat_pieces"]
 
 #: the manifest's name in a group checkpoint's directory
 MANIFEST = "emad-checkpoint.json"
@@ -103,12 +105,95 @@ def dtensor_shards(model):
     return out
 
 
+# ---- FSDP1 flat parameters ----
+
+#: the module names FSDP1 puts between a model's modules; FSDP's own state_dict
+#: names leave them out, and so do the EMA's
+_WRAPPERS = ("_fsdp_wrapped_module.", "_fpw_module.", "_checkpoint_wrapped_module.")
+
+
+#: One original parameter's piece of this rank's shard of an FSDP1 flat
+#: parameter: elements [start, start + n) of the flat parameter's data are
+#: elements [offset, offset + n) of the parameter (shape `shape`, numel
+#: elements) flattened. local: the shard's numel (padding included).
+FlatPiece = collections.namedtuple("FlatPiece", "name start n numel offset shape local")
+
+
+def clean_name(name):
+    """name without FSDP1's wrapper modules: the model's state_dict name."""
+    for w in _WRAPPERS:
+        name = name.replace(w, "")
+    return name
+
+
+def is_flat_param(t):
+    """An FSDP1 FlatParameter (use_orig_params=False), known by its metadata:
+    torch.distributed.fsdp may not even import (torch 1.13 under Python 3.11)."""
+    return isinstance(t, torch.nn.Parameter) and hasattr(t, "_numels") and \
+        hasattr(t, "_shapes") and (hasattr(t, "_fqns") or hasattr(t, "_prefixed_param_names"))
+
+
+def flat_pieces(name, t):
+    """[FlatPiece] of flat parameter t, registered under `name`: the pieces of
+    the original parameters its shard holds (padding is none), named with their
+    state_dict names. Read from torch 2.x's metadata (_fqns, _shard_param_infos)
+    or torch 1.13's (_prefixed_param_names, _shard_indices, _shard_param_offsets
+    with inclusive ends); without shard metadata (NO_SHARD) every parameter whole.
+    Shared parameters are not in them: their piece is the first name's."""
+    owner = name.rpartition(".")[0]
+    names = t._fqns if hasattr(t, "_fqns") else t._prefixed_param_names
+    shapes, numels = list(t._shapes), [int(n) for n in t._numels]
+    local = int(t.data.numel())
+    spans = []  # (index of the parameter, start in the shard, n, offset in the parameter)
+    if hasattr(t, "_shard_param_infos"):
+        for i, info in enumerate(t._shard_param_infos):
+            if info.in_shard:
+                spans.append((i, int(info.offset_in_shard), int(info.numel_in_shard),
+                              int(info.intra_param_start_idx)))
+    elif hasattr(t, "_shard_param_offsets"):
+        at, first = 0, int(t._shard_indices[0]) if t._shard_param_offsets else 0
+        for k, (a, b) in enumerate(t._shard_param_offsets):
+            spans.append((first + k, at, int(b) - int(a) + 1, int(a)))
+            at += int(b) - int(a) + 1
+    else:
+        at = 0
+        for i, n in enumerate(numels):
+            spans.append((i, at, n, 0))
+            at += n
+    out = []
+    for i, start, n, off in spans:
+        full = clean_name(owner + "." + names[i] if owner else names[i])
+        shape = tuple(int(d) for d in shapes[i])
+        if not (0 <= i < len(numels)) or n < 0 or off < 0 or off + n > numels[i] or \
+                start < 0 or start + n > local or _numel(shape) != numels[i]:
+            raise ValueError("%s: the FSDP flat parameter's metadata does not fit: %s's piece "
+                             "[%d, %d) of its shard (%d elements) as [%d, %d) of %d elements %s"
+                             % (name, full, start, start + n, local, off, off + n,
+                                numels[i] if 0 <= i < len(numels) else -1, list(shape)))
+        out.append(FlatPiece(full, start, n, numels[i], off, shape, local))
+    return out
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def flat_shards(entries):
+    """{name: (global_shape, offsets)} of the entries that are pieces of FSDP1
+    flat parameters: 1-D slices of the parameter flattened."""
+    return {e.name: ((e.flat.numel,), (e.flat.offset,)) for e in entries
+            if getattr(e, "flat", None) is not None}
+
+
 def resolve_shards(model, entries, shard):
     """{name: (global_shape, offsets)} for every entry: shard's, DTensors' (with
     "auto"), the whole tensor (replicated) for the others. ValueError on a
     slice that names no tensor or does not fit its global shape."""
     if shard is None or shard == "auto":
-        given = dtensor_shards(model) if shard == "auto" else {}
+        given = dict(dtensor_shards(model), **flat_shards(entries)) if shard == "auto" else {}
     elif isinstance(shard, dict):
         given = {}
         for name, spec in shard.items():
@@ -431,8 +516,12 @@ def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None)
                 "checkpoint)" % manifest
     except OSError as e:
         problem = "cannot make %s: %s" % (directory, e)
+    # Pieces of FSDP flat parameters are 1-D slices of the parameters flattened: the
+    # manifest records their shapes, which consolidate gives them back (from every
+    # rank: rank 0 may hold no piece of some parameter).
+    shapes = {e.name: list(e.flat.shape) for e in ema._entries if e.flat is not None}
     mine = {"rank": comm.rank, "batch": batch, "epoch": epoch, "problem": problem,
-            "layout": [s[:5] for s in layout]}
+            "layout": [s[:5] for s in layout], "shapes": shapes}
     infos = comm.gather(mine, "exchanging the shard layouts")
     bad = ["rank %d: %s" % (i["rank"], i["problem"]) for i in infos if i["problem"]]
     if bad:
@@ -474,6 +563,10 @@ def group_checkpoint(ema, directory, job="emaclient", timeout=600.0, group=None)
                                     "updates": st["updates"], "last_time": st["last_time"],
                                     "counts": dict(zip(("samples", "tokens", "seconds"),
                                                        ema._now()[3:]))}}
+            for i in infos:
+                shapes.update(i["shapes"])
+            if shapes:
+                config["emaclient"]["shapes"] = shapes
             if ema._profiles is not None:
                 # Rank 0's counters: every rank's profiles see the same events.
                 config["emaclient"]["eval_profile"] = _eval_profile(ema)

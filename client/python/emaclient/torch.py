@@ -234,9 +234,9 @@ class _Entry:
     """One parameter or buffer: where it lives in the model and the segment."""
 
     __slots__ = ("name", "prefix", "module", "attr", "param", "dtype", "shape", "device", "view",
-                 "shadow", "info", "backend", "dtensor")
+                 "shadow", "info", "backend", "dtensor", "flat")
 
-    def __init__(self, name, prefix, module, attr, tensor, is_param):
+    def __init__(self, name, prefix, module, attr, tensor, is_param, flat=None):
         self.name = name
         self.prefix = prefix
         self.module = module
@@ -249,8 +249,11 @@ class _Entry:
         self.dtensor = _distributed.is_dtensor(tensor)
         if self.dtensor:
             tensor = tensor._local_tensor
+        # A piece of an FSDP1 flat parameter (distributed.FlatPiece): the EMA is of
+        # those elements of its shard, copied as in mirror mode.
+        self.flat = flat
         self.dtype = tensor.dtype
-        self.shape = tuple(tensor.shape)
+        self.shape = tuple(tensor.shape) if flat is None else (flat.n,)
         self.device = tensor.device
         self.view = None
         self.shadow = None
@@ -259,6 +262,9 @@ class _Entry:
 
     def get(self):
         t = self.param if self.param is not None else self.module._buffers[self.attr]
+        if self.flat is not None:
+            # Sliced anew each time: FSDP moves the flat parameter's data between storages.
+            return t.data[self.flat.start:self.flat.start + self.flat.n]
         return t._local_tensor if self.dtensor else t
 
     def target(self):
@@ -266,7 +272,7 @@ class _Entry:
         replaced by one of another shape, dtype or device (the user's new
         tensor: there is nothing of the EMA's to put there)."""
         if self.param is not None:
-            return self.param._local_tensor if self.dtensor else self.param
+            return self.get() if self.dtensor or self.flat is not None else self.param
         t = self.module._buffers.get(self.attr)
         if t is not None and self.dtensor:
             t = t._local_tensor
@@ -477,7 +483,8 @@ class EMA:
 
     shard:   under torch.distributed, where each local tensor sits in the
         full one: {name: (global_shape, offsets)} (PyTorch distributed
-        checkpoint's chunk), "auto" (read from DTensor parameters), or None
+        checkpoint's chunk), "auto" (read from DTensor parameters and FSDP1
+        flat parameters, one entry per original parameter's piece), or None
         (every tensor whole: unsharded, or DDP replicas). A
         DistributedDataParallel model is unwrapped (the names are its
         module's). group_checkpoint() and load_group_checkpoint() write and
@@ -551,16 +558,18 @@ class EMA:
         if self._profiles is not None:
             self._config.update(half_life=None, smoothing=None, ema_start=None,
                                 profiles=self._profiles, eval_profile=eval_profile)
-        self._entries = self._collect(model)
+        self._entries = self._collect(model, flat=shard == "auto")
         if not self._entries:
             raise ValueError("the model has no parameters or buffers")
         # Where each local tensor sits in the full one (docs/scaleout.md "Python").
         self._shard = _distributed.resolve_shards(model, self._entries, shard)
-        on_cpu = all(e.device.type == "cpu" and not e.dtensor for e in self._entries)
+        on_cpu = all(e.device.type == "cpu" and not e.dtensor and e.flat is None
+                     for e in self._entries)
         if mode == "auto":
             mode = "shm" if on_cpu else "mirror"
         elif mode == "shm" and not on_cpu:
-            raise ValueError("mode='shm' needs every tensor on the CPU and no DTensor (found %s);"
+            raise ValueError("mode='shm' needs every tensor on the CPU and no DTensor or FSDP "
+                             "flat parameter (found %s);"
                              " use mode='mirror'" % sorted({str(e.device) for e in self._entries}))
         self.mode = mode
         self._replicas = _replica_count(replicas, job)
@@ -622,12 +631,22 @@ class EMA:
     # ---- setup ----
 
     @staticmethod
-    def _collect(model):
+    def _collect(model, flat=False):
+        """flat (shard="auto"): an FSDP1 flat parameter is one entry per piece of an
+        original parameter in this rank's shard, and every name is then the
+        state_dict name FSDP gives it (its wrapper modules left out)."""
         entries = []
         modules = dict(model.named_modules(remove_duplicate=False))
+        fsdp = flat and any(_distributed.is_flat_param(p) for p in model.parameters())
         for kind, items in (("param", model.named_parameters()), ("buffer", model.named_buffers())):
             for name, t in items:
                 prefix, _, attr = name.rpartition(".")
+                if fsdp and kind == "param" and _distributed.is_flat_param(t):
+                    entries += [_Entry(piece.name, prefix, modules[prefix], attr, t, True, piece)
+                                for piece in _distributed.flat_pieces(name, t)]
+                    continue
+                if fsdp:
+                    name = _distributed.clean_name(name)
                 if t.dtype not in DTYPES:
                     raise TypeError("%s %s: dtype %s is not supported (supported: %s)" % (
                         kind, name, t.dtype, ", ".join(str(d) for d in DTYPES)))
@@ -635,6 +654,12 @@ class EMA:
                     raise TypeError("%s %s: only dense (strided) tensors are supported" %
                                     (kind, name))
                 entries.append(_Entry(name, prefix, modules[prefix], attr, t, kind == "param"))
+        seen = set()
+        for e in entries if fsdp else ():
+            if e.name in seen:
+                raise ValueError("two tensors of the model are named %s once FSDP's wrapper "
+                                 "modules are left out" % e.name)
+            seen.add(e.name)
         return entries
 
     def _pin(self):
@@ -800,6 +825,12 @@ class EMA:
                             "sd = ema.state_dict(), ema.close() (before moving), move the model, "
                             "make a new EMA and ema.load_state_dict(sd)" % (
                                 e.name, t.dtype, t.device, e.dtype, e.device))
+        for e in self._entries:
+            if e.flat is not None and e.param.data.numel() != e.flat.local:
+                raise Error("USAGE", "the FSDP flat parameter holding %s has %d elements now, not "
+                            "its shard's %d: it is unsharded (inside forward or backward, or "
+                            "summon_full_params); use the EMA outside them" % (
+                                e.name, e.param.data.numel(), e.flat.local))
         modules = {}
         for e in self._entries:
             why = e.stale(self.model, modules)
@@ -1431,6 +1462,13 @@ class EMA:
     def _copy_into(self, model, weights):
         model = self.model if model is None else model
         self.wait()
+        if model is self.model and any(e.flat is not None for e in self._entries):
+            # FSDP's flat parameters: their pieces are the entries, not named_parameters()
+            with torch.no_grad():
+                for e in self._entries:
+                    if e.name in weights and e.target() is not None:
+                        e.target().copy_(weights[e.name])
+            return model
         with torch.no_grad():
             for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
                 if name in weights:
