@@ -208,9 +208,10 @@ class _DDPRank:
 
     def ema(self, session=None):
         from emaclient.torch import EMA
-        ema = self.held["ema"] = EMA(self.ddp, half_life=HALF_LIFE,
-                                     socket=self.plan["socket"][self.rank], job="ddp",
-                                     replicas=self.world, session=session)
+        schedule = {"half_life": HALF_LIFE} if not self.plan.get("profiles") else \
+            {"profiles": self.plan["profiles"], "eval_profile": self.plan.get("eval_profile")}
+        ema = self.held["ema"] = EMA(self.ddp, socket=self.plan["socket"][self.rank], job="ddp",
+                                     replicas=self.world, session=session, **schedule)
         with open(os.path.join(self.out, "segment-%d" % self.rank), "w") as f:
             f.write(ema._res.segment.name)
         ema.attach_optimizer(self.opt)
@@ -317,6 +318,8 @@ def _ddp_resume(rank, world, plan, out, result, held):
         inside = state_of(r.model)
     result["ema_digest"] = digest(ema_w)
     result["eval_is_ema"] = digest(inside) == digest(ema_w)
+    result["profile_digests"] = {p: digest(ema.shadow_state_dict(profile=p))
+                                 for p in plan.get("profiles") or ()}
     st = ema.state()
     result["status"] = {k: st[k] for k in ("session", "shadow_shm", "replicas", "started")}
     dist.barrier()  # both have read the status before either closes

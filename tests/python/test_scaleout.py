@@ -339,13 +339,15 @@ class ScaleOut(emadtest.EmadTestCase):
             self.assertIn("rank 0 at batch 5 epoch 0, rank 1 at batch 6 epoch 0", r["odd"][1])
         self.assertEqual(os.listdir(self.ckpt("ddp") + "-odd"), [])
 
-    def reference_ema(self, weights, session):
+    def reference_ema(self, weights, session, profiles=None):
         """A single-process EMA of the DDP model fed `weights`: the digest of
-        its EMA weights, and its shadow's bytes."""
+        its EMA weights, and its shadow's bytes; with profiles, the digest of
+        each profile's shadow {profile: digest} instead of the first."""
         torch.manual_seed(3)  # the ranks' initial model
         model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
                                     torch.nn.Linear(8, 4))
-        ema = EMA(model, half_life=W.HALF_LIFE, socket=self.node_a.sock, session=session)
+        schedule = {"half_life": W.HALF_LIFE} if profiles is None else {"profiles": profiles}
+        ema = EMA(model, socket=self.node_a.sock, session=session, **schedule)
         try:
             for step, w in enumerate(weights):
                 ema.wait()
@@ -353,9 +355,25 @@ class ScaleOut(emadtest.EmadTestCase):
                     for n, t in model.state_dict().items():
                         t.copy_(w[n])
                 ema.batch_end(batch=step + 1)
+            if profiles is not None:
+                return {p: W.digest(ema.shadow_state_dict(profile=p)) for p in profiles}
             return W.digest(ema.ema_state_dict()), ema.state()["shadow_bytes"]
         finally:
             ema.close()
+
+    def test_ddp_replicas_with_profiles_resume_from_a_group_checkpoint(self):
+        """DDP replicas of an EMA with two profiles: the group checkpoint holds
+        both, the leader alone loads them back, and each profile goes on bit
+        for bit as one that never stopped."""
+        job = Job(self, W.run_ddp_resume, 2,
+                  self.plan(2, steps=3, more=2, via="group", profiles=self.PROFILES,
+                            checkpoint=self.ckpt("ddp-prof")))
+        job.check_ok(self)
+        weights = torch.load(os.path.join(job.out, "ddp-weights-0.pt"))
+        want = self.reference_ema(weights, "ddp.ref.prof", profiles=self.PROFILES)
+        for r in job.results:
+            self.assertEqual(r["profile_digests"], want, r)
+            self.assertTrue(r["eval_is_ema"], r)
 
     def test_ddp_replicas_resume_from_a_checkpoint_bit_exact(self):
         """Every replica resumes from the same checkpoint: the leader alone

@@ -1932,6 +1932,11 @@ class EMA:
             if not all(_bits_equal(t, w) for t, w in zip(self._profile_shadows[name], want)):
                 raise ValueError("load_state_dict: profile %r's shadow emad loaded is not the "
                                  "checkpoint's" % name)
+        if meta.get("last_time") is not None:
+            # A profile's load leaves the session's clock as it was: an event at the
+            # checkpoint's time sets it (a batch_start, which updates nothing), so that
+            # status and the replicas waiting for the leader (_await_leader) see it.
+            self._session().event("batch_start", *self._now())
         st = self.state()
         self._started = st["started"]
         self._active = False
