@@ -23,27 +23,7 @@
 #include "half.h"
 #include "kernel.h"
 #include "safetensors.h"
-
-static char tmpdir[] = "/tmp/test_safetensors.XXXXXX";
-
-static int setup(void **state)
-{
-    (void)state;
-    return mkdtemp(tmpdir) == NULL ? -1 : 0;
-}
-
-static int teardown(void **state)
-{
-    char cmd[256];
-    (void)state;
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
-static void path_in(char *out, size_t len, const char *name)
-{
-    snprintf(out, len, "%s/%s", tmpdir, name);
-}
+#include "scratch.h"
 
 /* Entries of tmpdir whose name starts with '.' (temp files left behind). */
 static int hidden_entries(void)
@@ -87,7 +67,7 @@ static void test_a_written_file_reads_back_with_names_shapes_metadata_and_data(v
     struct st_writer wr;
     struct st_file f;
 
-    path_in(path, sizeof(path), "rt.safetensors");
+    path_in(path, sizeof(path), "", "rt.safetensors");
     assert_int_equal(durable_open(&d, AT_FDCWD, path, 0640, err, sizeof(err)), 0);
     assert_int_equal(st_writer_begin(&wr, d.fd, t, 4, meta, 2, err, sizeof(err)), 0);
     /* Any chunking: the f32 tensor in two pieces, the next two in one. */
@@ -322,7 +302,7 @@ static void test_files_too_short_or_with_an_impossible_length_are_refused(void *
     unsigned char buf[16] = {0};
     (void)state;
 
-    path_in(path, sizeof(path), "short.safetensors");
+    path_in(path, sizeof(path), "", "short.safetensors");
     write_file(path, buf, 5);
     assert_int_equal(st_open(&f, path, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "too short"));
@@ -336,14 +316,14 @@ static void test_files_too_short_or_with_an_impossible_length_are_refused(void *
     assert_non_null(strstr(err, "header length 18446744073709551615"));
     assert_int_equal(st_open(&f, tmpdir, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "not a regular file"));
-    path_in(path, sizeof(path), "missing");
+    path_in(path, sizeof(path), "", "missing");
     assert_int_equal(st_open(&f, path, err, sizeof(err)), -ENOENT);
     assert_non_null(strstr(err, "cannot open"));
     /* A valid header whose data the file lacks. */
     const char hdr[] = "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
     unsigned char file[8 + sizeof(hdr)] = {sizeof(hdr) - 1};
     memcpy(file + 8, hdr, sizeof(hdr) - 1);
-    path_in(path, sizeof(path), "nodata.safetensors");
+    path_in(path, sizeof(path), "", "nodata.safetensors");
     write_file(path, file, 8 + sizeof(hdr) - 1);
     assert_int_equal(st_open(&f, path, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "nodata.safetensors: the tensors hold 4 bytes of data, the "
@@ -365,7 +345,7 @@ static void test_a_full_disk_fails_the_write_and_leaves_the_old_file(void **stat
         assert_non_null(strstr(err, "writing the header failed"));
         close(fd);
     }
-    path_in(path, sizeof(path), "keep.safetensors");
+    path_in(path, sizeof(path), "", "keep.safetensors");
     write_file(path, "old", 3);
     assert_int_equal(durable_open(&d, AT_FDCWD, path, 0600, err, sizeof(err)), 0);
     assert_int_equal(hidden_entries(), 1);
@@ -382,7 +362,7 @@ static void test_a_full_disk_fails_the_write_and_leaves_the_old_file(void **stat
     assert_string_equal(back, "old");
     /* A directory that does not exist. */
     /* A target that is no regular file is not replaced (rename would). */
-    path_in(path, sizeof(path), "fifo");
+    path_in(path, sizeof(path), "", "fifo");
     assert_int_equal(mkfifo(path, 0600), 0);
     assert_int_equal(durable_open(&d, AT_FDCWD, path, 0600, err, sizeof(err)), -EEXIST);
     assert_non_null(strstr(err, "not a regular file"));
@@ -390,7 +370,7 @@ static void test_a_full_disk_fails_the_write_and_leaves_the_old_file(void **stat
     struct stat st;
     assert_int_equal(lstat(path, &st), 0);
     assert_true(S_ISFIFO(st.st_mode));
-    path_in(path, sizeof(path), "no/such/dir/x.safetensors");
+    path_in(path, sizeof(path), "", "no/such/dir/x.safetensors");
     assert_int_equal(durable_open(&d, AT_FDCWD, path, 0600, err, sizeof(err)), -ENOENT);
     assert_non_null(strstr(err, "cannot open its directory"));
 }

@@ -21,28 +21,7 @@
 #include "emacheckpoint.h"
 #include "safetensors.h"
 #include "shards.h"
-
-static char tmpdir[] = "/tmp/test_shards_prof.XXXXXX";
-
-static int setup(void **state)
-{
-    (void)state;
-    return mkdtemp(tmpdir) == NULL ? -1 : 0;
-}
-
-static int teardown(void **state)
-{
-    char cmd[256];
-    (void)state;
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
-static const char *path_in(char *out, size_t len, const char *dir, const char *name)
-{
-    snprintf(out, len, "%s/%s%s%s", tmpdir, dir, *dir ? "/" : "", name);
-    return out;
-}
+#include "scratch.h"
 
 #define PROFILES "{\"name\": \"fast\", \"started\": true}, {\"name\": \"p10\"}"
 

@@ -20,28 +20,7 @@
 
 #include "emacheckpoint.h"
 #include "safetensors.h"
-
-static char tmpdir[] = "/tmp/test_shards_shape.XXXXXX";
-
-static int setup(void **state)
-{
-    (void)state;
-    return mkdtemp(tmpdir) == NULL ? -1 : 0;
-}
-
-static int teardown(void **state)
-{
-    char cmd[256];
-    (void)state;
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
-static const char *path_in(char *out, size_t len, const char *dir, const char *name)
-{
-    snprintf(out, len, "%s/%s%s%s", tmpdir, dir, *dir ? "/" : "", name);
-    return out;
-}
+#include "scratch.h"
 
 /* In tmpdir/dir: w = 0..11 flattened, rank 0 holding [0, 7) and rank 1 [7, 12) (as a flat
  * parameter's shards cut a parameter anywhere), and b = 5, 6 whole on rank 0; config given. */

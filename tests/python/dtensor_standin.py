@@ -12,7 +12,6 @@ blocks of ceil(n / world) rows, the last ones shorter or empty). emaclient
 finds both where it finds torch's own: what is tested is everything but
 torch's arithmetic of the offsets.
 """
-import os
 import sys
 import types
 
@@ -104,20 +103,8 @@ def run(rank, world, port, plan, out):
 
 def _body(rank, world, plan, out, result, held):
     install()
-    from emaclient.torch import EMA
-    full = W.make_full()
-    local = sharded_model(full, rank, world)
-    ema = held["ema"] = EMA(local, half_life=W.HALF_LIFE, socket=plan["socket"][rank],
-                            session="dt.rank%d" % rank, shard="auto", job="dt")
-    with open(os.path.join(out, "segment-%d" % rank), "w") as f:
-        f.write(ema._res.segment.name)
-    result["mode"] = ema.mode
-    result["shard"] = {n: [list(g), list(o)] for n, (g, o) in ema._shard.items()}
-    for step in range(plan["steps"]):
-        ema.wait()
-        W.full_step(full, step)
-        copy_blocks(local, full)
-        ema.batch_end(batch=step + 1)
+    ema, local = W.train_auto(rank, plan, out, result, held,
+                              lambda full: sharded_model(full, rank, world), copy_blocks, "dt")
     training = {n: p._local_tensor.clone() for n, p in local.named_parameters()}
     shadow = ema.shadow_state_dict()
     with ema.eval():

@@ -21,7 +21,6 @@ outer unit's module, under a wrapper module's name, which the state_dict
 names leave out): the names stay make_full's.
 """
 import collections
-import os
 
 import torch
 import torch.nn as nn
@@ -134,20 +133,9 @@ def run(rank, world, port, plan, out):
 
 
 def _body(rank, world, plan, out, result, held):
-    from emaclient.torch import EMA
-    full = W.make_full()
-    local = sharded_model(full, rank, world)
-    ema = held["ema"] = EMA(local, half_life=W.HALF_LIFE, socket=plan["socket"][rank],
-                            session="fsdp.rank%d" % rank, shard="auto", job="fsdp")
-    with open(os.path.join(out, "segment-%d" % rank), "w") as f:
-        f.write(ema._res.segment.name)
-    result["mode"] = ema.mode
-    result["shard"] = {n: [list(g), list(o)] for n, (g, o) in ema._shard.items()}
-    for step in range(plan["steps"]):
-        ema.wait()
-        W.full_step(full, step)
-        copy_shards(local, full, rank, world)
-        ema.batch_end(batch=step + 1)
+    ema, local = W.train_auto(rank, plan, out, result, held,
+                              lambda full: sharded_model(full, rank, world),
+                              lambda local, full: copy_shards(local, full, rank, world), "fsdp")
     training = [fp.detach().clone() for fp in flat_params(local)]
     shadow = ema.shadow_state_dict()
     with ema.eval():

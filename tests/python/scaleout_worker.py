@@ -166,6 +166,28 @@ def _sharded(rank, world, plan, out, result, held):
                 ema.group_checkpoint(d, job=plan["job"], timeout=plan.get("timeout", 30)))
 
 
+def train_auto(rank, plan, out, result, held, make_local, copy, job):
+    """A rank of the shard="auto" tests (test_dtensor, test_fsdp): the full
+    model, the rank's local model make_local(full), EMA(local, shard="auto"),
+    plan["steps"] steps of the full model, copy(local, full) after each.
+    Reports the EMA's mode and shard metadata; returns (ema, local)."""
+    from emaclient.torch import EMA
+    full = make_full()
+    local = make_local(full)
+    ema = held["ema"] = EMA(local, half_life=HALF_LIFE, socket=plan["socket"][rank],
+                            session="%s.rank%d" % (job, rank), shard="auto", job=job)
+    with open(os.path.join(out, "segment-%d" % rank), "w") as f:
+        f.write(ema._res.segment.name)
+    result["mode"] = ema.mode
+    result["shard"] = {n: [list(g), list(o)] for n, (g, o) in ema._shard.items()}
+    for step in range(plan["steps"]):
+        ema.wait()
+        full_step(full, step)
+        copy(local, full)
+        ema.batch_end(batch=step + 1)
+    return ema, local
+
+
 def state_of(model):
     """{name: clone} of the model's state_dict."""
     return {n: t.detach().clone() for n, t in model.state_dict().items()}
