@@ -22,6 +22,7 @@
 #include "safetensors.h"
 #include "shards.h"
 #include "scratch.h"
+#include "ckpt_files.h"
 
 #define PROFILES "{\"name\": \"fast\", \"started\": true}, {\"name\": \"p10\"}"
 
@@ -33,16 +34,14 @@ static void write_profiles(const char *dir, const char *config, const char *eval
     const char *other = strcmp(eval, "fast") == 0 ? "p10" : "fast";
     float plain[2][4], pref[2][4], pb = strcmp(eval, "fast") == 0 ? 100 : -100, ob = -pb;
     uint64_t g[2] = {4, 2}, s[2] = {2, 2}, o[2][2] = {{0, 0}, {2, 0}}, none[1] = {0};
-    char wn[64], bn[64], p[512], file[2][32];
+    char wn[64], bn[64], file[2][32];
     struct emac_ckpt_slice sl[2][4];
     struct emac_ckpt_shard sh[2];
     uint32_t ranks[2] = {0, 1};
     struct emac_ckpt_group grp = {"job", 5, 0, 2};
-    struct emac_error err;
 
     snprintf(wn, sizeof(wn), EMAC_CKPT_PROFILE_PREFIX "%s/w", other);
     snprintf(bn, sizeof(bn), EMAC_CKPT_PROFILE_PREFIX "%s/b", other);
-    mkdir(path_in(p, sizeof(p), dir, ""), 0755);
     for (int r = 0; r < 2; r++) {
         for (int i = 0; i < 4; i++) {
             float v = (float)(r * 4 + i + 1);
@@ -56,14 +55,8 @@ static void write_profiles(const char *dir, const char *config, const char *eval
         sl[r][3] = (struct emac_ckpt_slice){bn, "f32", 0, none, none, none, &ob};
         snprintf(file[r], sizeof(file[r]), "rank-%05d.safetensors", r);
         sh[r] = (struct emac_ckpt_shard){file[r], &ranks[r], 1, sl[r], r == 0 ? 4 : 2};
-        assert_int_equal(
-            emac_checkpoint_write_shard(path_in(p, sizeof(p), dir, file[r]), &grp, &sh[r], &err),
-            0);
     }
-    int rc = emac_checkpoint_write_manifest(path_in(p, sizeof(p), dir, EMAC_CKPT_MANIFEST), &grp,
-                                            config, sh, 2, &err);
-    if (rc != 0)
-        fail_msg("%s", err.message);
+    write_ckpt(dir, &grp, config, sh, 2);
 }
 
 /* Consolidate tmpdir/dir's profile into out; 0 or the error. */

@@ -21,6 +21,7 @@
 #include "emacheckpoint.h"
 #include "safetensors.h"
 #include "scratch.h"
+#include "ckpt_files.h"
 
 /* In tmpdir/dir: w = 0..11 flattened, rank 0 holding [0, 7) and rank 1 [7, 12) (as a flat
  * parameter's shards cut a parameter anywhere), and b = 5, 6 whole on rank 0; config given. */
@@ -28,29 +29,21 @@ static void write_flat(const char *dir, const char *config)
 {
     float w[12], b[2] = {5, 6};
     uint64_t g[1] = {12}, o[2][1] = {{0}, {7}}, s[2][1] = {{7}, {5}}, gb[1] = {2}, ob[1] = {0};
-    char p[512], file[2][32];
+    char file[2][32];
     struct emac_ckpt_slice sl[2][2];
     struct emac_ckpt_shard sh[2];
     uint32_t ranks[2] = {0, 1};
     struct emac_ckpt_group grp = {"job", 3, 0, 2};
-    struct emac_error err;
 
     for (int i = 0; i < 12; i++)
         w[i] = (float)i;
-    mkdir(path_in(p, sizeof(p), dir, ""), 0755);
     for (int r = 0; r < 2; r++) {
         sl[r][0] = (struct emac_ckpt_slice){"w", "f32", 1, g, o[r], s[r], w + o[r][0]};
         sl[r][1] = (struct emac_ckpt_slice){"b", "f32", 1, gb, ob, gb, b};
         snprintf(file[r], sizeof(file[r]), "rank-%05d.safetensors", r);
         sh[r] = (struct emac_ckpt_shard){file[r], &ranks[r], 1, sl[r], r == 0 ? 2 : 1};
-        assert_int_equal(
-            emac_checkpoint_write_shard(path_in(p, sizeof(p), dir, file[r]), &grp, &sh[r], &err),
-            0);
     }
-    int rc = emac_checkpoint_write_manifest(path_in(p, sizeof(p), dir, EMAC_CKPT_MANIFEST), &grp,
-                                            config, sh, 2, &err);
-    if (rc != 0)
-        fail_msg("%s", err.message);
+    write_ckpt(dir, &grp, config, sh, 2);
 }
 
 static int consolidate(const char *dir, const char *out, struct emac_error *err)
