@@ -260,9 +260,9 @@ void replica_note_end(struct session *s, enum ema_event ev, const struct ema_clo
  * numbers cannot tell that a batch_end a replica had in flight when emad crashed, sent again
  * once that replica has come to lead, was applied already, from the old leader's segment. Its
  * time can: the replicas report the same batches (docs/scaleout.md "Replicas"), so, from a
- * change of leader (replica_forget_seqs) until the new leader's first end event applied, an
- * end of batch (of epoch) no later than the last one applied is that one again. Each kind has
- * its own time: a trainer may end a batch and an epoch at the same time.
+ * change of leader (replica_forget_seqs) or a resume (session.c) until the new leader's first
+ * end event applied, an end of batch (of epoch) no later than the last one applied is that one
+ * again. Each kind has its own time: a trainer may end a batch and an epoch at the same time.
  */
 bool replica_is_replay(const struct session *s, enum ema_event ev, const struct ema_clock *clock)
 {
