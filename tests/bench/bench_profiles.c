@@ -12,7 +12,9 @@
  * wants <= 1.05 from 16M elements up. With --workers N > 1 the same again with the range split
  * over N threads (created for each timed pass; a few tens of microseconds against milliseconds).
  * Each figure twice: the plain kernels, then the health variants (skip on) on both sides, as
- * emad runs them by default (record field "health").
+ * emad runs them by default (record field "health"). For K > 4 with health, one more record
+ * ("kgroups"): kernel_multi_update_health, which runs such a pass in two groups strip by strip,
+ * against the one pass of the implementation's table called directly, interleaved the same way.
  */
 #include "bench.h"
 #include "kernel.h"
@@ -32,6 +34,7 @@ struct kp_run {
     double sm[KERNEL_MULTI_MAX];
     unsigned k;
     bool multi;        /* one K-profile pass, else K single passes */
+    bool onepass;      /* with multi and health: the table's pass itself, not in groups */
     bool health;       /* the health variants (skip on), as emad runs by default */
     uint64_t from, to; /* the slice this thread updates */
 };
@@ -48,7 +51,19 @@ static void *kp_work(void *arg)
     const void *x = (const char *)r->x + r->from * xs;
     struct kernel_health h[KERNEL_MULTI_MAX];
     memset(h, 0, sizeof(h));
-    if (r->multi && r->health) {
+    if (r->multi && r->health && r->onepass) {
+        float w[KERNEL_MULTI_MAX], *sf[KERNEL_MULTI_MAX];
+        for (unsigned p = 0; p < r->k; p++) {
+            w[p] = kernel_weight_f32(r->sm[p]);
+            sf[p] = sp[p];
+        }
+        if (r->dt == DTYPE_F32)
+            r->mops->update_f32_health(sf, r->k, x, n, w, true, h);
+        else if (r->dt == DTYPE_BF16)
+            r->mops->update_bf16_health(sf, r->k, x, n, w, true, h);
+        else
+            r->mops->update_f16_health(sf, r->k, x, n, w, true, h);
+    } else if (r->multi && r->health) {
         if (kernel_multi_update_health(r->mops, r->dt, sp, r->k, x, n, r->sm, NULL, true, h) < 0)
             die("kernel_multi_update_health failed");
     } else if (r->multi) {
@@ -148,6 +163,56 @@ static void kp_measure(enum dtype dt, const char *dtname, uint64_t n, unsigned k
             r_med, ratio[0], ratio[KP_REPS - 1], g_med, goal[0], goal[KP_REPS - 1]);
 }
 
+/* K > 4 profiles with health, f32/bf16/f16 shadows: the grouped pass against the one pass. */
+static void kp_groups(enum dtype dt, const char *dtname, uint64_t n, unsigned k, void *x,
+                      void *const *s)
+{
+    static const double smoothings[KERNEL_MULTI_MAX] = {0.999, 0.9999, 0.99, 0.5,
+                                                        0.3, 0.9, 0.0,    0.99999};
+    struct kp_run g = {.ops = kernel_ops_best(), .mops = kernel_multi_ops_best(), .dt = dt,
+                       .x = x, .k = k, .health = true};
+    double a[KP_REPS], b[KP_REPS], ratio[KP_REPS];
+    char buf[32];
+
+    for (unsigned p = 0; p < k; p++) {
+        g.s[p] = s[p];
+        g.sm[p] = smoothings[p];
+    }
+    struct kp_run one = g;
+    one.onepass = true;
+    kp_pass(&g, n, 1, true); /* warm-up */
+    kp_pass(&one, n, 1, true);
+    for (int i = 0; i < KP_REPS; i++) {
+        if (i % 2 == 0) {
+            a[i] = kp_pass(&g, n, 1, true);
+            b[i] = kp_pass(&one, n, 1, true);
+        } else {
+            b[i] = kp_pass(&one, n, 1, true);
+            a[i] = kp_pass(&g, n, 1, true);
+        }
+        ratio[i] = a[i] / b[i];
+    }
+    double a_med = quantile(a, KP_REPS, 0.5), b_med = quantile(b, KP_REPS, 0.5);
+    double r_med = quantile(ratio, KP_REPS, 0.5);
+    rec_begin("kgroups");
+    rec_str("dtype", dtname);
+    rec_int("elems", n);
+    rec_int("k", k);
+    rec_int("reps", KP_REPS);
+    rec_str("impl", g.mops->name);
+    rec_num("grouped_s", a_med);
+    rec_num("onepass_s", b_med);
+    rec_num("ratio_median", r_med);
+    rec_num("ratio_min", ratio[0]); /* quantile sorted the array */
+    rec_num("ratio_max", ratio[KP_REPS - 1]);
+    rec_end();
+    fprintf(stderr,
+            "kgroups %s %s K=%u health: two groups %.1f ms, one pass %.1f ms, ratio %.3f "
+            "[%.3f, %.3f]\n",
+            dtname, fmt_elems(n, buf, sizeof(buf)), k, a_med * 1e3, b_med * 1e3, r_med, ratio[0],
+            ratio[KP_REPS - 1]);
+}
+
 int cmd_kprofiles(const struct bopts *o)
 {
     static const unsigned ks[] = {1, 2, 4, 8};
@@ -179,6 +244,8 @@ int cmd_kprofiles(const struct bopts *o)
             for (size_t i = 0; i < sizeof(ks) / sizeof(ks[0]); i++) {
                 for (int health = 0; health < 2; health++) {
                     kp_measure(dt, o->dtypes[d], n, ks[i], 1, health, x, s);
+                    if (health && ks[i] > 4 && dt != DTYPE_F64)
+                        kp_groups(dt, o->dtypes[d], n, ks[i], x, s);
                     if (o->workers > 1)
                         kp_measure(dt, o->dtypes[d], n, ks[i], o->workers, health, x, s);
                 }
